@@ -1,0 +1,50 @@
+"""Findings of an engagement: thin routes over ``FindingsService``."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Path
+
+from app.api.deps import Authenticated, Authorized, Findings
+from app.api.schemas import Finding, FindingCreate, FindingList, Problem
+
+router = APIRouter(prefix="/v1/engagements/{engagement_id}/findings", tags=["findings"])
+
+EngagementPath = Annotated[str, Path(pattern=r"^[a-z0-9][a-z0-9-]{1,62}$")]
+FindingPath = Annotated[str, Path(pattern=r"^[A-Za-z0-9][A-Za-z0-9-]{0,63}$")]
+
+ERRORS: dict[int | str, dict[str, object]] = {
+    status: {"model": Problem, "content": {"application/problem+json": {}}}
+    for status in (400, 401, 403, 404, 413, 422, 502, 503, 504)
+}
+
+
+@router.get("", response_model=FindingList, responses=ERRORS, summary="List findings")
+async def list_findings(
+    engagement_id: EngagementPath, _grant: Authorized, findings: Findings
+) -> FindingList:
+    """Every finding recorded in the engagement."""
+    return await findings.list(engagement_id)
+
+
+@router.post(
+    "", response_model=Finding, status_code=201, responses=ERRORS, summary="Record a finding"
+)
+async def create_finding(
+    engagement_id: EngagementPath,
+    new: FindingCreate,
+    identity: Authenticated,
+    _grant: Authorized,
+    findings: Findings,
+) -> Finding:
+    """Record a new finding, attributed to the signed caller."""
+    return await findings.create(engagement_id, new, created_by=identity.subject)
+
+
+@router.get("/{finding_id}", response_model=Finding, responses=ERRORS, summary="Get a finding")
+async def get_finding(
+    engagement_id: EngagementPath, finding_id: FindingPath, _grant: Authorized, findings: Findings
+) -> Finding:
+    """One finding of the engagement."""
+    return await findings.get(engagement_id, finding_id)

@@ -1,0 +1,124 @@
+"""The reference signer for upstream proxies, using the verifier's own base builder.
+
+``sign_headers`` returns the headers a proxy adds to a request; ``HttpSignatureAuth``
+wraps it as an ``httpx.Auth`` so Python proxies and tests sign with one line.
+"""
+
+from __future__ import annotations
+
+import base64
+import secrets
+import time
+from collections.abc import Generator, Sequence
+
+import httpx
+
+from app.authn.base import (
+    ALGORITHM,
+    Message,
+    ParamValue,
+    build_signature_base,
+    hmac_sha256,
+    serialize_signature_params,
+)
+from app.authn.digest import content_digest
+from app.authn.identity import GROUPS_HEADER, SUBJECT_HEADER
+
+DEFAULT_LABEL = "sig1"
+
+
+def covered_components(message: Message, has_body: bool) -> list[str]:
+    """The profile's required components for this message, in canonical order."""
+    components = ["@method", "@path"]
+    if message.query:
+        components.append("@query")
+    if has_body:
+        components.append("content-digest")
+    components.append(SUBJECT_HEADER)
+    if message.header(GROUPS_HEADER) is not None:
+        components.append(GROUPS_HEADER)
+    return components
+
+
+def sign_headers(
+    message: Message,
+    body: bytes,
+    *,
+    key_id: str,
+    secret: bytes,
+    created: int | None = None,
+    nonce: str | None = None,
+    expires: int | None = None,
+    label: str = DEFAULT_LABEL,
+    digest_algorithms: Sequence[str] = ("sha-256",),
+) -> dict[str, str]:
+    """Headers (Content-Digest, Signature-Input, Signature) that sign ``message``."""
+    added: dict[str, str] = {}
+    headers: dict[str, Sequence[str]] = dict(message.headers)
+    if body:
+        added["content-digest"] = content_digest(body, digest_algorithms)
+        headers["content-digest"] = [added["content-digest"]]
+    signed = Message(
+        message.method, message.path, message.query, message.scheme, message.authority, headers
+    )
+    params: dict[str, ParamValue] = {
+        "created": int(time.time()) if created is None else created,
+        "keyid": key_id,
+        "nonce": secrets.token_urlsafe(16) if nonce is None else nonce,
+        "alg": ALGORITHM,
+    }
+    if expires is not None:
+        params["expires"] = expires
+    components = covered_components(signed, bool(body))
+    base = build_signature_base(signed, components, params)
+    mac = base64.b64encode(hmac_sha256(secret, base)).decode("ascii")
+    added["signature-input"] = f"{label}={serialize_signature_params(components, params)}"
+    added["signature"] = f"{label}=:{mac}:"
+    return added
+
+
+def message_from_httpx(request: httpx.Request) -> Message:
+    """View an ``httpx.Request`` as a signature ``Message``."""
+    raw_path = request.url.raw_path.decode("ascii")
+    path, _, query = raw_path.partition("?")
+    headers: dict[str, list[str]] = {}
+    for name, value in request.headers.multi_items():
+        headers.setdefault(name.lower(), []).append(value)
+    return Message(
+        method=request.method,
+        path=path,
+        query=query,
+        scheme=request.url.scheme,
+        authority=request.headers.get("host", ""),
+        headers=headers,
+    )
+
+
+class HttpSignatureAuth(httpx.Auth):
+    """Sign every request with the gateway's profile (``httpx.Auth`` flow)."""
+
+    requires_request_body = True
+
+    def __init__(
+        self,
+        key_id: str,
+        secret: bytes,
+        subject: str | None = None,
+        groups: Sequence[str] = (),
+    ) -> None:
+        self.key_id = key_id
+        self._secret = secret
+        self.subject = subject
+        self.groups = tuple(groups)
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        if self.subject is not None:
+            request.headers[SUBJECT_HEADER] = self.subject
+        if self.groups:
+            request.headers[GROUPS_HEADER] = ",".join(self.groups)
+        body = request.content
+        for name, value in sign_headers(
+            message_from_httpx(request), body, key_id=self.key_id, secret=self._secret
+        ).items():
+            request.headers[name] = value
+        yield request

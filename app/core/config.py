@@ -1,0 +1,171 @@
+"""Settings: one pydantic-settings model, nested per concern, validated at start.
+
+Sources, highest priority first: keyword arguments, environment variables
+(``GATEWAY_`` prefix, ``__`` between nesting levels, e.g.
+``GATEWAY_SERVICES__FINDINGS__URL``), then the YAML file named by
+``GATEWAY_CONFIG_FILE``. Secrets are never values here: a signing key names the
+environment variable or file that holds its secret.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any, Literal, Self
+
+from pydantic import (
+    AnyHttpUrl,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+from app.core.errors import ConfigError
+
+CONFIG_FILE_ENV = "GATEWAY_CONFIG_FILE"
+KEY_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$"
+SERVICE_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
+
+PositiveSeconds = Annotated[float, Field(gt=0, le=3600)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class KeySpec(_Section):
+    """One inbound signing key; its secret lives in an env var or a file."""
+
+    id: Annotated[str, Field(pattern=KEY_ID_PATTERN)]
+    secret_env: str | None = None
+    secret_file: Path | None = None
+    not_before: datetime | None = None
+    not_after: datetime | None = None
+
+    @model_validator(mode="after")
+    def _one_secret_source(self) -> Self:
+        if (self.secret_env is None) == (self.secret_file is None):
+            raise ValueError("set exactly one of secret_env or secret_file")
+        if self.not_before and self.not_after and self.not_before >= self.not_after:
+            raise ValueError("not_before must be earlier than not_after")
+        return self
+
+
+class SigningSettings(_Section):
+    keys: list[KeySpec] = Field(default_factory=list)
+    max_skew_seconds: Annotated[int, Field(ge=1, le=3600)] = 300
+    identity_headers: tuple[str, ...] = ("x-auth-subject", "x-auth-groups")
+
+    @field_validator("keys")
+    @classmethod
+    def _unique_ids(cls, keys: list[KeySpec]) -> list[KeySpec]:
+        ids = [k.id for k in keys]
+        if len(ids) != len(set(ids)):
+            raise ValueError("key ids must be unique")
+        return keys
+
+
+class PolicySettings(_Section):
+    dir: Path = Path("policies")
+    model_file: str = "model.conf"
+    policy_file: str = "policy.csv"
+
+    @property
+    def model_path(self) -> Path:
+        return self.dir / self.model_file
+
+    @property
+    def policy_path(self) -> Path:
+        return self.dir / self.policy_file
+
+
+class ServiceSettings(_Section):
+    url: AnyHttpUrl
+    connect_timeout: PositiveSeconds = 1.0
+    read_timeout: PositiveSeconds = 5.0
+    write_timeout: PositiveSeconds = 5.0
+    pool_timeout: PositiveSeconds = 1.0
+    max_connections: Annotated[int, Field(ge=1, le=10_000)] = 100
+    max_keepalive: Annotated[int, Field(ge=0, le=10_000)] = 32
+
+
+class EdgeSettings(_Section):
+    max_body_bytes: Annotated[int, Field(ge=0)] = 1024 * 1024
+
+
+class LogSettings(_Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    format: Literal["auto", "json", "console"] = "auto"
+
+
+class Settings(BaseSettings):
+    """Everything the gateway needs to start."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="GATEWAY_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+    )
+
+    signing: SigningSettings = Field(default_factory=SigningSettings)
+    policy: PolicySettings = Field(default_factory=PolicySettings)
+    services: dict[str, ServiceSettings] = Field(default_factory=dict)
+    edge: EdgeSettings = Field(default_factory=EdgeSettings)
+    log: LogSettings = Field(default_factory=LogSettings)
+
+    @field_validator("services")
+    @classmethod
+    def _service_names(cls, services: dict[str, ServiceSettings]) -> dict[str, ServiceSettings]:
+        for name in services:
+            if not SERVICE_NAME.match(name):
+                raise ValueError(f"service name {name!r} must match {SERVICE_NAME.pattern}")
+        return services
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config_file = os.environ.get(CONFIG_FILE_ENV)
+        if config_file:
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=config_file))
+        return tuple(sources)
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build settings, turning any problem into one readable ``ConfigError``."""
+    config_file = os.environ.get(CONFIG_FILE_ENV)
+    if config_file and not Path(config_file).is_file():
+        raise ConfigError(f"{CONFIG_FILE_ENV}={config_file}: no such file")
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        raise ConfigError(describe_validation_error(exc)) from None
+    except (OSError, ValueError) as exc:  # unreadable or malformed YAML
+        raise ConfigError(f"{config_file}: {exc}") from None
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """One line per problem: ``where: what``; input values are never echoed."""
+    parts = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "settings"
+        parts.append(f"{where}: {err['msg']}")
+    return "; ".join(parts)

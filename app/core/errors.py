@@ -1,0 +1,119 @@
+"""The gateway's one exception tree.
+
+Every expected failure is a ``GatewayError`` carrying its HTTP status, a stable
+machine ``code`` and a public ``title``. One handler (``app.api.problems``)
+renders it as ``application/problem+json`` with the request's ``corr_id``;
+services never raise ``HTTPException``.
+
+    GatewayError                       500 internal
+    ├── ConfigError                    (start-up only: never reaches a client)
+    ├── BadRequest                     400 bad_request
+    │   └── InvalidPath                400 invalid_path
+    ├── AuthenticationFailed           401 unauthenticated (reason logged, not shown)
+    ├── AccessDenied                   403 forbidden
+    ├── NotFound                       404 not_found
+    ├── PayloadTooLarge                413 payload_too_large
+    ├── ServiceUnavailable             503 unavailable
+    └── DownstreamError                502 bad_gateway
+        ├── DownstreamTimeout          504 gateway_timeout
+        └── CircuitOpen                503 circuit_open
+"""
+
+from __future__ import annotations
+
+
+class GatewayError(Exception):
+    """Base of every error the gateway raises on purpose."""
+
+    status_code: int = 500
+    code: str = "internal"
+    title: str = "Internal error"
+
+    def __init__(self, detail: str | None = None, *, headers: dict[str, str] | None = None) -> None:
+        super().__init__(detail or self.title)
+        self.detail = detail or self.title
+        self.headers: dict[str, str] = dict(headers or {})
+
+
+class ConfigError(GatewayError):
+    """Configuration that cannot be used; raised at start-up only."""
+
+    code = "config_error"
+    title = "Configuration error"
+
+
+class BadRequest(GatewayError):
+    status_code = 400
+    code = "bad_request"
+    title = "Bad request"
+
+
+class InvalidPath(BadRequest):
+    code = "invalid_path"
+    title = "Invalid request path"
+
+
+class AuthenticationFailed(GatewayError):
+    """The request's signature or identity was not accepted.
+
+    ``reason`` is a machine reason code for the decision log; clients only see
+    the generic title so a rejection never helps an attacker.
+    """
+
+    status_code = 401
+    code = "unauthenticated"
+    title = "Authentication required"
+
+    def __init__(self, reason: str, *, headers: dict[str, str] | None = None) -> None:
+        super().__init__("The request is not signed by a trusted proxy.", headers=headers)
+        self.reason = reason
+
+
+class AccessDenied(GatewayError):
+    status_code = 403
+    code = "forbidden"
+    title = "Forbidden"
+
+
+class NotFound(GatewayError):
+    status_code = 404
+    code = "not_found"
+    title = "Not found"
+
+
+class PayloadTooLarge(GatewayError):
+    status_code = 413
+    code = "payload_too_large"
+    title = "Payload too large"
+
+
+class ServiceUnavailable(GatewayError):
+    status_code = 503
+    code = "unavailable"
+    title = "Service unavailable"
+
+
+class DownstreamError(GatewayError):
+    """A downstream service failed; ``service`` names it in the problem body."""
+
+    status_code = 502
+    code = "bad_gateway"
+    title = "Downstream service failed"
+
+    def __init__(
+        self, service: str, detail: str | None = None, *, headers: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(detail or f"The {service} service failed.", headers=headers)
+        self.service = service
+
+
+class DownstreamTimeout(DownstreamError):
+    status_code = 504
+    code = "gateway_timeout"
+    title = "Downstream service timed out"
+
+
+class CircuitOpen(DownstreamError):
+    status_code = 503
+    code = "circuit_open"
+    title = "Downstream service unavailable"

@@ -1,0 +1,135 @@
+"""The edge: a pure ASGI middleware that opens and closes every request.
+
+It binds ``corr_id`` into structlog contextvars (so every line logged while the
+request runs, downstream calls included, carries it), echoes ``X-Request-ID``,
+caps the request body, logs one summary line, and turns an unexpected exception
+into a 500 problem+json without internals. It is pure ASGI rather than
+``BaseHTTPMiddleware`` so contextvars bound here are seen by the endpoint task.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+
+import structlog
+from starlette.datastructures import MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.authn.asgi import SIGNED_PATH_KEY
+from app.core.errors import GatewayError, InvalidPath, PayloadTooLarge
+from app.core.problems import problem_response
+from app.edge.paths import normalize_path
+
+log = structlog.get_logger("gateway.edge")
+
+REQUEST_ID_HEADER = "x-request-id"
+# Accepted incoming ids: 8-128 visible, log-safe characters (uuid, ulid, trace ids).
+_WELL_FORMED_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{7,127}$")
+
+
+def incoming_request_id(scope: Scope) -> str | None:
+    """Return the caller's X-Request-ID if it is well-formed, else ``None``."""
+    for name, value in scope.get("headers", ()):
+        if name == b"x-request-id":
+            text = value.decode("latin-1")
+            return text if _WELL_FORMED_ID.match(text) else None
+    return None
+
+
+def _content_length(scope: Scope) -> int | None:
+    for name, value in scope.get("headers", ()):
+        if name == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None
+
+
+class EdgeMiddleware:
+    """Correlation id, body cap, request summary and last-resort 500."""
+
+    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        corr_id = incoming_request_id(scope) or uuid.uuid4().hex
+        scope.setdefault("state", {})["corr_id"] = corr_id
+        structlog.contextvars.clear_contextvars()
+        structlog.contextvars.bind_contextvars(corr_id=corr_id)
+        started_at = time.perf_counter()
+        status = {"code": 500, "started": False}
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status["code"], status["started"] = message["status"], True
+                MutableHeaders(scope=message)[REQUEST_ID_HEADER] = corr_id
+            await send(message)
+
+        try:
+            await self._dispatch(scope, receive, send_with_id, corr_id)
+        except Exception:
+            log.exception("unhandled_error")
+            if not status["started"]:
+                response = problem_response(
+                    500, "internal", "Internal error", "An unexpected error occurred.", corr_id
+                )
+                await response(scope, receive, send_with_id)
+        finally:
+            log.info(
+                "request_completed",
+                method=scope["method"],
+                path=scope["path"],
+                status=status["code"],
+                duration_ms=round((time.perf_counter() - started_at) * 1000, 3),
+            )
+            structlog.contextvars.clear_contextvars()
+
+    async def _dispatch(self, scope: Scope, receive: Receive, send: Send, corr_id: str) -> None:
+        try:
+            self._check_size(scope)
+            self._normalize(scope)
+        except GatewayError as err:
+            response = problem_response(err.status_code, err.code, err.title, err.detail, corr_id)
+            await response(scope, receive, send)
+            return
+        await self.app(scope, self._capped(receive), send)
+
+    def _check_size(self, scope: Scope) -> None:
+        declared = _content_length(scope)
+        if declared is not None and declared > self.max_body_bytes:
+            raise PayloadTooLarge(f"The request body exceeds {self.max_body_bytes} bytes.")
+
+    @staticmethod
+    def _normalize(scope: Scope) -> None:
+        """Route, decide and forward on one canonical path; keep the raw one for authn."""
+        raw = scope.get("raw_path") or scope["path"].encode("utf-8")
+        raw_text = raw.decode("latin-1").partition("?")[0]
+        canonical = normalize_path(raw_text)
+        if not canonical:
+            raise InvalidPath()
+        scope["state"][SIGNED_PATH_KEY] = raw_text
+        scope["path"] = canonical
+        scope["raw_path"] = canonical.encode("ascii")
+
+    def _capped(self, receive: Receive) -> Receive:
+        """Count body bytes as they arrive, so a chunked body cannot exceed the cap."""
+        seen = 0
+        limit = self.max_body_bytes
+
+        async def capped_receive() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > limit:
+                    raise PayloadTooLarge(f"The request body exceeds {limit} bytes.")
+            return message
+
+        return capped_receive

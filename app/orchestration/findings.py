@@ -1,0 +1,43 @@
+"""The findings domain: typed calls to the findings service."""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+import httpx
+from pydantic import BaseModel, ValidationError
+
+from app.api.schemas import Finding, FindingCreate, FindingList
+from app.core.errors import DownstreamError
+from app.orchestration.client import ServiceRegistry, raise_for_client_error
+
+SERVICE = "findings"
+ModelT = TypeVar("ModelT", bound=BaseModel)
+
+
+def _parse(response: httpx.Response, model: type[ModelT]) -> ModelT:
+    raise_for_client_error(SERVICE, response)
+    try:
+        return model.model_validate_json(response.content)
+    except ValidationError:
+        raise DownstreamError(SERVICE, "The findings service sent an invalid answer.") from None
+
+
+class FindingsService:
+    """Reads and writes findings on behalf of an authorized caller."""
+
+    def __init__(self, services: ServiceRegistry) -> None:
+        self._client = services.get(SERVICE)
+
+    async def list(self, engagement_id: str) -> FindingList:
+        response = await self._client.call("GET", f"/engagements/{engagement_id}/findings")
+        return _parse(response, FindingList)
+
+    async def get(self, engagement_id: str, finding_id: str) -> Finding:
+        path = f"/engagements/{engagement_id}/findings/{finding_id}"
+        return _parse(await self._client.call("GET", path), Finding)
+
+    async def create(self, engagement_id: str, new: FindingCreate, created_by: str) -> Finding:
+        payload: dict[str, Any] = {**new.model_dump(mode="json"), "created_by": created_by}
+        path = f"/engagements/{engagement_id}/findings"
+        return _parse(await self._client.call("POST", path, json=payload), Finding)

@@ -1,0 +1,151 @@
+"""End to end over loopback: signed requests through the gateway to a stub."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import signer
+from tests.integration.conftest import Stack
+
+pytestmark = pytest.mark.integration
+
+FINDINGS = "/v1/engagements/acme-2026/findings"
+
+
+def assert_problem(response: httpx.Response, status: int, code: str) -> dict[str, object]:
+    assert response.status_code == status
+    assert response.headers["content-type"] == "application/problem+json"
+    body = response.json()
+    assert body["status"] == status
+    assert body["type"] == f"urn:authz-gateway:problem:{code}"
+    assert body["title"]
+    assert body["detail"]
+    assert body["corr_id"] == response.headers["x-request-id"]
+    return dict(body)
+
+
+def test_staffed_analyst_reads_findings(
+    stack: Stack, signed_client: Callable[..., httpx.Client]
+) -> None:
+    with signed_client(stack.url, "alice") as client:
+        response = client.get(FINDINGS)
+    assert response.status_code == 200
+    body = response.json()
+    assert body["engagement_id"] == "acme-2026"
+    assert body["count"] == len(body["items"]) > 0
+
+
+def test_analyst_records_a_finding_attributed_to_the_signed_subject(
+    stack: Stack, signed_client: Callable[..., httpx.Client]
+) -> None:
+    new = {"title": "Open redirect on /login", "severity": "low"}
+    with signed_client(stack.url, "alice") as client:
+        created = client.post(FINDINGS, json=new)
+        assert created.status_code == 201
+        fetched = client.get(f"{FINDINGS}/{created.json()['id']}")
+    assert created.json()["created_by"] == "alice"
+    assert fetched.json()["title"] == new["title"]
+
+
+def test_unsigned_request_is_401(stack: Stack) -> None:
+    response = httpx.get(stack.url + FINDINGS)
+    assert_problem(response, 401, "unauthenticated")
+
+
+def test_tampered_request_is_401(stack: Stack) -> None:
+    request = httpx.Request("GET", stack.url + FINDINGS)
+    signed = next(signer("alice").auth_flow(request))
+    signed.headers["x-auth-subject"] = "dana"  # claim the global auditor after signing
+    with httpx.Client() as client:
+        response = client.send(signed)
+    assert_problem(response, 401, "unauthenticated")
+
+
+def test_foreign_engagement_is_403(
+    stack: Stack, signed_client: Callable[..., httpx.Client]
+) -> None:
+    with signed_client(stack.url, "alice") as client:
+        response = client.get("/v1/engagements/initech-redteam/findings")
+    assert_problem(response, 403, "forbidden")
+
+
+def test_client_viewer_cannot_write(
+    stack: Stack, signed_client: Callable[..., httpx.Client]
+) -> None:
+    with signed_client(stack.url, "carol") as client:
+        response = client.post(FINDINGS, json={"title": "Sneaky", "severity": "info"})
+    assert_problem(response, 403, "forbidden")
+
+
+def test_global_auditor_reads_any_engagement(
+    stack: Stack, signed_client: Callable[..., httpx.Client]
+) -> None:
+    with signed_client(stack.url, "dana") as client:
+        assert client.get("/v1/engagements/initech-redteam/findings").status_code == 200
+
+
+def test_invalid_body_is_422_problem(
+    stack: Stack, signed_client: Callable[..., httpx.Client]
+) -> None:
+    with signed_client(stack.url, "alice") as client:
+        response = client.post(FINDINGS, json={"title": "x", "severity": "catastrophic"})
+    body = assert_problem(response, 422, "validation_error")
+    assert {tuple(e["loc"]) for e in body["errors"]} == {("body", "title"), ("body", "severity")}  # type: ignore[attr-defined]
+
+
+def test_unknown_finding_is_404(stack: Stack, signed_client: Callable[..., httpx.Client]) -> None:
+    with signed_client(stack.url, "alice") as client:
+        response = client.get(f"{FINDINGS}/F-9999")
+    assert_problem(response, 404, "not_found")
+
+
+def test_downstream_down_is_502_naming_the_service(
+    stack: Stack, signed_client: Callable[..., httpx.Client]
+) -> None:
+    stack.stubs["findings"].stop()
+    with signed_client(stack.url, "alice") as client:
+        response = client.get(FINDINGS)
+    body = assert_problem(response, 502, "bad_gateway")
+    assert body["service"] == "findings"
+
+
+def test_corr_id_is_kept_echoed_propagated_and_logged(
+    stack: Stack,
+    signed_client: Callable[..., httpx.Client],
+    captured_logs: list[dict[str, Any]],
+) -> None:
+    corr_id = "test-corr-0001-abcdef"
+    with signed_client(stack.url, "alice") as client:
+        response = client.get(FINDINGS, headers={"x-request-id": corr_id})
+    logs = list(captured_logs)
+    assert response.headers["x-request-id"] == corr_id
+    seen = [s for s in stack.stub_app("findings").state.seen if s["path"].endswith("/findings")]
+    assert seen[-1]["headers"]["x-request-id"] == corr_id
+    mine = [line for line in logs if line.get("corr_id") == corr_id]
+    events = {line["event"] for line in mine}
+    assert {"decision", "downstream_call", "request_completed"} <= events
+    assert mine == logs, "every line logged during the request carries its corr_id"
+
+
+def test_malformed_request_id_is_replaced(stack: Stack) -> None:
+    response = httpx.get(stack.url + "/healthz", headers={"x-request-id": "bad id\twith spaces"})
+    assert response.headers["x-request-id"] != "bad id\twith spaces"
+    assert len(response.headers["x-request-id"]) == 32
+
+
+def test_health_and_readiness_need_no_signature(stack: Stack) -> None:
+    assert httpx.get(stack.url + "/healthz").json() == {"status": "ok"}
+    ready = httpx.get(stack.url + "/readyz")
+    assert ready.status_code == 200
+    assert ready.json()["status"] == "ready"
+
+
+def test_openapi_schema_lists_every_route(stack: Stack) -> None:
+    schema = httpx.get(stack.url + "/openapi.json").json()
+    paths = schema["paths"]
+    assert {"/healthz", "/readyz", FINDINGS.replace("acme-2026", "{engagement_id}")} <= set(paths)
+    assert "FindingCreate" in schema["components"]["schemas"]

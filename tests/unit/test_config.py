@@ -1,0 +1,78 @@
+"""Settings: validated at start, one readable line per problem, never a secret echoed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from app.authn.keys import load_keyring
+from app.core.config import load_settings
+from app.core.errors import ConfigError
+from app.main import create_app
+from tests.conftest import TEST_KEY_ENV, make_settings
+
+
+def test_environment_builds_nested_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GATEWAY_SERVICES__FINDINGS__URL", "http://127.0.0.1:9102")
+    monkeypatch.setenv("GATEWAY_SERVICES__FINDINGS__READ_TIMEOUT", "2.5")
+    settings = load_settings()
+    assert str(settings.services["findings"].url) == "http://127.0.0.1:9102/"
+    assert settings.services["findings"].read_timeout == 2.5
+
+
+def test_malformed_url_names_where(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GATEWAY_SERVICES__FINDINGS__URL", "not a url")
+    with pytest.raises(ConfigError, match=r"^services\.findings\.url: "):
+        load_settings()
+
+
+def test_yaml_file_and_missing_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    config = tmp_path / "gw.yaml"
+    config.write_text("edge:\n  max_body_bytes: 10\n")
+    monkeypatch.setenv("GATEWAY_CONFIG_FILE", str(config))
+    assert load_settings().edge.max_body_bytes == 10
+    monkeypatch.setenv("GATEWAY_CONFIG_FILE", str(tmp_path / "absent.yaml"))
+    with pytest.raises(ConfigError, match="no such file"):
+        load_settings()
+
+
+def test_unknown_setting_is_refused(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    config = tmp_path / "gw.yaml"
+    config.write_text("edge:\n  max_body_bites: 10\n")
+    monkeypatch.setenv("GATEWAY_CONFIG_FILE", str(config))
+    with pytest.raises(ConfigError, match=r"edge\.max_body_bites"):
+        load_settings()
+
+
+def test_missing_secret_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(TEST_KEY_ENV, raising=False)
+    with pytest.raises(ConfigError, match=rf"id=test-2026\): environment variable {TEST_KEY_ENV}"):
+        create_app(make_settings())
+
+
+def test_short_secret_is_refused_without_echoing_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(TEST_KEY_ENV, "short-secret")
+    with pytest.raises(ConfigError) as caught:
+        load_keyring(make_settings().signing.keys)
+    assert "short-secret" not in str(caught.value)
+
+
+def test_secret_file(tmp_path: Path) -> None:
+    secret = tmp_path / "key"
+    secret.write_bytes(b"file-secret-0123456789abcdef0123456789\n")
+    settings = make_settings(signing={"keys": [{"id": "f1", "secret_file": str(secret)}]})
+    key = load_keyring(settings.signing.keys).get("f1")
+    assert key is not None
+    assert key.secret.endswith(b"789")
+    assert "file-secret" not in repr(key)
+
+
+def test_unreadable_policy_is_refused(test_key_env: str, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"model\.conf is not a readable file"):
+        create_app(make_settings(policy={"dir": str(tmp_path)}))
+
+
+def test_key_needs_exactly_one_secret_source() -> None:
+    with pytest.raises(ValueError, match="exactly one of secret_env or secret_file"):
+        make_settings(signing={"keys": [{"id": "k"}]})
