@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # Documented demo/test key: never use it outside the demo and the tests.
 export GATEWAY_DEMO_KEY ?= demo-key-not-secret-0123456789abcdef
 
-.PHONY: run test lint typecheck pytest clean
+.PHONY: run test lint typecheck pytest redis clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,8 +24,12 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy --strict app
 
+# Tests that need Redis start their own redis-server; install it when missing.
+redis:
+	./scripts/ensure-redis.sh
+
 # pytest exits 5 when it collected no tests: that is a failure here.
-pytest: $(STAMP)
+pytest: $(STAMP) redis
 	$(BIN)/pytest; rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
 test: lint typecheck pytest

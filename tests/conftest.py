@@ -114,3 +114,6 @@ def captured_logs() -> Iterator[list[dict[str, Any]]]:
     """Every structlog line emitted during the test, with contextvars merged in."""
     with capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs:
         yield logs
+
+
+pytest_plugins = ["tests.redis_server"]
