@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -112,12 +112,13 @@ class MemoryRateLimiter:
 
     PRUNE_EVERY = 1024
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
         self._tats: dict[str, float] = {}
         self._calls = 0
 
     async def acquire(self, buckets: Sequence[Bucket]) -> list[BucketState]:
-        now = time.monotonic()
+        now = self._clock()
         self._prune(now)
         keys = [f"{b.scope}:{b.key}" for b in buckets]
         steps = [gcra(self._tats.get(k), now, b.rule) for k, b in zip(keys, buckets, strict=True)]

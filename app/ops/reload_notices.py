@@ -48,6 +48,7 @@ class ReloadNotifier:
         self._on_revision = on_revision
         self._current = current_revision
         self._task: asyncio.Task[None] | None = None
+        self.listening = asyncio.Event()  # subscribed and caught up; cleared while down
 
     async def publish(self, revision: str) -> bool:
         """Announce ``revision`` to every process; ``False`` if Redis is unreachable."""
@@ -85,6 +86,7 @@ class ReloadNotifier:
         try:
             await pubsub.subscribe(self._channel)
             await self._check()  # catch up on whatever was announced while disconnected
+            self.listening.set()
             next_check = time.monotonic() + self._interval
             while True:
                 wait = max(0.01, next_check - time.monotonic())
@@ -95,6 +97,7 @@ class ReloadNotifier:
                     await self._check()
                     next_check = time.monotonic() + self._interval
         finally:
+            self.listening.clear()
             with contextlib.suppress(RedisError, OSError):
                 await pubsub.aclose()  # type: ignore[no-untyped-call]  # untyped upstream
 
