@@ -27,7 +27,8 @@ from prometheus_client import (
 from prometheus_client.multiprocess import MultiProcessCollector
 from starlette.types import Scope
 
-MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+from app.ops.processes import MULTIPROC_ENV
+
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 UNMATCHED_ROUTE = "<unmatched>"
 BREAKER_STATES = {"closed": 0, "half_open": 1, "half-open": 1, "open": 2}

@@ -2,7 +2,9 @@
 
 prometheus-client keeps each worker's values in files under
 ``PROMETHEUS_MULTIPROC_DIR``; the directory must exist before any worker imports
-the client and must start empty, or counters of an earlier run leak in.
+the client and must start empty, or counters of an earlier run leak in. The
+client reads the variable once, at import: this module must not import it at
+module level (``gateway serve`` imports this before choosing the directory).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from app.ops.metrics import MULTIPROC_ENV
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
 @contextmanager
@@ -46,3 +48,14 @@ def mark_worker_exited() -> None:
         from prometheus_client import multiprocess
 
         multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]  # untyped upstream
+
+
+@contextmanager
+def without_multiprocess_metrics() -> Iterator[None]:
+    """Hide the metrics directory: a supervisor that only validates keeps its values in memory."""
+    given = os.environ.pop(MULTIPROC_ENV, None)
+    try:
+        yield
+    finally:
+        if given is not None:
+            os.environ[MULTIPROC_ENV] = given

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import redis.asyncio
+import structlog
 from fastapi import FastAPI
 from redis.exceptions import RedisError
 
@@ -20,6 +21,8 @@ from app.ops.metrics import count_redis_error
 from app.ops.processes import mark_worker_exited
 from app.ops.ratelimit import MemoryRateLimiter, RateLimiter, RateLimitGuard, RedisRateLimiter
 from app.ops.reload_notices import CurrentRevision, OnRevision, ReloadNotifier
+
+log = structlog.get_logger("gateway.ops")
 
 
 def _limiter(settings: Settings, client: redis.asyncio.Redis | None) -> RateLimiter:
@@ -58,6 +61,7 @@ async def ops_lifespan(
         if owned and client is not None:
             await client.aclose()
         mark_worker_exited()
+        log.info("shutdown_complete", redis_closed=owned)
 
 
 async def redis_health(client: redis.asyncio.Redis) -> tuple[bool, str]:
