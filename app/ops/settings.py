@@ -16,7 +16,7 @@ class _Section(BaseModel):
 
 
 class RateLimitRule(_Section):
-    """``limit`` requests per ``window_seconds``, refilled smoothly (GCRA)."""
+    """`limit` requests per `window_seconds`, refilled evenly (GCRA)."""
 
     limit: Annotated[int, Field(ge=1, le=1_000_000, description="requests allowed per window")]
     window_seconds: Annotated[
