@@ -120,12 +120,14 @@ def test_sigterm_lets_in_flight_requests_finish(
             return client.get(FINDINGS)
 
     with ThreadPoolExecutor(IN_FLIGHT) as pool:
-        futures = [pool.submit(fetch) for _ in range(IN_FLIGHT)]
-        wait_until(lambda: held.arrived == IN_FLIGHT)
-        gateway.proc.send_signal(signal.SIGTERM)
-        wait_until(lambda: not gateway.accepting())  # stopped accepting, still draining
-        assert gateway.proc.poll() is None
-        held.release.set()
+        try:
+            futures = [pool.submit(fetch) for _ in range(IN_FLIGHT)]
+            wait_until(lambda: held.arrived == IN_FLIGHT)
+            gateway.proc.send_signal(signal.SIGTERM)
+            wait_until(lambda: not gateway.accepting())  # stopped accepting, still draining
+            assert gateway.proc.poll() is None
+        finally:
+            held.release.set()
         responses = [f.result(timeout=30) for f in futures]
     assert [r.status_code for r in responses] == [200] * IN_FLIGHT
     assert all(r.json()["engagement_id"] == "acme-2026" for r in responses)
