@@ -165,6 +165,9 @@ class RedisRateLimiter:
             log.warning("rate_limit_redis_error", error=type(exc).__name__, mode=self._on_error)
             self._skip_until = time.monotonic() + REDIS_RETRY_SECONDS
             return self._unavailable()
+        if self._skip_until:
+            self._skip_until = 0.0
+            log.info("rate_limit_redis_recovered")
         return [
             BucketState(b, bool(ok), int(left), reset_ms / 1000, retry_ms / 1000)
             for b, (ok, left, reset_ms, retry_ms) in zip(buckets, raw, strict=True)

@@ -42,7 +42,7 @@ async def ops_lifespan(
     """Shared state for this process; reload notices run when both callbacks are given."""
     client: redis.asyncio.Redis | None = getattr(app.state, "redis", None)
     owned = client is None and settings.redis.url is not None
-    if owned and settings.redis.url is not None:
+    if client is None and settings.redis.url is not None:
         client = create_redis(settings.redis.url)
     app.state.redis = client
     app.state.rate_limit = RateLimitGuard(settings.ops.rate_limit, _limiter(settings, client))

@@ -46,8 +46,9 @@ async def readyz(request: Request) -> JSONResponse:
                 name=f"service:{name}", ok=ok, detail="configured" if ok else "not configured"
             )
         )
-    if request.app.state.redis is not None:
-        ok, detail = await redis_health(request.app.state.redis)
+    redis = getattr(request.app.state, "redis", None)
+    if redis is not None:
+        ok, detail = await redis_health(redis)
         checks.append(ReadinessCheck(name="redis", ok=ok, detail=detail))
     ready = all(c.ok for c in checks)
     body = Readiness(status="ready" if ready else "not_ready", checks=checks)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import httpx
 import pytest
@@ -67,6 +68,7 @@ def test_redis_outage_fails_open_and_limits_resume_by_themselves(
     gateway_factory: GatewayFactory,
     redis_server: RedisServer,
     signed_client: Callable[..., httpx.Client],
+    captured_logs: list[dict[str, Any]],
 ) -> None:
     rule = {"subject": {"limit": 2, "window_seconds": 60}, "on_redis_error": "open"}
     one, two = _pair(gateway_factory, redis_server.url, **rule)
@@ -88,6 +90,9 @@ def test_redis_outage_fails_open_and_limits_resume_by_themselves(
         wait_until(lambda: b.get(FINDINGS).status_code == 429)
         assert a.get(FINDINGS).status_code == 429
     assert httpx.get(two + "/readyz").status_code == 200
+    events = [e for e in captured_logs if e["event"].startswith("rate_limit_redis")]
+    assert {"event": "rate_limit_redis_error", "mode": "open"}.items() <= events[0].items()
+    assert "rate_limit_redis_recovered" in {e["event"] for e in events}
 
 
 def test_redis_outage_fails_closed_when_configured(
