@@ -7,10 +7,13 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 import pytest
+from fastapi import FastAPI
 
 from app.core.redis import create_redis
 from app.ops.reload_notices import ReloadNotifier
+from app.ops.runtime import ops_lifespan
 from app.ops.settings import ReloadNoticeSettings
+from tests.conftest import make_settings
 from tests.redis_server import RedisServer
 
 pytestmark = [pytest.mark.integration, pytest.mark.anyio]
@@ -120,3 +123,30 @@ async def test_a_failed_reload_is_retried_by_the_periodic_check(
         await _wait(flaky.changed)
     assert flaky.heard[:2] == ["rev-d", "rev-d"]
     assert flaky.revision == "rev-d"
+
+
+async def test_ops_lifespan_runs_the_notifier_and_closes_it(redis_server: RedisServer) -> None:
+    """The wiring the app uses: ``ops_lifespan`` with a reload callback per process."""
+    first, second = Instance("rev-a"), Instance("rev-a")
+    settings = make_settings(redis={"url": redis_server.url})
+    one, two = FastAPI(), FastAPI()
+    async with (
+        ops_lifespan(one, settings, first.reload, lambda: first.revision),
+        ops_lifespan(two, settings, second.reload, lambda: second.revision),
+    ):
+        notifier: ReloadNotifier = one.state.reload_notifier
+        await _wait(notifier.listening)
+        await _wait(two.state.reload_notifier.listening)
+        first.revision = "rev-e"
+        assert await notifier.publish("rev-e")
+        await _wait(second.changed)
+    assert second.revision == "rev-e"
+    assert not two.state.reload_notifier.listening.is_set()
+    assert one.state.redis is not None  # opened by the lifespan from settings.redis.url
+
+
+async def test_ops_lifespan_without_redis_has_no_notifier() -> None:
+    app = FastAPI()
+    async with ops_lifespan(app, make_settings(), Instance("x").reload, lambda: "x"):
+        assert app.state.redis is None
+        assert app.state.reload_notifier is None
