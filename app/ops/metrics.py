@@ -7,8 +7,8 @@ paths), methods outside the HTTP set become ``OTHER``, reasons are code words.
 
 Several worker processes: when ``PROMETHEUS_MULTIPROC_DIR`` is set (``gateway
 serve --workers N`` sets it) prometheus-client keeps values in per-process files
-and ``render()`` merges them; gauges declare how (``max`` for breaker state and
-revision info, so the worst or any live value shows).
+and ``render()`` merges them; gauges use ``livemax`` (the worst value among live
+workers; a worker's values are dropped when it shuts down).
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ BREAKER_STATE = Gauge(
     "gateway_breaker_state",
     "Circuit breaker state per service: 0 closed, 1 half-open, 2 open.",
     ("service",),
-    multiprocess_mode="max",
+    multiprocess_mode="livemax",
 )
 POLICY_REVISION = Gauge(
     "gateway_policy_revision_info",
