@@ -15,12 +15,15 @@ from fastapi import FastAPI
 
 from app import __version__
 from app.api.problems import install_problem_handlers
-from app.api.routes import findings, health
+from app.api.routes import findings, health, metrics
 from app.authn.keys import load_keyring
 from app.authn.verifier import SignatureVerifier
 from app.authz.policy import PolicyEngine
 from app.core.config import Settings, load_settings
+from app.core.logging import configure_logging
 from app.edge.correlation import EdgeMiddleware
+from app.ops.metrics import set_policy_revision
+from app.ops.runtime import ops_lifespan
 from app.orchestration.client import ServiceRegistry
 
 
@@ -38,7 +41,8 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.services = ServiceRegistry(settings.services, transport)
         try:
-            yield
+            async with ops_lifespan(app, settings):
+                yield
         finally:
             await app.state.services.aclose()
 
@@ -55,4 +59,14 @@ def create_app(
     app.add_middleware(EdgeMiddleware, max_body_bytes=settings.edge.max_body_bytes)
     app.include_router(health.router)
     app.include_router(findings.router)
+    if settings.ops.metrics_enabled:
+        app.include_router(metrics.router)
+    set_policy_revision(policy.revision)
     return app
+
+
+def create_app_from_env() -> FastAPI:
+    """uvicorn factory for worker processes: settings from the environment."""
+    settings = load_settings()
+    configure_logging(settings.log.level, settings.log.format)
+    return create_app(settings)

@@ -13,13 +13,15 @@ import re
 from typing import Annotated
 
 import structlog
-from fastapi import Depends, Request
+from fastapi import Depends, Request, Response
 
 from app.authn.asgi import message_from_scope
 from app.authn.identity import Identity
 from app.authn.verifier import SignatureVerifier
-from app.authz.policy import GLOBAL_DOMAIN, Decision, PolicyEngine
+from app.authz.policy import GLOBAL_DOMAIN, Decision, PolicyEngine, _reason
 from app.core.errors import AccessDenied, AuthenticationFailed, BadRequest
+from app.ops.metrics import count_decision, count_signature_failure
+from app.ops.ratelimit import RateLimitGuard
 from app.orchestration.client import ServiceRegistry
 from app.orchestration.findings import FindingsService
 
@@ -35,6 +37,7 @@ async def authenticate(request: Request) -> Identity:
         identity = verifier.verify(message_from_scope(request.scope), body)
     except AuthenticationFailed as exc:
         decision_log.info("decision", stage="authn", decision="deny", reason=exc.reason)
+        count_signature_failure(exc.reason)
         raise
     structlog.contextvars.bind_contextvars(subject=identity.subject, key_id=identity.key_id)
     return identity
@@ -43,7 +46,25 @@ async def authenticate(request: Request) -> Identity:
 Authenticated = Annotated[Identity, Depends(authenticate)]
 
 
-async def authorize(request: Request, identity: Authenticated) -> Decision:
+async def limit_rate(request: Request, response: Response, identity: Authenticated) -> None:
+    """Spend one request of the subject's and the engagement's quota; 429 once spent.
+
+    Runs after authentication (the subject is known) and before the policy
+    decision, so a flood is refused before it costs a decision. A malformed
+    engagement id is not a key: only the subject's quota is spent, and
+    ``authorize`` then answers 400. Allowed responses carry ``RateLimit`` headers.
+    """
+    engagement = request.path_params.get("engagement_id")
+    if engagement is not None and not _ENGAGEMENT.match(engagement):
+        engagement = None
+    guard: RateLimitGuard = request.app.state.rate_limit
+    response.headers.update(await guard.spend(identity.subject, engagement))
+
+
+RateLimited = Annotated[None, Depends(limit_rate)]
+
+
+async def authorize(request: Request, identity: Authenticated, _quota: RateLimited) -> Decision:
     """Decide (subject, engagement, normalised path, method); 403 unless allowed."""
     engagement = request.path_params.get("engagement_id", GLOBAL_DOMAIN)
     if engagement != GLOBAL_DOMAIN and not _ENGAGEMENT.match(engagement):
@@ -51,6 +72,7 @@ async def authorize(request: Request, identity: Authenticated) -> Decision:
     structlog.contextvars.bind_contextvars(engagement=engagement)
     policy: PolicyEngine = request.app.state.policy
     decision = policy.decide(identity.subject, engagement, request.scope["path"], request.method)
+    count_decision("allow" if decision.allowed else "deny", _reason(decision))
     if not decision.allowed:
         raise AccessDenied("The policy does not allow this request.")
     return decision

@@ -1,17 +1,31 @@
-"""``gateway serve``: validate the configuration, then serve under uvicorn."""
+"""``gateway serve``: validate the configuration, then serve under uvicorn.
+
+With ``--workers N`` (N > 1) uvicorn starts N processes that each build the app
+from the environment (``app.main:create_app_from_env``); the configuration is
+still checked here first, so a bad file stops start-up with one line. On SIGTERM
+uvicorn stops accepting, lets in-flight requests finish for
+``ops.graceful_shutdown_seconds``, runs the lifespan shutdown (pools closed) and
+exits by re-raising SIGTERM, so supervisors see a clean signal exit.
+"""
 
 from __future__ import annotations
 
 import argparse
 import os
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import uvicorn
 
-from app.core.config import CONFIG_FILE_ENV, load_settings
+from app.core.config import CONFIG_FILE_ENV, Settings, load_settings
 from app.core.errors import ConfigError
 from app.core.logging import configure_logging
+from app.ops.processes import multiprocess_metrics_dir, without_multiprocess_metrics
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+APP_FACTORY = "app.main:create_app_from_env"
 
 
 def register(commands: Any) -> None:
@@ -19,22 +33,53 @@ def register(commands: Any) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--config", help=f"YAML settings file (else ${CONFIG_FILE_ENV})")
+    parser.add_argument(
+        "--workers", type=int, default=1, help="worker processes (default 1: no supervisor)"
+    )
     parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
     if args.config:
         os.environ[CONFIG_FILE_ENV] = args.config
-    from app.main import create_app  # imported late: settings must be in place first
+    if args.workers < 1:
+        print("gateway: --workers must be at least 1", file=sys.stderr)
+        return 2
+    if args.workers == 1:
+        with multiprocess_metrics_dir(1):
+            built = _build()
+            return _serve(args, *built) if built else 2
+    with without_multiprocess_metrics():  # the supervisor only validates
+        built = _build()
+    if built is None:
+        return 2
+    with multiprocess_metrics_dir(args.workers):
+        return _serve(args, built[0], APP_FACTORY)
+
+
+def _build() -> tuple[Settings, FastAPI] | None:
+    """Settings and app, or ``None`` after printing the one-line configuration error."""
+    from app.main import create_app  # imported late: settings and metrics dir first
 
     try:
         settings = load_settings()
         configure_logging(settings.log.level, settings.log.format)
-        app = create_app(settings)
+        return settings, create_app(settings)
     except ConfigError as exc:
         print(f"gateway: configuration error: {exc.detail}", file=sys.stderr)
-        return 2
+        return None
+
+
+def _serve(args: argparse.Namespace, settings: Settings, app: FastAPI | str) -> int:
     uvicorn.run(
-        app, host=args.host, port=args.port, log_config=None, access_log=False, lifespan="on"
+        app,
+        host=args.host,
+        port=args.port,
+        log_config=None,
+        access_log=False,
+        lifespan="on",
+        timeout_graceful_shutdown=settings.ops.graceful_shutdown_seconds,
+        factory=isinstance(app, str),
+        workers=args.workers if isinstance(app, str) else None,
     )
     return 0

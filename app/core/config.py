@@ -32,6 +32,7 @@ from pydantic_settings import (
 )
 
 from app.core.errors import ConfigError
+from app.ops.settings import OpsSettings
 
 CONFIG_FILE_ENV = "GATEWAY_CONFIG_FILE"
 KEY_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$"
@@ -109,6 +110,15 @@ class LogSettings(_Section):
     format: Literal["auto", "json", "console"] = "auto"
 
 
+class RedisSettings(_Section):
+    """Shared state for several gateway processes; unset means in-memory, one process."""
+
+    url: str | None = Field(
+        default=None,
+        description="redis:// or rediss:// URL; unset keeps all state in this process",
+    )
+
+
 class Settings(BaseSettings):
     """Everything the gateway needs to start."""
 
@@ -124,6 +134,8 @@ class Settings(BaseSettings):
     services: dict[str, ServiceSettings] = Field(default_factory=dict)
     edge: EdgeSettings = Field(default_factory=EdgeSettings)
     log: LogSettings = Field(default_factory=LogSettings)
+    redis: RedisSettings = Field(default_factory=RedisSettings)
+    ops: OpsSettings = Field(default_factory=OpsSettings)
 
     @field_validator("services")
     @classmethod

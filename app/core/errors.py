@@ -13,6 +13,7 @@ services never raise ``HTTPException``.
     ├── AccessDenied                   403 forbidden
     ├── NotFound                       404 not_found
     ├── PayloadTooLarge                413 payload_too_large
+    ├── TooManyRequests                429 rate_limited
     ├── ServiceUnavailable             503 unavailable
     └── DownstreamError                502 bad_gateway
         ├── DownstreamTimeout          504 gateway_timeout
@@ -117,3 +118,11 @@ class CircuitOpen(DownstreamError):
     status_code = 503
     code = "circuit_open"
     title = "Downstream service unavailable"
+
+
+class TooManyRequests(GatewayError):
+    """A rate limit was spent; ``headers`` carry ``Retry-After`` and ``RateLimit``."""
+
+    status_code = 429
+    code = "rate_limited"
+    title = "Too many requests"

@@ -21,6 +21,7 @@ from app.authn.asgi import SIGNED_PATH_KEY
 from app.core.errors import GatewayError, InvalidPath, PayloadTooLarge
 from app.core.problems import problem_response
 from app.edge.paths import normalize_path
+from app.ops.metrics import observe_request, route_label
 
 log = structlog.get_logger("gateway.edge")
 
@@ -90,6 +91,8 @@ class EdgeMiddleware:
                 duration_ms=round((time.perf_counter() - started_at) * 1000, 3),
             )
             structlog.contextvars.clear_contextvars()
+            elapsed = time.perf_counter() - started_at
+            observe_request(route_label(scope), scope["method"], int(status["code"]), elapsed)
 
     async def _dispatch(self, scope: Scope, receive: Receive, send: Send, corr_id: str) -> None:
         try:

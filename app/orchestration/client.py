@@ -17,6 +17,7 @@ import structlog
 
 from app.core.config import ServiceSettings
 from app.core.errors import DownstreamError, DownstreamTimeout, NotFound, ServiceUnavailable
+from app.ops.metrics import observe_downstream
 
 log = structlog.get_logger("gateway.downstream")
 
@@ -84,6 +85,7 @@ class DownstreamClient:
 
     def _log(self, method: str, path: str, started: float, **fields: Any) -> None:
         duration_ms = round((time.perf_counter() - started) * 1000, 3)
+        observe_downstream(self.name, str(fields["outcome"]), int(fields.get("attempt", 1)))
         log.info(
             "downstream_call",
             service=self.name,

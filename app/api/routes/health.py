@@ -7,6 +7,7 @@ from fastapi.responses import JSONResponse
 
 from app.api.schemas import Health, Readiness, ReadinessCheck
 from app.authz.policy import PolicyEngine
+from app.ops.runtime import redis_health
 from app.orchestration.client import ServiceRegistry
 
 router = APIRouter(tags=["health"])
@@ -45,6 +46,10 @@ async def readyz(request: Request) -> JSONResponse:
                 name=f"service:{name}", ok=ok, detail="configured" if ok else "not configured"
             )
         )
+    redis = getattr(request.app.state, "redis", None)
+    if redis is not None:
+        ok, detail = await redis_health(redis)
+        checks.append(ReadinessCheck(name="redis", ok=ok, detail=detail))
     ready = all(c.ok for c in checks)
     body = Readiness(status="ready" if ready else "not_ready", checks=checks)
     return JSONResponse(body.model_dump(), status_code=200 if ready else 503)

@@ -1,0 +1,1 @@
+"""Operations: metrics, rate limits, policy-reload notices and process settings."""

@@ -1,0 +1,152 @@
+"""Every Prometheus metric family of the gateway, defined once.
+
+Other stages call the small ``observe_*``/``count_*``/``set_*`` functions here;
+none of them touches prometheus-client directly, so names, labels and buckets
+stay in one place. Label values are bounded: routes are templates (never raw
+paths), methods outside the HTTP set become ``OTHER``, reasons are code words.
+
+Several worker processes: when ``PROMETHEUS_MULTIPROC_DIR`` is set (``gateway
+serve --workers N`` sets it) prometheus-client keeps values in per-process files
+and ``render()`` merges them; gauges use ``livemax`` (the worst value among live
+workers; a worker's values are dropped when it shuts down).
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.multiprocess import MultiProcessCollector
+from starlette.types import Scope
+
+from app.ops.processes import MULTIPROC_ENV
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+UNMATCHED_ROUTE = "<unmatched>"
+BREAKER_STATES = {"closed": 0, "half_open": 1, "half-open": 1, "open": 2}
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+REQUESTS = Counter(
+    "gateway_http_requests",
+    "HTTP requests answered, by route template, method and status.",
+    ("route", "method", "status"),
+)
+REQUEST_SECONDS = Histogram(
+    "gateway_http_request_duration_seconds",
+    "Time from request start to the end of the response, by route template and method.",
+    ("route", "method"),
+    buckets=_LATENCY_BUCKETS,
+)
+DECISIONS = Counter(
+    "gateway_authz_decisions",
+    "Authorization decisions, by result (allow/deny) and reason.",
+    ("result", "reason"),
+)
+SIGNATURE_FAILURES = Counter(
+    "gateway_signature_failures",
+    "Requests refused by the signature check, by machine reason.",
+    ("reason",),
+)
+DOWNSTREAM_CALLS = Counter(
+    "gateway_downstream_calls",
+    "Downstream call attempts, by service, outcome and attempt number.",
+    ("service", "outcome", "attempt"),
+)
+BREAKER_STATE = Gauge(
+    "gateway_breaker_state",
+    "Circuit breaker state per service: 0 closed, 1 half-open, 2 open.",
+    ("service",),
+    multiprocess_mode="livemax",
+)
+POLICY_REVISION = Gauge(
+    "gateway_policy_revision_info",
+    "The policy revision in force (value 1 on the current revision's series).",
+    ("revision",),
+    multiprocess_mode="livemax",
+)
+RELOAD_FAILURES = Counter(
+    "gateway_policy_reload_failures",
+    "Policy reloads refused (the last good policy stayed in force).",
+)
+RATE_LIMITED = Counter(
+    "gateway_rate_limited",
+    "Requests refused with 429, by the limit that was spent (subject/engagement).",
+    ("scope",),
+)
+REDIS_ERRORS = Counter(
+    "gateway_redis_errors",
+    "Redis operations that failed (unreachable or timed out), by component.",
+    ("component",),
+)
+
+_revision: list[str] = []
+
+
+def route_label(scope: Scope) -> str:
+    """The matched route's template, read after the app ran; bounded cardinality."""
+    route = scope.get("route")
+    path = getattr(route, "path", None)
+    return path if isinstance(path, str) else UNMATCHED_ROUTE
+
+
+def observe_request(route: str, method: str, status: int, seconds: float) -> None:
+    method = method if method in _METHODS else "OTHER"
+    REQUESTS.labels(route, method, str(status)).inc()
+    REQUEST_SECONDS.labels(route, method).observe(seconds)
+
+
+def count_decision(result: str, reason: str) -> None:
+    DECISIONS.labels(result, reason).inc()
+
+
+def count_signature_failure(reason: str) -> None:
+    SIGNATURE_FAILURES.labels(reason).inc()
+
+
+def observe_downstream(service: str, outcome: str, attempt: int) -> None:
+    DOWNSTREAM_CALLS.labels(service, outcome, str(attempt)).inc()
+
+
+def set_breaker_state(service: str, state: str) -> None:
+    """``state`` is pybreaker's name: ``closed``, ``half-open`` or ``open``."""
+    BREAKER_STATE.labels(service).set(BREAKER_STATES[state])
+
+
+def set_policy_revision(revision: str) -> None:
+    """Mark ``revision`` as the one in force; the previous series is dropped."""
+    for old in _revision:
+        if old != revision:
+            POLICY_REVISION.labels(old).set(0)  # what other workers' files still say
+            POLICY_REVISION.remove(old)
+    _revision[:] = [revision]
+    POLICY_REVISION.labels(revision).set(1)
+
+
+def count_reload_failure() -> None:
+    RELOAD_FAILURES.inc()
+
+
+def count_rate_limited(scope: str) -> None:
+    RATE_LIMITED.labels(scope).inc()
+
+
+def count_redis_error(component: str) -> None:
+    REDIS_ERRORS.labels(component).inc()
+
+
+def render() -> bytes:
+    """The exposition text; merges every worker's values in multiprocess mode."""
+    if not os.environ.get(MULTIPROC_ENV):
+        return generate_latest(REGISTRY)
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry)  # type: ignore[no-untyped-call]  # untyped upstream
+    return generate_latest(registry)

@@ -1,0 +1,231 @@
+"""Rate limits per subject and per engagement: GCRA, in memory or in Redis.
+
+Decision (costly to undo, because stored state and headers depend on it):
+
+* **GCRA** (generic cell rate algorithm) — chosen. One number per key (the
+  "theoretical arrival time"), updated in one atomic Redis script; a limit of
+  ``limit`` requests per ``window_seconds`` refills evenly, so it behaves as a
+  token bucket of capacity ``limit`` without storing tokens and a timestamp.
+* **Fixed-window counter** (INCR + EXPIRE) — simpler, but lets ``2 x limit``
+  through across a window boundary and gives poor ``Retry-After`` values.
+
+Redis computes the time itself (``TIME`` in the script), so clock skew between
+gateway hosts cannot split one limit. Both keys of a request are checked and
+spent in the same script: a request refused by one limit spends neither.
+When Redis fails, ``on_redis_error`` decides: ``open`` (let through, counted in
+``gateway_redis_errors_total``) or ``closed`` (503). Either way Redis is retried
+after ``REDIS_RETRY_SECONDS``, so service recovers by itself.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+import redis.asyncio
+import structlog
+from redis.exceptions import RedisError
+
+from app.core.errors import ServiceUnavailable, TooManyRequests
+from app.ops.metrics import count_rate_limited, count_redis_error
+from app.ops.settings import RateLimitRule, RateLimitSettings
+
+log = structlog.get_logger("gateway.ratelimit")
+
+REDIS_RETRY_SECONDS = 1.0
+_EPSILON = 1e-9  # keeps floor() from losing a whole request to float rounding
+
+_GCRA_SCRIPT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local results, new_tats, ok = {}, {}, true
+for i, key in ipairs(KEYS) do
+  local interval = tonumber(ARGV[2 * i - 1])
+  local burst = tonumber(ARGV[2 * i])
+  local tat = math.max(tonumber(redis.call('GET', key) or now), now)
+  local new_tat = tat + interval
+  local allow_at = new_tat - burst * interval
+  if now < allow_at then
+    ok = false
+    results[i] = {0, 0, math.ceil((tat - now) * 1000), math.ceil((allow_at - now) * 1000)}
+  else
+    new_tats[i] = new_tat
+    local remaining = math.floor((now - allow_at) / interval + 1e-9)
+    results[i] = {1, remaining, math.ceil((new_tat - now) * 1000), 0}
+  end
+end
+if ok then
+  for i, key in ipairs(KEYS) do
+    local ttl = math.max(1, math.ceil((new_tats[i] - now) * 1000))
+    redis.call('SET', key, string.format('%.6f', new_tats[i]), 'PX', ttl)
+  end
+end
+return results
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Bucket:
+    """One limit applied to one key, e.g. scope ``subject``, key ``alice``."""
+
+    scope: str
+    key: str
+    rule: RateLimitRule
+
+
+@dataclass(frozen=True, slots=True)
+class BucketState:
+    """The outcome for one bucket: allowed, what is left, and when it refills."""
+
+    bucket: Bucket
+    allowed: bool
+    remaining: int
+    reset_seconds: float
+    retry_after_seconds: float
+
+
+def gcra(
+    tat: float | None, now: float, rule: RateLimitRule
+) -> tuple[bool, float, int, float, float]:
+    """One GCRA step: (allowed, new tat, remaining, reset s, retry-after s)."""
+    interval = rule.emission_interval
+    tat = max(tat if tat is not None else now, now)
+    new_tat = tat + interval
+    allow_at = new_tat - rule.limit * interval
+    if now < allow_at:
+        return False, tat, 0, tat - now, allow_at - now
+    remaining = math.floor((now - allow_at) / interval + _EPSILON)
+    return True, new_tat, remaining, new_tat - now, 0.0
+
+
+class RateLimiter(Protocol):
+    async def acquire(self, buckets: Sequence[Bucket]) -> list[BucketState]:
+        """Spend one request from every bucket, or from none if any is empty."""
+        ...
+
+
+class MemoryRateLimiter:
+    """GCRA in this process only: the embedded default without Redis."""
+
+    PRUNE_EVERY = 1024
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._tats: dict[str, float] = {}
+        self._calls = 0
+
+    async def acquire(self, buckets: Sequence[Bucket]) -> list[BucketState]:
+        now = self._clock()
+        self._prune(now)
+        keys = [f"{b.scope}:{b.key}" for b in buckets]
+        steps = [gcra(self._tats.get(k), now, b.rule) for k, b in zip(keys, buckets, strict=True)]
+        if all(step[0] for step in steps):
+            for key, step in zip(keys, steps, strict=True):
+                self._tats[key] = step[1]
+        return [
+            BucketState(b, allowed, remaining, reset, retry)
+            for b, (allowed, _, remaining, reset, retry) in zip(buckets, steps, strict=True)
+        ]
+
+    def _prune(self, now: float) -> None:
+        """Forget keys whose quota is full again, so memory follows active callers."""
+        self._calls += 1
+        if self._calls % self.PRUNE_EVERY == 0:
+            self._tats = {k: tat for k, tat in self._tats.items() if tat > now}
+
+
+class RedisRateLimiter:
+    """GCRA in Redis, one atomic script per request; shared by every gateway process."""
+
+    def __init__(
+        self,
+        client: redis.asyncio.Redis,
+        key_prefix: str,
+        on_error: Literal["open", "closed"],
+    ) -> None:
+        self._script = client.register_script(_GCRA_SCRIPT)
+        self._prefix = key_prefix
+        self._on_error = on_error
+        self._skip_until = 0.0
+
+    async def acquire(self, buckets: Sequence[Bucket]) -> list[BucketState]:
+        if time.monotonic() < self._skip_until:
+            return self._unavailable()
+        keys = [f"{self._prefix}{b.scope}:{b.key}" for b in buckets]
+        args: list[float | int] = []
+        for b in buckets:
+            args += [b.rule.emission_interval, b.rule.limit]
+        try:
+            raw = await self._script(keys=keys, args=args)
+        except (RedisError, OSError) as exc:
+            count_redis_error("rate_limit")
+            log.warning("rate_limit_redis_error", error=type(exc).__name__, mode=self._on_error)
+            self._skip_until = time.monotonic() + REDIS_RETRY_SECONDS
+            return self._unavailable()
+        if self._skip_until:
+            self._skip_until = 0.0
+            log.info("rate_limit_redis_recovered")
+        return [
+            BucketState(b, bool(ok), int(left), reset_ms / 1000, retry_ms / 1000)
+            for b, (ok, left, reset_ms, retry_ms) in zip(buckets, raw, strict=True)
+        ]
+
+    def _unavailable(self) -> list[BucketState]:
+        """Redis is down: no limit applies (open), or the request waits (closed)."""
+        if self._on_error == "open":
+            return []
+        raise ServiceUnavailable(
+            "Rate limiting is temporarily unavailable.",
+            headers={"Retry-After": str(math.ceil(REDIS_RETRY_SECONDS))},
+        )
+
+
+def _item(name: str, **params: float | int) -> str:
+    """One structured-field list item: a quoted policy name with integer parameters."""
+    return f'"{name}"' + "".join(f";{k}={math.ceil(v)}" for k, v in params.items())
+
+
+def rate_limit_headers(states: Sequence[BucketState]) -> dict[str, str]:
+    """``RateLimit-Policy`` and ``RateLimit`` as in draft-ietf-httpapi-ratelimit-headers-09."""
+    if not states:
+        return {}
+    policy = (
+        _item(s.bucket.scope, q=s.bucket.rule.limit, w=s.bucket.rule.window_seconds) for s in states
+    )
+    current = (_item(s.bucket.scope, r=s.remaining, t=s.reset_seconds) for s in states)
+    return {"RateLimit-Policy": ", ".join(policy), "RateLimit": ", ".join(current)}
+
+
+class RateLimitGuard:
+    """Builds the buckets of a request, spends them, and raises 429 when one is empty."""
+
+    def __init__(self, settings: RateLimitSettings, limiter: RateLimiter) -> None:
+        self.settings = settings
+        self.limiter = limiter
+
+    def buckets(self, subject: str, engagement: str | None) -> list[Bucket]:
+        found = []
+        if self.settings.subject is not None:
+            found.append(Bucket("subject", subject, self.settings.subject))
+        if self.settings.engagement is not None and engagement is not None:
+            found.append(Bucket("engagement", engagement, self.settings.engagement))
+        return found
+
+    async def spend(self, subject: str, engagement: str | None) -> dict[str, str]:
+        """Response headers when allowed; ``TooManyRequests`` when a limit is spent."""
+        buckets = self.buckets(subject, engagement)
+        if not buckets:
+            return {}
+        states = await self.limiter.acquire(buckets)
+        denied = [s for s in states if not s.allowed]
+        if not denied:
+            return rate_limit_headers(states)
+        worst = max(denied, key=lambda s: s.retry_after_seconds)
+        count_rate_limited(worst.bucket.scope)
+        log.info("rate_limited", scope=worst.bucket.scope, retry_after=worst.retry_after_seconds)
+        headers = rate_limit_headers([worst])
+        headers["Retry-After"] = str(max(1, math.ceil(worst.retry_after_seconds)))
+        raise TooManyRequests(f"The {worst.bucket.scope} rate limit is spent.", headers=headers)

@@ -1,0 +1,120 @@
+"""Policy-revision notices between gateway processes, over Redis.
+
+``ReloadNotifier.publish(revision)`` records the revision under a key and
+publishes it on a channel. Every process subscribes; when a revision it hears
+differs from ``current_revision()`` it calls ``on_revision(revision)`` (wired to
+``PolicyStore.reload``). Pub/sub drops messages while a subscriber is
+disconnected, so each process also reads the key on every (re)connect and every
+``check_interval_seconds``: a missed notice is picked up at the next check, and
+a reload that failed (files not yet in place) is retried there too.
+
+The callback decides what "in force" means; this module only carries revisions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable
+
+import redis.asyncio
+import structlog
+from redis.exceptions import RedisError
+
+from app.ops.metrics import count_redis_error
+from app.ops.settings import ReloadNoticeSettings
+
+log = structlog.get_logger("gateway.reload_notices")
+
+OnRevision = Callable[[str], Awaitable[None]]
+CurrentRevision = Callable[[], str]
+RECONNECT_DELAY_SECONDS = 0.5
+
+
+class ReloadNotifier:
+    """Publishes this process's policy revisions and acts on other processes' ones."""
+
+    def __init__(
+        self,
+        client: redis.asyncio.Redis,
+        settings: ReloadNoticeSettings,
+        on_revision: OnRevision,
+        current_revision: CurrentRevision,
+    ) -> None:
+        self._client = client
+        self._channel = settings.channel
+        self._interval = settings.check_interval_seconds
+        self._on_revision = on_revision
+        self._current = current_revision
+        self._task: asyncio.Task[None] | None = None
+        self.listening = asyncio.Event()  # subscribed and caught up; cleared while down
+
+    async def publish(self, revision: str) -> bool:
+        """Announce ``revision`` to every process; ``False`` if Redis is unreachable."""
+        try:
+            await self._client.set(self._channel, revision)
+            await self._client.publish(self._channel, revision)
+        except (RedisError, OSError) as exc:
+            count_redis_error("reload_notices")
+            log.warning("policy_notice_publish_failed", revision=revision, error=type(exc).__name__)
+            return False
+        return True
+
+    def start(self) -> None:
+        """Listen in the background until ``aclose()``."""
+        self._task = asyncio.create_task(self._run(), name="policy-reload-notices")
+
+    async def aclose(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self._listen()
+            except (RedisError, OSError) as exc:
+                count_redis_error("reload_notices")
+                log.warning("policy_notice_listener_disconnected", error=type(exc).__name__)
+                await asyncio.sleep(min(RECONNECT_DELAY_SECONDS, self._interval))
+
+    async def _listen(self) -> None:
+        pubsub = self._client.pubsub(ignore_subscribe_messages=True)
+        try:
+            await pubsub.subscribe(self._channel)
+            await self._check()  # catch up on whatever was announced while disconnected
+            self.listening.set()
+            next_check = time.monotonic() + self._interval
+            while True:
+                wait = max(0.01, next_check - time.monotonic())
+                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=wait)
+                if message is not None and message["type"] == "message":
+                    await self._consider(_text(message["data"]), source="notice")
+                if time.monotonic() >= next_check:
+                    await self._check()
+                    next_check = time.monotonic() + self._interval
+        finally:
+            self.listening.clear()
+            with contextlib.suppress(RedisError, OSError):
+                await pubsub.aclose()  # type: ignore[no-untyped-call]  # untyped upstream
+
+    async def _check(self) -> None:
+        announced = await self._client.get(self._channel)
+        if announced is not None:
+            await self._consider(_text(announced), source="periodic_check")
+
+    async def _consider(self, revision: str, source: str) -> None:
+        if revision == self._current():
+            return
+        log.info("policy_revision_announced", revision=revision, source=source)
+        try:
+            await self._on_revision(revision)
+        except Exception:  # the callback's failure must not stop the listener
+            log.exception("policy_revision_callback_failed", revision=revision)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

@@ -1,0 +1,74 @@
+"""The operations side of the app lifespan: Redis client, rate limiter, notices.
+
+``ops_lifespan`` opens what the settings ask for and closes it on shutdown. It
+reuses ``app.state.redis`` when another stage already opened one, and closes
+only what it opened itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import redis.asyncio
+import structlog
+from fastapi import FastAPI
+from redis.exceptions import RedisError
+
+from app.core.config import Settings
+from app.core.redis import create_redis
+from app.ops.metrics import count_redis_error
+from app.ops.processes import mark_worker_exited
+from app.ops.ratelimit import MemoryRateLimiter, RateLimiter, RateLimitGuard, RedisRateLimiter
+from app.ops.reload_notices import CurrentRevision, OnRevision, ReloadNotifier
+
+log = structlog.get_logger("gateway.ops")
+
+
+def _limiter(settings: Settings, client: redis.asyncio.Redis | None) -> RateLimiter:
+    rules = settings.ops.rate_limit
+    if client is None:
+        return MemoryRateLimiter()
+    return RedisRateLimiter(client, rules.key_prefix, rules.on_redis_error)
+
+
+@asynccontextmanager
+async def ops_lifespan(
+    app: FastAPI,
+    settings: Settings,
+    on_revision: OnRevision | None = None,
+    current_revision: CurrentRevision | None = None,
+) -> AsyncIterator[None]:
+    """Shared state for this process; reload notices run when both callbacks are given."""
+    client: redis.asyncio.Redis | None = getattr(app.state, "redis", None)
+    owned = client is None and settings.redis.url is not None
+    if client is None and settings.redis.url is not None:
+        client = create_redis(settings.redis.url)
+    app.state.redis = client
+    app.state.rate_limit = RateLimitGuard(settings.ops.rate_limit, _limiter(settings, client))
+    notifier = None
+    if client is not None and on_revision is not None and current_revision is not None:
+        notifier = ReloadNotifier(
+            client, settings.ops.reload_notices, on_revision, current_revision
+        )
+        notifier.start()
+    app.state.reload_notifier = notifier
+    try:
+        yield
+    finally:
+        if notifier is not None:
+            await notifier.aclose()
+        if owned and client is not None:
+            await client.aclose()
+        mark_worker_exited()
+        log.info("shutdown_complete", redis_closed=owned)
+
+
+async def redis_health(client: redis.asyncio.Redis) -> tuple[bool, str]:
+    """Whether Redis answers a PING now: (ok, detail) for readiness."""
+    try:
+        await client.ping()
+    except (RedisError, OSError) as exc:
+        count_redis_error("health")
+        return False, f"unreachable ({type(exc).__name__})"
+    return True, "reachable"

@@ -1,0 +1,179 @@
+"""``gateway serve`` as a real process: SIGTERM drains in-flight requests; workers."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from tests.conftest import POLICY_DIR, REPO, TEST_KEY_ENV, TEST_SECRET, LiveServer, free_port
+from tests.integration.ops.conftest import FINDINGS, metric_value, wait_until
+
+pytestmark = pytest.mark.integration
+
+CONFIG = """
+signing:
+  keys: [{{id: test-2026, secret_env: {env}}}]
+policy: {{dir: "{policy}"}}
+services:
+  findings: {{url: "{url}"}}
+ops: {{graceful_shutdown_seconds: 30}}
+log: {{format: json}}
+"""
+IN_FLIGHT = 3
+REQUESTS = "gateway_http_requests_total"
+
+
+class HeldFindings:
+    """A findings service that holds every request until released."""
+
+    def __init__(self) -> None:
+        self.arrived = 0
+        self.release = threading.Event()
+        self.app = FastAPI()
+        self.app.get("/engagements/{engagement_id}/findings")(self._list)
+
+    async def _list(self, engagement_id: str) -> dict[str, object]:
+        self.arrived += 1
+        await asyncio.to_thread(self.release.wait)  # released from the test thread
+        return {"engagement_id": engagement_id, "items": [], "count": 0}
+
+
+class GatewayProcess:
+    def __init__(self, tmp_path: Path, downstream: str, *extra: str) -> None:
+        self.port = free_port()
+        config = tmp_path / "gateway.yaml"
+        config.write_text(CONFIG.format(env=TEST_KEY_ENV, policy=POLICY_DIR, url=downstream))
+        self.log_path = tmp_path / "gateway.log"
+        self.log = self.log_path.open("wb")
+        argv = ["serve", "--port", str(self.port), "--config", str(config), *extra]
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "app.cli.main", *argv],
+            cwd=REPO,
+            env={**os.environ, TEST_KEY_ENV: TEST_SECRET.decode()},
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+        wait_until(self._healthy, timeout=30)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def _healthy(self) -> bool:
+        assert self.proc.poll() is None, "gateway exited during start-up"
+        try:
+            return httpx.get(self.url + "/healthz", timeout=1).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    def accepting(self) -> bool:
+        try:
+            httpx.get(self.url + "/healthz", timeout=1)
+        except httpx.TransportError:
+            return False
+        return True
+
+    def log_text(self) -> str:
+        self.log.flush()
+        return self.log_path.read_text()
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+        self.log.close()
+
+
+@pytest.fixture
+def gateway_process(tmp_path: Path) -> Iterator[Callable[..., GatewayProcess]]:
+    started: list[GatewayProcess] = []
+
+    def start(downstream: str, *extra: str) -> GatewayProcess:
+        started.append(GatewayProcess(tmp_path, downstream, *extra))
+        return started[-1]
+
+    yield start
+    for process in started:
+        process.close()
+
+
+def test_sigterm_lets_in_flight_requests_finish(
+    live_server: Callable[[FastAPI], LiveServer],
+    gateway_process: Callable[..., GatewayProcess],
+    signed_client: Callable[..., httpx.Client],
+) -> None:
+    held = HeldFindings()
+    gateway = gateway_process(live_server(held.app).url)
+
+    def fetch() -> httpx.Response:
+        with signed_client(gateway.url, "alice") as client:
+            return client.get(FINDINGS)
+
+    with ThreadPoolExecutor(IN_FLIGHT) as pool:
+        try:
+            futures = [pool.submit(fetch) for _ in range(IN_FLIGHT)]
+            wait_until(lambda: held.arrived == IN_FLIGHT)
+            gateway.proc.send_signal(signal.SIGTERM)
+            wait_until(lambda: not gateway.accepting())  # stopped accepting, still draining
+            assert gateway.proc.poll() is None
+        finally:
+            held.release.set()
+        responses = [f.result(timeout=30) for f in futures]
+    assert [r.status_code for r in responses] == [200] * IN_FLIGHT
+    assert all(r.json()["engagement_id"] == "acme-2026" for r in responses)
+    # uvicorn re-raises the signal after a clean shutdown: exit by SIGTERM, pools closed.
+    assert gateway.proc.wait(timeout=30) == -signal.SIGTERM
+    assert '"event":"shutdown_complete"' in gateway.log_text()
+
+
+def test_workers_share_one_metrics_view(
+    live_server: Callable[[FastAPI], LiveServer],
+    gateway_process: Callable[..., GatewayProcess],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    metrics_dir = tmp_path / "metrics"
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(metrics_dir))
+    held = HeldFindings()
+    gateway = gateway_process(live_server(held.app).url, "--workers", "2")
+    wait_until(lambda: len(list(metrics_dir.glob("counter_*.db"))) == 2, timeout=30)
+    healthz = {"route": "/healthz", "method": "GET", "status": "200"}
+    before = metric_value(httpx.get(gateway.url + "/metrics").text, REQUESTS, **healthz)
+    for _ in range(20):
+        assert httpx.get(gateway.url + "/healthz").status_code == 200
+    # Each scrape is answered by either worker; every one must count all 20 requests.
+    for _ in range(6):
+        text = httpx.get(gateway.url + "/metrics").text
+        assert metric_value(text, REQUESTS, **healthz) == before + 20
+    gateway.proc.send_signal(signal.SIGTERM)
+    assert gateway.proc.wait(timeout=30) == 0  # the supervisor exits 0 after its workers
+    assert gateway.log_text().count('"event":"shutdown_complete"') == 2  # one per worker
+
+
+def test_bad_config_with_workers_stops_with_one_line(tmp_path: Path) -> None:
+    config = tmp_path / "gw.yaml"
+    config.write_text(CONFIG.format(env=TEST_KEY_ENV, policy="nowhere", url="http://127.0.0.1:1"))
+    result = subprocess.run(
+        [sys.executable, "-m", "app.cli.main", "serve", "--workers", "2", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=REPO,
+        env={**os.environ, TEST_KEY_ENV: TEST_SECRET.decode()},
+        check=False,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "gateway: configuration error: policy.dir: nowhere/model.conf is not a readable file"
+    ]

@@ -1,0 +1,128 @@
+"""Two gateways sharing one real Redis: one rate limit, outages handled, recovery."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.integration.ops.conftest import FINDINGS, GatewayFactory, metric_value, wait_until
+from tests.redis_server import RedisServer
+
+pytestmark = pytest.mark.integration
+
+ALICE_3_PER_MINUTE = {"subject": {"limit": 3, "window_seconds": 60}}
+
+
+def _pair(factory: GatewayFactory, redis_url: str, **rate_limit: object) -> tuple[str, str]:
+    sections = {"redis": {"url": redis_url}, "ops": {"rate_limit": rate_limit}}
+    return factory(**sections).url, factory(**sections).url
+
+
+def test_a_limit_spent_on_one_gateway_is_spent_on_both(
+    gateway_factory: GatewayFactory,
+    redis_server: RedisServer,
+    signed_client: Callable[..., httpx.Client],
+) -> None:
+    one, two = _pair(gateway_factory, redis_server.url, **ALICE_3_PER_MINUTE)
+    with signed_client(one, "alice") as a, signed_client(two, "alice") as b:
+        answers = [a.get(FINDINGS), b.get(FINDINGS), a.get(FINDINGS)]
+        assert [r.status_code for r in answers] == [200, 200, 200]
+        assert [r.headers["RateLimit"] for r in answers] == [
+            '"subject";r=2;t=20',
+            '"subject";r=1;t=40',
+            '"subject";r=0;t=60',
+        ]
+        assert answers[0].headers["RateLimit-Policy"] == '"subject";q=3;w=60'
+        refused = b.get(FINDINGS)
+        also_refused = a.get(FINDINGS)
+    for response in (refused, also_refused):
+        assert response.status_code == 429
+        assert response.headers["content-type"] == "application/problem+json"
+        assert response.json()["type"] == "urn:authz-gateway:problem:rate_limited"
+        assert response.json()["corr_id"] == response.headers["x-request-id"]
+        assert 1 <= int(response.headers["Retry-After"]) <= 20
+        assert response.headers["RateLimit"].startswith('"subject";r=0;')
+
+
+def test_engagement_limit_is_shared_by_subjects_and_gateways(
+    gateway_factory: GatewayFactory,
+    redis_server: RedisServer,
+    signed_client: Callable[..., httpx.Client],
+) -> None:
+    rule = {"engagement": {"limit": 2, "window_seconds": 60}}
+    one, two = _pair(gateway_factory, redis_server.url, **rule)
+    with signed_client(one, "alice") as alice, signed_client(two, "bob") as bob:
+        assert alice.get(FINDINGS).status_code == 200
+        assert bob.get(FINDINGS).status_code == 200
+        refused = bob.get(FINDINGS)
+        other_engagement = alice.get("/v1/engagements/globex-cloud/findings")
+    assert refused.status_code == 429
+    assert refused.headers["RateLimit-Policy"] == '"engagement";q=2;w=60'
+    assert other_engagement.status_code == 200
+
+
+def test_redis_outage_fails_open_and_limits_resume_by_themselves(
+    gateway_factory: GatewayFactory,
+    redis_server: RedisServer,
+    signed_client: Callable[..., httpx.Client],
+    captured_logs: list[dict[str, Any]],
+) -> None:
+    rule = {"subject": {"limit": 2, "window_seconds": 60}, "on_redis_error": "open"}
+    one, two = _pair(gateway_factory, redis_server.url, **rule)
+    with signed_client(one, "alice") as a, signed_client(two, "alice") as b:
+        assert [a.get(FINDINGS).status_code, b.get(FINDINGS).status_code] == [200, 200]
+        assert a.get(FINDINGS).status_code == 429
+        redis_server.stop()
+        during = [a.get(FINDINGS), b.get(FINDINGS), a.get(FINDINGS)]
+        assert [r.status_code for r in during] == [200, 200, 200]
+        assert all("RateLimit" not in r.headers for r in during)
+        assert httpx.get(one + "/readyz").status_code == 503
+        errors = metric_value(
+            httpx.get(one + "/metrics").text, "gateway_redis_errors_total", component="rate_limit"
+        )
+        assert errors >= 1
+        redis_server.start()
+        wait_until(lambda: "RateLimit" in a.get(FINDINGS).headers)
+        # Back on Redis (emptied by its restart): the shared limit holds again.
+        wait_until(lambda: b.get(FINDINGS).status_code == 429)
+        assert a.get(FINDINGS).status_code == 429
+    assert httpx.get(two + "/readyz").status_code == 200
+    events = [e for e in captured_logs if e["event"].startswith("rate_limit_redis")]
+    assert {"event": "rate_limit_redis_error", "mode": "open"}.items() <= events[0].items()
+    assert "rate_limit_redis_recovered" in {e["event"] for e in events}
+
+
+def test_redis_outage_fails_closed_when_configured(
+    gateway_factory: GatewayFactory,
+    redis_server: RedisServer,
+    signed_client: Callable[..., httpx.Client],
+) -> None:
+    rule = {"subject": {"limit": 100, "window_seconds": 60}, "on_redis_error": "closed"}
+    one, two = _pair(gateway_factory, redis_server.url, **rule)
+    with signed_client(one, "alice") as a, signed_client(two, "alice") as b:
+        assert a.get(FINDINGS).status_code == 200
+        redis_server.stop()
+        for response in (a.get(FINDINGS), b.get(FINDINGS)):
+            assert response.status_code == 503
+            assert response.json()["type"] == "urn:authz-gateway:problem:unavailable"
+            assert response.headers["Retry-After"] == "1"
+        redis_server.start()
+        wait_until(lambda: a.get(FINDINGS).status_code == 200)
+        wait_until(lambda: b.get(FINDINGS).status_code == 200)
+
+
+def test_readiness_reports_redis(
+    gateway_factory: GatewayFactory, redis_server: RedisServer
+) -> None:
+    url = gateway_factory(redis={"url": redis_server.url}).url
+    checks = {c["name"]: c for c in httpx.get(url + "/readyz").json()["checks"]}
+    assert checks["redis"] == {"name": "redis", "ok": True, "detail": "reachable"}
+    redis_server.stop()
+    response = httpx.get(url + "/readyz")
+    assert response.status_code == 503
+    assert {c["name"]: c["ok"] for c in response.json()["checks"]}["redis"] is False
+    redis_server.start()
+    wait_until(lambda: httpx.get(url + "/readyz").status_code == 200)

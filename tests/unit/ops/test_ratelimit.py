@@ -1,0 +1,127 @@
+"""GCRA arithmetic, the in-memory limiter, the headers and the 429 guard."""
+
+from __future__ import annotations
+
+import pytest
+
+from app.core.errors import TooManyRequests
+from app.ops import ratelimit
+from app.ops.ratelimit import (
+    Bucket,
+    MemoryRateLimiter,
+    RateLimitGuard,
+    gcra,
+    rate_limit_headers,
+)
+from app.ops.settings import RateLimitRule, RateLimitSettings
+
+pytestmark = pytest.mark.anyio
+
+FIVE_PER_10S = RateLimitRule(limit=5, window_seconds=10)
+
+
+def test_gcra_allows_a_full_burst_then_refuses() -> None:
+    tat = None
+    remaining = []
+    for _ in range(5):
+        allowed, tat, left, _reset, retry = gcra(tat, 100.0, FIVE_PER_10S)
+        assert allowed
+        assert retry == 0
+        remaining.append(left)
+    assert remaining == [4, 3, 2, 1, 0]
+    allowed, same_tat, left, reset, retry = gcra(tat, 100.0, FIVE_PER_10S)
+    assert not allowed
+    assert same_tat == tat
+    assert left == 0
+    assert retry == pytest.approx(2.0)  # one emission interval: 10 s / 5
+    assert reset == pytest.approx(10.0)
+
+
+def test_gcra_refills_evenly() -> None:
+    tat = None
+    for _ in range(5):
+        _, tat, *_ = gcra(tat, 100.0, FIVE_PER_10S)
+    allowed, *_ = gcra(tat, 101.9, FIVE_PER_10S)
+    assert not allowed
+    allowed, _, left, _, _ = gcra(tat, 102.0, FIVE_PER_10S)
+    assert allowed
+    assert left == 0
+
+
+def test_gcra_never_banks_more_than_the_limit() -> None:
+    allowed, _, left, _, _ = gcra(50.0, 1_000.0, FIVE_PER_10S)
+    assert allowed
+    assert left == 4
+
+
+async def test_memory_limiter_spends_both_buckets_or_neither() -> None:
+    limiter = MemoryRateLimiter()
+    tight = Bucket("subject", "alice", RateLimitRule(limit=1, window_seconds=60))
+    loose = Bucket("engagement", "acme", RateLimitRule(limit=3, window_seconds=60))
+    first = await limiter.acquire([tight, loose])
+    assert [s.allowed for s in first] == [True, True]
+    second = await limiter.acquire([tight, loose])
+    assert [s.allowed for s in second] == [False, True]
+    # The refused request spent nothing from the engagement: two are left.
+    other = Bucket("subject", "bob", RateLimitRule(limit=1, window_seconds=60))
+    third = await limiter.acquire([other, loose])
+    assert third[1].remaining == 1
+
+
+async def test_memory_limiter_keeps_keys_apart() -> None:
+    limiter = MemoryRateLimiter()
+    rule = RateLimitRule(limit=1, window_seconds=60)
+    assert (await limiter.acquire([Bucket("subject", "alice", rule)]))[0].allowed
+    assert (await limiter.acquire([Bucket("subject", "bob", rule)]))[0].allowed
+    assert not (await limiter.acquire([Bucket("subject", "alice", rule)]))[0].allowed
+
+
+async def test_memory_limiter_prunes_refilled_keys(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(MemoryRateLimiter, "PRUNE_EVERY", 2)
+    clock = iter([0.0, 100.0])
+    limiter = MemoryRateLimiter(clock=lambda: next(clock))
+    rule = RateLimitRule(limit=1, window_seconds=1)
+    await limiter.acquire([Bucket("subject", "alice", rule)])
+    await limiter.acquire([Bucket("subject", "bob", rule)])
+    assert list(limiter._tats) == ["subject:bob"]
+
+
+def test_headers_follow_the_ietf_draft() -> None:
+    states = [
+        ratelimit.BucketState(Bucket("subject", "a", FIVE_PER_10S), True, 3, 4.2, 0),
+        ratelimit.BucketState(
+            Bucket("engagement", "e", RateLimitRule(limit=100, window_seconds=60)), True, 99, 0.6, 0
+        ),
+    ]
+    headers = rate_limit_headers(states)
+    assert headers == {
+        "RateLimit-Policy": '"subject";q=5;w=10, "engagement";q=100;w=60',
+        "RateLimit": '"subject";r=3;t=5, "engagement";r=99;t=1',
+    }
+    assert rate_limit_headers([]) == {}
+
+
+async def test_guard_raises_429_with_retry_after() -> None:
+    settings = RateLimitSettings(subject=RateLimitRule(limit=1, window_seconds=30))
+    guard = RateLimitGuard(settings, MemoryRateLimiter())
+    allowed = await guard.spend("alice", "acme-2026")
+    assert allowed["RateLimit"] == '"subject";r=0;t=30'
+    with pytest.raises(TooManyRequests) as caught:
+        await guard.spend("alice", "acme-2026")
+    assert caught.value.status_code == 429
+    assert caught.value.headers["Retry-After"] == "30"
+    assert caught.value.headers["RateLimit-Policy"] == '"subject";q=1;w=30'
+
+
+async def test_guard_without_rules_spends_nothing() -> None:
+    guard = RateLimitGuard(RateLimitSettings(), MemoryRateLimiter())
+    for _ in range(3):
+        assert await guard.spend("alice", "acme-2026") == {}
+    assert guard.buckets("alice", None) == []
+
+
+def test_engagement_bucket_needs_an_engagement() -> None:
+    rule = RateLimitRule(limit=1)
+    guard = RateLimitGuard(RateLimitSettings(subject=rule, engagement=rule), MemoryRateLimiter())
+    assert [b.scope for b in guard.buckets("alice", None)] == ["subject"]
+    assert [b.scope for b in guard.buckets("alice", "acme")] == ["subject", "engagement"]
