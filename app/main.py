@@ -16,8 +16,7 @@ from fastapi import FastAPI
 from app import __version__
 from app.api.problems import install_problem_handlers
 from app.api.routes import findings, health
-from app.authn.keys import load_keyring
-from app.authn.verifier import SignatureVerifier
+from app.authn.service import AuthnService
 from app.authz.policy import PolicyEngine
 from app.core.config import Settings, load_settings
 from app.edge.correlation import EdgeMiddleware
@@ -29,16 +28,15 @@ def create_app(
 ) -> FastAPI:
     """Build the gateway; raises ``ConfigError`` if the settings cannot be served."""
     settings = settings or load_settings()
-    verifier = SignatureVerifier(
-        load_keyring(settings.signing.keys), settings.signing.max_skew_seconds
-    )
+    authn = AuthnService.from_settings(settings)
     policy = PolicyEngine.load(settings.policy)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.services = ServiceRegistry(settings.services, transport)
         try:
-            yield
+            async with authn.running():
+                yield
         finally:
             await app.state.services.aclose()
 
@@ -49,7 +47,8 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.settings = settings
-    app.state.verifier = verifier
+    app.state.authn = authn
+    app.state.verifier = authn.verifier
     app.state.policy = policy
     install_problem_handlers(app)
     app.add_middleware(EdgeMiddleware, max_body_bytes=settings.edge.max_body_bytes)

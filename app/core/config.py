@@ -35,6 +35,7 @@ from app.core.errors import ConfigError
 
 CONFIG_FILE_ENV = "GATEWAY_CONFIG_FILE"
 KEY_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$"
+REDIS_URL_ENV = "REDIS_URL"
 SERVICE_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 
 PositiveSeconds = Annotated[float, Field(gt=0, le=3600)]
@@ -62,9 +63,22 @@ class KeySpec(_Section):
         return self
 
 
+# RFC 8941 Dictionary key: what a Signature-Input label may be.
+SIGNATURE_LABEL_PATTERN = r"^[a-z*][a-z0-9_.*-]{0,63}$"
+
+
 class SigningSettings(_Section):
+    """Inbound RFC 9421 verification: keys, time window, label and replay store size."""
+
     keys: list[KeySpec] = Field(default_factory=list)
+    # YAML with a ``keys:`` list of KeySpec; reloaded on change and on SIGHUP.
+    keys_file: Path | None = None
+    watch_keys_file: bool = True
     max_skew_seconds: Annotated[int, Field(ge=1, le=3600)] = 300
+    # When set, only this Signature-Input label is considered (see signing.md).
+    label: Annotated[str, Field(pattern=SIGNATURE_LABEL_PATTERN)] | None = None
+    # In-memory nonce store bound; when full, requests get 503 rather than reopen replay.
+    nonce_capacity: Annotated[int, Field(ge=1, le=10_000_000)] = 100_000
     identity_headers: tuple[str, ...] = ("x-auth-subject", "x-auth-groups")
 
     @field_validator("keys")
@@ -104,6 +118,25 @@ class EdgeSettings(_Section):
     max_body_bytes: Annotated[int, Field(ge=0)] = 1024 * 1024
 
 
+def _redis_url_from_env() -> str | None:
+    return os.environ.get(REDIS_URL_ENV) or None
+
+
+class RedisSettings(_Section):
+    """Shared state for scale-out: ``redis.url`` (``GATEWAY_REDIS__URL``), else ``$REDIS_URL``."""
+
+    url: str | None = Field(default_factory=_redis_url_from_env)
+    socket_timeout: PositiveSeconds = 0.5
+    max_connections: Annotated[int, Field(ge=1, le=10_000)] = 64
+
+    @field_validator("url")
+    @classmethod
+    def _redis_scheme(cls, url: str | None) -> str | None:
+        if url is not None and not url.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return url
+
+
 class LogSettings(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     format: Literal["auto", "json", "console"] = "auto"
@@ -124,6 +157,7 @@ class Settings(BaseSettings):
     services: dict[str, ServiceSettings] = Field(default_factory=dict)
     edge: EdgeSettings = Field(default_factory=EdgeSettings)
     log: LogSettings = Field(default_factory=LogSettings)
+    redis: RedisSettings = Field(default_factory=RedisSettings)
 
     @field_validator("services")
     @classmethod

@@ -119,12 +119,18 @@ def test_missing_signature() -> None:
 
 @pytest.mark.parametrize(
     "signature_input",
-    ['sig1=("@method"', "sig1=garbage;;", 'sig1=("@method");created="x";keyid="k1"', "sig1=()"],
+    ['sig1=("@method"', "sig1=garbage;;", 'sig1=("@method");created="x";keyid="k1"'],
 )
 def test_malformed_signature_input(signature_input: str) -> None:
     message = _signed(_request())
     headers = {**message.headers, "signature-input": [signature_input]}
-    assert _reason(replace(message, headers=headers)) in {"signature_malformed"}
+    assert _reason(replace(message, headers=headers)) == "signature_malformed"
+
+
+def test_well_formed_input_without_required_params_is_param_missing() -> None:
+    message = _signed(_request())
+    headers = {**message.headers, "signature-input": ["sig1=()"]}
+    assert _reason(replace(message, headers=headers)) == "param_missing"
 
 
 def test_stale_and_future() -> None:
