@@ -11,6 +11,8 @@ import httpx
 import pytest
 from fastapi import FastAPI
 from http_message_signatures import HTTPMessageSigner, MappingKeyResolver, algorithms
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from app.authn.identity import INBOUND_ONLY_HEADERS
 from app.authn.signer import HttpSignatureAuth, message_from_httpx, sign_headers
@@ -196,3 +198,29 @@ def test_default_signer_options_round_trip(stack: Stack) -> None:
     assert created.status_code == 201
     assert "sha-512=" in created.request.headers["content-digest"]
     assert created.request.headers["signature"].startswith("proxy=")
+
+
+# Printable ASCII: what an HTTP client will put on the wire unchanged.
+wire_text = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=200)
+GARBAGE_TOKENS = ["sig1=", "(", ")", '"@method"', ";created=1", ';keyid="k"', ":AAAA:", ",", "?0"]
+garbage = st.one_of(wire_text, st.lists(st.sampled_from(GARBAGE_TOKENS), max_size=20).map("".join))
+
+
+@settings(
+    max_examples=25,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(signature_input=garbage, signature=garbage)
+def test_garbage_signature_fields_against_a_live_gateway_are_401(
+    stack: Stack, signature_input: str, signature: str
+) -> None:
+    headers = {
+        "x-auth-subject": "alice",
+        "signature-input": signature_input,
+        "signature": signature,
+    }
+    response = httpx.get(stack.url + FINDINGS, headers=headers, timeout=10)
+    assert response.status_code == 401, (signature_input, signature, response.text)
+    assert response.headers["content-type"] == "application/problem+json"
