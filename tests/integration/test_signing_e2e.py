@@ -200,8 +200,10 @@ def test_default_signer_options_round_trip(stack: Stack) -> None:
     assert created.request.headers["signature"].startswith("proxy=")
 
 
-# Printable ASCII: what an HTTP client will put on the wire unchanged.
-wire_text = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=200)
+# Printable ASCII without outer spaces: what an HTTP client puts on the wire unchanged.
+wire_text = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=200).map(
+    str.strip
+)
 GARBAGE_TOKENS = ["sig1=", "(", ")", '"@method"', ";created=1", ';keyid="k"', ":AAAA:", ",", "?0"]
 garbage = st.one_of(wire_text, st.lists(st.sampled_from(GARBAGE_TOKENS), max_size=20).map("".join))
 
