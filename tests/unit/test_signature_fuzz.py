@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from app.authn.base import Message
+from app.authn.base import Message, serialize_signature_params, serialize_with_http_sf
 from app.authn.keys import KeyRing, SigningKey
 from app.authn.signer import sign_headers
 from app.authn.verifier import Reason, SignatureVerifier, parse_signature_headers
@@ -87,3 +88,32 @@ def test_near_valid_fields_are_a_known_reason_or_the_genuine_signature(
 
 def test_the_unmodified_fields_verify() -> None:
     assert _outcome(SIGNED["signature-input"], SIGNED["signature"]) == "accepted"
+
+
+sf_key = st.from_regex(r"\A[a-z*][a-z0-9_.*-]{0,12}\Z")
+any_text = st.text(st.characters(min_codepoint=0x00, max_codepoint=0x17F), max_size=20)
+param_value = st.one_of(
+    st.integers(-(10**15) + 1, 10**15 - 1),
+    any_text,
+    st.integers(10**15, 10**16),  # out of the RFC 8941 Integer range
+)
+
+
+def _serialised(fn: Callable[..., str], components: list[str], params: dict[str, object]) -> str:
+    try:
+        return fn(components, params)
+    except ValueError:
+        return "<refused>"
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    components=st.lists(any_text, max_size=6),
+    params=st.dictionaries(sf_key, param_value, max_size=6),
+)
+def test_fast_params_serialiser_equals_http_sf(
+    components: list[str], params: dict[str, object]
+) -> None:
+    fast = _serialised(serialize_signature_params, components, params)
+    reference = _serialised(serialize_with_http_sf, components, params)
+    assert fast == reference
