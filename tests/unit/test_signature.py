@@ -301,3 +301,27 @@ def test_replay_ttl_covers_the_whole_acceptance_window(
 def test_multiple_subject_lines_are_malformed_identity() -> None:
     message = _signed(_with_headers(_request(), **{"x-auth-subject": ["alice", "dana"]}))
     assert _reason(message) == "identity_malformed"
+
+
+def test_tampered_groups_is_invalid() -> None:
+    message = _signed(_with_headers(_request(), **{"x-auth-groups": ["analysts"]}))
+    assert _reason(_with_headers(message, **{"x-auth-groups": ["admins"]})) == "signature_invalid"
+
+
+@pytest.mark.parametrize(
+    ("components", "query"),
+    [
+        (["@method", "@path"], ""),  # x-auth-subject not covered
+        (["@path", "x-auth-subject"], ""),  # @method not covered
+        (["@method", "x-auth-subject"], ""),  # @path not covered
+        (["@method", "@path", "x-auth-subject"], "page=2"),  # @query not covered
+    ],
+)
+def test_signature_omitting_a_required_component(components: list[str], query: str) -> None:
+    request = _request(query=query)
+    params = {"created": NOW, "keyid": "k1", "nonce": "n-1"}
+    base = build_signature_base(request, components, params)
+    mac = base64.b64encode(hmac_sha256(SECRET, base)).decode()
+    value = f"sig1={serialize_signature_params(components, params)}"
+    message = _with_headers(request, **{"signature-input": [value], "signature": [f"sig1=:{mac}:"]})
+    assert _reason(message) == "component_missing"
