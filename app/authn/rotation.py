@@ -10,8 +10,9 @@ request sees either the old ring or the new one, never a mix.
 Two ways to notice a change were weighed: polling ``stat`` from a task (no
 dependency, but a latency/CPU trade-off of its own) and ``watchfiles`` (inotify
 on Linux, already installed with ``uvicorn[standard]``). ``watchfiles`` is used
-on the keys file's directory, so an atomic rename or a Kubernetes ``..data``
-symlink swap is seen too; SIGHUP covers secrets that live elsewhere.
+on the keys file's directory, filtered to the file and ``..*`` entries, so an
+atomic rename or a Kubernetes ``..data`` symlink swap is seen too; SIGHUP covers
+secrets that live elsewhere.
 """
 
 from __future__ import annotations
@@ -89,8 +90,8 @@ class KeyReloader:
         stop = asyncio.Event()
         watcher = None
         if self.settings.keys_file is not None and self.settings.watch_keys_file:
-            directory = self.settings.keys_file.resolve().parent
-            watcher = asyncio.create_task(self._watch(directory, stop))
+            keys_file = self.settings.keys_file.absolute()
+            watcher = asyncio.create_task(self._watch(keys_file, stop))
         try:
             yield
         finally:
@@ -113,12 +114,17 @@ class KeyReloader:
         log.info("signing_keys_reload_requested", trigger="SIGHUP")
         self.reload()
 
-    async def _watch(self, directory: Path, stop: asyncio.Event) -> None:
+    async def _watch(self, keys_file: Path, stop: asyncio.Event) -> None:
+        def concerns_keys(_change: watchfiles.Change, path: str) -> bool:
+            # The file itself (in place or renamed over) or a Kubernetes ``..data`` swap.
+            name = Path(path).name
+            return name == keys_file.name or name.startswith("..")
+
         self.watching = True
         try:
             async for _changes in watchfiles.awatch(
-                directory,
-                watch_filter=None,
+                keys_file.parent,
+                watch_filter=concerns_keys,
                 debounce=WATCH_DEBOUNCE_MS,
                 recursive=False,
                 stop_event=stop,
