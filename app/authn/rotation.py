@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -35,6 +36,21 @@ from app.core.errors import ConfigError
 log = structlog.get_logger("gateway.authn")
 
 WATCH_DEBOUNCE_MS = 200
+# Backstop: every few seconds, compare the file's stat with the last load, for
+# changes made before the watch was set up or on filesystems without inotify.
+WATCH_RECHECK_MS = 2000
+Fingerprint = tuple[int, int, int] | None
+
+
+def fingerprint(path: Path | None) -> Fingerprint:
+    """(inode, mtime, size) of the file a path leads to; ``None`` if unreadable."""
+    if path is None:
+        return None
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_ino, st.st_mtime_ns, st.st_size)
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +72,7 @@ class KeyReloader:
         self.reloads = 0
         self.last_error: str | None = None
         self.watching = False
+        self._loaded = fingerprint(settings.keys_file)
 
     @classmethod
     def initial_ring(cls, settings: SigningSettings) -> KeyRing:
@@ -64,6 +81,7 @@ class KeyReloader:
 
     def reload(self) -> bool:
         """Swap in a freshly loaded ring; on failure keep the last good one."""
+        self._loaded = fingerprint(self.settings.keys_file)
         try:
             ring = load_keyring_from(self.settings.keys, self.settings.keys_file)
         except ConfigError as exc:
@@ -122,15 +140,18 @@ class KeyReloader:
 
         self.watching = True
         try:
-            async for _changes in watchfiles.awatch(
+            async for changes in watchfiles.awatch(
                 keys_file.parent,
                 watch_filter=concerns_keys,
                 debounce=WATCH_DEBOUNCE_MS,
                 recursive=False,
                 stop_event=stop,
+                rust_timeout=WATCH_RECHECK_MS,
+                yield_on_timeout=True,
             ):
-                log.info("signing_keys_reload_requested", trigger="file_change")
-                self.reload()
+                if changes or fingerprint(keys_file) != self._loaded:
+                    log.info("signing_keys_reload_requested", trigger="file_change")
+                    self.reload()
         except Exception:
             log.exception("signing_keys_watch_failed")
         finally:

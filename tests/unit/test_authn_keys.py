@@ -107,3 +107,22 @@ def test_empty_ring_is_not_ready() -> None:
     authn = AuthnService.from_settings(make_settings(signing={"keys": []}))
     checks = dict((name, ok) for name, ok, _ in asyncio.run(authn.readiness()))
     assert checks == {"signing_keys": False, "nonce_store": True}
+
+
+@pytest.mark.usefixtures("two_secrets")
+def test_change_made_as_watching_starts_is_still_picked_up(tmp_path: Path) -> None:
+    path = _keys_file(tmp_path, f"keys:\n  - id: k2\n    secret_env: {OTHER_ENV}\n")
+    settings = make_settings(signing={"keys": [], "keys_file": str(path)})
+    authn = AuthnService.from_settings(settings)
+
+    async def scenario() -> list[str]:
+        async with authn.running():
+            # Written before the watch is registered: only the stat backstop can see it.
+            path.write_text(f"keys:\n  - id: k4\n    secret_env: {OTHER_ENV}\n")
+            for _ in range(150):  # bounded wait for the reload, not a timing assertion
+                if authn.verifier.keyring.key_ids == ["k4"]:
+                    break
+                await asyncio.sleep(0.1)
+        return authn.verifier.keyring.key_ids
+
+    assert asyncio.run(scenario()) == ["k4"]
