@@ -42,7 +42,9 @@ async def authenticate(request: Request) -> Identity:
         decision_log.info("decision", stage="authn", decision="deny", reason=exc.reason)
         raise
     except NonceStoreUnavailable:
-        decision_log.warning("decision", stage="authn", decision="deny", reason="replay_unchecked")
+        decision_log.warning(
+            "decision", stage="authn", decision="deny", reason="replay_check_unavailable"
+        )
         raise
     structlog.contextvars.bind_contextvars(subject=identity.subject, key_id=identity.key_id)
     return identity
