@@ -16,8 +16,7 @@ from fastapi import FastAPI
 from app import __version__
 from app.api.problems import install_problem_handlers
 from app.api.routes import findings, health, metrics
-from app.authn.keys import load_keyring
-from app.authn.verifier import SignatureVerifier
+from app.authn.service import AuthnService
 from app.authz.policy import PolicyEngine
 from app.core.config import Settings, load_settings
 from app.core.logging import configure_logging
@@ -32,16 +31,14 @@ def create_app(
 ) -> FastAPI:
     """Build the gateway; raises ``ConfigError`` if the settings cannot be served."""
     settings = settings or load_settings()
-    verifier = SignatureVerifier(
-        load_keyring(settings.signing.keys), settings.signing.max_skew_seconds
-    )
+    authn = AuthnService.from_settings(settings)
     policy = PolicyEngine.load(settings.policy)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.services = ServiceRegistry(settings.services, transport)
         try:
-            async with ops_lifespan(app, settings):
+            async with authn.running(), ops_lifespan(app, settings):
                 yield
         finally:
             await app.state.services.aclose()
@@ -53,7 +50,8 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.settings = settings
-    app.state.verifier = verifier
+    app.state.authn = authn
+    app.state.verifier = authn.verifier
     app.state.policy = policy
     install_problem_handlers(app)
     app.add_middleware(EdgeMiddleware, max_body_bytes=settings.edge.max_body_bytes)

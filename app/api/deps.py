@@ -17,7 +17,8 @@ from fastapi import Depends, Request, Response
 
 from app.authn.asgi import message_from_scope
 from app.authn.identity import Identity
-from app.authn.verifier import SignatureVerifier
+from app.authn.nonces import NonceStoreUnavailable
+from app.authn.service import AuthnService
 from app.authz.policy import GLOBAL_DOMAIN, Decision, PolicyEngine, _reason
 from app.core.errors import AccessDenied, AuthenticationFailed, BadRequest
 from app.ops.metrics import count_decision, count_signature_failure
@@ -30,14 +31,24 @@ _ENGAGEMENT = re.compile(r"^[a-z0-9][a-z0-9-]{1,62}$")
 
 
 async def authenticate(request: Request) -> Identity:
-    """Verify the request's signature; 401 with a logged reason otherwise."""
-    verifier: SignatureVerifier = request.app.state.verifier
+    """Verify the request's signature and claim its nonce.
+
+    401 with a logged reason when the signature is not accepted (replays
+    included); 503 when the replay check cannot answer (fail closed).
+    """
+    authn: AuthnService = request.app.state.authn
     body = await request.body()
     try:
-        identity = verifier.verify(message_from_scope(request.scope), body)
+        identity = await authn.authenticate(message_from_scope(request.scope), body)
     except AuthenticationFailed as exc:
         decision_log.info("decision", stage="authn", decision="deny", reason=exc.reason)
         count_signature_failure(exc.reason)
+        raise
+    except NonceStoreUnavailable:
+        decision_log.warning(
+            "decision", stage="authn", decision="deny", reason="replay_check_unavailable"
+        )
+        count_signature_failure("replay_check_unavailable")
         raise
     structlog.contextvars.bind_contextvars(subject=identity.subject, key_id=identity.key_id)
     return identity

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -76,13 +77,49 @@ def component_value(message: Message, name: str) -> str:
 
 
 def serialize_signature_params(components: Sequence[str], params: Mapping[str, ParamValue]) -> str:
-    """The ``@signature-params`` value, as it also appears in Signature-Input."""
+    """The ``@signature-params`` value, as it also appears in Signature-Input.
+
+    RFC 8941 §4.1 serialisation of an Inner List of Strings with String or
+    Integer parameters: the only shapes the profile admits. Written out here
+    because it runs on every request and ``http_sf.ser`` costs about a third of
+    a verification; a property test holds it equal to ``http_sf.ser``.
+    """
+    inner = " ".join(_sf_string(c) for c in components)
+    return f"({inner})" + "".join(f";{_sf_key(k)}={_sf_bare(v)}" for k, v in params.items())
+
+
+def serialize_with_http_sf(components: Sequence[str], params: Mapping[str, ParamValue]) -> str:
+    """The same value through the ``http_sf`` serialiser: the reference for tests."""
     inner: tuple[list[tuple[str, dict[str, str]]], dict[str, ParamValue]] = (
         [(c, {}) for c in components],
         dict(params),
     )
     # A one-member List serialises to exactly the Inner List with its parameters.
     return http_sf.ser([inner])  # type: ignore[list-item]
+
+
+_SF_KEY = re.compile(r"[a-z*][a-z0-9_.*-]*")
+_SF_INTEGER_MAX = 999_999_999_999_999
+
+
+def _sf_key(key: str) -> str:
+    if not _SF_KEY.fullmatch(key):
+        raise ValueError("not an RFC 8941 key")
+    return key
+
+
+def _sf_string(value: str) -> str:
+    if not (value.isascii() and value.isprintable()):
+        raise ValueError("not an RFC 8941 String")
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _sf_bare(value: ParamValue) -> str:
+    if type(value) is int and -_SF_INTEGER_MAX <= value <= _SF_INTEGER_MAX:
+        return str(value)
+    if type(value) is str:
+        return _sf_string(value)
+    raise ValueError("only Strings and Integers are signature parameters here")
 
 
 def build_signature_base(

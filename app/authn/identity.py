@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 SUBJECT_HEADER = "x-auth-subject"
@@ -28,3 +29,15 @@ def parse_groups(value: str | None) -> tuple[str, ...] | None:
     if not all(GROUP_PATTERN.match(g) for g in groups):
         return None
     return groups
+
+
+# Headers that only mean something on the inbound hop: a forwarder must never pass
+# them downstream as received (the gateway asserts identity downstream itself).
+INBOUND_ONLY_HEADERS = frozenset(
+    {SUBJECT_HEADER, GROUPS_HEADER, "signature", "signature-input", "content-digest"}
+)
+
+
+def strip_inbound_headers(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The header pairs a forwarder may pass downstream: inbound-only ones removed."""
+    return [(name, value) for name, value in headers if name.lower() not in INBOUND_ONLY_HEADERS]

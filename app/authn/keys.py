@@ -1,13 +1,24 @@
-"""Inbound signing keys: several may be active at once so proxies can rotate."""
+"""Inbound signing keys: several may be active at once so proxies can rotate.
+
+A key ring comes from ``signing.keys`` in the settings plus the optional
+``signing.keys_file`` (YAML, ``keys:`` list of the same shape). Secrets are
+only ever named (environment variable or file), never written in either.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 
-from app.core.config import KeySpec
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from app.core.config import KeySpec, describe_validation_error
 from app.core.errors import ConfigError
 
 MIN_SECRET_BYTES = 32
@@ -32,10 +43,19 @@ class KeyRing:
     """Key id to key; replaced whole on reload, never mutated in place."""
 
     def __init__(self, keys: Iterable[SigningKey]) -> None:
-        self._keys = {k.id: k for k in keys}
+        keys_ = list(keys)
+        self._keys = {k.id: k for k in keys_}
+        # Keyed HMAC state per key, copied per message: saves re-keying on every request.
+        self._macs = {k.id: hmac.new(k.secret, digestmod=hashlib.sha256) for k in keys_}
 
     def get(self, key_id: str) -> SigningKey | None:
         return self._keys.get(key_id)
+
+    def mac(self, key_id: str, data: bytes) -> bytes:
+        """HMAC-SHA256 of ``data`` under the key ``key_id`` (which must be in the ring)."""
+        state = self._macs[key_id].copy()
+        state.update(data)
+        return state.digest()
 
     @property
     def key_ids(self) -> list[str]:
@@ -69,3 +89,39 @@ def load_keyring(specs: Iterable[KeySpec]) -> KeyRing:
         where = f"signing.keys[{index}] (id={spec.id})"
         keys.append(SigningKey(spec.id, _read_secret(spec, where), spec.not_before, spec.not_after))
     return KeyRing(keys)
+
+
+class _KeysFile(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    keys: list[KeySpec]
+
+
+def read_keys_file(path: Path) -> list[KeySpec]:
+    """The key specs in a YAML keys file; errors never quote the file's content."""
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}: invalid YAML{where}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text") from None
+    try:
+        return list(_KeysFile.model_validate(raw).keys)
+    except ValidationError as exc:
+        raise ConfigError(f"{path}: {describe_validation_error(exc)}") from None
+
+
+def load_keyring_from(inline: Iterable[KeySpec], keys_file: Path | None) -> KeyRing:
+    """Settings keys plus the keys file's keys; ids must be unique across both."""
+    specs = list(inline)
+    if keys_file is not None:
+        specs += read_keys_file(keys_file)
+    ids = [s.id for s in specs]
+    duplicates = sorted({i for i in ids if ids.count(i) > 1})
+    if duplicates:
+        raise ConfigError(f"signing keys: duplicate key id(s) {', '.join(duplicates)}")
+    return load_keyring(specs)

@@ -105,20 +105,38 @@ class HttpSignatureAuth(httpx.Auth):
         secret: bytes,
         subject: str | None = None,
         groups: Sequence[str] = (),
+        *,
+        label: str = DEFAULT_LABEL,
+        expires_in: int | None = None,
+        digest_algorithms: Sequence[str] = ("sha-256",),
     ) -> None:
         self.key_id = key_id
         self._secret = secret
         self.subject = subject
         self.groups = tuple(groups)
+        self.label = label
+        self.expires_in = expires_in
+        self.digest_algorithms = tuple(digest_algorithms)
+
+    def __repr__(self) -> str:
+        return f"HttpSignatureAuth(key_id={self.key_id!r}, subject={self.subject!r})"
 
     def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
         if self.subject is not None:
             request.headers[SUBJECT_HEADER] = self.subject
         if self.groups:
             request.headers[GROUPS_HEADER] = ",".join(self.groups)
-        body = request.content
-        for name, value in sign_headers(
-            message_from_httpx(request), body, key_id=self.key_id, secret=self._secret
-        ).items():
-            request.headers[name] = value
+        created = int(time.time())
+        expires = None if self.expires_in is None else created + self.expires_in
+        added = sign_headers(
+            message_from_httpx(request),
+            request.content,
+            key_id=self.key_id,
+            secret=self._secret,
+            created=created,
+            expires=expires,
+            label=self.label,
+            digest_algorithms=self.digest_algorithms,
+        )
+        request.headers.update(added)
         yield request

@@ -1,29 +1,30 @@
 """Inbound RFC 9421 verification: the gateway's front door.
 
-``SignatureVerifier.verify`` takes a ``Message`` and its body and returns the
-caller's ``Identity`` or raises ``AuthenticationFailed`` with a machine reason
-(``Reason``) for the decision log. Checks run from cheap to costly: parse,
-parameters, key, time window, required coverage, MAC, body digest, identity.
+``SignatureVerifier.verify_signature`` takes a ``Message`` and its body and
+returns the ``VerifiedSignature`` (identity, key id, nonce, lifetime) or raises
+``AuthenticationFailed`` with a machine reason (``Reason``) for the decision
+log. Checks run from cheap to costly: parse, parameters, time window, required
+coverage, key, MAC, body digest, identity. The replay check (a nonce claim) is
+the caller's next step, after the MAC verified: see ``app.authn.service``.
+
+Several signatures in one request: if ``label`` is configured only that label
+is considered; otherwise labels are tried in Signature-Input order and the
+first that satisfies the whole profile wins. If none does, the reason is the
+first tried label's failure. At most ``MAX_SIGNATURES`` labels are accepted.
 """
 
 from __future__ import annotations
 
 import hmac
-from collections.abc import Mapping
+import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 
 import http_sf
 
-from app.authn.base import (
-    ALGORITHM,
-    ComponentMissing,
-    Message,
-    ParamValue,
-    build_signature_base,
-    hmac_sha256,
-)
+from app.authn.base import ALGORITHM, ComponentMissing, Message, ParamValue, build_signature_base
 from app.authn.digest import DigestError, verify_content_digest
 from app.authn.identity import (
     GROUPS_HEADER,
@@ -35,6 +36,10 @@ from app.authn.identity import (
 from app.authn.keys import KeyRing
 from app.core.errors import AuthenticationFailed
 
+MAX_SIGNATURES = 8
+MAX_NONCE_LENGTH = 128
+REQUIRED_PARAMS = ("keyid", "created", "nonce")
+
 
 class Reason(StrEnum):
     """Why a request was not authenticated; logged, never shown to the client."""
@@ -42,6 +47,7 @@ class Reason(StrEnum):
     SIGNATURE_MISSING = "signature_missing"
     SIGNATURE_MALFORMED = "signature_malformed"
     SIGNATURE_INVALID = "signature_invalid"
+    PARAM_MISSING = "param_missing"
     UNKNOWN_KEY = "unknown_key"
     KEY_EXPIRED = "key_expired"
     ALGORITHM_UNSUPPORTED = "algorithm_unsupported"
@@ -50,6 +56,7 @@ class Reason(StrEnum):
     STALE = "stale"
     FUTURE = "future"
     EXPIRED = "expired"
+    REPLAYED = "replayed"
     IDENTITY_UNSIGNED = "identity_unsigned"
     IDENTITY_MALFORMED = "identity_malformed"
 
@@ -60,6 +67,25 @@ class SignatureInput:
     components: tuple[str, ...]
     params: Mapping[str, ParamValue]
     signature: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class VerifiedSignature:
+    """A signature that satisfied the profile; its nonce is not yet claimed."""
+
+    identity: Identity
+    label: str
+    key_id: str
+    nonce: str
+    created: int
+    expires: int | None
+
+    def replay_ttl(self, now: float, max_skew: int) -> int:
+        """Seconds this signature stays acceptable: how long its nonce must be remembered."""
+        accepted_until = self.created + max_skew
+        if self.expires is not None:
+            accepted_until = min(accepted_until, self.expires)
+        return max(1, int(accepted_until - now) + 1)
 
 
 def _fail(reason: Reason) -> AuthenticationFailed:
@@ -90,20 +116,26 @@ def _components(inner: object) -> tuple[str, ...]:
     return tuple(names)
 
 
+def _valid_param(key: str, value: object) -> bool:
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        return False
+    if key in ("created", "expires"):
+        return type(value) is int and value >= 0
+    if key == "nonce":
+        return type(value) is str and 0 < len(value) <= MAX_NONCE_LENGTH
+    if key in ("keyid", "alg", "tag"):
+        return type(value) is str and bool(value)
+    return True
+
+
 def _params(raw: object) -> dict[str, ParamValue]:
     if not isinstance(raw, dict):
         raise _fail(Reason.SIGNATURE_MALFORMED)
     params: dict[str, ParamValue] = {}
     for key, value in raw.items():
-        if key in ("created", "expires") and not (type(value) is int and value >= 0):
-            raise _fail(Reason.SIGNATURE_MALFORMED)
-        if key in ("keyid", "nonce", "alg", "tag") and not (type(value) is str and value):
-            raise _fail(Reason.SIGNATURE_MALFORMED)
-        if not isinstance(value, int | str) or isinstance(value, bool):
+        if not _valid_param(key, value):
             raise _fail(Reason.SIGNATURE_MALFORMED)
         params[key] = value
-    if "keyid" not in params or "created" not in params:
-        raise _fail(Reason.SIGNATURE_MALFORMED)
     return params
 
 
@@ -111,6 +143,8 @@ def parse_signature_headers(signature_input: str, signature: str) -> list[Signat
     """Every labelled signature in the two fields, in Signature-Input order."""
     inputs = _parse_dictionary(signature_input)
     signatures = _parse_dictionary(signature)
+    if len(inputs) > MAX_SIGNATURES:
+        raise _fail(Reason.SIGNATURE_MALFORMED)
     parsed = []
     for label, member in inputs.items():
         if not isinstance(member, tuple) or label not in signatures:
@@ -128,31 +162,79 @@ def parse_signature_headers(signature_input: str, signature: str) -> list[Signat
 class SignatureVerifier:
     """Verifies the gateway's inbound signing profile against a key ring."""
 
-    def __init__(self, keyring: KeyRing, max_skew_seconds: int = 300) -> None:
+    def __init__(
+        self, keyring: KeyRing, max_skew_seconds: int = 300, label: str | None = None
+    ) -> None:
+        # Replaced whole by the key reloader; read once per request.
         self.keyring = keyring
         self.max_skew = max_skew_seconds
+        self.label = label
 
     def verify(self, message: Message, body: bytes, now: float | None = None) -> Identity:
-        """Return the signed identity or raise ``AuthenticationFailed``."""
+        """The signed identity (no replay check), or ``AuthenticationFailed``."""
+        return self.verify_signature(message, body, now).identity
+
+    def verify_signature(
+        self, message: Message, body: bytes, now: float | None = None
+    ) -> VerifiedSignature:
+        """The first signature that satisfies the profile, or the first one's failure."""
+        candidates = self._candidates(message)
+        moment = time.time() if now is None else now
+        keyring = self.keyring
+        failure: AuthenticationFailed | None = None
+        for candidate in candidates:
+            try:
+                return self._verify_one(message, body, candidate, moment, keyring)
+            except AuthenticationFailed as exc:
+                failure = failure or exc
+        assert failure is not None  # candidates is never empty
+        raise failure
+
+    def _candidates(self, message: Message) -> Sequence[SignatureInput]:
         sig_input_value = message.header("signature-input")
         sig_value = message.header("signature")
         if sig_input_value is None or sig_value is None:
             raise _fail(Reason.SIGNATURE_MISSING)
-        candidate = parse_signature_headers(sig_input_value, sig_value)[0]
-        moment = datetime.now(UTC).timestamp() if now is None else now
-        self._check_params(candidate.params, moment)
+        candidates = parse_signature_headers(sig_input_value, sig_value)
+        if self.label is not None:
+            candidates = [c for c in candidates if c.label == self.label]
+            if not candidates:
+                raise _fail(Reason.SIGNATURE_MISSING)
+        return candidates
+
+    def _verify_one(
+        self,
+        message: Message,
+        body: bytes,
+        candidate: SignatureInput,
+        now: float,
+        keyring: KeyRing,
+    ) -> VerifiedSignature:
+        params = candidate.params
+        self._check_params(params, now)
         self._check_coverage(message, body, candidate.components)
-        secret = self._secret_for(str(candidate.params["keyid"]), moment)
+        key_id = str(params["keyid"])
+        self._check_key(keyring, key_id, now)
         try:
-            base = build_signature_base(message, candidate.components, candidate.params)
+            base = build_signature_base(message, candidate.components, params)
         except ComponentMissing:
             raise _fail(Reason.COMPONENT_MISSING) from None
-        if not hmac.compare_digest(hmac_sha256(secret, base), candidate.signature):
+        if not hmac.compare_digest(keyring.mac(key_id, base.encode()), candidate.signature):
             raise _fail(Reason.SIGNATURE_INVALID)
         self._check_digest(message, body, candidate.components)
-        return self._identity(message, candidate)
+        expires = params.get("expires")
+        return VerifiedSignature(
+            identity=self._identity(message, key_id),
+            label=candidate.label,
+            key_id=key_id,
+            nonce=str(params["nonce"]),
+            created=int(params["created"]),
+            expires=None if expires is None else int(expires),
+        )
 
     def _check_params(self, params: Mapping[str, ParamValue], now: float) -> None:
+        if not all(name in params for name in REQUIRED_PARAMS):
+            raise _fail(Reason.PARAM_MISSING)
         if params.get("alg", ALGORITHM) != ALGORITHM:
             raise _fail(Reason.ALGORITHM_UNSUPPORTED)
         created = int(params["created"])
@@ -164,13 +246,13 @@ class SignatureVerifier:
         if expires is not None and int(expires) <= now:
             raise _fail(Reason.EXPIRED)
 
-    def _secret_for(self, key_id: str, now: float) -> bytes:
-        key = self.keyring.get(key_id)
+    @staticmethod
+    def _check_key(keyring: KeyRing, key_id: str, now: float) -> None:
+        key = keyring.get(key_id)
         if key is None:
             raise _fail(Reason.UNKNOWN_KEY)
         if not key.valid_at(datetime.fromtimestamp(now, UTC)):
             raise _fail(Reason.KEY_EXPIRED)
-        return key.secret
 
     def _check_coverage(self, message: Message, body: bytes, covered: tuple[str, ...]) -> None:
         required = {"@method", "@path", SUBJECT_HEADER}
@@ -195,9 +277,10 @@ class SignatureVerifier:
         except DigestError:
             raise _fail(Reason.DIGEST_MISMATCH) from None
 
-    def _identity(self, message: Message, candidate: SignatureInput) -> Identity:
+    @staticmethod
+    def _identity(message: Message, key_id: str) -> Identity:
         subject = message.header(SUBJECT_HEADER) or ""
         groups = parse_groups(message.header(GROUPS_HEADER))
         if not SUBJECT_PATTERN.match(subject) or groups is None:
             raise _fail(Reason.IDENTITY_MALFORMED)
-        return Identity(subject=subject, groups=groups, key_id=str(candidate.params["keyid"]))
+        return Identity(subject=subject, groups=groups, key_id=key_id)

@@ -10,13 +10,14 @@ import argparse
 import os
 import shlex
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 
 from app.authn.identity import GROUPS_HEADER, SUBJECT_HEADER
-from app.authn.signer import message_from_httpx, sign_headers
+from app.authn.signer import DEFAULT_LABEL, message_from_httpx, sign_headers
 
 DEMO_KEY_ENV = "GATEWAY_DEMO_KEY"
 
@@ -32,6 +33,8 @@ def register(commands: Any) -> None:
     secret = parser.add_mutually_exclusive_group()
     secret.add_argument("--secret-env", default=DEMO_KEY_ENV, help="env var holding the secret")
     secret.add_argument("--secret-file", type=Path, help="file holding the secret")
+    parser.add_argument("--label", default=DEFAULT_LABEL, help="signature label (default sig1)")
+    parser.add_argument("--expires-in", type=int, help="add expires=created+N seconds")
     parser.add_argument("--headers-only", action="store_true", help="print only the headers")
     parser.set_defaults(handler=run)
 
@@ -59,7 +62,16 @@ def build_request(args: argparse.Namespace, secret: bytes) -> httpx.Request:
     if body:
         headers["content-type"] = "application/json"
     request = httpx.Request(args.method.upper(), args.url, headers=headers, content=body)
-    signed = sign_headers(message_from_httpx(request), body, key_id=args.key_id, secret=secret)
+    created = int(time.time())
+    signed = sign_headers(
+        message_from_httpx(request),
+        body,
+        key_id=args.key_id,
+        secret=secret,
+        created=created,
+        expires=None if args.expires_in is None else created + args.expires_in,
+        label=args.label,
+    )
     request.headers.update(signed)
     return request
 

@@ -36,6 +36,7 @@ from app.ops.settings import OpsSettings
 
 CONFIG_FILE_ENV = "GATEWAY_CONFIG_FILE"
 KEY_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$"
+REDIS_URL_ENV = "REDIS_URL"
 SERVICE_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 
 PositiveSeconds = Annotated[float, Field(gt=0, le=3600)]
@@ -63,9 +64,22 @@ class KeySpec(_Section):
         return self
 
 
+# RFC 8941 Dictionary key: what a Signature-Input label may be.
+SIGNATURE_LABEL_PATTERN = r"^[a-z*][a-z0-9_.*-]{0,63}$"
+
+
 class SigningSettings(_Section):
+    """Inbound RFC 9421 verification: keys, time window, label and replay store size."""
+
     keys: list[KeySpec] = Field(default_factory=list)
+    # YAML with a ``keys:`` list of KeySpec; reloaded on change and on SIGHUP.
+    keys_file: Path | None = None
+    watch_keys_file: bool = True
     max_skew_seconds: Annotated[int, Field(ge=1, le=3600)] = 300
+    # When set, only this Signature-Input label is considered (see signing.md).
+    label: Annotated[str, Field(pattern=SIGNATURE_LABEL_PATTERN)] | None = None
+    # In-memory nonce store bound; when full, requests get 503 rather than reopen replay.
+    nonce_capacity: Annotated[int, Field(ge=1, le=10_000_000)] = 100_000
     identity_headers: tuple[str, ...] = ("x-auth-subject", "x-auth-groups")
 
     @field_validator("keys")
@@ -105,18 +119,32 @@ class EdgeSettings(_Section):
     max_body_bytes: Annotated[int, Field(ge=0)] = 1024 * 1024
 
 
-class LogSettings(_Section):
-    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    format: Literal["auto", "json", "console"] = "auto"
+def _redis_url_from_env() -> str | None:
+    return os.environ.get(REDIS_URL_ENV) or None
 
 
 class RedisSettings(_Section):
-    """Shared state for several gateway processes; unset means in-memory, one process."""
+    """Shared state for scale-out: ``redis.url`` (``GATEWAY_REDIS__URL``), else ``$REDIS_URL``."""
 
     url: str | None = Field(
-        default=None,
-        description="redis:// or rediss:// URL; unset keeps all state in this process",
+        default_factory=_redis_url_from_env,
+        description="redis://, rediss:// or unix:// URL (else $REDIS_URL); unset keeps all "
+        "state in this process",
     )
+    socket_timeout: PositiveSeconds = 0.5
+    max_connections: Annotated[int, Field(ge=1, le=10_000)] = 64
+
+    @field_validator("url")
+    @classmethod
+    def _redis_scheme(cls, url: str | None) -> str | None:
+        if url is not None and not url.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return url
+
+
+class LogSettings(_Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    format: Literal["auto", "json", "console"] = "auto"
 
 
 class Settings(BaseSettings):

@@ -1,25 +1,28 @@
-"""One factory for the shared Redis client (``redis.asyncio``, pooled).
+"""The one way the gateway opens a Redis connection pool.
 
-Timeouts are short and retries off because every caller is on a request path or
-a background loop that has its own fallback: a Redis outage must turn into a
-fast, documented answer (fail open or closed), never a stalled event loop.
+Short socket timeouts and at most one immediate retry: a request that needs
+Redis (a nonce claim, a rate-limit counter) must fail closed within a bounded
+time when Redis is down, never hang the event loop's callers.
 """
 
 from __future__ import annotations
 
-import redis.asyncio
+import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-SOCKET_TIMEOUT_SECONDS = 0.5
+from app.core.config import RedisSettings
 
 
-def create_redis(url: str) -> redis.asyncio.Redis:
-    """A pooled client for ``url``; connections open lazily, on first use."""
-    return redis.asyncio.Redis.from_url(
+def create_redis(url: str, settings: RedisSettings | None = None) -> aioredis.Redis:
+    """A pooled ``redis.asyncio.Redis`` for ``url``; connections open lazily."""
+    settings = settings or RedisSettings(url=url)
+    return aioredis.Redis.from_url(
         url,
-        socket_connect_timeout=SOCKET_TIMEOUT_SECONDS,
-        socket_timeout=SOCKET_TIMEOUT_SECONDS,
-        retry=Retry(NoBackoff(), 0),
-        health_check_interval=10,
+        socket_timeout=settings.socket_timeout,
+        socket_connect_timeout=settings.socket_timeout,
+        max_connections=settings.max_connections,
+        # One immediate retry replaces a pooled connection that died with a restart.
+        retry=Retry(NoBackoff(), 1),
+        health_check_interval=30,
     )

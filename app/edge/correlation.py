@@ -102,7 +102,27 @@ class EdgeMiddleware:
             response = problem_response(err.status_code, err.code, err.title, err.detail, corr_id)
             await response(scope, receive, send)
             return
-        await self.app(scope, self._capped(receive), send)
+        too_large: list[PayloadTooLarge] = []
+        await self.app(scope, self._capped(receive, too_large), self._send_413_if(too_large, send))
+
+    @staticmethod
+    def _send_413_if(too_large: list[PayloadTooLarge], send: Send) -> Send:
+        """Answer 413 once the cap tripped, whatever the app made of the receive error.
+
+        FastAPI turns any exception raised while it reads a body parameter into a
+        400 "error parsing the body"; the client must still see why: 413.
+        """
+
+        async def send_or_413(message: Message) -> None:
+            if not too_large:
+                await send(message)
+            elif message["type"] == "http.response.start":
+                err = too_large[0]
+                corr_id = structlog.contextvars.get_contextvars().get("corr_id")
+                response = problem_response(413, err.code, err.title, err.detail, corr_id)
+                await response({"type": "http"}, _no_receive, send)
+
+        return send_or_413
 
     def _check_size(self, scope: Scope) -> None:
         declared = _content_length(scope)
@@ -121,7 +141,7 @@ class EdgeMiddleware:
         scope["path"] = canonical
         scope["raw_path"] = canonical.encode("ascii")
 
-    def _capped(self, receive: Receive) -> Receive:
+    def _capped(self, receive: Receive, too_large: list[PayloadTooLarge]) -> Receive:
         """Count body bytes as they arrive, so a chunked body cannot exceed the cap."""
         seen = 0
         limit = self.max_body_bytes
@@ -132,7 +152,12 @@ class EdgeMiddleware:
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > limit:
-                    raise PayloadTooLarge(f"The request body exceeds {limit} bytes.")
+                    too_large.append(PayloadTooLarge(f"The request body exceeds {limit} bytes."))
+                    raise too_large[-1]
             return message
 
         return capped_receive
+
+
+async def _no_receive() -> Message:
+    return {"type": "http.disconnect"}

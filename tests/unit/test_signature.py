@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import base64
 from dataclasses import replace
+from datetime import UTC, datetime
 
 import pytest
 
-from app.authn.base import Message, build_signature_base, hmac_sha256
+from app.authn.base import (
+    Message,
+    build_signature_base,
+    hmac_sha256,
+    serialize_signature_params,
+)
 from app.authn.keys import KeyRing, SigningKey
 from app.authn.signer import sign_headers
 from app.authn.verifier import SignatureVerifier
@@ -59,7 +65,8 @@ def _request(body: bytes = b"", query: str = "") -> Message:
 
 
 def _signed(message: Message, body: bytes = b"", **kw: object) -> Message:
-    added = sign_headers(message, body, key_id="k1", secret=SECRET, created=NOW, **kw)  # type: ignore[arg-type]
+    kw.setdefault("created", NOW)
+    added = sign_headers(message, body, key_id="k1", secret=SECRET, **kw)  # type: ignore[arg-type]
     headers = {**message.headers, **{k: [v] for k, v in added.items()}}
     return replace(message, headers=headers)
 
@@ -119,12 +126,18 @@ def test_missing_signature() -> None:
 
 @pytest.mark.parametrize(
     "signature_input",
-    ['sig1=("@method"', "sig1=garbage;;", 'sig1=("@method");created="x";keyid="k1"', "sig1=()"],
+    ['sig1=("@method"', "sig1=garbage;;", 'sig1=("@method");created="x";keyid="k1"'],
 )
 def test_malformed_signature_input(signature_input: str) -> None:
     message = _signed(_request())
     headers = {**message.headers, "signature-input": [signature_input]}
-    assert _reason(replace(message, headers=headers)) in {"signature_malformed"}
+    assert _reason(replace(message, headers=headers)) == "signature_malformed"
+
+
+def test_well_formed_input_without_required_params_is_param_missing() -> None:
+    message = _signed(_request())
+    headers = {**message.headers, "signature-input": ["sig1=()"]}
+    assert _reason(replace(message, headers=headers)) == "param_missing"
 
 
 def test_stale_and_future() -> None:
@@ -155,3 +168,160 @@ def test_uncovered_identity_header_is_rejected() -> None:
 def test_body_without_covered_digest_is_component_missing() -> None:
     message = _signed(_request())  # signed without a body
     assert _reason(message, b"smuggled") == "component_missing"
+
+
+def _with_headers(message: Message, **extra: list[str]) -> Message:
+    return replace(message, headers={**message.headers, **extra})
+
+
+def _verifier_with_label(label: str | None) -> SignatureVerifier:
+    return SignatureVerifier(KeyRing([SigningKey("k1", SECRET)]), 300, label=label)
+
+
+def _two_signatures(first_secret: bytes) -> Message:
+    """sig1 made with ``first_secret`` (wrong unless it is SECRET), sig2 with SECRET."""
+    bad = sign_headers(_request(), b"", key_id="k1", secret=first_secret, created=NOW, nonce="n1")
+    good = sign_headers(_request(), b"", key_id="k1", secret=SECRET, created=NOW, nonce="n2")
+    return _with_headers(
+        _request(),
+        **{
+            "signature-input": [
+                bad["signature-input"],
+                good["signature-input"].replace("sig1", "sig2"),
+            ],
+            "signature": [bad["signature"], good["signature"].replace("sig1", "sig2")],
+        },
+    )
+
+
+def test_first_label_satisfying_the_profile_wins() -> None:
+    verified = _verifier_with_label(None).verify_signature(_two_signatures(b"x" * 32), b"", NOW)
+    assert (verified.label, verified.nonce) == ("sig2", "n2")
+
+
+def test_no_label_satisfying_reports_the_first_failure() -> None:
+    message = _two_signatures(b"x" * 32)
+    message = _with_headers(message, **{"x-auth-subject": ["mallory"]})  # breaks both MACs
+    with pytest.raises(AuthenticationFailed) as caught:
+        _verifier_with_label(None).verify(message, b"", NOW)
+    assert caught.value.reason == "signature_invalid"
+
+
+def test_configured_label_is_the_only_one_considered() -> None:
+    message = _two_signatures(b"x" * 32)
+    with pytest.raises(AuthenticationFailed) as caught:
+        _verifier_with_label("sig1").verify(message, b"", NOW)
+    assert caught.value.reason == "signature_invalid"
+    assert _verifier_with_label("sig2").verify_signature(message, b"", NOW).nonce == "n2"
+    with pytest.raises(AuthenticationFailed) as absent:
+        _verifier_with_label("proxy").verify(message, b"", NOW)
+    assert absent.value.reason == "signature_missing"
+
+
+def test_too_many_signatures_are_malformed() -> None:
+    message = _signed(_request())
+    inputs = ", ".join(f'l{i}=("@method");created={NOW};keyid="k1";nonce="n"' for i in range(9))
+    sigs = ", ".join(f"l{i}=:AAAA:" for i in range(9))
+    forged = _with_headers(message, **{"signature-input": [inputs], "signature": [sigs]})
+    assert _reason(forged) == "signature_malformed"
+
+
+@pytest.mark.parametrize("dropped", ["nonce", "keyid", "created"])
+def test_each_required_parameter(dropped: str) -> None:
+    params = {"created": NOW, "keyid": "k1", "nonce": "n-1"}
+    del params[dropped]
+    components = ["@method", "@path", "x-auth-subject"]
+    base = build_signature_base(_request(), components, params)
+    mac = base64.b64encode(hmac_sha256(SECRET, base)).decode()
+    value = f"sig1={serialize_signature_params(components, params)}"
+    message = _with_headers(
+        _request(), **{"signature-input": [value], "signature": [f"sig1=:{mac}:"]}
+    )
+    assert _reason(message) == "param_missing"
+
+
+def test_nonce_longer_than_the_limit_is_malformed() -> None:
+    message = _signed(_request(), nonce="n" * 129)
+    assert _reason(message) == "signature_malformed"
+
+
+def test_alg_other_than_hmac_sha256_is_refused() -> None:
+    message = _signed(_request())
+    value = message.header("signature-input") or ""
+    forged = _with_headers(
+        message, **{"signature-input": [value.replace("hmac-sha256", "ed25519")]}
+    )
+    assert _reason(forged) == "algorithm_unsupported"
+
+
+def test_sha512_and_both_digests_are_accepted() -> None:
+    body = b'{"title": "x"}'
+    for algorithms in (("sha-512",), ("sha-256", "sha-512")):
+        message = _signed(_request(body), body, digest_algorithms=algorithms)
+        assert _verifier().verify(message, body, now=NOW).subject == "alice"
+
+
+def test_key_outside_its_validity_is_key_expired() -> None:
+    retired = SigningKey("k1", SECRET, not_after=datetime.fromtimestamp(NOW - 1, UTC))
+    future = SigningKey("k1", SECRET, not_before=datetime.fromtimestamp(NOW + 60, UTC))
+    for key in (retired, future):
+        with pytest.raises(AuthenticationFailed) as caught:
+            _verifier(key).verify(_signed(_request()), b"", now=NOW)
+        assert caught.value.reason == "key_expired"
+
+
+def test_two_keys_active_during_rotation() -> None:
+    new_secret = b"rotated-secret-0123456789abcdef-0123"
+    verifier = _verifier(SigningKey("k1", SECRET), SigningKey("k2", new_secret))
+    old = _signed(_request())
+    added = sign_headers(_request(), b"", key_id="k2", secret=new_secret, created=NOW)
+    new = _with_headers(_request(), **{k: [v] for k, v in added.items()})
+    assert verifier.verify(old, b"", NOW).key_id == "k1"
+    assert verifier.verify(new, b"", NOW).key_id == "k2"
+
+
+@pytest.mark.parametrize(
+    ("created_offset", "expires_offset", "now_offset", "ttl"),
+    [
+        (0, None, 0, 301),  # acceptable until created + skew
+        (0, 10, 0, 11),  # expires sooner than the skew window
+        (200, None, 0, 501),  # created in the (tolerated) future: remembered longer
+        (0, None, 299, 2),
+    ],
+)
+def test_replay_ttl_covers_the_whole_acceptance_window(
+    created_offset: int, expires_offset: int | None, now_offset: int, ttl: int
+) -> None:
+    expires = None if expires_offset is None else NOW + expires_offset
+    message = _signed(_request(), expires=expires, created=NOW + created_offset)
+    verified = _verifier().verify_signature(message, b"", now=NOW + now_offset)
+    assert verified.replay_ttl(NOW + now_offset, 300) == ttl
+
+
+def test_multiple_subject_lines_are_malformed_identity() -> None:
+    message = _signed(_with_headers(_request(), **{"x-auth-subject": ["alice", "dana"]}))
+    assert _reason(message) == "identity_malformed"
+
+
+def test_tampered_groups_is_invalid() -> None:
+    message = _signed(_with_headers(_request(), **{"x-auth-groups": ["analysts"]}))
+    assert _reason(_with_headers(message, **{"x-auth-groups": ["admins"]})) == "signature_invalid"
+
+
+@pytest.mark.parametrize(
+    ("components", "query"),
+    [
+        (["@method", "@path"], ""),  # x-auth-subject not covered
+        (["@path", "x-auth-subject"], ""),  # @method not covered
+        (["@method", "x-auth-subject"], ""),  # @path not covered
+        (["@method", "@path", "x-auth-subject"], "page=2"),  # @query not covered
+    ],
+)
+def test_signature_omitting_a_required_component(components: list[str], query: str) -> None:
+    request = _request(query=query)
+    params = {"created": NOW, "keyid": "k1", "nonce": "n-1"}
+    base = build_signature_base(request, components, params)
+    mac = base64.b64encode(hmac_sha256(SECRET, base)).decode()
+    value = f"sig1={serialize_signature_params(components, params)}"
+    message = _with_headers(request, **{"signature-input": [value], "signature": [f"sig1=:{mac}:"]})
+    assert _reason(message) == "component_missing"

@@ -6,6 +6,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from app.api.schemas import Health, Readiness, ReadinessCheck
+from app.authn.service import AuthnService
 from app.authz.policy import PolicyEngine
 from app.ops.runtime import redis_health
 from app.orchestration.client import ServiceRegistry
@@ -33,12 +34,9 @@ async def readyz(request: Request) -> JSONResponse:
     services: ServiceRegistry = request.app.state.services
     checks = [
         ReadinessCheck(name="policy", ok=True, detail=f"revision {policy.revision}"),
-        ReadinessCheck(
-            name="signing_keys",
-            ok=len(request.app.state.verifier.keyring) > 0,
-            detail=f"{len(request.app.state.verifier.keyring)} key(s) loaded",
-        ),
     ]
+    authn: AuthnService = request.app.state.authn
+    checks += [ReadinessCheck(name=n, ok=ok, detail=d) for n, ok, d in await authn.readiness()]
     for name in REQUIRED_SERVICES:
         ok = name in services.names
         checks.append(

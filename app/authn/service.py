@@ -1,0 +1,76 @@
+"""The authn stage's one entry point: verify the signature, then claim its nonce.
+
+``AuthnService.authenticate`` returns the caller's ``Identity`` or raises
+``AuthenticationFailed`` (401, reason logged) or ``NonceStoreUnavailable``
+(503). ``running()`` is entered in the app lifespan: it starts key reloading
+and closes the nonce store on shutdown.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import AsyncIterator
+
+from app.authn.base import Message
+from app.authn.identity import Identity
+from app.authn.nonces import NonceStore, create_nonce_store
+from app.authn.rotation import KeyReloader, KeyStatus
+from app.authn.verifier import Reason, SignatureVerifier
+from app.core.config import Settings
+from app.core.errors import AuthenticationFailed
+
+
+class AuthnService:
+    """Signature verification, replay protection and key rotation, wired together."""
+
+    def __init__(self, verifier: SignatureVerifier, nonces: NonceStore, keys: KeyReloader) -> None:
+        self.verifier = verifier
+        self.nonces = nonces
+        self.keys = keys
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> AuthnService:
+        """Load keys and pick the nonce store; ``ConfigError`` if keys cannot be loaded."""
+        signing = settings.signing
+        ring = KeyReloader.initial_ring(signing)
+        verifier = SignatureVerifier(ring, signing.max_skew_seconds, label=signing.label)
+        return cls(verifier, create_nonce_store(settings), KeyReloader(signing, verifier))
+
+    async def authenticate(
+        self, message: Message, body: bytes, now: float | None = None
+    ) -> Identity:
+        """The signed identity, accepted once: MAC and digest first, then the nonce claim."""
+        moment = time.time() if now is None else now
+        verified = self.verifier.verify_signature(message, body, moment)
+        ttl = verified.replay_ttl(moment, self.verifier.max_skew)
+        if not await self.nonces.claim(verified.key_id, verified.nonce, ttl):
+            raise AuthenticationFailed(Reason.REPLAYED.value)
+        return verified.identity
+
+    async def readiness(self) -> list[tuple[str, bool, str]]:
+        """(name, ok, detail) checks for ``/readyz``: key ids and counts, never secrets."""
+        status = self.keys.status()
+        store_ok, store_detail = await self.nonces.check()
+        return [
+            ("signing_keys", bool(status.key_ids), _describe_keys(status)),
+            ("nonce_store", store_ok, store_detail),
+        ]
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[None]:
+        try:
+            async with self.keys.running():
+                yield
+        finally:
+            await self.nonces.aclose()
+
+
+def _describe_keys(status: KeyStatus) -> str:
+    detail = f"{len(status.key_ids)} key(s) loaded: {', '.join(status.key_ids) or 'none'}"
+    if status.reloads:
+        detail += f"; reloaded {status.reloads} time(s)"
+    if status.last_error is not None:
+        # The reason (paths, variable names) is in the log; readiness is unauthenticated.
+        detail += "; last reload failed, previous keys kept (see log)"
+    return detail

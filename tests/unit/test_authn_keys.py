@@ -1,0 +1,128 @@
+"""Keys file, reload keeping the last good ring, and what readiness may show."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from app.authn.keys import load_keyring_from, read_keys_file
+from app.authn.rotation import KeyReloader
+from app.authn.service import AuthnService
+from app.core.config import SigningSettings
+from app.core.errors import ConfigError
+from tests.conftest import TEST_KEY_ENV, TEST_SECRET, make_settings
+
+OTHER_ENV = "GATEWAY_TEST_KEY_2"
+OTHER_SECRET = "second-test-secret-not-for-production-9876"
+
+
+def _keys_file(tmp_path: Path, body: str) -> Path:
+    path = tmp_path / "keys.yaml"
+    path.write_text(body)
+    return path
+
+
+@pytest.fixture
+def two_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(TEST_KEY_ENV, TEST_SECRET.decode())
+    monkeypatch.setenv(OTHER_ENV, OTHER_SECRET)
+
+
+@pytest.mark.usefixtures("two_secrets")
+def test_keys_file_adds_keys_with_validity(tmp_path: Path) -> None:
+    secret_file = tmp_path / "k3.secret"
+    secret_file.write_text(OTHER_SECRET + "\n")
+    path = _keys_file(
+        tmp_path,
+        f"keys:\n  - id: k2\n    secret_env: {OTHER_ENV}\n"
+        "    not_after: 2030-01-01T00:00:00Z\n"
+        f"  - id: k3\n    secret_file: {secret_file}\n",
+    )
+    ring = load_keyring_from(SigningSettings(keys=[]).keys, path)
+    assert ring.key_ids == ["k2", "k3"]
+    k3 = ring.get("k3")
+    assert k3 is not None
+    assert k3.secret == OTHER_SECRET.encode()
+    assert OTHER_SECRET not in repr(k3)
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ("keys: [", "invalid YAML at line"),
+        ("keys:\n  - id: k9\n    secret: inline-secret-value-0123456789abcdef\n", "keys.0"),
+        ("keys:\n  - id: k9\n    secret_env: GATEWAY_UNSET_FOR_TEST\n", "is not set"),
+        ("nothing: here\n", "keys"),
+    ],
+)
+def test_bad_keys_file_is_one_readable_error_without_content(
+    tmp_path: Path, body: str, message: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_keyring_from([], _keys_file(tmp_path, body))
+    assert message in caught.value.detail
+    assert "inline-secret-value" not in caught.value.detail
+
+
+@pytest.mark.usefixtures("two_secrets")
+def test_duplicate_ids_across_settings_and_file(tmp_path: Path) -> None:
+    path = _keys_file(tmp_path, f"keys:\n  - id: test-2026\n    secret_env: {OTHER_ENV}\n")
+    settings = make_settings()
+    with pytest.raises(ConfigError, match="duplicate key id"):
+        load_keyring_from(settings.signing.keys, path)
+
+
+def test_missing_keys_file_stops_start_up(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read"):
+        read_keys_file(tmp_path / "absent.yaml")
+
+
+@pytest.mark.usefixtures("two_secrets")
+def test_reload_swaps_the_ring_and_keeps_the_last_good_one(tmp_path: Path) -> None:
+    path = _keys_file(tmp_path, f"keys:\n  - id: k2\n    secret_env: {OTHER_ENV}\n")
+    settings = make_settings(signing={"keys": [], "keys_file": str(path)})
+    authn = AuthnService.from_settings(settings)
+    reloader: KeyReloader = authn.keys
+    assert reloader.key_ids == ["k2"]
+    path.write_text(
+        f"keys:\n  - id: k2\n    secret_env: {OTHER_ENV}\n"
+        f"  - id: k3\n    secret_env: {TEST_KEY_ENV}\n"
+    )
+    assert reloader.reload()
+    assert authn.verifier.keyring.key_ids == ["k2", "k3"]
+    path.write_text("keys: [")
+    assert not reloader.reload()
+    assert authn.verifier.keyring.key_ids == ["k2", "k3"]
+    checks = asyncio.run(authn.readiness())
+    keys_check = next(c for c in checks if c[0] == "signing_keys")
+    assert keys_check[1] is True
+    assert "k2, k3" in keys_check[2]
+    assert "last reload failed" in keys_check[2]
+    assert str(path) not in keys_check[2]
+
+
+def test_empty_ring_is_not_ready() -> None:
+    authn = AuthnService.from_settings(make_settings(signing={"keys": []}))
+    checks = dict((name, ok) for name, ok, _ in asyncio.run(authn.readiness()))
+    assert checks == {"signing_keys": False, "nonce_store": True}
+
+
+@pytest.mark.usefixtures("two_secrets")
+def test_change_made_as_watching_starts_is_still_picked_up(tmp_path: Path) -> None:
+    path = _keys_file(tmp_path, f"keys:\n  - id: k2\n    secret_env: {OTHER_ENV}\n")
+    settings = make_settings(signing={"keys": [], "keys_file": str(path)})
+    authn = AuthnService.from_settings(settings)
+
+    async def scenario() -> list[str]:
+        async with authn.running():
+            # Written before the watch is registered: only the stat backstop can see it.
+            path.write_text(f"keys:\n  - id: k4\n    secret_env: {OTHER_ENV}\n")
+            for _ in range(150):  # bounded wait for the reload, not a timing assertion
+                if authn.verifier.keyring.key_ids == ["k4"]:
+                    break
+                await asyncio.sleep(0.1)
+        return authn.verifier.keyring.key_ids
+
+    assert asyncio.run(scenario()) == ["k4"]
