@@ -15,10 +15,11 @@ from fastapi import FastAPI
 
 from app import __version__
 from app.api.problems import install_problem_handlers
-from app.api.routes import findings, health
+from app.api.routes import admin, findings, health
 from app.authn.keys import load_keyring
 from app.authn.verifier import SignatureVerifier
-from app.authz.policy import PolicyEngine
+from app.authz.store import PolicyStore
+from app.authz.watch import policy_watcher
 from app.core.config import Settings, load_settings
 from app.edge.correlation import EdgeMiddleware
 from app.orchestration.client import ServiceRegistry
@@ -32,13 +33,15 @@ def create_app(
     verifier = SignatureVerifier(
         load_keyring(settings.signing.keys), settings.signing.max_skew_seconds
     )
-    policy = PolicyEngine.load(settings.policy)
+    policy = PolicyStore.open(settings.policy)
+    watch_interval = settings.policy.watch_interval or None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.services = ServiceRegistry(settings.services, transport)
         try:
-            yield
+            async with policy_watcher(policy, watch_interval):
+                yield
         finally:
             await app.state.services.aclose()
 
@@ -50,9 +53,10 @@ def create_app(
     )
     app.state.settings = settings
     app.state.verifier = verifier
-    app.state.policy = policy
+    app.state.policy = policy  # a PolicyStore: .current, .decide, .reload, .status
     install_problem_handlers(app)
     app.add_middleware(EdgeMiddleware, max_body_bytes=settings.edge.max_body_bytes)
     app.include_router(health.router)
     app.include_router(findings.router)
+    app.include_router(admin.router)
     return app
