@@ -176,10 +176,9 @@ def _rule_problem(sub: str, dom: str, obj: str, act: str, eft: str) -> str | Non
         return f"malformed role {sub!r}"
     if not _is_domain(dom):
         return f"engagement {dom!r} must be an engagement id or *"
-    if not OBJECT.match(obj) or ("*" in obj and obj != "*" and not obj.endswith("/*")):
+    star_ok = obj == "*" or "*" not in obj or (obj.endswith("/*") and "*" not in obj[:-1])
+    if not OBJECT.match(obj) or not star_ok:
         return f"object {obj!r} must be a path pattern (segments, :name, a final /*) or *"
-    if "*" in obj[:-1]:
-        return f"object {obj!r} may hold * only at its end"
     if not ACTION.match(act):
         return f"action {act!r} must be an HTTP method, a named action or *"
     if eft not in EFFECTS:

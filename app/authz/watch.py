@@ -40,9 +40,8 @@ def fingerprint(store: PolicyStore) -> Fingerprint:
     return tuple(entries)
 
 
-async def watch_policy(store: PolicyStore, interval: float) -> None:
+async def watch_policy(store: PolicyStore, interval: float, seen: Fingerprint) -> None:
     """Poll forever; reload once a changed fingerprint has settled for one interval."""
-    seen = fingerprint(store)
     while True:
         await asyncio.sleep(interval)
         now = fingerprint(store)
@@ -62,7 +61,9 @@ async def policy_watcher(store: PolicyStore, interval: float | None) -> AsyncIte
     if interval is None:
         yield
         return
-    task = asyncio.create_task(watch_policy(store, interval), name="policy-watch")
+    # Fingerprint now, not when the task first runs, so an edit in between is seen.
+    seen = fingerprint(store)
+    task = asyncio.create_task(watch_policy(store, interval, seen), name="policy-watch")
     try:
         yield
     finally:

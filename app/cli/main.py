@@ -6,13 +6,13 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from app.cli import demo, serve, sign, stub
+from app.cli import demo, policy, serve, sign, stub
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gateway", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (serve, stub, sign, demo):
+    for module in (serve, stub, sign, demo, policy):
         module.register(commands)
     return parser
 

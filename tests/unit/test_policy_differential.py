@@ -106,3 +106,22 @@ def test_compiled_path_agrees_with_casbin(tmp_path: Path, block: int) -> None:
         "no_matching_allow",
         "closed_engagement_read_only",
     }, reasons
+
+
+@pytest.mark.parametrize("kind", ["g", "g2"])
+def test_inheritance_depth_limit_matches_casbin(tmp_path: Path, kind: str) -> None:
+    """Casbin's role manager stops 10 levels deep; the compiled walk must stop there too."""
+    chain = [f"r{i}" for i in range(14)]
+    suffix = ", *" if kind == "g" else ""
+    lines = [f"{kind}, {a}, {b}{suffix}" for a, b in zip(["zoe", *chain], chain, strict=False)]
+    lines += [f"p, {role}, *, /v1/{role}, GET, allow" for role in chain]
+    compiled = write_policy(tmp_path, lines)
+    enforcer = casbin_enforcer(tmp_path / "model.conf", tmp_path / "policy.csv")
+    answers = []
+    for role in chain:
+        request = ("e1", f"/v1/{role}", "GET")
+        verdict = compiled.evaluate("zoe", (), *request)
+        expected = reference_decide(enforcer, compiled.role_names, "zoe", (), request)
+        assert (verdict.allowed, verdict.rule.fields if verdict.rule else ()) == expected
+        answers.append(verdict.allowed)
+    assert answers == [True] * 9 + [False] * 5
