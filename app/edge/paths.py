@@ -7,7 +7,7 @@ split off before this and is never part of the policy object). Rules, in order:
 1. the raw path is at most 4,096 characters of the RFC 3986 ``pchar`` set plus
    ``/``: unreserved, ``%``, ``:``, ``@`` and the sub-delims except ``;``.
    Anything else is rejected: non-ASCII (unicode look-alikes such as Cyrillic
-   ``а``), control characters and NUL, space, backslash, ``#``, quotes, brackets,
+   ``U+0430``), control characters and NUL, space, backslash, ``#``, quotes, brackets,
    and ``;`` (path parameters, Tomcat's ``..;/`` trick);
 2. percent-escapes are decoded only for unreserved characters (RFC 3986 §2.3),
    so ``%2e%2e`` becomes ``..`` *before* dot segments are removed. An escaped

@@ -56,7 +56,8 @@ def test_test_command_writes_junit_and_coverage(tmp_path: Path) -> None:
     result = gateway_policy("test", POLICY_DIR, "--junit", junit)
     assert result.returncode == 0, result.stdout
     assert "0 failed" in result.stdout
-    rules = sum(1 for line in (POLICY_DIR / "policy.csv").open() if line.startswith("p,"))
+    lines = (POLICY_DIR / "policy.csv").read_text().splitlines()
+    rules = sum(1 for line in lines if line.startswith("p,"))
     assert f"rule coverage: {rules}/{rules} p lines matched by a case" in result.stdout
     assert junit.read_text().startswith("<?xml")
 

@@ -67,12 +67,14 @@ def test_broken_policy_keeps_the_last_good_one(
     append(policy_dir / "policy.csv", breakage)
     result = asyncio.run(store.reload("test"))
     assert result.outcome == "rejected"
-    assert result.error is not None and message in result.error
+    assert result.error is not None
+    assert message in result.error
     assert store.current is good
     assert store.status.last_error is not None
     assert store.status.last_error.message == result.error
     rejected = [e for e in captured_logs if e["event"] == "policy_reload_rejected"]
-    assert rejected and rejected[0]["policy_revision"] == good.revision
+    assert rejected
+    assert rejected[0]["policy_revision"] == good.revision
 
 
 def test_broken_suite_file_is_rejected(policy_dir: Path) -> None:
@@ -80,7 +82,8 @@ def test_broken_suite_file_is_rejected(policy_dir: Path) -> None:
     (policy_dir / "tests" / "bad.yaml").write_text("suite: x\ncases: [{name: y}]\n")
     result = asyncio.run(store.reload("test"))
     assert result.outcome == "rejected"
-    assert result.error is not None and "tests/bad.yaml" in result.error
+    assert result.error is not None
+    assert "tests/bad.yaml" in result.error
 
 
 def test_missing_policy_file_is_rejected(policy_dir: Path) -> None:
