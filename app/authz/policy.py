@@ -63,7 +63,7 @@ class PolicyEngine:
     """One loaded policy and its revision; decisions are CPU only and never block."""
 
     def __init__(self, source: PolicySource) -> None:
-        self.source = source
+        # The parsed lines are not kept: the compiled form is all a decision needs.
         self.compiled = CompiledPolicy(source.lines)
         self.revision = source.revision
         self.files: tuple[Path, ...] = (source.model_path, source.policy_path)
