@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -131,3 +132,31 @@ def test_fingerprint_sees_new_suite_files(policy_dir: Path) -> None:
     before = fingerprint(store)
     shutil.copy(policy_dir / "tests" / "findings.yaml", policy_dir / "tests" / "copy.yaml")
     assert fingerprint(store) != before
+
+
+def test_a_held_old_engine_keeps_deciding_after_a_swap(policy_dir: Path) -> None:
+    store = open_store(policy_dir)
+    old = store.current
+    append(policy_dir / "policy.csv", "g, zoe, analyst, acme-2026\n")
+    assert asyncio.run(store.reload("test")).outcome == "swapped"
+    assert old.explain(*ALICE_READS).allowed
+    assert not old.explain("zoe", *ALICE_READS[1:]).allowed
+
+
+def test_an_unheld_old_engine_is_released(policy_dir: Path) -> None:
+    store = open_store(policy_dir)
+    old = weakref.ref(store.current.compiled)
+    append(policy_dir / "policy.csv", "g, zoe, analyst, acme-2026\n")
+    assert asyncio.run(store.reload("test")).outcome == "swapped"
+    assert old() is None
+
+
+def test_concurrent_reloads_are_serialised(policy_dir: Path) -> None:
+    store = open_store(policy_dir)
+    append(policy_dir / "policy.csv", "g, zoe, analyst, acme-2026\n")
+
+    async def both() -> list[str]:
+        results = await asyncio.gather(store.reload("one"), store.reload("two"))
+        return [r.outcome for r in results]
+
+    assert asyncio.run(both()) == ["swapped", "unchanged"]
