@@ -89,18 +89,27 @@ class PolicySource:
         return [line for line in self.lines if line.ptype == ptype]
 
 
-def policy_revision(*files: Path) -> str:
-    """A short content hash of the policy files, in order."""
+def revision_of(contents: dict[str, bytes]) -> str:
+    """A short content hash of named file contents, in order."""
     digest = hashlib.sha256()
-    for path in files:
-        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    for name, data in contents.items():
+        digest.update(name.encode() + b"\0" + data + b"\0")
     return digest.hexdigest()[:16]
 
 
+def policy_revision(*files: Path) -> str:
+    """A short content hash of the policy files, in order."""
+    return revision_of({path.name: path.read_bytes() for path in files})
+
+
 def read_policy(model_path: Path, policy_path: Path) -> PolicySource:
-    """Parse both files; unreadable files raise ``OSError``, bad lines become errors."""
-    model_text = model_path.read_text(encoding="utf-8")
-    policy_text = policy_path.read_text(encoding="utf-8")
+    """Parse both files; unreadable files raise ``OSError``, bad lines become errors.
+
+    Each file is read once, so the revision hashes exactly the bytes parsed.
+    """
+    model_bytes, policy_bytes = model_path.read_bytes(), policy_path.read_bytes()
+    model_text, policy_text = model_bytes.decode("utf-8"), policy_bytes.decode("utf-8")
+    revision = revision_of({model_path.name: model_bytes, policy_path.name: policy_bytes})
     errors = check_model(model_text, model_path.name)
     lines: list[PolicyLine] = []
     for number, raw in enumerate(policy_text.splitlines(), start=1):
@@ -110,13 +119,7 @@ def read_policy(model_path: Path, policy_path: Path) -> PolicySource:
             errors.append(parsed)
         elif parsed is not None:
             lines.append(parsed)
-    return PolicySource(
-        model_path,
-        policy_path,
-        tuple(lines),
-        tuple(errors),
-        policy_revision(model_path, policy_path),
-    )
+    return PolicySource(model_path, policy_path, tuple(lines), tuple(errors), revision)
 
 
 def check_model(text: str, name: str) -> list[Issue]:

@@ -22,7 +22,7 @@ import hashlib
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -81,7 +81,7 @@ class PolicyStatus:
 class GatedPolicy:
     engine: PolicyEngine
     tests_run: int
-    files: tuple[PolicyFile, ...] = field(default=())
+    files: tuple[PolicyFile, ...]
 
 
 def policy_files(settings: PolicySettings) -> list[Path]:
@@ -191,7 +191,6 @@ class PolicyStore:
             else:
                 replaced = [gated]
             del gated
-            await asyncio.to_thread(_retire, replaced)
             self._last_error = None
             current = self._gated
             result = ReloadResult(
@@ -199,6 +198,7 @@ class PolicyStore:
             )
             self._last_reload = result
             log.info("policy_reloaded", **_fields(result))
+            await asyncio.to_thread(_retire, replaced)
             return result
 
     def _rejected(self, reason: str, previous: str, message: str, started: float) -> ReloadResult:
