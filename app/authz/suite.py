@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from app.authn.identity import GROUP_PATTERN, SUBJECT_PATTERN
 from app.authz.compiled import Rule
 from app.authz.policy import Decision, PolicyEngine
-from app.authz.source import ENGAGEMENT, GLOBAL_DOMAIN
+from app.authz.source import CLOSED_WRITER, ENGAGEMENT, GLOBAL_DOMAIN, PolicyLine
 from app.core.errors import InvalidPath
 from app.edge.paths import normalize_path
 
@@ -132,6 +132,26 @@ def run_suites(engine: PolicyEngine, suites: Sequence[tuple[str, Suite]]) -> Sui
             results.append(CaseResult(file, suite.suite, case, decision))
     uncovered = tuple(r for r in engine.compiled.rules if r.location not in covered)
     return SuiteReport(tuple(results), uncovered)
+
+
+def unused_grants(lines: Sequence[PolicyLine], report: SuiteReport) -> list[PolicyLine]:
+    """``g``/``g2`` lines whose link appears in no case's role chain (any engagement).
+
+    ``closed_writer`` grants are left out: that capability is never a rule's
+    role, so no chain shows it; the closed-engagement cases exercise it.
+    """
+    used = {
+        pair
+        for result in report.results
+        for pair in zip(result.decision.role_chain, result.decision.role_chain[1:], strict=False)
+    }
+    return [
+        line
+        for line in lines
+        if line.ptype in ("g", "g2")
+        and line.fields[1] != CLOSED_WRITER
+        and (line.fields[0], line.fields[1]) not in used
+    ]
 
 
 def junit_xml(report: SuiteReport) -> str:

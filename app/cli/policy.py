@@ -14,8 +14,15 @@ from app.authz.diff import DecisionLogError, Flip, flips, probes_from_log, probe
 from app.authz.lint import lint
 from app.authz.policy import Decision, PolicyEngine
 from app.authz.reference import casbin_enforcer, reference_decide
-from app.authz.source import PolicySource, read_policy
-from app.authz.suite import SuiteError, junit_xml, load_suites, run_suites
+from app.authz.source import CLOSED_WRITER, PolicySource, read_policy
+from app.authz.suite import (
+    SuiteError,
+    SuiteReport,
+    junit_xml,
+    load_suites,
+    run_suites,
+    unused_grants,
+)
 from app.core.config import PolicySettings
 from app.core.errors import ConfigError, InvalidPath
 from app.edge.paths import normalize_path
@@ -99,12 +106,23 @@ def run_test(args: argparse.Namespace) -> int:
     print(f"rule coverage: {rules - len(report.uncovered)}/{rules} p lines matched by a case")
     for rule in report.uncovered:
         print(f"  not exercised: {rule.location}: p, {', '.join(rule.fields)}")
+    _print_grant_coverage(args.dir, report)
     if args.junit:
         args.junit.write_text(junit_xml(report), encoding="utf-8")
     if total == 0:
         print(f"{args.dir}: no test cases found in tests/*.yaml", file=sys.stderr)
         return 1
     return 1 if failed else 0
+
+
+def _print_grant_coverage(directory: Path, report: SuiteReport) -> None:
+    lines = _source(directory).lines
+    grants = [g for g in lines if g.ptype in ("g", "g2") and g.fields[1] != CLOSED_WRITER]
+    unused = unused_grants(lines, report)
+    used = len(grants) - len(unused)
+    print(f"grant coverage: {used}/{len(grants)} g/g2 lines used in a case's role chain")
+    for line in unused:
+        print(f"  not exercised: {line.location}: {line.text}")
 
 
 def _describe(decision: Decision) -> list[str]:

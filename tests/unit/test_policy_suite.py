@@ -9,7 +9,8 @@ from xml.etree import ElementTree
 import pytest
 
 from app.authz.policy import PolicyEngine
-from app.authz.suite import SuiteError, junit_xml, load_suites, run_suites
+from app.authz.source import read_policy
+from app.authz.suite import SuiteError, junit_xml, load_suites, run_suites, unused_grants
 from app.core.config import PolicySettings
 from tests.conftest import POLICY_DIR
 
@@ -102,3 +103,14 @@ def test_junit_xml_counts_failures(policy_dir: Path) -> None:
     failure = suite.find("testcase/failure")
     assert failure is not None
     assert "expected allow, got deny" in (failure.text or "")
+
+
+def test_unused_grants_are_listed(policy_dir: Path) -> None:
+    write_case(policy_dir)  # alice reads: uses only "g, alice, analyst, acme-2026"
+    engine = PolicyEngine.load(PolicySettings(dir=policy_dir))
+    report = run_suites(engine, load_suites(policy_dir))
+    source = read_policy(policy_dir / "model.conf", policy_dir / "policy.csv")
+    unused = {line.text for line in unused_grants(source.lines, report)}
+    assert "g, alice, analyst, acme-2026" not in unused
+    assert "g, bob, engagement_lead, acme-2026" in unused
+    assert "g2, records_officer, closed_writer" not in unused  # a capability, not in chains
