@@ -156,6 +156,15 @@ class PolicyStore:
     def revision(self) -> str:
         return self._gated.engine.revision
 
+    @property
+    def files(self) -> tuple[Path, ...]:
+        """``PolicyEngine.files`` of the policy in force (the foundation's surface)."""
+        return self._gated.engine.files
+
+    @property
+    def loaded_at(self) -> float:
+        return self._gated.engine.loaded_at
+
     def decide(
         self, subject: str, engagement: str, obj: str, action: str, groups: Sequence[str] = ()
     ) -> Decision:
