@@ -1,6 +1,7 @@
 """``gateway policy``: lint, test, explain and diff policy directories, for admins.
 
-Exit codes: 0 clean, 1 findings (lint errors, failed tests), 2 unusable input.
+Exit codes: 0 clean, 1 findings (lint errors, failed tests), 2 unusable input;
+``diff`` exits 0 whatever it finds (flips are information, not failures).
 """
 
 from __future__ import annotations
