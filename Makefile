@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # Documented demo/test key: never use it outside the demo and the tests.
 export GATEWAY_DEMO_KEY ?= demo-key-not-secret-0123456789abcdef
 
-.PHONY: run test lint typecheck pytest redis clean
+.PHONY: run test lint typecheck policy-check pytest redis clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,11 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy --strict app
 
+# The shipped policies must lint clean and pass their own suites.
+policy-check: $(STAMP)
+	$(BIN)/gateway policy lint --strict policies
+	$(BIN)/gateway policy test policies
+
 # Tests that need Redis start their own redis-server; install it when missing.
 redis:
 	./scripts/ensure-redis.sh
@@ -32,7 +37,7 @@ redis:
 pytest: $(STAMP) redis
 	$(BIN)/pytest; rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
-test: lint typecheck pytest
+test: lint typecheck policy-check pytest
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

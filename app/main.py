@@ -15,13 +15,15 @@ from fastapi import FastAPI
 
 from app import __version__
 from app.api.problems import install_problem_handlers
-from app.api.routes import findings, health, metrics
+from app.api.routes import admin, findings, health, metrics
 from app.authn.service import AuthnService
-from app.authz.policy import PolicyEngine
+from app.authz.store import PolicyStore
+from app.authz.watch import policy_watcher
 from app.core.config import Settings, load_settings
 from app.core.logging import configure_logging
 from app.edge.correlation import EdgeMiddleware
 from app.ops.metrics import set_policy_revision
+from app.ops.policy_sync import announcer, follow_notices
 from app.ops.runtime import ops_lifespan
 from app.orchestration.client import ServiceRegistry
 
@@ -32,13 +34,18 @@ def create_app(
     """Build the gateway; raises ``ConfigError`` if the settings cannot be served."""
     settings = settings or load_settings()
     authn = AuthnService.from_settings(settings)
-    policy = PolicyEngine.load(settings.policy)
+    policy = PolicyStore.open(settings.policy)
+    watch_interval = settings.policy.watch_interval or None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.services = ServiceRegistry(settings.services, transport)
         try:
-            async with authn.running(), ops_lifespan(app, settings):
+            async with (
+                authn.running(),
+                ops_lifespan(app, settings, follow_notices(policy), lambda: policy.revision),
+                policy_watcher(policy, watch_interval),
+            ):
                 yield
         finally:
             await app.state.services.aclose()
@@ -52,14 +59,16 @@ def create_app(
     app.state.settings = settings
     app.state.authn = authn
     app.state.verifier = authn.verifier
-    app.state.policy = policy
+    app.state.policy = policy  # a PolicyStore: .current, .decide, .reload, .status
     install_problem_handlers(app)
     app.add_middleware(EdgeMiddleware, max_body_bytes=settings.edge.max_body_bytes)
     app.include_router(health.router)
     app.include_router(findings.router)
+    app.include_router(admin.router)
     if settings.ops.metrics_enabled:
         app.include_router(metrics.router)
     set_policy_revision(policy.revision)
+    policy.add_listener(announcer(app))
     return app
 
 

@@ -19,7 +19,8 @@ from app.authn.asgi import message_from_scope
 from app.authn.identity import Identity
 from app.authn.nonces import NonceStoreUnavailable
 from app.authn.service import AuthnService
-from app.authz.policy import GLOBAL_DOMAIN, Decision, PolicyEngine, _reason
+from app.authz.policy import GLOBAL_DOMAIN, Decision
+from app.authz.store import PolicyStore
 from app.core.errors import AccessDenied, AuthenticationFailed, BadRequest
 from app.ops.metrics import count_decision, count_signature_failure
 from app.ops.ratelimit import RateLimitGuard
@@ -76,20 +77,30 @@ RateLimited = Annotated[None, Depends(limit_rate)]
 
 
 async def authorize(request: Request, identity: Authenticated, _quota: RateLimited) -> Decision:
-    """Decide (subject, engagement, normalised path, method); 403 unless allowed."""
+    """Decide (subject + groups, engagement, normalised path, method); 403 unless allowed."""
     engagement = request.path_params.get("engagement_id", GLOBAL_DOMAIN)
     if engagement != GLOBAL_DOMAIN and not _ENGAGEMENT.match(engagement):
         raise BadRequest("The engagement id is malformed.")
     structlog.contextvars.bind_contextvars(engagement=engagement)
-    policy: PolicyEngine = request.app.state.policy
-    decision = policy.decide(identity.subject, engagement, request.scope["path"], request.method)
-    count_decision("allow" if decision.allowed else "deny", _reason(decision))
+    policy: PolicyStore = request.app.state.policy
+    decision = policy.decide(
+        identity.subject, engagement, request.scope["path"], request.method, identity.groups
+    )
+    count_decision("allow" if decision.allowed else "deny", decision.reason)
     if not decision.allowed:
         raise AccessDenied("The policy does not allow this request.")
     return decision
 
 
 Authorized = Annotated[Decision, Depends(authorize)]
+
+
+async def get_policy_store(request: Request) -> PolicyStore:
+    store: PolicyStore = request.app.state.policy
+    return store
+
+
+Policies = Annotated[PolicyStore, Depends(get_policy_store)]
 
 
 async def get_services(request: Request) -> ServiceRegistry:

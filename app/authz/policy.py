@@ -1,24 +1,28 @@
-"""Authorization: the Casbin policy in force and the decisions made against it.
+"""Authorization: the policy in force and the decisions made against it.
 
-``PolicyEngine`` owns one enforcer loaded from ``policies/`` and the policy's
-revision (a hash of the files), so every decision can say which policy made it.
-Decisions are deny by default: no matching allow, or any matching deny, is a no.
+``PolicyEngine`` is one immutable, loaded policy: its compiled decision path
+(``app.authz.compiled``), its revision (a hash of the files) and where it came
+from. Decisions are deny by default: no matching allow, or any matching deny
+for the subject or any of its groups, is a no. Every decision through
+``decide`` writes one decision log line with fixed fields.
 """
 
 from __future__ import annotations
 
-import hashlib
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import casbin
 import structlog
 
+from app.authz.compiled import CompiledPolicy, Verdict
+from app.authz.source import GLOBAL_DOMAIN, PolicySource, read_policy
 from app.core.config import PolicySettings
 from app.core.errors import ConfigError
 
-GLOBAL_DOMAIN = "*"
+__all__ = ["GLOBAL_DOMAIN", "Decision", "PolicyEngine", "load_source"]
+
 decision_log = structlog.get_logger("gateway.decision")
 
 
@@ -33,66 +37,92 @@ class Decision:
     action: str
     matched_rule: tuple[str, ...]
     revision: str
+    groups: tuple[str, ...] = ()
+    role_chain: tuple[str, ...] = ()
+    reason: str = ""
+    rule_location: str | None = None
 
 
-def _reason(decision: Decision) -> str:
-    if decision.allowed:
-        return "allowed_by_rule"
-    return "denied_by_rule" if decision.matched_rule else "no_matching_allow"
-
-
-def policy_revision(*files: Path) -> str:
-    """A short content hash of the policy files, in order."""
-    digest = hashlib.sha256()
+def load_source(settings: PolicySettings) -> PolicySource:
+    """Read and parse the policy files; unreadable or invalid files are a ``ConfigError``."""
+    files = (settings.model_path, settings.policy_path)
     for path in files:
-        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
-    return digest.hexdigest()[:16]
+        if not path.is_file():
+            raise ConfigError(f"policy.dir: {path} is not a readable file")
+    try:
+        source = read_policy(*files)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"policy: cannot read {settings.dir}: {exc}") from None
+    if source.errors:
+        shown = "; ".join(str(issue) for issue in source.errors[:5])
+        raise ConfigError(f"policy: cannot load {settings.dir}: {shown}")
+    return source
 
 
 class PolicyEngine:
-    """The loaded policy and its revision; decisions run on the event loop (CPU only)."""
+    """One loaded policy and its revision; decisions are CPU only and never block."""
 
-    def __init__(self, enforcer: casbin.Enforcer, revision: str, files: tuple[Path, ...]) -> None:
-        self._enforcer = enforcer
-        self.revision = revision
-        self.files = files
+    def __init__(self, source: PolicySource) -> None:
+        # The parsed lines are not kept: the compiled form is all a decision needs.
+        self.compiled = CompiledPolicy(source.lines)
+        self.revision = source.revision
+        self.files: tuple[Path, ...] = (source.model_path, source.policy_path)
         self.loaded_at = time.time()
 
     @classmethod
     def load(cls, settings: PolicySettings) -> PolicyEngine:
         """Load model and policy; an unreadable or invalid file is a ``ConfigError``."""
-        files = (settings.model_path, settings.policy_path)
-        for path in files:
-            if not path.is_file():
-                raise ConfigError(f"policy.dir: {path} is not a readable file")
-        try:
-            enforcer = casbin.Enforcer(str(files[0]), str(files[1]))
-        except Exception as exc:  # pycasbin raises bare Exceptions for syntax errors
-            raise ConfigError(f"policy: cannot load {files[0]} / {files[1]}: {exc}") from None
-        return cls(enforcer, policy_revision(*files), files)
+        return cls(load_source(settings))
 
-    def decide(self, subject: str, engagement: str, obj: str, action: str) -> Decision:
+    def explain(
+        self, subject: str, engagement: str, obj: str, action: str, groups: Sequence[str] = ()
+    ) -> Decision:
+        """The decision with its evidence, without writing a decision log line."""
+        verdict = self.compiled.evaluate(subject, groups, engagement, obj, action)
+        return self._decision(verdict, subject, tuple(groups), (engagement, obj, action))
+
+    def decide(
+        self, subject: str, engagement: str, obj: str, action: str, groups: Sequence[str] = ()
+    ) -> Decision:
         """Decide and log one request; deny unless an allow matches and no deny does."""
-        allowed, explain = self._enforcer.enforce_ex(subject, engagement, obj, action)
-        decision = Decision(
-            allowed=bool(allowed),
-            subject=subject,
-            engagement=engagement,
-            obj=obj,
-            action=action,
-            matched_rule=tuple(str(v) for v in explain),
-            revision=self.revision,
-        )
-        decision_log.info(
-            "decision",
-            stage="authz",
-            decision="allow" if decision.allowed else "deny",
-            subject=subject,
-            engagement=engagement,
-            object=obj,
-            action=action,
-            matched_rule=",".join(decision.matched_rule) or None,
-            policy_revision=self.revision,
-            reason=_reason(decision),
-        )
+        decision = self.explain(subject, engagement, obj, action, groups)
+        log_decision(decision)
         return decision
+
+    def _decision(
+        self, verdict: Verdict, subject: str, groups: tuple[str, ...], request: tuple[str, str, str]
+    ) -> Decision:
+        rule = verdict.rule
+        return Decision(
+            allowed=verdict.allowed,
+            subject=subject,
+            engagement=request[0],
+            obj=request[1],
+            action=request[2],
+            matched_rule=rule.fields if rule else (),
+            revision=self.revision,
+            groups=groups,
+            role_chain=verdict.role_chain,
+            reason=verdict.reason,
+            rule_location=rule.location if rule else None,
+        )
+
+
+def log_decision(decision: Decision) -> None:
+    """One decision log line; ``diff --log`` replays these, so ``groups`` is kept too."""
+    corr_id = structlog.contextvars.get_contextvars().get("corr_id")
+    decision_log.info(
+        "decision",
+        stage="authz",
+        corr_id=corr_id,
+        subject=decision.subject,
+        groups=list(decision.groups),
+        engagement=decision.engagement,
+        object=decision.obj,
+        action=decision.action,
+        decision="allow" if decision.allowed else "deny",
+        matched_rule=",".join(decision.matched_rule) or None,
+        role_chain=list(decision.role_chain),
+        policy_revision=decision.revision,
+        reason=decision.reason,
+    )

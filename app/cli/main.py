@@ -6,13 +6,13 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from app.cli import config_docs, demo, serve, sign, stub
+from app.cli import config_docs, demo, policy, serve, sign, stub
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gateway", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (serve, stub, sign, demo, config_docs):
+    for module in (serve, stub, sign, demo, policy, config_docs):
         module.register(commands)
     return parser
 

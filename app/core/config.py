@@ -95,6 +95,8 @@ class PolicySettings(_Section):
     dir: Path = Path("policies")
     model_file: str = "model.conf"
     policy_file: str = "policy.csv"
+    # Seconds between polls of the policy files for hot reload; 0 turns watching off.
+    watch_interval: Annotated[float, Field(ge=0, le=3600)] = 1.0
 
     @property
     def model_path(self) -> Path:

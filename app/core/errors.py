@@ -13,6 +13,7 @@ services never raise ``HTTPException``.
     ├── AccessDenied                   403 forbidden
     ├── NotFound                       404 not_found
     ├── PayloadTooLarge                413 payload_too_large
+    ├── PolicyRejected                 422 policy_rejected (reload gate; last good kept)
     ├── TooManyRequests                429 rate_limited
     ├── ServiceUnavailable             503 unavailable
     └── DownstreamError                502 bad_gateway
@@ -86,6 +87,14 @@ class PayloadTooLarge(GatewayError):
     status_code = 413
     code = "payload_too_large"
     title = "Payload too large"
+
+
+class PolicyRejected(GatewayError):
+    """A policy reload failed its gate; the last good policy stays in force."""
+
+    status_code = 422
+    code = "policy_rejected"
+    title = "Policy rejected"
 
 
 class ServiceUnavailable(GatewayError):

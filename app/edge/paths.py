@@ -1,16 +1,27 @@
 """Path normalisation: done once at the edge, used for the decision and downstream.
 
 Authorizing one path and forwarding another is the classic gateway bypass, so
-the normalised path is the only path later stages see. Rules, in order:
+the normalised path is the only path later stages see (the query string is
+split off before this and is never part of the policy object). Rules, in order:
 
-1. the raw request target is ASCII; control characters, NUL, backslash and ``;``
-   (path parameters, ``..;/`` tricks) are rejected;
-2. percent-escapes are decoded only for unreserved characters (RFC 3986 §2.3);
-   an escaped ``/``, ``\\``, ``;``, control byte or any byte >= 0x80 (overlong
-   UTF-8, look-alikes) is rejected; other escapes keep their upper-case form;
+1. the raw path is at most 4,096 characters of the RFC 3986 ``pchar`` set plus
+   ``/``: unreserved, ``%``, ``:``, ``@`` and the sub-delims except ``;``.
+   Anything else is rejected: non-ASCII (unicode look-alikes such as Cyrillic
+   ``U+0430``), control characters and NUL, space, backslash, ``#``, quotes, brackets,
+   and ``;`` (path parameters, Tomcat's ``..;/`` trick);
+2. percent-escapes are decoded only for unreserved characters (RFC 3986 §2.3),
+   so ``%2e%2e`` becomes ``..`` *before* dot segments are removed. An escaped
+   ``/``, ``\\``, ``;``, ``%`` (double encoding, ``%252e``), control byte or any
+   byte >= 0x80 (overlong UTF-8 such as ``%c0%ae``, encoded look-alikes) is
+   rejected; other escapes stay encoded, with upper-case hex digits;
 3. empty segments (``//``) collapse; dot segments are removed (RFC 3986 §5.2.4)
    and climbing above the root is rejected;
-4. a trailing slash is removed (except for ``/``); case is preserved.
+4. trailing-slash rule: a trailing slash is removed (except for ``/``);
+5. case rule: paths are case-sensitive (RFC 3986 §6.2.2.1) and case is
+   preserved, never folded: ``/V1/Admin`` is a different resource that no
+   lower-case rule matches, so it is denied by default and routed nowhere.
+   Downstream services receive exactly the decided path, so they must not fold
+   case either (see ``app/api/docs/policies.md``).
 """
 
 from __future__ import annotations
@@ -20,11 +31,12 @@ import string
 
 from app.core.errors import InvalidPath
 
+MAX_PATH_LENGTH = 4096
 _UNRESERVED = frozenset(string.ascii_letters + string.digits + "-._~")
-_FORBIDDEN_RAW = re.compile(r"[\x00-\x20\x7f\\;]")
+_ALLOWED_RAW = re.compile(r"/[A-Za-z0-9\-._~%!$&'()*+,=:@/]*")
 _ESCAPE = re.compile(r"%([0-9A-Fa-f]{2})")
 _BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
-_FORBIDDEN_ESCAPED = frozenset({0x2F, 0x5C, 0x3B})  # / \ ;
+_FORBIDDEN_ESCAPED = frozenset({0x2F, 0x5C, 0x3B, 0x25})  # / \ ; %
 
 
 def _decode_escape(match: re.Match[str]) -> str:
@@ -56,7 +68,9 @@ def normalize_path(raw_path: bytes | str) -> str:
         text.encode("ascii")
     except (UnicodeDecodeError, UnicodeEncodeError):
         raise InvalidPath("The request path must be ASCII.") from None
-    if not text.startswith("/") or _FORBIDDEN_RAW.search(text) or _BAD_ESCAPE.search(text):
+    if len(text) > MAX_PATH_LENGTH:
+        raise InvalidPath(f"The request path is longer than {MAX_PATH_LENGTH} characters.")
+    if not _ALLOWED_RAW.fullmatch(text) or _BAD_ESCAPE.search(text):
         raise InvalidPath("The request path is malformed.")
     decoded = _ESCAPE.sub(_decode_escape, text)
     segments = _remove_dot_segments(decoded.split("/"))

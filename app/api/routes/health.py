@@ -7,13 +7,28 @@ from fastapi.responses import JSONResponse
 
 from app.api.schemas import Health, Readiness, ReadinessCheck
 from app.authn.service import AuthnService
-from app.authz.policy import PolicyEngine
+from app.authz.store import PolicyStore
 from app.ops.runtime import redis_health
 from app.orchestration.client import ServiceRegistry
 
 router = APIRouter(tags=["health"])
 
 REQUIRED_SERVICES = ("findings",)
+
+
+def policy_check(store: PolicyStore) -> ReadinessCheck:
+    """The policy in force; a rejected reload is reported, not made fatal.
+
+    The gateway keeps serving the last good policy, which is correct behaviour,
+    so readiness stays ok: failing it would pull every instance out of service
+    over one bad edit. The detail says the reload failed and why.
+    """
+    status = store.status
+    detail = f"revision {status.revision}"
+    if status.last_error is not None:
+        first_line = status.last_error.message.splitlines()[0]
+        detail += f"; last reload rejected, last good policy kept: {first_line}"
+    return ReadinessCheck(name="policy", ok=True, detail=detail)
 
 
 @router.get("/healthz", response_model=Health, summary="Liveness")
@@ -30,10 +45,10 @@ async def healthz() -> Health:
 )
 async def readyz(request: Request) -> JSONResponse:
     """Ready when a policy is loaded and the services routes need are configured."""
-    policy: PolicyEngine = request.app.state.policy
+    policy: PolicyStore = request.app.state.policy
     services: ServiceRegistry = request.app.state.services
     checks = [
-        ReadinessCheck(name="policy", ok=True, detail=f"revision {policy.revision}"),
+        policy_check(policy),
     ]
     authn: AuthnService = request.app.state.authn
     checks += [ReadinessCheck(name=n, ok=ok, detail=d) for n, ok, d in await authn.readiness()]

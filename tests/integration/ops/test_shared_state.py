@@ -8,7 +8,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.integration.ops.conftest import FINDINGS, GatewayFactory, metric_value, wait_until
+from tests.integration.ops.conftest import FINDINGS, GatewayFactory, wait_until
 from tests.redis_server import RedisServer
 
 pytestmark = pytest.mark.integration

@@ -1,0 +1,197 @@
+"""Policy files as the gateway reads them: CSV lines with file:line, the model check.
+
+The reader accepts a strict subset of Casbin's CSV so that what it accepts is
+tokenised exactly as pycasbin's file adapter would (plain ``split(",")`` equals
+Casbin's tokenizer when a line has no brackets or quotes). Anything outside the
+subset is an error with its ``file:line``; Casbin itself would silently skip an
+unknown line type or fail only at decision time on a wrong field count.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+GLOBAL_DOMAIN = "*"
+CLOSED = "closed"
+CLOSED_WRITER = "closed_writer"
+READ_ACTIONS = frozenset({"GET", "HEAD", "OPTIONS", "read"})
+EFFECTS = ("allow", "deny")
+ARITY = {"p": 5, "g": 3, "g2": 2, "g3": 2}
+ENGAGEMENT = re.compile(r"^[a-z0-9][a-z0-9-]{1,62}$")
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@+-]{0,127}$")
+ACTION = re.compile(r"^(\*|[A-Za-z][A-Za-z_]{0,31})$")
+OBJECT = re.compile(r"^(\*|/[A-Za-z0-9\-._~/:*%!$&'+=@]*)$")
+_CASBIN_NESTING = re.compile(r"[\[\]()\"]")
+
+# The model the compiled decision path implements, as significant lines without spaces.
+SUPPORTED_MODEL = (
+    "[request_definition]",
+    "r=sub,dom,obj,act",
+    "[policy_definition]",
+    "p=sub,dom,obj,act,eft",
+    "[role_definition]",
+    "g=_,_,_",
+    "g2=_,_",
+    "g3=_,_",
+    "[policy_effect]",
+    "e=some(where(p.eft==allow))&&!some(where(p.eft==deny))",
+    "[matchers]",
+    'm=(g(r.sub,p.sub,r.dom)||g2(r.sub,p.sub))&&(p.dom==r.dom||p.dom=="*")'
+    '&&keyMatch2(r.obj,p.obj)&&(r.act==p.act||p.act=="*")'
+    '&&(p.eft=="deny"||!g3(r.dom,"closed")||r.act=="GET"||r.act=="HEAD"'
+    '||r.act=="OPTIONS"||r.act=="read"||g2(r.sub,"closed_writer"))',
+)
+
+Severity = Literal["error", "warning"]
+
+
+@dataclass(frozen=True, slots=True)
+class Issue:
+    """One lint finding, located by ``file:line``."""
+
+    severity: Severity
+    location: str
+    code: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.location}: {self.severity}: {self.message} [{self.code}]"
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyLine:
+    """One policy line: its type, its fields and where it was written."""
+
+    ptype: str
+    fields: tuple[str, ...]
+    location: str
+
+    @property
+    def text(self) -> str:
+        return ", ".join((self.ptype, *self.fields))
+
+
+@dataclass(frozen=True, slots=True)
+class PolicySource:
+    """The parsed files of one policy directory; ``errors`` block loading."""
+
+    model_path: Path
+    policy_path: Path
+    lines: tuple[PolicyLine, ...]
+    errors: tuple[Issue, ...]
+    revision: str
+
+    def of_type(self, ptype: str) -> list[PolicyLine]:
+        return [line for line in self.lines if line.ptype == ptype]
+
+
+def revision_of(contents: dict[str, bytes]) -> str:
+    """A short content hash of named file contents, in order."""
+    digest = hashlib.sha256()
+    for name, data in contents.items():
+        digest.update(name.encode() + b"\0" + data + b"\0")
+    return digest.hexdigest()[:16]
+
+
+def policy_revision(*files: Path) -> str:
+    """A short content hash of the policy files, in order."""
+    return revision_of({path.name: path.read_bytes() for path in files})
+
+
+def read_policy(model_path: Path, policy_path: Path) -> PolicySource:
+    """Parse both files; unreadable files raise ``OSError``, bad lines become errors.
+
+    Each file is read once, so the revision hashes exactly the bytes parsed.
+    """
+    model_bytes, policy_bytes = model_path.read_bytes(), policy_path.read_bytes()
+    model_text, policy_text = model_bytes.decode("utf-8"), policy_bytes.decode("utf-8")
+    revision = revision_of({model_path.name: model_bytes, policy_path.name: policy_bytes})
+    errors = check_model(model_text, model_path.name)
+    lines: list[PolicyLine] = []
+    for number, raw in enumerate(policy_text.splitlines(), start=1):
+        location = f"{policy_path.name}:{number}"
+        parsed = parse_line(raw, location)
+        if isinstance(parsed, Issue):
+            errors.append(parsed)
+        elif parsed is not None:
+            lines.append(parsed)
+    return PolicySource(model_path, policy_path, tuple(lines), tuple(errors), revision)
+
+
+def check_model(text: str, name: str) -> list[Issue]:
+    """The model must be the one the compiled decision path implements."""
+    significant = tuple(
+        re.sub(r"\s+", "", line)
+        for line in text.splitlines()
+        if line.strip() and not line.lstrip().startswith("#")
+    )
+    if significant == SUPPORTED_MODEL:
+        return []
+    message = "the model differs from the one the gateway implements; change it with the code"
+    return [Issue("error", f"{name}:1", "unsupported_model", message)]
+
+
+def parse_line(raw: str, location: str) -> PolicyLine | Issue | None:
+    """One CSV line as a ``PolicyLine``; ``None`` for blanks and comments."""
+    text = raw.strip()
+    if not text or text.startswith("#"):
+        return None
+    if _CASBIN_NESTING.search(text):
+        return _error(location, "syntax", "brackets and quotes are not supported")
+    tokens = [token.strip() for token in text.split(",")]
+    ptype, fields = tokens[0], tuple(tokens[1:])
+    if ptype not in ARITY:
+        return _error(location, "syntax", f"unknown line type {ptype!r} (use p, g, g2 or g3)")
+    if len(fields) != ARITY[ptype]:
+        return _error(location, "syntax", f"{ptype} needs {ARITY[ptype]} fields, got {len(fields)}")
+    problem = _field_problem(ptype, fields)
+    if problem:
+        return _error(location, "syntax", problem)
+    return PolicyLine(ptype, fields, location)
+
+
+def _field_problem(ptype: str, fields: tuple[str, ...]) -> str | None:
+    for value in fields:
+        if "#" in value:
+            return "inline comments are not supported: Casbin reads them as part of the value"
+        if not value:
+            return "empty field"
+    if ptype == "p":
+        return _rule_problem(*fields)
+    if ptype == "g3":
+        if not ENGAGEMENT.match(fields[0]) or fields[1] != CLOSED:
+            return "g3 lines read: g3, <engagement>, closed"
+        return None
+    names = fields[:2]
+    if not all(NAME.match(name) for name in names):
+        return f"malformed subject or role name in {', '.join(names)}"
+    if ptype == "g" and not _is_domain(fields[2]):
+        return f"engagement {fields[2]!r} must be an engagement id or *"
+    return None
+
+
+def _rule_problem(sub: str, dom: str, obj: str, act: str, eft: str) -> str | None:
+    if not NAME.match(sub):
+        return f"malformed role {sub!r}"
+    if not _is_domain(dom):
+        return f"engagement {dom!r} must be an engagement id or *"
+    star_ok = obj == "*" or "*" not in obj or (obj.endswith("/*") and "*" not in obj[:-1])
+    if not OBJECT.match(obj) or not star_ok:
+        return f"object {obj!r} must be a path pattern (segments, :name, a final /*) or *"
+    if not ACTION.match(act):
+        return f"action {act!r} must be an HTTP method, a named action or *"
+    if eft not in EFFECTS:
+        return f"effect {eft!r} must be allow or deny"
+    return None
+
+
+def _is_domain(value: str) -> bool:
+    return value == GLOBAL_DOMAIN or bool(ENGAGEMENT.match(value))
+
+
+def _error(location: str, code: str, message: str) -> Issue:
+    return Issue("error", location, code, message)

@@ -1,0 +1,72 @@
+"""Reload the policy when its files change: a polling task in the app lifespan.
+
+Two options were weighed. ``watchfiles.awatch`` (inotify) reacts within
+milliseconds but runs a native watcher thread, misses edits on some network and
+overlay filesystems, and Kubernetes ConfigMap updates (an atomic symlink swap
+of the parent directory) need special handling. Polling ``stat()`` of the few
+policy files once a second (chosen) costs microseconds, works on every
+filesystem and symlink swap, and cancels cleanly with the task; the price is up
+to ``watch_interval`` seconds of latency, which is fine for policy edits.
+
+Debounce: a change is acted on only once the files' fingerprint has been
+stable for one more interval, so an editor's multi-step save or a copy of
+several files triggers one reload, not a reload of a half-written directory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+import structlog
+
+from app.authz.store import PolicyStore, policy_files
+
+log = structlog.get_logger("gateway.policy")
+
+Fingerprint = tuple[tuple[str, int, int, int], ...]
+
+
+def fingerprint(store: PolicyStore) -> Fingerprint:
+    """Name, size, mtime and inode of every policy file (missing files count too)."""
+    entries = []
+    for path in policy_files(store.settings):
+        try:
+            stat = path.stat()
+            entries.append((str(path), stat.st_size, stat.st_mtime_ns, stat.st_ino))
+        except OSError:
+            entries.append((str(path), -1, -1, -1))
+    return tuple(entries)
+
+
+async def watch_policy(store: PolicyStore, interval: float, seen: Fingerprint) -> None:
+    """Poll forever; reload once a changed fingerprint has settled for one interval."""
+    while True:
+        await asyncio.sleep(interval)
+        now = fingerprint(store)
+        if now == seen:
+            continue
+        await asyncio.sleep(interval)
+        settled = fingerprint(store)
+        if settled != now:
+            continue  # still changing; look again next round
+        seen = settled
+        await store.reload("file_change")
+
+
+@contextlib.asynccontextmanager
+async def policy_watcher(store: PolicyStore, interval: float | None) -> AsyncIterator[None]:
+    """Run ``watch_policy`` for the lifespan of the app; ``None`` disables it."""
+    if interval is None:
+        yield
+        return
+    # Fingerprint now, not when the task first runs, so an edit in between is seen.
+    seen = fingerprint(store)
+    task = asyncio.create_task(watch_policy(store, interval, seen), name="policy-watch")
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

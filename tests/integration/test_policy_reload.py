@@ -1,0 +1,107 @@
+"""Hot reload under load: many gated reloads while signed requests run concurrently.
+
+Two valid policies (A grants zoe the analyst role in acme-2026, B does not) and
+a broken one alternate on disk while client threads keep calling the gateway.
+No request may fail, and every decision must be the one the revision that made
+it prescribes (A: allow, B: deny), which a torn or half-loaded policy would break.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from app.main import create_app
+from app.stubs.server import create_stub_app
+from tests.conftest import POLICY_DIR, LiveServer, make_settings, signer
+
+pytestmark = pytest.mark.integration
+
+MIN_ROUNDS, MAX_ROUNDS = 10, 60  # each round reloads A, broken, B: 30 to 180 reloads
+CLIENTS = 3
+REQUESTS_PER_CLIENT = 60
+ZOE_PATH = "/v1/engagements/acme-2026/findings"
+
+
+def write_atomically(path: Path, text: str) -> None:
+    staging = path.with_suffix(".tmp")
+    staging.write_text(text)
+    os.replace(staging, path)
+
+
+def client_loop(url: str, subject: str, results: list[int], errors: list[str]) -> None:
+    with httpx.Client(base_url=url, auth=signer(subject), timeout=20) as client:
+        for _ in range(REQUESTS_PER_CLIENT):
+            try:
+                results.append(client.get(ZOE_PATH).status_code)
+            except httpx.HTTPError as exc:  # a failed request is the defect under test
+                errors.append(repr(exc))
+
+
+def test_reloads_under_concurrent_requests_never_fail_or_mix(
+    live_server: Callable[[FastAPI], LiveServer],
+    test_key_env: str,
+    tmp_path: Path,
+    captured_logs: list[dict[str, Any]],
+) -> None:
+    policy_dir = tmp_path / "policies"
+    shutil.copytree(POLICY_DIR, policy_dir)
+    base = (policy_dir / "policy.csv").read_text()
+    versions = {
+        "A": base + "g, zoe, analyst, acme-2026\n",
+        "broken": base + "g, zoe, analyst\n",
+        "B": base,
+    }
+    findings = live_server(create_stub_app("findings"))
+    settings = make_settings(
+        {"findings": findings.url}, policy={"dir": str(policy_dir), "watch_interval": 0}
+    )
+    gateway = live_server(create_app(settings))
+    revision_b = httpx.get(f"{gateway.url}/readyz").json()["checks"][0]["detail"].split()[1]
+
+    results: dict[str, list[int]] = {"zoe": [], "alice": []}
+    errors: list[str] = []
+    threads = [
+        threading.Thread(target=client_loop, args=(gateway.url, subject, results[subject], errors))
+        for subject in ("zoe", "zoe", "alice")[:CLIENTS]
+    ]
+    for thread in threads:
+        thread.start()
+    outcomes: dict[str, list[str]] = {"A": [], "broken": [], "B": []}
+    revisions: dict[str, str] = {"B": revision_b}
+    with httpx.Client(base_url=gateway.url, auth=signer("sam"), timeout=20) as admin:
+        rounds = 0
+        while rounds < MIN_ROUNDS or (rounds < MAX_ROUNDS and any(t.is_alive() for t in threads)):
+            rounds += 1
+            for name in ("A", "broken", "B"):
+                write_atomically(policy_dir / "policy.csv", versions[name])
+                response = admin.post("/admin/policy/reload", json={"reason": f"storm {name}"})
+                body = response.json()
+                outcomes[name].append(
+                    body["outcome"] if response.status_code == 200 else body["type"]
+                )
+                if response.status_code == 200:
+                    revisions[name] = body["revision"]
+    for thread in threads:
+        thread.join(timeout=120)
+
+    assert errors == []
+    assert set(outcomes["A"]) == {"swapped"}
+    assert all(o.endswith("policy_rejected") for o in outcomes["broken"])
+    assert set(outcomes["B"]) == {"swapped"}
+    assert len(results["zoe"]) == 2 * REQUESTS_PER_CLIENT
+    assert set(results["zoe"]) == {200, 403}  # both policies were in force while requests ran
+    assert set(results["alice"]) == {200}
+    expected = {revisions["A"]: "allow", revisions["B"]: "deny"}
+    zoe_lines = [e for e in captured_logs if e["event"] == "decision" and e.get("subject") == "zoe"]
+    assert len(zoe_lines) == len(results["zoe"])
+    mismatched = [e for e in zoe_lines if expected.get(e["policy_revision"]) != e["decision"]]
+    assert mismatched == []

@@ -1,0 +1,88 @@
+"""``lint``: syntax errors with file:line, and each kind of warning on a small policy."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from app.authz.lint import lint
+from app.authz.source import Issue, read_policy
+from tests.conftest import POLICY_DIR
+
+
+def lint_lines(tmp_path: Path, *lines: str) -> list[Issue]:
+    (tmp_path / "model.conf").write_text((POLICY_DIR / "model.conf").read_text())
+    (tmp_path / "policy.csv").write_text("\n".join(lines) + "\n")
+    return lint(read_policy(tmp_path / "model.conf", tmp_path / "policy.csv"))
+
+
+def codes(issues: list[Issue]) -> list[tuple[str, str, str]]:
+    return [(i.severity, i.location, i.code) for i in issues]
+
+
+def test_shipped_policy_is_clean() -> None:
+    assert lint(read_policy(POLICY_DIR / "model.conf", POLICY_DIR / "policy.csv")) == []
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("x, analyst, *, /v1/*, GET, allow", "unknown line type"),
+        ("p, analyst, *, /v1/*, GET", "p needs 5 fields, got 4"),
+        ("p, analyst, *, /v1/*, GET, allow  # note", "inline comments"),
+        ("p, analyst, *, /v1/*, GET, permit", "effect 'permit'"),
+        ("p, analyst, *, v1/relative, GET, allow", "must be a path pattern"),
+        ("p, analyst, *, /v1/*/findings, GET, allow", "a final /*"),
+        ("p, analyst, *, /v1/acme*, GET, allow", "a final /*"),
+        ("p, analyst, Acme, /v1/*, GET, allow", "engagement 'Acme'"),
+        ('p, analyst, *, "/v1/a,b", GET, allow', "brackets and quotes"),
+        ("g, bob, analyst", "g needs 3 fields"),
+        ("g3, acme-2026, archived", "g3 lines read"),
+        ("g, bob, , acme-2026", "empty field"),
+    ],
+)
+def test_syntax_errors_name_file_and_line(tmp_path: Path, line: str, message: str) -> None:
+    issues = lint_lines(tmp_path, "# header", "", line)
+    assert len(issues) == 1
+    assert issues[0].severity == "error"
+    assert issues[0].location == "policy.csv:3"
+    assert message in issues[0].message
+
+
+def test_changed_model_is_an_error(tmp_path: Path) -> None:
+    (tmp_path / "model.conf").write_text(
+        (POLICY_DIR / "model.conf").read_text().replace('p.act == "*"', "true")
+    )
+    (tmp_path / "policy.csv").write_text("")
+    issues = lint(read_policy(tmp_path / "model.conf", tmp_path / "policy.csv"))
+    assert codes(issues) == [("error", "model.conf:1", "unsupported_model")]
+
+
+def test_each_warning(tmp_path: Path) -> None:
+    issues = lint_lines(
+        tmp_path,
+        "p, analyst, *, /v1/engagements/:e/findings, POST, allow",  # 1 shadowed by 5 via lead
+        "p, analyst, *, /v1/engagements/:e/findings, GET, allow",
+        "p, analyst, *, /v1/engagements/:e/findings, GET, allow",  # 3 duplicate
+        "p, ghost, *, /v1/*, GET, allow",  # 4 never granted
+        "p, viewer, *, /v1/*, POST, deny",
+        "g, analyst, viewer, *",
+        "g, alice, analyst, acme-2026",
+        "g, bob, nobody, acme-2026",  # 8 unknown role
+        "p, analyst, globex, /v1/*, GET, allow",  # 9 engagement never granted
+        "g3, initech-2020, closed",  # 10 engagement never granted
+        "g, rita, closed_writer, acme-2026",  # 11 closed_writer per engagement
+        "g, viewer-x, viewer, acme-2026",
+    )
+    assert codes(issues) == [
+        ("warning", "policy.csv:1", "shadowed_by_deny"),
+        ("warning", "policy.csv:3", "duplicate"),
+        ("warning", "policy.csv:4", "role_never_granted"),
+        ("warning", "policy.csv:8", "unknown_role"),
+        ("warning", "policy.csv:9", "engagement_unreferenced"),
+        ("warning", "policy.csv:10", "engagement_unreferenced"),
+        ("warning", "policy.csv:11", "closed_writer_not_global"),
+    ]
+    assert "policy.csv:5 denies it" in issues[0].message
+    assert str(issues[1]) == "policy.csv:3: warning: duplicate of policy.csv:2 [duplicate]"

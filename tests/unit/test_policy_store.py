@@ -1,0 +1,162 @@
+"""``PolicyStore``: the gate (parse, lint errors, suites) and the swap that keeps the last good."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import weakref
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from app.authz.store import PolicyStore
+from app.authz.watch import fingerprint, policy_watcher
+from app.core.config import PolicySettings
+from app.core.errors import ConfigError
+from tests.conftest import POLICY_DIR
+
+ALICE_READS = ("alice", "acme-2026", "/v1/engagements/acme-2026/findings", "GET")
+
+
+@pytest.fixture
+def policy_dir(tmp_path: Path) -> Path:
+    target = tmp_path / "policies"
+    shutil.copytree(POLICY_DIR, target)
+    return target
+
+
+def open_store(policy_dir: Path, **extra: Any) -> PolicyStore:
+    return PolicyStore.open(PolicySettings(dir=policy_dir, **extra))
+
+
+def append(path: Path, text: str) -> None:
+    path.write_text(path.read_text() + text)
+
+
+def test_reload_swaps_a_valid_change(policy_dir: Path) -> None:
+    store = open_store(policy_dir)
+    before = store.revision
+    append(policy_dir / "policy.csv", "g, zoe, analyst, acme-2026\n")
+    result = asyncio.run(store.reload("test"))
+    assert (result.outcome, result.previous_revision) == ("swapped", before)
+    assert store.revision == result.revision != before
+    assert store.current.explain("zoe", *ALICE_READS[1:]).allowed
+    assert result.tests_run == store.status.tests > 0
+
+
+def test_reload_of_unchanged_files_keeps_the_revision(policy_dir: Path) -> None:
+    store = open_store(policy_dir)
+    result = asyncio.run(store.reload("test"))
+    assert result.outcome == "unchanged"
+    assert result.revision == store.revision
+
+
+@pytest.mark.parametrize(
+    ("breakage", "message"),
+    [
+        ("p, analyst, *, /v1/*, GET\n", "policy.csv:"),
+        ("g, bob, client_viewer, acme-2026\n", "policy test(s) failed"),
+    ],
+    ids=["syntax error", "failing suite"],
+)
+def test_broken_policy_keeps_the_last_good_one(
+    policy_dir: Path, captured_logs: list[dict[str, Any]], breakage: str, message: str
+) -> None:
+    store = open_store(policy_dir)
+    good = store.current
+    append(policy_dir / "policy.csv", breakage)
+    result = asyncio.run(store.reload("test"))
+    assert result.outcome == "rejected"
+    assert result.error is not None
+    assert message in result.error
+    assert store.current is good
+    assert store.status.last_error is not None
+    assert store.status.last_error.message == result.error
+    rejected = [e for e in captured_logs if e["event"] == "policy_reload_rejected"]
+    assert rejected
+    assert rejected[0]["policy_revision"] == good.revision
+
+
+def test_broken_suite_file_is_rejected(policy_dir: Path) -> None:
+    store = open_store(policy_dir)
+    (policy_dir / "tests" / "bad.yaml").write_text("suite: x\ncases: [{name: y}]\n")
+    result = asyncio.run(store.reload("test"))
+    assert result.outcome == "rejected"
+    assert result.error is not None
+    assert "tests/bad.yaml" in result.error
+
+
+def test_missing_policy_file_is_rejected(policy_dir: Path) -> None:
+    store = open_store(policy_dir)
+    (policy_dir / "policy.csv").unlink()
+    assert asyncio.run(store.reload("test")).outcome == "rejected"
+
+
+def test_a_good_reload_clears_the_last_error(policy_dir: Path) -> None:
+    store = open_store(policy_dir)
+    original = (policy_dir / "policy.csv").read_text()
+    append(policy_dir / "policy.csv", "nonsense\n")
+    asyncio.run(store.reload("test"))
+    (policy_dir / "policy.csv").write_text(original)
+    assert asyncio.run(store.reload("test")).outcome == "unchanged"
+    assert store.status.last_error is None
+
+
+def test_start_up_refuses_a_policy_whose_tests_fail(policy_dir: Path) -> None:
+    append(policy_dir / "policy.csv", "g, bob, client_viewer, acme-2026\n")
+    with pytest.raises(ConfigError, match="policy test"):
+        open_store(policy_dir)
+
+
+def test_watcher_reloads_after_a_change_settles(policy_dir: Path) -> None:
+    store = open_store(policy_dir)
+    before = store.revision
+
+    async def scenario() -> str:
+        async with policy_watcher(store, 0.02):
+            append(policy_dir / "policy.csv", "g, zoe, analyst, acme-2026\n")
+            for _ in range(200):
+                await asyncio.sleep(0.02)
+                if store.revision != before:
+                    break
+        return store.revision
+
+    assert asyncio.run(scenario()) != before
+    assert store.status.last_reload is not None
+    assert store.status.last_reload.reason == "file_change"
+
+
+def test_fingerprint_sees_new_suite_files(policy_dir: Path) -> None:
+    store = open_store(policy_dir)
+    before = fingerprint(store)
+    shutil.copy(policy_dir / "tests" / "findings.yaml", policy_dir / "tests" / "copy.yaml")
+    assert fingerprint(store) != before
+
+
+def test_a_held_old_engine_keeps_deciding_after_a_swap(policy_dir: Path) -> None:
+    store = open_store(policy_dir)
+    old = store.current
+    append(policy_dir / "policy.csv", "g, zoe, analyst, acme-2026\n")
+    assert asyncio.run(store.reload("test")).outcome == "swapped"
+    assert old.explain(*ALICE_READS).allowed
+    assert not old.explain("zoe", *ALICE_READS[1:]).allowed
+
+
+def test_an_unheld_old_engine_is_released(policy_dir: Path) -> None:
+    store = open_store(policy_dir)
+    old = weakref.ref(store.current.compiled)
+    append(policy_dir / "policy.csv", "g, zoe, analyst, acme-2026\n")
+    assert asyncio.run(store.reload("test")).outcome == "swapped"
+    assert old() is None
+
+
+def test_concurrent_reloads_are_serialised(policy_dir: Path) -> None:
+    store = open_store(policy_dir)
+    append(policy_dir / "policy.csv", "g, zoe, analyst, acme-2026\n")
+
+    async def both() -> list[str]:
+        results = await asyncio.gather(store.reload("one"), store.reload("two"))
+        return [r.outcome for r in results]
+
+    assert asyncio.run(both()) == ["swapped", "unchanged"]
