@@ -5,14 +5,12 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 from app.authn.identity import GROUP_PATTERN, SUBJECT_PATTERN
+from app.authz.fields import DecisionPath, EngagementOrGlobal
 from app.authz.policy import Decision
-from app.authz.source import ENGAGEMENT, GLOBAL_DOMAIN
 from app.authz.store import PolicyStatus, ReloadError, ReloadResult
-from app.core.errors import InvalidPath
-from app.edge.paths import normalize_path
 
 
 class _Model(BaseModel):
@@ -101,9 +99,9 @@ class ExplainRequest(_Model):
     groups: Annotated[
         list[Annotated[str, Field(pattern=GROUP_PATTERN.pattern)]], Field(max_length=32)
     ] = Field(default_factory=list)
-    engagement: str
+    engagement: EngagementOrGlobal
     method: Annotated[str, Field(pattern=r"^[A-Za-z][A-Za-z_]{0,31}$")]
-    path: Annotated[str, Field(min_length=1, max_length=2048)]
+    path: Annotated[DecisionPath, Field(min_length=1, max_length=2048)]
 
     model_config = ConfigDict(
         extra="forbid",
@@ -119,22 +117,6 @@ class ExplainRequest(_Model):
             ]
         },
     )
-
-    @field_validator("engagement")
-    @classmethod
-    def _engagement(cls, value: str) -> str:
-        if value != GLOBAL_DOMAIN and not ENGAGEMENT.match(value):
-            raise ValueError("must be an engagement id or *")
-        return value
-
-    @field_validator("path")
-    @classmethod
-    def _path(cls, value: str) -> str:
-        """The path as the gateway would decide it: normalised, without the query."""
-        try:
-            return normalize_path(value.partition("?")[0])
-        except InvalidPath as exc:
-            raise ValueError(exc.detail) from None
 
 
 class ExplainResponse(_Model):

@@ -9,7 +9,6 @@ thread pool, where bindings are lost).
 
 from __future__ import annotations
 
-import re
 from typing import Annotated
 
 import structlog
@@ -20,6 +19,7 @@ from app.authn.identity import Identity
 from app.authn.nonces import NonceStoreUnavailable
 from app.authn.service import AuthnService
 from app.authz.policy import GLOBAL_DOMAIN, Decision
+from app.authz.source import ENGAGEMENT
 from app.authz.store import PolicyStore
 from app.core.errors import AccessDenied, AuthenticationFailed, BadRequest
 from app.ops.metrics import count_decision, count_signature_failure
@@ -28,7 +28,7 @@ from app.orchestration.client import ServiceRegistry
 from app.orchestration.findings import FindingsService
 
 decision_log = structlog.get_logger("gateway.decision")
-_ENGAGEMENT = re.compile(r"^[a-z0-9][a-z0-9-]{1,62}$")
+_ENGAGEMENT = ENGAGEMENT
 
 
 async def authenticate(request: Request) -> Identity:

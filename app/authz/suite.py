@@ -15,14 +15,13 @@ from typing import Annotated, Literal
 from xml.etree import ElementTree
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from app.authn.identity import GROUP_PATTERN, SUBJECT_PATTERN
 from app.authz.compiled import Rule
+from app.authz.fields import DecisionPath, EngagementOrGlobal
 from app.authz.policy import Decision, PolicyEngine
-from app.authz.source import CLOSED_WRITER, ENGAGEMENT, GLOBAL_DOMAIN, PolicyLine
-from app.core.errors import InvalidPath
-from app.edge.paths import normalize_path
+from app.authz.source import CLOSED_WRITER, PolicyLine
 
 TESTS_DIR = "tests"
 
@@ -39,25 +38,10 @@ class Case(BaseModel):
     name: Annotated[str, Field(min_length=1, max_length=200)]
     subject: Annotated[str, Field(pattern=SUBJECT_PATTERN.pattern)]
     groups: tuple[Annotated[str, Field(pattern=GROUP_PATTERN.pattern)], ...] = ()
-    engagement: str
+    engagement: EngagementOrGlobal
     method: Annotated[str, Field(pattern=r"^[A-Za-z][A-Za-z_]{0,31}$")]
-    path: str
+    path: DecisionPath
     expect: Literal["allow", "deny"]
-
-    @field_validator("engagement")
-    @classmethod
-    def _engagement(cls, value: str) -> str:
-        if value != GLOBAL_DOMAIN and not ENGAGEMENT.match(value):
-            raise ValueError("must be an engagement id or *")
-        return value
-
-    @field_validator("path")
-    @classmethod
-    def _path(cls, value: str) -> str:
-        try:
-            return normalize_path(value.partition("?")[0])
-        except InvalidPath as exc:
-            raise ValueError(exc.detail) from None
 
 
 class Suite(BaseModel):
