@@ -12,7 +12,11 @@ from typing import Any
 
 import httpx
 
-from app.cli.sign import DEMO_KEY_ENV
+from app.authn.identity import SUBJECT_HEADER
+from app.authn.signer import message_from_httpx, sign_headers
+from app.cli.sign import DEMO_KEY_ENV, as_curl
+
+DEMO_KEY_ID = "demo-2026"
 
 DEMO_STUBS = {"engagements": 9101, "findings": 9102, "reports": 9103}
 DEMO_CONFIG = Path("config/demo.yaml")
@@ -41,12 +45,24 @@ def _wait_ready(url: str, deadline_s: float = 15.0) -> bool:
     return False
 
 
+def _presigned(url: str) -> str:
+    """A ready curl command signed now with the demo key (single use: it has a nonce)."""
+    secret = os.environ[DEMO_KEY_ENV].encode("utf-8")
+    request = httpx.Request("GET", url, headers={SUBJECT_HEADER: "alice"})
+    request.headers.update(
+        sign_headers(message_from_httpx(request), b"", key_id=DEMO_KEY_ID, secret=secret)
+    )
+    return as_curl(request)
+
+
 def _example(port: int) -> str:
     base = f"http://127.0.0.1:{port}/v1/engagements"
     sign = f"{Path(sys.executable).parent / 'gateway'} sign --subject alice"
     return (
         f"\nGateway ready on http://127.0.0.1:{port} (Ctrl-C stops everything).\n"
-        "A signed request (fresh signature each run; pipe to sh to send it):\n\n"
+        "A signed request, ready to paste (single use, valid for 5 minutes):\n\n"
+        f"  {_presigned(base + '/acme-2026/findings')}\n\n"
+        "The same, freshly signed each time (pipe to sh to send it):\n\n"
         f"  {sign} {base}/acme-2026/findings | sh\n\n"
         "Unsigned, the same request is refused (401):\n\n"
         f"  curl -i {base}/acme-2026/findings\n\n"
