@@ -22,6 +22,7 @@ from app.authz.policy import GLOBAL_DOMAIN, Decision, PolicyEngine
 from app.core.errors import AccessDenied, AuthenticationFailed, BadRequest
 from app.orchestration.client import ServiceRegistry
 from app.orchestration.findings import FindingsService
+from app.orchestration.propagation import CallContext, bind_call_context
 
 decision_log = structlog.get_logger("gateway.decision")
 _ENGAGEMENT = re.compile(r"^[a-z0-9][a-z0-9-]{1,62}$")
@@ -53,6 +54,8 @@ async def authorize(request: Request, identity: Authenticated) -> Decision:
     decision = policy.decide(identity.subject, engagement, request.scope["path"], request.method)
     if not decision.allowed:
         raise AccessDenied("The policy does not allow this request.")
+    scope_engagement = None if engagement == GLOBAL_DOMAIN else engagement
+    bind_call_context(CallContext(identity, scope_engagement, request.headers.get("traceparent")))
     return decision
 
 
