@@ -15,13 +15,15 @@ from fastapi import FastAPI
 
 from app import __version__
 from app.api.problems import install_problem_handlers
-from app.api.routes import findings, health
+from app.api.routes import breakers, engagements, findings, health
+from app.api.routes.passthrough import register_passthrough_routes
 from app.authn.keys import load_keyring
 from app.authn.verifier import SignatureVerifier
 from app.authz.policy import PolicyEngine
 from app.core.config import Settings, load_settings
 from app.edge.correlation import EdgeMiddleware
-from app.orchestration.client import ServiceRegistry
+from app.orchestration.client import ServiceRegistry, load_outbound_keys
+from app.orchestration.idempotency import IdempotencyStore
 
 
 def create_app(
@@ -33,10 +35,11 @@ def create_app(
         load_keyring(settings.signing.keys), settings.signing.max_skew_seconds
     )
     policy = PolicyEngine.load(settings.policy)
+    outbound_keys = load_outbound_keys(settings.services)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.services = ServiceRegistry(settings.services, transport)
+        app.state.services = ServiceRegistry(settings.services, transport, outbound_keys)
         try:
             yield
         finally:
@@ -51,8 +54,12 @@ def create_app(
     app.state.settings = settings
     app.state.verifier = verifier
     app.state.policy = policy
+    app.state.idempotency = IdempotencyStore(settings.orchestration.idempotency_ttl_seconds)
     install_problem_handlers(app)
     app.add_middleware(EdgeMiddleware, max_body_bytes=settings.edge.max_body_bytes)
     app.include_router(health.router)
     app.include_router(findings.router)
+    app.include_router(engagements.router)
+    app.include_router(breakers.router)
+    register_passthrough_routes(app, settings.orchestration.passthrough, settings.services)
     return app

@@ -21,7 +21,9 @@ from app.authn.verifier import SignatureVerifier
 from app.authz.policy import GLOBAL_DOMAIN, Decision, PolicyEngine
 from app.core.errors import AccessDenied, AuthenticationFailed, BadRequest
 from app.orchestration.client import ServiceRegistry
+from app.orchestration.closing import CloseService
 from app.orchestration.findings import FindingsService
+from app.orchestration.overview import OverviewService
 from app.orchestration.propagation import CallContext, bind_call_context
 
 decision_log = structlog.get_logger("gateway.decision")
@@ -75,3 +77,18 @@ async def get_findings_service(services: Services) -> FindingsService:
 
 
 Findings = Annotated[FindingsService, Depends(get_findings_service)]
+
+
+async def get_overview_service(request: Request, services: Services) -> OverviewService:
+    deadline = request.app.state.settings.orchestration.overview_deadline_seconds
+    return OverviewService(services, deadline)
+
+
+Overview = Annotated[OverviewService, Depends(get_overview_service)]
+
+
+async def get_close_service(request: Request, services: Services) -> CloseService:
+    return CloseService(services, request.app.state.idempotency)
+
+
+Closer = Annotated[CloseService, Depends(get_close_service)]

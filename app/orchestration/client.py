@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import orjson
 import structlog
+from pydantic import BaseModel, ValidationError
 
 from app.authn.digest import content_digest
 from app.authn.keys import SigningKey, load_keyring
@@ -56,6 +57,7 @@ from app.orchestration.transport import AiohttpTransport
 log = structlog.get_logger("gateway.downstream")
 
 Body = bytes | AsyncIterable[bytes] | None
+ModelT = TypeVar("ModelT", bound=BaseModel)
 
 
 def _timeout(settings: ServiceSettings) -> httpx.Timeout:
@@ -284,3 +286,11 @@ def raise_for_client_error(service: str, response: httpx.Response) -> None:
         raise NotFound("The requested resource does not exist.")
     if response.status_code >= 400:
         raise DownstreamError(service, f"The {service} service rejected the request.")
+
+
+def parse_answer(service: str, content: bytes, model: type[ModelT]) -> ModelT:
+    """A service's JSON answer as ``model``; anything else is a 502 naming the service."""
+    try:
+        return model.model_validate_json(content)
+    except ValidationError:
+        raise DownstreamError(service, f"The {service} service sent an invalid answer.") from None

@@ -32,6 +32,8 @@ from yarl import URL
 _SKIP_AUTO = frozenset({"Accept", "Accept-Encoding", "User-Agent", "Content-Type"})
 _DROP = frozenset({b"transfer-encoding", b"connection", b"keep-alive"})
 _HTTP11 = {"http_version": b"HTTP/1.1"}
+# Where a streamed request body's own failure (bad digest, too large) is kept for _send.
+BODY_ERROR = "gateway_body_error"
 
 
 def _map_error(exc: BaseException, request: httpx.Request) -> httpx.TransportError:
@@ -156,8 +158,13 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
                 timeout=self._timeout(timeouts),
                 compress=None,
             )
-        except _FAILURES as exc:
-            raise _map_error(exc, request) from exc
+        except BaseException as exc:
+            body_error = request.extensions.get(BODY_ERROR)
+            if body_error is not None:
+                raise body_error from None  # the body's own failure, not the service's
+            if isinstance(exc, _FAILURES):
+                raise _map_error(exc, request) from exc
+            raise
 
     async def aclose(self) -> None:
         if self._session is not None:
@@ -172,9 +179,14 @@ def _body(request: httpx.Request) -> Any:
     except httpx.RequestNotRead:
         stream = request.stream
         assert isinstance(stream, httpx.AsyncByteStream)
-        return _iterate(stream)
+        return _iterate(stream, request)
 
 
-async def _iterate(stream: httpx.AsyncByteStream) -> AsyncIterator[bytes]:
-    async for chunk in stream:
-        yield chunk
+async def _iterate(stream: httpx.AsyncByteStream, request: httpx.Request) -> AsyncIterator[bytes]:
+    """The request body; an error it raises is kept so ``_send`` re-raises it, unmapped."""
+    try:
+        async for chunk in stream:
+            yield chunk
+    except Exception as exc:
+        request.extensions[BODY_ERROR] = exc
+        raise

@@ -45,6 +45,11 @@ async def readyz(request: Request) -> JSONResponse:
                 name=f"service:{name}", ok=ok, detail="configured" if ok else "not configured"
             )
         )
+    # A downstream breaker never makes the gateway unready (that would cascade); it is shown.
+    for breaker in services.breakers():
+        checks.append(
+            ReadinessCheck(name=f"breaker:{breaker.service}", ok=True, detail=breaker.state)
+        )
     ready = all(c.ok for c in checks)
     body = Readiness(status="ready" if ready else "not_ready", checks=checks)
     return JSONResponse(body.model_dump(), status_code=200 if ready else 503)
