@@ -118,7 +118,11 @@ async def forward(
     upstream = await client.call(
         request.method, path, content=body, headers=headers, digest=digest_field, stream=True
     )
-    return _stream_back(client.name, route, upstream)
+    try:
+        return _stream_back(client.name, route, upstream)
+    except BaseException:
+        await upstream.aclose()
+        raise
 
 
 def _stream_back(
