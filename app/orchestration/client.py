@@ -58,6 +58,7 @@ log = structlog.get_logger("gateway.downstream")
 
 Body = bytes | AsyncIterable[bytes] | None
 ModelT = TypeVar("ModelT", bound=BaseModel)
+URL_CACHE_SIZE = 4096
 
 
 def _timeout(settings: ServiceSettings) -> httpx.Timeout:
@@ -92,12 +93,10 @@ class DownstreamClient:
         self.breaker = ServiceBreaker(name, settings.breaker)
         self.retry = RetryPolicy(name, settings.retry)
         self._key = signing_key
-        self._client = httpx.AsyncClient(
-            base_url=str(settings.url),
-            timeout=_timeout(settings),
-            transport=transport or _transport(settings),
-            follow_redirects=False,
-        )
+        self._base = str(settings.url).rstrip("/")
+        self._timeout = _timeout(settings).as_dict()
+        self._transport = transport or _transport(settings)
+        self._urls: dict[str, httpx.URL] = {}
 
     async def call(
         self,
@@ -128,16 +127,12 @@ class DownstreamClient:
         if digest:
             base["content-digest"] = digest
         replayable = not isinstance(body, AsyncIterable)
-        controller = self.retry.controller(
-            may_retry(method, idempotency_key is not None, replayable)
-        )
-        response: httpx.Response | None = None
-        async for attempt in controller:
-            with attempt:
-                n = attempt.retry_state.attempt_number
-                response = await self._attempt(method, path, body, params, base, stream, n)
-        assert response is not None
-        return response
+        enabled = may_retry(method, idempotency_key is not None, replayable)
+
+        async def attempt(number: int) -> httpx.Response:
+            return await self._attempt(method, path, body, params, base, stream, number)
+
+        return await self.retry.run(attempt, enabled)
 
     async def _attempt(
         self,
@@ -175,17 +170,31 @@ class DownstreamClient:
     ) -> httpx.Request:
         outgoing = headers.copy()
         outgoing.update(propagation_headers(current_call_context()))
-        request = self._client.build_request(
-            method, path, content=body, params=params, headers=outgoing
+        request = httpx.Request(
+            method,
+            self._url(path),
+            params=params,
+            headers=outgoing,
+            content=body,
+            extensions={"timeout": self._timeout},
         )
         if self._key is not None:
             sign_outbound(request, self._key)
         return request
 
+    def _url(self, path: str) -> httpx.URL:
+        """The service URL of ``path``; parsed once per distinct path (bounded cache)."""
+        url = self._urls.get(path)
+        if url is None:
+            url = httpx.URL(self._base + path)
+            if len(self._urls) < URL_CACHE_SIZE:
+                self._urls[path] = url
+        return url
+
     async def _send(self, request: httpx.Request) -> httpx.Response:
         name = self.name
         try:
-            return await self._client.send(request, stream=True)
+            response = await self._transport.handle_async_request(request)
         except httpx.PoolTimeout:
             raise PoolExhausted(name, f"No connection to the {name} service was free.") from None
         except (httpx.ConnectTimeout, httpx.ReadTimeout):
@@ -196,6 +205,8 @@ class DownstreamClient:
             raise RetryableError(name, f"The {name} service is unreachable.") from None
         except httpx.TransportError:
             raise DownstreamError(name, f"The {name} service failed.") from None
+        response.request = request
+        return response
 
     async def _read(self, response: httpx.Response) -> None:
         try:
@@ -227,7 +238,7 @@ class DownstreamClient:
         )
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        await self._transport.aclose()
 
 
 def load_outbound_keys(services: Mapping[str, ServiceSettings]) -> dict[str, SigningKey]:
