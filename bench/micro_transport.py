@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -26,7 +27,7 @@ from typing import Any
 
 CONNECTIONS = 32
 PAYLOAD = b'{"id":"F-0001","title":"SQL injection in login form","severity":"critical"}'
-VARIANTS = ("aiohttp", "ours_bare", "ours_full", "httpx_stock")
+VARIANTS = ("aiohttp", "ours", "ours_transport", "httpx_client_ours", "httpx_stock")
 
 
 def free_port() -> int:
@@ -82,7 +83,7 @@ def _proxy_app(variant: str, upstream: str) -> Any:
 
     from app.core.config import ServiceSettings
     from app.orchestration.client import DownstreamClient
-    from app.orchestration.transport import AiohttpTransport
+    from app.orchestration.transport import BUFFERED, AiohttpTransport
 
     clients: dict[str, Any] = {}
 
@@ -90,11 +91,14 @@ def _proxy_app(variant: str, upstream: str) -> Any:
     async def lifespan(app: FastAPI) -> Any:
         if variant == "aiohttp":
             clients["c"] = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=100))
-        elif variant == "ours_bare":
+        elif variant == "ours":
+            settings = ServiceSettings.model_validate({"url": upstream})
+            clients["c"] = DownstreamClient("bench", settings)
+        elif variant == "ours_transport":
+            clients["c"] = AiohttpTransport(max_connections=100)
+        elif variant == "httpx_client_ours":
             transport = AiohttpTransport(max_connections=100)
             clients["c"] = httpx.AsyncClient(base_url=upstream, transport=transport)
-        elif variant == "ours_full":
-            clients["c"] = DownstreamClient("bench", ServiceSettings(url=upstream))  # type: ignore[arg-type]
         else:
             limits = httpx.Limits(max_connections=100)
             clients["c"] = httpx.AsyncClient(base_url=upstream, limits=limits)
@@ -102,6 +106,8 @@ def _proxy_app(variant: str, upstream: str) -> Any:
         await clients["c"].close() if variant == "aiohttp" else await clients["c"].aclose()
 
     app = FastAPI(lifespan=lifespan)
+    url = httpx.URL(upstream + "/item")
+    extensions = {"timeout": httpx.Timeout(5.0).as_dict(), BUFFERED: True}
 
     @app.get("/proxy")
     async def proxy() -> Response:
@@ -110,8 +116,11 @@ def _proxy_app(variant: str, upstream: str) -> Any:
             async with client.get(upstream + "/item") as answer:
                 body = await answer.read()
                 return Response(body, answer.status, media_type="application/json")
-        if variant == "ours_full":
+        if variant == "ours":
             result = await client.call("GET", "/item")
+        elif variant == "ours_transport":
+            request = httpx.Request("GET", url, extensions=extensions)
+            result = await client.handle_async_request(request)
         else:
             result = await client.get("/item")
         return Response(result.content, result.status_code, media_type="application/json")
@@ -121,6 +130,10 @@ def _proxy_app(variant: str, upstream: str) -> Any:
 
 def _serve_proxy(variant: str, port: int, upstream: str) -> None:
     import uvicorn
+
+    from app.core.logging import configure_logging
+
+    configure_logging("INFO", "json")  # the gateway's real log line per call, sent to /dev/null
 
     uvicorn.run(
         _proxy_app(variant, upstream),
@@ -139,12 +152,12 @@ def _serve_proxy(variant: str, port: int, upstream: str) -> None:
 async def _load(url: str, seconds: float, warmup: float) -> dict[str, float]:
     import aiohttp
 
-    done = errors = 0
+    done = errors = total = 0
     measuring = False
     stop_at = time.monotonic() + warmup + seconds
 
     async def worker(session: aiohttp.ClientSession) -> None:
-        nonlocal done, errors
+        nonlocal done, errors, total
         while time.monotonic() < stop_at:
             try:
                 async with session.get(url) as response:
@@ -152,6 +165,7 @@ async def _load(url: str, seconds: float, warmup: float) -> dict[str, float]:
                     ok = response.status == 200
             except aiohttp.ClientError:
                 ok = False
+            total += 1
             if measuring:
                 done += ok
                 errors += not ok
@@ -163,14 +177,14 @@ async def _load(url: str, seconds: float, warmup: float) -> dict[str, float]:
         measuring, started = True, time.monotonic()
         await asyncio.gather(*workers)
         elapsed = time.monotonic() - started
-    return {"rps": done / elapsed, "errors": errors}
+    return {"rps": done / elapsed, "errors": errors, "total": total}
 
 
 # --- orchestration of the run ---------------------------------------------------------------
 
 
 def _spawn(*args: str) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, __file__, *args])
+    return subprocess.Popen([sys.executable, __file__, *args], stderr=subprocess.DEVNULL)
 
 
 def _wait_listening(port: int, timeout: float = 20) -> None:
@@ -183,34 +197,53 @@ def _wait_listening(port: int, timeout: float = 20) -> None:
     raise RuntimeError(f"nothing listening on {port}")
 
 
-def _drive(port: int, seconds: float) -> dict[str, float]:
+def _cpu_seconds(pid: int) -> float:
+    """User plus system CPU of a process so far (Linux /proc)."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _drive(port: int, seconds: float, pid: int) -> dict[str, float]:
+    cpu_before = _cpu_seconds(pid)
     out = subprocess.run(
-        [sys.executable, __file__, "--role", "load", "--port", str(port), "--seconds", str(seconds)],
+        [
+            sys.executable,
+            __file__,
+            "--role",
+            "load",
+            "--port",
+            str(port),
+            "--seconds",
+            str(seconds),
+        ],
         capture_output=True,
         check=True,
         timeout=seconds + 60,
     )
     result: dict[str, float] = json.loads(out.stdout)
+    # Includes the warm-up second, so divide by all requests the proxy served.
+    result["cpu_us"] = (_cpu_seconds(pid) - cpu_before) * 1e6 / max(1.0, result["total"])
     return result
 
 
-def run(seconds: float = 5.0, rounds: int = 2) -> dict[str, Any]:
+def run(seconds: float = 5.0, rounds: int = 3) -> dict[str, Any]:
     """Start the stub and the proxies, measure every variant ``rounds`` times, stop all."""
     stub_port = free_port()
     processes = [_spawn("--role", "stub", "--port", str(stub_port))]
     ports = {variant: free_port() for variant in VARIANTS}
+    pids: dict[str, int] = {}
     try:
         _wait_listening(stub_port)
         upstream = f"http://127.0.0.1:{stub_port}"
         for variant, port in ports.items():
-            processes.append(
-                _spawn("--role", variant, "--port", str(port), "--upstream", upstream)
-            )
+            processes.append(_spawn("--role", variant, "--port", str(port), "--upstream", upstream))
+            pids[variant] = processes[-1].pid
             _wait_listening(port)
         best: dict[str, dict[str, float]] = {}
         for _ in range(rounds):
             for variant, port in ports.items():
-                result = _drive(port, seconds)
+                result = _drive(port, seconds, pids[variant])
                 if result["rps"] > best.get(variant, {"rps": -1.0})["rps"]:
                     best[variant] = result
     finally:
@@ -220,18 +253,21 @@ def run(seconds: float = 5.0, rounds: int = 2) -> dict[str, Any]:
             process.wait(timeout=10)
     baseline = best["aiohttp"]["rps"]
     return {
-        variant: {**figures, "ratio": figures["rps"] / baseline} for variant, figures in best.items()
+        variant: {**figures, "ratio": figures["rps"] / baseline}
+        for variant, figures in best.items()
     }
 
 
 def render(results: dict[str, Any]) -> str:
     lines = [
-        f"| variant ({CONNECTIONS} connections) | req/s | errors | ratio to aiohttp |",
-        "|---|---:|---:|---:|",
+        f"| variant ({CONNECTIONS} connections) | req/s | proxy CPU us/req | errors | "
+        "ratio to aiohttp |",
+        "|---|---:|---:|---:|---:|",
     ]
     for variant, figures in results.items():
         lines.append(
-            f"| {variant} | {figures['rps']:.0f} | {figures['errors']:.0f} | "
+            f"| {variant} | {figures['rps']:.0f} | {figures['cpu_us']:.0f} | "
+            f"{figures['errors']:.0f} | "
             f"{figures['ratio']:.2f} |"
         )
     return "\n".join(lines)
@@ -243,7 +279,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--port", type=int)
     parser.add_argument("--upstream")
     parser.add_argument("--seconds", type=float, default=5.0)
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args(argv)
     if args.role == "stub":
         asyncio.run(_serve_stub(args.port))

@@ -52,7 +52,7 @@ from app.orchestration.resilience import (
     may_retry,
     parse_retry_after,
 )
-from app.orchestration.transport import AiohttpTransport
+from app.orchestration.transport import BUFFERED, HEAD_RECEIVED, AiohttpTransport
 
 log = structlog.get_logger("gateway.downstream")
 
@@ -145,6 +145,7 @@ class DownstreamClient:
         attempt: int,
     ) -> httpx.Response:
         request = self._build(method, path, body, params, headers)
+        request.extensions[BUFFERED] = not stream
         started = time.perf_counter()
         try:
             async with self.breaker.guard():
@@ -198,6 +199,8 @@ class DownstreamClient:
         except httpx.PoolTimeout:
             raise PoolExhausted(name, f"No connection to the {name} service was free.") from None
         except (httpx.ConnectTimeout, httpx.ReadTimeout):
+            if request.extensions.get(HEAD_RECEIVED):
+                raise DownstreamTimeout(name, f"The {name} service timed out.") from None
             raise RetryableTimeout(name, f"The {name} service timed out.") from None
         except httpx.TimeoutException:
             raise DownstreamTimeout(name, f"The {name} service timed out.") from None

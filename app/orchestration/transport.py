@@ -32,6 +32,9 @@ from yarl import URL
 _SKIP_AUTO = frozenset({"Accept", "Accept-Encoding", "User-Agent", "Content-Type"})
 _DROP = frozenset({b"transfer-encoding", b"connection", b"keep-alive"})
 _HTTP11 = {"http_version": b"HTTP/1.1"}
+# Request extension: read the whole response body here (callers that do not stream it).
+BUFFERED = "gateway_buffered"
+HEAD_RECEIVED = "gateway_head_received"
 # Where a streamed request body's own failure (bad digest, too large) is kept for _send.
 BODY_ERROR = "gateway_body_error"
 
@@ -130,13 +133,34 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         await self._acquire(request, timeouts.get("pool"))
         try:
             response = await self._send(request, timeouts)
+            if request.extensions.get(BUFFERED):
+                return await self._buffered(request, response)
         except BaseException:
             self._slots.release()
             raise
         return httpx.Response(
             status_code=response.status,
-            headers=[(k, v) for k, v in response.raw_headers if k.lower() not in _DROP],
+            headers=response.raw_headers,
             stream=_ResponseStream(response, request, self._slots.release),
+            extensions=_HTTP11,
+        )
+
+    async def _buffered(
+        self, request: httpx.Request, response: aiohttp.ClientResponse
+    ) -> httpx.Response:
+        """Read the whole body with aiohttp's own reader and free the pool slot at once."""
+        request.extensions[HEAD_RECEIVED] = True  # a timeout from here on is not retryable
+        try:
+            body = await response.read()
+        except _FAILURES as exc:
+            raise _map_error(exc, request) from exc
+        finally:
+            response.release()
+        self._slots.release()
+        return httpx.Response(
+            status_code=response.status,
+            headers=response.raw_headers,
+            content=body,
             extensions=_HTTP11,
         )
 
