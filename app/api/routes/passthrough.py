@@ -14,7 +14,7 @@ guard is a closure, and FastAPI must see the evaluated ``Annotated`` types.
 """
 
 import re
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -84,7 +84,7 @@ def _authorize(request: Request, route: PassthroughRoute, identity: Identity) ->
     return None if engagement == GLOBAL_DOMAIN else engagement
 
 
-def _guard(route: PassthroughRoute):  # type: ignore[no-untyped-def]
+def _guard(route: PassthroughRoute) -> Callable[[Request], Awaitable[PassthroughGrant]]:
     async def passthrough_guard(request: Request) -> PassthroughGrant:
         """Authenticate without reading the body, then authorize; 401/403 otherwise."""
         identity = _authenticate(request)
@@ -96,7 +96,7 @@ def _guard(route: PassthroughRoute):  # type: ignore[no-untyped-def]
     return passthrough_guard
 
 
-def _endpoint(route: PassthroughRoute):  # type: ignore[no-untyped-def]
+def _endpoint(route: PassthroughRoute) -> Callable[..., Awaitable[StreamingResponse]]:
     guard = _guard(route)
 
     async def passthrough(
