@@ -32,8 +32,10 @@ def request(url: str, timeouts: dict[str, Any] = TIMEOUTS) -> httpx.Request:
 async def send(transport: AiohttpTransport, req: httpx.Request) -> httpx.Response:
     try:
         response = await transport.handle_async_request(req)
-        await response.aread()
-        await response.aclose()
+        try:
+            await response.aread()
+        finally:
+            await response.aclose()
         return response
     finally:
         await transport.aclose()
