@@ -58,10 +58,10 @@ def test_overview_is_partial_when_a_service_is_down(make_stack: StackBuilder) ->
 def test_overview_marks_open_breakers_and_missed_deadlines(make_stack: StackBuilder) -> None:
     stack = make_stack(
         service={"breaker": {"fail_max": 1}, "retry": {"attempts": 1}},
-        orchestration={"overview_deadline_seconds": 0.5},
+        orchestration={"overview_deadline_seconds": 1.5},
     )
     stack.faults("reports", error_rate=1.0, error_status=500)
-    stack.faults("findings", latency_ms=3000)
+    stack.faults("findings", latency_ms=4000)
     with client(stack.url) as gateway:
         first = gateway.get(OVERVIEW).json()
         second = gateway.get(OVERVIEW).json()
