@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 import httpx
 import orjson
 import structlog
+from prometheus_client import Histogram
 from pydantic import BaseModel, ValidationError
 
 from app.authn.digest import content_digest
@@ -59,6 +60,11 @@ log = structlog.get_logger("gateway.downstream")
 Body = bytes | AsyncIterable[bytes] | None
 ModelT = TypeVar("ModelT", bound=BaseModel)
 URL_CACHE_SIZE = 4096
+CALL_SECONDS = Histogram(
+    "gateway_downstream_call_seconds",
+    "Downstream attempts by service and outcome (response, or the problem code).",
+    ["service", "outcome"],
+)
 
 
 def _timeout(settings: ServiceSettings) -> httpx.Timeout:
@@ -229,13 +235,15 @@ class DownstreamClient:
         return DownstreamError(self.name, detail)
 
     def _log(self, request: httpx.Request, started: float, attempt: int, **fields: Any) -> None:
+        elapsed = time.perf_counter() - started
+        CALL_SECONDS.labels(self.name, fields["outcome"]).observe(elapsed)
         log.info(
             "downstream_call",
             service=self.name,
             method=request.method,
             path=request.url.path,
             attempt=attempt,
-            duration_ms=round((time.perf_counter() - started) * 1000, 3),
+            duration_ms=round(elapsed * 1000, 3),
             breaker=self.breaker.state,
             **fields,
         )

@@ -9,6 +9,7 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
+from prometheus_client import REGISTRY
 
 from tests.conftest import LiveServer, signer
 from tests.integration.orchestration_stack import StackBuilder, outbound_key_id
@@ -84,6 +85,7 @@ def test_breaker_opens_fails_fast_then_recovers_through_half_open(
     make_stack: StackBuilder, captured_logs: list[dict[str, Any]]
 ) -> None:
     stack = make_stack(service={"breaker": {"fail_max": 3, "reset_timeout_seconds": 2}})
+    opened_before = opened_count("findings")
     stack.faults("findings", error_rate=1.0, error_status=500)  # 500: not retried
     with client(stack.url) as gateway:
         for _ in range(3):
@@ -104,6 +106,15 @@ def test_breaker_opens_fails_fast_then_recovers_through_half_open(
         if line["event"] == "breaker_transition" and line["service"] == "findings"
     ]
     assert transitions == [("closed", "open"), ("open", "half-open"), ("half-open", "closed")]
+    assert opened_count("findings") == opened_before + 1
+    assert (
+        REGISTRY.get_sample_value("gateway_downstream_breaker_state", {"service": "findings"}) == 0
+    )
+
+
+def opened_count(service: str) -> float:
+    labels = {"service": service, "to": "open"}
+    return REGISTRY.get_sample_value("gateway_downstream_breaker_transitions_total", labels) or 0.0
 
 
 def test_admin_breakers_shows_states_to_admins_only(make_stack: StackBuilder) -> None:
