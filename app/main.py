@@ -15,7 +15,8 @@ from fastapi import FastAPI
 
 from app import __version__
 from app.api.problems import install_problem_handlers
-from app.api.routes import admin, findings, health, metrics
+from app.api.routes import admin, breakers, engagements, findings, health, metrics
+from app.api.routes.passthrough import register_passthrough_routes
 from app.authn.service import AuthnService
 from app.authz.store import PolicyStore
 from app.authz.watch import policy_watcher
@@ -25,7 +26,8 @@ from app.edge.correlation import EdgeMiddleware
 from app.ops.metrics import set_policy_revision
 from app.ops.policy_sync import announcer, follow_notices
 from app.ops.runtime import ops_lifespan
-from app.orchestration.client import ServiceRegistry
+from app.orchestration.client import ServiceRegistry, load_outbound_keys
+from app.orchestration.idempotency import IdempotencyStore
 
 
 def create_app(
@@ -36,10 +38,11 @@ def create_app(
     authn = AuthnService.from_settings(settings)
     policy = PolicyStore.open(settings.policy)
     watch_interval = settings.policy.watch_interval or None
+    outbound_keys = load_outbound_keys(settings.services)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.services = ServiceRegistry(settings.services, transport)
+        app.state.services = ServiceRegistry(settings.services, transport, outbound_keys)
         try:
             async with (
                 authn.running(),
@@ -60,11 +63,15 @@ def create_app(
     app.state.authn = authn
     app.state.verifier = authn.verifier
     app.state.policy = policy  # a PolicyStore: .current, .decide, .reload, .status
+    app.state.idempotency = IdempotencyStore(settings.orchestration.idempotency_ttl_seconds)
     install_problem_handlers(app)
     app.add_middleware(EdgeMiddleware, max_body_bytes=settings.edge.max_body_bytes)
     app.include_router(health.router)
     app.include_router(findings.router)
+    app.include_router(engagements.router)
     app.include_router(admin.router)
+    app.include_router(breakers.router)
+    register_passthrough_routes(app, settings.orchestration.passthrough, settings.services)
     if settings.ops.metrics_enabled:
         app.include_router(metrics.router)
     set_policy_revision(policy.revision)

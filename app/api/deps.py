@@ -25,22 +25,28 @@ from app.core.errors import AccessDenied, AuthenticationFailed, BadRequest
 from app.ops.metrics import count_decision, count_signature_failure
 from app.ops.ratelimit import RateLimitGuard
 from app.orchestration.client import ServiceRegistry
+from app.orchestration.closing import CloseService
 from app.orchestration.findings import FindingsService
+from app.orchestration.overview import OverviewService
+from app.orchestration.propagation import CallContext, bind_call_context
 
 decision_log = structlog.get_logger("gateway.decision")
 _ENGAGEMENT = ENGAGEMENT
 
 
-async def authenticate(request: Request) -> Identity:
-    """Verify the request's signature and claim its nonce.
+async def authenticate_request(
+    request: Request, body: bytes, *, streamed: bool = False
+) -> Identity:
+    """Verify the signature and claim its nonce; log and count every refusal.
 
     401 with a logged reason when the signature is not accepted (replays
     included); 503 when the replay check cannot answer (fail closed).
+    ``streamed``: the body is not read here; its digest is checked as it streams.
     """
     authn: AuthnService = request.app.state.authn
-    body = await request.body()
+    message = message_from_scope(request.scope)
     try:
-        identity = await authn.authenticate(message_from_scope(request.scope), body)
+        identity = await authn.authenticate(message, body, streamed=streamed)
     except AuthenticationFailed as exc:
         decision_log.info("decision", stage="authn", decision="deny", reason=exc.reason)
         count_signature_failure(exc.reason)
@@ -55,41 +61,71 @@ async def authenticate(request: Request) -> Identity:
     return identity
 
 
+async def authenticate(request: Request) -> Identity:
+    """The authentication guard of typed routes: the whole body is covered by the digest."""
+    return await authenticate_request(request, await request.body())
+
+
 Authenticated = Annotated[Identity, Depends(authenticate)]
 
 
+def request_engagement(request: Request) -> str | None:
+    """The path's engagement id if well-formed, else ``None`` (routes without one too)."""
+    engagement = request.path_params.get("engagement_id")
+    return engagement if engagement is not None and _ENGAGEMENT.match(engagement) else None
+
+
+async def spend_quota(request: Request, identity: Identity) -> dict[str, str]:
+    """Spend one request of the subject's and the engagement's quota; 429 once spent."""
+    guard: RateLimitGuard = request.app.state.rate_limit
+    return await guard.spend(identity.subject, request_engagement(request))
+
+
 async def limit_rate(request: Request, response: Response, identity: Authenticated) -> None:
-    """Spend one request of the subject's and the engagement's quota; 429 once spent.
+    """The rate-limit guard; allowed responses carry ``RateLimit`` headers.
 
     Runs after authentication (the subject is known) and before the policy
     decision, so a flood is refused before it costs a decision. A malformed
     engagement id is not a key: only the subject's quota is spent, and
-    ``authorize`` then answers 400. Allowed responses carry ``RateLimit`` headers.
+    ``authorize`` then answers 400.
     """
-    engagement = request.path_params.get("engagement_id")
-    if engagement is not None and not _ENGAGEMENT.match(engagement):
-        engagement = None
-    guard: RateLimitGuard = request.app.state.rate_limit
-    response.headers.update(await guard.spend(identity.subject, engagement))
+    response.headers.update(await spend_quota(request, identity))
 
 
 RateLimited = Annotated[None, Depends(limit_rate)]
 
 
-async def authorize(request: Request, identity: Authenticated, _quota: RateLimited) -> Decision:
-    """Decide (subject + groups, engagement, normalised path, method); 403 unless allowed."""
+def decide_request(
+    request: Request, identity: Identity, obj: str | None = None, action: str | None = None
+) -> Decision:
+    """Decide (subject + groups, engagement, object, action); 403 unless allowed.
+
+    The object defaults to the normalised path and the action to the method. On an
+    allow, the caller's identity is bound for the downstream calls that follow.
+    """
     engagement = request.path_params.get("engagement_id", GLOBAL_DOMAIN)
     if engagement != GLOBAL_DOMAIN and not _ENGAGEMENT.match(engagement):
         raise BadRequest("The engagement id is malformed.")
     structlog.contextvars.bind_contextvars(engagement=engagement)
     policy: PolicyStore = request.app.state.policy
     decision = policy.decide(
-        identity.subject, engagement, request.scope["path"], request.method, identity.groups
+        identity.subject,
+        engagement,
+        obj or request.scope["path"],
+        action or request.method,
+        identity.groups,
     )
     count_decision("allow" if decision.allowed else "deny", decision.reason)
     if not decision.allowed:
         raise AccessDenied("The policy does not allow this request.")
+    scope_engagement = None if engagement == GLOBAL_DOMAIN else engagement
+    bind_call_context(CallContext(identity, scope_engagement, request.headers.get("traceparent")))
     return decision
+
+
+async def authorize(request: Request, identity: Authenticated, _quota: RateLimited) -> Decision:
+    """The engagement/RBAC guard: the normalised path and the method, decided."""
+    return decide_request(request, identity)
 
 
 Authorized = Annotated[Decision, Depends(authorize)]
@@ -116,3 +152,18 @@ async def get_findings_service(services: Services) -> FindingsService:
 
 
 Findings = Annotated[FindingsService, Depends(get_findings_service)]
+
+
+async def get_overview_service(request: Request, services: Services) -> OverviewService:
+    deadline = request.app.state.settings.orchestration.overview_deadline_seconds
+    return OverviewService(services, deadline)
+
+
+Overview = Annotated[OverviewService, Depends(get_overview_service)]
+
+
+async def get_close_service(request: Request, services: Services) -> CloseService:
+    return CloseService(services, request.app.state.idempotency)
+
+
+Closer = Annotated[CloseService, Depends(get_close_service)]

@@ -38,11 +38,14 @@ class AuthnService:
         return cls(verifier, create_nonce_store(settings), KeyReloader(signing, verifier))
 
     async def authenticate(
-        self, message: Message, body: bytes, now: float | None = None
+        self, message: Message, body: bytes, now: float | None = None, *, streamed: bool = False
     ) -> Identity:
-        """The signed identity, accepted once: MAC and digest first, then the nonce claim."""
+        """The signed identity, accepted once: MAC and digest first, then the nonce claim.
+
+        ``streamed``: the body has not been read; its digest is checked as it streams.
+        """
         moment = time.time() if now is None else now
-        verified = self.verifier.verify_signature(message, body, moment)
+        verified = self.verifier.verify_signature(message, body, moment, defer_digest=streamed)
         ttl = verified.replay_ttl(moment, self.verifier.max_skew)
         if not await self.nonces.claim(verified.key_id, verified.nonce, ttl):
             raise AuthenticationFailed(Reason.REPLAYED.value)

@@ -175,16 +175,25 @@ class SignatureVerifier:
         return self.verify_signature(message, body, now).identity
 
     def verify_signature(
-        self, message: Message, body: bytes, now: float | None = None
+        self,
+        message: Message,
+        body: bytes,
+        now: float | None = None,
+        *,
+        defer_digest: bool = False,
     ) -> VerifiedSignature:
-        """The first signature that satisfies the profile, or the first one's failure."""
+        """The first signature that satisfies the profile, or the first one's failure.
+
+        ``defer_digest`` skips the Content-Digest check for a body that is streamed:
+        the caller must then verify the digest as the body passes (pass-through routes).
+        """
         candidates = self._candidates(message)
         moment = time.time() if now is None else now
         keyring = self.keyring
         failure: AuthenticationFailed | None = None
         for candidate in candidates:
             try:
-                return self._verify_one(message, body, candidate, moment, keyring)
+                return self._verify_one(message, body, candidate, moment, keyring, defer_digest)
             except AuthenticationFailed as exc:
                 failure = failure or exc
         assert failure is not None  # candidates is never empty
@@ -209,6 +218,7 @@ class SignatureVerifier:
         candidate: SignatureInput,
         now: float,
         keyring: KeyRing,
+        defer_digest: bool = False,
     ) -> VerifiedSignature:
         params = candidate.params
         self._check_params(params, now)
@@ -221,7 +231,8 @@ class SignatureVerifier:
             raise _fail(Reason.COMPONENT_MISSING) from None
         if not hmac.compare_digest(keyring.mac(key_id, base.encode()), candidate.signature):
             raise _fail(Reason.SIGNATURE_INVALID)
-        self._check_digest(message, body, candidate.components)
+        if not defer_digest:
+            self._check_digest(message, body, candidate.components)
         expires = params.get("expires")
         return VerifiedSignature(
             identity=self._identity(message, key_id),

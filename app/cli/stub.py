@@ -1,4 +1,4 @@
-"""``gateway stub``: run one stub downstream service."""
+"""``gateway stub``: run one stub downstream service, with faults if asked."""
 
 from __future__ import annotations
 
@@ -7,7 +7,10 @@ from typing import Any
 
 import uvicorn
 
+from app.authn.keys import load_keyring
+from app.core.config import KeySpec
 from app.core.logging import configure_logging
+from app.stubs.faults import FaultConfig
 from app.stubs.server import STUB_NAMES, create_stub_app
 
 
@@ -16,12 +19,50 @@ def register(commands: Any) -> None:
     parser.add_argument("--name", required=True, choices=STUB_NAMES)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--seed", type=int, default=7, help="seed of the demo data")
+    parser.add_argument("--seed", type=int, default=7, help="seed of the demo data and fault dice")
+    faults = parser.add_argument_group("faults (also settable at POST /_faults)")
+    faults.add_argument("--latency-ms", type=int, default=0)
+    faults.add_argument("--error-rate", type=float, default=0.0, help="0..1, seeded")
+    faults.add_argument("--error-status", type=int, default=500)
+    faults.add_argument("--fail-next", type=int, default=0, help="fail the next N requests")
+    faults.add_argument("--fail-status", type=int, default=503)
+    faults.add_argument("--retry-after", type=int, default=None)
+    faults.add_argument("--hang", action="store_true", help="never answer (bounded)")
+    faults.add_argument("--reset", action="store_true", help="drop the connection mid-response")
+    faults.add_argument("--slow-body-ms", type=int, default=0, help="pause per 1 KiB of body")
+    verify = parser.add_argument_group("verify the gateway's outbound signature")
+    verify.add_argument("--verify-key-id", help="the gateway's key id for this service")
+    verify.add_argument("--verify-key-env", help="environment variable holding its secret")
+    verify.add_argument("--require-signature", action="store_true")
     parser.set_defaults(handler=run)
+
+
+def fault_config(args: argparse.Namespace) -> FaultConfig:
+    return FaultConfig(
+        latency_ms=args.latency_ms,
+        error_rate=args.error_rate,
+        error_status=args.error_status,
+        fail_next=args.fail_next,
+        fail_status=args.fail_status,
+        retry_after=args.retry_after,
+        hang=args.hang,
+        reset=args.reset,
+        slow_body_ms=args.slow_body_ms,
+        seed=args.seed,
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     configure_logging()
-    app = create_stub_app(args.name, seed=args.seed)
+    keyring = None
+    if args.verify_key_id and args.verify_key_env:
+        keyring = load_keyring([KeySpec(id=args.verify_key_id, secret_env=args.verify_key_env)])
+    app = create_stub_app(
+        args.name,
+        seed=args.seed,
+        faults=fault_config(args),
+        keyring=keyring,
+        require_signature=args.require_signature,
+    )
     uvicorn.run(app, host=args.host, port=args.port, log_config=None, access_log=False)
     return 0

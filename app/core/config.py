@@ -107,6 +107,26 @@ class PolicySettings(_Section):
         return self.dir / self.policy_file
 
 
+class RetrySettings(_Section):
+    """Retries of idempotent calls (tenacity): attempts, deadline, full-jitter backoff."""
+
+    attempts: Annotated[int, Field(ge=1, le=10)] = 3
+    deadline_seconds: PositiveSeconds = 5.0
+    backoff_initial_seconds: Annotated[float, Field(gt=0, le=60)] = 0.05
+    backoff_max_seconds: Annotated[float, Field(gt=0, le=300)] = 2.0
+    max_retry_after_seconds: Annotated[float, Field(ge=0, le=300)] = 5.0
+    statuses: tuple[Annotated[int, Field(ge=500, le=599)], ...] = (502, 503, 504)
+
+
+class BreakerSettings(_Section):
+    """One circuit breaker per service (pybreaker) with bounded half-open trials."""
+
+    fail_max: Annotated[int, Field(ge=1, le=1000)] = 5
+    reset_timeout_seconds: PositiveSeconds = 30.0
+    success_threshold: Annotated[int, Field(ge=1, le=100)] = 1
+    half_open_max_calls: Annotated[int, Field(ge=1, le=100)] = 1
+
+
 class ServiceSettings(_Section):
     url: AnyHttpUrl
     connect_timeout: PositiveSeconds = 1.0
@@ -115,6 +135,46 @@ class ServiceSettings(_Section):
     pool_timeout: PositiveSeconds = 1.0
     max_connections: Annotated[int, Field(ge=1, le=10_000)] = 100
     max_keepalive: Annotated[int, Field(ge=0, le=10_000)] = 32
+    keepalive_expiry_seconds: PositiveSeconds = 15.0
+    retry: RetrySettings = Field(default_factory=RetrySettings)
+    breaker: BreakerSettings = Field(default_factory=BreakerSettings)
+    # The gateway signs the caller's identity to this service with this key (RFC 9421).
+    signing_key: KeySpec | None = None
+
+
+PASSTHROUGH_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
+_PLACEHOLDER = re.compile(r"\{([a-z_][a-z0-9_]*)\}")
+
+
+class PassthroughRoute(_Section):
+    """A public path forwarded, streamed both ways, to one service after authn and authz."""
+
+    path: Annotated[str, Field(pattern=r"^/v1/[A-Za-z0-9_{}/.-]+$")]
+    service: str
+    upstream_path: Annotated[str, Field(pattern=r"^/[A-Za-z0-9_{}/.-]*$")]
+    methods: tuple[Literal["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"], ...] = ("GET",)
+    # Policy object and action; defaults are the normalised path and the method, as typed routes.
+    policy_object: str | None = None
+    action: Annotated[str, Field(pattern=r"^[A-Za-z][A-Za-z0-9_:-]{0,31}$")] | None = None
+    max_request_bytes: Annotated[int, Field(ge=0)] = 1024 * 1024
+    max_response_bytes: Annotated[int, Field(ge=0)] = 64 * 1024 * 1024
+
+    @model_validator(mode="after")
+    def _placeholders_known(self) -> Self:
+        known = set(_PLACEHOLDER.findall(self.path))
+        for template in (self.upstream_path, self.policy_object or ""):
+            unknown = set(_PLACEHOLDER.findall(template)) - known
+            if unknown:
+                raise ValueError(f"placeholders {sorted(unknown)} are not in path {self.path}")
+        return self
+
+
+class OrchestrationSettings(_Section):
+    """Composite operations and declarative pass-through routes."""
+
+    overview_deadline_seconds: PositiveSeconds = 2.0
+    idempotency_ttl_seconds: Annotated[int, Field(ge=1, le=7 * 86400)] = 86400
+    passthrough: list[PassthroughRoute] = Field(default_factory=list)
 
 
 class EdgeSettings(_Section):
@@ -166,6 +226,7 @@ class Settings(BaseSettings):
     log: LogSettings = Field(default_factory=LogSettings)
     redis: RedisSettings = Field(default_factory=RedisSettings)
     ops: OpsSettings = Field(default_factory=OpsSettings)
+    orchestration: OrchestrationSettings = Field(default_factory=OrchestrationSettings)
 
     @field_validator("services")
     @classmethod

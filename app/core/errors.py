@@ -12,6 +12,8 @@ services never raise ``HTTPException``.
     ├── AuthenticationFailed           401 unauthenticated (reason logged, not shown)
     ├── AccessDenied                   403 forbidden
     ├── NotFound                       404 not_found
+    ├── Conflict                       409 conflict
+    ├── IdempotencyKeyReused           422 idempotency_key_reused
     ├── PayloadTooLarge                413 payload_too_large
     ├── PolicyRejected                 422 policy_rejected (reload gate; last good kept)
     ├── TooManyRequests                429 rate_limited
@@ -81,6 +83,20 @@ class NotFound(GatewayError):
     status_code = 404
     code = "not_found"
     title = "Not found"
+
+
+class Conflict(GatewayError):
+    status_code = 409
+    code = "conflict"
+    title = "Conflict"
+
+
+class IdempotencyKeyReused(GatewayError):
+    """An ``Idempotency-Key`` sent again with a different request."""
+
+    status_code = 422
+    code = "idempotency_key_reused"
+    title = "Idempotency key reused"
 
 
 class PayloadTooLarge(GatewayError):

@@ -67,6 +67,22 @@ BREAKER_STATE = Gauge(
     ("service",),
     multiprocess_mode="livemax",
 )
+BREAKER_TRANSITIONS = Counter(
+    "gateway_breaker_transitions",
+    "Circuit breaker state changes, by service and new state.",
+    ("service", "to"),
+)
+DOWNSTREAM_RETRIES = Counter(
+    "gateway_downstream_retries",
+    "Downstream attempts that were retried, by service.",
+    ("service",),
+)
+DOWNSTREAM_SECONDS = Histogram(
+    "gateway_downstream_call_duration_seconds",
+    "Downstream attempt latency, by service and outcome (response, or the problem code).",
+    ("service", "outcome"),
+    buckets=_LATENCY_BUCKETS,
+)
 POLICY_REVISION = Gauge(
     "gateway_policy_revision_info",
     "The policy revision in force (value 1 on the current revision's series).",
@@ -112,8 +128,19 @@ def count_signature_failure(reason: str) -> None:
     SIGNATURE_FAILURES.labels(reason).inc()
 
 
-def observe_downstream(service: str, outcome: str, attempt: int) -> None:
+def observe_downstream(service: str, outcome: str, attempt: int, seconds: float = 0.0) -> None:
     DOWNSTREAM_CALLS.labels(service, outcome, str(attempt)).inc()
+    DOWNSTREAM_SECONDS.labels(service, outcome).observe(seconds)
+
+
+def count_retry(service: str) -> None:
+    DOWNSTREAM_RETRIES.labels(service).inc()
+
+
+def count_breaker_transition(service: str, state: str) -> None:
+    """Record a transition to ``state`` and the gauge's new value."""
+    BREAKER_TRANSITIONS.labels(service, state).inc()
+    set_breaker_state(service, state)
 
 
 def set_breaker_state(service: str, state: str) -> None:

@@ -1,25 +1,65 @@
-"""Downstream calls: one pooled ``httpx.AsyncClient`` per service.
+"""Downstream calls: one pooled client per service, retried and broken by policy.
 
-``DownstreamClient.call`` is the only way the gateway talks to a service. It
-propagates the corr_id, applies the service's timeouts, logs each call with the
-corr_id bound by the edge, and maps transport failures onto the error tree
-(timeout 504, connect failure or 5xx 502) without leaking downstream bodies.
+``DownstreamClient.call`` is the only way the gateway talks to a service. Each
+attempt is built afresh (new nonce, new span id), signed with the service's key,
+run inside the service's circuit breaker, and mapped onto the error tree:
+
+    pool timeout            504 gateway_timeout  never retried, not a breaker failure
+    connect timeout         504 gateway_timeout  retryable
+    no response in time     504 gateway_timeout  retryable (no byte had arrived)
+    connect refused         502 bad_gateway      retryable
+    5xx in retry statuses   502 bad_gateway      retryable, Retry-After honoured
+    other 5xx, broken body  502 bad_gateway
+    breaker open            503 circuit_open     with Retry-After, never retried
+
+Downstream bodies of 5xx answers are discarded, never shown to the caller.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import AsyncIterable, Mapping
+from typing import Any, TypeVar
 
 import httpx
+import orjson
 import structlog
+from pydantic import BaseModel, ValidationError
 
+from app.authn.digest import content_digest
+from app.authn.keys import SigningKey, load_keyring
 from app.core.config import ServiceSettings
-from app.core.errors import DownstreamError, DownstreamTimeout, NotFound, ServiceUnavailable
+from app.core.errors import (
+    ConfigError,
+    DownstreamError,
+    DownstreamTimeout,
+    GatewayError,
+    NotFound,
+    ServiceUnavailable,
+)
 from app.ops.metrics import observe_downstream
+from app.orchestration.propagation import (
+    current_call_context,
+    propagation_headers,
+    sign_outbound,
+)
+from app.orchestration.resilience import (
+    BreakerSnapshot,
+    PoolExhausted,
+    RetryableError,
+    RetryableTimeout,
+    RetryPolicy,
+    ServiceBreaker,
+    may_retry,
+    parse_retry_after,
+)
+from app.orchestration.transport import BUFFERED, HEAD_RECEIVED, AiohttpTransport
 
 log = structlog.get_logger("gateway.downstream")
+
+Body = bytes | AsyncIterable[bytes] | None
+ModelT = TypeVar("ModelT", bound=BaseModel)
+URL_CACHE_SIZE = 4096
 
 
 def _timeout(settings: ServiceSettings) -> httpx.Timeout:
@@ -31,27 +71,33 @@ def _timeout(settings: ServiceSettings) -> httpx.Timeout:
     )
 
 
+def _transport(settings: ServiceSettings) -> httpx.AsyncBaseTransport:
+    return AiohttpTransport(
+        max_connections=settings.max_connections,
+        max_keepalive=settings.max_keepalive,
+        keepalive_expiry=settings.keepalive_expiry_seconds,
+    )
+
+
 class DownstreamClient:
-    """A named downstream service behind one connection pool."""
+    """A named downstream service behind one connection pool, breaker and retry policy."""
 
     def __init__(
         self,
         name: str,
         settings: ServiceSettings,
         transport: httpx.AsyncBaseTransport | None = None,
+        signing_key: SigningKey | None = None,
     ) -> None:
         self.name = name
         self.settings = settings
-        self._client = httpx.AsyncClient(
-            base_url=str(settings.url),
-            timeout=_timeout(settings),
-            limits=httpx.Limits(
-                max_connections=settings.max_connections,
-                max_keepalive_connections=settings.max_keepalive,
-            ),
-            transport=transport,
-            follow_redirects=False,
-        )
+        self.breaker = ServiceBreaker(name, settings.breaker)
+        self.retry = RetryPolicy(name, settings.retry)
+        self._key = signing_key
+        self._base = str(settings.url).rstrip("/")
+        self._timeout = _timeout(settings).as_dict()
+        self._transport = transport or _transport(settings)
+        self._urls: dict[str, httpx.URL] = {}
 
     async def call(
         self,
@@ -59,44 +105,163 @@ class DownstreamClient:
         path: str,
         *,
         json: Any = None,
-        params: Mapping[str, str] | None = None,
-        headers: Mapping[str, str] | None = None,
+        content: Body = None,
+        params: Mapping[str, str] | str | None = None,
+        headers: Mapping[str, str] | list[tuple[str, str]] | None = None,
+        idempotency_key: str | None = None,
+        digest: str | None = None,
+        stream: bool = False,
     ) -> httpx.Response:
-        """Send one request; raise a ``DownstreamError`` for anything but a usable answer."""
-        outgoing = dict(headers or {})
-        corr_id = structlog.contextvars.get_contextvars().get("corr_id")
-        if corr_id:
-            outgoing["x-request-id"] = str(corr_id)
+        """Send one request with retries; raise a ``DownstreamError`` unless it answered < 500.
+
+        With ``stream=True`` the body is not read: the caller must ``aclose()`` the response.
+        A streamed ``content`` is sent once (never retried); ``digest`` is its Content-Digest.
+        """
+        body = orjson.dumps(json) if json is not None else content
+        base = httpx.Headers(headers)
+        if json is not None:
+            base["content-type"] = "application/json"
+        if idempotency_key:
+            base["idempotency-key"] = idempotency_key
+        if isinstance(body, bytes) and body and self._key is not None:
+            digest = content_digest(body)
+        if digest:
+            base["content-digest"] = digest
+        replayable = not isinstance(body, AsyncIterable)
+        enabled = may_retry(method, idempotency_key is not None, replayable)
+
+        async def attempt(number: int) -> httpx.Response:
+            return await self._attempt(method, path, body, params, base, stream, number)
+
+        return await self.retry.run(attempt, enabled)
+
+    async def _attempt(
+        self,
+        method: str,
+        path: str,
+        body: Body,
+        params: Mapping[str, str] | str | None,
+        headers: httpx.Headers,
+        stream: bool,
+        attempt: int,
+    ) -> httpx.Response:
+        request = self._build(method, path, body, params, headers)
+        request.extensions[BUFFERED] = not stream
         started = time.perf_counter()
         try:
-            response = await self._client.request(
-                method, path, json=json, params=params, headers=outgoing
-            )
-        except httpx.TimeoutException as exc:
-            self._log(method, path, started, outcome="timeout", error=type(exc).__name__)
-            raise DownstreamTimeout(self.name, f"The {self.name} service timed out.") from None
-        except httpx.TransportError as exc:
-            self._log(method, path, started, outcome="transport_error", error=type(exc).__name__)
-            raise DownstreamError(self.name, f"The {self.name} service is unreachable.") from None
-        self._log(method, path, started, outcome="response", status=response.status_code)
-        if response.status_code >= 500:
-            raise DownstreamError(self.name, f"The {self.name} service failed.")
+            async with self.breaker.guard():
+                response = await self._send(request)
+                if response.status_code >= 500:
+                    await response.aclose()
+                    raise self._status_error(response)
+                if not stream:
+                    await self._read(response)
+        except GatewayError as exc:
+            self._log(request, started, attempt, outcome=exc.code)
+            raise
+        self._log(request, started, attempt, outcome="response", status=response.status_code)
         return response
 
-    def _log(self, method: str, path: str, started: float, **fields: Any) -> None:
-        duration_ms = round((time.perf_counter() - started) * 1000, 3)
-        observe_downstream(self.name, str(fields["outcome"]), int(fields.get("attempt", 1)))
+    def _build(
+        self,
+        method: str,
+        path: str,
+        body: Body,
+        params: Mapping[str, str] | str | None,
+        headers: httpx.Headers,
+    ) -> httpx.Request:
+        outgoing = headers.copy()
+        outgoing.update(propagation_headers(current_call_context()))
+        request = httpx.Request(
+            method,
+            self._url(path),
+            params=params,
+            headers=outgoing,
+            content=body,
+            extensions={"timeout": self._timeout},
+        )
+        if self._key is not None:
+            sign_outbound(request, self._key)
+        return request
+
+    def _url(self, path: str) -> httpx.URL:
+        """The service URL of ``path``; parsed once per distinct path (bounded cache)."""
+        url = self._urls.get(path)
+        if url is None:
+            url = httpx.URL(self._base + path)
+            if len(self._urls) < URL_CACHE_SIZE:
+                self._urls[path] = url
+        return url
+
+    async def _send(self, request: httpx.Request) -> httpx.Response:
+        name = self.name
+        try:
+            response = await self._transport.handle_async_request(request)
+        except httpx.PoolTimeout:
+            raise PoolExhausted(name, f"No connection to the {name} service was free.") from None
+        except (httpx.ConnectTimeout, httpx.ReadTimeout):
+            if request.extensions.get(HEAD_RECEIVED):
+                raise DownstreamTimeout(name, f"The {name} service timed out.") from None
+            raise RetryableTimeout(name, f"The {name} service timed out.") from None
+        except httpx.TimeoutException:
+            raise DownstreamTimeout(name, f"The {name} service timed out.") from None
+        except httpx.ConnectError:
+            raise RetryableError(name, f"The {name} service is unreachable.") from None
+        except httpx.TransportError:
+            raise DownstreamError(name, f"The {name} service failed.") from None
+        response.request = request
+        return response
+
+    async def _read(self, response: httpx.Response) -> None:
+        try:
+            await response.aread()
+        except httpx.TimeoutException:
+            raise DownstreamTimeout(self.name, f"The {self.name} service timed out.") from None
+        except httpx.TransportError:
+            raise DownstreamError(self.name, f"The {self.name} service failed.") from None
+        finally:
+            await response.aclose()
+
+    def _status_error(self, response: httpx.Response) -> DownstreamError:
+        detail = f"The {self.name} service failed."
+        if response.status_code in self.settings.retry.statuses:
+            retry_after = parse_retry_after(response.headers.get("retry-after"))
+            return RetryableError(self.name, detail, retry_after)
+        return DownstreamError(self.name, detail)
+
+    def _log(self, request: httpx.Request, started: float, attempt: int, **fields: Any) -> None:
+        elapsed = time.perf_counter() - started
+        observe_downstream(self.name, str(fields["outcome"]), attempt, elapsed)
         log.info(
             "downstream_call",
             service=self.name,
-            method=method,
-            path=path,
-            duration_ms=duration_ms,
+            method=request.method,
+            path=request.url.path,
+            attempt=attempt,
+            duration_ms=round(elapsed * 1000, 3),
+            breaker=self.breaker.state,
             **fields,
         )
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        await self._transport.aclose()
+
+
+def load_outbound_keys(services: Mapping[str, ServiceSettings]) -> dict[str, SigningKey]:
+    """Resolve each service's outbound signing secret; a missing one stops start-up."""
+    keys: dict[str, SigningKey] = {}
+    for name, cfg in services.items():
+        if cfg.signing_key is None:
+            continue
+        try:
+            ring = load_keyring([cfg.signing_key])
+        except ConfigError as exc:
+            where = f"services.{name}.signing_key"
+            raise ConfigError(exc.detail.replace("signing.keys[0]", where)) from None
+        key = ring.get(cfg.signing_key.id)
+        assert key is not None
+        keys[name] = key
+    return keys
 
 
 class ServiceRegistry:
@@ -106,9 +271,12 @@ class ServiceRegistry:
         self,
         services: Mapping[str, ServiceSettings],
         transport: httpx.AsyncBaseTransport | None = None,
+        keys: Mapping[str, SigningKey] | None = None,
     ) -> None:
+        keys = load_outbound_keys(services) if keys is None else keys
         self._clients = {
-            name: DownstreamClient(name, cfg, transport) for name, cfg in services.items()
+            name: DownstreamClient(name, cfg, transport, keys.get(name))
+            for name, cfg in services.items()
         }
 
     def get(self, name: str) -> DownstreamClient:
@@ -121,6 +289,9 @@ class ServiceRegistry:
     def names(self) -> list[str]:
         return sorted(self._clients)
 
+    def breakers(self) -> list[BreakerSnapshot]:
+        return [self._clients[name].breaker.snapshot() for name in self.names]
+
     async def aclose(self) -> None:
         for client in self._clients.values():
             await client.aclose()
@@ -132,3 +303,11 @@ def raise_for_client_error(service: str, response: httpx.Response) -> None:
         raise NotFound("The requested resource does not exist.")
     if response.status_code >= 400:
         raise DownstreamError(service, f"The {service} service rejected the request.")
+
+
+def parse_answer(service: str, content: bytes, model: type[ModelT]) -> ModelT:
+    """A service's JSON answer as ``model``; anything else is a 502 naming the service."""
+    try:
+        return model.model_validate_json(content)
+    except ValidationError:
+        raise DownstreamError(service, f"The {service} service sent an invalid answer.") from None

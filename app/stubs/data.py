@@ -47,3 +47,34 @@ def seed_findings(seed: int) -> dict[str, list[dict[str, Any]]]:
             )
         out[engagement["id"]] = items
     return out
+
+
+_REPORT_KINDS = ["interim", "executive summary", "retest"]
+
+
+def seed_reports(seed: int) -> dict[str, list[dict[str, Any]]]:
+    """One to three reports per engagement, the same for the same seed."""
+    rng = random.Random(seed * 31 + 1)
+    epoch = datetime(2026, 2, 1, 9, 0, tzinfo=UTC)
+    out: dict[str, list[dict[str, Any]]] = {}
+    for engagement in ENGAGEMENTS:
+        out[engagement["id"]] = [
+            {
+                "id": f"R-{n:04d}",
+                "engagement_id": engagement["id"],
+                "kind": rng.choice(_REPORT_KINDS),
+                "status": "final" if engagement["status"] == "closed" else "draft",
+                "size_bytes": rng.randint(64, 512) * 1024,
+                "created_at": (epoch + timedelta(days=rng.randint(1, 90))).isoformat(),
+            }
+            for n in range(1, rng.randint(1, 3) + 1)
+        ]
+    return out
+
+
+def report_chunks(report_id: str, size: int, chunk: int = 64 * 1024) -> list[bytes]:
+    """Deterministic report bytes, split in chunks (a PDF stand-in)."""
+    line = f"%report {report_id} ".encode()
+    block = (line * (chunk // len(line) + 1))[:chunk]
+    full, rest = divmod(size, chunk)
+    return [block] * full + ([block[:rest]] if rest else [])

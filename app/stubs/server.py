@@ -1,100 +1,30 @@
-"""Stub downstream services: real HTTP servers with seeded, in-memory data.
+"""Stub downstream services: real HTTP servers with seeded data and real faults.
 
 ``create_stub_app(name)`` builds the ``engagements``, ``findings`` or ``reports``
-service. Each records the headers it received (``GET /_seen``) so integration
-tests can assert what the gateway propagated.
+service. Each records the headers it received and whether the gateway's
+outbound signature verified (``GET /_seen``), counts requests (``GET /_stats``)
+and takes faults from ``POST /_faults`` (``GET`` shows them, ``DELETE`` clears
+them). Control paths start with ``/_`` and are never faulted.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from datetime import UTC, datetime
 from typing import Any
 
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import FastAPI
 
-from app.stubs.data import ENGAGEMENTS, seed_findings
+from app.authn.keys import KeyRing
+from app.authn.verifier import SignatureVerifier
+from app.stubs.engagements import add_engagement_routes
+from app.stubs.faults import FaultConfig, FaultInjector, FaultState
+from app.stubs.findings import add_findings_routes
+from app.stubs.reports import add_report_routes
 
 STUB_NAMES = ("engagements", "findings", "reports")
 
 
-def _record(app: FastAPI, request: Request) -> None:
-    app.state.seen.append(
-        {"method": request.method, "path": request.url.path, "headers": dict(request.headers)}
-    )
-
-
-def _findings_routes(app: FastAPI, seed: int) -> None:
-    store = seed_findings(seed)
-
-    @app.get("/engagements/{engagement_id}/findings")
-    async def list_findings(engagement_id: str, request: Request) -> dict[str, Any]:
-        _record(app, request)
-        items = store.get(engagement_id, [])
-        return {"engagement_id": engagement_id, "items": items, "count": len(items)}
-
-    @app.get("/engagements/{engagement_id}/findings/{finding_id}")
-    async def get_finding(engagement_id: str, finding_id: str, request: Request) -> dict[str, Any]:
-        _record(app, request)
-        for item in store.get(engagement_id, []):
-            if item["id"] == finding_id:
-                return item
-        raise HTTPException(404, "no such finding")
-
-    @app.post("/engagements/{engagement_id}/findings", status_code=201)
-    async def create_finding(engagement_id: str, request: Request) -> dict[str, Any]:
-        _record(app, request)
-        payload = await request.json()
-        items = store.setdefault(engagement_id, [])
-        item = {
-            "id": f"F-{len(items) + 1:04d}",
-            "engagement_id": engagement_id,
-            "title": payload["title"],
-            "severity": payload["severity"],
-            "status": "open",
-            "description": payload.get("description", ""),
-            "created_by": payload["created_by"],
-            "created_at": datetime.now(UTC).isoformat(),
-        }
-        items.append(item)
-        return item
-
-
-def _engagement_routes(app: FastAPI) -> None:
-    by_id = {e["id"]: e for e in ENGAGEMENTS}
-
-    @app.get("/engagements/{engagement_id}")
-    async def get_engagement(engagement_id: str, request: Request) -> dict[str, Any]:
-        _record(app, request)
-        if engagement_id not in by_id:
-            raise HTTPException(404, "no such engagement")
-        return by_id[engagement_id]
-
-
-def _report_routes(app: FastAPI) -> None:
-    @app.get("/engagements/{engagement_id}/reports")
-    async def list_reports(engagement_id: str, request: Request) -> dict[str, Any]:
-        _record(app, request)
-        return {
-            "engagement_id": engagement_id,
-            "items": [
-                {
-                    "id": "R-0001",
-                    "engagement_id": engagement_id,
-                    "kind": "interim",
-                    "status": "final",
-                }
-            ],
-        }
-
-
-def create_stub_app(name: str, seed: int = 7) -> FastAPI:
-    """A stub service by name; unknown names are a ``ValueError``."""
-    if name not in STUB_NAMES:
-        raise ValueError(f"unknown stub {name!r}; choose one of {', '.join(STUB_NAMES)}")
-    app = FastAPI(title=f"stub-{name}", docs_url=None, redoc_url=None)
-    app.state.seen = deque(maxlen=1000)
-
+def _control_routes(app: FastAPI, name: str, faults: FaultState) -> None:
     @app.get("/_health")
     async def health() -> dict[str, str]:
         return {"status": "ok", "service": name}
@@ -103,10 +33,54 @@ def create_stub_app(name: str, seed: int = 7) -> FastAPI:
     async def seen() -> list[dict[str, Any]]:
         return list(app.state.seen)
 
+    @app.get("/_stats")
+    async def stats() -> dict[str, int]:
+        return {"requests": faults.requests, "faulted": faults.faulted}
+
+    @app.get("/_faults")
+    async def current_faults() -> FaultConfig:
+        return faults.config
+
+    @app.post("/_faults")
+    async def set_faults(config: FaultConfig) -> FaultConfig:
+        faults.configure(config)
+        return faults.config
+
+    @app.delete("/_faults")
+    async def clear_faults() -> FaultConfig:
+        faults.configure(FaultConfig())
+        return faults.config
+
+
+def create_stub_app(
+    name: str,
+    seed: int = 7,
+    *,
+    faults: FaultConfig | None = None,
+    keyring: KeyRing | None = None,
+    require_signature: bool = False,
+) -> FastAPI:
+    """A stub service by name; unknown names are a ``ValueError``.
+
+    ``keyring`` holds the gateway's outbound key(s) for this service; with it the
+    stub verifies every request's signature, and rejects bad ones if
+    ``require_signature``.
+    """
+    if name not in STUB_NAMES:
+        raise ValueError(f"unknown stub {name!r}; choose one of {', '.join(STUB_NAMES)}")
+    app = FastAPI(title=f"stub-{name}", docs_url=None, redoc_url=None)
+    state = FaultState(faults)
+    app.state.seen = deque(maxlen=1000)
+    app.state.faults = state
+    app.state.idempotent = {}
+    app.state.verifier = SignatureVerifier(keyring) if keyring is not None else None
+    app.state.require_signature = require_signature and keyring is not None
+    _control_routes(app, name, state)
     if name == "findings":
-        _findings_routes(app, seed)
+        add_findings_routes(app, seed)
     elif name == "engagements":
-        _engagement_routes(app)
+        add_engagement_routes(app)
     else:
-        _report_routes(app)
+        add_report_routes(app, seed)
+    app.add_middleware(FaultInjector, state=state)
     return app

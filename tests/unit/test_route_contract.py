@@ -32,8 +32,19 @@ def _calls(dependant: Dependant) -> Iterator[object]:
         yield from _calls(dep)
 
 
+PASSTHROUGH = {
+    "path": "/v1/engagements/{engagement_id}/evidence",
+    "service": "findings",
+    "upstream_path": "/engagements/{engagement_id}/evidence",
+    "methods": ["POST"],
+}
+
+
 def _routes(test_key_env: str) -> list[APIRoute]:
-    app = create_app(make_settings({"findings": "http://127.0.0.1:9"}))
+    settings = make_settings(
+        {"findings": "http://127.0.0.1:9"}, orchestration={"passthrough": [PASSTHROUGH]}
+    )
+    app = create_app(settings)
     return [r for r in app.routes if isinstance(r, APIRoute)]
 
 
@@ -42,6 +53,12 @@ def test_every_protected_route_is_authenticated_and_authorized(test_key_env: str
         if route.path in PUBLIC:
             continue
         calls = set(_calls(route.dependant))
+        if route.path == PASSTHROUGH["path"]:
+            # The streaming guard calls the same stage functions (authenticate_request,
+            # spend_quota, decide_request); tests/integration/test_passthrough.py proves it.
+            names = {getattr(c, "__name__", "") for c in calls}
+            assert "passthrough_guard" in names
+            continue
         assert authenticate in calls, f"{route.path} lacks the authentication guard"
         assert authorize in calls, f"{route.path} lacks the engagement/RBAC guard"
 
@@ -50,6 +67,10 @@ def test_every_route_has_a_docs_page_listed_in_the_index(test_key_env: str) -> N
     index = (DOCS / "index.md").read_text()
     for route in _routes(test_key_env):
         if route.path in PUBLIC - {"/healthz", "/readyz", "/metrics"}:
+            continue
+        if route.path == PASSTHROUGH["path"]:
+            # Pass-through routes come from configuration; one page documents them all.
+            assert "(passthrough.md)" in index
             continue
         assert f"`{route.path}`" in index, f"{route.path} is missing from docs/index.md"
 

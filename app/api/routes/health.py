@@ -63,6 +63,11 @@ async def readyz(request: Request) -> JSONResponse:
     if redis is not None:
         ok, detail = await redis_health(redis)
         checks.append(ReadinessCheck(name="redis", ok=ok, detail=detail))
+    # A downstream breaker never makes the gateway unready (that would cascade); it is shown.
+    for breaker in services.breakers():
+        checks.append(
+            ReadinessCheck(name=f"breaker:{breaker.service}", ok=True, detail=breaker.state)
+        )
     ready = all(c.ok for c in checks)
     body = Readiness(status="ready" if ready else "not_ready", checks=checks)
     return JSONResponse(body.model_dump(), status_code=200 if ready else 503)

@@ -1,0 +1,60 @@
+"""Engagement composites: a degraded-tolerant overview and the close saga."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import structlog
+from fastapi import APIRouter, Header, Path, Response
+
+from app.api.deps import Authenticated, Authorized, Closer, Overview
+from app.api.engagement_schemas import CloseRequest, CloseResult, EngagementOverview
+from app.api.schemas import Problem
+from app.orchestration.idempotency import require_key
+
+router = APIRouter(prefix="/v1/engagements/{engagement_id}", tags=["engagements"])
+log = structlog.get_logger("gateway.composite")
+
+EngagementPath = Annotated[str, Path(pattern=r"^[a-z0-9][a-z0-9-]{1,62}$")]
+REPLAYED_HEADER = "idempotent-replayed"
+
+ERRORS: dict[int | str, dict[str, object]] = {
+    status: {"model": Problem, "content": {"application/problem+json": {}}}
+    for status in (400, 401, 403, 404, 409, 413, 422, 502, 503, 504)
+}
+
+
+@router.get(
+    "/overview",
+    response_model=EngagementOverview,
+    responses=ERRORS,
+    summary="Engagement overview (partial when a service is down)",
+)
+async def engagement_overview(
+    engagement_id: EngagementPath, _grant: Authorized, overview: Overview
+) -> EngagementOverview:
+    """The engagement, a findings summary and its reports; failed parts listed in ``degraded``."""
+    return await overview.overview(engagement_id)
+
+
+@router.post(
+    "/close",
+    response_model=CloseResult,
+    responses=ERRORS,
+    summary="Close an engagement (saga, idempotent)",
+)
+async def close_engagement(
+    engagement_id: EngagementPath,
+    body: CloseRequest,
+    identity: Authenticated,
+    _grant: Authorized,
+    closer: Closer,
+    response: Response,
+    idempotency_key: Annotated[str | None, Header()] = None,
+) -> CloseResult:
+    """Freeze findings, render the final report, close; undone in reverse on failure."""
+    key = require_key(idempotency_key)
+    result, replayed = await closer.close(engagement_id, body, key, identity.subject)
+    response.headers[REPLAYED_HEADER] = "true" if replayed else "false"
+    log.info("engagement_closed", engagement=engagement_id, replayed=replayed)
+    return result

@@ -1,0 +1,125 @@
+"""``POST /v1/engagements/{id}/close``: a saga over three services, applied once per key.
+
+Steps, each a keyed (so retryable) POST, undone in reverse if a later one fails:
+
+    1. freeze_findings  findings     POST .../findings/freeze     undo: POST .../findings/unfreeze
+    2. render_report    reports      POST .../reports (final)     undo: DELETE .../reports/{id}
+    3. close            engagements  POST .../close               (last step: nothing after it)
+
+The whole operation runs under the caller's ``Idempotency-Key`` (required): a
+retry with the same key and body returns the first result without calling any
+service again. Each step sends ``<key>:<step>`` downstream, so a step retried
+after a lost answer is not applied twice by the service either.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+from pydantic import BaseModel
+
+from app.api.engagement_schemas import CloseRequest, CloseResult, CloseStep, Engagement, Report
+from app.core.errors import Conflict
+from app.orchestration.client import ServiceRegistry, parse_answer, raise_for_client_error
+from app.orchestration.idempotency import IdempotencyStore
+from app.orchestration.saga import Saga, Step
+
+
+class _Frozen(BaseModel):
+    count: int
+
+
+def fingerprint(body: CloseRequest) -> str:
+    return hashlib.sha256(body.model_dump_json().encode()).hexdigest()
+
+
+class CloseService:
+    """Closes an engagement on behalf of an authorized caller."""
+
+    def __init__(self, services: ServiceRegistry, store: IdempotencyStore) -> None:
+        self._services = services
+        self._store = store
+
+    async def close(
+        self, engagement_id: str, body: CloseRequest, key: str, subject: str
+    ) -> tuple[CloseResult, bool]:
+        """``(result, replayed)`` for this key; the saga runs at most once per key."""
+        scope = ("close", subject, engagement_id, key)
+        return await self._store.run(
+            scope, fingerprint(body), lambda: self._close(engagement_id, body, key, subject)
+        )
+
+    async def _post(self, service: str, path: str, key: str | None, json: Any = None) -> bytes:
+        response = await self._services.get(service).call(
+            "POST", path, json=json if json is not None else {}, idempotency_key=key
+        )
+        raise_for_client_error(service, response)
+        return response.content
+
+    async def _delete(self, service: str, path: str) -> None:
+        response = await self._services.get(service).call("DELETE", path)
+        raise_for_client_error(service, response)
+
+    async def _engagement(self, engagement_id: str) -> Engagement:
+        response = await self._services.get("engagements").call(
+            "GET", f"/engagements/{engagement_id}"
+        )
+        raise_for_client_error("engagements", response)
+        engagement: Engagement = parse_answer("engagements", response.content, Engagement)
+        return engagement
+
+    async def _close(
+        self, engagement_id: str, body: CloseRequest, key: str, subject: str
+    ) -> CloseResult:
+        if (await self._engagement(engagement_id)).status == "closed":
+            raise Conflict("The engagement is already closed.")
+        base = f"/engagements/{engagement_id}"
+        report_request = {"kind": "final", "requested_by": subject, "reason": body.reason}
+        saga = Saga(
+            "close_engagement",
+            [
+                Step(
+                    "freeze_findings",
+                    "findings",
+                    lambda: self._post("findings", f"{base}/findings/freeze", f"{key}:freeze"),
+                    lambda _: self._unfreeze(base),
+                ),
+                Step(
+                    "render_report",
+                    "reports",
+                    lambda: self._post(
+                        "reports", f"{base}/reports", f"{key}:render", report_request
+                    ),
+                    lambda raw: self._withdraw(base, raw),
+                ),
+                Step(
+                    "close",
+                    "engagements",
+                    lambda: self._post("engagements", f"{base}/close", f"{key}:close"),
+                ),
+            ],
+        )
+        results = await saga.run()
+        return self._result(engagement_id, results, saga)
+
+    async def _unfreeze(self, base: str) -> None:
+        await self._post("findings", f"{base}/findings/unfreeze", None)
+
+    async def _withdraw(self, base: str, raw: bytes) -> None:
+        report: Report = parse_answer("reports", raw, Report)
+        await self._delete("reports", f"{base}/reports/{report.id}")
+
+    @staticmethod
+    def _result(engagement_id: str, results: dict[str, bytes], saga: Saga) -> CloseResult:
+        frozen: _Frozen = parse_answer("findings", results["freeze_findings"], _Frozen)
+        report: Report = parse_answer("reports", results["render_report"], Report)
+        closed: Engagement = parse_answer("engagements", results["close"], Engagement)
+        return CloseResult(
+            engagement_id=engagement_id,
+            status="closed",
+            closed_at=closed.closed_at,
+            final_report_id=report.id,
+            frozen_findings=frozen.count,
+            steps=[CloseStep(name=s.name, service=s.service, status="done") for s in saga.steps],
+        )

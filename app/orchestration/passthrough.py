@@ -1,0 +1,158 @@
+"""Declarative pass-through: forward an authorized request to one service, streaming.
+
+Request and response bodies are streamed both ways, never held whole, each
+within the route's size limit. A streamed body cannot be digest-checked before
+it is forwarded, so it is checked *as it streams*: every chunk feeds the hashes
+of the caller's ``Content-Digest`` (already covered by the verified signature),
+and a body that ends with the wrong digest, or grows past the limit, raises
+inside the upstream request's body iterator. The transport then aborts the
+upstream request before its last chunk, so the service never receives a
+complete request, and the caller gets 401 (or 413). The alternative, buffering
+up to a limit and verifying first, would cap pass-through bodies at what the
+gateway is willing to hold in memory per request (see
+``app/api/docs/resilience.md``). The gateway's own outbound signature covers the
+same ``Content-Digest``, so a service that verifies it gets a second check.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import AsyncIterator, Mapping
+from urllib.parse import quote
+
+import http_sf
+import httpx
+import structlog
+from starlette.background import BackgroundTask
+from starlette.requests import Request
+from starlette.responses import StreamingResponse
+
+from app.authn.digest import ALGORITHMS
+from app.authn.verifier import Reason
+from app.core.config import PassthroughRoute
+from app.core.errors import AuthenticationFailed, DownstreamError, PayloadTooLarge
+from app.orchestration.client import DownstreamClient
+from app.orchestration.propagation import HOP_BY_HOP, forwardable_headers
+
+log = structlog.get_logger("gateway.passthrough")
+decision_log = structlog.get_logger("gateway.decision")
+_RESPONSE_DROP = HOP_BY_HOP | {"server", "date", "x-request-id", "signature", "signature-input"}
+
+
+class StreamingDigest:
+    """RFC 9530 digests of a body computed chunk by chunk, checked at the end."""
+
+    def __init__(self, field_value: str) -> None:
+        try:
+            members = http_sf.parse(field_value.encode("ascii"), tltype="dictionary")
+        except (http_sf.StructuredFieldError, UnicodeEncodeError, ValueError):
+            raise _digest_failure() from None
+        assert isinstance(members, dict)
+        self._expected: dict[str, bytes] = {}
+        for alg, member in members.items():
+            value = member[0] if isinstance(member, tuple) else member
+            if alg in ALGORITHMS and isinstance(value, bytes):
+                self._expected[alg] = value
+        if not self._expected:
+            raise _digest_failure()
+        self._hashes = {alg: ALGORITHMS[alg]() for alg in self._expected}
+
+    def update(self, chunk: bytes) -> None:
+        for digest in self._hashes.values():
+            digest.update(chunk)
+
+    def verify(self) -> None:
+        for alg, expected in self._expected.items():
+            if not hmac.compare_digest(self._hashes[alg].digest(), expected):
+                raise _digest_failure()
+
+
+def _digest_failure() -> AuthenticationFailed:
+    decision_log.info("decision", stage="authn", decision="deny", reason=Reason.DIGEST_MISMATCH)
+    return AuthenticationFailed(Reason.DIGEST_MISMATCH.value)
+
+
+async def checked_body(
+    chunks: AsyncIterator[bytes], digest: StreamingDigest | None, limit: int
+) -> AsyncIterator[bytes]:
+    """Forward chunks while hashing and counting; raise before the last one if they fail."""
+    seen = 0
+    async for chunk in chunks:
+        seen += len(chunk)
+        if seen > limit:
+            raise PayloadTooLarge(f"The request body exceeds {limit} bytes.")
+        if digest is not None:
+            digest.update(chunk)
+        if chunk:
+            yield chunk
+    if digest is not None:
+        digest.verify()
+
+
+def upstream_path(route: PassthroughRoute, params: Mapping[str, str], query: str) -> str:
+    """The service path: the route's template with percent-encoded path parameters."""
+    path = route.upstream_path.format(**{k: quote(v, safe="") for k, v in params.items()})
+    return f"{path}?{query}" if query else path
+
+
+def declares_body(request: Request) -> bool:
+    length = request.headers.get("content-length")
+    return "transfer-encoding" in request.headers or (length is not None and length != "0")
+
+
+async def forward(
+    client: DownstreamClient, route: PassthroughRoute, request: Request, digest_field: str | None
+) -> StreamingResponse:
+    """Send the request upstream, streaming its body; stream the answer back."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > route.max_request_bytes:
+        raise PayloadTooLarge(f"The request body exceeds {route.max_request_bytes} bytes.")
+    body = None
+    if declares_body(request):
+        digest = StreamingDigest(digest_field) if digest_field else None
+        body = checked_body(request.stream(), digest, route.max_request_bytes)
+    headers = [
+        (k, v) for k, v in forwardable_headers(request.headers.items()) if k != "content-digest"
+    ]
+    path = upstream_path(route, request.path_params, request.url.query)
+    upstream = await client.call(
+        request.method, path, content=body, headers=headers, digest=digest_field, stream=True
+    )
+    try:
+        return _stream_back(client.name, route, upstream)
+    except BaseException:
+        await upstream.aclose()
+        raise
+
+
+def _stream_back(
+    service: str, route: PassthroughRoute, upstream: httpx.Response
+) -> StreamingResponse:
+    declared = upstream.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > route.max_response_bytes:
+        log.warning("passthrough_response_too_large", service=service, declared=int(declared))
+        raise DownstreamError(service, f"The {service} service answered more than allowed.")
+    headers = {k: v for k, v in upstream.headers.items() if k.lower() not in _RESPONSE_DROP}
+    return StreamingResponse(
+        _limited(service, upstream, route.max_response_bytes),
+        status_code=upstream.status_code,
+        headers=headers,
+        background=BackgroundTask(upstream.aclose),
+    )
+
+
+async def _limited(service: str, upstream: httpx.Response, limit: int) -> AsyncIterator[bytes]:
+    """The raw response body; past the limit the connection is cut (status already sent)."""
+    sent = 0
+    try:
+        async for chunk in upstream.aiter_raw():
+            sent += len(chunk)
+            if sent > limit:
+                log.warning("passthrough_aborted", service=service, reason="response_too_large")
+                raise DownstreamError(service, "response exceeded the route's limit")
+            yield chunk
+    except httpx.TransportError as exc:
+        log.warning("passthrough_aborted", service=service, reason=type(exc).__name__)
+        raise DownstreamError(service, "response body failed") from None
+    finally:
+        await upstream.aclose()

@@ -1,0 +1,154 @@
+"""What the gateway tells a downstream service about the request it serves.
+
+Per call: the corr_id (``X-Request-ID``), a W3C ``traceparent`` that keeps the
+caller's trace id with a new parent span id (a new trace when none came in), and
+the caller's identity in headers the gateway signs itself with the service's key,
+using the inbound RFC 9421 profile and its one signature-base builder, so a
+service verifies the gateway exactly as the gateway verifies its proxies:
+
+    x-auth-subject        the authenticated subject (re-issued, never forwarded)
+    x-auth-groups         the caller's groups, when it has any
+    x-gateway-engagement  the engagement the request was authorized in
+
+Hop-by-hop headers and every inbound identity or signature header are stripped
+before anything is forwarded (``forwardable_headers``).
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+import secrets
+import time
+from collections.abc import Iterable
+from contextvars import ContextVar
+from dataclasses import dataclass
+
+import httpx
+import structlog
+
+from app.authn.base import (
+    ALGORITHM,
+    ParamValue,
+    build_signature_base,
+    hmac_sha256,
+    serialize_signature_params,
+)
+from app.authn.identity import GROUPS_HEADER, INBOUND_ONLY_HEADERS, SUBJECT_HEADER, Identity
+from app.authn.keys import SigningKey
+from app.authn.signer import message_from_httpx
+
+ENGAGEMENT_HEADER = "x-gateway-engagement"
+TRACEPARENT = "traceparent"
+REQUEST_ID = "x-request-id"
+# RFC 9110 §7.6.1 plus the de-facto proxy ones; names listed in Connection are added per request.
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+# Never forwarded as received: the proxy's identity, signature and digest
+# (app.authn.identity), and what the gateway sets itself on every call.
+INBOUND_ONLY = INBOUND_ONLY_HEADERS | {
+    ENGAGEMENT_HEADER,
+    "host",
+    "content-length",
+    REQUEST_ID,
+    TRACEPARENT,
+}
+_TRACEPARENT = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
+
+
+@dataclass(frozen=True, slots=True)
+class CallContext:
+    """The authorized caller a route acts for, bound once per request."""
+
+    identity: Identity
+    engagement: str | None
+    traceparent: str | None = None
+
+
+_call_context: ContextVar[CallContext | None] = ContextVar("gateway_call_context", default=None)
+
+
+def bind_call_context(context: CallContext) -> None:
+    """Bind the caller for every downstream call the request makes (guards call this)."""
+    _call_context.set(context)
+
+
+def current_call_context() -> CallContext | None:
+    return _call_context.get()
+
+
+def child_traceparent(incoming: str | None) -> str:
+    """Keep the caller's trace id and flags with a new span id; start a trace if none."""
+    match = _TRACEPARENT.match(incoming or "")
+    if match and match.group(1) != "0" * 32 and match.group(2) != "0" * 16:
+        trace_id, flags = match.group(1), match.group(3)
+    else:
+        trace_id, flags = secrets.token_hex(16), "01"
+    return f"00-{trace_id}-{secrets.token_hex(8)}-{flags}"
+
+
+def forwardable_headers(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Caller headers minus hop-by-hop, Connection-named, identity and signature headers."""
+    items = [(k.lower(), v) for k, v in headers]
+    named = {token.strip().lower() for k, v in items if k == "connection" for token in v.split(",")}
+    return [(k, v) for k, v in items if k not in HOP_BY_HOP | INBOUND_ONLY and k not in named]
+
+
+def propagation_headers(context: CallContext | None) -> dict[str, str]:
+    """corr_id, traceparent and the identity headers of one outbound call."""
+    headers: dict[str, str] = {
+        TRACEPARENT: child_traceparent(context.traceparent if context else None)
+    }
+    corr_id = structlog.contextvars.get_contextvars().get("corr_id")
+    if corr_id:
+        headers[REQUEST_ID] = str(corr_id)
+    if context is not None:
+        headers[SUBJECT_HEADER] = context.identity.subject
+        if context.identity.groups:
+            headers[GROUPS_HEADER] = ",".join(context.identity.groups)
+        if context.engagement:
+            headers[ENGAGEMENT_HEADER] = context.engagement
+    return headers
+
+
+def _components(request: httpx.Request) -> list[str]:
+    names = ["@method", "@path"]
+    if request.url.query:
+        names.append("@query")
+    names.extend(
+        h
+        for h in ("content-digest", SUBJECT_HEADER, GROUPS_HEADER, ENGAGEMENT_HEADER)
+        if h in request.headers
+    )
+    return names
+
+
+def sign_outbound(request: httpx.Request, key: SigningKey, label: str = "gateway") -> None:
+    """Add Signature-Input and Signature over the request's identity and body digest.
+
+    ``content-digest`` must already be on the request when it has a body: the
+    gateway computes it for bodies it holds and forwards the caller's (verified)
+    one for streamed bodies, whose bytes it never holds whole.
+    """
+    params: dict[str, ParamValue] = {
+        "created": int(time.time()),
+        "keyid": key.id,
+        "nonce": secrets.token_urlsafe(16),
+        "alg": ALGORITHM,
+    }
+    components = _components(request)
+    base = build_signature_base(message_from_httpx(request), components, params)
+    mac = base64.b64encode(hmac_sha256(key.secret, base)).decode("ascii")
+    request.headers["signature-input"] = f"{label}={serialize_signature_params(components, params)}"
+    request.headers["signature"] = f"{label}=:{mac}:"

@@ -1,0 +1,89 @@
+"""A saga: steps run in order; when one fails, the done ones are undone in reverse.
+
+Each step is an action on one service and an optional compensation that takes
+the action's result. Every start, success, failure and compensation is logged
+(``saga_step``) with the corr_id bound by the edge. A failed compensation is
+logged loudly and does not stop the others; the caller then gets the step's
+error with a detail saying whether everything was undone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+from app.core.errors import DownstreamError, GatewayError
+
+log = structlog.get_logger("gateway.saga")
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    name: str
+    service: str
+    action: Callable[[], Awaitable[Any]]
+    compensate: Callable[[Any], Awaitable[None]] | None = None
+
+
+class Saga:
+    """Runs steps with compensation; ``run`` returns each step's result by name."""
+
+    def __init__(self, name: str, steps: Sequence[Step]) -> None:
+        self.name = name
+        self.steps = tuple(steps)
+
+    async def run(self) -> dict[str, Any]:
+        done: list[tuple[Step, Any]] = []
+        for step in self.steps:
+            log.info(
+                "saga_step", saga=self.name, step=step.name, service=step.service, status="started"
+            )
+            try:
+                result = await step.action()
+            except GatewayError as exc:
+                log.warning(
+                    "saga_step", saga=self.name, step=step.name, status="failed", error=exc.code
+                )
+                undone = await self._compensate(done)
+                raise _failure(self.name, step, exc, undone) from None
+            log.info("saga_step", saga=self.name, step=step.name, status="done")
+            done.append((step, result))
+        return {step.name: result for step, result in done}
+
+    async def _compensate(self, done: list[tuple[Step, Any]]) -> bool:
+        """Undo in reverse order; ``True`` when every compensation succeeded."""
+        complete = True
+        for step, result in reversed(done):
+            if step.compensate is None:
+                continue
+            try:
+                await step.compensate(result)
+            except GatewayError as exc:
+                complete = False
+                log.error(
+                    "saga_step",
+                    saga=self.name,
+                    step=step.name,
+                    status="compensation_failed",
+                    error=exc.code,
+                )
+                continue
+            log.info("saga_step", saga=self.name, step=step.name, status="compensated")
+        return complete
+
+
+def _failure(saga: str, step: Step, exc: GatewayError, undone: bool) -> GatewayError:
+    """The step's error, with a detail that says how far the saga was undone."""
+    outcome = "earlier steps were undone" if undone else "some earlier steps could NOT be undone"
+    detail = f"{saga} failed at step {step.name} ({step.service}); {outcome}."
+    if isinstance(exc, DownstreamError):
+        return type(exc)(exc.service, detail, headers=exc.headers)
+    failed = (
+        type(exc)(detail, headers=exc.headers)
+        if type(exc).__init__ is GatewayError.__init__
+        else exc
+    )
+    return failed

@@ -1,0 +1,216 @@
+"""An ``httpx.AsyncBaseTransport`` over one ``aiohttp.ClientSession`` per service.
+
+The code keeps the httpx API (requests, responses, timeouts, exceptions) while
+aiohttp's C-accelerated HTTP/1.1 client moves the bytes: stock httpcore costs
+about 2 ms CPU a request here (``docs/decisions/0002-downstream-transport.md``,
+``bench/micro_transport.py``). The transport maps aiohttp's failures back onto
+httpx's exception tree so the retry and error mapping above it do not change:
+
+    pool slot not free in time      -> httpx.PoolTimeout   (our own semaphore)
+    TCP connect too slow            -> httpx.ConnectTimeout
+    TCP connect refused/unreachable -> httpx.ConnectError
+    no response byte within read    -> httpx.ReadTimeout
+    peer closed, malformed answer   -> httpx.RemoteProtocolError / httpx.ReadError
+
+aiohttp has no write timeout: a peer that stops reading our body is cut by the
+read timeout, which runs from the moment the request is sent. Bodies stream both
+ways (an async-iterable request body is sent chunked; the response body is read
+as it arrives) and are never decompressed here, so pass-through forwards bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import aiohttp
+import httpx
+from yarl import URL
+
+# aiohttp adds these unless told not to; the gateway forwards only what it chose.
+_SKIP_AUTO = frozenset({"Accept", "Accept-Encoding", "User-Agent", "Content-Type"})
+_DROP = frozenset({b"transfer-encoding", b"connection", b"keep-alive"})
+_HTTP11 = {"http_version": b"HTTP/1.1"}
+# Request extension: read the whole response body here (callers that do not stream it).
+BUFFERED = "gateway_buffered"
+HEAD_RECEIVED = "gateway_head_received"
+# Where a streamed request body's own failure (bad digest, too large) is kept for _send.
+BODY_ERROR = "gateway_body_error"
+
+
+def _map_error(exc: BaseException, request: httpx.Request) -> httpx.TransportError:
+    """aiohttp's failure as the httpx exception the error mapping expects."""
+    message = type(exc).__name__
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        return httpx.ConnectTimeout(message, request=request)
+    if isinstance(exc, aiohttp.ServerTimeoutError | asyncio.TimeoutError):
+        return httpx.ReadTimeout(message, request=request)
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return httpx.ConnectError(message, request=request)
+    if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientPayloadError):
+        return httpx.RemoteProtocolError(message, request=request)
+    return httpx.ReadError(message, request=request)
+
+
+_FAILURES = (aiohttp.ClientError, asyncio.TimeoutError)
+
+
+class _ResponseStream(httpx.AsyncByteStream):
+    """The aiohttp response body as httpx sees it; closing frees the pool slot."""
+
+    def __init__(
+        self, response: aiohttp.ClientResponse, request: httpx.Request, release: Callable[[], None]
+    ) -> None:
+        self._response = response
+        self._request = request
+        self._release: Callable[[], None] | None = release
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in self._response.content.iter_any():
+                yield chunk
+        except _FAILURES as exc:
+            raise _map_error(exc, self._request) from exc
+
+    async def aclose(self) -> None:
+        self._response.release()
+        release, self._release = self._release, None
+        if release is not None:
+            release()
+
+
+class AiohttpTransport(httpx.AsyncBaseTransport):
+    """HTTP/1.1 over a pooled ``aiohttp.ClientSession``, created lazily on the running loop."""
+
+    def __init__(
+        self, *, max_connections: int = 100, max_keepalive: int = 32, keepalive_expiry: float = 15
+    ) -> None:
+        self._max_connections = max_connections
+        self._max_keepalive = max_keepalive
+        self._keepalive_expiry = keepalive_expiry
+        self._slots = asyncio.Semaphore(max_connections)
+        self._session: aiohttp.ClientSession | None = None
+        self._timeouts: dict[tuple[float | None, float | None], aiohttp.ClientTimeout] = {}
+
+    def _get_session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            connector = aiohttp.TCPConnector(
+                limit=self._max_connections,
+                limit_per_host=0,
+                keepalive_timeout=self._keepalive_expiry,
+                force_close=self._max_keepalive == 0,
+            )
+            self._session = aiohttp.ClientSession(
+                connector=connector,
+                auto_decompress=False,
+                cookie_jar=aiohttp.DummyCookieJar(),
+                timeout=aiohttp.ClientTimeout(total=None),
+                skip_auto_headers=_SKIP_AUTO,
+            )
+        return self._session
+
+    def _timeout(self, timeouts: dict[str, float | None]) -> aiohttp.ClientTimeout:
+        key = (timeouts.get("connect"), timeouts.get("read"))
+        cached = self._timeouts.get(key)
+        if cached is None:
+            cached = aiohttp.ClientTimeout(total=None, sock_connect=key[0], sock_read=key[1])
+            self._timeouts[key] = cached
+        return cached
+
+    async def _acquire(self, request: httpx.Request, pool_timeout: float | None) -> None:
+        if not self._slots.locked():
+            await self._slots.acquire()  # free slot: returns without suspending
+            return
+        try:
+            async with asyncio.timeout(pool_timeout):
+                await self._slots.acquire()
+        except TimeoutError:
+            raise httpx.PoolTimeout("no free connection", request=request) from None
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        timeouts: dict[str, float | None] = request.extensions.get("timeout", {})
+        await self._acquire(request, timeouts.get("pool"))
+        try:
+            response = await self._send(request, timeouts)
+            if request.extensions.get(BUFFERED):
+                return await self._buffered(request, response)
+        except BaseException:
+            self._slots.release()
+            raise
+        return httpx.Response(
+            status_code=response.status,
+            headers=response.raw_headers,
+            stream=_ResponseStream(response, request, self._slots.release),
+            extensions=_HTTP11,
+        )
+
+    async def _buffered(
+        self, request: httpx.Request, response: aiohttp.ClientResponse
+    ) -> httpx.Response:
+        """Read the whole body with aiohttp's own reader and free the pool slot at once."""
+        request.extensions[HEAD_RECEIVED] = True  # a timeout from here on is not retryable
+        try:
+            body = await response.read()
+        except _FAILURES as exc:
+            raise _map_error(exc, request) from exc
+        finally:
+            response.release()
+        self._slots.release()
+        return httpx.Response(
+            status_code=response.status,
+            headers=response.raw_headers,
+            content=body,
+            extensions=_HTTP11,
+        )
+
+    async def _send(
+        self, request: httpx.Request, timeouts: dict[str, float | None]
+    ) -> aiohttp.ClientResponse:
+        headers = [
+            (k.decode("latin-1"), v.decode("latin-1"))
+            for k, v in request.headers.raw
+            if k.lower() not in _DROP
+        ]
+        try:
+            return await self._get_session().request(
+                request.method,
+                URL(str(request.url), encoded=True),
+                headers=headers,
+                data=_body(request),
+                allow_redirects=False,
+                timeout=self._timeout(timeouts),
+                compress=None,
+            )
+        except BaseException as exc:
+            body_error = request.extensions.get(BODY_ERROR)
+            if body_error is not None:
+                raise body_error from None  # the body's own failure, not the service's
+            if isinstance(exc, _FAILURES):
+                raise _map_error(exc, request) from exc
+            raise
+
+    async def aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+
+def _body(request: httpx.Request) -> Any:
+    """Bytes when the request body is in memory, else its async stream (sent chunked)."""
+    try:
+        return request.content or None
+    except httpx.RequestNotRead:
+        stream = request.stream
+        assert isinstance(stream, httpx.AsyncByteStream)
+        return _iterate(stream, request)
+
+
+async def _iterate(stream: httpx.AsyncByteStream, request: httpx.Request) -> AsyncIterator[bytes]:
+    """The request body; an error it raises is kept so ``_send`` re-raises it, unmapped."""
+    try:
+        async for chunk in stream:
+            yield chunk
+    except Exception as exc:
+        request.extensions[BODY_ERROR] = exc
+        raise

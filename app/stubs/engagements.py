@@ -1,0 +1,45 @@
+"""The engagements stub: the seeded engagements, closed and reopened by the close saga."""
+
+from __future__ import annotations
+
+import copy
+from datetime import UTC, datetime
+from typing import Any
+
+from fastapi import FastAPI, HTTPException, Request
+
+from app.stubs.data import ENGAGEMENTS
+from app.stubs.recording import record, remember, replay
+
+
+def add_engagement_routes(app: FastAPI) -> None:
+    by_id = {e["id"]: e for e in copy.deepcopy(ENGAGEMENTS)}
+
+    def _get(engagement_id: str) -> dict[str, Any]:
+        if engagement_id not in by_id:
+            raise HTTPException(404, "no such engagement")
+        return by_id[engagement_id]
+
+    @app.get("/engagements/{engagement_id}")
+    async def get_engagement(engagement_id: str, request: Request) -> dict[str, Any]:
+        await record(request)
+        return _get(engagement_id)
+
+    @app.post("/engagements/{engagement_id}/close")
+    async def close(engagement_id: str, request: Request) -> dict[str, Any]:
+        await record(request)
+        if (earlier := replay(request)) is not None:
+            return dict(earlier)
+        engagement = _get(engagement_id)
+        if engagement["status"] == "closed":
+            raise HTTPException(409, "engagement already closed")
+        engagement.update(status="closed", closed_at=datetime.now(UTC).isoformat())
+        return dict(remember(request, dict(engagement)))
+
+    @app.post("/engagements/{engagement_id}/reopen")
+    async def reopen(engagement_id: str, request: Request) -> dict[str, Any]:
+        await record(request)
+        engagement = _get(engagement_id)
+        engagement["status"] = "active"
+        engagement.pop("closed_at", None)
+        return dict(engagement)

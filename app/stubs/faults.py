@@ -1,0 +1,143 @@
+"""Real faults for stub services: latency, errors, hangs, dropped connections, slow bodies.
+
+``FaultInjector`` is a pure ASGI middleware in front of a stub's routes; control
+paths (``/_...``) are never faulted. Faults are set by ``gateway stub`` flags or
+``POST /_faults`` and are deterministic for a given ``seed`` (the error-rate dice
+come from a seeded ``random.Random``). Every non-control request is counted, so
+tests can assert that a call never reached the service.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from typing import Annotated
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+
+class FaultConfig(BaseModel):
+    """The faults in force; every field off by default."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    latency_ms: Annotated[int, Field(ge=0, le=60_000)] = 0
+    error_rate: Annotated[float, Field(ge=0, le=1)] = 0.0
+    error_status: Annotated[int, Field(ge=500, le=599)] = 500
+    fail_next: Annotated[int, Field(ge=0, le=10_000)] = 0
+    fail_status: Annotated[int, Field(ge=500, le=599)] = 503
+    retry_after: Annotated[int, Field(ge=0, le=3600)] | None = None
+    hang: bool = False
+    hang_max_seconds: Annotated[float, Field(gt=0, le=600)] = 30.0
+    reset: bool = False
+    slow_body_ms: Annotated[int, Field(ge=0, le=10_000)] = 0
+    slow_chunk_bytes: Annotated[int, Field(ge=1, le=1 << 20)] = 1024
+    path_prefix: str = "/"
+    seed: int = 0
+
+
+class ConnectionDropped(Exception):
+    """Raised after the status line so the server drops the connection mid-response."""
+
+
+class FaultState:
+    """The current faults, the seeded dice and the request counters of one stub."""
+
+    def __init__(self, config: FaultConfig | None = None) -> None:
+        self.requests = 0
+        self.faulted = 0
+        self._released = asyncio.Event()
+        self.configure(config or FaultConfig())
+
+    def configure(self, config: FaultConfig) -> None:
+        """Replace the faults; releases every hanging request."""
+        self.config = config
+        self.remaining_failures = config.fail_next
+        self._dice = random.Random(config.seed)
+        self._released.set()
+        self._released = asyncio.Event()
+
+    def failure_status(self) -> int | None:
+        """The status to fail this request with, if any (fail-next first, then the dice)."""
+        if self.remaining_failures > 0:
+            self.remaining_failures -= 1
+            return self.config.fail_status
+        if self.config.error_rate and self._dice.random() < self.config.error_rate:
+            return self.config.error_status
+        return None
+
+    async def hang(self) -> None:
+        released = self._released
+        try:
+            await asyncio.wait_for(released.wait(), self.config.hang_max_seconds)
+        except TimeoutError:
+            return
+
+
+class FaultInjector:
+    """Applies the stub's ``FaultState`` to every non-control request."""
+
+    def __init__(self, app: ASGIApp, state: FaultState) -> None:
+        self.app = app
+        self.state = state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"].startswith("/_"):
+            await self.app(scope, receive, send)
+            return
+        self.state.requests += 1
+        config = self.state.config
+        if not scope["path"].startswith(config.path_prefix):
+            await self.app(scope, receive, send)
+            return
+        await self._fault(scope, receive, send, config)
+
+    async def _fault(self, scope: Scope, receive: Receive, send: Send, config: FaultConfig) -> None:
+        if config.latency_ms:
+            await asyncio.sleep(config.latency_ms / 1000)
+        if config.hang:
+            self.state.faulted += 1
+            await self.state.hang()
+        if config.reset:
+            self.state.faulted += 1
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            raise ConnectionDropped("fault: connection reset")
+        status = self.state.failure_status()
+        if status is not None:
+            self.state.faulted += 1
+            await _send_error(send, status, config.retry_after)
+            return
+        if config.slow_body_ms:
+            send = _slow(send, config.slow_chunk_bytes, config.slow_body_ms / 1000)
+        await self.app(scope, receive, send)
+
+
+async def _send_error(send: Send, status: int, retry_after: int | None) -> None:
+    body = orjson.dumps({"error": "injected fault", "status": status, "secret": "stack trace"})
+    headers = [(b"content-type", b"application/json")]
+    if retry_after is not None:
+        headers.append((b"retry-after", str(retry_after).encode()))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def _slow(send: Send, chunk: int, pause: float) -> Send:
+    """Send the body in small chunks with a pause before each."""
+
+    async def slow_send(message: Message) -> None:
+        if message["type"] != "http.response.body":
+            await send(message)
+            return
+        body: bytes = message.get("body", b"")
+        more = message.get("more_body", False)
+        for start in range(0, len(body), chunk):
+            await asyncio.sleep(pause)
+            last = start + chunk >= len(body)
+            part = body[start : start + chunk]
+            await send({"type": "http.response.body", "body": part, "more_body": more or not last})
+        if not body:
+            await send(message)
+
+    return slow_send

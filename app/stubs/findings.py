@@ -1,0 +1,91 @@
+"""The findings stub: seeded findings, freeze for closing, streamed evidence uploads."""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import UTC, datetime
+from typing import Any
+
+from fastapi import FastAPI, HTTPException, Request
+
+from app.stubs.data import seed_findings
+from app.stubs.recording import record, remember, replay
+
+
+def add_findings_routes(app: FastAPI, seed: int) -> None:
+    store = seed_findings(seed)
+    frozen: set[str] = set()
+    app.state.uploads = []
+
+    @app.get("/engagements/{engagement_id}/findings")
+    async def list_findings(engagement_id: str, request: Request) -> dict[str, Any]:
+        await record(request)
+        items = store.get(engagement_id, [])
+        return {"engagement_id": engagement_id, "items": items, "count": len(items)}
+
+    @app.get("/engagements/{engagement_id}/findings/{finding_id}")
+    async def get_finding(engagement_id: str, finding_id: str, request: Request) -> dict[str, Any]:
+        await record(request)
+        for item in store.get(engagement_id, []):
+            if item["id"] == finding_id:
+                return item
+        raise HTTPException(404, "no such finding")
+
+    @app.post("/engagements/{engagement_id}/findings", status_code=201)
+    async def create_finding(engagement_id: str, request: Request) -> dict[str, Any]:
+        await record(request)
+        if engagement_id in frozen:
+            raise HTTPException(409, "findings are frozen")
+        payload = await request.json()
+        items = store.setdefault(engagement_id, [])
+        item = {
+            "id": f"F-{len(items) + 1:04d}",
+            "engagement_id": engagement_id,
+            "title": payload["title"],
+            "severity": payload["severity"],
+            "status": "open",
+            "description": payload.get("description", ""),
+            "created_by": payload["created_by"],
+            "created_at": datetime.now(UTC).isoformat(),
+        }
+        items.append(item)
+        return item
+
+    @app.post("/engagements/{engagement_id}/findings/freeze")
+    async def freeze(engagement_id: str, request: Request) -> dict[str, Any]:
+        await record(request)
+        if (earlier := replay(request)) is not None:
+            return dict(earlier)
+        frozen.add(engagement_id)
+        count = len(store.get(engagement_id, []))
+        return dict(
+            remember(request, {"engagement_id": engagement_id, "frozen": True, "count": count})
+        )
+
+    @app.post("/engagements/{engagement_id}/findings/unfreeze")
+    async def unfreeze(engagement_id: str, request: Request) -> dict[str, Any]:
+        await record(request)
+        frozen.discard(engagement_id)
+        return {"engagement_id": engagement_id, "frozen": False}
+
+    @app.get("/_frozen")
+    async def frozen_engagements() -> list[str]:
+        return sorted(frozen)
+
+    @app.post("/engagements/{engagement_id}/evidence", status_code=201)
+    async def upload_evidence(engagement_id: str, request: Request) -> dict[str, Any]:
+        """Counts bytes as they arrive (tests watch ``uploads``), then verifies the whole."""
+        progress: dict[str, Any] = {"engagement_id": engagement_id, "received": 0, "done": False}
+        app.state.uploads.append(progress)
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            progress["received"] = len(body)
+        progress["done"] = True
+        entry = await record(request, bytes(body))
+        return {
+            "engagement_id": engagement_id,
+            "bytes": len(body),
+            "sha256": hashlib.sha256(body).hexdigest(),
+            "signature": entry["signature"],
+        }

@@ -1,0 +1,195 @@
+"""Engagement composites over loopback: degraded overview, close saga, idempotent replay."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from tests.conftest import LiveServer, signer
+from tests.integration.orchestration_stack import StackBuilder
+from tests.integration.test_gateway_e2e import assert_problem
+
+pytestmark = pytest.mark.integration
+
+OVERVIEW = "/v1/engagements/acme-2026/overview"
+CLOSE = "/v1/engagements/acme-2026/close"
+REASON = {"reason": "Retest complete; client signed off."}
+
+
+@pytest.fixture
+def make_stack(
+    live_server: Callable[[FastAPI], LiveServer], test_key_env: str, monkeypatch: pytest.MonkeyPatch
+) -> StackBuilder:
+    return StackBuilder(live_server, monkeypatch)
+
+
+def client(base_url: str, subject: str = "bob") -> httpx.Client:
+    return httpx.Client(base_url=base_url, auth=signer(subject), timeout=15)
+
+
+def test_overview_combines_three_services(make_stack: StackBuilder) -> None:
+    stack = make_stack()
+    with client(stack.url, "carol") as gateway:
+        response = gateway.get(OVERVIEW)
+    assert response.status_code == 200
+    body = response.json()
+    assert body["degraded"] == []
+    assert body["engagement"]["client"] == "Acme Corp"
+    assert body["findings"]["count"] == sum(body["findings"]["by_severity"].values()) > 0
+    assert body["reports"]
+    assert body["reports"][0]["engagement_id"] == "acme-2026"
+
+
+def test_overview_is_partial_when_a_service_is_down(make_stack: StackBuilder) -> None:
+    stack = make_stack()
+    stack.stubs["reports"].stop()
+    with client(stack.url) as gateway:
+        body = gateway.get(OVERVIEW).json()
+    assert body["degraded"] == [{"service": "reports", "reason": "bad_gateway"}]
+    assert body["reports"] is None
+    assert body["engagement"]["id"] == "acme-2026"
+    assert body["findings"]["count"] > 0
+
+
+def test_overview_marks_open_breakers_and_missed_deadlines(make_stack: StackBuilder) -> None:
+    stack = make_stack(
+        service={"breaker": {"fail_max": 1}, "retry": {"attempts": 1}},
+        orchestration={"overview_deadline_seconds": 1.5},
+    )
+    stack.faults("reports", error_rate=1.0, error_status=500)
+    stack.faults("findings", latency_ms=4000)
+    with client(stack.url) as gateway:
+        first = gateway.get(OVERVIEW).json()
+        second = gateway.get(OVERVIEW).json()
+    assert {(d["service"], d["reason"]) for d in first["degraded"]} == {
+        ("reports", "bad_gateway"),
+        ("findings", "deadline_exceeded"),
+    }
+    # Both count as failures, so with fail_max=1 both breakers are now open.
+    assert {(d["service"], d["reason"]) for d in second["degraded"]} == {
+        ("reports", "circuit_open"),
+        ("findings", "circuit_open"),
+    }
+    assert second["engagement"]["status"] == "active"
+
+
+def test_overview_of_an_unknown_engagement_is_404(make_stack: StackBuilder) -> None:
+    stack = make_stack()
+    with client(stack.url, "dana") as gateway:
+        response = gateway.get("/v1/engagements/no-such-thing/overview")
+    assert_problem(response, 404, "not_found")
+
+
+def test_overview_with_every_service_down_is_an_error(make_stack: StackBuilder) -> None:
+    stack = make_stack()
+    for name in ("engagements", "findings", "reports"):
+        stack.faults(name, error_rate=1.0, error_status=500)
+    with client(stack.url) as gateway:
+        response = gateway.get(OVERVIEW)
+    assert_problem(response, 502, "bad_gateway")
+
+
+def test_overview_needs_a_staffed_caller(make_stack: StackBuilder) -> None:
+    stack = make_stack()
+    with client(stack.url, "alice") as gateway:
+        response = gateway.get("/v1/engagements/initech-redteam/overview")
+    assert_problem(response, 403, "forbidden")
+
+
+def test_close_runs_every_step_and_logs_it(
+    make_stack: StackBuilder, captured_logs: list[dict[str, Any]]
+) -> None:
+    stack = make_stack()
+    with client(stack.url) as gateway:
+        response = gateway.post(CLOSE, json=REASON, headers={"idempotency-key": "close-acme-0001"})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["status"] == "closed"
+    assert [s["name"] for s in body["steps"]] == ["freeze_findings", "render_report", "close"]
+    assert httpx.get(stack.stubs["findings"].url + "/_frozen").json() == ["acme-2026"]
+    steps = [
+        (line["step"], line["status"]) for line in captured_logs if line["event"] == "saga_step"
+    ]
+    assert steps == [
+        ("freeze_findings", "started"),
+        ("freeze_findings", "done"),
+        ("render_report", "started"),
+        ("render_report", "done"),
+        ("close", "started"),
+        ("close", "done"),
+    ]
+    corr_ids = {line["corr_id"] for line in captured_logs if line["event"] == "saga_step"}
+    assert corr_ids == {response.headers["x-request-id"]}
+
+
+def test_close_compensates_in_reverse_order_when_a_step_fails(
+    make_stack: StackBuilder, captured_logs: list[dict[str, Any]]
+) -> None:
+    stack = make_stack()
+    stack.faults(
+        "engagements", error_rate=1.0, error_status=500, path_prefix="/engagements/acme-2026/close"
+    )
+    with client(stack.url) as gateway:
+        response = gateway.post(CLOSE, json=REASON, headers={"idempotency-key": "close-acme-0002"})
+    body = assert_problem(response, 502, "bad_gateway")
+    assert body["service"] == "engagements"
+    assert "undone" in str(body["detail"])
+    compensated = [
+        line["step"]
+        for line in captured_logs
+        if line["event"] == "saga_step" and line["status"] == "compensated"
+    ]
+    assert compensated == ["render_report", "freeze_findings"]
+    assert httpx.get(stack.stubs["findings"].url + "/_frozen").json() == []
+    report_calls = [(s["method"], s["path"]) for s in stack.seen("reports")]
+    assert report_calls[-1][0] == "DELETE"
+    assert report_calls[-2] == ("POST", "/engagements/acme-2026/reports")
+    with client(stack.url) as gateway:
+        reports = gateway.get(OVERVIEW).json()["reports"]
+    assert all(r["kind"] != "final" for r in reports), "the final report was withdrawn"
+
+
+def test_close_is_replayed_not_reapplied_for_the_same_key(make_stack: StackBuilder) -> None:
+    stack = make_stack()
+    headers = {"idempotency-key": "close-acme-0003"}
+    with client(stack.url) as gateway:
+        first = gateway.post(CLOSE, json=REASON, headers=headers)
+        calls = {name: stack.requests_seen(name) for name in stack.stubs}
+        again = gateway.post(CLOSE, json=REASON, headers=headers)
+        replay_calls = {name: stack.requests_seen(name) for name in stack.stubs}
+        reused = gateway.post(CLOSE, json={"reason": "something else"}, headers=headers)
+        fresh = gateway.post(CLOSE, json=REASON, headers={"idempotency-key": "close-acme-0004"})
+    assert first.status_code == again.status_code == 200
+    assert again.json() == first.json()
+    assert (first.headers["idempotent-replayed"], again.headers["idempotent-replayed"]) == (
+        "false",
+        "true",
+    )
+    assert replay_calls == calls, "the replay called no service"
+    assert_problem(reused, 422, "idempotency_key_reused")
+    assert_problem(fresh, 409, "conflict")  # a new key on a closed engagement
+
+
+def test_close_requires_a_well_formed_idempotency_key(make_stack: StackBuilder) -> None:
+    stack = make_stack()
+    with client(stack.url) as gateway:
+        missing = gateway.post(CLOSE, json=REASON)
+        malformed = gateway.post(CLOSE, json=REASON, headers={"idempotency-key": "x y"})
+        invalid_body = gateway.post(
+            CLOSE, json={"reason": ""}, headers={"idempotency-key": "k" * 9}
+        )
+    assert_problem(missing, 400, "bad_request")
+    assert_problem(malformed, 400, "bad_request")
+    assert_problem(invalid_body, 422, "validation_error")
+    assert stack.seen("engagements") == []
+
+
+def test_only_the_engagement_lead_may_close(make_stack: StackBuilder) -> None:
+    stack = make_stack()
+    with client(stack.url, "alice") as gateway:
+        response = gateway.post(CLOSE, json=REASON, headers={"idempotency-key": "close-acme-0005"})
+    assert_problem(response, 403, "forbidden")

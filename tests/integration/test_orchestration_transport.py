@@ -1,0 +1,161 @@
+"""The aiohttp-backed transport against real stub servers: errors map onto httpx's tree."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from app.core.config import ServiceSettings
+from app.core.errors import DownstreamTimeout
+from app.orchestration.client import DownstreamClient
+from app.orchestration.transport import BUFFERED, AiohttpTransport
+from app.stubs.data import report_chunks
+from app.stubs.faults import FaultConfig
+from app.stubs.server import create_stub_app
+from tests.conftest import LiveServer, free_port
+
+pytestmark = pytest.mark.integration
+
+TIMEOUTS = httpx.Timeout(connect=1.0, read=0.3, write=1.0, pool=0.2).as_dict()
+
+
+def request(url: str, timeouts: dict[str, Any] = TIMEOUTS) -> httpx.Request:
+    return httpx.Request("GET", url, extensions={"timeout": timeouts})
+
+
+async def send(transport: AiohttpTransport, req: httpx.Request) -> httpx.Response:
+    try:
+        response = await transport.handle_async_request(req)
+        try:
+            await response.aread()
+        finally:
+            await response.aclose()
+        return response
+    finally:
+        await transport.aclose()
+
+
+def stub(live_server: Callable[[FastAPI], LiveServer], name: str, **faults: Any) -> LiveServer:
+    return live_server(create_stub_app(name, faults=FaultConfig(**faults)))
+
+
+def test_refused_connection_is_connect_error() -> None:
+    url = f"http://127.0.0.1:{free_port()}/engagements/acme-2026"
+    with pytest.raises(httpx.ConnectError):
+        asyncio.run(send(AiohttpTransport(), request(url)))
+
+
+def test_no_answer_in_time_is_read_timeout(live_server: Callable[[FastAPI], LiveServer]) -> None:
+    server = stub(live_server, "engagements", hang=True, hang_max_seconds=2)
+    with pytest.raises(httpx.ReadTimeout):
+        asyncio.run(send(AiohttpTransport(), request(server.url + "/engagements/acme-2026")))
+
+
+def test_no_free_pooled_connection_is_pool_timeout(
+    live_server: Callable[[FastAPI], LiveServer],
+) -> None:
+    server = stub(live_server, "engagements", latency_ms=1000)
+    patient = {**TIMEOUTS, "read": 5.0}
+
+    async def scenario() -> None:
+        transport = AiohttpTransport(max_connections=1)
+        url = server.url + "/engagements/acme-2026"
+        try:
+            slow = asyncio.create_task(transport.handle_async_request(request(url, patient)))
+            await asyncio.sleep(0.05)
+            with pytest.raises(httpx.PoolTimeout):
+                await transport.handle_async_request(request(url))
+            response = await slow
+            await response.aread()
+            await response.aclose()
+        finally:
+            await transport.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_dropped_connection_is_a_transport_error(
+    live_server: Callable[[FastAPI], LiveServer],
+) -> None:
+    server = stub(live_server, "engagements", reset=True)
+    with pytest.raises(httpx.TransportError):
+        asyncio.run(send(AiohttpTransport(), request(server.url + "/engagements/acme-2026")))
+
+
+def test_response_body_streams_in_chunks(live_server: Callable[[FastAPI], LiveServer]) -> None:
+    server = stub(live_server, "reports")
+    size = 3 * 1024 * 1024
+    url = f"{server.url}/engagements/acme-2026/reports/R-0001/content?size={size}"
+
+    async def scenario() -> tuple[int, str]:
+        transport = AiohttpTransport()
+        chunks, digest = 0, hashlib.sha256()
+        try:
+            response = await transport.handle_async_request(request(url))
+            async for chunk in response.aiter_raw():
+                chunks += 1
+                digest.update(chunk)
+            await response.aclose()
+        finally:
+            await transport.aclose()
+        return chunks, digest.hexdigest()
+
+    chunks, digest = asyncio.run(scenario())
+    assert chunks > 1
+    assert digest == hashlib.sha256(b"".join(report_chunks("R-0001", size))).hexdigest()
+
+
+def test_request_body_streams_from_an_async_iterator(
+    live_server: Callable[[FastAPI], LiveServer],
+) -> None:
+    server = stub(live_server, "findings")
+    parts = [bytes([n]) * 65536 for n in range(16)]
+
+    async def body() -> AsyncIterator[bytes]:
+        for part in parts:
+            yield part
+
+    async def scenario() -> dict[str, Any]:
+        transport = AiohttpTransport()
+        req = httpx.Request(
+            "POST",
+            server.url + "/engagements/acme-2026/evidence",
+            content=body(),
+            extensions={"timeout": TIMEOUTS, BUFFERED: True},
+        )
+        try:
+            response = await transport.handle_async_request(req)
+        finally:
+            await transport.aclose()
+        return dict(response.json())
+
+    answer = asyncio.run(scenario())
+    assert answer["bytes"] == 16 * 65536
+    assert answer["sha256"] == hashlib.sha256(b"".join(parts)).hexdigest()
+
+
+def test_a_stall_after_the_first_byte_is_a_timeout_that_is_not_retried(
+    live_server: Callable[[FastAPI], LiveServer],
+) -> None:
+    server = stub(live_server, "findings", slow_body_ms=600, slow_chunk_bytes=64)
+    settings = ServiceSettings.model_validate(
+        {"url": server.url, "read_timeout": 0.3, "retry": {"backoff_initial_seconds": 0.01}}
+    )
+
+    async def scenario() -> None:
+        client = DownstreamClient("findings", settings)
+        try:
+            with pytest.raises(DownstreamTimeout):
+                await client.call("GET", "/engagements/acme-2026/findings")
+        finally:
+            await client.aclose()
+
+    asyncio.run(scenario())
+    faults = server.server.config.app.state.faults  # type: ignore[attr-defined]
+    assert faults.requests == 1

@@ -1,0 +1,222 @@
+"""Declarative pass-through routes: streaming both ways, authorized like typed routes."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from app.stubs.data import report_chunks
+from tests.conftest import LiveServer, signer
+from tests.integration.orchestration_stack import OrchestrationStack, StackBuilder
+from tests.integration.test_gateway_e2e import assert_problem
+
+pytestmark = pytest.mark.integration
+
+MIB = 1024 * 1024
+CHUNK = 64 * 1024
+EVIDENCE = "/v1/engagements/acme-2026/evidence"
+CONTENT = "/v1/engagements/acme-2026/reports/R-0001/content"
+ROUTES = [
+    {
+        "path": "/v1/engagements/{engagement_id}/reports/{report_id}/content",
+        "service": "reports",
+        "upstream_path": "/engagements/{engagement_id}/reports/{report_id}/content",
+        "max_response_bytes": 16 * MIB,
+    },
+    {
+        "path": "/v1/engagements/{engagement_id}/evidence",
+        "service": "findings",
+        "upstream_path": "/engagements/{engagement_id}/evidence",
+        "methods": ["POST"],
+        "max_request_bytes": 12 * MIB,
+    },
+]
+
+
+@pytest.fixture
+def stack(
+    live_server: Callable[[FastAPI], LiveServer], test_key_env: str, monkeypatch: pytest.MonkeyPatch
+) -> OrchestrationStack:
+    build = StackBuilder(live_server, monkeypatch)
+    return build(orchestration={"passthrough": ROUTES}, edge={"max_body_bytes": 32 * MIB})
+
+
+def payload(size: int, seed: int = 1) -> list[bytes]:
+    block = hashlib.sha256(str(seed).encode()).digest() * (CHUNK // 32)
+    return [block] * (size // CHUNK)
+
+
+def signed_headers(url: str, body: bytes, subject: str = "alice") -> dict[str, str]:
+    request = httpx.Request("POST", url, content=body)
+    signed = next(signer(subject).auth_flow(request))
+    return {k: v for k, v in signed.headers.items() if k.lower() != "content-length"}
+
+
+def wait_for(condition: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + 20
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"gave up waiting: {what}")
+        time.sleep(0.01)
+
+
+def test_ten_megabytes_stream_through_without_being_buffered(stack: OrchestrationStack) -> None:
+    chunks = payload(10 * MIB)
+    whole = b"".join(chunks)
+    url = stack.url + EVIDENCE
+    uploads: list[dict[str, Any]] = stack.stub("findings").state.uploads
+
+    def gated() -> Iterator[bytes]:
+        """Hold back the last chunk until the service has received bytes of this body.
+
+        A gateway that buffered the whole body would forward nothing before the
+        last chunk, so this wait would never end and the test would fail.
+        """
+        for index, chunk in enumerate(chunks):
+            if index == len(chunks) - 1:
+                wait_for(lambda: bool(uploads) and uploads[-1]["received"] > 0, "first bytes")
+                received_before_last = uploads[-1]["received"]
+                assert received_before_last > 0
+            yield chunk
+
+    response = httpx.post(url, content=gated(), headers=signed_headers(url, whole), timeout=60)
+    assert response.status_code == 201, response.text
+    body = response.json()
+    assert body["bytes"] == len(whole)
+    assert body["sha256"] == hashlib.sha256(whole).hexdigest()
+    assert body["signature"] == "valid", "the stub verified the gateway's signature and digest"
+    assert uploads[-1]["done"] is True
+
+
+def test_a_streamed_body_with_a_wrong_digest_is_cut_before_it_completes(
+    stack: OrchestrationStack,
+) -> None:
+    signed_for = b"".join(payload(2 * MIB, seed=1))
+    sent = payload(2 * MIB, seed=2)
+    url = stack.url + EVIDENCE
+    response = httpx.post(
+        url, content=iter(sent), headers=signed_headers(url, signed_for), timeout=30
+    )
+    assert_problem(response, 401, "unauthenticated")
+    uploads = stack.stub("findings").state.uploads
+    assert not any(u["done"] for u in uploads), "the service never got a complete request"
+
+
+def test_a_declared_body_over_the_route_limit_is_413(stack: OrchestrationStack) -> None:
+    body = b"x" * (13 * MIB)
+    url = stack.url + EVIDENCE
+    headers = signed_headers(url, body)
+    response = httpx.post(url, content=body, headers=headers, timeout=30)
+    assert_problem(response, 413, "payload_too_large")
+    assert stack.stub("findings").state.uploads == []
+
+
+def test_a_chunked_body_over_the_route_limit_is_cut_with_413(stack: OrchestrationStack) -> None:
+    chunks = payload(13 * MIB)
+    url = stack.url + EVIDENCE
+    headers = signed_headers(url, b"".join(chunks))
+    response = httpx.post(url, content=iter(chunks), headers=headers, timeout=30)
+    assert_problem(response, 413, "payload_too_large")
+    assert not any(u["done"] for u in stack.stub("findings").state.uploads)
+
+
+def test_a_body_without_content_digest_is_401(stack: OrchestrationStack) -> None:
+    url = stack.url + EVIDENCE
+    headers = signed_headers(url, b"")  # signed without a body, then one is sent
+    response = httpx.post(url, content=iter([b"unsigned bytes"]), headers=headers, timeout=30)
+    assert_problem(response, 401, "unauthenticated")
+
+
+def test_the_response_streams_back_byte_for_byte(stack: OrchestrationStack) -> None:
+    size = 10 * MIB
+    expected = hashlib.sha256(b"".join(report_chunks("R-0001", size))).hexdigest()
+    digest, received, chunks = hashlib.sha256(), 0, 0
+    with (
+        httpx.Client(base_url=stack.url, auth=signer("carol"), timeout=60) as gateway,
+        gateway.stream("GET", CONTENT, params={"size": str(size)}) as response,
+    ):
+        assert response.status_code == 200
+        assert response.headers["content-type"] == "application/pdf"
+        assert response.headers["content-length"] == str(size)
+        for chunk in response.iter_raw():
+            digest.update(chunk)
+            received += len(chunk)
+            chunks += 1
+    assert received == size
+    assert digest.hexdigest() == expected
+    assert chunks > 1
+
+
+def test_a_response_over_the_route_limit_is_502(stack: OrchestrationStack) -> None:
+    with httpx.Client(base_url=stack.url, auth=signer("carol"), timeout=30) as gateway:
+        response = gateway.get(CONTENT, params={"size": str(17 * MIB)})
+    assert_problem(response, 502, "bad_gateway")
+
+
+def test_pass_through_is_authorized_like_typed_routes(stack: OrchestrationStack) -> None:
+    with httpx.Client(base_url=stack.url, auth=signer("carol"), timeout=30) as gateway:
+        denied = gateway.post(EVIDENCE, content=b"evidence")
+        foreign = gateway.get("/v1/engagements/globex-cloud/reports/R-0001/content")
+    assert_problem(denied, 403, "forbidden")
+    assert_problem(foreign, 403, "forbidden")
+    assert_problem(httpx.get(stack.url + CONTENT), 401, "unauthenticated")
+    assert stack.stub("findings").state.uploads == []
+    assert [s for s in stack.seen("reports") if "content" in s["path"]] == []
+
+
+def test_pass_through_forwards_identity_and_trace_not_the_callers_signature(
+    stack: OrchestrationStack,
+) -> None:
+    with httpx.Client(base_url=stack.url, auth=signer("dana"), timeout=30) as gateway:
+        response = gateway.get(
+            "/v1/engagements/initech-redteam/reports/R-0001/content",
+            params={"size": "100"},
+            headers={"x-request-id": "corr-passthrough-0001", "connection": "keep-alive, x-hop"},
+        )
+    assert response.status_code == 200
+    assert len(response.content) == 100
+    seen = [s for s in stack.seen("reports") if "content" in s["path"]][-1]
+    assert seen["signature"] == "valid"
+    assert seen["subject"] == "dana"
+    assert seen["headers"]["x-request-id"] == "corr-passthrough-0001"
+    assert seen["headers"]["signature-input"].startswith("gateway=")
+    assert "traceparent" in seen["headers"]
+    assert "x-hop" not in seen["headers"]
+
+
+def test_a_failing_service_behind_a_pass_through_is_502_without_its_body(
+    stack: OrchestrationStack,
+) -> None:
+    stack.faults("reports", error_rate=1.0, error_status=500)
+    with httpx.Client(base_url=stack.url, auth=signer("carol"), timeout=30) as gateway:
+        response = gateway.get(CONTENT)
+    body = assert_problem(response, 502, "bad_gateway")
+    assert body["service"] == "reports"
+    assert "stack trace" not in response.text
+
+
+def test_pass_through_refuses_a_replayed_request(stack: OrchestrationStack) -> None:
+    """The streaming guard claims the nonce like ``Authenticated`` does."""
+    request = httpx.Request("GET", stack.url + CONTENT)
+    signed = next(signer("alice").auth_flow(request))
+    with httpx.Client(timeout=30) as client:
+        first = client.send(signed)
+        replay = client.send(signed)
+    assert first.status_code == 200
+    assert_problem(replay, 401, "unauthenticated")
+
+
+def test_pass_through_counts_groups_like_typed_routes(stack: OrchestrationStack) -> None:
+    """A group grant (``group:acme-client`` views acme-2026) counts on pass-through routes."""
+    with httpx.Client(auth=signer("outsider", groups=("acme-client",)), timeout=30) as client:
+        granted = client.get(stack.url + CONTENT)
+    with httpx.Client(auth=signer("outsider"), timeout=30) as client:
+        refused = client.get(stack.url + CONTENT)
+    assert granted.status_code == 200
+    assert_problem(refused, 403, "forbidden")

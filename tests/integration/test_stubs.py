@@ -1,0 +1,119 @@
+"""Stub services as users meet them: real servers, real faults, signature checks."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from app.authn.identity import Identity
+from app.authn.keys import KeyRing, SigningKey
+from app.orchestration.propagation import CallContext, propagation_headers, sign_outbound
+from app.stubs.faults import FaultConfig
+from app.stubs.server import create_stub_app
+from tests.conftest import LiveServer
+
+pytestmark = pytest.mark.integration
+
+KEY = SigningKey("gateway-engagements", b"gateway-outbound-test-secret-0123456789abcdef")
+ENGAGEMENT = "/engagements/acme-2026"
+
+
+def signed(url: str, subject: str = "alice") -> httpx.Request:
+    context = CallContext(Identity(subject, (), "proxy"), "acme-2026")
+    request = httpx.Request("GET", url, headers=propagation_headers(context))
+    sign_outbound(request, KEY)
+    return request
+
+
+def test_faults_are_set_shown_and_cleared_over_http(
+    live_server: Callable[[FastAPI], LiveServer],
+) -> None:
+    server = live_server(create_stub_app("engagements"))
+    with httpx.Client(base_url=server.url) as client:
+        assert client.post("/_faults", json={"fail_next": 2, "retry_after": 3}).status_code == 200
+        assert client.get("/_faults").json()["fail_next"] == 2
+        failed = [client.get(ENGAGEMENT) for _ in range(2)]
+        assert client.get(ENGAGEMENT).status_code == 200
+        assert client.post("/_faults", json={"error_rate": 2}).status_code == 422
+        assert client.delete("/_faults").json()["fail_next"] == 0
+        stats = client.get("/_stats").json()
+    assert [r.status_code for r in failed] == [503, 503]
+    assert failed[0].headers["retry-after"] == "3"
+    assert stats == {"requests": 3, "faulted": 2}
+
+
+def test_same_seed_same_failures(live_server: Callable[[FastAPI], LiveServer]) -> None:
+    faults = FaultConfig(error_rate=0.5, seed=42)
+    runs = []
+    for _ in range(2):
+        server = live_server(create_stub_app("engagements", faults=faults))
+        with httpx.Client(base_url=server.url) as client:
+            runs.append([client.get(ENGAGEMENT).status_code for _ in range(12)])
+    assert runs[0] == runs[1]
+    assert {200, 500} == set(runs[0])
+
+
+def test_reset_drops_the_connection(live_server: Callable[[FastAPI], LiveServer]) -> None:
+    server = live_server(create_stub_app("engagements", faults=FaultConfig(reset=True)))
+    with pytest.raises(httpx.TransportError):
+        httpx.get(server.url + ENGAGEMENT)
+    assert httpx.get(server.url + "/_health").status_code == 200, "control paths never fault"
+
+
+def test_slow_body_still_delivers_the_whole_body(
+    live_server: Callable[[FastAPI], LiveServer],
+) -> None:
+    faults = FaultConfig(slow_body_ms=1, slow_chunk_bytes=16)
+    server = live_server(create_stub_app("engagements", faults=faults))
+    with httpx.stream("GET", server.url + ENGAGEMENT) as response:
+        chunks = list(response.iter_raw())
+    assert len(chunks) > 1
+    assert httpx.Response(200, content=b"".join(chunks)).json()["id"] == "acme-2026"
+
+
+def test_hang_is_released_by_clearing_faults(
+    live_server: Callable[[FastAPI], LiveServer],
+) -> None:
+    server = live_server(create_stub_app("engagements", faults=FaultConfig(hang=True)))
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.get(server.url + ENGAGEMENT, timeout=0.3)
+    httpx.delete(server.url + "/_faults")
+    assert httpx.get(server.url + ENGAGEMENT, timeout=5).status_code == 200
+
+
+def test_the_stub_verifies_the_gateway_signature(
+    live_server: Callable[[FastAPI], LiveServer],
+) -> None:
+    app = create_stub_app("engagements", keyring=KeyRing([KEY]), require_signature=True)
+    server = live_server(app)
+    with httpx.Client() as client:
+        good = client.send(signed(server.url + ENGAGEMENT, "bob"))
+        tampered = signed(server.url + ENGAGEMENT, "bob")
+        tampered.headers["x-auth-subject"] = "dana"
+        bad = client.send(tampered)
+        unsigned = client.get(server.url + ENGAGEMENT)
+        seen = client.get(server.url + "/_seen").json()
+    assert good.status_code == 200
+    assert (bad.status_code, unsigned.status_code) == (401, 401)
+    assert [(s["signature"], s.get("subject")) for s in seen] == [
+        ("valid", "bob"),
+        ("signature_invalid", None),
+        ("absent", None),
+    ]
+
+
+def test_close_and_reopen_round_trip(live_server: Callable[[FastAPI], LiveServer]) -> None:
+    server = live_server(create_stub_app("engagements"))
+    with httpx.Client(base_url=server.url) as client:
+        key = {"idempotency-key": "step-0001"}
+        closed = client.post(f"{ENGAGEMENT}/close", headers=key)
+        replayed = client.post(f"{ENGAGEMENT}/close", headers=key)
+        conflict = client.post(f"{ENGAGEMENT}/close")
+        reopened = client.post(f"{ENGAGEMENT}/reopen")
+    assert closed.json()["status"] == "closed"
+    assert replayed.json() == closed.json()
+    assert conflict.status_code == 409
+    assert reopened.json()["status"] == "active"

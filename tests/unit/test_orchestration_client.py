@@ -1,0 +1,86 @@
+"""DownstreamClient over httpx.MockTransport: retries, signing and start-up checks."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import httpx
+import pytest
+
+from app.authn.identity import Identity
+from app.authn.keys import KeyRing, SigningKey
+from app.authn.signer import message_from_httpx
+from app.authn.verifier import SignatureVerifier
+from app.core.config import ServiceSettings
+from app.core.errors import ConfigError, DownstreamError
+from app.main import create_app
+from app.orchestration.client import DownstreamClient, load_outbound_keys
+from app.orchestration.propagation import CallContext, bind_call_context
+from tests.conftest import make_settings
+
+KEY = SigningKey("gateway-findings", b"gateway-outbound-test-secret-0123456789abcdef")
+SETTINGS = ServiceSettings.model_validate(
+    {"url": "http://findings.internal", "retry": {"backoff_initial_seconds": 0.001}}
+)
+
+
+def scripted(*statuses: int) -> tuple[httpx.MockTransport, list[httpx.Request]]:
+    seen: list[httpx.Request] = []
+    answers = list(statuses)
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(answers.pop(0) if answers else 200, json={"ok": True})
+
+    return httpx.MockTransport(handler), seen
+
+
+def call(transport: httpx.MockTransport, **kwargs: Any) -> httpx.Response:
+    async def scenario() -> httpx.Response:
+        bind_call_context(CallContext(Identity("bob", (), "proxy"), "acme-2026"))
+        client = DownstreamClient("findings", SETTINGS, transport, KEY)
+        try:
+            return await client.call(**kwargs)
+        finally:
+            await client.aclose()
+
+    return asyncio.run(scenario())
+
+
+def test_keyed_post_is_retried_and_every_attempt_is_signed_afresh() -> None:
+    transport, seen = scripted(503, 200)
+    response = call(
+        transport, method="POST", path="/x", json={"a": 1}, idempotency_key="close-0001:freeze"
+    )
+    assert response.status_code == 200
+    assert len(seen) == 2
+    assert seen[0].headers["signature"] != seen[1].headers["signature"], "new nonce per attempt"
+    verifier = SignatureVerifier(KeyRing([KEY]))
+    for request in seen:
+        assert request.headers["idempotency-key"] == "close-0001:freeze"
+        identity = verifier.verify(message_from_httpx(request), request.content)
+        assert (identity.subject, identity.key_id) == ("bob", KEY.id)
+
+
+def test_unkeyed_post_is_sent_once() -> None:
+    transport, seen = scripted(503, 200)
+    with pytest.raises(DownstreamError):
+        call(transport, method="POST", path="/x", json={"a": 1})
+    assert len(seen) == 1
+
+
+def test_a_missing_outbound_secret_stops_start_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("NO_SUCH_GATEWAY_KEY", raising=False)
+    service = ServiceSettings.model_validate(
+        {"url": "http://x", "signing_key": {"id": "g", "secret_env": "NO_SUCH_GATEWAY_KEY"}}
+    )
+    with pytest.raises(ConfigError, match=r"services\.findings\.signing_key"):
+        load_outbound_keys({"findings": service})
+
+
+def test_a_pass_through_to_an_unknown_service_stops_start_up(test_key_env: str) -> None:
+    route = {"path": "/v1/things/{id}", "service": "ghost", "upstream_path": "/t/{id}"}
+    settings = make_settings({"findings": "http://x"}, orchestration={"passthrough": [route]})
+    with pytest.raises(ConfigError, match=r"orchestration\.passthrough\[0\].*ghost"):
+        create_app(settings)

@@ -1,0 +1,233 @@
+"""Retry and breaker policy, without a network."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from app.core.config import BreakerSettings, RetrySettings
+from app.core.errors import CircuitOpen, DownstreamError, NotFound
+from app.orchestration.resilience import (
+    PoolExhausted,
+    RetryableError,
+    RetryableTimeout,
+    RetryPolicy,
+    ServiceBreaker,
+    may_retry,
+    parse_retry_after,
+)
+
+FAST = RetrySettings(attempts=3, backoff_initial_seconds=0.001, backoff_max_seconds=0.002)
+
+
+def test_parse_retry_after_reads_seconds_and_dates() -> None:
+    now = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+    assert parse_retry_after("7") == 7.0
+    assert parse_retry_after("Thu, 01 Jan 2026 12:00:30 GMT", now) == 30.0
+    assert parse_retry_after("Thu, 01 Jan 2026 11:00:00 GMT", now) == 0.0
+    assert parse_retry_after("soon") is None
+    assert parse_retry_after(None) is None
+
+
+@pytest.mark.parametrize(
+    ("method", "keyed", "replayable", "expected"),
+    [
+        ("GET", False, True, True),
+        ("PUT", False, True, True),
+        ("DELETE", False, True, True),
+        ("POST", False, True, False),
+        ("POST", True, True, True),
+        ("PATCH", True, True, False),
+        ("GET", False, False, False),
+    ],
+)
+def test_only_repeatable_requests_may_be_retried(
+    method: str, keyed: bool, replayable: bool, expected: bool
+) -> None:
+    assert may_retry(method, keyed, replayable) is expected
+
+
+class Flaky:
+    """Fails with the given errors in turn, then answers ``"ok"``."""
+
+    def __init__(self, *errors: BaseException) -> None:
+        self.errors = list(errors)
+        self.attempts: list[int] = []
+
+    async def __call__(self, number: int) -> str:
+        self.attempts.append(number)
+        if self.errors:
+            raise self.errors.pop(0)
+        return "ok"
+
+
+def run(policy: RetryPolicy, attempt: Flaky, enabled: bool = True) -> Any:
+    return asyncio.run(policy.run(attempt, enabled))
+
+
+def test_retryable_failures_are_retried_until_success() -> None:
+    attempt = Flaky(RetryableError("s", "x"), RetryableTimeout("s"))
+    assert run(RetryPolicy("s", FAST), attempt) == "ok"
+    assert attempt.attempts == [1, 2, 3]
+
+
+def test_attempts_are_bounded_and_the_last_error_is_raised() -> None:
+    attempt = Flaky(*(RetryableError("s", f"failure {n}") for n in range(5)))
+    with pytest.raises(RetryableError, match="failure 2"):
+        run(RetryPolicy("s", FAST), attempt)
+    assert attempt.attempts == [1, 2, 3]
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        DownstreamError("s", "500"),
+        PoolExhausted("s"),
+        CircuitOpen("s"),
+        NotFound("gone"),
+    ],
+)
+def test_non_retryable_errors_are_raised_at_once(error: Exception) -> None:
+    attempt = Flaky(error)
+    with pytest.raises(type(error)):
+        run(RetryPolicy("s", FAST), attempt)
+    assert attempt.attempts == [1]
+
+
+def test_disabled_retries_make_one_attempt() -> None:
+    attempt = Flaky(RetryableError("s", "x"))
+    with pytest.raises(RetryableError):
+        run(RetryPolicy("s", FAST), attempt, enabled=False)
+    assert attempt.attempts == [1]
+
+
+def test_a_retry_after_beyond_the_cap_stops_retrying() -> None:
+    settings = RetrySettings(attempts=3, max_retry_after_seconds=1)
+    attempt = Flaky(RetryableError("s", "x", retry_after=30))
+    with pytest.raises(RetryableError):
+        run(RetryPolicy("s", settings), attempt)
+    assert attempt.attempts == [1]
+
+
+def test_the_deadline_stops_retrying_before_a_wait_that_would_cross_it() -> None:
+    settings = RetrySettings(attempts=5, deadline_seconds=0.05, max_retry_after_seconds=10)
+    attempt = Flaky(RetryableError("s", "x", retry_after=1))
+    with pytest.raises(RetryableError):
+        run(RetryPolicy("s", settings), attempt)
+    assert attempt.attempts == [1]
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = datetime(2026, 1, 1, tzinfo=UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+async def fail(breaker: ServiceBreaker, error: Exception) -> None:
+    with pytest.raises(type(error)):
+        async with breaker.guard():
+            raise error
+
+
+async def succeed(breaker: ServiceBreaker) -> None:
+    async with breaker.guard():
+        pass
+
+
+def test_breaker_opens_after_fail_max_and_fails_fast_with_retry_after() -> None:
+    async def scenario() -> None:
+        breaker = ServiceBreaker("s", BreakerSettings(fail_max=2, reset_timeout_seconds=30))
+        await fail(breaker, DownstreamError("s"))
+        assert breaker.state == "closed"
+        await fail(breaker, DownstreamError("s"))
+        assert breaker.state == "open"
+        with pytest.raises(CircuitOpen) as raised:
+            await succeed(breaker)
+        assert 29 <= int(raised.value.headers["retry-after"]) <= 30
+        assert raised.value.service == "s"
+
+    asyncio.run(scenario())
+
+
+def test_client_errors_and_pool_timeouts_are_not_breaker_failures() -> None:
+    async def scenario() -> None:
+        breaker = ServiceBreaker("s", BreakerSettings(fail_max=1))
+        await fail(breaker, NotFound("no such thing"))
+        await fail(breaker, PoolExhausted("s"))
+        assert breaker.state == "closed"
+        assert breaker.snapshot().failures == 0
+
+    asyncio.run(scenario())
+
+
+def test_half_open_admits_a_bounded_number_of_trial_calls() -> None:
+    async def scenario() -> None:
+        settings = BreakerSettings(fail_max=1, reset_timeout_seconds=0.01, half_open_max_calls=1)
+        breaker = ServiceBreaker("s", settings)
+        await fail(breaker, DownstreamError("s"))
+        await asyncio.sleep(0.02)
+        release = asyncio.Event()
+        entered = asyncio.Event()
+
+        async def trial() -> None:
+            async with breaker.guard():
+                entered.set()
+                await release.wait()
+
+        task = asyncio.create_task(trial())
+        await entered.wait()
+        assert breaker.state == "half-open"
+        assert breaker.snapshot().trials_in_flight == 1
+        with pytest.raises(CircuitOpen):
+            await succeed(breaker)  # a second concurrent trial is refused
+        release.set()
+        await task
+        assert breaker.state == "closed"
+
+    asyncio.run(scenario())
+
+
+def test_a_failed_trial_reopens_the_breaker() -> None:
+    async def scenario() -> None:
+        breaker = ServiceBreaker("s", BreakerSettings(fail_max=1, reset_timeout_seconds=0.01))
+        await fail(breaker, DownstreamError("s"))
+        await asyncio.sleep(0.02)
+        await fail(breaker, DownstreamError("s"))
+        assert breaker.state == "open"
+
+    asyncio.run(scenario())
+
+
+def test_a_call_cancelled_by_a_deadline_counts_as_a_failure() -> None:
+    async def scenario() -> None:
+        breaker = ServiceBreaker("s", BreakerSettings(fail_max=1))
+
+        async def slow() -> None:
+            async with breaker.guard():
+                await asyncio.sleep(10)
+
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(slow(), 0.01)
+        assert breaker.state == "open"
+
+    asyncio.run(scenario())
+
+
+def test_snapshot_reports_time_to_the_next_trial() -> None:
+    async def scenario() -> None:
+        clock = Clock()
+        breaker = ServiceBreaker("s", BreakerSettings(fail_max=1, reset_timeout_seconds=60), clock)
+        assert breaker.snapshot().retry_after_seconds is None
+        await fail(breaker, DownstreamError("s"))
+        clock.now = datetime.now(UTC) + timedelta(seconds=45)
+        snapshot = breaker.snapshot()
+        assert snapshot.state == "open"
+        assert 14 <= (snapshot.retry_after_seconds or 0) <= 15
+        assert snapshot.opened_at is not None
+
+    asyncio.run(scenario())

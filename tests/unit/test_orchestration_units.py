@@ -1,0 +1,259 @@
+"""Propagation, idempotency, sagas, streaming digests and configuration, without a network."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+from structlog.testing import capture_logs
+
+from app.authn.base import Message
+from app.authn.digest import content_digest
+from app.authn.identity import Identity
+from app.authn.keys import KeyRing, SigningKey
+from app.authn.signer import message_from_httpx
+from app.authn.verifier import SignatureVerifier
+from app.core.config import PassthroughRoute, Settings
+from app.core.errors import (
+    AuthenticationFailed,
+    BadRequest,
+    Conflict,
+    DownstreamError,
+    DownstreamTimeout,
+    IdempotencyKeyReused,
+    PayloadTooLarge,
+)
+from app.orchestration.idempotency import IdempotencyStore, require_key
+from app.orchestration.passthrough import StreamingDigest, checked_body, upstream_path
+from app.orchestration.propagation import (
+    CallContext,
+    child_traceparent,
+    forwardable_headers,
+    propagation_headers,
+    sign_outbound,
+)
+from app.orchestration.saga import Saga, Step
+
+KEY = SigningKey("gateway-findings", b"gateway-outbound-test-secret-0123456789abcdef")
+
+
+def test_child_traceparent_keeps_the_trace_and_flags_with_a_new_span() -> None:
+    incoming = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    child = child_traceparent(incoming).split("-")
+    assert child[1] == "4bf92f3577b34da6a3ce929d0e0e4736"
+    assert child[3] == "01"
+    assert child[2] != "00f067aa0ba902b7"
+    assert len(child[2]) == 16
+
+
+@pytest.mark.parametrize(
+    "incoming",
+    [None, "garbage", "00-" + "0" * 32 + "-00f067aa0ba902b7-01", "01-abc-def-01"],
+)
+def test_an_absent_or_invalid_traceparent_starts_a_new_trace(incoming: str | None) -> None:
+    version, trace_id, span_id, flags = child_traceparent(incoming).split("-")
+    assert len(span_id) == 16
+    assert (version, flags) == ("00", "01")
+    assert len(trace_id) == 32
+    assert trace_id != "0" * 32
+
+
+def test_forwardable_headers_strip_hop_by_hop_identity_and_signature() -> None:
+    kept = forwardable_headers(
+        [
+            ("Accept", "application/pdf"),
+            ("Connection", "keep-alive, X-Secret-Hop"),
+            ("X-Secret-Hop", "1"),
+            ("Transfer-Encoding", "chunked"),
+            ("X-Auth-Subject", "mallory"),
+            ("X-Auth-Groups", "admins"),
+            ("X-Gateway-Engagement", "other"),
+            ("Signature", "sig1=:abc:"),
+            ("Signature-Input", "sig1=()"),
+            ("Host", "gateway"),
+            ("If-None-Match", '"R-1"'),
+        ]
+    )
+    assert kept == [("accept", "application/pdf"), ("if-none-match", '"R-1"')]
+
+
+def test_propagation_headers_carry_the_bound_caller() -> None:
+    context = CallContext(Identity("alice", ("pentesters",), "proxy"), "acme-2026", None)
+    headers = propagation_headers(context)
+    assert headers["x-auth-subject"] == "alice"
+    assert headers["x-auth-groups"] == "pentesters"
+    assert headers["x-gateway-engagement"] == "acme-2026"
+    assert "traceparent" in headers
+    assert "x-auth-subject" not in propagation_headers(None)
+
+
+def test_outbound_signature_verifies_with_the_inbound_verifier() -> None:
+    body = b'{"kind":"final"}'
+    context = CallContext(Identity("bob", (), "proxy"), "acme-2026")
+    request = httpx.Request(
+        "POST",
+        "http://reports.internal/engagements/acme-2026/reports?draft=no",
+        content=body,
+        headers={**propagation_headers(context), "content-digest": content_digest(body)},
+    )
+    sign_outbound(request, KEY)
+    verifier = SignatureVerifier(KeyRing([KEY]))
+    identity = verifier.verify(message_from_httpx(request), body)
+    assert (identity.subject, identity.key_id) == ("bob", "gateway-findings")
+    assert "x-gateway-engagement" in request.headers["signature-input"]
+    with pytest.raises(AuthenticationFailed):
+        verifier.verify(message_from_httpx(request), b'{"kind":"interim"}')
+    forged = Message("POST", "/engagements/acme-2026/reports", "draft=no", "http", "x", {})
+    with pytest.raises(AuthenticationFailed):
+        verifier.verify(forged, body)
+
+
+def test_idempotency_store_replays_refuses_and_forgets_failures() -> None:
+    async def scenario() -> None:
+        store = IdempotencyStore(ttl_seconds=60)
+        calls: list[str] = []
+
+        async def operation() -> str:
+            calls.append("run")
+            return "first"
+
+        assert await store.run(("k",), "fp", operation) == ("first", False)
+        assert await store.run(("k",), "fp", operation) == ("first", True)
+        with pytest.raises(IdempotencyKeyReused):
+            await store.run(("k",), "other", operation)
+
+        async def broken() -> str:
+            raise DownstreamError("s")
+
+        with pytest.raises(DownstreamError):
+            await store.run(("j",), "fp", broken)
+        assert await store.run(("j",), "fp", operation) == ("first", False)
+        assert calls == ["run", "run"]
+
+    asyncio.run(scenario())
+
+
+def test_idempotency_store_refuses_a_concurrent_duplicate_and_expires_keys() -> None:
+    async def scenario() -> None:
+        now = [0.0]
+        store = IdempotencyStore(ttl_seconds=10, clock=lambda: now[0])
+        gate = asyncio.Event()
+
+        async def slow() -> str:
+            await gate.wait()
+            return "done"
+
+        first = asyncio.create_task(store.run(("k",), "fp", slow))
+        await asyncio.sleep(0)
+        with pytest.raises(Conflict):
+            await store.run(("k",), "fp", slow)
+        gate.set()
+        assert await first == ("done", False)
+        now[0] = 11.0
+        assert await store.run(("k",), "fp", slow) == ("done", False)
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("value", [None, "short", "has space!", "x" * 200])
+def test_idempotency_keys_must_be_present_and_well_formed(value: str | None) -> None:
+    with pytest.raises(BadRequest):
+        require_key(value)
+
+
+def test_saga_compensates_done_steps_in_reverse_and_names_the_failed_step() -> None:
+    trail: list[str] = []
+
+    def step(name: str, fails: bool = False) -> Step:
+        async def action() -> str:
+            trail.append(f"do {name}")
+            if fails:
+                raise DownstreamTimeout("svc-" + name)
+            return name
+
+        async def undo(result: Any) -> None:
+            trail.append(f"undo {result}")
+
+        return Step(name, "svc-" + name, action, undo)
+
+    saga = Saga("demo", [step("a"), step("b"), step("c", fails=True), step("d")])
+    with capture_logs() as logs, pytest.raises(DownstreamTimeout) as raised:
+        asyncio.run(saga.run())
+    assert trail == ["do a", "do b", "do c", "undo b", "undo a"]
+    assert raised.value.service == "svc-c"
+    assert "step c" in raised.value.detail
+    assert "undone" in raised.value.detail
+    statuses = [(line["step"], line["status"]) for line in logs if line["event"] == "saga_step"]
+    assert statuses[-3:] == [("c", "failed"), ("b", "compensated"), ("a", "compensated")]
+
+
+def test_saga_reports_a_compensation_that_failed() -> None:
+    async def ok() -> str:
+        return "x"
+
+    async def broken_undo(_: Any) -> None:
+        raise DownstreamError("svc")
+
+    async def fails() -> str:
+        raise DownstreamError("svc2")
+
+    saga = Saga("demo", [Step("a", "svc", ok, broken_undo), Step("b", "svc2", fails)])
+    with pytest.raises(DownstreamError) as raised:
+        asyncio.run(saga.run())
+    assert "could NOT be undone" in raised.value.detail
+
+
+async def _chunks(*parts: bytes) -> AsyncIterator[bytes]:
+    for part in parts:
+        yield part
+
+
+async def _drain(stream: AsyncIterator[bytes]) -> bytes:
+    return b"".join([chunk async for chunk in stream])
+
+
+def test_streaming_digest_accepts_the_right_body_and_cuts_a_wrong_one() -> None:
+    field = content_digest(b"hello world", ("sha-256", "sha-512"))
+    body = checked_body(_chunks(b"hello ", b"world"), StreamingDigest(field), limit=100)
+    assert asyncio.run(_drain(body)) == b"hello world"
+    wrong = checked_body(_chunks(b"hello ", b"there"), StreamingDigest(field), limit=100)
+    with pytest.raises(AuthenticationFailed) as raised:
+        asyncio.run(_drain(wrong))
+    assert raised.value.reason == "digest_mismatch"
+
+
+def test_streaming_body_over_the_limit_is_cut() -> None:
+    body = checked_body(_chunks(b"x" * 60, b"x" * 60), None, limit=100)
+    with pytest.raises(PayloadTooLarge):
+        asyncio.run(_drain(body))
+
+
+@pytest.mark.parametrize("field", ["not a dictionary ((", "md5=:AAAA:", "sha-256=1"])
+def test_unusable_content_digest_fields_are_rejected(field: str) -> None:
+    with pytest.raises(AuthenticationFailed):
+        StreamingDigest(field)
+
+
+def test_upstream_path_percent_encodes_parameters_and_keeps_the_query() -> None:
+    route = PassthroughRoute(
+        path="/v1/engagements/{engagement_id}/files/{name}",
+        service="findings",
+        upstream_path="/e/{engagement_id}/f/{name}",
+    )
+    path = upstream_path(route, {"engagement_id": "acme-2026", "name": "a b?c"}, "v=1")
+    assert path == "/e/acme-2026/f/a%20b%3Fc?v=1"
+
+
+def test_passthrough_routes_reject_unknown_placeholders() -> None:
+    with pytest.raises(ValueError, match="placeholders"):
+        PassthroughRoute(path="/v1/things/{id}", service="s", upstream_path="/x/{other}")
+
+
+def test_service_settings_validate_retry_and_breaker_bounds() -> None:
+    with pytest.raises(ValueError, match="attempts"):
+        Settings(services={"findings": {"url": "http://x", "retry": {"attempts": 0}}})
+    with pytest.raises(ValueError, match="half_open_max_calls"):
+        Settings(services={"findings": {"url": "http://x", "breaker": {"half_open_max_calls": 0}}})

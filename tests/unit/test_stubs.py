@@ -1,0 +1,78 @@
+"""Stub data and fault flags, without a network."""
+
+from __future__ import annotations
+
+import pytest
+
+from app.cli.main import build_parser
+from app.cli.stub import fault_config
+from app.stubs.data import report_chunks, seed_findings, seed_reports
+from app.stubs.faults import FaultConfig, FaultState
+
+
+def test_seeded_data_is_reproducible_and_seed_dependent() -> None:
+    assert seed_reports(7) == seed_reports(7)
+    assert seed_findings(7) == seed_findings(7)
+    assert seed_reports(7) != seed_reports(8)
+    reports = seed_reports(7)["acme-2026"]
+    assert all(r["engagement_id"] == "acme-2026" for r in reports)
+    assert reports[0]["id"] == "R-0001"
+
+
+def test_report_chunks_add_up_to_the_size() -> None:
+    chunks = report_chunks("R-0001", 200_000, chunk=65_536)
+    assert sum(len(c) for c in chunks) == 200_000
+    assert len(chunks) == 4
+    assert report_chunks("R-0001", 0) == []
+
+
+def test_cli_flags_become_a_fault_config() -> None:
+    args = build_parser().parse_args(
+        [
+            "stub",
+            "--name",
+            "reports",
+            "--port",
+            "9103",
+            "--seed",
+            "3",
+            "--fail-next",
+            "2",
+            "--retry-after",
+            "1",
+            "--error-rate",
+            "0.25",
+            "--latency-ms",
+            "50",
+            "--slow-body-ms",
+            "5",
+            "--reset",
+        ]
+    )
+    config = fault_config(args)
+    assert config == FaultConfig(
+        fail_next=2,
+        retry_after=1,
+        error_rate=0.25,
+        latency_ms=50,
+        slow_body_ms=5,
+        reset=True,
+        seed=3,
+    )
+
+
+def test_fail_next_comes_before_the_seeded_dice() -> None:
+    state = FaultState(FaultConfig(fail_next=2, fail_status=503, error_rate=0.5, seed=11))
+    first = [state.failure_status() for _ in range(2)]
+    dice = [state.failure_status() for _ in range(20)]
+    state.configure(FaultConfig(error_rate=0.5, seed=11))
+    again = [state.failure_status() for _ in range(20)]
+    assert first == [503, 503]
+    assert dice == again, "the same seed rolls the same dice"
+    assert {500, None} == set(dice)
+
+
+@pytest.mark.parametrize("bad", [{"error_rate": 1.5}, {"fail_status": 404}, {"nope": 1}])
+def test_fault_config_is_validated(bad: dict[str, object]) -> None:
+    with pytest.raises(ValueError, match="validation error"):
+        FaultConfig.model_validate(bad)
