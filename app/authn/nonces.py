@@ -50,6 +50,7 @@ from redis.exceptions import RedisError
 from app.core.config import Settings
 from app.core.errors import ServiceUnavailable
 from app.core.redis import create_redis
+from app.ops.metrics import count_redis_error
 
 log = structlog.get_logger("gateway.authn")
 
@@ -209,6 +210,7 @@ class RedisNonceStore:
             outcome, fence, reset = await self._script(keys=keys, args=args)
         except (RedisError, OSError) as exc:
             log.warning("nonce_store_unreachable", error=type(exc).__name__)
+            count_redis_error("nonces")
             raise NonceStoreUnavailable() from None
         fence_time = float(fence)
         if reset:
