@@ -152,11 +152,12 @@ class MemoryNonceStore:
 
 # KEYS[1] the fence, KEYS[2] the nonce (absent: only establish the fence);
 # ARGV[1] created, ARGV[2] TTL. Returns {outcome, fence, 1 if the fence was just set}.
+# A fence that is not a number is treated as lost: a reset, never a crash or a bypass.
 # TIME before a write needs effects replication: Redis 5 or later.
 CLAIM_SCRIPT = """
 local fence = redis.call('GET', KEYS[1])
 local reset = 0
-if not fence then
+if not (fence and tonumber(fence)) then
   local now = redis.call('TIME')
   fence = now[1] .. '.' .. string.format('%06d', tonumber(now[2]))
   redis.call('SET', KEYS[1], fence)

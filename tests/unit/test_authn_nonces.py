@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 
 import pytest
 from redis.asyncio import Redis
+from structlog.testing import capture_logs
 
 from app.authn.nonces import (
     Claim,
@@ -140,7 +141,7 @@ async def redis_now(client: Redis) -> float:
 def test_redis_store_claims_once_with_a_ttl(redis_server: RedisServer) -> None:
     async def scenario() -> tuple[Claim, Claim, int]:
         async with redis_store(redis_server) as (store, probe):
-            created = int(await redis_now(probe)) + 1
+            created = int(await redis_now(probe)) + 1  # clears the fence this claim sets
             first = await store.claim("k1", "n1", created, 300)
             second = await store.claim("k1", "n1", created, 300)
             ttl = await probe.ttl(RedisNonceStore.key("k1", "n1"))
@@ -204,6 +205,21 @@ def test_a_flushed_redis_moves_the_fence_and_refuses_earlier_signatures(
     asyncio.run(scenario())
 
 
+def test_a_fence_that_is_not_a_number_is_a_reset(redis_server: RedisServer) -> None:
+    async def scenario() -> None:
+        async with redis_store(redis_server) as (store, probe):
+            await probe.set(RedisNonceStore.FENCE_KEY, "garbage")
+            before = await redis_now(probe)
+            fence = await store.open()
+            assert fence is not None
+            assert fence >= before
+            assert float(await probe.get(RedisNonceStore.FENCE_KEY)) == fence
+            await probe.set(RedisNonceStore.FENCE_KEY, "")
+            assert await store.claim("k1", "n1", math.floor(before), 60) is BEFORE_FENCE
+
+    asyncio.run(scenario())
+
+
 def test_redis_store_fails_closed_when_redis_is_down_and_recovers(
     redis_server: RedisServer,
 ) -> None:
@@ -226,3 +242,20 @@ def test_redis_store_fails_closed_when_redis_is_down_and_recovers(
             assert (await store.check()) == (True, "redis")
 
     asyncio.run(scenario())
+
+
+@pytest.mark.parametrize(("policy", "warned"), [("noeviction", False), ("volatile-lru", True)])
+def test_start_up_warns_when_redis_may_evict_unexpired_nonces(
+    redis_server: RedisServer, policy: str, warned: bool
+) -> None:
+    async def scenario() -> list[dict[str, object]]:
+        async with redis_store(redis_server) as (store, probe):
+            await probe.config_set("maxmemory-policy", policy)
+            with capture_logs() as logs:
+                assert await store.open() is not None
+            return logs
+
+    events = {line["event"]: line for line in asyncio.run(scenario())}
+    assert ("nonce_store_evicts" in events) is warned
+    if warned:
+        assert events["nonce_store_evicts"]["maxmemory_policy"] == policy
