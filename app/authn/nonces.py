@@ -28,11 +28,13 @@ whole second). Such a signature may have been accepted before the history
 was lost; the caller re-signs. See docs/decisions/0003 §6.
 
 - Memory: the fence is the store's creation time.
-- Redis: the fence is the key ``gateway:nonce-fence`` (no TTL). One Lua script
-  reads it and, when it is missing (first use, restart without persistence,
-  flush, eviction), sets it to Redis's own ``TIME``, then compares ``created``
-  and runs ``SET nonce 1 NX EX ttl``, all atomically. Redis's clock, not a
-  gateway's, so the fence does not depend on which gateway noticed the loss.
+- Redis: the fence is the key ``gateway:nonce-fence`` (no TTL), stamped with
+  the Redis process's ``run_id``. One Lua script reads it and, when it is
+  missing or was written by another Redis process (first use, any restart,
+  failover, flush, eviction), sets it to Redis's own ``TIME``, then compares
+  ``created`` and runs ``SET nonce 1 NX EX ttl``, all atomically. Redis's
+  clock, not a gateway's, so the fence does not depend on which gateway
+  noticed the loss.
 """
 
 from __future__ import annotations
@@ -151,16 +153,23 @@ class MemoryNonceStore:
 
 
 # KEYS[1] the fence, KEYS[2] the nonce (absent: only establish the fence);
-# ARGV[1] created, ARGV[2] TTL. Returns {outcome, fence, 1 if the fence was just set}.
-# A fence that is not a number is treated as lost: a reset, never a crash or a bypass.
-# TIME before a write needs effects replication: Redis 5 or later.
+# ARGV[1] created, ARGV[2] TTL. Returns {outcome, fence time, 1 if the fence was just set}.
+# The fence is "<seconds.micros> <run_id>": a fence written by another Redis process
+# (restored from a snapshot or an append-only file, or replicated before a failover)
+# may sit beside lost nonces, so only this process's own fence is trusted. Anything
+# unparsable counts as lost too. TIME and INFO before a write need Redis 5 or later.
 CLAIM_SCRIPT = """
-local fence = redis.call('GET', KEYS[1])
+local run_id = string.match(redis.call('INFO', 'server'), 'run_id:(%w+)')
+local stored = redis.call('GET', KEYS[1])
+local fence, fence_run_id
+if stored then
+  fence, fence_run_id = string.match(stored, '^(%d+%.%d+) (%w+)$')
+end
 local reset = 0
-if not (fence and tonumber(fence)) then
+if not (fence and fence_run_id == run_id) then
   local now = redis.call('TIME')
   fence = now[1] .. '.' .. string.format('%06d', tonumber(now[2]))
-  redis.call('SET', KEYS[1], fence)
+  redis.call('SET', KEYS[1], fence .. ' ' .. run_id)
   reset = 1
 end
 if #KEYS < 2 then

@@ -75,7 +75,9 @@ def created_of(request: httpx.Request) -> int:
 def fence_of(client: redis.Redis) -> float:
     value = client.get(RedisNonceStore.FENCE_KEY)
     assert isinstance(value, bytes), "the fence key exists"
-    return float(value)
+    seconds, run_id = value.decode().split()
+    assert run_id == client.info("server")["run_id"], "stamped by this Redis process"
+    return float(seconds)
 
 
 def wait_for_second_after(fence: float) -> None:

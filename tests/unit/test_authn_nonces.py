@@ -21,7 +21,7 @@ from app.authn.nonces import (
 )
 from app.core.redis import create_redis
 from tests.conftest import make_settings
-from tests.redis_server import RedisServer
+from tests.redis_server import RedisServer, redis_binary
 
 CLAIMED, REPLAYED, BEFORE_FENCE = Claim.CLAIMED, Claim.REPLAYED, Claim.BEFORE_FENCE
 
@@ -133,6 +133,17 @@ async def redis_store(server: RedisServer) -> AsyncIterator[tuple[RedisNonceStor
         await probe.aclose()
 
 
+async def set_fence(client: Redis, seconds: str) -> None:
+    """Stamp a fence as this Redis process's own (another process's would be a reset)."""
+    run_id = (await client.info("server"))["run_id"]
+    await client.set(RedisNonceStore.FENCE_KEY, f"{seconds} {run_id}")
+
+
+async def read_fence(client: Redis) -> float:
+    value = await client.get(RedisNonceStore.FENCE_KEY)
+    return float(value.split()[0])
+
+
 async def redis_now(client: Redis) -> float:
     seconds, micros = await client.time()
     return float(seconds) + micros / 1_000_000
@@ -163,7 +174,7 @@ def test_first_use_of_an_empty_redis_sets_the_fence_to_redis_time(
             before = await redis_now(probe)
             assert await store.claim("k1", "old", math.floor(before), 300) is BEFORE_FENCE
             after = await redis_now(probe)
-            fence = float(await probe.get(RedisNonceStore.FENCE_KEY))
+            fence = await read_fence(probe)
             assert before <= fence <= after
             assert await probe.ttl(RedisNonceStore.FENCE_KEY) == -1, "the fence never expires"
             assert await probe.exists(RedisNonceStore.key("k1", "old")) == 0, "not consumed"
@@ -176,12 +187,12 @@ def test_first_use_of_an_empty_redis_sets_the_fence_to_redis_time(
 def test_script_outcomes_claimed_replayed_before_fence(redis_server: RedisServer) -> None:
     async def scenario() -> None:
         async with redis_store(redis_server) as (store, probe):
-            await probe.set(RedisNonceStore.FENCE_KEY, f"{CREATED}.500000")
+            await set_fence(probe, f"{CREATED}.500000")
             assert await store.claim("k1", "n1", CREATED + 1, 60) is CLAIMED
             assert await store.claim("k1", "n1", CREATED + 1, 60) is REPLAYED
             assert await store.claim("k1", "n2", CREATED, 60) is BEFORE_FENCE
             assert await store.claim("k1", "n1", CREATED, 60) is BEFORE_FENCE, "fence first"
-            await probe.set(RedisNonceStore.FENCE_KEY, str(CREATED))
+            await set_fence(probe, f"{CREATED}.000000")
             assert await store.claim("k1", "n2", CREATED, 60) is CLAIMED, "at the fence"
 
     asyncio.run(scenario())
@@ -192,17 +203,47 @@ def test_a_flushed_redis_moves_the_fence_and_refuses_earlier_signatures(
 ) -> None:
     async def scenario() -> None:
         async with redis_store(redis_server) as (store, probe):
-            await probe.set(RedisNonceStore.FENCE_KEY, str(CREATED))
+            await set_fence(probe, f"{CREATED}.000000")
             created = int(await redis_now(probe))
             assert await store.claim("k1", "n1", created, 300) is CLAIMED
             await probe.flushall()
             await probe.script_flush()  # the script cache is gone too: NOSCRIPT, then reload
             assert await store.claim("k1", "n1", created, 300) is BEFORE_FENCE
-            fence = float(await probe.get(RedisNonceStore.FENCE_KEY))
+            fence = await read_fence(probe)
             assert fence > created
             assert await store.claim("k1", "n2", math.ceil(fence), 300) is CLAIMED
 
     asyncio.run(scenario())
+
+
+def test_a_fence_restored_from_another_redis_process_is_a_reset(
+    redis_server: RedisServer,
+) -> None:
+    """A snapshot, an append-only file or a replica brings back the fence, not the last nonces.
+
+    Copying the fence and one nonce to a second redis-server with DUMP/RESTORE is what a
+    restart from a stale snapshot or a failover to a lagging replica looks like: the fence
+    is there but another process wrote it, so the store starts a new one.
+    """
+    other = RedisServer(redis_binary()).start()
+
+    async def scenario() -> None:
+        async with redis_store(redis_server) as (old, probe), redis_store(other) as (new, copy):
+            created = int(await redis_now(probe))
+            await set_fence(probe, f"{created - 60}.000000")
+            assert await old.claim("k1", "kept", created, 300) is CLAIMED
+            assert await old.claim("k1", "lost", created, 300) is CLAIMED
+            for key in (RedisNonceStore.FENCE_KEY, RedisNonceStore.key("k1", "kept")):
+                await copy.restore(key, 0, await probe.dump(key))
+            assert await new.claim("k1", "lost", created, 300) is BEFORE_FENCE
+            assert await new.claim("k1", "kept", created, 300) is BEFORE_FENCE
+            assert await read_fence(copy) > created
+            assert await new.claim("k1", "fresh", math.ceil(await read_fence(copy)), 300) is CLAIMED
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        other.stop()
 
 
 def test_a_fence_that_is_not_a_number_is_a_reset(redis_server: RedisServer) -> None:
@@ -213,7 +254,7 @@ def test_a_fence_that_is_not_a_number_is_a_reset(redis_server: RedisServer) -> N
             fence = await store.open()
             assert fence is not None
             assert fence >= before
-            assert float(await probe.get(RedisNonceStore.FENCE_KEY)) == fence
+            assert await read_fence(probe) == fence
             await probe.set(RedisNonceStore.FENCE_KEY, "")
             assert await store.claim("k1", "n1", math.floor(before), 60) is BEFORE_FENCE
 
@@ -225,7 +266,7 @@ def test_redis_store_fails_closed_when_redis_is_down_and_recovers(
 ) -> None:
     async def scenario() -> None:
         async with redis_store(redis_server) as (store, probe):
-            await probe.set(RedisNonceStore.FENCE_KEY, str(CREATED))
+            await set_fence(probe, f"{CREATED}.000000")
             assert await store.open() == CREATED
             created = int(await redis_now(probe))
             assert await store.claim("k1", "before", created, 60) is CLAIMED
