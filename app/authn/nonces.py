@@ -88,8 +88,7 @@ class NonceStore(Protocol):
         ...
 
     async def claim(self, key_id: str, nonce: str, created: int, ttl_seconds: int) -> Claim:
-        """``CLAIMED`` the first time a pair is seen within its TTL and ``created`` is not
-        before the fence; ``REPLAYED`` or ``BEFORE_FENCE`` otherwise."""
+        """``CLAIMED`` once per TTL, then ``REPLAYED``; ``BEFORE_FENCE`` if ``created < fence``."""
         ...
 
     async def check(self) -> tuple[bool, str]:
