@@ -66,7 +66,7 @@ def measure(label: str) -> dict[str, float]:
     loop = asyncio.new_event_loop()
     samples: dict[str, list[float]] = {"floor": [], "verify": [], "authn": []}
     for _ in range(REPEATS):
-        store = MemoryNonceStore(capacity=n + 1)
+        store = MemoryNonceStore(capacity=n + 1, fence=now)
         authn = AuthnService(verifier, store, KeyReloader(SigningSettings(), verifier))
 
         async def authn_all(authn: AuthnService = authn) -> None:

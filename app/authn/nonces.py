@@ -16,6 +16,25 @@ Two stores, one ``NonceStore`` protocol, chosen by ``redis.url``:
   dependency on Redis being up; when Redis cannot answer, the request gets 503.
   Accepting unchecked would let a replay through exactly when an attacker can
   disturb Redis, so the store fails closed.
+
+**The replay fence.** A store can only vouch for nonces claimed since its
+history began: a new process's memory, or a Redis that restarted without
+persistence or was flushed, has forgotten every nonce claimed before. Each
+store therefore keeps a *fence*, the Unix time (to the microsecond) at which
+its history begins, and refuses any signature whose ``created`` is earlier
+than the fence (``created < fence``; ``created`` is whole seconds, so a
+signature made in the fence's own second is refused unless the fence is a
+whole second). Such a signature may have been accepted before the history
+was lost; the caller re-signs. See docs/decisions/0003 §6.
+
+- Memory: the fence is the store's creation time.
+- Redis: the fence is the key ``gateway:nonce-fence`` (no TTL), stamped with
+  the Redis process's ``run_id``. One Lua script reads it and, when it is
+  missing or was written by another Redis process (first use, any restart,
+  failover, flush, eviction), sets it to Redis's own ``TIME``, then compares
+  ``created`` and runs ``SET nonce 1 NX EX ttl``, all atomically. Redis's
+  clock, not a gateway's, so the fence does not depend on which gateway
+  noticed the loss.
 """
 
 from __future__ import annotations
@@ -23,6 +42,7 @@ from __future__ import annotations
 import heapq
 import time
 from collections.abc import Callable
+from enum import StrEnum
 from typing import Protocol
 
 import redis.asyncio as aioredis
@@ -32,6 +52,7 @@ from redis.exceptions import RedisError
 from app.core.config import Settings
 from app.core.errors import ServiceUnavailable
 from app.core.redis import create_redis
+from app.ops.metrics import count_redis_error
 
 log = structlog.get_logger("gateway.authn")
 
@@ -51,11 +72,23 @@ class NonceStoreUnavailable(ServiceUnavailable):
         )
 
 
-class NonceStore(Protocol):
-    """Remembers (key id, nonce) pairs for a time to live."""
+class Claim(StrEnum):
+    """The outcome of claiming a nonce."""
 
-    async def claim(self, key_id: str, nonce: str, ttl_seconds: int) -> bool:
-        """``True`` the first time a pair is seen within its TTL, ``False`` for a replay."""
+    CLAIMED = "claimed"
+    REPLAYED = "replayed"
+    BEFORE_FENCE = "before_fence"
+
+
+class NonceStore(Protocol):
+    """Remembers (key id, nonce) pairs for a time to live, since its fence."""
+
+    async def open(self) -> float | None:
+        """Establish the fence; its Unix time, or ``None`` if the store cannot answer yet."""
+        ...
+
+    async def claim(self, key_id: str, nonce: str, created: int, ttl_seconds: int) -> Claim:
+        """``CLAIMED`` once per TTL, then ``REPLAYED``; ``BEFORE_FENCE`` if ``created < fence``."""
         ...
 
     async def check(self) -> tuple[bool, str]:
@@ -68,8 +101,15 @@ class NonceStore(Protocol):
 class MemoryNonceStore:
     """One process's nonces: bounded, TTL-based, never evicts an unexpired nonce."""
 
-    def __init__(self, capacity: int, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        capacity: int,
+        clock: Callable[[], float] = time.monotonic,
+        fence: float | None = None,
+    ) -> None:
         self.capacity = capacity
+        # Wall-clock time, compared with ``created``; the TTL clock is monotonic.
+        self.fence = time.time() if fence is None else fence
         self._clock = clock
         self._expiry: dict[tuple[str, str], float] = {}
         self._heap: list[tuple[float, tuple[str, str]]] = []
@@ -77,19 +117,24 @@ class MemoryNonceStore:
     def __len__(self) -> int:
         return len(self._expiry)
 
-    async def claim(self, key_id: str, nonce: str, ttl_seconds: int) -> bool:
+    async def open(self) -> float:
+        return self.fence
+
+    async def claim(self, key_id: str, nonce: str, created: int, ttl_seconds: int) -> Claim:
+        if created < self.fence:
+            return Claim.BEFORE_FENCE
         now = self._clock()
         self._purge(now)
         pair = (key_id, nonce)
         if pair in self._expiry:
-            return False
+            return Claim.REPLAYED
         if len(self._expiry) >= self.capacity:
             log.warning("nonce_store_full", capacity=self.capacity)
             raise NonceStoreUnavailable()
         expires_at = now + ttl_seconds
         self._expiry[pair] = expires_at
         heapq.heappush(self._heap, (expires_at, pair))
-        return True
+        return Claim.CLAIMED
 
     def _purge(self, now: float) -> None:
         # A pair is inserted only when absent, so heap and dict entries are one to one.
@@ -106,26 +151,90 @@ class MemoryNonceStore:
         self._heap.clear()
 
 
+# KEYS[1] the fence, KEYS[2] the nonce (absent: only establish the fence);
+# ARGV[1] created, ARGV[2] TTL. Returns {outcome, fence time, 1 if the fence was just set}.
+# The fence is "<seconds.micros> <run_id>": a fence written by another Redis process
+# (restored from a snapshot or an append-only file, or replicated before a failover)
+# may sit beside lost nonces, so only this process's own fence is trusted. Anything
+# unparsable counts as lost too. TIME and INFO before a write need Redis 5 or later.
+CLAIM_SCRIPT = """
+local run_id = string.match(redis.call('INFO', 'server'), 'run_id:(%w+)')
+local stored = redis.call('GET', KEYS[1])
+local fence, fence_run_id
+if stored then
+  fence, fence_run_id = string.match(stored, '^(%d+%.%d+) (%w+)$')
+end
+local reset = 0
+if not (fence and fence_run_id == run_id) then
+  local now = redis.call('TIME')
+  fence = now[1] .. '.' .. string.format('%06d', tonumber(now[2]))
+  redis.call('SET', KEYS[1], fence .. ' ' .. run_id)
+  reset = 1
+end
+if #KEYS < 2 then
+  return {'fence', fence, reset}
+end
+if tonumber(ARGV[1]) < tonumber(fence) then
+  return {'before_fence', fence, reset}
+end
+if redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[2]) then
+  return {'claimed', fence, reset}
+end
+return {'replayed', fence, reset}
+"""
+
+
 class RedisNonceStore:
     """Nonces shared by every gateway process through one Redis."""
 
     PREFIX = "gateway:nonce:"
+    # Outside PREFIX's key space: nonce keys continue with a digit after the colon.
+    FENCE_KEY = "gateway:nonce-fence"
 
     def __init__(self, client: aioredis.Redis) -> None:
         self._client = client
+        # EVALSHA, loading the script again on NOSCRIPT (a restarted Redis forgot it).
+        self._script = client.register_script(CLAIM_SCRIPT)
 
     @classmethod
     def key(cls, key_id: str, nonce: str) -> str:
         # Length-prefixing the key id keeps ("a:b", "c") and ("a", "b:c") apart.
         return f"{cls.PREFIX}{len(key_id)}:{key_id}:{nonce}"
 
-    async def claim(self, key_id: str, nonce: str, ttl_seconds: int) -> bool:
+    async def open(self) -> float | None:
         try:
-            created = await self._client.set(self.key(key_id, nonce), b"1", nx=True, ex=ttl_seconds)
+            _, fence = await self._run([self.FENCE_KEY], [])
+        except NonceStoreUnavailable:
+            return None  # the first claim will set the fence when Redis answers
+        await self._warn_if_evicting()
+        return fence
+
+    async def claim(self, key_id: str, nonce: str, created: int, ttl_seconds: int) -> Claim:
+        keys = [self.FENCE_KEY, self.key(key_id, nonce)]
+        outcome, _ = await self._run(keys, [created, ttl_seconds])
+        return Claim(outcome)
+
+    async def _run(self, keys: list[str], args: list[int]) -> tuple[str, float]:
+        try:
+            outcome, fence, reset = await self._script(keys=keys, args=args)
         except (RedisError, OSError) as exc:
             log.warning("nonce_store_unreachable", error=type(exc).__name__)
+            count_redis_error("nonces")
             raise NonceStoreUnavailable() from None
-        return bool(created)
+        fence_time = float(fence)
+        if reset:
+            # First use of this Redis, or it lost its data: earlier signatures are refused.
+            log.warning("nonce_fence_set", fence=fence_time)
+        return outcome.decode(), fence_time
+
+    async def _warn_if_evicting(self) -> None:
+        try:
+            policy = (await self._client.info("memory")).get("maxmemory_policy")
+        except (RedisError, OSError):
+            return
+        if policy not in (None, "noeviction"):
+            # Evicting an unexpired nonce reopens replay for it, unseen by the fence.
+            log.warning("nonce_store_evicts", maxmemory_policy=policy)
 
     async def check(self) -> tuple[bool, str]:
         try:

@@ -2,23 +2,30 @@
 
 ``AuthnService.authenticate`` returns the caller's ``Identity`` or raises
 ``AuthenticationFailed`` (401, reason logged) or ``NonceStoreUnavailable``
-(503). ``running()`` is entered in the app lifespan: it starts key reloading
-and closes the nonce store on shutdown.
+(503). ``running()`` is entered in the app lifespan: it establishes the
+nonce store's replay fence, starts key reloading and closes the store on
+shutdown.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import math
 import time
 from collections.abc import AsyncIterator
 
 from app.authn.base import Message
 from app.authn.identity import Identity
-from app.authn.nonces import NonceStore, create_nonce_store
+from app.authn.nonces import Claim, NonceStore, create_nonce_store
 from app.authn.rotation import KeyReloader, KeyStatus
 from app.authn.verifier import Reason, SignatureVerifier
 from app.core.config import Settings
 from app.core.errors import AuthenticationFailed
+
+CLAIM_REASONS = {Claim.REPLAYED: Reason.REPLAYED, Claim.BEFORE_FENCE: Reason.REPLAY_WINDOW_RESET}
+# The longest start-up wait for a fence set in the current second (bounds a skewed Redis clock).
+MAX_FENCE_WAIT_SECONDS = 1.0
 
 
 class AuthnService:
@@ -47,8 +54,9 @@ class AuthnService:
         moment = time.time() if now is None else now
         verified = self.verifier.verify_signature(message, body, moment, defer_digest=streamed)
         ttl = verified.replay_ttl(moment, self.verifier.max_skew)
-        if not await self.nonces.claim(verified.key_id, verified.nonce, ttl):
-            raise AuthenticationFailed(Reason.REPLAYED.value)
+        claim = await self.nonces.claim(verified.key_id, verified.nonce, verified.created, ttl)
+        if claim is not Claim.CLAIMED:
+            raise AuthenticationFailed(CLAIM_REASONS[claim].value)
         return verified.identity
 
     async def readiness(self) -> list[tuple[str, bool, str]]:
@@ -63,10 +71,25 @@ class AuthnService:
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
         try:
+            await wait_past_fence(await self.nonces.open())
             async with self.keys.running():
                 yield
         finally:
             await self.nonces.aclose()
+
+
+async def wait_past_fence(fence: float | None) -> None:
+    """Serve only once a signature made now is not before the fence.
+
+    ``created`` is whole seconds, so a signature made in the fence's own second
+    is refused; waiting for the next second (at most once, at start-up, only
+    when the fence was just set) spares the first requests that refusal.
+    """
+    if fence is None:
+        return
+    delay = math.ceil(fence) - time.time()
+    if delay > 0:
+        await asyncio.sleep(min(delay, MAX_FENCE_WAIT_SECONDS))
 
 
 def _describe_keys(status: KeyStatus) -> str:

@@ -57,6 +57,7 @@ class Reason(StrEnum):
     FUTURE = "future"
     EXPIRED = "expired"
     REPLAYED = "replayed"
+    REPLAY_WINDOW_RESET = "replay_window_reset"
     IDENTITY_UNSIGNED = "identity_unsigned"
     IDENTITY_MALFORMED = "identity_malformed"
 

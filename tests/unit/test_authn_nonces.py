@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import math
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import pytest
+from redis.asyncio import Redis
+from structlog.testing import capture_logs
 
 from app.authn.nonces import (
+    Claim,
     MemoryNonceStore,
     NonceStoreUnavailable,
     RedisNonceStore,
@@ -14,7 +21,9 @@ from app.authn.nonces import (
 )
 from app.core.redis import create_redis
 from tests.conftest import make_settings
-from tests.redis_server import RedisServer
+from tests.redis_server import RedisServer, redis_binary
+
+CLAIMED, REPLAYED, BEFORE_FENCE = Claim.CLAIMED, Claim.REPLAYED, Claim.BEFORE_FENCE
 
 
 class FakeClock:
@@ -25,41 +34,77 @@ class FakeClock:
         return self.now
 
 
+CREATED = 1_790_000_000
+
+
+def memory_store(capacity: int, clock: FakeClock) -> MemoryNonceStore:
+    return MemoryNonceStore(capacity=capacity, clock=clock, fence=CREATED)
+
+
 def test_memory_store_accepts_a_pair_once_until_it_expires() -> None:
     clock = FakeClock()
-    store = MemoryNonceStore(capacity=10, clock=clock)
+    store = memory_store(10, clock)
 
-    async def scenario() -> list[bool]:
-        results = [await store.claim("k1", "n1", 300), await store.claim("k1", "n1", 300)]
-        results.append(await store.claim("k2", "n1", 300))  # another key's nonce space
+    async def scenario() -> list[Claim]:
+        results = [await store.claim("k1", "n1", CREATED, 300)]
+        results.append(await store.claim("k1", "n1", CREATED, 300))
+        results.append(await store.claim("k2", "n1", CREATED, 300))  # another key's nonce space
         clock.now += 299
-        results.append(await store.claim("k1", "n1", 300))
+        results.append(await store.claim("k1", "n1", CREATED, 300))
         clock.now += 1
-        results.append(await store.claim("k1", "n1", 300))
+        results.append(await store.claim("k1", "n1", CREATED, 300))
         return results
 
-    assert asyncio.run(scenario()) == [True, False, True, False, True]
+    assert asyncio.run(scenario()) == [CLAIMED, REPLAYED, CLAIMED, REPLAYED, CLAIMED]
 
 
 def test_full_memory_store_refuses_rather_than_evicting_an_unexpired_nonce() -> None:
     clock = FakeClock()
-    store = MemoryNonceStore(capacity=2, clock=clock)
+    store = memory_store(2, clock)
+
+    async def claim(nonce: str, ttl: int) -> Claim:
+        return await store.claim("k1", nonce, CREATED, ttl)
 
     async def scenario() -> None:
-        assert await store.claim("k1", "a", 10)
-        assert await store.claim("k1", "b", 100)
+        assert await claim("a", 10) is CLAIMED
+        assert await claim("b", 100) is CLAIMED
         with pytest.raises(NonceStoreUnavailable) as caught:
-            await store.claim("k1", "c", 10)
+            await claim("c", 10)
         assert caught.value.status_code == 503
         assert caught.value.headers["Retry-After"] == "1"
-        assert not await store.claim("k1", "a", 10), "a is still remembered"
+        assert await claim("a", 10) is REPLAYED, "a is still remembered"
         assert (await store.check())[0] is False
         clock.now += 10  # "a" expires, making room
-        assert await store.claim("k1", "c", 10)
-        assert not await store.claim("k1", "b", 100)
+        assert await claim("c", 10) is CLAIMED
+        assert await claim("b", 100) is REPLAYED
         assert len(store) == 2
 
     asyncio.run(scenario())
+
+
+def test_memory_store_refuses_signatures_created_before_it() -> None:
+    store = MemoryNonceStore(capacity=10, fence=CREATED + 0.25)
+
+    async def scenario() -> list[Claim]:
+        return [
+            await store.claim("k1", "old", CREATED - 1, 300),
+            await store.claim("k1", "same-second", CREATED, 300),
+            await store.claim("k1", "new", CREATED + 1, 300),
+            await store.claim("k1", "old", CREATED + 1, 300),
+        ]
+
+    assert asyncio.run(scenario()) == [BEFORE_FENCE, BEFORE_FENCE, CLAIMED, CLAIMED]
+    assert len(store) == 2, "a refused signature does not consume its nonce"
+
+
+def test_memory_store_fence_defaults_to_its_creation_time() -> None:
+    before = time.time()
+    store = MemoryNonceStore(capacity=1)
+    after = time.time()
+    assert before <= store.fence <= after
+    assert asyncio.run(store.open()) == store.fence
+    assert asyncio.run(store.claim("k1", "n1", math.floor(before) - 1, 300)) is BEFORE_FENCE
+    assert asyncio.run(store.claim("k1", "n1", math.ceil(after), 300)) is CLAIMED
 
 
 def test_store_is_chosen_by_the_redis_url(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -73,40 +118,185 @@ def test_store_is_chosen_by_the_redis_url(monkeypatch: pytest.MonkeyPatch) -> No
 
 def test_redis_key_keeps_key_id_and_nonce_apart() -> None:
     assert RedisNonceStore.key("a:b", "c") != RedisNonceStore.key("a", "b:c")
+    assert not RedisNonceStore.FENCE_KEY.startswith(RedisNonceStore.PREFIX)
+
+
+@asynccontextmanager
+async def redis_store(server: RedisServer) -> AsyncIterator[tuple[RedisNonceStore, Redis]]:
+    """A store and a second, independent client on the same Redis (to look and to break)."""
+    store = RedisNonceStore(create_redis(server.url))
+    probe = create_redis(server.url)
+    try:
+        yield store, probe
+    finally:
+        await store.aclose()
+        await probe.aclose()
+
+
+async def set_fence(client: Redis, seconds: str) -> None:
+    """Stamp a fence as this Redis process's own (another process's would be a reset)."""
+    run_id = (await client.info("server"))["run_id"]
+    await client.set(RedisNonceStore.FENCE_KEY, f"{seconds} {run_id}")
+
+
+async def read_fence(client: Redis) -> float:
+    value = await client.get(RedisNonceStore.FENCE_KEY)
+    return float(value.split()[0])
+
+
+async def redis_now(client: Redis) -> float:
+    seconds, micros = await client.time()
+    return float(seconds) + micros / 1_000_000
 
 
 def test_redis_store_claims_once_with_a_ttl(redis_server: RedisServer) -> None:
-    async def scenario() -> tuple[bool, bool, int]:
-        client = create_redis(redis_server.url)
-        store = RedisNonceStore(client)
-        try:
-            first = await store.claim("k1", "n1", 300)
-            second = await store.claim("k1", "n1", 300)
-            ttl = await client.ttl(RedisNonceStore.key("k1", "n1"))
+    async def scenario() -> tuple[Claim, Claim, int]:
+        async with redis_store(redis_server) as (store, probe):
+            created = int(await redis_now(probe)) + 1  # clears the fence this claim sets
+            first = await store.claim("k1", "n1", created, 300)
+            second = await store.claim("k1", "n1", created, 300)
+            ttl = await probe.ttl(RedisNonceStore.key("k1", "n1"))
             return first, second, int(ttl)
-        finally:
-            await store.aclose()
 
     first, second, ttl = asyncio.run(scenario())
-    assert (first, second) == (True, False)
+    assert (first, second) == (CLAIMED, REPLAYED)
     assert 0 < ttl <= 300
+
+
+def test_first_use_of_an_empty_redis_sets_the_fence_to_redis_time(
+    redis_server: RedisServer,
+) -> None:
+    """No fence yet: it becomes Redis's TIME, with no TTL, and refuses earlier signatures."""
+
+    async def scenario() -> None:
+        async with redis_store(redis_server) as (store, probe):
+            assert await probe.exists(RedisNonceStore.FENCE_KEY) == 0
+            before = await redis_now(probe)
+            assert await store.claim("k1", "old", math.floor(before), 300) is BEFORE_FENCE
+            after = await redis_now(probe)
+            fence = await read_fence(probe)
+            assert before <= fence <= after
+            assert await probe.ttl(RedisNonceStore.FENCE_KEY) == -1, "the fence never expires"
+            assert await probe.exists(RedisNonceStore.key("k1", "old")) == 0, "not consumed"
+            assert await store.open() == fence, "an existing fence is kept"
+            assert await store.claim("k1", "new", math.ceil(after), 300) is CLAIMED
+
+    asyncio.run(scenario())
+
+
+def test_script_outcomes_claimed_replayed_before_fence(redis_server: RedisServer) -> None:
+    async def scenario() -> None:
+        async with redis_store(redis_server) as (store, probe):
+            await set_fence(probe, f"{CREATED}.500000")
+            assert await store.claim("k1", "n1", CREATED + 1, 60) is CLAIMED
+            assert await store.claim("k1", "n1", CREATED + 1, 60) is REPLAYED
+            assert await store.claim("k1", "n2", CREATED, 60) is BEFORE_FENCE
+            assert await store.claim("k1", "n1", CREATED, 60) is BEFORE_FENCE, "fence first"
+            await set_fence(probe, f"{CREATED}.000000")
+            assert await store.claim("k1", "n2", CREATED, 60) is CLAIMED, "at the fence"
+
+    asyncio.run(scenario())
+
+
+def test_a_flushed_redis_moves_the_fence_and_refuses_earlier_signatures(
+    redis_server: RedisServer,
+) -> None:
+    async def scenario() -> None:
+        async with redis_store(redis_server) as (store, probe):
+            await set_fence(probe, f"{CREATED}.000000")
+            created = int(await redis_now(probe))
+            assert await store.claim("k1", "n1", created, 300) is CLAIMED
+            await probe.flushall()
+            await probe.script_flush()  # the script cache is gone too: NOSCRIPT, then reload
+            assert await store.claim("k1", "n1", created, 300) is BEFORE_FENCE
+            fence = await read_fence(probe)
+            assert fence > created
+            assert await store.claim("k1", "n2", math.ceil(fence), 300) is CLAIMED
+
+    asyncio.run(scenario())
+
+
+def test_a_fence_restored_from_another_redis_process_is_a_reset(
+    redis_server: RedisServer,
+) -> None:
+    """A snapshot, an append-only file or a replica brings back the fence, not the last nonces.
+
+    Copying the fence and one nonce to a second redis-server with DUMP/RESTORE is what a
+    restart from a stale snapshot or a failover to a lagging replica looks like: the fence
+    is there but another process wrote it, so the store starts a new one.
+    """
+    other = RedisServer(redis_binary()).start()
+
+    async def scenario() -> None:
+        async with redis_store(redis_server) as (old, probe), redis_store(other) as (new, copy):
+            created = int(await redis_now(probe))
+            await set_fence(probe, f"{created - 60}.000000")
+            assert await old.claim("k1", "kept", created, 300) is CLAIMED
+            assert await old.claim("k1", "lost", created, 300) is CLAIMED
+            for key in (RedisNonceStore.FENCE_KEY, RedisNonceStore.key("k1", "kept")):
+                await copy.restore(key, 0, await probe.dump(key))
+            assert await new.claim("k1", "lost", created, 300) is BEFORE_FENCE
+            assert await new.claim("k1", "kept", created, 300) is BEFORE_FENCE
+            assert await read_fence(copy) > created
+            assert await new.claim("k1", "fresh", math.ceil(await read_fence(copy)), 300) is CLAIMED
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        other.stop()
+
+
+def test_a_fence_that_is_not_a_number_is_a_reset(redis_server: RedisServer) -> None:
+    async def scenario() -> None:
+        async with redis_store(redis_server) as (store, probe):
+            await probe.set(RedisNonceStore.FENCE_KEY, "garbage")
+            before = await redis_now(probe)
+            fence = await store.open()
+            assert fence is not None
+            assert fence >= before
+            assert await read_fence(probe) == fence
+            await probe.set(RedisNonceStore.FENCE_KEY, "")
+            assert await store.claim("k1", "n1", math.floor(before), 60) is BEFORE_FENCE
+
+    asyncio.run(scenario())
 
 
 def test_redis_store_fails_closed_when_redis_is_down_and_recovers(
     redis_server: RedisServer,
 ) -> None:
     async def scenario() -> None:
-        store = RedisNonceStore(create_redis(redis_server.url))
-        try:
-            assert await store.claim("k1", "before", 60)
+        async with redis_store(redis_server) as (store, probe):
+            await set_fence(probe, f"{CREATED}.000000")
+            assert await store.open() == CREATED
+            created = int(await redis_now(probe))
+            assert await store.claim("k1", "before", created, 60) is CLAIMED
             redis_server.stop()
+            assert await store.open() is None, "start-up does not wait for Redis"
             with pytest.raises(NonceStoreUnavailable):
-                await store.claim("k1", "during", 60)
+                await store.claim("k1", "during", created, 60)
             assert (await store.check())[0] is False
             redis_server.start()
-            assert await store.claim("k1", "after", 60)
+            # Restarted empty: the nonce claimed before is forgotten, so its signature is refused.
+            assert await store.claim("k1", "before", created, 60) is BEFORE_FENCE
+            fresh = math.ceil(await redis_now(probe))
+            assert await store.claim("k1", "after", fresh, 60) is CLAIMED
             assert (await store.check()) == (True, "redis")
-        finally:
-            await store.aclose()
 
     asyncio.run(scenario())
+
+
+@pytest.mark.parametrize(("policy", "warned"), [("noeviction", False), ("volatile-lru", True)])
+def test_start_up_warns_when_redis_may_evict_unexpired_nonces(
+    redis_server: RedisServer, policy: str, warned: bool
+) -> None:
+    async def scenario() -> list[dict[str, object]]:
+        async with redis_store(redis_server) as (store, probe):
+            await probe.config_set("maxmemory-policy", policy)
+            with capture_logs() as logs:
+                assert await store.open() is not None
+            return logs
+
+    events = {line["event"]: line for line in asyncio.run(scenario())}
+    assert ("nonce_store_evicts" in events) is warned
+    if warned:
+        assert events["nonce_store_evicts"]["maxmemory_policy"] == policy

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import replace
 
 import pytest
 
+from app.authn import service as service_module
 from app.authn.base import Message
 from app.authn.identity import INBOUND_ONLY_HEADERS, strip_inbound_headers
 from app.authn.keys import KeyRing, SigningKey
-from app.authn.nonces import MemoryNonceStore, NonceStoreUnavailable
+from app.authn.nonces import Claim, MemoryNonceStore, NonceStoreUnavailable
 from app.authn.rotation import KeyReloader
-from app.authn.service import AuthnService
+from app.authn.service import MAX_FENCE_WAIT_SECONDS, AuthnService, wait_past_fence
 from app.authn.signer import sign_headers
 from app.authn.verifier import SignatureVerifier
 from app.core.config import SigningSettings
@@ -23,24 +25,28 @@ SECRET = b"unit-test-secret-0123456789abcdef-xyz"
 
 
 class UnreachableStore(MemoryNonceStore):
-    async def claim(self, key_id: str, nonce: str, ttl_seconds: int) -> bool:
+    async def claim(self, key_id: str, nonce: str, created: int, ttl_seconds: int) -> Claim:
         raise NonceStoreUnavailable()
+
+
+def _store(fence: float = NOW - 60) -> MemoryNonceStore:
+    return MemoryNonceStore(100, fence=fence)
 
 
 def _service(store: MemoryNonceStore | None = None) -> AuthnService:
     verifier = SignatureVerifier(KeyRing([SigningKey("k1", SECRET)]), 300)
     return AuthnService(
         verifier,
-        store if store is not None else MemoryNonceStore(100),
+        store if store is not None else _store(),
         KeyReloader(SigningSettings(), verifier),
     )
 
 
-def _message(nonce: str, secret: bytes = SECRET) -> Message:
+def _message(nonce: str, secret: bytes = SECRET, created: int = NOW) -> Message:
     bare = Message(
         "GET", "/v1/engagements/acme-2026/findings", headers={"x-auth-subject": ["alice"]}
     )
-    added = sign_headers(bare, b"", key_id="k1", secret=secret, created=NOW, nonce=nonce)
+    added = sign_headers(bare, b"", key_id="k1", secret=secret, created=created, nonce=nonce)
     return replace(bare, headers={**bare.headers, **{k: [v] for k, v in added.items()}})
 
 
@@ -58,7 +64,7 @@ def test_second_use_of_a_nonce_is_replayed() -> None:
 
 
 def test_a_forged_request_does_not_consume_the_nonce() -> None:
-    store = MemoryNonceStore(100)
+    store = _store()
     service = _service(store)
     assert _reason(service, _message("n1", secret=b"w" * 40)) == "signature_invalid"
     assert len(store) == 0
@@ -66,10 +72,57 @@ def test_a_forged_request_does_not_consume_the_nonce() -> None:
 
 
 def test_unreachable_store_is_503_never_accepted() -> None:
-    service = _service(UnreachableStore(100))
+    service = _service(UnreachableStore(100, fence=NOW - 60))
     with pytest.raises(NonceStoreUnavailable) as caught:
         asyncio.run(service.authenticate(_message("n1"), b"", NOW))
     assert caught.value.status_code == 503
+
+
+def test_a_signature_created_before_the_fence_is_refused_without_consuming_its_nonce() -> None:
+    store = _store(fence=NOW + 0.5)
+    service = _service(store)
+    assert _reason(service, _message("n1")) == "replay_window_reset"
+    assert _reason(service, _message("n1", created=NOW - 10)) == "replay_window_reset"
+    assert len(store) == 0
+    fresh = _message("n1", created=NOW + 1)
+    assert asyncio.run(service.authenticate(fresh, b"", NOW + 1)).subject == "alice"
+    assert _reason(service, fresh) == "replayed"
+
+
+def test_start_up_waits_past_a_fence_set_in_the_current_second() -> None:
+    """Entering ``running()`` returns only when a signature made now clears the fence."""
+    store = MemoryNonceStore(100)
+    service = _service(store)
+
+    async def start() -> float:
+        async with service.running():
+            return time.time()
+
+    started = asyncio.run(start())
+    assert int(started) >= store.fence, "created = int(now) is no longer before the fence"
+
+
+@pytest.mark.parametrize(
+    ("fence_from_now", "slept"),
+    [(-5.0, []), (0.0, [0.5]), (0.25, [0.5]), (3600.0, [MAX_FENCE_WAIT_SECONDS])],
+)
+def test_start_up_wait_is_bounded_and_skipped_for_an_old_fence(
+    monkeypatch: pytest.MonkeyPatch, fence_from_now: float, slept: list[float]
+) -> None:
+    """An old fence costs nothing; a new or far-ahead one (skewed Redis) at most a second."""
+    now = 1_800_000_000.5  # fence == now: a signature made now (created = int(now)) is before it
+    monkeypatch.setattr(service_module.time, "time", lambda: now)
+    delays: list[float] = []
+
+    async def record(delay: float) -> None:
+        delays.append(delay)
+
+    monkeypatch.setattr(service_module.asyncio, "sleep", record)
+    asyncio.run(wait_past_fence(now + fence_from_now))
+    assert delays == slept
+    delays.clear()
+    asyncio.run(wait_past_fence(None))
+    assert delays == [], "no fence (Redis unreachable at start-up): no wait"
 
 
 def test_inbound_only_headers_are_stripped_for_forwarding() -> None:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 from app.authn.base import Message, build_signature_base, hmac_sha256
 from app.authn.keys import KeyRing, SigningKey
 from app.authn.signer import sign_headers
-from app.authn.verifier import SignatureVerifier, parse_signature_headers
+from app.authn.verifier import Reason, SignatureVerifier, parse_signature_headers
 from tests.conftest import REPO
 
 SIGNING_MD = REPO / "app/api/docs/signing.md"
@@ -181,3 +181,10 @@ if __name__ == "__main__":
     for vector in VECTORS:
         print(render(vector), end="\n\n")
     print(render_rfc())
+
+
+def test_every_rejection_reason_is_in_the_checks_table() -> None:
+    """Implementers read the reason a 401 was logged under from signing.md §3."""
+    rows = [line for line in SIGNING_MD.read_text().splitlines() if line.startswith("| ")]
+    documented = {line.rsplit("|", 2)[-2].strip().strip("`") for line in rows}
+    assert {reason.value for reason in Reason} <= documented

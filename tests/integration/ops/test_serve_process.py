@@ -16,7 +16,16 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from tests.conftest import POLICY_DIR, REPO, TEST_KEY_ENV, TEST_SECRET, LiveServer, free_port
+from app.stubs.server import create_stub_app
+from tests.conftest import (
+    POLICY_DIR,
+    REPO,
+    TEST_KEY_ENV,
+    TEST_SECRET,
+    LiveServer,
+    free_port,
+    signer,
+)
 from tests.integration.ops.conftest import FINDINGS, metric_value, wait_until
 
 pytestmark = pytest.mark.integration
@@ -177,3 +186,21 @@ def test_bad_config_with_workers_stops_with_one_line(tmp_path: Path) -> None:
     assert result.stderr.strip().splitlines() == [
         "gateway: configuration error: policy.dir: nowhere/model.conf is not a readable file"
     ]
+
+
+def test_a_restarted_process_refuses_a_replay_of_what_it_accepted_before(
+    live_server: Callable[[FastAPI], LiveServer],
+    gateway_process: Callable[..., GatewayProcess],
+) -> None:
+    """The in-memory replay store dies with the process; the new one's fence refuses the past."""
+    findings = live_server(create_stub_app("findings")).url
+    first = gateway_process(findings)
+    captured = next(signer().auth_flow(httpx.Request("GET", first.url + FINDINGS)))
+    with httpx.Client(timeout=10) as client:
+        assert client.send(captured).status_code == 200
+        first.close()  # killed: a crash, nothing written anywhere
+        restarted = gateway_process(findings)
+        captured.url = captured.url.copy_with(port=restarted.port)
+        assert client.send(captured).status_code == 401
+        assert client.get(restarted.url + FINDINGS, auth=signer()).status_code == 200
+    assert '"reason":"replay_window_reset"' in restarted.log_text()
