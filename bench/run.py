@@ -102,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--no-install", action="store_true", help="never apt-get nginx")
     parser.add_argument("--loadgen-procs", type=int, default=2, choices=(1, 2))
+    parser.add_argument("--only", help="comma-separated row keys to measure (development aid)")
     args = parser.parse_args(argv)
     mode = MODES["tiny" if args.tiny else "quick" if args.quick else "full"]
     started = time.monotonic()
@@ -126,6 +127,11 @@ def _run_all(root: Path, mode: Mode, args: argparse.Namespace) -> dict[str, Any]
         stub.start().wait_ready("/_health")
         targets = build_targets(root, stub.port, GATEWAY_LINES, NAIVE_LINES, not args.no_install)
         targets.insert(1, _fastapi_stub(root))
+        if args.only:
+            keep = set(args.only.split(","))
+            for target in targets:
+                if target.key not in keep and not target.note:
+                    target.note = "unavailable: not selected (--only)"
         _say(f"starting {len(targets)} rows ({mode.name} mode)")
         _start(targets, stub)
         matrix = run_matrix(targets, stub, workers, mode)
