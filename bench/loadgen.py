@@ -134,6 +134,7 @@ async def _client(
             status = await conn.send(request)
         except OSError:
             out.errors += 1
+            out.statuses[0] = out.statuses.get(0, 0) + 1  # 0: transport error, no answer
             if conn is not None and conn.transport is not None:
                 conn.transport.close()
             conn = None

@@ -28,7 +28,7 @@ class Mode:
 
 
 MODES = {
-    "full": Mode("full", 3.0, 3, 1.0, 0, 200_000, 20_000, 150.0),
+    "full": Mode("full", 3.0, 3, 1.0, 0, 200_000, 20_000, 120.0),
     "quick": Mode("quick", 1.0, 1, 0.5, 0, 20_000, 4_000, 30.0),
     "tiny": Mode("tiny", 3.0, 1, 0.0, 40, 300, 100, 20.0),
 }
@@ -131,6 +131,11 @@ def median_run(runs: list[Run]) -> dict[str, Any]:
     summary["ok"] = sum(r.ok for r in runs)
     summary["errors"] = sum(r.errors for r in runs)
     summary["rps_all"] = [round(r.rps, 1) for r in runs]
+    statuses: dict[int, int] = {}
+    for run in runs:
+        for code, count in run.statuses.items():
+            statuses[code] = statuses.get(code, 0) + count
+    summary["statuses"] = statuses
     return summary
 
 
@@ -139,7 +144,7 @@ def soak(target: Target, workers: list[LoadWorker], mode: Mode, conns: int = 64)
     assert target.server is not None
     started = time.monotonic()
     chunk_s = min(15.0, mode.soak_cap_s)
-    total = _soak_chunk(target, workers, conns, chunk_s * 4, mode.soak_warmup_requests)
+    total = _soak_chunk(target, workers, conns, 20.0, mode.soak_warmup_requests)
     rss_warm = rss_bytes(target.server.pids)
     samples = [(total, rss_warm)]
     while total < mode.soak_requests and time.monotonic() - started < mode.soak_cap_s:

@@ -56,6 +56,14 @@ def _fmt(value: float, digits: int = 0) -> str:
     return "n/a" if value is None or math.isnan(value) else f"{value:,.{digits}f}"
 
 
+def _errors(cell: dict[str, Any]) -> str:
+    """The error count, with the statuses behind it (0: no answer)."""
+    if not cell["errors"]:
+        return "0"
+    bad = {int(k): v for k, v in cell.get("statuses", {}).items() if int(k) == 0 or int(k) >= 400}
+    return f"{cell['errors']} ({', '.join(f'{k}: {v}' for k, v in sorted(bad.items()))})"
+
+
 def _table(results: dict[str, Any]) -> list[str]:
     concs = sorted({int(c) for cells in results["matrix"].values() for c in cells})
     out = [
@@ -73,7 +81,7 @@ def _table(results: dict[str, Any]) -> list[str]:
             out.append(
                 f"| {row['label']} | {c} | {_fmt(m['rps'])} | {_fmt(m['p50_ms'], 2)} "
                 f"| {_fmt(m['p99_ms'], 2)} | {_fmt(m['target_cpu_us'])} | {_fmt(m['stub_cpu_us'])} "
-                f"| {_fmt(m['loadgen_cpu_us'])} | {_fmt(m['loadgen_util'], 2)} | {m['errors']} "
+                f"| {_fmt(m['loadgen_cpu_us'])} | {_fmt(m['loadgen_util'], 2)} | {_errors(m)} "
                 f"| {', '.join(str(v) for v in m['rps_all'])} |"
             )
     return out
