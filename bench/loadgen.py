@@ -88,6 +88,10 @@ class _Conn(asyncio.Protocol):
 
     def _finish(self, head: bytes, consumed: int) -> None:
         del self.buf[:consumed]
+        # A server that ends keep-alive (nginx after keepalive_requests) says so; the
+        # next request then opens a new connection instead of failing on this one.
+        if b"\r\nconnection: close" in head and self.transport is not None:
+            self.transport.close()
         if self.waiter and not self.waiter.done():
             self.waiter.set_result(int(head[9:12]))
 

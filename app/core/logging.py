@@ -10,6 +10,10 @@ on stderr. Routing them through the standard library cost about 56 µs a line
 three lines (edge, decision, downstream) — see bench/README.md. Standard-library
 loggers (uvicorn, httpx) still go through a ``ProcessorFormatter`` with the same
 chain, so every line on stderr has one shape.
+
+Trade-off: the stdlib bridge would let extra ``logging`` handlers (syslog, files)
+see the gateway's events; the native path writes JSON lines to stderr only, which
+is where a container platform collects them. Route elsewhere at the platform.
 """
 
 from __future__ import annotations
