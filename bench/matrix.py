@@ -28,7 +28,7 @@ class Mode:
 
 
 MODES = {
-    "full": Mode("full", 3.0, 3, 1.0, 0, 200_000, 20_000, 120.0),
+    "full": Mode("full", 3.0, 3, 1.0, 0, 200_000, 20_000, 150.0),
     "quick": Mode("quick", 1.0, 1, 0.5, 0, 20_000, 4_000, 30.0),
     "tiny": Mode("tiny", 3.0, 1, 0.0, 40, 300, 100, 20.0),
 }
@@ -143,7 +143,7 @@ def soak(target: Target, workers: list[LoadWorker], mode: Mode, conns: int = 64)
     """Warm up, read RSS, then drive chunks until the request total or the time cap."""
     assert target.server is not None
     started = time.monotonic()
-    chunk_s = min(15.0, mode.soak_cap_s)
+    chunk_s = min(10.0, mode.soak_cap_s)
     total = _soak_chunk(target, workers, conns, 20.0, mode.soak_warmup_requests)
     rss_warm = rss_bytes(target.server.pids)
     samples = [(total, rss_warm)]

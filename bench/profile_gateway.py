@@ -99,7 +99,12 @@ def profile(lines: int, seconds: float, conns: int, root: Path) -> list[str]:
         )  # fmt: skip
         outcome = worker.result(timeout=seconds + 60)
         done = outcome.ok + outcome.errors
-        header = [f"Load: {conns} connections, {done} requests ({outcome.errors} errors) "
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=False
+        ).stdout.strip()
+        header = [f"# Gateway profile (py-spy, {lines:,}-line policy), commit `{commit}`", "",
+                  "Shared 2-core machine; the load generator and stub run beside the gateway.",
+                  "", f"Load: {conns} connections, {done} requests ({outcome.errors} errors) "
                   f"in {outcome.wall_s:.1f} s = {outcome.ok / outcome.wall_s:,.0f} req/s "
                   f"while sampled; policy {lines:,} lines.", ""]  # fmt: skip
         return header + summarise(raw.read_text())
