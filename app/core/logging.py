@@ -20,12 +20,11 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Callable
 from typing import Literal
 
 import orjson
 import structlog
-from structlog.typing import Processor, WrappedLogger
+from structlog.typing import EventDict, Processor, WrappedLogger
 
 
 def _orjson_dumps(obj: object, default: object = None) -> str:
@@ -34,6 +33,10 @@ def _orjson_dumps(obj: object, default: object = None) -> str:
 
 def _orjson_bytes(obj: object, default: object = None) -> bytes:
     return orjson.dumps(obj, default=str)
+
+
+def _to_bytes(logger: WrappedLogger, method: str, rendered: EventDict | str) -> bytes:
+    return str(rendered).encode("utf-8", "replace")
 
 
 def _shared_processors() -> list[Processor]:
@@ -52,20 +55,18 @@ def configure_logging(
     use_console = fmt == "console" or (fmt == "auto" and sys.stderr.isatty())
     shared = _shared_processors()
     native: list[Processor]
-    factory: Callable[..., WrappedLogger]
     if use_console:
-        native = [*shared, structlog.dev.ConsoleRenderer()]
-        factory = structlog.WriteLoggerFactory(sys.stderr)
+        native = [*shared, structlog.dev.ConsoleRenderer(), _to_bytes]
     else:
         native = [
             *shared,
             structlog.processors.format_exc_info,
             structlog.processors.JSONRenderer(serializer=_orjson_bytes),
         ]
-        factory = structlog.BytesLoggerFactory(sys.stderr.buffer)
     structlog.configure(
         processors=native,
-        logger_factory=factory,
+        # BytesLogger carries the logger's name, which add_logger_name reads.
+        logger_factory=structlog.BytesLoggerFactory(sys.stderr.buffer),
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level)),
         cache_logger_on_first_use=cache,
     )
