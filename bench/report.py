@@ -105,6 +105,39 @@ def _ratios(results: dict[str, Any]) -> list[str]:
     return out
 
 
+def _soak(soak: dict[str, Any]) -> list[str]:
+    if "samples" not in soak:
+        return [f"Not run: {soak.get('error')}"]
+    return [
+        f"{soak['requests']:,} requests (target {soak['target_requests']:,}) in "
+        f"{soak['seconds']} s; RSS after warm-up {soak['rss_warm_mb']:.1f} MB, at end "
+        f"{soak['rss_end_mb']:.1f} MB ({soak['growth'] * 100:+.1f}%).",
+        "",
+        "| requests so far | RSS MB |",
+        "|---:|---:|",
+        *[f"| {n:,} | {mb} |" for n, mb in soak["samples"]],
+    ]
+
+
+def _loadgen_verdict(results: dict[str, Any]) -> str:
+    """How busy the generator's busiest process was, by kind of row."""
+    matrix = results["matrix"]
+    python_rows = [k for k in matrix if k not in ("direct", "nginx")]
+    native = max(
+        (c["loadgen_util"] for k in ("direct", "nginx") for c in matrix.get(k, {}).values()),
+        default=float("nan"),
+    )
+    others = max(
+        (c["loadgen_util"] for k in python_rows for c in matrix[k].values()), default=float("nan")
+    )
+    return (
+        f"- load generator: its busiest process used at most {_fmt(others, 2)} of a core "
+        "(worst cell, median of repeats) "
+        f"during the Python rows' cells and {_fmt(native, 2)} during the stub / nginx cells "
+        "(1.0 = saturated: those cells are then bounded by the generator, not the server)."
+    )
+
+
 def _micros(results: dict[str, Any]) -> list[str]:
     if results.get("micros_skipped"):
         return ["Skipped in `--tiny` mode."]
@@ -136,6 +169,7 @@ def write_report(results: dict[str, Any], out_dir: Path) -> None:
         f"(RFC 9421, new nonce) by the load generator in {results['loadgen_procs']} process(es); "
         "figures are medians over the repeats; CPU per request from /proc "
         "(all processes of the row).",
+        _loadgen_verdict(results),
         "",
         "## Goals (issue 7)",
         "",
@@ -153,7 +187,7 @@ def write_report(results: dict[str, Any], out_dir: Path) -> None:
         "",
         "## RSS soak (gateway, 64 connections)",
         "",
-        f"`{results['soak']}`",
+        *_soak(results["soak"]),
         "",
         f"Decision log lines written by the gateway during the run: "
         f"{results['gateway_decision_log_lines']:,} "
@@ -177,6 +211,7 @@ def write_report(results: dict[str, Any], out_dir: Path) -> None:
         "",
         f"Plot: `{plot.name}` (latency vs concurrency, throughput bars)." if plot else "",
         "",
-        "What each row is, and how to read this file: `bench/README.md`.",
+        "What each row is, and how to read this file: `bench/README.md`. Where the gateway's "
+        "CPU goes: `bench/results/profile-*.md` (`python -m bench.profile_gateway`).",
     ]
     (out_dir / "latest.md").write_text("\n".join(lines) + "\n")
