@@ -44,8 +44,9 @@ def write_plot(results: dict[str, Any], path: Path) -> Path | None:
     rps_ax.set_xticks(
         [j + width * (len(keys) - 1) / 2 for j in range(len(concs))], [f"{c} conns" for c in concs]
     )
-    rps_ax.set(ylabel="requests / s (median)", title="Throughput")
-    rps_ax.legend(fontsize=7)
+    # Log scale: the rows span three orders of magnitude (nginx vs a slow gateway).
+    rps_ax.set(yscale="log", ylabel="requests / s (median, log)", title="Throughput")
+    rps_ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.08), ncol=4)
     commit = results["facts"]["commit"][:10]
     fig.suptitle(
         f"authz-gateway bench, commit {commit}, mode {results['mode']} (shared 2-core box)"
