@@ -12,6 +12,7 @@ from typing import Any
 from bench.goals import evaluate_goals
 from bench.nginx import nginx_binary, nginx_version
 from bench.plot import write_plot
+from bench.sanity import verdict
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -176,6 +177,10 @@ def write_report(results: dict[str, Any], out_dir: Path) -> None:
         "| goal | figure | target | met |",
         "|---|---|---|---|",
         *[f"| {g['goal']} | {g['figure']} | {g['target']} | {g['met']} |" for g in goals],
+        "",
+        "## Security checks on the measured rows (before the load)",
+        "",
+        *[f"- **{key}**: {verdict(statuses)}" for key, statuses in results["security"].items()],
         "",
         "## Throughput and latency",
         "",

@@ -23,6 +23,7 @@ from bench.matrix import MODES, Mode, measure, median_run, soak, warm_up
 from bench.micros import run_micros, run_probe
 from bench.procs import Server, free_port, python_argv
 from bench.report import machine_facts, write_report
+from bench.sanity import check
 from bench.targets import STUB_PATH, Target, build_targets
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -134,6 +135,7 @@ def _run_all(root: Path, mode: Mode, args: argparse.Namespace) -> dict[str, Any]
                     target.note = "unavailable: not selected (--only)"
         _say(f"starting {len(targets)} rows ({mode.name} mode)")
         _start(targets, stub)
+        security = _security(targets)
         matrix = run_matrix(targets, stub, workers, mode)
         gateway = next(t for t in targets if t.key == "gateway")
         soak_result = soak(gateway, workers, mode) if gateway.available else {"error": gateway.note}
@@ -149,11 +151,24 @@ def _run_all(root: Path, mode: Mode, args: argparse.Namespace) -> dict[str, Any]
     return {
         "rows": [{"key": t.key, "label": t.label, "note": t.note} for t in targets],
         "matrix": matrix,
+        "security": security,
         "soak": soak_result,
         "gateway_decision_log_lines": log_lines,
         "loadgen_procs": len(workers),
         **_extras(mode),
     }
+
+
+def _security(targets: list[Target]) -> dict[str, dict[str, Any]]:
+    """Signed / unsigned / replayed / unknown-caller answers of the rows that check."""
+    found: dict[str, dict[str, Any]] = {}
+    for target in targets:
+        if target.available and target.key in ("naive", "gateway", "gateway_w2"):
+            try:
+                found[target.key] = check(target)
+            except (OSError, ValueError) as exc:
+                found[target.key] = {"error": f"{type(exc).__name__}: {exc}"}
+    return found
 
 
 def _decision_lines(log: Path) -> int:

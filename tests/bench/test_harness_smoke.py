@@ -88,6 +88,14 @@ def test_every_goal_and_extra_is_reported(tiny_run: Path) -> None:
         assert goal in goal_rows, goal
     results = json.loads((tiny_run / "latest.json").read_text())
     assert results["gateway_decision_log_lines"] > 0  # decision logging was on
+    for key in ("gateway", "naive"):
+        security = results["security"][key]
+        assert (security["signed"], security["unsigned"], security["unknown_caller"]) == (
+            200,
+            401,
+            403,
+        ), key
+    assert "## Security checks" in report
     assert results["soak"]["requests"] > 0
     assert results["soak"]["rss_end_mb"] > 0
     assert "ratio" in results["signature"], results["signature"]
