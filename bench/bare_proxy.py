@@ -19,6 +19,7 @@ from fastapi import FastAPI, Request, Response
 from app.core.config import ServiceSettings
 from app.core.logging import configure_logging
 from app.orchestration.client import DownstreamClient
+from bench.targets import service_settings
 
 Forward = Callable[[str], Awaitable[tuple[int, bytes, str]]]
 Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
@@ -48,7 +49,7 @@ def _ours_app(upstream: str) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        settings = ServiceSettings.model_validate({"url": upstream, "max_keepalive": 100})
+        settings = ServiceSettings.model_validate(service_settings(upstream))
         clients["c"] = DownstreamClient("findings", settings)
         yield
         await clients["c"].aclose()

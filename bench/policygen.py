@@ -39,9 +39,10 @@ def _shipped_rules() -> list[str]:
 
 
 def write_policy(target: Path, total_lines: int) -> Path:
-    """A policy dir with the shipped model and about ``total_lines`` rule lines."""
-    target.mkdir(parents=True, exist_ok=True)
-    shutil.copy(SHIPPED / "model.conf", target / "model.conf")
+    """A copy of the shipped policy dir whose policy has about ``total_lines`` lines."""
+    # Everything shipped comes along (model, and any policy test suite a reload gate
+    # runs), so the generated dir loads wherever the shipped one does.
+    shutil.copytree(SHIPPED, target, dirs_exist_ok=True)
     lines = _shipped_rules()
     for i in range(engagement_count(total_lines)):
         lines.extend(_engagement_lines(i))

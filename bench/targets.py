@@ -12,6 +12,10 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
 
 from bench.nginx import ensure_nginx, nginx_server
 from bench.policygen import load_callers, write_policy
@@ -43,15 +47,30 @@ class Target:
         return self.server is not None and not self.note.startswith("unavailable")
 
 
+def service_settings(url: str) -> dict[str, Any]:
+    """The findings service with a keep-alive pool as large as the baselines' (100).
+
+    Falls back to the defaults if this commit's ``ServiceSettings`` has no such field.
+    """
+    from app.core.config import ServiceSettings
+
+    tuned = {"url": url, "max_keepalive": 100}
+    try:
+        ServiceSettings.model_validate(tuned)
+    except ValidationError:
+        return {"url": url}
+    return tuned
+
+
 def gateway_config(root: Path, stub_port: int, policy_dir: Path) -> Path:
+    settings = {
+        "signing": {"keys": [{"id": BENCH_KEY_ID, "secret_env": BENCH_KEY_ENV}]},
+        "policy": {"dir": str(policy_dir)},
+        "services": {"findings": service_settings(f"http://127.0.0.1:{stub_port}")},
+        "log": {"level": "INFO", "format": "json"},
+    }
     path = root / "gateway.yaml"
-    path.write_text(
-        f"signing:\n  keys:\n    - id: {BENCH_KEY_ID}\n      secret_env: {BENCH_KEY_ENV}\n"
-        f"policy:\n  dir: {policy_dir}\n"
-        f"services:\n  findings:\n    url: http://127.0.0.1:{stub_port}\n"
-        "    max_keepalive: 100\n"
-        "log:\n  level: INFO\n  format: json\n"
-    )
+    path.write_text(yaml.safe_dump(settings))
     return path
 
 
