@@ -18,7 +18,7 @@ import yaml
 from pydantic import ValidationError
 
 from bench.nginx import ensure_nginx, nginx_server
-from bench.policygen import load_callers, write_policy
+from bench.policygen import NAIVE_SOURCE, load_callers, write_policy
 from bench.procs import Server, free_port, python_argv
 
 BENCH_KEY_ID = "bench-2026"
@@ -102,7 +102,7 @@ def build_targets(
     """Every row, not yet started; rows that cannot run carry an 'unavailable' note."""
     upstream = f"http://127.0.0.1:{stub_port}"
     gw_policy = write_policy(root / f"policy-{gateway_lines}", gateway_lines)
-    naive_policy = write_policy(root / f"policy-{naive_lines}", naive_lines)
+    naive_policy = write_policy(root / f"policy-{naive_lines}", naive_lines, NAIVE_SOURCE)
     gw_callers = load_callers(gateway_lines)
     targets = [
         Target("direct", "direct stub", STUB_PATH, gw_callers),
@@ -137,7 +137,7 @@ def build_targets(
             "naive",
             "naive gateway",
             GATEWAY_PATH,
-            load_callers(naive_lines),
+            load_callers(naive_lines, source=NAIVE_SOURCE),
             naive,
             ready_path="/healthz",
         )
