@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # Documented demo/test key: never use it outside the demo and the tests.
 export GATEWAY_DEMO_KEY ?= demo-key-not-secret-0123456789abcdef
 
-.PHONY: run test lint typecheck policy-check pytest redis clean
+.PHONY: run test lint typecheck policy-check pytest redis clean bench
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,15 @@ pytest: $(STAMP) redis
 	$(BIN)/pytest; rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
 test: lint typecheck policy-check pytest
+
+# Benchmarks with peer baselines in one run (bench/README.md); BENCH_ARGS=--quick for a smoke run.
+BENCH_STAMP := $(VENV)/.bench-installed
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/pip install --quiet -e '.[dev,bench]'
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,122 @@
+"""The issue's goals, each turned into a figure from this run and a met / not met."""
+
+from __future__ import annotations
+
+from typing import Any
+
+Goal = dict[str, str]
+
+
+def _rps(matrix: dict[str, Any], key: str, conns: int) -> float | None:
+    cells = matrix.get(key)
+    return cells[conns]["rps"] if cells and conns in cells and cells[conns]["rps"] else None
+
+
+def _ratio_goal(matrix: dict[str, Any], base: str, label: str, need: float) -> Goal:
+    gw, ref = _rps(matrix, "gateway", 64), _rps(matrix, base, 64)
+    goal = f"gateway req/s at 64 conns vs {label}"
+    if gw is None or ref is None:
+        return {"goal": goal, "figure": "not measured", "target": f"≥ {need}×", "met": "n/a"}
+    ratio = gw / ref
+    return {
+        "goal": goal,
+        "figure": f"{ratio:.3f}× ({gw:,.0f} vs {ref:,.0f} req/s)",
+        "target": f"≥ {need}×",
+        "met": _met(ratio >= need),
+    }
+
+
+def _met(ok: bool) -> str:
+    return "**met**" if ok else "**not met**"
+
+
+def _added_p99(matrix: dict[str, Any]) -> Goal:
+    goal = "added p99 over bare proxy (aiohttp) at 16 conns"
+    gw, bare = matrix.get("gateway"), matrix.get("bare_aiohttp")
+    if not gw or not bare or 16 not in gw:
+        return {"goal": goal, "figure": "not measured", "target": "≤ 2 ms", "met": "n/a"}
+    added = gw[16]["p99_ms"] - bare[16]["p99_ms"]
+    figure = f"{added:,.2f} ms ({gw[16]['p99_ms']:,.2f} vs {bare[16]['p99_ms']:,.2f})"
+    return {"goal": goal, "figure": figure, "target": "≤ 2 ms", "met": _met(added <= 2.0)}
+
+
+def _signature(probe: dict[str, Any]) -> Goal:
+    goal = "signature verification vs one raw HMAC, 1 KB body"
+    if "ratio" not in probe:
+        return {
+            "goal": goal,
+            "figure": f"probe failed: {probe.get('error')}",
+            "target": "≤ 2×",
+            "met": "n/a",
+        }
+    figure = f"{probe['ratio']:.1f}× ({probe['verify_us']:.1f} µs vs {probe['raw_hmac_us']:.2f} µs)"
+    return {"goal": goal, "figure": figure, "target": "≤ 2×", "met": _met(probe["ratio"] <= 2)}
+
+
+def _decision(probe: dict[str, Any]) -> Goal:
+    goal = f"decision p99 at {probe.get('lines', 100_000):,} policy lines"
+    if "p99_us" not in probe:
+        return {
+            "goal": goal,
+            "figure": f"probe failed: {probe.get('error')}",
+            "target": "≤ 100 µs",
+            "met": "n/a",
+        }
+    figure = (
+        f"{probe['p99_us']:,.1f} µs (p50 {probe['p50_us']:,.1f}; {probe['decisions']} decisions)"
+    )
+    met = _met(probe["p99_us"] <= 100) if probe["lines"] >= 100_000 else "n/a (reduced policy)"
+    return {"goal": goal, "figure": figure, "target": "≤ 100 µs", "met": met}
+
+
+def _workers(results: dict[str, Any]) -> Goal:
+    goal = "two workers vs one, req/s at 64 conns"
+    one, two = _rps(results["matrix"], "gateway", 64), _rps(results["matrix"], "gateway_w2", 64)
+    if one is None or two is None:
+        note = next((r["note"] for r in results["rows"] if r["key"] == "gateway_w2"), "")
+        return {
+            "goal": goal,
+            "figure": f"skipped: {note or 'not measured'}",
+            "target": "≥ 1.7×",
+            "met": "n/a",
+        }
+    return {
+        "goal": goal,
+        "figure": f"{two / one:.2f}× ({two:,.0f} vs {one:,.0f} req/s)",
+        "target": "≥ 1.7×",
+        "met": _met(two / one >= 1.7),
+    }
+
+
+def _rss(soak: dict[str, Any]) -> Goal:
+    goal = "gateway RSS growth after warm-up over the soak"
+    if "growth" not in soak:
+        return {
+            "goal": goal,
+            "figure": f"not measured: {soak.get('error')}",
+            "target": "< 10%",
+            "met": "n/a",
+        }
+    figure = (
+        f"{soak['growth'] * 100:+.1f}% ({soak['rss_warm_mb']:.1f} → {soak['rss_end_mb']:.1f}"
+        f" MB over {soak['requests']:,} requests in {soak['seconds']} s)"
+    )
+    enough = soak["requests"] >= 200_000
+    met = _met(soak["growth"] < 0.10 and enough)
+    if not enough:
+        met += f" (soak below 200k requests: target {soak['target_requests']:,} or time cap)"
+    return {"goal": goal, "figure": figure, "target": "< 10% over ≥ 200k requests", "met": met}
+
+
+def evaluate_goals(results: dict[str, Any]) -> list[Goal]:
+    matrix = results["matrix"]
+    return [
+        _ratio_goal(matrix, "bare_aiohttp", "bare proxy (aiohttp)", 0.85),
+        _ratio_goal(matrix, "naive", "naive gateway", 15),
+        _ratio_goal(matrix, "nginx", "nginx", 0.5),
+        _added_p99(matrix),
+        _signature(results["signature"]),
+        _decision(results["decision"]),
+        _workers(results),
+        _rss(results["soak"]),
+    ]

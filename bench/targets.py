@@ -1,0 +1,168 @@
+"""The rows of the benchmark: each a server (tree) and the requests it is sent.
+
+All rows sit in front of one stub (``bench.fast_stub``). Python rows run under
+uvicorn with uvloop + httptools, one process each; the gateway is started with
+its own CLI (``gateway serve``) exactly as an operator would.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from bench.nginx import ensure_nginx, nginx_server
+from bench.policygen import NAIVE_SOURCE, load_callers, write_policy
+from bench.procs import Server, free_port, python_argv
+
+BENCH_KEY_ID = "bench-2026"
+BENCH_KEY_ENV = "GATEWAY_BENCH_KEY"
+# A documented benchmark-only key; it never signs anything outside a bench run.
+BENCH_SECRET = b"bench-secret-not-for-production-0123456789"
+GATEWAY_PATH = "/v1/engagements/{engagement}/findings"
+STUB_PATH = "/engagements/{engagement}/findings"
+
+
+@dataclass
+class Target:
+    """One row: how to start it, what to send, and where it stands."""
+
+    key: str
+    label: str
+    path_template: str
+    callers: list[tuple[str, str]]
+    server: Server | None = None
+    ready_path: str = "/_health"
+    note: str = ""
+    extra_pids: list[int] = field(default_factory=list)
+
+    @property
+    def available(self) -> bool:
+        return self.server is not None and not self.note.startswith("unavailable")
+
+
+def service_settings(url: str) -> dict[str, Any]:
+    """The findings service with a keep-alive pool as large as the baselines' (100).
+
+    Falls back to the defaults if this commit's ``ServiceSettings`` has no such field.
+    """
+    from app.core.config import ServiceSettings
+
+    tuned = {"url": url, "max_keepalive": 100}
+    try:
+        ServiceSettings.model_validate(tuned)
+    except ValidationError:
+        return {"url": url}
+    return tuned
+
+
+def gateway_config(root: Path, stub_port: int, policy_dir: Path) -> Path:
+    settings = {
+        "signing": {"keys": [{"id": BENCH_KEY_ID, "secret_env": BENCH_KEY_ENV}]},
+        "policy": {"dir": str(policy_dir)},
+        "services": {"findings": service_settings(f"http://127.0.0.1:{stub_port}")},
+        "log": {"level": "INFO", "format": "json"},
+    }
+    path = root / "gateway.yaml"
+    path.write_text(yaml.safe_dump(settings))
+    return path
+
+
+def serve_supports_workers() -> bool:
+    done = subprocess.run(  # fixed argv: our own CLI
+        [sys.executable, "-m", "app.cli.main", "serve", "--help"],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    return "--workers" in done.stdout
+
+
+def _gateway(root: Path, config: Path, workers: int, callers: list[tuple[str, str]]) -> Target:
+    port = free_port()
+    argv = python_argv("app.cli.main", "serve", "--port", str(port), "--config", str(config))
+    if workers > 1:
+        argv += ["--workers", str(workers)]
+    key = "gateway" if workers == 1 else f"gateway_w{workers}"
+    server = Server(key, port, argv, {BENCH_KEY_ENV: BENCH_SECRET.decode()}, root / f"{key}.log")
+    label = "gateway" if workers == 1 else f"gateway ({workers} workers)"
+    return Target(key, label, GATEWAY_PATH, callers, server, ready_path="/healthz")
+
+
+def build_targets(
+    root: Path, stub_port: int, gateway_lines: int, naive_lines: int, install_nginx: bool
+) -> list[Target]:
+    """Every row, not yet started; rows that cannot run carry an 'unavailable' note."""
+    upstream = f"http://127.0.0.1:{stub_port}"
+    gw_policy = write_policy(root / f"policy-{gateway_lines}", gateway_lines)
+    naive_policy = write_policy(root / f"policy-{naive_lines}", naive_lines, NAIVE_SOURCE)
+    gw_callers = load_callers(gateway_lines)
+    targets = [
+        Target("direct", "direct stub", STUB_PATH, gw_callers),
+        _nginx(root, stub_port, gw_callers, install_nginx),
+    ]
+    for client in ("aiohttp", "ours"):
+        port = free_port()
+        argv = python_argv(
+            "bench.bare_proxy", "--client", client, "--port", str(port), "--upstream", upstream
+        )
+        label = f"bare proxy ({'aiohttp' if client == 'aiohttp' else 'our client'})"
+        server = Server(f"bare_{client}", port, argv, log_path=root / f"bare_{client}.log")
+        targets.append(Target(f"bare_{client}", label, STUB_PATH, gw_callers, server))
+        if client == "aiohttp" and importlib.util.find_spec("aiohttp") is None:
+            targets[-1].note = "unavailable: aiohttp missing (pip install -e '.[bench]')"
+
+    port = free_port()
+    naive_argv = python_argv(
+        "bench.naive_gateway",
+        "--port",
+        str(port),
+        "--upstream",
+        upstream,
+        "--policy-dir",
+        str(naive_policy),
+        "--secret-env",
+        BENCH_KEY_ENV,
+    )
+    naive = Server("naive", port, naive_argv, {BENCH_KEY_ENV: BENCH_SECRET.decode()})
+    targets.append(
+        Target(
+            "naive",
+            "naive gateway",
+            GATEWAY_PATH,
+            load_callers(naive_lines, source=NAIVE_SOURCE),
+            naive,
+            ready_path="/healthz",
+        )
+    )
+    config = gateway_config(root, stub_port, gw_policy)
+    targets.append(_gateway(root, config, 1, gw_callers))
+    if serve_supports_workers():
+        targets.append(_gateway(root, config, 2, gw_callers))
+    else:
+        targets.append(
+            Target(
+                "gateway_w2",
+                "gateway (2 workers)",
+                GATEWAY_PATH,
+                gw_callers,
+                note="unavailable: `gateway serve` has no --workers option on this commit",
+            )
+        )
+    return targets
+
+
+def _nginx(root: Path, stub_port: int, callers: list[tuple[str, str]], install: bool) -> Target:
+    try:
+        binary = ensure_nginx(install)
+    except RuntimeError as exc:
+        return Target("nginx", "nginx", STUB_PATH, callers, note=f"unavailable: {exc}")
+    server = nginx_server(binary, root / "nginx", free_port(), stub_port)
+    return Target("nginx", "nginx", STUB_PATH, callers, server)

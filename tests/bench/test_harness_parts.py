@@ -1,0 +1,85 @@
+"""The harness's pure parts: goal evaluation, profile summary, micro-benchmark runner."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bench.goals import evaluate_goals
+from bench.micros import discover, run_micro
+from bench.profile_gateway import summarise
+
+
+def _cell(rps: float, p99: float) -> dict[str, Any]:
+    return {"rps": rps, "p99_ms": p99}
+
+
+def _results(gateway_rps: float, gateway_p99: float) -> dict[str, Any]:
+    by_conns = {
+        "gateway": (gateway_rps, gateway_p99),
+        "bare_aiohttp": (1000.0, 5.0),
+        "naive": (50.0, 100.0),
+        "nginx": (1500.0, 2.0),
+    }
+    return {
+        "matrix": {k: {c: _cell(r, p) for c in (1, 16, 64)} for k, (r, p) in by_conns.items()},
+        "rows": [{"key": "gateway_w2", "note": "unavailable: no --workers"}],
+        "signature": {"verify_us": 5.0, "raw_hmac_us": 3.0, "ratio": 5 / 3},
+        "decision": {"lines": 100_000, "p50_us": 20.0, "p99_us": 150.0, "decisions": 9},
+        "soak": {"growth": 0.01, "requests": 250_000, "target_requests": 200_000,
+                 "rss_warm_mb": 70.0, "rss_end_mb": 70.7, "seconds": 99},
+    }  # fmt: skip
+
+
+def test_goals_met_and_not_met_follow_the_figures() -> None:
+    goals = {g["goal"]: g for g in evaluate_goals(_results(900.0, 6.0))}
+    met = {name: g["met"] for name, g in goals.items()}
+    assert met["gateway req/s at 64 conns vs bare proxy (aiohttp)"] == "**met**"
+    assert met["gateway req/s at 64 conns vs naive gateway"] == "**met**"
+    assert met["gateway req/s at 64 conns vs nginx"] == "**met**"
+    assert met["added p99 over bare proxy (aiohttp) at 16 conns"] == "**met**"
+    assert met["signature verification vs one raw HMAC, 1 KB body"] == "**met**"
+    assert met["decision p99 at 100,000 policy lines"] == "**not met**"
+    assert met["two workers vs one, req/s at 64 conns"] == "n/a"
+    assert met["gateway RSS growth after warm-up over the soak"] == "**met**"
+
+
+def test_slow_gateway_misses_the_ratio_goals() -> None:
+    goals = evaluate_goals(_results(100.0, 50.0))
+    assert [g["met"] for g in goals[:4]] == ["**not met**"] * 4
+    assert goals[0]["figure"].startswith("0.100")
+
+
+def test_short_soak_is_not_met_even_without_growth() -> None:
+    results = _results(900.0, 6.0)
+    results["soak"]["requests"] = 5_000
+    rss = evaluate_goals(results)[-1]
+    assert rss["met"].startswith("**not met**")
+    assert "below 200k" in rss["met"]
+
+
+def test_profile_summary_groups_samples_by_innermost_stage() -> None:
+    raw = (
+        "main (app/cli/main.py:1);enforce_ex (casbin/core_enforcer.py:450) 30\n"
+        "main (app/cli/main.py:1);request (httpx/_client.py:1);send (anyio/x.py:2) 10\n"
+        "garbage line\n"
+    )
+    text = "\n".join(summarise(raw))
+    assert "40 samples." in text
+    assert "| authz (policy) | 75.0 |" in text
+    assert "| downstream client | 25.0 |" in text
+
+
+def test_micro_runner_returns_table_and_result() -> None:
+    outcome = run_micro("tests.bench.fake_micro", timeout_s=60)
+    assert outcome["result"] == {"noop_us": 0.1}
+    assert "| noop | 0.1 |" in outcome["table"]
+
+
+def test_micro_runner_reports_a_failure_instead_of_raising() -> None:
+    outcome = run_micro("tests.bench.broken_micro", timeout_s=60)
+    assert "broken on purpose" in outcome["error"]
+    assert "result" not in outcome
+
+
+def test_discovery_finds_only_micro_modules() -> None:
+    assert all(name.startswith("bench.micro_") for name in discover())
