@@ -2,7 +2,8 @@
 
 With ``--workers N`` (N > 1) uvicorn starts N processes that each build the app
 from the environment (``app.main:create_app_from_env``); the configuration is
-still checked here first, so a bad file stops start-up with one line. On SIGTERM
+still checked here first, so a bad file stops start-up with one line. Several
+workers need ``redis.url``: in-memory replay protection is per process. On SIGTERM
 uvicorn stops accepting, lets in-flight requests finish for
 ``ops.graceful_shutdown_seconds``, runs the lifespan shutdown (pools closed) and
 exits by re-raising SIGTERM, so supervisors see a clean signal exit.
@@ -52,6 +53,15 @@ def run(args: argparse.Namespace) -> int:
     with without_multiprocess_metrics():  # the supervisor only validates
         built = _build()
     if built is None:
+        return 2
+    if built[0].redis.url is None:
+        # Nonces, rate limits and reload notices would be per worker: a request replayed
+        # to another worker would be accepted. Refuse rather than serve that.
+        print(
+            f"gateway: configuration error: --workers {args.workers} needs redis.url "
+            "(in-memory nonces are per process; a replay to another worker would pass)",
+            file=sys.stderr,
+        )
         return 2
     with multiprocess_metrics_dir(args.workers):
         return _serve(args, built[0], APP_FACTORY)

@@ -27,6 +27,7 @@ from tests.conftest import (
     signer,
 )
 from tests.integration.ops.conftest import FINDINGS, metric_value, wait_until
+from tests.redis_server import RedisServer
 
 pytestmark = pytest.mark.integration
 
@@ -46,9 +47,11 @@ REQUESTS = "gateway_http_requests_total"
 class HeldFindings:
     """A findings service that holds every request until released."""
 
-    def __init__(self) -> None:
+    def __init__(self, hold: bool = True) -> None:
         self.arrived = 0
         self.release = threading.Event()
+        if not hold:
+            self.release.set()
         self.app = FastAPI()
         self.app.get("/engagements/{engagement_id}/findings")(self._list)
 
@@ -146,17 +149,24 @@ def test_sigterm_lets_in_flight_requests_finish(
     assert '"event":"shutdown_complete"' in gateway.log_text()
 
 
-def test_workers_share_one_metrics_view(
+def test_workers_share_one_metrics_view_and_one_replay_cache(
     live_server: Callable[[FastAPI], LiveServer],
     gateway_process: Callable[..., GatewayProcess],
+    redis_server: RedisServer,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     metrics_dir = tmp_path / "metrics"
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(metrics_dir))
-    held = HeldFindings()
+    monkeypatch.setenv("GATEWAY_REDIS__URL", redis_server.url)
+    held = HeldFindings(hold=False)
     gateway = gateway_process(live_server(held.app).url, "--workers", "2")
     wait_until(lambda: len(list(metrics_dir.glob("counter_*.db"))) == 2, timeout=30)
+    signed = next(signer("alice").auth_flow(httpx.Request("GET", gateway.url + FINDINGS)))
+    with httpx.Client(timeout=10) as client:
+        # Fresh connections, so the two sends may land on different workers.
+        statuses = [client.send(signed).status_code for _ in range(4)]
+    assert statuses == [200, 401, 401, 401]
     healthz = {"route": "/healthz", "method": "GET", "status": "200"}
     before = metric_value(httpx.get(gateway.url + "/metrics").text, REQUESTS, **healthz)
     for _ in range(20):
@@ -168,6 +178,25 @@ def test_workers_share_one_metrics_view(
     gateway.proc.send_signal(signal.SIGTERM)
     assert gateway.proc.wait(timeout=30) == 0  # the supervisor exits 0 after its workers
     assert gateway.log_text().count('"event":"shutdown_complete"') == 2  # one per worker
+
+
+def test_workers_without_redis_are_refused(tmp_path: Path) -> None:
+    config = tmp_path / "gw.yaml"
+    config.write_text(CONFIG.format(env=TEST_KEY_ENV, policy="policies", url="http://127.0.0.1:1"))
+    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "GATEWAY_REDIS__URL")}
+    result = subprocess.run(
+        [sys.executable, "-m", "app.cli.main", "serve", "--workers", "2", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=REPO,
+        env={**env, TEST_KEY_ENV: TEST_SECRET.decode()},
+        check=False,
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith("gateway: configuration error: --workers 2 needs redis.url")
 
 
 def test_bad_config_with_workers_stops_with_one_line(tmp_path: Path) -> None:
