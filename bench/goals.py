@@ -70,8 +70,9 @@ def _decision(probe: dict[str, Any]) -> Goal:
 
 
 def _workers(results: dict[str, Any]) -> Goal:
-    goal = "two workers vs one, req/s at 64 conns"
-    one, two = _rps(results["matrix"], "gateway", 64), _rps(results["matrix"], "gateway_w2", 64)
+    goal = "two workers vs one (both on Redis), req/s at 64 conns"
+    one = _rps(results["matrix"], "gateway_redis", 64)
+    two = _rps(results["matrix"], "gateway_w2", 64)
     if one is None or two is None:
         note = next((r["note"] for r in results["rows"] if r["key"] == "gateway_w2"), "")
         return {

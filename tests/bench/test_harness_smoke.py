@@ -60,6 +60,7 @@ def test_every_row_is_measured_or_says_why(tiny_run: Path) -> None:
         "bare_ours",
         "naive",
         "gateway",
+        "gateway_redis",
         "gateway_w2",
     }
     assert set(rows) == expected
