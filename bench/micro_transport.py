@@ -289,8 +289,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--role", default="main", choices=("main", "stub", "load", *VARIANTS))
     parser.add_argument("--port", type=int)
     parser.add_argument("--upstream")
-    parser.add_argument("--seconds", type=float, default=5.0)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args(argv)
     if args.role == "stub":
         asyncio.run(_serve_stub(args.port))

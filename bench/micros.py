@@ -19,6 +19,7 @@ MARKER = "@@bench-result@@"
 _RUNNER = (
     "import json, importlib, sys\n"
     "mod = importlib.import_module(sys.argv[1])\n"
+    "sys.argv[1:] = []  # a main() that parses options sees none, not the module name\n"
     "result = mod.main()\n"
     f"print({MARKER!r} + json.dumps(result, default=str))\n"
 )
