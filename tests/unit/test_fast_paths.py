@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import gzip
+import random
+from datetime import UTC, datetime
 
 import httpx
 import pytest
+import structlog
 
+from app.core.errors import InvalidPath
+from app.core.logging import LevelNameTime
+from app.edge import paths
+from app.edge.paths import normalize_path
 from app.ops import metrics
 from app.orchestration.client import _with_propagation
 from app.orchestration.transport import buffered_response
@@ -76,3 +83,45 @@ def test_cached_metric_children_keep_counting() -> None:
     metrics.count_decision("allow", "fast_path_test")
     after = metric_value(metrics.render().decode(), "gateway_authz_decisions_total", **decision)
     assert after == before + 2
+
+
+def _outcome(path: str) -> str:
+    try:
+        return normalize_path(path)
+    except InvalidPath as exc:
+        return f"error: {exc.detail}"
+
+
+def test_canonical_path_shortcut_changes_no_outcome(monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = random.Random(9)
+    pieces = ["/", "/", "a", "B", ".", "..", "%2e", "%41", "%2F", "%", "~", ";", "-", "v1"]
+    samples = ["/", "//", "/.", "/a/", "/a/..", "/v1/engagements/acme-2026/findings"]
+    samples += ["/" + "".join(rng.choices(pieces, k=rng.randint(0, 8))) for _ in range(3000)]
+    fast = [_outcome(p) for p in samples]
+    monkeypatch.setattr(paths, "_is_canonical", lambda text: False)
+    assert fast == [_outcome(p) for p in samples]
+
+
+class _Named:
+    name = "gateway.edge"
+
+
+@pytest.mark.parametrize("method", ["info", "warning", "warn", "error", "exception", "debug"])
+def test_level_name_time_equals_structlog_processors(method: str) -> None:
+    reference: dict[str, object] = {"event": "x", "a": 1}
+    for processor in (structlog.stdlib.add_log_level, structlog.stdlib.add_logger_name):
+        reference = processor(_Named(), method, reference)  # type: ignore[arg-type]
+    got = LevelNameTime()(_Named(), method, {"event": "x", "a": 1})
+    assert list(got) == [*reference, "timestamp"]
+    assert {k: got[k] for k in reference} == reference
+
+
+@pytest.mark.parametrize(
+    "now_ns", [0, 1_764_160_000_000_000_000, 1_764_160_000_123_456_789, 1_764_160_059_000_999_999]
+)
+def test_timestamp_equals_structlog_iso_utc(now_ns: int) -> None:
+    stamper = LevelNameTime()
+    expected = datetime.fromtimestamp(now_ns // 1000 / 1e6, UTC)
+    expected = expected.replace(microsecond=(now_ns // 1000) % 1_000_000)
+    assert stamper.timestamp(now_ns) == expected.isoformat().replace("+00:00", "Z")
+    assert stamper.timestamp(now_ns) == stamper.timestamp(now_ns)  # the cached second
