@@ -11,6 +11,7 @@ exits by re-raising SIGTERM, so supervisors see a clean signal exit.
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import sys
 from typing import TYPE_CHECKING, Any
@@ -70,7 +71,22 @@ def _build() -> tuple[Settings, FastAPI] | None:
         return None
 
 
+def freeze_startup_heap() -> None:
+    """Exempt what start-up built (modules, settings, the compiled policy) from GC scans.
+
+    A full collection otherwise walks every object the policy and the libraries
+    hold, on the event loop: tens of milliseconds at a 10k-line policy, seen as
+    p99 spikes under load (``bench/``). Frozen objects are still freed by
+    reference counting; only cyclic garbage among them would stay (there is none
+    to speak of: they live for the whole process).
+    """
+    gc.collect()
+    gc.freeze()
+
+
 def _serve(args: argparse.Namespace, settings: Settings, app: FastAPI | str) -> int:
+    if not isinstance(app, str):
+        freeze_startup_heap()  # workers built from the factory freeze their own heap
     # uvloop + httptools: the fastest loop and HTTP parser uvicorn has (both come with
     # uvicorn[standard]); named, not "auto", so a missing one fails loudly at start.
     uvicorn.run(

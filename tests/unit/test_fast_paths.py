@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import gzip
 import random
 from datetime import UTC, datetime
@@ -10,6 +11,7 @@ import httpx
 import pytest
 import structlog
 
+from app.cli.serve import freeze_startup_heap
 from app.core.errors import InvalidPath
 from app.core.logging import LevelNameTime
 from app.edge import paths
@@ -125,3 +127,11 @@ def test_timestamp_equals_structlog_iso_utc(now_ns: int) -> None:
     expected = expected.replace(microsecond=(now_ns // 1000) % 1_000_000)
     assert stamper.timestamp(now_ns) == expected.isoformat().replace("+00:00", "Z")
     assert stamper.timestamp(now_ns) == stamper.timestamp(now_ns)  # the cached second
+
+
+def test_startup_heap_is_frozen_out_of_gc_scans() -> None:
+    try:
+        freeze_startup_heap()
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()  # the rest of the test session keeps ordinary collection
