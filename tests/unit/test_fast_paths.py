@@ -11,7 +11,7 @@ import httpx
 import pytest
 import structlog
 
-from app.cli.serve import freeze_startup_heap
+from app.cli.serve import GEN0_THRESHOLD, freeze_startup_heap
 from app.core.errors import InvalidPath
 from app.core.logging import LevelNameTime
 from app.edge import paths
@@ -130,8 +130,11 @@ def test_timestamp_equals_structlog_iso_utc(now_ns: int) -> None:
 
 
 def test_startup_heap_is_frozen_out_of_gc_scans() -> None:
+    thresholds = gc.get_threshold()
     try:
         freeze_startup_heap()
         assert gc.get_freeze_count() > 0
+        assert gc.get_threshold() == (GEN0_THRESHOLD, *thresholds[1:])
     finally:
         gc.unfreeze()  # the rest of the test session keeps ordinary collection
+        gc.set_threshold(*thresholds)
