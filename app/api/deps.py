@@ -28,6 +28,7 @@ from app.orchestration.client import ServiceRegistry
 from app.orchestration.closing import CloseService
 from app.orchestration.findings import FindingsService
 from app.orchestration.overview import OverviewService
+from app.orchestration.passthrough import declares_body
 from app.orchestration.propagation import CallContext, bind_call_context
 
 decision_log = structlog.get_logger("gateway.decision")
@@ -63,7 +64,9 @@ async def authenticate_request(
 
 async def authenticate(request: Request) -> Identity:
     """The authentication guard of typed routes: the whole body is covered by the digest."""
-    return await authenticate_request(request, await request.body())
+    # A request that declares no body (no length, no chunking) has none: HTTP/1.1 framing.
+    body = await request.body() if declares_body(request) else b""
+    return await authenticate_request(request, body)
 
 
 Authenticated = Annotated[Identity, Depends(authenticate)]
