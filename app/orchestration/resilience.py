@@ -241,8 +241,9 @@ class BreakerSnapshot:
 
 
 class _BreakerCall:
-    """``async with breaker.guard():`` as a plain class: one call of every downstream
-    attempt, so it avoids an ``asynccontextmanager`` generator (measured ~4 µs)."""
+    """One ``async with breaker.guard():`` block: one breaker call of one attempt."""
+
+    # A plain class, not an asynccontextmanager: it runs on every downstream attempt.
 
     __slots__ = ("_breaker", "_calling", "_trial")
 
