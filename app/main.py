@@ -81,6 +81,10 @@ def create_app(
 
 def create_app_from_env() -> FastAPI:
     """uvicorn factory for worker processes: settings from the environment."""
+    from app.cli.serve import freeze_startup_heap  # late: the CLI imports this module
+
     settings = load_settings()
     configure_logging(settings.log.level, settings.log.format)
-    return create_app(settings)
+    app = create_app(settings)
+    freeze_startup_heap()
+    return app

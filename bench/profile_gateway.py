@@ -94,7 +94,8 @@ def profile(lines: int, seconds: float, conns: int, root: Path) -> list[str]:
         assert gateway.proc is not None
         subprocess.run(
             [py_spy, "record", "--pid", str(gateway.proc.pid), "--duration", str(int(seconds)),
-             "--rate", "200", "--format", "raw", "--output", str(raw), "--nonblocking"],
+             "--rate", "200", "--format", "raw", "--function",  # by function, not line
+             "--output", str(raw), "--nonblocking"],
             check=True, capture_output=True, timeout=seconds + 60,
         )  # fmt: skip
         outcome = worker.result(timeout=seconds + 60)

@@ -28,6 +28,7 @@ from app.orchestration.client import ServiceRegistry
 from app.orchestration.closing import CloseService
 from app.orchestration.findings import FindingsService
 from app.orchestration.overview import OverviewService
+from app.orchestration.passthrough import declares_body
 from app.orchestration.propagation import CallContext, bind_call_context
 
 decision_log = structlog.get_logger("gateway.decision")
@@ -63,7 +64,9 @@ async def authenticate_request(
 
 async def authenticate(request: Request) -> Identity:
     """The authentication guard of typed routes: the whole body is covered by the digest."""
-    return await authenticate_request(request, await request.body())
+    # A request that declares no body (no length, no chunking) has none: HTTP/1.1 framing.
+    body = await request.body() if declares_body(request) else b""
+    return await authenticate_request(request, body)
 
 
 Authenticated = Annotated[Identity, Depends(authenticate)]
@@ -81,18 +84,17 @@ async def spend_quota(request: Request, identity: Identity) -> dict[str, str]:
     return await guard.spend(identity.subject, request_engagement(request))
 
 
-async def limit_rate(request: Request, response: Response, identity: Authenticated) -> None:
-    """The rate-limit guard; allowed responses carry ``RateLimit`` headers.
+async def limit_rate(request: Request, response: Response, identity: Identity) -> None:
+    """The rate-limit step of ``authorize``; allowed responses carry ``RateLimit`` headers.
 
     Runs after authentication (the subject is known) and before the policy
     decision, so a flood is refused before it costs a decision. A malformed
     engagement id is not a key: only the subject's quota is spent, and
     ``authorize`` then answers 400.
     """
-    response.headers.update(await spend_quota(request, identity))
-
-
-RateLimited = Annotated[None, Depends(limit_rate)]
+    guard: RateLimitGuard = request.app.state.rate_limit
+    if guard.enabled:  # no configured limit: nothing to spend, no headers
+        response.headers.update(await spend_quota(request, identity))
 
 
 def decide_request(
@@ -123,8 +125,13 @@ def decide_request(
     return decision
 
 
-async def authorize(request: Request, identity: Authenticated, _quota: RateLimited) -> Decision:
-    """The engagement/RBAC guard: the normalised path and the method, decided."""
+async def authorize(request: Request, response: Response, identity: Authenticated) -> Decision:
+    """The engagement/RBAC guard: quota spent, then the normalised path and the method decided.
+
+    One dependency (over ``Authenticated``) rather than one per step: each
+    dependency FastAPI solves costs CPU on every request.
+    """
+    await limit_rate(request, response, identity)
     return decide_request(request, identity)
 
 
@@ -147,8 +154,8 @@ async def get_services(request: Request) -> ServiceRegistry:
 Services = Annotated[ServiceRegistry, Depends(get_services)]
 
 
-async def get_findings_service(services: Services) -> FindingsService:
-    return FindingsService(services)
+async def get_findings_service(request: Request) -> FindingsService:
+    return FindingsService(request.app.state.services)
 
 
 Findings = Annotated[FindingsService, Depends(get_findings_service)]

@@ -12,6 +12,7 @@ exits by re-raising SIGTERM, so supervisors see a clean signal exit.
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import sys
 from typing import TYPE_CHECKING, Any
@@ -80,7 +81,32 @@ def _build() -> tuple[Settings, FastAPI] | None:
         return None
 
 
+# Young-generation threshold while serving (CPython's default is 700). Each request
+# keeps a few dozen container objects alive while it is in flight, so at the default
+# the young generation was collected about every 50 requests; at 10,000 about every
+# 900, which cut the time in GC from ~15 to ~5 µs a request (measured in-process at
+# 16 concurrent requests). It bounds only how much young cyclic garbage may wait.
+GEN0_THRESHOLD = 10_000
+
+
+def freeze_startup_heap() -> None:
+    """Exempt what start-up built (modules, settings, the compiled policy) from GC scans.
+
+    A full collection otherwise walks every object the policy and the libraries
+    hold, on the event loop: tens of milliseconds at a 10k-line policy, seen as
+    p99 spikes under load (``bench/``). Frozen objects are still freed by
+    reference counting; only cyclic garbage among them would stay (there is none
+    to speak of: they live for the whole process). Also sets ``GEN0_THRESHOLD``.
+    """
+    gc.collect()
+    gc.freeze()
+    _, gen1, gen2 = gc.get_threshold()
+    gc.set_threshold(GEN0_THRESHOLD, gen1, gen2)
+
+
 def _serve(args: argparse.Namespace, settings: Settings, app: FastAPI | str) -> int:
+    if not isinstance(app, str):
+        freeze_startup_heap()  # workers built from the factory freeze their own heap
     # uvloop + httptools: the fastest loop and HTTP parser uvicorn has (both come with
     # uvicorn[standard]); named, not "auto", so a missing one fails loudly at start.
     uvicorn.run(

@@ -61,6 +61,21 @@ def _remove_dot_segments(segments: list[str]) -> list[str]:
     return out
 
 
+def _is_canonical(text: str) -> bool:
+    """Already canonical (the common case): nothing the rules below would change.
+
+    Only for text that matched ``_ALLOWED_RAW``. Without ``%`` nothing decodes;
+    without ``//`` no segment is empty; without ``/.`` no segment is ``.`` or
+    ``..``; and a trailing slash is only kept for ``/``.
+    """
+    return (
+        "%" not in text
+        and "//" not in text
+        and "/." not in text
+        and (text == "/" or not text.endswith("/"))
+    )
+
+
 def normalize_path(raw_path: bytes | str) -> str:
     """Return the canonical form of a request path, or raise ``InvalidPath``."""
     try:
@@ -70,7 +85,11 @@ def normalize_path(raw_path: bytes | str) -> str:
         raise InvalidPath("The request path must be ASCII.") from None
     if len(text) > MAX_PATH_LENGTH:
         raise InvalidPath(f"The request path is longer than {MAX_PATH_LENGTH} characters.")
-    if not _ALLOWED_RAW.fullmatch(text) or _BAD_ESCAPE.search(text):
+    if not _ALLOWED_RAW.fullmatch(text):
+        raise InvalidPath("The request path is malformed.")
+    if _is_canonical(text):
+        return text
+    if _BAD_ESCAPE.search(text):
         raise InvalidPath("The request path is malformed.")
     decoded = _ESCAPE.sub(_decode_escape, text)
     segments = _remove_dot_segments(decoded.split("/"))

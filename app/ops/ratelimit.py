@@ -206,6 +206,11 @@ class RateLimitGuard:
         self.settings = settings
         self.limiter = limiter
 
+    @property
+    def enabled(self) -> bool:
+        """Whether any limit is configured (else ``spend`` has nothing to do)."""
+        return self.settings.subject is not None or self.settings.engagement is not None
+
     def buckets(self, subject: str, engagement: str | None) -> list[Bucket]:
         found = []
         if self.settings.subject is not None:

@@ -170,13 +170,11 @@ class DownstreamClient:
         params: Mapping[str, str] | str | None,
         headers: httpx.Headers,
     ) -> httpx.Request:
-        outgoing = headers.copy()
-        outgoing.update(propagation_headers(current_call_context()))
         request = httpx.Request(
             method,
             self._url(path),
             params=params,
-            headers=outgoing,
+            headers=_with_propagation(headers, propagation_headers(current_call_context())),
             content=body,
             extensions={"timeout": self._timeout},
         )
@@ -245,6 +243,21 @@ class DownstreamClient:
 
     async def aclose(self) -> None:
         await self._transport.aclose()
+
+
+def _with_propagation(headers: httpx.Headers, propagated: dict[str, str]) -> list[tuple[str, str]]:
+    """The call's headers with the propagated ones set (replacing any caller copy).
+
+    The same fields as ``headers.copy(); .update(propagated)``, without building a
+    second ``httpx.Headers`` on every attempt. ``propagated`` names are lower case.
+    """
+    enc = headers.encoding
+    kept = [
+        (k.decode(enc), v.decode(enc))
+        for k, v in headers.raw
+        if k.lower().decode(enc) not in propagated
+    ]
+    return kept + list(propagated.items())
 
 
 def load_outbound_keys(services: Mapping[str, ServiceSettings]) -> dict[str, SigningKey]:

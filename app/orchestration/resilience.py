@@ -24,11 +24,12 @@ import asyncio
 import math
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
+from types import TracebackType
 from typing import Any, TypeVar
 
 import pybreaker
@@ -239,6 +240,44 @@ class BreakerSnapshot:
     retry_after_seconds: int | None
 
 
+class _BreakerCall:
+    """One ``async with breaker.guard():`` block: one breaker call of one attempt."""
+
+    # A plain class, not an asynccontextmanager: it runs on every downstream attempt.
+
+    __slots__ = ("_breaker", "_calling", "_trial")
+
+    def __init__(self, breaker: ServiceBreaker) -> None:
+        self._breaker = breaker
+        self._trial = False
+        self._calling: AbstractContextManager[Any] | None = None
+
+    async def __aenter__(self) -> None:
+        owner = self._breaker
+        trial = owner.state != pybreaker.STATE_CLOSED
+        if trial and owner._trials >= owner.settings.half_open_max_calls:
+            raise owner._open_error()
+        calling = owner._breaker.calling()
+        try:
+            calling.__enter__()
+        except pybreaker.CircuitBreakerError:
+            raise owner._open_error() from None
+        owner._trials += trial
+        self._trial, self._calling = trial, calling
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> bool:
+        owner = self._breaker
+        assert self._calling is not None
+        try:
+            return bool(self._calling.__exit__(kind, exc, tb))
+        except pybreaker.CircuitBreakerError:
+            raise owner._open_error() from None
+        finally:
+            owner._trials -= self._trial
+
+
 class ServiceBreaker:
     """A pybreaker breaker used correctly under asyncio, with bounded half-open trials."""
 
@@ -264,20 +303,9 @@ class ServiceBreaker:
     def state(self) -> str:
         return str(self._breaker.current_state)
 
-    @asynccontextmanager
-    async def guard(self) -> AsyncIterator[None]:
+    def guard(self) -> _BreakerCall:
         """Run the block as one breaker call; ``CircuitOpen`` (503) when it may not run."""
-        trial = self.state != pybreaker.STATE_CLOSED
-        if trial and self._trials >= self.settings.half_open_max_calls:
-            raise self._open_error()
-        self._trials += trial
-        try:
-            with self._breaker.calling():
-                yield
-        except pybreaker.CircuitBreakerError:
-            raise self._open_error() from None
-        finally:
-            self._trials -= trial
+        return _BreakerCall(self)
 
     def _open_error(self) -> CircuitOpen:
         seconds = self.retry_after() or 1

@@ -21,7 +21,7 @@ as it arrives) and are never decompressed here, so pass-through forwards bytes.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import aiohttp
@@ -157,12 +157,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         finally:
             response.release()
         self._slots.release()
-        return httpx.Response(
-            status_code=response.status,
-            headers=response.raw_headers,
-            content=body,
-            extensions=_HTTP11,
-        )
+        return buffered_response(response.status, response.raw_headers, body)
 
     async def _send(
         self, request: httpx.Request, timeouts: dict[str, float | None]
@@ -194,6 +189,27 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+
+def buffered_response(
+    status: int, raw_headers: Sequence[tuple[bytes, bytes]], body: bytes
+) -> httpx.Response:
+    """What ``httpx.Response(status, headers=..., content=body)`` builds, for less CPU.
+
+    httpx reads a ``content=`` body through its decoder generators (about 17 µs a
+    response); without a Content-Encoding there is nothing to decode, so the body
+    is set as read. An encoded body takes httpx's own path, decoded as before.
+    """
+    response = httpx.Response(
+        status_code=status, headers=raw_headers, stream=httpx.ByteStream(body), extensions=_HTTP11
+    )
+    if body:  # httpx's encode_content adds a length only for a non-empty body
+        response.headers.setdefault("Content-Length", str(len(body)))
+    if "content-encoding" in response.headers:
+        response.read()
+    else:
+        response._content = body  # what read() stores; httpx has no public setter
+    return response
 
 
 def _body(request: httpx.Request) -> Any:

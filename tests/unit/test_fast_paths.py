@@ -1,0 +1,140 @@
+"""Per-request fast paths give exactly what the slower general code gave."""
+
+from __future__ import annotations
+
+import gc
+import gzip
+import random
+from datetime import UTC, datetime
+
+import httpx
+import pytest
+import structlog
+
+from app.cli.serve import GEN0_THRESHOLD, freeze_startup_heap
+from app.core.errors import InvalidPath
+from app.core.logging import LevelNameTime
+from app.edge import paths
+from app.edge.paths import normalize_path
+from app.ops import metrics
+from app.orchestration.client import _with_propagation
+from app.orchestration.transport import buffered_response
+from tests.integration.ops.conftest import metric_value
+
+RAW = [(b"Content-Type", b"application/json"), (b"X-Extra", b"1"), (b"X-Extra", b"2")]
+
+
+@pytest.mark.parametrize(
+    ("headers", "body"),
+    [
+        (RAW, b'{"a": 1}'),
+        (RAW, b""),
+        ([*RAW, (b"Transfer-Encoding", b"chunked")], b"chunked body"),
+        ([*RAW, (b"Content-Length", b"3")], b"abc"),
+        ([*RAW, (b"Content-Encoding", b"gzip")], gzip.compress(b"zipped")),
+    ],
+)
+def test_buffered_response_equals_httpx_content_response(
+    headers: list[tuple[bytes, bytes]], body: bytes
+) -> None:
+    expected = httpx.Response(200, headers=headers, content=body)
+    got = buffered_response(200, headers, body)
+    assert got.status_code == expected.status_code
+    assert got.headers.raw == expected.headers.raw
+    assert got.content == expected.content
+    assert got.text == expected.text
+
+
+@pytest.mark.anyio
+async def test_buffered_response_reads_and_closes_like_any_response() -> None:
+    response = buffered_response(200, RAW, b"payload")
+    assert await response.aread() == b"payload"
+    assert [chunk async for chunk in response.aiter_bytes()] == [b"payload"]
+    await response.aclose()
+    assert response.is_closed
+
+
+@pytest.mark.parametrize(
+    "caller",
+    [
+        None,
+        {"content-type": "application/json"},
+        [("X-Trace", "a"), ("traceparent", "forged"), ("X-Request-ID", "forged"), ("x-a", "1")],
+        [("x-auth-subject", "mallory"), ("Accept", "text/plain"), ("accept", "x")],
+    ],
+)
+def test_propagated_headers_replace_caller_copies(caller: object) -> None:
+    propagated = {"traceparent": "00-" + "1" * 32 + "-" + "2" * 16 + "-01", "x-request-id": "c1"}
+    propagated["x-auth-subject"] = "alice"
+    reference = httpx.Headers(caller)  # type: ignore[arg-type]
+    reference.update(propagated)
+    merged = httpx.Headers(_with_propagation(httpx.Headers(caller), propagated))  # type: ignore[arg-type]
+    assert sorted(merged.multi_items()) == sorted(reference.multi_items())
+
+
+def test_cached_metric_children_keep_counting() -> None:
+    labels = {"route": "/fast-path-test", "method": "GET", "status": "200"}
+    before = metric_value(metrics.render().decode(), "gateway_http_requests_total", **labels)
+    for _ in range(3):
+        metrics.observe_request("/fast-path-test", "GET", 200, 0.001)
+    after = metric_value(metrics.render().decode(), "gateway_http_requests_total", **labels)
+    assert after == before + 3
+    decision = {"result": "allow", "reason": "fast_path_test"}
+    before = metric_value(metrics.render().decode(), "gateway_authz_decisions_total", **decision)
+    metrics.count_decision("allow", "fast_path_test")
+    metrics.count_decision("allow", "fast_path_test")
+    after = metric_value(metrics.render().decode(), "gateway_authz_decisions_total", **decision)
+    assert after == before + 2
+
+
+def _outcome(path: str) -> str:
+    try:
+        return normalize_path(path)
+    except InvalidPath as exc:
+        return f"error: {exc.detail}"
+
+
+def test_canonical_path_shortcut_changes_no_outcome(monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = random.Random(9)
+    pieces = ["/", "/", "a", "B", ".", "..", "%2e", "%41", "%2F", "%", "~", ";", "-", "v1"]
+    samples = ["/", "//", "/.", "/a/", "/a/..", "/v1/engagements/acme-2026/findings"]
+    samples += ["/" + "".join(rng.choices(pieces, k=rng.randint(0, 8))) for _ in range(3000)]
+    fast = [_outcome(p) for p in samples]
+    monkeypatch.setattr(paths, "_is_canonical", lambda text: False)
+    assert fast == [_outcome(p) for p in samples]
+
+
+class _Named:
+    name = "gateway.edge"
+
+
+@pytest.mark.parametrize("method", ["info", "warning", "warn", "error", "exception", "debug"])
+def test_level_name_time_equals_structlog_processors(method: str) -> None:
+    reference: dict[str, object] = {"event": "x", "a": 1}
+    for processor in (structlog.stdlib.add_log_level, structlog.stdlib.add_logger_name):
+        reference = processor(_Named(), method, reference)  # type: ignore[arg-type]
+    got = LevelNameTime()(_Named(), method, {"event": "x", "a": 1})
+    assert list(got) == [*reference, "timestamp"]
+    assert {k: got[k] for k in reference} == reference
+
+
+@pytest.mark.parametrize(
+    "now_ns", [0, 1_764_160_000_000_000_000, 1_764_160_000_123_456_789, 1_764_160_059_000_999_999]
+)
+def test_timestamp_equals_structlog_iso_utc(now_ns: int) -> None:
+    stamper = LevelNameTime()
+    expected = datetime.fromtimestamp(now_ns // 1000 / 1e6, UTC)
+    expected = expected.replace(microsecond=(now_ns // 1000) % 1_000_000)
+    assert stamper.timestamp(now_ns) == expected.isoformat().replace("+00:00", "Z")
+    assert stamper.timestamp(now_ns) == stamper.timestamp(now_ns)  # the cached second
+
+
+def test_startup_heap_is_frozen_out_of_gc_scans() -> None:
+    thresholds = gc.get_threshold()
+    try:
+        freeze_startup_heap()
+        assert gc.get_freeze_count() > 0
+        assert gc.get_threshold() == (GEN0_THRESHOLD, *thresholds[1:])
+    finally:
+        gc.unfreeze()  # the rest of the test session keeps ordinary collection
+        gc.set_threshold(*thresholds)
