@@ -19,6 +19,9 @@ from dataclasses import dataclass, field
 import http_sf
 
 ALGORITHM = "hmac-sha256"
+# RFC 9110 optional whitespace: the only characters trimmed from field values
+# (str.strip() would also drop control characters such as \x1f).
+OWS = " \t"
 ParamValue = int | str
 
 
@@ -38,11 +41,11 @@ class Message:
     headers: Mapping[str, Sequence[str]] = field(default_factory=dict)
 
     def header(self, name: str) -> str | None:
-        """RFC 9421 §2.1: values of all fields of ``name``, trimmed, joined by ", "."""
+        """RFC 9421 §2.1: values of all fields of ``name``, OWS-trimmed, joined by ", "."""
         values = self.headers.get(name)
         if not values:
             return None
-        return ", ".join(v.strip() for v in values)
+        return ", ".join(v.strip(OWS) for v in values)
 
 
 def _derived(message: Message, name: str) -> str:
