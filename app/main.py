@@ -22,6 +22,7 @@ from app.authz.store import PolicyStore
 from app.authz.watch import policy_watcher
 from app.core.config import Settings, load_settings
 from app.core.logging import configure_logging
+from app.core.redis import create_redis
 from app.edge.correlation import EdgeMiddleware
 from app.ops.metrics import set_policy_revision
 from app.ops.policy_sync import announcer, follow_notices
@@ -35,7 +36,10 @@ def create_app(
 ) -> FastAPI:
     """Build the gateway; raises ``ConfigError`` if the settings cannot be served."""
     settings = settings or load_settings()
-    authn = AuthnService.from_settings(settings)
+    # One Redis pool per process for nonces, rate limits and reload notices (opened
+    # lazily); ops_lifespan reuses app.state.redis, the nonce store closes it last.
+    redis = create_redis(settings.redis.url, settings.redis) if settings.redis.url else None
+    authn = AuthnService.from_settings(settings, redis)
     policy = PolicyStore.open(settings.policy)
     watch_interval = settings.policy.watch_interval or None
     outbound_keys = load_outbound_keys(settings.services)
@@ -60,6 +64,7 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.settings = settings
+    app.state.redis = redis
     app.state.authn = authn
     app.state.verifier = authn.verifier
     app.state.policy = policy  # a PolicyStore: .current, .decide, .reload, .status

@@ -49,15 +49,7 @@ class ReloadResultOut(_Model):
 
     @classmethod
     def of(cls, result: ReloadResult) -> ReloadResultOut:
-        return cls(
-            outcome=result.outcome,
-            reason=result.reason,
-            revision=result.revision,
-            previous_revision=result.previous_revision,
-            tests_run=result.tests_run,
-            duration_ms=result.duration_ms,
-            error=result.error,
-        )
+        return cls.model_validate(result, from_attributes=True)
 
 
 class PolicyStatusOut(_Model):

@@ -247,8 +247,11 @@ class RedisNonceStore:
         await self._client.aclose()
 
 
-def create_nonce_store(settings: Settings) -> NonceStore:
-    """Redis when ``redis.url`` is set (shared by all processes), else in-memory."""
+def create_nonce_store(settings: Settings, client: aioredis.Redis | None = None) -> NonceStore:
+    """Redis when ``redis.url`` is set (shared by all processes), else in-memory.
+
+    ``client``: the process's one Redis pool, when the caller already opened it.
+    """
     if settings.redis.url:
-        return RedisNonceStore(create_redis(settings.redis.url, settings.redis))
+        return RedisNonceStore(client or create_redis(settings.redis.url, settings.redis))
     return MemoryNonceStore(settings.signing.nonce_capacity)

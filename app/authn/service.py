@@ -15,6 +15,8 @@ import math
 import time
 from collections.abc import AsyncIterator
 
+import redis.asyncio as aioredis
+
 from app.authn.base import Message
 from app.authn.identity import Identity
 from app.authn.nonces import Claim, NonceStore, create_nonce_store
@@ -37,12 +39,16 @@ class AuthnService:
         self.keys = keys
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> AuthnService:
-        """Load keys and pick the nonce store; ``ConfigError`` if keys cannot be loaded."""
+    def from_settings(cls, settings: Settings, redis: aioredis.Redis | None = None) -> AuthnService:
+        """Load keys and pick the nonce store; ``ConfigError`` if keys cannot be loaded.
+
+        ``redis``: the process's shared pool; the nonce store closes it on shutdown.
+        """
         signing = settings.signing
         ring = KeyReloader.initial_ring(signing)
         verifier = SignatureVerifier(ring, signing.max_skew_seconds, label=signing.label)
-        return cls(verifier, create_nonce_store(settings), KeyReloader(signing, verifier))
+        nonces = create_nonce_store(settings, redis)
+        return cls(verifier, nonces, KeyReloader(signing, verifier))
 
     async def authenticate(
         self, message: Message, body: bytes, now: float | None = None, *, streamed: bool = False

@@ -123,17 +123,26 @@ _decision_children: dict[tuple[str, str], Counter] = {}
 _downstream_children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
 
 
-def observe_request(route: str, method: str, status: int, seconds: float) -> None:
-    method = method if method in _METHODS else "OTHER"
-    children = _request_children.get((route, method, status))
+def _count_and_time(
+    cache: dict[tuple[str, str, int], tuple[Counter, Histogram]],
+    counter: Counter,
+    histogram: Histogram,
+    key: tuple[str, str, int],
+    seconds: float,
+) -> None:
+    """Count ``key`` (all three labels) and time it (the first two), via cached children."""
+    children = cache.get(key)
     if children is None:
-        children = (
-            REQUESTS.labels(route, method, str(status)),
-            REQUEST_SECONDS.labels(route, method),
-        )
-        _request_children[(route, method, status)] = children
+        first, second, third = key
+        children = (counter.labels(first, second, str(third)), histogram.labels(first, second))
+        cache[key] = children
     children[0].inc()
     children[1].observe(seconds)
+
+
+def observe_request(route: str, method: str, status: int, seconds: float) -> None:
+    method = method if method in _METHODS else "OTHER"
+    _count_and_time(_request_children, REQUESTS, REQUEST_SECONDS, (route, method, status), seconds)
 
 
 def count_decision(result: str, reason: str) -> None:
@@ -148,15 +157,8 @@ def count_signature_failure(reason: str) -> None:
 
 
 def observe_downstream(service: str, outcome: str, attempt: int, seconds: float = 0.0) -> None:
-    children = _downstream_children.get((service, outcome, attempt))
-    if children is None:
-        children = (
-            DOWNSTREAM_CALLS.labels(service, outcome, str(attempt)),
-            DOWNSTREAM_SECONDS.labels(service, outcome),
-        )
-        _downstream_children[(service, outcome, attempt)] = children
-    children[0].inc()
-    children[1].observe(seconds)
+    key = (service, outcome, attempt)
+    _count_and_time(_downstream_children, DOWNSTREAM_CALLS, DOWNSTREAM_SECONDS, key, seconds)
 
 
 def count_retry(service: str) -> None:

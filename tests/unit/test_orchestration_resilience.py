@@ -135,6 +135,7 @@ async def fail(breaker: ServiceBreaker, error: Exception) -> None:
 
 
 async def succeed(breaker: ServiceBreaker) -> None:
+    """A call that succeeds inside the guard (a helper: callers assert on the breaker)."""
     async with breaker.guard():
         pass
 
