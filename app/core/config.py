@@ -136,6 +136,8 @@ class ServiceSettings(_Section):
     max_connections: Annotated[int, Field(ge=1, le=10_000)] = 100
     max_keepalive: Annotated[int, Field(ge=0, le=10_000)] = 32
     keepalive_expiry_seconds: PositiveSeconds = 15.0
+    # The HTTP/1.1 client: the gateway's own (llhttp-parsed) or aiohttp's (decision 0005).
+    transport: Literal["native", "aiohttp"] = "native"
     retry: RetrySettings = Field(default_factory=RetrySettings)
     breaker: BreakerSettings = Field(default_factory=BreakerSettings)
     # The gateway signs the caller's identity to this service with this key (RFC 9421).

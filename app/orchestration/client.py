@@ -38,6 +38,7 @@ from app.core.errors import (
     ServiceUnavailable,
 )
 from app.ops.metrics import observe_downstream
+from app.orchestration.http1 import Http1Transport
 from app.orchestration.propagation import (
     current_call_context,
     propagation_headers,
@@ -72,7 +73,8 @@ def _timeout(settings: ServiceSettings) -> httpx.Timeout:
 
 
 def _transport(settings: ServiceSettings) -> httpx.AsyncBaseTransport:
-    return AiohttpTransport(
+    kind = Http1Transport if settings.transport == "native" else AiohttpTransport
+    return kind(
         max_connections=settings.max_connections,
         max_keepalive=settings.max_keepalive,
         keepalive_expiry=settings.keepalive_expiry_seconds,

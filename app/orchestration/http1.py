@@ -1,0 +1,595 @@
+"""The gateway's own HTTP/1.1 client transport: asyncio protocol + llhttp, httpx API.
+
+``Http1Transport`` is an ``httpx.AsyncBaseTransport``: callers build
+``httpx.Request`` objects and get ``httpx.Response`` objects and httpx's
+exception tree, exactly as with ``AiohttpTransport`` (``transport.py``, kept as
+the ``transport: aiohttp`` option of a service). Underneath it is one
+``asyncio.Protocol`` per connection and llhttp (Node.js's HTTP parser, through
+``httptools``, which uvicorn already brings) for every byte of a response's
+framing. What is ours is the part around the parser: the pool, the request
+head, timeouts and flow control. Decision record 0003 of the transport,
+``docs/decisions/0005-native-http1-transport.md``, weighs it against aiohttp
+(about 4x less client CPU a request; measured by ``bench/micro_transport.py``).
+
+Behaviour, and the httpx exception each failure is raised as::
+
+    pool slot not free in time                  -> PoolTimeout   (never retried upstream)
+    TCP connect too slow                        -> ConnectTimeout
+    TCP connect refused/unreachable             -> ConnectError
+    peer stops reading a request body in time   -> WriteTimeout
+    no response byte within read               -> ReadTimeout   (gateway_head_received
+                                                   set when the head had arrived)
+    peer closed before the head, malformed,
+    oversized head, bytes nobody asked for      -> RemoteProtocolError
+    peer closed mid-body                        -> RemoteProtocolError
+
+- Framing is llhttp's, strict (no leniency flags): Content-Length, chunked,
+  close-delimited bodies; 1xx interim answers are skipped; HEAD answers end at
+  their head. A request head whose fields hold CR, LF or NUL is refused before a
+  byte is sent (no header injection, whatever a caller put in a field).
+- A connection is reused only after a complete answer that allows keep-alive,
+  with no stray byte; idle ones are dropped after ``keepalive_expiry`` and when
+  more than ``max_keepalive`` are idle. A reused connection the peer had closed
+  (the keep-alive race) is retried once on a fresh one for idempotent requests
+  with an in-memory body, only when not one response byte had arrived.
+- Bodies stream both ways: an async-iterable request body is sent chunked
+  (or as declared by its Content-Length, which must then match) with a write
+  timeout on every wait for the socket; a response body is read as it arrives,
+  reading paused above ``HIGH_WATER`` unread bytes. ``gateway_buffered`` requests
+  get the whole body read here and the connection freed at once. Nothing is
+  decompressed: pass-through forwards bytes.
+- An error raised by a streamed request body (bad digest, too large) aborts the
+  connection, so the service never sees a complete request, and propagates as is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections import deque
+from collections.abc import AsyncIterable, AsyncIterator
+from typing import cast
+
+import httptools
+import httpx
+
+from app.orchestration.transport import BUFFERED, HEAD_RECEIVED, buffered_response
+
+HIGH_WATER = 256 * 1024  # unread response bytes before reading pauses
+LOW_WATER = 64 * 1024  # ...and resumes
+MAX_HEAD_BYTES = 64 * 1024  # response head (status line and fields)
+# Hop-by-hop request fields: the transport frames the body and manages the connection.
+_DROP = frozenset({b"transfer-encoding", b"connection", b"keep-alive"})
+_IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
+_HTTP11 = {"http_version": b"HTTP/1.1"}
+_Origin = tuple[bytes, str, int]
+_ErrorKind = type[httpx.TransportError]
+
+
+class _StopParsing(Exception):
+    """Raised from a parser callback to end parsing (a HEAD answer's head is all of it)."""
+
+
+class _Unexpected(ValueError):
+    """Raised from a parser callback when a second answer starts: the connection is unusable."""
+
+
+class _Connection(asyncio.Protocol):
+    """One HTTP/1.1 connection: one exchange at a time, state read by the transport."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.transport: asyncio.Transport | None = None
+        self.closed = False
+        self.idle_since = 0.0
+        self.parser: httptools.HttpResponseParser | None = None
+        self._drain: asyncio.Future[None] | None = None
+        self._write_paused = False
+        self._reset(False)
+
+    def _reset(self, head_request: bool) -> None:
+        self.head_request = head_request
+        self.status = 0
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.head_bytes = 0
+        self.head_done = False
+        self.complete = False
+        self.keep_alive = False
+        self.any_byte = False
+        self.close_delimited = False
+        self.error: tuple[_ErrorKind, str] | None = None
+        self.chunks: deque[bytes] = deque()
+        self.pending = 0
+        self.streaming = False
+        self.reading_paused = False
+        self.waiter: asyncio.Future[None] | None = None
+        self.read_timeout: float | None = None
+        self.last_data = 0.0
+        self.timer: asyncio.TimerHandle | None = None
+
+    # --- the exchange, driven by the transport ------------------------------------------
+
+    def begin(self, head_request: bool) -> None:
+        self._reset(head_request)
+        self.parser = httptools.HttpResponseParser(self)
+
+    def finish(self) -> bool:
+        """End the exchange; whether the connection may serve another one."""
+        self.parser = None
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        reusable = (
+            self.complete and self.keep_alive and not self.closed and self.error is None
+        ) and not self.head_request
+        if self.reading_paused and self.transport is not None and reusable:
+            self.transport.resume_reading()
+        return reusable
+
+    def arm_read_timeout(self, timeout: float | None) -> None:
+        """Fail with ReadTimeout when ``timeout`` passes without a byte from the peer."""
+        self.read_timeout = timeout
+        self.last_data = self.loop.time()
+        if timeout is not None and not self.complete:
+            self.timer = self.loop.call_at(self.last_data + timeout, self._check_timeout)
+
+    def _check_timeout(self) -> None:
+        self.timer = None
+        if self.complete or self.error is not None or self.read_timeout is None:
+            return
+        now = self.loop.time()
+        if self.reading_paused:  # our reader is slow, not the peer
+            self.last_data = now
+        deadline = self.last_data + self.read_timeout
+        if now >= deadline:
+            self.fail(httpx.ReadTimeout, "no data from the service in time")
+        else:
+            self.timer = self.loop.call_at(deadline, self._check_timeout)
+
+    def fail(self, kind: _ErrorKind, message: str) -> None:
+        """Mark the exchange failed and drop the connection (its framing is unknown)."""
+        if self.error is None and not self.complete:
+            self.error = (kind, message)
+        self.abort()
+        self._wake()
+
+    def abort(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.abort()
+
+    def _wake(self) -> None:
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def wait(self) -> None:
+        """Until something changes (head, a chunk, the end, a failure)."""
+        self.waiter = self.loop.create_future()
+        try:
+            await self.waiter
+        finally:
+            self.waiter = None
+
+    async def drain(self, write_timeout: float | None, request: httpx.Request) -> None:
+        """Until the socket takes more bytes; WriteTimeout when the peer stops reading."""
+        if not self._write_paused:
+            return
+        if self.closed:
+            return
+        self._drain = self.loop.create_future()
+        try:
+            async with asyncio.timeout(write_timeout):
+                await self._drain
+        except TimeoutError:
+            self.abort()
+            raise httpx.WriteTimeout("the service stopped reading", request=request) from None
+        finally:
+            self._drain = None
+
+    def take_chunk(self) -> bytes:
+        chunk = self.chunks.popleft()
+        self.pending -= len(chunk)
+        if self.reading_paused and self.pending <= LOW_WATER and self.transport is not None:
+            self.reading_paused = False
+            self.last_data = self.loop.time()
+            self.transport.resume_reading()
+        return chunk
+
+    # --- asyncio.Protocol ---------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports do not subclass asyncio.Transport; they implement it.
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        parser = self.parser
+        if parser is None or self.complete:  # nobody asked: the connection is unusable
+            self.fail(httpx.RemoteProtocolError, "unexpected data from the service")
+            return
+        self.any_byte = True
+        self.last_data = self.loop.time()
+        try:
+            parser.feed_data(data)
+        except httptools.HttpParserCallbackError as exc:
+            if not isinstance(exc.__context__, _StopParsing):
+                self.fail(httpx.RemoteProtocolError, _reason(exc))
+        except httptools.HttpParserError as exc:
+            self.fail(httpx.RemoteProtocolError, _reason(exc))
+
+    def eof_received(self) -> bool:
+        return False  # close the transport; connection_lost settles the exchange
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.transport = None
+        if self.parser is not None and not self.complete:
+            if self.head_done and self.close_delimited and exc is None:
+                self.complete = True  # the body ran to the end of the connection
+                self.keep_alive = False
+                self._wake()
+            else:
+                where = "mid-body" if self.head_done else "before answering"
+                self.fail(httpx.RemoteProtocolError, f"the service closed the connection {where}")
+        drain = self._drain
+        if drain is not None and not drain.done():
+            drain.set_result(None)
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        drain = self._drain
+        if drain is not None and not drain.done():
+            drain.set_result(None)
+
+    # --- llhttp callbacks ---------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        if self.head_done:  # a second answer to one request
+            raise _Unexpected("unexpected data after the answer")
+        self.headers = []
+        self.head_bytes = 0
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.head_bytes += len(name) + len(value) + 4
+        if self.head_bytes > MAX_HEAD_BYTES:
+            raise ValueError("response head too large")
+        self.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        assert self.parser is not None
+        status = self.parser.get_status_code()
+        if status < 200:  # 1xx interim answer: llhttp ends it with no body; the real one follows
+            if status == 101:
+                raise ValueError("protocol switch not supported")
+            return
+        self.status = status
+        self.head_done = True
+        if self.head_request:
+            self.complete = True
+            self._wake()
+            raise _StopParsing
+        self.close_delimited = status not in (204, 304) and not any(
+            name.lower() in (b"content-length", b"transfer-encoding") for name, _ in self.headers
+        )
+        self._wake()
+
+    def on_body(self, body: bytes) -> None:
+        self.chunks.append(body)
+        self.pending += len(body)
+        if self.streaming:
+            if self.pending > HIGH_WATER and not self.reading_paused and self.transport:
+                self.reading_paused = True
+                self.transport.pause_reading()
+            self._wake()
+
+    def on_message_complete(self) -> None:
+        if not self.head_done:  # end of a 1xx interim answer
+            return
+        assert self.parser is not None
+        self.complete = True
+        self.keep_alive = self.parser.should_keep_alive()
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        self._wake()
+
+
+def _reason(exc: BaseException) -> str:
+    context = exc.__context__
+    if isinstance(context, ValueError):
+        return str(context)
+    return "malformed answer from the service"
+
+
+class _Lost(Exception):
+    """A reused connection closed before one response byte: safe to retry once."""
+
+
+class _ResponseStream(httpx.AsyncByteStream):
+    """A response body read as it arrives; closing frees the connection and the slot."""
+
+    def __init__(
+        self, owner: Http1Transport, conn: _Connection, origin: _Origin, request: httpx.Request
+    ) -> None:
+        self._owner = owner
+        self._conn: _Connection | None = conn
+        self._origin = origin
+        self._request = request
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        conn = self._conn
+        if conn is None:
+            raise httpx.StreamClosed()
+        while True:
+            if conn.chunks:
+                yield conn.take_chunk()
+            elif conn.complete:
+                return
+            elif conn.error is not None:
+                raise conn.error[0](conn.error[1], request=self._request)
+            else:
+                await conn.wait()
+
+    async def aclose(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            self._owner._release(conn, self._origin)
+
+
+class Http1Transport(httpx.AsyncBaseTransport):
+    """HTTP/1.1 connection pool per origin (http and https), llhttp-parsed."""
+
+    def __init__(
+        self,
+        *,
+        max_connections: int = 100,
+        max_keepalive: int = 32,
+        keepalive_expiry: float = 15,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        self._max_keepalive = max_keepalive
+        self._keepalive_expiry = keepalive_expiry
+        self._ssl = ssl_context
+        self._slots = asyncio.Semaphore(max_connections)
+        self._idle: dict[_Origin, list[_Connection]] = {}
+        self._open: set[_Connection] = set()
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        timeouts: dict[str, float | None] = request.extensions.get("timeout", {})
+        await self._acquire(request, timeouts.get("pool"))
+        try:
+            return await self._exchange(request, timeouts)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    async def _acquire(self, request: httpx.Request, pool_timeout: float | None) -> None:
+        if not self._slots.locked():
+            await self._slots.acquire()  # free slot: returns without suspending
+            return
+        try:
+            async with asyncio.timeout(pool_timeout):
+                await self._slots.acquire()
+        except TimeoutError:
+            raise httpx.PoolTimeout("no free connection", request=request) from None
+
+    async def _exchange(
+        self, request: httpx.Request, timeouts: dict[str, float | None]
+    ) -> httpx.Response:
+        url = request.url
+        scheme = url.raw_scheme
+        if scheme not in (b"http", b"https"):
+            raise httpx.UnsupportedProtocol(f"unsupported scheme {scheme!r}", request=request)
+        origin = (scheme, url.host, url.port or (443 if scheme == b"https" else 80))
+        body = _body(request)
+        head = _request_head(request, streamed=body is not None and not isinstance(body, bytes))
+        retry_lost = isinstance(body, bytes) and request.method in _IDEMPOTENT
+        conn = self._idle_connection(origin)
+        if conn is None:
+            conn = await self._connect(origin, timeouts.get("connect"), request)
+        try:
+            await self._send(conn, head, body, timeouts, request)
+        except _Lost:
+            if not retry_lost:
+                raise httpx.RemoteProtocolError(
+                    "the service closed the connection before answering", request=request
+                ) from None
+            conn = await self._connect(origin, timeouts.get("connect"), request)
+            await self._send(conn, head, body, timeouts, request)
+        request.extensions[HEAD_RECEIVED] = True
+        if request.extensions.get(BUFFERED):
+            return await self._buffered(conn, origin, request)
+        conn.streaming = True
+        if conn.pending > HIGH_WATER and conn.transport is not None:
+            conn.reading_paused = True
+            conn.transport.pause_reading()
+        return httpx.Response(
+            status_code=conn.status,
+            headers=conn.headers,
+            stream=_ResponseStream(self, conn, origin, request),
+            extensions=_HTTP11,
+        )
+
+    async def _send(
+        self,
+        conn: _Connection,
+        head: bytes,
+        body: bytes | AsyncIterable[bytes] | None,
+        timeouts: dict[str, float | None],
+        request: httpx.Request,
+    ) -> None:
+        """Write the request and wait for the response head (or the exchange's failure)."""
+        conn.begin(request.method == "HEAD")
+        reused = conn.idle_since > 0  # a fresh connection has never been idle
+        transport = conn.transport
+        if conn.closed or transport is None:
+            self._discard(conn)
+            raise _Lost if reused else httpx.RemoteProtocolError("closed", request=request)
+        try:
+            if isinstance(body, bytes):
+                transport.write(head + body)
+            else:
+                transport.write(head)
+                if body is not None:
+                    await self._stream_body(conn, body, request, timeouts.get("write"))
+            conn.arm_read_timeout(timeouts.get("read"))
+            while not conn.head_done and conn.error is None:
+                await conn.wait()
+        except BaseException:
+            self._discard(conn)
+            raise
+        if conn.error is not None:
+            self._discard(conn)
+            kind, message = conn.error
+            if reused and kind is httpx.RemoteProtocolError and not conn.any_byte:
+                raise _Lost
+            raise kind(message, request=request)
+
+    async def _stream_body(
+        self,
+        conn: _Connection,
+        body: AsyncIterable[bytes],
+        request: httpx.Request,
+        write_timeout: float | None,
+    ) -> None:
+        """Send a streamed body, chunked unless the request declared its length."""
+        declared = request.headers.get("content-length")
+        remaining = int(declared) if declared is not None else None
+        try:
+            async for chunk in body:
+                if not chunk:
+                    continue
+                if conn.closed or conn.transport is None:
+                    return  # the answer (or the failure) is already in; stop sending
+                if remaining is None:
+                    conn.transport.write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
+                else:
+                    remaining -= len(chunk)
+                    if remaining < 0:
+                        raise httpx.LocalProtocolError(
+                            "body longer than its Content-Length", request=request
+                        )
+                    conn.transport.write(chunk)
+                await conn.drain(write_timeout, request)
+        except BaseException:
+            conn.abort()  # the service must never see a complete request
+            raise
+        if remaining:
+            conn.abort()
+            raise httpx.LocalProtocolError("body shorter than its Content-Length", request=request)
+        if remaining is None and conn.transport is not None:
+            conn.transport.write(b"0\r\n\r\n")
+
+    async def _buffered(
+        self, conn: _Connection, origin: _Origin, request: httpx.Request
+    ) -> httpx.Response:
+        """Read the whole body and free the connection and the slot at once."""
+        try:
+            while not conn.complete and conn.error is None:
+                await conn.wait()
+        except BaseException:
+            self._discard(conn)
+            raise
+        if conn.error is not None:
+            self._discard(conn)
+            raise conn.error[0](conn.error[1], request=request)
+        chunks = conn.chunks
+        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        status, headers = conn.status, conn.headers
+        self._release(conn, origin)
+        return buffered_response(status, headers, body)
+
+    # --- the pool -----------------------------------------------------------------------
+
+    def _idle_connection(self, origin: _Origin) -> _Connection | None:
+        idle = self._idle.get(origin)
+        if not idle:
+            return None
+        now = asyncio.get_running_loop().time()
+        while idle:
+            conn = idle.pop()
+            if not conn.closed and now - conn.idle_since < self._keepalive_expiry:
+                return conn
+            self._discard(conn)
+        return None
+
+    async def _connect(
+        self, origin: _Origin, connect_timeout: float | None, request: httpx.Request
+    ) -> _Connection:
+        loop = asyncio.get_running_loop()
+        scheme, host, port = origin
+        tls: ssl.SSLContext | None = None
+        if scheme == b"https":
+            tls = self._ssl or ssl.create_default_context()
+        try:
+            async with asyncio.timeout(connect_timeout):
+                _, conn = await loop.create_connection(
+                    lambda: _Connection(loop), host, port, ssl=tls
+                )
+        except TimeoutError:
+            raise httpx.ConnectTimeout("connect timed out", request=request) from None
+        except (OSError, ssl.SSLError) as exc:
+            raise httpx.ConnectError(type(exc).__name__, request=request) from None
+        self._open.add(conn)
+        return conn
+
+    def _release(self, conn: _Connection, origin: _Origin) -> None:
+        """The exchange is over: keep the connection when it may serve another; free the slot."""
+        if conn.finish():
+            idle = self._idle.setdefault(origin, [])
+            if len(idle) < self._max_keepalive:
+                conn.idle_since = asyncio.get_running_loop().time()
+                idle.append(conn)
+            else:
+                self._discard(conn)
+        else:
+            self._discard(conn)
+        self._slots.release()
+
+    def _discard(self, conn: _Connection) -> None:
+        conn.finish()
+        conn.abort()
+        self._open.discard(conn)
+
+    async def aclose(self) -> None:
+        for conn in list(self._open):
+            if conn.transport is not None:
+                conn.transport.close()
+            conn.closed = True
+        self._open.clear()
+        self._idle.clear()
+
+
+def _body(request: httpx.Request) -> bytes | AsyncIterable[bytes] | None:
+    """Bytes when the request body is in memory, else its async stream."""
+    try:
+        return request.content or None
+    except httpx.RequestNotRead:
+        stream = request.stream
+        assert isinstance(stream, AsyncIterable)
+        return stream
+
+
+def _request_head(request: httpx.Request, *, streamed: bool) -> bytes:
+    """Request line and fields; CR, LF or NUL inside any of them is refused."""
+    method = request.method
+    if not method.isascii() or not method.isalpha():
+        raise httpx.LocalProtocolError(f"invalid method {method!r}", request=request)
+    lines = [b"%b %b HTTP/1.1" % (method.encode("ascii"), request.url.raw_path)]
+    has_length = False
+    for name, value in request.headers.raw:
+        lowered = name.lower()
+        if lowered in _DROP:
+            continue
+        has_length = has_length or lowered == b"content-length"
+        lines.append(b"%b: %b" % (name, value))
+    if streamed and not has_length:
+        lines.append(b"Transfer-Encoding: chunked")
+    lines.append(b"\r\n")
+    head = b"\r\n".join(lines)
+    if head.count(b"\n") != len(lines) or head.count(b"\r") != len(lines) or b"\0" in head:
+        raise httpx.LocalProtocolError("CR, LF or NUL in the request head", request=request)
+    return head
