@@ -1,4 +1,10 @@
-"""The aiohttp-backed transport against real stub servers: errors map onto httpx's tree."""
+"""Both downstream transports against real stub servers: errors map onto httpx's tree.
+
+Every test runs on the native transport (the default) and on the aiohttp-backed one
+(``services.<name>.transport: aiohttp``): the error mapping above them relies on both
+raising the same httpx exceptions. Protocol edge cases of the native one are in
+``test_http1_transport.py``.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +20,7 @@ from fastapi import FastAPI
 from app.core.config import ServiceSettings
 from app.core.errors import DownstreamTimeout
 from app.orchestration.client import DownstreamClient
+from app.orchestration.http1 import Http1Transport
 from app.orchestration.transport import BUFFERED, AiohttpTransport
 from app.stubs.data import report_chunks
 from app.stubs.faults import FaultConfig
@@ -22,6 +29,16 @@ from tests.conftest import LiveServer, free_port
 
 pytestmark = pytest.mark.integration
 
+Transport = Http1Transport | AiohttpTransport
+MakeTransport = Callable[..., Transport]
+
+
+@pytest.fixture(params=[Http1Transport, AiohttpTransport], ids=["native", "aiohttp"])
+def make_transport(request: pytest.FixtureRequest) -> MakeTransport:
+    kind: MakeTransport = request.param
+    return kind
+
+
 TIMEOUTS = httpx.Timeout(connect=1.0, read=0.3, write=1.0, pool=0.2).as_dict()
 
 
@@ -29,7 +46,7 @@ def request(url: str, timeouts: dict[str, Any] = TIMEOUTS) -> httpx.Request:
     return httpx.Request("GET", url, extensions={"timeout": timeouts})
 
 
-async def send(transport: AiohttpTransport, req: httpx.Request) -> httpx.Response:
+async def send(transport: Transport, req: httpx.Request) -> httpx.Response:
     try:
         response = await transport.handle_async_request(req)
         try:
@@ -45,26 +62,28 @@ def stub(live_server: Callable[[FastAPI], LiveServer], name: str, **faults: Any)
     return live_server(create_stub_app(name, faults=FaultConfig(**faults)))
 
 
-def test_refused_connection_is_connect_error() -> None:
+def test_refused_connection_is_connect_error(make_transport: MakeTransport) -> None:
     url = f"http://127.0.0.1:{free_port()}/engagements/acme-2026"
     with pytest.raises(httpx.ConnectError):
-        asyncio.run(send(AiohttpTransport(), request(url)))
+        asyncio.run(send(make_transport(), request(url)))
 
 
-def test_no_answer_in_time_is_read_timeout(live_server: Callable[[FastAPI], LiveServer]) -> None:
+def test_no_answer_in_time_is_read_timeout(
+    live_server: Callable[[FastAPI], LiveServer], make_transport: MakeTransport
+) -> None:
     server = stub(live_server, "engagements", hang=True, hang_max_seconds=2)
     with pytest.raises(httpx.ReadTimeout):
-        asyncio.run(send(AiohttpTransport(), request(server.url + "/engagements/acme-2026")))
+        asyncio.run(send(make_transport(), request(server.url + "/engagements/acme-2026")))
 
 
 def test_no_free_pooled_connection_is_pool_timeout(
-    live_server: Callable[[FastAPI], LiveServer],
+    live_server: Callable[[FastAPI], LiveServer], make_transport: MakeTransport
 ) -> None:
     server = stub(live_server, "engagements", latency_ms=1000)
     patient = {**TIMEOUTS, "read": 5.0}
 
     async def scenario() -> None:
-        transport = AiohttpTransport(max_connections=1)
+        transport = make_transport(max_connections=1)
         url = server.url + "/engagements/acme-2026"
         try:
             slow = asyncio.create_task(transport.handle_async_request(request(url, patient)))
@@ -81,20 +100,22 @@ def test_no_free_pooled_connection_is_pool_timeout(
 
 
 def test_dropped_connection_is_a_transport_error(
-    live_server: Callable[[FastAPI], LiveServer],
+    live_server: Callable[[FastAPI], LiveServer], make_transport: MakeTransport
 ) -> None:
     server = stub(live_server, "engagements", reset=True)
     with pytest.raises(httpx.TransportError):
-        asyncio.run(send(AiohttpTransport(), request(server.url + "/engagements/acme-2026")))
+        asyncio.run(send(make_transport(), request(server.url + "/engagements/acme-2026")))
 
 
-def test_response_body_streams_in_chunks(live_server: Callable[[FastAPI], LiveServer]) -> None:
+def test_response_body_streams_in_chunks(
+    live_server: Callable[[FastAPI], LiveServer], make_transport: MakeTransport
+) -> None:
     server = stub(live_server, "reports")
     size = 3 * 1024 * 1024
     url = f"{server.url}/engagements/acme-2026/reports/R-0001/content?size={size}"
 
     async def scenario() -> tuple[int, str]:
-        transport = AiohttpTransport()
+        transport = make_transport()
         chunks, digest = 0, hashlib.sha256()
         try:
             response = await transport.handle_async_request(request(url))
@@ -112,7 +133,7 @@ def test_response_body_streams_in_chunks(live_server: Callable[[FastAPI], LiveSe
 
 
 def test_request_body_streams_from_an_async_iterator(
-    live_server: Callable[[FastAPI], LiveServer],
+    live_server: Callable[[FastAPI], LiveServer], make_transport: MakeTransport
 ) -> None:
     server = stub(live_server, "findings")
     parts = [bytes([n]) * 65536 for n in range(16)]
@@ -122,7 +143,7 @@ def test_request_body_streams_from_an_async_iterator(
             yield part
 
     async def scenario() -> dict[str, Any]:
-        transport = AiohttpTransport()
+        transport = make_transport()
         req = httpx.Request(
             "POST",
             server.url + "/engagements/acme-2026/evidence",
@@ -140,12 +161,18 @@ def test_request_body_streams_from_an_async_iterator(
     assert answer["sha256"] == hashlib.sha256(b"".join(parts)).hexdigest()
 
 
+@pytest.mark.parametrize("kind", ["native", "aiohttp"])
 def test_a_stall_after_the_first_byte_is_a_timeout_that_is_not_retried(
-    live_server: Callable[[FastAPI], LiveServer],
+    live_server: Callable[[FastAPI], LiveServer], kind: str
 ) -> None:
     server = stub(live_server, "findings", slow_body_ms=600, slow_chunk_bytes=64)
     settings = ServiceSettings.model_validate(
-        {"url": server.url, "read_timeout": 0.3, "retry": {"backoff_initial_seconds": 0.01}}
+        {
+            "url": server.url,
+            "read_timeout": 0.3,
+            "transport": kind,
+            "retry": {"backoff_initial_seconds": 0.01},
+        }
     )
 
     async def scenario() -> None:
