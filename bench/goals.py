@@ -40,6 +40,40 @@ def _added_p99(matrix: dict[str, Any]) -> Goal:
     return {"goal": goal, "figure": figure, "target": "≤ 2 ms", "met": _met(added <= 2.0)}
 
 
+def _our_client(matrix: dict[str, Any], conns: int) -> Goal:
+    """Issue 5: a bare pass-through on our client against one on aiohttp, same run."""
+    goal = f"bare proxy on our client vs on aiohttp, req/s at {conns} conns"
+    ours, ref = _rps(matrix, "bare_ours", conns), _rps(matrix, "bare_aiohttp", conns)
+    if ours is None or ref is None:
+        return {"goal": goal, "figure": "not measured", "target": "≥ 0.8×", "met": "n/a"}
+    ratio = ours / ref
+    figure = f"{ratio:.2f}× ({ours:,.0f} vs {ref:,.0f} req/s)"
+    return {"goal": goal, "figure": figure, "target": "≥ 0.8×", "met": _met(ratio >= 0.8)}
+
+
+def _transport_micro(micros: list[dict[str, Any]]) -> list[Goal]:
+    """Issue 5 again, from ``bench/micro_transport.py`` (best of interleaved rounds)."""
+    found = next((m for m in micros if m.get("module") == "bench.micro_transport"), None)
+    result = (found or {}).get("result") or {}
+    goals = []
+    for variant, label in (
+        ("ours_transport", "our transport (httpx.Request -> Http1Transport)"),
+        ("ours_quiet", "our DownstreamClient.call"),
+    ):
+        goal = f"micro_transport: pass-through on {label} vs on aiohttp, req/s"
+        figures = result.get(variant)
+        if not figures:
+            why = (found or {}).get("error", "not measured")
+            goals.append({"goal": goal, "figure": why, "target": "≥ 0.8×", "met": "n/a"})
+            continue
+        ratio = figures["ratio"]
+        figure = f"{ratio:.2f}× (CPU ratio {figures['cpu_ratio']:.2f})"
+        goals.append(
+            {"goal": goal, "figure": figure, "target": "≥ 0.8×", "met": _met(ratio >= 0.8)}
+        )
+    return goals
+
+
 def _signature(probe: dict[str, Any]) -> Goal:
     goal = "signature verification vs one raw HMAC, 1 KB body"
     if "ratio" not in probe:
@@ -120,4 +154,7 @@ def evaluate_goals(results: dict[str, Any]) -> list[Goal]:
         _decision(results["decision"]),
         _workers(results),
         _rss(results["soak"]),
+        _our_client(matrix, 64),
+        _our_client(matrix, 16),
+        *_transport_micro(results.get("micros", [])),
     ]

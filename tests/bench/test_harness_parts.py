@@ -17,6 +17,7 @@ def _results(gateway_rps: float, gateway_p99: float) -> dict[str, Any]:
     by_conns = {
         "gateway": (gateway_rps, gateway_p99),
         "bare_aiohttp": (1000.0, 5.0),
+        "bare_ours": (850.0, 5.5),
         "naive": (50.0, 100.0),
         "nginx": (1500.0, 2.0),
     }
@@ -52,9 +53,41 @@ def test_slow_gateway_misses_the_ratio_goals() -> None:
 def test_short_soak_is_not_met_even_without_growth() -> None:
     results = _results(900.0, 6.0)
     results["soak"]["requests"] = 5_000
-    rss = evaluate_goals(results)[-1]
+    rss = next(g for g in evaluate_goals(results) if g["goal"].startswith("gateway RSS"))
     assert rss["met"].startswith("**not met**")
     assert "below 200k" in rss["met"]
+
+
+def test_transport_goals_follow_the_matrix_and_the_micro_benchmark() -> None:
+    results = _results(900.0, 6.0)
+    results["matrix"]["bare_ours"][16] = _cell(700.0, 6.0)
+    results["micros"] = [
+        {
+            "module": "bench.micro_transport",
+            "result": {
+                "ours_transport": {"ratio": 1.2, "cpu_ratio": 1.1},
+                "ours_quiet": {"ratio": 0.75, "cpu_ratio": 0.7},
+            },
+        }
+    ]
+    goals = {g["goal"]: g for g in evaluate_goals(results)}
+    at64 = goals["bare proxy on our client vs on aiohttp, req/s at 64 conns"]
+    assert (at64["met"], at64["figure"][:5]) == ("**met**", "0.85\u00d7")
+    assert (
+        goals["bare proxy on our client vs on aiohttp, req/s at 16 conns"]["met"] == "**not met**"
+    )
+    micro = [g for g in goals.values() if g["goal"].startswith("micro_transport")]
+    assert [g["met"] for g in micro] == ["**met**", "**not met**"]
+
+
+def test_transport_goals_say_when_not_measured() -> None:
+    results = _results(900.0, 6.0)
+    del results["matrix"]["bare_ours"]
+    results["micros"] = [{"module": "bench.micro_transport", "error": "timed out after 90 s"}]
+    goals = [g for g in evaluate_goals(results) if "aiohttp, req/s" in g["goal"]]
+    assert len(goals) == 4
+    assert {g["met"] for g in goals} == {"n/a"}
+    assert "timed out" in goals[-1]["figure"]
 
 
 def test_profile_summary_groups_samples_by_innermost_stage() -> None:

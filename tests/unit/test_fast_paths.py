@@ -17,7 +17,7 @@ from app.core.logging import LevelNameTime
 from app.edge import paths
 from app.edge.paths import normalize_path
 from app.ops import metrics
-from app.orchestration.client import _with_propagation
+from app.orchestration.client import _lowered, _with_fields, in_memory_request
 from app.orchestration.transport import buffered_response
 from tests.integration.ops.conftest import metric_value
 
@@ -68,8 +68,30 @@ def test_propagated_headers_replace_caller_copies(caller: object) -> None:
     propagated["x-auth-subject"] = "alice"
     reference = httpx.Headers(caller)  # type: ignore[arg-type]
     reference.update(propagated)
-    merged = httpx.Headers(_with_propagation(httpx.Headers(caller), propagated))  # type: ignore[arg-type]
+    merged = httpx.Headers(_with_fields(_lowered(caller), propagated))  # type: ignore[arg-type]
     assert sorted(merged.multi_items()) == sorted(reference.multi_items())
+
+
+@pytest.mark.parametrize(
+    ("method", "body", "fields"),
+    [
+        ("GET", b"", []),
+        ("get", b"", [("accept", "application/json")]),
+        ("POST", b"", [("idempotency-key", "k1")]),
+        ("PUT", b'{"a":1}', [("content-type", "application/json")]),
+        ("DELETE", b"x", [("x-a", "1"), ("x-a", "2")]),
+        ("POST", b"abc", [("content-length", "3"), ("host", "elsewhere:81")]),
+    ],
+)
+def test_in_memory_request_equals_httpx_content_request(
+    method: str, body: bytes, fields: list[tuple[str, str]]
+) -> None:
+    url = httpx.URL("http://127.0.0.1:8081/engagements/acme-2026?x=1")
+    ours = in_memory_request(method, url, fields, body, {"timeout": {"read": 1.0}})
+    reference = httpx.Request(method, url, headers=fields, content=body or None)
+    assert (ours.method, ours.url, ours.content) == (reference.method, reference.url, body)
+    assert sorted(ours.headers.multi_items()) == sorted(reference.headers.multi_items())
+    assert ours.extensions == {"timeout": {"read": 1.0}}
 
 
 def test_cached_metric_children_keep_counting() -> None:
