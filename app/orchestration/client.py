@@ -17,6 +17,7 @@ Downstream bodies of 5xx answers are discarded, never shown to the caller.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import AsyncIterable, Mapping
 from typing import Any, TypeVar
@@ -240,6 +241,8 @@ class DownstreamClient:
     def _log(self, request: httpx.Request, started: float, attempt: int, **fields: Any) -> None:
         elapsed = time.perf_counter() - started
         observe_downstream(self.name, str(fields["outcome"]), attempt, elapsed)
+        if not log.is_enabled_for(logging.INFO):
+            return  # the fields below cost more than the (filtered) call itself
         log.info(
             "downstream_call",
             service=self.name,

@@ -91,11 +91,12 @@ def current_call_context() -> CallContext | None:
 def child_traceparent(incoming: str | None) -> str:
     """Keep the caller's trace id and flags with a new span id; start a trace if none."""
     match = _TRACEPARENT.match(incoming or "")
+    random = secrets.token_hex(24)  # one read of the OS generator: trace id and span id
     if match and match.group(1) != "0" * 32 and match.group(2) != "0" * 16:
         trace_id, flags = match.group(1), match.group(3)
     else:
-        trace_id, flags = secrets.token_hex(16), "01"
-    return f"00-{trace_id}-{secrets.token_hex(8)}-{flags}"
+        trace_id, flags = random[16:], "01"
+    return f"00-{trace_id}-{random[:16]}-{flags}"
 
 
 def forwardable_headers(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
