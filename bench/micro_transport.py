@@ -12,7 +12,7 @@ Both ratios are reported: throughput (what the issue asks) and proxy CPU per
 request (aiohttp's over ours), which is steadier on a shared machine because it
 does not depend on what the neighbours leave of the cores.
 
-    .venv/bin/python bench/micro_transport.py [--seconds 5] [--rounds 2]
+    .venv/bin/python bench/micro_transport.py [--seconds 3] [--rounds 3]
 
 ``main()`` prints a markdown table and returns the figures as a dict.
 """
@@ -291,7 +291,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--port", type=int)
     parser.add_argument("--upstream")
     parser.add_argument("--seconds", type=float, default=3.0)
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args(argv)
     if args.role == "stub":
         asyncio.run(_serve_stub(args.port))

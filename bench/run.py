@@ -90,7 +90,7 @@ def _extras(mode: Mode) -> dict[str, Any]:
     return {
         "signature": run_probe("signature", 120),
         "decision": run_probe("decision", 300, "--lines", lines, "--budget-s", budget),
-        "micros": [] if tiny else run_micros(timeout_s=90),
+        "micros": [] if tiny else run_micros(timeout_s=180),
         "micros_skipped": tiny,
     }
 
