@@ -5,6 +5,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # Documented demo/test key: never use it outside the demo and the tests.
 export GATEWAY_DEMO_KEY ?= demo-key-not-secret-0123456789abcdef
+# Documented demo key the gateway signs outbound identity with (the stubs verify it).
+export GATEWAY_DEMO_OUTBOUND_KEY ?= demo-outbound-not-secret-0123456789abcdef
 
 .PHONY: run test lint typecheck policy-check pytest redis clean bench
 

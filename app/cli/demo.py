@@ -17,6 +17,9 @@ from app.authn.signer import message_from_httpx, sign_headers
 from app.cli.sign import DEMO_KEY_ENV, as_curl
 
 DEMO_KEY_ID = "demo-2026"
+# The key the demo gateway signs outbound identity with; the stubs require it.
+OUTBOUND_KEY_ID = "gateway-demo"
+OUTBOUND_KEY_ENV = "GATEWAY_DEMO_OUTBOUND_KEY"
 
 DEMO_STUBS = {"engagements": 9101, "findings": 9102, "reports": 9103}
 DEMO_CONFIG = Path("config/demo.yaml")
@@ -72,10 +75,15 @@ def _example(port: int) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    if not os.environ.get(DEMO_KEY_ENV):
-        print(f"gateway demo: set {DEMO_KEY_ENV} (the Makefile sets the demo key)", file=sys.stderr)
-        return 2
-    procs = [_spawn("stub", "--name", n, "--port", str(p)) for n, p in DEMO_STUBS.items()]
+    for env in (DEMO_KEY_ENV, OUTBOUND_KEY_ENV):
+        if not os.environ.get(env):
+            print(f"gateway demo: set {env} (the Makefile sets the demo keys)", file=sys.stderr)
+            return 2
+    verify = ("--verify-key-id", OUTBOUND_KEY_ID, "--verify-key-env", OUTBOUND_KEY_ENV)
+    procs = [
+        _spawn("stub", "--name", name, "--port", str(port), *verify, "--require-signature")
+        for name, port in DEMO_STUBS.items()
+    ]
     procs.append(_spawn("serve", "--port", str(args.port), "--config", str(args.config)))
     try:
         if not _wait_ready(f"http://127.0.0.1:{args.port}/readyz"):
