@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import AsyncIterator, Callable
+import socket
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import httpx
 import pytest
 from fastapi import FastAPI
+from structlog.testing import capture_logs
 
 from app.core.config import ServiceSettings
 from app.core.errors import DownstreamTimeout
@@ -66,6 +68,63 @@ def test_refused_connection_is_connect_error(make_transport: MakeTransport) -> N
     url = f"http://127.0.0.1:{free_port()}/engagements/acme-2026"
     with pytest.raises(httpx.ConnectError):
         asyncio.run(send(make_transport(), request(url)))
+
+
+@pytest.fixture
+def unaccepting_port() -> Iterator[int]:
+    """A loopback port whose accept queue is full: a new connect hangs until it times out.
+
+    With the queue full Linux drops further SYNs (net.ipv4.tcp_abort_on_overflow=0),
+    so the connect is neither accepted nor refused: a connect timeout on loopback.
+    """
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(0)
+        port = server.getsockname()[1]
+        fillers = [socket.socket() for _ in range(4)]
+        for filler in fillers:
+            filler.setblocking(False)
+            filler.connect_ex(("127.0.0.1", port))
+        try:
+            yield port
+        finally:
+            for filler in fillers:
+                filler.close()
+
+
+def test_connect_that_hangs_is_connect_timeout(
+    unaccepting_port: int, make_transport: MakeTransport
+) -> None:
+    url = f"http://127.0.0.1:{unaccepting_port}/engagements/acme-2026"
+    with pytest.raises(httpx.ConnectTimeout):
+        asyncio.run(send(make_transport(), request(url, {**TIMEOUTS, "connect": 0.2})))
+
+
+@pytest.mark.parametrize("kind", ["native", "aiohttp"])
+def test_connect_timeout_is_a_504_after_retries(unaccepting_port: int, kind: str) -> None:
+    settings = ServiceSettings.model_validate(
+        {
+            "url": f"http://127.0.0.1:{unaccepting_port}",
+            "connect_timeout": 0.1,
+            "transport": kind,
+            "retry": {"attempts": 2, "backoff_initial_seconds": 0.01},
+        }
+    )
+
+    async def scenario() -> DownstreamTimeout:
+        client = DownstreamClient("engagements", settings)
+        try:
+            with pytest.raises(DownstreamTimeout) as caught:
+                await client.call("GET", "/engagements/acme-2026")
+            return caught.value
+        finally:
+            await client.aclose()
+
+    with capture_logs() as logs:
+        error = asyncio.run(scenario())
+    assert (error.status_code, error.service) == (504, "engagements")
+    attempts = [e["attempt"] for e in logs if e["event"] == "downstream_call"]
+    assert attempts == [1, 2]
 
 
 def test_no_answer_in_time_is_read_timeout(
