@@ -12,6 +12,7 @@ from contextlib import asynccontextmanager
 
 import httpx
 from fastapi import FastAPI
+from redis.asyncio import Redis
 
 from app import __version__
 from app.api.problems import install_problem_handlers
@@ -28,7 +29,11 @@ from app.ops.metrics import set_policy_revision
 from app.ops.policy_sync import announcer, follow_notices
 from app.ops.runtime import ops_lifespan
 from app.orchestration.client import ServiceRegistry, load_outbound_keys
-from app.orchestration.idempotency import IdempotencyStore
+from app.orchestration.idempotency import (
+    IdempotencyStore,
+    MemoryIdempotencyStore,
+    RedisIdempotencyStore,
+)
 
 
 def create_app(
@@ -68,7 +73,7 @@ def create_app(
     app.state.authn = authn
     app.state.verifier = authn.verifier
     app.state.policy = policy  # a PolicyStore: .current, .decide, .reload, .status
-    app.state.idempotency = IdempotencyStore(settings.orchestration.idempotency_ttl_seconds)
+    app.state.idempotency = _idempotency_store(settings, redis)
     install_problem_handlers(app)
     app.add_middleware(EdgeMiddleware, max_body_bytes=settings.edge.max_body_bytes)
     app.include_router(health.router)
@@ -82,6 +87,16 @@ def create_app(
     set_policy_revision(policy.revision)
     policy.add_listener(announcer(app))
     return app
+
+
+def _idempotency_store(settings: Settings, redis: Redis | None) -> IdempotencyStore:
+    """Shared through Redis when the gateway has one, as nonces and rate limits are."""
+    orchestration = settings.orchestration
+    if redis is None:
+        return MemoryIdempotencyStore(orchestration.idempotency_ttl_seconds)
+    return RedisIdempotencyStore(
+        redis, orchestration.idempotency_ttl_seconds, orchestration.idempotency_lease_seconds
+    )
 
 
 def create_app_from_env() -> FastAPI:

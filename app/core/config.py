@@ -176,7 +176,15 @@ class OrchestrationSettings(_Section):
 
     overview_deadline_seconds: PositiveSeconds = 2.0
     idempotency_ttl_seconds: Annotated[int, Field(ge=1, le=7 * 86400)] = 86400
+    # With Redis: how long a claimed key stays "in progress" if its gateway dies mid-run.
+    idempotency_lease_seconds: PositiveSeconds = 60.0
     passthrough: list[PassthroughRoute] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _lease_within_ttl(self) -> Self:
+        if self.idempotency_lease_seconds > self.idempotency_ttl_seconds:
+            raise ValueError("idempotency_lease_seconds must not exceed idempotency_ttl_seconds")
+        return self
 
 
 class EdgeSettings(_Section):

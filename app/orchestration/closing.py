@@ -22,12 +22,15 @@ from pydantic import BaseModel
 from app.api.engagement_schemas import CloseRequest, CloseResult, CloseStep, Engagement, Report
 from app.core.errors import Conflict
 from app.orchestration.client import ServiceRegistry, parse_answer, raise_for_client_error
-from app.orchestration.idempotency import IdempotencyStore
+from app.orchestration.idempotency import Codec, IdempotencyStore
 from app.orchestration.saga import Saga, Step
 
 
 class _Frozen(BaseModel):
     count: int
+
+
+RESULT_CODEC = Codec(lambda r: r.model_dump_json().encode(), CloseResult.model_validate_json)
 
 
 def fingerprint(body: CloseRequest) -> str:
@@ -47,7 +50,10 @@ class CloseService:
         """``(result, replayed)`` for this key; the saga runs at most once per key."""
         scope = ("close", subject, engagement_id, key)
         return await self._store.run(
-            scope, fingerprint(body), lambda: self._close(engagement_id, body, key, subject)
+            scope,
+            fingerprint(body),
+            lambda: self._close(engagement_id, body, key, subject),
+            RESULT_CODEC,
         )
 
     async def _post(self, service: str, path: str, key: str | None, json: Any = None) -> bytes:

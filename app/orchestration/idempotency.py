@@ -4,25 +4,57 @@ The first request with a key runs the operation; a retry with the same key and
 the same request gets the first result again without running anything; the same
 key with a different request is a 422, and a retry while the first is still
 running is a 409. Failures are not remembered, so a failed request may be
-retried. Keys are scoped by caller and operation, held in memory for a TTL (one
-process; a shared store is the scale-out step, as for nonces).
+retried. Keys are scoped by caller and operation and kept for a TTL.
+
+Two stores, chosen like the nonce store (``redis.url`` set or not):
+
+- ``MemoryIdempotencyStore``: one process. Enough for one instance; with several,
+  a client's retry that a load balancer sends to another instance would run the
+  operation again.
+- ``RedisIdempotencyStore``: every instance shares one record per key. A claim
+  (``running`` with a lease) and the stored result are single Lua scripts, so two
+  instances racing on one key cannot both run it. Redis unreachable before the
+  operation: 503 and nothing runs (never run unclaimed: that is the double
+  application the key exists to prevent). Unreachable after it: the caller gets
+  the result, and the claim lapses with its lease (``idempotency_lease_seconds``),
+  after which a retry runs again; the close saga's steps carry per-step keys, so
+  the services replay their own answers rather than apply a step twice.
+
+Options weighed for the shared store: a Redis record per key (chosen: one round
+trip to claim, one to finish, the same Redis and failure mode as nonces and rate
+limits) against a lock (``SET NX`` with a lease) beside a separate result key
+(two keys to keep consistent, and a reader can see the lock gone before the
+result is written).
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import re
+import secrets
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
-from app.core.errors import BadRequest, Conflict, IdempotencyKeyReused
+import redis.asyncio as aioredis
+import structlog
+from redis.exceptions import RedisError
+
+from app.core.errors import (
+    BadRequest,
+    Conflict,
+    IdempotencyKeyReused,
+    ServiceUnavailable,
+)
+from app.ops.metrics import count_redis_error
 
 HEADER = "idempotency-key"
 KEY_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{7,127}$")
 T = TypeVar("T")
+log = structlog.get_logger("gateway.idempotency")
 
 
 def require_key(value: str | None) -> str:
@@ -34,6 +66,38 @@ def require_key(value: str | None) -> str:
     return value
 
 
+@dataclass(frozen=True)
+class Codec(Generic[T]):
+    """How a result is stored outside the process (the Redis store) and read back."""
+
+    encode: Callable[[T], bytes]
+    decode: Callable[[bytes], T]
+
+
+class IdempotencyStoreUnavailable(ServiceUnavailable):
+    """The shared store cannot answer: the operation is not run (503)."""
+
+    code = "idempotency_store_unavailable"
+
+    def __init__(self) -> None:
+        super().__init__(
+            "The request's Idempotency-Key cannot be checked right now; retry shortly.",
+            headers={"Retry-After": "1"},
+        )
+
+
+class IdempotencyStore(Protocol):
+    async def run(
+        self,
+        scope: tuple[str, ...],
+        fingerprint: str,
+        operation: Callable[[], Awaitable[T]],
+        codec: Codec[T],
+    ) -> tuple[T, bool]:
+        """``(result, replayed)``: run once per key, replay the stored result afterwards."""
+        ...
+
+
 @dataclass
 class _Entry:
     fingerprint: str
@@ -42,8 +106,8 @@ class _Entry:
     done: asyncio.Event = field(default_factory=asyncio.Event)
 
 
-class IdempotencyStore:
-    """First result per (scope, key) for ``ttl_seconds``."""
+class MemoryIdempotencyStore:
+    """First result per (scope, key) for ``ttl_seconds``, in this process."""
 
     def __init__(self, ttl_seconds: float, clock: Callable[[], float] = time.monotonic) -> None:
         self._ttl = ttl_seconds
@@ -58,9 +122,13 @@ class IdempotencyStore:
             self._entries.popitem(last=False)
 
     async def run(
-        self, scope: tuple[str, ...], fingerprint: str, operation: Callable[[], Awaitable[T]]
+        self,
+        scope: tuple[str, ...],
+        fingerprint: str,
+        operation: Callable[[], Awaitable[T]],
+        codec: Codec[T],
     ) -> tuple[T, bool]:
-        """``(result, replayed)``: run once per key, replay the stored result afterwards."""
+        """``(result, replayed)``; the result is kept as is (``codec`` is not needed here)."""
         now = self._clock()
         self._evict(now)
         entry = self._entries.get(scope)
@@ -79,3 +147,88 @@ class IdempotencyStore:
             raise
         entry.done.set()
         return entry.result, False
+
+
+# KEYS[1] the key's record; ARGV[1] our running record, ARGV[2] its lease in ms.
+# Returns the existing record, or nil when ours was written (the claim is ours).
+CLAIM_SCRIPT = """
+local current = redis.call('GET', KEYS[1])
+if current then return current end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return false
+"""
+# KEYS[1] the record; ARGV[1] our running record, ARGV[2] the done record ('' = forget),
+# ARGV[3] its TTL in ms. Only the claim's owner may finish it (a lapsed lease is not ours).
+FINISH_SCRIPT = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+if ARGV[2] == '' then redis.call('DEL', KEYS[1])
+else redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3]) end
+return 1
+"""
+_RUNNING, _DONE = b"R", b"D"
+_DIGEST = 64  # hex sha-256 of the request fingerprint, right after the state byte
+
+
+class RedisIdempotencyStore:
+    """First result per (scope, key), shared by every gateway process through Redis."""
+
+    PREFIX = "gateway:idempotency:"
+
+    def __init__(self, client: aioredis.Redis, ttl_seconds: float, lease_seconds: float) -> None:
+        self._ttl_ms = int(ttl_seconds * 1000)
+        self._lease_ms = int(lease_seconds * 1000)
+        self._claim = client.register_script(CLAIM_SCRIPT)
+        self._finish = client.register_script(FINISH_SCRIPT)
+
+    @classmethod
+    def key(cls, scope: tuple[str, ...]) -> str:
+        # Hashed: bounded length, and no subject or engagement names in Redis key space.
+        joined = "\x1f".join(f"{len(part)}:{part}" for part in scope)
+        return cls.PREFIX + hashlib.sha256(joined.encode()).hexdigest()
+
+    async def run(
+        self,
+        scope: tuple[str, ...],
+        fingerprint: str,
+        operation: Callable[[], Awaitable[T]],
+        codec: Codec[T],
+    ) -> tuple[T, bool]:
+        """``(result, replayed)``; 503 without running anything when Redis cannot answer."""
+        key = self.key(scope)
+        digest = hashlib.sha256(fingerprint.encode()).hexdigest().encode()
+        running = _RUNNING + digest + secrets.token_hex(16).encode()
+        existing = await self._call(self._claim, [key], [running, self._lease_ms])
+        if existing is not None:
+            return self._replay(existing, digest, codec), True
+        try:
+            result = await operation()
+        except BaseException:
+            await self._settle(key, running, b"")
+            raise
+        await self._settle(key, running, _DONE + digest + codec.encode(result))
+        return result, False
+
+    @staticmethod
+    def _replay(record: bytes, digest: bytes, codec: Codec[T]) -> T:
+        if record[1 : 1 + _DIGEST] != digest:
+            raise IdempotencyKeyReused("The key was used with a different request.")
+        if record[:1] != _DONE:
+            raise Conflict("A request with this Idempotency-Key is still in progress.")
+        return codec.decode(record[1 + _DIGEST :])
+
+    async def _settle(self, key: str, running: bytes, done: bytes) -> None:
+        """Store the result (or forget a failure); a Redis failure here lets the lease lapse."""
+        try:
+            owned = await self._call(self._finish, [key], [running, done, self._ttl_ms])
+        except IdempotencyStoreUnavailable:
+            return  # logged by _call; the claim expires with its lease
+        if not owned:
+            log.warning("idempotency_lease_lapsed", lease_ms=self._lease_ms)
+
+    async def _call(self, script: Any, keys: list[str], args: list[Any]) -> Any:
+        try:
+            return await script(keys=keys, args=args)
+        except (RedisError, OSError) as exc:
+            log.warning("idempotency_store_unreachable", error=type(exc).__name__)
+            count_redis_error("idempotency")
+            raise IdempotencyStoreUnavailable() from None

@@ -11,6 +11,7 @@ from fastapi import FastAPI
 from app.main import create_app
 from app.stubs.server import STUB_NAMES, create_stub_app
 from tests.conftest import LiveServer, make_settings
+from tests.integration.orchestration_stack import StackBuilder
 
 pytestmark = pytest.mark.integration
 
@@ -36,3 +37,11 @@ def stack(live_server: Callable[[FastAPI], LiveServer], test_key_env: str) -> St
     settings = make_settings({name: server.url for name, server in stubs.items()})
     gateway = live_server(create_app(settings))
     return Stack(gateway=gateway, stubs=stubs)
+
+
+@pytest.fixture
+def make_stack(
+    live_server: Callable[[FastAPI], LiveServer], test_key_env: str, monkeypatch: pytest.MonkeyPatch
+) -> StackBuilder:
+    """Stacks of a gateway and three stubs that require its outbound signature."""
+    return StackBuilder(live_server, monkeypatch)

@@ -106,3 +106,7 @@ class StackBuilder:
         }
         gateway = self._live_server(create_app(stack_settings(stubs, service, **overrides)))
         return OrchestrationStack(gateway=gateway, stubs=stubs)
+
+    def another_gateway(self, stack: OrchestrationStack, **overrides: Any) -> LiveServer:
+        """One more gateway in front of the same stubs; it shares state only through Redis."""
+        return self._live_server(create_app(stack_settings(stack.stubs, None, **overrides)))

@@ -20,13 +20,6 @@ pytestmark = pytest.mark.integration
 FINDINGS = "/v1/engagements/acme-2026/findings"
 
 
-@pytest.fixture
-def make_stack(
-    live_server: Callable[[FastAPI], LiveServer], test_key_env: str, monkeypatch: pytest.MonkeyPatch
-) -> StackBuilder:
-    return StackBuilder(live_server, monkeypatch)
-
-
 def client(base_url: str, subject: str = "alice") -> httpx.Client:
     return httpx.Client(base_url=base_url, auth=signer(subject), timeout=15)
 

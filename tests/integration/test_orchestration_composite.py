@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import httpx
 import pytest
-from fastapi import FastAPI
 
-from tests.conftest import LiveServer, signer
+from tests.conftest import signer
 from tests.integration.orchestration_stack import StackBuilder
 from tests.integration.test_gateway_e2e import assert_problem
 
@@ -18,13 +16,6 @@ pytestmark = pytest.mark.integration
 OVERVIEW = "/v1/engagements/acme-2026/overview"
 CLOSE = "/v1/engagements/acme-2026/close"
 REASON = {"reason": "Retest complete; client signed off."}
-
-
-@pytest.fixture
-def make_stack(
-    live_server: Callable[[FastAPI], LiveServer], test_key_env: str, monkeypatch: pytest.MonkeyPatch
-) -> StackBuilder:
-    return StackBuilder(live_server, monkeypatch)
 
 
 def client(base_url: str, subject: str = "bob") -> httpx.Client:

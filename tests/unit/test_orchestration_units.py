@@ -26,7 +26,7 @@ from app.core.errors import (
     IdempotencyKeyReused,
     PayloadTooLarge,
 )
-from app.orchestration.idempotency import IdempotencyStore, require_key
+from app.orchestration.idempotency import Codec, MemoryIdempotencyStore, require_key
 from app.orchestration.passthrough import StreamingDigest, checked_body, upstream_path
 from app.orchestration.propagation import (
     CallContext,
@@ -111,26 +111,29 @@ def test_outbound_signature_verifies_with_the_inbound_verifier() -> None:
         verifier.verify(forged, body)
 
 
+TEXT = Codec(str.encode, bytes.decode)
+
+
 def test_idempotency_store_replays_refuses_and_forgets_failures() -> None:
     async def scenario() -> None:
-        store = IdempotencyStore(ttl_seconds=60)
+        store = MemoryIdempotencyStore(ttl_seconds=60)
         calls: list[str] = []
 
         async def operation() -> str:
             calls.append("run")
             return "first"
 
-        assert await store.run(("k",), "fp", operation) == ("first", False)
-        assert await store.run(("k",), "fp", operation) == ("first", True)
+        assert await store.run(("k",), "fp", operation, TEXT) == ("first", False)
+        assert await store.run(("k",), "fp", operation, TEXT) == ("first", True)
         with pytest.raises(IdempotencyKeyReused):
-            await store.run(("k",), "other", operation)
+            await store.run(("k",), "other", operation, TEXT)
 
         async def broken() -> str:
             raise DownstreamError("s")
 
         with pytest.raises(DownstreamError):
-            await store.run(("j",), "fp", broken)
-        assert await store.run(("j",), "fp", operation) == ("first", False)
+            await store.run(("j",), "fp", broken, TEXT)
+        assert await store.run(("j",), "fp", operation, TEXT) == ("first", False)
         assert calls == ["run", "run"]
 
     asyncio.run(scenario())
@@ -139,21 +142,21 @@ def test_idempotency_store_replays_refuses_and_forgets_failures() -> None:
 def test_idempotency_store_refuses_a_concurrent_duplicate_and_expires_keys() -> None:
     async def scenario() -> None:
         now = [0.0]
-        store = IdempotencyStore(ttl_seconds=10, clock=lambda: now[0])
+        store = MemoryIdempotencyStore(ttl_seconds=10, clock=lambda: now[0])
         gate = asyncio.Event()
 
         async def slow() -> str:
             await gate.wait()
             return "done"
 
-        first = asyncio.create_task(store.run(("k",), "fp", slow))
+        first = asyncio.create_task(store.run(("k",), "fp", slow, TEXT))
         await asyncio.sleep(0)
         with pytest.raises(Conflict):
-            await store.run(("k",), "fp", slow)
+            await store.run(("k",), "fp", slow, TEXT)
         gate.set()
         assert await first == ("done", False)
         now[0] = 11.0
-        assert await store.run(("k",), "fp", slow) == ("done", False)
+        assert await store.run(("k",), "fp", slow, TEXT) == ("done", False)
 
     asyncio.run(scenario())
 

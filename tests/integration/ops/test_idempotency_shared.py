@@ -1,0 +1,165 @@
+"""Idempotency keys shared through a real Redis: one run per key across gateways."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+
+from app.core.errors import Conflict, DownstreamError, IdempotencyKeyReused
+from app.core.redis import create_redis
+from app.orchestration.idempotency import (
+    Codec,
+    IdempotencyStoreUnavailable,
+    RedisIdempotencyStore,
+)
+from tests.integration.orchestration_stack import StackBuilder
+from tests.integration.test_orchestration_composite import CLOSE, REASON, client
+from tests.redis_server import RedisServer
+
+pytestmark = pytest.mark.integration
+
+TEXT = Codec(str.encode, bytes.decode)
+Scenario = Callable[[RedisIdempotencyStore, RedisIdempotencyStore], Awaitable[None]]
+
+
+def on_two_gateways(redis_server: RedisServer, scenario: Scenario, lease: float = 30.0) -> None:
+    """Run ``scenario`` with two stores on two Redis pools, as two gateways would have."""
+
+    async def run() -> None:
+        clients = [create_redis(redis_server.url) for _ in range(2)]
+        try:
+            await scenario(*(RedisIdempotencyStore(c, 60, lease) for c in clients))
+        finally:
+            for redis in clients:
+                await redis.aclose()
+
+    asyncio.run(run())
+
+
+def counting(calls: list[str], result: str = "first") -> Callable[[], Awaitable[str]]:
+    async def operation() -> str:
+        calls.append(result)
+        return result
+
+    return operation
+
+
+def test_a_key_run_on_one_gateway_is_replayed_by_another(redis_server: RedisServer) -> None:
+    calls: list[str] = []
+
+    async def scenario(one: RedisIdempotencyStore, two: RedisIdempotencyStore) -> None:
+        assert await one.run(("close", "bob", "k1"), "fp", counting(calls), TEXT) == (
+            "first",
+            False,
+        )
+        assert await two.run(("close", "bob", "k1"), "fp", counting(calls), TEXT) == (
+            "first",
+            True,
+        )
+        with pytest.raises(IdempotencyKeyReused):
+            await two.run(("close", "bob", "k1"), "other body", counting(calls), TEXT)
+        # Another caller's key of the same name is another key.
+        assert await two.run(("close", "alice", "k1"), "fp", counting(calls, "x"), TEXT) == (
+            "x",
+            False,
+        )
+
+    on_two_gateways(redis_server, scenario)
+    assert calls == ["first", "x"]
+
+
+def test_a_run_in_progress_is_a_conflict_elsewhere_and_failures_are_forgotten(
+    redis_server: RedisServer,
+) -> None:
+    calls: list[str] = []
+
+    async def scenario(one: RedisIdempotencyStore, two: RedisIdempotencyStore) -> None:
+        gate = asyncio.Event()
+
+        async def slow() -> str:
+            await gate.wait()
+            return "done"
+
+        first = asyncio.create_task(one.run(("k",), "fp", slow, TEXT))
+        await asyncio.sleep(0.05)
+        with pytest.raises(Conflict):
+            await two.run(("k",), "fp", counting(calls), TEXT)
+        gate.set()
+        assert await first == ("done", False)
+
+        async def broken() -> str:
+            raise DownstreamError("findings")
+
+        with pytest.raises(DownstreamError):
+            await one.run(("j",), "fp", broken, TEXT)
+        assert await two.run(("j",), "fp", counting(calls), TEXT) == ("first", False)
+
+    on_two_gateways(redis_server, scenario)
+    assert calls == ["first"]
+
+
+def test_a_lapsed_lease_lets_another_gateway_run_and_keeps_its_result(
+    redis_server: RedisServer, captured_logs: list[dict[str, Any]]
+) -> None:
+    async def scenario(one: RedisIdempotencyStore, two: RedisIdempotencyStore) -> None:
+        async def stuck() -> str:
+            await asyncio.sleep(0.5)  # longer than the lease: as if its gateway had died
+            return "late"
+
+        first = asyncio.create_task(one.run(("k",), "fp", stuck, TEXT))
+        await asyncio.sleep(0.3)
+        assert await two.run(("k",), "fp", counting([], "second"), TEXT) == ("second", False)
+        assert await first == ("late", False)
+        # The late finisher did not overwrite the record the second run owns.
+        assert await one.run(("k",), "fp", counting([]), TEXT) == ("second", True)
+
+    on_two_gateways(redis_server, scenario, lease=0.2)
+    assert [e["event"] for e in captured_logs].count("idempotency_lease_lapsed") == 1
+
+
+def test_redis_down_runs_nothing_and_a_failure_after_the_run_keeps_its_result(
+    redis_server: RedisServer,
+) -> None:
+    calls: list[str] = []
+
+    async def scenario(one: RedisIdempotencyStore, two: RedisIdempotencyStore) -> None:
+        redis_server.stop()
+        with pytest.raises(IdempotencyStoreUnavailable) as caught:
+            await one.run(("k",), "fp", counting(calls), TEXT)
+        assert (caught.value.status_code, caught.value.headers) == (503, {"Retry-After": "1"})
+        redis_server.start()
+
+        async def then_redis_fails() -> str:
+            redis_server.stop()
+            return "applied"
+
+        assert await two.run(("k",), "fp", then_redis_fails, TEXT) == ("applied", False)
+        redis_server.start()
+
+    on_two_gateways(redis_server, scenario)
+    assert calls == [], "nothing ran while the key could not be claimed"
+
+
+def test_close_replayed_on_the_other_gateway_calls_no_service(
+    make_stack: StackBuilder, redis_server: RedisServer
+) -> None:
+    shared = {"redis": {"url": redis_server.url}}
+    stack = make_stack(**shared)
+    other = make_stack.another_gateway(stack, **shared)
+    headers = {"idempotency-key": "close-acme-shared-1"}
+    with client(stack.url) as one, client(other.url) as two:
+        first = one.post(CLOSE, json=REASON, headers=headers)
+        calls = {name: stack.requests_seen(name) for name in stack.stubs}
+        again = two.post(CLOSE, json=REASON, headers=headers)
+        reused = two.post(CLOSE, json={"reason": "another reason"}, headers=headers)
+        after = {name: stack.requests_seen(name) for name in stack.stubs}
+    assert first.status_code == again.status_code == 200, again.text
+    assert again.json() == first.json()
+    assert again.headers["idempotent-replayed"] == "true"
+    assert after == calls, "the replay on the other gateway called no service"
+    assert reused.status_code == 422
+    assert reused.json()["type"] == "urn:authz-gateway:problem:idempotency_key_reused"
+    assert reused.json()["corr_id"] == reused.headers["x-request-id"]
