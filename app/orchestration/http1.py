@@ -386,7 +386,7 @@ class Http1Transport(httpx.AsyncBaseTransport):
         origin = (scheme, url.host, url.port or (443 if scheme == b"https" else 80))
         body = _body(request)
         head = _request_head(request, streamed=body is not None and not isinstance(body, bytes))
-        retry_lost = isinstance(body, bytes) and request.method in _IDEMPOTENT
+        retry_lost = not isinstance(body, AsyncIterable) and request.method in _IDEMPOTENT
         conn = self._idle_connection(origin)
         if conn is None:
             conn = await self._connect(origin, timeouts.get("connect"), request)
