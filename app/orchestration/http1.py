@@ -92,6 +92,7 @@ class _Connection(asyncio.Protocol):
         self.status = 0
         self.headers: list[tuple[bytes, bytes]] = []
         self.head_bytes = 0
+        self.head_received = 0  # every byte before the final head ends, interim answers too
         self.head_done = False
         self.complete = False
         self.keep_alive = False
@@ -216,6 +217,10 @@ class _Connection(asyncio.Protocol):
                 self.fail(httpx.RemoteProtocolError, _reason(exc))
         except httptools.HttpParserError as exc:
             self.fail(httpx.RemoteProtocolError, _reason(exc))
+        if not self.head_done:  # httptools holds an unfinished field in memory: bound it
+            self.head_received += len(data)
+            if self.head_received > MAX_HEAD_BYTES:
+                self.fail(httpx.RemoteProtocolError, "response head too large")
 
     def eof_received(self) -> bool:
         return False  # close the transport; connection_lost settles the exchange
