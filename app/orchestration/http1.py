@@ -463,6 +463,7 @@ class Http1Transport(httpx.AsyncBaseTransport):
         """Send a streamed body, chunked unless the request declared its length."""
         declared = request.headers.get("content-length")
         remaining = int(declared) if declared is not None else None
+        held = b""  # a declared body's last byte: sent only once the body ended without error
         try:
             async for chunk in body:
                 if not chunk:
@@ -477,6 +478,8 @@ class Http1Transport(httpx.AsyncBaseTransport):
                         raise httpx.LocalProtocolError(
                             "body longer than its Content-Length", request=request
                         )
+                    if remaining == 0:
+                        chunk, held = chunk[:-1], chunk[-1:]
                     conn.transport.write(chunk)
                 await conn.drain(write_timeout, request)
         except BaseException:
@@ -487,6 +490,8 @@ class Http1Transport(httpx.AsyncBaseTransport):
             raise httpx.LocalProtocolError("body shorter than its Content-Length", request=request)
         if remaining is None and conn.transport is not None:
             conn.transport.write(b"0\r\n\r\n")
+        elif held and conn.transport is not None:
+            conn.transport.write(held)
 
     async def _buffered(
         self, conn: _Connection, origin: _Origin, request: httpx.Request
