@@ -1,0 +1,588 @@
+"""Http1Transport against raw TCP servers on 127.0.0.1: exact bytes both ways, every failure."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from types import TracebackType
+from typing import Any
+
+import httpx
+import pytest
+import uvloop
+
+from app.orchestration.http1 import Http1Transport
+from app.orchestration.transport import BUFFERED, HEAD_RECEIVED
+
+pytestmark = pytest.mark.integration
+
+TIMEOUTS = {"connect": 1.0, "read": 0.3, "write": 0.5, "pool": 0.2}
+CLOSE = "close"  # answer step: close the connection
+HANG = "hang"  # answer step: never write again (the connection stays open)
+Answer = bytes | Sequence[bytes | str]
+Runner = Callable[[Coroutine[Any, Any, None]], None]
+RUNNERS = pytest.mark.parametrize("run", [asyncio.run, uvloop.run], ids=["asyncio", "uvloop"])
+
+
+def ok(body: bytes = b"hello", *fields: bytes, status: bytes = b"HTTP/1.1 200 OK") -> bytes:
+    extra = b"".join(field + b"\r\n" for field in fields)
+    return b"%b\r\nContent-Length: %d\r\n%b\r\n%b" % (status, len(body), extra, body)
+
+
+class RawServer:
+    """Reads each request, answers with the next canned answer; records every byte it got."""
+
+    def __init__(self, *answers: Answer, reads: bool = True) -> None:
+        self.answers: deque[Answer] = deque(answers)
+        self.reads = reads
+        self.requests: list[bytes] = []  # complete requests, exactly as received
+        self.partial: list[bytes] = []  # what arrived of a request the peer never completed
+        self.connections = 0
+        self.eofs = 0  # connections the peer ended between requests
+        self.port = 0
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    def url(self, path: str = "/r") -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    async def __aenter__(self) -> RawServer:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._server.close()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._server.wait_closed()
+
+    async def settled(self) -> None:
+        """Until every connection has ended (the client closed or aborted them)."""
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=2)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        try:
+            await self._converse(reader, writer)
+        except (ConnectionError, asyncio.CancelledError):
+            pass  # the client aborted, or the test is over: the task ends here either way
+        finally:
+            writer.close()
+
+    async def _converse(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if not self.reads:
+            await asyncio.Event().wait()
+        while (request := await self._read_request(reader)) is not None:
+            self.requests.append(request)
+            answer = self.answers.popleft()
+            for step in [answer] if isinstance(answer, bytes) else answer:
+                if step == CLOSE:
+                    return
+                if step == HANG:
+                    await asyncio.Event().wait()
+                assert isinstance(step, bytes)
+                writer.write(step)
+                await writer.drain()
+
+    async def _read_request(self, reader: asyncio.StreamReader) -> bytes | None:
+        got = bytearray()
+        try:
+            got += await reader.readuntil(b"\r\n\r\n")
+            head = bytes(got).lower()
+            if b"transfer-encoding: chunked" in head:
+                size = -1
+                while size != 0:
+                    got += (line := await reader.readuntil(b"\r\n"))
+                    size = int(line.split(b";")[0], 16)
+                    got += await reader.readexactly(size + 2)
+            elif length := re.search(rb"content-length: *(\d+)", head):
+                got += await reader.readexactly(int(length[1]))
+            return bytes(got)
+        except asyncio.IncompleteReadError as exc:
+            got += exc.partial
+        except ConnectionError:
+            pass
+        if got:
+            self.partial.append(bytes(got))
+        else:
+            self.eofs += 1
+        return None
+
+
+def req(
+    url: str,
+    method: str = "GET",
+    *,
+    buffered: bool = False,
+    timeouts: dict[str, float] = TIMEOUTS,
+    **kwargs: Any,
+) -> httpx.Request:
+    extensions: dict[str, Any] = {"timeout": dict(timeouts)}
+    if buffered:
+        extensions[BUFFERED] = True
+    return httpx.Request(method, url, extensions=extensions, **kwargs)
+
+
+async def fetch(transport: Http1Transport, request: httpx.Request) -> tuple[httpx.Response, bytes]:
+    """Send and read the whole body (raw, from the stream, unless buffered)."""
+    response = await transport.handle_async_request(request)
+    try:
+        if request.extensions.get(BUFFERED):
+            return response, await response.aread()
+        return response, b"".join([chunk async for chunk in response.aiter_raw()])
+    finally:
+        await response.aclose()
+
+
+async def still_serves(transport: Http1Transport) -> None:
+    """The transport's slots are free: a request to a healthy server succeeds."""
+    async with RawServer(ok(b"fine")) as good:
+        _, body = await fetch(transport, req(good.url()))
+    assert body == b"fine"
+
+
+async def body_of(*chunks: bytes, error: Exception | None = None) -> AsyncIterator[bytes]:
+    for chunk in chunks:
+        yield chunk
+    if error is not None:
+        raise error
+
+
+# --- 1. framing ---------------------------------------------------------------------------
+
+FRAMINGS = {
+    "content-length": ok(b"hello world"),
+    "chunked": (
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"5;name=value\r\nhello\r\n1\r\n \r\n5;x\r\nworld\r\n0\r\n\r\n"
+    ),
+    "close-delimited": [b"HTTP/1.1 200 OK\r\n\r\nhello", b" world", CLOSE],
+}
+
+
+@RUNNERS
+@pytest.mark.parametrize("buffered", [True, False], ids=["buffered", "streamed"])
+@pytest.mark.parametrize("answer", FRAMINGS.values(), ids=FRAMINGS.keys())
+def test_body_framing(run: Runner, answer: Answer, buffered: bool) -> None:
+    async def scenario() -> None:
+        async with RawServer(answer) as server, Http1Transport() as transport:
+            response, body = await fetch(transport, req(server.url(), buffered=buffered))
+        assert (response.status_code, body) == (200, b"hello world")
+
+    run(scenario())
+
+
+# --- 2. keep-alive ------------------------------------------------------------------------
+
+
+@RUNNERS
+@pytest.mark.parametrize("buffered", [True, False], ids=["buffered", "streamed"])
+def test_sequential_requests_share_one_connection(run: Runner, buffered: bool) -> None:
+    async def scenario() -> None:
+        async with RawServer(ok(b"one"), ok(b"two")) as server, Http1Transport() as transport:
+            bodies = [(await fetch(transport, req(server.url(), buffered=buffered)))[1]]
+            bodies.append((await fetch(transport, req(server.url(), buffered=buffered)))[1])
+        assert bodies == [b"one", b"two"]
+        assert server.connections == 1
+
+    run(scenario())
+
+
+NOT_REUSABLE = {
+    "connection-close": ok(b"one", b"Connection: close"),
+    "http-1.0": ok(b"one", status=b"HTTP/1.0 200 OK"),
+}
+
+
+@pytest.mark.parametrize("first", NOT_REUSABLE.values(), ids=NOT_REUSABLE.keys())
+def test_an_answer_that_ends_the_connection_is_not_reused(first: bytes) -> None:
+    async def scenario() -> None:
+        async with RawServer(first, ok(b"two")) as server, Http1Transport() as transport:
+            assert (await fetch(transport, req(server.url())))[1] == b"one"
+            assert (await fetch(transport, req(server.url())))[1] == b"two"
+        assert server.connections == 2
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize(
+    ("options", "pause"), [({"max_keepalive": 0}, 0.0), ({"keepalive_expiry": 0.05}, 0.15)]
+)
+def test_pool_limits_end_idle_connections(options: dict[str, Any], pause: float) -> None:
+    async def scenario() -> None:
+        async with RawServer(ok(b"one"), ok(b"two")) as server, Http1Transport(**options) as t:
+            assert (await fetch(t, req(server.url())))[1] == b"one"
+            await asyncio.sleep(pause)
+            assert (await fetch(t, req(server.url())))[1] == b"two"
+        assert server.connections == 2
+
+    asyncio.run(scenario())
+
+
+# --- 3-5. interim answers, HEAD, bodiless statuses ----------------------------------------
+
+
+@pytest.mark.parametrize("buffered", [True, False], ids=["buffered", "streamed"])
+def test_interim_answers_are_skipped(buffered: bool) -> None:
+    early = b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n"
+    answer = b"HTTP/1.1 100 Continue\r\n\r\n" + early + ok(b"final", b"X-Final: yes")
+
+    async def scenario() -> None:
+        async with RawServer(answer, ok(b"next")) as server, Http1Transport() as transport:
+            response, body = await fetch(transport, req(server.url(), buffered=buffered))
+            assert (await fetch(transport, req(server.url())))[1] == b"next"
+        assert (response.status_code, body) == (200, b"final")
+        assert [k for k, _ in response.headers.raw] == [b"Content-Length", b"X-Final"]
+        assert server.connections == 1
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("buffered", [True, False], ids=["buffered", "streamed"])
+def test_head_answer_ends_at_its_head(buffered: bool) -> None:
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: 1234\r\n\r\n"
+
+    async def scenario() -> None:
+        async with RawServer(head, ok(b"after")) as server, Http1Transport() as transport:
+            response, body = await fetch(transport, req(server.url(), "HEAD", buffered=buffered))
+            assert (await fetch(transport, req(server.url())))[1] == b"after"
+        assert (response.status_code, body) == (200, b"")
+        assert response.headers["content-length"] == "1234"
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("status", [b"204 No Content", b"304 Not Modified"])
+def test_bodiless_statuses_end_at_their_head_and_keep_the_connection(status: bytes) -> None:
+    async def scenario() -> None:
+        first = b'HTTP/1.1 %b\r\nETag: "x"\r\n\r\n' % status
+        async with RawServer(first, ok(b"two")) as server, Http1Transport() as transport:
+            response, body = await fetch(transport, req(server.url()))
+            assert (await fetch(transport, req(server.url())))[1] == b"two"
+        assert (response.status_code, body) == (int(status[:3]), b"")
+        assert server.connections == 1
+
+    asyncio.run(scenario())
+
+
+# --- 6. malformed answers -----------------------------------------------------------------
+
+MALFORMED = {
+    "not-http": b"garbage\r\n\r\n",
+    "bad-version": b"HTPP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+    "bad-status": b"HTTP/1.1 2x0 OK\r\nContent-Length: 0\r\n\r\n",
+    "bad-length": b"HTTP/1.1 200 OK\r\nContent-Length: 1x\r\n\r\nx",
+    "two-lengths": b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nxx",
+    "bad-chunk": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+    "switch": b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\nConnection: upgrade\r\n\r\n",
+    "big-head": b"HTTP/1.1 200 OK\r\nX-Big: %b\r\nContent-Length: 0\r\n\r\n" % (b"a" * 70_000),
+    "many-fields": b"HTTP/1.1 200 OK\r\n%b\r\n" % (b"X-F: 0123456789\r\n" * 4000),
+    "endless-field": [b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * 70_000, HANG],
+    "endless-interims": [b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n" * 3000, HANG],
+}
+
+
+@pytest.mark.parametrize("buffered", [True, False], ids=["buffered", "streamed"])
+@pytest.mark.parametrize("answer", MALFORMED.values(), ids=MALFORMED.keys())
+def test_malformed_answer_is_remote_protocol_error(answer: Answer, buffered: bool) -> None:
+    async def scenario() -> None:
+        async with RawServer(answer) as server, Http1Transport(max_connections=1) as transport:
+            with pytest.raises(httpx.RemoteProtocolError):
+                await fetch(transport, req(server.url(), buffered=buffered))
+            await still_serves(transport)
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("buffered", [True, False], ids=["buffered", "streamed"])
+@pytest.mark.parametrize("later", [False, True], ids=["same-write", "later-write"])
+def test_bytes_after_a_complete_answer_spoil_the_connection(buffered: bool, later: bool) -> None:
+    stray = ok(b"stray")
+    first = [ok(b"one"), b"", stray] if later else [ok(b"one") + stray]
+
+    async def scenario() -> None:
+        async with RawServer(first, ok(b"two")) as server, Http1Transport() as transport:
+            assert (await fetch(transport, req(server.url(), buffered=buffered)))[1] == b"one"
+            await asyncio.sleep(0.1)  # let a later stray write arrive while the connection idles
+            assert (await fetch(transport, req(server.url())))[1] == b"two"
+        assert server.connections == 2
+
+    asyncio.run(scenario())
+
+
+# --- 7-8. the service closes --------------------------------------------------------------
+
+
+def test_close_before_answering_a_fresh_connection_is_not_retried() -> None:
+    async def scenario() -> None:
+        async with RawServer([CLOSE], ok()) as server, Http1Transport(max_connections=1) as t:
+            with pytest.raises(httpx.RemoteProtocolError):
+                await fetch(t, req(server.url()))
+            assert server.connections == 1
+            await still_serves(t)
+
+    asyncio.run(scenario())
+
+
+@RUNNERS
+@pytest.mark.parametrize("buffered", [True, False], ids=["buffered", "streamed"])
+@pytest.mark.parametrize("when", ["after-request", "while-idle"])
+def test_a_reused_connection_the_service_closed_is_retried_for_get(
+    run: Runner, buffered: bool, when: str
+) -> None:
+    answers: list[Answer] = [ok(b"one"), [CLOSE], ok(b"two")]
+    if when == "while-idle":
+        answers = [[ok(b"one"), CLOSE], ok(b"two")]
+
+    async def scenario() -> None:
+        async with RawServer(*answers) as server, Http1Transport(max_connections=1) as t:
+            assert (await fetch(t, req(server.url())))[1] == b"one"
+            assert (await fetch(t, req(server.url(), buffered=buffered)))[1] == b"two"
+        assert server.connections == 2
+        assert len(server.requests) == len(answers)
+
+    run(scenario())
+
+
+@pytest.mark.parametrize("streamed", [False, True], ids=["bytes", "streamed"])
+def test_a_post_on_a_reused_connection_the_service_closed_is_not_retried(streamed: bool) -> None:
+    async def scenario() -> None:
+        async with RawServer(ok(b"one"), [CLOSE], ok()) as server, Http1Transport() as t:
+            assert (await fetch(t, req(server.url())))[1] == b"one"
+            content = body_of(b"data") if streamed else b"data"
+            with pytest.raises(httpx.RemoteProtocolError):
+                await fetch(t, req(server.url(), "POST", content=content))
+        assert [r.split(b" ")[0] for r in server.requests] == [b"GET", b"POST"]
+        assert server.connections == 1
+
+    asyncio.run(scenario())
+
+
+MID_BODY = {
+    "content-length": b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npartial",
+    "chunked": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n7\r\npartial\r\n",
+}
+
+
+@pytest.mark.parametrize("buffered", [True, False], ids=["buffered", "streamed"])
+@pytest.mark.parametrize("head", MID_BODY.values(), ids=MID_BODY.keys())
+def test_close_mid_body_is_remote_protocol_error(head: bytes, buffered: bool) -> None:
+    async def scenario() -> None:
+        async with RawServer([head, CLOSE]) as server, Http1Transport(max_connections=1) as t:
+            with pytest.raises(httpx.RemoteProtocolError):
+                await fetch(t, req(server.url(), buffered=buffered))
+            await still_serves(t)
+
+    asyncio.run(scenario())
+
+
+# --- 9-10. timeouts -----------------------------------------------------------------------
+
+
+def test_no_answer_is_read_timeout_before_the_head() -> None:
+    async def scenario() -> None:
+        async with RawServer([HANG]) as server, Http1Transport(max_connections=1) as transport:
+            request = req(server.url(), buffered=True)
+            with pytest.raises(httpx.ReadTimeout):
+                await fetch(transport, request)
+            assert not request.extensions.get(HEAD_RECEIVED)
+            await still_serves(transport)
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("buffered", [True, False], ids=["buffered", "streamed"])
+def test_a_stall_after_the_head_is_read_timeout(buffered: bool) -> None:
+    stall: Answer = [b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nab", HANG]
+
+    async def scenario() -> None:
+        async with RawServer(stall) as server, Http1Transport(max_connections=1) as transport:
+            request = req(server.url(), buffered=buffered)
+            if buffered:
+                with pytest.raises(httpx.ReadTimeout):
+                    await transport.handle_async_request(request)
+            else:
+                response = await transport.handle_async_request(request)
+                with pytest.raises(httpx.ReadTimeout):
+                    await response.aread()
+                await response.aclose()
+            assert request.extensions.get(HEAD_RECEIVED)
+            await still_serves(transport)
+
+    asyncio.run(scenario())
+
+
+async def _huge_body() -> AsyncIterator[bytes]:
+    chunk = b"x" * 65536
+    for _ in range(1024):  # 64 MiB
+        yield chunk
+
+
+@RUNNERS
+def test_a_service_that_stops_reading_is_write_timeout(run: Runner) -> None:
+    async def scenario() -> None:
+        async with RawServer(reads=False) as server, Http1Transport(max_connections=1) as t:
+            timeouts = {**TIMEOUTS, "write": 0.3}
+            with pytest.raises(httpx.WriteTimeout):
+                await fetch(t, req(server.url(), "PUT", content=_huge_body(), timeouts=timeouts))
+            await still_serves(t)
+
+    run(scenario())
+
+
+# --- 11-13. what the service receives -----------------------------------------------------
+
+
+@RUNNERS
+def test_request_heads_and_bodies_are_framed_exactly(run: Runner) -> None:
+    async def scenario() -> None:
+        async with RawServer(*[ok()] * 5) as server, Http1Transport() as transport:
+            url, host = server.url("/r?q=a%20b"), b"Host: 127.0.0.1:%d\r\n" % server.port
+            await fetch(transport, req(url))
+            await fetch(transport, req(url, "POST", content=b"hello"))
+            await fetch(transport, req(url, "POST", content=body_of(b"ab", b"", b"cdefghijklm")))
+            sized = body_of(b"ab", b"cde")
+            await fetch(transport, req(url, "PUT", content=sized, headers={"Content-Length": "5"}))
+            hop = {"Connection": "close", "Keep-Alive": "timeout=9", "Transfer-Encoding": "gzip"}
+            await fetch(transport, req(url, "POST", content=b"xy", headers=hop))
+        assert server.requests == [
+            b"GET /r?q=a%20b HTTP/1.1\r\n" + host + b"\r\n",
+            b"POST /r?q=a%20b HTTP/1.1\r\n" + host + b"Content-Length: 5\r\n\r\nhello",
+            b"POST /r?q=a%20b HTTP/1.1\r\n" + host + b"Transfer-Encoding: chunked\r\n\r\n"
+            b"2\r\nab\r\nb\r\ncdefghijklm\r\n0\r\n\r\n",
+            b"PUT /r?q=a%20b HTTP/1.1\r\n" + host + b"Content-Length: 5\r\n\r\nabcde",
+            b"POST /r?q=a%20b HTTP/1.1\r\n" + host + b"Content-Length: 2\r\n\r\nxy",
+        ]
+        assert server.connections == 1
+
+    run(scenario())
+
+
+LENGTH_MISMATCH = {
+    "shorter": (b"ab",),
+    "longer-mid-chunk": (b"abc", b"def"),
+    "longer-after-exact": (b"abcd", b"e"),
+}
+
+
+@pytest.mark.parametrize("chunks", LENGTH_MISMATCH.values(), ids=LENGTH_MISMATCH.keys())
+def test_a_body_unlike_its_content_length_is_never_complete(chunks: tuple[bytes, ...]) -> None:
+    async def scenario() -> None:
+        async with RawServer(ok()) as server, Http1Transport(max_connections=1) as transport:
+            body = body_of(*chunks)
+            request = req(server.url(), "PUT", content=body, headers={"Content-Length": "4"})
+            with pytest.raises(httpx.LocalProtocolError):
+                await fetch(transport, request)
+            await server.settled()
+            assert server.requests == []
+            assert len(server.partial) == 1
+            await still_serves(transport)
+
+    asyncio.run(scenario())
+
+
+class BodyBroken(Exception):
+    """What a request body's own check raises (a bad digest, say)."""
+
+
+@pytest.mark.parametrize("declared", [None, "4"], ids=["chunked", "content-length"])
+def test_a_failing_body_propagates_and_the_request_stays_incomplete(declared: str | None) -> None:
+    async def scenario() -> None:
+        async with RawServer(ok()) as server, Http1Transport(max_connections=1) as transport:
+            body = body_of(b"ab", b"cd", error=BodyBroken("digest mismatch"))
+            headers = {"Content-Length": declared} if declared else {}
+            with pytest.raises(BodyBroken, match="digest mismatch"):
+                await fetch(transport, req(server.url(), "PUT", content=body, headers=headers))
+            await server.settled()
+            assert server.requests == []
+            assert server.partial[0].endswith(b"ab\r\n2\r\ncd\r\n" if declared is None else b"abc")
+            await still_serves(transport)
+
+    asyncio.run(scenario())
+
+
+HEAD_INJECTIONS = {
+    "crlf-in-value": [(b"X-A", b"v\r\nX-Evil: 1")],
+    "lf-in-value": [(b"X-A", b"v\nX-Evil: 1")],
+    "cr-in-name": [(b"X-A\rB", b"v")],
+    "nul-in-value": [(b"X-A", b"v\0w")],
+}
+
+
+@pytest.mark.parametrize("headers", HEAD_INJECTIONS.values(), ids=HEAD_INJECTIONS.keys())
+def test_control_characters_in_the_head_are_refused_before_sending(
+    headers: list[tuple[bytes, bytes]],
+) -> None:
+    async def scenario() -> None:
+        async with RawServer(ok()) as server, Http1Transport(max_connections=1) as transport:
+            with pytest.raises(httpx.LocalProtocolError):
+                await fetch(transport, req(server.url(), headers=headers))
+            with pytest.raises(httpx.LocalProtocolError):
+                await fetch(transport, req(server.url(), "GE T"))
+            await fetch(transport, req(server.url()))  # the slot is free
+        assert server.requests == [b"GET /r HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n\r\n" % server.port]
+        assert server.connections == 1
+
+    asyncio.run(scenario())
+
+
+# --- 14-16. pool, flow control, close -----------------------------------------------------
+
+
+def test_an_open_streamed_response_holds_the_only_slot() -> None:
+    async def scenario() -> None:
+        async with (
+            RawServer(ok(b"one"), ok(b"two")) as server,
+            Http1Transport(max_connections=1) as transport,
+        ):
+            first = await transport.handle_async_request(req(server.url()))
+            with pytest.raises(httpx.PoolTimeout):
+                await transport.handle_async_request(req(server.url()))
+            assert await first.aread() == b"one"
+            await first.aclose()
+            assert (await fetch(transport, req(server.url())))[1] == b"two"
+        assert len(server.requests) == 2
+
+    asyncio.run(scenario())
+
+
+@RUNNERS
+def test_a_large_answer_read_slowly_arrives_whole(run: Runner) -> None:
+    payload = bytes(range(256)) * (4 * 4096)  # 4 MiB
+
+    async def scenario() -> None:
+        async with RawServer(ok(payload), ok(b"next")) as server, Http1Transport() as transport:
+            response = await transport.handle_async_request(req(server.url()))
+            received = bytearray()
+            async for chunk in response.aiter_raw():
+                received += chunk
+                # Slower than the read timeout once: a paused reader is not a silent service.
+                await asyncio.sleep(0.5 if len(received) == len(chunk) else 0.001)
+            await response.aclose()
+            assert (await fetch(transport, req(server.url())))[1] == b"next"
+        assert received == payload
+        assert server.connections == 1
+
+    run(scenario())
+
+
+def test_closing_the_transport_closes_idle_connections() -> None:
+    async def scenario() -> None:
+        async with RawServer(ok(), ok()) as server:
+            transport = Http1Transport()
+            await fetch(transport, req(server.url()))
+            await fetch(transport, req(server.url()))
+            await transport.aclose()
+            await server.settled()
+            assert (server.connections, server.eofs) == (1, 1)
+
+    asyncio.run(scenario())
