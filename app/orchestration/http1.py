@@ -261,7 +261,8 @@ class _Connection(asyncio.Protocol):
         self.head_bytes += len(name) + len(value) + 4
         if self.head_bytes > MAX_HEAD_BYTES:
             raise ValueError("response head too large")
-        self.headers.append((name, value))
+        if not self.head_done:  # trailer fields never join the head (RFC 9110 section 6.5.1)
+            self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         assert self.parser is not None
