@@ -181,6 +181,24 @@ def test_body_framing(run: Runner, answer: Answer, buffered: bool) -> None:
     run(scenario())
 
 
+@pytest.mark.parametrize("buffered", [True, False], ids=["buffered", "streamed"])
+@pytest.mark.parametrize("later", [False, True], ids=["same-write", "later-write"])
+def test_trailer_fields_never_join_the_headers(buffered: bool, later: bool) -> None:
+    head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n"
+    end = b"0\r\nX-Trailer: t\r\n\r\n"
+    answer = [head, end] if later else [head + end]
+
+    async def scenario() -> None:
+        async with RawServer(answer, ok(b"next")) as server, Http1Transport() as transport:
+            response, body = await fetch(transport, req(server.url(), buffered=buffered))
+            assert (await fetch(transport, req(server.url())))[1] == b"next"
+        assert body == b"hello"
+        assert "x-trailer" not in response.headers
+        assert server.connections == 1
+
+    asyncio.run(scenario())
+
+
 # --- 2. keep-alive ------------------------------------------------------------------------
 
 
@@ -282,6 +300,12 @@ MALFORMED = {
     "bad-status": b"HTTP/1.1 2x0 OK\r\nContent-Length: 0\r\n\r\n",
     "bad-length": b"HTTP/1.1 200 OK\r\nContent-Length: 1x\r\n\r\nx",
     "two-lengths": b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nxx",
+    "length-and-chunked": (
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"5\r\nhello\r\n0\r\n\r\n"
+    ),
+    "negative-length": b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\nx",
+    "four-digit-status": b"HTTP/1.1 1000 OK\r\nContent-Length: 0\r\n\r\n",
     "bad-chunk": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
     "switch": b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\nConnection: upgrade\r\n\r\n",
     "big-head": b"HTTP/1.1 200 OK\r\nX-Big: %b\r\nContent-Length: 0\r\n\r\n" % (b"a" * 70_000),
@@ -450,7 +474,7 @@ def test_request_heads_and_bodies_are_framed_exactly(run: Runner) -> None:
             await fetch(transport, req(url))
             await fetch(transport, req(url, "POST", content=b"hello"))
             await fetch(transport, req(url, "POST", content=body_of(b"ab", b"", b"cdefghijklm")))
-            sized = body_of(b"ab", b"cde")
+            sized = body_of(b"abcd", b"e")
             await fetch(transport, req(url, "PUT", content=sized, headers={"Content-Length": "5"}))
             hop = {"Connection": "close", "Keep-Alive": "timeout=9", "Transfer-Encoding": "gzip"}
             await fetch(transport, req(url, "POST", content=b"xy", headers=hop))
@@ -551,6 +575,46 @@ def test_an_open_streamed_response_holds_the_only_slot() -> None:
             await first.aclose()
             assert (await fetch(transport, req(server.url())))[1] == b"two"
         assert len(server.requests) == 2
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("size", [5, 1 << 20], ids=["all-arrived", "half-read"])
+def test_a_response_closed_unread_never_leaks_into_the_next(size: int) -> None:
+    async def scenario() -> None:
+        async with RawServer(ok(b"x" * size), ok(b"two")) as server, Http1Transport() as t:
+            first = await t.handle_async_request(req(server.url()))
+            if size > 5:
+                await anext(aiter(first.aiter_raw()))
+            else:
+                await asyncio.sleep(0.05)  # the whole answer is in, still unread
+            await first.aclose()
+            assert (await fetch(t, req(server.url())))[1] == b"two"
+        assert server.connections == (1 if size == 5 else 2)
+
+    asyncio.run(scenario())
+
+
+def test_a_cancelled_request_frees_its_slot() -> None:
+    async def scenario() -> None:
+        async with RawServer([HANG]) as server, Http1Transport(max_connections=1) as transport:
+            request = req(server.url(), timeouts={**TIMEOUTS, "read": 5.0})
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(fetch(transport, request), 0.2)
+            await still_serves(transport)
+
+    asyncio.run(scenario())
+
+
+def test_concurrent_requests_share_the_pool_limit() -> None:
+    async def scenario() -> None:
+        async with RawServer(*[ok()] * 12) as server, Http1Transport(max_connections=3) as t:
+            timeouts = {**TIMEOUTS, "pool": 5.0}
+            answers = await asyncio.gather(
+                *[fetch(t, req(server.url(), timeouts=timeouts)) for _ in range(12)]
+            )
+        assert [body for _, body in answers] == [b"hello"] * 12
+        assert 1 <= server.connections <= 3
 
     asyncio.run(scenario())
 
