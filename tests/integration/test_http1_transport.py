@@ -118,15 +118,8 @@ class RawServer:
         return None
 
 
-def req(
-    url: str,
-    method: str = "GET",
-    *,
-    buffered: bool = False,
-    timeouts: dict[str, float] = TIMEOUTS,
-    **kwargs: Any,
-) -> httpx.Request:
-    extensions: dict[str, Any] = {"timeout": dict(timeouts)}
+def req(url: str, method: str = "GET", *, buffered: bool = False, **kwargs: Any) -> httpx.Request:
+    extensions: dict[str, Any] = {"timeout": dict(kwargs.pop("timeouts", TIMEOUTS))}
     if buffered:
         extensions[BUFFERED] = True
     return httpx.Request(method, url, extensions=extensions, **kwargs)
@@ -215,29 +208,20 @@ def test_sequential_requests_share_one_connection(run: Runner, buffered: bool) -
     run(scenario())
 
 
-NOT_REUSABLE = {
-    "connection-close": ok(b"one", b"Connection: close"),
-    "http-1.0": ok(b"one", status=b"HTTP/1.0 200 OK"),
+NOT_REUSED: dict[str, tuple[bytes, dict[str, Any], float]] = {
+    "connection-close": (ok(b"one", b"Connection: close"), {}, 0.0),
+    "http-1.0": (ok(b"one", status=b"HTTP/1.0 200 OK"), {}, 0.0),
+    "max-keepalive-0": (ok(b"one"), {"max_keepalive": 0}, 0.0),
+    "keepalive-expired": (ok(b"one"), {"keepalive_expiry": 0.05}, 0.15),
 }
 
 
-@pytest.mark.parametrize("first", NOT_REUSABLE.values(), ids=NOT_REUSABLE.keys())
-def test_an_answer_that_ends_the_connection_is_not_reused(first: bytes) -> None:
+@pytest.mark.parametrize(("first", "options", "pause"), NOT_REUSED.values(), ids=NOT_REUSED.keys())
+def test_a_connection_is_not_reused_when_the_answer_or_pool_says_so(
+    first: bytes, options: dict[str, Any], pause: float
+) -> None:
     async def scenario() -> None:
-        async with RawServer(first, ok(b"two")) as server, Http1Transport() as transport:
-            assert (await fetch(transport, req(server.url())))[1] == b"one"
-            assert (await fetch(transport, req(server.url())))[1] == b"two"
-        assert server.connections == 2
-
-    asyncio.run(scenario())
-
-
-@pytest.mark.parametrize(
-    ("options", "pause"), [({"max_keepalive": 0}, 0.0), ({"keepalive_expiry": 0.05}, 0.15)]
-)
-def test_pool_limits_end_idle_connections(options: dict[str, Any], pause: float) -> None:
-    async def scenario() -> None:
-        async with RawServer(ok(b"one"), ok(b"two")) as server, Http1Transport(**options) as t:
+        async with RawServer(first, ok(b"two")) as server, Http1Transport(**options) as t:
             assert (await fetch(t, req(server.url())))[1] == b"one"
             await asyncio.sleep(pause)
             assert (await fetch(t, req(server.url())))[1] == b"two"
@@ -343,18 +327,7 @@ def test_bytes_after_a_complete_answer_spoil_the_connection(buffered: bool, late
     asyncio.run(scenario())
 
 
-# --- 7-8. the service closes --------------------------------------------------------------
-
-
-def test_close_before_answering_a_fresh_connection_is_not_retried() -> None:
-    async def scenario() -> None:
-        async with RawServer([CLOSE], ok()) as server, Http1Transport(max_connections=1) as t:
-            with pytest.raises(httpx.RemoteProtocolError):
-                await fetch(t, req(server.url()))
-            assert server.connections == 1
-            await still_serves(t)
-
-    asyncio.run(scenario())
+# --- 7-9. the service closes or stalls ---------------------------------------------------
 
 
 @RUNNERS
@@ -391,55 +364,40 @@ def test_a_post_on_a_reused_connection_the_service_closed_is_not_retried(streame
     asyncio.run(scenario())
 
 
-MID_BODY = {
-    "content-length": b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npartial",
-    "chunked": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n7\r\npartial\r\n",
+# --- 10. write timeout -------------------------------------------------------------------
+
+
+CUTS = {
+    "no-answer": ([HANG], httpx.ReadTimeout, False),
+    "closed-before-answering": ([CLOSE], httpx.RemoteProtocolError, False),
+    "stall-mid-body": ([ok(b"0123456789")[:-8], HANG], httpx.ReadTimeout, True),
+    "closed-mid-length": ([ok(b"0123456789")[:-8], CLOSE], httpx.RemoteProtocolError, True),
+    "closed-mid-chunked": (
+        [b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nab\r\n", CLOSE],
+        httpx.RemoteProtocolError,
+        True,
+    ),
 }
 
 
 @pytest.mark.parametrize("buffered", [True, False], ids=["buffered", "streamed"])
-@pytest.mark.parametrize("head", MID_BODY.values(), ids=MID_BODY.keys())
-def test_close_mid_body_is_remote_protocol_error(head: bytes, buffered: bool) -> None:
+@pytest.mark.parametrize(("answer", "error", "head"), CUTS.values(), ids=CUTS.keys())
+def test_a_cut_or_stalled_answer_fails_where_it_stops(
+    answer: Answer, error: type[Exception], head: bool, buffered: bool
+) -> None:
     async def scenario() -> None:
-        async with RawServer([head, CLOSE]) as server, Http1Transport(max_connections=1) as t:
-            with pytest.raises(httpx.RemoteProtocolError):
-                await fetch(t, req(server.url(), buffered=buffered))
-            await still_serves(t)
-
-    asyncio.run(scenario())
-
-
-# --- 9-10. timeouts -----------------------------------------------------------------------
-
-
-def test_no_answer_is_read_timeout_before_the_head() -> None:
-    async def scenario() -> None:
-        async with RawServer([HANG]) as server, Http1Transport(max_connections=1) as transport:
-            request = req(server.url(), buffered=True)
-            with pytest.raises(httpx.ReadTimeout):
-                await fetch(transport, request)
-            assert not request.extensions.get(HEAD_RECEIVED)
-            await still_serves(transport)
-
-    asyncio.run(scenario())
-
-
-@pytest.mark.parametrize("buffered", [True, False], ids=["buffered", "streamed"])
-def test_a_stall_after_the_head_is_read_timeout(buffered: bool) -> None:
-    stall: Answer = [b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nab", HANG]
-
-    async def scenario() -> None:
-        async with RawServer(stall) as server, Http1Transport(max_connections=1) as transport:
+        async with RawServer(answer) as server, Http1Transport(max_connections=1) as transport:
             request = req(server.url(), buffered=buffered)
-            if buffered:
-                with pytest.raises(httpx.ReadTimeout):
+            if buffered or not head:
+                with pytest.raises(error):
                     await transport.handle_async_request(request)
             else:
                 response = await transport.handle_async_request(request)
-                with pytest.raises(httpx.ReadTimeout):
+                with pytest.raises(error):
                     await response.aread()
                 await response.aclose()
-            assert request.extensions.get(HEAD_RECEIVED)
+            assert bool(request.extensions.get(HEAD_RECEIVED)) is head
+            assert server.connections == 1  # a fresh connection is never retried
             await still_serves(transport)
 
     asyncio.run(scenario())
