@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import re
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
@@ -15,6 +16,7 @@ import uvloop
 
 from app.orchestration.http1 import Http1Transport
 from app.orchestration.transport import BUFFERED, HEAD_RECEIVED
+from tests.conftest import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -118,6 +120,16 @@ class RawServer:
         return None
 
 
+def on_loop(test: Callable[..., Coroutine[Any, Any, None]]) -> Callable[..., None]:
+    """Run an async test on asyncio's loop, or on the one its ``run`` parameter names."""
+
+    @functools.wraps(test)
+    def sync(*args: Any, **kwargs: Any) -> None:
+        kwargs.get("run", asyncio.run)(test(*args, **kwargs))
+
+    return sync
+
+
 def req(url: str, method: str = "GET", *, buffered: bool = False, **kwargs: Any) -> httpx.Request:
     extensions: dict[str, Any] = {"timeout": dict(kwargs.pop("timeouts", TIMEOUTS))}
     if buffered:
@@ -165,31 +177,27 @@ FRAMINGS = {
 @RUNNERS
 @pytest.mark.parametrize("buffered", [True, False], ids=["buffered", "streamed"])
 @pytest.mark.parametrize("answer", FRAMINGS.values(), ids=FRAMINGS.keys())
-def test_body_framing(run: Runner, answer: Answer, buffered: bool) -> None:
-    async def scenario() -> None:
-        async with RawServer(answer) as server, Http1Transport() as transport:
-            response, body = await fetch(transport, req(server.url(), buffered=buffered))
-        assert (response.status_code, body) == (200, b"hello world")
-
-    run(scenario())
+@on_loop
+async def test_body_framing(run: Runner, answer: Answer, buffered: bool) -> None:
+    async with RawServer(answer) as server, Http1Transport() as transport:
+        response, body = await fetch(transport, req(server.url(), buffered=buffered))
+    assert (response.status_code, body) == (200, b"hello world")
 
 
 @pytest.mark.parametrize("buffered", [True, False], ids=["buffered", "streamed"])
 @pytest.mark.parametrize("later", [False, True], ids=["same-write", "later-write"])
-def test_trailer_fields_never_join_the_headers(buffered: bool, later: bool) -> None:
+@on_loop
+async def test_trailer_fields_never_join_the_headers(buffered: bool, later: bool) -> None:
     head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n"
     end = b"0\r\nX-Trailer: t\r\n\r\n"
     answer = [head, end] if later else [head + end]
 
-    async def scenario() -> None:
-        async with RawServer(answer, ok(b"next")) as server, Http1Transport() as transport:
-            response, body = await fetch(transport, req(server.url(), buffered=buffered))
-            assert (await fetch(transport, req(server.url())))[1] == b"next"
-        assert body == b"hello"
-        assert "x-trailer" not in response.headers
-        assert server.connections == 1
-
-    asyncio.run(scenario())
+    async with RawServer(answer, ok(b"next")) as server, Http1Transport() as transport:
+        response, body = await fetch(transport, req(server.url(), buffered=buffered))
+        assert (await fetch(transport, req(server.url())))[1] == b"next"
+    assert body == b"hello"
+    assert "x-trailer" not in response.headers
+    assert server.connections == 1
 
 
 # --- 2. keep-alive ------------------------------------------------------------------------
@@ -197,15 +205,13 @@ def test_trailer_fields_never_join_the_headers(buffered: bool, later: bool) -> N
 
 @RUNNERS
 @pytest.mark.parametrize("buffered", [True, False], ids=["buffered", "streamed"])
-def test_sequential_requests_share_one_connection(run: Runner, buffered: bool) -> None:
-    async def scenario() -> None:
-        async with RawServer(ok(b"one"), ok(b"two")) as server, Http1Transport() as transport:
-            bodies = [(await fetch(transport, req(server.url(), buffered=buffered)))[1]]
-            bodies.append((await fetch(transport, req(server.url(), buffered=buffered)))[1])
-        assert bodies == [b"one", b"two"]
-        assert server.connections == 1
-
-    run(scenario())
+@on_loop
+async def test_sequential_requests_share_one_connection(run: Runner, buffered: bool) -> None:
+    async with RawServer(ok(b"one"), ok(b"two")) as server, Http1Transport() as transport:
+        bodies = [(await fetch(transport, req(server.url(), buffered=buffered)))[1]]
+        bodies.append((await fetch(transport, req(server.url(), buffered=buffered)))[1])
+    assert bodies == [b"one", b"two"]
+    assert server.connections == 1
 
 
 NOT_REUSED: dict[str, tuple[bytes, dict[str, Any], float]] = {
@@ -217,63 +223,55 @@ NOT_REUSED: dict[str, tuple[bytes, dict[str, Any], float]] = {
 
 
 @pytest.mark.parametrize(("first", "options", "pause"), NOT_REUSED.values(), ids=NOT_REUSED.keys())
-def test_a_connection_is_not_reused_when_the_answer_or_pool_says_so(
+@on_loop
+async def test_a_connection_is_not_reused_when_the_answer_or_pool_says_so(
     first: bytes, options: dict[str, Any], pause: float
 ) -> None:
-    async def scenario() -> None:
-        async with RawServer(first, ok(b"two")) as server, Http1Transport(**options) as t:
-            assert (await fetch(t, req(server.url())))[1] == b"one"
-            await asyncio.sleep(pause)
-            assert (await fetch(t, req(server.url())))[1] == b"two"
-        assert server.connections == 2
-
-    asyncio.run(scenario())
+    async with RawServer(first, ok(b"two")) as server, Http1Transport(**options) as t:
+        assert (await fetch(t, req(server.url())))[1] == b"one"
+        await asyncio.sleep(pause)
+        assert (await fetch(t, req(server.url())))[1] == b"two"
+    assert server.connections == 2
 
 
 # --- 3-5. interim answers, HEAD, bodiless statuses ----------------------------------------
 
 
 @pytest.mark.parametrize("buffered", [True, False], ids=["buffered", "streamed"])
-def test_interim_answers_are_skipped(buffered: bool) -> None:
+@on_loop
+async def test_interim_answers_are_skipped(buffered: bool) -> None:
     early = b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n"
     answer = b"HTTP/1.1 100 Continue\r\n\r\n" + early + ok(b"final", b"X-Final: yes")
 
-    async def scenario() -> None:
-        async with RawServer(answer, ok(b"next")) as server, Http1Transport() as transport:
-            response, body = await fetch(transport, req(server.url(), buffered=buffered))
-            assert (await fetch(transport, req(server.url())))[1] == b"next"
-        assert (response.status_code, body) == (200, b"final")
-        assert [k for k, _ in response.headers.raw] == [b"Content-Length", b"X-Final"]
-        assert server.connections == 1
-
-    asyncio.run(scenario())
+    async with RawServer(answer, ok(b"next")) as server, Http1Transport() as transport:
+        response, body = await fetch(transport, req(server.url(), buffered=buffered))
+        assert (await fetch(transport, req(server.url())))[1] == b"next"
+    assert (response.status_code, body) == (200, b"final")
+    assert [k for k, _ in response.headers.raw] == [b"Content-Length", b"X-Final"]
+    assert server.connections == 1
 
 
 @pytest.mark.parametrize("buffered", [True, False], ids=["buffered", "streamed"])
-def test_head_answer_ends_at_its_head(buffered: bool) -> None:
+@on_loop
+async def test_head_answer_ends_at_its_head(buffered: bool) -> None:
     head = b"HTTP/1.1 200 OK\r\nContent-Length: 1234\r\n\r\n"
 
-    async def scenario() -> None:
-        async with RawServer(head, ok(b"after")) as server, Http1Transport() as transport:
-            response, body = await fetch(transport, req(server.url(), "HEAD", buffered=buffered))
-            assert (await fetch(transport, req(server.url())))[1] == b"after"
-        assert (response.status_code, body) == (200, b"")
-        assert response.headers["content-length"] == "1234"
-
-    asyncio.run(scenario())
+    async with RawServer(head, ok(b"after")) as server, Http1Transport() as transport:
+        response, body = await fetch(transport, req(server.url(), "HEAD", buffered=buffered))
+        assert (await fetch(transport, req(server.url())))[1] == b"after"
+    assert (response.status_code, body) == (200, b"")
+    assert response.headers["content-length"] == "1234"
 
 
 @pytest.mark.parametrize("status", [b"204 No Content", b"304 Not Modified"])
-def test_bodiless_statuses_end_at_their_head_and_keep_the_connection(status: bytes) -> None:
-    async def scenario() -> None:
-        first = b'HTTP/1.1 %b\r\nETag: "x"\r\n\r\n' % status
-        async with RawServer(first, ok(b"two")) as server, Http1Transport() as transport:
-            response, body = await fetch(transport, req(server.url()))
-            assert (await fetch(transport, req(server.url())))[1] == b"two"
-        assert (response.status_code, body) == (int(status[:3]), b"")
-        assert server.connections == 1
-
-    asyncio.run(scenario())
+@on_loop
+async def test_bodiless_statuses_end_at_their_head_and_keep_the_connection(status: bytes) -> None:
+    first = b"HTTP/1.1 %b\r\nContent-Length: 1234\r\n\r\n" % status  # no body all the same
+    async with RawServer(first, ok(b"two")) as server, Http1Transport() as transport:
+        response, body = await fetch(transport, req(server.url()))
+        assert (await fetch(transport, req(server.url())))[1] == b"two"
+    assert (response.status_code, body) == (int(status[:3]), b"")
+    assert server.connections == 1
 
 
 # --- 6. malformed answers -----------------------------------------------------------------
@@ -301,30 +299,28 @@ MALFORMED = {
 
 @pytest.mark.parametrize("buffered", [True, False], ids=["buffered", "streamed"])
 @pytest.mark.parametrize("answer", MALFORMED.values(), ids=MALFORMED.keys())
-def test_malformed_answer_is_remote_protocol_error(answer: Answer, buffered: bool) -> None:
-    async def scenario() -> None:
-        async with RawServer(answer) as server, Http1Transport(max_connections=1) as transport:
-            with pytest.raises(httpx.RemoteProtocolError):
-                await fetch(transport, req(server.url(), buffered=buffered))
-            await still_serves(transport)
-
-    asyncio.run(scenario())
+@on_loop
+async def test_malformed_answer_is_remote_protocol_error(answer: Answer, buffered: bool) -> None:
+    async with RawServer(answer) as server, Http1Transport(max_connections=1) as transport:
+        with pytest.raises(httpx.RemoteProtocolError):
+            await fetch(transport, req(server.url(), buffered=buffered))
+        await still_serves(transport)
 
 
 @pytest.mark.parametrize("buffered", [True, False], ids=["buffered", "streamed"])
 @pytest.mark.parametrize("later", [False, True], ids=["same-write", "later-write"])
-def test_bytes_after_a_complete_answer_spoil_the_connection(buffered: bool, later: bool) -> None:
+@on_loop
+async def test_bytes_after_a_complete_answer_spoil_the_connection(
+    buffered: bool, later: bool
+) -> None:
     stray = ok(b"stray")
     first = [ok(b"one"), b"", stray] if later else [ok(b"one") + stray]
 
-    async def scenario() -> None:
-        async with RawServer(first, ok(b"two")) as server, Http1Transport() as transport:
-            assert (await fetch(transport, req(server.url(), buffered=buffered)))[1] == b"one"
-            await asyncio.sleep(0.1)  # let a later stray write arrive while the connection idles
-            assert (await fetch(transport, req(server.url())))[1] == b"two"
-        assert server.connections == 2
-
-    asyncio.run(scenario())
+    async with RawServer(first, ok(b"two")) as server, Http1Transport() as transport:
+        assert (await fetch(transport, req(server.url(), buffered=buffered)))[1] == b"one"
+        await asyncio.sleep(0.1)  # let a later stray write arrive while the connection idles
+        assert (await fetch(transport, req(server.url())))[1] == b"two"
+    assert server.connections == 2
 
 
 # --- 7-9. the service closes or stalls ---------------------------------------------------
@@ -333,35 +329,58 @@ def test_bytes_after_a_complete_answer_spoil_the_connection(buffered: bool, late
 @RUNNERS
 @pytest.mark.parametrize("buffered", [True, False], ids=["buffered", "streamed"])
 @pytest.mark.parametrize("when", ["after-request", "while-idle"])
-def test_a_reused_connection_the_service_closed_is_retried_for_get(
+@on_loop
+async def test_a_reused_connection_the_service_closed_is_retried_for_get(
     run: Runner, buffered: bool, when: str
 ) -> None:
     answers: list[Answer] = [ok(b"one"), [CLOSE], ok(b"two")]
     if when == "while-idle":
         answers = [[ok(b"one"), CLOSE], ok(b"two")]
 
-    async def scenario() -> None:
-        async with RawServer(*answers) as server, Http1Transport(max_connections=1) as t:
-            assert (await fetch(t, req(server.url())))[1] == b"one"
-            assert (await fetch(t, req(server.url(), buffered=buffered)))[1] == b"two"
-        assert server.connections == 2
-        assert len(server.requests) == len(answers)
+    async with RawServer(*answers) as server, Http1Transport(max_connections=1) as t:
+        assert (await fetch(t, req(server.url())))[1] == b"one"
+        assert (await fetch(t, req(server.url(), buffered=buffered)))[1] == b"two"
+    assert server.connections == 2
+    assert len(server.requests) == len(answers)
 
-    run(scenario())
+
+@on_loop
+async def test_a_reused_connection_closed_after_a_response_byte_is_not_retried() -> None:
+    async with (
+        RawServer(ok(b"one"), [b"HTTP/1.1 2", CLOSE], ok()) as server,
+        Http1Transport(max_connections=1) as t,
+    ):
+        assert (await fetch(t, req(server.url())))[1] == b"one"
+        with pytest.raises(httpx.RemoteProtocolError):
+            await fetch(t, req(server.url()))
+        assert (len(server.requests), server.connections) == (2, 1)
+        await still_serves(t)
+
+
+@pytest.mark.parametrize("scheme", ["http", "ftp"])
+@on_loop
+async def test_a_request_that_never_connects_frees_its_slot(scheme: str) -> None:
+    url = f"{scheme}://127.0.0.1:{free_port()}/r"  # nobody listens there
+    error = httpx.ConnectError if scheme == "http" else httpx.UnsupportedProtocol
+
+    async with Http1Transport(max_connections=1) as transport:
+        with pytest.raises(error):
+            await fetch(transport, req(url))
+        await still_serves(transport)
 
 
 @pytest.mark.parametrize("streamed", [False, True], ids=["bytes", "streamed"])
-def test_a_post_on_a_reused_connection_the_service_closed_is_not_retried(streamed: bool) -> None:
-    async def scenario() -> None:
-        async with RawServer(ok(b"one"), [CLOSE], ok()) as server, Http1Transport() as t:
-            assert (await fetch(t, req(server.url())))[1] == b"one"
-            content = body_of(b"data") if streamed else b"data"
-            with pytest.raises(httpx.RemoteProtocolError):
-                await fetch(t, req(server.url(), "POST", content=content))
-        assert [r.split(b" ")[0] for r in server.requests] == [b"GET", b"POST"]
-        assert server.connections == 1
-
-    asyncio.run(scenario())
+@on_loop
+async def test_a_post_on_a_reused_connection_the_service_closed_is_not_retried(
+    streamed: bool,
+) -> None:
+    async with RawServer(ok(b"one"), [CLOSE], ok()) as server, Http1Transport() as t:
+        assert (await fetch(t, req(server.url())))[1] == b"one"
+        content = body_of(b"data") if streamed else b"data"
+        with pytest.raises(httpx.RemoteProtocolError):
+            await fetch(t, req(server.url(), "POST", content=content))
+    assert [r.split(b" ")[0] for r in server.requests] == [b"GET", b"POST"]
+    assert server.connections == 1
 
 
 # --- 10. write timeout -------------------------------------------------------------------
@@ -382,25 +401,23 @@ CUTS = {
 
 @pytest.mark.parametrize("buffered", [True, False], ids=["buffered", "streamed"])
 @pytest.mark.parametrize(("answer", "error", "head"), CUTS.values(), ids=CUTS.keys())
-def test_a_cut_or_stalled_answer_fails_where_it_stops(
+@on_loop
+async def test_a_cut_or_stalled_answer_fails_where_it_stops(
     answer: Answer, error: type[Exception], head: bool, buffered: bool
 ) -> None:
-    async def scenario() -> None:
-        async with RawServer(answer) as server, Http1Transport(max_connections=1) as transport:
-            request = req(server.url(), buffered=buffered)
-            if buffered or not head:
-                with pytest.raises(error):
-                    await transport.handle_async_request(request)
-            else:
-                response = await transport.handle_async_request(request)
-                with pytest.raises(error):
-                    await response.aread()
-                await response.aclose()
-            assert bool(request.extensions.get(HEAD_RECEIVED)) is head
-            assert server.connections == 1  # a fresh connection is never retried
-            await still_serves(transport)
-
-    asyncio.run(scenario())
+    async with RawServer(answer) as server, Http1Transport(max_connections=1) as transport:
+        request = req(server.url(), buffered=buffered)
+        if buffered or not head:
+            with pytest.raises(error):
+                await transport.handle_async_request(request)
+        else:
+            response = await transport.handle_async_request(request)
+            with pytest.raises(error):
+                await response.aread()
+            await response.aclose()
+        assert bool(request.extensions.get(HEAD_RECEIVED)) is head
+        assert server.connections == 1  # a fresh connection is never retried
+        await still_serves(transport)
 
 
 async def _huge_body() -> AsyncIterator[bytes]:
@@ -410,43 +427,39 @@ async def _huge_body() -> AsyncIterator[bytes]:
 
 
 @RUNNERS
-def test_a_service_that_stops_reading_is_write_timeout(run: Runner) -> None:
-    async def scenario() -> None:
-        async with RawServer(reads=False) as server, Http1Transport(max_connections=1) as t:
-            timeouts = {**TIMEOUTS, "write": 0.3}
-            with pytest.raises(httpx.WriteTimeout):
-                await fetch(t, req(server.url(), "PUT", content=_huge_body(), timeouts=timeouts))
-            await still_serves(t)
-
-    run(scenario())
+@on_loop
+async def test_a_service_that_stops_reading_is_write_timeout(run: Runner) -> None:
+    async with RawServer(reads=False) as server, Http1Transport(max_connections=1) as t:
+        timeouts = {**TIMEOUTS, "write": 0.3}
+        with pytest.raises(httpx.WriteTimeout):
+            await fetch(t, req(server.url(), "PUT", content=_huge_body(), timeouts=timeouts))
+        await still_serves(t)
 
 
 # --- 11-13. what the service receives -----------------------------------------------------
 
 
 @RUNNERS
-def test_request_heads_and_bodies_are_framed_exactly(run: Runner) -> None:
-    async def scenario() -> None:
-        async with RawServer(*[ok()] * 5) as server, Http1Transport() as transport:
-            url, host = server.url("/r?q=a%20b"), b"Host: 127.0.0.1:%d\r\n" % server.port
-            await fetch(transport, req(url))
-            await fetch(transport, req(url, "POST", content=b"hello"))
-            await fetch(transport, req(url, "POST", content=body_of(b"ab", b"", b"cdefghijklm")))
-            sized = body_of(b"abcd", b"e")
-            await fetch(transport, req(url, "PUT", content=sized, headers={"Content-Length": "5"}))
-            hop = {"Connection": "close", "Keep-Alive": "timeout=9", "Transfer-Encoding": "gzip"}
-            await fetch(transport, req(url, "POST", content=b"xy", headers=hop))
-        assert server.requests == [
-            b"GET /r?q=a%20b HTTP/1.1\r\n" + host + b"\r\n",
-            b"POST /r?q=a%20b HTTP/1.1\r\n" + host + b"Content-Length: 5\r\n\r\nhello",
-            b"POST /r?q=a%20b HTTP/1.1\r\n" + host + b"Transfer-Encoding: chunked\r\n\r\n"
-            b"2\r\nab\r\nb\r\ncdefghijklm\r\n0\r\n\r\n",
-            b"PUT /r?q=a%20b HTTP/1.1\r\n" + host + b"Content-Length: 5\r\n\r\nabcde",
-            b"POST /r?q=a%20b HTTP/1.1\r\n" + host + b"Content-Length: 2\r\n\r\nxy",
-        ]
-        assert server.connections == 1
-
-    run(scenario())
+@on_loop
+async def test_request_heads_and_bodies_are_framed_exactly(run: Runner) -> None:
+    async with RawServer(*[ok()] * 5) as server, Http1Transport() as transport:
+        url, host = server.url("/r?q=a%20b"), b"Host: 127.0.0.1:%d\r\n" % server.port
+        await fetch(transport, req(url))
+        await fetch(transport, req(url, "POST", content=b"hello"))
+        await fetch(transport, req(url, "POST", content=body_of(b"ab", b"", b"cdefghijklm")))
+        sized = body_of(b"abcd", b"e")
+        await fetch(transport, req(url, "PUT", content=sized, headers={"Content-Length": "5"}))
+        hop = {"Connection": "close", "Keep-Alive": "timeout=9", "Transfer-Encoding": "gzip"}
+        await fetch(transport, req(url, "POST", content=b"xy", headers=hop))
+    assert server.requests == [
+        b"GET /r?q=a%20b HTTP/1.1\r\n" + host + b"\r\n",
+        b"POST /r?q=a%20b HTTP/1.1\r\n" + host + b"Content-Length: 5\r\n\r\nhello",
+        b"POST /r?q=a%20b HTTP/1.1\r\n" + host + b"Transfer-Encoding: chunked\r\n\r\n"
+        b"2\r\nab\r\nb\r\ncdefghijklm\r\n0\r\n\r\n",
+        b"PUT /r?q=a%20b HTTP/1.1\r\n" + host + b"Content-Length: 5\r\n\r\nabcde",
+        b"POST /r?q=a%20b HTTP/1.1\r\n" + host + b"Content-Length: 2\r\n\r\nxy",
+    ]
+    assert server.connections == 1
 
 
 LENGTH_MISMATCH = {
@@ -457,19 +470,19 @@ LENGTH_MISMATCH = {
 
 
 @pytest.mark.parametrize("chunks", LENGTH_MISMATCH.values(), ids=LENGTH_MISMATCH.keys())
-def test_a_body_unlike_its_content_length_is_never_complete(chunks: tuple[bytes, ...]) -> None:
-    async def scenario() -> None:
-        async with RawServer(ok()) as server, Http1Transport(max_connections=1) as transport:
-            body = body_of(*chunks)
-            request = req(server.url(), "PUT", content=body, headers={"Content-Length": "4"})
-            with pytest.raises(httpx.LocalProtocolError):
-                await fetch(transport, request)
-            await server.settled()
-            assert server.requests == []
-            assert len(server.partial) == 1
-            await still_serves(transport)
-
-    asyncio.run(scenario())
+@on_loop
+async def test_a_body_unlike_its_content_length_is_never_complete(
+    chunks: tuple[bytes, ...],
+) -> None:
+    async with RawServer(ok()) as server, Http1Transport(max_connections=1) as transport:
+        body = body_of(*chunks)
+        request = req(server.url(), "PUT", content=body, headers={"Content-Length": "4"})
+        with pytest.raises(httpx.LocalProtocolError):
+            await fetch(transport, request)
+        await server.settled()
+        assert server.requests == []
+        assert len(server.partial) == 1
+        await still_serves(transport)
 
 
 class BodyBroken(Exception):
@@ -477,19 +490,19 @@ class BodyBroken(Exception):
 
 
 @pytest.mark.parametrize("declared", [None, "4"], ids=["chunked", "content-length"])
-def test_a_failing_body_propagates_and_the_request_stays_incomplete(declared: str | None) -> None:
-    async def scenario() -> None:
-        async with RawServer(ok()) as server, Http1Transport(max_connections=1) as transport:
-            body = body_of(b"ab", b"cd", error=BodyBroken("digest mismatch"))
-            headers = {"Content-Length": declared} if declared else {}
-            with pytest.raises(BodyBroken, match="digest mismatch"):
-                await fetch(transport, req(server.url(), "PUT", content=body, headers=headers))
-            await server.settled()
-            assert server.requests == []
-            assert server.partial[0].endswith(b"ab\r\n2\r\ncd\r\n" if declared is None else b"abc")
-            await still_serves(transport)
-
-    asyncio.run(scenario())
+@on_loop
+async def test_a_failing_body_propagates_and_the_request_stays_incomplete(
+    declared: str | None,
+) -> None:
+    async with RawServer(ok()) as server, Http1Transport(max_connections=1) as transport:
+        body = body_of(b"ab", b"cd", error=BodyBroken("digest mismatch"))
+        headers = {"Content-Length": declared} if declared else {}
+        with pytest.raises(BodyBroken, match="digest mismatch"):
+            await fetch(transport, req(server.url(), "PUT", content=body, headers=headers))
+        await server.settled()
+        assert server.requests == []
+        assert server.partial[0].endswith(b"ab\r\n2\r\ncd\r\n" if declared is None else b"abc")
+        await still_serves(transport)
 
 
 HEAD_INJECTIONS = {
@@ -501,110 +514,96 @@ HEAD_INJECTIONS = {
 
 
 @pytest.mark.parametrize("headers", HEAD_INJECTIONS.values(), ids=HEAD_INJECTIONS.keys())
-def test_control_characters_in_the_head_are_refused_before_sending(
+@on_loop
+async def test_control_characters_in_the_head_are_refused_before_sending(
     headers: list[tuple[bytes, bytes]],
 ) -> None:
-    async def scenario() -> None:
-        async with RawServer(ok()) as server, Http1Transport(max_connections=1) as transport:
-            with pytest.raises(httpx.LocalProtocolError):
-                await fetch(transport, req(server.url(), headers=headers))
-            with pytest.raises(httpx.LocalProtocolError):
-                await fetch(transport, req(server.url(), "GE T"))
-            await fetch(transport, req(server.url()))  # the slot is free
-        assert server.requests == [b"GET /r HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n\r\n" % server.port]
-        assert server.connections == 1
-
-    asyncio.run(scenario())
+    async with RawServer(ok()) as server, Http1Transport(max_connections=1) as transport:
+        with pytest.raises(httpx.LocalProtocolError):
+            await fetch(transport, req(server.url(), headers=headers))
+        with pytest.raises(httpx.LocalProtocolError):
+            await fetch(transport, req(server.url(), "GE T"))
+        await fetch(transport, req(server.url()))  # the slot is free
+    assert server.requests == [b"GET /r HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n\r\n" % server.port]
+    assert server.connections == 1
 
 
 # --- 14-16. pool, flow control, close -----------------------------------------------------
 
 
-def test_an_open_streamed_response_holds_the_only_slot() -> None:
-    async def scenario() -> None:
-        async with (
-            RawServer(ok(b"one"), ok(b"two")) as server,
-            Http1Transport(max_connections=1) as transport,
-        ):
-            first = await transport.handle_async_request(req(server.url()))
-            with pytest.raises(httpx.PoolTimeout):
-                await transport.handle_async_request(req(server.url()))
-            assert await first.aread() == b"one"
-            await first.aclose()
-            assert (await fetch(transport, req(server.url())))[1] == b"two"
-        assert len(server.requests) == 2
-
-    asyncio.run(scenario())
+@on_loop
+async def test_an_open_streamed_response_holds_the_only_slot() -> None:
+    async with (
+        RawServer(ok(b"one"), ok(b"two")) as server,
+        Http1Transport(max_connections=1) as transport,
+    ):
+        first = await transport.handle_async_request(req(server.url()))
+        with pytest.raises(httpx.PoolTimeout):
+            await transport.handle_async_request(req(server.url()))
+        assert await first.aread() == b"one"
+        await first.aclose()
+        assert (await fetch(transport, req(server.url())))[1] == b"two"
+    assert len(server.requests) == 2
 
 
 @pytest.mark.parametrize("size", [5, 1 << 20], ids=["all-arrived", "half-read"])
-def test_a_response_closed_unread_never_leaks_into_the_next(size: int) -> None:
-    async def scenario() -> None:
-        async with RawServer(ok(b"x" * size), ok(b"two")) as server, Http1Transport() as t:
-            first = await t.handle_async_request(req(server.url()))
-            if size > 5:
-                await anext(aiter(first.aiter_raw()))
-            else:
-                await asyncio.sleep(0.05)  # the whole answer is in, still unread
-            await first.aclose()
-            assert (await fetch(t, req(server.url())))[1] == b"two"
-        assert server.connections == (1 if size == 5 else 2)
-
-    asyncio.run(scenario())
+@on_loop
+async def test_a_response_closed_unread_never_leaks_into_the_next(size: int) -> None:
+    async with RawServer(ok(b"x" * size), ok(b"two")) as server, Http1Transport() as t:
+        first = await t.handle_async_request(req(server.url()))
+        if size > 5:
+            await anext(aiter(first.aiter_raw()))
+        else:
+            await asyncio.sleep(0.05)  # the whole answer is in, still unread
+        await first.aclose()
+        assert (await fetch(t, req(server.url())))[1] == b"two"
+    assert server.connections == (1 if size == 5 else 2)
 
 
-def test_a_cancelled_request_frees_its_slot() -> None:
-    async def scenario() -> None:
-        async with RawServer([HANG]) as server, Http1Transport(max_connections=1) as transport:
-            request = req(server.url(), timeouts={**TIMEOUTS, "read": 5.0})
-            with pytest.raises(TimeoutError):
-                await asyncio.wait_for(fetch(transport, request), 0.2)
-            await still_serves(transport)
-
-    asyncio.run(scenario())
+@on_loop
+async def test_a_cancelled_request_frees_its_slot() -> None:
+    async with RawServer([HANG]) as server, Http1Transport(max_connections=1) as transport:
+        request = req(server.url(), timeouts={**TIMEOUTS, "read": 5.0})
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(fetch(transport, request), 0.2)
+        await still_serves(transport)
 
 
-def test_concurrent_requests_share_the_pool_limit() -> None:
-    async def scenario() -> None:
-        async with RawServer(*[ok()] * 12) as server, Http1Transport(max_connections=3) as t:
-            timeouts = {**TIMEOUTS, "pool": 5.0}
-            answers = await asyncio.gather(
-                *[fetch(t, req(server.url(), timeouts=timeouts)) for _ in range(12)]
-            )
-        assert [body for _, body in answers] == [b"hello"] * 12
-        assert 1 <= server.connections <= 3
-
-    asyncio.run(scenario())
+@on_loop
+async def test_concurrent_requests_share_the_pool_limit() -> None:
+    async with RawServer(*[ok()] * 12) as server, Http1Transport(max_connections=3) as t:
+        timeouts = {**TIMEOUTS, "pool": 5.0}
+        answers = await asyncio.gather(
+            *[fetch(t, req(server.url(), timeouts=timeouts)) for _ in range(12)]
+        )
+    assert [body for _, body in answers] == [b"hello"] * 12
+    assert 1 <= server.connections <= 3
 
 
 @RUNNERS
-def test_a_large_answer_read_slowly_arrives_whole(run: Runner) -> None:
+@on_loop
+async def test_a_large_answer_read_slowly_arrives_whole(run: Runner) -> None:
     payload = bytes(range(256)) * (4 * 4096)  # 4 MiB
 
-    async def scenario() -> None:
-        async with RawServer(ok(payload), ok(b"next")) as server, Http1Transport() as transport:
-            response = await transport.handle_async_request(req(server.url()))
-            received = bytearray()
-            async for chunk in response.aiter_raw():
-                received += chunk
-                # Slower than the read timeout once: a paused reader is not a silent service.
-                await asyncio.sleep(0.5 if len(received) == len(chunk) else 0.001)
-            await response.aclose()
-            assert (await fetch(transport, req(server.url())))[1] == b"next"
-        assert received == payload
-        assert server.connections == 1
-
-    run(scenario())
+    async with RawServer(ok(payload), ok(b"next")) as server, Http1Transport() as transport:
+        response = await transport.handle_async_request(req(server.url()))
+        received = bytearray()
+        async for chunk in response.aiter_raw():
+            received += chunk
+            # Slower than the read timeout once: a paused reader is not a silent service.
+            await asyncio.sleep(0.5 if len(received) == len(chunk) else 0.001)
+        await response.aclose()
+        assert (await fetch(transport, req(server.url())))[1] == b"next"
+    assert received == payload
+    assert server.connections == 1
 
 
-def test_closing_the_transport_closes_idle_connections() -> None:
-    async def scenario() -> None:
-        async with RawServer(ok(), ok()) as server:
-            transport = Http1Transport()
-            await fetch(transport, req(server.url()))
-            await fetch(transport, req(server.url()))
-            await transport.aclose()
-            await server.settled()
-            assert (server.connections, server.eofs) == (1, 1)
-
-    asyncio.run(scenario())
+@on_loop
+async def test_closing_the_transport_closes_idle_connections() -> None:
+    async with RawServer(ok(), ok()) as server:
+        transport = Http1Transport()
+        await fetch(transport, req(server.url()))
+        await fetch(transport, req(server.url()))
+        await transport.aclose()
+        await server.settled()
+        assert (server.connections, server.eofs) == (1, 1)
