@@ -392,6 +392,7 @@ class Http1Transport(httpx.AsyncBaseTransport):
         origin = (scheme, url.host, url.port or (443 if scheme == b"https" else 80))
         body = _body(request)
         head = _request_head(request, streamed=body is not None and not isinstance(body, bytes))
+        _check_length(request, body)
         retry_lost = not isinstance(body, AsyncIterable) and request.method in _IDEMPOTENT
         conn = self._idle_connection(origin)
         if conn is None:
@@ -582,6 +583,17 @@ def _body(request: httpx.Request) -> bytes | AsyncIterable[bytes] | None:
         stream = request.stream
         assert isinstance(stream, AsyncIterable)
         return stream
+
+
+def _check_length(request: httpx.Request, body: bytes | AsyncIterable[bytes] | None) -> None:
+    """A declared Content-Length is one number, an in-memory body's own length (no desync)."""
+    declared = request.headers.get("content-length")
+    if declared is None:
+        return
+    if not (declared.isascii() and declared.isdigit()) or (
+        not isinstance(body, AsyncIterable) and int(declared) != len(body or b"")
+    ):
+        raise httpx.LocalProtocolError("Content-Length unlike the body", request=request)
 
 
 def _request_head(request: httpx.Request, *, streamed: bool) -> bytes:
