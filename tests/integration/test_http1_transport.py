@@ -462,6 +462,30 @@ async def test_request_heads_and_bodies_are_framed_exactly(run: Runner) -> None:
     assert server.connections == 1
 
 
+BAD_LENGTHS = {
+    "bytes-shorter": (b"abc", "10"),
+    "bytes-longer": (b"abc", "1"),  # the surplus would open the service's next request
+    "no-body": (None, "5"),
+    "not-a-number": (b"ab", "abc"),
+    "streamed-not-a-number": ("stream", "abc"),
+    "duplicated": (b"ab", "2, 2"),
+}
+
+
+@pytest.mark.parametrize(("content", "declared"), BAD_LENGTHS.values(), ids=BAD_LENGTHS.keys())
+@on_loop
+async def test_a_content_length_unlike_the_body_is_refused_before_sending(
+    content: bytes | str | None, declared: str
+) -> None:
+    body = body_of(b"ab") if content == "stream" else content
+    async with RawServer(ok()) as server, Http1Transport(max_connections=1) as transport:
+        request = req(server.url(), "POST", content=body, headers={"Content-Length": declared})
+        with pytest.raises(httpx.LocalProtocolError):
+            await fetch(transport, request)
+        await fetch(transport, req(server.url()))
+    assert server.requests == [b"GET /r HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n\r\n" % server.port]
+
+
 LENGTH_MISMATCH = {
     "shorter": (b"ab",),
     "longer-mid-chunk": (b"abc", b"def"),
