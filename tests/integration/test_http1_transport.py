@@ -20,7 +20,7 @@ from tests.conftest import free_port
 
 pytestmark = pytest.mark.integration
 
-TIMEOUTS = {"connect": 1.0, "read": 0.3, "write": 0.5, "pool": 0.2}
+TIMEOUTS = {"connect": 1.0, "read": 0.5, "write": 0.5, "pool": 0.2}
 CLOSE = "close"  # answer step: close the connection
 HANG = "hang"  # answer step: never write again (the connection stays open)
 Answer = bytes | Sequence[bytes | str]
@@ -615,7 +615,7 @@ async def test_a_large_answer_read_slowly_arrives_whole(run: Runner) -> None:
         async for chunk in response.aiter_raw():
             received += chunk
             # Slower than the read timeout once: a paused reader is not a silent service.
-            await asyncio.sleep(0.5 if len(received) == len(chunk) else 0.001)
+            await asyncio.sleep(0.8 if len(received) == len(chunk) else 0.001)
         await response.aclose()
         assert (await fetch(transport, req(server.url())))[1] == b"next"
     assert received == payload
