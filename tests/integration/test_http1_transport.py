@@ -383,9 +383,6 @@ async def test_a_post_on_a_reused_connection_the_service_closed_is_not_retried(
     assert server.connections == 1
 
 
-# --- 10. write timeout -------------------------------------------------------------------
-
-
 CUTS = {
     "no-answer": ([HANG], httpx.ReadTimeout, False),
     "closed-before-answering": ([CLOSE], httpx.RemoteProtocolError, False),
@@ -418,6 +415,9 @@ async def test_a_cut_or_stalled_answer_fails_where_it_stops(
         assert bool(request.extensions.get(HEAD_RECEIVED)) is head
         assert server.connections == 1  # a fresh connection is never retried
         await still_serves(transport)
+
+
+# --- 10. write timeout -------------------------------------------------------------------
 
 
 async def _huge_body() -> AsyncIterator[bytes]:
@@ -482,6 +482,7 @@ async def test_a_content_length_unlike_the_body_is_refused_before_sending(
         request = req(server.url(), "POST", content=body, headers={"Content-Length": declared})
         with pytest.raises(httpx.LocalProtocolError):
             await fetch(transport, request)
+        assert server.connections == 0  # refused before connecting
         await fetch(transport, req(server.url()))
     assert server.requests == [b"GET /r HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n\r\n" % server.port]
 
@@ -547,6 +548,7 @@ async def test_control_characters_in_the_head_are_refused_before_sending(
             await fetch(transport, req(server.url(), headers=headers))
         with pytest.raises(httpx.LocalProtocolError):
             await fetch(transport, req(server.url(), "GE T"))
+        assert server.connections == 0  # refused before connecting
         await fetch(transport, req(server.url()))  # the slot is free
     assert server.requests == [b"GET /r HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n\r\n" % server.port]
     assert server.connections == 1
