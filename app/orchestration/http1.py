@@ -92,6 +92,7 @@ class _Connection(asyncio.Protocol):
         self.status = 0
         self.headers: list[tuple[bytes, bytes]] = []
         self.head_bytes = 0
+        self.head_received = 0  # every byte before the final head ends, interim answers too
         self.head_done = False
         self.complete = False
         self.keep_alive = False
@@ -216,6 +217,10 @@ class _Connection(asyncio.Protocol):
                 self.fail(httpx.RemoteProtocolError, _reason(exc))
         except httptools.HttpParserError as exc:
             self.fail(httpx.RemoteProtocolError, _reason(exc))
+        if not self.head_done:  # httptools holds an unfinished field in memory: bound it
+            self.head_received += len(data)
+            if self.head_received > MAX_HEAD_BYTES:
+                self.fail(httpx.RemoteProtocolError, "response head too large")
 
     def eof_received(self) -> bool:
         return False  # close the transport; connection_lost settles the exchange
@@ -256,7 +261,8 @@ class _Connection(asyncio.Protocol):
         self.head_bytes += len(name) + len(value) + 4
         if self.head_bytes > MAX_HEAD_BYTES:
             raise ValueError("response head too large")
-        self.headers.append((name, value))
+        if not self.head_done:  # trailer fields never join the head (RFC 9110 section 6.5.1)
+            self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         assert self.parser is not None
@@ -386,7 +392,8 @@ class Http1Transport(httpx.AsyncBaseTransport):
         origin = (scheme, url.host, url.port or (443 if scheme == b"https" else 80))
         body = _body(request)
         head = _request_head(request, streamed=body is not None and not isinstance(body, bytes))
-        retry_lost = isinstance(body, bytes) and request.method in _IDEMPOTENT
+        _check_length(request, body)
+        retry_lost = not isinstance(body, AsyncIterable) and request.method in _IDEMPOTENT
         conn = self._idle_connection(origin)
         if conn is None:
             conn = await self._connect(origin, timeouts.get("connect"), request)
@@ -458,6 +465,7 @@ class Http1Transport(httpx.AsyncBaseTransport):
         """Send a streamed body, chunked unless the request declared its length."""
         declared = request.headers.get("content-length")
         remaining = int(declared) if declared is not None else None
+        held = b""  # a declared body's last byte: sent only once the body ended without error
         try:
             async for chunk in body:
                 if not chunk:
@@ -472,6 +480,8 @@ class Http1Transport(httpx.AsyncBaseTransport):
                         raise httpx.LocalProtocolError(
                             "body longer than its Content-Length", request=request
                         )
+                    if remaining == 0:
+                        chunk, held = chunk[:-1], chunk[-1:]
                     conn.transport.write(chunk)
                 await conn.drain(write_timeout, request)
         except BaseException:
@@ -482,6 +492,8 @@ class Http1Transport(httpx.AsyncBaseTransport):
             raise httpx.LocalProtocolError("body shorter than its Content-Length", request=request)
         if remaining is None and conn.transport is not None:
             conn.transport.write(b"0\r\n\r\n")
+        elif held and conn.transport is not None:
+            conn.transport.write(held)
 
     async def _buffered(
         self, conn: _Connection, origin: _Origin, request: httpx.Request
@@ -571,6 +583,17 @@ def _body(request: httpx.Request) -> bytes | AsyncIterable[bytes] | None:
         stream = request.stream
         assert isinstance(stream, AsyncIterable)
         return stream
+
+
+def _check_length(request: httpx.Request, body: bytes | AsyncIterable[bytes] | None) -> None:
+    """A declared Content-Length is one number, an in-memory body's own length (no desync)."""
+    declared = request.headers.get("content-length")
+    if declared is None:
+        return
+    if not (declared.isascii() and declared.isdigit()) or (
+        not isinstance(body, AsyncIterable) and int(declared) != len(body or b"")
+    ):
+        raise httpx.LocalProtocolError("Content-Length unlike the body", request=request)
 
 
 def _request_head(request: httpx.Request, *, streamed: bool) -> bytes:
