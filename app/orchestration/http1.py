@@ -17,24 +17,27 @@ Behaviour, and the httpx exception each failure is raised as::
     TCP connect too slow                        -> ConnectTimeout
     TCP connect refused/unreachable             -> ConnectError
     peer stops reading a request body in time   -> WriteTimeout
-    no response byte within read               -> ReadTimeout   (gateway_head_received
-                                                   set when the head had arrived)
+    no response byte within read                -> ReadTimeout   (gateway_head_received
+                                                   set once any answer byte had arrived)
     peer closed before the head, malformed,
     oversized head, bytes nobody asked for      -> RemoteProtocolError
     peer closed mid-body                        -> RemoteProtocolError
 
 - Framing is llhttp's, strict (no leniency flags): Content-Length, chunked,
   close-delimited bodies; 1xx interim answers are skipped; HEAD answers end at
-  their head. A request head whose fields hold CR, LF or NUL is refused before a
-  byte is sent (no header injection, whatever a caller put in a field).
+  their head; trailer fields are dropped. A request head whose fields hold CR,
+  LF or NUL, whose method or field names are not RFC 9110 tokens, or whose
+  Content-Length disagrees with an in-memory body is refused before a byte is
+  sent (no header injection or desync, whatever a caller put in a field).
 - A connection is reused only after a complete answer that allows keep-alive,
   with no stray byte; idle ones are dropped after ``keepalive_expiry`` and when
   more than ``max_keepalive`` are idle. A reused connection the peer had closed
   (the keep-alive race) is retried once on a fresh one for idempotent requests
   with an in-memory body, only when not one response byte had arrived.
 - Bodies stream both ways: an async-iterable request body is sent chunked
-  (or as declared by its Content-Length, which must then match) with a write
-  timeout on every wait for the socket; a response body is read as it arrives,
+  (or as declared by its Content-Length, which must then match; its last byte
+  is held back until the body ended cleanly) with a write timeout on every wait
+  for the socket, in-memory bodies included; a response body is read as it arrives,
   reading paused above ``HIGH_WATER`` unread bytes. ``gateway_buffered`` requests
   get the whole body read here and the connection freed at once. Nothing is
   decompressed: pass-through forwards bytes.
@@ -45,6 +48,7 @@ Behaviour, and the httpx exception each failure is raised as::
 from __future__ import annotations
 
 import asyncio
+import re
 import ssl
 from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator
@@ -62,6 +66,10 @@ MAX_HEAD_BYTES = 64 * 1024  # response head (status line and fields)
 _DROP = frozenset({b"transfer-encoding", b"connection", b"keep-alive"})
 _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 _HTTP11 = {"http_version": b"HTTP/1.1"}
+# RFC 9110 section 5.6.2: methods and field names are tokens.
+_TCHARS = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
+_TOKEN = re.compile(_TCHARS)
+_BYTES_TOKEN = re.compile(_TCHARS.encode())
 _Origin = tuple[bytes, str, int]
 _ErrorKind = type[httpx.TransportError]
 
@@ -438,6 +446,7 @@ class Http1Transport(httpx.AsyncBaseTransport):
         try:
             if isinstance(body, bytes):
                 transport.write(head + body)
+                await conn.drain(timeouts.get("write"), request)  # a peer that does not read
             else:
                 transport.write(head)
                 if body is not None:
@@ -453,6 +462,8 @@ class Http1Transport(httpx.AsyncBaseTransport):
             kind, message = conn.error
             if reused and kind is httpx.RemoteProtocolError and not conn.any_byte:
                 raise _Lost
+            if conn.any_byte:  # the answer had begun: a timeout now is not retryable
+                request.extensions[HEAD_RECEIVED] = True
             raise kind(message, request=request)
 
     async def _stream_body(
@@ -597,9 +608,9 @@ def _check_length(request: httpx.Request, body: bytes | AsyncIterable[bytes] | N
 
 
 def _request_head(request: httpx.Request, *, streamed: bool) -> bytes:
-    """Request line and fields; CR, LF or NUL inside any of them is refused."""
+    """Request line and fields; CR, LF or NUL inside any, or a name not a token, is refused."""
     method = request.method
-    if not method.isascii() or not method.isalpha():
+    if not _TOKEN.fullmatch(method):
         raise httpx.LocalProtocolError(f"invalid method {method!r}", request=request)
     lines = [b"%b %b HTTP/1.1" % (method.encode("ascii"), request.url.raw_path)]
     has_length = False
@@ -608,6 +619,8 @@ def _request_head(request: httpx.Request, *, streamed: bool) -> bytes:
         if lowered in _DROP:
             continue
         has_length = has_length or lowered == b"content-length"
+        if not _BYTES_TOKEN.fullmatch(name):
+            raise httpx.LocalProtocolError(f"invalid field name {name!r}", request=request)
         lines.append(b"%b: %b" % (name, value))
     if streamed and not has_length:
         lines.append(b"Transfer-Encoding: chunked")

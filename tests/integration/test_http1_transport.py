@@ -383,24 +383,28 @@ async def test_a_post_on_a_reused_connection_the_service_closed_is_not_retried(
     assert server.connections == 1
 
 
+# answer, error, answer begun (HEAD_RECEIVED), the head complete (a streamed call returns)
 CUTS = {
-    "no-answer": ([HANG], httpx.ReadTimeout, False),
-    "closed-before-answering": ([CLOSE], httpx.RemoteProtocolError, False),
-    "stall-mid-body": ([ok(b"0123456789")[:-8], HANG], httpx.ReadTimeout, True),
-    "closed-mid-length": ([ok(b"0123456789")[:-8], CLOSE], httpx.RemoteProtocolError, True),
+    "no-answer": ([HANG], httpx.ReadTimeout, False, False),
+    # Part of the head: the answer had begun, so the timeout is not a retryable one.
+    "stall-mid-head": ([b"HTTP/1.1 200 OK\r\nContent-Le", HANG], httpx.ReadTimeout, True, False),
+    "closed-before-answering": ([CLOSE], httpx.RemoteProtocolError, False, False),
+    "stall-mid-body": ([ok(b"0123456789")[:-8], HANG], httpx.ReadTimeout, True, True),
+    "closed-mid-length": ([ok(b"0123456789")[:-8], CLOSE], httpx.RemoteProtocolError, True, True),
     "closed-mid-chunked": (
         [b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nab\r\n", CLOSE],
         httpx.RemoteProtocolError,
+        True,
         True,
     ),
 }
 
 
 @pytest.mark.parametrize("buffered", [True, False], ids=["buffered", "streamed"])
-@pytest.mark.parametrize(("answer", "error", "head"), CUTS.values(), ids=CUTS.keys())
+@pytest.mark.parametrize(("answer", "error", "begun", "head"), CUTS.values(), ids=CUTS.keys())
 @on_loop
 async def test_a_cut_or_stalled_answer_fails_where_it_stops(
-    answer: Answer, error: type[Exception], head: bool, buffered: bool
+    answer: Answer, error: type[Exception], begun: bool, head: bool, buffered: bool
 ) -> None:
     async with RawServer(answer) as server, Http1Transport(max_connections=1) as transport:
         request = req(server.url(), buffered=buffered)
@@ -412,7 +416,7 @@ async def test_a_cut_or_stalled_answer_fails_where_it_stops(
             with pytest.raises(error):
                 await response.aread()
             await response.aclose()
-        assert bool(request.extensions.get(HEAD_RECEIVED)) is head
+        assert bool(request.extensions.get(HEAD_RECEIVED)) is begun
         assert server.connections == 1  # a fresh connection is never retried
         await still_serves(transport)
 
@@ -434,6 +438,22 @@ async def test_a_service_that_stops_reading_is_write_timeout(run: Runner) -> Non
         with pytest.raises(httpx.WriteTimeout):
             await fetch(t, req(server.url(), "PUT", content=_huge_body(), timeouts=timeouts))
         await still_serves(t)
+
+
+@on_loop
+async def test_an_in_memory_body_the_service_never_reads_is_write_timeout() -> None:
+    async with RawServer(reads=False) as server, Http1Transport(max_connections=1) as t:
+        timeouts = {**TIMEOUTS, "write": 0.3, "read": 5.0}
+        with pytest.raises(httpx.WriteTimeout):
+            await fetch(t, req(server.url(), "PUT", content=b"x" * (64 << 20), timeouts=timeouts))
+        await still_serves(t)
+
+
+@on_loop
+async def test_any_token_method_is_sent_as_is() -> None:
+    async with RawServer(ok()) as server, Http1Transport() as transport:
+        await fetch(transport, req(server.url(), "M-SEARCH"))
+    assert server.requests[0].startswith(b"M-SEARCH /r HTTP/1.1\r\n")
 
 
 # --- 11-13. what the service receives -----------------------------------------------------
@@ -535,6 +555,9 @@ HEAD_INJECTIONS = {
     "lf-in-value": [(b"X-A", b"v\nX-Evil: 1")],
     "cr-in-name": [(b"X-A\rB", b"v")],
     "nul-in-value": [(b"X-A", b"v\0w")],
+    "colon-in-name": [(b"X-A: evil", b"v")],
+    "space-in-name": [(b"X A", b"v")],
+    "empty-name": [(b"", b"v")],
 }
 
 
