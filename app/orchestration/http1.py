@@ -57,7 +57,12 @@ from typing import cast
 import httptools
 import httpx
 
-from app.orchestration.transport import BUFFERED, HEAD_RECEIVED, buffered_response
+from app.orchestration.transport import (
+    BUFFERED,
+    HEAD_RECEIVED,
+    acquire_slot,
+    buffered_response,
+)
 
 HIGH_WATER = 256 * 1024  # unread response bytes before reading pauses
 LOW_WATER = 64 * 1024  # ...and resumes
@@ -373,22 +378,12 @@ class Http1Transport(httpx.AsyncBaseTransport):
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         timeouts: dict[str, float | None] = request.extensions.get("timeout", {})
-        await self._acquire(request, timeouts.get("pool"))
+        await acquire_slot(self._slots, request, timeouts.get("pool"))
         try:
             return await self._exchange(request, timeouts)
         except BaseException:
             self._slots.release()
             raise
-
-    async def _acquire(self, request: httpx.Request, pool_timeout: float | None) -> None:
-        if not self._slots.locked():
-            await self._slots.acquire()  # free slot: returns without suspending
-            return
-        try:
-            async with asyncio.timeout(pool_timeout):
-                await self._slots.acquire()
-        except TimeoutError:
-            raise httpx.PoolTimeout("no free connection", request=request) from None
 
     async def _exchange(
         self, request: httpx.Request, timeouts: dict[str, float | None]

@@ -56,6 +56,20 @@ def _map_error(exc: BaseException, request: httpx.Request) -> httpx.TransportErr
 _FAILURES = (aiohttp.ClientError, asyncio.TimeoutError)
 
 
+async def acquire_slot(
+    slots: asyncio.Semaphore, request: httpx.Request, pool_timeout: float | None
+) -> None:
+    """One of a transport's connection slots, or ``httpx.PoolTimeout`` after ``pool_timeout``."""
+    if not slots.locked():
+        await slots.acquire()  # free slot: returns without suspending
+        return
+    try:
+        async with asyncio.timeout(pool_timeout):
+            await slots.acquire()
+    except TimeoutError:
+        raise httpx.PoolTimeout("no free connection", request=request) from None
+
+
 class _ResponseStream(httpx.AsyncByteStream):
     """The aiohttp response body as httpx sees it; closing frees the pool slot."""
 
@@ -118,19 +132,9 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             self._timeouts[key] = cached
         return cached
 
-    async def _acquire(self, request: httpx.Request, pool_timeout: float | None) -> None:
-        if not self._slots.locked():
-            await self._slots.acquire()  # free slot: returns without suspending
-            return
-        try:
-            async with asyncio.timeout(pool_timeout):
-                await self._slots.acquire()
-        except TimeoutError:
-            raise httpx.PoolTimeout("no free connection", request=request) from None
-
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         timeouts: dict[str, float | None] = request.extensions.get("timeout", {})
-        await self._acquire(request, timeouts.get("pool"))
+        await acquire_slot(self._slots, request, timeouts.get("pool"))
         try:
             response = await self._send(request, timeouts)
             if request.extensions.get(BUFFERED):
