@@ -24,7 +24,8 @@ Behaviour, and the httpx exception each failure is raised as::
     peer closed mid-body                        -> RemoteProtocolError
 
 - Framing is llhttp's, strict (no leniency flags): Content-Length, chunked,
-  close-delimited bodies; 1xx interim answers are skipped; HEAD answers end at
+  close-delimited bodies (also after a final coding other than chunked, RFC 9112
+  section 6.3); 1xx interim answers are skipped; HEAD answers end at
   their head; trailer fields are dropped. A request head whose fields hold CR,
   LF or NUL, whose method or field names are not RFC 9110 tokens, or whose
   Content-Length disagrees with an in-memory body is refused before a byte is
@@ -290,9 +291,7 @@ class _Connection(asyncio.Protocol):
             self.complete = True
             self._wake()
             raise _StopParsing
-        self.close_delimited = status not in (204, 304) and not any(
-            name.lower() in (b"content-length", b"transfer-encoding") for name, _ in self.headers
-        )
+        self.close_delimited = status not in (204, 304) and _close_delimited(self.headers)
         self._wake()
 
     def on_body(self, body: bytes) -> None:
@@ -314,6 +313,22 @@ class _Connection(asyncio.Protocol):
             self.timer.cancel()
             self.timer = None
         self._wake()
+
+
+def _close_delimited(headers: list[tuple[bytes, bytes]]) -> bool:
+    """No Content-Length and no final chunked coding: the body ends with the connection.
+
+    RFC 9112 section 6.3: a response whose Transfer-Encoding does not end in
+    chunked is read until the server closes; llhttp parses it so.
+    """
+    codings: list[bytes] = []
+    for name, value in headers:
+        lowered = name.lower()
+        if lowered == b"content-length":
+            return False
+        if lowered == b"transfer-encoding":
+            codings.extend(c.strip().lower() for c in value.split(b","))
+    return not codings or codings[-1] != b"chunked"
 
 
 def _reason(exc: BaseException) -> str:

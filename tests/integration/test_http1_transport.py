@@ -171,6 +171,12 @@ FRAMINGS = {
         b"5;name=value\r\nhello\r\n1\r\n \r\n5;x\r\nworld\r\n0\r\n\r\n"
     ),
     "close-delimited": [b"HTTP/1.1 200 OK\r\n\r\nhello", b" world", CLOSE],
+    # RFC 9112 section 6.3: a coding other than chunked last is read until the close.
+    "coded-close-delimited": [
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: identity\r\n\r\nhello",
+        b" world",
+        CLOSE,
+    ],
 }
 
 
