@@ -243,7 +243,7 @@ class _Connection(asyncio.Protocol):
         self.closed = True
         self.transport = None
         if self.parser is not None and not self.complete:
-            if self.head_done and self.close_delimited and exc is None:
+            if self.head_done and self.close_delimited and exc is None and self.error is None:
                 self.complete = True  # the body ran to the end of the connection
                 self.keep_alive = False
                 self._wake()

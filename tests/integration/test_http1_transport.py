@@ -427,6 +427,19 @@ async def test_a_cut_or_stalled_answer_fails_where_it_stops(
         await still_serves(transport)
 
 
+@RUNNERS
+@on_loop
+async def test_a_close_delimited_answer_that_stalls_is_a_timeout_not_an_end(run: Runner) -> None:
+    # The read timeout aborts the connection; that close is ours, not the end of the body.
+    answer = [b"HTTP/1.1 200 OK\r\n\r\nhello", HANG]
+    async with RawServer(answer) as server, Http1Transport(max_connections=1) as transport:
+        response = await transport.handle_async_request(req(server.url()))
+        with pytest.raises(httpx.ReadTimeout):
+            await response.aread()
+        await response.aclose()
+        await still_serves(transport)
+
+
 # --- 10. write timeout -------------------------------------------------------------------
 
 
