@@ -198,7 +198,8 @@ class RedisIdempotencyStore:
         digest = hashlib.sha256(fingerprint.encode()).hexdigest().encode()
         running = _RUNNING + digest + secrets.token_hex(16).encode()
         existing = await self._call(self._claim, [key], [running, self._lease_ms])
-        if existing is not None:
+        # Our own record: redis-py retried a claim whose first answer was lost.
+        if existing is not None and existing != running:
             return self._replay(existing, digest, codec), True
         try:
             result = await operation()

@@ -163,3 +163,67 @@ def test_close_replayed_on_the_other_gateway_calls_no_service(
     assert reused.status_code == 422
     assert reused.json()["type"] == "urn:authz-gateway:problem:idempotency_key_reused"
     assert reused.json()["corr_id"] == reused.headers["x-request-id"]
+
+
+class ReplyDropper:
+    """A TCP proxy to Redis that cuts the connection instead of relaying one script's reply.
+
+    As a Redis timeout or restart would: the script ran, its caller never heard.
+    """
+
+    def __init__(self, redis_port: int) -> None:
+        self.redis_port = redis_port
+        self.dropped = 0
+        self.url = ""
+
+    async def __aenter__(self) -> ReplyDropper:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.url = f"redis://127.0.0.1:{self._server.sockets[0].getsockname()[1]}/0"
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self._server.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.redis_port)
+        last = bytearray()
+
+        async def upstream() -> None:
+            while data := await reader.read(65536):
+                last[:] = data
+                up_writer.write(data)
+
+        pump = asyncio.create_task(upstream())
+        try:
+            while data := await up_reader.read(65536):
+                if b"EVALSHA" in last and not data.startswith(b"-NOSCRIPT") and not self.dropped:
+                    self.dropped += 1
+                    return  # the claim ran in Redis; its answer is lost
+                writer.write(data)
+        except (ConnectionError, asyncio.CancelledError):
+            pass  # a client gone, or the test is over
+        finally:
+            pump.cancel()
+            writer.close()
+            up_writer.close()
+
+
+def test_a_claim_whose_answer_was_lost_and_retried_is_still_ours(
+    redis_server: RedisServer,
+) -> None:
+    """redis-py retries a script once on a dropped connection; our own claim is not a 409."""
+    calls: list[str] = []
+
+    async def run() -> None:
+        async with ReplyDropper(int(redis_server.url.rsplit(":", 1)[1].split("/")[0])) as proxy:
+            redis = create_redis(proxy.url)
+            try:
+                store = RedisIdempotencyStore(redis, 60, 30)
+                assert await store.run(("k",), "fp", counting(calls), TEXT) == ("first", False)
+                assert proxy.dropped == 1
+                assert await store.run(("k",), "fp", counting(calls), TEXT) == ("first", True)
+            finally:
+                await redis.aclose()
+
+    asyncio.run(run())
+    assert calls == ["first"]
