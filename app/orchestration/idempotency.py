@@ -215,7 +215,13 @@ class RedisIdempotencyStore:
             raise IdempotencyKeyReused("The key was used with a different request.")
         if record[:1] != _DONE:
             raise Conflict("A request with this Idempotency-Key is still in progress.")
-        return codec.decode(record[1 + _DIGEST :])
+        try:
+            return codec.decode(record[1 + _DIGEST :])
+        except ValueError:  # written by another version: replaying is impossible, rerunning unsafe
+            log.warning("idempotency_record_unreadable")
+            raise Conflict(
+                "The result stored for this Idempotency-Key cannot be read; use a new key."
+            ) from None
 
     async def _settle(self, key: str, running: bytes, done: bytes) -> None:
         """Store the result (or forget a failure); a Redis failure here lets the lease lapse."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -10,6 +11,7 @@ import pytest
 
 from app.core.errors import Conflict, DownstreamError, IdempotencyKeyReused
 from app.core.redis import create_redis
+from app.orchestration.closing import RESULT_CODEC
 from app.orchestration.idempotency import (
     Codec,
     IdempotencyStoreUnavailable,
@@ -227,3 +229,29 @@ def test_a_claim_whose_answer_was_lost_and_retried_is_still_ours(
 
     asyncio.run(run())
     assert calls == ["first"]
+
+
+@pytest.mark.parametrize(
+    ("codec", "stored"),
+    [(TEXT, b"\xff\xfe"), (RESULT_CODEC, b'{"engagement": "e1", "state": "closed"}')],
+    ids=["undecodable", "another-schema"],
+)
+def test_a_stored_result_this_version_cannot_read_is_a_conflict_not_a_crash(
+    redis_server: RedisServer, codec: Codec[Any], stored: bytes
+) -> None:
+    """A record another gateway version wrote: a clear 409, and the operation is not rerun."""
+    calls: list[str] = []
+
+    async def scenario(one: RedisIdempotencyStore, two: RedisIdempotencyStore) -> None:
+        redis = create_redis(redis_server.url)
+        try:
+            digest = hashlib.sha256(b"fp").hexdigest().encode()
+            await redis.set(RedisIdempotencyStore.key(("k",)), b"D" + digest + stored)
+        finally:
+            await redis.aclose()
+        with pytest.raises(Conflict) as caught:
+            await one.run(("k",), "fp", counting(calls), codec)
+        assert caught.value.status_code == 409
+
+    on_two_gateways(redis_server, scenario)
+    assert calls == []
