@@ -589,6 +589,8 @@ class Http1Transport(httpx.AsyncBaseTransport):
 
     async def aclose(self) -> None:
         for conn in list(self._open):
+            if conn.parser is not None:  # an answer in flight is cut short, not ended
+                conn.fail(httpx.RemoteProtocolError, "the transport was closed")
             if conn.transport is not None:
                 conn.transport.close()
             conn.closed = True

@@ -440,6 +440,23 @@ async def test_a_close_delimited_answer_that_stalls_is_a_timeout_not_an_end(run:
         await still_serves(transport)
 
 
+@RUNNERS
+@on_loop
+async def test_closing_the_transport_cuts_a_close_delimited_answer_as_an_error(
+    run: Runner,
+) -> None:
+    answer = [b"HTTP/1.1 200 OK\r\n\r\nhello", HANG]
+    async with RawServer(answer) as server:
+        transport = Http1Transport(max_connections=1)
+        response = await transport.handle_async_request(req(server.url()))
+        chunks = response.aiter_raw()
+        assert await anext(chunks) == b"hello"
+        await transport.aclose()
+        with pytest.raises(httpx.RemoteProtocolError):
+            await anext(chunks)
+        await response.aclose()
+
+
 # --- 10. write timeout -------------------------------------------------------------------
 
 
