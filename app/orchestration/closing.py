@@ -8,13 +8,18 @@ Steps, each a keyed (so retryable) POST, undone in reverse if a later one fails:
 
 The whole operation runs under the caller's ``Idempotency-Key`` (required): a
 retry with the same key and body returns the first result without calling any
-service again. Each step sends ``<key>:<step>`` downstream, so a step retried
-after a lost answer is not applied twice by the service either.
+service again. Each step sends ``<key>:<run>:<step>`` downstream (``<run>`` fresh
+per run of the saga), so a step retried after a lost answer is not applied twice
+by the service either, and a run after a failed, compensated one applies its
+steps again instead of getting the undone steps' answers replayed. The cost: a
+run cut short without compensation (its gateway died) is not replayed either;
+its rerun renders another final report.
 """
 
 from __future__ import annotations
 
 import hashlib
+import secrets
 from typing import Any
 
 from pydantic import BaseModel
@@ -81,6 +86,7 @@ class CloseService:
         if (await self._engagement(engagement_id)).status == "closed":
             raise Conflict("The engagement is already closed.")
         base = f"/engagements/{engagement_id}"
+        key = f"{key}:{secrets.token_hex(8)}"  # this run's: a compensated run's steps stay undone
         report_request = {"kind": "final", "requested_by": subject, "reason": body.reason}
         saga = Saga(
             "close_engagement",

@@ -17,8 +17,8 @@ Two stores, chosen like the nonce store (``redis.url`` set or not):
   operation: 503 and nothing runs (never run unclaimed: that is the double
   application the key exists to prevent). Unreachable after it: the caller gets
   the result, and the claim lapses with its lease (``idempotency_lease_seconds``),
-  after which a retry runs again; the close saga's steps carry per-step keys, so
-  the services replay their own answers rather than apply a step twice.
+  after which a retry runs again (the close saga then finds the engagement
+  closed: 409).
 
 Options weighed for the shared store: a Redis record per key (chosen: one round
 trip to claim, one to finish, the same Redis and failure mode as nonces and rate

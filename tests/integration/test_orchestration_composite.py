@@ -144,6 +144,26 @@ def test_close_compensates_in_reverse_order_when_a_step_fails(
     assert all(r["kind"] != "final" for r in reports), "the final report was withdrawn"
 
 
+def test_a_close_retried_after_compensation_applies_every_step_again(
+    make_stack: StackBuilder,
+) -> None:
+    """Failures are not remembered; the retry must not get the undone steps' stale replays."""
+    stack = make_stack()
+    stack.faults(
+        "engagements", error_rate=1.0, error_status=500, path_prefix="/engagements/acme-2026/close"
+    )
+    headers = {"idempotency-key": "close-acme-0005"}
+    with client(stack.url) as gateway:
+        assert_problem(gateway.post(CLOSE, json=REASON, headers=headers), 502, "bad_gateway")
+        stack.faults("engagements", error_rate=0.0)
+        again = gateway.post(CLOSE, json=REASON, headers=headers)
+    assert again.status_code == 200, again.text
+    assert httpx.get(stack.stubs["findings"].url + "/_frozen").json() == ["acme-2026"]
+    deleted = [s["path"] for s in stack.seen("reports") if s["method"] == "DELETE"]
+    assert deleted
+    assert not any(p.endswith("/" + again.json()["final_report_id"]) for p in deleted)
+
+
 def test_close_is_replayed_not_reapplied_for_the_same_key(make_stack: StackBuilder) -> None:
     stack = make_stack()
     headers = {"idempotency-key": "close-acme-0003"}
