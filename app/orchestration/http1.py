@@ -358,6 +358,8 @@ class _ResponseStream(httpx.AsyncByteStream):
         if conn is None:
             raise httpx.StreamClosed()
         while True:
+            if self._conn is not conn:  # closed: the connection may serve another answer now
+                raise httpx.StreamClosed()
             if conn.chunks:
                 yield conn.take_chunk()
             elif conn.complete:

@@ -646,6 +646,25 @@ async def test_a_response_closed_unread_never_leaks_into_the_next(size: int) -> 
 
 
 @on_loop
+async def test_a_closed_response_never_reads_the_next_answer_on_its_connection() -> None:
+    chunked = (
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\none\r\n3\r\ntwo\r\n0\r\n\r\n"
+    )
+    async with RawServer(chunked, ok(b"SECRET")) as server, Http1Transport() as transport:
+        first = await transport.handle_async_request(req(server.url()))
+        await asyncio.sleep(0.05)  # the whole answer is in: the connection goes back idle
+        chunks = first.aiter_raw()
+        assert await anext(chunks) == b"one"
+        await first.aclose()
+        second = await transport.handle_async_request(req(server.url()))
+        with pytest.raises(httpx.StreamClosed):
+            await anext(chunks)
+        assert await second.aread() == b"SECRET"
+        await second.aclose()
+    assert server.connections == 1
+
+
+@on_loop
 async def test_a_cancelled_request_frees_its_slot() -> None:
     async with RawServer([HANG]) as server, Http1Transport(max_connections=1) as transport:
         request = req(server.url(), timeouts={**TIMEOUTS, "read": 5.0})
