@@ -652,7 +652,11 @@ async def test_a_closed_response_never_reads_the_next_answer_on_its_connection()
     )
     async with RawServer(chunked, ok(b"SECRET")) as server, Http1Transport() as transport:
         first = await transport.handle_async_request(req(server.url()))
-        await asyncio.sleep(0.05)  # the whole answer is in: the connection goes back idle
+        (conn,) = transport._open
+        for _ in range(500):  # until the whole answer is in: closing sends the connection idle
+            if conn.complete:
+                break
+            await asyncio.sleep(0.01)
         chunks = first.aiter_raw()
         assert await anext(chunks) == b"one"
         await first.aclose()
