@@ -176,7 +176,8 @@ class OrchestrationSettings(_Section):
 
     overview_deadline_seconds: PositiveSeconds = 2.0
     idempotency_ttl_seconds: Annotated[int, Field(ge=1, le=7 * 86400)] = 86400
-    # With Redis: how long a claimed key stays "in progress" if its gateway dies mid-run.
+    # With Redis: how long a claimed key stays "in progress" if its gateway dies mid-run
+    # (a live run renews its claim every third of this).
     idempotency_lease_seconds: PositiveSeconds = 60.0
     passthrough: list[PassthroughRoute] = Field(default_factory=list)
 

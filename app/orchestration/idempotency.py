@@ -13,9 +13,10 @@ Two stores, chosen like the nonce store (``redis.url`` set or not):
   operation again.
 - ``RedisIdempotencyStore``: every instance shares one record per key. A claim
   (``running`` with a lease) and the stored result are single Lua scripts, so two
-  instances racing on one key cannot both run it. Redis unreachable before the
-  operation: 503 and nothing runs (never run unclaimed: that is the double
-  application the key exists to prevent). Unreachable after it: the caller gets
+  instances racing on one key cannot both run it; the claim's lease is renewed
+  while the run lasts, so only a gateway that died mid-run lets it lapse. Redis
+  unreachable before the operation: 503 and nothing runs (never run unclaimed:
+  that is the double application the key exists to prevent). Unreachable after it: the caller gets
   the result, and the claim lapses with its lease (``idempotency_lease_seconds``),
   after which a retry runs again (the close saga then finds the engagement
   closed: 409).
@@ -165,6 +166,12 @@ if ARGV[2] == '' then redis.call('DEL', KEYS[1])
 else redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3]) end
 return 1
 """
+# KEYS[1] the record; ARGV[1] our running record, ARGV[2] the lease in ms. 1 when renewed.
+RENEW_SCRIPT = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return 1
+"""
 _RUNNING, _DONE = b"R", b"D"
 _DIGEST = 64  # hex sha-256 of the request fingerprint, right after the state byte
 
@@ -179,6 +186,7 @@ class RedisIdempotencyStore:
         self._lease_ms = int(lease_seconds * 1000)
         self._claim = client.register_script(CLAIM_SCRIPT)
         self._finish = client.register_script(FINISH_SCRIPT)
+        self._renew = client.register_script(RENEW_SCRIPT)
 
     @classmethod
     def key(cls, scope: tuple[str, ...]) -> str:
@@ -201,13 +209,33 @@ class RedisIdempotencyStore:
         # Our own record: redis-py retried a claim whose first answer was lost.
         if existing is not None and existing != running:
             return self._replay(existing, digest, codec), True
+        renewal = asyncio.create_task(self._keep_claim(key, running))
         try:
             result = await operation()
         except BaseException:
+            renewal.cancel()
             await self._settle(key, running, b"")
             raise
+        renewal.cancel()
         await self._settle(key, running, _DONE + digest + codec.encode(result))
         return result, False
+
+    async def _keep_claim(self, key: str, running: bytes) -> None:
+        """Extend the lease every third of it while the run lasts: a live run is never rerun.
+
+        The lease then only bounds how long a gateway that died mid-run blocks the key.
+        """
+        while True:
+            await asyncio.sleep(self._lease_ms / 3000)
+            try:
+                owned = await self._renew(keys=[key], args=[running, self._lease_ms])
+            except (RedisError, OSError) as exc:
+                log.warning("idempotency_lease_not_renewed", error=type(exc).__name__)
+                count_redis_error("idempotency")
+                continue
+            if not owned:
+                log.warning("idempotency_lease_lapsed", lease_ms=self._lease_ms)
+                return
 
     @staticmethod
     def _replay(record: bytes, digest: bytes, codec: Codec[T]) -> T:

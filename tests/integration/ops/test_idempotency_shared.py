@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -103,23 +104,53 @@ def test_a_run_in_progress_is_a_conflict_elsewhere_and_failures_are_forgotten(
     assert calls == ["first"]
 
 
-def test_a_lapsed_lease_lets_another_gateway_run_and_keeps_its_result(
+def test_a_run_longer_than_the_lease_keeps_its_claim(
     redis_server: RedisServer, captured_logs: list[dict[str, Any]]
 ) -> None:
-    async def scenario(one: RedisIdempotencyStore, two: RedisIdempotencyStore) -> None:
-        async def stuck() -> str:
-            await asyncio.sleep(0.5)  # longer than the lease: as if its gateway had died
-            return "late"
+    calls: list[str] = []
 
-        first = asyncio.create_task(one.run(("k",), "fp", stuck, TEXT))
-        await asyncio.sleep(0.3)
-        assert await two.run(("k",), "fp", counting([], "second"), TEXT) == ("second", False)
-        assert await first == ("late", False)
-        # The late finisher did not overwrite the record the second run owns.
-        assert await one.run(("k",), "fp", counting([]), TEXT) == ("second", True)
+    async def scenario(one: RedisIdempotencyStore, two: RedisIdempotencyStore) -> None:
+        async def long_run() -> str:
+            await asyncio.sleep(1.0)  # five leases: renewed all along
+            return "long"
+
+        first = asyncio.create_task(one.run(("k",), "fp", long_run, TEXT))
+        for _ in range(4):
+            await asyncio.sleep(0.2)
+            with pytest.raises(Conflict):
+                await two.run(("k",), "fp", counting(calls), TEXT)
+        assert await first == ("long", False)
+        assert await two.run(("k",), "fp", counting(calls), TEXT) == ("long", True)
 
     on_two_gateways(redis_server, scenario, lease=0.2)
-    assert [e["event"] for e in captured_logs].count("idempotency_lease_lapsed") == 1
+    assert calls == [], "the other gateway never ran the key"
+    assert "idempotency_lease_lapsed" not in [e["event"] for e in captured_logs]
+
+
+def test_a_claim_left_by_a_dead_gateway_lapses_with_its_lease(redis_server: RedisServer) -> None:
+    calls: list[str] = []
+
+    async def scenario(one: RedisIdempotencyStore, two: RedisIdempotencyStore) -> None:
+        async def dies() -> str:
+            await asyncio.sleep(10)  # cancelled below, with its renewal: as if its process died
+            return "never"
+
+        first = asyncio.create_task(one.run(("k",), "fp", dies, TEXT))
+        await asyncio.sleep(0.1)
+        with pytest.raises(Conflict):
+            await two.run(("k",), "fp", counting(calls, "second"), TEXT)
+        # A dead process neither renews nor releases: stop its tasks without their cleanup.
+        for task in asyncio.all_tasks():
+            if task is not asyncio.current_task() and "_keep_claim" in repr(task.get_coro()):
+                task.cancel()
+        await asyncio.sleep(0.5)  # past the lease, nothing renewing it
+        assert await two.run(("k",), "fp", counting(calls, "second"), TEXT) == ("second", False)
+        first.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await first
+
+    on_two_gateways(redis_server, scenario, lease=0.2)
+    assert calls == ["second"]
 
 
 def test_redis_down_runs_nothing_and_a_failure_after_the_run_keeps_its_result(
