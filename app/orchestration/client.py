@@ -8,6 +8,7 @@ run inside the service's circuit breaker, and mapped onto the error tree:
     connect timeout         504 gateway_timeout  retryable
     no response in time     504 gateway_timeout  retryable (no byte had arrived)
     connect refused         502 bad_gateway      retryable
+    closed before answering 502 bad_gateway      retryable (no answer byte had arrived)
     5xx in retry statuses   502 bad_gateway      retryable, Retry-After honoured
     other 5xx, broken body  502 bad_gateway
     breaker open            503 circuit_open     with Retry-After, never retried
@@ -216,6 +217,12 @@ class DownstreamClient:
             raise DownstreamTimeout(name, f"The {name} service timed out.") from None
         except httpx.ConnectError:
             raise RetryableError(name, f"The {name} service is unreachable.") from None
+        except httpx.RemoteProtocolError:
+            if request.extensions.get(HEAD_RECEIVED):
+                raise DownstreamError(name, f"The {name} service failed.") from None
+            # Closed before a byte of answer (a reused connection lost to the keep-alive
+            # race): like a refused connect, repeatable when the request may be.
+            raise RetryableError(name, f"The {name} service closed the connection.") from None
         except httpx.TransportError:
             raise DownstreamError(name, f"The {name} service failed.") from None
         response.request = request

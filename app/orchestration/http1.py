@@ -49,6 +49,7 @@ Behaviour, and the httpx exception each failure is raised as::
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import ssl
 from collections import deque
@@ -374,6 +375,14 @@ class _ResponseStream(httpx.AsyncByteStream):
         if conn is not None:
             self._owner._release(conn, self._origin)
 
+    def __del__(self) -> None:
+        # Dropped unclosed (e.g. the client went away before its body streamed): free the
+        # slot on the loop's own thread, and never reuse a connection in an unknown state.
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nothing to free
+                conn.loop.call_soon_threadsafe(self._owner._abandon, conn)
+
 
 class Http1Transport(httpx.AsyncBaseTransport):
     """HTTP/1.1 connection pool per origin (http and https), llhttp-parsed."""
@@ -582,6 +591,11 @@ class Http1Transport(httpx.AsyncBaseTransport):
                 self._discard(conn)
         else:
             self._discard(conn)
+        self._slots.release()
+
+    def _abandon(self, conn: _Connection) -> None:
+        """A streamed answer dropped without ``aclose()``: close its connection, free its slot."""
+        self._discard(conn)
         self._slots.release()
 
     def _discard(self, conn: _Connection) -> None:

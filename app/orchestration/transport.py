@@ -21,6 +21,7 @@ as it arrives) and are never decompressed here, so pass-through forwards bytes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
@@ -79,6 +80,7 @@ class _ResponseStream(httpx.AsyncByteStream):
         self._response = response
         self._request = request
         self._release: Callable[[], None] | None = release
+        self._loop = asyncio.get_running_loop()
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         try:
@@ -92,6 +94,19 @@ class _ResponseStream(httpx.AsyncByteStream):
         release, self._release = self._release, None
         if release is not None:
             release()
+
+    def __del__(self) -> None:
+        # Dropped unclosed: close the connection (aiohttp's pool would wait for it) and free
+        # our slot, on the loop's own thread.
+        release, self._release = self._release, None
+        if release is not None:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nothing to free
+                self._loop.call_soon_threadsafe(_abandon, self._response, release)
+
+
+def _abandon(response: aiohttp.ClientResponse, release: Callable[[], None]) -> None:
+    response.close()
+    release()
 
 
 class AiohttpTransport(httpx.AsyncBaseTransport):

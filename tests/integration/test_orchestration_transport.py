@@ -9,6 +9,7 @@ raising the same httpx exceptions. Protocol edge cases of the native one are in
 from __future__ import annotations
 
 import asyncio
+import gc
 import hashlib
 import socket
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -42,6 +43,7 @@ def make_transport(request: pytest.FixtureRequest) -> MakeTransport:
 
 
 TIMEOUTS = httpx.Timeout(connect=1.0, read=0.3, write=1.0, pool=0.2).as_dict()
+BUFFERED_X = {"timeout": TIMEOUTS, BUFFERED: True}
 
 
 def request(url: str, timeouts: dict[str, Any] = TIMEOUTS) -> httpx.Request:
@@ -189,6 +191,31 @@ def test_response_body_streams_in_chunks(
     chunks, digest = asyncio.run(scenario())
     assert chunks > 1
     assert digest == hashlib.sha256(b"".join(report_chunks("R-0001", size))).hexdigest()
+
+
+def test_a_streamed_answer_dropped_unclosed_frees_its_pool_slot(
+    live_server: Callable[[FastAPI], LiveServer], make_transport: MakeTransport
+) -> None:
+    """A caller that loses a streamed response (a client gone before its body) leaks no slot."""
+    server = stub(live_server, "reports")
+    url = f"{server.url}/engagements/acme-2026/reports/R-0001/content?size={1 << 20}"
+
+    async def scenario() -> bytes:
+        transport = make_transport(max_connections=1)
+        try:
+            dropped = await transport.handle_async_request(request(url))
+            assert dropped.status_code == 200
+            del dropped  # never read, never closed
+            gc.collect()
+            await asyncio.sleep(0.05)  # the slot is freed on the loop, by a callback
+            answer = await transport.handle_async_request(
+                httpx.Request("GET", url.replace(str(1 << 20), "16"), extensions=BUFFERED_X)
+            )
+            return answer.content
+        finally:
+            await transport.aclose()
+
+    assert len(asyncio.run(scenario())) == 16
 
 
 def test_request_body_streams_from_an_async_iterator(

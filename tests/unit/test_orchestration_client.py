@@ -17,6 +17,7 @@ from app.core.errors import ConfigError, DownstreamError
 from app.main import create_app
 from app.orchestration.client import DownstreamClient, load_outbound_keys
 from app.orchestration.propagation import CallContext, bind_call_context
+from app.orchestration.transport import HEAD_RECEIVED
 from tests.conftest import make_settings
 
 KEY = SigningKey("gateway-findings", b"gateway-outbound-test-secret-0123456789abcdef")
@@ -61,6 +62,43 @@ def test_keyed_post_is_retried_and_every_attempt_is_signed_afresh() -> None:
         assert request.headers["idempotency-key"] == "close-0001:freeze"
         identity = verifier.verify(message_from_httpx(request), request.content)
         assert (identity.subject, identity.key_id) == ("bob", KEY.id)
+
+
+def dropping(*, head_received: bool) -> tuple[httpx.MockTransport, list[httpx.Request]]:
+    """The first attempt's connection closes (before or after the answer began), then 200."""
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        if len(seen) == 1:
+            if head_received:
+                request.extensions[HEAD_RECEIVED] = True
+            raise httpx.RemoteProtocolError("closed", request=request)
+        return httpx.Response(200, json={"ok": True})
+
+    return httpx.MockTransport(handler), seen
+
+
+@pytest.mark.parametrize(
+    ("method", "key", "head_received", "attempts"),
+    [
+        ("GET", None, False, 2),  # closed before answering: retried
+        ("POST", "close-0001:freeze", False, 2),  # a keyed POST may be repeated
+        ("POST", None, False, 1),  # an unkeyed POST never
+        ("GET", None, True, 1),  # the answer had begun: not repeated
+    ],
+)
+def test_a_connection_closed_before_answering_is_retried_when_the_request_may_be(
+    method: str, key: str | None, head_received: bool, attempts: int
+) -> None:
+    transport, seen = dropping(head_received=head_received)
+    if attempts == 2:
+        assert call(transport, method=method, path="/x", idempotency_key=key).status_code == 200
+    else:
+        with pytest.raises(DownstreamError) as caught:
+            call(transport, method=method, path="/x", idempotency_key=key)
+        assert caught.value.status_code == 502
+    assert len(seen) == attempts
 
 
 def test_unkeyed_post_is_sent_once() -> None:
