@@ -136,6 +136,9 @@ class ServiceSettings(_Section):
     max_connections: Annotated[int, Field(ge=1, le=10_000)] = 100
     max_keepalive: Annotated[int, Field(ge=0, le=10_000)] = 32
     keepalive_expiry_seconds: PositiveSeconds = 15.0
+    # The most bytes of an answer the gateway reads whole (typed routes, composites);
+    # beyond it a 502. Pass-through routes stream and have their own max_response_bytes.
+    max_answer_bytes: Annotated[int, Field(ge=1, le=1 << 30)] = 16 * 1024 * 1024
     # The HTTP/1.1 client: the gateway's own (llhttp-parsed) or aiohttp's (decision 0005).
     transport: Literal["native", "aiohttp"] = "native"
     retry: RetrySettings = Field(default_factory=RetrySettings)

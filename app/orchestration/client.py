@@ -56,7 +56,12 @@ from app.orchestration.resilience import (
     may_retry,
     parse_retry_after,
 )
-from app.orchestration.transport import BUFFERED, HEAD_RECEIVED, AiohttpTransport
+from app.orchestration.transport import (
+    BUFFERED,
+    HEAD_RECEIVED,
+    MAX_BUFFERED,
+    AiohttpTransport,
+)
 
 log = structlog.get_logger("gateway.downstream")
 
@@ -178,7 +183,11 @@ class DownstreamClient:
     ) -> httpx.Request:
         """One attempt's request: fresh propagation headers (span id), signed when keyed."""
         merged = _with_fields(fields, propagation_headers(current_call_context()))
-        extensions = {"timeout": self._timeout, BUFFERED: not stream}
+        extensions = {
+            "timeout": self._timeout,
+            BUFFERED: not stream,
+            MAX_BUFFERED: self.settings.max_answer_bytes,
+        }
         if params is None and not isinstance(body, AsyncIterable):
             request = in_memory_request(method, self._url(path), merged, body or b"", extensions)
         else:

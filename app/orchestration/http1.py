@@ -40,7 +40,8 @@ Behaviour, and the httpx exception each failure is raised as::
   is held back until the body ended cleanly) with a write timeout on every wait
   for the socket, in-memory bodies included; a response body is read as it arrives,
   reading paused above ``HIGH_WATER`` unread bytes. ``gateway_buffered`` requests
-  get the whole body read here and the connection freed at once. Nothing is
+  get the whole body read here, at most ``gateway_max_buffered_bytes`` of it
+  (RemoteProtocolError beyond), and the connection freed at once. Nothing is
   decompressed: pass-through forwards bytes.
 - An error raised by a streamed request body (bad digest, too large) aborts the
   connection, so the service never sees a complete request, and propagates as is.
@@ -62,6 +63,8 @@ import httpx
 from app.orchestration.transport import (
     BUFFERED,
     HEAD_RECEIVED,
+    MAX_BUFFERED,
+    TOO_LARGE,
     acquire_slot,
     buffered_response,
 )
@@ -98,6 +101,7 @@ class _Connection(asyncio.Protocol):
         self.closed = False
         self.idle_since = 0.0
         self.parser: httptools.HttpResponseParser | None = None
+        self.limit: int | None = None
         self._drain: asyncio.Future[None] | None = None
         self._write_paused = False
         self._reset(False)
@@ -125,8 +129,9 @@ class _Connection(asyncio.Protocol):
 
     # --- the exchange, driven by the transport ------------------------------------------
 
-    def begin(self, head_request: bool) -> None:
+    def begin(self, head_request: bool, limit: int | None = None) -> None:
         self._reset(head_request)
+        self.limit = limit  # the most body bytes a buffered answer may bring
         self.parser = httptools.HttpResponseParser(self)
 
     def finish(self) -> bool:
@@ -298,6 +303,8 @@ class _Connection(asyncio.Protocol):
     def on_body(self, body: bytes) -> None:
         self.chunks.append(body)
         self.pending += len(body)
+        if self.limit is not None and self.pending > self.limit:
+            raise ValueError(TOO_LARGE)
         if self.streaming:
             if self.pending > HIGH_WATER and not self.reading_paused and self.transport:
                 self.reading_paused = True
@@ -458,7 +465,11 @@ class Http1Transport(httpx.AsyncBaseTransport):
         request: httpx.Request,
     ) -> None:
         """Write the request and wait for the response head (or the exchange's failure)."""
-        conn.begin(request.method == "HEAD")
+        extensions = request.extensions
+        conn.begin(
+            request.method == "HEAD",
+            extensions.get(MAX_BUFFERED) if extensions.get(BUFFERED) else None,
+        )
         reused = conn.idle_since > 0  # a fresh connection has never been idle
         transport = conn.transport
         if conn.closed or transport is None:

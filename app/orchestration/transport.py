@@ -36,6 +36,9 @@ _HTTP11 = {"http_version": b"HTTP/1.1"}
 # Request extension: read the whole response body here (callers that do not stream it).
 BUFFERED = "gateway_buffered"
 HEAD_RECEIVED = "gateway_head_received"
+# Request extension: the most bytes a buffered answer may have (RemoteProtocolError beyond).
+MAX_BUFFERED = "gateway_max_buffered_bytes"
+TOO_LARGE = "answer larger than the gateway accepts"
 # Where a streamed request body's own failure (bad digest, too large) is kept for _send.
 BODY_ERROR = "gateway_body_error"
 
@@ -170,7 +173,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         """Read the whole body with aiohttp's own reader and free the pool slot at once."""
         request.extensions[HEAD_RECEIVED] = True  # a timeout from here on is not retryable
         try:
-            body = await response.read()
+            body = await _read_capped(response, request.extensions.get(MAX_BUFFERED), request)
         except _FAILURES as exc:
             raise _map_error(exc, request) from exc
         finally:
@@ -208,6 +211,25 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+
+async def _read_capped(
+    response: aiohttp.ClientResponse, limit: int | None, request: httpx.Request
+) -> bytes:
+    """The whole body; past ``limit`` bytes a RemoteProtocolError (the connection is closed)."""
+    length = response.content_length
+    if limit is None or (length is not None and length <= limit):
+        return await response.read()  # framing bounds it: aiohttp's C reader, one call
+    if length is not None:
+        raise httpx.RemoteProtocolError(TOO_LARGE, request=request)
+    chunks, total = [], 0
+    async for chunk in response.content.iter_any():
+        total += len(chunk)
+        if total > limit:
+            response.close()
+            raise httpx.RemoteProtocolError(TOO_LARGE, request=request)
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def buffered_response(

@@ -21,10 +21,10 @@ from fastapi import FastAPI
 from structlog.testing import capture_logs
 
 from app.core.config import ServiceSettings
-from app.core.errors import DownstreamTimeout
+from app.core.errors import DownstreamError, DownstreamTimeout
 from app.orchestration.client import DownstreamClient
 from app.orchestration.http1 import Http1Transport
-from app.orchestration.transport import BUFFERED, AiohttpTransport
+from app.orchestration.transport import BUFFERED, MAX_BUFFERED, AiohttpTransport
 from app.stubs.data import report_chunks
 from app.stubs.faults import FaultConfig
 from app.stubs.server import create_stub_app
@@ -216,6 +216,72 @@ def test_a_streamed_answer_dropped_unclosed_frees_its_pool_slot(
             await transport.aclose()
 
     assert len(asyncio.run(scenario())) == 16
+
+
+@pytest.mark.parametrize(
+    ("path", "limit", "fits"),
+    [
+        ("/engagements/acme-2026/reports/R-0001/content?size=262144", 65536, False),  # chunked
+        ("/engagements/acme-2026/reports/R-0001/content?size=262144", 262144, True),
+        ("/engagements/acme-2026", 10, False),  # Content-Length above the cap
+    ],
+)
+def test_a_buffered_answer_larger_than_its_cap_is_refused(
+    live_server: Callable[[FastAPI], LiveServer],
+    make_transport: MakeTransport,
+    path: str,
+    limit: int,
+    fits: bool,
+) -> None:
+    server = stub(live_server, "reports" if "reports" in path else "engagements")
+    extensions = {**BUFFERED_X, MAX_BUFFERED: limit}
+
+    async def scenario() -> int:
+        transport = make_transport(max_connections=1)
+        try:
+            if fits:
+                answer = await transport.handle_async_request(
+                    httpx.Request("GET", server.url + path, extensions=extensions)
+                )
+                return len(answer.content)
+            with pytest.raises(httpx.RemoteProtocolError, match="larger than the gateway"):
+                await transport.handle_async_request(
+                    httpx.Request("GET", server.url + path, extensions=extensions)
+                )
+            roomy = {**BUFFERED_X, MAX_BUFFERED: 1 << 20}  # and the slot was freed
+            answer = await transport.handle_async_request(
+                httpx.Request("GET", server.url + path, extensions=roomy)
+            )
+            assert answer.status_code == 200
+            return -1
+        finally:
+            await transport.aclose()
+
+    assert asyncio.run(scenario()) == (262144 if fits else -1)
+
+
+@pytest.mark.parametrize("kind", ["native", "aiohttp"])
+def test_a_service_answer_over_max_answer_bytes_is_a_502_not_retried(
+    live_server: Callable[[FastAPI], LiveServer], kind: str
+) -> None:
+    server = stub(live_server, "findings")
+    settings = ServiceSettings.model_validate(
+        {"url": server.url, "max_answer_bytes": 64, "transport": kind}
+    )
+
+    async def scenario() -> DownstreamError:
+        client = DownstreamClient("findings", settings)
+        try:
+            with pytest.raises(DownstreamError) as caught:
+                await client.call("GET", "/engagements/acme-2026/findings")
+            return caught.value
+        finally:
+            await client.aclose()
+
+    error = asyncio.run(scenario())
+    assert (error.status_code, error.service) == (502, "findings")
+    faults = server.server.config.app.state.faults  # type: ignore[attr-defined]
+    assert faults.requests == 1
 
 
 def test_request_body_streams_from_an_async_iterator(
