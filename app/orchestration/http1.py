@@ -578,7 +578,9 @@ class Http1Transport(httpx.AsyncBaseTransport):
         scheme, host, port = origin
         tls: ssl.SSLContext | None = None
         if scheme == b"https":
-            tls = self._ssl or ssl.create_default_context()
+            if self._ssl is None:  # built once: loading the trust store costs milliseconds
+                self._ssl = ssl.create_default_context()
+            tls = self._ssl
         try:
             async with asyncio.timeout(connect_timeout):
                 _, conn = await loop.create_connection(
