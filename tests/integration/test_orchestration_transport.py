@@ -13,7 +13,7 @@ import gc
 import hashlib
 import socket
 from collections.abc import AsyncIterator, Callable, Iterator
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import pytest
@@ -34,6 +34,7 @@ pytestmark = pytest.mark.integration
 
 Transport = Http1Transport | AiohttpTransport
 MakeTransport = Callable[..., Transport]
+E = TypeVar("E", bound=Exception)
 
 
 @pytest.fixture(params=[Http1Transport, AiohttpTransport], ids=["native", "aiohttp"])
@@ -60,6 +61,21 @@ async def send(transport: Transport, req: httpx.Request) -> httpx.Response:
         return response
     finally:
         await transport.aclose()
+
+
+def call_error(service: str, settings: ServiceSettings, path: str, error: type[E]) -> E:
+    """The ``error`` one ``DownstreamClient.call`` of ``GET path`` must raise."""
+
+    async def scenario() -> E:
+        client = DownstreamClient(service, settings)
+        try:
+            with pytest.raises(error) as caught:
+                await client.call("GET", path)
+            return caught.value
+        finally:
+            await client.aclose()
+
+    return asyncio.run(scenario())
 
 
 def stub(live_server: Callable[[FastAPI], LiveServer], name: str, **faults: Any) -> LiveServer:
@@ -113,17 +129,8 @@ def test_connect_timeout_is_a_504_after_retries(unaccepting_port: int, kind: str
         }
     )
 
-    async def scenario() -> DownstreamTimeout:
-        client = DownstreamClient("engagements", settings)
-        try:
-            with pytest.raises(DownstreamTimeout) as caught:
-                await client.call("GET", "/engagements/acme-2026")
-            return caught.value
-        finally:
-            await client.aclose()
-
     with capture_logs() as logs:
-        error = asyncio.run(scenario())
+        error = call_error("engagements", settings, "/engagements/acme-2026", DownstreamTimeout)
     assert (error.status_code, error.service) == (504, "engagements")
     attempts = [e["attempt"] for e in logs if e["event"] == "downstream_call"]
     assert attempts == [1, 2]
@@ -269,16 +276,7 @@ def test_a_service_answer_over_max_answer_bytes_is_a_502_not_retried(
         {"url": server.url, "max_answer_bytes": 64, "transport": kind}
     )
 
-    async def scenario() -> DownstreamError:
-        client = DownstreamClient("findings", settings)
-        try:
-            with pytest.raises(DownstreamError) as caught:
-                await client.call("GET", "/engagements/acme-2026/findings")
-            return caught.value
-        finally:
-            await client.aclose()
-
-    error = asyncio.run(scenario())
+    error = call_error("findings", settings, "/engagements/acme-2026/findings", DownstreamError)
     assert (error.status_code, error.service) == (502, "findings")
     faults = server.server.config.app.state.faults  # type: ignore[attr-defined]
     assert faults.requests == 1
@@ -327,14 +325,6 @@ def test_a_stall_after_the_first_byte_is_a_timeout_that_is_not_retried(
         }
     )
 
-    async def scenario() -> None:
-        client = DownstreamClient("findings", settings)
-        try:
-            with pytest.raises(DownstreamTimeout):
-                await client.call("GET", "/engagements/acme-2026/findings")
-        finally:
-            await client.aclose()
-
-    asyncio.run(scenario())
+    call_error("findings", settings, "/engagements/acme-2026/findings", DownstreamTimeout)
     faults = server.server.config.app.state.faults  # type: ignore[attr-defined]
     assert faults.requests == 1
