@@ -1,4 +1,4 @@
-"""`gateway sign` output is accepted by a running gateway, as curl and as headers."""
+"""`gateway sign` output is accepted by a running gateway: curl, headers, label and expiry."""
 
 from __future__ import annotations
 
@@ -91,3 +91,14 @@ def test_missing_secret_env_is_a_clear_error() -> None:
     )
     assert result.returncode == 2
     assert "GATEWAY_NOPE is not set" in result.stderr
+
+
+def test_label_and_expiry_options_are_signed_and_accepted_once(stack: Stack) -> None:
+    url = stack.url + "/v1/engagements/acme-2026/findings"
+    options = ("--label", "edge", "--expires-in", "30")
+    out = _sign("--subject", "alice", "--headers-only", *options, url)
+    headers = dict(line.split(": ", 1) for line in out.strip().splitlines())
+    assert headers["signature-input"].startswith("edge=(")
+    assert ";expires=" in headers["signature-input"]
+    assert httpx.get(url, headers=headers).status_code == 200
+    assert httpx.get(url, headers=headers).status_code == 401, "the nonce is spent"
