@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import re
 from collections import deque
@@ -73,12 +74,10 @@ class RawServer:
         task = asyncio.current_task()
         assert task is not None
         self._tasks.add(task)
-        try:
+        # The client aborted, or the test is over: the task ends here either way.
+        with contextlib.suppress(ConnectionError, asyncio.CancelledError):
             await self._converse(reader, writer)
-        except (ConnectionError, asyncio.CancelledError):
-            pass  # the client aborted, or the test is over: the task ends here either way
-        finally:
-            writer.close()
+        writer.close()
 
     async def _converse(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if not self.reads:
@@ -109,10 +108,9 @@ class RawServer:
             elif length := re.search(rb"content-length: *(\d+)", head):
                 got += await reader.readexactly(int(length[1]))
             return bytes(got)
-        except asyncio.IncompleteReadError as exc:
-            got += exc.partial
-        except ConnectionError:
-            pass
+        except (asyncio.IncompleteReadError, ConnectionError) as exc:
+            if isinstance(exc, asyncio.IncompleteReadError):  # a reset keeps what had arrived
+                got += exc.partial
         if got:
             self.partial.append(bytes(got))
         else:

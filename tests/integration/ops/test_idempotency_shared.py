@@ -228,13 +228,14 @@ class ReplyDropper:
 
         pump = asyncio.create_task(upstream())
         try:
-            while data := await up_reader.read(65536):
-                if b"EVALSHA" in last and not data.startswith(b"-NOSCRIPT") and not self.dropped:
-                    self.dropped += 1
-                    return  # the claim ran in Redis; its answer is lost
-                writer.write(data)
-        except (ConnectionError, asyncio.CancelledError):
-            pass  # a client gone, or the test is over
+            # A client gone, or the test is over: either ends the relay.
+            with contextlib.suppress(ConnectionError, asyncio.CancelledError):
+                while data := await up_reader.read(65536):
+                    script_answer = b"EVALSHA" in last and not data.startswith(b"-NOSCRIPT")
+                    if script_answer and not self.dropped:
+                        self.dropped += 1
+                        return  # the claim ran in Redis; its answer is lost
+                    writer.write(data)
         finally:
             pump.cancel()
             writer.close()
