@@ -427,21 +427,23 @@ class Http1Transport(httpx.AsyncBaseTransport):
             raise httpx.UnsupportedProtocol(f"unsupported scheme {scheme!r}", request=request)
         origin = (scheme, url.host, url.port or (443 if scheme == b"https" else 80))
         body = _body(request)
-        head = _request_head(request, streamed=body is not None and not isinstance(body, bytes))
-        _check_length(request, body)
+        head, declared = _request_head(
+            request, streamed=body is not None and not isinstance(body, bytes)
+        )
+        length = _declared_length(request, body, declared)
         retry_lost = not isinstance(body, AsyncIterable) and request.method in _IDEMPOTENT
         conn = self._idle_connection(origin)
         if conn is None:
             conn = await self._connect(origin, timeouts.get("connect"), request)
         try:
-            await self._send(conn, head, body, timeouts, request)
+            await self._send(conn, head, body, length, timeouts, request)
         except _Lost:
             if not retry_lost:
                 raise httpx.RemoteProtocolError(
                     "the service closed the connection before answering", request=request
                 ) from None
             conn = await self._connect(origin, timeouts.get("connect"), request)
-            await self._send(conn, head, body, timeouts, request)
+            await self._send(conn, head, body, length, timeouts, request)
         request.extensions[HEAD_RECEIVED] = True
         if request.extensions.get(BUFFERED):
             return await self._buffered(conn, origin, request)
@@ -461,6 +463,7 @@ class Http1Transport(httpx.AsyncBaseTransport):
         conn: _Connection,
         head: bytes,
         body: bytes | AsyncIterable[bytes] | None,
+        length: int | None,
         timeouts: dict[str, float | None],
         request: httpx.Request,
     ) -> None:
@@ -482,7 +485,7 @@ class Http1Transport(httpx.AsyncBaseTransport):
             else:
                 transport.write(head)
                 if body is not None:
-                    await self._stream_body(conn, body, request, timeouts.get("write"))
+                    await self._stream_body(conn, body, length, request, timeouts.get("write"))
             conn.arm_read_timeout(timeouts.get("read"))
             while not conn.head_done and conn.error is None:
                 await conn.wait()
@@ -502,12 +505,12 @@ class Http1Transport(httpx.AsyncBaseTransport):
         self,
         conn: _Connection,
         body: AsyncIterable[bytes],
+        length: int | None,
         request: httpx.Request,
         write_timeout: float | None,
     ) -> None:
-        """Send a streamed body, chunked unless the request declared its length."""
-        declared = request.headers.get("content-length")
-        remaining = int(declared) if declared is not None else None
+        """Send a streamed body, chunked unless the request declared its ``length``."""
+        remaining = length
         held = b""  # a declared body's last byte: sent only once the body ended without error
         try:
             async for chunk in body:
@@ -637,36 +640,42 @@ def _body(request: httpx.Request) -> bytes | AsyncIterable[bytes] | None:
         return stream
 
 
-def _check_length(request: httpx.Request, body: bytes | AsyncIterable[bytes] | None) -> None:
+def _declared_length(
+    request: httpx.Request, body: bytes | AsyncIterable[bytes] | None, declared: bytes | None
+) -> int | None:
     """A declared Content-Length is one number, an in-memory body's own length (no desync)."""
-    declared = request.headers.get("content-length")
     if declared is None:
-        return
+        return None
     if not (declared.isascii() and declared.isdigit()) or (
         not isinstance(body, AsyncIterable) and int(declared) != len(body or b"")
     ):
         raise httpx.LocalProtocolError("Content-Length unlike the body", request=request)
+    return int(declared)
 
 
-def _request_head(request: httpx.Request, *, streamed: bool) -> bytes:
-    """Request line and fields; CR, LF or NUL inside any, or a name not a token, is refused."""
+def _request_head(request: httpx.Request, *, streamed: bool) -> tuple[bytes, bytes | None]:
+    """Request line and fields, and the Content-Length declared (copies joined, as httpx does).
+
+    CR, LF or NUL inside any field, or a name not a token, is refused.
+    """
     method = request.method
     if not _TOKEN.fullmatch(method):
         raise httpx.LocalProtocolError(f"invalid method {method!r}", request=request)
     lines = [b"%b %b HTTP/1.1" % (method.encode("ascii"), request.url.raw_path)]
-    has_length = False
+    lengths: list[bytes] = []
     for name, value in request.headers.raw:
         lowered = name.lower()
         if lowered in _DROP:
             continue
-        has_length = has_length or lowered == b"content-length"
+        if lowered == b"content-length":
+            lengths.append(value)
         if not _BYTES_TOKEN.fullmatch(name):
             raise httpx.LocalProtocolError(f"invalid field name {name!r}", request=request)
         lines.append(b"%b: %b" % (name, value))
-    if streamed and not has_length:
+    if streamed and not lengths:
         lines.append(b"Transfer-Encoding: chunked")
     lines.append(b"\r\n")
     head = b"\r\n".join(lines)
     if head.count(b"\n") != len(lines) or head.count(b"\r") != len(lines) or b"\0" in head:
         raise httpx.LocalProtocolError("CR, LF or NUL in the request head", request=request)
-    return head
+    return head, b", ".join(lengths) if lengths else None
