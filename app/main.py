@@ -1,7 +1,7 @@
 """Application factory: ``create_app(settings)`` wires the pipeline stages.
 
 edge (``EdgeMiddleware``) -> authn (``Authenticated``) -> authz (``Authorized``)
--> orchestration (``ServiceRegistry``) -> respond (problem+json handlers).
+-> workflows over downstream clients (``ServiceRegistry``) -> respond (problem+json).
 Everything that can fail on bad configuration fails here, before serving.
 """
 
@@ -20,16 +20,17 @@ from app.api.routes import admin, breakers, engagements, findings, health, metri
 from app.api.routes.passthrough import register_passthrough_routes
 from app.authn.service import AuthnService
 from app.authz.store import PolicyStore
+from app.authz.sync import announcer, follow_notices
 from app.authz.watch import policy_watcher
 from app.core.config import Settings, load_settings
 from app.core.logging import configure_logging
 from app.core.redis import create_redis
+from app.downstream.client import ServiceRegistry, load_outbound_keys
 from app.edge.correlation import EdgeMiddleware
 from app.ops.metrics import set_policy_revision
-from app.ops.policy_sync import announcer, follow_notices
+from app.ops.processes import freeze_startup_heap
 from app.ops.runtime import ops_lifespan
-from app.orchestration.client import ServiceRegistry, load_outbound_keys
-from app.orchestration.idempotency import (
+from app.workflows.idempotency import (
     IdempotencyStore,
     MemoryIdempotencyStore,
     RedisIdempotencyStore,
@@ -101,8 +102,6 @@ def _idempotency_store(settings: Settings, redis: Redis | None) -> IdempotencySt
 
 def create_app_from_env() -> FastAPI:
     """uvicorn factory for worker processes: settings from the environment."""
-    from app.cli.serve import freeze_startup_heap  # late: the CLI imports this module
-
     settings = load_settings()
     configure_logging(settings.log.level, settings.log.format)
     app = create_app(settings)

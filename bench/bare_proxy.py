@@ -2,7 +2,7 @@
 
 ``--client aiohttp`` forwards with a plain ``aiohttp.ClientSession`` (the
 aiohttp-class baseline of the issue); ``--client ours`` forwards with the
-gateway's own ``app.orchestration.client.DownstreamClient``, whatever transport
+gateway's own ``app.downstream.client.DownstreamClient``, whatever transport
 it has on the commit measured. The difference between the two rows is the cost
 of the gateway's downstream client; the gap to the gateway row is everything else.
 """
@@ -18,7 +18,7 @@ from fastapi import FastAPI, Request, Response
 
 from app.core.config import ServiceSettings
 from app.core.logging import configure_logging
-from app.orchestration.client import DownstreamClient
+from app.downstream.client import DownstreamClient
 from bench.targets import service_settings
 
 Forward = Callable[[str], Awaitable[tuple[int, bytes, str]]]

@@ -93,9 +93,9 @@ def _proxy_app(variant: str, upstream: str) -> Any:
     from fastapi import FastAPI, Response
 
     from app.core.config import ServiceSettings
-    from app.orchestration.client import DownstreamClient
-    from app.orchestration.http1 import Http1Transport
-    from app.orchestration.transport import BUFFERED, AiohttpTransport
+    from app.downstream.client import DownstreamClient
+    from app.downstream.http1 import Http1Transport
+    from app.downstream.transport import BUFFERED, AiohttpTransport
 
     clients: dict[str, Any] = {}
 

@@ -31,7 +31,7 @@ from bench.targets import (
 STAGES = (
     ("authz (policy)", ("casbin", "app/authz")),
     ("authn (signature)", ("app/authn", "http_sf")),
-    ("downstream client", ("httpx", "httpcore", "app/orchestration", "anyio")),
+    ("downstream client", ("httpx", "httpcore", "app/downstream", "app/workflows", "anyio")),
     ("logging", ("structlog", "logging/__init__", "orjson")),
     ("edge", ("app/edge",)),
     ("FastAPI / Starlette / pydantic", ("fastapi", "starlette", "pydantic")),

@@ -7,10 +7,10 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.authn.identity import GROUP_PATTERN, SUBJECT_PATTERN
 from app.authz.fields import DecisionPath, EngagementOrGlobal
 from app.authz.policy import Decision
 from app.authz.store import PolicyStatus, ReloadError, ReloadResult
+from app.domain.identity import GROUP_PATTERN, SUBJECT_PATTERN
 
 
 class _Model(BaseModel):

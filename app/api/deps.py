@@ -15,21 +15,21 @@ import structlog
 from fastapi import Depends, Request, Response
 
 from app.authn.asgi import message_from_scope
-from app.authn.identity import Identity
 from app.authn.nonces import NonceStoreUnavailable
 from app.authn.service import AuthnService
 from app.authz.policy import GLOBAL_DOMAIN, Decision
 from app.authz.source import ENGAGEMENT
 from app.authz.store import PolicyStore
 from app.core.errors import AccessDenied, AuthenticationFailed, BadRequest
+from app.domain.identity import Identity
+from app.downstream.client import ServiceRegistry
+from app.downstream.propagation import CallContext, bind_call_context
 from app.ops.metrics import count_decision, count_signature_failure
 from app.ops.ratelimit import RateLimitGuard
-from app.orchestration.client import ServiceRegistry
-from app.orchestration.closing import CloseService
-from app.orchestration.findings import FindingsService
-from app.orchestration.overview import OverviewService
-from app.orchestration.passthrough import declares_body
-from app.orchestration.propagation import CallContext, bind_call_context
+from app.workflows.closing import CloseService
+from app.workflows.findings import FindingsService
+from app.workflows.overview import OverviewService
+from app.workflows.passthrough import declares_body
 
 decision_log = structlog.get_logger("gateway.decision")
 _ENGAGEMENT = ENGAGEMENT

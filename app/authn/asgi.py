@@ -5,10 +5,7 @@ from __future__ import annotations
 from starlette.types import Scope
 
 from app.authn.base import Message
-
-# The edge keeps the path exactly as received here, before normalising scope["path"]:
-# the signature covers what the proxy sent, the decision covers the normalised form.
-SIGNED_PATH_KEY = "signed_path"
+from app.core.scope import SIGNED_PATH_KEY
 
 
 def message_from_scope(scope: Scope) -> Message:

@@ -18,12 +18,12 @@ from collections.abc import AsyncIterator
 import redis.asyncio as aioredis
 
 from app.authn.base import Message
-from app.authn.identity import Identity
 from app.authn.nonces import Claim, NonceStore, create_nonce_store
 from app.authn.rotation import KeyReloader, KeyStatus
 from app.authn.verifier import Reason, SignatureVerifier
 from app.core.config import Settings
 from app.core.errors import AuthenticationFailed
+from app.domain.identity import Identity
 
 CLAIM_REASONS = {Claim.REPLAYED: Reason.REPLAYED, Claim.BEFORE_FENCE: Reason.REPLAY_WINDOW_RESET}
 # The longest start-up wait for a fence set in the current second (bounds a skewed Redis clock).

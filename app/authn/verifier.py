@@ -26,15 +26,10 @@ import http_sf
 
 from app.authn.base import ALGORITHM, ComponentMissing, Message, ParamValue, build_signature_base
 from app.authn.digest import DigestError, verify_content_digest
-from app.authn.identity import (
-    GROUPS_HEADER,
-    SUBJECT_HEADER,
-    SUBJECT_PATTERN,
-    Identity,
-    parse_groups,
-)
+from app.authn.identity import GROUPS_HEADER, SUBJECT_HEADER
 from app.authn.keys import KeyRing
 from app.core.errors import AuthenticationFailed
+from app.domain.identity import SUBJECT_PATTERN, Identity, parse_groups
 
 MAX_SIGNATURES = 8
 MAX_NONCE_LENGTH = 128

@@ -17,11 +17,11 @@ from xml.etree import ElementTree
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from app.authn.identity import GROUP_PATTERN, SUBJECT_PATTERN
 from app.authz.compiled import Rule
 from app.authz.fields import DecisionPath, EngagementOrGlobal
 from app.authz.policy import Decision, PolicyEngine
 from app.authz.source import CLOSED_WRITER, PolicyLine
+from app.domain.identity import GROUP_PATTERN, SUBJECT_PATTERN
 
 TESTS_DIR = "tests"
 

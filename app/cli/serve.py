@@ -12,7 +12,6 @@ exits by re-raising SIGTERM, so supervisors see a clean signal exit.
 from __future__ import annotations
 
 import argparse
-import gc
 import os
 import sys
 from typing import TYPE_CHECKING, Any
@@ -22,7 +21,11 @@ import uvicorn
 from app.core.config import CONFIG_FILE_ENV, Settings, load_settings
 from app.core.errors import ConfigError
 from app.core.logging import configure_logging
-from app.ops.processes import multiprocess_metrics_dir, without_multiprocess_metrics
+from app.ops.processes import (
+    freeze_startup_heap,
+    multiprocess_metrics_dir,
+    without_multiprocess_metrics,
+)
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -79,29 +82,6 @@ def _build() -> tuple[Settings, FastAPI] | None:
     except ConfigError as exc:
         print(f"gateway: configuration error: {exc.detail}", file=sys.stderr)
         return None
-
-
-# Young-generation threshold while serving (CPython's default is 700). Each request
-# keeps a few dozen container objects alive while it is in flight, so at the default
-# the young generation was collected about every 50 requests; at 10,000 about every
-# 900, which cut the time in GC from ~15 to ~5 µs a request (measured in-process at
-# 16 concurrent requests). It bounds only how much young cyclic garbage may wait.
-GEN0_THRESHOLD = 10_000
-
-
-def freeze_startup_heap() -> None:
-    """Exempt what start-up built (modules, settings, the compiled policy) from GC scans.
-
-    A full collection otherwise walks every object the policy and the libraries
-    hold, on the event loop: tens of milliseconds at a 10k-line policy, seen as
-    p99 spikes under load (``bench/``). Frozen objects are still freed by
-    reference counting; only cyclic garbage among them would stay (there is none
-    to speak of: they live for the whole process). Also sets ``GEN0_THRESHOLD``.
-    """
-    gc.collect()
-    gc.freeze()
-    _, gen1, gen2 = gc.get_threshold()
-    gc.set_threshold(GEN0_THRESHOLD, gen1, gen2)
 
 
 def _serve(args: argparse.Namespace, settings: Settings, app: FastAPI | str) -> int:

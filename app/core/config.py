@@ -32,7 +32,7 @@ from pydantic_settings import (
 )
 
 from app.core.errors import ConfigError
-from app.ops.settings import OpsSettings
+from app.core.ops_settings import OpsSettings
 
 CONFIG_FILE_ENV = "GATEWAY_CONFIG_FILE"
 KEY_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$"

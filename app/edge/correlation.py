@@ -17,9 +17,9 @@ import structlog
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.authn.asgi import SIGNED_PATH_KEY
 from app.core.errors import GatewayError, InvalidPath, PayloadTooLarge
 from app.core.problems import problem_response
+from app.core.scope import SIGNED_PATH_KEY
 from app.edge.paths import normalize_path
 from app.ops.metrics import observe_request, route_label
 

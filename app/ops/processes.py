@@ -1,4 +1,4 @@
-"""Worker processes and their shared metrics directory.
+"""Worker processes: their shared metrics directory and their start-up heap.
 
 prometheus-client keeps each worker's values in files under
 ``PROMETHEUS_MULTIPROC_DIR``; the directory must exist before any worker imports
@@ -9,6 +9,7 @@ module level (``gateway serve`` imports this before choosing the directory).
 
 from __future__ import annotations
 
+import gc
 import os
 import shutil
 import tempfile
@@ -59,3 +60,26 @@ def without_multiprocess_metrics() -> Iterator[None]:
     finally:
         if given is not None:
             os.environ[MULTIPROC_ENV] = given
+
+
+# Young-generation threshold while serving (CPython's default is 700). Each request
+# keeps a few dozen container objects alive while it is in flight, so at the default
+# the young generation was collected about every 50 requests; at 10,000 about every
+# 900, which cut the time in GC from ~15 to ~5 µs a request (measured in-process at
+# 16 concurrent requests). It bounds only how much young cyclic garbage may wait.
+GEN0_THRESHOLD = 10_000
+
+
+def freeze_startup_heap() -> None:
+    """Exempt what start-up built (modules, settings, the compiled policy) from GC scans.
+
+    A full collection otherwise walks every object the policy and the libraries
+    hold, on the event loop: tens of milliseconds at a 10k-line policy, seen as
+    p99 spikes under load (``bench/``). Frozen objects are still freed by
+    reference counting; only cyclic garbage among them would stay (there is none
+    to speak of: they live for the whole process). Also sets ``GEN0_THRESHOLD``.
+    """
+    gc.collect()
+    gc.freeze()
+    _, gen1, gen2 = gc.get_threshold()
+    gc.set_threshold(GEN0_THRESHOLD, gen1, gen2)

@@ -30,8 +30,8 @@ import structlog
 from redis.exceptions import RedisError
 
 from app.core.errors import ServiceUnavailable, TooManyRequests
+from app.core.ops_settings import RateLimitRule, RateLimitSettings
 from app.ops.metrics import count_rate_limited, count_redis_error
-from app.ops.settings import RateLimitRule, RateLimitSettings
 
 log = structlog.get_logger("gateway.ratelimit")
 

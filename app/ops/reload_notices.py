@@ -22,8 +22,8 @@ import redis.asyncio
 import structlog
 from redis.exceptions import RedisError
 
+from app.core.ops_settings import ReloadNoticeSettings
 from app.ops.metrics import count_redis_error
-from app.ops.settings import ReloadNoticeSettings
 
 log = structlog.get_logger("gateway.reload_notices")
 

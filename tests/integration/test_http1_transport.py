@@ -15,8 +15,8 @@ import httpx
 import pytest
 import uvloop
 
-from app.orchestration.http1 import Http1Transport
-from app.orchestration.transport import BUFFERED, HEAD_RECEIVED
+from app.downstream.http1 import Http1Transport
+from app.downstream.transport import BUFFERED, HEAD_RECEIVED
 from tests.conftest import free_port
 
 pytestmark = pytest.mark.integration

@@ -22,9 +22,9 @@ from structlog.testing import capture_logs
 
 from app.core.config import ServiceSettings
 from app.core.errors import DownstreamError, DownstreamTimeout
-from app.orchestration.client import DownstreamClient
-from app.orchestration.http1 import Http1Transport
-from app.orchestration.transport import BUFFERED, MAX_BUFFERED, AiohttpTransport
+from app.downstream.client import DownstreamClient
+from app.downstream.http1 import Http1Transport
+from app.downstream.transport import BUFFERED, MAX_BUFFERED, AiohttpTransport
 from app.stubs.data import report_chunks
 from app.stubs.faults import FaultConfig
 from app.stubs.server import create_stub_app

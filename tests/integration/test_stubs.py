@@ -8,9 +8,9 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from app.authn.identity import Identity
 from app.authn.keys import KeyRing, SigningKey
-from app.orchestration.propagation import CallContext, propagation_headers, sign_outbound
+from app.domain.identity import Identity
+from app.downstream.propagation import CallContext, propagation_headers, sign_outbound
 from app.stubs.faults import FaultConfig
 from app.stubs.server import create_stub_app
 from tests.conftest import LiveServer

@@ -11,14 +11,14 @@ import httpx
 import pytest
 import structlog
 
-from app.cli.serve import GEN0_THRESHOLD, freeze_startup_heap
 from app.core.errors import InvalidPath
 from app.core.logging import LevelNameTime
+from app.downstream.client import _lowered, _with_fields, in_memory_request
+from app.downstream.transport import buffered_response
 from app.edge import paths
 from app.edge.paths import normalize_path
 from app.ops import metrics
-from app.orchestration.client import _lowered, _with_fields, in_memory_request
-from app.orchestration.transport import buffered_response
+from app.ops.processes import GEN0_THRESHOLD, freeze_startup_heap
 from tests.integration.ops.conftest import metric_value
 
 RAW = [(b"Content-Type", b"application/json"), (b"X-Extra", b"1"), (b"X-Extra", b"2")]

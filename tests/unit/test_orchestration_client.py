@@ -8,16 +8,16 @@ from typing import Any
 import httpx
 import pytest
 
-from app.authn.identity import Identity
 from app.authn.keys import KeyRing, SigningKey
 from app.authn.signer import message_from_httpx
 from app.authn.verifier import SignatureVerifier
 from app.core.config import ServiceSettings
 from app.core.errors import ConfigError, DownstreamError
+from app.domain.identity import Identity
+from app.downstream.client import DownstreamClient, load_outbound_keys
+from app.downstream.propagation import CallContext, bind_call_context
+from app.downstream.transport import HEAD_RECEIVED
 from app.main import create_app
-from app.orchestration.client import DownstreamClient, load_outbound_keys
-from app.orchestration.propagation import CallContext, bind_call_context
-from app.orchestration.transport import HEAD_RECEIVED
 from tests.conftest import make_settings
 
 KEY = SigningKey("gateway-findings", b"gateway-outbound-test-secret-0123456789abcdef")

@@ -10,7 +10,7 @@ import pytest
 
 from app.core.config import BreakerSettings, RetrySettings
 from app.core.errors import CircuitOpen, DownstreamError, NotFound
-from app.orchestration.resilience import (
+from app.downstream.resilience import (
     PoolExhausted,
     RetryableError,
     RetryableTimeout,

@@ -12,7 +12,6 @@ from structlog.testing import capture_logs
 
 from app.authn.base import Message
 from app.authn.digest import content_digest
-from app.authn.identity import Identity
 from app.authn.keys import KeyRing, SigningKey
 from app.authn.signer import message_from_httpx
 from app.authn.verifier import SignatureVerifier
@@ -26,16 +25,17 @@ from app.core.errors import (
     IdempotencyKeyReused,
     PayloadTooLarge,
 )
-from app.orchestration.idempotency import Codec, MemoryIdempotencyStore, require_key
-from app.orchestration.passthrough import StreamingDigest, checked_body, upstream_path
-from app.orchestration.propagation import (
+from app.domain.identity import Identity
+from app.downstream.propagation import (
     CallContext,
     child_traceparent,
     forwardable_headers,
     propagation_headers,
     sign_outbound,
 )
-from app.orchestration.saga import Saga, Step
+from app.workflows.idempotency import Codec, MemoryIdempotencyStore, require_key
+from app.workflows.passthrough import StreamingDigest, checked_body, upstream_path
+from app.workflows.saga import Saga, Step
 
 KEY = SigningKey("gateway-findings", b"gateway-outbound-test-secret-0123456789abcdef")
 

@@ -7,8 +7,8 @@ from dataclasses import asdict
 from fastapi import APIRouter
 
 from app.api.deps import Authorized, Services
-from app.api.engagement_schemas import BreakerList, BreakerState
 from app.api.schemas import Problem
+from app.domain.engagements import BreakerList, BreakerState
 
 router = APIRouter(prefix="/admin", tags=["admin"])
 

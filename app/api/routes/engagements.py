@@ -8,9 +8,9 @@ import structlog
 from fastapi import APIRouter, Header, Path, Response
 
 from app.api.deps import Authenticated, Authorized, Closer, Overview
-from app.api.engagement_schemas import CloseRequest, CloseResult, EngagementOverview
 from app.api.schemas import Problem
-from app.orchestration.idempotency import require_key
+from app.domain.engagements import CloseRequest, CloseResult, EngagementOverview
+from app.workflows.idempotency import require_key
 
 router = APIRouter(prefix="/v1/engagements/{engagement_id}", tags=["engagements"])
 log = structlog.get_logger("gateway.composite")

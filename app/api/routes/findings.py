@@ -7,7 +7,8 @@ from typing import Annotated
 from fastapi import APIRouter, Path
 
 from app.api.deps import Authenticated, Authorized, Findings
-from app.api.schemas import Finding, FindingCreate, FindingList, Problem
+from app.api.schemas import Problem
+from app.domain.findings import Finding, FindingCreate, FindingList
 
 router = APIRouter(prefix="/v1/engagements/{engagement_id}/findings", tags=["findings"])
 

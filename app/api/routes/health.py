@@ -8,8 +8,8 @@ from fastapi.responses import JSONResponse
 from app.api.schemas import Health, Readiness, ReadinessCheck
 from app.authn.service import AuthnService
 from app.authz.store import PolicyStore
+from app.downstream.client import ServiceRegistry
 from app.ops.runtime import redis_health
-from app.orchestration.client import ServiceRegistry
 
 router = APIRouter(tags=["health"])
 

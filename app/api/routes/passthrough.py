@@ -5,7 +5,7 @@ dependencies never run for unmatched paths, so nothing is left to a catch-all).
 The guard authenticates like ``Authenticated`` but without reading the body:
 the signature, its coverage and its key are verified from the headers and the
 nonce is claimed (replays refused), and the body's ``Content-Digest`` is
-verified as the body streams upstream (``app.orchestration.passthrough``). It
+verified as the body streams upstream (``app.workflows.passthrough``). It
 spends the rate-limit quota, then authorizes with the same function as
 ``Authorized`` (``decide_request``): same engagement rule, same policy, groups
 included, on the normalised path and the method unless the route names its own
@@ -25,12 +25,12 @@ from starlette.responses import StreamingResponse
 
 from app.api.deps import Services, authenticate_request, decide_request, spend_quota
 from app.api.schemas import Problem
-from app.authn.identity import Identity
 from app.authn.verifier import Reason
 from app.core.config import PassthroughRoute, ServiceSettings
 from app.core.errors import AuthenticationFailed, ConfigError
+from app.domain.identity import Identity
 from app.ops.metrics import count_signature_failure
-from app.orchestration.passthrough import declares_body, forward
+from app.workflows.passthrough import declares_body, forward
 
 decision_log = structlog.get_logger("gateway.decision")
 ERRORS: dict[int | str, dict[str, object]] = {

@@ -12,8 +12,8 @@ import pytest
 
 from app.core.errors import Conflict, DownstreamError, IdempotencyKeyReused
 from app.core.redis import create_redis
-from app.orchestration.closing import RESULT_CODEC
-from app.orchestration.idempotency import (
+from app.workflows.closing import RESULT_CODEC
+from app.workflows.idempotency import (
     Codec,
     IdempotencyStoreUnavailable,
     RedisIdempotencyStore,

@@ -9,10 +9,10 @@ from contextlib import asynccontextmanager
 import pytest
 from fastapi import FastAPI
 
+from app.core.ops_settings import ReloadNoticeSettings
 from app.core.redis import create_redis
 from app.ops.reload_notices import ReloadNotifier
 from app.ops.runtime import ops_lifespan
-from app.ops.settings import ReloadNoticeSettings
 from tests.conftest import make_settings
 from tests.redis_server import RedisServer
 

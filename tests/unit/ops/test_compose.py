@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from app.core.config import load_settings
-from app.orchestration.client import load_outbound_keys
+from app.downstream.client import load_outbound_keys
 from tests.conftest import REPO
 
 

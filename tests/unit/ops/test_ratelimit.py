@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from app.core.errors import TooManyRequests
+from app.core.ops_settings import RateLimitRule, RateLimitSettings
 from app.ops import ratelimit
 from app.ops.ratelimit import (
     Bucket,
@@ -13,7 +14,6 @@ from app.ops.ratelimit import (
     gcra,
     rate_limit_headers,
 )
-from app.ops.settings import RateLimitRule, RateLimitSettings
 
 pytestmark = pytest.mark.anyio
 

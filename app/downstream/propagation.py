@@ -34,9 +34,10 @@ from app.authn.base import (
     hmac_sha256,
     serialize_signature_params,
 )
-from app.authn.identity import GROUPS_HEADER, INBOUND_ONLY_HEADERS, SUBJECT_HEADER, Identity
+from app.authn.identity import GROUPS_HEADER, INBOUND_ONLY_HEADERS, SUBJECT_HEADER
 from app.authn.keys import SigningKey
 from app.authn.signer import message_from_httpx
+from app.domain.identity import Identity
 
 ENGAGEMENT_HEADER = "x-gateway-engagement"
 TRACEPARENT = "traceparent"

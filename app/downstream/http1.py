@@ -60,7 +60,7 @@ from typing import cast
 import httptools
 import httpx
 
-from app.orchestration.transport import (
+from app.downstream.transport import (
     BUFFERED,
     HEAD_RECEIVED,
     MAX_BUFFERED,

@@ -31,8 +31,8 @@ from app.authn.digest import ALGORITHMS
 from app.authn.verifier import Reason
 from app.core.config import PassthroughRoute
 from app.core.errors import AuthenticationFailed, DownstreamError, PayloadTooLarge
-from app.orchestration.client import DownstreamClient
-from app.orchestration.propagation import HOP_BY_HOP, forwardable_headers
+from app.downstream.client import DownstreamClient
+from app.downstream.propagation import HOP_BY_HOP, forwardable_headers
 
 log = structlog.get_logger("gateway.passthrough")
 decision_log = structlog.get_logger("gateway.decision")

@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.api.schemas import EngagementId, Severity
+from app.domain.findings import EngagementId, Severity
 
 
 class _Downstream(BaseModel):

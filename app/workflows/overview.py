@@ -17,16 +17,16 @@ from typing import Any
 import structlog
 from pydantic import BaseModel
 
-from app.api.engagement_schemas import (
+from app.core.errors import DownstreamTimeout, GatewayError, NotFound
+from app.domain.engagements import (
     DegradedPart,
     Engagement,
     EngagementOverview,
     FindingsSummary,
     Report,
 )
-from app.api.schemas import FindingList
-from app.core.errors import DownstreamTimeout, GatewayError, NotFound
-from app.orchestration.client import ServiceRegistry, parse_answer, raise_for_client_error
+from app.domain.findings import FindingList
+from app.downstream.client import ServiceRegistry, parse_answer, raise_for_client_error
 
 log = structlog.get_logger("gateway.composite")
 

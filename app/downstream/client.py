@@ -39,14 +39,13 @@ from app.core.errors import (
     NotFound,
     ServiceUnavailable,
 )
-from app.ops.metrics import observe_downstream
-from app.orchestration.http1 import Http1Transport
-from app.orchestration.propagation import (
+from app.downstream.http1 import Http1Transport
+from app.downstream.propagation import (
     current_call_context,
     propagation_headers,
     sign_outbound,
 )
-from app.orchestration.resilience import (
+from app.downstream.resilience import (
     BreakerSnapshot,
     PoolExhausted,
     RetryableError,
@@ -56,12 +55,13 @@ from app.orchestration.resilience import (
     may_retry,
     parse_retry_after,
 )
-from app.orchestration.transport import (
+from app.downstream.transport import (
     BUFFERED,
     HEAD_RECEIVED,
     MAX_BUFFERED,
     AiohttpTransport,
 )
+from app.ops.metrics import observe_downstream
 
 log = structlog.get_logger("gateway.downstream")
 

@@ -7,9 +7,9 @@ from typing import Any, TypeVar
 import httpx
 from pydantic import BaseModel, ValidationError
 
-from app.api.schemas import Finding, FindingCreate, FindingList
 from app.core.errors import DownstreamError
-from app.orchestration.client import ServiceRegistry, raise_for_client_error
+from app.domain.findings import Finding, FindingCreate, FindingList
+from app.downstream.client import ServiceRegistry, raise_for_client_error
 
 SERVICE = "findings"
 ModelT = TypeVar("ModelT", bound=BaseModel)

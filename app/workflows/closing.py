@@ -24,11 +24,11 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from app.api.engagement_schemas import CloseRequest, CloseResult, CloseStep, Engagement, Report
 from app.core.errors import Conflict
-from app.orchestration.client import ServiceRegistry, parse_answer, raise_for_client_error
-from app.orchestration.idempotency import Codec, IdempotencyStore
-from app.orchestration.saga import Saga, Step
+from app.domain.engagements import CloseRequest, CloseResult, CloseStep, Engagement, Report
+from app.downstream.client import ServiceRegistry, parse_answer, raise_for_client_error
+from app.workflows.idempotency import Codec, IdempotencyStore
+from app.workflows.saga import Saga, Step
 
 
 class _Frozen(BaseModel):
