@@ -8,7 +8,7 @@ export GATEWAY_DEMO_KEY ?= demo-key-not-secret-0123456789abcdef
 # Documented demo key the gateway signs outbound identity with (the stubs verify it).
 export GATEWAY_DEMO_OUTBOUND_KEY ?= demo-outbound-not-secret-0123456789abcdef
 
-.PHONY: run test lint typecheck policy-check pytest redis clean bench
+.PHONY: run test lint typecheck policy-check pytest packages clean bench
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,12 +32,13 @@ policy-check: $(STAMP)
 	$(BIN)/gateway policy lint --strict policies
 	$(BIN)/gateway policy test policies
 
-# Tests that need Redis start their own redis-server; install it when missing.
-redis:
-	./scripts/ensure-redis.sh
+# Tests start their own redis-server, redis-sentinel and nginx on loopback; this installs
+# the Debian packages when missing (apt-get, sudo when not root; see the script).
+packages:
+	./scripts/ensure-packages.sh
 
 # pytest exits 5 when it collected no tests: that is a failure here.
-pytest: $(STAMP) redis
+pytest: $(STAMP) packages
 	$(BIN)/pytest; rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
 test: lint typecheck policy-check pytest

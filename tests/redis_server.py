@@ -1,7 +1,7 @@
 """Real redis-server processes on free loopback ports, for tests.
 
 Under ``CI=true`` a missing ``redis-server`` is a failure, never a skip:
-``make test`` installs it (scripts/ensure-redis.sh).
+``make test`` installs it (scripts/ensure-packages.sh).
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ def redis_binary() -> str:
     binary = shutil.which("redis-server")
     if binary is None:
         if os.environ.get("CI") == "true":
-            pytest.fail("redis-server is missing; make test installs it (scripts/ensure-redis.sh)")
+            pytest.fail("redis-server is missing; make test installs it (scripts/ensure-packages.sh)")
         pytest.skip("redis-server is not installed (make test installs it)")
     return binary
 
