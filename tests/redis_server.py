@@ -73,7 +73,9 @@ def redis_binary() -> str:
     binary = shutil.which("redis-server")
     if binary is None:
         if os.environ.get("CI") == "true":
-            pytest.fail("redis-server is missing; make test installs it (scripts/ensure-packages.sh)")
+            pytest.fail(
+                "redis-server is missing; make test installs it (scripts/ensure-packages.sh)"
+            )
         pytest.skip("redis-server is not installed (make test installs it)")
     return binary
 
