@@ -12,6 +12,15 @@ Decision (costly to undo, because stored state and headers depend on it):
 Redis computes the time itself (``TIME`` in the script), so clock skew between
 gateway hosts cannot split one limit. Both keys of a request are checked and
 spent in the same script: a request refused by one limit spends neither.
+
+Both implementations count in whole microseconds (integers), never in float
+seconds: ``new_tat - limit * interval`` in floats could land one rounding step
+above ``now`` and refuse a first request. The interval is rounded up to a whole
+microsecond, so a window never grants more than ``limit``. Redis Lua numbers are
+doubles, exact for integers below 2**53 us (about 2**33 s, the year 2255 on
+Redis's clock); the largest value the script forms is ``now`` plus one window
+(at most 86,400 s) plus ``limit`` microseconds, far below that.
+
 When Redis fails, ``on_redis_error`` decides: ``open`` (let through, counted in
 ``gateway_redis_errors_total``) or ``closed`` (503). Either way Redis is retried
 after ``REDIS_RETRY_SECONDS``, so service recovers by itself.
@@ -36,35 +45,64 @@ from app.ops.metrics import count_rate_limited, count_redis_error
 log = structlog.get_logger("gateway.ratelimit")
 
 REDIS_RETRY_SECONDS = 1.0
-_EPSILON = 1e-9  # keeps floor() from losing a whole request to float rounding
+MICROS = 1_000_000
 
-_GCRA_SCRIPT = """
+# Now in whole microseconds from Redis's clock; tests swap this line for an injected clock.
+_NOW_FROM_REDIS = """
 local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+"""
+# Every number below is a whole number of microseconds (exact in doubles below 2^53).
+# Stored TATs stay decimal seconds with six places (as before), split and joined as
+# integers: float seconds would lose the microsecond beyond 2^32 s, and a/b may round up.
+_GCRA_STEPS = """
 local results, new_tats, ok = {}, {}, true
 for i, key in ipairs(KEYS) do
   local interval = tonumber(ARGV[2 * i - 1])
   local burst = tonumber(ARGV[2 * i])
-  local tat = math.max(tonumber(redis.call('GET', key) or now), now)
+  local tat = now
+  local stored = redis.call('GET', key)
+  if stored then
+    local whole, part = string.match(stored, '^(%d+)%.(%d%d%d%d%d%d)$')
+    tat = math.max(tonumber(whole) * 1000000 + tonumber(part), now)
+  end
   local new_tat = tat + interval
   local allow_at = new_tat - burst * interval
   if now < allow_at then
     ok = false
-    results[i] = {0, 0, math.ceil((tat - now) * 1000), math.ceil((allow_at - now) * 1000)}
+    results[i] = {0, 0, tat - now, allow_at - now}
   else
     new_tats[i] = new_tat
-    local remaining = math.floor((now - allow_at) / interval + 1e-9)
-    results[i] = {1, remaining, math.ceil((new_tat - now) * 1000), 0}
+    local spare = now - allow_at
+    local remaining = math.floor(spare / interval)
+    if remaining * interval > spare then remaining = remaining - 1 end
+    results[i] = {1, remaining, new_tat - now, 0}
   end
 end
 if ok then
   for i, key in ipairs(KEYS) do
-    local ttl = math.max(1, math.ceil((new_tats[i] - now) * 1000))
-    redis.call('SET', key, string.format('%.6f', new_tats[i]), 'PX', ttl)
+    local tat = new_tats[i]
+    local whole = math.floor(tat / 1000000)
+    local part = tat - whole * 1000000
+    if part < 0 then whole, part = whole - 1, part + 1000000 end
+    local ttl = math.max(1, math.ceil((tat - now) / 1000))
+    redis.call('SET', key, string.format('%d.%06d', whole, part), 'PX', ttl)
   end
 end
 return results
 """
+_GCRA_SCRIPT = _NOW_FROM_REDIS + _GCRA_STEPS
+
+
+def interval_micros(rule: RateLimitRule) -> int:
+    """Whole microseconds of quota one request uses, rounded up (never more than ``limit``)."""
+    window = round(rule.window_seconds * MICROS)
+    return max(1, -(-window // rule.limit))
+
+
+def to_micros(seconds: float) -> int:
+    """A clock reading in whole microseconds."""
+    return round(seconds * MICROS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,18 +125,16 @@ class BucketState:
     retry_after_seconds: float
 
 
-def gcra(
-    tat: float | None, now: float, rule: RateLimitRule
-) -> tuple[bool, float, int, float, float]:
-    """One GCRA step: (allowed, new tat, remaining, reset s, retry-after s)."""
-    interval = rule.emission_interval
+def gcra(tat: int | None, now: int, rule: RateLimitRule) -> tuple[bool, int, int, float, float]:
+    """One GCRA step in microseconds: (allowed, new tat, remaining, reset s, retry-after s)."""
+    interval = interval_micros(rule)
     tat = max(tat if tat is not None else now, now)
     new_tat = tat + interval
     allow_at = new_tat - rule.limit * interval
     if now < allow_at:
-        return False, tat, 0, tat - now, allow_at - now
-    remaining = math.floor((now - allow_at) / interval + _EPSILON)
-    return True, new_tat, remaining, new_tat - now, 0.0
+        return False, tat, 0, (tat - now) / MICROS, (allow_at - now) / MICROS
+    remaining = (now - allow_at) // interval
+    return True, new_tat, remaining, (new_tat - now) / MICROS, 0.0
 
 
 class RateLimiter(Protocol):
@@ -114,11 +150,11 @@ class MemoryRateLimiter:
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
-        self._tats: dict[str, float] = {}
+        self._tats: dict[str, int] = {}
         self._calls = 0
 
     async def acquire(self, buckets: Sequence[Bucket]) -> list[BucketState]:
-        now = self._clock()
+        now = to_micros(self._clock())
         self._prune(now)
         keys = [f"{b.scope}:{b.key}" for b in buckets]
         steps = [gcra(self._tats.get(k), now, b.rule) for k, b in zip(keys, buckets, strict=True)]
@@ -130,7 +166,7 @@ class MemoryRateLimiter:
             for b, (allowed, _, remaining, reset, retry) in zip(buckets, steps, strict=True)
         ]
 
-    def _prune(self, now: float) -> None:
+    def _prune(self, now: int) -> None:
         """Forget keys whose quota is full again, so memory follows active callers."""
         self._calls += 1
         if self._calls % self.PRUNE_EVERY == 0:
@@ -155,9 +191,9 @@ class RedisRateLimiter:
         if time.monotonic() < self._skip_until:
             return self._unavailable()
         keys = [f"{self._prefix}{b.scope}:{b.key}" for b in buckets]
-        args: list[float | int] = []
+        args: list[int] = []
         for b in buckets:
-            args += [b.rule.emission_interval, b.rule.limit]
+            args += [interval_micros(b.rule), b.rule.limit]
         try:
             raw = await self._script(keys=keys, args=args)
         except (RedisError, OSError) as exc:
@@ -169,8 +205,8 @@ class RedisRateLimiter:
             self._skip_until = 0.0
             log.info("rate_limit_redis_recovered")
         return [
-            BucketState(b, bool(ok), int(left), reset_ms / 1000, retry_ms / 1000)
-            for b, (ok, left, reset_ms, retry_ms) in zip(buckets, raw, strict=True)
+            BucketState(b, bool(ok), int(left), reset_us / MICROS, retry_us / MICROS)
+            for b, (ok, left, reset_us, retry_us) in zip(buckets, raw, strict=True)
         ]
 
     def _unavailable(self) -> list[BucketState]:

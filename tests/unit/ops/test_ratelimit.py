@@ -8,28 +8,32 @@ from app.core.errors import TooManyRequests
 from app.core.ops_settings import RateLimitRule, RateLimitSettings
 from app.ops import ratelimit
 from app.ops.ratelimit import (
+    MICROS,
     Bucket,
     MemoryRateLimiter,
     RateLimitGuard,
     gcra,
+    interval_micros,
     rate_limit_headers,
+    to_micros,
 )
 
 pytestmark = pytest.mark.anyio
 
 FIVE_PER_10S = RateLimitRule(limit=5, window_seconds=10)
+S = MICROS  # gcra() counts in whole microseconds
 
 
 def test_gcra_allows_a_full_burst_then_refuses() -> None:
     tat = None
     remaining = []
     for _ in range(5):
-        allowed, tat, left, _reset, retry = gcra(tat, 100.0, FIVE_PER_10S)
+        allowed, tat, left, _reset, retry = gcra(tat, 100 * S, FIVE_PER_10S)
         assert allowed
         assert retry == 0
         remaining.append(left)
     assert remaining == [4, 3, 2, 1, 0]
-    allowed, same_tat, left, reset, retry = gcra(tat, 100.0, FIVE_PER_10S)
+    allowed, same_tat, left, reset, retry = gcra(tat, 100 * S, FIVE_PER_10S)
     assert not allowed
     assert same_tat == tat
     assert left == 0
@@ -40,16 +44,23 @@ def test_gcra_allows_a_full_burst_then_refuses() -> None:
 def test_gcra_refills_evenly() -> None:
     tat = None
     for _ in range(5):
-        _, tat, *_ = gcra(tat, 100.0, FIVE_PER_10S)
-    allowed, *_ = gcra(tat, 101.9, FIVE_PER_10S)
+        _, tat, *_ = gcra(tat, 100 * S, FIVE_PER_10S)
+    allowed, *_ = gcra(tat, 101_900_000, FIVE_PER_10S)
     assert not allowed
-    allowed, _, left, _, _ = gcra(tat, 102.0, FIVE_PER_10S)
+    allowed, _, left, _, _ = gcra(tat, 102 * S, FIVE_PER_10S)
     assert allowed
     assert left == 0
 
 
+def test_interval_rounds_up_to_a_whole_microsecond() -> None:
+    assert interval_micros(FIVE_PER_10S) == 2 * S
+    assert interval_micros(RateLimitRule(limit=3, window_seconds=1)) == 333_334
+    assert interval_micros(RateLimitRule(limit=1_000_000, window_seconds=0.001)) == 1
+    assert to_micros(0.1) == 100_000
+
+
 def test_gcra_never_banks_more_than_the_limit() -> None:
-    allowed, _, left, _, _ = gcra(50.0, 1_000.0, FIVE_PER_10S)
+    allowed, _, left, _, _ = gcra(50 * S, 1_000 * S, FIVE_PER_10S)
     assert allowed
     assert left == 4
 
