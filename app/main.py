@@ -1,7 +1,8 @@
 """Application factory: ``create_app(settings)`` wires the pipeline stages.
 
-edge (``EdgeMiddleware``) -> authn (``Authenticated``) -> authz (``Authorized``)
--> workflows over downstream clients (``ServiceRegistry``) -> respond (problem+json).
+edge (``EdgeMiddleware``) -> the ``Gate`` that every route's declared guard runs
+before the body is read: authn, rate limit, authz (``app.api.pipeline``) -> the
+route's workflow over downstream clients (``ServiceRegistry``) -> respond.
 Everything that can fail on bad configuration fails here, before serving.
 """
 
@@ -15,6 +16,7 @@ from fastapi import FastAPI
 from redis.asyncio import Redis
 
 from app import __version__
+from app.api.pipeline import Gate, GuardedRoute
 from app.api.problems import install_problem_handlers
 from app.api.routes import admin, breakers, engagements, findings, health, metrics
 from app.api.routes.passthrough import register_passthrough_routes
@@ -75,6 +77,8 @@ def create_app(
     app.state.verifier = authn.verifier
     app.state.policy = policy  # a PolicyStore: .current, .decide, .reload, .status
     app.state.idempotency = _idempotency_store(settings, redis)
+    app.state.gate = Gate(authn, policy, lambda: app.state.rate_limit)
+    app.router.route_class = GuardedRoute  # pass-through routes are added on app.router
     install_problem_handlers(app)
     app.add_middleware(EdgeMiddleware, max_body_bytes=settings.edge.max_body_bytes)
     app.include_router(health.router)

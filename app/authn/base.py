@@ -48,6 +48,12 @@ class Message:
         return ", ".join(v.strip(OWS) for v in values)
 
 
+def declares_body(message: Message) -> bool:
+    """Whether the request has a body by its HTTP/1.1 framing (a length or a coding)."""
+    length = message.header("content-length")
+    return message.header("transfer-encoding") is not None or (length is not None and length != "0")
+
+
 def _derived(message: Message, name: str) -> str:
     path = message.path or "/"
     query = f"?{message.query}"

@@ -13,11 +13,11 @@ import asyncio
 import contextlib
 import math
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import redis.asyncio as aioredis
 
-from app.authn.base import Message
+from app.authn.base import Message, declares_body
 from app.authn.nonces import Claim, NonceStore, create_nonce_store
 from app.authn.rotation import KeyReloader, KeyStatus
 from app.authn.verifier import Reason, SignatureVerifier
@@ -28,6 +28,7 @@ from app.domain.identity import Identity
 CLAIM_REASONS = {Claim.REPLAYED: Reason.REPLAYED, Claim.BEFORE_FENCE: Reason.REPLAY_WINDOW_RESET}
 # The longest start-up wait for a fence set in the current second (bounds a skewed Redis clock).
 MAX_FENCE_WAIT_SECONDS = 1.0
+BodyReader = Callable[[], Awaitable[bytes]]
 
 
 class AuthnService:
@@ -53,12 +54,28 @@ class AuthnService:
     async def authenticate(
         self, message: Message, body: bytes, now: float | None = None, *, streamed: bool = False
     ) -> Identity:
-        """The signed identity, accepted once: MAC and digest first, then the nonce claim.
+        """``authenticate_message`` for a body already in hand (or streamed: ``None``)."""
 
-        ``streamed``: the body has not been read; its digest is checked as it streams.
+        async def read_body() -> bytes:
+            return body
+
+        return await self.authenticate_message(message, None if streamed else read_body, now)
+
+    async def authenticate_message(
+        self, message: Message, read_body: BodyReader | None, now: float | None = None
+    ) -> Identity:
+        """The signed identity, accepted once: MAC, then the body's digest, then the nonce.
+
+        The MAC is checked from the headers alone, so an unsigned or forged request
+        never has its body read. ``read_body`` ``None``: the body streams later and
+        its digest is checked as it passes (pass-through routes).
         """
         moment = time.time() if now is None else now
-        verified = self.verifier.verify_signature(message, body, moment, defer_digest=streamed)
+        verified = self.verifier.verify_signature(message, b"", moment, defer_digest=True)
+        if declares_body(message) and message.header("content-digest") is None:
+            raise AuthenticationFailed(Reason.COMPONENT_MISSING.value)
+        if read_body is not None:
+            self.verifier.verify_digest(message, await read_body())
         ttl = verified.replay_ttl(moment, self.verifier.max_skew)
         claim = await self.nonces.claim(verified.key_id, verified.nonce, verified.created, ttl)
         if claim is not Claim.CLAIMED:

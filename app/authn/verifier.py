@@ -273,6 +273,15 @@ class SignatureVerifier:
             if message.header(name) is not None and name not in covered:
                 raise _fail(Reason.IDENTITY_UNSIGNED)
 
+    def verify_digest(self, message: Message, body: bytes) -> None:
+        """The body against ``Content-Digest``, after ``verify_signature(defer_digest=True)``.
+
+        A verified signature covers the field whenever it is present, so only its
+        presence (for a non-empty body) and its match are left to check.
+        """
+        if body or message.header("content-digest") is not None:
+            self._check_digest(message, body, ("content-digest",))
+
     def _check_digest(self, message: Message, body: bytes, covered: tuple[str, ...]) -> None:
         if "content-digest" not in covered:
             return

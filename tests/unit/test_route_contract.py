@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute
 
-from app.api.deps import authenticate, authorize
+from app.api.pipeline import Guard, GuardedRoute, route_guard
 from app.main import create_app
 from tests.conftest import make_settings
 
@@ -24,12 +22,6 @@ PUBLIC = {
     "/redoc",
     "/docs/oauth2-redirect",
 }
-
-
-def _calls(dependant: Dependant) -> Iterator[object]:
-    for dep in dependant.dependencies:
-        yield dep.call
-        yield from _calls(dep)
 
 
 PASSTHROUGH = {
@@ -48,19 +40,15 @@ def _routes(test_key_env: str) -> list[APIRoute]:
     return [r for r in app.routes if isinstance(r, APIRoute)]
 
 
-def test_every_protected_route_is_authenticated_and_authorized(test_key_env: str) -> None:
+def test_every_protected_route_declares_a_guard_that_runs_first(test_key_env: str) -> None:
+    """A declared ``Guard`` is found by ``GuardedRoute``, which runs the gate before the body."""
     for route in _routes(test_key_env):
         if route.path in PUBLIC:
             continue
-        calls = set(_calls(route.dependant))
-        if route.path == PASSTHROUGH["path"]:
-            # The streaming guard calls the same stage functions (authenticate_request,
-            # spend_quota, decide_request); tests/integration/test_passthrough.py proves it.
-            names = {getattr(c, "__name__", "") for c in calls}
-            assert "passthrough_guard" in names
-            continue
-        assert authenticate in calls, f"{route.path} lacks the authentication guard"
-        assert authorize in calls, f"{route.path} lacks the engagement/RBAC guard"
+        assert isinstance(route, GuardedRoute), f"{route.path} is not a GuardedRoute"
+        guard = route_guard(route.dependant)
+        assert isinstance(guard, Guard), f"{route.path} declares no guard"
+        assert guard.streamed == (route.path == PASSTHROUGH["path"]), route.path
 
 
 def test_every_route_has_a_docs_page_listed_in_the_index(test_key_env: str) -> None:
@@ -82,3 +70,18 @@ def test_docs_links_resolve(page: str) -> None:
         if target.startswith(("http", "#")):
             continue
         assert (DOCS / target.split("#")[0]).is_file(), f"{page} links to missing {target}"
+
+
+def test_the_schema_keeps_every_request_body(test_key_env: str) -> None:
+    """Guards run before FastAPI reads the body, yet the body's schema stays documented."""
+    settings = make_settings(
+        {"findings": "http://127.0.0.1:9"}, orchestration={"passthrough": [PASSTHROUGH]}
+    )
+    schema = create_app(settings).openapi()
+    for route in _routes(test_key_env):
+        if route.body_field is None:
+            continue
+        for method in route.methods:
+            operation = schema["paths"][route.path][method.lower()]
+            content = operation["requestBody"]["content"]["application/json"]
+            assert content["schema"], f"{method} {route.path} lost its body schema"

@@ -19,11 +19,12 @@ from app.api.admin_schemas import (
     ReloadResultOut,
 )
 from app.api.deps import Authorized, Policies
+from app.api.pipeline import GuardedRoute
 from app.api.schemas import Problem
 from app.core.errors import PolicyRejected
 
 log = structlog.get_logger("gateway.admin")
-router = APIRouter(prefix="/admin/policy", tags=["admin"])
+router = APIRouter(route_class=GuardedRoute, prefix="/admin/policy", tags=["admin"])
 
 ERRORS: dict[int | str, dict[str, object]] = {
     status: {"model": Problem, "content": {"application/problem+json": {}}}

@@ -7,10 +7,11 @@ from dataclasses import asdict
 from fastapi import APIRouter
 
 from app.api.deps import Authorized, Services
+from app.api.pipeline import GuardedRoute
 from app.api.schemas import Problem
 from app.domain.engagements import BreakerList, BreakerState
 
-router = APIRouter(prefix="/admin", tags=["admin"])
+router = APIRouter(route_class=GuardedRoute, prefix="/admin", tags=["admin"])
 
 ERRORS: dict[int | str, dict[str, object]] = {
     status: {"model": Problem, "content": {"application/problem+json": {}}} for status in (401, 403)

@@ -8,11 +8,14 @@ import structlog
 from fastapi import APIRouter, Header, Path, Response
 
 from app.api.deps import Authenticated, Authorized, Closer, Overview
+from app.api.pipeline import GuardedRoute
 from app.api.schemas import Problem
 from app.domain.engagements import CloseRequest, CloseResult, EngagementOverview
 from app.workflows.idempotency import require_key
 
-router = APIRouter(prefix="/v1/engagements/{engagement_id}", tags=["engagements"])
+router = APIRouter(
+    route_class=GuardedRoute, prefix="/v1/engagements/{engagement_id}", tags=["engagements"]
+)
 log = structlog.get_logger("gateway.composite")
 
 EngagementPath = Annotated[str, Path(pattern=r"^[a-z0-9][a-z0-9-]{1,62}$")]

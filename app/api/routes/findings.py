@@ -7,10 +7,13 @@ from typing import Annotated
 from fastapi import APIRouter, Path
 
 from app.api.deps import Authenticated, Authorized, Findings
+from app.api.pipeline import GuardedRoute
 from app.api.schemas import Problem
 from app.domain.findings import Finding, FindingCreate, FindingList
 
-router = APIRouter(prefix="/v1/engagements/{engagement_id}/findings", tags=["findings"])
+router = APIRouter(
+    route_class=GuardedRoute, prefix="/v1/engagements/{engagement_id}/findings", tags=["findings"]
+)
 
 EngagementPath = Annotated[str, Path(pattern=r"^[a-z0-9][a-z0-9-]{1,62}$")]
 FindingPath = Annotated[str, Path(pattern=r"^[A-Za-z0-9][A-Za-z0-9-]{0,63}$")]

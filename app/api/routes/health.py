@@ -5,13 +5,14 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
+from app.api.pipeline import GuardedRoute
 from app.api.schemas import Health, Readiness, ReadinessCheck
 from app.authn.service import AuthnService
 from app.authz.store import PolicyStore
 from app.downstream.client import ServiceRegistry
 from app.ops.runtime import redis_health
 
-router = APIRouter(tags=["health"])
+router = APIRouter(route_class=GuardedRoute, tags=["health"])
 
 REQUIRED_SERVICES = ("findings",)
 

@@ -10,9 +10,10 @@ from __future__ import annotations
 from fastapi import APIRouter
 from fastapi.responses import Response
 
+from app.api.pipeline import GuardedRoute
 from app.ops.metrics import CONTENT_TYPE, render
 
-router = APIRouter(tags=["operations"])
+router = APIRouter(route_class=GuardedRoute, tags=["operations"])
 
 
 @router.get(

@@ -2,83 +2,58 @@
 
 Each ``orchestration.passthrough`` entry becomes a real route (app-level
 dependencies never run for unmatched paths, so nothing is left to a catch-all).
-The guard authenticates like ``Authenticated`` but without reading the body:
-the signature, its coverage and its key are verified from the headers and the
-nonce is claimed (replays refused), and the body's ``Content-Digest`` is
-verified as the body streams upstream (``app.workflows.passthrough``). It
-spends the rate-limit quota, then authorizes with the same function as
-``Authorized`` (``decide_request``): same engagement rule, same policy, groups
-included, on the normalised path and the method unless the route names its own
-policy object and action.
+Its guard is a ``Guard`` of its own: the same gate as ``Authorized`` (signature,
+nonce, rate limit, the policy decision with the same engagement rule, groups
+included), on the normalised path and the method unless the route names its own
+policy object and action. The body is not read by the gate: its
+``Content-Digest`` (required whenever a body is declared) is verified as the
+body streams upstream (``app.workflows.passthrough``).
 
 This module does not use ``from __future__ import annotations``: each route's
-guard is a closure, and FastAPI must see the evaluated ``Annotated`` types.
+guard is an object of its own, and FastAPI must see the evaluated ``Annotated``
+types.
 """
 
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
 from typing import Annotated
 
-import structlog
 from fastapi import Depends, FastAPI, Request
 from starlette.responses import StreamingResponse
 
-from app.api.deps import Services, authenticate_request, decide_request, spend_quota
+from app.api.deps import Services
+from app.api.pipeline import Guard, Target, path_target
 from app.api.schemas import Problem
-from app.authn.verifier import Reason
+from app.authz.policy import Decision
 from app.core.config import PassthroughRoute, ServiceSettings
-from app.core.errors import AuthenticationFailed, ConfigError
-from app.domain.identity import Identity
-from app.ops.metrics import count_signature_failure
-from app.workflows.passthrough import declares_body, forward
+from app.core.errors import ConfigError
+from app.workflows.passthrough import forward
 
-decision_log = structlog.get_logger("gateway.decision")
 ERRORS: dict[int | str, dict[str, object]] = {
     status: {"model": Problem, "content": {"application/problem+json": {}}}
     for status in (400, 401, 403, 404, 413, 502, 503, 504)
 }
 
 
-@dataclass(frozen=True, slots=True)
-class PassthroughGrant:
-    identity: Identity
-    digest: str | None
+def passthrough_guard(route: PassthroughRoute) -> Guard:
+    """The route's guard: its configured policy object and action, else path and method."""
 
+    def target(request: Request) -> Target:
+        default = path_target(request)
+        params: Mapping[str, str] = request.path_params
+        obj = route.policy_object.format(**params) if route.policy_object else default.obj
+        return Target(default.engagement, obj, route.action or default.action)
 
-async def _authenticate(request: Request) -> Identity:
-    """Like ``Authenticated``, but the body's digest is left to the streaming check."""
-    if declares_body(request) and request.headers.get("content-digest") is None:
-        decision_log.info("decision", stage="authn", decision="deny", reason="component_missing")
-        count_signature_failure(Reason.COMPONENT_MISSING.value)
-        raise AuthenticationFailed(Reason.COMPONENT_MISSING.value)
-    return await authenticate_request(request, b"", streamed=True)
-
-
-def _authorize(request: Request, route: PassthroughRoute, identity: Identity) -> None:
-    params: Mapping[str, str] = request.path_params
-    obj = route.policy_object.format(**params) if route.policy_object else None
-    decide_request(request, identity, obj, route.action)
-
-
-def _guard(route: PassthroughRoute) -> Callable[[Request], Awaitable[PassthroughGrant]]:
-    async def passthrough_guard(request: Request) -> PassthroughGrant:
-        """Authenticate without reading the body, then authorize; 401/403 otherwise."""
-        identity = await _authenticate(request)
-        # RateLimit headers are not added to a streamed answer; the 429 still applies.
-        await spend_quota(request, identity)
-        _authorize(request, route, identity)
-        return PassthroughGrant(identity, request.headers.get("content-digest"))
-
-    return passthrough_guard
+    return Guard(target, streamed=True)
 
 
 def _endpoint(route: PassthroughRoute) -> Callable[..., Awaitable[StreamingResponse]]:
-    guard = _guard(route)
+    guard = passthrough_guard(route)
 
     async def passthrough(
-        request: Request, grant: Annotated[PassthroughGrant, Depends(guard)], services: Services
+        request: Request, _grant: Annotated[Decision, Depends(guard)], services: Services
     ) -> StreamingResponse:
-        return await forward(services.get(route.service), route, request, grant.digest)
+        digest = request.headers.get("content-digest")
+        return await forward(services.get(route.service), route, request, digest)
 
     return passthrough
 

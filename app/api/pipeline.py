@@ -1,0 +1,229 @@
+"""Stages 2-4 of every guarded request: authn, rate limit, authz; then the handler.
+
+``GuardedRoute`` is the route class of every router. When a route declares a
+``Guard`` (``Authorized``, or a pass-through route's own), the route runs the
+``Gate`` *before* FastAPI reads, parses or validates anything of the request:
+
+1. authn: the signature is verified from the headers alone; only then is the
+   body read (bytes, within the edge's cap) and its ``Content-Digest`` checked
+   (a streamed body is checked as it streams), and the nonce claimed;
+2. limit: the subject's and the engagement's quota is spent;
+3. authz: the policy decides the route's ``Target``, and the decision is logged;
+4. only then does FastAPI parse and validate the body, solve the other
+   dependencies and call the endpoint, whose guards read the ``Admission``
+   stored in the request scope.
+
+So a request that fails authn gets 401 whatever its body, a denied one 403
+without its body parsed, and a 422 reaches only a caller the policy allowed.
+Why a route class rather than a pure-ASGI stage in front of the router, or
+FastAPI dependencies: docs/decisions/0006-guards-before-the-body.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from fastapi import Request, Response
+from fastapi.dependencies.models import Dependant
+from fastapi.routing import APIRoute
+
+from app.authn.asgi import message_from_scope
+from app.authn.base import Message, declares_body
+from app.authn.nonces import NonceStoreUnavailable
+from app.authn.service import AuthnService
+from app.authz.policy import GLOBAL_DOMAIN, Decision
+from app.authz.source import ENGAGEMENT
+from app.authz.store import PolicyStore
+from app.core.errors import AccessDenied, AuthenticationFailed, BadRequest, ConfigError
+from app.domain.identity import Identity
+from app.downstream.propagation import CallContext, bind_call_context
+from app.ops.metrics import count_decision, count_signature_failure
+from app.ops.ratelimit import RateLimitGuard
+
+decision_log = structlog.get_logger("gateway.decision")
+ADMISSION_KEY = "admission"
+# Logged when the nonce store cannot answer (503, fail closed); not a signature reason.
+REPLAY_CHECK_UNAVAILABLE = "replay_check_unavailable"
+
+BodyReader = Callable[[], Awaitable[bytes]]
+Handler = Callable[[Request], Coroutine[Any, Any, Response]]
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """What the policy decides: (engagement, object, action) for the caller."""
+
+    engagement: str  # the Casbin domain; GLOBAL_DOMAIN outside an engagement
+    obj: str
+    action: str
+
+    @property
+    def engagement_key(self) -> str | None:
+        """The engagement as a rate-limit key: ``None`` when global or malformed."""
+        if self.engagement == GLOBAL_DOMAIN or not ENGAGEMENT.match(self.engagement):
+            return None
+        return self.engagement
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """What the gate established: who asks, what the policy said, quota headers."""
+
+    identity: Identity
+    decision: Decision
+    rate_headers: Mapping[str, str]
+
+
+class Gate:
+    """authn -> rate limit -> authz, each logged and counted; raises on any refusal."""
+
+    def __init__(
+        self, authn: AuthnService, policy: PolicyStore, rate_limit: Callable[[], RateLimitGuard]
+    ) -> None:
+        self.authn = authn
+        self.policy = policy
+        self._rate_limit = rate_limit  # built in the lifespan, read per request
+
+    async def admit(
+        self, message: Message, read_body: BodyReader | None, target: Target
+    ) -> Admission:
+        """The whole gate for one request; ``read_body`` is ``None`` for a streamed body."""
+        identity = await self.authenticate(message, read_body)
+        rate_headers = await self.spend(identity, target)
+        return Admission(identity, self.decide(identity, target), rate_headers)
+
+    async def authenticate(self, message: Message, read_body: BodyReader | None) -> Identity:
+        """The signed identity, accepted once; 401 (reason logged) or 503 (replay check down).
+
+        The MAC is verified from the headers before a byte of the body is read;
+        a streamed body (``read_body`` is ``None``) has its digest checked as it
+        passes (``app.workflows.passthrough``).
+        """
+        try:
+            return await self.authn.authenticate_message(message, read_body)
+        except AuthenticationFailed as exc:
+            decision_log.info("decision", stage="authn", decision="deny", reason=exc.reason)
+            count_signature_failure(exc.reason)
+            raise
+        except NonceStoreUnavailable:
+            decision_log.warning(
+                "decision", stage="authn", decision="deny", reason=REPLAY_CHECK_UNAVAILABLE
+            )
+            count_signature_failure(REPLAY_CHECK_UNAVAILABLE)
+            raise
+
+    async def spend(self, identity: Identity, target: Target) -> dict[str, str]:
+        """Spend the subject's and the engagement's quota: ``RateLimit`` headers, or 429."""
+        guard = self._rate_limit()
+        if not guard.enabled:
+            return {}
+        return await guard.spend(identity.subject, target.engagement_key)
+
+    def decide(self, identity: Identity, target: Target) -> Decision:
+        """The policy's decision on ``target`` (logged); 400 for a malformed engagement, 403."""
+        engagement = target.engagement
+        if engagement != GLOBAL_DOMAIN and not ENGAGEMENT.match(engagement):
+            raise BadRequest("The engagement id is malformed.")
+        structlog.contextvars.bind_contextvars(engagement=engagement)
+        decision = self.policy.decide(
+            identity.subject, engagement, target.obj, target.action, identity.groups
+        )
+        count_decision("allow" if decision.allowed else "deny", decision.reason)
+        if not decision.allowed:
+            raise AccessDenied("The policy does not allow this request.")
+        return decision
+
+
+TargetOf = Callable[[Request], Target]
+
+
+def path_target(request: Request) -> Target:
+    """The default target: the path's engagement (or ``*``), the normalised path, the method."""
+    engagement = request.path_params.get("engagement_id", GLOBAL_DOMAIN)
+    return Target(engagement, request.scope["path"], request.method)
+
+
+class Guard:
+    """A route's declared guard: the gate runs for it before the body is touched.
+
+    Declared as a dependency (``Authorized``, or a pass-through route's own
+    ``Guard``) so a reader sees it in the route's signature; ``GuardedRoute``
+    finds it there and runs the gate first. Solving the dependency itself only
+    reads the ``Admission`` the gate stored, and fails closed if there is none.
+    """
+
+    def __init__(self, target: TargetOf = path_target, *, streamed: bool = False) -> None:
+        self.target = target
+        self.streamed = streamed
+
+    async def __call__(self, request: Request) -> Decision:
+        return admission_of(request).decision
+
+    async def run(self, gate: Gate, request: Request) -> Admission:
+        """Run the gate for ``request``; store and return its admission."""
+        message = message_from_scope(request.scope)
+        read_body: BodyReader | None = None  # streamed: checked as it passes
+        if not self.streamed:
+            read_body = request.body if declares_body(message) else _no_body
+        admission = await gate.admit(message, read_body, self.target(request))
+        request.scope.setdefault("state", {})[ADMISSION_KEY] = admission
+        decision = admission.decision
+        scoped = None if decision.engagement == GLOBAL_DOMAIN else decision.engagement
+        traceparent = message.header("traceparent")
+        bind_call_context(CallContext(admission.identity, scoped, traceparent))
+        structlog.contextvars.bind_contextvars(
+            subject=admission.identity.subject, key_id=admission.identity.key_id
+        )
+        return admission
+
+
+async def _no_body() -> bytes:
+    return b""
+
+
+def admission_of(request: Request) -> Admission:
+    """The admission the gate stored; a route without one is a wiring bug: fail closed."""
+    admission: Admission | None = request.scope.get("state", {}).get(ADMISSION_KEY)
+    if admission is None:
+        raise RuntimeError(f"{request.url.path}: a guard was read but the gate did not run")
+    return admission
+
+
+def _calls(dependant: Dependant) -> Iterator[object]:
+    for dep in dependant.dependencies:
+        yield dep.call
+        yield from _calls(dep)
+
+
+def route_guard(dependant: Dependant) -> Guard | None:
+    """The one ``Guard`` a route declares (directly or through its dependencies), if any."""
+    guards = {id(call): call for call in _calls(dependant) if isinstance(call, Guard)}
+    if len(guards) > 1:
+        raise ConfigError(f"{dependant.path}: a route declares one guard, not {len(guards)}")
+    return next(iter(guards.values()), None)
+
+
+class GuardedRoute(APIRoute):
+    """An ``APIRoute`` whose declared ``Guard`` runs before FastAPI reads the request."""
+
+    def get_route_handler(self) -> Handler:
+        handler = super().get_route_handler()
+        guard = route_guard(self.dependant)
+        if guard is None:
+            return handler
+        return _guarded(guard, handler)
+
+
+def _guarded(guard: Guard, handler: Handler) -> Handler:
+    async def guarded_handler(request: Request) -> Response:
+        gate: Gate = request.app.state.gate
+        admission = await guard.run(gate, request)
+        response = await handler(request)
+        if admission.rate_headers:
+            response.headers.update(admission.rate_headers)
+        return response
+
+    return guarded_handler
