@@ -32,6 +32,7 @@ from pydantic_settings import (
 )
 
 from app.core.errors import ConfigError
+from app.core.headers import FIELD_NAME, never_forwarded
 from app.core.ops_settings import OpsSettings
 
 CONFIG_FILE_ENV = "GATEWAY_CONFIG_FILE"
@@ -163,6 +164,19 @@ class PassthroughRoute(_Section):
     action: Annotated[str, Field(pattern=r"^[A-Za-z][A-Za-z0-9_:-]{0,31}$")] | None = None
     max_request_bytes: Annotated[int, Field(ge=0)] = 1024 * 1024
     max_response_bytes: Annotated[int, Field(ge=0)] = 64 * 1024 * 1024
+    # Caller headers forwarded besides the default allow-list (app/api/docs/passthrough.md);
+    # identity, signature, gateway, forwarding, override and rewrite headers are refused.
+    forward_headers: tuple[str, ...] = ()
+
+    @field_validator("forward_headers")
+    @classmethod
+    def _forwardable(cls, names: tuple[str, ...]) -> tuple[str, ...]:
+        for name in names:
+            if not FIELD_NAME.match(name):
+                raise ValueError(f"{name!r} is not a header field name")
+            if never_forwarded(name):
+                raise ValueError(f"{name!r} is never forwarded from a caller (see passthrough.md)")
+        return tuple(name.lower() for name in names)
 
     @model_validator(mode="after")
     def _placeholders_known(self) -> Self:

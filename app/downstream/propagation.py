@@ -10,8 +10,10 @@ service verifies the gateway exactly as the gateway verifies its proxies:
     x-auth-groups         the caller's groups, when it has any
     x-gateway-engagement  the engagement the request was authorized in
 
-Hop-by-hop headers and every inbound identity or signature header are stripped
-before anything is forwarded (``forwardable_headers``).
+Of the caller's own headers only an allow-list is forwarded (``forwardable_headers``,
+rules in ``app.core.headers``): never hop-by-hop or ``Connection``-named ones, and
+never any spelling of an identity, signature, gateway, forwarding, method-override
+or URL-rewrite header. The gateway states the hop itself (``forwarded_header``).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import base64
 import re
 import secrets
 import time
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from contextvars import ContextVar
 from dataclasses import dataclass
 
@@ -34,37 +36,15 @@ from app.authn.base import (
     hmac_sha256,
     serialize_signature_params,
 )
-from app.authn.identity import GROUPS_HEADER, INBOUND_ONLY_HEADERS, SUBJECT_HEADER
+from app.authn.identity import GROUPS_HEADER, SUBJECT_HEADER
 from app.authn.keys import SigningKey
 from app.authn.signer import message_from_httpx
+from app.core.headers import never_forwarded
 from app.domain.identity import Identity
 
 ENGAGEMENT_HEADER = "x-gateway-engagement"
 TRACEPARENT = "traceparent"
 REQUEST_ID = "x-request-id"
-# RFC 9110 §7.6.1 plus the de-facto proxy ones; names listed in Connection are added per request.
-HOP_BY_HOP = frozenset(
-    {
-        "connection",
-        "keep-alive",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-    }
-)
-# Never forwarded as received: the proxy's identity, signature and digest
-# (app.authn.identity), and what the gateway sets itself on every call.
-INBOUND_ONLY = INBOUND_ONLY_HEADERS | {
-    ENGAGEMENT_HEADER,
-    "host",
-    "content-length",
-    REQUEST_ID,
-    TRACEPARENT,
-}
 _TRACEPARENT = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
 
 
@@ -100,11 +80,24 @@ def child_traceparent(incoming: str | None) -> str:
     return f"00-{trace_id}-{random[:16]}-{flags}"
 
 
-def forwardable_headers(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
-    """Caller headers minus hop-by-hop, Connection-named, identity and signature headers."""
+def forwardable_headers(
+    headers: Iterable[tuple[str, str]], allowed: Collection[str]
+) -> list[tuple[str, str]]:
+    """The caller's headers named in ``allowed`` (lower case), minus every never-forwarded one.
+
+    ``allowed`` is checked at start-up (``PassthroughRoute``); the never-forwarded
+    rules apply again here, so no list can let an identity or rewrite header through.
+    """
     items = [(k.lower(), v) for k, v in headers]
     named = {token.strip().lower() for k, v in items if k == "connection" for token in v.split(",")}
-    return [(k, v) for k, v in items if k not in HOP_BY_HOP | INBOUND_ONLY and k not in named]
+    return [(k, v) for k, v in items if k in allowed and k not in named and not never_forwarded(k)]
+
+
+def forwarded_header(peer: str | None, scheme: str) -> tuple[str, str]:
+    """The gateway's own RFC 7239 ``Forwarded`` element for the hop it received."""
+    host = peer or "unknown"
+    node = f'"[{host}]"' if ":" in host else host
+    return ("forwarded", f"for={node};proto={scheme}")
 
 
 def propagation_headers(context: CallContext | None) -> dict[str, str]:

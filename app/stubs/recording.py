@@ -39,6 +39,7 @@ async def record(request: Request, body: bytes | None = None) -> dict[str, Any]:
     entry = {
         "method": request.method,
         "path": request.url.path,
+        "raw_path": request.scope["raw_path"].decode("latin-1"),
         "headers": dict(request.headers),
         **outcome,
     }

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import AsyncIterator, Mapping
-from urllib.parse import quote
 
 import http_sf
 import httpx
@@ -30,9 +29,10 @@ from starlette.responses import StreamingResponse
 from app.authn.digest import ALGORITHMS
 from app.authn.verifier import Reason
 from app.core.config import PassthroughRoute
-from app.core.errors import AuthenticationFailed, DownstreamError, PayloadTooLarge
+from app.core.errors import AuthenticationFailed, DownstreamError, InvalidPath, PayloadTooLarge
+from app.core.headers import DEFAULT_FORWARDED, HOP_BY_HOP
 from app.downstream.client import DownstreamClient
-from app.downstream.propagation import HOP_BY_HOP, forwardable_headers
+from app.downstream.propagation import forwardable_headers, forwarded_header
 
 log = structlog.get_logger("gateway.passthrough")
 decision_log = structlog.get_logger("gateway.decision")
@@ -90,9 +90,25 @@ async def checked_body(
 
 
 def upstream_path(route: PassthroughRoute, params: Mapping[str, str], query: str) -> str:
-    """The service path: the route's template with percent-encoded path parameters."""
-    path = route.upstream_path.format(**{k: quote(v, safe="") for k, v in params.items()})
+    """The service path: the route's template filled with the path's own segments.
+
+    The values come from the normalised path (``app.edge.paths``), already in their
+    one canonical encoding, and are used as they are: the service receives the
+    octets the policy decided on (encoding them again would turn ``a%20b`` into
+    ``a%2520b``). A value that would be a dot segment upstream is refused.
+    """
+    path = route.upstream_path.format(**params)
+    if any(segment in (".", "..") for segment in path.split("/")):
+        raise InvalidPath("The request path maps to a dot segment upstream.")
     return f"{path}?{query}" if query else path
+
+
+def request_headers(route: PassthroughRoute, request: Request) -> list[tuple[str, str]]:
+    """The allow-listed caller headers, and the gateway's own ``Forwarded``."""
+    allowed = DEFAULT_FORWARDED.union(route.forward_headers)
+    headers = forwardable_headers(request.headers.items(), allowed)
+    peer = request.client.host if request.client else None
+    return [*headers, forwarded_header(peer, request.url.scheme)]
 
 
 def declares_body(request: Request) -> bool:
@@ -111,9 +127,7 @@ async def forward(
     if declares_body(request):
         digest = StreamingDigest(digest_field) if digest_field else None
         body = checked_body(request.stream(), digest, route.max_request_bytes)
-    headers = [
-        (k, v) for k, v in forwardable_headers(request.headers.items()) if k != "content-digest"
-    ]
+    headers = request_headers(route, request)
     path = upstream_path(route, request.path_params, request.url.query)
     upstream = await client.call(
         request.method, path, content=body, headers=headers, digest=digest_field, stream=True

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -28,6 +29,7 @@ ROUTES = [
         "service": "reports",
         "upstream_path": "/engagements/{engagement_id}/reports/{report_id}/content",
         "max_response_bytes": 16 * MIB,
+        "forward_headers": ["X-Client-Ref"],
     },
     {
         "path": "/v1/engagements/{engagement_id}/evidence",
@@ -220,3 +222,44 @@ def test_pass_through_counts_groups_like_typed_routes(stack: OrchestrationStack)
         refused = client.get(stack.url + CONTENT)
     assert granted.status_code == 200
     assert_problem(refused, 403, "forbidden")
+
+
+def test_pass_through_forwards_an_allow_list_never_a_smuggled_header(
+    stack: OrchestrationStack,
+) -> None:
+    """Issue 12: unsigned override, rewrite, forwarding and look-alike identity headers."""
+    smuggled = {
+        "X-HTTP-Method-Override": "DELETE",
+        "X-Original-URL": "/admin/policy",
+        "X-Rewrite-URL": "/admin/policy",
+        "X-Forwarded-Prefix": "/admin",
+        "X-Forwarded-For": "10.9.8.7",
+        "Forwarded": "for=10.9.8.7;host=admin.internal",
+        "X_Auth_Subject": "sam",
+        "X-Unlisted": "not on the allow-list",
+    }
+    wanted = {"Accept": "application/pdf", "X-Client-Ref": "case-17"}
+    with httpx.Client(base_url=stack.url, auth=signer("dana"), timeout=30) as gateway:
+        response = gateway.get(CONTENT, headers={**smuggled, **wanted})
+    assert response.status_code == 200
+    seen = [s for s in stack.seen("reports") if "content" in s["path"]][-1]
+    received = seen["headers"]
+    assert seen["signature"] == "valid"
+    assert seen["subject"] == "dana"
+    assert received["x-auth-subject"] == "dana"
+    assert received["accept"] == "application/pdf"
+    assert received["x-client-ref"] == "case-17"
+    # The gateway's own element: the client as uvicorn reports it, never the caller's text.
+    assert re.fullmatch(r"for=[0-9.]+;proto=http", received["forwarded"])
+    leaked = {name.lower() for name in smuggled if name.lower() != "forwarded"} & set(received)
+    assert leaked == set()
+    assert "x_auth_subject" not in received
+
+
+@pytest.mark.parametrize("sent", ["a%20b", "x%3F"])
+def test_pass_through_sends_path_values_encoded_once(stack: OrchestrationStack, sent: str) -> None:
+    """The service receives the path octets the policy decided on (not ``a%2520b``)."""
+    with httpx.Client(base_url=stack.url, auth=signer("dana"), timeout=30) as gateway:
+        gateway.get(f"/v1/engagements/acme-2026/reports/{sent}/content")
+    seen = [s for s in stack.seen("reports") if "content" in s["path"]][-1]
+    assert seen["raw_path"] == f"/engagements/acme-2026/reports/{sent}/content"

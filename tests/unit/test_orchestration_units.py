@@ -8,6 +8,8 @@ from typing import Any
 
 import httpx
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
 from app.authn.base import Message
@@ -23,16 +25,20 @@ from app.core.errors import (
     DownstreamError,
     DownstreamTimeout,
     IdempotencyKeyReused,
+    InvalidPath,
     PayloadTooLarge,
 )
+from app.core.headers import DEFAULT_FORWARDED, never_forwarded
 from app.domain.identity import Identity
 from app.downstream.propagation import (
     CallContext,
     child_traceparent,
     forwardable_headers,
+    forwarded_header,
     propagation_headers,
     sign_outbound,
 )
+from app.edge.paths import normalize_path
 from app.workflows.idempotency import Codec, MemoryIdempotencyStore, require_key
 from app.workflows.passthrough import StreamingDigest, checked_body, upstream_path
 from app.workflows.saga import Saga, Step
@@ -75,9 +81,79 @@ def test_forwardable_headers_strip_hop_by_hop_identity_and_signature() -> None:
             ("Signature-Input", "sig1=()"),
             ("Host", "gateway"),
             ("If-None-Match", '"R-1"'),
-        ]
+            ("X-Unlisted", "not on the allow-list"),
+        ],
+        DEFAULT_FORWARDED | {"x-secret-hop"},
     )
     assert kept == [("accept", "application/pdf"), ("if-none-match", '"R-1"')]
+
+
+# The headers of issue 12's report, each of which reached the service.
+SMUGGLED = [
+    ("X-HTTP-Method-Override", "DELETE"),
+    ("X-Original-URL", "/admin/policy"),
+    ("X-Rewrite-URL", "/admin/policy"),
+    ("X-Forwarded-Prefix", "/admin"),
+    ("X_Auth_Subject", "sam"),
+    ("X-Forwarded-For", "10.0.0.1"),
+    ("Forwarded", "for=10.0.0.1"),
+    ("x_gateway_engagement", "acme-2026"),
+    ("Signature_Input", "sig1=()"),
+]
+
+
+def test_smuggled_headers_never_pass_even_when_a_list_names_them() -> None:
+    allowed = {name.lower() for name, _ in SMUGGLED}
+    assert forwardable_headers([*SMUGGLED, ("Accept", "*/*")], allowed | {"accept"}) == [
+        ("accept", "*/*")
+    ]
+
+
+@given(st.from_regex(r"[A-Za-z0-9_-]{1,24}", fullmatch=True))
+def test_a_name_never_forwarded_in_one_spelling_is_refused_in_every_spelling(name: str) -> None:
+    spellings = {name, name.lower(), name.upper(), name.replace("-", "_"), name.replace("_", "-")}
+    verdicts = {never_forwarded(spelling) for spelling in spellings}
+    assert len(verdicts) == 1
+    if verdicts == {True}:
+        assert forwardable_headers([(s, "v") for s in spellings], {*spellings}) == []
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "X_Auth_Subject",
+        "x-auth-whatever",
+        "X-HTTP-Method-Override",
+        "x-original-url",
+        "X-Rewrite-URL",
+        "Forwarded",
+        "x_forwarded_for",
+        "X-Forwarded-Prefix",
+        "signature",
+        "Content-Digest",
+        "x-gateway-engagement",
+        "Connection",
+        "host",
+    ],
+)
+def test_a_route_cannot_add_a_never_forwarded_header(name: str) -> None:
+    with pytest.raises(ValueError, match="never forwarded"):
+        PassthroughRoute(path="/v1/x", service="s", upstream_path="/x", forward_headers=(name,))
+
+
+def test_a_route_adds_headers_to_the_default_allow_list_in_lower_case() -> None:
+    route = PassthroughRoute(
+        path="/v1/x", service="s", upstream_path="/x", forward_headers=("X-Client-Ref",)
+    )
+    assert route.forward_headers == ("x-client-ref",)
+    with pytest.raises(ValueError, match="not a header field name"):
+        PassthroughRoute(path="/v1/x", service="s", upstream_path="/x", forward_headers=("a b",))
+
+
+def test_the_gateway_states_the_hop_itself() -> None:
+    assert forwarded_header("127.0.0.1", "http") == ("forwarded", "for=127.0.0.1;proto=http")
+    assert forwarded_header("::1", "https") == ("forwarded", 'for="[::1]";proto=https')
+    assert forwarded_header(None, "http") == ("forwarded", "for=unknown;proto=http")
 
 
 def test_propagation_headers_carry_the_bound_caller() -> None:
@@ -240,14 +316,42 @@ def test_unusable_content_digest_fields_are_rejected(field: str) -> None:
         StreamingDigest(field)
 
 
-def test_upstream_path_percent_encodes_parameters_and_keeps_the_query() -> None:
-    route = PassthroughRoute(
-        path="/v1/engagements/{engagement_id}/files/{name}",
-        service="findings",
-        upstream_path="/e/{engagement_id}/f/{name}",
-    )
-    path = upstream_path(route, {"engagement_id": "acme-2026", "name": "a b?c"}, "v=1")
-    assert path == "/e/acme-2026/f/a%20b%3Fc?v=1"
+FILES = PassthroughRoute(
+    path="/v1/engagements/{engagement_id}/files/{name}",
+    service="findings",
+    upstream_path="/e/{engagement_id}/f/{name}",
+)
+
+
+@pytest.mark.parametrize(
+    ("raw", "upstream"),
+    [
+        ("a%20b", "/e/acme-2026/f/a%20b"),
+        ("x%3F", "/e/acme-2026/f/x%3F"),
+        ("%7Euser", "/e/acme-2026/f/~user"),
+        ("r%C3", None),
+    ],
+)
+def test_upstream_path_sends_the_octets_the_policy_decided_on(
+    raw: str, upstream: str | None
+) -> None:
+    """Parameters come from the normalised path and are used as they are, never re-encoded."""
+    try:
+        decided = normalize_path(f"/v1/engagements/acme-2026/files/{raw}")
+    except InvalidPath:
+        assert upstream is None
+        return
+    name = decided.rsplit("/", 1)[1]
+    assert upstream_path(FILES, {"engagement_id": "acme-2026", "name": name}, "") == upstream
+    assert decided.endswith(upstream.rsplit("/f", 1)[1])
+
+
+def test_upstream_path_keeps_the_query_and_refuses_dot_segments() -> None:
+    path = upstream_path(FILES, {"engagement_id": "acme-2026", "name": "a%20b"}, "v=1&w=%2F")
+    assert path == "/e/acme-2026/f/a%20b?v=1&w=%2F"
+    dotted = PassthroughRoute(path="/v1/f/{name}.json", service="s", upstream_path="/f/{name}")
+    with pytest.raises(InvalidPath):
+        upstream_path(dotted, {"name": ".."}, "")
 
 
 def test_passthrough_routes_reject_unknown_placeholders() -> None:
