@@ -13,8 +13,13 @@ services never raise ``HTTPException``.
     ├── AccessDenied                   403 forbidden
     ├── NotFound                       404 not_found
     ├── Conflict                       409 conflict
-    ├── IdempotencyKeyReused           422 idempotency_key_reused
+    ├── Gone                           410 gone
+    ├── PreconditionFailed             412 precondition_failed
     ├── PayloadTooLarge                413 payload_too_large
+    ├── UnsupportedMediaType           415 unsupported_media_type
+    ├── RangeNotSatisfiable            416 range_not_satisfiable
+    ├── UnprocessableContent           422 unprocessable_content
+    ├── IdempotencyKeyReused           422 idempotency_key_reused
     ├── PolicyRejected                 422 policy_rejected (reload gate; last good kept)
     ├── TooManyRequests                429 rate_limited
     ├── ServiceUnavailable             503 unavailable
@@ -89,6 +94,38 @@ class Conflict(GatewayError):
     status_code = 409
     code = "conflict"
     title = "Conflict"
+
+
+class Gone(GatewayError):
+    status_code = 410
+    code = "gone"
+    title = "Gone"
+
+
+class PreconditionFailed(GatewayError):
+    status_code = 412
+    code = "precondition_failed"
+    title = "Precondition failed"
+
+
+class UnsupportedMediaType(GatewayError):
+    status_code = 415
+    code = "unsupported_media_type"
+    title = "Unsupported media type"
+
+
+class RangeNotSatisfiable(GatewayError):
+    status_code = 416
+    code = "range_not_satisfiable"
+    title = "Range not satisfiable"
+
+
+class UnprocessableContent(GatewayError):
+    """A service could not act on a (pass-through) body it parsed."""
+
+    status_code = 422
+    code = "unprocessable_content"
+    title = "Unprocessable content"
 
 
 class IdempotencyKeyReused(GatewayError):

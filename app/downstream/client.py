@@ -13,7 +13,8 @@ run inside the service's circuit breaker, and mapped onto the error tree:
     other 5xx, broken body  502 bad_gateway
     breaker open            503 circuit_open     with Retry-After, never retried
 
-Downstream bodies of 5xx answers are discarded, never shown to the caller.
+Downstream bodies of 5xx answers are discarded, never shown to the caller; a 4xx
+means what ``app.downstream.refusals`` says (``raise_for_client_error``).
 """
 
 from __future__ import annotations
@@ -36,7 +37,6 @@ from app.core.errors import (
     DownstreamError,
     DownstreamTimeout,
     GatewayError,
-    NotFound,
     ServiceUnavailable,
 )
 from app.downstream.http1 import Http1Transport
@@ -45,6 +45,7 @@ from app.downstream.propagation import (
     propagation_headers,
     sign_outbound,
 )
+from app.downstream.refusals import client_error
 from app.downstream.resilience import (
     BreakerSnapshot,
     PoolExhausted,
@@ -362,12 +363,13 @@ class ServiceRegistry:
             await client.aclose()
 
 
-def raise_for_client_error(service: str, response: httpx.Response) -> None:
-    """Map a downstream 404 to ours; other 4xx mean the gateway asked wrongly (502)."""
-    if response.status_code == 404:
-        raise NotFound("The requested resource does not exist.")
-    if response.status_code >= 400:
-        raise DownstreamError(service, f"The {service} service rejected the request.")
+def raise_for_client_error(
+    service: str, response: httpx.Response, *, passthrough: bool = False
+) -> None:
+    """Raise what a 4xx answer means to the caller (``app.downstream.refusals``)."""
+    error = client_error(service, response, passthrough=passthrough)
+    if error is not None:
+        raise error
 
 
 def parse_answer(service: str, content: bytes, model: type[ModelT]) -> ModelT:

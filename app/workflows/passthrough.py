@@ -31,7 +31,7 @@ from app.authn.verifier import Reason
 from app.core.config import PassthroughRoute
 from app.core.errors import AuthenticationFailed, DownstreamError, InvalidPath, PayloadTooLarge
 from app.core.headers import DEFAULT_FORWARDED, HOP_BY_HOP
-from app.downstream.client import DownstreamClient
+from app.downstream.client import DownstreamClient, raise_for_client_error
 from app.downstream.propagation import forwardable_headers, forwarded_header
 
 log = structlog.get_logger("gateway.passthrough")
@@ -133,6 +133,7 @@ async def forward(
         request.method, path, content=body, headers=headers, digest=digest_field, stream=True
     )
     try:
+        raise_for_client_error(client.name, upstream, passthrough=True)
         return _stream_back(client.name, route, upstream)
     except BaseException:
         await upstream.aclose()

@@ -103,6 +103,20 @@ def test_unknown_finding_is_404(stack: Stack, signed_client: Callable[..., httpx
     assert_problem(response, 404, "not_found")
 
 
+def test_a_write_to_frozen_findings_is_409_not_an_outage(
+    stack: Stack, signed_client: Callable[..., httpx.Client]
+) -> None:
+    """The findings service refuses a write to a frozen engagement (409): a conflict."""
+    freeze = httpx.post(f"{stack.stubs['findings'].url}/engagements/acme-2026/findings/freeze")
+    assert freeze.status_code == 200
+    new = {"title": "Late finding", "severity": "low"}
+    with signed_client(stack.url, "alice") as client:
+        response = client.post(FINDINGS, json=new)
+    body = assert_problem(response, 409, "conflict")
+    assert "frozen" not in response.text, "the service's own body is never relayed"
+    assert "service" not in body
+
+
 def test_downstream_down_is_502_naming_the_service(
     stack: Stack, signed_client: Callable[..., httpx.Client]
 ) -> None:

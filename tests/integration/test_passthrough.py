@@ -10,10 +10,11 @@ from typing import Any
 
 import httpx
 import pytest
-from fastapi import FastAPI
+from fastapi import FastAPI, Response
 
+from app.main import create_app
 from app.stubs.data import report_chunks
-from tests.conftest import LiveServer, signer
+from tests.conftest import LiveServer, make_settings, signer
 from tests.integration.orchestration_stack import OrchestrationStack, StackBuilder
 from tests.integration.test_gateway_e2e import assert_problem
 
@@ -263,3 +264,61 @@ def test_pass_through_sends_path_values_encoded_once(stack: OrchestrationStack, 
         gateway.get(f"/v1/engagements/acme-2026/reports/{sent}/content")
     seen = [s for s in stack.seen("reports") if "content" in s["path"]][-1]
     assert seen["raw_path"] == f"/engagements/acme-2026/reports/{sent}/content"
+
+
+def test_a_services_404_is_the_gateways_problem_not_its_body(stack: OrchestrationStack) -> None:
+    """Issue 12: ``GET .../reports/00/content`` relayed ``404 {"detail":"no such report"}``."""
+    with httpx.Client(base_url=stack.url, auth=signer("carol"), timeout=30) as gateway:
+        response = gateway.get("/v1/engagements/acme-2026/reports/00/content")
+    assert_problem(response, 404, "not_found")
+    assert "no such report" not in response.text
+
+
+def refusing_service() -> FastAPI:
+    """A service that answers ``/status/{code}`` with that status and a body of its own."""
+    app = FastAPI()
+
+    @app.api_route("/status/{code}", methods=["GET", "POST"])
+    async def refuse(code: int) -> Response:
+        headers = {"retry-after": "9", "content-range": "bytes */42", "x-internal": "leak"}
+        body = b'{"detail":"internal: table findings_v2 locked"}'
+        return Response(body, code, headers=headers, media_type="application/json")
+
+    return app
+
+
+@pytest.mark.parametrize(
+    ("status", "code"),
+    [
+        (400, "bad_request"),
+        (401, "bad_gateway"),
+        (403, "bad_gateway"),
+        (404, "not_found"),
+        (409, "conflict"),
+        (412, "precondition_failed"),
+        (416, "range_not_satisfiable"),
+        (422, "unprocessable_content"),
+        (429, "rate_limited"),
+        (418, "bad_gateway"),
+    ],
+)
+def test_pass_through_errors_are_problems_that_keep_a_meaningful_status(
+    live_server: Callable[[FastAPI], LiveServer], test_key_env: str, status: int, code: str
+) -> None:
+    service = live_server(refusing_service())
+    route = {
+        "path": "/v1/engagements/{engagement_id}/status/{code}",
+        "service": "reports",
+        "upstream_path": "/status/{code}",
+        # Authorized as report content, which the auditor may read everywhere.
+        "policy_object": "/v1/engagements/{engagement_id}/reports/any/content",
+    }
+    settings = make_settings({"reports": service.url}, orchestration={"passthrough": [route]})
+    gateway = live_server(create_app(settings))
+    with httpx.Client(base_url=gateway.url, auth=signer("dana"), timeout=30) as client:
+        response = client.get(f"/v1/engagements/acme-2026/status/{status}")
+    body = assert_problem(response, status if code != "bad_gateway" else 502, code)
+    assert "findings_v2" not in response.text
+    assert "x-internal" not in response.headers
+    assert ("retry-after" in response.headers) == (status == 429)
+    assert ("service" in body) == (code == "bad_gateway")
