@@ -3,8 +3,11 @@
 It binds ``corr_id`` into structlog contextvars (so every line logged while the
 request runs, downstream calls included, carries it), echoes ``X-Request-ID``,
 caps the request body, logs one summary line, and turns an unexpected exception
-into a 500 problem+json without internals. It is pure ASGI rather than
-``BaseHTTPMiddleware`` so contextvars bound here are seen by the endpoint task.
+into a 500 problem+json without internals. A client that disconnects mid-request
+(Starlette's ``ClientDisconnect``) is not an error of ours: one
+``client_disconnected`` line, no answer, status 499 in the summary and metrics.
+It is pure ASGI rather than ``BaseHTTPMiddleware`` so contextvars bound here are
+seen by the endpoint task.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import uuid
 
 import structlog
 from starlette.datastructures import MutableHeaders
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.core.errors import GatewayError, InvalidPath, PayloadTooLarge
@@ -26,6 +30,8 @@ from app.ops.metrics import observe_request, route_label
 log = structlog.get_logger("gateway.edge")
 
 REQUEST_ID_HEADER = "x-request-id"
+# nginx's "client closed request": counted and logged, never answered (nobody is there).
+CLIENT_CLOSED_REQUEST = 499
 # Accepted incoming ids: 8-128 visible, log-safe characters (uuid, ulid, trace ids).
 _WELL_FORMED_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{7,127}$")
 
@@ -75,6 +81,12 @@ class EdgeMiddleware:
 
         try:
             await self._dispatch(scope, receive, send_with_id, corr_id)
+        except ClientDisconnect:
+            # The client went away mid-request: nothing to answer, nobody to blame here.
+            # The upstream request, if any, was aborted by the body iterator's exception.
+            log.info("client_disconnected", response_started=status["started"])
+            if not status["started"]:
+                status["code"] = CLIENT_CLOSED_REQUEST
         except Exception:
             log.exception("unhandled_error")
             if not status["started"]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import socket
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -11,6 +12,7 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI, Response
+from prometheus_client import REGISTRY
 
 from app.main import create_app
 from app.stubs.data import report_chunks
@@ -322,3 +324,44 @@ def test_pass_through_errors_are_problems_that_keep_a_meaningful_status(
     assert "x-internal" not in response.headers
     assert ("retry-after" in response.headers) == (status == 429)
     assert ("service" in body) == (code == "bad_gateway")
+
+
+def test_a_client_that_aborts_an_upload_is_logged_once_not_a_500(
+    stack: OrchestrationStack, captured_logs: list[dict[str, Any]]
+) -> None:
+    """Issue 12: a signed POST declaring 1,000 bytes sends 3, then shuts its write side."""
+    url = stack.url + EVIDENCE
+    headers = signed_headers(url, b"abc")
+    labels = {"route": "/v1/engagements/{engagement_id}/evidence", "method": "POST"}
+    errors_before = REGISTRY.get_sample_value(
+        "gateway_http_requests_total", {**labels, "status": "500"}
+    )
+    head = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+    with socket.create_connection(("127.0.0.1", stack.gateway.port), timeout=10) as sock:
+        sock.sendall(
+            f"POST {EVIDENCE} HTTP/1.1\r\nHost: gateway\r\n{head}"
+            "Content-Length: 1000\r\n\r\nabc".encode()
+        )
+        sock.shutdown(socket.SHUT_WR)
+        while sock.recv(4096):
+            pass
+
+    def completed() -> list[dict[str, Any]]:
+        return [
+            line
+            for line in captured_logs
+            if line["event"] == "request_completed" and line["path"] == EVIDENCE
+        ]
+
+    wait_for(lambda: bool(completed()), "the aborted request to complete")
+    disconnected = [line for line in captured_logs if line["event"] == "client_disconnected"]
+    assert len(disconnected) == 1
+    assert "exc_info" not in disconnected[0]
+    assert not [line for line in captured_logs if line["event"] == "unhandled_error"]
+    assert completed()[0]["status"] == 499
+    assert (
+        REGISTRY.get_sample_value("gateway_http_requests_total", {**labels, "status": "500"})
+        == errors_before
+    )
+    assert REGISTRY.get_sample_value("gateway_http_requests_total", {**labels, "status": "499"})
+    assert not any(u["done"] for u in stack.stub("findings").state.uploads)

@@ -91,3 +91,37 @@ async def test_encoded_slash_is_400(client: httpx.AsyncClient) -> None:
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+@pytest.mark.anyio
+async def test_a_client_gone_mid_body_is_one_log_line_and_no_answer(
+    captured_logs: list[dict[str, Any]],
+) -> None:
+    """Starlette raises ClientDisconnect; the edge logs it once, answers nobody, counts 499."""
+    incoming = [
+        {"type": "http.request", "body": b"abc", "more_body": True},
+        {"type": "http.disconnect"},
+    ]
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return incoming.pop(0)
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/echo",
+        "raw_path": b"/echo",
+        "query_string": b"",
+        "headers": [(b"content-length", b"10")],
+    }
+    await _app()(scope, receive, send)
+    assert sent == []
+    events = [line["event"] for line in captured_logs]
+    assert events.count("client_disconnected") == 1
+    assert "unhandled_error" not in events
+    completed = [line for line in captured_logs if line["event"] == "request_completed"]
+    assert completed[0]["status"] == 499
