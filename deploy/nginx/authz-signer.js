@@ -1,0 +1,250 @@
+/*
+ * authz-gateway request signer for nginx njs (njs 0.7.0 or later; tested with 0.7.9).
+ *
+ * Signs what nginx sends to the gateway per app/api/docs/signing.md: RFC 9421
+ * hmac-sha256 over @method, @path, @query (when there is a query),
+ * content-digest (when there is a body) and the identity headers, with an
+ * RFC 9530 Content-Digest, a fresh nonce and the secret read from a file.
+ *
+ * Two modes, each a set of js_set variables (see authz-signer-http.conf):
+ *   proxy     nginx proxies the request itself to the gateway ($authz_*)
+ *   decision  an auth_request subrequest asks the gateway's /v1/decisions
+ *             whether the client's request may pass ($authz_decision_*); the
+ *             signature also covers X-Original-Method and X-Original-URI.
+ *
+ * Every value of one mode is computed once per request and kept in js_var
+ * variables: nginx may evaluate a js_set variable each time it is used, and two
+ * evaluations would give Signature and Signature-Input different nonces. The
+ * kept values are tagged with what they signed, so an internal redirect to
+ * another URI computes them anew instead of reusing a signature for the old one.
+ *
+ * Fails closed: when the identity is missing or malformed, the key cannot be
+ * read, or a body is not in memory, no signature is produced (the gateway then
+ * answers 401) and the reason is written to the error log.
+ */
+import fs from 'fs';
+import nodeCrypto from 'crypto';
+
+// The gateway's identity grammar (app/domain/identity.py) and key rules (signing.md §1).
+const SUBJECT = /^[A-Za-z0-9][A-Za-z0-9._@+-]{0,127}$/;
+const GROUP = /^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$/;
+const KEY_ID = /^[A-Za-z0-9._:-]{1,64}$/;
+const MIN_SECRET_BYTES = 32;
+const LABEL = 'sig1';
+// The names the gateway's decision endpoint reads by default (authorizer.*_header).
+const ORIGINAL_METHOD = 'x-original-method';
+const ORIGINAL_URI = 'x-original-uri';
+
+function sfString(value) {
+    return '"' + value.replace(/\\/g, '\\\\').replace(/"/g, '\\"') + '"';
+}
+
+function readSecret(r, path) {
+    var secret;
+    try {
+        secret = fs.readFileSync(path);
+    } catch (e) {
+        r.error('authz-signer: cannot read the key file named by $authz_key_file');
+        return null;
+    }
+    // Like the gateway: the secret is the file's bytes without surrounding ASCII
+    // whitespace (Python's bytes.strip(): space, \t, \n, \v, \f, \r).
+    var start = 0;
+    var end = secret.length;
+    while (start < end && isSpace(secret[start])) {
+        start++;
+    }
+    while (end > start && isSpace(secret[end - 1])) {
+        end--;
+    }
+    if (end - start < MIN_SECRET_BYTES) {
+        r.error('authz-signer: the key file holds fewer than 32 bytes');
+        return null;
+    }
+    return secret.subarray(start, end);
+}
+
+function isSpace(byte) {
+    return byte === 0x20 || (byte >= 0x09 && byte <= 0x0d);
+}
+
+function identity(r) {
+    var subject = r.variables.authz_user || '';
+    if (!SUBJECT.test(subject)) {
+        r.error('authz-signer: no well-formed subject in $authz_user; not signing');
+        return null;
+    }
+    var raw = (r.variables.authz_user_groups || '').split(',');
+    var groups = [];
+    for (var i = 0; i < raw.length; i++) {
+        var group = raw[i].trim();
+        if (group === '') {
+            continue;
+        }
+        if (!GROUP.test(group)) {
+            r.error('authz-signer: malformed group in $authz_user_groups; not signing');
+            return null;
+        }
+        groups.push(group);
+    }
+    return {subject: subject, groups: groups.join(',')};
+}
+
+function body(r) {
+    // Content-Length 0 and no chunking: no body. Anything else must be in memory
+    // (client_body_buffer_size = client_max_body_size in the shipped config).
+    var length = r.headersIn['Content-Length'];
+    var chunked = /chunked/i.test(r.headersIn['Transfer-Encoding'] || '');
+    if (!chunked && (length === undefined || length === '0')) {
+        return {bytes: null};
+    }
+    var bytes = r.requestBuffer;
+    if (bytes === undefined) {
+        r.error('authz-signer: the request body is not in memory; not signing');
+        return null;
+    }
+    return {bytes: bytes.length > 0 ? bytes : null};
+}
+
+/*
+ * The RFC 9421 signature over `message` ({method, target, headers: [[name, value]]}).
+ * Returns {input, signature} or null; names in `headers` are lower case.
+ */
+function sign(r, message) {
+    var keyId = r.variables.authz_key_id || '';
+    if (!KEY_ID.test(keyId)) {
+        r.error('authz-signer: $authz_key_id is not a valid key id');
+        return null;
+    }
+    var secret = readSecret(r, r.variables.authz_key_file || '');
+    if (secret === null) {
+        return null;
+    }
+    var cut = message.target.indexOf('?');
+    var path = cut < 0 ? message.target : message.target.slice(0, cut);
+    var query = cut < 0 ? '' : message.target.slice(cut + 1);
+    var names = ['@method', '@path'];
+    var lines = ['"@method": ' + message.method, '"@path": ' + (path || '/')];
+    if (query !== '') {
+        names.push('@query');
+        lines.push('"@query": ?' + query);
+    }
+    for (var i = 0; i < message.headers.length; i++) {
+        names.push(message.headers[i][0]);
+        lines.push('"' + message.headers[i][0] + '": ' + message.headers[i][1]);
+    }
+    var nonce = Buffer.from(crypto.getRandomValues(new Uint8Array(16))).toString('base64url');
+    var params = '(' + names.map(sfString).join(' ') + ')'
+        + ';created=' + Math.floor(Date.now() / 1000)
+        + ';keyid=' + sfString(keyId)
+        + ';nonce=' + sfString(nonce)
+        + ';alg="hmac-sha256"';
+    lines.push('"@signature-params": ' + params);
+    var mac = nodeCrypto.createHmac('sha256', secret).update(lines.join('\n')).digest('base64');
+    return {input: LABEL + '=' + params, signature: LABEL + '=:' + mac + ':'};
+}
+
+/* Everything the proxy mode sends, computed once; '' everywhere when not signing. */
+function proxyValues(r) {
+    var target = r.variables.authz_target || r.variables.request_uri;
+    var tag = r.method + ' ' + target;
+    if (r.variables.authz_signed_for === tag) {
+        return;
+    }
+    var values = {subject: '', groups: '', digest: '', input: '', signature: ''};
+    var who = identity(r);
+    var sent = who === null ? null : body(r);
+    if (sent !== null) {
+        var headers = [];
+        if (sent.bytes !== null) {
+            values.digest = 'sha-256=:'
+                + nodeCrypto.createHash('sha256').update(sent.bytes).digest('base64') + ':';
+            headers.push(['content-digest', values.digest]);
+        }
+        headers.push(['x-auth-subject', who.subject]);
+        if (who.groups !== '') {
+            headers.push(['x-auth-groups', who.groups]);
+        }
+        var signed = sign(r, {method: r.method, target: target, headers: headers});
+        if (signed !== null) {
+            values.subject = who.subject;
+            values.groups = who.groups;
+            values.input = signed.input;
+            values.signature = signed.signature;
+        } else {
+            values.digest = '';
+        }
+    }
+    store(r, 'authz_p_', values);
+    r.variables.authz_signed_for = tag;
+}
+
+/* Everything an auth_request subrequest to the decision endpoint sends, computed once. */
+function decisionValues(r) {
+    var target = r.variables.authz_decision_uri;
+    var original = r.variables.request_method + ' ' + r.variables.request_uri;
+    var tag = r.method + ' ' + target + ' for ' + original;
+    if (r.variables.authz_decision_signed_for === tag) {
+        return;
+    }
+    var values = {subject: '', groups: '', method: '', uri: '', input: '', signature: ''};
+    var who = identity(r);
+    if (who !== null) {
+        // The decision request has no body (proxy_pass_request_body off): no digest.
+        var headers = [
+            [ORIGINAL_METHOD, r.variables.request_method],
+            [ORIGINAL_URI, r.variables.request_uri],
+            ['x-auth-subject', who.subject],
+        ];
+        if (who.groups !== '') {
+            headers.push(['x-auth-groups', who.groups]);
+        }
+        var signed = sign(r, {method: r.method, target: target, headers: headers});
+        if (signed !== null) {
+            values = {
+                subject: who.subject,
+                groups: who.groups,
+                method: r.variables.request_method,
+                uri: r.variables.request_uri,
+                input: signed.input,
+                signature: signed.signature,
+            };
+        }
+    }
+    store(r, 'authz_d_', values);
+    r.variables.authz_decision_signed_for = tag;
+}
+
+function store(r, prefix, values) {
+    for (var name in values) {
+        r.variables[prefix + name] = values[name];
+    }
+}
+
+function proxyGetter(name) {
+    return function (r) {
+        proxyValues(r);
+        return r.variables['authz_p_' + name];
+    };
+}
+
+function decisionGetter(name) {
+    return function (r) {
+        decisionValues(r);
+        return r.variables['authz_d_' + name];
+    };
+}
+
+export default {
+    subject: proxyGetter('subject'),
+    groups: proxyGetter('groups'),
+    contentDigest: proxyGetter('digest'),
+    signatureInput: proxyGetter('input'),
+    signature: proxyGetter('signature'),
+    decisionSubject: decisionGetter('subject'),
+    decisionGroups: decisionGetter('groups'),
+    decisionOriginalMethod: decisionGetter('method'),
+    decisionOriginalUri: decisionGetter('uri'),
+    decisionSignatureInput: decisionGetter('input'),
+    decisionSignature: decisionGetter('signature'),
+};
