@@ -26,7 +26,9 @@ SHIPPED_DIR = "/etc/nginx/authz-gateway/"
 
 
 def nginx_binary() -> str:
-    binary = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
+    binary = shutil.which("nginx") or (
+        "/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None
+    )
     if binary is None or not JS_MODULE.exists():
         if os.environ.get("CI") == "true":
             pytest.fail("nginx or its njs module is missing; make test installs them")

@@ -67,7 +67,8 @@ def test_a_post_with_a_json_body_is_signed_with_its_digest_and_created(
     assert response.status_code == 201, response.text
     assert response.json()["title"] == finding["title"]
     posted = [e for e in _seen(stubs["findings"]) if e["method"] == "POST"]
-    assert posted and posted[-1]["headers"]["x-auth-subject"] == "alice"  # type: ignore[index]
+    assert posted
+    assert posted[-1]["headers"]["x-auth-subject"] == "alice"  # type: ignore[index]
 
 
 @pytest.mark.parametrize(
