@@ -16,9 +16,10 @@ from fastapi import FastAPI
 from redis.asyncio import Redis
 
 from app import __version__
+from app.api.decisions import Authorizer
 from app.api.pipeline import Gate, GuardedRoute
 from app.api.problems import install_problem_handlers
-from app.api.routes import admin, breakers, engagements, findings, health, metrics
+from app.api.routes import admin, breakers, decisions, engagements, findings, health, metrics
 from app.api.routes.passthrough import register_passthrough_routes
 from app.authn.service import AuthnService
 from app.authz.store import PolicyStore
@@ -79,6 +80,7 @@ def create_app(
     app.state.idempotency = _idempotency_store(settings, redis)
     app.state.gate = Gate(authn, policy, lambda: app.state.rate_limit)
     app.router.route_class = GuardedRoute  # pass-through routes are added on app.router
+    app.state.authorizer = Authorizer.from_settings(settings.authorizer)
     install_problem_handlers(app)
     app.add_middleware(EdgeMiddleware, max_body_bytes=settings.edge.max_body_bytes)
     app.include_router(health.router)
@@ -86,6 +88,7 @@ def create_app(
     app.include_router(engagements.router)
     app.include_router(admin.router)
     app.include_router(breakers.router)
+    app.include_router(decisions.router)
     register_passthrough_routes(app, settings.orchestration.passthrough, settings.services)
     if settings.ops.metrics_enabled:
         app.include_router(metrics.router)

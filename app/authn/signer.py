@@ -27,8 +27,10 @@ from app.authn.identity import GROUPS_HEADER, SUBJECT_HEADER
 DEFAULT_LABEL = "sig1"
 
 
-def covered_components(message: Message, has_body: bool) -> list[str]:
-    """The profile's required components for this message, in canonical order."""
+def covered_components(
+    message: Message, has_body: bool, cover: Sequence[str] = ()
+) -> list[str]:
+    """The profile's required components for this message (then ``cover``), in order."""
     components = ["@method", "@path"]
     if message.query:
         components.append("@query")
@@ -37,6 +39,7 @@ def covered_components(message: Message, has_body: bool) -> list[str]:
     components.append(SUBJECT_HEADER)
     if message.header(GROUPS_HEADER) is not None:
         components.append(GROUPS_HEADER)
+    components.extend(name.lower() for name in cover if name.lower() not in components)
     return components
 
 
@@ -51,8 +54,13 @@ def sign_headers(
     expires: int | None = None,
     label: str = DEFAULT_LABEL,
     digest_algorithms: Sequence[str] = ("sha-256",),
+    cover: Sequence[str] = (),
 ) -> dict[str, str]:
-    """Headers (Content-Digest, Signature-Input, Signature) that sign ``message``."""
+    """Headers (Content-Digest, Signature-Input, Signature) that sign ``message``.
+
+    ``cover``: more header names to sign, e.g. a decision request's original-method
+    and original-URI headers (``ComponentMissing`` if one is absent).
+    """
     added: dict[str, str] = {}
     headers: dict[str, Sequence[str]] = dict(message.headers)
     if body:
@@ -69,7 +77,7 @@ def sign_headers(
     }
     if expires is not None:
         params["expires"] = expires
-    components = covered_components(signed, bool(body))
+    components = covered_components(signed, bool(body), cover)
     base = build_signature_base(signed, components, params)
     mac = base64.b64encode(hmac_sha256(secret, base)).decode("ascii")
     added["signature-input"] = f"{label}={serialize_signature_params(components, params)}"
@@ -109,6 +117,7 @@ class HttpSignatureAuth(httpx.Auth):
         label: str = DEFAULT_LABEL,
         expires_in: int | None = None,
         digest_algorithms: Sequence[str] = ("sha-256",),
+        cover: Sequence[str] = (),
     ) -> None:
         self.key_id = key_id
         self._secret = secret
@@ -117,6 +126,7 @@ class HttpSignatureAuth(httpx.Auth):
         self.label = label
         self.expires_in = expires_in
         self.digest_algorithms = tuple(digest_algorithms)
+        self.cover = tuple(cover)
 
     def __repr__(self) -> str:
         return f"HttpSignatureAuth(key_id={self.key_id!r}, subject={self.subject!r})"
@@ -137,6 +147,7 @@ class HttpSignatureAuth(httpx.Auth):
             expires=expires,
             label=self.label,
             digest_algorithms=self.digest_algorithms,
+            cover=self.cover,
         )
         request.headers.update(added)
         yield request

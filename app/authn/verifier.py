@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import hmac
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -177,11 +177,14 @@ class SignatureVerifier:
         now: float | None = None,
         *,
         defer_digest: bool = False,
+        require: Collection[str] = (),
     ) -> VerifiedSignature:
         """The first signature that satisfies the profile, or the first one's failure.
 
         ``defer_digest`` skips the Content-Digest check for a body that is streamed:
         the caller must then verify the digest as the body passes (pass-through routes).
+        ``require``: components a signature must cover on top of the profile's (the
+        decision endpoint's original-method and original-URI headers).
         """
         candidates = self._candidates(message)
         moment = time.time() if now is None else now
@@ -189,7 +192,9 @@ class SignatureVerifier:
         failure: AuthenticationFailed | None = None
         for candidate in candidates:
             try:
-                return self._verify_one(message, body, candidate, moment, keyring, defer_digest)
+                return self._verify_one(
+                    message, body, candidate, moment, keyring, defer_digest, require
+                )
             except AuthenticationFailed as exc:
                 failure = failure or exc
         assert failure is not None  # candidates is never empty
@@ -215,10 +220,11 @@ class SignatureVerifier:
         now: float,
         keyring: KeyRing,
         defer_digest: bool = False,
+        require: Collection[str] = (),
     ) -> VerifiedSignature:
         params = candidate.params
         self._check_params(params, now)
-        self._check_coverage(message, body, candidate.components)
+        self._check_coverage(message, body, candidate.components, require)
         key_id = str(params["keyid"])
         self._check_key(keyring, key_id, now)
         try:
@@ -261,8 +267,10 @@ class SignatureVerifier:
         if not key.valid_at(datetime.fromtimestamp(now, UTC)):
             raise _fail(Reason.KEY_EXPIRED)
 
-    def _check_coverage(self, message: Message, body: bytes, covered: tuple[str, ...]) -> None:
-        required = {"@method", "@path", SUBJECT_HEADER}
+    def _check_coverage(
+        self, message: Message, body: bytes, covered: tuple[str, ...], require: Collection[str]
+    ) -> None:
+        required = {"@method", "@path", SUBJECT_HEADER, *require}
         if message.query:
             required.add("@query")
         if body or message.header("content-digest") is not None:

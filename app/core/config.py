@@ -209,6 +209,26 @@ class EdgeSettings(_Section):
     max_body_bytes: Annotated[int, Field(ge=0)] = 1024 * 1024
 
 
+# A request header name (RFC 9110 token, lower case as the verifier compares them).
+_HEADER_NAME = r"^[a-z0-9][a-z0-9-]{0,63}$"
+_ROUTE_TEMPLATE = r"^/[A-Za-z0-9_{}:/.~-]*$"
+
+
+class AuthorizerSettings(_Section):
+    """The decision endpoints: the gateway as the authorizer of another proxy."""
+
+    # Templates of the requests the endpoints may be asked about, in starlette's path
+    # syntax: {engagement_id} names the engagement (one segment), {rest:path} matches the
+    # rest. A request that matches none is denied.
+    routes: list[Annotated[str, Field(pattern=_ROUTE_TEMPLATE)]] = Field(default_factory=list)
+    # The headers nginx auth_request sends the original method and URI in.
+    method_header: Annotated[str, Field(pattern=_HEADER_NAME)] = "x-original-method"
+    uri_header: Annotated[str, Field(pattern=_HEADER_NAME)] = "x-original-uri"
+    # With a key, an allowed answer also carries the caller's identity signed by the
+    # gateway (Signature-Input / Signature, label "gateway"), as on its own downstream calls.
+    identity_signing_key: KeySpec | None = None
+
+
 def _redis_url_from_env() -> str | None:
     return os.environ.get(REDIS_URL_ENV) or None
 
@@ -255,6 +275,7 @@ class Settings(BaseSettings):
     redis: RedisSettings = Field(default_factory=RedisSettings)
     ops: OpsSettings = Field(default_factory=OpsSettings)
     orchestration: OrchestrationSettings = Field(default_factory=OrchestrationSettings)
+    authorizer: AuthorizerSettings = Field(default_factory=AuthorizerSettings)
 
     @field_validator("services")
     @classmethod

@@ -8,9 +8,10 @@
  *
  * Two modes, each a set of js_set variables (see authz-signer-http.conf):
  *   proxy     nginx proxies the request itself to the gateway ($authz_*)
- *   decision  an auth_request subrequest asks the gateway's /v1/decisions
- *             whether the client's request may pass ($authz_decision_*); the
- *             signature also covers X-Original-Method and X-Original-URI.
+ *   decision  a request asks the gateway's decision endpoint whether another
+ *             request may pass ($authz_decision_*): an auth_request subrequest,
+ *             or a forward-auth call from Traefik through this nginx. The
+ *             signature also covers the original-method and original-URI headers.
  *
  * Every value of one mode is computed once per request and kept in js_var
  * variables: nginx may evaluate a js_set variable each time it is used, and two
@@ -31,9 +32,6 @@ const GROUP = /^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$/;
 const KEY_ID = /^[A-Za-z0-9._:-]{1,64}$/;
 const MIN_SECRET_BYTES = 32;
 const LABEL = 'sig1';
-// The names the gateway's decision endpoint reads by default (authorizer.*_header).
-const ORIGINAL_METHOD = 'x-original-method';
-const ORIGINAL_URI = 'x-original-uri';
 
 function sfString(value) {
     return '"' + value.replace(/\\/g, '\\\\').replace(/"/g, '\\"') + '"';
@@ -179,21 +177,32 @@ function proxyValues(r) {
     r.variables.authz_signed_for = tag;
 }
 
-/* Everything an auth_request subrequest to the decision endpoint sends, computed once. */
+/*
+ * Everything a decision request sends, computed once: an auth_request subrequest
+ * (the original method and URI are the client's request's), or a forward-auth
+ * sidecar in front of the gateway for Traefik (they come in X-Forwarded-* headers).
+ * The names and values are the $authz_original_* variables (authz-signer-http.conf).
+ */
 function decisionValues(r) {
-    var target = r.variables.authz_decision_uri;
-    var original = r.variables.request_method + ' ' + r.variables.request_uri;
-    var tag = r.method + ' ' + target + ' for ' + original;
-    if (r.variables.authz_decision_signed_for === tag) {
+    var v = r.variables;
+    var method = v.authz_original_method_value || '';
+    var uri = v.authz_original_uri_value || '';
+    var target = v.authz_decision_uri;
+    var tag = r.method + ' ' + target + ' for ' + method + ' ' + uri;
+    if (v.authz_decision_signed_for === tag) {
         return;
     }
     var values = {subject: '', groups: '', method: '', uri: '', input: '', signature: ''};
     var who = identity(r);
+    if (who !== null && (method === '' || uri === '')) {
+        r.error('authz-signer: no original method or URI to ask about; not signing');
+        who = null;
+    }
     if (who !== null) {
-        // The decision request has no body (proxy_pass_request_body off): no digest.
+        // A decision request has no body (proxy_pass_request_body off): no digest.
         var headers = [
-            [ORIGINAL_METHOD, r.variables.request_method],
-            [ORIGINAL_URI, r.variables.request_uri],
+            [v.authz_original_method_header.toLowerCase(), method],
+            [v.authz_original_uri_header.toLowerCase(), uri],
             ['x-auth-subject', who.subject],
         ];
         if (who.groups !== '') {
@@ -204,15 +213,15 @@ function decisionValues(r) {
             values = {
                 subject: who.subject,
                 groups: who.groups,
-                method: r.variables.request_method,
-                uri: r.variables.request_uri,
+                method: method,
+                uri: uri,
                 input: signed.input,
                 signature: signed.signature,
             };
         }
     }
     store(r, 'authz_d_', values);
-    r.variables.authz_decision_signed_for = tag;
+    v.authz_decision_signed_for = tag;
 }
 
 function store(r, prefix, values) {

@@ -1,0 +1,138 @@
+"""Decision endpoints: may a request that another proxy forwards itself pass?
+
+One route per proxy contract (nginx ``auth_request``, Traefik ``forwardAuth``,
+the Envoy ``ext_authz`` HTTP service), each behind ``DecisionGuard``. An allowed
+request gets 200 with the headers the proxy copies upstream; anything else is
+401, 403 or 429 problem+json. See app/api/docs/decisions.md.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import httpx
+from fastapi import APIRouter, Depends, Request, Response
+
+from app.api.decision_schemas import DecisionAnswer
+from app.api.decisions import Authorizer, DecisionGuard, Grant
+from app.api.schemas import Problem
+from app.authn.identity import GROUPS_HEADER, SUBJECT_HEADER
+from app.authz.policy import GLOBAL_DOMAIN
+from app.downstream.propagation import ENGAGEMENT_HEADER, sign_outbound
+
+router = APIRouter(prefix="/v1/decisions", tags=["decisions"])
+
+# Every method a proxy may ask with: nginx and Traefik use GET, Envoy the original one.
+METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+DECISION_ID_HEADER = "x-gateway-decision-id"
+REVISION_HEADER = "x-gateway-policy-revision"
+IDENTITY_LABEL = "gateway"
+ERRORS: dict[int | str, dict[str, object]] = {
+    status: {"model": Problem, "content": {"application/problem+json": {}}}
+    for status in (401, 403, 413, 429, 503)
+}
+
+NginxGrant = Annotated[Grant, Depends(DecisionGuard("nginx"))]
+TraefikGrant = Annotated[Grant, Depends(DecisionGuard("traefik"))]
+EnvoyGrant = Annotated[Grant, Depends(DecisionGuard("envoy"))]
+
+
+@router.api_route(
+    "",
+    methods=METHODS,
+    response_model=DecisionAnswer,
+    responses=ERRORS,
+    summary="Decide an nginx auth_request subrequest",
+)
+async def nginx_decision(grant: NginxGrant, request: Request, response: Response) -> DecisionAnswer:
+    """The original request is in the configured method and URI headers."""
+    return answer(grant, request, response)
+
+
+@router.api_route(
+    "/traefik",
+    methods=METHODS,
+    response_model=DecisionAnswer,
+    responses=ERRORS,
+    summary="Decide a Traefik forwardAuth request",
+)
+async def traefik_decision(
+    grant: TraefikGrant, request: Request, response: Response
+) -> DecisionAnswer:
+    """The original request is in X-Forwarded-Method and X-Forwarded-Uri."""
+    return answer(grant, request, response)
+
+
+@router.api_route(
+    "/envoy",
+    methods=METHODS,
+    response_model=DecisionAnswer,
+    responses=ERRORS,
+    include_in_schema=False,
+)
+@router.api_route(
+    "/envoy/{original:path}",
+    methods=METHODS,
+    response_model=DecisionAnswer,
+    responses=ERRORS,
+    summary="Decide an Envoy ext_authz HTTP check",
+)
+async def envoy_decision(grant: EnvoyGrant, request: Request, response: Response) -> DecisionAnswer:
+    """The original request is this request: its method, and its path after the prefix."""
+    return answer(grant, request, response)
+
+
+def answer(grant: Grant, request: Request, response: Response) -> DecisionAnswer:
+    """The 200: identity headers for the proxy to copy upstream, and the evidence."""
+    decision, identity = grant.decision, grant.identity
+    engagement = "" if decision.engagement == GLOBAL_DOMAIN else decision.engagement
+    # Always present, empty when there is nothing to say: a proxy that copies named
+    # headers then replaces a client's copy instead of letting it through.
+    headers = {
+        SUBJECT_HEADER: identity.subject,
+        GROUPS_HEADER: ",".join(identity.groups),
+        ENGAGEMENT_HEADER: engagement,
+        DECISION_ID_HEADER: grant.decision_id,
+        REVISION_HEADER: decision.revision,
+        **grant.rate_headers,
+    }
+    authorizer: Authorizer = request.app.state.authorizer
+    if authorizer.identity_key is not None:
+        headers.update(_signed_identity(grant, headers, authorizer))
+    response.headers.update(headers)
+    return DecisionAnswer(
+        decision_id=grant.decision_id,
+        mode=grant.mode,
+        subject=identity.subject,
+        groups=list(identity.groups),
+        engagement=decision.engagement,
+        object=decision.obj,
+        action=decision.action,
+        policy_revision=decision.revision,
+    )
+
+
+def _signed_identity(
+    grant: Grant, headers: dict[str, str], authorizer: Authorizer
+) -> dict[str, str]:
+    """The gateway's signature over the original request's method, path and identity.
+
+    The upstream receives the original request as the client sent it, so the raw
+    path and query are signed, never the normalised form; the body is not covered.
+    """
+    assert authorizer.identity_key is not None
+    target = grant.target
+    identity_headers = {
+        name: headers[name]
+        for name in (SUBJECT_HEADER, GROUPS_HEADER, ENGAGEMENT_HEADER)
+        if headers[name]
+    }
+    url = httpx.URL("http://upstream/").copy_with(
+        raw_path=(target.raw_path + (f"?{target.query}" if target.query else "")).encode("ascii")
+    )
+    original = httpx.Request(target.action, url, headers=identity_headers)
+    sign_outbound(original, authorizer.identity_key, IDENTITY_LABEL)
+    return {
+        "signature-input": original.headers["signature-input"],
+        "signature": original.headers["signature"],
+    }

@@ -1,0 +1,89 @@
+"""What a decision is about, when another proxy asks: the original request's target.
+
+The decision endpoints are asked about a request the gateway never routes itself.
+Its URI is treated exactly like the gateway's own paths: split at the first ``?``
+(the query is never part of the policy object), normalised and refused on the
+edge's rules (``app.edge.paths.normalize_path``), then matched against the
+configured route templates (``authorizer.routes``), which say where the
+engagement is. A URI that matches no template is denied by default.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from starlette.routing import compile_path
+
+from app.authz.source import ENGAGEMENT, GLOBAL_DOMAIN
+from app.core.errors import ConfigError, InvalidPath
+from app.edge.paths import normalize_path
+
+ENGAGEMENT_PARAM = "engagement_id"
+# RFC 9110 method token, restricted to what policy actions look like (upper case).
+_METHOD = re.compile(r"^[A-Z][A-Z-]{0,19}$")
+MAX_URI_LENGTH = 8192
+
+
+class TargetRefused(Exception):
+    """The original request cannot be decided; ``reason`` goes to the decision log."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """The policy's view of the original request."""
+
+    engagement: str
+    obj: str
+    action: str
+    raw_path: str
+    query: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Template:
+    text: str
+    regex: re.Pattern[str]
+
+
+class RouteTemplates:
+    """The configured templates, tried in order; the first match names the engagement."""
+
+    def __init__(self, templates: list[str]) -> None:
+        self._templates = [_compile(index, text) for index, text in enumerate(templates)]
+
+    def __len__(self) -> int:
+        return len(self._templates)
+
+    def resolve(self, method: str, uri: str) -> Target:
+        """The target of ``method uri``, or ``TargetRefused`` (reason logged, never 500)."""
+        if not _METHOD.match(method):
+            raise TargetRefused("invalid_method", "The original method is malformed.")
+        if not uri.startswith("/") or len(uri) > MAX_URI_LENGTH:
+            raise TargetRefused("invalid_path", "The original URI must be an absolute path.")
+        raw_path, _, query = uri.partition("?")
+        try:
+            path = normalize_path(raw_path)
+        except InvalidPath as exc:
+            raise TargetRefused("invalid_path", f"The original URI: {exc.detail}") from None
+        for template in self._templates:
+            match = template.regex.match(path)
+            if match is not None:
+                engagement = match.groupdict().get(ENGAGEMENT_PARAM, GLOBAL_DOMAIN)
+                if engagement != GLOBAL_DOMAIN and not ENGAGEMENT.match(engagement):
+                    raise TargetRefused("invalid_engagement", "The engagement id is malformed.")
+                return Target(engagement, path, method, raw_path, query)
+        raise TargetRefused("no_route", "The original URI matches no configured route.")
+
+
+def _compile(index: int, text: str) -> _Template:
+    try:
+        regex, _, _ = compile_path(text)
+    except (ValueError, AssertionError) as exc:
+        raise ConfigError(f"authorizer.routes[{index}]: {exc}") from None
+    return _Template(text, regex)
