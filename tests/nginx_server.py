@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-SHIPPED = REPO / "deploy" / "nginx"
+SHIPPED = REPO / "deploy"
 JS_MODULE = Path("/usr/lib/nginx/modules/ngx_http_js_module.so")
 SHIPPED_DIR = "/etc/nginx/authz-gateway/"
 
@@ -37,19 +37,19 @@ def nginx_binary() -> str:
 
 
 def render_shipped(name: str, target: Path, replacements: Mapping[str, str]) -> Path:
-    """Copy one shipped file into ``target``, its directory, ports and paths replaced."""
+    """Copy deploy/``name`` into ``target``, its directory, ports and paths replaced."""
     text = (SHIPPED / name).read_text().replace(SHIPPED_DIR, f"{target}/")
     for old, new in replacements.items():
-        assert old in text, f"deploy/nginx/{name} no longer contains {old!r}"
+        assert old in text, f"deploy/{name} no longer contains {old!r}"
         text = text.replace(old, new)
-    out = target / name
+    out = target / Path(name).name
     out.write_text(text)
     return out
 
 
 def copy_shipped(name: str, target: Path) -> Path:
-    """Copy one shipped file into ``target`` byte for byte."""
-    out = target / name
+    """Copy deploy/``name`` into ``target`` byte for byte."""
+    out = target / Path(name).name
     shutil.copyfile(SHIPPED / name, out)
     return out
 

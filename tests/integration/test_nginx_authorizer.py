@@ -1,0 +1,204 @@
+"""The gateway as the authorizer of a real nginx (auth_request), and of its sidecars.
+
+nginx runs the shipped deploy/ files (ports and paths only): ``gateway-authorizer.conf``
+asks ``/v1/decisions`` for every request and, on 200, proxies it straight to an
+application stub, which records what it received. The Traefik and Envoy signing
+sidecars are asked the way those proxies ask (their binaries are not available here).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI, Request
+
+from app.authn.asgi import message_from_scope
+from app.authn.keys import KeyRing, SigningKey
+from app.authn.verifier import SignatureVerifier
+from app.core.errors import AuthenticationFailed
+from app.main import create_app
+from tests.conftest import LiveServer, make_settings
+from tests.integration.nginx_stack import NginxSite, nginx_key_spec
+
+pytestmark = pytest.mark.integration
+
+OURS = "/v1/engagements/acme-2026/findings"
+FOREIGN = "/v1/engagements/initech-redteam/findings"
+ROUTES = ["/v1/engagements/{engagement_id}/findings", "/v1/engagements/{engagement_id}/overview"]
+IDENTITY_ENV = "GATEWAY_TEST_AUTHZ_IDENTITY_KEY"
+IDENTITY_SECRET = b"authorizer-identity-test-secret-not-for-production"
+
+
+def _application(verifier: SignatureVerifier) -> FastAPI:
+    """The application behind nginx: records every request it receives."""
+    app = FastAPI()
+    app.state.seen = []
+
+    @app.api_route("/{rest:path}", methods=["GET", "POST", "PUT", "DELETE"])
+    async def record(request: Request) -> dict[str, Any]:
+        body = await request.body()
+        try:
+            identity = verifier.verify(message_from_scope(request.scope), b"", time.time())
+            signed = identity.subject
+        except AuthenticationFailed as exc:
+            signed = exc.reason
+        app.state.seen.append(
+            {"method": request.method, "path": request.url.path, "body": body, "signed": signed}
+            | {"headers": dict(request.headers)}
+        )
+        return {"served": request.url.path}
+
+    return app
+
+
+@pytest.fixture
+def site(
+    tmp_path: Path,
+    live_server: Callable[[FastAPI], LiveServer],
+    test_key_env: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[tuple[NginxSite, FastAPI]]:
+    monkeypatch.setenv(IDENTITY_ENV, IDENTITY_SECRET.decode())
+    verifier = SignatureVerifier(KeyRing([SigningKey("gateway-authz", IDENTITY_SECRET)]))
+    application = _application(verifier)
+    app_server = live_server(application)
+    settings = make_settings(
+        signing={"keys": [nginx_key_spec(tmp_path)]},
+        authorizer={
+            "routes": ROUTES,
+            "identity_signing_key": {"id": "gateway-authz", "secret_env": IDENTITY_ENV},
+        },
+    )
+    gateway = live_server(create_app(settings))
+    nginx = NginxSite(tmp_path, gateway.port, app_server.port, sidecars=True).start()
+    yield nginx, application
+    nginx.stop()
+
+
+def _seen(application: FastAPI) -> list[dict[str, Any]]:
+    seen: list[dict[str, Any]] = application.state.seen
+    return seen
+
+
+# --- nginx auth_request -------------------------------------------------------------
+
+
+def test_an_allowed_request_reaches_the_application_with_the_answer_headers(
+    site: tuple[NginxSite, FastAPI],
+) -> None:
+    nginx, application = site
+    with nginx.client("alice", authorizer=True) as client:
+        response = client.get(OURS, params={"page": "2"}, headers={"X-Auth-Subject": "dana"})
+    assert response.status_code == 200, response.text
+    assert response.json() == {"served": OURS}
+    [seen] = _seen(application)
+    headers = seen["headers"]
+    assert headers["x-auth-subject"] == "alice"  # the gateway's answer, not the client's
+    assert headers["x-gateway-engagement"] == "acme-2026"
+    assert len(headers["x-gateway-decision-id"]) == 32
+    assert headers["x-gateway-policy-revision"]
+    assert "authorization" not in headers
+    assert "x-auth-groups" not in headers  # empty in the answer: nginx sends none
+    assert seen["signed"] == "alice"  # the gateway's identity signature verifies
+
+
+def test_a_post_with_a_body_passes_to_the_application_unseen_by_the_gateway(
+    site: tuple[NginxSite, FastAPI],
+) -> None:
+    nginx, application = site
+    with nginx.client("alice", authorizer=True) as client:
+        response = client.post(OURS, json={"title": "x", "severity": "low"})
+    assert response.status_code == 200, response.text
+    [seen] = _seen(application)
+    assert seen["method"] == "POST"
+    assert seen["body"] == b'{"title":"x","severity":"low"}'
+
+
+def test_a_foreign_engagement_is_403_and_the_application_receives_nothing(
+    site: tuple[NginxSite, FastAPI],
+) -> None:
+    nginx, application = site
+    with nginx.client("alice", authorizer=True) as client:
+        assert client.get(FOREIGN).status_code == 403
+        assert client.get("/v1/unlisted/route").status_code == 403
+        assert client.get(OURS, headers={"X-Original-URI": FOREIGN}).status_code == 200
+    assert [s["path"] for s in _seen(application)] == [OURS]
+
+
+def test_an_unsigned_decision_request_is_401_and_the_application_receives_nothing(
+    site: tuple[NginxSite, FastAPI],
+) -> None:
+    """ "bad user" passes basic auth but is no valid subject: the signer refuses to sign."""
+    nginx, application = site
+    with nginx.client("bad user", authorizer=True) as client:
+        assert client.get(OURS).status_code == 401
+    assert _seen(application) == []
+    assert "no well-formed subject" in nginx.error_log()
+
+
+def test_ten_identical_requests_all_pass(site: tuple[NginxSite, FastAPI]) -> None:
+    nginx, application = site
+    with nginx.client("alice", authorizer=True) as client:
+        statuses = [client.get(OURS).status_code for _ in range(10)]
+    assert statuses == [200] * 10
+    assert len({s["headers"]["x-gateway-decision-id"] for s in _seen(application)}) == 10
+
+
+# --- Traefik forwardAuth through the nginx sidecar ---------------------------------
+
+
+def _traefik(nginx: NginxSite, method: str, uri: str, user: str | None) -> httpx.Response:
+    """Traefik's forwardAuth call: GET to the address, client headers, X-Forwarded-*."""
+    headers = {
+        "Accept": "*/*",
+        "X-Forwarded-Method": method,
+        "X-Forwarded-Proto": "https",
+        "X-Forwarded-Host": "app.example.com",
+        "X-Forwarded-Uri": uri,
+        "X-Forwarded-For": "203.0.113.7",
+        "Signature": "sig1=:AAAA:",  # a client's forgery rides along; the sidecar replaces it
+    }
+    if user is not None:
+        headers["X-Auth-User"] = user  # set by Traefik's basicAuth headerField
+    url = f"http://127.0.0.1:{nginx.traefik_port}/v1/decisions/traefik"
+    return httpx.get(url, headers=headers, timeout=10)
+
+
+def test_traefik_forward_auth_through_the_sidecar(site: tuple[NginxSite, FastAPI]) -> None:
+    nginx, _ = site
+    allowed = _traefik(nginx, "POST", f"{OURS}?x=1", "alice")
+    assert allowed.status_code == 200, allowed.text
+    assert allowed.headers["x-auth-subject"] == "alice"
+    assert allowed.json()["mode"] == "traefik"
+    assert allowed.json()["action"] == "POST"
+    assert _traefik(nginx, "GET", FOREIGN, "alice").status_code == 403
+    assert _traefik(nginx, "GET", OURS, None).status_code == 401
+
+
+# --- Envoy ext_authz through the nginx sidecar -------------------------------------
+
+
+def _envoy(nginx: NginxSite, method: str, target: str, user: str | None) -> httpx.Response:
+    """Envoy's check request: original method, path_prefix + path, Content-Length 0."""
+    headers = {"Content-Length": "0", "Host": "app.example.com"}
+    if user is not None:
+        headers["X-Auth-User"] = user  # set by Envoy's authentication filter
+    url = f"http://127.0.0.1:{nginx.envoy_port}/v1/decisions/envoy{target}"
+    with httpx.Client(timeout=10) as client:
+        return client.send(httpx.Request(method, url, headers=headers))
+
+
+def test_envoy_ext_authz_through_the_sidecar(site: tuple[NginxSite, FastAPI]) -> None:
+    nginx, _ = site
+    allowed = _envoy(nginx, "DELETE", f"{OURS}?dry=1", "alice")
+    assert allowed.status_code == 403  # analysts may not DELETE: the original method decides
+    allowed = _envoy(nginx, "POST", f"{OURS}?dry=1", "alice")
+    assert allowed.status_code == 200, allowed.text
+    assert (allowed.json()["mode"], allowed.json()["object"]) == ("envoy", OURS)
+    assert _envoy(nginx, "GET", FOREIGN, "alice").status_code == 403
+    assert _envoy(nginx, "GET", OURS, None).status_code == 401
