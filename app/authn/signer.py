@@ -27,9 +27,7 @@ from app.authn.identity import GROUPS_HEADER, SUBJECT_HEADER
 DEFAULT_LABEL = "sig1"
 
 
-def covered_components(
-    message: Message, has_body: bool, cover: Sequence[str] = ()
-) -> list[str]:
+def covered_components(message: Message, has_body: bool, cover: Sequence[str] = ()) -> list[str]:
     """The profile's required components for this message (then ``cover``), in order."""
     components = ["@method", "@path"]
     if message.query:
