@@ -215,18 +215,27 @@ _ROUTE_TEMPLATE = r"^/[A-Za-z0-9_{}:/.~-]*$"
 
 
 class AuthorizerSettings(_Section):
-    """The decision endpoints: the gateway as the authorizer of another proxy."""
+    """The decision endpoints (/v1/decisions): the gateway as another proxy's authorizer."""
 
-    # Templates of the requests the endpoints may be asked about, in starlette's path
-    # syntax: {engagement_id} names the engagement (one segment), {rest:path} matches the
-    # rest. A request that matches none is denied.
-    routes: list[Annotated[str, Field(pattern=_ROUTE_TEMPLATE)]] = Field(default_factory=list)
-    # The headers nginx auth_request sends the original method and URI in.
-    method_header: Annotated[str, Field(pattern=_HEADER_NAME)] = "x-original-method"
-    uri_header: Annotated[str, Field(pattern=_HEADER_NAME)] = "x-original-uri"
-    # With a key, an allowed answer also carries the caller's identity signed by the
-    # gateway (Signature-Input / Signature, label "gateway"), as on its own downstream calls.
-    identity_signing_key: KeySpec | None = None
+    routes: list[Annotated[str, Field(pattern=_ROUTE_TEMPLATE)]] = Field(
+        default_factory=list,
+        description="templates of the requests that may be decided, tried in order "
+        "(starlette syntax): {engagement_id} is the engagement, {rest:path} matches the rest; "
+        "a URI matching none is denied",
+    )
+    method_header: Annotated[str, Field(pattern=_HEADER_NAME)] = Field(
+        default="x-original-method",
+        description="header carrying the original method (nginx auth_request); must be signed",
+    )
+    uri_header: Annotated[str, Field(pattern=_HEADER_NAME)] = Field(
+        default="x-original-uri",
+        description="header carrying the original URI (nginx auth_request); must be signed",
+    )
+    identity_signing_key: KeySpec | None = Field(
+        default=None,
+        description="with a key, an allowed answer also carries the identity signed by the "
+        "gateway (Signature-Input/Signature, label gateway) for the upstream to verify",
+    )
 
 
 def _redis_url_from_env() -> str | None:
