@@ -74,6 +74,19 @@ def _transport_micro(micros: list[dict[str, Any]]) -> list[Goal]:
     return goals
 
 
+def _decision_endpoint(matrix: dict[str, Any], conns: int = 64) -> Goal:
+    """Issue 13: the decision endpoint (no downstream call) against the full gateway."""
+    goal = f"decision endpoint req/s vs the full gateway at {conns} conns (p99 of each)"
+    dec, gw = _rps(matrix, "decision", conns), _rps(matrix, "gateway", conns)
+    if dec is None or gw is None:
+        return {"goal": goal, "figure": "not measured", "target": "≥ 2×", "met": "n/a"}
+    p99 = (matrix["decision"][conns]["p99_ms"], matrix["gateway"][conns]["p99_ms"])
+    figure = (
+        f"{dec / gw:.2f}× ({dec:,.0f} vs {gw:,.0f} req/s; p99 {p99[0]:,.2f} vs {p99[1]:,.2f} ms)"
+    )
+    return {"goal": goal, "figure": figure, "target": "≥ 2×", "met": _met(dec / gw >= 2)}
+
+
 def _signature(probe: dict[str, Any]) -> Goal:
     goal = "signature verification vs one raw HMAC, 1 KB body"
     if "ratio" not in probe:
@@ -156,5 +169,6 @@ def evaluate_goals(results: dict[str, Any]) -> list[Goal]:
         _rss(results["soak"]),
         _our_client(matrix, 64),
         _our_client(matrix, 16),
+        _decision_endpoint(matrix),
         *_transport_micro(results.get("micros", [])),
     ]

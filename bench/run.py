@@ -163,7 +163,13 @@ def _security(targets: list[Target]) -> dict[str, dict[str, Any]]:
     """Signed / unsigned / replayed / unknown-caller answers of the rows that check."""
     found: dict[str, dict[str, Any]] = {}
     for target in targets:
-        if target.available and target.key in ("naive", "gateway", "gateway_redis", "gateway_w2"):
+        if target.available and target.key in (
+            "naive",
+            "gateway",
+            "gateway_redis",
+            "gateway_w2",
+            "decision",
+        ):
             try:
                 found[target.key] = check(target)
             except (OSError, ValueError) as exc:

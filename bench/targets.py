@@ -27,6 +27,9 @@ BENCH_KEY_ENV = "GATEWAY_BENCH_KEY"
 # A documented benchmark-only key; it never signs anything outside a bench run.
 BENCH_SECRET = b"bench-secret-not-for-production-0123456789"
 GATEWAY_PATH = "/v1/engagements/{engagement}/findings"
+# The decision endpoint asked about the same request, in its Envoy form (the original
+# method and path are the request's own, so the generator's signature covers them).
+DECISION_PATH = "/v1/decisions/envoy/v1/engagements/{engagement}/findings"
 STUB_PATH = "/engagements/{engagement}/findings"
 
 
@@ -70,7 +73,9 @@ BENCH_SKEW_SECONDS = 10
 
 
 def gateway_config(root: Path, stub_port: int, policy_dir: Path) -> Path:
-    settings = {
+    from app.core.config import Settings
+
+    settings: dict[str, Any] = {
         "signing": {
             "keys": [{"id": BENCH_KEY_ID, "secret_env": BENCH_KEY_ENV}],
             "max_skew_seconds": BENCH_SKEW_SECONDS,
@@ -79,6 +84,8 @@ def gateway_config(root: Path, stub_port: int, policy_dir: Path) -> Path:
         "services": {"findings": service_settings(f"http://127.0.0.1:{stub_port}")},
         "log": {"level": "INFO", "format": "json"},
     }
+    if "authorizer" in Settings.model_fields:  # the decision endpoint exists on this commit
+        settings["authorizer"] = {"routes": ["/v1/engagements/{engagement_id}/findings"]}
     path = root / "gateway.yaml"
     path.write_text(yaml.safe_dump(settings))
     return path
@@ -116,6 +123,20 @@ def _gateway(
     key, label = ROW_NAMES[(workers, redis)]
     server = Server(key, port, argv, {BENCH_KEY_ENV: BENCH_SECRET.decode()}, root / f"{key}.log")
     return Target(key, label, GATEWAY_PATH, callers, server, ready_path="/healthz")
+
+
+def _decision(root: Path, config: Path, callers: list[tuple[str, str]]) -> Target:
+    """The decision endpoint on a gateway of its own, configured as the gateway row."""
+    from app.core.config import Settings
+
+    key, label = "decision", "gateway decision endpoint (authorizer)"
+    if "authorizer" not in Settings.model_fields:
+        note = "unavailable: no decision endpoint on this commit"
+        return Target(key, label, DECISION_PATH, callers, note=note)
+    port = free_port()
+    argv = python_argv("app.cli.main", "serve", "--port", str(port), "--config", str(config))
+    server = Server(key, port, argv, {BENCH_KEY_ENV: BENCH_SECRET.decode()}, root / f"{key}.log")
+    return Target(key, label, DECISION_PATH, callers, server, ready_path="/healthz")
 
 
 def build_targets(
@@ -166,6 +187,7 @@ def build_targets(
     )
     config = gateway_config(root, stub_port, gw_policy)
     targets.append(_gateway(root, config, 1, gw_callers))
+    targets.append(_decision(root, config, gw_callers))
     if shutil.which("redis-server") is None:
         for key, label in (ROW_NAMES[(1, True)], ROW_NAMES[(2, True)]):
             note = "unavailable: redis-server missing (make test installs it)"
