@@ -1,50 +1,45 @@
-"""The decision endpoints' guard: the gateway's stages, run on another proxy's request.
+"""The decision endpoints' guard: the gateway's gate, run on another proxy's request.
 
-``DecisionGuard(mode)`` is the authentication and engagement/RBAC guard of the
-``/v1/decisions`` routes. It runs the stages every route runs, in the same order,
-with the same functions, but decides the *original* request the asking proxy
-will forward itself:
+``DecisionGuard(mode)`` is the ``Guard`` the ``/v1/decisions`` routes declare.
+``GuardedRoute`` runs it before FastAPI reads anything, like every route's guard,
+and it runs the same ``Gate`` stages in the same order, but decides the
+*original* request the asking proxy will forward itself:
 
-1. authn: the decision request's RFC 9421 signature (``authenticate_request``),
+1. authn (``Gate.authenticate``): the decision request's RFC 9421 signature,
    which must also cover the headers that carry the original method and URI
    (nginx, Traefik); for Envoy they are the request's own method and path;
 2. target: the original URI normalised and refused on the edge's rules, and
    matched against ``authorizer.routes`` for its engagement
    (``app.authz.targets``); no match is a deny;
-3. limit: the subject's and the engagement's rate-limit quota, as a direct call
-   would spend it;
-4. authz: the same policy, one decision line (``stage=authz``) with ``mode`` and
-   ``decision_id`` bound.
+3. limit (``Gate.spend``): the subject's and the engagement's quota, as a direct
+   request would spend it;
+4. authz (``Gate.decide``): the same policy, one decision line (``stage=authz``)
+   with ``mode`` and ``decision_id`` bound.
 
 A refused original request is 403 (what nginx ``auth_request`` passes on; it
-turns anything but 401 and 403 into a 500). Built on today's stage functions of
-``app.api.deps``; when ``app.api.pipeline.Gate`` lands, steps 1, 3 and 4 become
-its ``authenticate``, ``spend`` and ``decide``.
+turns anything but 401 and 403 into a 500): docs/decisions/0007-decision-endpoint.md.
 """
 
 from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from typing import NoReturn
+from typing import Annotated, NoReturn
 
 import structlog
-from fastapi import Request
+from fastapi import Depends, Request
 from pydantic import ValidationError
 
 from app.api.decision_schemas import Mode, OriginalRequest
-from app.api.deps import authenticate_request
+from app.api.pipeline import ADMISSION_KEY, Admission, Gate, Guard, Target
+from app.authn.asgi import message_from_scope
+from app.authn.base import declares_body
 from app.authn.keys import SigningKey, load_keyring
-from app.authz.policy import GLOBAL_DOMAIN, Decision
-from app.authz.store import PolicyStore
-from app.authz.targets import RouteTemplates, Target, TargetRefused
+from app.authz.targets import OriginalTarget, RouteTemplates, TargetRefused
 from app.core.config import AuthorizerSettings
 from app.core.errors import AccessDenied, ConfigError
 from app.core.scope import SIGNED_PATH_KEY
-from app.domain.identity import Identity
 from app.ops.metrics import count_decision
-from app.ops.ratelimit import RateLimitGuard
-from app.workflows.passthrough import declares_body
 
 decision_log = structlog.get_logger("gateway.decision")
 
@@ -85,36 +80,58 @@ class Authorizer:
         return None
 
 
+GRANT_KEY = "decision_grant"
+
+
 @dataclass(frozen=True, slots=True)
 class Grant:
-    """An allowed original request and the evidence for it."""
+    """What an allowed decision was about (the identity and decision are the admission's)."""
 
     mode: Mode
     decision_id: str
-    identity: Identity
-    target: Target
-    decision: Decision
-    rate_headers: dict[str, str]
+    original: OriginalTarget
 
 
-class DecisionGuard:
-    """The authentication and engagement/RBAC guard of one decision endpoint."""
+class DecisionGuard(Guard):
+    """The guard of one decision endpoint: the gate, on the original request."""
 
     def __init__(self, mode: Mode) -> None:
+        super().__init__()
         self.mode = mode
 
-    async def __call__(self, request: Request) -> Grant:
+    async def run(self, gate: Gate, request: Request) -> Admission:
         """401 unless signed (original headers covered), 403 unless allowed, 429 when spent."""
         authorizer: Authorizer = request.app.state.authorizer
         decision_id = uuid.uuid4().hex
         structlog.contextvars.bind_contextvars(mode=self.mode, decision_id=decision_id)
+        message = message_from_scope(request.scope)
         names = authorizer.original_headers(self.mode)
-        body = await request.body() if declares_body(request) else b""
-        identity = await authenticate_request(request, body, require=names or ())
-        target = _target(authorizer.templates, _original(request, names))
-        rate_headers = await _spend(request, identity, target)
-        decision = _decide(request, identity, target)
-        return Grant(self.mode, decision_id, identity, target, decision, rate_headers)
+        read_body = request.body if declares_body(message) else _no_body
+        identity = await gate.authenticate(message, read_body, require=names or ())
+        structlog.contextvars.bind_contextvars(subject=identity.subject, key_id=identity.key_id)
+        original = _resolve(authorizer.templates, _original(request, names))
+        target = Target(original.engagement, original.obj, original.action)
+        rate_headers = await gate.spend(identity, target)
+        admission = Admission(identity, gate.decide(identity, target), rate_headers)
+        state = request.scope.setdefault("state", {})
+        state[ADMISSION_KEY] = admission
+        state[GRANT_KEY] = Grant(self.mode, decision_id, original)
+        return admission
+
+
+async def _no_body() -> bytes:
+    return b""
+
+
+async def grant_of(request: Request) -> Grant:
+    """The grant the decision guard stored; none is a wiring bug: fail closed."""
+    grant: Grant | None = request.scope.get("state", {}).get(GRANT_KEY)
+    if grant is None:
+        raise RuntimeError(f"{request.url.path}: no decision guard ran")
+    return grant
+
+
+DecisionGrant = Annotated[Grant, Depends(grant_of)]
 
 
 def _original(request: Request, names: tuple[str, str] | None) -> OriginalRequest:
@@ -136,7 +153,7 @@ def _original(request: Request, names: tuple[str, str] | None) -> OriginalReques
         _refuse("invalid_path", "The original URI is malformed.")
 
 
-def _target(templates: RouteTemplates, original: OriginalRequest) -> Target:
+def _resolve(templates: RouteTemplates, original: OriginalRequest) -> OriginalTarget:
     try:
         return templates.resolve(original.method, original.uri)
     except TargetRefused as exc:
@@ -149,23 +166,3 @@ def _refuse(reason: str, detail: str, **fields: str) -> NoReturn:
     decision_log.info("decision", stage="authz", decision="deny", reason=reason, **fields)
     count_decision("deny", reason)
     raise AccessDenied(detail)
-
-
-async def _spend(request: Request, identity: Identity, target: Target) -> dict[str, str]:
-    guard: RateLimitGuard = request.app.state.rate_limit
-    if not guard.enabled:
-        return {}
-    engagement = None if target.engagement == GLOBAL_DOMAIN else target.engagement
-    return await guard.spend(identity.subject, engagement)
-
-
-def _decide(request: Request, identity: Identity, target: Target) -> Decision:
-    structlog.contextvars.bind_contextvars(engagement=target.engagement)
-    policy: PolicyStore = request.app.state.policy
-    decision = policy.decide(
-        identity.subject, target.engagement, target.obj, target.action, identity.groups
-    )
-    count_decision("allow" if decision.allowed else "deny", decision.reason)
-    if not decision.allowed:
-        raise AccessDenied("The policy does not allow this request.")
-    return decision

@@ -21,7 +21,7 @@ FastAPI dependencies: docs/decisions/0006-guards-before-the-body.md.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Collection, Coroutine, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -95,15 +95,18 @@ class Gate:
         rate_headers = await self.spend(identity, target)
         return Admission(identity, self.decide(identity, target), rate_headers)
 
-    async def authenticate(self, message: Message, read_body: BodyReader | None) -> Identity:
+    async def authenticate(
+        self, message: Message, read_body: BodyReader | None, require: Collection[str] = ()
+    ) -> Identity:
         """The signed identity, accepted once; 401 (reason logged) or 503 (replay check down).
 
         The MAC is verified from the headers before a byte of the body is read;
         a streamed body (``read_body`` is ``None``) has its digest checked as it
-        passes (``app.workflows.passthrough``).
+        passes (``app.workflows.passthrough``). ``require``: components the
+        signature must also cover (the decision endpoints' original headers).
         """
         try:
-            return await self.authn.authenticate_message(message, read_body)
+            return await self.authn.authenticate_message(message, read_body, require=require)
         except AuthenticationFailed as exc:
             decision_log.info("decision", stage="authn", decision="deny", reason=exc.reason)
             count_signature_failure(exc.reason)

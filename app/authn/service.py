@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import math
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 
 import redis.asyncio as aioredis
 
@@ -52,26 +52,42 @@ class AuthnService:
         return cls(verifier, nonces, KeyReloader(signing, verifier))
 
     async def authenticate(
-        self, message: Message, body: bytes, now: float | None = None, *, streamed: bool = False
+        self,
+        message: Message,
+        body: bytes,
+        now: float | None = None,
+        *,
+        streamed: bool = False,
+        require: Collection[str] = (),
     ) -> Identity:
         """``authenticate_message`` for a body already in hand (or streamed: ``None``)."""
 
         async def read_body() -> bytes:
             return body
 
-        return await self.authenticate_message(message, None if streamed else read_body, now)
+        reader = None if streamed else read_body
+        return await self.authenticate_message(message, reader, now, require=require)
 
     async def authenticate_message(
-        self, message: Message, read_body: BodyReader | None, now: float | None = None
+        self,
+        message: Message,
+        read_body: BodyReader | None,
+        now: float | None = None,
+        *,
+        require: Collection[str] = (),
     ) -> Identity:
         """The signed identity, accepted once: MAC, then the body's digest, then the nonce.
 
         The MAC is checked from the headers alone, so an unsigned or forged request
         never has its body read. ``read_body`` ``None``: the body streams later and
-        its digest is checked as it passes (pass-through routes).
+        its digest is checked as it passes (pass-through routes). ``require``:
+        components the signature must cover besides the profile's (the decision
+        endpoints' original-method and original-URI headers).
         """
         moment = time.time() if now is None else now
-        verified = self.verifier.verify_signature(message, b"", moment, defer_digest=True)
+        verified = self.verifier.verify_signature(
+            message, b"", moment, defer_digest=True, require=require
+        )
         if declares_body(message) and message.header("content-digest") is None:
             raise AuthenticationFailed(Reason.COMPONENT_MISSING.value)
         if read_body is not None:

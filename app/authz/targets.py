@@ -35,7 +35,7 @@ class TargetRefused(Exception):
 
 
 @dataclass(frozen=True, slots=True)
-class Target:
+class OriginalTarget:
     """The policy's view of the original request."""
 
     engagement: str
@@ -60,7 +60,7 @@ class RouteTemplates:
     def __len__(self) -> int:
         return len(self._templates)
 
-    def resolve(self, method: str, uri: str) -> Target:
+    def resolve(self, method: str, uri: str) -> OriginalTarget:
         """The target of ``method uri``, or ``TargetRefused`` (reason logged, never 500)."""
         if not _METHOD.match(method):
             raise TargetRefused("invalid_method", "The original method is malformed.")
@@ -77,7 +77,7 @@ class RouteTemplates:
                 engagement = match.groupdict().get(ENGAGEMENT_PARAM, GLOBAL_DOMAIN)
                 if engagement != GLOBAL_DOMAIN and not ENGAGEMENT.match(engagement):
                     raise TargetRefused("invalid_engagement", "The engagement id is malformed.")
-                return Target(engagement, path, method, raw_path, query)
+                return OriginalTarget(engagement, path, method, raw_path, query)
         raise TargetRefused("no_route", "The original URI matches no configured route.")
 
 

@@ -8,19 +8,23 @@ request gets 200 with the headers the proxy copies upstream; anything else is
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Callable
+from typing import Annotated, Any
 
 import httpx
 from fastapi import APIRouter, Depends, Request, Response
 
 from app.api.decision_schemas import DecisionAnswer
-from app.api.decisions import Authorizer, DecisionGuard, Grant
+from app.api.decisions import Authorizer, DecisionGrant, DecisionGuard, Grant
+from app.api.deps import Authenticated
+from app.api.pipeline import GuardedRoute
 from app.api.schemas import Problem
 from app.authn.identity import GROUPS_HEADER, SUBJECT_HEADER
-from app.authz.policy import GLOBAL_DOMAIN
+from app.authz.policy import GLOBAL_DOMAIN, Decision
+from app.domain.identity import Identity
 from app.downstream.propagation import ENGAGEMENT_HEADER, sign_outbound
 
-router = APIRouter(prefix="/v1/decisions", tags=["decisions"])
+router = APIRouter(route_class=GuardedRoute, prefix="/v1/decisions", tags=["decisions"])
 
 # Every method a proxy may ask with: nginx and Traefik use GET, Envoy the original one.
 METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
@@ -32,59 +36,74 @@ ERRORS: dict[int | str, dict[str, object]] = {
     for status in (401, 403, 413, 429, 503)
 }
 
-NginxGrant = Annotated[Grant, Depends(DecisionGuard("nginx"))]
-TraefikGrant = Annotated[Grant, Depends(DecisionGuard("traefik"))]
-EnvoyGrant = Annotated[Grant, Depends(DecisionGuard("envoy"))]
+# The guards: GuardedRoute runs each before FastAPI reads anything (app.api.pipeline).
+NginxDecision = Annotated[Decision, Depends(DecisionGuard("nginx"))]
+TraefikDecision = Annotated[Decision, Depends(DecisionGuard("traefik"))]
+EnvoyDecision = Annotated[Decision, Depends(DecisionGuard("envoy"))]
 
 
-@router.api_route(
-    "",
-    methods=METHODS,
-    response_model=DecisionAnswer,
-    responses=ERRORS,
-    summary="Decide an nginx auth_request subrequest",
-)
-async def nginx_decision(grant: NginxGrant, request: Request, response: Response) -> DecisionAnswer:
+async def nginx_decision(
+    decision: NginxDecision,
+    grant: DecisionGrant,
+    identity: Authenticated,
+    request: Request,
+    response: Response,
+) -> DecisionAnswer:
     """The original request is in the configured method and URI headers."""
-    return answer(grant, request, response)
+    return answer(decision, grant, identity, request, response)
 
 
-@router.api_route(
-    "/traefik",
-    methods=METHODS,
-    response_model=DecisionAnswer,
-    responses=ERRORS,
-    summary="Decide a Traefik forwardAuth request",
-)
 async def traefik_decision(
-    grant: TraefikGrant, request: Request, response: Response
+    decision: TraefikDecision,
+    grant: DecisionGrant,
+    identity: Authenticated,
+    request: Request,
+    response: Response,
 ) -> DecisionAnswer:
     """The original request is in X-Forwarded-Method and X-Forwarded-Uri."""
-    return answer(grant, request, response)
+    return answer(decision, grant, identity, request, response)
 
 
-@router.api_route(
-    "/envoy",
-    methods=METHODS,
-    response_model=DecisionAnswer,
-    responses=ERRORS,
-    include_in_schema=False,
-)
-@router.api_route(
-    "/envoy/{original:path}",
-    methods=METHODS,
-    response_model=DecisionAnswer,
-    responses=ERRORS,
-    summary="Decide an Envoy ext_authz HTTP check",
-)
-async def envoy_decision(grant: EnvoyGrant, request: Request, response: Response) -> DecisionAnswer:
+async def envoy_decision(
+    decision: EnvoyDecision,
+    grant: DecisionGrant,
+    identity: Authenticated,
+    request: Request,
+    response: Response,
+) -> DecisionAnswer:
     """The original request is this request: its method, and its path after the prefix."""
-    return answer(grant, request, response)
+    return answer(decision, grant, identity, request, response)
 
 
-def answer(grant: Grant, request: Request, response: Response) -> DecisionAnswer:
-    """The 200: identity headers for the proxy to copy upstream, and the evidence."""
-    decision, identity = grant.decision, grant.identity
+def _register(path: str, endpoint: Callable[..., Any], summary: str, schema: bool = True) -> None:
+    """One route per method, so that each has an operation id of its own in the schema."""
+    for method in METHODS:
+        router.add_api_route(
+            path,
+            endpoint,
+            methods=[method],
+            response_model=DecisionAnswer,
+            responses=ERRORS,
+            summary=summary,
+            operation_id=f"{endpoint.__name__}{'' if schema else '_root'}_{method.lower()}",
+            include_in_schema=schema,
+        )
+
+
+_register("", nginx_decision, "Decide an nginx auth_request subrequest")
+_register("/traefik", traefik_decision, "Decide a Traefik forwardAuth request")
+_register("/envoy/{original:path}", envoy_decision, "Decide an Envoy ext_authz HTTP check")
+# The original request "/" arrives as the bare prefix (the edge drops the trailing slash).
+_register("/envoy", envoy_decision, "Decide an Envoy ext_authz HTTP check", schema=False)
+
+
+def answer(
+    decision: Decision, grant: Grant, identity: Identity, request: Request, response: Response
+) -> DecisionAnswer:
+    """The 200: identity headers for the proxy to copy upstream, and the evidence.
+
+    (The RateLimit headers are added by ``GuardedRoute``, as on every route.)
+    """
     engagement = "" if decision.engagement == GLOBAL_DOMAIN else decision.engagement
     # Always present, empty when there is nothing to say: a proxy that copies named
     # headers then replaces a client's copy instead of letting it through.
@@ -94,7 +113,6 @@ def answer(grant: Grant, request: Request, response: Response) -> DecisionAnswer
         ENGAGEMENT_HEADER: engagement,
         DECISION_ID_HEADER: grant.decision_id,
         REVISION_HEADER: decision.revision,
-        **grant.rate_headers,
     }
     authorizer: Authorizer = request.app.state.authorizer
     if authorizer.identity_key is not None:
@@ -121,7 +139,7 @@ def _signed_identity(
     path and query are signed, never the normalised form; the body is not covered.
     """
     assert authorizer.identity_key is not None
-    target = grant.target
+    target = grant.original
     identity_headers = {
         name: headers[name]
         for name in (SUBJECT_HEADER, GROUPS_HEADER, ENGAGEMENT_HEADER)
