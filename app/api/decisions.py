@@ -24,10 +24,10 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from typing import Annotated, NoReturn
+from typing import NoReturn
 
 import structlog
-from fastapi import Depends, Request
+from fastapi import Request
 from pydantic import ValidationError
 
 from app.api.decision_schemas import Mode, OriginalRequest
@@ -123,15 +123,12 @@ async def _no_body() -> bytes:
     return b""
 
 
-async def grant_of(request: Request) -> Grant:
+def grant_of(request: Request) -> Grant:
     """The grant the decision guard stored; none is a wiring bug: fail closed."""
     grant: Grant | None = request.scope.get("state", {}).get(GRANT_KEY)
     if grant is None:
         raise RuntimeError(f"{request.url.path}: no decision guard ran")
     return grant
-
-
-DecisionGrant = Annotated[Grant, Depends(grant_of)]
 
 
 def _original(request: Request, names: tuple[str, str] | None) -> OriginalRequest:

@@ -19,7 +19,7 @@ from tests.conftest import REPO
 
 pytestmark = pytest.mark.integration
 
-ALWAYS_MEASURED = ("direct", "direct_fastapi", "bare_ours", "naive", "gateway")
+ALWAYS_MEASURED = ("direct", "direct_fastapi", "bare_ours", "naive", "gateway", "decision")
 GOALS = (
     "vs bare proxy (aiohttp)",
     "vs naive gateway",
@@ -29,6 +29,7 @@ GOALS = (
     "decision p99",
     "two workers",
     "RSS growth",
+    "decision endpoint req/s vs the full gateway",
 )
 
 
@@ -62,6 +63,7 @@ def test_every_row_is_measured_or_says_why(tiny_run: Path) -> None:
         "gateway",
         "gateway_redis",
         "gateway_w2",
+        "decision",
     }
     assert set(rows) == expected
     for key, row in rows.items():
@@ -89,7 +91,7 @@ def test_every_goal_and_extra_is_reported(tiny_run: Path) -> None:
         assert goal in goal_rows, goal
     results = json.loads((tiny_run / "latest.json").read_text())
     assert results["gateway_decision_log_lines"] > 0  # decision logging was on
-    for key in ("gateway", "naive"):
+    for key in ("gateway", "naive", "decision"):
         security = results["security"][key]
         assert (security["signed"], security["unsigned"], security["unknown_caller"]) == (
             200,
