@@ -13,6 +13,7 @@ from contextlib import asynccontextmanager
 
 import httpx
 from fastapi import FastAPI
+from opentelemetry.sdk.trace.export import SpanExporter
 from redis.asyncio import Redis
 
 from app import __version__
@@ -26,13 +27,15 @@ from app.authz.store import PolicyStore
 from app.authz.sync import announcer, follow_notices
 from app.authz.watch import policy_watcher
 from app.core.config import Settings, load_settings
-from app.core.logging import configure_logging
+from app.core.logging import configure_logging, reopen_log_files_on_sighup
 from app.core.redis import create_redis
 from app.downstream.client import ServiceRegistry, load_outbound_keys
 from app.edge.correlation import EdgeMiddleware
+from app.edge.tracing import ServerSpanMiddleware
 from app.ops.metrics import set_policy_revision
 from app.ops.processes import freeze_startup_heap
 from app.ops.runtime import ops_lifespan
+from app.ops.tracing import start_tracing
 from app.workflows.idempotency import (
     IdempotencyStore,
     MemoryIdempotencyStore,
@@ -41,9 +44,15 @@ from app.workflows.idempotency import (
 
 
 def create_app(
-    settings: Settings | None = None, transport: httpx.AsyncBaseTransport | None = None
+    settings: Settings | None = None,
+    transport: httpx.AsyncBaseTransport | None = None,
+    span_exporter: SpanExporter | None = None,
 ) -> FastAPI:
-    """Build the gateway; raises ``ConfigError`` if the settings cannot be served."""
+    """Build the gateway; raises ``ConfigError`` if the settings cannot be served.
+
+    ``transport`` and ``span_exporter`` replace the downstream transport and the
+    OTLP exporter (tests).
+    """
     settings = settings or load_settings()
     # One Redis pool per process for nonces, rate limits and reload notices (opened
     # lazily); ops_lifespan reuses app.state.redis, the nonce store closes it last.
@@ -55,16 +64,21 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # Started here, not at build: a supervisor that only validates exports nothing.
+        app.state.tracing = start_tracing(settings.tracing, span_exporter)
         app.state.services = ServiceRegistry(settings.services, transport, outbound_keys)
         try:
             async with (
                 authn.running(),
                 ops_lifespan(app, settings, follow_notices(policy), lambda: policy.revision),
                 policy_watcher(policy, watch_interval),
+                reopen_log_files_on_sighup(),
             ):
                 yield
         finally:
             await app.state.services.aclose()
+            if app.state.tracing is not None:
+                app.state.tracing.shutdown()
 
     app = FastAPI(
         title="authz-gateway",
@@ -83,6 +97,8 @@ def create_app(
     app.state.authorizer = Authorizer.from_settings(settings.authorizer)
     install_problem_handlers(app)
     app.add_middleware(EdgeMiddleware, max_body_bytes=settings.edge.max_body_bytes)
+    if settings.tracing.enabled:  # outermost, and absent when off (nothing to pay)
+        app.add_middleware(ServerSpanMiddleware, untraced_paths=settings.tracing.untraced_paths)
     app.include_router(health.router)
     app.include_router(findings.router)
     app.include_router(engagements.router)
@@ -110,7 +126,7 @@ def _idempotency_store(settings: Settings, redis: Redis | None) -> IdempotencySt
 def create_app_from_env() -> FastAPI:
     """uvicorn factory for worker processes: settings from the environment."""
     settings = load_settings()
-    configure_logging(settings.log.level, settings.log.format)
+    configure_logging(settings.log.level, settings.log.format, decisions=settings.log.decisions)
     app = create_app(settings)
     freeze_startup_heap()
     return app

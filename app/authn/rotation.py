@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import signal
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +31,7 @@ from app.authn.keys import KeyRing, load_keyring_from
 from app.authn.verifier import SignatureVerifier
 from app.core.config import SigningSettings
 from app.core.errors import ConfigError
+from app.core.sighup import on_sighup
 
 log = structlog.get_logger("gateway.authn")
 
@@ -104,29 +104,20 @@ class KeyReloader:
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
         """While open: reload on SIGHUP (main thread only) and on keys file change."""
-        sighup = self._install_sighup()
         stop = asyncio.Event()
         watcher = None
         if self.settings.keys_file is not None and self.settings.watch_keys_file:
             keys_file = self.settings.keys_file.absolute()
             watcher = asyncio.create_task(self._watch(keys_file, stop))
-        try:
-            yield
-        finally:
-            stop.set()
-            if watcher is not None:
-                await watcher
-            if sighup:
-                asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
-
-    def _install_sighup(self) -> bool:
-        try:
-            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self._on_sighup)
-        except (RuntimeError, ValueError, NotImplementedError, AttributeError):
-            # Not the main thread (embedded servers, tests) or no SIGHUP on this platform.
-            log.debug("sighup_reload_unavailable")
-            return False
-        return True
+        with on_sighup(self._on_sighup) as sighup:
+            if not sighup:
+                log.debug("sighup_reload_unavailable")
+            try:
+                yield
+            finally:
+                stop.set()
+                if watcher is not None:
+                    await watcher
 
     def _on_sighup(self) -> None:
         log.info("signing_keys_reload_requested", trigger="SIGHUP")

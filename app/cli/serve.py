@@ -77,7 +77,7 @@ def _build() -> tuple[Settings, FastAPI] | None:
 
     try:
         settings = load_settings()
-        configure_logging(settings.log.level, settings.log.format)
+        configure_logging(settings.log.level, settings.log.format, decisions=settings.log.decisions)
         return settings, create_app(settings)
     except ConfigError as exc:
         print(f"gateway: configuration error: {exc.detail}", file=sys.stderr)

@@ -33,6 +33,7 @@ from pydantic_settings import (
 
 from app.core.errors import ConfigError
 from app.core.headers import FIELD_NAME, never_forwarded
+from app.core.observability_settings import DecisionLogSettings, TracingSettings
 from app.core.ops_settings import OpsSettings
 
 CONFIG_FILE_ENV = "GATEWAY_CONFIG_FILE"
@@ -264,6 +265,7 @@ class RedisSettings(_Section):
 class LogSettings(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     format: Literal["auto", "json", "console"] = "auto"
+    decisions: DecisionLogSettings = Field(default_factory=DecisionLogSettings)
 
 
 class Settings(BaseSettings):
@@ -285,6 +287,7 @@ class Settings(BaseSettings):
     ops: OpsSettings = Field(default_factory=OpsSettings)
     orchestration: OrchestrationSettings = Field(default_factory=OrchestrationSettings)
     authorizer: AuthorizerSettings = Field(default_factory=AuthorizerSettings)
+    tracing: TracingSettings = Field(default_factory=TracingSettings)
 
     @field_validator("services")
     @classmethod

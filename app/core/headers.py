@@ -9,7 +9,8 @@ starts with one of ``NEVER_FORWARDED_PREFIXES``:
 
 - identity and signature: the proxy's identity headers, ``Signature``,
   ``Signature-Input``, ``Content-Digest`` (the gateway sends its own, signed);
-- the gateway's own: ``X-Gateway-*``, ``X-Request-ID``, ``traceparent``, ``Host``,
+- the gateway's own: ``X-Gateway-*``, ``X-Request-ID``, ``traceparent`` and
+  ``tracestate`` (``app.core.tracing`` writes both), ``Host``,
   ``Content-Length``, ``Forwarded`` and ``X-Forwarded-*`` (a caller's claims about
   the hops before it are not facts the gateway checked);
 - method overrides and URL rewrites, which make a service act on another method
@@ -59,6 +60,7 @@ NEVER_FORWARDED = (
         "content-digest",
         "x-request-id",
         "traceparent",
+        "tracestate",
         "host",
         "content-length",
         "forwarded",

@@ -14,18 +14,35 @@ chain, so every line on stderr has one shape.
 Trade-off: the stdlib bridge would let extra ``logging`` handlers (syslog, files)
 see the gateway's events; the native path writes JSON lines to stderr only, which
 is where a container platform collects them. Route elsewhere at the platform.
+The one exception is the decision log: ``log.decisions.file`` gives the lines of
+the ``gateway.decision`` logger a file of their own (``DecisionSink``).
+
+With tracing on, every line also carries the current span's ``trace_id`` and
+``span_id`` (``app.core.tracing.add_trace_ids``; one attribute read when off).
 """
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
 import sys
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Literal
 
 import orjson
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
+
+from app.core.errors import ConfigError
+from app.core.observability_settings import DecisionLogSettings
+from app.core.sighup import on_sighup
+from app.core.tracing import add_trace_ids
+
+DECISION_LOGGER = "gateway.decision"
 
 
 def _orjson_dumps(obj: object, default: object = None) -> str:
@@ -72,9 +89,106 @@ class LevelNameTime:
         return f"{self._prefix}.{micros:06d}Z" if micros else f"{self._prefix}Z"
 
 
+class DecisionSink:
+    """structlog processor: decision lines to a file of their own, one JSON object a line.
+
+    Lines of the ``gateway.decision`` logger are appended, whole, with one
+    ``write`` on an ``O_APPEND`` descriptor (several workers may share the file),
+    with the same fields as on the main log. ``reopen`` (on SIGHUP) opens the path
+    again, so logrotate may rename the file and signal, without ``copytruncate``.
+    A line the file could not take stays on the main log, marked
+    ``decision_file_error``, whatever ``main_log`` says.
+    """
+
+    def __init__(self, path: Path, *, main_log: bool = True, deny_only: bool = False) -> None:
+        self.path = path
+        self.main_log = main_log
+        self.deny_only = deny_only
+        self._fd = self._open()
+
+    def _open(self) -> int:
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+        return os.open(self.path, flags, 0o640)
+
+    def reopen(self) -> None:
+        """Open the path again (a rotated file is left to its new name), then close the old."""
+        fresh = self._open()
+        old, self._fd = self._fd, fresh
+        os.close(old)
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+    def __call__(self, logger: WrappedLogger, method: str, event_dict: EventDict) -> EventDict:
+        if getattr(logger, "name", None) != DECISION_LOGGER:
+            return event_dict
+        if self.deny_only and event_dict.get("decision") != "deny":
+            return self._main(event_dict)
+        try:
+            os.write(self._fd, orjson.dumps(event_dict, default=str) + b"\n")
+        except OSError as exc:
+            event_dict["decision_file_error"] = errno.errorcode.get(exc.errno or 0, "EIO")
+            return event_dict
+        return self._main(event_dict)
+
+    def _main(self, event_dict: EventDict) -> EventDict:
+        if not self.main_log:
+            raise structlog.DropEvent
+        return event_dict
+
+
+class _Sinks:
+    decisions: DecisionSink | None = None
+
+
+_sinks = _Sinks()
+
+
+def open_decision_sink(settings: DecisionLogSettings | None) -> DecisionSink | None:
+    """The configured sink (the previous one closed); ``ConfigError`` if the file cannot open."""
+    if _sinks.decisions is not None:
+        _sinks.decisions.close()
+        _sinks.decisions = None
+    if settings is None or settings.file is None:
+        return None
+    try:
+        sink = DecisionSink(settings.file, main_log=settings.main_log, deny_only=settings.deny_only)
+    except OSError as exc:
+        where = f"log.decisions.file: cannot open {settings.file}"
+        raise ConfigError(f"{where}: {exc.strerror}") from None
+    _sinks.decisions = sink
+    return sink
+
+
+def reopen_log_files() -> None:
+    """Reopen the decision log file, if there is one (logrotate's ``postrotate``: SIGHUP)."""
+    sink = _sinks.decisions
+    if sink is None:
+        return
+    try:
+        sink.reopen()
+    except OSError as exc:  # keep writing to the open file rather than lose lines
+        structlog.get_logger("gateway.ops").error(
+            "decision_log_reopen_failed", path=str(sink.path), error=exc.strerror
+        )
+        return
+    structlog.get_logger("gateway.ops").info("decision_log_reopened", path=str(sink.path))
+
+
+@asynccontextmanager
+async def reopen_log_files_on_sighup() -> AsyncIterator[None]:
+    """While open (the app lifespan): SIGHUP reopens the decision log file, when one is set."""
+    if _sinks.decisions is None:
+        yield
+        return
+    with on_sighup(reopen_log_files):
+        yield
+
+
 def _shared_processors() -> list[Processor]:
     return [
         structlog.contextvars.merge_contextvars,
+        add_trace_ids,
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
@@ -82,19 +196,31 @@ def _shared_processors() -> list[Processor]:
 
 
 def configure_logging(
-    level: str = "INFO", fmt: Literal["auto", "json", "console"] = "auto", *, cache: bool = True
+    level: str = "INFO",
+    fmt: Literal["auto", "json", "console"] = "auto",
+    *,
+    cache: bool = True,
+    decisions: DecisionLogSettings | None = None,
 ) -> None:
-    """Configure structlog and stdlib logging once per process."""
+    """Configure structlog and stdlib logging once per process.
+
+    ``decisions``: where decision lines go (``log.decisions``); a file that cannot
+    be opened is a ``ConfigError``.
+    """
     use_console = fmt == "console" or (fmt == "auto" and sys.stderr.isatty())
     shared = _shared_processors()
+    sink = open_decision_sink(decisions)
+    sinks: list[Processor] = [sink] if sink is not None else []
     native: list[Processor]
     if use_console:
-        native = [*shared, structlog.dev.ConsoleRenderer(), _to_bytes]
+        native = [*shared, *sinks, structlog.dev.ConsoleRenderer(), _to_bytes]
     else:
         native = [
             structlog.contextvars.merge_contextvars,
-            LevelNameTime(),  # = shared[1:], in one call
+            add_trace_ids,
+            LevelNameTime(),  # = shared[2:], in one call
             structlog.processors.format_exc_info,
+            *sinks,
             structlog.processors.JSONRenderer(serializer=_orjson_bytes),
         ]
     structlog.configure(

@@ -39,6 +39,7 @@ from app.core.errors import (
     GatewayError,
     ServiceUnavailable,
 )
+from app.core.tracing import client_span
 from app.downstream.http1 import Http1Transport
 from app.downstream.propagation import (
     current_call_context,
@@ -157,21 +158,27 @@ class DownstreamClient:
         stream: bool,
         attempt: int,
     ) -> httpx.Response:
-        request = self._build(method, path, body, params, fields, stream)
-        started = time.perf_counter()
-        try:
-            async with self.breaker.guard():
-                response = await self._send(request)
-                if response.status_code >= 500:
-                    await response.aclose()
-                    raise self._status_error(response)
-                if not stream:
-                    await self._read(response)
-        except GatewayError as exc:
-            self._log(request, started, attempt, outcome=exc.code)
-            raise
-        self._log(request, started, attempt, outcome="response", status=response.status_code)
-        return response
+        with client_span(self.name, method, self._url(path), attempt) as span:
+            request = self._build(method, path, body, params, fields, stream)
+            started = time.perf_counter()
+            try:
+                async with self.breaker.guard():
+                    response = await self._send(request)
+                    if span.is_recording():
+                        span.set_attribute("http.response.status_code", response.status_code)
+                    if response.status_code >= 500:
+                        await response.aclose()
+                        raise self._status_error(response)
+                    if not stream:
+                        await self._read(response)
+            except GatewayError as exc:
+                self._log(request, started, attempt, outcome=exc.code)
+                raise
+            finally:
+                if span.is_recording():
+                    span.set_attribute("gateway.breaker.state", self.breaker.state)
+            self._log(request, started, attempt, outcome="response", status=response.status_code)
+            return response
 
     def _build(
         self,

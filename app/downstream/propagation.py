@@ -1,7 +1,8 @@
 """What the gateway tells a downstream service about the request it serves.
 
-Per call: the corr_id (``X-Request-ID``), a W3C ``traceparent`` that keeps the
-caller's trace id with a new parent span id (a new trace when none came in), and
+Per call: the corr_id (``X-Request-ID``), the W3C trace context of the attempt
+(``app.core.tracing.trace_headers``: the attempt's span with tracing on; else the
+caller's trace id with a new parent span id, a new trace when none came in), and
 the caller's identity in headers the gateway signs itself with the service's key,
 using the inbound RFC 9421 profile and its one signature-base builder, so a
 service verifies the gateway exactly as the gateway verifies its proxies:
@@ -19,7 +20,6 @@ or URL-rewrite header. The gateway states the hop itself (``forwarded_header``).
 from __future__ import annotations
 
 import base64
-import re
 import secrets
 import time
 from collections.abc import Collection, Iterable
@@ -40,12 +40,11 @@ from app.authn.identity import GROUPS_HEADER, SUBJECT_HEADER
 from app.authn.keys import SigningKey
 from app.authn.signer import message_from_httpx
 from app.core.headers import never_forwarded
+from app.core.tracing import trace_headers
 from app.domain.identity import Identity
 
 ENGAGEMENT_HEADER = "x-gateway-engagement"
-TRACEPARENT = "traceparent"
 REQUEST_ID = "x-request-id"
-_TRACEPARENT = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +54,7 @@ class CallContext:
     identity: Identity
     engagement: str | None
     traceparent: str | None = None
+    tracestate: str | None = None
 
 
 _call_context: ContextVar[CallContext | None] = ContextVar("gateway_call_context", default=None)
@@ -67,17 +67,6 @@ def bind_call_context(context: CallContext) -> None:
 
 def current_call_context() -> CallContext | None:
     return _call_context.get()
-
-
-def child_traceparent(incoming: str | None) -> str:
-    """Keep the caller's trace id and flags with a new span id; start a trace if none."""
-    match = _TRACEPARENT.match(incoming or "")
-    random = secrets.token_hex(24)  # one read of the OS generator: trace id and span id
-    if match and match.group(1) != "0" * 32 and match.group(2) != "0" * 16:
-        trace_id, flags = match.group(1), match.group(3)
-    else:
-        trace_id, flags = random[16:], "01"
-    return f"00-{trace_id}-{random[:16]}-{flags}"
 
 
 def forwardable_headers(
@@ -101,10 +90,11 @@ def forwarded_header(peer: str | None, scheme: str) -> tuple[str, str]:
 
 
 def propagation_headers(context: CallContext | None) -> dict[str, str]:
-    """corr_id, traceparent and the identity headers of one outbound call."""
-    headers: dict[str, str] = {
-        TRACEPARENT: child_traceparent(context.traceparent if context else None)
-    }
+    """corr_id, trace context and the identity headers of one outbound call."""
+    if context is None:
+        headers = trace_headers(None)
+    else:
+        headers = trace_headers(context.traceparent, context.tracestate)
     corr_id = structlog.contextvars.get_contextvars().get("corr_id")
     if corr_id:
         headers[REQUEST_ID] = str(corr_id)

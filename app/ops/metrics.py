@@ -104,6 +104,12 @@ REDIS_ERRORS = Counter(
     ("component",),
 )
 
+TRACE_SPANS_DROPPED = Counter(
+    "gateway_trace_spans_dropped",
+    "Spans never exported: queue_full (the export queue was full) or export_failed.",
+    ("reason",),
+)
+
 _revision: list[str] = []
 
 
@@ -196,6 +202,11 @@ def count_rate_limited(scope: str) -> None:
 
 def count_redis_error(component: str) -> None:
     REDIS_ERRORS.labels(component).inc()
+
+
+def count_spans_dropped(reason: str, count: int = 1) -> None:
+    """``reason``: ``queue_full`` or ``export_failed``; called from the exporter's thread."""
+    TRACE_SPANS_DROPPED.labels(reason).inc(count)
 
 
 def render() -> bytes:

@@ -5,6 +5,7 @@ not answered when the deadline passes is cancelled; a part that failed, timed
 out or met an open breaker is reported in ``degraded`` and its section is
 ``null``, so the caller still gets what is known. An engagement the service
 does not know is a 404; if no part answered at all, the first failure is raised.
+Traced as one ``fanout overview`` span with a ``branch <service>`` span per part.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import structlog
 from pydantic import BaseModel
 
 from app.core.errors import DownstreamTimeout, GatewayError, NotFound
+from app.core.tracing import SERVICE, current_span, span
 from app.domain.engagements import (
     DegradedPart,
     Engagement,
@@ -61,10 +63,26 @@ class OverviewService:
             "reports": lambda: self._get("reports", f"{base}/reports", _ReportList),
         }
 
+    @staticmethod
+    async def _branch(name: str, fetch: Callable[[], Coroutine[Any, Any, Any]]) -> Any:
+        """One part in its own span; a part cut by the deadline says so."""
+        with span(f"branch {name}", {"gateway.fanout.branch": name, SERVICE: name}) as branch:
+            try:
+                return await fetch()
+            except asyncio.CancelledError:
+                if branch.is_recording():
+                    branch.set_attribute("gateway.fanout.outcome", "deadline_exceeded")
+                raise
+
     async def overview(self, engagement_id: str) -> EngagementOverview:
         """The engagement's overview, partial if some service failed or was too slow."""
+        with span("fanout overview", {"gateway.fanout": "overview"}):
+            return await self._overview(engagement_id)
+
+    async def _overview(self, engagement_id: str) -> EngagementOverview:
         tasks: dict[str, asyncio.Task[Any]] = {
-            name: asyncio.create_task(fetch()) for name, fetch in self._parts(engagement_id).items()
+            name: asyncio.create_task(self._branch(name, fetch))
+            for name, fetch in self._parts(engagement_id).items()
         }
         done, pending = await asyncio.wait(tasks.values(), timeout=self._deadline)
         for task in pending:
@@ -83,6 +101,8 @@ class OverviewService:
             else:
                 log.info("overview_part", service=name, outcome="ok")
                 results[name] = outcome
+        if degraded and current_span().is_recording():
+            current_span().set_attribute("gateway.degraded", [d.service for d in degraded])
         return self._assemble(engagement_id, results, degraded, errors)
 
     @staticmethod

@@ -2,8 +2,9 @@
 
 Each step is an action on one service and an optional compensation that takes
 the action's result. Every start, success, failure and compensation is logged
-(``saga_step``) with the corr_id bound by the edge. A failed compensation is
-logged loudly and does not stop the others; the caller then gets the step's
+(``saga_step``) with the corr_id bound by the edge, and traced: one span for the
+saga, one per step and one per compensation under it (``app.core.tracing``).
+A failed compensation is logged loudly and does not stop the others; the caller then gets the step's
 error with a detail saying whether everything was undone.
 """
 
@@ -16,6 +17,7 @@ from typing import Any
 import structlog
 
 from app.core.errors import DownstreamError, GatewayError
+from app.core.tracing import SERVICE, span
 
 log = structlog.get_logger("gateway.saga")
 
@@ -36,13 +38,18 @@ class Saga:
         self.steps = tuple(steps)
 
     async def run(self) -> dict[str, Any]:
+        with span(f"saga {self.name}", {"gateway.saga": self.name}):
+            return await self._run()
+
+    async def _run(self) -> dict[str, Any]:
         done: list[tuple[Step, Any]] = []
         for step in self.steps:
             log.info(
                 "saga_step", saga=self.name, step=step.name, service=step.service, status="started"
             )
             try:
-                result = await step.action()
+                with span(f"step {step.name}", self._attributes(step)):
+                    result = await step.action()
             except GatewayError as exc:
                 log.warning(
                     "saga_step", saga=self.name, step=step.name, status="failed", error=exc.code
@@ -53,6 +60,9 @@ class Saga:
             done.append((step, result))
         return {step.name: result for step, result in done}
 
+    def _attributes(self, step: Step) -> dict[str, str]:
+        return {"gateway.saga": self.name, "gateway.saga.step": step.name, SERVICE: step.service}
+
     async def _compensate(self, done: list[tuple[Step, Any]]) -> bool:
         """Undo in reverse order; ``True`` when every compensation succeeded."""
         complete = True
@@ -60,7 +70,8 @@ class Saga:
             if step.compensate is None:
                 continue
             try:
-                await step.compensate(result)
+                with span(f"compensate {step.name}", self._attributes(step)):
+                    await step.compensate(result)
             except GatewayError as exc:
                 complete = False
                 log.error(

@@ -32,7 +32,6 @@ from app.core.headers import DEFAULT_FORWARDED, never_forwarded
 from app.domain.identity import Identity
 from app.downstream.propagation import (
     CallContext,
-    child_traceparent,
     forwardable_headers,
     forwarded_header,
     propagation_headers,
@@ -44,27 +43,6 @@ from app.workflows.passthrough import StreamingDigest, checked_body, upstream_pa
 from app.workflows.saga import Saga, Step
 
 KEY = SigningKey("gateway-findings", b"gateway-outbound-test-secret-0123456789abcdef")
-
-
-def test_child_traceparent_keeps_the_trace_and_flags_with_a_new_span() -> None:
-    incoming = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
-    child = child_traceparent(incoming).split("-")
-    assert child[1] == "4bf92f3577b34da6a3ce929d0e0e4736"
-    assert child[3] == "01"
-    assert child[2] != "00f067aa0ba902b7"
-    assert len(child[2]) == 16
-
-
-@pytest.mark.parametrize(
-    "incoming",
-    [None, "garbage", "00-" + "0" * 32 + "-00f067aa0ba902b7-01", "01-abc-def-01"],
-)
-def test_an_absent_or_invalid_traceparent_starts_a_new_trace(incoming: str | None) -> None:
-    version, trace_id, span_id, flags = child_traceparent(incoming).split("-")
-    assert len(span_id) == 16
-    assert (version, flags) == ("00", "01")
-    assert len(trace_id) == 32
-    assert trace_id != "0" * 32
 
 
 def test_forwardable_headers_strip_hop_by_hop_identity_and_signature() -> None:

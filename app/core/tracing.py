@@ -1,0 +1,318 @@
+"""Spans of the gateway's own work, over the OpenTelemetry API: the one home of trace context.
+
+Every stage opens its spans through the small helpers here (``span``,
+``stage_span``, ``client_span``); the SDK, its exporter and its batch processor
+are set up by ``app.ops.tracing``, which ``install``s a tracer. Until then (tracing
+off, the default) each helper returns one shared no-op context manager: no span
+object, no context switch, a few attribute reads a call.
+
+Trace context crosses the process in W3C ``traceparent`` / ``tracestate`` headers,
+read and written by OpenTelemetry's own propagator in ``extract`` and
+``trace_headers`` (nothing else in the gateway parses or formats them). With
+tracing on, a downstream call carries its attempt span's context; with it off,
+the caller's trace id and flags with a fresh span id (a new trace when none came
+in), as a proxy that records nothing should.
+
+What goes into a span is chosen here too: HTTP semantic-convention attributes,
+the gateway's stage, decision, saga and fan-out facts. Never a secret, a
+signature, a body, a query string or a subject.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import Iterable, Mapping
+from contextlib import AbstractContextManager
+from contextvars import Token
+from types import TracebackType
+from typing import Any, Protocol
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.trace import (
+    INVALID_SPAN,
+    NonRecordingSpan,
+    Span,
+    SpanContext,
+    SpanKind,
+    Status,
+    StatusCode,
+    TraceFlags,
+    Tracer,
+)
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from opentelemetry.util.types import AttributeValue
+from structlog.typing import EventDict, WrappedLogger
+
+__all__ = [
+    "INVALID_SPAN",
+    "Span",
+    "SpanKind",
+    "Status",
+    "StatusCode",
+    "add_trace_ids",
+    "client_span",
+    "current_span",
+    "enabled",
+    "extract",
+    "install",
+    "mark_failed",
+    "record_decision",
+    "span",
+    "stage_span",
+    "trace_headers",
+    "uninstall",
+]
+
+TRACEPARENT = "traceparent"
+TRACESTATE = "tracestate"
+STAGE = "gateway.stage"
+SERVICE = "peer.service"
+
+Attributes = Mapping[str, AttributeValue] | None
+_PROPAGATOR = TraceContextTextMapPropagator()
+
+
+class _State:
+    """The installed tracer; ``None`` while tracing is off."""
+
+    __slots__ = ("tracer",)
+
+    def __init__(self) -> None:
+        self.tracer: Tracer | None = None
+
+
+_state = _State()
+
+
+def install(tracer: Tracer) -> None:
+    """Record spans with ``tracer`` from now on (``app.ops.tracing`` calls this)."""
+    _state.tracer = tracer
+
+
+def uninstall() -> None:
+    """Back to no-op spans."""
+    _state.tracer = None
+
+
+def enabled() -> bool:
+    return _state.tracer is not None
+
+
+class _NoSpan:
+    """The shared context manager of tracing off: yields the invalid span, does nothing."""
+
+    __slots__ = ()
+
+    def __enter__(self) -> Span:
+        return INVALID_SPAN
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        return None
+
+
+_NO_SPAN = _NoSpan()
+
+
+class _Current:
+    """Makes a started span current for the block, marks a failure, ends it."""
+
+    __slots__ = ("_span", "_token")
+
+    def __init__(self, started: Span) -> None:
+        self._span = started
+        self._token: Token[Context] | None = None
+
+    def __enter__(self) -> Span:
+        self._token = otel_context.attach(trace.set_span_in_context(self._span))
+        return self._span
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if exc is not None:
+            mark_failed(self._span, exc)
+        if self._token is not None:
+            otel_context.detach(self._token)
+        self._span.end()
+
+
+def span(
+    name: str,
+    attributes: Attributes = None,
+    kind: SpanKind = SpanKind.INTERNAL,
+    parent: Context | None = None,
+) -> AbstractContextManager[Span]:
+    """A span over the block, child of the current one (or of ``parent``); no-op when off."""
+    tracer = _state.tracer
+    if tracer is None:
+        return _NO_SPAN
+    started = tracer.start_span(
+        name, context=parent, kind=kind, attributes=attributes, record_exception=False
+    )
+    return _Current(started)
+
+
+def stage_span(stage: str) -> AbstractContextManager[Span]:
+    """One pipeline stage (``authn``, ``rate_limit``, ``authz``) as a child of the request."""
+    if _state.tracer is None:
+        return _NO_SPAN
+    return span(stage, {STAGE: stage})
+
+
+class URLParts(Protocol):
+    """What a client span reads of the call's URL (``httpx.URL`` has these)."""
+
+    @property
+    def scheme(self) -> str: ...
+    @property
+    def host(self) -> str: ...
+    @property
+    def port(self) -> int | None: ...
+    @property
+    def path(self) -> str: ...
+
+
+def client_span(
+    service: str, method: str, url: URLParts, attempt: int
+) -> AbstractContextManager[Span]:
+    """One attempt of one downstream call (HTTP client semantic conventions).
+
+    ``url.full`` carries no query: a pass-through forwards the caller's, which
+    may hold anything. Retries are ``http.request.resend_count`` 1, 2, ...
+    """
+    if _state.tracer is None:
+        return _NO_SPAN
+    host, port = url.host, url.port
+    attributes: dict[str, AttributeValue] = {
+        "http.request.method": method,
+        "server.address": host,
+        "url.full": f"{url.scheme}://{host}{f':{port}' if port else ''}{url.path}",
+        SERVICE: service,
+    }
+    if port:
+        attributes["server.port"] = port
+    if attempt > 1:
+        attributes["http.request.resend_count"] = attempt - 1
+    return span(f"{method} {service}", attributes, SpanKind.CLIENT)
+
+
+def current_span() -> Span:
+    """The span of the running block (the invalid span when none or tracing is off)."""
+    return trace.get_current_span()
+
+
+def mark_failed(target: Span, exc: BaseException) -> None:
+    """``error.type`` from the gateway's error code; ERROR status unless a 4xx answer."""
+    if not target.is_recording():
+        return
+    if isinstance(exc, asyncio.CancelledError):
+        code = "cancelled"  # a deadline or a client gone: the block did not finish
+    else:
+        code = getattr(exc, "code", None) or type(exc).__qualname__
+    target.set_attribute("error.type", str(code))
+    if getattr(exc, "status_code", 500) >= 500:
+        target.set_status(Status(StatusCode.ERROR, str(code)))
+
+
+def record_decision(
+    allowed: bool,
+    reason: str,
+    matched_rule: Iterable[str] = (),
+    revision: str | None = None,
+    engagement: str | None = None,
+) -> None:
+    """The decision's result, reason, matched rule and policy revision on the current span."""
+    target = trace.get_current_span()
+    if not target.is_recording():
+        return
+    attributes: dict[str, AttributeValue] = {
+        "gateway.decision.result": "allow" if allowed else "deny",
+        "gateway.decision.reason": reason,
+    }
+    rule = ",".join(matched_rule)
+    if rule:
+        attributes["gateway.decision.matched_rule"] = rule
+    if revision:
+        attributes["gateway.policy.revision"] = revision
+    if engagement:
+        attributes["gateway.engagement"] = engagement
+    target.set_attributes(attributes)
+
+
+def extract(headers: Iterable[tuple[bytes, bytes]]) -> Context | None:
+    """The caller's trace context from raw ASGI headers; ``None`` when it sent none."""
+    carrier: dict[str, str] = {}
+    for name, value in headers:
+        if name in (b"traceparent", b"tracestate"):
+            carrier[name.decode("latin-1")] = value.decode("latin-1")
+    if TRACEPARENT not in carrier:
+        return None
+    return _PROPAGATOR.extract(carrier)
+
+
+def trace_headers(traceparent: str | None, tracestate: str | None = None) -> dict[str, str]:
+    """``traceparent`` (and ``tracestate``) for one outbound call.
+
+    The current span's context when there is one (tracing on: the attempt's
+    client span); otherwise a child of the caller's context, as received, with
+    a fresh span id, or a new trace.
+    """
+    carrier: dict[str, str] = {}
+    if trace.get_current_span().get_span_context().is_valid:
+        _PROPAGATOR.inject(carrier)
+    else:
+        _PROPAGATOR.inject(carrier, context=_child_of(traceparent, tracestate))
+    return carrier
+
+
+def _child_of(traceparent: str | None, tracestate: str | None) -> Context:
+    parent = INVALID_SPAN.get_span_context()
+    if traceparent:
+        carrier = {TRACEPARENT: traceparent}
+        if tracestate:
+            carrier[TRACESTATE] = tracestate
+        parent = trace.get_current_span(_PROPAGATOR.extract(carrier)).get_span_context()
+    if parent.is_valid:
+        child = SpanContext(
+            parent.trace_id,
+            _nonzero_bits(64),
+            is_remote=False,
+            trace_flags=parent.trace_flags,
+            trace_state=parent.trace_state,
+        )
+    else:
+        child = SpanContext(
+            _nonzero_bits(128),
+            _nonzero_bits(64),
+            is_remote=False,
+            trace_flags=TraceFlags(TraceFlags.SAMPLED),
+        )
+    return trace.set_span_in_context(NonRecordingSpan(child))
+
+
+def _nonzero_bits(bits: int) -> int:
+    """A random id of ``bits`` bits; all-zero ids are invalid in W3C trace context."""
+    return secrets.randbits(bits) or 1
+
+
+def add_trace_ids(logger: WrappedLogger, method: str, event_dict: EventDict) -> EventDict:
+    """structlog processor: ``trace_id`` and ``span_id`` of the current span, when tracing."""
+    if _state.tracer is None:
+        return event_dict
+    context = trace.get_current_span().get_span_context()
+    if context.is_valid:
+        event_dict["trace_id"] = format(context.trace_id, "032x")
+        event_dict["span_id"] = format(context.span_id, "016x")
+    return event_dict
+
+
+def attribute_value(value: Any) -> AttributeValue:
+    """A plain value an attribute may hold (strings for anything else)."""
+    if isinstance(value, str | bool | int | float):
+        return value
+    return str(value)
