@@ -65,7 +65,7 @@ class ReportClock:
     last: float | None = None
 
     def due(self, now: float) -> bool:
-        if self.last is not None and now - self.last < self.every:
+        if self.last is not None and now < self.last + self.every:
             return False
         self.last = now
         return True

@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
+from opentelemetry.sdk.trace.export import SpanExporter
 
 from app.authn.keys import KeyRing, SigningKey
 from app.core.config import Settings
@@ -92,7 +93,10 @@ class StackBuilder:
         self._live_server = live_server
 
     def __call__(
-        self, service: dict[str, Any] | None = None, **overrides: Any
+        self,
+        service: dict[str, Any] | None = None,
+        span_exporter: SpanExporter | None = None,
+        **overrides: Any,
     ) -> OrchestrationStack:
         ring = {
             name: KeyRing([SigningKey(outbound_key_id(name), OUTBOUND_SECRET)])
@@ -104,7 +108,8 @@ class StackBuilder:
             )
             for name in STUB_NAMES
         }
-        gateway = self._live_server(create_app(stack_settings(stubs, service, **overrides)))
+        settings = stack_settings(stubs, service, **overrides)
+        gateway = self._live_server(create_app(settings, span_exporter=span_exporter))
         return OrchestrationStack(gateway=gateway, stubs=stubs)
 
     def another_gateway(self, stack: OrchestrationStack, **overrides: Any) -> LiveServer:

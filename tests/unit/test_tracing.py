@@ -72,7 +72,7 @@ def test_an_absent_or_invalid_traceparent_starts_a_new_trace(incoming: str | Non
 )
 def test_any_valid_parent_is_continued(trace_id: int, span_id: int, sampled: bool) -> None:
     incoming = f"00-{trace_id:032x}-{span_id:016x}-{'01' if sampled else '00'}"
-    version, child_trace, child_span, flags = parts(trace_headers(incoming)["traceparent"])
+    _, child_trace, child_span, flags = parts(trace_headers(incoming)["traceparent"])
     assert child_trace == f"{trace_id:032x}"
     assert flags == ("01" if sampled else "00")
     assert int(child_span, 16) != 0
@@ -101,7 +101,8 @@ def test_an_extracted_parent_is_continued_by_the_span(recorded: InMemorySpanExpo
     with span("GET", kind=SpanKind.SERVER, parent=parent):
         pass
     (finished,) = recorded.get_finished_spans()
-    assert finished.context is not None and finished.parent is not None
+    assert finished.context is not None
+    assert finished.parent is not None
     assert f"{finished.context.trace_id:032x}" == "4bf92f3577b34da6a3ce929d0e0e4736"
     assert f"{finished.parent.span_id:016x}" == "00f067aa0ba902b7"
     assert finished.context.trace_state.get("k") == "v"
