@@ -148,11 +148,12 @@ class CountingBatchSpanProcessor(BatchSpanProcessor):
     """The SDK's batch processor, with spans pushed out of its full queue counted."""
 
     def __init__(self, exporter: SpanExporter, report: LossReport, settings: TracingSettings):
+        queue, batch = queue_and_batch(settings)
         super().__init__(
             exporter,
-            max_queue_size=settings.max_queue_size,
+            max_queue_size=queue,
             schedule_delay_millis=_millis(settings.schedule_delay_seconds),
-            max_export_batch_size=settings.max_export_batch_size,
+            max_export_batch_size=batch,
             export_timeout_millis=_millis(settings.export_timeout_seconds),
         )
         self.report = report
@@ -170,6 +171,25 @@ class CountingBatchSpanProcessor(BatchSpanProcessor):
     def shutdown_within(self, seconds: float) -> None:
         """Export what is queued for at most ``seconds``, then stop."""
         self._batch_processor.shutdown(timeout_millis=int(seconds * 1000))
+
+
+def _env_int(name: str, default: int) -> int:
+    try:
+        value = int(os.environ.get(name, default))
+    except ValueError:
+        return default
+    return value if value > 0 else default
+
+
+def queue_and_batch(settings: TracingSettings) -> tuple[int, int]:
+    """Queue and batch sizes: settings, else ``OTEL_BSP_*``, else the SDK's defaults.
+
+    A batch larger than the queue (a small queue set, the batch left at 512) is
+    cut to the queue's size instead of stopping start-up.
+    """
+    queue = settings.max_queue_size or _env_int("OTEL_BSP_MAX_QUEUE_SIZE", 2048)
+    batch = settings.max_export_batch_size or _env_int("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", 512)
+    return queue, min(batch, queue)
 
 
 def _millis(seconds: float | None) -> float | None:

@@ -23,6 +23,7 @@ from app.ops.tracing import (
     LossReport,
     ReportClock,
     ReportingExporter,
+    queue_and_batch,
     resource,
     start_tracing,
 )
@@ -177,3 +178,26 @@ def test_the_service_name_comes_from_settings_then_the_environment(
     assert resource(TracingSettings()).attributes["service.name"] == "gw-eu"
     named = TracingSettings(service_name="gw-set")
     assert resource(named).attributes["service.name"] == "gw-set"
+
+
+@pytest.mark.parametrize(
+    ("settings", "env", "sizes"),
+    [
+        (TracingSettings(), {}, (2048, 512)),
+        (TracingSettings(max_queue_size=8), {}, (8, 8)),
+        (TracingSettings(), {"OTEL_BSP_MAX_QUEUE_SIZE": "100"}, (100, 100)),
+        (TracingSettings(), {"OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "junk"}, (2048, 512)),
+        (TracingSettings(max_queue_size=64, max_export_batch_size=16), {}, (64, 16)),
+    ],
+)
+def test_a_batch_never_exceeds_the_queue(
+    settings: TracingSettings,
+    env: dict[str, str],
+    sizes: tuple[int, int],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("OTEL_BSP_MAX_QUEUE_SIZE", raising=False)
+    monkeypatch.delenv("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert queue_and_batch(settings) == sizes
