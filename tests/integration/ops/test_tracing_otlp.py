@@ -56,10 +56,10 @@ class TracedGateway:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("GATEWAY_", "OTEL_"))}
         env[TEST_KEY_ENV] = TEST_SECRET.decode()
         env.pop("REDIS_URL", None)
+        argv = ["serve", "--port", str(self.port), "--config", str(config)]
         with self.log_path.open("wb") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "app.cli.main", "serve", "--port", str(self.port)]
-                + ["--config", str(config)],
+                [sys.executable, "-m", "app.cli.main", *argv],
                 cwd=REPO,
                 env=env,
                 stdout=log,
