@@ -5,7 +5,9 @@ proxy, so with it every proxy row would partly measure the stub. This stub
 answers ``GET /engagements/{id}/findings`` with the same JSON the FastAPI stub
 serves for ``acme-2026`` (its seeded findings, re-labelled with the requested
 engagement), ``GET /_health`` with ``{"status":"ok"}``, and 404 otherwise.
-HTTP/1.1 keep-alive; no request bodies are expected.
+It is also the tracing rows' OTLP/HTTP collector: ``POST /v1/traces`` gets an
+empty 200 (an empty ``ExportTraceServiceResponse``), the body read and dropped.
+HTTP/1.1 keep-alive; bodies are read by the parser and ignored.
 """
 
 from __future__ import annotations
@@ -79,6 +81,8 @@ class StubProtocol(asyncio.Protocol):
     def _answer(path: bytes) -> bytes:
         if path == b"/_health":
             return _response(b"200 OK", b'{"status":"ok"}')
+        if path == b"/v1/traces":
+            return _response(b"200 OK", b"")
         match = _FINDINGS_PATH.match(path)
         if match is None:
             return _response(b"404 Not Found", b'{"detail":"Not Found"}')

@@ -156,6 +156,33 @@ def _rss(soak: dict[str, Any]) -> Goal:
     return {"goal": goal, "figure": figure, "target": "< 10% over ≥ 200k requests", "met": met}
 
 
+def _cpu(matrix: dict[str, Any], key: str, conns: int) -> float | None:
+    cells = matrix.get(key)
+    return cells[conns]["target_cpu_us"] if cells and conns in cells else None
+
+
+def _tracing(matrix: dict[str, Any], conns: int = 64) -> list[Goal]:
+    """Issue 14: tracing off against the commit before it; tracing on, reported."""
+    off, base = _cpu(matrix, "gateway", conns), _cpu(matrix, "gateway_base", conns)
+    goal = f"tracing off vs the commit before tracing, gateway CPU per request at {conns} conns"
+    if off is None or base is None:
+        goals = [{"goal": goal, "figure": "not measured", "target": "≤ 1.02×", "met": "n/a"}]
+    else:
+        figure = f"{off / base:.3f}× ({off:,.0f} vs {base:,.0f} µs)"
+        goals = [
+            {"goal": goal, "figure": figure, "target": "≤ 1.02×", "met": _met(off <= base * 1.02)}
+        ]
+    for key, ratio in (("gateway_trace", "1.0"), ("gateway_trace01", "0.1")):
+        on = _cpu(matrix, key, conns)
+        goal = f"tracing on at ratio {ratio} vs off, gateway CPU per request at {conns} conns"
+        if on is None or off is None:
+            figure = "not measured"
+        else:
+            figure = f"{on / off:.3f}× ({on:,.0f} vs {off:,.0f} µs)"
+        goals.append({"goal": goal, "figure": figure, "target": "reported", "met": "n/a"})
+    return goals
+
+
 def evaluate_goals(results: dict[str, Any]) -> list[Goal]:
     matrix = results["matrix"]
     return [
@@ -171,4 +198,5 @@ def evaluate_goals(results: dict[str, Any]) -> list[Goal]:
         _our_client(matrix, 16),
         _decision_endpoint(matrix),
         *_transport_micro(results.get("micros", [])),
+        *_tracing(matrix),
     ]

@@ -91,6 +91,7 @@ class Server:
     argv: Sequence[str]
     env: Mapping[str, str] = field(default_factory=dict)
     log_path: Path | None = None
+    cwd: Path | None = None  # where ``python -m`` finds its package (a baseline tree)
     proc: subprocess.Popen[bytes] | None = None
     _log: IO[bytes] | None = None
 
@@ -99,7 +100,12 @@ class Server:
         self._log = open(self.log_path, "ab") if self.log_path else None  # noqa: SIM115 - closed in stop()
         sink = self._log if self._log else subprocess.DEVNULL
         self.proc = subprocess.Popen(
-            list(self.argv), env=env, stdout=sink, stderr=sink, start_new_session=True
+            list(self.argv),
+            env=env,
+            stdout=sink,
+            stderr=sink,
+            start_new_session=True,
+            cwd=self.cwd,
         )
         return self
 

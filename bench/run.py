@@ -104,6 +104,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-install", action="store_true", help="never apt-get nginx")
     parser.add_argument("--loadgen-procs", type=int, default=2, choices=(1, 2))
     parser.add_argument("--only", help="comma-separated row keys to measure (development aid)")
+    parser.add_argument(
+        "--baseline",
+        help="commit the gateway_base row runs (default: the one before the first Tracing: commit)",
+    )
     args = parser.parse_args(argv)
     mode = MODES["tiny" if args.tiny else "quick" if args.quick else "full"]
     started = time.monotonic()
@@ -126,7 +130,9 @@ def _run_all(root: Path, mode: Mode, args: argparse.Namespace) -> dict[str, Any]
     workers = [LoadWorker() for _ in range(args.loadgen_procs)]
     try:
         stub.start().wait_ready("/_health")
-        targets = build_targets(root, stub.port, GATEWAY_LINES, NAIVE_LINES, not args.no_install)
+        targets = build_targets(
+            root, stub.port, GATEWAY_LINES, NAIVE_LINES, not args.no_install, args.baseline
+        )
         targets.insert(1, _fastapi_stub(root))
         if args.only:
             keep = set(args.only.split(","))

@@ -22,6 +22,7 @@ from bench.nginx import ensure_nginx, nginx_server
 from bench.policygen import NAIVE_SOURCE, load_callers, write_policy
 from bench.procs import Server, free_port, python_argv
 
+REPO = Path(__file__).resolve().parent.parent
 BENCH_KEY_ID = "bench-2026"
 BENCH_KEY_ENV = "GATEWAY_BENCH_KEY"
 # A documented benchmark-only key; it never signs anything outside a bench run.
@@ -72,8 +73,24 @@ def service_settings(url: str) -> dict[str, Any]:
 BENCH_SKEW_SECONDS = 10
 
 
-def gateway_config(root: Path, stub_port: int, policy_dir: Path) -> Path:
+def gateway_config(
+    root: Path,
+    stub_port: int,
+    policy_dir: Path,
+    tracing: dict[str, Any] | None = None,
+    baseline: Path | None = None,
+) -> Path:
+    """The gateway rows' settings; ``tracing``: the tracing section (its own file).
+
+    ``baseline``: the source tree of the commit before tracing; its settings are
+    the same but for sections that commit does not know.
+    """
     from app.core.config import Settings
+
+    if baseline is not None:
+        has_authorizer = "authorizer:" in (baseline / "app/core/config.py").read_text()
+    else:
+        has_authorizer = "authorizer" in Settings.model_fields
 
     settings: dict[str, Any] = {
         "signing": {
@@ -84,9 +101,13 @@ def gateway_config(root: Path, stub_port: int, policy_dir: Path) -> Path:
         "services": {"findings": service_settings(f"http://127.0.0.1:{stub_port}")},
         "log": {"level": "INFO", "format": "json"},
     }
-    if "authorizer" in Settings.model_fields:  # the decision endpoint exists on this commit
+    if has_authorizer:  # the decision endpoint exists on this commit
         settings["authorizer"] = {"routes": ["/v1/engagements/{engagement_id}/findings"]}
-    path = root / "gateway.yaml"
+    name = "gateway-baseline.yaml" if baseline is not None else "gateway.yaml"
+    if tracing is not None:
+        settings["tracing"] = tracing
+        name = f"gateway-trace-{tracing.get('sample_ratio', 'env')}.yaml"
+    path = root / name
     path.write_text(yaml.safe_dump(settings))
     return path
 
@@ -108,20 +129,39 @@ ROW_NAMES = {
     (1, True): ("gateway_redis", "gateway (Redis)"),
     (2, True): ("gateway_w2", "gateway (2 workers, Redis)"),
 }
+# Issue 14: the gateway with tracing on (OTLP/HTTP to the stub, which answers 200) at
+# two sampling ratios, and the gateway of the commit before tracing (tracing's cost off).
+TRACE_ROWS = {
+    1.0: ("gateway_trace", "gateway (tracing on, ratio 1.0)"),
+    0.1: ("gateway_trace01", "gateway (tracing on, ratio 0.1)"),
+}
+BASE_ROW = ("gateway_base", "gateway (commit before tracing)")
 
 
 def _gateway(
-    root: Path, config: Path, workers: int, callers: list[tuple[str, str]], redis: bool = False
+    root: Path,
+    config: Path,
+    workers: int,
+    callers: list[tuple[str, str]],
+    redis: bool = False,
+    row: tuple[str, str] | None = None,
+    tree: Path | None = None,
 ) -> Target:
-    """The gateway row; ``redis``: with a private redis-server for shared state."""
+    """The gateway row; ``redis``: with a private redis-server for shared state.
+
+    ``row`` names another row (key, label); ``tree``: run the code of that source tree.
+    """
     port = free_port()
     argv = python_argv("app.cli.main", "serve", "--port", str(port), "--config", str(config))
     if workers > 1:
         argv += ["--workers", str(workers)]
     if redis:
         argv = python_argv("bench.with_redis", *argv)
-    key, label = ROW_NAMES[(workers, redis)]
-    server = Server(key, port, argv, {BENCH_KEY_ENV: BENCH_SECRET.decode()}, root / f"{key}.log")
+    key, label = row or ROW_NAMES[(workers, redis)]
+    env = {BENCH_KEY_ENV: BENCH_SECRET.decode()}
+    if tree is not None:
+        env["PYTHONPATH"] = str(tree)
+    server = Server(key, port, argv, env, root / f"{key}.log", cwd=tree)
     return Target(key, label, GATEWAY_PATH, callers, server, ready_path="/healthz")
 
 
@@ -139,8 +179,63 @@ def _decision(root: Path, config: Path, callers: list[tuple[str, str]]) -> Targe
     return Target(key, label, DECISION_PATH, callers, server, ready_path="/healthz")
 
 
+def _git(*args: str) -> str:
+    done = subprocess.run(  # fixed argv: git, in this checkout
+        ["git", *args], cwd=REPO, capture_output=True, text=True, check=True, timeout=60
+    )
+    return done.stdout.strip()
+
+
+def tracing_baseline() -> str:
+    """The commit before the first ``Tracing:`` commit of HEAD's history (issue 14)."""
+    subjects = _git("log", "--format=%H %s", "HEAD").splitlines()
+    tracing = [line.split(" ", 1)[0] for line in subjects if " Tracing:" in f" {line[41:]}"]
+    if not tracing:
+        raise RuntimeError("no `Tracing:` commit in HEAD's history")
+    return _git("rev-parse", f"{tracing[-1]}^")
+
+
+def baseline_tree(root: Path, ref: str | None) -> tuple[Path, str]:
+    """The source tree of ``ref`` (default: ``tracing_baseline()``) under ``root``."""
+    commit = _git("rev-parse", ref) if ref else tracing_baseline()
+    tree = root / f"baseline-{commit[:12]}"
+    tree.mkdir()
+    archive = subprocess.run(  # fixed argv: git archive of a resolved commit
+        ["git", "archive", commit], cwd=REPO, capture_output=True, check=True, timeout=120
+    )
+    subprocess.run(  # fixed argv: unpack it
+        ["tar", "-x", "-C", str(tree)], input=archive.stdout, check=True, timeout=120
+    )
+    return tree, commit
+
+
+def _tracing_rows(
+    root: Path, stub_port: int, policy: Path, callers: list[tuple[str, str]], baseline: str | None
+) -> list[Target]:
+    endpoint = f"http://127.0.0.1:{stub_port}/v1/traces"
+    rows = []
+    for ratio, row in TRACE_ROWS.items():
+        tracing = {"enabled": True, "sample_ratio": ratio, "endpoint": endpoint}
+        config = gateway_config(root, stub_port, policy, tracing)
+        rows.append(_gateway(root, config, 1, callers, row=row))
+    try:
+        tree, commit = baseline_tree(root, baseline)
+    except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
+        note = f"unavailable: no baseline tree ({exc})"
+        return [*rows, Target(*BASE_ROW, GATEWAY_PATH, callers, note=note)]
+    config = gateway_config(root, stub_port, policy, baseline=tree)
+    key, label = BASE_ROW
+    row = (key, label.replace(")", f", {commit[:12]})"))
+    return [*rows, _gateway(root, config, 1, callers, row=row, tree=tree)]
+
+
 def build_targets(
-    root: Path, stub_port: int, gateway_lines: int, naive_lines: int, install_nginx: bool
+    root: Path,
+    stub_port: int,
+    gateway_lines: int,
+    naive_lines: int,
+    install_nginx: bool,
+    baseline: str | None = None,
 ) -> list[Target]:
     """Every row, not yet started; rows that cannot run carry an 'unavailable' note."""
     upstream = f"http://127.0.0.1:{stub_port}"
@@ -188,6 +283,7 @@ def build_targets(
     config = gateway_config(root, stub_port, gw_policy)
     targets.append(_gateway(root, config, 1, gw_callers))
     targets.append(_decision(root, config, gw_callers))
+    targets.extend(_tracing_rows(root, stub_port, gw_policy, gw_callers, baseline))
     if shutil.which("redis-server") is None:
         for key, label in (ROW_NAMES[(1, True)], ROW_NAMES[(2, True)]):
             note = "unavailable: redis-server missing (make test installs it)"
