@@ -26,7 +26,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import structlog
-from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.resources import SERVICE_NAME, SERVICE_VERSION, Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
@@ -263,6 +262,9 @@ def start_tracing(
     for name in EXPORT_LOGGERS:
         logging.getLogger(name).addFilter(quiet)
     if exporter is None:
+        # Imported here: protobuf and requests cost start-up time and memory when tracing is off.
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
         endpoint = str(settings.endpoint) if settings.endpoint else None
         exporter = OTLPSpanExporter(endpoint=endpoint, timeout=settings.export_timeout_seconds)
     reporting = ReportingExporter(exporter, report)

@@ -91,10 +91,19 @@ def _failure(saga: str, step: Step, exc: GatewayError, undone: bool) -> GatewayE
     outcome = "earlier steps were undone" if undone else "some earlier steps could NOT be undone"
     detail = f"{saga} failed at step {step.name} ({step.service}); {outcome}."
     if isinstance(exc, DownstreamError):
-        return type(exc)(exc.service, detail, headers=exc.headers)
+        # A subclass with its own constructor (RetryableError) is rebuilt as the
+        # nearest class that takes (service, detail, headers=): same code and status.
+        kind = next(k for k in type(exc).__mro__ if _takes_service_detail(k))
+        rebuilt: GatewayError = kind(exc.service, detail, headers=exc.headers)
+        return rebuilt
     failed = (
         type(exc)(detail, headers=exc.headers)
         if type(exc).__init__ is GatewayError.__init__
         else exc
     )
     return failed
+
+
+def _takes_service_detail(kind: type) -> bool:
+    """Whether ``kind`` is built as ``DownstreamError`` is: ``(service, detail, headers=)``."""
+    return getattr(kind, "__init__", None) is DownstreamError.__init__

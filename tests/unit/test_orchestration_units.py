@@ -37,6 +37,7 @@ from app.downstream.propagation import (
     propagation_headers,
     sign_outbound,
 )
+from app.downstream.resilience import PoolExhausted, RetryableError, RetryableTimeout
 from app.edge.paths import normalize_path
 from app.workflows.idempotency import Codec, MemoryIdempotencyStore, require_key
 from app.workflows.passthrough import StreamingDigest, checked_body, upstream_path
@@ -261,6 +262,28 @@ def test_saga_reports_a_compensation_that_failed() -> None:
     with pytest.raises(DownstreamError) as raised:
         asyncio.run(saga.run())
     assert "could NOT be undone" in raised.value.detail
+
+
+@pytest.mark.parametrize(
+    ("error", "code"),
+    [
+        (RetryableError("svc", "down", retry_after=2.0), "bad_gateway"),
+        (RetryableTimeout("svc", "slow"), "gateway_timeout"),
+        (PoolExhausted("svc", "busy"), "gateway_timeout"),
+    ],
+)
+def test_a_step_that_failed_after_its_retries_is_still_a_problem(
+    error: DownstreamError, code: str
+) -> None:
+    """A retryable 5xx that outlived its retries once made the saga raise a TypeError (500)."""
+
+    async def fails() -> str:
+        raise error
+
+    with pytest.raises(DownstreamError) as raised:
+        asyncio.run(Saga("demo", [Step("a", "svc", fails)]).run())
+    assert (raised.value.code, raised.value.service) == (code, "svc")
+    assert "step a" in raised.value.detail
 
 
 async def _chunks(*parts: bytes) -> AsyncIterator[bytes]:

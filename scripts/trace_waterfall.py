@@ -1,0 +1,187 @@
+"""Draw the example trace of operations.md: one close saga, exported for real, as a waterfall.
+
+Starts the three stub services and a gateway (tracing on, OTLP/HTTP to a receiver,
+all on 127.0.0.1, in this process), makes the engagements service fail the
+``close`` step with 503s, sends one signed ``POST .../close``, takes the trace
+the receiver decoded, prints its span tree and draws it with matplotlib (the
+``bench`` extra). Usage:
+
+    .venv/bin/python scripts/trace_waterfall.py --out app/api/docs/images/trace-close-saga.png
+
+Keys: the documented demo key (``GATEWAY_DEMO_KEY``), never a real one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import uvicorn
+from fastapi import FastAPI
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from app.authn.signer import HttpSignatureAuth  # noqa: E402 (after the path set-up)
+from app.core.config import Settings  # noqa: E402
+from app.core.logging import configure_logging  # noqa: E402
+from app.main import create_app  # noqa: E402
+from app.stubs.otlp import OtlpReceiver, ReceivedSpan  # noqa: E402
+from app.stubs.server import STUB_NAMES, create_stub_app  # noqa: E402
+
+DEMO_KEY_ENV = "GATEWAY_DEMO_KEY"
+DEMO_KEY = "demo-key-not-secret-0123456789abcdef"  # documented demo value
+CLOSE = "/v1/engagements/acme-2026/close"
+COLOURS = {"SERVER": "#4c72b0", "INTERNAL": "#8c8c8c", "CLIENT": "#55a868"}
+
+
+class Thread:
+    """A uvicorn server in a thread on a free loopback port."""
+
+    def __init__(self, app: FastAPI) -> None:
+        config = uvicorn.Config(app, host="127.0.0.1", port=0, log_config=None, lifespan="on")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def start(self) -> str:
+        self.thread.start()
+        while not self.server.started:
+            time.sleep(0.01)
+        port = self.server.servers[0].sockets[0].getsockname()[1]
+        return f"http://127.0.0.1:{port}"
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=15)
+
+
+def record(receiver: OtlpReceiver) -> list[ReceivedSpan]:
+    """Run one failing close through a traced gateway; the spans of its trace."""
+    stubs = {name: Thread(create_stub_app(name)) for name in STUB_NAMES}
+    urls = {name: stub.start() for name, stub in stubs.items()}
+    retry = {"attempts": 3, "backoff_initial_seconds": 0.02, "backoff_max_seconds": 0.05}
+    settings = Settings(
+        signing={"keys": [{"id": "demo-2026", "secret_env": DEMO_KEY_ENV}]},
+        policy={"dir": str(REPO / "policies")},
+        services={name: {"url": url, "retry": retry} for name, url in urls.items()},
+        tracing={"enabled": True, "endpoint": receiver.endpoint, "sample_ratio": 1.0},
+    )
+    gateway = Thread(create_app(settings))
+    base = gateway.start()
+    httpx.post(
+        urls["engagements"] + "/_faults",
+        json={"error_rate": 1.0, "error_status": 503, "path_prefix": CLOSE[3:]},
+    ).raise_for_status()
+    auth = HttpSignatureAuth("demo-2026", DEMO_KEY.encode(), subject="bob")
+    answer = httpx.post(
+        base + CLOSE,
+        json={"reason": "Retest complete."},
+        headers={"idempotency-key": "waterfall-0001"},
+        auth=auth,
+        timeout=15,
+    )
+    print(f"POST {CLOSE} -> {answer.status_code} {answer.json().get('code')}")
+    gateway.stop()  # shutdown exports what is queued
+    for stub in stubs.values():
+        stub.stop()
+    server = [s for s in receiver.spans if s.kind == "SERVER" and s.name.startswith("POST")]
+    if not server:
+        raise SystemExit("no server span arrived at the receiver")
+    return receiver.trace(server[-1].trace_id)
+
+
+def ordered(spans: list[ReceivedSpan]) -> list[tuple[int, ReceivedSpan]]:
+    """Depth-first, siblings by start time: (depth, span)."""
+    ids = {s.span_id for s in spans}
+    out: list[tuple[int, ReceivedSpan]] = []
+
+    def parent_of(span: ReceivedSpan) -> str | None:
+        return span.parent_span_id if span.parent_span_id in ids else None
+
+    def walk(parent: str | None, depth: int) -> None:
+        kids = [s for s in spans if parent_of(s) == parent]
+        for span in sorted(kids, key=lambda s: s.start_ns):
+            out.append((depth, span))
+            walk(span.span_id, depth + 1)
+
+    walk(None, 0)
+    return out
+
+
+def label(span: ReceivedSpan) -> str:
+    extra = span.attributes.get("error.type")
+    resend = span.attributes.get("http.request.resend_count")
+    text = span.name
+    if resend:
+        text += f" (retry {resend})"
+    if extra:
+        text += f"  [{extra}]"
+    return text
+
+
+def draw(rows: list[tuple[int, ReceivedSpan]], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    start = min(span.start_ns for _, span in rows)
+    fig, ax = plt.subplots(figsize=(11, 0.42 * len(rows) + 1.2))
+    for index, (_, span) in enumerate(rows):
+        left = (span.start_ns - start) / 1e6
+        width = max((span.end_ns - span.start_ns) / 1e6, 0.05)
+        failed = span.status == "ERROR"
+        ax.barh(
+            index,
+            width,
+            left=left,
+            color=COLOURS.get(span.kind, "#8c8c8c"),
+            edgecolor="#c44e52" if failed else "none",
+            linewidth=2 if failed else 0,
+            height=0.6,
+        )
+        ax.text(left + width + 0.3, index, f"{width:.1f} ms", va="center", fontsize=7)
+    ax.set_yticks(range(len(rows)))
+    ax.set_yticklabels(["    " * depth + label(span) for depth, span in rows], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("milliseconds since the request started")
+    trace_id = rows[0][1].trace_id
+    ax.set_title(f"POST /v1/engagements/{{engagement_id}}/close, trace {trace_id}", fontsize=9)
+    handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in COLOURS.values()]
+    names = [k.lower() for k in COLOURS]
+    handles.append(plt.Rectangle((0, 0), 1, 1, facecolor="white", edgecolor="#c44e52"))
+    names.append("error status")
+    ax.legend(handles, names, loc="lower right", fontsize=7)
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    default = REPO / "app/api/docs/images/trace-close-saga.png"
+    parser.add_argument("--out", type=Path, default=default)
+    args = parser.parse_args()
+    os.environ.setdefault(DEMO_KEY_ENV, DEMO_KEY)
+    configure_logging("WARNING", "json")
+    receiver = OtlpReceiver().start()
+    try:
+        rows = ordered(record(receiver))
+    finally:
+        receiver.stop()
+    for depth, span in rows:
+        took = (span.end_ns - span.start_ns) / 1e6
+        print(f"{'  ' * depth}{label(span)}  {took:.1f} ms")
+    draw(rows, args.out)
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
