@@ -78,6 +78,8 @@ def record(receiver: OtlpReceiver) -> list[ReceivedSpan]:
         json={"error_rate": 1.0, "error_status": 503, "path_prefix": CLOSE[3:]},
     ).raise_for_status()
     auth = HttpSignatureAuth("demo-2026", DEMO_KEY.encode(), subject="bob")
+    # One request first: the picture should show a warm gateway, not its first-call set-up.
+    httpx.get(base + "/v1/engagements/acme-2026/findings", auth=auth, timeout=15)
     answer = httpx.post(
         base + CLOSE,
         json={"reason": "Retest complete."},
@@ -85,7 +87,7 @@ def record(receiver: OtlpReceiver) -> list[ReceivedSpan]:
         auth=auth,
         timeout=15,
     )
-    print(f"POST {CLOSE} -> {answer.status_code} {answer.json().get('code')}")
+    print(f"POST {CLOSE} -> {answer.status_code}")
     gateway.stop()  # shutdown exports what is queued
     for stub in stubs.values():
         stub.stop()
@@ -131,7 +133,7 @@ def draw(rows: list[tuple[int, ReceivedSpan]], out: Path) -> None:
     import matplotlib.pyplot as plt
 
     start = min(span.start_ns for _, span in rows)
-    fig, ax = plt.subplots(figsize=(11, 0.42 * len(rows) + 1.2))
+    fig, ax = plt.subplots(figsize=(12, 0.36 * len(rows) + 1.6))
     for index, (_, span) in enumerate(rows):
         left = (span.start_ns - start) / 1e6
         width = max((span.end_ns - span.start_ns) / 1e6, 0.05)
@@ -146,17 +148,19 @@ def draw(rows: list[tuple[int, ReceivedSpan]], out: Path) -> None:
             height=0.6,
         )
         ax.text(left + width + 0.3, index, f"{width:.1f} ms", va="center", fontsize=7)
+    names = ["   " * depth + label(span) for depth, span in rows]
     ax.set_yticks(range(len(rows)))
-    ax.set_yticklabels(["    " * depth + label(span) for depth, span in rows], fontsize=8)
+    ax.set_yticklabels(names, fontsize=8, ha="left", family="monospace")
+    ax.tick_params(axis="y", pad=5.2 * max(len(n) for n in names), length=0)
     ax.invert_yaxis()
     ax.set_xlabel("milliseconds since the request started")
     trace_id = rows[0][1].trace_id
     ax.set_title(f"POST /v1/engagements/{{engagement_id}}/close, trace {trace_id}", fontsize=9)
     handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in COLOURS.values()]
-    names = [k.lower() for k in COLOURS]
+    kinds = [k.lower() for k in COLOURS]
     handles.append(plt.Rectangle((0, 0), 1, 1, facecolor="white", edgecolor="#c44e52"))
-    names.append("error status")
-    ax.legend(handles, names, loc="lower right", fontsize=7)
+    kinds.append("error status")
+    ax.legend(handles, kinds, loc="upper center", bbox_to_anchor=(0.5, -0.08), ncol=4, fontsize=7)
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
