@@ -38,6 +38,7 @@ from app.authz.policy import GLOBAL_DOMAIN, Decision
 from app.authz.source import ENGAGEMENT
 from app.authz.store import PolicyStore
 from app.core.errors import AccessDenied, AuthenticationFailed, BadRequest, ConfigError
+from app.core.tracing import record_decision, stage_span
 from app.domain.identity import Identity
 from app.downstream.propagation import CallContext, bind_call_context
 from app.ops.metrics import count_decision, count_signature_failure
@@ -90,10 +91,17 @@ class Gate:
     async def admit(
         self, message: Message, read_body: BodyReader | None, target: Target
     ) -> Admission:
-        """The whole gate for one request; ``read_body`` is ``None`` for a streamed body."""
-        identity = await self.authenticate(message, read_body)
-        rate_headers = await self.spend(identity, target)
-        return Admission(identity, self.decide(identity, target), rate_headers)
+        """The whole gate for one request; ``read_body`` is ``None`` for a streamed body.
+
+        Each stage is a span of its own (no-op with tracing off).
+        """
+        with stage_span("authn"):
+            identity = await self.authenticate(message, read_body)
+        with stage_span("rate_limit"):
+            rate_headers = await self.spend(identity, target)
+        with stage_span("authz"):
+            decision = self.decide(identity, target)
+        return Admission(identity, decision, rate_headers)
 
     async def authenticate(
         self, message: Message, read_body: BodyReader | None, require: Collection[str] = ()
@@ -110,12 +118,14 @@ class Gate:
         except AuthenticationFailed as exc:
             decision_log.info("decision", stage="authn", decision="deny", reason=exc.reason)
             count_signature_failure(exc.reason)
+            record_decision(False, exc.reason)
             raise
         except NonceStoreUnavailable:
             decision_log.warning(
                 "decision", stage="authn", decision="deny", reason=REPLAY_CHECK_UNAVAILABLE
             )
             count_signature_failure(REPLAY_CHECK_UNAVAILABLE)
+            record_decision(False, REPLAY_CHECK_UNAVAILABLE)
             raise
 
     async def spend(self, identity: Identity, target: Target) -> dict[str, str]:
@@ -135,6 +145,9 @@ class Gate:
             identity.subject, engagement, target.obj, target.action, identity.groups
         )
         count_decision("allow" if decision.allowed else "deny", decision.reason)
+        record_decision(
+            decision.allowed, decision.reason, decision.matched_rule, decision.revision, engagement
+        )
         if not decision.allowed:
             raise AccessDenied("The policy does not allow this request.")
         return decision
@@ -175,8 +188,8 @@ class Guard:
         request.scope.setdefault("state", {})[ADMISSION_KEY] = admission
         decision = admission.decision
         scoped = None if decision.engagement == GLOBAL_DOMAIN else decision.engagement
-        traceparent = message.header("traceparent")
-        bind_call_context(CallContext(admission.identity, scoped, traceparent))
+        trace = (message.header("traceparent"), message.header("tracestate"))
+        bind_call_context(CallContext(admission.identity, scoped, *trace))
         structlog.contextvars.bind_contextvars(
             subject=admission.identity.subject, key_id=admission.identity.key_id
         )

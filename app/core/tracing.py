@@ -227,6 +227,8 @@ def record_decision(
     engagement: str | None = None,
 ) -> None:
     """The decision's result, reason, matched rule and policy revision on the current span."""
+    if _state.tracer is None:
+        return
     target = trace.get_current_span()
     if not target.is_recording():
         return

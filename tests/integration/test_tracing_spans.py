@@ -30,6 +30,7 @@ FINDINGS = "/v1/engagements/acme-2026/findings"
 OVERVIEW = "/v1/engagements/acme-2026/overview"
 CLOSE = "/v1/engagements/acme-2026/close"
 PARENT_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
+STAGES = ("  authn", "  rate_limit", "  authz")
 TRACING = {"enabled": True, "sample_ratio": 1.0, "schedule_delay_seconds": 0.05}
 
 
@@ -89,6 +90,7 @@ def test_a_typed_route_is_one_server_span_over_its_downstream_call(traced: Trace
     nodes, server = run.trace(response)
     assert render(nodes, server) == [
         "GET /v1/engagements/{engagement_id}/findings",
+        *STAGES,
         "  GET findings",
     ]
     assert f"{server.trace_id:032x}" == PARENT_TRACE
@@ -97,6 +99,12 @@ def test_a_typed_route_is_one_server_span_over_its_downstream_call(traced: Trace
     assert server.attributes["http.route"] == "/v1/engagements/{engagement_id}/findings"
     assert server.attributes["http.response.status_code"] == 200
     assert server.attributes["url.path"] == FINDINGS
+    (authz,) = find(nodes, "authz")
+    assert authz.attributes["gateway.decision.result"] == "allow"
+    assert authz.attributes["gateway.decision.reason"] == "allowed_by_rule"
+    assert "findings" in str(authz.attributes["gateway.decision.matched_rule"])
+    assert len(str(authz.attributes["gateway.policy.revision"])) >= 8
+    assert authz.attributes["gateway.engagement"] == "acme-2026"
     (call,) = find(nodes, "GET findings")
     assert call.kind == "CLIENT"
     assert call.attributes["http.response.status_code"] == 200
@@ -110,6 +118,26 @@ def test_a_typed_route_is_one_server_span_over_its_downstream_call(traced: Trace
         assert not any(word in text for word in secrets), node
 
 
+def test_refusals_are_recorded_on_their_stage(traced: TracedStack) -> None:
+    run = traced()
+    denied = run.request("GET", FINDINGS, "mallory")
+    assert denied.status_code == 403
+    nodes, server = run.trace(denied)
+    assert render(nodes, server) == ["GET /v1/engagements/{engagement_id}/findings", *STAGES]
+    (authz,) = find(nodes, "authz")
+    assert authz.attributes["gateway.decision.result"] == "deny"
+    assert authz.attributes["error.type"] == "forbidden"
+    assert server.attributes["http.response.status_code"] == 403
+    with httpx.Client(base_url=run.stack.url, timeout=15) as unsigned:
+        refused = unsigned.get(FINDINGS)
+    assert refused.status_code == 401
+    nodes, server = run.trace(refused)
+    assert render(nodes, server) == ["GET /v1/engagements/{engagement_id}/findings", "  authn"]
+    (authn,) = find(nodes, "authn")
+    assert authn.attributes["gateway.decision.result"] == "deny"
+    assert authn.attributes["gateway.decision.reason"] == "signature_missing"
+
+
 def test_a_retried_call_is_one_client_span_per_attempt(traced: TracedStack) -> None:
     run = traced()
     run.stack.faults("findings", fail_next=2, fail_status=503)
@@ -118,6 +146,7 @@ def test_a_retried_call_is_one_client_span_per_attempt(traced: TracedStack) -> N
     nodes, server = run.trace(response)
     assert render(nodes, server) == [
         "GET /v1/engagements/{engagement_id}/findings",
+        *STAGES,
         "  GET findings",
         "  GET findings",
         "  GET findings",
@@ -140,6 +169,7 @@ def test_an_open_breaker_fails_the_attempt_without_a_call(traced: TracedStack) -
     nodes, server = run.trace(response)
     assert render(nodes, server) == [
         "GET /v1/engagements/{engagement_id}/findings",
+        *STAGES,
         "  GET findings",
     ]
     (attempt,) = find(nodes, "GET findings")
@@ -161,6 +191,7 @@ def test_the_close_saga_with_a_compensation(traced: TracedStack) -> None:
     nodes, server = run.trace(response)
     assert render(nodes, server) == [
         "POST /v1/engagements/{engagement_id}/close",
+        *STAGES,
         "  GET engagements",
         "  saga close_engagement",
         "    step freeze_findings",
@@ -193,6 +224,7 @@ def test_a_degraded_overview_marks_the_failed_branch(traced: TracedStack) -> Non
     nodes, server = run.trace(response)
     assert render(nodes, server) == [
         "GET /v1/engagements/{engagement_id}/overview",
+        *STAGES,
         "  fanout overview",
         "    branch engagements",
         "      GET engagements",

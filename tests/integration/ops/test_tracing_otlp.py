@@ -148,7 +148,12 @@ def test_the_whole_tree_arrives_under_the_trace_id_the_service_saw(
     nodes = nodes_of(receiver.trace(trace_id))
     (root,) = tree_roots(nodes)
     assert root.parent_id is None, "no traceparent came in: the gateway started the trace"
-    assert render(nodes, root) == [server_name, "  GET findings"]
+    stages = ["  authn", "  rate_limit", "  authz"]
+    assert render(nodes, root) == [server_name, *stages, "  GET findings"]
+    (authz,) = [n for n in nodes if n.name == "authz"]
+    assert authz.attributes["gateway.decision.result"] == "allow"
+    assert authz.attributes["gateway.decision.reason"] == "allowed_by_rule"
+    assert authz.attributes["gateway.policy.revision"]
     (call,) = [n for n in nodes if n.name == "GET findings"]
     assert f"{call.span_id:016x}" == parent_span, "the service's parent is the attempt span"
     assert {s.service for s in receiver.trace(trace_id)} == {"authz-gateway"}
