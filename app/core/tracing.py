@@ -21,7 +21,7 @@ signature, a body, a query string or a subject.
 from __future__ import annotations
 
 import asyncio
-import secrets
+import random
 from collections.abc import Iterable, Mapping
 from contextlib import AbstractContextManager
 from contextvars import Token
@@ -49,16 +49,19 @@ from structlog.typing import EventDict, WrappedLogger
 __all__ = [
     "INVALID_SPAN",
     "Span",
+    "SpanContext",
     "SpanKind",
     "Status",
     "StatusCode",
     "add_trace_ids",
     "client_span",
     "current_span",
+    "current_span_is_valid",
     "enabled",
     "extract",
     "install",
     "mark_failed",
+    "parent_of",
     "record_decision",
     "span",
     "stage_span",
@@ -206,6 +209,11 @@ def current_span() -> Span:
     return trace.get_current_span()
 
 
+def current_span_is_valid() -> bool:
+    """Whether a span is current (never, with tracing off: one attribute read)."""
+    return _state.tracer is not None and trace.get_current_span().get_span_context().is_valid
+
+
 def mark_failed(target: Span, exc: BaseException) -> None:
     """``error.type`` from the gateway's error code; ERROR status unless a 4xx answer."""
     if not target.is_recording():
@@ -257,29 +265,34 @@ def extract(headers: Iterable[tuple[bytes, bytes]]) -> Context | None:
     return _PROPAGATOR.extract(carrier)
 
 
-def trace_headers(traceparent: str | None, tracestate: str | None = None) -> dict[str, str]:
+def parent_of(traceparent: str | None, tracestate: str | None = None) -> SpanContext | None:
+    """The caller's span context from its headers (OpenTelemetry's W3C parser); once a request."""
+    if not traceparent:
+        return None
+    carrier = {TRACEPARENT: traceparent}
+    if tracestate:
+        carrier[TRACESTATE] = tracestate
+    found = trace.get_current_span(_PROPAGATOR.extract(carrier)).get_span_context()
+    return found if found.is_valid else None
+
+
+def trace_headers(parent: SpanContext | None) -> dict[str, str]:
     """``traceparent`` (and ``tracestate``) for one outbound call.
 
     The current span's context when there is one (tracing on: the attempt's
-    client span); otherwise a child of the caller's context, as received, with
+    client span); otherwise a child of the caller's context (``parent_of``) with
     a fresh span id, or a new trace.
     """
     carrier: dict[str, str] = {}
-    if trace.get_current_span().get_span_context().is_valid:
+    if current_span_is_valid():
         _PROPAGATOR.inject(carrier)
     else:
-        _PROPAGATOR.inject(carrier, context=_child_of(traceparent, tracestate))
+        _PROPAGATOR.inject(carrier, context=_child_of(parent))
     return carrier
 
 
-def _child_of(traceparent: str | None, tracestate: str | None) -> Context:
-    parent = INVALID_SPAN.get_span_context()
-    if traceparent:
-        carrier = {TRACEPARENT: traceparent}
-        if tracestate:
-            carrier[TRACESTATE] = tracestate
-        parent = trace.get_current_span(_PROPAGATOR.extract(carrier)).get_span_context()
-    if parent.is_valid:
+def _child_of(parent: SpanContext | None) -> Context:
+    if parent is not None:
         child = SpanContext(
             parent.trace_id,
             _nonzero_bits(64),
@@ -289,17 +302,21 @@ def _child_of(traceparent: str | None, tracestate: str | None) -> Context:
         )
     else:
         child = SpanContext(
-            _nonzero_bits(128),
-            _nonzero_bits(64),
-            is_remote=False,
-            trace_flags=TraceFlags(TraceFlags.SAMPLED),
+            _nonzero_bits(128), _nonzero_bits(64), is_remote=False, trace_flags=_SAMPLED
         )
     return trace.set_span_in_context(NonRecordingSpan(child))
 
 
+_SAMPLED = TraceFlags(TraceFlags.SAMPLED)
+
+
 def _nonzero_bits(bits: int) -> int:
-    """A random id of ``bits`` bits; all-zero ids are invalid in W3C trace context."""
-    return secrets.randbits(bits) or 1
+    """A random id of ``bits`` bits (all-zero ids are invalid in W3C trace context).
+
+    Ids need to be unique, not secret: the SDK's own generator uses ``random`` too,
+    and it costs a tenth of a ``secrets`` call (one getrandom syscall each).
+    """
+    return random.getrandbits(bits) or 1  # ids, not secrets (as the SDK's generator)
 
 
 def add_trace_ids(logger: WrappedLogger, method: str, event_dict: EventDict) -> EventDict:

@@ -24,7 +24,7 @@ import secrets
 import time
 from collections.abc import Collection, Iterable
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import httpx
 import structlog
@@ -40,7 +40,7 @@ from app.authn.identity import GROUPS_HEADER, SUBJECT_HEADER
 from app.authn.keys import SigningKey
 from app.authn.signer import message_from_httpx
 from app.core.headers import never_forwarded
-from app.core.tracing import trace_headers
+from app.core.tracing import SpanContext, current_span_is_valid, parent_of, trace_headers
 from app.domain.identity import Identity
 
 ENGAGEMENT_HEADER = "x-gateway-engagement"
@@ -55,6 +55,16 @@ class CallContext:
     engagement: str | None
     traceparent: str | None = None
     tracestate: str | None = None
+    # The caller's span context: parsed at the first downstream attempt, then kept.
+    _parent: tuple[SpanContext | None] | None = field(init=False, default=None, repr=False)
+
+    @property
+    def parent(self) -> SpanContext | None:
+        """The caller's span context (OpenTelemetry's W3C parser), parsed once per request."""
+        if self._parent is None:
+            object.__setattr__(self, "_parent", (parent_of(self.traceparent, self.tracestate),))
+        assert self._parent is not None
+        return self._parent[0]
 
 
 _call_context: ContextVar[CallContext | None] = ContextVar("gateway_call_context", default=None)
@@ -91,10 +101,10 @@ def forwarded_header(peer: str | None, scheme: str) -> tuple[str, str]:
 
 def propagation_headers(context: CallContext | None) -> dict[str, str]:
     """corr_id, trace context and the identity headers of one outbound call."""
-    if context is None:
-        headers = trace_headers(None)
+    if context is None or current_span_is_valid():
+        headers = trace_headers(None)  # tracing on: the attempt's span is what goes out
     else:
-        headers = trace_headers(context.traceparent, context.tracestate)
+        headers = trace_headers(context.parent)
     corr_id = structlog.contextvars.get_contextvars().get("corr_id")
     if corr_id:
         headers[REQUEST_ID] = str(corr_id)

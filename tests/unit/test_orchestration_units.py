@@ -145,6 +145,19 @@ def test_propagation_headers_carry_the_bound_caller() -> None:
     assert "x-auth-subject" not in propagation_headers(None)
 
 
+def test_propagation_continues_the_callers_trace_and_state() -> None:
+    parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00"
+    context = CallContext(Identity("alice", (), "proxy"), None, parent, "vendor=1")
+    first, second = propagation_headers(context), propagation_headers(context)
+    assert first["tracestate"] == "vendor=1"
+    for headers in (first, second):
+        _, trace_id, span_id, flags = headers["traceparent"].split("-")
+        assert (trace_id, flags) == ("4bf92f3577b34da6a3ce929d0e0e4736", "00")
+        assert span_id != "00f067aa0ba902b7"
+    assert first["traceparent"] != second["traceparent"], "a new span id per attempt"
+    assert context.parent is context.parent, "parsed once per request"
+
+
 def test_outbound_signature_verifies_with_the_inbound_verifier() -> None:
     body = b'{"kind":"final"}'
     context = CallContext(Identity("bob", (), "proxy"), "acme-2026")

@@ -15,7 +15,8 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 from app.core import tracing
 from app.core.errors import AccessDenied, DownstreamError
-from app.core.tracing import add_trace_ids, extract, span, trace_headers
+from app.core.tracing import add_trace_ids, extract, parent_of, span
+from app.core.tracing import trace_headers as headers_for_parent
 
 PARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 
@@ -30,6 +31,11 @@ def recorded() -> Iterator[InMemorySpanExporter]:
     yield exporter
     tracing.uninstall()
     provider.shutdown()
+
+
+def trace_headers(traceparent: str | None, tracestate: str | None = None) -> dict[str, str]:
+    """One outbound call's headers for a request that came with these."""
+    return headers_for_parent(parent_of(traceparent, tracestate))
 
 
 def parts(traceparent: str) -> list[str]:
