@@ -19,7 +19,15 @@ from tests.conftest import REPO
 
 pytestmark = pytest.mark.integration
 
-ALWAYS_MEASURED = ("direct", "direct_fastapi", "bare_ours", "naive", "gateway", "decision")
+ALWAYS_MEASURED = (
+    "direct",
+    "direct_fastapi",
+    "bare_ours",
+    "naive",
+    "gateway",
+    "decision",
+    "gateway_trace",
+)
 GOALS = (
     "vs bare proxy (aiohttp)",
     "vs naive gateway",
@@ -64,6 +72,9 @@ def test_every_row_is_measured_or_says_why(tiny_run: Path) -> None:
         "gateway_redis",
         "gateway_w2",
         "decision",
+        "gateway_trace",
+        "gateway_trace01",
+        "gateway_base",
     }
     assert set(rows) == expected
     for key, row in rows.items():
