@@ -1,7 +1,8 @@
 """Draw the example trace of operations.md: one close saga, exported for real, as a waterfall.
 
-Starts the three stub services and a gateway (tracing on, OTLP/HTTP to a receiver,
-all on 127.0.0.1, in this process), makes the engagements service fail the
+Starts the three stub services and ``gateway serve`` as processes (tracing on,
+OTLP/HTTP to a receiver in this process, all on 127.0.0.1), makes the engagements
+service fail the
 ``close`` step with 503s, sends one signed ``POST .../close``, takes the trace
 the receiver decoded, prints its span tree and draws it with matplotlib (the
 ``bench`` extra). Usage:
@@ -14,25 +15,24 @@ Keys: the documented demo key (``GATEWAY_DEMO_KEY``), never a real one.
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import signal
+import socket
+import subprocess
 import sys
-import threading
+import tempfile
 import time
 from pathlib import Path
 
 import httpx
-import uvicorn
-from fastapi import FastAPI
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from app.authn.signer import HttpSignatureAuth  # noqa: E402 (after the path set-up)
-from app.core.config import Settings  # noqa: E402
-from app.core.logging import configure_logging  # noqa: E402
-from app.main import create_app  # noqa: E402
 from app.stubs.otlp import OtlpReceiver, ReceivedSpan  # noqa: E402
-from app.stubs.server import STUB_NAMES, create_stub_app  # noqa: E402
+from app.stubs.server import STUB_NAMES  # noqa: E402
 
 DEMO_KEY_ENV = "GATEWAY_DEMO_KEY"
 DEMO_KEY = "demo-key-not-secret-0123456789abcdef"  # documented demo value
@@ -40,61 +40,82 @@ CLOSE = "/v1/engagements/acme-2026/close"
 COLOURS = {"SERVER": "#4c72b0", "INTERNAL": "#8c8c8c", "CLIENT": "#55a868"}
 
 
-class Thread:
-    """A uvicorn server in a thread on a free loopback port."""
-
-    def __init__(self, app: FastAPI) -> None:
-        config = uvicorn.Config(app, host="127.0.0.1", port=0, log_config=None, lifespan="on")
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def start(self) -> str:
-        self.thread.start()
-        while not self.server.started:
-            time.sleep(0.01)
-        port = self.server.servers[0].sockets[0].getsockname()[1]
-        return f"http://127.0.0.1:{port}"
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=15)
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
 
 
-def record(receiver: OtlpReceiver) -> list[ReceivedSpan]:
-    """Run one failing close through a traced gateway; the spans of its trace."""
-    stubs = {name: Thread(create_stub_app(name)) for name in STUB_NAMES}
-    urls = {name: stub.start() for name, stub in stubs.items()}
-    retry = {"attempts": 3, "backoff_initial_seconds": 0.02, "backoff_max_seconds": 0.05}
-    settings = Settings(
-        signing={"keys": [{"id": "demo-2026", "secret_env": DEMO_KEY_ENV}]},
-        policy={"dir": str(REPO / "policies")},
-        services={name: {"url": url, "retry": retry} for name, url in urls.items()},
-        tracing={"enabled": True, "endpoint": receiver.endpoint, "sample_ratio": 1.0},
+def spawn(*argv: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """One ``gateway`` command as its own process, quiet."""
+    return subprocess.Popen(  # noqa: S603 (our own CLI, fixed argv)
+        [sys.executable, "-m", "app.cli.main", *argv],
+        cwd=REPO,
+        env={**os.environ, **(env or {})},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
-    gateway = Thread(create_app(settings))
-    base = gateway.start()
-    httpx.post(
-        urls["engagements"] + "/_faults",
-        json={"error_rate": 1.0, "error_status": 503, "path_prefix": CLOSE[3:]},
-    ).raise_for_status()
+
+
+def wait_ready(url: str) -> None:
+    for _ in range(300):
+        try:
+            if httpx.get(url, timeout=1).status_code < 500:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    raise SystemExit(f"{url} did not come up")
+
+
+def record(receiver: OtlpReceiver, workdir: Path) -> list[ReceivedSpan]:
+    """Run one failing close through a traced ``gateway serve``; the spans of its trace."""
+    urls = {name: f"http://127.0.0.1:{free_port()}" for name in STUB_NAMES}
+    procs = [spawn("stub", "--name", n, "--port", u.rsplit(":", 1)[1]) for n, u in urls.items()]
+    retry = {"attempts": 3, "backoff_initial_seconds": 0.01, "backoff_max_seconds": 0.02}
+    config = workdir / "gateway.json"
+    config.write_text(
+        json.dumps(
+            {
+                "signing": {"keys": [{"id": "demo-2026", "secret_env": DEMO_KEY_ENV}]},
+                "policy": {"dir": str(REPO / "policies")},
+                "services": {name: {"url": url, "retry": retry} for name, url in urls.items()},
+                "log": {"format": "json", "level": "WARNING"},
+                "tracing": {"enabled": True, "endpoint": receiver.endpoint, "sample_ratio": 1.0},
+            }
+        )
+    )
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    procs.append(spawn("serve", "--port", str(port), "--config", str(config)))
+    try:
+        for url in [*urls.values()]:
+            wait_ready(url + "/_health")
+        wait_ready(base + "/healthz")
+        return _close_once(base, urls["engagements"], receiver)
+    finally:
+        for proc in reversed(procs):  # the gateway first: its shutdown exports what is queued
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=30)
+
+
+def _close_once(base: str, engagements: str, receiver: OtlpReceiver) -> list[ReceivedSpan]:
+    faults = {"error_rate": 1.0, "error_status": 503, "path_prefix": CLOSE[3:]}
+    httpx.post(engagements + "/_faults", json=faults).raise_for_status()
     auth = HttpSignatureAuth("demo-2026", DEMO_KEY.encode(), subject="bob")
-    # One request first: the picture should show a warm gateway, not its first-call set-up.
-    httpx.get(base + "/v1/engagements/acme-2026/findings", auth=auth, timeout=15)
-    answer = httpx.post(
-        base + CLOSE,
-        json={"reason": "Retest complete."},
-        headers={"idempotency-key": "waterfall-0001"},
-        auth=auth,
-        timeout=15,
-    )
+    with httpx.Client(base_url=base, auth=auth, timeout=15) as client:
+        for _ in range(3):  # a warm gateway, not its first-call set-up, is what to show
+            client.get("/v1/engagements/acme-2026/overview")
+        key = {"idempotency-key": "waterfall-0001"}
+        answer = client.post(CLOSE, json={"reason": "Retest complete."}, headers=key)
     print(f"POST {CLOSE} -> {answer.status_code}")
-    gateway.stop()  # shutdown exports what is queued
-    for stub in stubs.values():
-        stub.stop()
-    server = [s for s in receiver.spans if s.kind == "SERVER" and s.name.startswith("POST")]
-    if not server:
-        raise SystemExit("no server span arrived at the receiver")
-    return receiver.trace(server[-1].trace_id)
+    for _ in range(200):
+        server = [s for s in receiver.spans if s.kind == "SERVER" and s.name.startswith("POST")]
+        if server:
+            return receiver.trace(server[-1].trace_id)
+        time.sleep(0.05)
+    raise SystemExit("no server span arrived at the receiver")
 
 
 def ordered(spans: list[ReceivedSpan]) -> list[tuple[int, ReceivedSpan]]:
@@ -173,10 +194,10 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=default)
     args = parser.parse_args()
     os.environ.setdefault(DEMO_KEY_ENV, DEMO_KEY)
-    configure_logging("WARNING", "json")
     receiver = OtlpReceiver().start()
     try:
-        rows = ordered(record(receiver))
+        with tempfile.TemporaryDirectory(prefix="waterfall-") as workdir:
+            rows = ordered(record(receiver, Path(workdir)))
     finally:
         receiver.stop()
     for depth, span in rows:
