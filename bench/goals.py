@@ -158,7 +158,7 @@ def _rss(soak: dict[str, Any]) -> Goal:
 
 def _cpu(matrix: dict[str, Any], key: str, conns: int) -> float | None:
     cells = matrix.get(key)
-    return cells[conns]["target_cpu_us"] if cells and conns in cells else None
+    return cells[conns].get("target_cpu_us") if cells and conns in cells else None
 
 
 def _tracing_micro(results: dict[str, Any], conns: int = 64) -> Goal:

@@ -41,6 +41,9 @@ log = structlog.get_logger("gateway.tracing")
 DEFAULT_SERVICE_NAME = "authz-gateway"
 REPORT_EVERY_SECONDS = 60.0
 # Where the SDK logs each failed export and each span dropped from a full queue.
+# The processor warns once per span it drops from a full queue, on the request's path:
+# below ERROR that logger is off while tracing runs (the drop is counted instead).
+QUEUE_LOGGER = "opentelemetry.sdk._shared_internal"
 EXPORT_LOGGERS = (
     "opentelemetry.exporter.otlp.proto.http.trace_exporter",
     "opentelemetry.sdk._shared_internal",
@@ -242,6 +245,7 @@ class TracingRuntime:
         self.report_now()
         for name in EXPORT_LOGGERS:
             logging.getLogger(name).removeFilter(self.quiet)
+        logging.getLogger(QUEUE_LOGGER).setLevel(logging.NOTSET)
 
     def report_now(self) -> None:
         self.exporter.report.clock.last = None
@@ -261,6 +265,7 @@ def start_tracing(
     quiet = _QuietExportLogs(report)
     for name in EXPORT_LOGGERS:
         logging.getLogger(name).addFilter(quiet)
+    logging.getLogger(QUEUE_LOGGER).setLevel(logging.ERROR)
     if exporter is None:
         # Imported here: protobuf and requests cost start-up time and memory when tracing is off.
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter

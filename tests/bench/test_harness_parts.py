@@ -116,3 +116,25 @@ def test_micro_runner_reports_a_failure_instead_of_raising() -> None:
 
 def test_discovery_finds_only_micro_modules() -> None:
     assert all(name.startswith("bench.micro_") for name in discover())
+
+
+def test_tracing_goals_compare_cpu_per_request() -> None:
+    results = _results(900.0, 6.0)
+    for key, cpu in (("gateway", 600.0), ("gateway_base", 580.0), ("gateway_trace", 690.0)):
+        results["matrix"].setdefault(key, {c: _cell(900.0, 6.0) for c in (1, 16, 64)})
+        results["matrix"][key][64]["target_cpu_us"] = cpu
+    results["micros"] = [
+        {
+            "module": "bench.micro_tracing",
+            "result": {"added_no_traceparent_us": 6.0, "added_traceparent_us": 18.0},
+        }
+    ]
+    goals = {g["goal"]: g for g in evaluate_goals(results)}
+    off = goals["tracing off vs the commit before tracing, gateway CPU per request at 64 conns"]
+    assert (off["met"], off["figure"][:6]) == ("**not met**", "1.034\u00d7")
+    on = goals["tracing on at ratio 1.0 vs off, gateway CPU per request at 64 conns"]
+    assert on["figure"].startswith("1.150\u00d7")
+    sampled = goals["tracing on at ratio 0.1 vs off, gateway CPU per request at 64 conns"]
+    assert sampled["figure"] == "not measured"
+    micro = goals["tracing off, added CPU a request (micro_tracing) vs gateway CPU per request"]
+    assert (micro["met"], micro["figure"][:5]) == ("**met**", "1.00%")
