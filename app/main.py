@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
 
 import httpx
 from fastapi import FastAPI
-from opentelemetry.sdk.trace.export import SpanExporter
 from redis.asyncio import Redis
 
 from app import __version__
@@ -35,12 +35,25 @@ from app.edge.tracing import ServerSpanMiddleware
 from app.ops.metrics import set_policy_revision
 from app.ops.processes import freeze_startup_heap
 from app.ops.runtime import ops_lifespan
-from app.ops.tracing import start_tracing
 from app.workflows.idempotency import (
     IdempotencyStore,
     MemoryIdempotencyStore,
     RedisIdempotencyStore,
 )
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace.export import SpanExporter
+
+    from app.ops.tracing import TracingRuntime
+
+
+def _start_tracing(settings: Settings, exporter: SpanExporter | None) -> TracingRuntime | None:
+    """The OpenTelemetry SDK is imported only when tracing is on (start-up time, memory)."""
+    if not settings.tracing.enabled:
+        return None
+    from app.ops.tracing import start_tracing
+
+    return start_tracing(settings.tracing, exporter)
 
 
 def create_app(
@@ -65,7 +78,7 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # Started here, not at build: a supervisor that only validates exports nothing.
-        app.state.tracing = start_tracing(settings.tracing, span_exporter)
+        app.state.tracing = _start_tracing(settings, span_exporter)
         app.state.services = ServiceRegistry(settings.services, transport, outbound_keys)
         try:
             async with (
