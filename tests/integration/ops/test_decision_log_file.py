@@ -73,7 +73,7 @@ class Gateway:
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
-        wait_until(self._ready, timeout=30)
+        wait_until(self._ready, timeout=90)  # start-up on a busy shared machine
 
     def _ready(self) -> bool:
         assert self.proc.poll() is None, self.log_path.read_text()

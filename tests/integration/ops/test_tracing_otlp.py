@@ -65,7 +65,7 @@ class TracedGateway:
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
-        wait_until(self._ready, timeout=30)
+        wait_until(self._ready, timeout=90)  # start-up on a busy shared machine
 
     @property
     def url(self) -> str:
