@@ -93,15 +93,12 @@ class Gate:
     ) -> Admission:
         """The whole gate for one request; ``read_body`` is ``None`` for a streamed body.
 
-        Each stage is a span of its own (no-op with tracing off).
+        Each stage is a span of its own (``stage_span``; a no-op with tracing off),
+        opened by the stage's method, so callers of one stage get its span too.
         """
-        with stage_span("authn"):
-            identity = await self.authenticate(message, read_body)
-        with stage_span("rate_limit"):
-            rate_headers = await self.spend(identity, target)
-        with stage_span("authz"):
-            decision = self.decide(identity, target)
-        return Admission(identity, decision, rate_headers)
+        identity = await self.authenticate(message, read_body)
+        rate_headers = await self.spend(identity, target)
+        return Admission(identity, self.decide(identity, target), rate_headers)
 
     async def authenticate(
         self, message: Message, read_body: BodyReader | None, require: Collection[str] = ()
@@ -113,6 +110,12 @@ class Gate:
         passes (``app.workflows.passthrough``). ``require``: components the
         signature must also cover (the decision endpoints' original headers).
         """
+        with stage_span("authn"):
+            return await self._authenticate(message, read_body, require)
+
+    async def _authenticate(
+        self, message: Message, read_body: BodyReader | None, require: Collection[str]
+    ) -> Identity:
         try:
             return await self.authn.authenticate_message(message, read_body, require=require)
         except AuthenticationFailed as exc:
@@ -130,13 +133,18 @@ class Gate:
 
     async def spend(self, identity: Identity, target: Target) -> dict[str, str]:
         """Spend the subject's and the engagement's quota: ``RateLimit`` headers, or 429."""
-        guard = self._rate_limit()
-        if not guard.enabled:
-            return {}
-        return await guard.spend(identity.subject, target.engagement_key)
+        with stage_span("rate_limit"):
+            guard = self._rate_limit()
+            if not guard.enabled:
+                return {}
+            return await guard.spend(identity.subject, target.engagement_key)
 
     def decide(self, identity: Identity, target: Target) -> Decision:
         """The policy's decision on ``target`` (logged); 400 for a malformed engagement, 403."""
+        with stage_span("authz"):
+            return self._decide(identity, target)
+
+    def _decide(self, identity: Identity, target: Target) -> Decision:
         engagement = target.engagement
         if engagement != GLOBAL_DOMAIN and not ENGAGEMENT.match(engagement):
             raise BadRequest("The engagement id is malformed.")
