@@ -17,10 +17,11 @@ from redis.asyncio import Redis
 
 from app import __version__
 from app.api.decisions import Authorizer
-from app.api.pipeline import Gate, GuardedRoute
+from app.api.pipeline import Gate
 from app.api.problems import install_problem_handlers
 from app.api.routes import admin, breakers, decisions, engagements, findings, health, metrics
 from app.api.routes.passthrough import register_passthrough_routes
+from app.api.routing import GuardedRoute
 from app.authn.service import AuthnService
 from app.authz.store import PolicyStore
 from app.authz.sync import announcer, follow_notices

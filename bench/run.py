@@ -104,6 +104,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-install", action="store_true", help="never apt-get nginx")
     parser.add_argument("--loadgen-procs", type=int, default=2, choices=(1, 2))
     parser.add_argument("--only", help="comma-separated row keys to measure (development aid)")
+    parser.add_argument(
+        "--matrix-only",
+        action="store_true",
+        help="no soak, probes or micro-benchmarks (development aid; the report says so)",
+    )
     args = parser.parse_args(argv)
     mode = MODES["tiny" if args.tiny else "quick" if args.quick else "full"]
     started = time.monotonic()
@@ -138,7 +143,12 @@ def _run_all(root: Path, mode: Mode, args: argparse.Namespace) -> dict[str, Any]
         security = _security(targets)
         matrix = run_matrix(targets, stub, workers, mode)
         gateway = next(t for t in targets if t.key == "gateway")
-        soak_result = soak(gateway, workers, mode) if gateway.available else {"error": gateway.note}
+        if args.matrix_only:
+            soak_result = {"error": "skipped (--matrix-only)"}
+        elif gateway.available:
+            soak_result = soak(gateway, workers, mode)
+        else:
+            soak_result = {"error": gateway.note}
         log_lines = _decision_lines(root / "gateway.log")
     finally:
         for worker in workers:
@@ -155,7 +165,7 @@ def _run_all(root: Path, mode: Mode, args: argparse.Namespace) -> dict[str, Any]
         "soak": soak_result,
         "gateway_decision_log_lines": log_lines,
         "loadgen_procs": len(workers),
-        **_extras(mode),
+        **({} if args.matrix_only else _extras(mode)),
     }
 
 

@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Path
 
 from app.api.deps import Authenticated, Authorized, Findings
-from app.api.pipeline import GuardedRoute
+from app.api.routing import GuardedRoute
 from app.api.schemas import Problem
 from app.domain.findings import Finding, FindingCreate, FindingList
 
