@@ -172,7 +172,7 @@ def write_report(results: dict[str, Any], out_dir: Path) -> None:
         "(all processes of the row).",
         _loadgen_verdict(results),
         "",
-        "## Goals (issues 7 and 5)",
+        "## Goals (issues 11, 7 and 5)",
         "",
         "| goal | figure | target | met |",
         "|---|---|---|---|",

@@ -28,6 +28,14 @@ from bench.targets import STUB_PATH, Target, build_targets
 
 RESULTS = Path(__file__).resolve().parent / "results"
 GATEWAY_LINES, NAIVE_LINES, DECISION_LINES = 10_000, 1_000, 100_000
+SECURITY_CHECKED = (
+    "naive",
+    "gateway",
+    "gateway_passthrough",
+    "gateway_redis",
+    "gateway_w2",
+    "decision",
+)
 
 
 def _say(text: str) -> None:
@@ -173,13 +181,7 @@ def _security(targets: list[Target]) -> dict[str, dict[str, Any]]:
     """Signed / unsigned / replayed / unknown-caller answers of the rows that check."""
     found: dict[str, dict[str, Any]] = {}
     for target in targets:
-        if target.available and target.key in (
-            "naive",
-            "gateway",
-            "gateway_redis",
-            "gateway_w2",
-            "decision",
-        ):
+        if target.available and target.key in SECURITY_CHECKED:
             try:
                 found[target.key] = check(target)
             except (OSError, ValueError) as exc:

@@ -19,7 +19,15 @@ from tests.conftest import REPO
 
 pytestmark = pytest.mark.integration
 
-ALWAYS_MEASURED = ("direct", "direct_fastapi", "bare_ours", "naive", "gateway", "decision")
+ALWAYS_MEASURED = (
+    "direct",
+    "direct_fastapi",
+    "bare_ours",
+    "naive",
+    "gateway",
+    "gateway_passthrough",
+    "decision",
+)
 GOALS = (
     "vs bare proxy (aiohttp)",
     "vs naive gateway",
@@ -30,6 +38,8 @@ GOALS = (
     "two workers",
     "RSS growth",
     "decision endpoint req/s vs the full gateway",
+    "pass-through route vs typed route",
+    "gateway p99 vs bare proxy (aiohttp) p99",
 )
 
 
@@ -61,6 +71,7 @@ def test_every_row_is_measured_or_says_why(tiny_run: Path) -> None:
         "bare_ours",
         "naive",
         "gateway",
+        "gateway_passthrough",
         "gateway_redis",
         "gateway_w2",
         "decision",
@@ -91,7 +102,7 @@ def test_every_goal_and_extra_is_reported(tiny_run: Path) -> None:
         assert goal in goal_rows, goal
     results = json.loads((tiny_run / "latest.json").read_text())
     assert results["gateway_decision_log_lines"] > 0  # decision logging was on
-    for key in ("gateway", "naive", "decision"):
+    for key in ("gateway", "gateway_passthrough", "naive", "decision"):
         security = results["security"][key]
         assert (security["signed"], security["unsigned"], security["unknown_caller"]) == (
             200,
