@@ -88,7 +88,13 @@ def create_app(
     # include_router: FastAPI matches an included router's routes twice, through a layer
     # per router, on every request (see decision 0006). Paths never overlap, so the order
     # changes nothing but the cost; the routers carry their prefixes and tags already.
-    hot_first = (findings.router, decisions.router, engagements.router, admin.router, breakers.router)
+    hot_first = (
+        findings.router,
+        decisions.router,
+        engagements.router,
+        admin.router,
+        breakers.router,
+    )
     for router in hot_first:
         app.router.routes.extend(router.routes)
     register_passthrough_routes(app, settings.orchestration.passthrough, settings.services)
