@@ -2,7 +2,7 @@
 
 A gen-2 collection runs on the event loop, so its pause lands on whichever
 requests are in flight: the gateway's p99 tail at 64 connections. The memory
-nonce store holds about request rate × twice the skew window nonces (1,600
+nonce store holds about request rate times twice the skew window nonces (1,600
 req/s with the default 300 s window: ~1M). This measures ``gc.collect()`` with
 the store holding N nonces, against the same collection with none, for the
 store as it is and for the earlier design (an expiry heap of tuples and a
