@@ -203,15 +203,59 @@ def _tracing(matrix: dict[str, Any], conns: int = 64) -> list[Goal]:
     return goals
 
 
+def _vs_bare(matrix: dict[str, Any], key: str, label: str, conns: int, need: float) -> Goal:
+    """Issue 11: a gateway row's req/s against the bare aiohttp proxy's, same run."""
+    goal = f"{label} req/s vs bare proxy (aiohttp) at {conns} conns"
+    row, ref = _rps(matrix, key, conns), _rps(matrix, "bare_aiohttp", conns)
+    if row is None or ref is None:
+        return {"goal": goal, "figure": "not measured", "target": f"≥ {need}×", "met": "n/a"}
+    figure = f"{row / ref:.2f}× ({row:,.0f} vs {ref:,.0f} req/s)"
+    return {"goal": goal, "figure": figure, "target": f"≥ {need}×", "met": _met(row / ref >= need)}
+
+
+def _passthrough_vs_typed(matrix: dict[str, Any], conns: int) -> Goal:
+    goal = f"pass-through route vs typed route, req/s at {conns} conns"
+    passthrough, typed = _rps(matrix, "gateway_passthrough", conns), _rps(matrix, "gateway", conns)
+    if passthrough is None or typed is None:
+        return {"goal": goal, "figure": "not measured", "target": "≥ 1×", "met": "n/a"}
+    ratio = passthrough / typed
+    figure = f"{ratio:.2f}× ({passthrough:,.0f} vs {typed:,.0f} req/s)"
+    return {"goal": goal, "figure": figure, "target": "≥ 1×", "met": _met(ratio >= 1.0)}
+
+
+def _p99_ratio(matrix: dict[str, Any]) -> Goal:
+    goal = "gateway p99 vs bare proxy (aiohttp) p99 at 64 conns"
+    gw, bare = matrix.get("gateway"), matrix.get("bare_aiohttp")
+    if not gw or not bare or 64 not in gw or not bare[64]["p99_ms"]:
+        return {"goal": goal, "figure": "not measured", "target": "≤ 2×", "met": "n/a"}
+    ratio = gw[64]["p99_ms"] / bare[64]["p99_ms"]
+    figure = f"{ratio:.2f}× ({gw[64]['p99_ms']:,.1f} vs {bare[64]['p99_ms']:,.1f} ms)"
+    return {"goal": goal, "figure": figure, "target": "≤ 2×", "met": _met(ratio <= 2.0)}
+
+
+def pipeline_goals(matrix: dict[str, Any]) -> list[Goal]:
+    """Issue 11's targets: typed and pass-through routes against the bare proxy."""
+    return [
+        _vs_bare(matrix, "gateway", "gateway (typed route)", 16, 0.7),
+        _vs_bare(matrix, "gateway", "gateway (typed route)", 64, 0.7),
+        _vs_bare(matrix, "gateway_passthrough", "gateway (pass-through route)", 16, 0.8),
+        _vs_bare(matrix, "gateway_passthrough", "gateway (pass-through route)", 64, 0.8),
+        _passthrough_vs_typed(matrix, 16),
+        _passthrough_vs_typed(matrix, 64),
+        _p99_ratio(matrix),
+    ]
+
+
 def evaluate_goals(results: dict[str, Any]) -> list[Goal]:
     matrix = results["matrix"]
     return [
+        *pipeline_goals(matrix),
         _ratio_goal(matrix, "bare_aiohttp", "bare proxy (aiohttp)", 0.85),
         _ratio_goal(matrix, "naive", "naive gateway", 15),
         _ratio_goal(matrix, "nginx", "nginx", 0.5),
         _added_p99(matrix),
-        _signature(results["signature"]),
-        _decision(results["decision"]),
+        *([_signature(results["signature"])] if "signature" in results else []),
+        *([_decision(results["decision"])] if "decision" in results else []),
         _workers(results),
         _rss(results["soak"]),
         _our_client(matrix, 64),

@@ -34,6 +34,8 @@ STAGES = (
     ("downstream client", ("httpx", "httpcore", "app/downstream", "app/workflows", "anyio")),
     ("logging", ("structlog", "logging/__init__", "orjson")),
     ("edge", ("app/edge",)),
+    ("gate glue (app/api/pipeline, routing)", ("app/api/pipeline", "app/api/routing")),
+    ("metrics", ("prometheus_client", "app/ops/metrics")),
     ("FastAPI / Starlette / pydantic", ("fastapi", "starlette", "pydantic")),
     ("uvicorn / event loop", ("uvicorn", "uvloop", "asyncio", "httptools")),
 )

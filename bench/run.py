@@ -28,6 +28,14 @@ from bench.targets import STUB_PATH, Target, build_targets
 
 RESULTS = Path(__file__).resolve().parent / "results"
 GATEWAY_LINES, NAIVE_LINES, DECISION_LINES = 10_000, 1_000, 100_000
+SECURITY_CHECKED = (
+    "naive",
+    "gateway",
+    "gateway_passthrough",
+    "gateway_redis",
+    "gateway_w2",
+    "decision",
+)
 
 
 def _say(text: str) -> None:
@@ -105,6 +113,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--loadgen-procs", type=int, default=2, choices=(1, 2))
     parser.add_argument("--only", help="comma-separated row keys to measure (development aid)")
     parser.add_argument(
+        "--matrix-only",
+        action="store_true",
+        help="no soak, probes or micro-benchmarks (development aid; the report says so)",
+    )
+    parser.add_argument(
         "--baseline",
         help="commit the gateway_base row runs (default: the one before the first Tracing: commit)",
     )
@@ -144,7 +157,12 @@ def _run_all(root: Path, mode: Mode, args: argparse.Namespace) -> dict[str, Any]
         security = _security(targets)
         matrix = run_matrix(targets, stub, workers, mode)
         gateway = next(t for t in targets if t.key == "gateway")
-        soak_result = soak(gateway, workers, mode) if gateway.available else {"error": gateway.note}
+        if args.matrix_only:
+            soak_result = {"error": "skipped (--matrix-only)"}
+        elif gateway.available:
+            soak_result = soak(gateway, workers, mode)
+        else:
+            soak_result = {"error": gateway.note}
         log_lines = _decision_lines(root / "gateway.log")
     finally:
         for worker in workers:
@@ -161,7 +179,7 @@ def _run_all(root: Path, mode: Mode, args: argparse.Namespace) -> dict[str, Any]
         "soak": soak_result,
         "gateway_decision_log_lines": log_lines,
         "loadgen_procs": len(workers),
-        **_extras(mode),
+        **({} if args.matrix_only else _extras(mode)),
     }
 
 
@@ -169,13 +187,7 @@ def _security(targets: list[Target]) -> dict[str, dict[str, Any]]:
     """Signed / unsigned / replayed / unknown-caller answers of the rows that check."""
     found: dict[str, dict[str, Any]] = {}
     for target in targets:
-        if target.available and target.key in (
-            "naive",
-            "gateway",
-            "gateway_redis",
-            "gateway_w2",
-            "decision",
-        ):
+        if target.available and target.key in SECURITY_CHECKED:
             try:
                 found[target.key] = check(target)
             except (OSError, ValueError) as exc:

@@ -32,6 +32,13 @@ GATEWAY_PATH = "/v1/engagements/{engagement}/findings"
 # method and path are the request's own, so the generator's signature covers them).
 DECISION_PATH = "/v1/decisions/envoy/v1/engagements/{engagement}/findings"
 STUB_PATH = "/engagements/{engagement}/findings"
+# A declarative pass-through route of the bench gateway, to the same stub answer.
+PASSTHROUGH_PATH = "/v1/engagements/{engagement}/reports/R-0001/content"
+PASSTHROUGH_ROUTE = {
+    "path": "/v1/engagements/{engagement_id}/reports/{report_id}/content",
+    "service": "findings",
+    "upstream_path": "/engagements/{engagement_id}/findings",
+}
 
 
 @dataclass
@@ -103,6 +110,8 @@ def gateway_config(
     }
     if has_authorizer:  # the decision endpoint exists on this commit
         settings["authorizer"] = {"routes": ["/v1/engagements/{engagement_id}/findings"]}
+    if _supports_passthrough():
+        settings["orchestration"] = {"passthrough": [PASSTHROUGH_ROUTE]}
     name = "gateway-baseline.yaml" if baseline is not None else "gateway.yaml"
     if tracing is not None:
         settings["tracing"] = tracing
@@ -110,6 +119,17 @@ def gateway_config(
     path = root / name
     path.write_text(yaml.safe_dump(settings))
     return path
+
+
+def _supports_passthrough() -> bool:
+    """Whether this commit's settings accept the bench's pass-through route."""
+    from app.core.config import PassthroughRoute
+
+    try:
+        PassthroughRoute.model_validate(PASSTHROUGH_ROUTE)
+    except ValidationError:
+        return False
+    return True
 
 
 def serve_supports_workers() -> bool:
@@ -283,6 +303,7 @@ def build_targets(
     config = gateway_config(root, stub_port, gw_policy)
     targets.append(_gateway(root, config, 1, gw_callers))
     targets.append(_decision(root, config, gw_callers))
+    targets.append(_passthrough_row(root, config, gw_callers))
     targets.extend(_tracing_rows(root, stub_port, gw_policy, gw_callers, baseline))
     if shutil.which("redis-server") is None:
         for key, label in (ROW_NAMES[(1, True)], ROW_NAMES[(2, True)]):
@@ -304,6 +325,21 @@ def build_targets(
             )
         )
     return targets
+
+
+def _passthrough_row(root: Path, config: Path, callers: list[tuple[str, str]]) -> Target:
+    """The same gateway, its own process, measured on a pass-through route."""
+    row = _gateway(root, config, 1, callers)
+    row.key, row.label, row.path_template = (
+        "gateway_passthrough",
+        "gateway, pass-through route",
+        PASSTHROUGH_PATH,
+    )
+    assert row.server is not None
+    row.server.name, row.server.log_path = row.key, root / f"{row.key}.log"
+    if not _supports_passthrough():
+        row.note = "unavailable: no pass-through routes on this commit"
+    return row
 
 
 def _nginx(root: Path, stub_port: int, callers: list[tuple[str, str]], install: bool) -> Target:

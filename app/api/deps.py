@@ -1,7 +1,7 @@
 """Guards and services, declared once as ``Annotated`` dependency aliases.
 
 ``Authorized`` is the guard a route declares: ``GuardedRoute``
-(``app.api.pipeline``) finds it and runs authn, the rate limit and the policy
+(``app.api.routing``) finds it and runs authn, the rate limit and the policy
 decision *before* FastAPI reads the body, so by the time these dependencies
 are solved the caller is authenticated and allowed. ``Authorized`` yields the
 ``Decision``, ``Authenticated`` the caller's ``Identity``; both only read what
@@ -60,16 +60,16 @@ async def get_findings_service(request: Request) -> FindingsService:
 Findings = Annotated[FindingsService, Depends(get_findings_service)]
 
 
-async def get_overview_service(request: Request, services: Services) -> OverviewService:
+async def get_overview_service(request: Request) -> OverviewService:
     deadline = request.app.state.settings.orchestration.overview_deadline_seconds
-    return OverviewService(services, deadline)
+    return OverviewService(request.app.state.services, deadline)
 
 
 Overview = Annotated[OverviewService, Depends(get_overview_service)]
 
 
-async def get_close_service(request: Request, services: Services) -> CloseService:
-    return CloseService(services, request.app.state.idempotency)
+async def get_close_service(request: Request) -> CloseService:
+    return CloseService(request.app.state.services, request.app.state.idempotency)
 
 
 Closer = Annotated[CloseService, Depends(get_close_service)]

@@ -1,8 +1,9 @@
 """Stages 2-4 of every guarded request: authn, rate limit, authz; then the handler.
 
-``GuardedRoute`` is the route class of every router. When a route declares a
-``Guard`` (``Authorized``, or a pass-through route's own), the route runs the
-``Gate`` *before* FastAPI reads, parses or validates anything of the request:
+``GuardedRoute`` (``app.api.routing``) is the route class of every router. When
+a route declares a ``Guard`` (``Authorized``, or a pass-through route's own), the
+route runs the ``Gate`` *before* FastAPI reads, parses or validates anything of
+the request:
 
 1. authn: the signature is verified from the headers alone; only then is the
    body read (bytes, within the edge's cap) and its ``Content-Digest`` checked
@@ -21,14 +22,11 @@ FastAPI dependencies: docs/decisions/0006-guards-before-the-body.md.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Collection, Coroutine, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass
-from typing import Any
 
 import structlog
-from fastapi import Request, Response
-from fastapi.dependencies.models import Dependant
-from fastapi.routing import APIRoute
+from fastapi import Request
 
 from app.authn.asgi import message_from_scope
 from app.authn.base import Message, declares_body
@@ -37,7 +35,7 @@ from app.authn.service import AuthnService
 from app.authz.policy import GLOBAL_DOMAIN, Decision
 from app.authz.source import ENGAGEMENT
 from app.authz.store import PolicyStore
-from app.core.errors import AccessDenied, AuthenticationFailed, BadRequest, ConfigError
+from app.core.errors import AccessDenied, AuthenticationFailed, BadRequest
 from app.core.tracing import record_decision, stage_span
 from app.domain.identity import Identity
 from app.downstream.propagation import CallContext, bind_call_context
@@ -50,7 +48,6 @@ ADMISSION_KEY = "admission"
 REPLAY_CHECK_UNAVAILABLE = "replay_check_unavailable"
 
 BodyReader = Callable[[], Awaitable[bytes]]
-Handler = Callable[[Request], Coroutine[Any, Any, Response]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,40 +211,3 @@ def admission_of(request: Request) -> Admission:
     if admission is None:
         raise RuntimeError(f"{request.url.path}: a guard was read but the gate did not run")
     return admission
-
-
-def _calls(dependant: Dependant) -> Iterator[object]:
-    for dep in dependant.dependencies:
-        yield dep.call
-        yield from _calls(dep)
-
-
-def route_guard(dependant: Dependant) -> Guard | None:
-    """The one ``Guard`` a route declares (directly or through its dependencies), if any."""
-    guards = {id(call): call for call in _calls(dependant) if isinstance(call, Guard)}
-    if len(guards) > 1:
-        raise ConfigError(f"{dependant.path}: a route declares one guard, not {len(guards)}")
-    return next(iter(guards.values()), None)
-
-
-class GuardedRoute(APIRoute):
-    """An ``APIRoute`` whose declared ``Guard`` runs before FastAPI reads the request."""
-
-    def get_route_handler(self) -> Handler:
-        handler = super().get_route_handler()
-        guard = route_guard(self.dependant)
-        if guard is None:
-            return handler
-        return _guarded(guard, handler)
-
-
-def _guarded(guard: Guard, handler: Handler) -> Handler:
-    async def guarded_handler(request: Request) -> Response:
-        gate: Gate = request.app.state.gate
-        admission = await guard.run(gate, request)
-        response = await handler(request)
-        if admission.rate_headers:
-            response.headers.update(admission.rate_headers)
-        return response
-
-    return guarded_handler

@@ -1,8 +1,13 @@
-"""Models of the API's own answers: probes and problem details."""
+"""Models of the API's own answers (probes, problem details), and relayed validated JSON."""
 
 from __future__ import annotations
 
+from typing import Any
+
+from fastapi import Response
 from pydantic import BaseModel, ConfigDict
+
+from app.domain.validated import ValidatedJson
 
 
 class _Model(BaseModel):
@@ -32,3 +37,8 @@ class Problem(BaseModel):
     status: int
     detail: str
     corr_id: str | None
+
+
+def relay(checked: ValidatedJson[Any], status_code: int = 200) -> Response:
+    """A service's answer already validated against the route's response model, as it came."""
+    return Response(checked.body, status_code=status_code, media_type="application/json")

@@ -7,7 +7,7 @@ sooner), so a replay inside the window always finds it.
 
 Two stores, one ``NonceStore`` protocol, chosen by ``redis.url``:
 
-- ``MemoryNonceStore`` serves one process: a dict plus an expiry heap, bounded
+- ``MemoryNonceStore`` serves one process: a dict plus per-second expiry lists, bounded
   by ``signing.nonce_capacity``. When full it refuses (503) instead of evicting:
   evicting an unexpired nonce would reopen replay for it. Cheap and dependency
   free, but two gateway processes would each accept the same nonce once.
@@ -39,9 +39,9 @@ was lost; the caller re-signs. See docs/decisions/0003 §6.
 
 from __future__ import annotations
 
-import heapq
+import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from enum import StrEnum
 from typing import Protocol
 
@@ -55,6 +55,8 @@ from app.core.redis import create_redis
 from app.ops.metrics import count_redis_error
 
 log = structlog.get_logger("gateway.authn")
+# Key ids and nonces are RFC 8941 Strings (printable ASCII): these never occur in them.
+_SEP, _END = "\x1f", b"\x1e"
 
 RETRY_AFTER_SECONDS = "1"
 
@@ -99,7 +101,17 @@ class NonceStore(Protocol):
 
 
 class MemoryNonceStore:
-    """One process's nonces: bounded, TTL-based, never evicts an unexpired nonce."""
+    """One process's nonces: bounded, TTL-based, never evicts an unexpired nonce.
+
+    Held where the garbage collector never looks: a ``str -> float`` dict of
+    expiry times, and per whole second of expiry a ``bytearray`` of the keys due
+    then. CPython does not track a dict of atomic keys and values, and a
+    bytearray holds no references, so a full collection costs the same with a
+    million nonces as with none. The earlier heap of tuples put every nonce on
+    the collector's path: each gen-2 collection walked them all on the event
+    loop, a pause that grows with the request rate times the skew window (the
+    gateway's p99 tail; ``bench/micro_gc_pause.py``).
+    """
 
     def __init__(
         self,
@@ -111,8 +123,9 @@ class MemoryNonceStore:
         # Wall-clock time, compared with ``created``; the TTL clock is monotonic.
         self.fence = time.time() if fence is None else fence
         self._clock = clock
-        self._expiry: dict[tuple[str, str], float] = {}
-        self._heap: list[tuple[float, tuple[str, str]]] = []
+        self._expiry: dict[str, float] = {}
+        self._due: dict[int, bytearray] = {}  # second of expiry -> keys, each ended by _END
+        self._swept_to = 0  # every second before this one is swept
 
     def __len__(self) -> int:
         return len(self._expiry)
@@ -125,22 +138,57 @@ class MemoryNonceStore:
             return Claim.BEFORE_FENCE
         now = self._clock()
         self._purge(now)
-        pair = (key_id, nonce)
-        if pair in self._expiry:
+        key = f"{key_id}{_SEP}{nonce}"
+        held = self._expiry.get(key)
+        if held is not None and held > now:
             return Claim.REPLAYED
-        if len(self._expiry) >= self.capacity:
+        if len(self._expiry) >= self.capacity and not self._sweep_current(now):
             log.warning("nonce_store_full", capacity=self.capacity)
             raise NonceStoreUnavailable()
         expires_at = now + ttl_seconds
-        self._expiry[pair] = expires_at
-        heapq.heappush(self._heap, (expires_at, pair))
+        self._expiry[key] = expires_at
+        second = int(expires_at)
+        due = self._due.get(second)
+        if due is None:
+            self._due[second] = due = bytearray()
+        due += key.encode("utf-8", "surrogatepass") + _END
         return Claim.CLAIMED
 
     def _purge(self, now: float) -> None:
-        # A pair is inserted only when absent, so heap and dict entries are one to one.
-        while self._heap and self._heap[0][0] <= now:
-            _, pair = heapq.heappop(self._heap)
-            del self._expiry[pair]
+        """Forget the keys due in every second wholly past: all of them have expired."""
+        horizon = int(now)
+        if horizon <= self._swept_to:
+            return
+        seconds: Iterable[int] = range(self._swept_to, horizon)
+        if horizon - self._swept_to > len(self._due):  # after a quiet spell: only the full ones
+            seconds = sorted(s for s in self._due if s < horizon)
+        for second in seconds:
+            due = self._due.pop(second, None)
+            if due is not None:
+                self._forget(second, due, math.inf)
+        self._swept_to = horizon
+
+    def _forget(self, second: int, due: bytearray, now: float) -> bytearray:
+        """Drop the keys of ``due`` expired by ``now``; the records of those still held."""
+        kept = bytearray()
+        for raw in due.split(_END)[:-1]:
+            key = raw.decode("utf-8", "surrogatepass")
+            held = self._expiry.get(key)
+            if held is None or int(held) != second:
+                continue  # claimed again since: its record is in a later second
+            if held <= now:
+                del self._expiry[key]
+            else:
+                kept += raw + _END
+        return kept
+
+    def _sweep_current(self, now: float) -> bool:
+        """At capacity: forget this second's keys that expired already; is there room now?"""
+        second = int(now)
+        due = self._due.pop(second, None)
+        if due is not None and (kept := self._forget(second, due, now)):
+            self._due[second] = kept
+        return len(self._expiry) < self.capacity
 
     async def check(self) -> tuple[bool, str]:
         self._purge(self._clock())
@@ -148,7 +196,7 @@ class MemoryNonceStore:
 
     async def aclose(self) -> None:
         self._expiry.clear()
-        self._heap.clear()
+        self._due.clear()
 
 
 # KEYS[1] the fence, KEYS[2] the nonce (absent: only establish the fence);

@@ -15,7 +15,9 @@ first tried label's failure. At most ``MAX_SIGNATURES`` labels are accepted.
 
 from __future__ import annotations
 
+import base64
 import hmac
+import re
 import time
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
@@ -135,8 +137,46 @@ def _params(raw: object) -> dict[str, ParamValue]:
     return params
 
 
+# The shape every signer here and the reference signers send: one member in each field,
+# single spaces, Integers and unescaped Strings only, canonically padded base64. Parsed
+# by these expressions (about a tenth of http_sf's cost); anything else takes http_sf.
+# tests/unit/test_signature_fields.py holds both paths to the same answers.
+_SF_KEY = r"[a-z*][a-z0-9_.*-]*"
+_SF_STRING = r'"[ !#-\[\]-~]*"'  # %x20-21 / %x23-5B / %x5D-7E: nothing to unescape
+_SF_PARAM = rf"(?:;{_SF_KEY}=(?:-?[0-9]{{1,15}}|{_SF_STRING}))"
+_CANONICAL_INPUT = re.compile(
+    rf"({_SF_KEY})=\(((?:{_SF_STRING}(?: {_SF_STRING})*)?)\)({_SF_PARAM}*)", re.ASCII
+)
+_B64 = r"(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?"
+_CANONICAL_SIGNATURE = re.compile(rf"({_SF_KEY})=:({_B64}):", re.ASCII)
+_PARAM_ITEM = re.compile(rf';({_SF_KEY})=(?:(-?[0-9]{{1,15}})|"([^"]*)")', re.ASCII)
+
+
+def _parse_canonical(signature_input: str, signature: str) -> list[SignatureInput] | None:
+    """The one signature of the common canonical shape, or ``None`` for the full parser."""
+    shape = _CANONICAL_INPUT.fullmatch(signature_input)
+    value = _CANONICAL_SIGNATURE.fullmatch(signature)
+    if shape is None or value is None or shape.group(1) != value.group(1):
+        return None
+    names = shape.group(2)
+    inner: list[tuple[str, dict[str, str]]] = (
+        [(name[1:-1], {}) for name in names.split(" ")] if names else []
+    )
+    raw: dict[str, ParamValue] = {}
+    for key, number, text in _PARAM_ITEM.findall(shape.group(3)):
+        raw[key] = int(number) if number else text
+    mac = base64.b64decode(value.group(2), validate=True)
+    return [SignatureInput(shape.group(1), _components(inner), _params(raw), mac)]
+
+
 def parse_signature_headers(signature_input: str, signature: str) -> list[SignatureInput]:
     """Every labelled signature in the two fields, in Signature-Input order."""
+    canonical = _parse_canonical(signature_input, signature)
+    return canonical if canonical is not None else parse_with_http_sf(signature_input, signature)
+
+
+def parse_with_http_sf(signature_input: str, signature: str) -> list[SignatureInput]:
+    """``parse_signature_headers`` through the full RFC 8941 parser (any shape)."""
     inputs = _parse_dictionary(signature_input)
     signatures = _parse_dictionary(signature)
     if len(inputs) > MAX_SIGNATURES:

@@ -265,9 +265,13 @@ class DownstreamClient:
     def _log(self, request: httpx.Request, started: float, attempt: int, **fields: Any) -> None:
         elapsed = time.perf_counter() - started
         observe_downstream(self.name, str(fields["outcome"]), attempt, elapsed)
-        if not log.is_enabled_for(logging.INFO):
+        # A first attempt that was answered is the request's own story (its summary line,
+        # metrics, trace): DEBUG. Retries and failures are what an operator looks for: INFO.
+        level = logging.DEBUG if attempt == 1 and fields["outcome"] == "response" else logging.INFO
+        if not log.is_enabled_for(level):
             return  # the fields below cost more than the (filtered) call itself
-        log.info(
+        log.log(
+            level,
             "downstream_call",
             service=self.name,
             method=request.method,

@@ -1,4 +1,4 @@
-"""The findings domain: typed calls to the findings service."""
+"""The findings domain: typed calls to the findings service, answers checked against the models."""
 
 from __future__ import annotations
 
@@ -9,16 +9,17 @@ from pydantic import BaseModel, ValidationError
 
 from app.core.errors import DownstreamError
 from app.domain.findings import Finding, FindingCreate, FindingList
+from app.domain.validated import ValidatedJson
 from app.downstream.client import ServiceRegistry, raise_for_client_error
 
 SERVICE = "findings"
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
 
-def _parse(response: httpx.Response, model: type[ModelT]) -> ModelT:
+def _parse(response: httpx.Response, model: type[ModelT]) -> ValidatedJson[ModelT]:
     raise_for_client_error(SERVICE, response)
     try:
-        return model.model_validate_json(response.content)
+        return ValidatedJson.check(model, response.content)
     except ValidationError:
         raise DownstreamError(SERVICE, "The findings service sent an invalid answer.") from None
 
@@ -29,15 +30,17 @@ class FindingsService:
     def __init__(self, services: ServiceRegistry) -> None:
         self._client = services.get(SERVICE)
 
-    async def list(self, engagement_id: str) -> FindingList:
+    async def list(self, engagement_id: str) -> ValidatedJson[FindingList]:
         response = await self._client.call("GET", f"/engagements/{engagement_id}/findings")
         return _parse(response, FindingList)
 
-    async def get(self, engagement_id: str, finding_id: str) -> Finding:
+    async def get(self, engagement_id: str, finding_id: str) -> ValidatedJson[Finding]:
         path = f"/engagements/{engagement_id}/findings/{finding_id}"
         return _parse(await self._client.call("GET", path), Finding)
 
-    async def create(self, engagement_id: str, new: FindingCreate, created_by: str) -> Finding:
+    async def create(
+        self, engagement_id: str, new: FindingCreate, created_by: str
+    ) -> ValidatedJson[Finding]:
         payload: dict[str, Any] = {**new.model_dump(mode="json"), "created_by": created_by}
         path = f"/engagements/{engagement_id}/findings"
         return _parse(await self._client.call("POST", path, json=payload), Finding)

@@ -24,7 +24,7 @@ import httpx
 import structlog
 from starlette.background import BackgroundTask
 from starlette.requests import Request
-from starlette.responses import StreamingResponse
+from starlette.responses import Response, StreamingResponse
 
 from app.authn.digest import ALGORITHMS
 from app.authn.verifier import Reason
@@ -37,6 +37,8 @@ from app.downstream.propagation import forwardable_headers, forwarded_header
 log = structlog.get_logger("gateway.passthrough")
 decision_log = structlog.get_logger("gateway.decision")
 _RESPONSE_DROP = HOP_BY_HOP | {"server", "date", "x-request-id", "signature", "signature-input"}
+# Answers that declare at most this many bytes are relayed in one message, not streamed.
+RELAY_WHOLE_BYTES = 64 * 1024
 
 
 class StreamingDigest:
@@ -118,7 +120,7 @@ def declares_body(request: Request) -> bool:
 
 async def forward(
     client: DownstreamClient, route: PassthroughRoute, request: Request, digest_field: str | None
-) -> StreamingResponse:
+) -> Response:
     """Send the request upstream, streaming its body; stream the answer back."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > route.max_request_bytes:
@@ -134,26 +136,44 @@ async def forward(
     )
     try:
         raise_for_client_error(client.name, upstream, passthrough=True)
-        return _stream_back(client.name, route, upstream)
+        return await _relay(client.name, route, upstream)
     except BaseException:
         await upstream.aclose()
         raise
 
 
-def _stream_back(
-    service: str, route: PassthroughRoute, upstream: httpx.Response
-) -> StreamingResponse:
+async def _relay(service: str, route: PassthroughRoute, upstream: httpx.Response) -> Response:
+    """The answer: whole when it declares at most ``RELAY_WHOLE_BYTES``, else streamed.
+
+    A streamed answer costs a task group per response (Starlette listens for the
+    client's disconnect beside it); a small declared one is read and sent in one
+    message, holding at most ``RELAY_WHOLE_BYTES`` per request.
+    """
     declared = upstream.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > route.max_response_bytes:
-        log.warning("passthrough_response_too_large", service=service, declared=int(declared))
+    length = int(declared) if declared is not None and declared.isdigit() else None
+    if length is not None and length > route.max_response_bytes:
+        log.warning("passthrough_response_too_large", service=service, declared=length)
         raise DownstreamError(service, f"The {service} service answered more than allowed.")
     headers = {k: v for k, v in upstream.headers.items() if k.lower() not in _RESPONSE_DROP}
+    if length is not None and length <= RELAY_WHOLE_BYTES:
+        body = await _read_whole(service, upstream)
+        return Response(body, status_code=upstream.status_code, headers=headers)
     return StreamingResponse(
         _limited(service, upstream, route.max_response_bytes),
         status_code=upstream.status_code,
         headers=headers,
         background=BackgroundTask(upstream.aclose),
     )
+
+
+async def _read_whole(service: str, upstream: httpx.Response) -> bytes:
+    try:
+        return await upstream.aread()
+    except httpx.TransportError as exc:
+        log.warning("passthrough_aborted", service=service, reason=type(exc).__name__)
+        raise DownstreamError(service, "response body failed") from None
+    finally:
+        await upstream.aclose()
 
 
 async def _limited(service: str, upstream: httpx.Response, limit: int) -> AsyncIterator[bytes]:

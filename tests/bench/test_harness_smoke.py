@@ -25,6 +25,7 @@ ALWAYS_MEASURED = (
     "bare_ours",
     "naive",
     "gateway",
+    "gateway_passthrough",
     "decision",
     "gateway_trace",
 )
@@ -38,6 +39,8 @@ GOALS = (
     "two workers",
     "RSS growth",
     "decision endpoint req/s vs the full gateway",
+    "pass-through route vs typed route",
+    "gateway p99 vs bare proxy (aiohttp) p99",
 )
 
 
@@ -69,6 +72,7 @@ def test_every_row_is_measured_or_says_why(tiny_run: Path) -> None:
         "bare_ours",
         "naive",
         "gateway",
+        "gateway_passthrough",
         "gateway_redis",
         "gateway_w2",
         "decision",
@@ -102,7 +106,7 @@ def test_every_goal_and_extra_is_reported(tiny_run: Path) -> None:
         assert goal in goal_rows, goal
     results = json.loads((tiny_run / "latest.json").read_text())
     assert results["gateway_decision_log_lines"] > 0  # decision logging was on
-    for key in ("gateway", "naive", "decision"):
+    for key in ("gateway", "gateway_passthrough", "naive", "decision"):
         security = results["security"][key]
         assert (security["signed"], security["unsigned"], security["unknown_caller"]) == (
             200,

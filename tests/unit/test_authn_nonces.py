@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import math
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sized
 from contextlib import asynccontextmanager
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from redis.asyncio import Redis
 from structlog.testing import capture_logs
 
@@ -80,6 +83,77 @@ def test_full_memory_store_refuses_rather_than_evicting_an_unexpired_nonce() -> 
         assert len(store) == 2
 
     asyncio.run(scenario())
+
+
+class ReferenceStore:
+    """The memory store's contract, written plainly: unexpired pairs, a hard capacity."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.expiry: dict[tuple[str, str], float] = {}
+
+    def claim(self, pair: tuple[str, str], now: float, ttl: int) -> str:
+        live = {p: t for p, t in self.expiry.items() if t > now}
+        if pair in live:
+            return "replayed"
+        if len(live) >= self.capacity:
+            return "full"
+        self.expiry = {**live, pair: now + ttl}
+        return "claimed"
+
+
+step = st.tuples(
+    st.one_of(st.floats(0, 2, allow_nan=False), st.floats(0, 700, allow_nan=False)),
+    st.tuples(st.sampled_from(["k1", "k2"]), st.sampled_from(["a", "b", "c", "d"])),
+    st.integers(1, 600),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    start=st.floats(0, 1e9, allow_nan=False),
+    capacity=st.integers(1, 5),
+    steps=st.lists(step, max_size=40),
+)
+def test_memory_store_answers_as_the_plain_contract_on_any_clock(
+    start: float, capacity: int, steps: list[tuple[float, tuple[str, str], int]]
+) -> None:
+    """Replays, expiry and capacity exactly as a plain dict would, from a clock at 0 or 1e9."""
+    clock = FakeClock()
+    clock.now = start
+    store = memory_store(capacity, clock)
+    reference = ReferenceStore(capacity)
+
+    async def outcome(pair: tuple[str, str], ttl: int) -> str:
+        try:
+            return str(await store.claim(*pair, CREATED, ttl))
+        except NonceStoreUnavailable:
+            return "full"
+
+    async def scenario() -> None:
+        for advance, pair, ttl in steps:
+            clock.now += advance
+            assert await outcome(pair, ttl) == reference.claim(pair, clock.now, ttl)
+
+    asyncio.run(scenario())
+
+
+def test_memory_store_keeps_its_nonces_out_of_the_garbage_collectors_way() -> None:
+    """No container that grows with the nonces is GC-tracked: a full collection (on the
+    event loop) never walks them, however many are held (bench/micro_gc_pause.py)."""
+    clock = FakeClock()
+    store = memory_store(100_000, clock)
+
+    async def fill() -> None:
+        for i in range(5000):
+            clock.now += 0.001
+            await store.claim("k1", f"nonce-{i}", CREATED, 300)
+
+    asyncio.run(fill())
+    gc.collect()
+    grown = [v for v in vars(store).values() if isinstance(v, Sized) and len(v) >= 5]
+    assert grown, "the store holds its nonces somewhere"
+    assert not [v for v in grown if gc.is_tracked(v)]
 
 
 def test_memory_store_refuses_signatures_created_before_it() -> None:

@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 from fastapi.routing import APIRoute
 
-from app.api.pipeline import Guard, GuardedRoute, route_guard
+from app.api.pipeline import Guard
+from app.api.routing import GuardedRoute
 from app.main import create_app
 from tests.conftest import make_settings
 
@@ -65,7 +66,7 @@ def test_every_protected_route_declares_a_guard_that_runs_first(test_key_env: st
         # FastAPI 0.16x wraps included routes; the route class is the original's.
         original = getattr(route, "original_route", route)
         assert isinstance(original, GuardedRoute), f"{route.path} is not a GuardedRoute"
-        guard = route_guard(route.dependant)
+        guard = original.guard
         assert isinstance(guard, Guard), f"{route.path} declares no guard"
         assert guard.streamed == (route.path == PASSTHROUGH["path"]), route.path
 

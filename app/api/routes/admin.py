@@ -19,7 +19,7 @@ from app.api.admin_schemas import (
     ReloadResultOut,
 )
 from app.api.deps import Authorized, Policies
-from app.api.pipeline import GuardedRoute
+from app.api.routing import GuardedRoute
 from app.api.schemas import Problem
 from app.core.errors import PolicyRejected
 

@@ -7,7 +7,7 @@ from dataclasses import asdict
 from fastapi import APIRouter
 
 from app.api.deps import Authorized, Services
-from app.api.pipeline import GuardedRoute
+from app.api.routing import GuardedRoute
 from app.api.schemas import Problem
 from app.domain.engagements import BreakerList, BreakerState
 

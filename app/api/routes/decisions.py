@@ -16,7 +16,8 @@ from fastapi import APIRouter, Depends, Request, Response
 
 from app.api.decision_schemas import DecisionAnswer
 from app.api.decisions import Authorizer, DecisionGuard, Grant, grant_of
-from app.api.pipeline import GuardedRoute, admission_of
+from app.api.pipeline import admission_of
+from app.api.routing import GuardedRoute
 from app.api.schemas import Problem
 from app.authn.identity import GROUPS_HEADER, SUBJECT_HEADER
 from app.authz.policy import GLOBAL_DOMAIN, Decision
@@ -34,7 +35,7 @@ ERRORS: dict[int | str, dict[str, object]] = {
     for status in (401, 403, 413, 429, 503)
 }
 
-# The guards: GuardedRoute runs each before FastAPI reads anything (app.api.pipeline).
+# The guards: GuardedRoute runs each before FastAPI reads anything (app.api.routing).
 NginxDecision = Annotated[Decision, Depends(DecisionGuard("nginx"))]
 TraefikDecision = Annotated[Decision, Depends(DecisionGuard("traefik"))]
 EnvoyDecision = Annotated[Decision, Depends(DecisionGuard("envoy"))]

@@ -8,7 +8,7 @@ import structlog
 from fastapi import APIRouter, Header, Path, Response
 
 from app.api.deps import Authenticated, Authorized, Closer, Overview
-from app.api.pipeline import GuardedRoute
+from app.api.routing import GuardedRoute
 from app.api.schemas import Problem
 from app.domain.engagements import CloseRequest, CloseResult, EngagementOverview
 from app.workflows.idempotency import require_key

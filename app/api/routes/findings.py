@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path
+from fastapi import APIRouter, Path, Response
 
 from app.api.deps import Authenticated, Authorized, Findings
-from app.api.pipeline import GuardedRoute
-from app.api.schemas import Problem
+from app.api.routing import GuardedRoute
+from app.api.schemas import Problem, relay
 from app.domain.findings import Finding, FindingCreate, FindingList
 
 router = APIRouter(
@@ -27,9 +27,9 @@ ERRORS: dict[int | str, dict[str, object]] = {
 @router.get("", response_model=FindingList, responses=ERRORS, summary="List findings")
 async def list_findings(
     engagement_id: EngagementPath, _grant: Authorized, findings: Findings
-) -> FindingList:
+) -> Response:
     """Every finding recorded in the engagement."""
-    return await findings.list(engagement_id)
+    return relay(await findings.list(engagement_id))
 
 
 @router.post(
@@ -41,14 +41,15 @@ async def create_finding(
     identity: Authenticated,
     _grant: Authorized,
     findings: Findings,
-) -> Finding:
+) -> Response:
     """Record a new finding, attributed to the signed caller."""
-    return await findings.create(engagement_id, new, created_by=identity.subject)
+    created = await findings.create(engagement_id, new, created_by=identity.subject)
+    return relay(created, status_code=201)
 
 
 @router.get("/{finding_id}", response_model=Finding, responses=ERRORS, summary="Get a finding")
 async def get_finding(
     engagement_id: EngagementPath, finding_id: FindingPath, _grant: Authorized, findings: Findings
-) -> Finding:
+) -> Response:
     """One finding of the engagement."""
-    return await findings.get(engagement_id, finding_id)
+    return relay(await findings.get(engagement_id, finding_id))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from app.api.pipeline import GuardedRoute
+from app.api.routing import GuardedRoute
 from app.api.schemas import Health, Readiness, ReadinessCheck
 from app.authn.service import AuthnService
 from app.authz.store import PolicyStore

@@ -10,7 +10,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 from fastapi.responses import Response
 
-from app.api.pipeline import GuardedRoute
+from app.api.routing import GuardedRoute
 from app.ops.metrics import CONTENT_TYPE, render
 
 router = APIRouter(route_class=GuardedRoute, tags=["operations"])

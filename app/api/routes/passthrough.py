@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Annotated
 
 from fastapi import Depends, FastAPI, Request
-from starlette.responses import StreamingResponse
+from starlette.responses import Response, StreamingResponse
 
 from app.api.deps import Services
 from app.api.pipeline import Guard, Target, path_target
@@ -46,12 +46,12 @@ def passthrough_guard(route: PassthroughRoute) -> Guard:
     return Guard(target, streamed=True)
 
 
-def _endpoint(route: PassthroughRoute) -> Callable[..., Awaitable[StreamingResponse]]:
+def _endpoint(route: PassthroughRoute) -> Callable[..., Awaitable[Response]]:
     guard = passthrough_guard(route)
 
     async def passthrough(
         request: Request, _grant: Annotated[Decision, Depends(guard)], services: Services
-    ) -> StreamingResponse:
+    ) -> Response:
         digest = request.headers.get("content-digest")
         return await forward(services.get(route.service), route, request, digest)
 
