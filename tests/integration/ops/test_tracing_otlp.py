@@ -158,7 +158,9 @@ def test_the_whole_tree_arrives_under_the_trace_id_the_service_saw(
     assert f"{call.span_id:016x}" == parent_span, "the service's parent is the attempt span"
     assert {s.service for s in receiver.trace(trace_id)} == {"authz-gateway"}
     lines = [line for line in gateway.log_lines() if line.get("trace_id") == trace_id]
-    assert {"request_completed", "decision", "downstream_call"} <= {x["event"] for x in lines}
+    assert {"request_completed", "decision"} <= {x["event"] for x in lines}
+    (decision,) = [x for x in lines if x["event"] == "decision"]
+    assert decision["span_id"] == f"{authz.span_id:016x}", "logged inside the authz span"
     assert gateway.stop() == -signal.SIGTERM  # a clean shutdown re-raises the signal
 
 
