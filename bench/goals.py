@@ -12,18 +12,25 @@ def _rps(matrix: dict[str, Any], key: str, conns: int) -> float | None:
     return cells[conns]["rps"] if cells and conns in cells and cells[conns]["rps"] else None
 
 
-def _ratio_goal(matrix: dict[str, Any], base: str, label: str, need: float) -> Goal:
-    gw, ref = _rps(matrix, "gateway", 64), _rps(matrix, base, 64)
-    goal = f"gateway req/s at 64 conns vs {label}"
-    if gw is None or ref is None:
+def _rps_ratio(
+    matrix: dict[str, Any], row: str, ref: str, conns: int, need: float, goal: str, digits: int = 2
+) -> Goal:
+    """``row``'s req/s over ``ref``'s at ``conns``, against ``≥ need``: every ratio goal."""
+    mine, theirs = _rps(matrix, row, conns), _rps(matrix, ref, conns)
+    if mine is None or theirs is None:
         return {"goal": goal, "figure": "not measured", "target": f"≥ {need}×", "met": "n/a"}
-    ratio = gw / ref
+    ratio = mine / theirs
     return {
         "goal": goal,
-        "figure": f"{ratio:.3f}× ({gw:,.0f} vs {ref:,.0f} req/s)",
+        "figure": f"{ratio:.{digits}f}× ({mine:,.0f} vs {theirs:,.0f} req/s)",
         "target": f"≥ {need}×",
         "met": _met(ratio >= need),
     }
+
+
+def _ratio_goal(matrix: dict[str, Any], base: str, label: str, need: float) -> Goal:
+    goal = f"gateway req/s at 64 conns vs {label}"
+    return _rps_ratio(matrix, "gateway", base, 64, need, goal, digits=3)
 
 
 def _met(ok: bool) -> str:
@@ -43,12 +50,7 @@ def _added_p99(matrix: dict[str, Any]) -> Goal:
 def _our_client(matrix: dict[str, Any], conns: int) -> Goal:
     """Issue 5: a bare pass-through on our client against one on aiohttp, same run."""
     goal = f"bare proxy on our client vs on aiohttp, req/s at {conns} conns"
-    ours, ref = _rps(matrix, "bare_ours", conns), _rps(matrix, "bare_aiohttp", conns)
-    if ours is None or ref is None:
-        return {"goal": goal, "figure": "not measured", "target": "≥ 0.8×", "met": "n/a"}
-    ratio = ours / ref
-    figure = f"{ratio:.2f}× ({ours:,.0f} vs {ref:,.0f} req/s)"
-    return {"goal": goal, "figure": figure, "target": "≥ 0.8×", "met": _met(ratio >= 0.8)}
+    return _rps_ratio(matrix, "bare_ours", "bare_aiohttp", conns, 0.8, goal)
 
 
 def _transport_micro(micros: list[dict[str, Any]]) -> list[Goal]:
@@ -206,21 +208,12 @@ def _tracing(matrix: dict[str, Any], conns: int = 64) -> list[Goal]:
 def _vs_bare(matrix: dict[str, Any], key: str, label: str, conns: int, need: float) -> Goal:
     """Issue 11: a gateway row's req/s against the bare aiohttp proxy's, same run."""
     goal = f"{label} req/s vs bare proxy (aiohttp) at {conns} conns"
-    row, ref = _rps(matrix, key, conns), _rps(matrix, "bare_aiohttp", conns)
-    if row is None or ref is None:
-        return {"goal": goal, "figure": "not measured", "target": f"≥ {need}×", "met": "n/a"}
-    figure = f"{row / ref:.2f}× ({row:,.0f} vs {ref:,.0f} req/s)"
-    return {"goal": goal, "figure": figure, "target": f"≥ {need}×", "met": _met(row / ref >= need)}
+    return _rps_ratio(matrix, key, "bare_aiohttp", conns, need, goal)
 
 
 def _passthrough_vs_typed(matrix: dict[str, Any], conns: int) -> Goal:
     goal = f"pass-through route vs typed route, req/s at {conns} conns"
-    passthrough, typed = _rps(matrix, "gateway_passthrough", conns), _rps(matrix, "gateway", conns)
-    if passthrough is None or typed is None:
-        return {"goal": goal, "figure": "not measured", "target": "≥ 1×", "met": "n/a"}
-    ratio = passthrough / typed
-    figure = f"{ratio:.2f}× ({passthrough:,.0f} vs {typed:,.0f} req/s)"
-    return {"goal": goal, "figure": figure, "target": "≥ 1×", "met": _met(ratio >= 1.0)}
+    return _rps_ratio(matrix, "gateway_passthrough", "gateway", conns, 1.0, goal)
 
 
 def _p99_ratio(matrix: dict[str, Any]) -> Goal:

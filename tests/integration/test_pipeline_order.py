@@ -58,6 +58,7 @@ ROUTES = [
 ]
 CASES = [(route, name) for route in ROUTES for name in BODIES]
 IDS = [f"{route.path.rsplit('/', 1)[-1]}-{name}" for route, name in CASES]
+Case = tuple[BodyRoute, bytes]
 
 
 @pytest.fixture(scope="module")
@@ -76,6 +77,13 @@ def gateway() -> Iterator[OrchestrationStack]:
         finally:
             for server in reversed(started):
                 server.stop()
+
+
+@pytest.fixture(params=CASES, ids=IDS)
+def case(request: pytest.FixtureRequest) -> Case:
+    """Every route that takes a body, with every kind of bad body."""
+    route, body_name = request.param
+    return route, BODIES[body_name]
 
 
 @pytest.fixture
@@ -116,32 +124,30 @@ def _authn_denials(logs: list[dict[str, Any]]) -> list[str]:
     ]
 
 
-@pytest.mark.parametrize(("route", "body_name"), CASES, ids=IDS)
 def test_unsigned_is_401_whatever_the_body(
     gateway: OrchestrationStack,
     captured_logs: list[dict[str, Any]],
-    route: BodyRoute,
-    body_name: str,
+    case: Case,
 ) -> None:
-    response = _send(_request(gateway.url, route, BODIES[body_name], subject=None))
+    route, body = case
+    response = _send(_request(gateway.url, route, body, subject=None))
     assert_problem(response, 401, "unauthenticated")
     assert _authn_denials(captured_logs) == ["signature_missing"]
 
 
-@pytest.mark.parametrize(("route", "body_name"), CASES, ids=IDS)
 def test_body_swapped_under_a_signature_is_401(
     gateway: OrchestrationStack,
     forwarded: Callable[[], int],
     captured_logs: list[dict[str, Any]],
-    route: BodyRoute,
-    body_name: str,
+    case: Case,
 ) -> None:
     """Signed over ``{}``, sent with the bad body: the digest check refuses it.
 
     A pass-through body is checked as it streams: the service sees the request
     aborted before its end (tests/integration/test_passthrough.py).
     """
-    request = _request(gateway.url, route, BODIES[body_name], route.allowed, sign_body=b"{}")
+    route, body = case
+    request = _request(gateway.url, route, body, route.allowed, sign_body=b"{}")
     response = _send(request)
     assert_problem(response, 401, "unauthenticated")
     assert _authn_denials(captured_logs) == ["digest_mismatch"]
@@ -149,44 +155,41 @@ def test_body_swapped_under_a_signature_is_401(
         assert forwarded() == 0
 
 
-@pytest.mark.parametrize(("route", "body_name"), CASES, ids=IDS)
 def test_tampered_identity_is_401(
     gateway: OrchestrationStack,
     captured_logs: list[dict[str, Any]],
-    route: BodyRoute,
-    body_name: str,
+    case: Case,
 ) -> None:
-    request = _request(gateway.url, route, BODIES[body_name], route.denied)
+    route, body = case
+    request = _request(gateway.url, route, body, route.denied)
     request.headers["x-auth-subject"] = route.allowed  # claim to be someone allowed
     response = _send(request)
     assert_problem(response, 401, "unauthenticated")
     assert _authn_denials(captured_logs) == ["signature_invalid"]
 
 
-@pytest.mark.parametrize(("route", "body_name"), CASES, ids=IDS)
 def test_denied_caller_is_403_without_its_body_parsed(
     gateway: OrchestrationStack,
     forwarded: Callable[[], int],
     captured_logs: list[dict[str, Any]],
-    route: BodyRoute,
-    body_name: str,
+    case: Case,
 ) -> None:
-    response = _send(_request(gateway.url, route, BODIES[body_name], route.denied))
+    route, body = case
+    response = _send(_request(gateway.url, route, body, route.denied))
     assert_problem(response, 403, "forbidden")
     decisions = [line for line in captured_logs if line.get("stage") == "authz"]
     assert [d["decision"] for d in decisions] == ["deny"]
     assert forwarded() == 0
 
 
-@pytest.mark.parametrize(("route", "body_name"), CASES, ids=IDS)
 def test_only_an_allowed_caller_learns_its_body_is_malformed(
     gateway: OrchestrationStack,
     forwarded: Callable[[], int],
     captured_logs: list[dict[str, Any]],
-    route: BodyRoute,
-    body_name: str,
+    case: Case,
 ) -> None:
-    response = _send(_request(gateway.url, route, BODIES[body_name], route.allowed))
+    route, body = case
+    response = _send(_request(gateway.url, route, body, route.allowed))
     decisions = [line["decision"] for line in captured_logs if line.get("stage") == "authz"]
     assert decisions == ["allow"]
     if route.parsed:
