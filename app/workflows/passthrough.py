@@ -16,6 +16,7 @@ same ``Content-Digest``, so a service that verifies it gets a second check.
 
 from __future__ import annotations
 
+import functools
 import hmac
 from collections.abc import AsyncIterator, Mapping
 
@@ -105,12 +106,28 @@ def upstream_path(route: PassthroughRoute, params: Mapping[str, str], query: str
     return f"{path}?{query}" if query else path
 
 
+@functools.cache
+def _allowed(extra: tuple[str, ...]) -> tuple[frozenset[str], frozenset[bytes]]:
+    """A route's allow-list, and the raw names worth decoding (``Connection`` too)."""
+    names = DEFAULT_FORWARDED.union(extra)
+    return names, frozenset(n.encode("latin-1") for n in {*names, "connection"})
+
+
 def request_headers(route: PassthroughRoute, request: Request) -> list[tuple[str, str]]:
-    """The allow-listed caller headers, and the gateway's own ``Forwarded``."""
-    allowed = DEFAULT_FORWARDED.union(route.forward_headers)
-    headers = forwardable_headers(request.headers.items(), allowed)
+    """The allow-listed caller headers, and the gateway's own ``Forwarded``.
+
+    Only fields whose (lower-case, ASGI) name could pass are decoded at all;
+    ``forwardable_headers`` applies every rule to them.
+    """
+    allowed, raw_names = _allowed(route.forward_headers)
+    candidates = [
+        (name.decode("latin-1"), value.decode("latin-1"))
+        for name, value in request.scope["headers"]
+        if name in raw_names
+    ]
+    headers = forwardable_headers(candidates, allowed)
     peer = request.client.host if request.client else None
-    return [*headers, forwarded_header(peer, request.url.scheme)]
+    return [*headers, forwarded_header(peer, request.scope.get("scheme", "http"))]
 
 
 def declares_body(request: Request) -> bool:
