@@ -12,15 +12,18 @@ exits by re-raising SIGTERM, so supervisors see a clean signal exit.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import sys
-from typing import TYPE_CHECKING, Any
+from functools import partial
+from typing import TYPE_CHECKING, Any, cast
 
 import uvicorn
 
 from app.core.config import CONFIG_FILE_ENV, Settings, load_settings
 from app.core.errors import ConfigError
 from app.core.logging import configure_logging
+from app.edge.server import GatewayHttpProtocol
 from app.ops.processes import (
     freeze_startup_heap,
     multiprocess_metrics_dir,
@@ -88,7 +91,8 @@ def _serve(args: argparse.Namespace, settings: Settings, app: FastAPI | str) -> 
     if not isinstance(app, str):
         freeze_startup_heap()  # workers built from the factory freeze their own heap
     # uvloop + httptools: the fastest loop and HTTP parser uvicorn has (both come with
-    # uvicorn[standard]); named, not "auto", so a missing one fails loudly at start.
+    # uvicorn[standard]); named, not "auto", so a missing one fails loudly at start. The
+    # httptools protocol is ours: with a header-read timeout (server_options).
     uvicorn.run(
         app,
         host=args.host,
@@ -100,6 +104,23 @@ def _serve(args: argparse.Namespace, settings: Settings, app: FastAPI | str) -> 
         factory=isinstance(app, str),
         workers=args.workers if isinstance(app, str) else None,
         loop="uvloop",
-        http="httptools",
+        **server_options(settings),
     )
     return 0
+
+
+def server_options(settings: Settings) -> dict[str, Any]:
+    """uvicorn's ``http`` protocol and ``limit_concurrency`` from ``edge`` settings.
+
+    The protocol is a ``functools.partial`` of a module-level class, so a ``--workers``
+    supervisor can hand it to its worker processes (it pickles).
+    """
+    edge = settings.edge
+    protocol = partial(GatewayHttpProtocol, header_timeout=edge.header_timeout_seconds)
+    return {
+        # uvicorn accepts any protocol factory here, though it annotates a class.
+        "http": cast("type[asyncio.Protocol]", protocol),
+        # uvicorn refuses once connections (this one included) reach the limit: +1 lets
+        # exactly max_connections be served.
+        "limit_concurrency": edge.max_connections + 1,
+    }

@@ -150,6 +150,15 @@ class ServiceSettings(_Section):
 
 
 PASSTHROUGH_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
+# The success statuses a pass-through route documents unless it names its own.
+DEFAULT_SUCCESS: dict[str, tuple[int, ...]] = {
+    "GET": (200, 206, 304),
+    "HEAD": (200, 206, 304),
+    "POST": (200, 201, 202),
+    "PUT": (200, 201, 204),
+    "PATCH": (200, 204),
+    "DELETE": (200, 202, 204),
+}
 _PLACEHOLDER = re.compile(r"\{([a-z_][a-z0-9_]*)\}")
 
 
@@ -168,6 +177,11 @@ class PassthroughRoute(_Section):
     # Caller headers forwarded besides the default allow-list (app/api/docs/passthrough.md);
     # identity, signature, gateway, forwarding, override and rewrite headers are refused.
     forward_headers: tuple[str, ...] = ()
+    # Success statuses the service answers, listed in the OpenAPI schema; default by method.
+    statuses: tuple[Annotated[int, Field(ge=200, le=399)], ...] | None = None
+
+    def success_statuses(self, method: str) -> tuple[int, ...]:
+        return self.statuses or DEFAULT_SUCCESS[method]
 
     @field_validator("forward_headers")
     @classmethod
@@ -207,7 +221,14 @@ class OrchestrationSettings(_Section):
 
 
 class EdgeSettings(_Section):
+    """The first stage: the body cap, and what a slow or greedy client may hold (per process)."""
+
     max_body_bytes: Annotated[int, Field(ge=0)] = 1024 * 1024
+    # Seconds a client has to send a request's whole head, from connecting (or from the
+    # first byte of a later request on a kept-alive connection); then 408 and closed.
+    header_timeout_seconds: Annotated[float, Field(gt=0, le=300)] = 10.0
+    # Open connections or requests in progress per process; above it a request gets 503.
+    max_connections: Annotated[int, Field(ge=1, le=1_000_000)] = 1000
 
 
 # A request header name (RFC 9110 token, lower case as the verifier compares them).

@@ -1,0 +1,115 @@
+"""The HTTP/1.1 server protocol: uvicorn's httptools protocol, bounded against slow clients.
+
+uvicorn 0.54 has no header-read timeout: its keep-alive timer runs only between
+requests and is cancelled by the first byte of the next one, and nothing is armed
+when a connection opens, so a client that sends its head one byte a second (or
+nothing at all) holds a connection for ever. ``GatewayHttpProtocol`` adds one:
+
+- armed when a connection opens and when the first byte of a later request on it
+  arrives; cancelled once the request head is complete;
+- when it fires, a connection that sent part of a head gets a ``408`` problem and
+  is closed; one that sent nothing is just closed (answering an idle, pre-opened
+  connection confuses browsers); one whose previous answer is still being written
+  (a pipelined head dribbling in) is closed after that answer, as on shutdown.
+
+uvicorn's ``limit_concurrency`` caps connections and in-flight requests per
+process; above it uvicorn answers with its plain-text 503. The protocol serves
+the gateway's ``503 unavailable`` problem instead, so every error stays
+problem+json. The choice, weighed against an ASGI middleware and a proxy in
+front, is recorded in ``app/api/docs/operations.md`` ("Slow clients").
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import orjson
+import structlog
+from uvicorn.protocols.http.flow_control import service_unavailable
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from app.core.problems import PROBLEM_CONTENT_TYPE, problem_body, problem_response
+
+log = structlog.get_logger("gateway.edge")
+
+
+def _timeout_answer() -> bytes:
+    detail = "The request head was not received in time."
+    body = orjson.dumps(problem_body(408, "request_timeout", "Request timeout", detail, None))
+    head = (
+        b"HTTP/1.1 408 Request Timeout\r\n"
+        b"content-type: %b\r\n"
+        b"connection: close\r\n"
+        b"content-length: %d\r\n\r\n" % (PROBLEM_CONTENT_TYPE.encode(), len(body))
+    )
+    return head + body
+
+
+TIMEOUT_ANSWER = _timeout_answer()
+
+
+async def overloaded(scope: Any, receive: Any, send: Any) -> None:
+    """The answer above ``limit_concurrency``: problem+json, and the connection closed."""
+    response = problem_response(
+        503,
+        "unavailable",
+        "Service unavailable",
+        "The gateway is serving as many connections as it may; retry later.",
+        None,
+        headers={"retry-after": "1", "connection": "close"},
+    )
+    await response(scope, receive, send)
+
+
+class GatewayHttpProtocol(HttpToolsProtocol):
+    """``HttpToolsProtocol`` with a header-read timeout and a problem+json 503."""
+
+    def __init__(self, *args: Any, header_timeout: float = 10.0, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.header_timeout = header_timeout
+        self._header_timer: asyncio.TimerHandle | None = None
+        self._head_bytes = False
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm()
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        if self._header_timer is None:  # a later request on a kept-alive connection
+            self._arm()
+        self._head_bytes = True
+
+    def on_headers_complete(self) -> None:
+        self._disarm()
+        super().on_headers_complete()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def _start_asgi_task(self, cycle: Any, app: Any) -> None:
+        # uvicorn picks its text/plain ``service_unavailable`` above limit_concurrency.
+        super()._start_asgi_task(cycle, overloaded if app is service_unavailable else app)
+
+    def _arm(self) -> None:
+        self._head_bytes = False
+        self._header_timer = self.loop.call_later(self.header_timeout, self._timed_out)
+
+    def _disarm(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def _timed_out(self) -> None:
+        self._header_timer = None
+        if self.transport.is_closing():
+            return
+        log.info("header_timeout", client=self.client[0] if self.client else None)
+        if self.cycle is not None and not self.cycle.response_complete:
+            self.cycle.keep_alive = False  # close once the answer in progress is written
+            return
+        if self._head_bytes:
+            self.transport.write(TIMEOUT_ANSWER)
+        self.transport.close()
