@@ -14,13 +14,24 @@ from typing import TYPE_CHECKING
 
 import httpx
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 from redis.asyncio import Redis
 
 from app import __version__
 from app.api.decisions import Authorizer
+from app.api.openapi import DESCRIPTION, install_openapi
 from app.api.pipeline import Gate
 from app.api.problems import install_problem_handlers
-from app.api.routes import admin, breakers, decisions, engagements, findings, health, metrics
+from app.api.routes import (
+    admin,
+    breakers,
+    decisions,
+    docs,
+    engagements,
+    findings,
+    health,
+    metrics,
+)
 from app.api.routes.passthrough import register_passthrough_routes
 from app.api.routing import GuardedRoute
 from app.authn.service import AuthnService
@@ -94,10 +105,13 @@ def create_app(
             if app.state.tracing is not None:
                 app.state.tracing.shutdown()
 
-    app = FastAPI(
+    # FastAPIOffline: Swagger UI and ReDoc served with their assets from this process
+    # (the fastapi-offline package ships them), never from a CDN.
+    app = FastAPIOffline(
         title="authz-gateway",
         version=__version__,
         summary="Signed identity in, policy decisions, resilient downstream calls.",
+        description=DESCRIPTION,
         lifespan=lifespan,
     )
     app.state.settings = settings
@@ -128,8 +142,10 @@ def create_app(
         app.router.routes.extend(router.routes)
     register_passthrough_routes(app, settings.orchestration.passthrough, settings.services)
     app.router.routes.extend(health.router.routes)
+    app.router.routes.extend(docs.router.routes)
     if settings.ops.metrics_enabled:
         app.router.routes.extend(metrics.router.routes)
+    install_openapi(app)
     set_policy_revision(policy.revision)
     policy.add_listener(announcer(app))
     return app

@@ -39,6 +39,7 @@ ROUTES = [
         "service": "findings",
         "upstream_path": "/engagements/{engagement_id}/evidence",
         "methods": ["POST"],
+        "statuses": [201],
         "max_request_bytes": 12 * MIB,
     },
 ]

@@ -24,6 +24,7 @@ PUBLIC = {
     "/docs",
     "/redoc",
     "/docs/oauth2-redirect",
+    "/docs/signing.md",
 }
 
 

@@ -11,7 +11,7 @@ from app.api.deps import Authenticated, Authorized, Closer, Overview
 from app.api.routing import GuardedRoute
 from app.api.schemas import Problem
 from app.domain.engagements import CloseRequest, CloseResult, EngagementOverview
-from app.workflows.idempotency import require_key
+from app.workflows.idempotency import KEY_PATTERN, require_key
 
 router = APIRouter(
     route_class=GuardedRoute, prefix="/v1/engagements/{engagement_id}", tags=["engagements"]
@@ -19,11 +19,19 @@ router = APIRouter(
 log = structlog.get_logger("gateway.composite")
 
 EngagementPath = Annotated[str, Path(pattern=r"^[a-z0-9][a-z0-9-]{1,62}$")]
+IDEMPOTENCY_KEY = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "required": True,
+    "description": "Required: a retry with the same key and body gets the first result "
+    "(draft-ietf-httpapi-idempotency-key-header); missing or malformed is a 400.",
+    "schema": {"type": "string", "pattern": KEY_PATTERN.pattern},
+}
 REPLAYED_HEADER = "idempotent-replayed"
 
 ERRORS: dict[int | str, dict[str, object]] = {
     status: {"model": Problem, "content": {"application/problem+json": {}}}
-    for status in (400, 401, 403, 404, 409, 413, 422, 502, 503, 504)
+    for status in (400, 401, 403, 404, 409, 410, 413, 422, 429, 502, 503, 504)
 }
 
 
@@ -45,6 +53,7 @@ async def engagement_overview(
     response_model=CloseResult,
     responses=ERRORS,
     summary="Close an engagement (saga, idempotent)",
+    openapi_extra={"parameters": [IDEMPOTENCY_KEY]},
 )
 async def close_engagement(
     engagement_id: EngagementPath,
@@ -53,7 +62,8 @@ async def close_engagement(
     _grant: Authorized,
     closer: Closer,
     response: Response,
-    idempotency_key: Annotated[str | None, Header()] = None,
+    # Documented as required (IDEMPOTENCY_KEY); a missing or malformed one is our 400 problem.
+    idempotency_key: Annotated[str | None, Header(include_in_schema=False)] = None,
 ) -> CloseResult:
     """Freeze findings, render the final report, close; undone in reverse on failure."""
     key = require_key(idempotency_key)

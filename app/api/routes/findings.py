@@ -20,7 +20,7 @@ FindingPath = Annotated[str, Path(pattern=r"^[A-Za-z0-9][A-Za-z0-9-]{0,63}$")]
 
 ERRORS: dict[int | str, dict[str, object]] = {
     status: {"model": Problem, "content": {"application/problem+json": {}}}
-    for status in (400, 401, 403, 404, 413, 422, 502, 503, 504)
+    for status in (400, 401, 403, 404, 409, 410, 413, 422, 429, 502, 503, 504)
 }
 
 

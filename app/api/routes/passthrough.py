@@ -21,6 +21,7 @@ from fastapi import Depends, FastAPI, Request
 from starlette.responses import Response, StreamingResponse
 
 from app.api.deps import Services
+from app.api.openapi import passthrough_operation
 from app.api.pipeline import Guard, Target, path_target
 from app.api.schemas import Problem
 from app.authz.policy import Decision
@@ -28,9 +29,10 @@ from app.core.config import PassthroughRoute, ServiceSettings
 from app.core.errors import ConfigError
 from app.workflows.passthrough import forward
 
+# What the gateway answers, and what a service's 4xx becomes (app/downstream/refusals.py).
 ERRORS: dict[int | str, dict[str, object]] = {
     status: {"model": Problem, "content": {"application/problem+json": {}}}
-    for status in (400, 401, 403, 404, 413, 502, 503, 504)
+    for status in (400, 401, 403, 404, 409, 410, 412, 413, 415, 416, 422, 429, 502, 503, 504)
 }
 
 
@@ -66,12 +68,16 @@ def register_passthrough_routes(
         if route.service not in services:
             where = f"orchestration.passthrough[{index}]"
             raise ConfigError(f"{where}: service {route.service!r} is not configured")
-        app.add_api_route(
-            route.path,
-            _endpoint(route),
-            methods=list(route.methods),
-            responses=ERRORS,
-            summary=f"Pass-through to {route.service}",
-            tags=["passthrough"],
-            response_class=StreamingResponse,
-        )
+        endpoint = _endpoint(route)
+        for method in route.methods:  # one operation each: its own body and statuses
+            app.add_api_route(
+                route.path,
+                endpoint,
+                methods=[method],
+                status_code=route.success_statuses(method)[0],
+                responses=ERRORS,
+                summary=f"Pass-through to {route.service}",
+                tags=["passthrough"],
+                response_class=StreamingResponse,
+                openapi_extra=passthrough_operation(route, method),
+            )

@@ -1,0 +1,93 @@
+"""The OpenAPI document says what the gateway does: signing, parameters, statuses, problems."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from app.main import create_app
+from tests.conftest import make_settings
+from tests.integration.test_passthrough import ROUTES
+
+PROBLEM_REF = {"$ref": "#/components/schemas/Problem"}
+CONTENT = "/v1/engagements/{engagement_id}/reports/{report_id}/content"
+EVIDENCE = "/v1/engagements/{engagement_id}/evidence"
+CLOSE = "/v1/engagements/{engagement_id}/close"
+
+
+@pytest.fixture
+def schema(test_key_env: str) -> dict[str, Any]:
+    services = {name: "http://127.0.0.1:9" for name in ("findings", "reports", "engagements")}
+    settings = make_settings(services, orchestration={"passthrough": ROUTES})
+    document: dict[str, Any] = create_app(settings).openapi()
+    return document
+
+
+def operations(schema: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
+    return [
+        (path, method, operation)
+        for path, item in schema["paths"].items()
+        for method, operation in item.items()
+    ]
+
+
+def test_pass_through_operations_declare_their_path_parameters(schema: dict[str, Any]) -> None:
+    """Issue 12: ``Path parameters 'engagement_id', 'report_id' are not defined``."""
+    content = schema["paths"][CONTENT]["get"]
+    names = {p["name"] for p in content["parameters"] if p["in"] == "path"}
+    assert names == {"engagement_id", "report_id"}
+    evidence = schema["paths"][EVIDENCE]["post"]
+    assert [p["name"] for p in evidence["parameters"]] == ["engagement_id"]
+    assert evidence["parameters"][0]["schema"]["pattern"] == "^[a-z0-9][a-z0-9-]{1,62}$"
+
+
+def test_the_evidence_upload_lists_201_and_takes_a_body(schema: dict[str, Any]) -> None:
+    evidence = schema["paths"][EVIDENCE]["post"]
+    assert "201" in evidence["responses"]
+    assert "application/octet-stream" in evidence["requestBody"]["content"]
+    assert "413" in evidence["responses"]
+    assert "requestBody" not in schema["paths"][CONTENT]["get"]
+
+
+def test_close_requires_an_idempotency_key(schema: dict[str, Any]) -> None:
+    close = schema["paths"][CLOSE]["post"]
+    keys = [p for p in close["parameters"] if p["name"].lower() == "idempotency-key"]
+    assert len(keys) == 1
+    assert keys[0]["in"] == "header"
+    assert keys[0]["required"] is True
+
+
+def test_signing_is_a_security_requirement_described_with_its_profile(
+    schema: dict[str, Any],
+) -> None:
+    schemes = schema["components"]["securitySchemes"]
+    assert {s["name"] for s in schemes.values()} == {
+        "Signature",
+        "Signature-Input",
+        "X-Auth-Subject",
+    }
+    assert all(s["type"] == "apiKey" and s["in"] == "header" for s in schemes.values())
+    assert schema["security"] == [{name: [] for name in schemes}]
+    description = schema["info"]["description"]
+    assert "RFC 9421" in description
+    assert "(/docs/signing.md)" in description
+    assert "Content-Digest" in description
+
+
+def test_only_probes_and_metrics_are_public(schema: dict[str, Any]) -> None:
+    public = {path for path, _, op in operations(schema) if op.get("security") == []}
+    assert public == {"/healthz", "/readyz", "/metrics"}
+
+
+def test_every_error_is_a_problem(schema: dict[str, Any]) -> None:
+    for path, method, operation in operations(schema):
+        for status, response in operation["responses"].items():
+            if int(status) < 400 or (path, status) == ("/readyz", "503"):
+                continue
+            assert response["content"] == {"application/problem+json": {"schema": PROBLEM_REF}}, (
+                f"{method.upper()} {path} {status}"
+            )
+        if operation.get("security") != []:
+            assert {"400", "401", "403", "404", "429", "503"} <= set(operation["responses"])
+    assert "HTTPValidationError" not in schema["components"]["schemas"]
