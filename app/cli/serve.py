@@ -15,7 +15,6 @@ import argparse
 import asyncio
 import os
 import sys
-from functools import partial
 from typing import TYPE_CHECKING, Any, cast
 
 import uvicorn
@@ -23,7 +22,7 @@ import uvicorn
 from app.core.config import CONFIG_FILE_ENV, Settings, load_settings
 from app.core.errors import ConfigError
 from app.core.logging import configure_logging
-from app.edge.server import GatewayHttpProtocol
+from app.edge.protocol_factory import GatewayProtocolFactory
 from app.ops.processes import (
     freeze_startup_heap,
     multiprocess_metrics_dir,
@@ -112,11 +111,11 @@ def _serve(args: argparse.Namespace, settings: Settings, app: FastAPI | str) -> 
 def server_options(settings: Settings) -> dict[str, Any]:
     """uvicorn's ``http`` protocol and ``limit_concurrency`` from ``edge`` settings.
 
-    The protocol is a ``functools.partial`` of a module-level class, so a ``--workers``
-    supervisor can hand it to its worker processes (it pickles).
+    The protocol factory pickles cheaply, so a ``--workers`` supervisor hands it to
+    its worker processes without slowing their start (``app.edge.protocol_factory``).
     """
     edge = settings.edge
-    protocol = partial(GatewayHttpProtocol, header_timeout=edge.header_timeout_seconds)
+    protocol = GatewayProtocolFactory(edge.header_timeout_seconds)
     return {
         # uvicorn accepts any protocol factory here, though it annotates a class.
         "http": cast("type[asyncio.Protocol]", protocol),

@@ -76,7 +76,11 @@ class GatewayProcess:
             stdout=self.log,
             stderr=subprocess.STDOUT,
         )
-        wait_until(self._healthy, timeout=30)
+        try:
+            wait_until(self._healthy, timeout=30)
+        except BaseException:
+            self.close()  # one that never became healthy must not outlive the test either
+            raise
 
     @property
     def url(self) -> str:
