@@ -103,6 +103,10 @@ def _serve(args: argparse.Namespace, settings: Settings, app: FastAPI | str) -> 
         factory=isinstance(app, str),
         workers=args.workers if isinstance(app, str) else None,
         loop="uvloop",
+        # A worker answers the supervisor's health ping only once it has imported the
+        # gateway; uvicorn's 5 s default killed and respawned workers in a loop on a
+        # loaded host. 30 s still finds a hung worker.
+        timeout_worker_healthcheck=30,
         **server_options(settings),
     )
     return 0
