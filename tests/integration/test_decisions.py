@@ -16,6 +16,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
+from app.api.decision_schemas import DecisionAnswer
 from app.authn.base import Message
 from app.authn.keys import KeyRing, SigningKey
 from app.authn.signer import HttpSignatureAuth
@@ -94,6 +95,9 @@ def test_nginx_allowed_answers_identity_headers_and_logs_one_decision(
     assert "signature" not in headers  # no identity key configured
     assert body["object"] == OURS
     assert (body["mode"], body["action"], body["engagement"]) == ("nginx", "GET", "acme-2026")
+    assert body["allowed"] is True
+    assert body["groups"] == ["analysts"]
+    assert set(body) == set(DecisionAnswer.model_fields)
     [authz] = [e for e in _decisions(captured_logs) if e["stage"] == "authz"]
     assert authz["mode"] == "nginx"
     assert authz["decision_id"] == body["decision_id"]

@@ -103,7 +103,8 @@ def answer(decision: Decision, request: Request) -> Response:
     authorizer: Authorizer = request.app.state.authorizer
     if authorizer.identity_key is not None:
         headers.update(_signed_identity(grant, headers, authorizer))
-    body = DecisionAnswer(
+    # Built from values the gate already validated: constructed, not validated again.
+    body = DecisionAnswer.model_construct(
         decision_id=grant.decision_id,
         mode=grant.mode,
         subject=identity.subject,
