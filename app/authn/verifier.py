@@ -149,6 +149,7 @@ _CANONICAL_INPUT = re.compile(
 )
 _B64 = r"(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?"
 _CANONICAL_SIGNATURE = re.compile(rf"({_SF_KEY})=:({_B64}):", re.ASCII)
+_STRING_ITEM = re.compile(r'"([^"]*)"', re.ASCII)
 _PARAM_ITEM = re.compile(rf';({_SF_KEY})=(?:(-?[0-9]{{1,15}})|"([^"]*)")', re.ASCII)
 
 
@@ -158,10 +159,10 @@ def _parse_canonical(signature_input: str, signature: str) -> list[SignatureInpu
     value = _CANONICAL_SIGNATURE.fullmatch(signature)
     if shape is None or value is None or shape.group(1) != value.group(1):
         return None
-    names = shape.group(2)
-    inner: list[tuple[str, dict[str, str]]] = (
-        [(name[1:-1], {}) for name in names.split(" ")] if names else []
-    )
+    # Items, not text split at spaces: a String may hold spaces itself ("a b").
+    inner: list[tuple[str, dict[str, str]]] = [
+        (name, {}) for name in _STRING_ITEM.findall(shape.group(2))
+    ]
     raw: dict[str, ParamValue] = {}
     for key, number, text in _PARAM_ITEM.findall(shape.group(3)):
         raw[key] = int(number) if number else text
