@@ -128,7 +128,7 @@ def _walk(start: str, neighbours: Callable[[str], Iterable[str]]) -> dict[str, s
     return parents
 
 
-def _chain(parents: dict[str, str | None], role: str) -> tuple[str, ...]:
+def chain_of(parents: dict[str, str | None], role: str) -> tuple[str, ...]:
     chain = [role]
     parent = parents[role]
     while parent is not None:
@@ -146,6 +146,8 @@ class CompiledPolicy:
         self._g: dict[str, Links] = defaultdict(lambda: defaultdict(list))
         self._g2: Links = defaultdict(list)
         self._g3: Links = defaultdict(list)
+        # Where each link was written (explain, queries): (ptype, domain, child, parent).
+        self.link_locations: dict[tuple[str, str, str, str], str] = {}
         patterns: dict[str, Callable[[str], bool]] = {}
         for line in lines:
             self._add(line, patterns)
@@ -163,10 +165,13 @@ class CompiledPolicy:
             self._index[(rule.dom, rule.sub)].append(rule)
         elif line.ptype == "g":
             self._g[f[2]][f[0]].append(f[1])
+            self.link_locations.setdefault(("g", f[2], f[0], f[1]), line.location)
         elif line.ptype == "g2":
             self._g2[f[0]].append(f[1])
+            self.link_locations.setdefault(("g2", GLOBAL_DOMAIN, f[0], f[1]), line.location)
         else:
             self._g3[f[0]].append(f[1])
+            self.link_locations.setdefault(("g3", GLOBAL_DOMAIN, f[0], f[1]), line.location)
 
     def release(self) -> None:
         """Empty this policy in small steps; it decides nothing afterwards.
@@ -175,7 +180,13 @@ class CompiledPolicy:
         GIL (~70 ms measured); popping entries from a worker thread lets the
         event loop run in between. Only for a replaced policy nobody else holds.
         """
-        containers: list[dict[Any, Any]] = [self._index, self._g, self._g2, self._g3]
+        containers: list[dict[Any, Any]] = [
+            self._index,
+            self._g,
+            self._g2,
+            self._g3,
+            self.link_locations,
+        ]
         for container in containers:
             while container:
                 container.popitem()
@@ -190,7 +201,34 @@ class CompiledPolicy:
         return merged
 
     def is_closed(self, dom: str) -> bool:
-        return CLOSED in _walk(dom, lambda name: self._g3.get(name, ()))
+        return dom in self._g3 and CLOSED in _walk(dom, lambda name: self._g3.get(name, ()))
+
+    def closed_location(self, dom: str) -> str | None:
+        """The ``g3`` line that closes ``dom``, if the policy closes it."""
+        if not self.is_closed(dom):
+            return None
+        return self.link_locations.get(("g3", GLOBAL_DOMAIN, dom, CLOSED), "policy")
+
+    @property
+    def grant_domains(self) -> list[str]:
+        """Every domain a ``g`` line names (``*`` and patterns included)."""
+        return list(self._g)
+
+    def g_link_location(self, child: str, parent: str, dom: str) -> tuple[str, str]:
+        """``(domain, file:line)`` of the ``g`` line linking ``child`` to ``parent`` in ``dom``."""
+        for domain in (dom, *(p for p in self._pattern_domains if p != dom)):
+            location = self.link_locations.get(("g", domain, child, parent))
+            if location is not None and (domain == dom or key_match(dom, domain)):
+                return domain, location
+        return dom, "?"
+
+    def links(self, kind: str, dom: str = GLOBAL_DOMAIN) -> Links:
+        """The ``g`` links written for ``dom`` (exactly), or every ``g2`` link."""
+        return self._g2 if kind == "g2" else self._g.get(dom, {})
+
+    def rules_for(self, dom: str, role: str) -> list[Rule]:
+        """The ``p`` lines written for ``role`` in ``dom`` (exactly), in file order."""
+        return self._index.get((dom, role), [])
 
     def global_roles(self, principal: str) -> dict[str, str | None]:
         return _walk(principal, lambda name: self._g2.get(name, ()))
@@ -199,11 +237,19 @@ class CompiledPolicy:
         links = self.domain_links(dom)
         return _walk(principal, lambda name: [r for link in links for r in link.get(name, ())])
 
-    def evaluate_principal(self, principal: str, dom: str, obj: str, act: str) -> PrincipalVerdict:
-        """Casbin's ``enforce_ex(principal, dom, obj, act)``, answered from the index."""
+    def evaluate_principal(
+        self, principal: str, dom: str, obj: str, act: str, closed: bool = False
+    ) -> PrincipalVerdict:
+        """Casbin's ``enforce_ex(principal, dom, obj, act)``, answered from the index.
+
+        ``closed``: the engagement is closed by a fact outside the policy (the
+        engagement state), exactly as if the policy had its ``g3`` line.
+        """
         in_domain = self.domain_roles(principal, dom)
         global_ = self.global_roles(principal)
-        writes_ok = act in READ_ACTIONS or CLOSED_WRITER in global_ or not self.is_closed(dom)
+        writes_ok = (
+            act in READ_ACTIONS or CLOSED_WRITER in global_ or not (closed or self.is_closed(dom))
+        )
         dom_keys = (dom,) if dom == GLOBAL_DOMAIN else (dom, GLOBAL_DOMAIN)
         deny: Rule | None = None
         allow: Rule | None = None
@@ -229,13 +275,21 @@ class CompiledPolicy:
     def _chain_to(
         role: str, in_domain: dict[str, str | None], global_: dict[str, str | None]
     ) -> tuple[str, ...]:
-        return _chain(in_domain, role) if role in in_domain else _chain(global_, role)
+        return chain_of(in_domain, role) if role in in_domain else chain_of(global_, role)
 
     def evaluate(
-        self, subject: str, groups: Sequence[str], dom: str, obj: str, act: str
+        self,
+        subject: str,
+        groups: Sequence[str],
+        dom: str,
+        obj: str,
+        act: str,
+        closed: bool = False,
     ) -> Verdict:
         """The decision for a subject and its groups; a subject named like a role is refused."""
         if subject in self.role_names:
             return Verdict(False, None, (), "principal_is_role")
-        verdicts = [self.evaluate_principal(p, dom, obj, act) for p in principals(subject, groups)]
+        verdicts = [
+            self.evaluate_principal(p, dom, obj, act, closed) for p in principals(subject, groups)
+        ]
         return combine(verdicts)

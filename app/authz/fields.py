@@ -1,14 +1,30 @@
-"""Request fields as the policy sees them, shared by policy suites and the explain API."""
+"""Request fields as the policy sees them, shared by suites, explain, queries and the admin API.
+
+The engagement of a request is never chosen by whoever asks about it: it is the
+``{engagement_id}`` segment of ``/v1/engagements/{engagement_id}/...``, exactly as
+the gateway's routes take it (``app/core/config.py`` holds pass-through routes
+to the same rule), and ``*`` for every other path (``/admin/...``).
+"""
 
 from __future__ import annotations
 
+import re
 from typing import Annotated
 
 from pydantic import AfterValidator
+from pydantic_core import PydanticCustomError
 
 from app.authz.source import ENGAGEMENT, GLOBAL_DOMAIN
 from app.core.errors import InvalidPath
 from app.edge.paths import normalize_path
+
+HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+ENGAGEMENT_PREFIX = "/v1/engagements/"
+_NAMED_ACTION = re.compile(r"^[a-z][a-z_]{0,31}$")
+
+
+class FieldError(ValueError):
+    """A request field that the gateway would never decide as given."""
 
 
 def _engagement(value: str) -> str:
@@ -25,5 +41,52 @@ def _decision_path(value: str) -> str:
         raise ValueError(exc.detail) from None
 
 
+def check_action(value: str) -> str:
+    """An HTTP method in upper case, or a lower-case named action (``read``).
+
+    ``get`` is refused rather than silently denied: no request ever carries it.
+    """
+    if value in HTTP_METHODS or (_NAMED_ACTION.match(value) and value.upper() not in HTTP_METHODS):
+        return value
+    if value.upper() in HTTP_METHODS:
+        raise FieldError(f"HTTP methods are upper case: use {value.upper()!r}, not {value!r}")
+    methods = ", ".join(HTTP_METHODS)
+    raise FieldError(
+        f"action {value!r} is neither an HTTP method ({methods}) "
+        "nor a lower-case named action such as 'read'"
+    )
+
+
+def engagement_of(path: str) -> str:
+    """The engagement a request for ``path`` (normalised) is decided in."""
+    if not path.startswith(ENGAGEMENT_PREFIX):
+        return GLOBAL_DOMAIN
+    segment = path[len(ENGAGEMENT_PREFIX) :].partition("/")[0]
+    if not ENGAGEMENT.match(segment):
+        raise FieldError(
+            f"the path's engagement id {segment!r} is malformed (the gateway answers 400)"
+        )
+    return segment
+
+
+def resolve_engagement(path: str, given: str | None) -> str:
+    """The path's engagement; an explicit one that disagrees is an error, not a what-if."""
+    engagement = engagement_of(path)
+    if given is not None and given != engagement:
+        raise FieldError(
+            f"engagement {given!r} disagrees with the path, which the gateway decides in "
+            f"{engagement!r}: drop the engagement or fix the path"
+        )
+    return engagement
+
+
+def _action(value: str) -> str:
+    try:
+        return check_action(value)
+    except FieldError as exc:
+        raise PydanticCustomError("invalid_action", str(exc)) from None
+
+
 EngagementOrGlobal = Annotated[str, AfterValidator(_engagement)]
 DecisionPath = Annotated[str, AfterValidator(_decision_path)]
+Action = Annotated[str, AfterValidator(_action)]

@@ -1,33 +1,42 @@
-"""``gateway policy lint``: errors block a load; warnings point at likely mistakes.
+"""``gateway policy lint``: errors block a load; warnings are likely mistakes; notes inform.
 
-Errors come from parsing (``app.authz.source``). Warnings: duplicate lines,
-unknown roles (granted but with no rule anywhere up their inheritance), rules
-shadowed by a deny of the same role, roles never granted, engagements never
-referenced by a grant, and ``closed_writer`` granted per engagement (it only
-counts as a global role).
+Errors come from parsing (``app.authz.source``) and from the suites
+(``app.authz.suite_files``). Warnings (``--strict`` fails on them): duplicate
+lines, roles granted that have no rule anywhere up their inheritance, allows a
+deny of the same role always beats, rules for a name nobody is granted and no
+suite uses, ``closed_writer`` granted per engagement (it only counts with
+``g2``), lower-case HTTP methods in rules (no request carries them). Notes:
+engagements no ``g`` line mentions (only global roles reach them). Every
+message says what to change.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Iterator, Set
 
+from app.authz.fields import HTTP_METHODS
 from app.authz.source import CLOSED_WRITER, GLOBAL_DOMAIN, Issue, PolicyLine, PolicySource
 
 GROUP_PREFIX = "group:"
 
 
-def lint(source: PolicySource) -> list[Issue]:
-    """Every error and warning, errors first, each with its ``file:line``."""
-    warnings = [
+def lint(source: PolicySource, suite_subjects: Set[str] = frozenset()) -> list[Issue]:
+    """Every error, warning and note, errors first, each with its ``file:line``.
+
+    ``suite_subjects``: the subjects the suites decide for; a rule written for
+    one of them is a per-subject rule, not a role nobody holds.
+    """
+    findings = [
         *_duplicates(source),
         *_unknown_roles(source),
         *_shadowed(source),
-        *_never_granted(source),
+        *_never_granted(source, suite_subjects),
         *_unreferenced_engagements(source),
         *_closed_writer_per_engagement(source),
+        *_lower_case_methods(source),
     ]
-    return [*source.errors, *sorted(warnings, key=_order)]
+    return [*source.errors, *sorted(findings, key=_order)]
 
 
 def _order(issue: Issue) -> tuple[str, int]:
@@ -44,7 +53,7 @@ def _duplicates(source: PolicySource) -> Iterator[Issue]:
     for line in source.lines:
         key = (line.ptype, *line.fields)
         if key in seen:
-            yield _warn(line, "duplicate", f"duplicate of {seen[key]}")
+            yield _warn(line, "duplicate", f"duplicate of {seen[key]}: delete one of them")
         else:
             seen[key] = line.location
 
@@ -72,8 +81,14 @@ def _unknown_roles(source: PolicySource) -> Iterator[Issue]:
     ruled = {line.fields[0] for line in source.of_type("p")} | {CLOSED_WRITER}
     parents = _inheritance(source)
     for line in source.lines:
-        if line.ptype in ("g", "g2") and not _ancestors(line.fields[1], parents) & ruled:
-            yield _warn(line, "unknown_role", f"role {line.fields[1]!r} has no rule")
+        role = line.fields[1] if line.ptype in ("g", "g2") else None
+        if role is not None and not _ancestors(role, parents) & ruled:
+            yield _warn(
+                line,
+                "unknown_role",
+                f"role {role!r} has no rule, nor does any role it inherits: add a p line for "
+                f"{role!r}, or grant a role that has rules (is the name misspelt?)",
+            )
 
 
 def _covers(deny: PolicyLine, allow: PolicyLine, inherited: set[str]) -> bool:
@@ -92,17 +107,30 @@ def _shadowed(source: PolicySource) -> Iterator[Issue]:
         inherited = _ancestors(allow.fields[0], parents)
         deny = next((d for d in denies if _covers(d, allow, inherited)), None)
         if deny is not None:
-            yield _warn(allow, "shadowed_by_deny", f"never allows: {deny.location} denies it")
+            yield _warn(
+                allow,
+                "shadowed_by_deny",
+                f"never allows: {deny.location} denies the same requests for "
+                f"{deny.fields[0]!r}: narrow that deny, or delete this allow",
+            )
 
 
-def _never_granted(source: PolicySource) -> Iterator[Issue]:
-    granted = {line.fields[1] for line in source.lines if line.ptype in ("g", "g2")}
+def _never_granted(source: PolicySource, suite_subjects: Set[str]) -> Iterator[Issue]:
+    named = {line.fields[i] for line in source.lines if line.ptype in ("g", "g2") for i in (0, 1)}
     reported: set[str] = set()
     for line in source.of_type("p"):
-        role = line.fields[0]
-        if role not in granted and role not in reported and not role.startswith(GROUP_PREFIX):
-            reported.add(role)
-            yield _warn(line, "role_never_granted", f"no g or g2 line grants {role!r}")
+        name = line.fields[0]
+        if name in named or name in suite_subjects or name.startswith(GROUP_PREFIX):
+            continue
+        if name not in reported:
+            reported.add(name)
+            yield _warn(
+                line,
+                "role_never_granted",
+                f"nobody holds {name!r} and no suite case is for a subject {name!r}: if it is "
+                f"a role, grant it (g, <who>, {name}, <engagement>); if it is a person, add a "
+                f"suite case with subject: {name}; otherwise fix the name",
+            )
 
 
 def _unreferenced_engagements(source: PolicySource) -> Iterator[Issue]:
@@ -110,10 +138,33 @@ def _unreferenced_engagements(source: PolicySource) -> Iterator[Issue]:
     for line in source.lines:
         engagement = line.fields[1] if line.ptype == "p" else line.fields[0]
         if line.ptype in ("p", "g3") and engagement != GLOBAL_DOMAIN and engagement not in granted:
-            yield _warn(line, "engagement_unreferenced", f"no grant mentions {engagement!r}")
+            yield Issue(
+                "note",
+                line.location,
+                "engagement_unreferenced",
+                f"no g line grants a role in {engagement!r}, so only global roles (g2) and "
+                "engagement-* grants reach it: check the engagement id",
+            )
 
 
 def _closed_writer_per_engagement(source: PolicySource) -> Iterator[Issue]:
     for line in source.of_type("g"):
         if line.fields[1] == CLOSED_WRITER:
-            yield _warn(line, "closed_writer_not_global", "closed_writer only counts with g2")
+            yield _warn(
+                line,
+                "closed_writer_not_global",
+                f"closed_writer only counts as a global role: write g2, {line.fields[0]}, "
+                "closed_writer instead",
+            )
+
+
+def _lower_case_methods(source: PolicySource) -> Iterator[Issue]:
+    for line in source.of_type("p"):
+        action = line.fields[3]
+        if action != action.upper() and action.upper() in HTTP_METHODS:
+            yield _warn(
+                line,
+                "action_case",
+                f"action {action!r} never matches a request: HTTP methods are upper case, "
+                f"write {action.upper()}",
+            )

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import structlog
 
+from app.authz.closed import ClosedFact
 from app.authz.compiled import CompiledPolicy, Verdict
 from app.authz.source import GLOBAL_DOMAIN, PolicySource, read_policy
 from app.core.config import PolicySettings
@@ -41,6 +42,7 @@ class Decision:
     role_chain: tuple[str, ...] = ()
     reason: str = ""
     rule_location: str | None = None
+    closed: ClosedFact | None = None
 
 
 def load_source(settings: PolicySettings) -> PolicySource:
@@ -75,22 +77,49 @@ class PolicyEngine:
         return cls(load_source(settings))
 
     def explain(
-        self, subject: str, engagement: str, obj: str, action: str, groups: Sequence[str] = ()
+        self,
+        subject: str,
+        engagement: str,
+        obj: str,
+        action: str,
+        groups: Sequence[str] = (),
+        closed: ClosedFact | None = None,
     ) -> Decision:
-        """The decision with its evidence, without writing a decision log line."""
-        verdict = self.compiled.evaluate(subject, groups, engagement, obj, action)
-        return self._decision(verdict, subject, tuple(groups), (engagement, obj, action))
+        """The decision with its evidence, without writing a decision log line.
+
+        ``closed``: the engagement state's fact, if it holds the engagement closed;
+        the policy's own ``g3`` line, when there is one, is the fact reported.
+        """
+        fact = self.closed_fact(engagement) or closed
+        verdict = self.compiled.evaluate(subject, groups, engagement, obj, action, fact is not None)
+        return self._decision(verdict, subject, tuple(groups), (engagement, obj, action), fact)
 
     def decide(
-        self, subject: str, engagement: str, obj: str, action: str, groups: Sequence[str] = ()
+        self,
+        subject: str,
+        engagement: str,
+        obj: str,
+        action: str,
+        groups: Sequence[str] = (),
+        closed: ClosedFact | None = None,
     ) -> Decision:
         """Decide and log one request; deny unless an allow matches and no deny does."""
-        decision = self.explain(subject, engagement, obj, action, groups)
+        decision = self.explain(subject, engagement, obj, action, groups, closed)
         log_decision(decision)
         return decision
 
+    def closed_fact(self, engagement: str) -> ClosedFact | None:
+        """The policy's own ``g3`` line for ``engagement``, as a fact."""
+        location = self.compiled.closed_location(engagement)
+        return None if location is None else ClosedFact(engagement, "policy", location)
+
     def _decision(
-        self, verdict: Verdict, subject: str, groups: tuple[str, ...], request: tuple[str, str, str]
+        self,
+        verdict: Verdict,
+        subject: str,
+        groups: tuple[str, ...],
+        request: tuple[str, str, str],
+        closed: ClosedFact | None,
     ) -> Decision:
         rule = verdict.rule
         return Decision(
@@ -105,6 +134,7 @@ class PolicyEngine:
             role_chain=verdict.role_chain,
             reason=verdict.reason,
             rule_location=rule.location if rule else None,
+            closed=closed,
         )
 
 
@@ -125,4 +155,5 @@ def log_decision(decision: Decision) -> None:
         role_chain=list(decision.role_chain),
         policy_revision=decision.revision,
         reason=decision.reason,
+        closed=decision.closed.log_fields() if decision.closed else None,
     )

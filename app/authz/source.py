@@ -46,7 +46,8 @@ SUPPORTED_MODEL = (
     '||r.act=="OPTIONS"||r.act=="read"||g2(r.sub,"closed_writer"))',
 )
 
-Severity = Literal["error", "warning"]
+# error: the policy cannot load; warning: a likely mistake (--strict fails); note: worth a look.
+Severity = Literal["error", "warning", "note"]
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,8 +28,11 @@ from typing import Literal
 
 import structlog
 
+from app.authz.closed import EngagementState, MemoryEngagementState
 from app.authz.policy import Decision, PolicyEngine
-from app.authz.suite import TESTS_DIR, SuiteError, load_suites, run_suites
+from app.authz.shadow import ShadowPolicy, ShadowStatus, open_shadow
+from app.authz.suite import SuiteError, load_suites, run_suites
+from app.authz.suite_files import suite_paths
 from app.core.config import PolicySettings
 from app.core.errors import ConfigError, PolicyRejected
 
@@ -50,6 +53,8 @@ class ReloadResult:
     tests_run: int
     duration_ms: float
     error: str | None = None
+    tests_failed: int = 0
+    failures: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +81,17 @@ class PolicyStatus:
     tests: int
     last_error: ReloadError | None
     last_reload: ReloadResult | None
+    shadow: ShadowStatus | None = None
+    engagement_state: EngagementStateStatus | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class EngagementStateStatus:
+    shared: bool
+    synced: bool
+    closed: int
+    version: int
+    last_error: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,25 +101,32 @@ class GatedPolicy:
     files: tuple[PolicyFile, ...]
 
 
+class GateFailed(PolicyRejected):
+    """The suites ran and some failed: how many ran, and every failing case."""
+
+    def __init__(self, tests_run: int, failures: tuple[str, ...]) -> None:
+        listed = "\n".join(failures)
+        super().__init__(f"{len(failures)} of {tests_run} policy test(s) failed:\n{listed}")
+        self.tests_run = tests_run
+        self.failures = failures
+
+
 def policy_files(settings: PolicySettings) -> list[Path]:
     """The files a reload reads: model, policy and every suite."""
-    suites = sorted((settings.dir / TESTS_DIR).glob("*.y*ml"))
-    return [settings.model_path, settings.policy_path, *suites]
+    return [settings.model_path, settings.policy_path, *suite_paths(settings.dir)]
 
 
 def build_gated(settings: PolicySettings) -> GatedPolicy:
     """Parse, check and test a policy directory; ``PolicyRejected`` says why not."""
     try:
         engine = PolicyEngine.load(settings)
-        suites = load_suites(settings.dir)
+        cases = load_suites(settings.dir)
         files = tuple(_describe(path) for path in policy_files(settings))
     except (ConfigError, SuiteError, OSError) as exc:
         raise PolicyRejected(str(exc)) from None
-    report = run_suites(engine, suites)
+    report = run_suites(engine, cases)
     if report.failures:
-        shown = "\n".join(f.describe_failure() for f in report.failures[:3])
-        count = len(report.failures)
-        raise PolicyRejected(f"{count} policy test(s) failed:\n{shown}")
+        raise GateFailed(len(report.results), tuple(f.describe_failure() for f in report.failures))
     return GatedPolicy(engine, len(report.results), files)
 
 
@@ -134,9 +157,17 @@ def _describe(path: Path) -> PolicyFile:
 class PolicyStore:
     """Holds the policy in force; ``reload`` swaps it only after the gate passes."""
 
-    def __init__(self, settings: PolicySettings, gated: GatedPolicy) -> None:
+    def __init__(
+        self,
+        settings: PolicySettings,
+        gated: GatedPolicy,
+        shadow: ShadowPolicy | None = None,
+    ) -> None:
         self.settings = settings
         self._gated = gated
+        self.shadow = shadow
+        # Closed engagements outside the policy file; main.py shares them through Redis.
+        self.engagements: EngagementState = MemoryEngagementState()
         self._lock = asyncio.Lock()
         self._last_error: ReloadError | None = None
         self._last_reload: ReloadResult | None = None
@@ -157,7 +188,7 @@ class PolicyStore:
     def open(cls, settings: PolicySettings) -> PolicyStore:
         """Load through the gate at start-up; a failure is a ``ConfigError``."""
         try:
-            return cls(settings, build_frozen(settings))
+            return cls(settings, build_frozen(settings), open_shadow(settings))
         except PolicyRejected as exc:
             raise ConfigError(str(exc).replace("\n", " ")) from None
 
@@ -181,8 +212,24 @@ class PolicyStore:
     def decide(
         self, subject: str, engagement: str, obj: str, action: str, groups: Sequence[str] = ()
     ) -> Decision:
-        """Decide on the policy in force (``PolicyEngine.decide``)."""
-        return self._gated.engine.decide(subject, engagement, obj, action, groups)
+        """Decide on the policy in force (``PolicyEngine.decide``) and the engagement state.
+
+        Then, when a shadow policy is set, decide the same request on it: after the
+        live decision is made and logged, and never changing it.
+        """
+        state = self.engagements.get(engagement)
+        decision = self._gated.engine.decide(subject, engagement, obj, action, groups, state)
+        if self.shadow is not None:
+            try:
+                self.shadow.observe(decision, state)
+            except Exception:  # the candidate must never break or change a live answer
+                log.exception("decision_shadow_failed")
+        return decision
+
+    async def reload_shadow(self) -> None:
+        """Load the shadow candidate again (its files changed)."""
+        if self.shadow is not None:
+            await self.shadow.reload()
 
     @property
     def status(self) -> PolicyStatus:
@@ -195,6 +242,8 @@ class PolicyStore:
             tests=gated.tests_run,
             last_error=self._last_error,
             last_reload=self._last_reload,
+            shadow=self.shadow.status if self.shadow else None,
+            engagement_state=_state_status(self.engagements),
         )
 
     async def reload(self, reason: str) -> ReloadResult:
@@ -205,7 +254,7 @@ class PolicyStore:
             try:
                 gated = await asyncio.to_thread(build_frozen, self.settings)
             except PolicyRejected as exc:
-                rejected = self._rejected(reason, previous, exc.detail, started)
+                rejected = self._rejected(reason, previous, exc, started)
                 await self._notify(rejected)
                 return rejected
             outcome: Outcome = "unchanged" if gated.engine.revision == previous else "swapped"
@@ -226,12 +275,26 @@ class PolicyStore:
             await self._notify(result)
             return result
 
-    def _rejected(self, reason: str, previous: str, message: str, started: float) -> ReloadResult:
+    def _rejected(
+        self, reason: str, previous: str, exc: PolicyRejected, started: float
+    ) -> ReloadResult:
+        message = exc.detail
         self._last_error = ReloadError(time.time(), reason, message)
-        result = ReloadResult("rejected", reason, previous, previous, 0, _ms(started), message)
+        ran, failures = (exc.tests_run, exc.failures) if isinstance(exc, GateFailed) else (0, ())
+        result = ReloadResult(
+            "rejected", reason, previous, previous, ran, _ms(started), message,
+            len(failures), failures,
+        )  # fmt: skip
         self._last_reload = result
         log.warning("policy_reload_rejected", **_fields(result))
         return result
+
+
+def _state_status(state: EngagementState) -> EngagementStateStatus:
+    closed = state.closed()
+    return EngagementStateStatus(
+        state.shared, state.synced, len(closed), state.version, state.last_error
+    )
 
 
 def _retire(holder: list[GatedPolicy]) -> None:
@@ -256,6 +319,7 @@ def _fields(result: ReloadResult) -> dict[str, object]:
         "policy_revision": result.revision,
         "previous_revision": result.previous_revision,
         "tests_run": result.tests_run,
+        "tests_failed": result.tests_failed,
         "duration_ms": result.duration_ms,
         "error": result.error,
     }

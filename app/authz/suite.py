@@ -1,141 +1,148 @@
-"""Policy test suites: YAML files in ``<policy dir>/tests/`` that admins write.
+"""Policy test suites: decide every case, report failures readably, and what no case covers.
 
-Each file holds a suite of cases (subject, groups, engagement, method, path,
-expected decision). ``run_suites`` decides every case on a ``PolicyEngine``
-without logging, reports readable failures and rule coverage (``p`` lines no
-case matched), and ``junit_xml`` renders the report for CI.
+Cases come from ``app.authz.suite_files``. ``run_suites`` decides each on a
+``PolicyEngine`` without logging. A case passes when the decision, and the
+``reason`` and ``matched_rule`` it asserts, are as expected. Coverage names the
+``p`` lines no case's decision matched and the ``g``/``g2``/``g3`` lines no
+case's decision went through (the links of its role chain, the ``closed_writer``
+grant a write in a closed engagement used, the ``g3`` line that closed it).
+``junit_xml`` renders the report for CI.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Annotated, Literal
 from xml.etree import ElementTree
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
-
-from app.authz.compiled import Rule
-from app.authz.fields import DecisionPath, EngagementOrGlobal
+from app.authz.closed import ClosedFact
+from app.authz.compiled import CompiledPolicy, Rule, chain_of
 from app.authz.policy import Decision, PolicyEngine
-from app.authz.source import CLOSED_WRITER, PolicyLine
-from app.domain.identity import GROUP_PATTERN, SUBJECT_PATTERN
+from app.authz.source import CLOSED_WRITER, GLOBAL_DOMAIN, READ_ACTIONS
+from app.authz.suite_files import (
+    TESTS_DIR,
+    SuiteError,
+    TestCase,
+    load_suites,
+    read_suites,
+)
 
-TESTS_DIR = "tests"
-
-
-class SuiteError(ValueError):
-    """A suite file that cannot be read or does not validate."""
-
-
-class Case(BaseModel):
-    """One expected decision."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    name: Annotated[str, Field(min_length=1, max_length=200)]
-    subject: Annotated[str, Field(pattern=SUBJECT_PATTERN.pattern)]
-    groups: tuple[Annotated[str, Field(pattern=GROUP_PATTERN.pattern)], ...] = ()
-    engagement: EngagementOrGlobal
-    method: Annotated[str, Field(pattern=r"^[A-Za-z][A-Za-z_]{0,31}$")]
-    path: DecisionPath
-    expect: Literal["allow", "deny"]
-
-
-class Suite(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    suite: Annotated[str, Field(min_length=1, max_length=200)]
-    cases: Annotated[list[Case], Field(min_length=1)]
+__all__ = [
+    "TESTS_DIR",
+    "CaseResult",
+    "SuiteError",
+    "SuiteReport",
+    "TestCase",
+    "junit_xml",
+    "load_suites",
+    "read_suites",
+    "run_suites",
+]
 
 
 @dataclass(frozen=True, slots=True)
 class CaseResult:
-    file: str
-    suite: str
-    case: Case
+    case: TestCase
     decision: Decision
 
     @property
     def passed(self) -> bool:
-        return (self.decision.allowed and self.case.expect == "allow") or (
-            not self.decision.allowed and self.case.expect == "deny"
+        c, d = self.case, self.decision
+        return (
+            ("allow" if d.allowed else "deny") == c.expect
+            and (c.reason is None or c.reason == d.reason)
+            and (c.matched_rule is None or c.matched_rule == d.matched_rule)
         )
 
     def describe_failure(self) -> str:
         c, d = self.case, self.decision
-        got = "allow" if d.allowed else "deny"
+        expected = c.expect + (f", reason {c.reason}" if c.reason else "")
+        if c.matched_rule is not None:
+            expected += f", rule {', '.join(c.matched_rule) or 'none'}"
+        got = ("allow" if d.allowed else "deny") + f", reason {d.reason}"
         rule = f"{d.rule_location} ({', '.join(d.matched_rule)})" if d.rule_location else "none"
-        return (
-            f"{self.file}: {self.suite} / {c.name}: expected {c.expect}, got {got}\n"
+        lines = [
+            f"{c.location}: {c.suite} / {c.name}: expected {expected}; got {got}",
             f"    request: {c.subject} groups={list(c.groups)} {c.method} {c.path}"
-            f" in {c.engagement}\n"
-            f"    reason: {d.reason}; matched rule: {rule}; role chain: {' > '.join(d.role_chain)}"
-        )
+            f" in {c.engagement}",
+            f"    matched rule: {rule}; role chain: {' > '.join(d.role_chain) or '-'}",
+        ]
+        if d.closed is not None:
+            lines.append(f"    engagement: {d.closed.describe()}")
+        return "\n".join(lines)
 
 
 @dataclass(frozen=True, slots=True)
 class SuiteReport:
     results: tuple[CaseResult, ...]
     uncovered: tuple[Rule, ...]
+    uncovered_links: tuple[tuple[str, str], ...]  # (file:line, line text)
+    links: int
 
     @property
     def failures(self) -> list[CaseResult]:
         return [r for r in self.results if not r.passed]
 
 
-def load_suites(policy_dir: Path) -> list[tuple[str, Suite]]:
-    """Every ``tests/*.yaml`` suite under ``policy_dir``, sorted by name; ``SuiteError`` if bad."""
-    suites = []
-    for path in sorted((policy_dir / TESTS_DIR).glob("*.y*ml")):
-        name = f"{TESTS_DIR}/{path.name}"
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8"))
-            suites.append((name, Suite.model_validate(data)))
-        except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-            raise SuiteError(f"{name}: cannot read: {exc}") from None
-        except ValidationError as exc:
-            where = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-            raise SuiteError(f"{name}: {where}") from None
-    return suites
+def decide_case(engine: PolicyEngine, case: TestCase) -> Decision:
+    closed = ClosedFact(case.engagement, "case", case.location) if case.closed else None
+    return engine.explain(
+        case.subject, case.engagement, case.path, case.method, case.groups, closed
+    )
 
 
-def run_suites(engine: PolicyEngine, suites: Sequence[tuple[str, Suite]]) -> SuiteReport:
-    """Decide every case; coverage counts a ``p`` line once it is some case's matched rule."""
-    results = []
-    covered: set[str] = set()
-    for file, suite in suites:
-        for case in suite.cases:
-            decision = engine.explain(
-                case.subject, case.engagement, case.path, case.method, case.groups
-            )
-            if decision.rule_location:
-                covered.add(decision.rule_location)
-            results.append(CaseResult(file, suite.suite, case, decision))
-    uncovered = tuple(r for r in engine.compiled.rules if r.location not in covered)
-    return SuiteReport(tuple(results), uncovered)
+def run_suites(engine: PolicyEngine, cases: Sequence[TestCase]) -> SuiteReport:
+    """Decide every case; coverage counts the lines each decision went through."""
+    results = tuple(CaseResult(case, decide_case(engine, case)) for case in cases)
+    compiled = engine.compiled
+    covered_rules = {r.decision.rule_location for r in results}
+    used: set[str] = set()
+    for result in results:
+        used |= links_used(compiled, result.decision)
+    links = {loc: _text(key) for key, loc in compiled.link_locations.items()}
+    return SuiteReport(
+        results,
+        tuple(r for r in compiled.rules if r.location not in covered_rules),
+        tuple(sorted(((loc, text) for loc, text in links.items() if loc not in used), key=_order)),
+        len(links),
+    )
 
 
-def unused_grants(lines: Sequence[PolicyLine], report: SuiteReport) -> list[PolicyLine]:
-    """``g``/``g2`` lines whose link appears in no case's role chain (any engagement).
+def links_used(compiled: CompiledPolicy, decision: Decision) -> set[str]:
+    """``file:line`` of every ``g``/``g2``/``g3`` line this decision went through."""
+    used = set()
+    if decision.closed is not None and decision.closed.source == "policy":
+        used.add(decision.closed.ref)
+    chain, dom = decision.role_chain, decision.engagement
+    if chain:
+        in_domain = compiled.domain_roles(chain[0], dom)
+        if chain[-1] in in_domain and chain_of(in_domain, chain[-1]) == chain:
+            used |= {compiled.g_link_location(a, b, dom)[1] for a, b in itertools.pairwise(chain)}
+        else:
+            used |= _g2_links(compiled, chain)
+        if decision.allowed and decision.closed is not None and decision.action not in READ_ACTIONS:
+            global_ = compiled.global_roles(chain[0])
+            if CLOSED_WRITER in global_:
+                used |= _g2_links(compiled, chain_of(global_, CLOSED_WRITER))
+    return used
 
-    ``closed_writer`` grants are left out: that capability is never a rule's
-    role, so no chain shows it; the closed-engagement cases exercise it.
-    """
-    used = {
-        pair
-        for result in report.results
-        for pair in zip(result.decision.role_chain, result.decision.role_chain[1:], strict=False)
+
+def _g2_links(compiled: CompiledPolicy, chain: tuple[str, ...]) -> set[str]:
+    return {
+        compiled.link_locations.get(("g2", GLOBAL_DOMAIN, a, b), "?")
+        for a, b in itertools.pairwise(chain)
     }
-    return [
-        line
-        for line in lines
-        if line.ptype in ("g", "g2")
-        and line.fields[1] != CLOSED_WRITER
-        and (line.fields[0], line.fields[1]) not in used
-    ]
+
+
+def _text(key: tuple[str, str, str, str]) -> str:
+    ptype, dom, child, parent = key
+    return f"{ptype}, {child}, {parent}" + (f", {dom}" if ptype == "g" else "")
+
+
+def _order(item: tuple[str, str]) -> tuple[str, int]:
+    name, _, line = item[0].rpartition(":")
+    return name, int(line) if line.isdigit() else 0
 
 
 def junit_xml(report: SuiteReport) -> str:
@@ -143,13 +150,12 @@ def junit_xml(report: SuiteReport) -> str:
     root = ElementTree.Element("testsuites", name="policy")
     by_suite: dict[str, ElementTree.Element] = {}
     for result in report.results:
-        suite = by_suite.get(result.suite)
+        name = result.case.suite
+        suite = by_suite.get(name)
         if suite is None:
-            suite = ElementTree.SubElement(root, "testsuite", name=result.suite, file=result.file)
-            by_suite[result.suite] = suite
-        case = ElementTree.SubElement(
-            suite, "testcase", name=result.case.name, classname=result.suite
-        )
+            suite = ElementTree.SubElement(root, "testsuite", name=name, file=result.case.file)
+            by_suite[name] = suite
+        case = ElementTree.SubElement(suite, "testcase", name=result.case.name, classname=name)
         if not result.passed:
             failure = ElementTree.SubElement(case, "failure", message="unexpected decision")
             failure.text = result.describe_failure()

@@ -31,6 +31,7 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from app.core.engagement_settings import EngagementStateSettings
 from app.core.errors import ConfigError
 from app.core.headers import FIELD_NAME, never_forwarded
 from app.core.observability_settings import DecisionLogSettings, TracingSettings
@@ -99,6 +100,9 @@ class PolicySettings(_Section):
     policy_file: str = "policy.csv"
     # Seconds between polls of the policy files for hot reload; 0 turns watching off.
     watch_interval: Annotated[float, Field(ge=0, le=3600)] = 1.0
+    # A candidate policy directory decided beside the live one, never enforced (policies.md).
+    shadow_dir: Path | None = None
+    engagement_state: EngagementStateSettings = Field(default_factory=EngagementStateSettings)
 
     @property
     def model_path(self) -> Path:

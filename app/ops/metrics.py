@@ -98,6 +98,12 @@ RATE_LIMITED = Counter(
     "Requests refused with 429, by the limit that was spent (subject/engagement).",
     ("scope",),
 )
+SHADOW_FLIPS = Counter(
+    "gateway_policy_shadow_flips",
+    "Requests the shadow (candidate) policy would decide otherwise, by direction "
+    "(allow_to_deny: live allowed, the candidate would deny; deny_to_allow: the reverse).",
+    ("direction",),
+)
 REDIS_ERRORS = Counter(
     "gateway_redis_errors",
     "Redis operations that failed (unreachable or timed out), by component.",
@@ -198,6 +204,10 @@ def count_reload_failure() -> None:
 
 def count_rate_limited(scope: str) -> None:
     RATE_LIMITED.labels(scope).inc()
+
+
+def count_shadow_flip(direction: str) -> None:
+    SHADOW_FLIPS.labels(direction).inc()
 
 
 def count_redis_error(component: str) -> None:

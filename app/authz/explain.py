@@ -1,0 +1,204 @@
+"""``explain`` that teaches: the decision, the roles behind it, and the rules that nearly matched.
+
+On top of the decision (rule, role chain, reason) an explanation lists each
+principal's roles in the engagement and its global roles, every link with the
+``file:line`` that grants it; the engagement's closed fact and where it came
+from; and, on a deny, the allow rules that missed by one thing (the role, the
+engagement, the action or the object), with what differed. Never on the
+request path: it scans the rules (milliseconds at 100k lines).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from app.authz.closed import ClosedFact
+from app.authz.compiled import GROUP_PREFIX, CompiledPolicy, Rule, chain_of, principals
+from app.authz.policy import Decision, PolicyEngine
+from app.authz.source import GLOBAL_DOMAIN
+
+MAX_NEAR_MISSES = 8
+_ORDER = {"closed": 0, "role": 1, "domain": 2, "action": 3, "object": 4}
+
+
+@dataclass(frozen=True, slots=True)
+class Link:
+    """One ``g``/``g2`` line on the way from a principal to a role."""
+
+    kind: str
+    child: str
+    role: str
+    domain: str
+    location: str
+
+    def __str__(self) -> str:
+        where = f", {self.domain}" if self.kind == "g" else ""
+        return f"{self.kind}, {self.child}, {self.role}{where} ({self.location})"
+
+
+@dataclass(frozen=True, slots=True)
+class HeldRole:
+    """A role a principal holds in the engagement (``scope``) or globally (``*``)."""
+
+    principal: str
+    role: str
+    scope: str
+    links: tuple[Link, ...]
+
+    def describe(self) -> str:
+        return f"{self.principal} > {self.role}: " + " > ".join(map(str, self.links))
+
+
+@dataclass(frozen=True, slots=True)
+class NearMiss:
+    """An allow rule that missed by one thing, what differed and how."""
+
+    rule: Rule
+    differs: str
+    detail: str
+
+    def describe(self) -> str:
+        rule = f"{self.rule.location}: p, {', '.join(self.rule.fields)}"
+        return f"{rule}\n      {self.differs}: {self.detail}"
+
+
+@dataclass(frozen=True, slots=True)
+class Explanation:
+    decision: Decision
+    roles_here: tuple[HeldRole, ...]
+    roles_global: tuple[HeldRole, ...]
+    near_misses: tuple[NearMiss, ...]
+
+
+def explain(
+    engine: PolicyEngine,
+    subject: str,
+    groups: Sequence[str],
+    request: tuple[str, str, str],
+    closed: ClosedFact | None = None,
+) -> Explanation:
+    """Decide ``(engagement, path, action)`` and gather what a person needs to act on it."""
+    dom, obj, act = request
+    decision = engine.explain(subject, dom, obj, act, groups, closed)
+    compiled = engine.compiled
+    here, global_ = [], []
+    for principal in principals(subject, groups):
+        here += held_roles(compiled, principal, dom)
+        global_ += held_roles(compiled, principal, None)
+    misses: tuple[NearMiss, ...] = ()
+    if not decision.allowed and decision.reason != "principal_is_role":
+        misses = near_misses(compiled, principals(subject, groups), request, decision.closed)
+    return Explanation(decision, tuple(here), tuple(global_), misses)
+
+
+def held_roles(compiled: CompiledPolicy, principal: str, dom: str | None) -> list[HeldRole]:
+    """Roles of ``principal`` in ``dom`` (``g`` lines), or global ones for ``None`` (``g2``)."""
+    parents = (
+        compiled.global_roles(principal) if dom is None else compiled.domain_roles(principal, dom)
+    )
+    held = []
+    for role in parents:
+        if role == principal:
+            continue
+        chain = chain_of(parents, role)
+        links = tuple(_link(compiled, a, b, dom) for a, b in itertools.pairwise(chain))
+        held.append(HeldRole(principal, role, dom or GLOBAL_DOMAIN, links))
+    return held
+
+
+def _link(compiled: CompiledPolicy, child: str, role: str, dom: str | None) -> Link:
+    if dom is None:
+        location = compiled.link_locations.get(("g2", GLOBAL_DOMAIN, child, role), "?")
+        return Link("g2", child, role, GLOBAL_DOMAIN, location)
+    domain, location = compiled.g_link_location(child, role, dom)
+    return Link("g", child, role, domain, location)
+
+
+def near_misses(
+    compiled: CompiledPolicy,
+    names: Sequence[str],
+    request: tuple[str, str, str],
+    closed: ClosedFact | None,
+) -> tuple[NearMiss, ...]:
+    """Allow rules that would have matched but for one field, closest first."""
+    dom, obj, _ = request
+    found: dict[int, NearMiss] = {}
+    for principal in names:
+        held = {**compiled.domain_roles(principal, dom), **compiled.global_roles(principal)}
+        for rule in compiled.rules:
+            if rule.eft != "allow" or rule.index in found:
+                continue
+            differs = _differences(rule, held, request)
+            if len(differs) == 1:
+                detail = _detail(compiled, differs[0], rule, principal, request)
+                found[rule.index] = NearMiss(rule, differs[0], detail)
+            elif not differs and closed is not None:
+                found[rule.index] = NearMiss(rule, "closed", _closed_detail(closed, principal))
+    ranked = sorted(found.values(), key=lambda m: (_ORDER[m.differs], -_prefix(m, obj)))
+    return tuple(ranked[:MAX_NEAR_MISSES])
+
+
+def _differences(
+    rule: Rule, held: dict[str, str | None], request: tuple[str, str, str]
+) -> list[str]:
+    dom, obj, act = request
+    checks = (
+        ("role", rule.sub in held),
+        ("domain", rule.dom in (dom, GLOBAL_DOMAIN)),
+        ("action", rule.act in (act, "*")),
+        ("object", rule.matches(obj)),
+    )
+    return [name for name, ok in checks if not ok]
+
+
+def _detail(
+    compiled: CompiledPolicy,
+    differs: str,
+    rule: Rule,
+    principal: str,
+    request: tuple[str, str, str],
+) -> str:
+    dom, obj, act = request
+    if differs == "domain":
+        return f"written for engagement {rule.dom!r}, the request is in {dom!r}"
+    if differs == "action":
+        return f"allows {rule.act}, the request is {act}"
+    if differs == "object":
+        return f"allows {rule.obj}, the request is {obj}"
+    return _role_detail(compiled, rule.sub, principal, dom)
+
+
+def _role_detail(compiled: CompiledPolicy, role: str, principal: str, dom: str) -> str:
+    if role.startswith(GROUP_PREFIX):
+        return f"a rule for members of group {role.removeprefix(GROUP_PREFIX)!r} (X-Auth-Groups)"
+    if role not in compiled.role_names:
+        return f"a rule for {role!r} only, not for {principal!r}"
+    elsewhere = []
+    for domain in compiled.grant_domains:
+        if domain != dom and role in compiled.domain_roles(principal, domain):
+            held = held_roles(compiled, principal, domain)
+            link = next(h.links[0] for h in held if h.role == role)
+            elsewhere.append(f"{domain} ({link.location})")
+    needs = f"needs role {role!r}, which {principal!r} does not hold in {dom!r}"
+    if not elsewhere:
+        return f"{needs}; no g or g2 line grants it to {principal!r}"
+    return f"{needs}; it holds it in {', '.join(elsewhere)}"
+
+
+def _closed_detail(closed: ClosedFact, principal: str) -> str:
+    return (
+        f"matches, but the engagement is read-only: {closed.describe()}; only principals "
+        f"holding closed_writer (g2) may write, and {principal!r} does not"
+    )
+
+
+def _prefix(miss: NearMiss, obj: str) -> int:
+    """How many leading characters the rule's object shares with the path (closest first)."""
+    shared = 0
+    for a, b in zip(miss.rule.obj, obj, strict=False):
+        if a != b:
+            break
+        shared += 1
+    return shared

@@ -1,0 +1,251 @@
+"""Policy suite files: ``<policy dir>/tests/*.yaml``, read into cases with their ``file:line``.
+
+A file is a suite (``suite`` and ``cases``), and may declare ``fixtures``: named
+subjects with their groups, visible to every case in the directory (a file may
+hold fixtures only). A case names its caller with ``subject`` (+ ``groups``) or
+``as: <fixture>``; its engagement is the path's (an explicit one that disagrees
+is an error); its method is validated (``get`` is an error, not a silent deny);
+it may assert the ``reason`` and the ``matched_rule`` besides ``expect``, and
+ask to be decided as if the engagement state held the engagement closed
+(``engagement_state: closed``). Every problem is an error with ``file:line``:
+``gateway policy lint`` lists them all, and a reload refuses the directory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal, Self
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_core import PydanticCustomError
+
+from app.authz.fields import (
+    Action,
+    DecisionPath,
+    EngagementOrGlobal,
+    FieldError,
+    resolve_engagement,
+)
+from app.authz.source import Issue
+from app.domain.identity import GROUP_PATTERN, SUBJECT_PATTERN
+
+TESTS_DIR = "tests"
+FIXTURE_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+
+Subject = Annotated[str, Field(pattern=SUBJECT_PATTERN.pattern)]
+Group = Annotated[str, Field(pattern=GROUP_PATTERN.pattern)]
+Reason = Literal[
+    "allowed_by_rule",
+    "denied_by_rule",
+    "no_matching_allow",
+    "closed_engagement_read_only",
+    "principal_is_role",
+]
+
+
+class SuiteError(ValueError):
+    """Suite files that cannot be read or do not validate; ``issues`` has each problem."""
+
+    def __init__(self, issues: list[Issue]) -> None:
+        super().__init__("\n".join(map(str, issues)))
+        self.issues = issues
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class Fixture(_Strict):
+    """A caller reused by cases: ``as: <name>``."""
+
+    subject: Subject
+    groups: tuple[Group, ...] = ()
+
+
+class CaseIn(_Strict):
+    """One expected decision, as written."""
+
+    name: Annotated[str, Field(min_length=1, max_length=200)]
+    as_: Annotated[str | None, Field(alias="as", pattern=FIXTURE_NAME)] = None
+    subject: Subject | None = None
+    groups: tuple[Group, ...] | None = None
+    engagement: EngagementOrGlobal | None = None
+    engagement_state: Literal["closed"] | None = None
+    method: Action
+    path: DecisionPath
+    expect: Literal["allow", "deny"]
+    reason: Reason | None = None
+    matched_rule: str | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        if (self.as_ is None) == (self.subject is None):
+            raise PydanticCustomError("caller", "give either subject (and groups) or as: <fixture>")
+        if self.as_ is not None and self.groups is not None:
+            raise PydanticCustomError("caller", "groups come from the fixture named by as:")
+        try:
+            resolve_engagement(self.path, self.engagement)
+        except FieldError as exc:
+            raise PydanticCustomError("engagement_mismatch", str(exc)) from None
+        if self.matched_rule is not None:
+            rule_fields(self.matched_rule)
+        return self
+
+
+def rule_fields(text: str) -> tuple[str, ...]:
+    """``analyst, *, /v1/x, GET, allow`` as its five fields; ``none`` for no rule."""
+    if text.strip() == "none":
+        return ()
+    fields = tuple(part.strip() for part in text.split(","))
+    if len(fields) != 5 or not all(fields):
+        raise PydanticCustomError(
+            "matched_rule", "matched_rule is 'role, engagement, object, action, effect' or 'none'"
+        )
+    return fields
+
+
+class SuiteFile(_Strict):
+    suite: Annotated[str, Field(min_length=1, max_length=200)] | None = None
+    fixtures: dict[Annotated[str, Field(pattern=FIXTURE_NAME)], Fixture] = Field(
+        default_factory=dict
+    )
+    cases: list[CaseIn] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _suite_or_fixtures(self) -> Self:
+        if (self.suite is None) != (not self.cases):
+            raise PydanticCustomError("suite", "a suite needs both suite: and at least one case")
+        if self.suite is None and not self.fixtures:
+            raise PydanticCustomError("suite", "a file holds a suite, fixtures, or both")
+        return self
+
+
+@dataclass(frozen=True, slots=True)
+class TestCase:
+    """A case ready to decide: caller resolved, engagement taken from the path."""
+
+    file: str
+    line: int
+    suite: str
+    name: str
+    subject: str
+    groups: tuple[str, ...]
+    engagement: str
+    method: str
+    path: str
+    expect: str
+    reason: str | None
+    matched_rule: tuple[str, ...] | None
+    closed: bool
+
+    @property
+    def location(self) -> str:
+        return f"{self.file}:{self.line}"
+
+
+def suite_paths(policy_dir: Path) -> list[Path]:
+    return sorted((policy_dir / TESTS_DIR).glob("*.y*ml"))
+
+
+def read_suites(policy_dir: Path) -> tuple[list[TestCase], list[Issue]]:
+    """Every case in the directory, and every problem found (each with ``file:line``)."""
+    parsed: list[tuple[str, SuiteFile, dict[tuple[Any, ...], int]]] = []
+    issues: list[Issue] = []
+    for path in suite_paths(policy_dir):
+        name = f"{TESTS_DIR}/{path.name}"
+        try:
+            text = path.read_text(encoding="utf-8")
+            lines = _line_map(text)
+            parsed.append((name, SuiteFile.model_validate(yaml.safe_load(text)), lines))
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+            issues.append(Issue("error", f"{name}:1", "suite", f"cannot read: {exc}"))
+        except ValidationError as exc:
+            issues += [_issue(name, lines, error) for error in exc.errors()]
+    fixtures, fixture_issues = _fixtures(parsed)
+    cases, case_issues = _cases(parsed, fixtures)
+    return cases, [*issues, *fixture_issues, *case_issues]
+
+
+def load_suites(policy_dir: Path) -> list[TestCase]:
+    """Every case, or ``SuiteError`` listing every problem."""
+    cases, issues = read_suites(policy_dir)
+    if issues:
+        raise SuiteError(issues)
+    return cases
+
+
+def _fixtures(
+    parsed: list[tuple[str, SuiteFile, dict[tuple[Any, ...], int]]],
+) -> tuple[dict[str, Fixture], list[Issue]]:
+    found: dict[str, tuple[str, Fixture]] = {}
+    issues = []
+    for name, suite, lines in parsed:
+        for key, fixture in suite.fixtures.items():
+            if key in found:
+                where = f"{name}:{lines.get(('fixtures', key), 1)}"
+                message = f"fixture {key!r} is already defined in {found[key][0]}: rename one"
+                issues.append(Issue("error", where, "duplicate_fixture", message))
+            else:
+                found[key] = (name, fixture)
+    return {key: fixture for key, (_, fixture) in found.items()}, issues
+
+
+def _cases(
+    parsed: list[tuple[str, SuiteFile, dict[tuple[Any, ...], int]]], fixtures: dict[str, Fixture]
+) -> tuple[list[TestCase], list[Issue]]:
+    cases, issues = [], []
+    for name, suite, lines in parsed:
+        for index, case in enumerate(suite.cases):
+            line = lines.get(("cases", index), 1)
+            fixture = fixtures.get(case.as_) if case.as_ is not None else None
+            if case.as_ is not None and fixture is None:
+                message = f"case {case.name!r}: no fixture {case.as_!r}: define it under fixtures:"
+                issues.append(Issue("error", f"{name}:{line}", "unknown_fixture", message))
+                continue
+            subject = fixture.subject if fixture else case.subject or ""
+            groups = fixture.groups if fixture else case.groups or ()
+            matched = rule_fields(case.matched_rule) if case.matched_rule is not None else None
+            cases.append(
+                TestCase(name, line, suite.suite or "", case.name, subject, groups,
+                         resolve_engagement(case.path, case.engagement), case.method, case.path,
+                         case.expect, case.reason, matched, case.engagement_state == "closed")
+            )  # fmt: skip
+    return cases, issues
+
+
+def _issue(name: str, lines: dict[tuple[Any, ...], int], error: Any) -> Issue:
+    loc = tuple(error["loc"])
+    line = next((lines[loc[:n]] for n in range(len(loc), 0, -1) if loc[:n] in lines), 1)
+    where = ".".join(map(str, loc))
+    message = f"{where}: {error['msg']}" if where else str(error["msg"])
+    code = error["type"] if error["type"] in _OWN_CODES else "suite"
+    return Issue("error", f"{name}:{line}", code, message)
+
+
+_OWN_CODES = {"engagement_mismatch", "invalid_action", "caller", "matched_rule", "suite"}
+
+
+def _line_map(text: str) -> dict[tuple[Any, ...], int]:
+    """1-based line of every mapping key and sequence item, by its path in the document."""
+    lines: dict[tuple[Any, ...], int] = {}
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError:
+        return lines
+    for path, node in _walk(root, ()):
+        lines.setdefault(path, node.start_mark.line + 1)
+    return lines
+
+
+def _walk(node: Any, path: tuple[Any, ...]) -> Iterator[tuple[tuple[Any, ...], Any]]:
+    if isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            yield (*path, key.value), key
+            yield from _walk(value, (*path, key.value))
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            yield (*path, index), item
+            yield from _walk(item, (*path, index))
