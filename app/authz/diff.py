@@ -104,8 +104,9 @@ def _probe(text: str, origin: str, skipped: Counter[str]) -> Probe | None:
     if entry is None:
         skipped["not JSON"] += 1
         return None
-    if entry.get("event", "decision") != "decision" or "decision" not in entry:
-        skipped["other events"] += 1
+    event = entry.get("event")
+    if event != "decision" and (event is not None or "decision" not in entry):
+        skipped["other events"] += 1  # a file sink's line may carry the fields without event
         return None
     if entry.get("stage", "authz") != "authz":
         skipped[f"{entry.get('stage')} decisions"] += 1

@@ -23,7 +23,7 @@ from app.authz.source import CLOSED_WRITER, GLOBAL_DOMAIN, READ_ACTIONS
 from app.authz.suite_files import (
     TESTS_DIR,
     SuiteError,
-    TestCase,
+    PolicyCase,
     load_suites,
     read_suites,
 )
@@ -33,7 +33,7 @@ __all__ = [
     "CaseResult",
     "SuiteError",
     "SuiteReport",
-    "TestCase",
+    "PolicyCase",
     "junit_xml",
     "load_suites",
     "read_suites",
@@ -43,7 +43,7 @@ __all__ = [
 
 @dataclass(frozen=True, slots=True)
 class CaseResult:
-    case: TestCase
+    case: PolicyCase
     decision: Decision
 
     @property
@@ -85,14 +85,14 @@ class SuiteReport:
         return [r for r in self.results if not r.passed]
 
 
-def decide_case(engine: PolicyEngine, case: TestCase) -> Decision:
+def decide_case(engine: PolicyEngine, case: PolicyCase) -> Decision:
     closed = ClosedFact(case.engagement, "case", case.location) if case.closed else None
     return engine.explain(
         case.subject, case.engagement, case.path, case.method, case.groups, closed
     )
 
 
-def run_suites(engine: PolicyEngine, cases: Sequence[TestCase]) -> SuiteReport:
+def run_suites(engine: PolicyEngine, cases: Sequence[PolicyCase]) -> SuiteReport:
     """Decide every case; coverage counts the lines each decision went through."""
     results = tuple(CaseResult(case, decide_case(engine, case)) for case in cases)
     compiled = engine.compiled

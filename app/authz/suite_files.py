@@ -124,7 +124,7 @@ class SuiteFile(_Strict):
 
 
 @dataclass(frozen=True, slots=True)
-class TestCase:
+class PolicyCase:
     """A case ready to decide: caller resolved, engagement taken from the path."""
 
     file: str
@@ -150,7 +150,7 @@ def suite_paths(policy_dir: Path) -> list[Path]:
     return sorted((policy_dir / TESTS_DIR).glob("*.y*ml"))
 
 
-def read_suites(policy_dir: Path) -> tuple[list[TestCase], list[Issue]]:
+def read_suites(policy_dir: Path) -> tuple[list[PolicyCase], list[Issue]]:
     """Every case in the directory, and every problem found (each with ``file:line``)."""
     parsed: list[tuple[str, SuiteFile, dict[tuple[Any, ...], int]]] = []
     issues: list[Issue] = []
@@ -169,7 +169,7 @@ def read_suites(policy_dir: Path) -> tuple[list[TestCase], list[Issue]]:
     return cases, [*issues, *fixture_issues, *case_issues]
 
 
-def load_suites(policy_dir: Path) -> list[TestCase]:
+def load_suites(policy_dir: Path) -> list[PolicyCase]:
     """Every case, or ``SuiteError`` listing every problem."""
     cases, issues = read_suites(policy_dir)
     if issues:
@@ -195,7 +195,7 @@ def _fixtures(
 
 def _cases(
     parsed: list[tuple[str, SuiteFile, dict[tuple[Any, ...], int]]], fixtures: dict[str, Fixture]
-) -> tuple[list[TestCase], list[Issue]]:
+) -> tuple[list[PolicyCase], list[Issue]]:
     cases, issues = [], []
     for name, suite, lines in parsed:
         for index, case in enumerate(suite.cases):
@@ -209,7 +209,7 @@ def _cases(
             groups = fixture.groups if fixture else case.groups or ()
             matched = rule_fields(case.matched_rule) if case.matched_rule is not None else None
             cases.append(
-                TestCase(name, line, suite.suite or "", case.name, subject, groups,
+                PolicyCase(name, line, suite.suite or "", case.name, subject, groups,
                          resolve_engagement(case.path, case.engagement), case.method, case.path,
                          case.expect, case.reason, matched, case.engagement_state == "closed")
             )  # fmt: skip

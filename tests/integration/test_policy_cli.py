@@ -30,7 +30,27 @@ def policy_copy(tmp_path: Path) -> Path:
 def test_lint_shipped_policy_is_clean() -> None:
     result = gateway_policy("lint", "--strict", POLICY_DIR)
     assert result.returncode == 0, result.stdout
-    assert "0 error(s), 0 warning(s)" in result.stdout
+    assert "0 error(s), 0 warning(s), 0 note(s)" in result.stdout
+
+
+def test_lint_accepts_a_per_subject_deny_under_strict(policy_copy: Path) -> None:
+    """'Block this user now' must not break CI: alice is granted roles, so she is a subject."""
+    with (policy_copy / "policy.csv").open("a") as policy:
+        policy.write("p, alice, globex-cloud, /v1/engagements/:engagement/findings, POST, deny\n")
+    result = gateway_policy("lint", "--strict", policy_copy)
+    assert result.returncode == 0, result.stdout
+
+
+def test_lint_reports_suite_errors_with_file_and_line(policy_copy: Path) -> None:
+    (policy_copy / "tests" / "bad.yaml").write_text(
+        "suite: s\ncases:\n  - name: wrong engagement\n    subject: alice\n"
+        "    engagement: acme-2026\n    method: GET\n"
+        "    path: /v1/engagements/initech-redteam/findings\n    expect: deny\n"
+    )
+    result = gateway_policy("lint", policy_copy)
+    assert result.returncode == 1
+    assert "tests/bad.yaml:3: error: cases.0: engagement 'acme-2026' disagrees" in result.stdout
+    assert "[engagement_mismatch]" in result.stdout
 
 
 def test_lint_reports_file_and_line(policy_copy: Path) -> None:
@@ -59,6 +79,7 @@ def test_test_command_writes_junit_and_coverage(tmp_path: Path) -> None:
     lines = (POLICY_DIR / "policy.csv").read_text().splitlines()
     rules = sum(1 for line in lines if line.startswith("p,"))
     assert f"rule coverage: {rules}/{rules} p lines matched by a case" in result.stdout
+    assert "grant coverage: 15/15 g/g2/g3 lines used by a case's decision" in result.stdout
     assert junit.read_text().startswith("<?xml")
 
 
@@ -67,8 +88,9 @@ def test_test_command_fails_readably(policy_copy: Path) -> None:
         policy.write("g, bob, client_viewer, acme-2026\n")
     result = gateway_policy("test", policy_copy)
     assert result.returncode == 1
-    assert "lead inherits analyst rights: expected allow, got deny" in result.stdout
-    assert "reason: denied_by_rule; matched rule: policy.csv:" in result.stdout
+    assert "lead inherits analyst rights: expected allow; got deny" in result.stdout
+    assert "got deny, reason denied_by_rule" in result.stdout
+    assert "    matched rule: policy.csv:" in result.stdout
 
 
 def test_explain_agrees_with_casbin() -> None:
@@ -122,12 +144,71 @@ def test_diff_shows_flips_from_suites_and_decision_log(policy_copy: Path, tmp_pa
     assert "allow -> deny: dana GET /v1/engagements/initech-redteam/findings" in result.stdout
     flip = "allow -> deny: dana groups=['auditors'] GET /v1/engagements/globex-cloud/findings"
     assert f"{flip} in globex-cloud\n    from decisions.jsonl:2" in result.stdout
+    assert "read 1 decision(s) from decisions.jsonl; skipped 2 line(s)" in result.stdout
     assert "decision(s) flip between" in result.stdout
+    gated = gateway_policy("diff", POLICY_DIR, policy_copy, "--log", log, "--exit-code")
+    assert gated.returncode == 1
+    assert gated.stdout == result.stdout
 
 
-def test_diff_rejects_a_malformed_log(tmp_path: Path) -> None:
-    log = tmp_path / "decisions.jsonl"
-    log.write_text("{not json\n")
-    result = gateway_policy("diff", POLICY_DIR, POLICY_DIR, "--log", log)
+def test_diff_exit_code_is_zero_without_flips(tmp_path: Path) -> None:
+    log = tmp_path / "gateway.out"
+    log.write_text("{not json\nINFO: Started\n")
+    result = gateway_policy("diff", POLICY_DIR, POLICY_DIR, "--log", log, "--exit-code")
+    assert result.returncode == 0, result.stderr
+    assert "skipped 2 line(s) that are not authz decisions (2 not JSON)" in result.stdout
+    assert "0 decision(s) flip" in result.stdout
+
+
+def test_explain_takes_the_engagement_from_the_path() -> None:
+    """The issue's case: an explicit engagement must not make a denied request look allowed."""
+    path = "/v1/engagements/initech-redteam/findings"
+    mismatch = gateway_policy(
+        "explain", "--subject", "alice", "--engagement", "acme-2026", "GET", path
+    )
+    assert mismatch.returncode == 2
+    assert "disagrees with the path" in mismatch.stderr
+    result = gateway_policy("explain", "--subject", "alice", "GET", path)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "in initech-redteam\ndecision: deny\nreason: no_matching_allow" in out
+    assert "roles in initech-redteam: none" in out
+    assert "needs role 'analyst', which 'alice' does not hold in 'initech-redteam'" in out
+    assert "it holds it in acme-2026 (policy.csv:" in out
+
+
+def test_explain_refuses_a_lower_case_method() -> None:
+    result = gateway_policy(
+        "explain", "--subject", "alice", "get", "/v1/engagements/acme-2026/findings"
+    )
     assert result.returncode == 2
-    assert "decisions.jsonl:1: not a JSON line" in result.stderr
+    assert "HTTP methods are upper case: use 'GET'" in result.stderr
+
+
+def test_explain_shows_the_g3_line_of_a_closed_engagement() -> None:
+    path = "/v1/engagements/initech-2025/findings"
+    result = gateway_policy("explain", "--subject", "erin", "POST", path)
+    assert "reason: closed_engagement_read_only" in result.stdout
+    assert (
+        "engagement: closed by the policy: g3, initech-2025, closed (policy.csv:" in result.stdout
+    )
+    closed = gateway_policy(
+        "explain", "--subject", "alice", "--closed", "POST", "/v1/engagements/acme-2026/findings"
+    )
+    assert "reason: closed_engagement_read_only" in closed.stdout
+
+
+def test_who_can_and_what_can() -> None:
+    who = gateway_policy("who-can", "POST", "/v1/engagements/acme-2026/findings")
+    assert who.returncode == 0, who.stderr
+    assert "  bob: policy.csv:" in who.stdout
+    assert "(via bob > engagement_lead > analyst)" in who.stdout
+    assert "groups: none" in who.stdout
+    what = gateway_policy(
+        "what-can", "gina", "--groups", "red-team", "--engagement", "initech-redteam"
+    )
+    assert what.returncode == 0, what.stderr
+    assert "allow POST /v1/engagements/:engagement/findings: policy.csv:" in what.stdout
+    assert "via group:red-team > analyst" in what.stdout
+    bad = gateway_policy("who-can", "post", "/v1/engagements/acme-2026/findings")
+    assert bad.returncode == 2

@@ -80,9 +80,56 @@ def test_each_warning(tmp_path: Path) -> None:
         ("warning", "policy.csv:3", "duplicate"),
         ("warning", "policy.csv:4", "role_never_granted"),
         ("warning", "policy.csv:8", "unknown_role"),
-        ("warning", "policy.csv:9", "engagement_unreferenced"),
-        ("warning", "policy.csv:10", "engagement_unreferenced"),
+        ("note", "policy.csv:9", "engagement_unreferenced"),
+        ("note", "policy.csv:10", "engagement_unreferenced"),
         ("warning", "policy.csv:11", "closed_writer_not_global"),
     ]
-    assert "policy.csv:5 denies it" in issues[0].message
-    assert str(issues[1]) == "policy.csv:3: warning: duplicate of policy.csv:2 [duplicate]"
+    assert "policy.csv:5 denies the same requests" in issues[0].message
+    assert str(issues[1]) == (
+        "policy.csv:3: warning: duplicate of policy.csv:2: delete one of them [duplicate]"
+    )
+
+
+@pytest.mark.parametrize(
+    ("code", "advice"),
+    [
+        ("shadowed_by_deny", "narrow that deny, or delete this allow"),
+        ("role_never_granted", "if it is a role, grant it"),
+        ("unknown_role", "add a p line for 'nobody'"),
+        ("closed_writer_not_global", "write g2, rita, closed_writer instead"),
+        ("engagement_unreferenced", "check the engagement id"),
+        ("action_case", "write GET"),
+    ],
+)
+def test_every_message_says_what_to_change(tmp_path: Path, code: str, advice: str) -> None:
+    issues = lint_lines(
+        tmp_path,
+        "p, viewer, *, /v1/x, GET, allow",
+        "p, viewer, *, /v1/*, GET, deny",
+        "p, ghost, *, /v1/*, GET, allow",
+        "g, bob, nobody, acme-2026",
+        "g, rita, closed_writer, acme-2026",
+        "g, alice, viewer, acme-2026",
+        "p, viewer, globex, /v1/y, get, allow",
+    )
+    assert advice in next(i.message for i in issues if i.code == code)
+
+
+def test_a_per_subject_rule_is_valid_when_the_subject_is_granted(tmp_path: Path) -> None:
+    """'Block this user now' must not break CI: alice holds roles, so she is a subject."""
+    issues = lint_lines(
+        tmp_path,
+        "p, analyst, *, /v1/engagements/:e/findings, POST, allow",
+        "g, alice, analyst, acme-2026",
+        "p, alice, globex-cloud, /v1/engagements/:e/findings, POST, deny",
+    )
+    assert [i for i in issues if i.severity != "note"] == []
+
+
+def test_a_per_subject_rule_is_valid_when_a_suite_names_the_subject(tmp_path: Path) -> None:
+    lines = ("p, zoe, *, /v1/engagements/:e/findings, GET, allow",)
+    assert codes(lint_lines(tmp_path, *lines)) == [
+        ("warning", "policy.csv:1", "role_never_granted")
+    ]
+    source = read_policy(tmp_path / "model.conf", tmp_path / "policy.csv")
+    assert [i for i in lint(source, {"zoe"}) if i.severity != "note"] == []

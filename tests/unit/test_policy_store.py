@@ -10,7 +10,9 @@ from typing import Any
 
 import pytest
 
+from app.authz.policy import PolicyEngine
 from app.authz.store import PolicyStore
+from app.authz.suite import load_suites, run_suites
 from app.authz.watch import fingerprint, policy_watcher
 from app.core.config import PolicySettings
 from app.core.errors import ConfigError
@@ -160,3 +162,29 @@ def test_concurrent_reloads_are_serialised(policy_dir: Path) -> None:
         return [r.outcome for r in results]
 
     assert asyncio.run(both()) == ["swapped", "unchanged"]
+
+
+def test_a_rejected_reload_records_every_failure_and_the_cases_run(policy_dir: Path) -> None:
+    """The record once said '4 failed' but listed 3, and tests_run: 0 after 42 ran."""
+    store = open_store(policy_dir)
+    append(policy_dir / "policy.csv", "p, analyst, *, /v1/*, *, deny\n")
+    cases = load_suites(policy_dir)
+    expected = run_suites(PolicyEngine.load(PolicySettings(dir=policy_dir)), cases).failures
+    assert len(expected) > 3
+    result = asyncio.run(store.reload("test"))
+    assert result.outcome == "rejected"
+    assert result.tests_run == len(cases) > 0
+    assert result.tests_failed == len(result.failures) == len(expected)
+    assert result.error is not None
+    assert result.error.startswith(f"{len(expected)} of {len(cases)} policy test(s) failed")
+    for failure in expected:
+        assert failure.case.location in result.error
+        assert any(failure.case.name in listed for listed in result.failures)
+    assert store.status.last_reload == result
+
+
+def test_a_rejected_parse_records_no_cases_run(policy_dir: Path) -> None:
+    store = open_store(policy_dir)
+    append(policy_dir / "policy.csv", "p, analyst\n")
+    result = asyncio.run(store.reload("test"))
+    assert (result.outcome, result.tests_run, result.tests_failed) == ("rejected", 0, 0)

@@ -1,16 +1,17 @@
-"""Policy test suites: loading, readable failures, coverage and JUnit output."""
+"""Policy test suites: loading with file:line, fixtures, assertions, coverage and JUnit output."""
 
 from __future__ import annotations
 
 import shutil
+import textwrap
 from pathlib import Path
 from xml.etree import ElementTree
 
 import pytest
 
 from app.authz.policy import PolicyEngine
-from app.authz.source import read_policy
-from app.authz.suite import SuiteError, junit_xml, load_suites, run_suites, unused_grants
+from app.authz.suite import SuiteError, SuiteReport, junit_xml, load_suites, run_suites
+from app.authz.suite_files import read_suites
 from app.core.config import PolicySettings
 from tests.conftest import POLICY_DIR
 
@@ -40,49 +41,218 @@ def write_case(policy_dir: Path, **values: str) -> None:
     (policy_dir / "tests" / "case.yaml").write_text(text)
 
 
-def run(policy_dir: Path) -> tuple[PolicyEngine, list[str], list[str]]:
+def write_suite(policy_dir: Path, text: str, name: str = "case.yaml") -> None:
+    (policy_dir / "tests" / name).write_text(textwrap.dedent(text))
+
+
+def report_of(policy_dir: Path) -> SuiteReport:
     engine = PolicyEngine.load(PolicySettings(dir=policy_dir))
-    report = run_suites(engine, load_suites(policy_dir))
-    failures = [f.describe_failure() for f in report.failures]
-    return engine, failures, [rule.location for rule in report.uncovered]
+    return run_suites(engine, load_suites(policy_dir))
 
 
-def test_shipped_suites_pass_and_cover_every_rule() -> None:
-    _, failures, uncovered = run(POLICY_DIR)
-    assert failures == []
-    assert uncovered == []
+def failures_of(policy_dir: Path) -> list[str]:
+    return [f.describe_failure() for f in report_of(policy_dir).failures]
 
 
-def test_failure_is_readable(policy_dir: Path) -> None:
+def test_shipped_suites_pass_and_cover_every_rule_and_grant() -> None:
+    report = report_of(POLICY_DIR)
+    assert report.failures == []
+    assert report.uncovered == ()
+    assert report.uncovered_links == ()
+    assert report.links > 0
+
+
+def test_failure_is_readable_and_located(policy_dir: Path) -> None:
     write_case(policy_dir, name="mallory reads", subject="mallory")
-    _, failures, _ = run(policy_dir)
-    assert failures == [
-        "tests/case.yaml: s / mallory reads: expected allow, got deny\n"
+    assert failures_of(policy_dir) == [
+        "tests/case.yaml:4: s / mallory reads: expected allow; got deny, reason no_matching_allow\n"
         "    request: mallory groups=[] GET /v1/engagements/acme-2026/findings in acme-2026\n"
-        "    reason: no_matching_allow; matched rule: none; role chain: "
+        "    matched rule: none; role chain: -"
     ]
 
 
 def test_paths_in_cases_are_normalised(policy_dir: Path) -> None:
     write_case(policy_dir, path="/v1/engagements/x/../acme-2026/findings/?page=2")
-    _, failures, _ = run(policy_dir)
-    assert failures == []
+    assert failures_of(policy_dir) == []
 
 
-def test_uncovered_rules_are_listed(policy_dir: Path) -> None:
-    write_case(policy_dir)
-    engine, _, uncovered = run(policy_dir)
-    assert len(uncovered) == len(engine.compiled.rules) - 1
+def test_uncovered_rules_and_grants_are_named(policy_dir: Path) -> None:
+    write_case(policy_dir)  # alice reads acme-2026: one rule, one grant
+    engine = PolicyEngine.load(PolicySettings(dir=policy_dir))
+    report = run_suites(engine, load_suites(policy_dir))
+    assert len(report.uncovered) == len(engine.compiled.rules) - 1
+    unused = dict(report.uncovered_links)
+    assert "g, alice, analyst, acme-2026" not in unused.values()
+    assert "g, alice, analyst, globex-cloud" in unused.values()  # same pair, other engagement
+    assert "g3, initech-2025, closed" in unused.values()
+    assert "g2, records_officer, closed_writer" in unused.values()
+    assert all(location.startswith("policy.csv:") for location in unused)
+
+
+def test_closed_writer_and_g3_lines_count_as_used_by_a_closed_write(policy_dir: Path) -> None:
+    write_suite(
+        policy_dir,
+        """
+        suite: closed
+        cases:
+          - name: records officer corrects a closed engagement
+            subject: rita
+            method: POST
+            path: /v1/engagements/initech-2025/findings
+            expect: allow
+        """,
+    )
+    unused = set(dict(report_of(policy_dir).uncovered_links).values())
+    assert "g2, records_officer, closed_writer" not in unused
+    assert "g3, initech-2025, closed" not in unused
+    assert "g2, rita, records_officer" not in unused
+
+
+def test_reason_and_matched_rule_are_asserted(policy_dir: Path) -> None:
+    write_suite(
+        policy_dir,
+        """
+        suite: precise
+        cases:
+          - name: right reason, right rule
+            subject: carol
+            method: POST
+            path: /v1/engagements/acme-2026/findings
+            expect: deny
+            reason: denied_by_rule
+            matched_rule: client_viewer, *, /v1/engagements/:engagement/findings, POST, deny
+          - name: right decision, wrong reason
+            subject: mallory
+            method: POST
+            path: /v1/engagements/acme-2026/findings
+            expect: deny
+            reason: denied_by_rule
+          - name: right decision, wrong rule
+            subject: alice
+            method: GET
+            path: /v1/engagements/acme-2026/findings
+            expect: allow
+            matched_rule: none
+        """,
+    )
+    failures = failures_of(policy_dir)
+    assert len(failures) == 2
+    assert failures[0].startswith(
+        "tests/case.yaml:11: precise / right decision, wrong reason: expected deny, reason "
+        "denied_by_rule; got deny, reason no_matching_allow"
+    )
+    assert "expected allow, rule none; got allow, reason allowed_by_rule" in failures[1]
+
+
+def test_fixtures_are_shared_across_files(policy_dir: Path) -> None:
+    write_suite(
+        policy_dir,
+        """
+        fixtures:
+          red-teamer: {subject: gina, groups: [red-team]}
+        """,
+        "fixtures.yaml",
+    )
+    write_suite(
+        policy_dir,
+        """
+        suite: uses a fixture
+        cases:
+          - name: red team records a finding
+            as: red-teamer
+            method: POST
+            path: /v1/engagements/initech-redteam/findings
+            expect: allow
+        """,
+    )
+    (case,) = load_suites(policy_dir)
+    assert (case.subject, case.groups, case.engagement) == (
+        "gina",
+        ("red-team",),
+        "initech-redteam",
+    )
+    assert failures_of(policy_dir) == []
+
+
+def test_engagement_state_closed_is_decided_and_shown(policy_dir: Path) -> None:
+    write_suite(
+        policy_dir,
+        """
+        suite: closing
+        cases:
+          - name: closed by the saga, analysts cannot write
+            subject: alice
+            engagement_state: closed
+            method: POST
+            path: /v1/engagements/acme-2026/findings
+            expect: allow
+        """,
+    )
+    (failure,) = failures_of(policy_dir)
+    assert "got deny, reason closed_engagement_read_only" in failure
+    assert "engagement: closed by case" in failure
+    assert "tests/case.yaml:4" in failure
+
+
+def test_policy_g3_shows_where_it_was_written(policy_dir: Path) -> None:
+    write_suite(
+        policy_dir,
+        """
+        suite: g3
+        cases:
+          - {name: n, subject: erin, method: POST, path: /v1/engagements/initech-2025/findings,
+             expect: allow}
+        """,
+    )
+    (failure,) = failures_of(policy_dir)
+    assert "engagement: closed by the policy: g3, initech-2025, closed (policy.csv:64)" in failure
+
+
+FIRST = """suite: s
+cases:
+  - {name: first, subject: bob, method: GET, path: /x, expect: deny}
+  - name: bad one
+"""
+
+
+@pytest.mark.parametrize(
+    ("fields", "line", "code", "message"),
+    [
+        ({"engagement": "acme-2026", "path": "/v1/engagements/initech-redteam/findings"},
+         4, "engagement_mismatch", "disagrees with the path"),
+        ({"engagement": "'*'"}, 4, "engagement_mismatch", "decides in 'acme-2026'"),
+        ({"path": "/v1/engagements/ACME/findings"}, 4, "engagement_mismatch", "malformed"),
+        ({"method": "get"}, 6, "invalid_action", "use 'GET'"),
+        ({"method": "Fetch"}, 6, "invalid_action", "neither an HTTP method"),
+        ({"subject": None, "as": "nobody"}, 4, "unknown_fixture", "no fixture 'nobody'"),
+        ({"as": "lead"}, 4, "caller", "either subject"),
+        ({"matched_rule": "analyst, *"}, 4, "matched_rule", "role, engagement, object"),
+        ({"reason": "because"}, 9, "suite", "reason"),
+    ],
+)  # fmt: skip
+def test_bad_cases_are_errors_with_file_and_line(
+    policy_dir: Path, fields: dict[str, str | None], line: int, code: str, message: str
+) -> None:
+    case = {"subject": "alice", "method": "GET", "path": "/v1/engagements/acme-2026/findings"}
+    case = {k: v for k, v in {**case, "expect": "deny", **fields}.items() if v is not None}
+    text = FIRST + "".join(f"    {key}: {value}\n" for key, value in case.items())
+    (policy_dir / "tests" / "bad.yaml").write_text(text)
+    _, issues = read_suites(policy_dir)
+    assert [(i.location, i.code) for i in issues] == [(f"tests/bad.yaml:{line}", code)]
+    assert message in issues[0].message
+    with pytest.raises(SuiteError, match=rf"tests/bad\.yaml:{line}"):
+        load_suites(policy_dir)
 
 
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("suite: s\ncases: []\n", "cases"),
-        ("suite: s\ncases: [{name: n}]\n", "cases.0.subject"),
+        ("suite: s\ncases: []\n", "a suite needs both"),
+        ("suite: s\ncases: [{name: n}]\n", "cases.0.method"),
         (CASE.format(name="n", subject="a", path="/a/%2f", expect="allow"), "forbidden encoded"),
         (CASE.format(name="n", subject="a", path="/a", expect="maybe"), "cases.0.expect"),
         ("suite: [unclosed\n", "cannot read"),
+        ("fixtures: {x: {subject: 'bad subject'}}\n", "fixtures.x.subject"),
     ],
 )
 def test_bad_suite_files_name_the_file(policy_dir: Path, text: str, message: str) -> None:
@@ -92,25 +262,21 @@ def test_bad_suite_files_name_the_file(policy_dir: Path, text: str, message: str
     assert message in str(info.value)
 
 
+def test_a_fixture_defined_twice_is_an_error(policy_dir: Path) -> None:
+    for name in ("a.yaml", "b.yaml"):
+        write_suite(policy_dir, "fixtures:\n  lead: {subject: bob}\n", name)
+    _, issues = read_suites(policy_dir)
+    assert [(i.location, i.code) for i in issues] == [("tests/b.yaml:2", "duplicate_fixture")]
+    assert "already defined in tests/a.yaml" in issues[0].message
+
+
 def test_junit_xml_counts_failures(policy_dir: Path) -> None:
     write_case(policy_dir, subject="mallory")
-    engine = PolicyEngine.load(PolicySettings(dir=policy_dir))
-    xml = junit_xml(run_suites(engine, load_suites(policy_dir)))
+    xml = junit_xml(report_of(policy_dir))
     root = ElementTree.fromstring(xml)  # noqa: S314 - our own output, not untrusted input
     suite = root.find("testsuite")
     assert suite is not None
     assert (suite.get("tests"), suite.get("failures")) == ("1", "1")
     failure = suite.find("testcase/failure")
     assert failure is not None
-    assert "expected allow, got deny" in (failure.text or "")
-
-
-def test_unused_grants_are_listed(policy_dir: Path) -> None:
-    write_case(policy_dir)  # alice reads: uses only "g, alice, analyst, acme-2026"
-    engine = PolicyEngine.load(PolicySettings(dir=policy_dir))
-    report = run_suites(engine, load_suites(policy_dir))
-    source = read_policy(policy_dir / "model.conf", policy_dir / "policy.csv")
-    unused = {line.text for line in unused_grants(source.lines, report)}
-    assert "g, alice, analyst, acme-2026" not in unused
-    assert "g, bob, engagement_lead, acme-2026" in unused
-    assert "g2, records_officer, closed_writer" not in unused  # a capability, not in chains
+    assert "expected allow; got deny" in (failure.text or "")

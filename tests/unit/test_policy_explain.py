@@ -1,0 +1,147 @@
+"""``explain`` that teaches: roles with file:line, near misses and closed facts; fields checked."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from app.authz.closed import ClosedFact
+from app.authz.explain import explain
+from app.authz.fields import FieldError, check_action, engagement_of, resolve_engagement
+from app.authz.policy import PolicyEngine
+from app.authz.source import read_policy
+from app.core.config import PolicySettings
+from tests.conftest import POLICY_DIR
+
+FINDINGS = "/v1/engagements/{}/findings"
+
+
+@pytest.fixture(scope="module")
+def engine() -> PolicyEngine:
+    return PolicyEngine.load(PolicySettings(dir=POLICY_DIR))
+
+
+def line_of(text: str) -> str:
+    lines = (POLICY_DIR / "policy.csv").read_text().splitlines()
+    return f"policy.csv:{lines.index(text) + 1}"
+
+
+def test_a_deny_in_another_engagement_names_where_the_role_is_held(engine: PolicyEngine) -> None:
+    """The issue's case: alice is an analyst, but not in initech-redteam."""
+    request = ("initech-redteam", FINDINGS.format("initech-redteam"), "GET")
+    answer = explain(engine, "alice", (), request)
+    assert (answer.decision.allowed, answer.decision.reason) == (False, "no_matching_allow")
+    assert answer.roles_here == ()
+    assert answer.roles_global == ()
+    analyst = next(m for m in answer.near_misses if m.rule.sub == "analyst")
+    assert analyst.differs == "role"
+    assert line_of("g, alice, analyst, acme-2026") in analyst.detail
+    assert line_of("g, alice, analyst, globex-cloud") in analyst.detail
+    assert answer.near_misses[0].differs == "role"
+
+
+def test_roles_here_and_global_carry_every_link(engine: PolicyEngine) -> None:
+    request = ("acme-2026", FINDINGS.format("acme-2026"), "DELETE")
+    answer = explain(engine, "bob", (), request)
+    analyst = next(r for r in answer.roles_here if r.role == "analyst")
+    assert [str(link) for link in analyst.links] == [
+        f"g, bob, engagement_lead, acme-2026 ({line_of('g, bob, engagement_lead, acme-2026')})",
+        f"g, engagement_lead, analyst, * ({line_of('g, engagement_lead, analyst, *')})",
+    ]
+    rita = explain(engine, "rita", (), request)
+    assert {r.role for r in rita.roles_global} == {
+        "records_officer",
+        "auditor",
+        "analyst",
+        "closed_writer",
+    }
+    assert all(r.scope == "*" for r in rita.roles_global)
+    differs = {m.differs for m in answer.near_misses}
+    assert "action" in differs  # POST and GET rules on the same object
+
+
+def test_an_object_and_a_domain_near_miss(tmp_path: Path) -> None:
+    (tmp_path / "model.conf").write_text((POLICY_DIR / "model.conf").read_text())
+    (tmp_path / "policy.csv").write_text(
+        "p, viewer, acme-2026, /v1/engagements/:e/reports, GET, allow\n"
+        "p, viewer, *, /v1/engagements/:e/reports/:r, GET, allow\n"
+        "g, zoe, viewer, globex-cloud\n"
+        "g, zoe, viewer, acme-2026\n"
+    )
+    engine = PolicyEngine(read_policy(tmp_path / "model.conf", tmp_path / "policy.csv"))
+    in_globex = explain(
+        engine, "zoe", (), ("globex-cloud", "/v1/engagements/globex-cloud/reports", "GET")
+    )
+    misses = {m.differs: m for m in in_globex.near_misses}
+    assert "written for engagement 'acme-2026'" in misses["domain"].detail
+    assert "allows /v1/engagements/:e/reports/:r" in misses["object"].detail
+    assert [m.differs for m in in_globex.near_misses] == ["domain", "object"]
+
+
+def test_a_closed_engagement_shows_its_g3_line(engine: PolicyEngine) -> None:
+    answer = explain(engine, "erin", (), ("initech-2025", FINDINGS.format("initech-2025"), "POST"))
+    assert answer.decision.reason == "closed_engagement_read_only"
+    assert answer.decision.closed == ClosedFact(
+        "initech-2025", "policy", line_of("g3, initech-2025, closed")
+    )
+    closed = answer.near_misses[0]
+    assert closed.differs == "closed"
+    assert "g3, initech-2025, closed" in closed.detail
+    assert "closed_writer" in closed.detail
+
+
+def test_a_closed_fact_from_the_engagement_state_is_named(engine: PolicyEngine) -> None:
+    fact = ClosedFact("acme-2026", "close_saga", "corr-1234", 1_800_000_000.0, "bob")
+    answer = explain(engine, "alice", (), ("acme-2026", FINDINGS.format("acme-2026"), "POST"), fact)
+    assert answer.decision.reason == "closed_engagement_read_only"
+    assert answer.decision.closed == fact
+    assert "closed by the close saga at 2027-01-15T08:00:00Z (by bob, corr_id corr-1234)" in (
+        answer.near_misses[0].detail
+    )
+    reads = explain(engine, "alice", (), ("acme-2026", FINDINGS.format("acme-2026"), "GET"), fact)
+    assert reads.decision.allowed
+    assert reads.near_misses == ()
+
+
+def test_an_allow_has_no_near_misses(engine: PolicyEngine) -> None:
+    answer = explain(engine, "alice", (), ("acme-2026", FINDINGS.format("acme-2026"), "GET"))
+    assert answer.decision.allowed
+    assert answer.near_misses == ()
+
+
+@pytest.mark.parametrize(
+    ("path", "engagement"),
+    [
+        ("/v1/engagements/acme-2026/findings", "acme-2026"),
+        ("/v1/engagements/acme-2026", "acme-2026"),
+        ("/v1/engagements", "*"),
+        ("/admin/policy", "*"),
+        ("/admin/engagements/acme-2026/reopen", "*"),
+    ],
+)
+def test_the_engagement_is_the_paths(path: str, engagement: str) -> None:
+    assert engagement_of(path) == engagement
+    assert resolve_engagement(path, None) == engagement
+    assert resolve_engagement(path, engagement) == engagement
+
+
+def test_an_engagement_that_disagrees_with_the_path_is_an_error() -> None:
+    with pytest.raises(FieldError, match="disagrees with the path"):
+        resolve_engagement("/v1/engagements/initech-redteam/findings", "acme-2026")
+    with pytest.raises(FieldError, match="malformed"):
+        engagement_of("/v1/engagements/ACME/findings")
+
+
+@pytest.mark.parametrize("action", ["GET", "POST", "DELETE", "OPTIONS", "read", "close_out"])
+def test_valid_actions(action: str) -> None:
+    assert check_action(action) == action
+
+
+@pytest.mark.parametrize(
+    ("action", "message"),
+    [("get", "use 'GET'"), ("Post", "use 'POST'"), ("Read", "neither"), ("x-y", "neither")],
+)
+def test_invalid_actions(action: str, message: str) -> None:
+    with pytest.raises(FieldError, match=message):
+        check_action(action)
