@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.authz.fields import DecisionPath, EngagementOrGlobal
-from app.authz.policy import Decision
-from app.authz.store import PolicyStatus, ReloadError, ReloadResult
-from app.domain.identity import GROUP_PATTERN, SUBJECT_PATTERN
+from app.authz.shadow import ShadowStatus
+from app.authz.store import EngagementStateStatus, PolicyStatus, ReloadError, ReloadResult
 
 
 class _Model(BaseModel):
@@ -46,14 +45,50 @@ class ReloadResultOut(_Model):
     tests_run: int
     duration_ms: float
     error: str | None
+    tests_failed: int
+    failures: list[str]
 
     @classmethod
     def of(cls, result: ReloadResult) -> ReloadResultOut:
         return cls.model_validate(result, from_attributes=True)
 
 
+class ShadowOut(_Model):
+    """The candidate policy decided beside the live one, and the requests it would flip."""
+
+    dir: str
+    revision: str | None
+    loaded_at: datetime | None
+    decisions: int
+    flips: dict[str, int]
+    tests_run: int
+    tests_failed: int
+    last_error: str | None
+
+    @classmethod
+    def of(cls, status: ShadowStatus | None) -> ShadowOut | None:
+        if status is None:
+            return None
+        loaded_at = _at(status.loaded_at) if status.loaded_at is not None else None
+        return cls.model_validate({**asdict(status), "loaded_at": loaded_at})
+
+
+class EngagementStateOut(_Model):
+    """Closed engagements outside the policy file: shared through Redis or in this process."""
+
+    shared: bool
+    synced: bool
+    closed: int
+    version: int
+    last_error: str | None
+
+    @classmethod
+    def of(cls, status: EngagementStateStatus | None) -> EngagementStateOut | None:
+        return None if status is None else cls.model_validate(asdict(status))
+
+
 class PolicyStatusOut(_Model):
-    """The policy in force and, if the last reload failed, why."""
+    """The policy in force and, if the last reload failed, why; the shadow and closed state."""
 
     revision: str
     loaded_at: datetime
@@ -62,6 +97,8 @@ class PolicyStatusOut(_Model):
     tests: int
     last_error: ReloadErrorOut | None
     last_reload: ReloadResultOut | None
+    shadow: ShadowOut | None
+    engagement_state: EngagementStateOut | None
 
     @classmethod
     def of(cls, status: PolicyStatus) -> PolicyStatusOut:
@@ -73,6 +110,8 @@ class PolicyStatusOut(_Model):
             tests=status.tests,
             last_error=ReloadErrorOut.of(status.last_error) if status.last_error else None,
             last_reload=ReloadResultOut.of(status.last_reload) if status.last_reload else None,
+            shadow=ShadowOut.of(status.shadow),
+            engagement_state=EngagementStateOut.of(status.engagement_state),
         )
 
 
@@ -82,62 +121,3 @@ class ReloadRequest(_Model):
     reason: Annotated[
         str, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9 _.:-]*$")
     ] = "admin_api"
-
-
-class ExplainRequest(_Model):
-    """A hypothetical request to decide against the policy in force."""
-
-    subject: Annotated[str, Field(pattern=SUBJECT_PATTERN.pattern)]
-    groups: Annotated[
-        list[Annotated[str, Field(pattern=GROUP_PATTERN.pattern)]], Field(max_length=32)
-    ] = Field(default_factory=list)
-    engagement: EngagementOrGlobal
-    method: Annotated[str, Field(pattern=r"^[A-Za-z][A-Za-z_]{0,31}$")]
-    path: Annotated[DecisionPath, Field(min_length=1, max_length=2048)]
-
-    model_config = ConfigDict(
-        extra="forbid",
-        json_schema_extra={
-            "examples": [
-                {
-                    "subject": "alice",
-                    "groups": ["red-team"],
-                    "engagement": "acme-2026",
-                    "method": "POST",
-                    "path": "/v1/engagements/acme-2026/findings",
-                }
-            ]
-        },
-    )
-
-
-class ExplainResponse(_Model):
-    """The decision, the rule that made it and the roles that reached that rule."""
-
-    decision: Literal["allow", "deny"]
-    reason: str
-    matched_rule: list[str]
-    rule_location: str | None
-    role_chain: list[str]
-    revision: str
-    subject: str
-    groups: list[str]
-    engagement: str
-    method: str
-    path: str
-
-    @classmethod
-    def of(cls, decision: Decision) -> ExplainResponse:
-        return cls(
-            decision="allow" if decision.allowed else "deny",
-            reason=decision.reason,
-            matched_rule=list(decision.matched_rule),
-            rule_location=decision.rule_location,
-            role_chain=list(decision.role_chain),
-            revision=decision.revision,
-            subject=decision.subject,
-            groups=list(decision.groups),
-            engagement=decision.engagement,
-            method=decision.action,
-            path=decision.obj,
-        )

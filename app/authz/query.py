@@ -22,8 +22,9 @@ from dataclasses import dataclass, replace
 
 from app.authz.closed import ClosedFact
 from app.authz.compiled import GROUP_PREFIX, CompiledPolicy, Rule, chain_of, principals
+from app.authz.fields import FieldError
 from app.authz.policy import PolicyEngine
-from app.authz.source import CLOSED_WRITER, GLOBAL_DOMAIN, READ_ACTIONS
+from app.authz.source import CLOSED_WRITER, ENGAGEMENT, GLOBAL_DOMAIN, READ_ACTIONS
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,3 +178,28 @@ def _reached(
             for rule in compiled.rules_for(key, role):
                 found.append(Permission(rule, principal, chain, not writes_ok))
     return found
+
+
+ANY_OTHER = "(any other engagement)"
+GATEWAY_WIDE = "* (gateway-wide: /admin)"
+
+
+def engagements_for(
+    engine: PolicyEngine, subject: str, groups: Sequence[str], given: str | None
+) -> list[tuple[str, str]]:
+    """``(label, engagement)`` to answer ``what_can`` for: the given one, or else every
+    engagement the caller's ``g`` lines name, ``*``, and one no line names."""
+    if given is not None:
+        if given != GLOBAL_DOMAIN and not ENGAGEMENT.match(given):
+            raise FieldError(f"engagement {given!r} must be an engagement id or *")
+        return [(given, given)]
+    compiled = engine.compiled
+    names = principals(subject, groups)
+    named = sorted(
+        domain
+        for domain in compiled.grant_domains
+        if "*" not in domain and any(n in compiled.links("g", domain) for n in names)
+    )
+    domains = set(compiled.grant_domains)
+    other = next(f"other-{n}" for n in range(len(domains) + 1) if f"other-{n}" not in domains)
+    return [*((d, d) for d in named), (GATEWAY_WIDE, GLOBAL_DOMAIN), (ANY_OTHER, other)]

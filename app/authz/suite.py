@@ -22,8 +22,8 @@ from app.authz.policy import Decision, PolicyEngine
 from app.authz.source import CLOSED_WRITER, GLOBAL_DOMAIN, READ_ACTIONS
 from app.authz.suite_files import (
     TESTS_DIR,
-    SuiteError,
     PolicyCase,
+    SuiteError,
     load_suites,
     read_suites,
 )
@@ -31,9 +31,9 @@ from app.authz.suite_files import (
 __all__ = [
     "TESTS_DIR",
     "CaseResult",
+    "PolicyCase",
     "SuiteError",
     "SuiteReport",
-    "PolicyCase",
     "junit_xml",
     "load_suites",
     "read_suites",

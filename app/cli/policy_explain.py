@@ -14,15 +14,12 @@ from typing import Any
 from app.authz.closed import ClosedFact
 from app.authz.explain import Explanation, explain
 from app.authz.fields import FieldError, check_action, resolve_engagement
-from app.authz.policy import Decision, PolicyEngine
-from app.authz.query import WhatCan, WhoCan, what_can, who_can
+from app.authz.policy import Decision
+from app.authz.query import WhatCan, WhoCan, engagements_for, what_can, who_can
 from app.authz.reference import casbin_enforcer, reference_decide
-from app.authz.source import ENGAGEMENT, GLOBAL_DOMAIN
 from app.cli.policy_io import fail, load_engine, split_groups
 from app.core.errors import ConfigError, InvalidPath
 from app.edge.paths import normalize_path
-
-ANY_OTHER = "(any other engagement)"
 
 
 def register(actions: Any, default_dir: Path) -> None:
@@ -148,7 +145,7 @@ def run_what_can(args: argparse.Namespace) -> int:
     groups = split_groups(args.groups)
     try:
         engine = load_engine(args.dir)
-        engagements = _engagements(engine, args.subject, groups, args.engagement)
+        engagements = engagements_for(engine, args.subject, groups, args.engagement)
     except FieldError as exc:
         return fail(str(exc))
     except ConfigError as exc:
@@ -158,29 +155,6 @@ def run_what_can(args: argparse.Namespace) -> int:
         answer = what_can(engine, args.subject, groups, engagement, _what_if(args, engagement))
         print("\n".join(describe_what_can(answer, label)))
     return 0
-
-
-def _engagements(
-    engine: PolicyEngine, subject: str, groups: tuple[str, ...], given: str | None
-) -> list[tuple[str, str]]:
-    """``(label, engagement)`` pairs: the given one, or every one the caller has roles in."""
-    if given is not None:
-        if given != GLOBAL_DOMAIN and not ENGAGEMENT.match(given):
-            raise FieldError(f"engagement {given!r} must be an engagement id or *")
-        return [(given, given)]
-    compiled = engine.compiled
-    names = (subject, *(f"group:{g}" for g in groups))
-    named = sorted(
-        domain
-        for domain in compiled.grant_domains
-        if "*" not in domain and any(n in compiled.links("g", domain) for n in names)
-    )
-    other = next(f"other-{n}" for n in range(10_000) if f"other-{n}" not in compiled.grant_domains)
-    return [
-        *((d, d) for d in named),
-        ("* (gateway-wide: /admin)", GLOBAL_DOMAIN),
-        (ANY_OTHER, other),
-    ]
 
 
 def describe_what_can(answer: WhatCan, label: str) -> list[str]:

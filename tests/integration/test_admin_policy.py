@@ -22,6 +22,7 @@ EXPLAIN = {
     "method": "POST",
     "path": "/v1/engagements/acme-2026/./findings/?draft=1",
 }
+WHO_CAN = {"query": "who_can", "action": "POST", "path": "/v1/engagements/acme-2026/findings"}
 
 
 @pytest.fixture
@@ -54,15 +55,29 @@ def test_status_shows_the_policy_in_force(admin: httpx.Client, policy_dir: Path)
     assert body["tests"] > 0
     assert body["rules"] > 0
     assert body["last_error"] is None
+    assert body["shadow"] is None
+    assert body["engagement_state"] == {
+        "shared": False,
+        "synced": True,
+        "closed": 0,
+        "version": 0,
+        "last_error": None,
+    }
 
 
 @pytest.mark.parametrize(
     ("method", "path"),
-    [("GET", "/admin/policy"), ("POST", "/admin/policy/reload"), ("POST", "/admin/policy/explain")],
+    [
+        ("GET", "/admin/policy"),
+        ("POST", "/admin/policy/reload"),
+        ("POST", "/admin/policy/explain"),
+        ("POST", "/admin/policy/query"),
+    ],
 )
 def test_non_admin_is_forbidden(gateway: LiveServer, method: str, path: str) -> None:
+    body = EXPLAIN if "explain" in path else WHO_CAN if "query" in path else None
     with httpx.Client(base_url=gateway.url, auth=signer("alice"), timeout=10) as client:
-        response = client.request(method, path, json=EXPLAIN if "explain" in path else None)
+        response = client.request(method, path, json=body)
     assert response.status_code == 403
     assert response.headers["content-type"] == "application/problem+json"
     assert response.json()["corr_id"] == response.headers["x-request-id"]
@@ -151,6 +166,8 @@ def test_explain_of_a_group_deny(admin: httpx.Client) -> None:
         {"subject": "bad subject"},
         {"groups": ["ok", "not ok"]},
         {"method": "GET /x"},
+        {"method": "post"},
+        {"engagement": "initech-redteam"},
         {"extra": 1},
     ],
 )
@@ -169,3 +186,85 @@ def test_admin_decision_is_logged_with_corr_id(
     assert line["corr_id"] == "admin-check-0001"
     assert (line["subject"], line["engagement"], line["decision"]) == ("sam", "*", "allow")
     assert line["role_chain"] == ["sam", "security_admin"]
+
+
+def test_explain_takes_the_engagement_from_the_path_and_teaches_on_a_deny(
+    admin: httpx.Client,
+) -> None:
+    """The issue's case: the engagement given disagrees with the path, so it is refused."""
+    path = "/v1/engagements/initech-redteam/findings"
+    body = {"subject": "alice", "engagement": "acme-2026", "method": "GET", "path": path}
+    refused = admin.post("/admin/policy/explain", json=body)
+    assert refused.status_code == 422
+    assert "disagrees with the path" in refused.text
+    body.pop("engagement")
+    result = admin.post("/admin/policy/explain", json=body).json()
+    assert (result["decision"], result["engagement"]) == ("deny", "initech-redteam")
+    assert result["roles"] == []
+    assert result["closed"] is None
+    miss = next(m for m in result["near_misses"] if m["rule"][0] == "analyst")
+    assert miss["differs"] == "role"
+    assert "it holds it in acme-2026 (policy.csv:" in miss["detail"]
+
+
+def test_explain_lists_roles_with_their_lines_and_the_g3_line(admin: httpx.Client) -> None:
+    path = "/v1/engagements/initech-2025/findings"
+    result = admin.post(
+        "/admin/policy/explain", json={"subject": "erin", "method": "POST", "path": path}
+    ).json()
+    assert result["reason"] == "closed_engagement_read_only"
+    assert result["closed"]["source"] == "policy"
+    assert result["closed"]["ref"].startswith("policy.csv:")
+    assert result["roles"] == [
+        {
+            "principal": "erin",
+            "role": "analyst",
+            "scope": "initech-2025",
+            "links": [
+                {
+                    "kind": "g",
+                    "child": "erin",
+                    "role": "analyst",
+                    "domain": "initech-2025",
+                    "location": result["roles"][0]["links"][0]["location"],
+                }
+            ],
+        }
+    ]
+    assert result["near_misses"][0]["differs"] == "closed"
+
+
+def test_who_can_and_what_can_queries(admin: httpx.Client) -> None:
+    who = admin.post("/admin/policy/query", json=WHO_CAN)
+    assert who.status_code == 200, who.text
+    body = who.json()
+    assert [s["name"] for s in body["subjects"]] == ["alice", "bob", "rita"]
+    assert body["subjects"][1]["role_chain"] == ["bob", "engagement_lead", "analyst"]
+    assert body["subjects"][1]["rule"]["location"].startswith("policy.csv:")
+    assert body["groups"] == []
+    what = admin.post(
+        "/admin/policy/query",
+        json={"query": "what_can", "subject": "gina", "groups": ["red-team"]},
+    ).json()
+    by_label = {e["label"]: e for e in what["engagements"]}
+    redteam = by_label["initech-redteam"]
+    assert {(p["action"], p["object"]) for p in redteam["allows"]} >= {
+        ("POST", "/v1/engagements/:engagement/findings")
+    }
+    assert by_label["(any other engagement)"]["allows"] == []
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"query": "who_can", "action": "post", "path": "/v1/engagements/acme-2026/findings"},
+        {**WHO_CAN, "engagement": "globex-cloud"},
+        {"query": "who_can", "action": "GET"},
+        {"query": "what_can", "subject": "bad subject"},
+        {"query": "who_knows"},
+    ],
+)
+def test_queries_reject_bad_input(admin: httpx.Client, body: dict[str, Any]) -> None:
+    response = admin.post("/admin/policy/query", json=body)
+    assert response.status_code == 422
+    assert response.json()["corr_id"] == response.headers["x-request-id"]

@@ -1,26 +1,35 @@
-"""The admin API: the policy in force, a gated reload, and explain. Guarded by the policy.
+"""The admin API: the policy in force, a gated reload, explain and queries. Guarded by the policy.
 
 Admin routes have no engagement, so they are decided in domain ``*``; the
 shipped policy grants ``/admin/*`` to the global ``security_admin`` role.
+Explain and the queries scan the policy (milliseconds at 100k lines), so they
+run in a worker thread, off the event loop, on the engine in force when asked.
 """
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated
 
 import structlog
 from fastapi import APIRouter, Body
 
-from app.api.admin_schemas import (
+from app.api.admin_query_schemas import (
+    EngagementPermissions,
     ExplainRequest,
     ExplainResponse,
-    PolicyStatusOut,
-    ReloadRequest,
-    ReloadResultOut,
+    PolicyQuery,
+    WhatCanOut,
+    WhatCanQuery,
+    WhoCanOut,
 )
+from app.api.admin_schemas import PolicyStatusOut, ReloadRequest, ReloadResultOut
 from app.api.deps import Authorized, Policies
 from app.api.routing import GuardedRoute
 from app.api.schemas import Problem
+from app.authz.explain import explain
+from app.authz.query import engagements_for, what_can, who_can
+from app.authz.store import PolicyStore
 from app.core.errors import PolicyRejected
 
 log = structlog.get_logger("gateway.admin")
@@ -61,9 +70,49 @@ async def reload_policy(
 async def explain_decision(
     request: ExplainRequest, _grant: Authorized, store: Policies
 ) -> ExplainResponse:
-    """Decide a hypothetical request on the policy in force, without acting on it."""
-    decision = store.current.explain(
-        request.subject, request.engagement, request.path, request.method, request.groups
+    """Decide a hypothetical request on the policy and engagement state in force, and teach."""
+    engine, dom = store.current, request.domain
+    closed = store.engagements.get(dom)
+    answer = await asyncio.to_thread(
+        explain,
+        engine,
+        request.subject,
+        request.groups,
+        (dom, request.path, request.method),
+        closed,
     )
-    log.info("admin_policy_explain", explained_subject=request.subject, decision=decision.allowed)
-    return ExplainResponse.of(decision)
+    log.info(
+        "admin_policy_explain", explained_subject=request.subject, decision=answer.decision.allowed
+    )
+    return ExplainResponse.of(answer)
+
+
+@router.post(
+    "/query",
+    response_model=WhoCanOut | WhatCanOut,
+    responses=ERRORS,
+    summary="Who may do this, what may this subject do",
+)
+async def query_policy(
+    query: Annotated[PolicyQuery, Body()], _grant: Authorized, store: Policies
+) -> WhoCanOut | WhatCanOut:
+    """``who_can``: the principals allowed a request; ``what_can``: a subject's permissions."""
+    if isinstance(query, WhatCanQuery):
+        answer: WhoCanOut | WhatCanOut = await asyncio.to_thread(_what_can, store, query)
+    else:
+        request = (query.domain, query.path, query.action)
+        closed = store.engagements.get(query.domain)
+        answer = WhoCanOut.of(await asyncio.to_thread(who_can, store.current, request, closed))
+    log.info("admin_policy_query", query=query.query)
+    return answer
+
+
+def _what_can(store: PolicyStore, query: WhatCanQuery) -> WhatCanOut:
+    engine = store.current
+    out = []
+    for label, engagement in engagements_for(engine, query.subject, query.groups, query.engagement):
+        closed = store.engagements.get(engagement)
+        answer = what_can(engine, query.subject, query.groups, engagement, closed)
+        out.append(EngagementPermissions.of(label, answer))
+    return WhatCanOut(subject=query.subject, groups=query.groups, revision=engine.revision,
+                      engagements=out)  # fmt: skip
