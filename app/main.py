@@ -9,7 +9,7 @@ Everything that can fail on bad configuration fails here, before serving.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 from typing import TYPE_CHECKING
 
 import httpx
@@ -24,6 +24,7 @@ from app.api.pipeline import Gate
 from app.api.problems import install_problem_handlers
 from app.api.routes import (
     admin,
+    admin_engagements,
     breakers,
     decisions,
     docs,
@@ -35,6 +36,7 @@ from app.api.routes import (
 from app.api.routes.passthrough import register_passthrough_routes
 from app.api.routing import GuardedRoute
 from app.authn.service import AuthnService
+from app.authz.closed import EngagementState, MemoryEngagementState, RedisEngagementState
 from app.authz.store import PolicyStore
 from app.authz.sync import announcer, follow_notices
 from app.authz.watch import policy_watcher
@@ -47,6 +49,7 @@ from app.edge.tracing import ServerSpanMiddleware
 from app.ops.metrics import set_policy_revision
 from app.ops.processes import freeze_startup_heap
 from app.ops.runtime import ops_lifespan
+from app.workflows.engagement_state import Reconciler
 from app.workflows.idempotency import (
     IdempotencyStore,
     MemoryIdempotencyStore,
@@ -84,6 +87,7 @@ def create_app(
     redis = create_redis(settings.redis.url, settings.redis) if settings.redis.url else None
     authn = AuthnService.from_settings(settings, redis)
     policy = PolicyStore.open(settings.policy)
+    policy.engagements = _engagement_state(settings, redis)
     watch_interval = settings.policy.watch_interval or None
     outbound_keys = load_outbound_keys(settings.services)
 
@@ -98,6 +102,8 @@ def create_app(
                 ops_lifespan(app, settings, follow_notices(policy), lambda: policy.revision),
                 policy_watcher(policy, watch_interval),
                 reopen_log_files_on_sighup(),
+                policy.engagements.running(),
+                _reconciling(app.state.services, policy.engagements, settings),
             ):
                 yield
         finally:
@@ -136,6 +142,7 @@ def create_app(
         decisions.router,
         engagements.router,
         admin.router,
+        admin_engagements.router,
         breakers.router,
     )
     for router in hot_first:
@@ -149,6 +156,26 @@ def create_app(
     set_policy_revision(policy.revision)
     policy.add_listener(announcer(app))
     return app
+
+
+def _engagement_state(settings: Settings, redis: Redis | None) -> EngagementState:
+    """Closed engagements: shared through Redis when the gateway has one (decision 0008).
+
+    In memory, the gateway knows what is closed once it has asked the engagements
+    service (not ready until then); without that service, only its own closes.
+    """
+    if redis is not None:
+        return RedisEngagementState(redis, settings.policy.engagement_state)
+    return MemoryEngagementState(synced="engagements" not in settings.services)
+
+
+def _reconciling(
+    services: ServiceRegistry, state: EngagementState, settings: Settings
+) -> AbstractAsyncContextManager[None]:
+    """Reconcile closed engagements from the engagements service, when there is one."""
+    if "engagements" not in services.names:
+        return nullcontext()
+    return Reconciler(services, state, settings.policy.engagement_state).running()
 
 
 def _idempotency_store(settings: Settings, redis: Redis | None) -> IdempotencyStore:

@@ -20,6 +20,7 @@ from app.authz.store import PolicyStore
 from app.domain.identity import Identity
 from app.downstream.client import ServiceRegistry
 from app.workflows.closing import CloseService
+from app.workflows.engagement_state import ReopenService
 from app.workflows.findings import FindingsService
 from app.workflows.overview import OverviewService
 
@@ -69,7 +70,15 @@ Overview = Annotated[OverviewService, Depends(get_overview_service)]
 
 
 async def get_close_service(request: Request) -> CloseService:
-    return CloseService(request.app.state.services, request.app.state.idempotency)
+    state = request.app.state
+    return CloseService(state.services, state.idempotency, state.policy.engagements)
 
 
 Closer = Annotated[CloseService, Depends(get_close_service)]
+
+
+async def get_reopen_service(request: Request) -> ReopenService:
+    return ReopenService(request.app.state.services, request.app.state.policy)
+
+
+Reopener = Annotated[ReopenService, Depends(get_reopen_service)]

@@ -94,3 +94,23 @@ class BreakerState(BaseModel):
 
 class BreakerList(BaseModel):
     breakers: list[BreakerState]
+
+
+class ReopenRequest(BaseModel):
+    """Why a closed engagement is reopened (logged with the admin's name)."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"reason": "Client asked for a retest (ticket SEC-88)."}]},
+    )
+
+    reason: Annotated[str, Field(min_length=3, max_length=500)]
+
+
+class ReopenResult(BaseModel):
+    """The engagement is active again on the services and, within a second, on every gateway."""
+
+    engagement_id: EngagementId
+    status: Literal["active"]
+    was_closed_by: str | None
+    steps: list[CloseStep]

@@ -20,6 +20,13 @@ def add_engagement_routes(app: FastAPI) -> None:
             raise HTTPException(404, "no such engagement")
         return by_id[engagement_id]
 
+    @app.get("/engagements")
+    async def list_engagements(request: Request, status: str | None = None) -> dict[str, Any]:
+        """Every engagement, or those with ``status`` (the gateway reconciles closed ones)."""
+        await record(request)
+        items = [dict(e) for e in by_id.values() if status is None or e["status"] == status]
+        return {"items": items, "count": len(items)}
+
     @app.get("/engagements/{engagement_id}")
     async def get_engagement(engagement_id: str, request: Request) -> dict[str, Any]:
         await record(request)

@@ -4,7 +4,14 @@ Steps, each a keyed (so retryable) POST, undone in reverse if a later one fails:
 
     1. freeze_findings  findings     POST .../findings/freeze     undo: POST .../findings/unfreeze
     2. render_report    reports      POST .../reports (final)     undo: DELETE .../reports/{id}
-    3. close            engagements  POST .../close               (last step: nothing after it)
+    3. close            engagements  POST .../close               undo: POST .../reopen
+    4. publish_closed   gateway      the engagement state         (last step: nothing after it)
+
+Step 4 makes every gateway decide the engagement as closed (read-only) within a
+second (``app/authz/closed.py``); if it cannot (Redis down), the close is undone
+rather than left closed for the services but open for some gateways. A close
+of an engagement the service already reports closed records that fact too,
+then answers 409.
 
 The whole operation runs under the caller's ``Idempotency-Key`` (required): a
 retry with the same key and body returns the first result without calling any
@@ -20,11 +27,14 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import time
 from typing import Any
 
+import structlog
 from pydantic import BaseModel
 
-from app.core.errors import Conflict
+from app.authz.closed import ClosedFact, EngagementState
+from app.core.errors import Conflict, GatewayError
 from app.domain.engagements import CloseRequest, CloseResult, CloseStep, Engagement, Report
 from app.downstream.client import ServiceRegistry, parse_answer, raise_for_client_error
 from app.workflows.idempotency import Codec, IdempotencyStore
@@ -35,6 +45,7 @@ class _Frozen(BaseModel):
     count: int
 
 
+log = structlog.get_logger("gateway.saga")
 RESULT_CODEC = Codec(lambda r: r.model_dump_json().encode(), CloseResult.model_validate_json)
 
 
@@ -45,9 +56,12 @@ def fingerprint(body: CloseRequest) -> str:
 class CloseService:
     """Closes an engagement on behalf of an authorized caller."""
 
-    def __init__(self, services: ServiceRegistry, store: IdempotencyStore) -> None:
+    def __init__(
+        self, services: ServiceRegistry, store: IdempotencyStore, state: EngagementState
+    ) -> None:
         self._services = services
         self._store = store
+        self._state = state
 
     async def close(
         self, engagement_id: str, body: CloseRequest, key: str, subject: str
@@ -84,6 +98,7 @@ class CloseService:
         self, engagement_id: str, body: CloseRequest, key: str, subject: str
     ) -> CloseResult:
         if (await self._engagement(engagement_id)).status == "closed":
+            await self._record_known_close(engagement_id)
             raise Conflict("The engagement is already closed.")
         base = f"/engagements/{engagement_id}"
         key = f"{key}:{secrets.token_hex(8)}"  # this run's: a compensated run's steps stay undone
@@ -109,11 +124,33 @@ class CloseService:
                     "close",
                     "engagements",
                     lambda: self._post("engagements", f"{base}/close", f"{key}:close"),
+                    lambda _: self._reopen(base),
                 ),
+                Step("publish_closed", "gateway", lambda: self._publish(engagement_id, subject)),
             ],
         )
         results = await saga.run()
         return self._result(engagement_id, results, saga)
+
+    async def _publish(self, engagement_id: str, subject: str) -> None:
+        """Every gateway decides the engagement as closed from now on (503 if it cannot)."""
+        corr_id = structlog.contextvars.get_contextvars().get("corr_id") or ""
+        await self._state.close(
+            ClosedFact(engagement_id, "close_saga", str(corr_id), time.time(), subject)
+        )
+
+    async def _record_known_close(self, engagement_id: str) -> None:
+        """The service says closed but this gateway did not know: record it (best effort)."""
+        if self._state.get(engagement_id) is not None:
+            return
+        fact = ClosedFact(engagement_id, "engagements_service", "close request", time.time())
+        try:
+            await self._state.close(fact)
+        except GatewayError:  # reconciliation records it later; the caller still gets 409
+            log.warning("engagement_state_not_recorded", engagement=engagement_id)
+
+    async def _reopen(self, base: str) -> None:
+        await self._post("engagements", f"{base}/reopen", None)
 
     async def _unfreeze(self, base: str) -> None:
         await self._post("findings", f"{base}/findings/unfreeze", None)

@@ -7,12 +7,16 @@ from typing import Any, TypeVar
 import httpx
 from pydantic import BaseModel, ValidationError
 
-from app.core.errors import DownstreamError
+from app.core.errors import Conflict, DownstreamError
 from app.domain.findings import Finding, FindingCreate, FindingList
 from app.domain.validated import ValidatedJson
 from app.downstream.client import ServiceRegistry, raise_for_client_error
 
 SERVICE = "findings"
+FROZEN = (
+    "The engagement's findings are frozen: it is being closed or is closed, so it is "
+    "read-only. Ask a security admin to reopen it if this finding must be recorded."
+)
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
 
@@ -43,4 +47,7 @@ class FindingsService:
     ) -> ValidatedJson[Finding]:
         payload: dict[str, Any] = {**new.model_dump(mode="json"), "created_by": created_by}
         path = f"/engagements/{engagement_id}/findings"
-        return _parse(await self._client.call("POST", path, json=payload), Finding)
+        response = await self._client.call("POST", path, json=payload)
+        if response.status_code == 409:  # frozen: closing or closed (not a gateway fault: no 502)
+            raise Conflict(FROZEN)
+        return _parse(response, Finding)

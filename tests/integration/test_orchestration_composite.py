@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.conftest import signer
+from tests.conftest import POLICY_DIR, signer
 from tests.integration.orchestration_stack import StackBuilder
 from tests.integration.test_gateway_e2e import assert_problem
 
@@ -100,7 +102,12 @@ def test_close_runs_every_step_and_logs_it(
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["status"] == "closed"
-    assert [s["name"] for s in body["steps"]] == ["freeze_findings", "render_report", "close"]
+    assert [s["name"] for s in body["steps"]] == [
+        "freeze_findings",
+        "render_report",
+        "close",
+        "publish_closed",
+    ]
     assert httpx.get(stack.stubs["findings"].url + "/_frozen").json() == ["acme-2026"]
     steps = [
         (line["step"], line["status"]) for line in captured_logs if line["event"] == "saga_step"
@@ -112,6 +119,8 @@ def test_close_runs_every_step_and_logs_it(
         ("render_report", "done"),
         ("close", "started"),
         ("close", "done"),
+        ("publish_closed", "started"),
+        ("publish_closed", "done"),
     ]
     corr_ids = {line["corr_id"] for line in captured_logs if line["event"] == "saga_step"}
     assert corr_ids == {response.headers["x-request-id"]}
@@ -164,8 +173,20 @@ def test_a_close_retried_after_compensation_applies_every_step_again(
     assert not any(p.endswith("/" + again.json()["final_report_id"]) for p in deleted)
 
 
-def test_close_is_replayed_not_reapplied_for_the_same_key(make_stack: StackBuilder) -> None:
-    stack = make_stack()
+def closed_writer_lead_policy(tmp_path: Path) -> Path:
+    """The shipped policy, with bob (the lead) also a closed_writer: he may write after a close."""
+    target = tmp_path / "policies"
+    shutil.copytree(POLICY_DIR, target)
+    with (target / "policy.csv").open("a") as policy:
+        policy.write("g2, bob, closed_writer\n")
+    return target
+
+
+def test_close_is_replayed_not_reapplied_for_the_same_key(
+    make_stack: StackBuilder, tmp_path: Path
+) -> None:
+    """A closed engagement is read-only: only a closed_writer may even resend its close."""
+    stack = make_stack(policy={"dir": str(closed_writer_lead_policy(tmp_path))})
     headers = {"idempotency-key": "close-acme-0003"}
     with client(stack.url) as gateway:
         first = gateway.post(CLOSE, json=REASON, headers=headers)
@@ -185,6 +206,24 @@ def test_close_is_replayed_not_reapplied_for_the_same_key(make_stack: StackBuild
     assert_problem(fresh, 409, "conflict")  # a new key on a closed engagement
 
 
+def test_a_close_resent_after_it_succeeded_is_refused_as_read_only(
+    make_stack: StackBuilder, captured_logs: list[dict[str, Any]]
+) -> None:
+    """Closed means closed at once: the lead's own resend is a write in a closed engagement."""
+    stack = make_stack()
+    headers = {"idempotency-key": "close-acme-0006"}
+    with client(stack.url) as gateway:
+        first = gateway.post(CLOSE, json=REASON, headers=headers)
+        again = gateway.post(CLOSE, json=REASON, headers=headers)
+    assert first.status_code == 200, first.text
+    assert_problem(again, 403, "forbidden")
+    denied = [e for e in captured_logs if e["event"] == "decision" and e.get("stage") == "authz"]
+    assert denied[-1]["reason"] == "closed_engagement_read_only"
+    closed = denied[-1]["closed"]
+    assert (closed["source"], closed["by"]) == ("close_saga", "bob")
+    assert closed["ref"] == first.headers["x-request-id"]  # where the fact came from
+
+
 def test_close_requires_a_well_formed_idempotency_key(make_stack: StackBuilder) -> None:
     stack = make_stack()
     with client(stack.url) as gateway:
@@ -196,7 +235,8 @@ def test_close_requires_a_well_formed_idempotency_key(make_stack: StackBuilder) 
     assert_problem(missing, 400, "bad_request")
     assert_problem(malformed, 400, "bad_request")
     assert_problem(invalid_body, 422, "validation_error")
-    assert stack.seen("engagements") == []
+    paths = [seen["path"] for seen in stack.seen("engagements")]
+    assert paths == ["/engagements"]  # only the start-up reconciliation of closed engagements
 
 
 def test_only_the_engagement_lead_may_close(make_stack: StackBuilder) -> None:

@@ -32,6 +32,22 @@ def policy_check(store: PolicyStore) -> ReadinessCheck:
     return ReadinessCheck(name="policy", ok=True, detail=detail)
 
 
+def engagement_state_check(store: PolicyStore) -> ReadinessCheck:
+    """Closed engagements known: loaded from Redis, or (in memory) asked of the service.
+
+    Until then the gateway could decide a closed engagement as open, so it is
+    not ready (fail closed); it keeps retrying in the background.
+    """
+    state = store.engagements
+    kind = "shared through Redis" if state.shared else "in this process"
+    detail = f"{len(state.closed())} closed, {kind}"
+    if not state.synced:
+        detail = f"not loaded yet ({state.last_error or 'first load pending'})"
+    elif state.last_error:
+        detail += f"; last error: {state.last_error}"
+    return ReadinessCheck(name="engagement_state", ok=state.synced, detail=detail)
+
+
 @router.get("/healthz", response_model=Health, summary="Liveness")
 async def healthz() -> Health:
     """The process is up and serving."""
@@ -50,6 +66,7 @@ async def readyz(request: Request) -> JSONResponse:
     services: ServiceRegistry = request.app.state.services
     checks = [
         policy_check(policy),
+        engagement_state_check(policy),
     ]
     authn: AuthnService = request.app.state.authn
     checks += [ReadinessCheck(name=n, ok=ok, detail=d) for n, ok, d in await authn.readiness()]
