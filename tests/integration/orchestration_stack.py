@@ -6,8 +6,10 @@ the tests): ``OUTBOUND_SECRET`` under key ids ``gateway-<service>``.
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -115,3 +117,16 @@ class StackBuilder:
     def another_gateway(self, stack: OrchestrationStack, **overrides: Any) -> LiveServer:
         """One more gateway in front of the same stubs; it shares state only through Redis."""
         return self._live_server(create_app(stack_settings(stack.stubs, None, **overrides)))
+
+
+def closed_writer_lead_policy(tmp_path: Path) -> Path:
+    """The shipped policy with bob (the lead) also a closed_writer: he may write after a close.
+
+    A closed engagement is read-only at once, so a test that sends a close again
+    (an idempotent replay) needs a caller the policy lets write a closed engagement.
+    """
+    target = tmp_path / "policies"
+    shutil.copytree(POLICY_DIR, target)
+    with (target / "policy.csv").open("a") as policy:
+        policy.write("g2, bob, closed_writer\n")
+    return target

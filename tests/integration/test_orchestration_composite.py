@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.conftest import POLICY_DIR, signer
-from tests.integration.orchestration_stack import StackBuilder
+from tests.conftest import signer
+from tests.integration.orchestration_stack import StackBuilder, closed_writer_lead_policy
 from tests.integration.test_gateway_e2e import assert_problem
 
 pytestmark = pytest.mark.integration
@@ -171,15 +170,6 @@ def test_a_close_retried_after_compensation_applies_every_step_again(
     deleted = [s["path"] for s in stack.seen("reports") if s["method"] == "DELETE"]
     assert deleted
     assert not any(p.endswith("/" + again.json()["final_report_id"]) for p in deleted)
-
-
-def closed_writer_lead_policy(tmp_path: Path) -> Path:
-    """The shipped policy, with bob (the lead) also a closed_writer: he may write after a close."""
-    target = tmp_path / "policies"
-    shutil.copytree(POLICY_DIR, target)
-    with (target / "policy.csv").open("a") as policy:
-        policy.write("g2, bob, closed_writer\n")
-    return target
 
 
 def test_close_is_replayed_not_reapplied_for_the_same_key(

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import hashlib
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,7 +19,7 @@ from app.workflows.idempotency import (
     IdempotencyStoreUnavailable,
     RedisIdempotencyStore,
 )
-from tests.integration.orchestration_stack import StackBuilder
+from tests.integration.orchestration_stack import StackBuilder, closed_writer_lead_policy
 from tests.integration.test_orchestration_composite import CLOSE, REASON, client
 from tests.redis_server import RedisServer
 
@@ -177,9 +178,11 @@ def test_redis_down_runs_nothing_and_a_failure_after_the_run_keeps_its_result(
 
 
 def test_close_replayed_on_the_other_gateway_calls_no_service(
-    make_stack: StackBuilder, redis_server: RedisServer
+    make_stack: StackBuilder, redis_server: RedisServer, tmp_path: Path
 ) -> None:
-    shared = {"redis": {"url": redis_server.url}}
+    # bob may write a closed engagement here: the other gateway decides it closed at once.
+    policy = {"dir": str(closed_writer_lead_policy(tmp_path))}
+    shared = {"redis": {"url": redis_server.url}, "policy": policy}
     stack = make_stack(**shared)
     other = make_stack.another_gateway(stack, **shared)
     headers = {"idempotency-key": "close-acme-shared-1"}

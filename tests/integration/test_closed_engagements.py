@@ -1,0 +1,193 @@
+"""Closed means closed: a close through any gateway is decided everywhere, after restarts too.
+
+Two gateways in front of the same three stubs share one real redis-server; the
+second checks for changes it was not told of only every minute, so seeing the
+close within the test's wait proves the push (pub/sub) path. Then restarts (on
+Redis, and in memory with reconciliation from the engagements service), the
+guarded reopen route, and the findings service's 409 for frozen findings.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import pytest
+
+from app.authz.closed import MemoryEngagementState
+from app.core.errors import ServiceUnavailable
+from tests.conftest import LiveServer, signer
+from tests.integration.conftest import Stack
+from tests.integration.orchestration_stack import OrchestrationStack, StackBuilder, stack_settings
+from tests.integration.test_gateway_e2e import assert_problem
+from tests.redis_server import RedisServer
+
+pytestmark = pytest.mark.integration
+
+CLOSE = "/v1/engagements/acme-2026/close"
+FINDINGS = "/v1/engagements/acme-2026/findings"
+REOPEN = "/admin/engagements/acme-2026/reopen"
+FINDING = {"title": "Late finding", "severity": "low"}
+SLOW_CHECK = {"engagement_state": {"check_interval_seconds": 60}}
+
+
+def post(url: str, path: str, subject: str, body: Any, **headers: str) -> httpx.Response:
+    with httpx.Client(base_url=url, auth=signer(subject), timeout=15) as client:
+        return client.post(path, json=body, headers=headers)
+
+
+def get(url: str, path: str, subject: str = "alice") -> httpx.Response:
+    with httpx.Client(base_url=url, auth=signer(subject), timeout=15) as client:
+        return client.get(path)
+
+
+def wait_for(predicate: Callable[[], bool], bound: float = 10.0) -> None:
+    """Poll until ``predicate`` holds; the bound is a failure limit, not a timing claim."""
+    deadline = time.monotonic() + bound
+    while not predicate():
+        if time.monotonic() > deadline:
+            pytest.fail(f"not seen within {bound} s")
+        time.sleep(0.05)
+
+
+def close(url: str, key: str) -> httpx.Response:
+    reason = {"reason": "Retest complete; client signed off."}
+    return post(url, CLOSE, "bob", reason, **{"idempotency-key": key})
+
+
+def explain(url: str, body: dict[str, Any]) -> dict[str, Any]:
+    response = post(url, "/admin/policy/explain", "sam", body)
+    assert response.status_code == 200, response.text
+    result: dict[str, Any] = response.json()
+    return result
+
+
+def writes_refused(url: str) -> bool:
+    return post(url, FINDINGS, "alice", FINDING).status_code == 403
+
+
+def decisions(logs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [e for e in logs if e["event"] == "decision" and e.get("stage") == "authz"]
+
+
+@pytest.fixture
+def shared(make_stack: StackBuilder, redis_server: RedisServer) -> tuple[OrchestrationStack, Any]:
+    redis = {"url": redis_server.url}
+    stack = make_stack(redis=redis)
+    policy = {"dir": stack_settings(stack.stubs).policy.dir, **SLOW_CHECK}
+    return stack, lambda: make_stack.another_gateway(stack, redis=redis, policy=policy)
+
+
+def test_a_close_through_one_gateway_closes_the_engagement_on_the_other(
+    shared: tuple[OrchestrationStack, Any], captured_logs: list[dict[str, Any]]
+) -> None:
+    stack, another = shared
+    other = another()
+    assert post(other.url, FINDINGS, "alice", FINDING).status_code == 201  # open before
+    closed = close(stack.url, "close-acme-e2e-1")
+    assert closed.status_code == 200, closed.text
+    wait_for(lambda: writes_refused(other.url))
+    line = decisions(captured_logs)[-1]
+    assert (line["reason"], line["decision"]) == ("closed_engagement_read_only", "deny")
+    assert line["closed"]["source"] == "close_saga"
+    assert line["closed"]["ref"] == closed.headers["x-request-id"]
+    assert line["closed"]["by"] == "bob"
+    assert get(other.url, FINDINGS).status_code == 200  # reads stay allowed
+    records = post(other.url, FINDINGS, "rita", FINDING)  # rita holds closed_writer
+    assert records.status_code == 409  # allowed by the policy; the service's findings are frozen
+    assert records.json()["type"].endswith("conflict")
+    answer = explain(other.url, {"subject": "alice", "method": "POST", "path": FINDINGS})
+    assert answer["closed"]["source"] == "close_saga"
+    assert answer["near_misses"][0]["differs"] == "closed"
+    status = get(other.url, "/admin/policy", "sam").json()["engagement_state"]
+    assert (status["shared"], status["synced"], status["closed"]) == (True, True, 2)
+
+
+def test_a_restarted_gateway_still_decides_it_closed_and_reopen_opens_it_everywhere(
+    shared: tuple[OrchestrationStack, Any],
+) -> None:
+    stack, another = shared
+    assert close(stack.url, "close-acme-e2e-2").status_code == 200
+    first = another()
+    wait_for(lambda: writes_refused(first.url))
+    first.stop()
+    restarted = another()  # a new process state: what it knows comes from Redis at start-up
+    assert writes_refused(restarted.url)
+    assert post(restarted.url, REOPEN, "alice", {"reason": "not an admin"}).status_code == 403
+    reopened = post(restarted.url, REOPEN, "sam", {"reason": "Client asked for a retest."})
+    assert reopened.status_code == 200, reopened.text
+    body = reopened.json()
+    assert body["status"] == "active"
+    assert "close saga" in body["was_closed_by"]
+    assert [s["name"] for s in body["steps"]] == ["reopen", "unfreeze_findings", "drop_closed"]
+    wait_for(lambda: post(stack.url, FINDINGS, "alice", FINDING).status_code == 201)
+    assert httpx.get(stack.stubs["findings"].url + "/_frozen").json() == []
+
+
+def test_in_memory_a_restart_learns_closed_engagements_from_the_service(
+    make_stack: StackBuilder, live_server: Callable[..., LiveServer]
+) -> None:
+    stack = make_stack()
+    assert close(stack.url, "close-acme-e2e-3").status_code == 200
+    assert writes_refused(stack.url)
+    restarted = make_stack.another_gateway(stack)  # no Redis: nothing shared
+    ready = httpx.get(restarted.url + "/readyz", timeout=10).json()
+    check = next(c for c in ready["checks"] if c["name"] == "engagement_state")
+    assert check["ok"] is True
+    response = post(restarted.url, FINDINGS, "alice", FINDING)
+    assert_problem(response, 403, "forbidden")
+    answer = explain(restarted.url, {"subject": "alice", "method": "POST", "path": FINDINGS})
+    assert answer["closed"]["source"] == "engagements_service"
+    # The stub seeds initech-redteam closed: reconciliation found it too.
+    red_team = post(restarted.url, "/v1/engagements/initech-redteam/findings", "gina", FINDING)
+    assert red_team.status_code == 403
+
+
+def test_frozen_findings_are_a_409_not_a_502(stack: Stack) -> None:
+    """Between the freeze and the close, or for a service that froze on its own."""
+    freeze = stack.stubs["findings"].url + "/engagements/acme-2026/findings/freeze"
+    assert httpx.post(freeze, json={}, timeout=5).status_code == 200
+    response = post(stack.url, FINDINGS, "alice", FINDING)
+    body = assert_problem(response, 409, "conflict")
+    assert "frozen" in str(body["detail"])
+
+
+def test_a_close_that_cannot_be_published_is_undone(
+    make_stack: StackBuilder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Closed for the services but open for some gateways is worse than not closed."""
+
+    async def unavailable(self: MemoryEngagementState, fact: Any) -> None:
+        raise ServiceUnavailable("The shared engagement state cannot be reached.")
+
+    stack = make_stack()
+    monkeypatch.setattr(MemoryEngagementState, "close", unavailable)
+    response = close(stack.url, "close-acme-e2e-4")
+    body = assert_problem(response, 503, "unavailable")
+    assert "publish_closed" in str(body["detail"])
+    assert "earlier steps were undone" in str(body["detail"])
+    engagement = get(stack.url, "/v1/engagements/acme-2026/overview", "bob").json()["engagement"]
+    assert engagement["status"] == "active"
+    assert httpx.get(stack.stubs["findings"].url + "/_frozen").json() == []
+    assert post(stack.url, FINDINGS, "alice", FINDING).status_code == 201
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "status", "code"),
+    [
+        ("/admin/engagements/initech-2025/reopen", {"reason": "closed by g3"}, 409, "conflict"),
+        ("/admin/engagements/no-such-one/reopen", {"reason": "unknown one"}, 404, "not_found"),
+        (REOPEN, {"reason": "x"}, 422, "validation_error"),
+        (REOPEN, {"reason": "fine", "force": True}, 422, "validation_error"),
+        ("/admin/engagements/ACME/reopen", {"reason": "bad id"}, 422, "validation_error"),
+    ],
+)
+def test_reopen_refuses_what_it_cannot_do(
+    make_stack: StackBuilder, path: str, body: dict[str, Any], status: int, code: str
+) -> None:
+    stack = make_stack()
+    response = post(stack.url, path, "sam", body)
+    assert_problem(response, status, code)
+    assert response.json()["corr_id"] == response.headers["x-request-id"]

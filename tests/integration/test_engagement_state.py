@@ -1,0 +1,132 @@
+"""The engagement state on a real redis-server: shared, atomic, fail closed, never half written."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+
+from app.authz.closed import ClosedFact, MemoryEngagementState, RedisEngagementState
+from app.core.engagement_settings import EngagementStateSettings
+from app.core.errors import ServiceUnavailable
+from app.core.redis import create_redis
+from tests.redis_server import RedisServer
+
+pytestmark = pytest.mark.integration
+
+SETTINGS = EngagementStateSettings(check_interval_seconds=60, startup_timeout_seconds=2)
+FACT = ClosedFact("acme-2026", "close_saga", "corr-1", 1_800_000_000.0, "bob")
+
+
+def on_two(
+    server: RedisServer,
+    scenario: Callable[[RedisEngagementState, RedisEngagementState], Awaitable[None]],
+) -> None:
+    async def run() -> None:
+        clients = [create_redis(server.url), create_redis(server.url)]
+        one, two = (RedisEngagementState(c, SETTINGS) for c in clients)
+        try:
+            async with one.running(), two.running():
+                await asyncio.wait_for(two.listening.wait(), 10)
+                await scenario(one, two)
+        finally:
+            for client in clients:
+                await client.aclose()
+
+    asyncio.run(run())
+
+
+async def until(predicate: Callable[[], bool]) -> None:
+    """Poll ``predicate`` (the state has no event to wait on); bounded by the caller's wait_for."""
+    for _ in range(100_000):
+        if predicate():
+            return
+        await asyncio.sleep(0.01)
+
+
+def test_a_close_is_pushed_to_the_other_process(redis_server: RedisServer) -> None:
+    async def scenario(one: RedisEngagementState, two: RedisEngagementState) -> None:
+        assert two.get("acme-2026") is None
+        await one.close(FACT)
+        assert one.get("acme-2026") == FACT  # its own snapshot at once
+        # The other checks only every 60 s: seeing it now proves the notice arrived.
+        await asyncio.wait_for(until(lambda: two.get("acme-2026") == FACT), 10)
+        assert await two.reopen("acme-2026") == FACT
+        await asyncio.wait_for(until(lambda: one.get("acme-2026") is None), 10)
+        assert await one.reopen("acme-2026") is None  # already open: nothing to undo
+
+    on_two(redis_server, scenario)
+
+
+def test_reconciliation_only_adds_and_yields_to_a_concurrent_change(
+    redis_server: RedisServer,
+) -> None:
+    async def scenario(one: RedisEngagementState, two: RedisEngagementState) -> None:
+        await one.close(FACT)
+        seen = await one.current_version()
+        assert await one.add_reconciled(["acme-2026", "globex-cloud"], seen) == ["globex-cloud"]
+        assert one.get("acme-2026") == FACT  # the saga's fact is kept, not overwritten
+        assert one.get("globex-cloud").source == "engagements_service"  # type: ignore[union-attr]
+        stale = await one.current_version()
+        await two.reopen("globex-cloud")  # an admin reopens while a reconcile is under way
+        assert await one.add_reconciled(["globex-cloud"], stale) == []
+        await asyncio.wait_for(until(lambda: one.get("globex-cloud") is None), 10)
+
+    on_two(redis_server, scenario)
+
+
+def test_redis_down_keeps_the_snapshot_and_refuses_writes(redis_server: RedisServer) -> None:
+    async def run() -> None:
+        client = create_redis(redis_server.url)
+        state = RedisEngagementState(client, SETTINGS)
+        async with state.running():
+            await state.close(FACT)
+            redis_server.stop()
+            with pytest.raises(ServiceUnavailable) as info:
+                await state.close(ClosedFact("globex-cloud", "close_saga"))
+            assert info.value.headers == {"Retry-After": "1"}
+            with pytest.raises(ServiceUnavailable):
+                await state.reopen("acme-2026")
+            assert state.get("acme-2026") == FACT  # fail closed: still closed here
+            assert state.get("globex-cloud") is None  # nothing half written
+            redis_server.start()
+        await client.aclose()
+
+    asyncio.run(run())
+
+
+def test_a_gateway_started_while_redis_is_down_is_not_synced(redis_server: RedisServer) -> None:
+    redis_server.stop()
+
+    async def run() -> tuple[bool, Any]:
+        client = create_redis(redis_server.url)
+        state = RedisEngagementState(client, SETTINGS)
+        async with state.running():
+            synced = state.synced
+        await client.aclose()
+        return synced, state.last_error
+
+    synced, _ = asyncio.run(run())
+    assert synced is False
+
+
+def test_an_unreadable_record_still_counts_as_closed() -> None:
+    fact = ClosedFact.decode("acme-2026", b"{not json")
+    assert fact.source == "unreadable_record"
+    assert ClosedFact.decode("acme-2026", FACT.encode()) == FACT
+
+
+def test_memory_state_reconciles_only_when_nothing_changed() -> None:
+    async def run() -> None:
+        state = MemoryEngagementState(synced=False)
+        assert await state.add_reconciled(["acme-2026"], state.version + 1) == []
+        assert await state.add_reconciled(["acme-2026", "acme-2026"], state.version) == [
+            "acme-2026"
+        ]
+        assert state.get("acme-2026").source == "engagements_service"  # type: ignore[union-attr]
+        assert (await state.reopen("acme-2026")) is not None
+        assert state.get("acme-2026") is None
+
+    asyncio.run(run())
