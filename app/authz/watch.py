@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import structlog
 
 from app.authz.store import PolicyStore, policy_files
+from app.core.config import PolicySettings
 
 log = structlog.get_logger("gateway.policy")
 
@@ -30,8 +31,12 @@ Fingerprint = tuple[tuple[str, int, int, int], ...]
 
 def fingerprint(store: PolicyStore) -> Fingerprint:
     """Name, size, mtime and inode of every policy file (missing files count too)."""
+    return settings_fingerprint(store.settings)
+
+
+def settings_fingerprint(settings: PolicySettings) -> Fingerprint:
     entries = []
-    for path in policy_files(store.settings):
+    for path in policy_files(settings):
         try:
             stat = path.stat()
             entries.append((str(path), stat.st_size, stat.st_mtime_ns, stat.st_ino))
@@ -42,17 +47,26 @@ def fingerprint(store: PolicyStore) -> Fingerprint:
 
 async def watch_policy(store: PolicyStore, interval: float, seen: Fingerprint) -> None:
     """Poll forever; reload once a changed fingerprint has settled for one interval."""
+    await _watch(lambda: fingerprint(store), lambda: store.reload("file_change"), interval, seen)
+
+
+async def _watch(
+    files: Callable[[], Fingerprint],
+    on_change: Callable[[], Awaitable[object]],
+    interval: float,
+    seen: Fingerprint,
+) -> None:
     while True:
         await asyncio.sleep(interval)
-        now = fingerprint(store)
+        now = files()
         if now == seen:
             continue
         await asyncio.sleep(interval)
-        settled = fingerprint(store)
+        settled = files()
         if settled != now:
             continue  # still changing; look again next round
         seen = settled
-        await store.reload("file_change")
+        await on_change()
 
 
 @contextlib.asynccontextmanager
@@ -62,11 +76,20 @@ async def policy_watcher(store: PolicyStore, interval: float | None) -> AsyncIte
         yield
         return
     # Fingerprint now, not when the task first runs, so an edit in between is seen.
-    seen = fingerprint(store)
-    task = asyncio.create_task(watch_policy(store, interval, seen), name="policy-watch")
+    tasks = [
+        asyncio.create_task(watch_policy(store, interval, fingerprint(store)), name="policy-watch")
+    ]
+    shadow = store.shadow
+    if shadow is not None:  # the candidate's files too: it is re-read, never gated or enforced
+        seen = settings_fingerprint(shadow.settings)
+        watcher = _watch(
+            lambda: settings_fingerprint(shadow.settings), shadow.reload, interval, seen
+        )
+        tasks.append(asyncio.create_task(watcher, name="policy-shadow-watch"))
     try:
         yield
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        for task in tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
