@@ -239,6 +239,19 @@ def pipeline_goals(matrix: dict[str, Any]) -> list[Goal]:
     ]
 
 
+def _shadow(results: dict[str, Any]) -> Goal:
+    """Issue 16: deciding every request on a candidate policy too costs a bounded amount."""
+    goal = "shadow policy: gateway with a candidate decided on every request vs without, 64 conns"
+    matrix = results["matrix"]
+    with_shadow, without = _rps(matrix, "gateway_shadow", 64), _rps(matrix, "gateway", 64)
+    if with_shadow is None or without is None:
+        return {"goal": goal, "figure": "not measured", "target": "≥ 0.9×", "met": "n/a"}
+    cpu = matrix["gateway_shadow"][64]["target_cpu_us"] - matrix["gateway"][64]["target_cpu_us"]
+    ratio = with_shadow / without
+    figure = f"{ratio:.3f}× ({with_shadow:,.0f} vs {without:,.0f} req/s; {cpu:+,.0f} µs CPU/req)"
+    return {"goal": goal, "figure": figure, "target": "≥ 0.9×", "met": _met(ratio >= 0.9)}
+
+
 def evaluate_goals(results: dict[str, Any]) -> list[Goal]:
     matrix = results["matrix"]
     return [
@@ -257,4 +270,5 @@ def evaluate_goals(results: dict[str, Any]) -> list[Goal]:
         *_transport_micro(results.get("micros", [])),
         *_tracing(matrix),
         _tracing_micro(results),
+        _shadow(results),
     ]

@@ -86,6 +86,7 @@ def gateway_config(
     policy_dir: Path,
     tracing: dict[str, Any] | None = None,
     baseline: Path | None = None,
+    shadow_dir: Path | None = None,
 ) -> Path:
     """The gateway rows' settings; ``tracing``: the tracing section (its own file).
 
@@ -113,12 +114,46 @@ def gateway_config(
     if _supports_passthrough():
         settings["orchestration"] = {"passthrough": [PASSTHROUGH_ROUTE]}
     name = "gateway-baseline.yaml" if baseline is not None else "gateway.yaml"
+    if shadow_dir is not None:  # issue 16: a candidate decided beside the live policy
+        settings["policy"]["shadow_dir"] = str(shadow_dir)
+        name = "gateway-shadow.yaml"
     if tracing is not None:
         settings["tracing"] = tracing
         name = f"gateway-trace-{tracing.get('sample_ratio', 'env')}.yaml"
     path = root / name
     path.write_text(yaml.safe_dump(settings))
     return path
+
+
+def shadow_policy(root: Path, policy_dir: Path) -> Path:
+    """A candidate of the same size and a different revision that flips none of the load:
+    the row measures what deciding every request twice costs, not flip logging."""
+    target = root / "policy-shadow"
+    shutil.copytree(policy_dir, target)
+    with (target / "policy.csv").open("a") as policy:
+        policy.write("g, bench-shadow-candidate, analyst, *\n")
+    return target
+
+
+SHADOW_ROW = ("gateway_shadow", "gateway (shadow policy)")
+
+
+def _supports_shadow() -> bool:
+    from app.core.config import PolicySettings
+
+    return "shadow_dir" in PolicySettings.model_fields
+
+
+def _shadow_row(
+    root: Path, stub_port: int, policy_dir: Path, callers: list[tuple[str, str]]
+) -> Target:
+    """Issue 16: the gateway row with a shadow candidate decided on every request."""
+    if not _supports_shadow():
+        note = "unavailable: policy.shadow_dir is not a setting on this commit"
+        return Target(*SHADOW_ROW, GATEWAY_PATH, callers, note=note)
+    shadow = shadow_policy(root, policy_dir)
+    config = gateway_config(root, stub_port, policy_dir, shadow_dir=shadow)
+    return _gateway(root, config, 1, callers, row=SHADOW_ROW)
 
 
 def _supports_passthrough() -> bool:
@@ -304,6 +339,7 @@ def build_targets(
     targets.append(_gateway(root, config, 1, gw_callers))
     targets.append(_decision(root, config, gw_callers))
     targets.append(_passthrough_row(root, config, gw_callers))
+    targets.append(_shadow_row(root, stub_port, gw_policy, gw_callers))
     targets.extend(_tracing_rows(root, stub_port, gw_policy, gw_callers, baseline))
     if shutil.which("redis-server") is None:
         for key, label in (ROW_NAMES[(1, True)], ROW_NAMES[(2, True)]):
