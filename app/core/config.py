@@ -164,6 +164,7 @@ DEFAULT_SUCCESS: dict[str, tuple[int, ...]] = {
     "DELETE": (200, 202, 204),
 }
 _PLACEHOLDER = re.compile(r"\{([a-z_][a-z0-9_]*)\}")
+ENGAGEMENT_ROOT = "/v1/engagements/{engagement_id}"
 
 
 class PassthroughRoute(_Section):
@@ -196,6 +197,19 @@ class PassthroughRoute(_Section):
             if never_forwarded(name):
                 raise ValueError(f"{name!r} is never forwarded from a caller (see passthrough.md)")
         return tuple(name.lower() for name in names)
+
+    @model_validator(mode="after")
+    def _engagement_where_the_policy_reads_it(self) -> Self:
+        """The engagement is ``/v1/engagements/{engagement_id}/...``, where explain reads it."""
+        names = _PLACEHOLDER.findall(self.path)
+        first = self.path.startswith("/v1/engagements/{")
+        rooted = self.path == ENGAGEMENT_ROOT or self.path.startswith(ENGAGEMENT_ROOT + "/")
+        if ("engagement_id" in names or first) and not rooted:
+            raise ValueError(
+                f"path {self.path}: the engagement placeholder is {ENGAGEMENT_ROOT}... "
+                "(the segment after /v1/engagements/), as on every other route"
+            )
+        return self
 
     @model_validator(mode="after")
     def _placeholders_known(self) -> Self:

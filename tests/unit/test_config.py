@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from app.authn.keys import load_keyring
-from app.core.config import load_settings
+from app.core.config import PassthroughRoute, load_settings
 from app.core.errors import ConfigError
 from app.main import create_app
 from tests.conftest import TEST_KEY_ENV, make_settings
@@ -76,3 +77,17 @@ def test_unreadable_policy_is_refused(test_key_env: str, tmp_path: Path) -> None
 def test_key_needs_exactly_one_secret_source() -> None:
     with pytest.raises(ValueError, match="exactly one of secret_env or secret_file"):
         make_settings(signing={"keys": [{"id": "k"}]})
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/v1/projects/{engagement_id}/files",
+        "/v1/engagements/{eid}/files",
+        "/v1/engagements/{engagement_id}x/files",
+    ],
+)
+def test_a_passthrough_engagement_sits_where_the_policy_reads_it(path: str) -> None:
+    route = {"path": path, "service": "findings", "upstream_path": "/x"}
+    with pytest.raises(ValidationError, match="the engagement placeholder is"):
+        PassthroughRoute.model_validate(route)
