@@ -95,11 +95,11 @@ class ShadowPolicy:
         if engine is None or engine.revision == live.revision:
             return
         self.decisions += 1
-        shadow = engine.explain(
-            live.subject, live.engagement, live.obj, live.action, live.groups, state
-        )
-        if shadow.allowed == live.allowed:
-            return
+        request = (live.engagement, live.obj, live.action)
+        verdict = engine.compiled.evaluate(live.subject, live.groups, *request, state is not None)
+        if verdict.allowed == live.allowed:
+            return  # the common case costs one compiled evaluation, nothing more
+        shadow = engine.explain(live.subject, *request, live.groups, state)
         direction = DIRECTIONS[0] if live.allowed else DIRECTIONS[1]
         self.flips[direction] += 1
         count_shadow_flip(direction)
