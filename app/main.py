@@ -36,7 +36,8 @@ from app.api.routes import (
 from app.api.routes.passthrough import register_passthrough_routes
 from app.api.routing import GuardedRoute
 from app.authn.service import AuthnService
-from app.authz.closed import EngagementState, MemoryEngagementState, RedisEngagementState
+from app.authz.closed import EngagementState, MemoryEngagementState
+from app.authz.closed_redis import RedisEngagementState
 from app.authz.store import PolicyStore
 from app.authz.sync import announcer, follow_notices
 from app.authz.watch import policy_watcher

@@ -14,8 +14,9 @@ from app.downstream.client import ServiceRegistry, raise_for_client_error
 
 SERVICE = "findings"
 FROZEN = (
-    "The engagement's findings are frozen: it is being closed or is closed, so it is "
-    "read-only. Ask a security admin to reopen it if this finding must be recorded."
+    "The engagement is being closed or is closed, so it is read-only: the findings "
+    "service takes no new findings. Ask a security admin to reopen it if this one must "
+    "be recorded."
 )
 ModelT = TypeVar("ModelT", bound=BaseModel)
 

@@ -79,6 +79,7 @@ def test_every_row_is_measured_or_says_why(tiny_run: Path) -> None:
         "gateway_trace",
         "gateway_trace01",
         "gateway_base",
+        "gateway_shadow",
     }
     assert set(rows) == expected
     for key, row in rows.items():

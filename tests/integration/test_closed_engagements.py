@@ -151,7 +151,7 @@ def test_frozen_findings_are_a_409_not_a_502(stack: Stack) -> None:
     assert httpx.post(freeze, json={}, timeout=5).status_code == 200
     response = post(stack.url, FINDINGS, "alice", FINDING)
     body = assert_problem(response, 409, "conflict")
-    assert "frozen" in str(body["detail"])
+    assert "read-only" in str(body["detail"])
 
 
 def test_a_close_that_cannot_be_published_is_undone(

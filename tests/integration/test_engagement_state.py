@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from app.authz.closed import ClosedFact, MemoryEngagementState, RedisEngagementState
+from app.authz.closed import ClosedFact, MemoryEngagementState
+from app.authz.closed_redis import RedisEngagementState
 from app.core.engagement_settings import EngagementStateSettings
 from app.core.errors import ServiceUnavailable
 from app.core.redis import create_redis

@@ -1,0 +1,193 @@
+"""Closed engagements shared by every gateway on one Redis (``app/authz/closed.py``).
+
+A hash of facts and a version counter under one hash tag, written by Lua
+scripts (atomic, one slot in a Cluster); a change notice on pub/sub makes every
+process re-read at once, and a version check every ``check_interval_seconds``
+catches notices lost while disconnected. A process never drops a closed fact
+because Redis cannot answer: it keeps the last snapshot (fail closed), and a
+write that cannot reach Redis is a 503, never half done.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Iterable
+from typing import Any
+
+import redis.asyncio
+import structlog
+from redis.commands.core import AsyncScript
+from redis.exceptions import RedisError
+
+from app.authz.closed import ClosedFact, EngagementState
+from app.core.engagement_settings import EngagementStateSettings
+from app.core.errors import ServiceUnavailable
+from app.ops.metrics import count_redis_error
+
+log = structlog.get_logger("gateway.engagement_state")
+
+RETRY_AFTER = {"Retry-After": "1"}
+
+
+# KEYS[1] the hash of facts, KEYS[2] the version counter: one hash tag, one slot.
+_CLOSE = """
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+return redis.call('INCR', KEYS[2])
+"""
+_REOPEN = """
+local previous = redis.call('HGET', KEYS[1], ARGV[1])
+if not previous then return {false, tonumber(redis.call('GET', KEYS[2]) or '0')} end
+redis.call('HDEL', KEYS[1], ARGV[1])
+return {previous, redis.call('INCR', KEYS[2])}
+"""
+_RECONCILE = """
+if tonumber(redis.call('GET', KEYS[2]) or '0') ~= tonumber(ARGV[1]) then return {} end
+local added = {}
+for i = 2, #ARGV, 2 do
+  if redis.call('HSETNX', KEYS[1], ARGV[i], ARGV[i + 1]) == 1 then
+    added[#added + 1] = ARGV[i]
+  end
+end
+if #added > 0 then redis.call('INCR', KEYS[2]) end
+return added
+"""
+_READ = """
+return {redis.call('GET', KEYS[2]) or '0', redis.call('HGETALL', KEYS[1])}
+"""
+
+
+class RedisEngagementState(EngagementState):
+    """Closed engagements shared by every gateway on one Redis."""
+
+    shared = True
+
+    def __init__(self, client: redis.asyncio.Redis, settings: EngagementStateSettings) -> None:
+        super().__init__()
+        self._client = client
+        tag = "{" + settings.key_prefix + "}"
+        self._keys = [f"{tag}:closed", f"{tag}:version"]
+        self.channel = f"{settings.key_prefix}:changes"
+        self._interval = settings.check_interval_seconds
+        self._startup_timeout = settings.startup_timeout_seconds
+        self._close_script = client.register_script(_CLOSE)
+        self._reopen_script = client.register_script(_REOPEN)
+        self._reconcile_script = client.register_script(_RECONCILE)
+        self._read_script = client.register_script(_READ)
+        self.listening = asyncio.Event()
+
+    async def close(self, fact: ClosedFact) -> None:
+        version = await self._write(self._close_script, fact.engagement, fact.encode())
+        self._closed = {**self._closed, fact.engagement: fact}
+        self.version = max(self.version, int(version))
+        log.info("engagement_closed_fact", engagement=fact.engagement, **fact.log_fields())
+        await self._announce(fact.engagement)
+
+    async def reopen(self, engagement: str) -> ClosedFact | None:
+        previous_raw, version = await self._write(self._reopen_script, engagement)
+        previous = None if previous_raw is None else ClosedFact.decode(engagement, previous_raw)
+        # Our own snapshot drops it now; the others on the notice or their next check.
+        self._closed = {k: v for k, v in self._closed.items() if k != engagement}
+        self.version = max(self.version, int(version))
+        if previous is not None:
+            log.info("engagement_reopened_fact", engagement=engagement, source=previous.source)
+            await self._announce(engagement)
+        return previous
+
+    async def current_version(self) -> int:
+        try:
+            raw = await self._client.get(self._keys[1])
+        except (RedisError, OSError) as exc:
+            raise self._unavailable(exc) from None
+        return int(raw or 0)
+
+    async def add_reconciled(self, engagements: Iterable[str], seen_version: int) -> list[str]:
+        now = time.time()
+        args: list[str | int] = [seen_version]
+        for engagement in dict.fromkeys(engagements):
+            fact = ClosedFact(engagement, "engagements_service", "reconciled", now)
+            args += [engagement, fact.encode()]
+        if len(args) == 1:
+            return []
+        added = [_text(name) for name in await self._write(self._reconcile_script, *args)]
+        if added:
+            await self.refresh()
+            await self._announce(",".join(added))
+        return added
+
+    async def refresh(self) -> None:
+        """Replace the snapshot with what Redis holds (one atomic read)."""
+        version, flat = await self._read_script(keys=self._keys)
+        pairs = iter(flat)
+        self._closed = {
+            _text(name): ClosedFact.decode(_text(name), raw)
+            for name, raw in zip(pairs, pairs, strict=True)
+        }
+        self.version = int(version)
+        self.mark_synced()
+
+    async def _write(self, script: AsyncScript, *args: str | int) -> Any:
+        try:
+            return await script(keys=self._keys, args=list(args))
+        except (RedisError, OSError) as exc:
+            raise self._unavailable(exc) from None
+
+    def _unavailable(self, exc: BaseException) -> ServiceUnavailable:
+        count_redis_error("engagement_state")
+        log.warning("engagement_state_unavailable", error=type(exc).__name__)
+        return ServiceUnavailable(
+            "The shared engagement state cannot be reached; nothing was changed.",
+            headers=RETRY_AFTER,
+        )
+
+    async def _announce(self, engagement: str) -> None:
+        with contextlib.suppress(RedisError, OSError):  # the others' version check catches up
+            await self._client.publish(self.channel, engagement)
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[None]:
+        """Load before serving (bounded), then follow changes until shutdown."""
+        with contextlib.suppress(TimeoutError, RedisError, OSError):
+            await asyncio.wait_for(self.refresh(), self._startup_timeout)
+        task = asyncio.create_task(self._follow(), name="engagement-state")
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _follow(self) -> None:
+        while True:
+            try:
+                await self._listen()
+            except (RedisError, OSError) as exc:
+                count_redis_error("engagement_state")
+                self.last_error = type(exc).__name__
+                log.warning("engagement_state_listener_disconnected", error=self.last_error)
+                await asyncio.sleep(self._interval)
+
+    async def _listen(self) -> None:
+        pubsub = self._client.pubsub(ignore_subscribe_messages=True)
+        try:
+            await pubsub.subscribe(self.channel)
+            await self.refresh()  # whatever changed while we were not subscribed
+            self.listening.set()
+            while True:
+                message = await pubsub.get_message(
+                    ignore_subscribe_messages=True, timeout=self._interval
+                )
+                if message is not None or await self._changed():
+                    await self.refresh()
+        finally:
+            self.listening.clear()
+            with contextlib.suppress(RedisError, OSError):
+                await pubsub.aclose()  # type: ignore[no-untyped-call]  # untyped upstream
+
+    async def _changed(self) -> bool:
+        return int(await self._client.get(self._keys[1]) or 0) != self.version
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
