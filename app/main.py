@@ -160,7 +160,7 @@ def create_app(
 
 
 def _engagement_state(settings: Settings, redis: Redis | None) -> EngagementState:
-    """Closed engagements: shared through Redis when the gateway has one (decision 0008).
+    """Closed engagements: shared through Redis when the gateway has one (decision 0009).
 
     In memory, the gateway knows what is closed once it has asked the engagements
     service (not ready until then); without that service, only its own closes.

@@ -5,7 +5,7 @@ close one by hand (``g3, <engagement>, closed``); the close saga and the
 engagements service close them for real. Those facts live here, in a snapshot
 each process reads on every decision without I/O (a dict lookup), written
 through by the close saga and the reopen route and reconciled from the
-engagements service (``app/workflows/engagement_state.py``). Decision 0008
+engagements service (``app/workflows/engagement_state.py``). Decision 0009
 weighs this design against the policy pulling closed engagements itself.
 
 ``MemoryEngagementState`` serves one process; ``RedisEngagementState``

@@ -1,7 +1,7 @@
 """The ``policy.engagement_state`` settings: closed engagements shared by every gateway.
 
 Mounted on ``PolicySettings`` (environment: ``GATEWAY_POLICY__ENGAGEMENT_STATE__...``);
-see ``app/authz/closed.py`` and decision 0008.
+see ``app/authz/closed.py`` and decision 0009.
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from app.authz.diff import probes_from_log
+from app.authz.diff import read_log
 from app.stubs.server import create_stub_app
 from tests.conftest import POLICY_DIR, REPO, TEST_KEY_ENV, TEST_SECRET, LiveServer, free_port
 from tests.conftest import signer as signed_as
@@ -43,6 +43,7 @@ FIELDS = {
     "role_chain",
     "policy_revision",
     "reason",
+    "closed",
     "level",
     "logger",
     "timestamp",
@@ -139,10 +140,10 @@ def test_rename_then_sighup_moves_the_lines_to_a_fresh_file(
     for line in before + after:  # the main log's fields, nothing cut (key_id: bound or not)
         assert FIELDS <= set(line) <= FIELDS | {"key_id"}, line
     assert not [x for x in gateway.main_log() if x["event"] == "decision"], "instead of stderr"
-    for file in (rotated, path):  # today's `policy diff --log` reads the file as it is
-        assert [p.subject for p in probes_from_log(file)] == [
-            d["subject"] for d in decisions_in(file)
-        ]
+    for file in (rotated, path):  # `policy diff --log` reads the file as it is
+        reading = read_log(file)
+        assert [p.subject for p in reading.probes] == [d["subject"] for d in decisions_in(file)]
+        assert not reading.skipped  # the file holds decisions only
 
 
 def test_deny_only_besides_the_main_log(
