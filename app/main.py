@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING
 import httpx
 from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
-from redis.asyncio import Redis
 
 from app import __version__
 from app.api.decisions import Authorizer
@@ -43,7 +42,7 @@ from app.authz.sync import announcer, follow_notices
 from app.authz.watch import policy_watcher
 from app.core.config import Settings, load_settings
 from app.core.logging import configure_logging, reopen_log_files_on_sighup
-from app.core.redis import create_redis
+from app.core.redis import SharedRedis, create_redis
 from app.downstream.client import ServiceRegistry, load_outbound_keys
 from app.edge.correlation import EdgeMiddleware
 from app.edge.tracing import ServerSpanMiddleware
@@ -85,7 +84,7 @@ def create_app(
     settings = settings or load_settings()
     # One Redis pool per process for nonces, rate limits and reload notices (opened
     # lazily); ops_lifespan reuses app.state.redis, the nonce store closes it last.
-    redis = create_redis(settings.redis.url, settings.redis) if settings.redis.url else None
+    redis = create_redis(settings.redis) if settings.redis.enabled else None
     authn = AuthnService.from_settings(settings, redis)
     policy = PolicyStore.open(settings.policy)
     policy.engagements = _engagement_state(settings, redis)
@@ -159,7 +158,7 @@ def create_app(
     return app
 
 
-def _engagement_state(settings: Settings, redis: Redis | None) -> EngagementState:
+def _engagement_state(settings: Settings, redis: SharedRedis | None) -> EngagementState:
     """Closed engagements: shared through Redis when the gateway has one (decision 0009).
 
     In memory, the gateway knows what is closed once it has asked the engagements
@@ -179,7 +178,7 @@ def _reconciling(
     return Reconciler(services, state, settings.policy.engagement_state).running()
 
 
-def _idempotency_store(settings: Settings, redis: Redis | None) -> IdempotencyStore:
+def _idempotency_store(settings: Settings, redis: SharedRedis | None) -> IdempotencyStore:
     """Shared through Redis when the gateway has one, as nonces and rate limits are."""
     orchestration = settings.orchestration
     if redis is None:

@@ -20,6 +20,7 @@ import time
 import redis.asyncio as aioredis
 
 from app.authn.nonces import RedisNonceStore
+from app.core.config import RedisSettings
 from app.core.redis import create_redis
 from tests.redis_server import RedisServer, redis_binary
 
@@ -63,7 +64,7 @@ async def round_trips(client: aioredis.Redis, store: RedisNonceStore, repeat: in
 async def measure(url: str) -> dict[str, float]:
     # A long read timeout: the server-side loop blocks Redis for a fraction of a second.
     client = aioredis.Redis.from_url(url, socket_timeout=30)
-    store = RedisNonceStore(create_redis(url))
+    store = RedisNonceStore(create_redis(RedisSettings(url=url)))
     samples: list[list[float]] = []
     try:
         for repeat in range(REPEATS):

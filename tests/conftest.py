@@ -116,4 +116,4 @@ def captured_logs() -> Iterator[list[dict[str, Any]]]:
         yield logs
 
 
-pytest_plugins = ["tests.redis_server"]
+pytest_plugins = ["tests.redis_server", "tests.redis_topologies"]

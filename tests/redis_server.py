@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import pytest
 
@@ -23,20 +24,34 @@ def _free_port() -> int:
         return port
 
 
-class RedisServer:
-    """One redis-server; ``stop()`` and ``start()`` again keep the same port."""
+def answers_ping(port: int) -> bool:
+    """Whether a Redis server (or sentinel) on ``port`` answers PING now."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.2) as conn:
+            conn.sendall(b"PING\r\n")
+            return conn.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
 
-    def __init__(self, binary: str) -> None:
+
+class RedisServer:
+    """One redis-server; ``stop()`` and ``start()`` again keep the same port.
+
+    ``args``: more command-line options (replication, cluster mode).
+    """
+
+    def __init__(self, binary: str, args: Sequence[str] = (), port: int | None = None) -> None:
         self.binary = binary
-        self.port = _free_port()
+        self.args = list(args)
+        self.port = port or _free_port()
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
-    def start(self) -> RedisServer:
-        argv = [
+    def argv(self) -> list[str]:
+        return [
             self.binary,
             "--port",
             str(self.port),
@@ -48,19 +63,20 @@ class RedisServer:
             "no",
             "--protected-mode",
             "yes",
+            *self.args,
         ]
-        self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def start(self) -> RedisServer:
+        self.proc = subprocess.Popen(
+            self.argv(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as conn:
-                    conn.sendall(b"PING\r\n")
-                    if conn.recv(16).startswith(b"+PONG"):
-                        return self
-            except OSError:
-                time.sleep(0.05)
+            if answers_ping(self.port):
+                return self
+            time.sleep(0.05)
         self.stop()
-        raise RuntimeError("redis-server did not start")
+        raise RuntimeError(f"{self.binary} did not start")
 
     def stop(self) -> None:
         if self.proc is not None:
@@ -68,15 +84,20 @@ class RedisServer:
             self.proc.wait(timeout=10)
             self.proc = None
 
+    def kill(self) -> None:
+        """SIGKILL: a crash, with no chance to hand anything over."""
+        if self.proc is not None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(timeout=10)
+            self.proc = None
 
-def redis_binary() -> str:
-    binary = shutil.which("redis-server")
+
+def redis_binary(name: str = "redis-server") -> str:
+    binary = shutil.which(name)
     if binary is None:
         if os.environ.get("CI") == "true":
-            pytest.fail(
-                "redis-server is missing; make test installs it (scripts/ensure-packages.sh)"
-            )
-        pytest.skip("redis-server is not installed (make test installs it)")
+            pytest.fail(f"{name} is missing; make test installs it (scripts/ensure-packages.sh)")
+        pytest.skip(f"{name} is not installed (make test installs it)")
     return binary
 
 

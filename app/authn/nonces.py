@@ -5,7 +5,7 @@ unauthenticated traffic can never fill the store. Its time to live is how long
 the signature stays acceptable (until ``created + skew``, or ``expires`` if
 sooner), so a replay inside the window always finds it.
 
-Two stores, one ``NonceStore`` protocol, chosen by ``redis.url``:
+Two stores, one ``NonceStore`` protocol, chosen by whether Redis is configured:
 
 - ``MemoryNonceStore`` serves one process: a dict plus per-second expiry lists, bounded
   by ``signing.nonce_capacity``. When full it refuses (503) instead of evicting:
@@ -35,23 +35,29 @@ was lost; the caller re-signs. See docs/decisions/0003 §6.
   ``created`` and runs ``SET nonce 1 NX EX ttl``, all atomically. Redis's
   clock, not a gateway's, so the fence does not depend on which gateway
   noticed the loss.
+- Redis Cluster: the nonces fall into ``NonceKeys.FENCE_GROUPS`` groups, each
+  a hash tag with its own fence, so the script's two keys share a slot and the
+  fence is read on the very primary that holds the nonce, at claim time. A
+  promoted replica has its own ``run_id``: each group it now serves resets on
+  its next claim, however far behind the replica was. See docs/decisions/0006.
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
+import zlib
 from collections.abc import Callable, Iterable
 from enum import StrEnum
 from typing import Protocol
 
-import redis.asyncio as aioredis
 import structlog
-from redis.exceptions import RedisError
+from redis.asyncio import RedisCluster
 
 from app.core.config import Settings
 from app.core.errors import ServiceUnavailable
-from app.core.redis import create_redis
+from app.core.redis import REDIS_FAILURES, SharedRedis, create_redis, is_cluster
 from app.ops.metrics import count_redis_error
 
 log = structlog.get_logger("gateway.authn")
@@ -232,62 +238,126 @@ return {'replayed', fence, reset}
 """
 
 
-class RedisNonceStore:
-    """Nonces shared by every gateway process through one Redis."""
+class NonceKeys:
+    """Where a nonce lives in Redis and which fence vouches for it.
+
+    One server (standalone, Sentinel's primary): one fence, ``FENCE_KEY``, beside
+    every nonce. A Cluster: ``FENCE_GROUPS`` groups, each a hash tag (one slot,
+    so one primary) holding its own fence and its nonces; the claim script then
+    touches keys of one slot only, and a failover of one primary resets exactly
+    the fences of the groups it served.
+    """
 
     PREFIX = "gateway:nonce:"
-    # Outside PREFIX's key space: nonce keys continue with a digit after the colon.
+    # Outside PREFIX's key space: nonce keys continue with a digit (or "{") after the colon.
     FENCE_KEY = "gateway:nonce-fence"
+    # Fixed: changing it renames every key, and gateways of two layouts would not see
+    # each other's nonces. 64 spreads the groups over the primaries of any usual cluster.
+    FENCE_GROUPS = 64
 
-    def __init__(self, client: aioredis.Redis) -> None:
+    def __init__(self, grouped: bool) -> None:
+        self.grouped = grouped
+
+    @staticmethod
+    def ident(key_id: str, nonce: str) -> str:
+        # Length-prefixing the key id keeps ("a:b", "c") and ("a", "b:c") apart.
+        return f"{len(key_id)}:{key_id}:{nonce}"
+
+    @staticmethod
+    def tag(group: int) -> str:
+        return f"{{gw-nonce-{group}}}"
+
+    def fences(self) -> list[str]:
+        """Every fence key: one, or one per group."""
+        if not self.grouped:
+            return [self.FENCE_KEY]
+        return [f"{self.FENCE_KEY}:{self.tag(g)}" for g in range(self.FENCE_GROUPS)]
+
+    def group(self, key_id: str, nonce: str) -> int:
+        return zlib.crc32(self.ident(key_id, nonce).encode()) % self.FENCE_GROUPS
+
+    def claim_keys(self, key_id: str, nonce: str) -> list[str]:
+        """``[fence, nonce key]`` for the claim script; one hash tag when grouped."""
+        ident = self.ident(key_id, nonce)
+        if not self.grouped:
+            return [self.FENCE_KEY, self.PREFIX + ident]
+        tag = self.tag(self.group(key_id, nonce))
+        return [f"{self.FENCE_KEY}:{tag}", f"{self.PREFIX}{tag}:{ident}"]
+
+
+class RedisNonceStore:
+    """Nonces shared by every gateway process through Redis (any ``redis.mode``)."""
+
+    PREFIX = NonceKeys.PREFIX
+    FENCE_KEY = NonceKeys.FENCE_KEY
+
+    def __init__(self, client: SharedRedis) -> None:
         self._client = client
+        self.keys = NonceKeys(grouped=is_cluster(client))
         # EVALSHA, loading the script again on NOSCRIPT (a restarted Redis forgot it).
         self._script = client.register_script(CLAIM_SCRIPT)
 
     @classmethod
     def key(cls, key_id: str, nonce: str) -> str:
-        # Length-prefixing the key id keeps ("a:b", "c") and ("a", "b:c") apart.
-        return f"{cls.PREFIX}{len(key_id)}:{key_id}:{nonce}"
+        """The nonce's key on one server (standalone, Sentinel)."""
+        return cls.PREFIX + NonceKeys.ident(key_id, nonce)
 
     async def open(self) -> float | None:
+        """Establish every fence; the latest, or ``None`` if one cannot be set yet."""
+        first, *others = self.keys.fences()
         try:
-            _, fence = await self._run([self.FENCE_KEY], [])
+            # One call first: a cluster client builds its slot map on first use, and
+            # concurrent first calls race inside that refresh (see REDIS_FAILURES).
+            answers = [await self._run([first], [])]
+            answers += await asyncio.gather(*(self._run([fence], []) for fence in others))
         except NonceStoreUnavailable:
-            return None  # the first claim will set the fence when Redis answers
+            return None  # the first claim in each group sets its fence when Redis answers
+        latest = max(fence for _, fence, _ in answers)
+        resets = sum(reset for _, _, reset in answers)
+        if resets:
+            # First use of this Redis, or it lost its data: earlier signatures are refused.
+            log.warning("nonce_fence_set", fence=latest, fences=resets)
         await self._warn_if_evicting()
-        return fence
+        return latest
 
     async def claim(self, key_id: str, nonce: str, created: int, ttl_seconds: int) -> Claim:
-        keys = [self.FENCE_KEY, self.key(key_id, nonce)]
-        outcome, _ = await self._run(keys, [created, ttl_seconds])
+        keys = self.keys.claim_keys(key_id, nonce)
+        outcome, fence, reset = await self._run(keys, [created, ttl_seconds])
+        if reset:
+            # This Redis (or the group's primary) lost its history since the last claim.
+            log.warning("nonce_fence_set", fence=fence, fences=1)
         return Claim(outcome)
 
-    async def _run(self, keys: list[str], args: list[int]) -> tuple[str, float]:
+    async def _run(self, keys: list[str], args: list[int]) -> tuple[str, float, bool]:
+        """The script's answer: (outcome, fence time, whether it just set the fence)."""
         try:
             outcome, fence, reset = await self._script(keys=keys, args=args)
-        except (RedisError, OSError) as exc:
+        except REDIS_FAILURES as exc:
             log.warning("nonce_store_unreachable", error=type(exc).__name__)
             count_redis_error("nonces")
             raise NonceStoreUnavailable() from None
-        fence_time = float(fence)
-        if reset:
-            # First use of this Redis, or it lost its data: earlier signatures are refused.
-            log.warning("nonce_fence_set", fence=fence_time)
-        return outcome.decode(), fence_time
+        return outcome.decode(), float(fence), bool(reset)
 
     async def _warn_if_evicting(self) -> None:
         try:
-            policy = (await self._client.info("memory")).get("maxmemory_policy")
-        except (RedisError, OSError):
+            if isinstance(self._client, RedisCluster):
+                per_node = await self._client.info("memory", target_nodes=RedisCluster.PRIMARIES)
+                nodes = list(per_node.values())
+            else:
+                nodes = [await self._client.info("memory")]
+        except REDIS_FAILURES:
             return
-        if policy not in (None, "noeviction"):
+        policies = {node.get("maxmemory_policy") for node in nodes if isinstance(node, dict)}
+        if policies - {None, "noeviction"}:
             # Evicting an unexpired nonce reopens replay for it, unseen by the fence.
-            log.warning("nonce_store_evicts", maxmemory_policy=policy)
+            log.warning(
+                "nonce_store_evicts", maxmemory_policy=",".join(sorted(p for p in policies if p))
+            )
 
     async def check(self) -> tuple[bool, str]:
         try:
             await self._client.ping()
-        except (RedisError, OSError) as exc:
+        except REDIS_FAILURES as exc:
             return False, f"redis unreachable ({type(exc).__name__})"
         return True, "redis"
 
@@ -295,11 +365,11 @@ class RedisNonceStore:
         await self._client.aclose()
 
 
-def create_nonce_store(settings: Settings, client: aioredis.Redis | None = None) -> NonceStore:
-    """Redis when ``redis.url`` is set (shared by all processes), else in-memory.
+def create_nonce_store(settings: Settings, client: SharedRedis | None = None) -> NonceStore:
+    """Redis when it is configured (shared by all processes), else in-memory.
 
     ``client``: the process's one Redis pool, when the caller already opened it.
     """
-    if settings.redis.url:
-        return RedisNonceStore(client or create_redis(settings.redis.url, settings.redis))
+    if settings.redis.enabled:
+        return RedisNonceStore(client or create_redis(settings.redis))
     return MemoryNonceStore(settings.signing.nonce_capacity)

@@ -15,14 +15,13 @@ import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 
-import redis.asyncio as aioredis
-
 from app.authn.base import Message, declares_body
 from app.authn.nonces import Claim, NonceStore, create_nonce_store
 from app.authn.rotation import KeyReloader, KeyStatus
 from app.authn.verifier import Reason, SignatureVerifier
 from app.core.config import Settings
 from app.core.errors import AuthenticationFailed
+from app.core.redis import SharedRedis
 from app.domain.identity import Identity
 
 CLAIM_REASONS = {Claim.REPLAYED: Reason.REPLAYED, Claim.BEFORE_FENCE: Reason.REPLAY_WINDOW_RESET}
@@ -40,7 +39,7 @@ class AuthnService:
         self.keys = keys
 
     @classmethod
-    def from_settings(cls, settings: Settings, redis: aioredis.Redis | None = None) -> AuthnService:
+    def from_settings(cls, settings: Settings, redis: SharedRedis | None = None) -> AuthnService:
         """Load keys and pick the nonce store; ``ConfigError`` if keys cannot be loaded.
 
         ``redis``: the process's shared pool; the nonce store closes it on shutdown.

@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
         built = _build()
     if built is None:
         return 2
-    if built[0].redis.url is None:
+    if not built[0].redis.enabled:
         # Nonces, rate limits and reload notices would be per worker: a request replayed
         # to another worker would be accepted. Refuse rather than serve that.
         print(

@@ -14,6 +14,7 @@ import re
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
+from urllib.parse import urlsplit
 
 from pydantic import (
     AnyHttpUrl,
@@ -278,20 +279,69 @@ class AuthorizerSettings(_Section):
     )
 
 
-def _redis_url_from_env() -> str | None:
-    return os.environ.get(REDIS_URL_ENV) or None
+RedisMode = Literal["standalone", "sentinel", "cluster"]
+HOST_PORT = re.compile(r"^[A-Za-z0-9._-]{1,253}:[0-9]{1,5}$")
+
+
+def _has_password(url: str) -> bool:
+    parts = urlsplit(url)
+    return parts.password is not None or "password=" in parts.query
 
 
 class RedisSettings(_Section):
-    """Shared state for scale-out: ``redis.url`` (``GATEWAY_REDIS__URL``), else ``$REDIS_URL``."""
+    """Shared state for scale-out: one Redis server, a primary behind Sentinel, or a Cluster.
 
+    Unset (no ``url``, not ``sentinel`` mode) keeps all state in this process.
+    """
+
+    mode: RedisMode = Field(
+        default="standalone",
+        description="standalone: one server (or a managed endpoint) at url; sentinel: the "
+        "primary named service_name, found through sentinels; cluster: Redis Cluster, url "
+        "names any node",
+    )
     url: str | None = Field(
-        default_factory=_redis_url_from_env,
+        default=None,
         description="redis://, rediss:// or unix:// URL (else $REDIS_URL); unset keeps all "
-        "state in this process",
+        "state in this process. Not used in sentinel mode",
+    )
+    nodes: tuple[str, ...] = Field(
+        default=(),
+        description="cluster: more nodes to discover the cluster from, besides url; "
+        "sentinel: the sentinels (host:port, at least one)",
+    )
+    service_name: Annotated[str, Field(pattern=r"^[A-Za-z0-9._-]{1,64}$")] = Field(
+        default="mymaster", description="sentinel: the name the sentinels monitor the primary by"
+    )
+    db: Annotated[int, Field(ge=0, le=15)] = Field(
+        default=0, description="sentinel: the primary's database number"
+    )
+    password_env: str | None = Field(
+        default=None,
+        description="environment variable holding the Redis servers' password (in place "
+        "of one in url, e.g. from a Kubernetes Secret)",
+    )
+    sentinel_password_env: str | None = Field(
+        default=None, description="sentinel: environment variable holding the sentinels' password"
     )
     socket_timeout: PositiveSeconds = 0.5
     max_connections: Annotated[int, Field(ge=1, le=10_000)] = 64
+
+    @model_validator(mode="before")
+    @classmethod
+    def _url_from_env(cls, data: Any) -> Any:
+        # $REDIS_URL is the conventional fallback, except where a URL has no meaning.
+        if isinstance(data, dict) and "url" not in data and data.get("mode") != "sentinel":
+            return {**data, "url": os.environ.get(REDIS_URL_ENV) or None}
+        return data
+
+    @field_validator("nodes")
+    @classmethod
+    def _host_ports(cls, nodes: tuple[str, ...]) -> tuple[str, ...]:
+        for node in nodes:
+            if not HOST_PORT.match(node) or not 0 < int(node.rpartition(":")[2]) < 65536:
+                raise ValueError("every node must be host:port")
+        return nodes
 
     @field_validator("url")
     @classmethod
@@ -299,6 +349,29 @@ class RedisSettings(_Section):
         if url is not None and not url.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("must start with redis://, rediss:// or unix://")
         return url
+
+    @model_validator(mode="after")
+    def _fits_mode(self) -> Self:
+        if self.mode == "sentinel":
+            if self.url is not None:
+                raise ValueError("sentinel mode finds the primary through nodes; unset url")
+            if not self.nodes:
+                raise ValueError("sentinel mode needs nodes: the sentinels' host:port")
+        elif self.mode == "cluster":
+            if self.url is None or not self.url.startswith(("redis://", "rediss://")):
+                raise ValueError("cluster mode needs url: redis:// or rediss:// of any node")
+            if urlsplit(self.url).path not in ("", "/", "/0"):
+                raise ValueError("a Redis Cluster has only database 0")
+        elif self.nodes:
+            raise ValueError("nodes is for sentinel or cluster mode")
+        if self.password_env is not None and self.url is not None and _has_password(self.url):
+            raise ValueError("give the password in url or through password_env, not both")
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        """Whether state is shared through Redis (else it stays in this process)."""
+        return self.url is not None or self.mode == "sentinel"
 
 
 class LogSettings(_Section):

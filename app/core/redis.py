@@ -1,28 +1,115 @@
-"""The one way the gateway opens a Redis connection pool.
+"""The one way the gateway opens Redis: a pooled client for ``redis.mode``.
 
-Short socket timeouts and at most one immediate retry: a request that needs
-Redis (a nonce claim, a rate-limit counter) must fail closed within a bounded
-time when Redis is down, never hang the event loop's callers.
+- ``standalone``: ``Redis.from_url(url)``.
+- ``sentinel``: the primary named ``service_name``, asked of ``nodes`` (the
+  sentinels) whenever a connection opens; after a failover the pool reconnects
+  to the new primary by itself.
+- ``cluster``: ``RedisCluster`` seeded from ``url`` and ``nodes``; it follows
+  slot moves (``MOVED``) and failovers by refreshing its slot map.
+
+Whatever the mode: short socket timeouts and at most one immediate retry, so a
+request that needs Redis (a nonce claim, a rate-limit counter) fails closed
+within a bounded time when Redis cannot answer, and never hangs the event loop's
+callers. Code that stores state asks ``is_cluster(client)`` where every key of a
+script must then share one hash tag.
 """
 
 from __future__ import annotations
 
+import os
+from typing import Any
+
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import ClusterNode
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
 
 from app.core.config import RedisSettings
 
+SharedRedis = aioredis.Redis | aioredis.RedisCluster
+"""The client every store is given: one server (or Sentinel's primary) or a Cluster."""
 
-def create_redis(url: str, settings: RedisSettings | None = None) -> aioredis.Redis:
-    """A pooled ``redis.asyncio.Redis`` for ``url``; connections open lazily."""
-    settings = settings or RedisSettings(url=url)
-    return aioredis.Redis.from_url(
-        url,
-        socket_timeout=settings.socket_timeout,
-        socket_connect_timeout=settings.socket_timeout,
-        max_connections=settings.max_connections,
-        # One immediate retry replaces a pooled connection that died with a restart.
-        retry=Retry(NoBackoff(), 1),
-        health_check_interval=30,
+REDIS_FAILURES: tuple[type[Exception], ...] = (RedisError, OSError, RuntimeError, AttributeError)
+"""What a call on a ``SharedRedis`` raises when Redis did not answer: catch exactly these.
+
+Besides Redis and socket errors, redis-py's asyncio cluster client can fail while it
+refreshes its slot map under concurrent commands (a failover, its first use) with a
+plain ``AttributeError`` or ``RuntimeError``: a pooled connection closed under a
+command (redis-py#3835; reproduced here under uvloop). To a store that is Redis not
+answering, so it fails closed (503), never a 500.
+"""
+
+
+def create_redis(settings: RedisSettings) -> SharedRedis:
+    """A pooled client for ``settings.mode``; connections open lazily, on first use."""
+    if not settings.enabled:
+        raise ValueError("redis is not configured (no url, not sentinel mode)")
+    if settings.mode == "sentinel":
+        return _sentinel_primary(settings)
+    if settings.mode == "cluster":
+        return _cluster(settings)
+    assert settings.url is not None  # enabled and not sentinel
+    return aioredis.Redis.from_url(settings.url, **_options(settings))
+
+
+def is_cluster(client: SharedRedis) -> bool:
+    """Whether ``client`` spreads keys over slots (scripts then need one hash tag)."""
+    return isinstance(client, aioredis.RedisCluster)
+
+
+def _options(settings: RedisSettings) -> dict[str, Any]:
+    """Connection options of the data nodes, the same in every mode."""
+    options: dict[str, Any] = {
+        "socket_timeout": settings.socket_timeout,
+        "socket_connect_timeout": settings.socket_timeout,
+        "max_connections": settings.max_connections,
+        # One immediate retry replaces a pooled connection that died with a restart
+        # (in cluster mode: one retry after refreshing the slot map).
+        "retry": Retry(NoBackoff(), 1),
+        "health_check_interval": 30,
+    }
+    if settings.password_env is not None:
+        options["password"] = os.environ.get(settings.password_env, "")
+    return options
+
+
+def _host_port(node: str) -> tuple[str, int]:
+    host, _, port = node.rpartition(":")
+    return host, int(port)
+
+
+def _cluster(settings: RedisSettings) -> aioredis.RedisCluster:
+    assert settings.url is not None  # checked by RedisSettings
+    seeds = [ClusterNode(*_host_port(node)) for node in settings.nodes]
+    options = _options(settings)
+    if seeds:
+        options["startup_nodes"] = seeds
+    return aioredis.RedisCluster.from_url(settings.url, **options)
+
+
+class _SentinelPrimary(aioredis.Redis):
+    """Sentinel's primary client that also closes its connections to the sentinels."""
+
+    async def aclose(self, close_connection_pool: bool | None = None) -> None:
+        await super().aclose(close_connection_pool)
+        manager: Sentinel = self.connection_pool.sentinel_manager  # type: ignore[attr-defined]  # SentinelConnectionPool's
+        for sentinel in manager.sentinels:
+            await sentinel.aclose()
+
+
+def _sentinel_primary(settings: RedisSettings) -> aioredis.Redis:
+    timeouts = {
+        "socket_timeout": settings.socket_timeout,
+        "socket_connect_timeout": settings.socket_timeout,
+    }
+    sentinel_kwargs: dict[str, Any] = dict(timeouts)
+    if settings.sentinel_password_env is not None:
+        sentinel_kwargs["password"] = os.environ.get(settings.sentinel_password_env, "")
+    nodes = [_host_port(node) for node in settings.nodes]
+    sentinel = Sentinel(nodes, sentinel_kwargs=sentinel_kwargs)  # type: ignore[no-untyped-call]  # untyped upstream
+    primary: _SentinelPrimary = sentinel.master_for(
+        settings.service_name, redis_class=_SentinelPrimary, db=settings.db, **_options(settings)
     )
+    return primary

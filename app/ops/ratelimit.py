@@ -34,12 +34,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
-import redis.asyncio
 import structlog
-from redis.exceptions import RedisError
 
 from app.core.errors import ServiceUnavailable, TooManyRequests
 from app.core.ops_settings import RateLimitRule, RateLimitSettings
+from app.core.redis import REDIS_FAILURES, SharedRedis, is_cluster
 from app.ops.metrics import count_rate_limited, count_redis_error
 
 log = structlog.get_logger("gateway.ratelimit")
@@ -178,25 +177,27 @@ class RedisRateLimiter:
 
     def __init__(
         self,
-        client: redis.asyncio.Redis,
+        client: SharedRedis,
         key_prefix: str,
         on_error: Literal["open", "closed"],
     ) -> None:
         self._script = client.register_script(_GCRA_SCRIPT)
-        self._prefix = key_prefix
+        # On a cluster both buckets of a request must share a slot for one atomic
+        # script: every bucket key carries the prefix as its hash tag (decision 0006).
+        self._prefix = f"{{{key_prefix}}}" if is_cluster(client) else key_prefix
         self._on_error = on_error
         self._skip_until = 0.0
 
     async def acquire(self, buckets: Sequence[Bucket]) -> list[BucketState]:
         if time.monotonic() < self._skip_until:
             return self._unavailable()
-        keys = [f"{self._prefix}{b.scope}:{b.key}" for b in buckets]
+        keys = [self.key(b) for b in buckets]
         args: list[int] = []
         for b in buckets:
             args += [interval_micros(b.rule), b.rule.limit]
         try:
             raw = await self._script(keys=keys, args=args)
-        except (RedisError, OSError) as exc:
+        except REDIS_FAILURES as exc:
             count_redis_error("rate_limit")
             log.warning("rate_limit_redis_error", error=type(exc).__name__, mode=self._on_error)
             self._skip_until = time.monotonic() + REDIS_RETRY_SECONDS
@@ -208,6 +209,10 @@ class RedisRateLimiter:
             BucketState(b, bool(ok), int(left), reset_us / MICROS, retry_us / MICROS)
             for b, (ok, left, reset_us, retry_us) in zip(buckets, raw, strict=True)
         ]
+
+    def key(self, bucket: Bucket) -> str:
+        """The bucket's Redis key: ``prefix scope:key``, the prefix a hash tag on a cluster."""
+        return f"{self._prefix}{bucket.scope}:{bucket.key}"
 
     def _unavailable(self) -> list[BucketState]:
         """Redis is down: no limit applies (open), or the request waits (closed)."""

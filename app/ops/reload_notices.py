@@ -8,6 +8,14 @@ disconnected, so each process also reads the key on every (re)connect and every
 ``check_interval_seconds``: a missed notice is picked up at the next check, and
 a reload that failed (files not yet in place) is retried there too.
 
+On a Redis Cluster the notice is plain pub/sub, which the cluster broadcasts to
+every node, so a subscriber hears it whichever node it is connected to (the
+client subscribes on the node that serves the channel's slot, the same one that
+holds the revision key). Sharded pub/sub (``SSUBSCRIBE``, Redis 7) would keep
+the notice inside that shard; for a message a deployment sends a few times a
+day the broadcast costs nothing, and plain pub/sub runs unchanged on every mode
+and Redis version (decision 0006).
+
 The callback decides what "in force" means; this module only carries revisions.
 """
 
@@ -18,11 +26,10 @@ import contextlib
 import time
 from collections.abc import Awaitable, Callable
 
-import redis.asyncio
 import structlog
-from redis.exceptions import RedisError
 
 from app.core.ops_settings import ReloadNoticeSettings
+from app.core.redis import REDIS_FAILURES, SharedRedis
 from app.ops.metrics import count_redis_error
 
 log = structlog.get_logger("gateway.reload_notices")
@@ -30,6 +37,7 @@ log = structlog.get_logger("gateway.reload_notices")
 OnRevision = Callable[[str], Awaitable[None]]
 CurrentRevision = Callable[[], str]
 RECONNECT_DELAY_SECONDS = 0.5
+CANCEL_GRACE_SECONDS = 0.1
 
 
 class ReloadNotifier:
@@ -37,7 +45,7 @@ class ReloadNotifier:
 
     def __init__(
         self,
-        client: redis.asyncio.Redis,
+        client: SharedRedis,
         settings: ReloadNoticeSettings,
         on_revision: OnRevision,
         current_revision: CurrentRevision,
@@ -55,7 +63,7 @@ class ReloadNotifier:
         try:
             await self._client.set(self._channel, revision)
             await self._client.publish(self._channel, revision)
-        except (RedisError, OSError) as exc:
+        except REDIS_FAILURES as exc:
             count_redis_error("reload_notices")
             log.warning("policy_notice_publish_failed", revision=revision, error=type(exc).__name__)
             return False
@@ -66,20 +74,29 @@ class ReloadNotifier:
         self._task = asyncio.create_task(self._run(), name="policy-reload-notices")
 
     async def aclose(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        task, self._task = self._task, None
+        # Cancel until the task ends: a cancel that lands on the read timeout inside
+        # redis-py's get_message can be swallowed (CPython 3.11 asyncio.timeout), and the
+        # listener would then wait a whole check interval before it looked again.
+        while task is not None and not task.done():
+            task.cancel()
+            await asyncio.wait([task], timeout=CANCEL_GRACE_SECONDS)
+        if task is not None and not task.cancelled() and task.exception() is not None:
+            log.warning("policy_notice_listener_failed", error=type(task.exception()).__name__)
 
     async def _run(self) -> None:
         while True:
             try:
                 await self._listen()
-            except (RedisError, OSError) as exc:
+            except REDIS_FAILURES as exc:
                 count_redis_error("reload_notices")
                 log.warning("policy_notice_listener_disconnected", error=type(exc).__name__)
                 await asyncio.sleep(min(RECONNECT_DELAY_SECONDS, self._interval))
+                # A plain read before subscribing again: after a failover it makes a
+                # cluster client refresh its slot map, so the subscription is not sent
+                # to the node that is gone (a subscription alone never refreshes it).
+                with contextlib.suppress(*REDIS_FAILURES):
+                    await self._client.get(self._channel)
 
     async def _listen(self) -> None:
         pubsub = self._client.pubsub(ignore_subscribe_messages=True)
@@ -98,7 +115,7 @@ class ReloadNotifier:
                     next_check = time.monotonic() + self._interval
         finally:
             self.listening.clear()
-            with contextlib.suppress(RedisError, OSError):
+            with contextlib.suppress(*REDIS_FAILURES):
                 await pubsub.aclose()  # type: ignore[no-untyped-call]  # untyped upstream
 
     async def _check(self) -> None:

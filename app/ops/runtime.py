@@ -13,10 +13,9 @@ from contextlib import asynccontextmanager
 import redis.asyncio
 import structlog
 from fastapi import FastAPI
-from redis.exceptions import RedisError
 
 from app.core.config import Settings
-from app.core.redis import create_redis
+from app.core.redis import REDIS_FAILURES, SharedRedis, create_redis
 from app.ops.metrics import count_redis_error
 from app.ops.processes import mark_worker_exited
 from app.ops.ratelimit import MemoryRateLimiter, RateLimiter, RateLimitGuard, RedisRateLimiter
@@ -25,7 +24,7 @@ from app.ops.reload_notices import CurrentRevision, OnRevision, ReloadNotifier
 log = structlog.get_logger("gateway.ops")
 
 
-def _limiter(settings: Settings, client: redis.asyncio.Redis | None) -> RateLimiter:
+def _limiter(settings: Settings, client: SharedRedis | None) -> RateLimiter:
     rules = settings.ops.rate_limit
     if client is None:
         return MemoryRateLimiter()
@@ -40,10 +39,10 @@ async def ops_lifespan(
     current_revision: CurrentRevision | None = None,
 ) -> AsyncIterator[None]:
     """Shared state for this process; reload notices run when both callbacks are given."""
-    client: redis.asyncio.Redis | None = getattr(app.state, "redis", None)
-    owned = client is None and settings.redis.url is not None
-    if client is None and settings.redis.url is not None:
-        client = create_redis(settings.redis.url)
+    client: SharedRedis | None = getattr(app.state, "redis", None)
+    owned = client is None and settings.redis.enabled
+    if client is None and settings.redis.enabled:
+        client = create_redis(settings.redis)
     app.state.redis = client
     app.state.rate_limit = RateLimitGuard(settings.ops.rate_limit, _limiter(settings, client))
     notifier = None
@@ -68,7 +67,7 @@ async def redis_health(client: redis.asyncio.Redis) -> tuple[bool, str]:
     """Whether Redis answers a PING now: (ok, detail) for readiness."""
     try:
         await client.ping()
-    except (RedisError, OSError) as exc:
+    except REDIS_FAILURES as exc:
         count_redis_error("health")
         return False, f"unreachable ({type(exc).__name__})"
     return True, "reachable"

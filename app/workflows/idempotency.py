@@ -11,7 +11,8 @@ Two stores, chosen like the nonce store (``redis.url`` set or not):
 - ``MemoryIdempotencyStore``: one process. Enough for one instance; with several,
   a client's retry that a load balancer sends to another instance would run the
   operation again.
-- ``RedisIdempotencyStore``: every instance shares one record per key. A claim
+- ``RedisIdempotencyStore``: every instance shares one record per key (one key per
+  script, so it runs unchanged on a Redis Cluster). A claim
   (``running`` with a lease) and the stored result are single Lua scripts, so two
   instances racing on one key cannot both run it; the claim's lease is renewed
   while the run lasts, so only a gateway that died mid-run lets it lapse. Redis
@@ -40,9 +41,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
-import redis.asyncio as aioredis
 import structlog
-from redis.exceptions import RedisError
 
 from app.core.errors import (
     BadRequest,
@@ -50,6 +49,7 @@ from app.core.errors import (
     IdempotencyKeyReused,
     ServiceUnavailable,
 )
+from app.core.redis import REDIS_FAILURES, SharedRedis
 from app.ops.metrics import count_redis_error
 
 HEADER = "idempotency-key"
@@ -181,7 +181,7 @@ class RedisIdempotencyStore:
 
     PREFIX = "gateway:idempotency:"
 
-    def __init__(self, client: aioredis.Redis, ttl_seconds: float, lease_seconds: float) -> None:
+    def __init__(self, client: SharedRedis, ttl_seconds: float, lease_seconds: float) -> None:
         self._ttl_ms = int(ttl_seconds * 1000)
         self._lease_ms = int(lease_seconds * 1000)
         self._claim = client.register_script(CLAIM_SCRIPT)
@@ -229,7 +229,7 @@ class RedisIdempotencyStore:
             await asyncio.sleep(self._lease_ms / 3000)
             try:
                 owned = await self._renew(keys=[key], args=[running, self._lease_ms])
-            except (RedisError, OSError) as exc:
+            except REDIS_FAILURES as exc:
                 log.warning("idempotency_lease_not_renewed", error=type(exc).__name__)
                 count_redis_error("idempotency")
                 continue
@@ -263,7 +263,7 @@ class RedisIdempotencyStore:
     async def _call(self, script: Any, keys: list[str], args: list[Any]) -> Any:
         try:
             return await script(keys=keys, args=args)
-        except (RedisError, OSError) as exc:
+        except REDIS_FAILURES as exc:
             log.warning("idempotency_store_unreachable", error=type(exc).__name__)
             count_redis_error("idempotency")
             raise IdempotencyStoreUnavailable() from None

@@ -22,6 +22,7 @@ from app.authn.nonces import (
     RedisNonceStore,
     create_nonce_store,
 )
+from app.core.config import RedisSettings
 from app.core.redis import create_redis
 from tests.conftest import make_settings
 from tests.redis_server import RedisServer, redis_binary
@@ -198,8 +199,8 @@ def test_redis_key_keeps_key_id_and_nonce_apart() -> None:
 @asynccontextmanager
 async def redis_store(server: RedisServer) -> AsyncIterator[tuple[RedisNonceStore, Redis]]:
     """A store and a second, independent client on the same Redis (to look and to break)."""
-    store = RedisNonceStore(create_redis(server.url))
-    probe = create_redis(server.url)
+    store = RedisNonceStore(create_redis(RedisSettings(url=server.url)))
+    probe = create_redis(RedisSettings(url=server.url))
     try:
         yield store, probe
     finally:

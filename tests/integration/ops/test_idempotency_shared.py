@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from app.core.config import RedisSettings
 from app.core.errors import Conflict, DownstreamError, IdempotencyKeyReused
 from app.core.redis import create_redis
 from app.workflows.closing import RESULT_CODEC
@@ -33,7 +34,7 @@ def on_two_gateways(redis_server: RedisServer, scenario: Scenario, lease: float 
     """Run ``scenario`` with two stores on two Redis pools, as two gateways would have."""
 
     async def run() -> None:
-        clients = [create_redis(redis_server.url) for _ in range(2)]
+        clients = [create_redis(RedisSettings(url=redis_server.url)) for _ in range(2)]
         try:
             await scenario(*(RedisIdempotencyStore(c, 60, lease) for c in clients))
         finally:
@@ -253,7 +254,7 @@ def test_a_claim_whose_answer_was_lost_and_retried_is_still_ours(
 
     async def run() -> None:
         async with ReplyDropper(int(redis_server.url.rsplit(":", 1)[1].split("/")[0])) as proxy:
-            redis = create_redis(proxy.url)
+            redis = create_redis(RedisSettings(url=proxy.url))
             try:
                 store = RedisIdempotencyStore(redis, 60, 30)
                 assert await store.run(("k",), "fp", counting(calls), TEXT) == ("first", False)
@@ -278,7 +279,7 @@ def test_a_stored_result_this_version_cannot_read_is_a_conflict_not_a_crash(
     calls: list[str] = []
 
     async def scenario(one: RedisIdempotencyStore, two: RedisIdempotencyStore) -> None:
-        redis = create_redis(redis_server.url)
+        redis = create_redis(RedisSettings(url=redis_server.url))
         try:
             digest = hashlib.sha256(b"fp").hexdigest().encode()
             await redis.set(RedisIdempotencyStore.key(("k",)), b"D" + digest + stored)

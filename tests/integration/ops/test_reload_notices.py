@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 import pytest
 from fastapi import FastAPI
 
+from app.core.config import RedisSettings
 from app.core.ops_settings import ReloadNoticeSettings
 from app.core.redis import create_redis
 from app.ops.reload_notices import ReloadNotifier
@@ -48,7 +49,7 @@ class Instance:
 async def notifier(
     redis: RedisServer, instance: Instance, interval: float
 ) -> AsyncIterator[ReloadNotifier]:
-    client = create_redis(redis.url)
+    client = create_redis(RedisSettings(url=redis.url))
     settings = ReloadNoticeSettings(check_interval_seconds=interval)
     running = ReloadNotifier(client, settings, instance.reload, lambda: instance.revision)
     running.start()

@@ -1,0 +1,176 @@
+"""What every ``redis.mode`` must guarantee, as scenarios over two real gateways.
+
+The cluster and sentinel test modules run the same scenarios on their own
+engines: a replay is refused on the other gateway, rate limits are shared (and
+a refused request spends neither bucket), a policy reload reaches the other
+gateway, and a primary's failover gives 503s, never an accepted replay, then
+recovers by itself while everything signed before it stays refused.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from app.authn.nonces import NonceKeys
+from tests.conftest import POLICY_DIR, TEST_KEY_ID, LiveServer, signer
+from tests.integration.ops.conftest import FINDINGS, GatewayFactory, wait_until
+
+RESET = "replay_window_reset"
+RATE_LIMITS = {
+    "subject": {"limit": 3, "window_seconds": 60},
+    "engagement": {"limit": 5, "window_seconds": 60},
+}
+
+
+@dataclass
+class Pair:
+    """Two gateways on one shared Redis (of any mode), and the policy files they read."""
+
+    one: LiveServer
+    two: LiveServer
+    policies: Path
+
+
+def start_pair(factory: GatewayFactory, redis: dict[str, Any], tmp_path: Path) -> Pair:
+    """Two gateways with rate limits on; only pub/sub can carry a reload between them."""
+    policies = tmp_path / "policies"
+    shutil.copytree(POLICY_DIR, policies)
+    sections: dict[str, Any] = {
+        "redis": redis,
+        "policy": {"dir": str(policies), "watch_interval": 0},
+        "ops": {
+            "rate_limit": {**RATE_LIMITS, "on_redis_error": "closed"},
+            "reload_notices": {"check_interval_seconds": 3600},
+        },
+    }
+    return Pair(factory(**sections), factory(**sections), policies)
+
+
+def signed(gateway: LiveServer, path: str = FINDINGS, subject: str = "alice") -> httpx.Request:
+    """One signed GET that can be sent (and replayed) to any gateway: the port is not signed."""
+    return next(signer(subject).auth_flow(httpx.Request("GET", gateway.url + path)))
+
+
+def to(gateway: LiveServer, request: httpx.Request) -> httpx.Request:
+    request.url = request.url.copy_with(port=gateway.port)
+    return request
+
+
+def send(request: httpx.Request) -> httpx.Response:
+    with httpx.Client(timeout=10) as client:
+        return client.send(request)
+
+
+def nonce_of(request: httpx.Request) -> str:
+    params = request.headers["signature-input"].split(";")
+    return next(p for p in params if p.startswith("nonce=")).removeprefix("nonce=").strip('"')
+
+
+def fence_key_of(request: httpx.Request, grouped: bool) -> str:
+    """The fence that vouches for the request's nonce (a cluster: its group's)."""
+    fence, _ = NonceKeys(grouped).claim_keys(TEST_KEY_ID, nonce_of(request))
+    return fence
+
+
+def replay_is_refused_on_the_other_gateway(pair: Pair) -> None:
+    captured = signed(pair.one)
+    assert send(captured).status_code == 200
+    replay = send(to(pair.two, captured))
+    assert replay.status_code == 401, replay.text
+
+
+def rate_limits_are_shared_both_or_neither(pair: Pair, engagement: str) -> None:
+    """Subject and engagement buckets spent across gateways; a refusal spends neither."""
+    path = f"/v1/engagements/{engagement}/findings"
+    statuses = [send(signed(gw, path, "rl-first")).status_code for gw in (pair.one, pair.two) * 2]
+    # Three of the subject's 3 per minute pass (authz may deny: limits come first), then 429.
+    assert [s == 429 for s in statuses] == [False, False, False, True], statuses
+    # The refused fourth request spent neither bucket: 5 - 3 = 2 left for the engagement.
+    others = [
+        send(signed(gw, path, "rl-second")).status_code for gw in (pair.two, pair.one, pair.two)
+    ]
+    assert [s == 429 for s in others] == [False, False, True], others
+    refused = send(signed(pair.one, path, "rl-second"))
+    assert refused.status_code == 429
+    assert refused.headers["RateLimit"].startswith('"engagement";r=0;')
+
+
+def policy_in_force(gateway: LiveServer) -> str:
+    """The ``/readyz`` detail of the policy check (it names the revision in force)."""
+    checks = httpx.get(gateway.url + "/readyz").json()["checks"]
+    return str({check["name"]: check["detail"] for check in checks}["policy"])
+
+
+def reload_on_one_reaches_the_other(pair: Pair) -> None:
+    """Only a pub/sub notice can carry it: file watching off, periodic checks an hour apart."""
+    with httpx.Client(auth=signer("zack"), timeout=10) as zack:
+        assert zack.get(pair.two.url + FINDINGS).status_code == 403
+        with (pair.policies / "policy.csv").open("a") as csv:
+            csv.write("\ng, zack, analyst, acme-2026\n")
+        with httpx.Client(auth=signer("sam"), timeout=10) as admin:
+            reloaded = admin.post(pair.one.url + "/admin/policy/reload")
+        assert reloaded.status_code == 200
+        revision = reloaded.json()["revision"]
+        # Polled on readiness, not on requests: each request would spend zack's rate limit.
+        wait_until(lambda: revision in policy_in_force(pair.two))
+        assert zack.get(pair.two.url + FINDINGS).status_code == 200
+
+
+@dataclass
+class Failover:
+    """How one deployment fails over, seen from a test."""
+
+    on_failing_primary: Callable[[httpx.Request], bool]  # its nonce lives on the doomed primary
+    cut_off: Callable[[], None]  # the replica stops receiving writes
+    kill: Callable[[], None]  # SIGKILL the primary
+    switched: Callable[[], bool]  # the replica serves as primary now
+    holds: Callable[[str], bool]  # whether the serving primary holds this key
+
+
+def nonce_key_of(request: httpx.Request, grouped: bool) -> str:
+    _, key = NonceKeys(grouped).claim_keys(TEST_KEY_ID, nonce_of(request))
+    return key
+
+
+def failover_refuses_replays_then_recovers(
+    pair: Pair, failover: Failover, grouped: bool, logs: list[dict[str, Any]]
+) -> list[int]:
+    """A replica behind by the latest claims is promoted: 503s, then nothing signed before passes.
+
+    Returns what the gateways answered during the switch.
+    """
+
+    def fresh() -> httpx.Request:
+        while not failover.on_failing_primary(request := signed(pair.one)):
+            pass
+        return request
+
+    failover.cut_off()
+    captured = fresh()  # accepted by the primary alone: the replica never hears of it
+    assert send(captured).status_code == 200
+    signed_before = fresh()  # never sent before the failover
+    failover.kill()
+    during = []
+    while not failover.switched():
+        for gateway in (pair.one, pair.two):
+            replay = send(to(gateway, captured))
+            assert replay.status_code in (401, 503), f"replay answered {replay.status_code}"
+            during += [replay.status_code, send(to(gateway, fresh())).status_code]
+    assert 503 in during, "the switch was seen: the failing primary could not answer"
+    assert set(during) <= {200, 401, 503}, during
+    # The gateways recover by themselves: a fresh signature passes again on both.
+    for gateway in (pair.one, pair.two):
+        wait_until(lambda gw=gateway: send(to(gw, fresh())).status_code == 200, timeout=30)
+    assert not failover.holds(nonce_key_of(captured, grouped)), "the claim was lost"
+    for request, gateway in ((captured, pair.one), (signed_before, pair.two), (captured, pair.two)):
+        refused = send(to(gateway, request))
+        assert refused.status_code == 401, refused.text
+    reasons = [line["reason"] for line in logs if line.get("stage") == "authn"]
+    assert reasons.count(RESET) >= 3, "the promoted primary's fence refused all three"
+    return during

@@ -1,0 +1,60 @@
+"""Two gateways on a real Redis Cluster: three primaries, three replicas, one killed.
+
+Everything a script touches shares a hash tag, so nothing here can fail with
+CROSSSLOT; the failover is a real one (SIGKILL, the replica elected by the cluster).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from redis.crc import key_slot
+
+from tests.integration.ops import redis_ha
+from tests.integration.ops.conftest import GatewayFactory
+from tests.redis_topologies import Cluster, cut_off, probe
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def pair(gateway_factory: GatewayFactory, redis_cluster: Cluster, tmp_path: Path) -> redis_ha.Pair:
+    return redis_ha.start_pair(
+        gateway_factory, {"mode": "cluster", "url": redis_cluster.url}, tmp_path
+    )
+
+
+def test_a_replay_is_refused_on_the_other_gateway(pair: redis_ha.Pair) -> None:
+    redis_ha.replay_is_refused_on_the_other_gateway(pair)
+
+
+def test_rate_limits_are_shared_and_spent_both_or_neither(pair: redis_ha.Pair) -> None:
+    redis_ha.rate_limits_are_shared_both_or_neither(pair, "rl-cluster")
+
+
+def test_a_reload_on_one_gateway_reaches_the_other(pair: redis_ha.Pair) -> None:
+    redis_ha.reload_on_one_reaches_the_other(pair)
+
+
+def test_a_failover_answers_503_never_a_replay_and_recovers_by_itself(
+    pair: redis_ha.Pair, redis_cluster: Cluster, captured_logs: list[dict[str, Any]]
+) -> None:
+    """Kill the primary that holds a nonce's slot; its replica, behind by that claim, takes over."""
+    fence = redis_ha.fence_key_of(redis_ha.signed(pair.one), grouped=True)
+    slots, primary = redis_cluster.shard_of(fence)
+    replica = redis_cluster.replica_of(primary)
+
+    def on_failing_primary(request: httpx.Request) -> bool:
+        return key_slot(redis_ha.fence_key_of(request, grouped=True).encode()) in slots
+
+    failover = redis_ha.Failover(
+        on_failing_primary,
+        cut_off=lambda: cut_off(replica),
+        kill=primary.kill,
+        switched=lambda: redis_cluster.took_over(fence, primary),
+        holds=lambda key: bool(probe(redis_cluster.shard_of(key)[1].port).exists(key)),
+    )
+    redis_ha.failover_refuses_replays_then_recovers(pair, failover, True, captured_logs)

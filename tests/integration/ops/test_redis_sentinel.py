@@ -1,0 +1,57 @@
+"""Two gateways on a primary behind real sentinels: one replica, three sentinels, one crash.
+
+The gateways find the primary through the sentinels; when it is killed the
+sentinels promote the replica, and the promoted primary's own ``run_id`` moves
+the replay fence, however far behind the replica was.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.integration.ops import redis_ha
+from tests.integration.ops.conftest import GatewayFactory
+from tests.redis_topologies import SERVICE_NAME, SentinelDeployment, cut_off, probe
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def pair(
+    gateway_factory: GatewayFactory, redis_sentinel: SentinelDeployment, tmp_path: Path
+) -> redis_ha.Pair:
+    redis = {
+        "mode": "sentinel",
+        "nodes": redis_sentinel.sentinel_nodes,
+        "service_name": SERVICE_NAME,
+    }
+    return redis_ha.start_pair(gateway_factory, redis, tmp_path)
+
+
+def test_a_replay_is_refused_on_the_other_gateway(pair: redis_ha.Pair) -> None:
+    redis_ha.replay_is_refused_on_the_other_gateway(pair)
+
+
+def test_rate_limits_are_shared_and_spent_both_or_neither(pair: redis_ha.Pair) -> None:
+    redis_ha.rate_limits_are_shared_both_or_neither(pair, "rl-sentinel")
+
+
+def test_a_reload_on_one_gateway_reaches_the_other(pair: redis_ha.Pair) -> None:
+    redis_ha.reload_on_one_reaches_the_other(pair)
+
+
+def test_a_failover_answers_503_never_a_replay_and_recovers_by_itself(
+    pair: redis_ha.Pair, redis_sentinel: SentinelDeployment, captured_logs: list[dict[str, Any]]
+) -> None:
+    """Kill the primary; the sentinels promote the replica, behind by the latest claim."""
+    failover = redis_ha.Failover(
+        lambda _request: True,  # one primary holds every nonce
+        cut_off=lambda: cut_off(redis_sentinel.replica),
+        kill=redis_sentinel.primary.kill,
+        switched=redis_sentinel.promoted,
+        holds=lambda key: bool(probe(redis_sentinel.replica.port).exists(key)),
+    )
+    redis_ha.failover_refuses_replays_then_recovers(pair, failover, False, captured_logs)

@@ -1,0 +1,151 @@
+"""``redis.mode``: settings, the client each mode opens, and key layouts that fit a cluster."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import redis.asyncio as aioredis
+from hypothesis import given
+from hypothesis import strategies as st
+from redis.crc import key_slot
+
+from app.authn.nonces import NonceKeys, RedisNonceStore
+from app.core.config import RedisSettings, load_settings
+from app.core.errors import ConfigError
+from app.core.ops_settings import RateLimitRule
+from app.core.redis import create_redis, is_cluster
+from app.ops.ratelimit import Bucket, RedisRateLimiter
+
+CLUSTER = RedisSettings(mode="cluster", url="redis://127.0.0.1:7000")
+SENTINEL = RedisSettings(mode="sentinel", nodes=("127.0.0.1:26379", "127.0.0.1:26380"))
+KEY_IDS = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,20}", fullmatch=True)
+
+
+def slots(keys: list[str]) -> set[int]:
+    return {key_slot(key.encode()) for key in keys}
+
+
+def test_modes_and_their_nodes_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GATEWAY_REDIS__MODE", "sentinel")
+    monkeypatch.setenv("GATEWAY_REDIS__NODES", '["10.0.0.1:26379", "sentinel-2:26379"]')
+    monkeypatch.setenv("GATEWAY_REDIS__SERVICE_NAME", "gateway")
+    monkeypatch.setenv("REDIS_URL", "redis://ignored-in-sentinel-mode:6379/0")
+    redis = load_settings().redis
+    assert (redis.mode, redis.service_name, redis.url) == ("sentinel", "gateway", None)
+    assert redis.nodes == ("10.0.0.1:26379", "sentinel-2:26379")
+    assert redis.enabled
+
+
+def test_standalone_and_cluster_still_fall_back_to_redis_url(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("REDIS_URL", "redis://10.0.0.9:7000")
+    assert RedisSettings().url == "redis://10.0.0.9:7000"
+    assert RedisSettings(mode="cluster").enabled
+    monkeypatch.delenv("REDIS_URL")
+    assert not RedisSettings().enabled
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"mode": "sentinel"}, "sentinel mode needs nodes"),
+        ({"mode": "sentinel", "nodes": ["a:1"], "url": "redis://a:1"}, "unset url"),
+        ({"mode": "cluster", "url": None}, "cluster mode needs url"),
+        ({"mode": "cluster", "url": "unix:///run/redis.sock"}, "cluster mode needs url"),
+        ({"mode": "cluster", "url": "redis://a:7000/3"}, "only database 0"),
+        ({"mode": "standalone", "url": "redis://a:1", "nodes": ["b:2"]}, "nodes is for"),
+        ({"mode": "sentinel", "nodes": ["no-port"]}, "host:port"),
+        ({"mode": "sentinel", "nodes": ["a:70000"]}, "host:port"),
+        ({"mode": "replicated", "url": "redis://a:1"}, "redis.mode"),
+        ({"url": "redis://:pw@a:1", "password_env": "PW"}, "not both"),
+    ],
+)
+def test_a_mode_without_what_it_needs_stops_start_up(
+    monkeypatch: pytest.MonkeyPatch, values: dict[str, object], message: str
+) -> None:
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    with pytest.raises(ConfigError) as caught:
+        load_settings(redis=values)
+    assert message in caught.value.detail
+    assert "\n" not in caught.value.detail
+
+
+def test_each_mode_opens_its_own_client_lazily() -> None:
+    async def scenario() -> None:
+        standalone = create_redis(RedisSettings(url="redis://127.0.0.1:1/0"))
+        cluster = create_redis(CLUSTER)
+        primary = create_redis(SENTINEL)
+        assert type(standalone) is aioredis.Redis
+        assert not is_cluster(standalone)
+        assert is_cluster(cluster)
+        assert isinstance(primary, aioredis.Redis)
+        assert not is_cluster(primary)
+        pool = primary.connection_pool
+        assert pool.service_name == "mymaster"  # type: ignore[attr-defined]  # Sentinel's pool
+        for client in (standalone, cluster, primary):
+            await client.aclose()  # nothing was connected: closing needs no server
+
+    asyncio.run(scenario())
+
+
+def test_create_redis_refuses_settings_without_redis(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    with pytest.raises(ValueError, match="not configured"):
+        create_redis(RedisSettings())
+
+
+def test_the_password_comes_from_the_named_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GW_REDIS_PASSWORD", "from-the-secret")
+    for settings in (
+        RedisSettings(url="redis://127.0.0.1:1/0", password_env="GW_REDIS_PASSWORD"),
+        SENTINEL.model_copy(update={"password_env": "GW_REDIS_PASSWORD"}),
+    ):
+        client = create_redis(settings)
+        assert client.connection_pool.connection_kwargs["password"] == "from-the-secret"
+        asyncio.run(client.aclose())
+
+
+def test_one_server_keeps_the_single_fence_layout() -> None:
+    keys = NonceKeys(grouped=False)
+    assert keys.fences() == ["gateway:nonce-fence"]
+    assert keys.claim_keys("k1", "n") == ["gateway:nonce-fence", RedisNonceStore.key("k1", "n")]
+    assert RedisNonceStore.key("k1", "n") == "gateway:nonce:2:k1:n"
+
+
+@given(key_id=KEY_IDS, nonce=st.text(min_size=1, max_size=64))
+def test_on_a_cluster_a_nonce_and_its_fence_share_a_slot(key_id: str, nonce: str) -> None:
+    keys = NonceKeys(grouped=True)
+    fence, nonce_key = keys.claim_keys(key_id, nonce)
+    assert len(slots([fence, nonce_key])) == 1
+    assert fence == keys.fences()[keys.group(key_id, nonce)]
+    assert nonce_key.startswith(NonceKeys.PREFIX)
+    assert not fence.startswith(NonceKeys.PREFIX)
+
+
+def test_cluster_fence_groups_are_distinct_slots_spread_over_the_range() -> None:
+    fences = NonceKeys(grouped=True).fences()
+    assert len(fences) == NonceKeys.FENCE_GROUPS
+    assert len(slots(fences)) == NonceKeys.FENCE_GROUPS
+    # Three equal shards (redis-cli's layout): every one serves some of the groups.
+    assert {slot * 3 // 16384 for slot in slots(fences)} == {0, 1, 2}
+
+
+@given(subject=st.text(min_size=1, max_size=40), engagement=st.text(min_size=1, max_size=40))
+def test_on_a_cluster_both_buckets_of_a_request_share_a_slot(subject: str, engagement: str) -> None:
+    client = create_redis(CLUSTER)
+    limiter = RedisRateLimiter(client, "gw:rl:", "closed")
+    rule = RateLimitRule(limit=5)
+    keys = [
+        limiter.key(Bucket("subject", subject, rule)),
+        limiter.key(Bucket("engagement", engagement, rule)),
+    ]
+    assert len(slots(keys)) == 1
+    assert keys[0] == f"{{gw:rl:}}subject:{subject}"
+
+
+def test_on_one_server_bucket_keys_are_unchanged() -> None:
+    client = create_redis(RedisSettings(url="redis://127.0.0.1:1/0"))
+    limiter = RedisRateLimiter(client, "gw:rl:", "open")
+    assert limiter.key(Bucket("subject", "alice", RateLimitRule(limit=1))) == "gw:rl:subject:alice"
