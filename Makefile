@@ -8,7 +8,7 @@ export GATEWAY_DEMO_KEY ?= demo-key-not-secret-0123456789abcdef
 # Documented demo key the gateway signs outbound identity with (the stubs verify it).
 export GATEWAY_DEMO_OUTBOUND_KEY ?= demo-outbound-not-secret-0123456789abcdef
 
-.PHONY: run test lint typecheck policy-check pytest packages clean bench
+.PHONY: run test lint typecheck policy-check k8s-check pytest packages clean bench
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,12 @@ policy-check: $(STAMP)
 	$(BIN)/gateway policy lint --strict policies
 	$(BIN)/gateway policy test policies
 
+# The Kubernetes manifests validate (strict: unknown fields fail) against this version.
+K8S_VERSION ?= 1.34.0
+K8S_MANIFESTS := $(filter-out deploy/k8s/kustomization.yaml,$(wildcard deploy/k8s/*.yaml))
+k8s-check: $(STAMP)
+	$(BIN)/kubernetes-validate --strict --quiet --kubernetes-version $(K8S_VERSION) $(K8S_MANIFESTS)
+
 # Tests start their own redis-server, redis-sentinel and nginx on loopback; this installs
 # the Debian packages when missing (apt-get, sudo when not root; see the script).
 packages:
@@ -41,7 +47,7 @@ packages:
 pytest: $(STAMP) packages
 	$(BIN)/pytest; rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
-test: lint typecheck policy-check pytest
+test: lint typecheck policy-check k8s-check pytest
 
 # Benchmarks with peer baselines in one run (bench/README.md); BENCH_ARGS=--quick for a smoke run.
 BENCH_STAMP := $(VENV)/.bench-installed

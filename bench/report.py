@@ -106,6 +106,30 @@ def _ratios(results: dict[str, Any]) -> list[str]:
     return out
 
 
+def _redis_deployments(results: dict[str, Any]) -> list[str]:
+    """Two workers on each Redis deployment against two workers on one redis-server."""
+    matrix = results["matrix"]
+    base = matrix.get("gateway_w2")
+    out = [
+        "| two workers on | conns | throughput ratio | p99 added (ms) | row CPU µs/req added |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    if not base:
+        return [*out, "| (gateway_w2 not measured) |||||"]
+    for key in ("gateway_w2_cluster", "gateway_w2_sentinel"):
+        cells = matrix.get(key)
+        label = next((r["label"] for r in results["rows"] if r["key"] == key), key)
+        if not cells:
+            out.append(f"| {label} | – | not measured |||")
+            continue
+        for c in sorted(cells):
+            ratio = cells[c]["rps"] / base[c]["rps"] if base[c]["rps"] else float("nan")
+            added = cells[c]["p99_ms"] - base[c]["p99_ms"]
+            cpu = cells[c]["target_cpu_us"] - base[c]["target_cpu_us"]
+            out.append(f"| {label} | {c} | {_fmt(ratio, 3)}× | {_fmt(added, 2)} | {_fmt(cpu)} |")
+    return out
+
+
 def _soak(soak: dict[str, Any]) -> list[str]:
     if "samples" not in soak:
         return [f"Not run: {soak.get('error')}"]
@@ -189,6 +213,12 @@ def write_report(results: dict[str, Any], out_dir: Path) -> None:
         "## Ratios (gateway against each peer, same run)",
         "",
         *_ratios(results),
+        "",
+        "## Redis deployments (two workers: Cluster and Sentinel against one redis-server)",
+        "",
+        "Row CPU includes every Redis process of the row (replicas and sentinels too).",
+        "",
+        *_redis_deployments(results),
         "",
         "## RSS soak (gateway, 64 connections)",
         "",

@@ -34,6 +34,8 @@ SECURITY_CHECKED = (
     "gateway_passthrough",
     "gateway_redis",
     "gateway_w2",
+    "gateway_w2_cluster",
+    "gateway_w2_sentinel",
     "decision",
 )
 

@@ -21,6 +21,7 @@ from pydantic import ValidationError
 from bench.nginx import ensure_nginx, nginx_server
 from bench.policygen import NAIVE_SOURCE, load_callers, write_policy
 from bench.procs import Server, free_port, python_argv
+from bench.with_redis import missing
 
 REPO = Path(__file__).resolve().parent.parent
 BENCH_KEY_ID = "bench-2026"
@@ -178,11 +179,14 @@ def serve_supports_workers() -> bool:
     return "--workers" in done.stdout
 
 
-# (workers, with Redis) -> row key and label; goals.py compares gateway_w2 with gateway_redis.
+# (workers, Redis topology) -> row key and label; goals.py compares gateway_w2 with
+# gateway_redis, the report each other topology's two-worker row with gateway_w2.
 ROW_NAMES = {
-    (1, False): ("gateway", "gateway"),
-    (1, True): ("gateway_redis", "gateway (Redis)"),
-    (2, True): ("gateway_w2", "gateway (2 workers, Redis)"),
+    (1, None): ("gateway", "gateway"),
+    (1, "standalone"): ("gateway_redis", "gateway (Redis)"),
+    (2, "standalone"): ("gateway_w2", "gateway (2 workers, Redis)"),
+    (2, "cluster"): ("gateway_w2_cluster", "gateway (2 workers, Redis Cluster 3+3)"),
+    (2, "sentinel"): ("gateway_w2_sentinel", "gateway (2 workers, Sentinel 1+1+3)"),
 }
 # Issue 14: the gateway with tracing on (OTLP/HTTP to the stub, which answers 200) at
 # two sampling ratios, and the gateway of the commit before tracing (tracing's cost off).
@@ -191,6 +195,7 @@ TRACE_ROWS = {
     0.1: ("gateway_trace01", "gateway (tracing on, ratio 0.1)"),
 }
 BASE_ROW = ("gateway_base", "gateway (commit before tracing)")
+HA_TOPOLOGIES = ("cluster", "sentinel")
 
 
 def _gateway(
@@ -198,11 +203,11 @@ def _gateway(
     config: Path,
     workers: int,
     callers: list[tuple[str, str]],
-    redis: bool = False,
+    redis: str | None = None,
     row: tuple[str, str] | None = None,
     tree: Path | None = None,
 ) -> Target:
-    """The gateway row; ``redis``: with a private redis-server for shared state.
+    """The gateway row; ``redis``: the private Redis deployment it shares state through.
 
     ``row`` names another row (key, label); ``tree``: run the code of that source tree.
     """
@@ -210,8 +215,8 @@ def _gateway(
     argv = python_argv("app.cli.main", "serve", "--port", str(port), "--config", str(config))
     if workers > 1:
         argv += ["--workers", str(workers)]
-    if redis:
-        argv = python_argv("bench.with_redis", *argv)
+    if redis is not None:
+        argv = python_argv("bench.with_redis", "--topology", redis, *argv)
     key, label = row or ROW_NAMES[(workers, redis)]
     env = {BENCH_KEY_ENV: BENCH_SECRET.decode()}
     if tree is not None:
@@ -342,14 +347,15 @@ def build_targets(
     targets.append(_shadow_row(root, stub_port, gw_policy, gw_callers))
     targets.extend(_tracing_rows(root, stub_port, gw_policy, gw_callers, baseline))
     if shutil.which("redis-server") is None:
-        for key, label in (ROW_NAMES[(1, True)], ROW_NAMES[(2, True)]):
+        for key, label in (v for k, v in ROW_NAMES.items() if k[1] is not None):
             note = "unavailable: redis-server missing (make test installs it)"
             targets.append(Target(key, label, GATEWAY_PATH, gw_callers, note=note))
     elif serve_supports_workers():
         # Several workers need Redis (per-process nonces would accept cross-worker
         # replays), so the two-worker row is compared with one worker on Redis too.
-        targets.append(_gateway(root, config, 1, gw_callers, redis=True))
-        targets.append(_gateway(root, config, 2, gw_callers, redis=True))
+        targets.append(_gateway(root, config, 1, gw_callers, redis="standalone"))
+        targets.append(_gateway(root, config, 2, gw_callers, redis="standalone"))
+        targets += [_ha_gateway(root, config, gw_callers, topology) for topology in HA_TOPOLOGIES]
     else:
         targets.append(
             Target(
@@ -376,6 +382,16 @@ def _passthrough_row(root: Path, config: Path, callers: list[tuple[str, str]]) -
     if not _supports_passthrough():
         row.note = "unavailable: no pass-through routes on this commit"
     return row
+
+
+def _ha_gateway(root: Path, config: Path, callers: list[tuple[str, str]], topology: str) -> Target:
+    """Two workers on a Redis Cluster or behind Sentinel, unless a program is missing."""
+    absent = missing(topology)
+    if absent:
+        key, label = ROW_NAMES[(2, topology)]
+        note = f"unavailable: {', '.join(absent)} missing (make test installs it)"
+        return Target(key, label, GATEWAY_PATH, callers, note=note)
+    return _gateway(root, config, 2, callers, redis=topology)
 
 
 def _nginx(root: Path, stub_port: int, callers: list[tuple[str, str]], install: bool) -> Target:

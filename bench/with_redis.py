@@ -1,58 +1,83 @@
-"""Run a command beside a private redis-server: the bench rows that share state.
+"""Run a command beside a private Redis deployment: the bench rows that share state.
 
-``python -m bench.with_redis CMD ...`` starts redis-server on a free loopback port,
-runs CMD with ``GATEWAY_REDIS__URL`` pointing at it, and stops both together. The
-row's CPU figures then include Redis's own, which is the honest cost of shared state.
-(``gateway serve --workers N`` refuses to start without Redis: in-memory nonces are
-per process.)
+``python -m bench.with_redis [--topology standalone|cluster|sentinel] CMD ...``
+starts, on free loopback ports, one redis-server (standalone, the default), a
+Redis Cluster of three primaries and three replicas, or one primary, one replica
+and three sentinels; runs CMD with the ``GATEWAY_REDIS__*`` settings that reach
+it; and stops both together. The Redis processes are this process's children, so
+the row's CPU figures include Redis's own, replication and sentinels included:
+the honest cost of shared state. (``gateway serve --workers N`` refuses to start
+without Redis: in-memory nonces are per process.)
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import time
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
 from types import FrameType
 
+from tests.redis_server import RedisServer
+from tests.redis_topologies import SERVICE_NAME, Cluster, SentinelDeployment
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+TOPOLOGIES = ("standalone", "cluster", "sentinel")
+BINARIES = {
+    "standalone": ("redis-server",),
+    "cluster": ("redis-server", "redis-cli"),
+    "sentinel": ("redis-server", "redis-sentinel"),
+}
 
 
-def _wait_for_redis(port: int, deadline_s: float = 10.0) -> None:
-    end = time.monotonic() + deadline_s
-    while time.monotonic() < end:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2) as conn:
-                conn.sendall(b"PING\r\n")
-                if conn.recv(16).startswith(b"+PONG"):
-                    return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError("redis-server did not start")
+def missing(topology: str) -> list[str]:
+    """The Debian programs ``topology`` needs that are not installed."""
+    return [name for name in BINARIES[topology] if shutil.which(name) is None]
+
+
+@contextlib.contextmanager
+def deployment(topology: str) -> Iterator[dict[str, str]]:
+    """Start ``topology``; the environment that points a gateway at it."""
+    with tempfile.TemporaryDirectory(prefix=f"bench-redis-{topology}-") as tmp:
+        if topology == "cluster":
+            cluster = Cluster(Path(tmp)).start()
+            try:
+                yield {"GATEWAY_REDIS__MODE": "cluster", "GATEWAY_REDIS__URL": cluster.url}
+            finally:
+                cluster.stop()
+        elif topology == "sentinel":
+            sentinel = SentinelDeployment(Path(tmp)).start()
+            try:
+                yield {
+                    "GATEWAY_REDIS__MODE": "sentinel",
+                    "GATEWAY_REDIS__NODES": json.dumps(sentinel.sentinel_nodes),
+                    "GATEWAY_REDIS__SERVICE_NAME": SERVICE_NAME,
+                }
+            finally:
+                sentinel.stop()
+        else:
+            server = RedisServer(shutil.which("redis-server") or "redis-server").start()
+            try:
+                yield {"GATEWAY_REDIS__URL": server.url}
+            finally:
+                server.stop()
 
 
 def main(argv: list[str]) -> int:
-    binary = shutil.which("redis-server")
-    if binary is None or not argv:
-        print("bench.with_redis: needs redis-server and a command", file=sys.stderr)
+    topology = "standalone"
+    if argv[:1] == ["--topology"] and len(argv) > 1:
+        topology, argv = argv[1], argv[2:]
+    if topology not in TOPOLOGIES or missing(topology) or not argv:
+        needs = ", ".join(BINARIES.get(topology, TOPOLOGIES))
+        print(f"bench.with_redis: needs {needs} and a command", file=sys.stderr)
         return 2
-    port = _free_port()
-    redis = subprocess.Popen(  # fixed argv: a local redis-server on loopback
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL,
-    )
-    try:
-        _wait_for_redis(port)
-        env = {**os.environ, "GATEWAY_REDIS__URL": f"redis://127.0.0.1:{port}/0"}
-        child = subprocess.Popen(argv, env=env)
+    with deployment(topology) as env:
+        child = subprocess.Popen(argv, env={**os.environ, **env})  # the row's own argv
 
         def forward(signum: int, _frame: FrameType | None) -> None:
             child.send_signal(signum)
@@ -60,9 +85,6 @@ def main(argv: list[str]) -> int:
         signal.signal(signal.SIGTERM, forward)
         signal.signal(signal.SIGINT, forward)
         return child.wait()
-    finally:
-        redis.terminate()
-        redis.wait(timeout=10)
 
 
 if __name__ == "__main__":

@@ -80,6 +80,8 @@ def test_every_row_is_measured_or_says_why(tiny_run: Path) -> None:
         "gateway_trace01",
         "gateway_base",
         "gateway_shadow",
+        "gateway_w2_cluster",
+        "gateway_w2_sentinel",
     }
     assert set(rows) == expected
     for key, row in rows.items():

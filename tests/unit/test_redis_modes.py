@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
@@ -10,12 +12,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 from redis.crc import key_slot
 
-from app.authn.nonces import NonceKeys, RedisNonceStore
+from app.authn.nonces import NonceKeys, NonceStoreUnavailable, RedisNonceStore
 from app.core.config import RedisSettings, load_settings
-from app.core.errors import ConfigError
+from app.core.errors import ConfigError, ServiceUnavailable
 from app.core.ops_settings import RateLimitRule
 from app.core.redis import create_redis, is_cluster
 from app.ops.ratelimit import Bucket, RedisRateLimiter
+from app.workflows.idempotency import Codec, IdempotencyStoreUnavailable, RedisIdempotencyStore
 
 CLUSTER = RedisSettings(mode="cluster", url="redis://127.0.0.1:7000")
 SENTINEL = RedisSettings(mode="sentinel", nodes=("127.0.0.1:26379", "127.0.0.1:26380"))
@@ -149,3 +152,42 @@ def test_on_one_server_bucket_keys_are_unchanged() -> None:
     client = create_redis(RedisSettings(url="redis://127.0.0.1:1/0"))
     limiter = RedisRateLimiter(client, "gw:rl:", "open")
     assert limiter.key(Bucket("subject", "alice", RateLimitRule(limit=1))) == "gw:rl:subject:alice"
+
+
+class RacingClient:
+    """A client whose every call fails the way redis-py's cluster client does mid-refresh."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+    def register_script(self, _script: str) -> Callable[..., Awaitable[object]]:
+        async def run(**_kwargs: object) -> object:
+            raise self.error
+
+        return run
+
+
+RACES = [AttributeError("'NoneType' object has no attribute 'writelines'"), RuntimeError("closed")]
+
+
+@pytest.mark.parametrize("error", RACES, ids=["attribute-error", "runtime-error"])
+def test_a_cluster_client_race_fails_closed_not_500(error: Exception) -> None:
+    """Each store turns the client's refresh race into its 503, never an unhandled error."""
+    client: Any = RacingClient(error)
+
+    async def scenario() -> None:
+        with pytest.raises(NonceStoreUnavailable):
+            await RedisNonceStore(client).claim("k1", "n", 1, 60)
+        limiter = RedisRateLimiter(client, "gw:rl:", "closed")
+        with pytest.raises(ServiceUnavailable):
+            await limiter.acquire([Bucket("subject", "alice", RateLimitRule(limit=1))])
+        idempotency = RedisIdempotencyStore(client, ttl_seconds=60, lease_seconds=10)
+        codec = Codec[str](encode=str.encode, decode=bytes.decode)
+        with pytest.raises(IdempotencyStoreUnavailable):
+            await idempotency.run(("alice", "close"), "fp", _never_run, codec)
+
+    asyncio.run(scenario())
+
+
+async def _never_run() -> str:
+    raise AssertionError("an operation ran without its claim")
