@@ -196,6 +196,7 @@ TRACE_ROWS = {
 }
 BASE_ROW = ("gateway_base", "gateway (commit before tracing)")
 HA_TOPOLOGIES = ("cluster", "sentinel")
+HA_ROWS = tuple(ROW_NAMES[(2, topology)][0] for topology in HA_TOPOLOGIES)
 
 
 def _gateway(

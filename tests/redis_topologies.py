@@ -18,9 +18,10 @@ from redis.crc import key_slot
 
 from tests.redis_server import RedisServer, _free_port, redis_binary
 
-# Low enough for a failover in seconds, high enough not to flap on a loaded 2-core machine.
-CLUSTER_NODE_TIMEOUT_MS = 1500
-SENTINEL_DOWN_AFTER_MS = 1000
+# Low enough for a failover in seconds, high enough that a node starved of CPU for a
+# moment on a loaded 2-core machine is not failed over by mistake.
+CLUSTER_NODE_TIMEOUT_MS = 2500
+SENTINEL_DOWN_AFTER_MS = 2000
 SENTINEL_FAILOVER_TIMEOUT_MS = 5000
 SERVICE_NAME = "gw-primary"
 

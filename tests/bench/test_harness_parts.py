@@ -1,12 +1,19 @@
-"""The harness's pure parts: goal evaluation, profile summary, micro-benchmark runner."""
+"""The harness's parts: goal evaluation, profile summary, micro-benchmark runner, Redis rows."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from typing import Any
+
+import pytest
 
 from bench.goals import evaluate_goals, pipeline_goals
 from bench.micros import discover, run_micro
 from bench.profile_gateway import summarise
+from bench.report import _redis_deployments
+from bench.with_redis import missing
+from tests.conftest import REPO
 
 
 def _cell(rps: float, p99: float) -> dict[str, Any]:
@@ -154,3 +161,50 @@ def test_tracing_goals_compare_cpu_per_request() -> None:
     assert sampled["figure"] == "not measured"
     micro = goals["tracing off, added CPU a request (micro_tracing) vs gateway CPU per request"]
     assert (micro["met"], micro["figure"][:5]) == ("**met**", "1.00%")
+
+
+def test_redis_deployments_table_sets_each_topology_against_one_server() -> None:
+    cells = {
+        "gateway_w2": {16: {"rps": 1000.0, "p99_ms": 10.0, "target_cpu_us": 900.0}},
+        "gateway_w2_cluster": {16: {"rps": 800.0, "p99_ms": 14.0, "target_cpu_us": 1200.0}},
+    }
+    rows = [{"key": k, "label": k} for k in (*cells, "gateway_w2_sentinel")]
+    table = _redis_deployments({"matrix": cells, "rows": rows})
+    assert "| gateway_w2_cluster | 16 | 0.800\N{MULTIPLICATION SIGN} | 4.00 | 300 |" in table
+    assert "| gateway_w2_sentinel | \N{EN DASH} | not measured |||" in table
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("topology", ["standalone", "cluster", "sentinel"])
+def test_with_redis_points_the_command_at_a_working_deployment(topology: str) -> None:
+    """The command runs with the settings of a live deployment that takes a write."""
+    if missing(topology):
+        pytest.skip(f"{', '.join(missing(topology))} not installed (make test installs it)")
+    probe = (
+        "import asyncio; from app.core.config import load_settings; "
+        "from app.core.redis import create_redis\n"
+        "async def main():\n"
+        "    client = create_redis(load_settings().redis)\n"
+        "    await client.set('bench-probe', 'ok'); print(await client.get('bench-probe'))\n"
+        "    await client.aclose()\n"
+        "asyncio.run(main())"
+    )
+    done = subprocess.run(  # fixed argv: this repository's harness and interpreter
+        [
+            sys.executable,
+            "-m",
+            "bench.with_redis",
+            "--topology",
+            topology,
+            sys.executable,
+            "-c",
+            probe,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "b'ok'"

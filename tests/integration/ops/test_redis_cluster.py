@@ -35,6 +35,10 @@ def test_rate_limits_are_shared_and_spent_both_or_neither(pair: redis_ha.Pair) -
     redis_ha.rate_limits_are_shared_both_or_neither(pair, "rl-cluster")
 
 
+def test_an_idempotency_key_runs_once_across_gateways(redis_cluster: Cluster) -> None:
+    redis_ha.idempotency_claims_are_exclusive({"mode": "cluster", "url": redis_cluster.url})
+
+
 def test_a_reload_on_one_gateway_reaches_the_other(pair: redis_ha.Pair) -> None:
     redis_ha.reload_on_one_reaches_the_other(pair)
 

@@ -23,12 +23,11 @@ pytestmark = pytest.mark.integration
 def pair(
     gateway_factory: GatewayFactory, redis_sentinel: SentinelDeployment, tmp_path: Path
 ) -> redis_ha.Pair:
-    redis = {
-        "mode": "sentinel",
-        "nodes": redis_sentinel.sentinel_nodes,
-        "service_name": SERVICE_NAME,
-    }
-    return redis_ha.start_pair(gateway_factory, redis, tmp_path)
+    return redis_ha.start_pair(gateway_factory, sentinel_settings(redis_sentinel), tmp_path)
+
+
+def sentinel_settings(deployment: SentinelDeployment) -> dict[str, Any]:
+    return {"mode": "sentinel", "nodes": deployment.sentinel_nodes, "service_name": SERVICE_NAME}
 
 
 def test_a_replay_is_refused_on_the_other_gateway(pair: redis_ha.Pair) -> None:
@@ -37,6 +36,12 @@ def test_a_replay_is_refused_on_the_other_gateway(pair: redis_ha.Pair) -> None:
 
 def test_rate_limits_are_shared_and_spent_both_or_neither(pair: redis_ha.Pair) -> None:
     redis_ha.rate_limits_are_shared_both_or_neither(pair, "rl-sentinel")
+
+
+def test_an_idempotency_key_runs_once_across_gateways(
+    redis_sentinel: SentinelDeployment,
+) -> None:
+    redis_ha.idempotency_claims_are_exclusive(sentinel_settings(redis_sentinel))
 
 
 def test_a_reload_on_one_gateway_reaches_the_other(pair: redis_ha.Pair) -> None:
