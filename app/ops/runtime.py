@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-import redis.asyncio
 import structlog
 from fastapi import FastAPI
 
@@ -63,7 +62,7 @@ async def ops_lifespan(
         log.info("shutdown_complete", redis_closed=owned)
 
 
-async def redis_health(client: redis.asyncio.Redis) -> tuple[bool, str]:
+async def redis_health(client: SharedRedis) -> tuple[bool, str]:
     """Whether Redis answers a PING now: (ok, detail) for readiness."""
     try:
         await client.ping()

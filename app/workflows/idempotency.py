@@ -6,7 +6,7 @@ key with a different request is a 422, and a retry while the first is still
 running is a 409. Failures are not remembered, so a failed request may be
 retried. Keys are scoped by caller and operation and kept for a TTL.
 
-Two stores, chosen like the nonce store (``redis.url`` set or not):
+Two stores, chosen like the nonce store (Redis configured or not):
 
 - ``MemoryIdempotencyStore``: one process. Enough for one instance; with several,
   a client's retry that a load balancer sends to another instance would run the
