@@ -39,7 +39,7 @@ was lost; the caller re-signs. See docs/decisions/0003 §6.
   a hash tag with its own fence, so the script's two keys share a slot and the
   fence is read on the very primary that holds the nonce, at claim time. A
   promoted replica has its own ``run_id``: each group it now serves resets on
-  its next claim, however far behind the replica was. See docs/decisions/0008.
+  its next claim, however far behind the replica was. See docs/decisions/0010.
 """
 
 from __future__ import annotations

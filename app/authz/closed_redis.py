@@ -16,19 +16,19 @@ import time
 from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
-import redis.asyncio
 import structlog
 from redis.commands.core import AsyncScript
-from redis.exceptions import RedisError
 
 from app.authz.closed import ClosedFact, EngagementState
 from app.core.engagement_settings import EngagementStateSettings
 from app.core.errors import ServiceUnavailable
+from app.core.redis import REDIS_FAILURES, SharedRedis
 from app.ops.metrics import count_redis_error
 
 log = structlog.get_logger("gateway.engagement_state")
 
 RETRY_AFTER = {"Retry-After": "1"}
+CANCEL_GRACE_SECONDS = 0.1
 
 
 # KEYS[1] the hash of facts, KEYS[2] the version counter: one hash tag, one slot.
@@ -59,11 +59,11 @@ return {redis.call('GET', KEYS[2]) or '0', redis.call('HGETALL', KEYS[1])}
 
 
 class RedisEngagementState(EngagementState):
-    """Closed engagements shared by every gateway on one Redis."""
+    """Closed engagements shared by every gateway on one Redis (any ``redis.mode``)."""
 
     shared = True
 
-    def __init__(self, client: redis.asyncio.Redis, settings: EngagementStateSettings) -> None:
+    def __init__(self, client: SharedRedis, settings: EngagementStateSettings) -> None:
         super().__init__()
         self._client = client
         tag = "{" + settings.key_prefix + "}"
@@ -98,7 +98,7 @@ class RedisEngagementState(EngagementState):
     async def current_version(self) -> int:
         try:
             raw = await self._client.get(self._keys[1])
-        except (RedisError, OSError) as exc:
+        except REDIS_FAILURES as exc:
             raise self._unavailable(exc) from None
         return int(raw or 0)
 
@@ -130,7 +130,7 @@ class RedisEngagementState(EngagementState):
     async def _write(self, script: AsyncScript, *args: str | int) -> Any:
         try:
             return await script(keys=self._keys, args=list(args))
-        except (RedisError, OSError) as exc:
+        except REDIS_FAILURES as exc:
             raise self._unavailable(exc) from None
 
     def _unavailable(self, exc: BaseException) -> ServiceUnavailable:
@@ -142,31 +142,37 @@ class RedisEngagementState(EngagementState):
         )
 
     async def _announce(self, engagement: str) -> None:
-        with contextlib.suppress(RedisError, OSError):  # the others' version check catches up
+        with contextlib.suppress(*REDIS_FAILURES):  # the others' version check catches up
             await self._client.publish(self.channel, engagement)
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
         """Load before serving (bounded), then follow changes until shutdown."""
-        with contextlib.suppress(TimeoutError, RedisError, OSError):
+        with contextlib.suppress(TimeoutError, *REDIS_FAILURES):
             await asyncio.wait_for(self.refresh(), self._startup_timeout)
         task = asyncio.create_task(self._follow(), name="engagement-state")
         try:
             yield
         finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            # Cancel until the task ends: redis-py can swallow a cancel that lands on
+            # its read timeout (as in app/ops/reload_notices.py).
+            while not task.done():
+                task.cancel()
+                await asyncio.wait([task], timeout=CANCEL_GRACE_SECONDS)
 
     async def _follow(self) -> None:
         while True:
             try:
                 await self._listen()
-            except (RedisError, OSError) as exc:
+            except REDIS_FAILURES as exc:
                 count_redis_error("engagement_state")
                 self.last_error = type(exc).__name__
                 log.warning("engagement_state_listener_disconnected", error=self.last_error)
                 await asyncio.sleep(self._interval)
+                # A plain read first: after a failover it makes a cluster client refresh
+                # its slot map before it subscribes again.
+                with contextlib.suppress(*REDIS_FAILURES):
+                    await self._client.get(self._keys[1])
 
     async def _listen(self) -> None:
         pubsub = self._client.pubsub(ignore_subscribe_messages=True)
@@ -182,7 +188,7 @@ class RedisEngagementState(EngagementState):
                     await self.refresh()
         finally:
             self.listening.clear()
-            with contextlib.suppress(RedisError, OSError):
+            with contextlib.suppress(*REDIS_FAILURES):
                 await pubsub.aclose()  # type: ignore[no-untyped-call]  # untyped upstream
 
     async def _changed(self) -> bool:

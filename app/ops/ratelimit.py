@@ -183,7 +183,7 @@ class RedisRateLimiter:
     ) -> None:
         self._script = client.register_script(_GCRA_SCRIPT)
         # On a cluster both buckets of a request must share a slot for one atomic
-        # script: every bucket key carries the prefix as its hash tag (decision 0008).
+        # script: every bucket key carries the prefix as its hash tag (decision 0010).
         self._prefix = f"{{{key_prefix}}}" if is_cluster(client) else key_prefix
         self._on_error = on_error
         self._skip_until = 0.0

@@ -14,7 +14,7 @@ client subscribes on the node that serves the channel's slot, the same one that
 holds the revision key). Sharded pub/sub (``SSUBSCRIBE``, Redis 7) would keep
 the notice inside that shard; for a message a deployment sends a few times a
 day the broadcast costs nothing, and plain pub/sub runs unchanged on every mode
-and Redis version (decision 0008).
+and Redis version (decision 0010).
 
 The callback decides what "in force" means; this module only carries revisions.
 """

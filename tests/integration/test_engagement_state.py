@@ -10,6 +10,7 @@ import pytest
 
 from app.authz.closed import ClosedFact, MemoryEngagementState
 from app.authz.closed_redis import RedisEngagementState
+from app.core.config import RedisSettings
 from app.core.engagement_settings import EngagementStateSettings
 from app.core.errors import ServiceUnavailable
 from app.core.redis import create_redis
@@ -26,7 +27,7 @@ def on_two(
     scenario: Callable[[RedisEngagementState, RedisEngagementState], Awaitable[None]],
 ) -> None:
     async def run() -> None:
-        clients = [create_redis(server.url), create_redis(server.url)]
+        clients = [create_redis(RedisSettings(url=server.url)) for _ in range(2)]
         one, two = (RedisEngagementState(c, SETTINGS) for c in clients)
         try:
             async with one.running(), two.running():
@@ -80,7 +81,7 @@ def test_reconciliation_only_adds_and_yields_to_a_concurrent_change(
 
 def test_redis_down_keeps_the_snapshot_and_refuses_writes(redis_server: RedisServer) -> None:
     async def run() -> None:
-        client = create_redis(redis_server.url)
+        client = create_redis(RedisSettings(url=redis_server.url))
         state = RedisEngagementState(client, SETTINGS)
         async with state.running():
             await state.close(FACT)
@@ -102,7 +103,7 @@ def test_a_gateway_started_while_redis_is_down_is_not_synced(redis_server: Redis
     redis_server.stop()
 
     async def run() -> tuple[bool, Any]:
-        client = create_redis(redis_server.url)
+        client = create_redis(RedisSettings(url=redis_server.url))
         state = RedisEngagementState(client, SETTINGS)
         async with state.running():
             synced = state.synced

@@ -20,7 +20,10 @@ import httpx
 import pytest
 
 from app.authn.nonces import NonceKeys
+from app.authz.closed import ClosedFact
+from app.authz.closed_redis import RedisEngagementState
 from app.core.config import RedisSettings
+from app.core.engagement_settings import EngagementStateSettings
 from app.core.errors import Conflict
 from app.core.redis import create_redis
 from app.workflows.idempotency import Codec, RedisIdempotencyStore
@@ -163,6 +166,34 @@ def idempotency_claims_are_exclusive(redis: dict[str, Any]) -> None:
 
     asyncio.run(scenario())
     assert calls == ["close"]
+
+
+def closed_engagements_are_shared(redis: dict[str, Any]) -> None:
+    """A close on one process is pushed to the other (no periodic check in time), then undone."""
+    settings = EngagementStateSettings(check_interval_seconds=60, startup_timeout_seconds=5)
+    fact = ClosedFact("ha-2026", "close_saga", "corr-ha", 1_800_000_000.0, "bob")
+
+    async def seen_by(state: RedisEngagementState, expected: ClosedFact | None) -> None:
+        for _ in range(100_000):  # polled: the state has no event; bounded by wait_for
+            if state.get("ha-2026") == expected:
+                return
+            await asyncio.sleep(0.01)
+
+    async def scenario() -> None:
+        clients = [create_redis(RedisSettings(socket_timeout=2.0, **redis)) for _ in range(2)]
+        one, two = (RedisEngagementState(client, settings) for client in clients)
+        try:
+            async with one.running(), two.running():
+                await asyncio.wait_for(two.listening.wait(), 10)
+                await one.close(fact)
+                await asyncio.wait_for(seen_by(two, fact), 10)
+                assert await two.reopen("ha-2026") == fact
+                await asyncio.wait_for(seen_by(one, None), 10)
+        finally:
+            for client in clients:
+                await client.aclose()
+
+    asyncio.run(scenario())
 
 
 @dataclass

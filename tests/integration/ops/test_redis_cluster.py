@@ -39,6 +39,10 @@ def test_an_idempotency_key_runs_once_across_gateways(redis_cluster: Cluster) ->
     redis_ha.idempotency_claims_are_exclusive({"mode": "cluster", "url": redis_cluster.url})
 
 
+def test_a_closed_engagement_reaches_the_other_process(redis_cluster: Cluster) -> None:
+    redis_ha.closed_engagements_are_shared({"mode": "cluster", "url": redis_cluster.url})
+
+
 def test_a_reload_on_one_gateway_reaches_the_other(pair: redis_ha.Pair) -> None:
     redis_ha.reload_on_one_reaches_the_other(pair)
 

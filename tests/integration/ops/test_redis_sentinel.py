@@ -44,6 +44,10 @@ def test_an_idempotency_key_runs_once_across_gateways(
     redis_ha.idempotency_claims_are_exclusive(sentinel_settings(redis_sentinel))
 
 
+def test_a_closed_engagement_reaches_the_other_process(redis_sentinel: SentinelDeployment) -> None:
+    redis_ha.closed_engagements_are_shared(sentinel_settings(redis_sentinel))
+
+
 def test_a_reload_on_one_gateway_reaches_the_other(pair: redis_ha.Pair) -> None:
     redis_ha.reload_on_one_reaches_the_other(pair)
 
