@@ -128,7 +128,10 @@ class RetrySettings(_Section):
 class BreakerSettings(_Section):
     """One circuit breaker per service (pybreaker) with bounded half-open trials."""
 
-    fail_max: Annotated[int, Field(ge=1, le=1000)] = 5
+    fail_max: Annotated[int, Field(ge=1, le=1000)] = Field(
+        default=5,
+        description="consecutive failed requests that open it (retries of a request count once)",
+    )
     reset_timeout_seconds: PositiveSeconds = 30.0
     success_threshold: Annotated[int, Field(ge=1, le=100)] = 1
     half_open_max_calls: Annotated[int, Field(ge=1, le=100)] = 1

@@ -2,7 +2,8 @@
 
 ``DownstreamClient.call`` is the only way the gateway talks to a service. Each
 attempt is built afresh (new nonce, new span id), signed with the service's key,
-run inside the service's circuit breaker, and mapped onto the error tree:
+and mapped onto the error tree; the request, retries included, is one call of the
+service's circuit breaker (``fail_max`` counts failed requests):
 
     pool timeout            504 gateway_timeout  never retried, not a breaker failure
     connect timeout         504 gateway_timeout  retryable
@@ -48,6 +49,7 @@ from app.downstream.propagation import (
 )
 from app.downstream.refusals import client_error
 from app.downstream.resilience import (
+    BreakerCall,
     BreakerSnapshot,
     PoolExhausted,
     RetryableError,
@@ -143,10 +145,14 @@ class DownstreamClient:
         replayable = not isinstance(body, AsyncIterable)
         enabled = may_retry(method, idempotency_key is not None, replayable)
 
-        async def attempt(number: int) -> httpx.Response:
-            return await self._attempt(method, path, body, params, fields, stream, number)
+        # One breaker call per request, retries included: fail_max counts requests.
+        async with self.breaker.request() as call:
 
-        return await self.retry.run(attempt, enabled)
+            async def attempt(number: int) -> httpx.Response:
+                return await self._attempt(method, path, body, params, fields, stream, number, call)
+
+            return await self.retry.run(attempt, enabled)
+        raise AssertionError("unreachable: the breaker re-raises every error of its block")
 
     async def _attempt(
         self,
@@ -157,20 +163,21 @@ class DownstreamClient:
         fields: Fields,
         stream: bool,
         attempt: int,
+        call: BreakerCall,
     ) -> httpx.Response:
         with client_span(self.name, method, self._url(path), attempt) as span:
             request = self._build(method, path, body, params, fields, stream)
             started = time.perf_counter()
             try:
-                async with self.breaker.guard():
-                    response = await self._send(request)
-                    if span.is_recording():
-                        span.set_attribute("http.response.status_code", response.status_code)
-                    if response.status_code >= 500:
-                        await response.aclose()
-                        raise self._status_error(response)
-                    if not stream:
-                        await self._read(response)
+                call.admit()
+                response = await self._send(request)
+                if span.is_recording():
+                    span.set_attribute("http.response.status_code", response.status_code)
+                if response.status_code >= 500:
+                    await response.aclose()
+                    raise self._status_error(response)
+                if not stream:
+                    await self._read(response)
             except GatewayError as exc:
                 self._log(request, started, attempt, outcome=exc.code)
                 raise

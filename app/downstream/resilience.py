@@ -8,14 +8,18 @@ timeouts before any response byte, and the configured 5xx statuses (502, 503,
 ``Retry-After`` the service sent, bounded by attempts and by a deadline
 (``stop_before_delay``). Pool timeouts and open circuits are never retried.
 
-The breaker (pybreaker, one per service) wraps every attempt with
-``with breaker.calling():`` around the ``await``: pybreaker has no native
-asyncio and decorating a coroutine function would count nothing. 4xx answers
-raise nothing inside the block, so they are never failures; a pool timeout is
-excluded (our saturation, not the service's fault). pybreaker lets every
-concurrent call through in half-open, so ``ServiceBreaker.guard`` admits at most
-``half_open_max_calls`` trials and fails the rest fast with ``CircuitOpen``.
-Transitions are logged and exported as a Prometheus gauge.
+The breaker (pybreaker, one per service) counts **requests, not attempts**: it
+wraps one request with all its retries (``with breaker.calling():`` around the
+``await``: pybreaker has no native asyncio and decorating a coroutine function
+would count nothing), so ``fail_max`` means failed requests whatever
+``retry.attempts`` is, and a request that succeeds on a retry is a success. Each
+attempt first calls ``BreakerCall.admit``: the first enters the breaker call, a
+retry meeting a breaker opened meanwhile fails fast. 4xx answers raise nothing inside the block, so they are never failures; a
+pool timeout is excluded (our saturation, not the service's fault), and so is an
+open circuit met by a retry (the failure that opened it was counted). pybreaker
+lets every concurrent call through in half-open, so ``BreakerCall.admit``
+admits at most ``half_open_max_calls`` trials and fails the rest fast with
+``CircuitOpen``. Transitions are logged and exported as a Prometheus gauge.
 """
 
 from __future__ import annotations
@@ -220,7 +224,7 @@ class _TransitionLog(pybreaker.CircuitBreakerListener):
 
 def _not_a_failure(exc: BaseException) -> bool:
     """Only the service's own failures count; a call cut by our deadline counts too."""
-    if isinstance(exc, PoolExhausted):
+    if isinstance(exc, PoolExhausted | CircuitOpen):
         return True
     return not isinstance(exc, DownstreamError | asyncio.CancelledError)
 
@@ -240,20 +244,41 @@ class BreakerSnapshot:
     retry_after_seconds: int | None
 
 
-class _BreakerCall:
-    """One ``async with breaker.guard():`` block: one breaker call of one attempt."""
+class BreakerCall:
+    """One breaker call of one request: ``async with breaker.guard():`` or ``.request()``.
 
-    # A plain class, not an asynccontextmanager: it runs on every downstream attempt.
+    ``guard()`` admits the call on entering the block; ``request()`` leaves it to the
+    request's first attempt (``admit()``), so a refusal happens inside that attempt's
+    span and log line. A later attempt's ``admit()`` passes only if the call is still
+    its request's: not if the breaker opened meanwhile, or went half-open for others.
+    """
 
-    __slots__ = ("_breaker", "_calling", "_trial")
+    # A plain class, not an asynccontextmanager: it runs on every downstream request.
 
-    def __init__(self, breaker: ServiceBreaker) -> None:
+    __slots__ = ("_breaker", "_calling", "_eager", "_trial")
+
+    def __init__(self, breaker: ServiceBreaker, eager: bool = True) -> None:
         self._breaker = breaker
+        self._eager = eager
         self._trial = False
         self._calling: AbstractContextManager[Any] | None = None
 
-    async def __aenter__(self) -> None:
+    async def __aenter__(self) -> BreakerCall:
+        if self._eager:
+            self.admit()
+        return self
+
+    def admit(self) -> None:
+        """Enter the breaker call (first attempt) or check it still holds; else ``CircuitOpen``."""
         owner = self._breaker
+        if self._calling is not None:
+            state = owner.state
+            ours = state == pybreaker.STATE_CLOSED or (
+                self._trial and state != pybreaker.STATE_OPEN
+            )
+            if not ours:
+                raise owner._open_error()
+            return
         trial = owner.state != pybreaker.STATE_CLOSED
         if trial and owner._trials >= owner.settings.half_open_max_calls:
             raise owner._open_error()
@@ -269,7 +294,8 @@ class _BreakerCall:
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> bool:
         owner = self._breaker
-        assert self._calling is not None
+        if self._calling is None:
+            return False  # never admitted: refused (not a failure), or no attempt ran
         try:
             return bool(self._calling.__exit__(kind, exc, tb))
         except pybreaker.CircuitBreakerError:
@@ -303,9 +329,13 @@ class ServiceBreaker:
     def state(self) -> str:
         return str(self._breaker.current_state)
 
-    def guard(self) -> _BreakerCall:
+    def guard(self) -> BreakerCall:
         """Run the block as one breaker call; ``CircuitOpen`` (503) when it may not run."""
-        return _BreakerCall(self)
+        return BreakerCall(self)
+
+    def request(self) -> BreakerCall:
+        """One request's breaker call, admitted by its first attempt's ``admit()``."""
+        return BreakerCall(self, eager=False)
 
     def _open_error(self) -> CircuitOpen:
         seconds = self.retry_after() or 1
@@ -315,26 +345,35 @@ class ServiceBreaker:
             headers={"retry-after": str(seconds)},
         )
 
-    def retry_after(self) -> int | None:
-        """Whole seconds until the breaker admits a trial call, when it is open."""
+    def _open_for(self) -> float | None:
+        """Seconds until an open breaker admits a trial (0 or less: the next call is one)."""
         opened_at = self._breaker._state_storage.opened_at
         if self.state != pybreaker.STATE_OPEN or opened_at is None:
             return None
-        remaining = (
-            opened_at - self._clock()
-        ).total_seconds() + self.settings.reset_timeout_seconds
-        return max(1, math.ceil(remaining))
+        elapsed = (self._clock() - opened_at).total_seconds()
+        return self.settings.reset_timeout_seconds - elapsed
+
+    def retry_after(self) -> int | None:
+        """Whole seconds until the breaker admits a trial call, when it is open."""
+        remaining = self._open_for()
+        return None if remaining is None else max(1, math.ceil(remaining))
 
     def snapshot(self) -> BreakerSnapshot:
-        storage = self._breaker._state_storage
+        """The state a request would meet now: an open breaker past its timeout is half-open.
+
+        pybreaker moves to half-open only when a call arrives; the snapshot does not wait.
+        """
+        remaining = self._open_for()
+        is_open = remaining is not None and remaining > 0
+        state = pybreaker.STATE_HALF_OPEN if remaining is not None and not is_open else self.state
         return BreakerSnapshot(
             service=self.service,
-            state=self.state,
+            state=state,
             failures=int(self._breaker.fail_counter),
             fail_max=self.settings.fail_max,
             reset_timeout_seconds=self.settings.reset_timeout_seconds,
             half_open_max_calls=self.settings.half_open_max_calls,
             trials_in_flight=self._trials,
-            opened_at=storage.opened_at if self.state == pybreaker.STATE_OPEN else None,
-            retry_after_seconds=self.retry_after(),
+            opened_at=self._breaker._state_storage.opened_at if is_open else None,
+            retry_after_seconds=self.retry_after() if is_open else None,
         )

@@ -103,6 +103,18 @@ def test_breaker_opens_fails_fast_then_recovers_through_half_open(
     assert REGISTRY.get_sample_value("gateway_breaker_state", {"service": "findings"}) == 0
 
 
+def test_fail_max_counts_requests_not_attempts(make_stack: StackBuilder) -> None:
+    """Three attempts a request, fail_max 2: the third request, not the second, fails fast."""
+    stack = make_stack(service={"breaker": {"fail_max": 2}, "retry": {"attempts": 3}})
+    stack.faults("findings", error_rate=1.0, error_status=503)  # 503: retried
+    with client(stack.url) as gateway:
+        statuses = []
+        for _ in range(3):
+            statuses.append(gateway.get(FINDINGS).status_code)
+            statuses.append(stack.requests_seen("findings"))
+    assert statuses == [502, 3, 502, 6, 503, 6]
+
+
 def opened_count(service: str) -> float:
     labels = {"service": service, "to": "open"}
     return REGISTRY.get_sample_value("gateway_breaker_transitions_total", labels) or 0.0

@@ -122,3 +122,51 @@ def test_a_pass_through_to_an_unknown_service_stops_start_up(test_key_env: str) 
     settings = make_settings({"findings": "http://x"}, orchestration={"passthrough": [route]})
     with pytest.raises(ConfigError, match=r"orchestration\.passthrough\[0\].*ghost"):
         create_app(settings)
+
+
+def test_the_breaker_counts_requests_not_attempts() -> None:
+    """fail_max=2 with three attempts a request: two failed requests open it, not one."""
+    settings = SETTINGS.model_copy(
+        update={"breaker": SETTINGS.breaker.model_copy(update={"fail_max": 2})}
+    )
+    transport, seen = scripted(*[503] * 9)
+
+    async def scenario() -> list[str]:
+        bind_call_context(CallContext(Identity("bob", (), "proxy"), "acme-2026"))
+        client = DownstreamClient("findings", settings, transport, KEY)
+        outcomes = []
+        try:
+            for _ in range(3):
+                with pytest.raises(DownstreamError) as raised:
+                    await client.call("GET", "/x")
+                outcomes.append(f"{raised.value.code}:{client.breaker.snapshot().failures}")
+        finally:
+            await client.aclose()
+        return outcomes
+
+    outcomes = asyncio.run(scenario())
+    assert outcomes == ["bad_gateway:1", "bad_gateway:2", "circuit_open:2"]
+    assert len(seen) == 6, "three attempts for each of the two requests, none for the third"
+
+
+def test_a_retry_meets_a_breaker_opened_meanwhile_and_fails_fast() -> None:
+    seen: list[httpx.Request] = []
+
+    async def scenario() -> tuple[str, int]:
+        bind_call_context(CallContext(Identity("bob", (), "proxy"), "acme-2026"))
+
+        def handler(request: httpx.Request) -> httpx.Response:
+            seen.append(request)
+            client.breaker._breaker.open()  # another request's failure opened it meanwhile
+            return httpx.Response(503)
+
+        client = DownstreamClient("findings", SETTINGS, httpx.MockTransport(handler), KEY)
+        try:
+            with pytest.raises(DownstreamError) as raised:
+                await client.call("GET", "/x")
+        finally:
+            await client.aclose()
+        return raised.value.code, client.breaker.snapshot().failures
+
+    code, failures = asyncio.run(scenario())
+    assert (code, failures, len(seen)) == ("circuit_open", 0, 1)

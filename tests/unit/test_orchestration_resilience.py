@@ -232,3 +232,26 @@ def test_snapshot_reports_time_to_the_next_trial() -> None:
         assert snapshot.opened_at is not None
 
     asyncio.run(scenario())
+
+
+def test_snapshot_shows_half_open_once_the_reset_timeout_has_passed() -> None:
+    """The state a request would meet: past the timeout the next call is a trial."""
+
+    async def scenario() -> None:
+        clock = Clock()
+        breaker = ServiceBreaker("s", BreakerSettings(fail_max=1, reset_timeout_seconds=60), clock)
+        await fail(breaker, DownstreamError("s"))
+        opened_at = breaker.snapshot().opened_at
+        assert opened_at is not None
+        clock.now = opened_at + timedelta(seconds=59.5)
+        assert (breaker.snapshot().state, breaker.snapshot().retry_after_seconds) == ("open", 1)
+        clock.now = opened_at + timedelta(seconds=60)
+        snapshot = breaker.snapshot()
+        assert (snapshot.state, snapshot.retry_after_seconds, snapshot.opened_at) == (
+            "half-open",
+            None,
+            None,
+        )
+        assert breaker.state == "open", "nothing changed: only a request moves the breaker"
+
+    asyncio.run(scenario())
