@@ -1,10 +1,13 @@
 """Real faults for stub services: latency, errors, hangs, dropped connections, slow bodies.
 
 ``FaultInjector`` is a pure ASGI middleware in front of a stub's routes; control
-paths (``/_...``) are never faulted. Faults are set by ``gateway stub`` flags or
-``POST /_faults`` and are deterministic for a given ``seed`` (the error-rate dice
-come from a seeded ``random.Random``). Every non-control request is counted, so
-tests can assert that a call never reached the service.
+paths (``/_...``) are never faulted. Faults are set by ``gateway stub`` flags,
+replaced by ``POST /_faults`` (fields left out take their defaults, the seed the
+stub's own) or merged by ``PATCH /_faults`` (fields left out keep their values),
+and are deterministic for a given ``seed`` (the error-rate dice come from a
+seeded ``random.Random``). Every non-control request is counted, so tests can
+assert that a call never reached the service; a faulted one is recorded at
+``/_seen`` like a served one, with the fault named.
 """
 
 from __future__ import annotations
@@ -15,7 +18,10 @@ from typing import Annotated
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.stubs.recording import record_fault
 
 
 class FaultConfig(BaseModel):
@@ -45,14 +51,33 @@ class ConnectionDropped(Exception):
 class FaultState:
     """The current faults, the seeded dice and the request counters of one stub."""
 
-    def __init__(self, config: FaultConfig | None = None) -> None:
+    def __init__(self, config: FaultConfig | None = None, seed: int = 0) -> None:
         self.requests = 0
         self.faulted = 0
+        self.seed = seed  # the stub's own: the seed of a replacement that names none
+        self.remaining_failures = 0
+        self._dice = random.Random(seed)
         self._released = asyncio.Event()
-        self.configure(config or FaultConfig())
+        self.replace(config or FaultConfig())
+
+    def replace(self, config: FaultConfig) -> None:
+        """Replace the faults (the seed, when not given, is the stub's own)."""
+        if "seed" not in config.model_fields_set:
+            config = config.model_copy(update={"seed": self.seed})
+        self.configure(config)
+
+    def merge(self, patch: FaultConfig) -> None:
+        """Set only the fields ``patch`` names; failures still owed and the dice carry on."""
+        given = patch.model_dump(exclude_unset=True)
+        owed, dice = self.remaining_failures, self._dice
+        self.configure(self.config.model_copy(update=given))
+        if "fail_next" not in given:
+            self.remaining_failures = owed
+        if "seed" not in given:
+            self._dice = dice
 
     def configure(self, config: FaultConfig) -> None:
-        """Replace the faults; releases every hanging request."""
+        """Set the faults exactly; releases every hanging request."""
         self.config = config
         self.remaining_failures = config.fail_next
         self._dice = random.Random(config.seed)
@@ -98,20 +123,26 @@ class FaultInjector:
         if config.latency_ms:
             await asyncio.sleep(config.latency_ms / 1000)
         if config.hang:
-            self.state.faulted += 1
+            # Recorded now: a hang released into service is recorded again by its route.
+            await self._record(scope, receive, "hang")
             await self.state.hang()
         if config.reset:
-            self.state.faulted += 1
+            await self._record(scope, receive, "reset")
             await send({"type": "http.response.start", "status": 200, "headers": []})
             raise ConnectionDropped("fault: connection reset")
         status = self.state.failure_status()
         if status is not None:
-            self.state.faulted += 1
+            await self._record(scope, receive, f"status {status}")
             await _send_error(send, status, config.retry_after)
             return
         if config.slow_body_ms:
             send = _slow(send, config.slow_chunk_bytes, config.slow_body_ms / 1000)
         await self.app(scope, receive, send)
+
+    async def _record(self, scope: Scope, receive: Receive, fault: str) -> None:
+        """Count the fault and record the request at ``/_seen`` (its body read first)."""
+        self.state.faulted += 1
+        await record_fault(Request(scope, receive), fault)
 
 
 async def _send_error(send: Send, status: int, retry_after: int | None) -> None:

@@ -2,8 +2,9 @@
 
 A stub built with a key ring verifies every request with the gateway's own
 ``SignatureVerifier`` (the profile is the same both ways) and records the
-outcome beside the headers at ``GET /_seen``; with ``require_signature`` it
-answers 401 to anything unsigned or invalid, as a real downstream service would.
+outcome beside the headers at ``GET /_seen`` (with ``fault`` naming the injected
+fault that answered instead, else null); with ``require_signature`` it answers
+401 to anything unsigned or invalid, as a real downstream service would.
 """
 
 from __future__ import annotations
@@ -32,20 +33,30 @@ def verify_gateway(
 
 async def record(request: Request, body: bytes | None = None) -> dict[str, Any]:
     """Record the request; 401 when the stub requires a valid gateway signature."""
+    entry = await _entry(request, body, fault=None)
+    if request.app.state.require_signature and entry["signature"] != "valid":
+        raise HTTPException(401, "gateway signature required")
+    return entry
+
+
+async def record_fault(request: Request, fault: str) -> None:
+    """Record a request a fault answers instead of a route (``fault`` names it)."""
+    await _entry(request, None, fault)
+
+
+async def _entry(request: Request, body: bytes | None, fault: str | None) -> dict[str, Any]:
     app: FastAPI = request.app
     if body is None:
         body = await request.body()
-    outcome = verify_gateway(app.state.verifier, request, body)
     entry = {
         "method": request.method,
         "path": request.url.path,
         "raw_path": request.scope["raw_path"].decode("latin-1"),
         "headers": dict(request.headers),
-        **outcome,
+        "fault": fault,
+        **verify_gateway(app.state.verifier, request, body),
     }
     app.state.seen.append(entry)
-    if app.state.require_signature and outcome["signature"] != "valid":
-        raise HTTPException(401, "gateway signature required")
     return entry
 
 

@@ -2,9 +2,10 @@
 
 ``create_stub_app(name)`` builds the ``engagements``, ``findings`` or ``reports``
 service. Each records the headers it received and whether the gateway's
-outbound signature verified (``GET /_seen``), counts requests (``GET /_stats``)
-and takes faults from ``POST /_faults`` (``GET`` shows them, ``DELETE`` clears
-them). Control paths start with ``/_`` and are never faulted.
+outbound signature verified (``GET /_seen``, faulted requests included), counts
+requests (``GET /_stats``) and takes faults from ``POST /_faults`` (replace),
+``PATCH /_faults`` (merge); ``GET`` shows them, ``DELETE`` clears them. Control
+paths start with ``/_`` and are never faulted.
 """
 
 from __future__ import annotations
@@ -43,12 +44,19 @@ def _control_routes(app: FastAPI, name: str, faults: FaultState) -> None:
 
     @app.post("/_faults")
     async def set_faults(config: FaultConfig) -> FaultConfig:
-        faults.configure(config)
+        """Replace every fault: fields left out take their defaults (the seed: the stub's)."""
+        faults.replace(config)
+        return faults.config
+
+    @app.patch("/_faults")
+    async def merge_faults(patch: FaultConfig) -> FaultConfig:
+        """Change only the fields given; the others keep their values."""
+        faults.merge(patch)
         return faults.config
 
     @app.delete("/_faults")
     async def clear_faults() -> FaultConfig:
-        faults.configure(FaultConfig())
+        faults.replace(FaultConfig())
         return faults.config
 
 
@@ -69,7 +77,7 @@ def create_stub_app(
     if name not in STUB_NAMES:
         raise ValueError(f"unknown stub {name!r}; choose one of {', '.join(STUB_NAMES)}")
     app = FastAPI(title=f"stub-{name}", docs_url=None, redoc_url=None)
-    state = FaultState(faults)
+    state = FaultState(faults, seed)
     app.state.seen = deque(maxlen=1000)
     app.state.faults = state
     app.state.idempotent = {}

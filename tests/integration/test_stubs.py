@@ -117,3 +117,44 @@ def test_close_and_reopen_round_trip(live_server: Callable[[FastAPI], LiveServer
     assert replayed.json() == closed.json()
     assert conflict.status_code == 409
     assert reopened.json()["status"] == "active"
+
+
+def test_patch_merges_faults_and_post_replaces_them_keeping_the_stub_seed(
+    live_server: Callable[[FastAPI], LiveServer],
+) -> None:
+    server = live_server(create_stub_app("engagements", seed=7))
+    with httpx.Client(base_url=server.url) as client:
+        assert client.get("/_faults").json()["seed"] == 7
+        client.post("/_faults", json={"fail_next": 2, "retry_after": 3})
+        assert client.get(ENGAGEMENT).status_code == 503  # one of the two spent
+        merged = client.patch("/_faults", json={"latency_ms": 5}).json()
+        still_failing = client.get(ENGAGEMENT).status_code
+        replaced = client.post("/_faults", json={"latency_ms": 1}).json()
+        invalid = client.patch("/_faults", json={"error_rate": 2})
+        cleared = client.delete("/_faults").json()
+    assert (merged["fail_next"], merged["retry_after"], merged["latency_ms"]) == (2, 3, 5)
+    assert merged["seed"] == 7
+    assert still_failing == 503, "a merge keeps the failures still owed"
+    assert (replaced["fail_next"], replaced["retry_after"], replaced["seed"]) == (0, None, 7)
+    assert invalid.status_code == 422
+    assert cleared == FaultConfig(seed=7).model_dump()
+
+
+def test_seen_records_faulted_requests_too(live_server: Callable[[FastAPI], LiveServer]) -> None:
+    app = create_stub_app("engagements", keyring=KeyRing([KEY]))
+    server = live_server(app)
+    with httpx.Client() as client:
+        client.post(server.url + "/_faults", json={"fail_next": 1, "fail_status": 502})
+        failed = client.send(signed(server.url + ENGAGEMENT, "bob"))
+        served = client.send(signed(server.url + ENGAGEMENT, "bob"))
+        client.post(server.url + "/_faults", json={"reset": True})
+        with pytest.raises(httpx.TransportError):
+            client.send(signed(server.url + ENGAGEMENT, "carol"))
+        seen = client.get(server.url + "/_seen").json()
+    assert (failed.status_code, served.status_code) == (502, 200)
+    assert [(s["fault"], s["signature"], s.get("subject"), s["path"]) for s in seen] == [
+        ("status 502", "valid", "bob", ENGAGEMENT),
+        (None, "valid", "bob", ENGAGEMENT),
+        ("reset", "valid", "carol", ENGAGEMENT),
+    ]
+    assert seen[0]["headers"]["x-auth-subject"] == "bob"

@@ -76,3 +76,13 @@ def test_fail_next_comes_before_the_seeded_dice() -> None:
 def test_fault_config_is_validated(bad: dict[str, object]) -> None:
     with pytest.raises(ValueError, match="validation error"):
         FaultConfig.model_validate(bad)
+
+
+def test_a_merge_that_names_no_seed_keeps_rolling_the_same_dice() -> None:
+    patched = FaultState(FaultConfig(error_rate=0.5, seed=11))
+    untouched = FaultState(FaultConfig(error_rate=0.5, seed=11))
+    first = [patched.failure_status() for _ in range(5)]
+    patched.merge(FaultConfig.model_validate({"latency_ms": 1}))
+    rolls = [patched.failure_status() for _ in range(15)]
+    assert first + rolls == [untouched.failure_status() for _ in range(20)]
+    assert (patched.config.latency_ms, patched.config.seed) == (1, 11)
