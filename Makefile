@@ -16,8 +16,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+# Other ports when 8000 or 9101-9103 are busy: make run DEMO_ARGS="--port 8080 --stub-port 9201"
 run: $(STAMP)
-	$(BIN)/gateway demo
+	$(BIN)/gateway demo $(DEMO_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

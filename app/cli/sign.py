@@ -7,7 +7,9 @@ command line (where ``ps`` would show it).
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import re
 import shlex
 import sys
 import time
@@ -20,13 +22,43 @@ from app.authn.identity import GROUPS_HEADER, SUBJECT_HEADER
 from app.authn.signer import DEFAULT_LABEL, message_from_httpx, sign_headers
 
 DEMO_KEY_ENV = "GATEWAY_DEMO_KEY"
+# The documented demo key (README, Makefile): public, for the demo and the tests only.
+DEMO_KEY = "demo-key-not-secret-0123456789abcdef"
+# Headers ``-H`` may not set, and what sets them instead.
+RESERVED_HEADERS = {
+    SUBJECT_HEADER: "--subject sets it",
+    GROUPS_HEADER: "--groups sets it",
+    "signature": "gateway sign computes it",
+    "signature-input": "gateway sign computes it",
+    "content-digest": "gateway sign computes it",
+    "content-length": "curl computes it",
+    "host": "curl computes it from the URL",
+}
+_TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # RFC 9110 field name
+
+
+class UsageError(Exception):
+    """A command line ``gateway sign`` cannot act on; the message says why."""
 
 
 def register(commands: Any) -> None:
     parser = commands.add_parser("sign", help="sign a request and print it as curl")
     parser.add_argument("url")
-    parser.add_argument("-X", "--method", default="GET")
-    parser.add_argument("-d", "--data", default="", help="request body (JSON sets the type)")
+    parser.add_argument("-X", "--method", help="HTTP method (default GET; POST with -d, as curl)")
+    parser.add_argument(
+        "-d",
+        "--data",
+        default="",
+        help="request body, or @FILE for a file's exact bytes (a JSON body sets the type)",
+    )
+    parser.add_argument(
+        "-H",
+        "--header",
+        action="append",
+        default=[],
+        metavar="'NAME: VALUE'",
+        help="add a header (repeatable), e.g. -H 'Idempotency-Key: close-acme-1'",
+    )
     parser.add_argument("--subject", required=True, help="X-Auth-Subject to assert")
     parser.add_argument("--groups", default="", help="comma-separated X-Auth-Groups")
     parser.add_argument("--key-id", default="demo-2026")
@@ -39,29 +71,69 @@ def register(commands: Any) -> None:
     parser.set_defaults(handler=run)
 
 
-def _secret(args: argparse.Namespace) -> bytes | None:
+def _secret(args: argparse.Namespace) -> bytes:
     if args.secret_file is not None:
         try:
             return bytes(args.secret_file.read_bytes().strip())
         except OSError as exc:
-            print(f"gateway sign: cannot read {args.secret_file}: {exc.strerror}", file=sys.stderr)
-            return None
+            raise UsageError(f"cannot read {args.secret_file}: {exc.strerror}") from None
     value = os.environ.get(args.secret_env)
-    if not value:
-        print(f"gateway sign: environment variable {args.secret_env} is not set", file=sys.stderr)
-        return None
-    return value.encode("utf-8")
+    if value:
+        return value.encode("utf-8")
+    if args.secret_env == DEMO_KEY_ENV:
+        raise UsageError(
+            f"environment variable {DEMO_KEY_ENV} is not set. For the demo (make run), "
+            f"export the documented demo key first:\n\n  export {DEMO_KEY_ENV}={DEMO_KEY}\n\n"
+            "For another key, name its variable with --secret-env NAME or its file "
+            "with --secret-file PATH."
+        )
+    raise UsageError(
+        f"environment variable {args.secret_env} is not set: "
+        f"export {args.secret_env}=<the key's secret>, or use --secret-file PATH"
+    )
 
 
-def build_request(args: argparse.Namespace, secret: bytes) -> httpx.Request:
-    """The signed request ``args`` describe."""
+def parse_header(line: str) -> tuple[str, str]:
+    """``'Name: value'`` as (lower-case name, value); ``UsageError`` when it is not a header."""
+    name, colon, value = line.partition(":")
+    name, value = name.strip(), value.strip()
+    if not colon or not _TOKEN.match(name) or "\r" in value or "\n" in value:
+        raise UsageError(f"-H {line!r} is not a header: write -H 'Name: value'")
+    lowered = name.lower()
+    if lowered in RESERVED_HEADERS:
+        raise UsageError(f"-H cannot set {name}: {RESERVED_HEADERS[lowered]}")
+    return lowered, value
+
+
+def request_body(data: str) -> tuple[bytes, Path | None]:
+    """The body ``-d`` gives, and the file it came from (``@FILE``), if any."""
+    if not data.startswith("@"):
+        return data.encode("utf-8"), None
+    path = Path(data[1:])
+    try:
+        return path.read_bytes(), path
+    except OSError as exc:
+        raise UsageError(f"cannot read the body from {path}: {exc.strerror}") from None
+
+
+def _content_type(body: bytes) -> str:
+    try:
+        json.loads(body)
+    except ValueError:
+        return "application/octet-stream"
+    return "application/json"
+
+
+def build_request(args: argparse.Namespace, secret: bytes, body: bytes = b"") -> httpx.Request:
+    """The signed request ``args`` describe, with ``body`` (``-d`` already read)."""
     headers = {SUBJECT_HEADER: args.subject}
     if args.groups:
         headers[GROUPS_HEADER] = args.groups
-    body = args.data.encode("utf-8")
-    if body:
-        headers["content-type"] = "application/json"
-    request = httpx.Request(args.method.upper(), args.url, headers=headers, content=body)
+    headers.update(parse_header(line) for line in args.header)
+    if body and "content-type" not in headers:
+        headers["content-type"] = _content_type(body)
+    method = (args.method or ("POST" if body else "GET")).upper()
+    request = httpx.Request(method, args.url, headers=headers, content=body)
     created = int(time.time())
     signed = sign_headers(
         message_from_httpx(request),
@@ -76,26 +148,32 @@ def build_request(args: argparse.Namespace, secret: bytes) -> httpx.Request:
     return request
 
 
-def as_curl(request: httpx.Request) -> str:
+def as_curl(request: httpx.Request, body_file: Path | None = None) -> str:
+    """The request as a curl command; a body read from ``body_file`` is sent from it."""
     parts = ["curl", "-sS", "-i", "-X", request.method]
     for name, value in request.headers.items():
         if name not in ("host", "content-length"):
             parts += ["-H", f"{name}: {value}"]
-    if request.content:
+    if body_file is not None:
+        parts += ["--data-binary", f"@{body_file}"]
+    elif request.content:
         parts += ["--data-binary", request.content.decode("utf-8")]
     parts.append(str(request.url))
     return " ".join(shlex.quote(p) for p in parts)
 
 
 def run(args: argparse.Namespace) -> int:
-    secret = _secret(args)
-    if secret is None:
+    try:
+        secret = _secret(args)
+        body, body_file = request_body(args.data)
+        request = build_request(args, secret, body)
+    except UsageError as exc:
+        print(f"gateway sign: {exc}", file=sys.stderr)
         return 2
-    request = build_request(args, secret)
     if args.headers_only:
         for name, value in request.headers.items():
             if name not in ("host", "content-length"):
                 print(f"{name}: {value}")
     else:
-        print(as_curl(request))
+        print(as_curl(request, body_file))
     return 0

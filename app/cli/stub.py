@@ -20,7 +20,7 @@ def register(commands: Any) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--seed", type=int, default=7, help="seed of the demo data and fault dice")
-    faults = parser.add_argument_group("faults (also settable at POST /_faults)")
+    faults = parser.add_argument_group("faults (also PATCH /_faults to merge, POST to replace)")
     faults.add_argument("--latency-ms", type=int, default=0)
     faults.add_argument("--error-rate", type=float, default=0.0, help="0..1, seeded")
     faults.add_argument("--error-status", type=int, default=500)

@@ -6,6 +6,7 @@ import os
 import shlex
 import subprocess
 import sys
+from pathlib import Path
 
 import httpx
 import pytest
@@ -16,7 +17,7 @@ from tests.integration.conftest import Stack
 pytestmark = pytest.mark.integration
 
 
-def _sign(*args: str) -> str:
+def _sign(*args: str, cwd: Path = REPO) -> str:
     result = subprocess.run(
         [
             sys.executable,
@@ -32,11 +33,30 @@ def _sign(*args: str) -> str:
         capture_output=True,
         text=True,
         timeout=30,
-        cwd=REPO,
+        cwd=cwd,
         check=True,
         env={**os.environ, TEST_KEY_ENV: TEST_SECRET.decode()},
     )
     return result.stdout
+
+
+def _sign_fails(*args: str, env: dict[str, str] | None = None) -> tuple[int, str]:
+    """Exit code and stderr of a ``gateway sign`` that is expected to refuse."""
+    command = [sys.executable, "-m", "app.cli.main", "sign", *args]
+    result = subprocess.run(
+        command, capture_output=True, text=True, timeout=30, cwd=REPO, env=env, check=False
+    )
+    assert result.stdout == ""
+    return result.returncode, result.stderr
+
+
+def _curl_parts(command: str) -> tuple[dict[str, str], str | None, str]:
+    """Headers, ``--data-binary`` argument and URL of a printed curl command."""
+    argv = shlex.split(command)
+    assert argv[:2] == ["curl", "-sS"]
+    headers = dict(argv[i + 1].split(": ", 1) for i, arg in enumerate(argv) if arg == "-H")
+    data = argv[argv.index("--data-binary") + 1] if "--data-binary" in argv else None
+    return headers, data, argv[-1]
 
 
 def test_signed_headers_are_accepted(stack: Stack) -> None:
@@ -102,3 +122,67 @@ def test_label_and_expiry_options_are_signed_and_accepted_once(stack: Stack) -> 
     assert ";expires=" in headers["signature-input"]
     assert httpx.get(url, headers=headers).status_code == 200
     assert httpx.get(url, headers=headers).status_code == 401, "the nonce is spent"
+
+
+def test_repeatable_headers_sign_a_close_with_its_idempotency_key(stack: Stack) -> None:
+    url = stack.url + "/v1/engagements/acme-2026/close"
+    command = _sign(
+        "--subject",
+        "bob",
+        "-H",
+        "Idempotency-Key: close-acme-cli-1",
+        "--header",
+        "X-Request-ID: cli-close-0001",
+        "-d",
+        '{"reason": "Retest complete; client signed off."}',
+        url,
+    )
+    headers, data, target = _curl_parts(command)
+    assert tuple(shlex.split(command)[3:5]) == ("-X", "POST"), "-d alone means POST, as in curl"
+    assert headers["Idempotency-Key".lower()] == "close-acme-cli-1"
+    assert data is not None
+    response = httpx.post(target, headers=headers, content=data.encode())
+    assert response.status_code == 200, response.text
+    assert response.json()["status"] == "closed"
+    assert response.headers["x-request-id"] == "cli-close-0001"
+
+
+def test_data_from_a_file_is_signed_and_sent_from_that_file(stack: Stack, tmp_path: Path) -> None:
+    (tmp_path / "finding.json").write_bytes(b'{"title": "Weak TLS", "severity": "low"}\n')
+    url = stack.url + "/v1/engagements/acme-2026/findings"
+    command = _sign("--subject", "alice", "-d", "@finding.json", url, cwd=tmp_path)
+    headers, data, target = _curl_parts(command)
+    assert data == "@finding.json", "curl reads the same bytes the digest covers"
+    assert headers["content-type"] == "application/json"
+    body = (tmp_path / "finding.json").read_bytes()
+    assert httpx.post(target, headers=headers, content=body).status_code == 201
+
+
+def test_a_missing_demo_key_says_what_to_export() -> None:
+    env = {k: v for k, v in os.environ.items() if k != "GATEWAY_DEMO_KEY"}
+    code, stderr = _sign_fails("--subject", "alice", "http://127.0.0.1:1/", env=env)
+    assert code == 2
+    assert "export GATEWAY_DEMO_KEY=demo-key-not-secret-0123456789abcdef" in stderr
+
+
+@pytest.mark.parametrize(
+    ("header", "why"),
+    [
+        ("X-Auth-Subject: bob", "--subject sets it"),
+        ("signature: x", "gateway sign computes it"),
+        ("Idempotency-Key close-1", "write -H 'Name: value'"),
+        ("Bad Name: x", "write -H 'Name: value'"),
+    ],
+)
+def test_a_header_sign_cannot_send_is_refused(header: str, why: str) -> None:
+    env = {**os.environ, "GATEWAY_DEMO_KEY": "demo-key-not-secret-0123456789abcdef"}
+    code, stderr = _sign_fails("--subject", "a", "-H", header, "http://127.0.0.1:1/", env=env)
+    assert (code, why in stderr) == (2, True), stderr
+
+
+def test_an_unreadable_data_file_is_a_clear_error(tmp_path: Path) -> None:
+    env = {**os.environ, "GATEWAY_DEMO_KEY": "demo-key-not-secret-0123456789abcdef"}
+    missing = tmp_path / "nope.json"
+    code, stderr = _sign_fails("--subject", "a", "-d", f"@{missing}", "http://x/", env=env)
+    assert code == 2
+    assert f"cannot read the body from {missing}" in stderr
