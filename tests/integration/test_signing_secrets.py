@@ -123,9 +123,11 @@ def gateway_process(
 ) -> Iterator[GatewayProcess]:
     findings = live_server(create_stub_app("findings"))
     process = GatewayProcess(tmp_path, findings.url)
-    process.start()
-    yield process
-    process.stop()
+    try:
+        process.start()
+        yield process
+    finally:
+        process.stop()  # also when start-up failed: no gateway outlives the test
 
 
 def get(gateway: GatewayProcess, key_id: str, secret: bytes, **kw: str) -> int:

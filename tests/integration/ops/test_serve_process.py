@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -75,6 +76,7 @@ class GatewayProcess:
             env={**os.environ, TEST_KEY_ENV: TEST_SECRET.decode()},
             stdout=self.log,
             stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: close() reaches the workers too
         )
         try:
             wait_until(self._healthy, timeout=30)
@@ -105,9 +107,10 @@ class GatewayProcess:
         return self.log_path.read_text()
 
     def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
+        # The whole group: killing only a --workers supervisor leaves its workers running.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=10)
         self.log.close()
 
 
