@@ -57,7 +57,7 @@ def register(commands: Any) -> None:
         action="append",
         default=[],
         metavar="'NAME: VALUE'",
-        help="add a header (repeatable), e.g. -H 'Idempotency-Key: close-acme-1'",
+        help="add a header, covered by the signature (repeatable): -H 'Idempotency-Key: k-1'",
     )
     parser.add_argument("--subject", required=True, help="X-Auth-Subject to assert")
     parser.add_argument("--groups", default="", help="comma-separated X-Auth-Groups")
@@ -129,7 +129,8 @@ def build_request(args: argparse.Namespace, secret: bytes, body: bytes = b"") ->
     headers = {SUBJECT_HEADER: args.subject}
     if args.groups:
         headers[GROUPS_HEADER] = args.groups
-    headers.update(parse_header(line) for line in args.header)
+    extra = [parse_header(line) for line in args.header]
+    headers.update(extra)
     if body and "content-type" not in headers:
         headers["content-type"] = _content_type(body)
     method = (args.method or ("POST" if body else "GET")).upper()
@@ -143,6 +144,7 @@ def build_request(args: argparse.Namespace, secret: bytes, body: bytes = b"") ->
         created=created,
         expires=None if args.expires_in is None else created + args.expires_in,
         label=args.label,
+        cover=[name for name, _ in extra],  # e.g. a decision request's X-Original-URI
     )
     request.headers.update(signed)
     return request

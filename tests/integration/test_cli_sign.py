@@ -139,7 +139,8 @@ def test_repeatable_headers_sign_a_close_with_its_idempotency_key(stack: Stack) 
     )
     headers, data, target = _curl_parts(command)
     assert tuple(shlex.split(command)[3:5]) == ("-X", "POST"), "-d alone means POST, as in curl"
-    assert headers["Idempotency-Key".lower()] == "close-acme-cli-1"
+    assert headers["idempotency-key"] == "close-acme-cli-1"
+    assert '"idempotency-key" "x-request-id"' in headers["signature-input"], "-H is signed"
     assert data is not None
     response = httpx.post(target, headers=headers, content=data.encode())
     assert response.status_code == 200, response.text
