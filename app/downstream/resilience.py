@@ -14,12 +14,13 @@ wraps one request with all its retries (``with breaker.calling():`` around the
 would count nothing), so ``fail_max`` means failed requests whatever
 ``retry.attempts`` is, and a request that succeeds on a retry is a success. Each
 attempt first calls ``BreakerCall.admit``: the first enters the breaker call, a
-retry meeting a breaker opened meanwhile fails fast. 4xx answers raise nothing inside the block, so they are never failures; a
-pool timeout is excluded (our saturation, not the service's fault), and so is an
-open circuit met by a retry (the failure that opened it was counted). pybreaker
-lets every concurrent call through in half-open, so ``BreakerCall.admit``
-admits at most ``half_open_max_calls`` trials and fails the rest fast with
-``CircuitOpen``. Transitions are logged and exported as a Prometheus gauge.
+retry meeting a breaker opened meanwhile fails fast. 4xx answers raise nothing
+inside the block, so they are never failures; a pool timeout is excluded (our
+saturation, not the service's fault), and so is an open circuit met by a retry
+(the failure that opened it was counted). pybreaker lets every concurrent call
+through in half-open, so ``BreakerCall.admit`` admits at most
+``half_open_max_calls`` trials and fails the rest fast with ``CircuitOpen``.
+Transitions are logged and exported as a Prometheus gauge.
 """
 
 from __future__ import annotations
