@@ -60,6 +60,7 @@ from app.downstream.resilience import (
     parse_retry_after,
 )
 from app.downstream.transport import (
+    BUFFER_DECLARED,
     BUFFERED,
     HEAD_RECEIVED,
     MAX_BUFFERED,
@@ -125,10 +126,12 @@ class DownstreamClient:
         idempotency_key: str | None = None,
         digest: str | None = None,
         stream: bool = False,
+        buffer_declared: int | None = None,
     ) -> httpx.Response:
         """Send one request with retries; raise a ``DownstreamError`` unless it answered < 500.
 
-        With ``stream=True`` the body is not read: the caller must ``aclose()`` the response.
+        With ``stream=True`` the body is not read: the caller must ``aclose()`` the response
+        (an answer declaring at most ``buffer_declared`` bytes may arrive already read).
         A streamed ``content`` is sent once (never retried); ``digest`` is its Content-Digest.
         """
         body = orjson.dumps(json) if json is not None else content
@@ -149,7 +152,9 @@ class DownstreamClient:
         async with self.breaker.request() as call:
 
             async def attempt(number: int) -> httpx.Response:
-                return await self._attempt(method, path, body, params, fields, stream, number, call)
+                return await self._attempt(
+                    method, path, body, params, fields, stream, number, call, buffer_declared
+                )
 
             return await self.retry.run(attempt, enabled)
         raise AssertionError("unreachable: the breaker re-raises every error of its block")
@@ -164,9 +169,10 @@ class DownstreamClient:
         stream: bool,
         attempt: int,
         call: BreakerCall,
+        buffer_declared: int | None = None,
     ) -> httpx.Response:
         with client_span(self.name, method, self._url(path), attempt) as span:
-            request = self._build(method, path, body, params, fields, stream)
+            request = self._build(method, path, body, params, fields, stream, buffer_declared)
             started = time.perf_counter()
             try:
                 call.admit()
@@ -195,14 +201,17 @@ class DownstreamClient:
         params: Mapping[str, str] | str | None,
         fields: Fields,
         stream: bool,
+        buffer_declared: int | None = None,
     ) -> httpx.Request:
         """One attempt's request: fresh propagation headers (span id), signed when keyed."""
         merged = _with_fields(fields, propagation_headers(current_call_context()))
-        extensions = {
+        extensions: dict[str, object] = {
             "timeout": self._timeout,
             BUFFERED: not stream,
             MAX_BUFFERED: self.settings.max_answer_bytes,
         }
+        if stream and buffer_declared is not None:
+            extensions[BUFFER_DECLARED] = buffer_declared
         if params is None and not isinstance(body, AsyncIterable):
             request = in_memory_request(method, self._url(path), merged, body or b"", extensions)
         else:

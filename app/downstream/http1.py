@@ -41,8 +41,10 @@ Behaviour, and the httpx exception each failure is raised as::
   for the socket, in-memory bodies included; a response body is read as it arrives,
   reading paused above ``HIGH_WATER`` unread bytes. ``gateway_buffered`` requests
   get the whole body read here, at most ``gateway_max_buffered_bytes`` of it
-  (RemoteProtocolError beyond), and the connection freed at once. Nothing is
-  decompressed: pass-through forwards bytes.
+  (RemoteProtocolError beyond), and the connection freed at once; so do streamed
+  requests whose answer declares a Content-Length of at most
+  ``gateway_buffer_declared_bytes`` (a small answer costs no stream machinery).
+  Nothing is decompressed: pass-through forwards bytes.
 - An error raised by a streamed request body (bad digest, too large) aborts the
   connection, so the service never sees a complete request, and propagates as is.
 """
@@ -61,6 +63,7 @@ import httptools
 import httpx
 
 from app.downstream.transport import (
+    BUFFER_DECLARED,
     BUFFERED,
     HEAD_RECEIVED,
     MAX_BUFFERED,
@@ -323,6 +326,14 @@ class _Connection(asyncio.Protocol):
         self._wake()
 
 
+def _declares_at_most(headers: list[tuple[bytes, bytes]], limit: int) -> bool:
+    """A Content-Length answer of at most ``limit`` bytes (llhttp refused conflicting ones)."""
+    for name, value in headers:
+        if name.lower() == b"content-length":
+            return value.isdigit() and int(value) <= limit
+    return False
+
+
 def _close_delimited(headers: list[tuple[bytes, bytes]]) -> bool:
     """No Content-Length and no final chunked coding: the body ends with the connection.
 
@@ -446,6 +457,10 @@ class Http1Transport(httpx.AsyncBaseTransport):
             await self._send(conn, head, body, length, timeouts, request)
         request.extensions[HEAD_RECEIVED] = True
         if request.extensions.get(BUFFERED):
+            return await self._buffered(conn, origin, request)
+        small = request.extensions.get(BUFFER_DECLARED)
+        if small is not None and _declares_at_most(conn.headers, small):
+            conn.limit = small  # the framing holds it to the declared length anyway
             return await self._buffered(conn, origin, request)
         conn.streaming = True
         if conn.pending > HIGH_WATER and conn.transport is not None:

@@ -38,6 +38,9 @@ BUFFERED = "gateway_buffered"
 HEAD_RECEIVED = "gateway_head_received"
 # Request extension: the most bytes a buffered answer may have (RemoteProtocolError beyond).
 MAX_BUFFERED = "gateway_max_buffered_bytes"
+# Request extension on a streamed request: an answer whose Content-Length is at most this
+# many bytes is read whole anyway, as if buffered (the native transport; others stream it).
+BUFFER_DECLARED = "gateway_buffer_declared_bytes"
 TOO_LARGE = "answer larger than the gateway accepts"
 # Where a streamed request body's own failure (bad digest, too large) is kept for _send.
 BODY_ERROR = "gateway_body_error"

@@ -149,7 +149,13 @@ async def forward(
     headers = request_headers(route, request)
     path = upstream_path(route, request.path_params, request.url.query)
     upstream = await client.call(
-        request.method, path, content=body, headers=headers, digest=digest_field, stream=True
+        request.method,
+        path,
+        content=body,
+        headers=headers,
+        digest=digest_field,
+        stream=True,
+        buffer_declared=RELAY_WHOLE_BYTES,
     )
     try:
         raise_for_client_error(client.name, upstream, passthrough=True)

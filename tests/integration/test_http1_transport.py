@@ -16,7 +16,7 @@ import pytest
 import uvloop
 
 from app.downstream.http1 import Http1Transport
-from app.downstream.transport import BUFFERED, HEAD_RECEIVED
+from app.downstream.transport import BUFFER_DECLARED, BUFFERED, HEAD_RECEIVED
 from tests.conftest import free_port
 
 pytestmark = pytest.mark.integration
@@ -627,6 +627,28 @@ async def test_an_open_streamed_response_holds_the_only_slot() -> None:
         await first.aclose()
         assert (await fetch(transport, req(server.url())))[1] == b"two"
     assert len(server.requests) == 2
+
+
+@pytest.mark.parametrize(("size", "whole"), [(5, True), (1024, True), (1025, False)])
+@on_loop
+async def test_a_streamed_request_gets_a_small_declared_answer_already_read(
+    size: int, whole: bool
+) -> None:
+    """At most ``BUFFER_DECLARED`` bytes declared: read whole, slot freed; more: streamed."""
+    async with (
+        RawServer(ok(b"x" * size), ok(b"two")) as server,
+        Http1Transport(max_connections=1) as transport,
+    ):
+        small = req(server.url())
+        small.extensions[BUFFER_DECLARED] = 1024
+        first = await transport.handle_async_request(small)
+        if whole:  # the only slot is free already: the answer is in memory
+            assert (await fetch(transport, req(server.url())))[1] == b"two"
+        else:
+            with pytest.raises(httpx.PoolTimeout):
+                await transport.handle_async_request(req(server.url()))
+        assert await first.aread() == b"x" * size
+        await first.aclose()
 
 
 @pytest.mark.parametrize("size", [5, 1 << 20], ids=["all-arrived", "half-read"])
