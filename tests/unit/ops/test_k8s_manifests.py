@@ -71,7 +71,7 @@ def test_the_policy_config_map_is_the_repository_policy() -> None:
     files = [POLICY_DIR / "model.conf", POLICY_DIR / "policy.csv"]
     files += sorted((POLICY_DIR / "tests").glob("*.y*ml"))
     expected = {str(p.relative_to(POLICY_DIR)).replace("/", "."): p.read_text() for p in files}
-    assert data == expected, "regenerate deploy/k8s/configmap-policy.yaml from policies/"
+    assert data == expected, "run scripts/k8s_policy_configmap.py (regenerates it from policies/)"
     volume = next(v for v in pod()["volumes"] if v["name"] == "policy")
     paths = {item["key"]: item["path"] for item in volume["configMap"]["items"]}
     assert paths == {key: key.replace("tests.", "tests/", 1) for key in expected}
