@@ -270,6 +270,16 @@ def baseline_tree(root: Path, ref: str | None) -> tuple[Path, str]:
     return tree, commit
 
 
+def baseline_policy(root: Path, policy: Path, tree: Path) -> Path:
+    """``policy`` (the same rules) with the baseline's own suites: its reload gate runs
+    them, and it cannot read suites written in a later format (fixtures, reasons)."""
+    target = root / f"policy-{tree.name}"
+    shutil.copytree(policy, target, ignore=shutil.ignore_patterns("tests"))
+    if (tree / "policies" / "tests").is_dir():
+        shutil.copytree(tree / "policies" / "tests", target / "tests")
+    return target
+
+
 def _tracing_rows(
     root: Path, stub_port: int, policy: Path, callers: list[tuple[str, str]], baseline: str | None
 ) -> list[Target]:
@@ -284,7 +294,7 @@ def _tracing_rows(
     except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
         note = f"unavailable: no baseline tree ({exc})"
         return [*rows, Target(*BASE_ROW, GATEWAY_PATH, callers, note=note)]
-    config = gateway_config(root, stub_port, policy, baseline=tree)
+    config = gateway_config(root, stub_port, baseline_policy(root, policy, tree), baseline=tree)
     key, label = BASE_ROW
     row = (key, label.replace(")", f", {commit[:12]})"))
     return [*rows, _gateway(root, config, 1, callers, row=row, tree=tree)]

@@ -84,7 +84,6 @@ class SigningSettings(_Section):
     label: Annotated[str, Field(pattern=SIGNATURE_LABEL_PATTERN)] | None = None
     # In-memory nonce store bound; when full, requests get 503 rather than reopen replay.
     nonce_capacity: Annotated[int, Field(ge=1, le=10_000_000)] = 1_000_000
-    identity_headers: tuple[str, ...] = ("x-auth-subject", "x-auth-groups")
 
     @field_validator("keys")
     @classmethod
