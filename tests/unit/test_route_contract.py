@@ -72,6 +72,20 @@ def test_every_protected_route_declares_a_guard_that_runs_first(test_key_env: st
         assert guard.streamed == (route.path == PASSTHROUGH["path"]), route.path
 
 
+def test_only_routes_with_nothing_to_solve_skip_fastapis_handler(test_key_env: str) -> None:
+    """Called directly after the guard: the request is all they take, a Response all they give.
+
+    Every other guarded route (a body, parameters, a response model) keeps FastAPI's handler.
+    """
+    direct = {
+        route.path
+        for route in _routes(test_key_env)
+        if getattr(getattr(route, "original_route", route), "direct", None) is not None
+    }
+    decisions = {"/v1/decisions", "/v1/decisions/traefik", "/v1/decisions/envoy"}
+    assert direct == {PASSTHROUGH["path"], "/v1/decisions/envoy/{original:path}", *decisions}
+
+
 def test_every_route_has_a_docs_page_listed_in_the_index(test_key_env: str) -> None:
     index = (DOCS / "index.md").read_text()
     for route in _routes(test_key_env):
