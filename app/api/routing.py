@@ -17,11 +17,13 @@ as a bare endpoint's whole dispatch in this FastAPI version (see
 declarations are unchanged: the same ``Annotated[..., Depends(...)]`` aliases,
 which FastAPI resolves the ordinary way wherever this class is not used.
 
-A guarded endpoint left with nothing for FastAPI to solve (its only parameter is
-the request, and it returns a ``Response``: the decision endpoints and the
-pass-through routes) is called directly after its guard: FastAPI's request
-handler would only read no body, solve no dependency and return that same
-response, at about a fifth of a decision request's CPU (measured in process).
+A guarded endpoint that takes nothing but the request and path parameters and
+returns a ``Response`` (the typed GET routes, the decision endpoints, the
+pass-through routes) is called directly after its guard: its path parameters
+are validated by FastAPI's own ``request_params_to_args``, and FastAPI's request
+handler, which would read no body, solve nothing else and return that same
+response, is skipped. A path parameter that fails goes to that handler, which
+answers its usual 422.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from typing import Any
 
 from fastapi import Request, Response
 from fastapi.dependencies.models import Dependant
-from fastapi.dependencies.utils import get_dependant
+from fastapi.dependencies.utils import get_dependant, request_params_to_args
 from fastapi.routing import APIRoute
 
 from app.api.pipeline import Gate, Guard
@@ -123,34 +125,48 @@ class GuardedRoute(APIRoute):
         declared = get_dependant(path=path, call=endpoint)
         self.guard = route_guard(declared)
         self.direct: Handler | None = None
+        self._returns: object = None
         if self.guard is not None:
-            resolved = _resolving_endpoint(endpoint, declared)
-            self.direct = _direct_call(resolved, typing.get_type_hints(endpoint).get("return"))
-            endpoint = resolved
+            self._returns = typing.get_type_hints(endpoint).get("return")
+            endpoint = _resolving_endpoint(endpoint, declared)
         super().__init__(path, endpoint, **kwargs)
 
     def get_route_handler(self) -> Handler:
+        handler = super().get_route_handler()
         if self.guard is None:
-            return super().get_route_handler()
-        return _guarded(self.guard, self.direct or super().get_route_handler())
+            return handler
+        self.direct = _direct_call(self.dependant, self._returns, handler)
+        return _guarded(self.guard, self.direct or handler)
 
 
-def _direct_call(endpoint: Endpoint, returned: object) -> Handler | None:
-    """``endpoint`` (resolved) as a handler when FastAPI has nothing to solve, else ``None``.
+def _direct_call(dependant: Dependant, returned: object, handler: Handler) -> Handler | None:
+    """The endpoint as a handler when FastAPI has only path parameters to solve, else ``None``.
 
-    That is: its one parameter is the request, and the declared endpoint returns a
-    ``Response`` (which FastAPI would return as it is). Anything else (path, query,
-    header or body parameters, a model to serialise) goes through FastAPI's handler.
+    That is: besides the request, path parameters only (no query, header, cookie or
+    body parameter, no dependency left), and the declared endpoint returns a
+    ``Response``, which FastAPI would return as it is. ``handler`` (FastAPI's) answers
+    a path parameter that fails validation, with its own 422.
     """
-    params = list(inspect.signature(endpoint).parameters.values())
-    if len(params) != 1 or params[0].annotation is not Request:
+    call, request_name = dependant.call, dependant.request_param_name
+    if call is None or request_name is None or dependant.dependencies:
+        return None
+    if dependant.query_params or dependant.header_params or dependant.cookie_params:
+        return None
+    if dependant.body_params or dependant.response_param_name is not None:
+        return None
+    if dependant.background_tasks_param_name is not None:
         return None
     if not (inspect.isclass(returned) and issubclass(returned, Response)):
         return None
-    name = params[0].name
+    endpoint: Endpoint = call
+    path_fields = dependant.path_params
 
     async def direct(request: Request) -> Response:
-        response: Response = await endpoint(**{name: request})
+        values, errors = request_params_to_args(path_fields, request.path_params)
+        if errors:
+            return await handler(request)
+        values[request_name] = request
+        response: Response = await endpoint(**values)
         return response
 
     return direct

@@ -97,6 +97,18 @@ def test_invalid_body_is_422_problem(
     assert {tuple(e["loc"]) for e in body["errors"]} == {("body", "title"), ("body", "severity")}  # type: ignore[attr-defined]
 
 
+@pytest.mark.parametrize("finding_id", ["-F-0001", "F_0001", "F" * 65])
+def test_a_malformed_finding_id_is_422_problem_for_an_allowed_caller(
+    stack: Stack, signed_client: Callable[..., httpx.Client], finding_id: str
+) -> None:
+    """The typed GET is called directly after its guard; a path value outside its pattern
+    still gets FastAPI's own 422 (the service is never asked)."""
+    with signed_client(stack.url, "alice") as client:
+        response = client.get(f"{FINDINGS}/{finding_id}")
+    body = assert_problem(response, 422, "validation_error")
+    assert [tuple(e["loc"]) for e in body["errors"]] == [("path", "finding_id")]  # type: ignore[attr-defined]
+
+
 def test_unknown_finding_is_404(stack: Stack, signed_client: Callable[..., httpx.Client]) -> None:
     with signed_client(stack.url, "alice") as client:
         response = client.get(f"{FINDINGS}/F-9999")

@@ -73,17 +73,28 @@ def test_every_protected_route_declares_a_guard_that_runs_first(test_key_env: st
 
 
 def test_only_routes_with_nothing_to_solve_skip_fastapis_handler(test_key_env: str) -> None:
-    """Called directly after the guard: the request is all they take, a Response all they give.
-
-    Every other guarded route (a body, parameters, a response model) keeps FastAPI's handler.
-    """
+    """Called directly after the guard: the request and path values are all they take, a
+    Response all they give. Every other guarded route (a body, a query, a model to
+    serialise) keeps FastAPI's handler."""
     direct = {
         route.path
         for route in _routes(test_key_env)
         if getattr(getattr(route, "original_route", route), "direct", None) is not None
     }
     decisions = {"/v1/decisions", "/v1/decisions/traefik", "/v1/decisions/envoy"}
-    assert direct == {PASSTHROUGH["path"], "/v1/decisions/envoy/{original:path}", *decisions}
+    typed = {
+        "/v1/engagements/{engagement_id}/findings",
+        "/v1/engagements/{engagement_id}/findings/{finding_id}",
+    }
+    envoy = "/v1/decisions/envoy/{original:path}"
+    assert direct == {PASSTHROUGH["path"], envoy, *decisions, *typed}
+    posts = [
+        r
+        for r in _routes(test_key_env)
+        if r.path == "/v1/engagements/{engagement_id}/findings" and "POST" in r.methods
+    ]
+    assert posts  # a body: FastAPI's handler reads and validates it
+    assert all(getattr(getattr(r, "original_route", r), "direct", 1) is None for r in posts)
 
 
 def test_every_route_has_a_docs_page_listed_in_the_index(test_key_env: str) -> None:
