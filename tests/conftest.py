@@ -59,8 +59,12 @@ class LiveServer:
         return self
 
     def stop(self) -> None:
+        """Stop and wait for the thread (bounded): whatever its loop's close reports then
+        belongs to the test that ran this server, not to the next one."""
         self.server.should_exit = True
-        self.thread.join(timeout=10)
+        self.thread.join(timeout=60)
+        if self.thread.is_alive():
+            raise RuntimeError(f"the server on port {self.port} did not stop within 60 s")
 
 
 @pytest.fixture
