@@ -37,10 +37,16 @@ def free_port() -> int:
 class LiveServer:
     """A uvicorn server in a background thread, on a free loopback port."""
 
-    def __init__(self, app: FastAPI, port: int | None = None) -> None:
+    def __init__(self, app: FastAPI, port: int | None = None, loop: str = "auto") -> None:
         self.port = port or free_port()
         config = uvicorn.Config(
-            app, host="127.0.0.1", port=self.port, log_config=None, access_log=False, lifespan="on"
+            app,
+            host="127.0.0.1",
+            port=self.port,
+            log_config=None,
+            access_log=False,
+            lifespan="on",
+            loop=loop,  # type: ignore[arg-type]  # uvicorn's LoopSetupType literal
         )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
@@ -68,12 +74,12 @@ class LiveServer:
 
 
 @pytest.fixture
-def live_server() -> Iterator[Callable[[FastAPI], LiveServer]]:
+def live_server() -> Iterator[Callable[..., LiveServer]]:
     """Start any number of apps as real servers; all are stopped at teardown."""
     started: list[LiveServer] = []
 
-    def start(app: FastAPI) -> LiveServer:
-        server = LiveServer(app).start()
+    def start(app: FastAPI, loop: str = "auto") -> LiveServer:
+        server = LiveServer(app, loop=loop).start()
         started.append(server)
         return server
 

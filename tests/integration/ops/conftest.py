@@ -7,7 +7,6 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from fastapi import FastAPI
 from prometheus_client.parser import text_string_to_metric_families
 
 from app.main import create_app
@@ -19,14 +18,12 @@ GatewayFactory = Callable[..., LiveServer]
 
 
 @pytest.fixture
-def gateway_factory(
-    live_server: Callable[[FastAPI], LiveServer], test_key_env: str
-) -> GatewayFactory:
+def gateway_factory(live_server: Callable[..., LiveServer], test_key_env: str) -> GatewayFactory:
     """Start gateways sharing one findings stub; keyword arguments are settings sections."""
     stub = live_server(create_stub_app("findings"))
 
-    def start(**sections: Any) -> LiveServer:
-        return live_server(create_app(make_settings({"findings": stub.url}, **sections)))
+    def start(*, loop: str = "auto", **sections: Any) -> LiveServer:
+        return live_server(create_app(make_settings({"findings": stub.url}, **sections)), loop)
 
     return start
 
