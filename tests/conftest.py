@@ -109,6 +109,23 @@ def signer(subject: str = "alice", groups: tuple[str, ...] = ()) -> HttpSignatur
     return HttpSignatureAuth(TEST_KEY_ID, TEST_SECRET, subject=subject, groups=groups)
 
 
+def resent_to(gateway: LiveServer, request: httpx.Request) -> httpx.Request:
+    """The same signed bytes, sent to ``gateway`` (only the path is signed, not the port)."""
+    request.url = request.url.copy_with(port=gateway.port)
+    return request
+
+
+def send(request: httpx.Request) -> httpx.Response:
+    with httpx.Client(timeout=10) as client:
+        return client.send(request)
+
+
+def signature_param(request: httpx.Request, name: str) -> str:
+    """One Signature-Input parameter of a signed request (``created``, ``nonce``...)."""
+    params = request.headers["signature-input"].split(";")
+    return next(p for p in params if p.startswith(f"{name}=")).removeprefix(f"{name}=").strip('"')
+
+
 @pytest.fixture
 def signed_client() -> Callable[..., httpx.Client]:
     """A factory of httpx clients that sign as the given subject."""

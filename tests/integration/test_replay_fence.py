@@ -19,7 +19,7 @@ from fastapi import FastAPI
 from app.authn.nonces import RedisNonceStore
 from app.main import create_app
 from app.stubs.server import create_stub_app
-from tests.conftest import LiveServer, make_settings, signer
+from tests.conftest import LiveServer, make_settings, resent_to, send, signature_param, signer
 from tests.integration.ops.conftest import metric_value
 from tests.redis_server import RedisServer
 
@@ -56,20 +56,8 @@ def signed(url: str) -> httpx.Request:
     return next(signer().auth_flow(httpx.Request("GET", url)))
 
 
-def to(gateway: LiveServer, request: httpx.Request) -> httpx.Request:
-    """The same signed bytes sent to ``gateway`` (only the path is signed, not the port)."""
-    request.url = request.url.copy_with(port=gateway.port)
-    return request
-
-
-def send(request: httpx.Request) -> httpx.Response:
-    with httpx.Client(timeout=10) as client:
-        return client.send(request)
-
-
 def created_of(request: httpx.Request) -> int:
-    params = request.headers["signature-input"].split(";")
-    return int(next(p for p in params if p.startswith("created=")).removeprefix("created="))
+    return int(signature_param(request, "created"))
 
 
 def fence_of(client: redis.Redis) -> float:
@@ -108,11 +96,11 @@ def test_replay_after_a_redis_restart_is_refused_on_every_gateway(
     one, two = (start_gateway(redis={"url": redis_server.url}) for _ in range(2))
     captured = signed(one.url + FINDINGS)
     assert send(captured).status_code == 200
-    assert send(to(two, captured)).status_code == 401, "shared store: replay refused"
+    assert send(resent_to(two, captured)).status_code == 401, "shared store: replay refused"
     counted_before = counts(one)
 
     redis_server.stop()
-    for request in (signed(one.url + FINDINGS), to(one, captured)):
+    for request in (signed(one.url + FINDINGS), resent_to(one, captured)):
         down = send(request)
         assert down.status_code == 503
         assert down.json()["type"] == "urn:authz-gateway:problem:replay_check_unavailable"
@@ -120,7 +108,7 @@ def test_replay_after_a_redis_restart_is_refused_on_every_gateway(
 
     # Redis came back empty: without the fence both replays would be accepted.
     for gateway in (one, two):
-        replay = send(to(gateway, captured))
+        replay = send(resent_to(gateway, captured))
         assert replay.status_code == 401, replay.text
         assert replay.json()["title"] == "Authentication required"
         assert RESET not in replay.text, "the client never learns the reason"
@@ -153,7 +141,7 @@ def test_first_use_of_an_empty_redis_refuses_only_what_was_signed_before_it(
     fence = fence_of(probe)
     assert created_of(early) < fence <= time.time()
     assert send(signed(gateway.url + FINDINGS)).status_code == 200, "no wait after start-up"
-    assert send(to(gateway, early)).status_code == 401
+    assert send(resent_to(gateway, early)).status_code == 401
     assert authn_denials(list(captured_logs)) == [RESET]
     later = start_gateway(redis={"url": redis_server.url})
     assert fence_of(probe) == fence, "a second gateway adopts the fence"
@@ -169,6 +157,6 @@ def test_memory_store_refuses_what_a_previous_process_may_have_accepted(
     assert send(captured).status_code == 200
     assert send(captured).status_code == 401
     restarted = start_gateway()
-    assert send(to(restarted, captured)).status_code == 401
+    assert send(resent_to(restarted, captured)).status_code == 401
     assert send(signed(restarted.url + FINDINGS)).status_code == 200
     assert authn_denials(list(captured_logs)) == ["replayed", RESET]

@@ -27,7 +27,15 @@ from app.core.engagement_settings import EngagementStateSettings
 from app.core.errors import Conflict
 from app.core.redis import create_redis
 from app.workflows.idempotency import Codec, RedisIdempotencyStore
-from tests.conftest import POLICY_DIR, TEST_KEY_ID, LiveServer, signer
+from tests.conftest import (
+    POLICY_DIR,
+    TEST_KEY_ID,
+    LiveServer,
+    resent_to,
+    send,
+    signature_param,
+    signer,
+)
 from tests.integration.ops.conftest import FINDINGS, GatewayFactory, wait_until
 
 RESET = "replay_window_reset"
@@ -72,19 +80,8 @@ def signed(gateway: LiveServer, path: str = FINDINGS, subject: str = "alice") ->
     return next(signer(subject).auth_flow(httpx.Request("GET", gateway.url + path)))
 
 
-def to(gateway: LiveServer, request: httpx.Request) -> httpx.Request:
-    request.url = request.url.copy_with(port=gateway.port)
-    return request
-
-
-def send(request: httpx.Request) -> httpx.Response:
-    with httpx.Client(timeout=10) as client:
-        return client.send(request)
-
-
 def nonce_of(request: httpx.Request) -> str:
-    params = request.headers["signature-input"].split(";")
-    return next(p for p in params if p.startswith("nonce=")).removeprefix("nonce=").strip('"')
+    return signature_param(request, "nonce")
 
 
 def fence_key_of(request: httpx.Request, grouped: bool) -> str:
@@ -96,7 +93,7 @@ def fence_key_of(request: httpx.Request, grouped: bool) -> str:
 def replay_is_refused_on_the_other_gateway(pair: Pair) -> None:
     captured = signed(pair.one)
     assert send(captured).status_code == 200
-    replay = send(to(pair.two, captured))
+    replay = send(resent_to(pair.two, captured))
     assert replay.status_code == 401, replay.text
 
 
@@ -237,17 +234,17 @@ def failover_refuses_replays_then_recovers(
     during = []
     while not failover.switched():
         for gateway in (pair.one, pair.two):
-            replay = send(to(gateway, captured))
+            replay = send(resent_to(gateway, captured))
             assert replay.status_code in (401, 503), f"replay answered {replay.status_code}"
-            during += [replay.status_code, send(to(gateway, fresh())).status_code]
+            during += [replay.status_code, send(resent_to(gateway, fresh())).status_code]
     assert 503 in during, "the switch was seen: the failing primary could not answer"
     assert set(during) <= {200, 401, 503}, during
     # The gateways recover by themselves: a fresh signature passes again on both.
     for gateway in (pair.one, pair.two):
-        wait_until(lambda gw=gateway: send(to(gw, fresh())).status_code == 200, timeout=30)
+        wait_until(lambda gw=gateway: send(resent_to(gw, fresh())).status_code == 200, timeout=30)
     assert not failover.holds(nonce_key_of(captured, grouped)), "the claim was lost"
     for request, gateway in ((captured, pair.one), (signed_before, pair.two), (captured, pair.two)):
-        refused = send(to(gateway, request))
+        refused = send(resent_to(gateway, request))
         assert refused.status_code == 401, refused.text
     reasons = [line["reason"] for line in logs if line.get("stage") == "authn"]
     assert reasons.count(RESET) >= 3, "the promoted primary's fence refused all three"
