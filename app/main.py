@@ -1,8 +1,9 @@
 """Application factory: ``create_app(settings)`` wires the pipeline stages.
 
-edge (``EdgeMiddleware``) -> the ``Gate`` that every route's declared guard runs
-before the body is read: authn, rate limit, authz (``app.api.pipeline``) -> the
-route's workflow over downstream clients (``ServiceRegistry``) -> respond.
+edge (``EdgeMiddleware``; the HTTP stack is composed in ``app.api.lane``) -> the
+``Gate`` that every route's declared guard runs before the body is read: authn,
+rate limit, authz (``app.api.pipeline``) -> the route's workflow over downstream
+clients (``ServiceRegistry``) -> respond.
 Everything that can fail on bad configuration fails here, before serving.
 """
 
@@ -14,10 +15,10 @@ from typing import TYPE_CHECKING
 
 import httpx
 from fastapi import FastAPI
-from fastapi_offline import FastAPIOffline
 
 from app import __version__
 from app.api.decisions import Authorizer
+from app.api.lane import gateway_app
 from app.api.openapi import DESCRIPTION, install_openapi
 from app.api.pipeline import Gate
 from app.api.problems import install_problem_handlers
@@ -44,8 +45,6 @@ from app.core.config import Settings, load_settings
 from app.core.logging import configure_logging, reopen_log_files_on_sighup
 from app.core.redis import SharedRedis, create_redis
 from app.downstream.client import ServiceRegistry, load_outbound_keys
-from app.edge.correlation import EdgeMiddleware
-from app.edge.tracing import ServerSpanMiddleware
 from app.ops.metrics import set_policy_revision
 from app.ops.processes import freeze_startup_heap
 from app.ops.runtime import ops_lifespan
@@ -111,9 +110,12 @@ def create_app(
             if app.state.tracing is not None:
                 app.state.tracing.shutdown()
 
-    # FastAPIOffline: Swagger UI and ReDoc served with their assets from this process
-    # (the fastapi-offline package ships them), never from a CDN.
-    app = FastAPIOffline(
+    # Swagger UI and ReDoc served with their assets from this process (fastapi-offline),
+    # never from a CDN; the HTTP stack is the edge, the lane, then FastAPI's router
+    # (app/api/lane.py), with the server span outermost when tracing is on.
+    app = gateway_app(
+        settings.edge.max_body_bytes,
+        settings.tracing.untraced_paths if settings.tracing.enabled else None,
         title="authz-gateway",
         version=__version__,
         summary="Signed identity in, policy decisions, resilient downstream calls.",
@@ -130,9 +132,6 @@ def create_app(
     app.router.route_class = GuardedRoute  # pass-through routes are added on app.router
     app.state.authorizer = Authorizer.from_settings(settings.authorizer)
     install_problem_handlers(app)
-    app.add_middleware(EdgeMiddleware, max_body_bytes=settings.edge.max_body_bytes)
-    if settings.tracing.enabled:  # outermost, and absent when off (nothing to pay)
-        app.add_middleware(ServerSpanMiddleware, untraced_paths=settings.tracing.untraced_paths)
     # The routers' routes join the app's own list, hot routes first, rather than through
     # include_router: FastAPI matches an included router's routes twice, through a layer
     # per router, on every request (see decision 0006). Paths never overlap, so the order

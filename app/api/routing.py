@@ -31,6 +31,7 @@ from __future__ import annotations
 import inspect
 import typing
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from contextlib import AsyncExitStack
 from typing import Any
 
 from fastapi import Request, Response
@@ -45,6 +46,8 @@ Handler = Callable[[Request], Coroutine[Any, Any, Response]]
 Endpoint = Callable[..., Awaitable[Any]]
 RequestDependency = Callable[[Request], Awaitable[Any]]
 _REQUEST_PARAM = "gateway_request"
+# What FastAPI's exit-stack middleware and request wrapper put in the scope (0.165).
+_EXIT_STACKS = ("fastapi_middleware_astack", "fastapi_inner_astack", "fastapi_function_astack")
 
 
 def _calls(dependant: Dependant) -> Iterator[object]:
@@ -125,6 +128,9 @@ class GuardedRoute(APIRoute):
         declared = get_dependant(path=path, call=endpoint)
         self.guard = route_guard(declared)
         self.direct: Handler | None = None
+        # The guard and the direct call, for the lane (app.api.lane) to call without
+        # FastAPI's request wrapper; None where FastAPI must solve the request.
+        self.lane_handler: Handler | None = None
         self._returns: object = None
         if self.guard is not None:
             self._returns = typing.get_type_hints(endpoint).get("return")
@@ -136,6 +142,8 @@ class GuardedRoute(APIRoute):
         if self.guard is None:
             return handler
         self.direct = _direct_call(self.dependant, self._returns, handler)
+        if self.direct is not None:
+            self.lane_handler = _guarded(self.guard, self.direct)
         return _guarded(self.guard, self.direct or handler)
 
 
@@ -164,12 +172,27 @@ def _direct_call(dependant: Dependant, returned: object, handler: Handler) -> Ha
     async def direct(request: Request) -> Response:
         values, errors = request_params_to_args(path_fields, request.path_params)
         if errors:
-            return await handler(request)
+            return await _with_exit_stacks(handler, request)
         values[request_name] = request
         response: Response = await endpoint(**values)
         return response
 
     return direct
+
+
+async def _with_exit_stacks(handler: Handler, request: Request) -> Response:
+    """FastAPI's handler, given the exit stacks FastAPI's layers would have opened.
+
+    The lane (``app.api.lane``) calls a direct route without FastAPI's exit-stack
+    middleware and request wrapper; the handler only runs here for a path
+    parameter that fails, and answers its 422.
+    """
+    scope = request.scope
+    missing = [key for key in _EXIT_STACKS if key not in scope]
+    async with AsyncExitStack() as stacks:
+        for key in missing:
+            scope[key] = await stacks.enter_async_context(AsyncExitStack())
+        return await handler(request)
 
 
 def _guarded(guard: Guard, handler: Handler) -> Handler:

@@ -35,7 +35,11 @@ MOVES: list[tuple[str, dict[str, str]]] = [
     ("gateway_authz_decisions_total", {"result": "allow", "reason": "allowed_by_rule"}),
     ("gateway_authz_decisions_total", {"result": "deny", "reason": "no_matching_allow"}),
     ("gateway_signature_failures_total", {"reason": "signature_missing"}),
-    ("gateway_downstream_calls_total", {"service": "findings", "outcome": "response"}),
+    # attempt="1": a unit test run before may have made an attempt="2" series of the same pair.
+    (
+        "gateway_downstream_calls_total",
+        {"service": "findings", "outcome": "response", "attempt": "1"},
+    ),
     ("gateway_rate_limited_total", {"scope": "subject"}),
     ("gateway_policy_reload_failures_total", {}),
 ]

@@ -1,0 +1,141 @@
+"""The gateway's ASGI application: the edge, then the lane, then FastAPI's router.
+
+FastAPI (0.165, on Starlette 1.10) runs every HTTP request through its own stack
+before a route sees it: a native-telemetry check (about 7 µs on the bench machine),
+``ServerErrorMiddleware``, ``ExceptionTelemetryMiddleware``,
+``AppBodyLimitMiddleware``, the user middleware, ``ExceptionMiddleware``,
+``AsyncExitStackMiddleware``, the router's match loop, and the route's
+``request_response`` wrapper with its two exit stacks and its own exception
+wrapper. Under uvicorn a minimal FastAPI route costs 2.9x the CPU of a raw ASGI
+answer (278 against 96 µs a request, user and system, on the bench machine).
+
+``GatewayApp`` composes its HTTP stack itself, once:
+
+    [ServerSpanMiddleware ->] EdgeMiddleware -> FastLane -> ExceptionMiddleware
+        -> AsyncExitStackMiddleware -> router
+
+- The edge (``app.edge.correlation``) already answers what ``ServerErrorMiddleware``
+  would (an unexpected exception becomes a 500 problem+json with the ``corr_id``),
+  so that layer, which would answer in plain text first, is not used; the gateway
+  has its own tracing (``app.edge.tracing``), so FastAPI's native telemetry is not
+  consulted for HTTP; FastAPI's application body limit is unset (the edge caps
+  bodies).
+- ``FastLane`` matches the request against the router's own routes, in the
+  router's order. When the first route that matches at all matches fully and is a
+  guarded route that is called directly (``GuardedRoute.lane_handler``: the typed
+  GET routes, the decision endpoints, the pass-through routes), the lane runs that
+  handler (guard, then endpoint) under an ``ExceptionMiddleware`` built from the
+  same exception handlers, so every error is the same problem+json. Anything else
+  (a partial match, the probes, the admin routes, every route with a body, no
+  match, redirects) goes to FastAPI's router unchanged.
+
+Nothing is declared twice: the routes, their guards, the OpenAPI schema and the
+exception handlers are FastAPI's; the lane only skips the layers that do nothing
+for these routes. Weighed against serving the hot routes from a router of our own
+(declared beside FastAPI's, faster to match, but a second route table to keep in
+step with the schema and the route contract test) and against keeping FastAPI's
+stack (no code, about 170 µs a request on the bench machine): see
+docs/decisions/0006-guards-before-the-body.md, "The lane".
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.middleware.asyncexitstack import AsyncExitStackMiddleware
+from fastapi_offline import FastAPIOffline
+from starlette.middleware.exceptions import ExceptionMiddleware
+from starlette.requests import Request
+from starlette.routing import Match
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from app.core.errors import ConfigError
+from app.edge.correlation import EdgeMiddleware
+from app.edge.tracing import ServerSpanMiddleware
+
+
+async def _run_lane_route(scope: Scope, receive: Receive, send: Send) -> None:
+    """Call the matched route's direct handler and send its response."""
+    request = Request(scope, receive, send)
+    response = await scope["route"].lane_handler(request)
+    await response(scope, receive, send)
+
+
+class FastLane:
+    """Serve directly called guarded routes; hand everything else to ``fallback``."""
+
+    def __init__(self, app: FastAPI, fallback: ASGIApp, lane: ASGIApp) -> None:
+        self.app = app
+        self.fallback = fallback
+        self.lane = lane
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            router = self.app.router
+            # The router's own list, read live, in its order: the first route that
+            # matches at all decides, as in the router's loop.
+            for route in router.routes:
+                match, child_scope = route.matches(scope)
+                if match is Match.NONE:
+                    continue
+                if match is Match.FULL and getattr(route, "lane_handler", None) is not None:
+                    scope.update(child_scope)
+                    scope.setdefault("router", router)
+                    await self.lane(scope, receive, send)
+                    return
+                break
+        await self.fallback(scope, receive, send)
+
+
+class GatewayApp(FastAPI):
+    """FastAPI with the gateway's HTTP stack (see the module docstring).
+
+    ``edge_max_body_bytes`` and ``untraced_paths`` (``None``: tracing off) configure
+    the edge and the server span; middleware added with ``add_middleware`` is refused
+    (it would have no place in this stack).
+    """
+
+    edge_max_body_bytes: int = 0
+    untraced_paths: tuple[str, ...] | None = None
+
+    def build_middleware_stack(self) -> ASGIApp:
+        if self.user_middleware:
+            raise ConfigError("the gateway composes its own middleware (app/api/lane.py)")
+        handlers = {k: v for k, v in self.exception_handlers.items() if k not in (500, Exception)}
+        below = ExceptionMiddleware(
+            AsyncExitStackMiddleware(self.router), handlers=handlers, debug=self.debug
+        )
+        lane = ExceptionMiddleware(_run_lane_route, handlers=handlers, debug=self.debug)
+        app: ASGIApp = EdgeMiddleware(FastLane(self, below, lane), self.edge_max_body_bytes)
+        if self.untraced_paths is not None:  # outermost, and absent when off
+            app = ServerSpanMiddleware(app, untraced_paths=self.untraced_paths)
+        return app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":  # lifespan, websocket: FastAPI's own way
+            await super().__call__(scope, receive, send)
+            return
+        if self.root_path:
+            scope["root_path"] = self.root_path
+        scope["app"] = self
+        if self.middleware_stack is None:
+            self.middleware_stack = self.build_middleware_stack()
+        await self.middleware_stack(scope, receive, send)
+
+
+def gateway_app(
+    edge_max_body_bytes: int, untraced_paths: tuple[str, ...] | None, **kwargs: Any
+) -> GatewayApp:
+    """A ``GatewayApp`` with offline Swagger UI and ReDoc (fastapi-offline).
+
+    fastapi-offline is a factory that returns a plain ``FastAPI`` with its docs routes
+    and static mount; the instance becomes a ``GatewayApp`` (which adds no state of its
+    own, only class attributes and the two methods) rather than copying that wiring.
+    """
+    app = FastAPIOffline(**kwargs)
+    app.__class__ = GatewayApp
+    assert isinstance(app, GatewayApp)
+    app.edge_max_body_bytes = edge_max_body_bytes
+    app.untraced_paths = untraced_paths
+    return app
