@@ -51,7 +51,11 @@ class _Counting:
 
 def _route(app: FastAPI, path: str, method: str) -> GuardedRoute:
     for route in app.router.routes:
-        if isinstance(route, GuardedRoute) and route.path == path and method in route.methods:
+        if (
+            isinstance(route, GuardedRoute)
+            and route.path == path
+            and method in (route.methods or ())
+        ):
             return route
     raise LookupError(path)
 
