@@ -45,9 +45,10 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.middleware.asyncexitstack import AsyncExitStackMiddleware
 from fastapi_offline import FastAPIOffline
+from starlette._utils import get_route_path
 from starlette.middleware.exceptions import ExceptionMiddleware
 from starlette.requests import Request
-from starlette.routing import Match
+from starlette.routing import BaseRoute, Match, Mount, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.core.errors import ConfigError
@@ -62,29 +63,63 @@ async def _run_lane_route(scope: Scope, receive: Receive, send: Send) -> None:
     await response(scope, receive, send)
 
 
+def literal_prefix(route: BaseRoute) -> str:
+    """The literal text every path the route matches starts with ("" when unknown).
+
+    A ``Route`` or ``Mount`` matches by a regular expression anchored at the start
+    of the path whose first part is the path template's text before its first
+    parameter; a path that does not start with that text matches it not at all.
+    """
+    if isinstance(route, Route | Mount) and isinstance(route.path, str):
+        return route.path.partition("{")[0]
+    return ""
+
+
 class FastLane:
-    """Serve directly called guarded routes; hand everything else to ``fallback``."""
+    """Serve directly called guarded routes; hand everything else to ``fallback``.
+
+    The router's routes are walked in the router's order, as its own loop does, but
+    a route whose literal prefix the path does not start with is skipped without
+    running its expression (it cannot match at all): the decision and pass-through
+    routes sit after dozens of others. The prefixes are recomputed whenever the
+    router's list is another list or of another length.
+    """
 
     def __init__(self, app: FastAPI, fallback: ASGIApp, lane: ASGIApp) -> None:
         self.app = app
         self.fallback = fallback
         self.lane = lane
+        self._routes: list[BaseRoute] | None = None
+        self._count = -1
+        self._prefixed: list[tuple[str, BaseRoute]] = []
+
+    def _candidates(self) -> list[tuple[str, BaseRoute]]:
+        routes = self.app.router.routes
+        if routes is not self._routes or len(routes) != self._count:
+            self._prefixed = [(literal_prefix(route), route) for route in routes]
+            self._routes, self._count = routes, len(routes)
+        return self._prefixed
+
+    def first_match(self, scope: Scope) -> tuple[BaseRoute, Match, Scope] | None:
+        """The first route that matches ``scope`` at all, as the router's loop finds it."""
+        path = get_route_path(scope)
+        for prefix, route in self._candidates():
+            if path.startswith(prefix):
+                match, child_scope = route.matches(scope)
+                if match is not Match.NONE:
+                    return route, match, child_scope
+        return None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            router = self.app.router
-            # The router's own list, read live, in its order: the first route that
-            # matches at all decides, as in the router's loop.
-            for route in router.routes:
-                match, child_scope = route.matches(scope)
-                if match is Match.NONE:
-                    continue
+            found = self.first_match(scope)
+            if found is not None:
+                route, match, child_scope = found
                 if match is Match.FULL and getattr(route, "lane_handler", None) is not None:
                     scope.update(child_scope)
-                    scope.setdefault("router", router)
+                    scope.setdefault("router", self.app.router)
                     await self.lane(scope, receive, send)
                     return
-                break
         await self.fallback(scope, receive, send)
 
 
