@@ -11,12 +11,12 @@ from typing import Any
 
 import httpx
 import pytest
-import structlog
 import uvicorn
 from fastapi import FastAPI
 from structlog.testing import capture_logs
 
 from app.authn.signer import HttpSignatureAuth
+from app.core import logcontext
 from app.core.config import Settings
 
 REPO = Path(__file__).resolve().parent.parent
@@ -139,7 +139,7 @@ def signed_client() -> Callable[..., httpx.Client]:
 @pytest.fixture
 def captured_logs() -> Iterator[list[dict[str, Any]]]:
     """Every structlog line emitted during the test, with contextvars merged in."""
-    with capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs:
+    with capture_logs(processors=[logcontext.merge]) as logs:
         yield logs
 
 

@@ -22,7 +22,6 @@ turns anything but 401 and 403 into a 500): docs/decisions/0007-decision-endpoin
 
 from __future__ import annotations
 
-import uuid
 from dataclasses import dataclass
 from typing import NoReturn
 
@@ -36,8 +35,10 @@ from app.authn.asgi import message_from_scope
 from app.authn.base import declares_body
 from app.authn.keys import SigningKey, load_keyring
 from app.authz.targets import OriginalTarget, RouteTemplates, TargetRefused
+from app.core import logcontext
 from app.core.config import AuthorizerSettings
 from app.core.errors import AccessDenied, ConfigError
+from app.core.ids import uuid4_hex
 from app.core.scope import SIGNED_PATH_KEY
 from app.ops.metrics import count_decision
 
@@ -102,13 +103,13 @@ class DecisionGuard(Guard):
     async def run(self, gate: Gate, request: Request) -> Admission:
         """401 unless signed (original headers covered), 403 unless allowed, 429 when spent."""
         authorizer: Authorizer = request.app.state.authorizer
-        decision_id = uuid.uuid4().hex
-        structlog.contextvars.bind_contextvars(mode=self.mode, decision_id=decision_id)
+        decision_id = uuid4_hex()
+        logcontext.bind(mode=self.mode, decision_id=decision_id)
         message = message_from_scope(request.scope)
         names = authorizer.original_headers(self.mode)
         read_body = request.body if declares_body(message) else _no_body
         identity = await gate.authenticate(message, read_body, require=names or ())
-        structlog.contextvars.bind_contextvars(subject=identity.subject, key_id=identity.key_id)
+        logcontext.bind(subject=identity.subject, key_id=identity.key_id)
         original = _resolve(authorizer.templates, _original(request, names))
         target = Target(original.engagement, original.obj, original.action)
         rate_headers = await gate.spend(identity, target)

@@ -35,6 +35,7 @@ from app.authn.service import AuthnService
 from app.authz.policy import GLOBAL_DOMAIN, Decision
 from app.authz.source import ENGAGEMENT
 from app.authz.store import PolicyStore
+from app.core import logcontext
 from app.core.errors import AccessDenied, AuthenticationFailed, BadRequest
 from app.core.tracing import record_decision, stage_span
 from app.domain.identity import Identity
@@ -145,7 +146,7 @@ class Gate:
         engagement = target.engagement
         if engagement != GLOBAL_DOMAIN and not ENGAGEMENT.match(engagement):
             raise BadRequest("The engagement id is malformed.")
-        structlog.contextvars.bind_contextvars(engagement=engagement)
+        logcontext.bind(engagement=engagement)
         decision = self.policy.decide(
             identity.subject, engagement, target.obj, target.action, identity.groups
         )
@@ -195,9 +196,7 @@ class Guard:
         scoped = None if decision.engagement == GLOBAL_DOMAIN else decision.engagement
         trace = (message.header("traceparent"), message.header("tracestate"))
         bind_call_context(CallContext(admission.identity, scoped, *trace))
-        structlog.contextvars.bind_contextvars(
-            subject=admission.identity.subject, key_id=admission.identity.key_id
-        )
+        logcontext.bind(subject=admission.identity.subject, key_id=admission.identity.key_id)
         return admission
 
 

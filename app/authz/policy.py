@@ -19,6 +19,7 @@ import structlog
 from app.authz.closed import ClosedFact
 from app.authz.compiled import CompiledPolicy, Verdict
 from app.authz.source import GLOBAL_DOMAIN, PolicySource, read_policy
+from app.core import logcontext
 from app.core.config import PolicySettings
 from app.core.errors import ConfigError
 
@@ -140,7 +141,7 @@ class PolicyEngine:
 
 def log_decision(decision: Decision) -> None:
     """One decision log line; ``diff --log`` replays these, so ``groups`` is kept too."""
-    corr_id = structlog.contextvars.get_contextvars().get("corr_id")
+    corr_id = logcontext.current().get("corr_id")
     decision_log.info(
         "decision",
         stage="authz",

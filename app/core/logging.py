@@ -1,6 +1,6 @@
 """structlog set-up: JSON lines by default, a console renderer on a TTY.
 
-``merge_contextvars`` comes first so every line carries what the edge bound
+``logcontext.merge`` comes first so every line carries what the edge bound
 (``corr_id``) and what later stages added (``subject``, ``engagement``).
 
 The gateway's own loggers are structlog-native: a level-filtering bound logger
@@ -37,6 +37,7 @@ import orjson
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 
+from app.core import logcontext
 from app.core.errors import ConfigError
 from app.core.observability_settings import DecisionLogSettings
 from app.core.sighup import on_sighup
@@ -187,7 +188,7 @@ async def reopen_log_files_on_sighup() -> AsyncIterator[None]:
 
 def _shared_processors() -> list[Processor]:
     return [
-        structlog.contextvars.merge_contextvars,
+        logcontext.merge,
         add_trace_ids,
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
@@ -216,7 +217,7 @@ def configure_logging(
         native = [*shared, *sinks, structlog.dev.ConsoleRenderer(), _to_bytes]
     else:
         native = [
-            structlog.contextvars.merge_contextvars,
+            logcontext.merge,
             add_trace_ids,
             LevelNameTime(),  # = shared[2:], in one call
             structlog.processors.format_exc_info,

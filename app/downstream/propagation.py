@@ -27,7 +27,6 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 
 import httpx
-import structlog
 
 from app.authn.base import (
     ALGORITHM,
@@ -39,6 +38,7 @@ from app.authn.base import (
 from app.authn.identity import GROUPS_HEADER, SUBJECT_HEADER
 from app.authn.keys import SigningKey
 from app.authn.signer import message_from_httpx
+from app.core import logcontext
 from app.core.headers import never_forwarded
 from app.core.tracing import SpanContext, current_span_is_valid, parent_of, trace_headers
 from app.domain.identity import Identity
@@ -105,7 +105,7 @@ def propagation_headers(context: CallContext | None) -> dict[str, str]:
         headers = trace_headers(None)  # tracing on: the attempt's span is what goes out
     else:
         headers = trace_headers(context.parent)
-    corr_id = structlog.contextvars.get_contextvars().get("corr_id")
+    corr_id = logcontext.current().get("corr_id")
     if corr_id:
         headers[REQUEST_ID] = str(corr_id)
     if context is not None:

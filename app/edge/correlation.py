@@ -1,12 +1,13 @@
 """The edge: a pure ASGI middleware that opens and closes every request.
 
-It binds ``corr_id`` into structlog contextvars (so every line logged while the
-request runs, downstream calls included, carries it), echoes ``X-Request-ID``,
-caps the request body, logs one summary line, and turns an unexpected exception
-into a 500 problem+json without internals. A client that disconnects mid-request
-(Starlette's ``ClientDisconnect``) is not an error of ours: one
-``client_disconnected`` line, no answer, status 499 in the summary and metrics.
-It is pure ASGI rather than ``BaseHTTPMiddleware`` so contextvars bound here are
+It binds ``corr_id`` into the log context (``app.core.logcontext``; every line
+logged while the request runs, downstream calls included, carries it), echoes
+``X-Request-ID``, caps the request body, logs one summary line, and turns an
+unexpected exception into a 500 problem+json without internals. A client that
+disconnects mid-request (Starlette's ``ClientDisconnect``) is not an error of
+ours: one ``client_disconnected`` line, no answer, status 499 in the summary and
+metrics.
+It is pure ASGI rather than ``BaseHTTPMiddleware`` so the context bound here is
 seen by the endpoint task.
 """
 
@@ -14,14 +15,15 @@ from __future__ import annotations
 
 import re
 import time
-import uuid
+from collections.abc import Iterable
 
 import structlog
-from starlette.datastructures import MutableHeaders
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.core import logcontext
 from app.core.errors import GatewayError, InvalidPath, PayloadTooLarge
+from app.core.ids import uuid4_hex
 from app.core.problems import problem_response
 from app.core.scope import SIGNED_PATH_KEY
 from app.edge.paths import normalize_path
@@ -30,6 +32,7 @@ from app.ops.metrics import observe_request, route_label
 log = structlog.get_logger("gateway.edge")
 
 REQUEST_ID_HEADER = "x-request-id"
+_REQUEST_ID = REQUEST_ID_HEADER.encode("ascii")
 # nginx's "client closed request": counted and logged, never answered (nobody is there).
 CLIENT_CLOSED_REQUEST = 499
 # Accepted incoming ids: 8-128 visible, log-safe characters (uuid, ulid, trace ids).
@@ -55,6 +58,15 @@ def _content_length(scope: Scope) -> int | None:
     return None
 
 
+def with_request_id(
+    headers: Iterable[tuple[bytes, bytes]], request_id: bytes
+) -> list[tuple[bytes, bytes]]:
+    """The response's fields with ``x-request-id`` set to ``request_id`` (any copy replaced)."""
+    fields = [(name, value) for name, value in headers if name.lower() != _REQUEST_ID]
+    fields.append((_REQUEST_ID, request_id))
+    return fields
+
+
 class EdgeMiddleware:
     """Correlation id, body cap, request summary and last-resort 500."""
 
@@ -66,17 +78,19 @@ class EdgeMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        corr_id = incoming_request_id(scope) or uuid.uuid4().hex
+        corr_id = incoming_request_id(scope) or uuid4_hex()
         scope.setdefault("state", {})["corr_id"] = corr_id
-        structlog.contextvars.clear_contextvars()
-        structlog.contextvars.bind_contextvars(corr_id=corr_id)
+        logcontext.clear()
+        logcontext.bind(corr_id=corr_id)
         started_at = time.perf_counter()
         status = {"code": 500, "started": False}
+
+        request_id = corr_id.encode("latin-1")
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
                 status["code"], status["started"] = message["status"], True
-                MutableHeaders(scope=message)[REQUEST_ID_HEADER] = corr_id
+                message["headers"] = with_request_id(message.get("headers", ()), request_id)
             await send(message)
 
         try:
@@ -102,7 +116,7 @@ class EdgeMiddleware:
                 status=status["code"],
                 duration_ms=round((time.perf_counter() - started_at) * 1000, 3),
             )
-            structlog.contextvars.clear_contextvars()
+            logcontext.clear()
             elapsed = time.perf_counter() - started_at
             observe_request(route_label(scope), scope["method"], int(status["code"]), elapsed)
 
@@ -130,7 +144,7 @@ class EdgeMiddleware:
                 await send(message)
             elif message["type"] == "http.response.start":
                 err = too_large[0]
-                corr_id = structlog.contextvars.get_contextvars().get("corr_id")
+                corr_id = logcontext.current().get("corr_id")
                 response = problem_response(413, err.code, err.title, err.detail, corr_id)
                 await response({"type": "http"}, _no_receive, send)
 

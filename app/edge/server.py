@@ -22,7 +22,8 @@ front, is recorded in ``app/api/docs/operations.md`` ("Slow clients").
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from collections.abc import Iterable
+from typing import Any, cast
 
 import orjson
 import structlog
@@ -62,6 +63,73 @@ async def overloaded(scope: Any, receive: Any, send: Any) -> None:
     await response(scope, receive, send)
 
 
+# A tick's writes above this many bytes go out at once (bounded memory, flow control).
+COALESCE_LIMIT = 64 * 1024
+
+
+class CoalescingTransport:
+    """A connection's transport whose writes within one loop tick leave in one call.
+
+    uvicorn writes a response's head and its body with two ``transport.write``
+    calls; uvloop sends each at once, so every small answer cost two ``send``
+    system calls and two TCP segments (each waking the client), and on loopback
+    the sender's call also runs the receiver's side of the stack. Here the writes
+    of one tick are joined and sent by one callback at the end of that tick (or
+    at once past ``COALESCE_LIMIT`` bytes, and before a close), in the order they
+    were made: the protocol's own writes (100 Continue, 400, 408) share the queue.
+    Everything else is the wrapped transport's.
+    """
+
+    __slots__ = ("_loop", "_pending", "_size", "_transport")
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._pending: list[bytes] = []
+        self._size = 0
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if not data:
+            return
+        if not self._pending:
+            self._loop.call_soon(self.flush)
+        self._pending.append(bytes(data))
+        self._size += len(data)
+        if self._size > COALESCE_LIMIT:
+            self.flush()
+
+    def flush(self) -> None:
+        """Send what this tick wrote (nothing once the connection is closing)."""
+        if not self._pending:
+            return
+        pending, self._pending, self._size = self._pending, [], 0
+        if self._transport.is_closing():
+            return
+        self._transport.write(pending[0] if len(pending) == 1 else b"".join(pending))
+
+    def writelines(self, chunks: Iterable[bytes]) -> None:
+        for chunk in chunks:
+            self.write(chunk)
+
+    def close(self) -> None:
+        self.flush()
+        self._transport.close()
+
+    def write_eof(self) -> None:
+        self.flush()
+        self._transport.write_eof()
+
+    def abort(self) -> None:
+        self._pending, self._size = [], 0
+        self._transport.abort()
+
+    def is_closing(self) -> bool:
+        return self._transport.is_closing()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
 class GatewayHttpProtocol(HttpToolsProtocol):
     """``HttpToolsProtocol`` with a header-read timeout and a problem+json 503."""
 
@@ -73,6 +141,8 @@ class GatewayHttpProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        # Flow control keeps the real transport (its buffer, its pause/resume).
+        self.transport = cast(asyncio.Transport, CoalescingTransport(transport, self.loop))
         self._arm()
 
     def on_message_begin(self) -> None:

@@ -34,6 +34,7 @@ import structlog
 from pydantic import BaseModel
 
 from app.authz.closed import ClosedFact, EngagementState
+from app.core import logcontext
 from app.core.errors import Conflict, GatewayError
 from app.domain.engagements import CloseRequest, CloseResult, CloseStep, Engagement, Report
 from app.downstream.client import ServiceRegistry, parse_answer, raise_for_client_error
@@ -134,7 +135,7 @@ class CloseService:
 
     async def _publish(self, engagement_id: str, subject: str) -> None:
         """Every gateway decides the engagement as closed from now on (503 if it cannot)."""
-        corr_id = structlog.contextvars.get_contextvars().get("corr_id") or ""
+        corr_id = logcontext.current().get("corr_id") or ""
         await self._state.close(
             ClosedFact(engagement_id, "close_saga", str(corr_id), time.time(), subject)
         )

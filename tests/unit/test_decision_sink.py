@@ -99,11 +99,12 @@ def test_settings_refuse_decisions_going_nowhere(values: dict[str, bool], messag
 SCRIPT = """
 import sys, structlog
 from pathlib import Path
+from app.core import logcontext
 from app.core.logging import configure_logging
 from app.core.observability_settings import DecisionLogSettings
 settings = DecisionLogSettings(file=Path(sys.argv[2]), main_log=sys.argv[3] == "yes")
 configure_logging("INFO", sys.argv[1], decisions=settings)
-structlog.contextvars.bind_contextvars(corr_id="c0ffee00")
+logcontext.bind(corr_id="c0ffee00")
 structlog.get_logger("gateway.decision").info("decision", stage="authz", decision="deny")
 structlog.get_logger("gateway.edge").info("request_completed", status=403)
 """

@@ -5,17 +5,29 @@ from __future__ import annotations
 import gc
 import gzip
 import random
+import uuid
 from datetime import UTC, datetime
 
 import httpx
 import pytest
 import structlog
+from hypothesis import given
+from hypothesis import strategies as st
+from starlette.datastructures import MutableHeaders
 
+from app.api.decision_schemas import DecisionAnswer, Mode
+from app.api.decisions import Grant
+from app.api.routes.decisions import answer_body
+from app.authz.policy import Decision
+from app.authz.targets import OriginalTarget
 from app.core.errors import InvalidPath
+from app.core.ids import uuid4_hex
 from app.core.logging import LevelNameTime
+from app.domain.identity import Identity
 from app.downstream.client import _lowered, _with_fields, in_memory_request
 from app.downstream.transport import buffered_response
 from app.edge import paths
+from app.edge.correlation import with_request_id
 from app.edge.paths import normalize_path
 from app.ops import metrics
 from app.ops.processes import GEN0_THRESHOLD, freeze_startup_heap
@@ -160,3 +172,72 @@ def test_startup_heap_is_frozen_out_of_gc_scans() -> None:
     finally:
         gc.unfreeze()  # the rest of the test session keeps ordinary collection
         gc.set_threshold(*thresholds)
+
+
+@given(st.binary(min_size=16, max_size=16))
+def test_uuid4_hex_equals_the_uuid_module(raw: bytes) -> None:
+    assert uuid4_hex(raw) == uuid.UUID(bytes=raw, version=4).hex
+
+
+def test_fresh_uuid4_hex_values_are_version_4_and_distinct() -> None:
+    values = {uuid4_hex() for _ in range(1000)}
+    assert len(values) == 1000
+    assert all(uuid.UUID(hex=v).version == 4 and len(v) == 32 for v in values)
+
+
+_FIELD_NAMES = st.sampled_from(
+    [b"content-type", b"x-request-id", b"X-Request-ID", b"x-a", b"set-cookie"]
+)
+
+
+@given(st.lists(st.tuples(_FIELD_NAMES, st.binary(max_size=8)), max_size=6))
+def test_with_request_id_equals_starlette_mutable_headers(
+    fields: list[tuple[bytes, bytes]],
+) -> None:
+    message = {"type": "http.response.start", "status": 200, "headers": list(fields)}
+    # Starlette compares raw names as sent; ASGI names are lower-case, so lower them first.
+    lowered = [(name.lower(), value) for name, value in fields]
+    reference = {"type": "http.response.start", "headers": list(lowered)}
+    MutableHeaders(scope=reference)["x-request-id"] = "c0ffee00"
+    got = with_request_id(message["headers"], b"c0ffee00")
+    assert sorted((n.lower(), v) for n, v in got) == sorted(reference["headers"])
+    assert [v for n, v in got if n == b"x-request-id"] == [b"c0ffee00"]
+
+
+_TEXT = st.text(max_size=12)
+
+
+@given(
+    subject=_TEXT,
+    groups=st.lists(_TEXT, max_size=3),
+    engagement=_TEXT,
+    obj=_TEXT,
+    action=_TEXT,
+    revision=_TEXT,
+    decision_id=_TEXT,
+    mode=st.sampled_from(["nginx", "traefik", "envoy"]),
+)
+def test_the_decision_answer_is_the_models_own_json(
+    subject: str,
+    groups: list[str],
+    engagement: str,
+    obj: str,
+    action: str,
+    revision: str,
+    decision_id: str,
+    mode: Mode,
+) -> None:
+    identity = Identity(subject=subject, groups=tuple(groups), key_id="k")
+    decision = Decision(True, subject, engagement, obj, action, (), revision)
+    grant = Grant(mode, decision_id, OriginalTarget(engagement, obj, action, obj, ""))
+    model = DecisionAnswer(
+        decision_id=decision_id,
+        mode=mode,
+        subject=subject,
+        groups=groups,
+        engagement=engagement,
+        object=obj,
+        action=action,
+        policy_revision=revision,
+    )
+    assert answer_body(grant, identity, decision) == model.model_dump_json().encode()

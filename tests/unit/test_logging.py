@@ -14,9 +14,10 @@ from tests.conftest import REPO
 
 SCRIPT = """
 import logging, sys, structlog
+from app.core import logcontext
 from app.core.logging import configure_logging
 configure_logging("INFO", sys.argv[1])
-structlog.contextvars.bind_contextvars(corr_id="c0ffee00")
+logcontext.bind(corr_id="c0ffee00")
 log = structlog.get_logger("gateway.edge")
 log.info("request_completed", status=200)
 log.debug("hidden_below_level")

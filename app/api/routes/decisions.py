@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Annotated, Any
 
 import httpx
+import orjson
 from fastapi import APIRouter, Depends, Request, Response
 
 from app.api.decision_schemas import DecisionAnswer
@@ -21,6 +22,7 @@ from app.api.routing import GuardedRoute
 from app.api.schemas import Problem
 from app.authn.identity import GROUPS_HEADER, SUBJECT_HEADER
 from app.authz.policy import GLOBAL_DOMAIN, Decision
+from app.domain.identity import Identity
 from app.downstream.propagation import ENGAGEMENT_HEADER, sign_outbound
 
 router = APIRouter(route_class=GuardedRoute, prefix="/v1/decisions", tags=["decisions"])
@@ -103,18 +105,30 @@ def answer(decision: Decision, request: Request) -> Response:
     authorizer: Authorizer = request.app.state.authorizer
     if authorizer.identity_key is not None:
         headers.update(_signed_identity(grant, headers, authorizer))
-    # Built from values the gate already validated: constructed, not validated again.
-    body = DecisionAnswer.model_construct(
-        decision_id=grant.decision_id,
-        mode=grant.mode,
-        subject=identity.subject,
-        groups=list(identity.groups),
-        engagement=decision.engagement,
-        object=decision.obj,
-        action=decision.action,
-        policy_revision=decision.revision,
+    return Response(
+        answer_body(grant, identity, decision), headers=headers, media_type="application/json"
     )
-    return Response(body.model_dump_json(), headers=headers, media_type="application/json")
+
+
+def answer_body(grant: Grant, identity: Identity, decision: Decision) -> bytes:
+    """The ``DecisionAnswer`` JSON, serialised directly from values the gate validated.
+
+    The same bytes as ``DecisionAnswer(...).model_dump_json()`` (a test holds them
+    equal), without building the model on the gateway's cheapest route.
+    """
+    return orjson.dumps(
+        {
+            "allowed": True,
+            "decision_id": grant.decision_id,
+            "mode": grant.mode,
+            "subject": identity.subject,
+            "groups": list(identity.groups),
+            "engagement": decision.engagement,
+            "object": decision.obj,
+            "action": decision.action,
+            "policy_revision": decision.revision,
+        }
+    )
 
 
 def _signed_identity(

@@ -1,0 +1,97 @@
+"""What a real ``gateway serve`` writes: whole answers, in order, 100 Continue on time.
+
+The server protocol joins the writes of one loop tick (``CoalescingTransport``,
+``app/edge/server.py``); these talk to it over raw sockets.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from app.stubs.server import create_stub_app
+from tests.conftest import LiveServer, signer
+from tests.integration.ops.test_serve_process import GatewayProcess
+
+pytestmark = pytest.mark.integration
+
+FINDINGS = "/v1/engagements/acme-2026/findings"
+
+
+@pytest.fixture
+def gateway(
+    tmp_path: Path, live_server: Callable[[FastAPI], LiveServer]
+) -> Iterator[GatewayProcess]:
+    findings = live_server(create_stub_app("findings"))
+    process = GatewayProcess(tmp_path, findings.url)
+    yield process
+    process.close()
+
+
+def _read_answer(sock: socket.socket, buffer: bytearray) -> tuple[bytes, bytes]:
+    """One whole answer (head, body by Content-Length) from ``buffer`` and the socket."""
+    deadline = time.monotonic() + 10
+    while b"\r\n\r\n" not in buffer:
+        assert time.monotonic() < deadline, "no complete head"
+        buffer += sock.recv(65536)
+    head, _, rest = bytes(buffer).partition(b"\r\n\r\n")
+    length = next(
+        int(line.split(b":", 1)[1])
+        for line in head.split(b"\r\n")
+        if line.lower().startswith(b"content-length:")
+    )
+    buffer[:] = rest
+    while len(buffer) < length:
+        assert time.monotonic() < deadline, "no complete body"
+        buffer += sock.recv(65536)
+    body = bytes(buffer[:length])
+    del buffer[:length]
+    return head, body
+
+
+def _raw(request: httpx.Request) -> bytes:
+    lines = [f"{request.method} {request.url.raw_path.decode()} HTTP/1.1"]
+    lines += [f"{name}: {value}" for name, value in request.headers.items()]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+def test_pipelined_requests_get_whole_answers_in_order(gateway: GatewayProcess) -> None:
+    ask = b"GET /healthz HTTP/1.1\r\nHost: gateway\r\nX-Request-ID: req-%d-abcdef\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as sock:
+        sock.sendall(b"".join(ask % n for n in range(5)))
+        buffer = bytearray()
+        answers = [_read_answer(sock, buffer) for _ in range(5)]
+    for n, (head, body) in enumerate(answers):
+        assert head.startswith(b"HTTP/1.1 200 ")
+        assert f"x-request-id: req-{n}-abcdef".encode() in head
+        assert b'"status"' in body
+    assert buffer == b""  # nothing more than the five answers
+
+
+def test_a_signed_upload_gets_100_continue_before_it_sends_its_body(
+    gateway: GatewayProcess,
+) -> None:
+    body = b'{"title": "Open redirect on /login", "severity": "low"}'
+    request = httpx.Request(
+        "POST",
+        gateway.url + FINDINGS,
+        content=body,
+        headers={"content-type": "application/json"},
+    )
+    signed = next(signer("alice").auth_flow(request))
+    signed.headers["expect"] = "100-continue"
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as sock:
+        sock.sendall(_raw(signed))
+        interim = sock.recv(65536)  # the gateway verified the head and now wants the body
+        assert interim.startswith(b"HTTP/1.1 100 Continue\r\n\r\n")
+        sock.sendall(body)
+        buffer = bytearray(interim.removeprefix(b"HTTP/1.1 100 Continue\r\n\r\n"))
+        head, answer = _read_answer(sock, buffer)
+    assert head.startswith(b"HTTP/1.1 201 "), head
+    assert b'"created_by":"alice"' in answer.replace(b" ", b"")
