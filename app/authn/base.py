@@ -45,6 +45,8 @@ class Message:
         values = self.headers.get(name)
         if not values:
             return None
+        if len(values) == 1:  # the common case, without the generator and the join
+            return values[0].strip(OWS)
         return ", ".join(v.strip(OWS) for v in values)
 
 
@@ -132,11 +134,21 @@ def _sf_bare(value: ParamValue) -> str:
 
 
 def build_signature_base(
-    message: Message, components: Sequence[str], params: Mapping[str, ParamValue]
+    message: Message,
+    components: Sequence[str],
+    params: Mapping[str, ParamValue],
+    serialized_params: str | None = None,
 ) -> str:
-    """RFC 9421 §2.5: one ``"name": value`` line per component, then the params line."""
+    """RFC 9421 §2.5: one ``"name": value`` line per component, then the params line.
+
+    ``serialized_params``: the params line's value when the caller holds it already
+    (the verifier, for a Signature-Input member whose text is canonical); it must
+    equal ``serialize_signature_params(components, params)``.
+    """
     lines = [f'"{name}": {component_value(message, name)}' for name in components]
-    lines.append(f'"@signature-params": {serialize_signature_params(components, params)}')
+    if serialized_params is None:
+        serialized_params = serialize_signature_params(components, params)
+    lines.append(f'"@signature-params": {serialized_params}')
     return "\n".join(lines)
 
 

@@ -20,7 +20,7 @@ import hmac
 import re
 import time
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
 
@@ -65,6 +65,10 @@ class SignatureInput:
     components: tuple[str, ...]
     params: Mapping[str, ParamValue]
     signature: bytes
+    # The member's text when it is already the canonical serialisation of components
+    # and params (the canonical-shape parser's inputs): the ``@signature-params`` value
+    # without serialising it again. Not part of equality: both parsers mean the same.
+    serialized: str | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,7 +147,8 @@ def _params(raw: object) -> dict[str, ParamValue]:
 # tests/unit/test_signature_fields.py holds both paths to the same answers.
 _SF_KEY = r"[a-z*][a-z0-9_.*-]*"
 _SF_STRING = r'"[ !#-\[\]-~]*"'  # %x20-21 / %x23-5B / %x5D-7E: nothing to unescape
-_SF_PARAM = rf"(?:;{_SF_KEY}=(?:-?[0-9]{{1,15}}|{_SF_STRING}))"
+# Integers without leading zeros (nor "-0"): their text is then their serialisation.
+_SF_PARAM = rf"(?:;{_SF_KEY}=(?:0|-?[1-9][0-9]{{0,14}}|{_SF_STRING}))"
 _CANONICAL_INPUT = re.compile(
     rf"({_SF_KEY})=\(((?:{_SF_STRING}(?: {_SF_STRING})*)?)\)({_SF_PARAM}*)", re.ASCII
 )
@@ -164,10 +169,15 @@ def _parse_canonical(signature_input: str, signature: str) -> list[SignatureInpu
         (name, {}) for name in _STRING_ITEM.findall(shape.group(2))
     ]
     raw: dict[str, ParamValue] = {}
-    for key, number, text in _PARAM_ITEM.findall(shape.group(3)):
+    found = _PARAM_ITEM.findall(shape.group(3))
+    for key, number, text in found:
         raw[key] = int(number) if number else text
     mac = base64.b64decode(value.group(2), validate=True)
-    return [SignatureInput(shape.group(1), _components(inner), _params(raw), mac)]
+    # Nothing in this shape is escaped, padded or re-spelt by serialising it again, so
+    # the member's own text is the @signature-params value (a property test holds it),
+    # unless a parameter repeats: the last one counts, and serialising drops the others.
+    serialized = signature_input[shape.end(1) + 1 :] if len(found) == len(raw) else None
+    return [SignatureInput(shape.group(1), _components(inner), _params(raw), mac, serialized)]
 
 
 def parse_signature_headers(signature_input: str, signature: str) -> list[SignatureInput]:
@@ -269,7 +279,7 @@ class SignatureVerifier:
         key_id = str(params["keyid"])
         self._check_key(keyring, key_id, now)
         try:
-            base = build_signature_base(message, candidate.components, params)
+            base = build_signature_base(message, candidate.components, params, candidate.serialized)
         except ComponentMissing:
             raise _fail(Reason.COMPONENT_MISSING) from None
         if not hmac.compare_digest(keyring.mac(key_id, base.encode()), candidate.signature):
