@@ -40,6 +40,7 @@ docs/decisions/0006-guards-before-the-body.md, "The lane".
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from fastapi import FastAPI
@@ -75,13 +76,32 @@ def literal_prefix(route: BaseRoute) -> str:
     return ""
 
 
+# Starlette's convertors whose expressions never match a "/" (``path`` does).
+_ONE_SEGMENT = frozenset({"str", "int", "float", "uuid"})
+_PARAM = re.compile(r"{[^}:]*(?::([^}]*))?}")
+
+
+def segment_count(route: BaseRoute) -> int | None:
+    """How many "/" every path the route matches has, when that is fixed (else ``None``).
+
+    A ``Route`` whose parameters all take one segment matches only paths with as
+    many "/" as its template; a ``Mount`` or a ``path`` parameter matches any number.
+    """
+    if not isinstance(route, Route) or not isinstance(route.path, str):
+        return None
+    if any((kind or "str") not in _ONE_SEGMENT for kind in _PARAM.findall(route.path)):
+        return None
+    return route.path.count("/")
+
+
 class FastLane:
     """Serve directly called guarded routes; hand everything else to ``fallback``.
 
     The router's routes are walked in the router's order, as its own loop does, but
-    a route whose literal prefix the path does not start with is skipped without
-    running its expression (it cannot match at all): the decision and pass-through
-    routes sit after dozens of others. The prefixes are recomputed whenever the
+    a route whose literal prefix the path does not start with, or whose fixed number
+    of segments the path does not have, is skipped without running its expression
+    (it cannot match at all): the decision and pass-through routes sit after dozens
+    of others, most of them under ``/v1/engagements/``. The prefixes are recomputed whenever the
     router's list is another list or of another length.
     """
 
@@ -91,20 +111,21 @@ class FastLane:
         self.lane = lane
         self._routes: list[BaseRoute] | None = None
         self._count = -1
-        self._prefixed: list[tuple[str, BaseRoute]] = []
+        self._shapes: list[tuple[str, int | None, BaseRoute]] = []
 
-    def _candidates(self) -> list[tuple[str, BaseRoute]]:
+    def _candidates(self) -> list[tuple[str, int | None, BaseRoute]]:
         routes = self.app.router.routes
         if routes is not self._routes or len(routes) != self._count:
-            self._prefixed = [(literal_prefix(route), route) for route in routes]
+            self._shapes = [(literal_prefix(r), segment_count(r), r) for r in routes]
             self._routes, self._count = routes, len(routes)
-        return self._prefixed
+        return self._shapes
 
     def first_match(self, scope: Scope) -> tuple[BaseRoute, Match, Scope] | None:
         """The first route that matches ``scope`` at all, as the router's loop finds it."""
         path = get_route_path(scope)
-        for prefix, route in self._candidates():
-            if path.startswith(prefix):
+        slashes = path.count("/")
+        for prefix, count, route in self._candidates():
+            if path.startswith(prefix) and (count is None or count == slashes):
                 match, child_scope = route.matches(scope)
                 if match is not Match.NONE:
                     return route, match, child_scope

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from starlette.routing import BaseRoute, Match, Mount, Route
 
-from app.api.lane import FastLane, GatewayApp, literal_prefix
+from app.api.lane import FastLane, GatewayApp, literal_prefix, segment_count
 from app.main import create_app
 from tests.conftest import TEST_KEY_ENV, TEST_SECRET, make_settings
 
@@ -21,6 +21,7 @@ PASSTHROUGH = {
 }
 METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 PIECES = ["acme-2026", "F-0001", "R-1", "x", "", "%41", "..", "envoy", "v1", "{", "é"]
+PIECES += ["engagements", "findings", "reports", "content", "decisions", "admin", "policy"]
 
 
 @pytest.fixture(scope="module")
@@ -113,3 +114,14 @@ def test_a_route_added_later_is_matched(lane: FastLane) -> None:
     finally:
         app.router.routes.pop()
     assert lane.first_match(_scope("/late-route", "GET")) is None
+
+
+def test_segment_counts_are_fixed_only_for_one_segment_parameters(lane: FastLane) -> None:
+    by_path = {getattr(r, "path", None): r for r in lane.app.router.routes}
+    assert segment_count(by_path["/v1/engagements/{engagement_id}/findings"]) == 4
+    assert segment_count(by_path["/v1/decisions/envoy/{original:path}"]) is None
+    assert segment_count(by_path["/healthz"]) == 1
+    mounts = [r for r in lane.app.router.routes if isinstance(r, Mount)]
+    assert mounts
+    assert all(segment_count(m) is None for m in mounts)
+    assert segment_count(Route("/a/{n:int}/{f:float}/{u:uuid}", lambda: None)) == 4
