@@ -14,9 +14,11 @@ nothing at all) holds a connection for ever. ``GatewayHttpProtocol`` adds one:
 
 uvicorn's ``limit_concurrency`` caps connections and in-flight requests per
 process; above it uvicorn answers with its plain-text 503. The protocol serves
-the gateway's ``503 unavailable`` problem instead, so every error stays
-problem+json. The choice, weighed against an ASGI middleware and a proxy in
-front, is recorded in ``app/api/docs/operations.md`` ("Slow clients").
+the gateway's ``503 unavailable`` problem instead, and a ``400 bad_request``
+problem where uvicorn would answer a request httptools cannot parse in plain
+text, so every error stays problem+json. The choice, weighed against an ASGI
+middleware and a proxy in front, is recorded in ``app/api/docs/operations.md``
+("Slow clients").
 """
 
 from __future__ import annotations
@@ -35,19 +37,30 @@ from app.core.problems import PROBLEM_CONTENT_TYPE, problem_body, problem_respon
 log = structlog.get_logger("gateway.edge")
 
 
-def _timeout_answer() -> bytes:
-    detail = "The request head was not received in time."
-    body = orjson.dumps(problem_body(408, "request_timeout", "Request timeout", detail, None))
+def _closing_answer(status: int, reason: bytes, code: str, title: str, detail: str) -> bytes:
+    """A whole problem+json answer after which the connection is closed (no request id)."""
+    body = orjson.dumps(problem_body(status, code, title, detail, None))
     head = (
-        b"HTTP/1.1 408 Request Timeout\r\n"
+        b"HTTP/1.1 %d %b\r\n"
         b"content-type: %b\r\n"
         b"connection: close\r\n"
-        b"content-length: %d\r\n\r\n" % (PROBLEM_CONTENT_TYPE.encode(), len(body))
+        b"content-length: %d\r\n\r\n" % (status, reason, PROBLEM_CONTENT_TYPE.encode(), len(body))
     )
     return head + body
 
 
-TIMEOUT_ANSWER = _timeout_answer()
+TIMEOUT_ANSWER = _closing_answer(
+    408,
+    b"Request Timeout",
+    "request_timeout",
+    "Request timeout",
+    "The request head was not received in time.",
+)
+# What httptools cannot parse (a bad request line, a raw octet above 0x7f in the
+# target, a malformed field): uvicorn answered text/plain; the gateway answers this.
+MALFORMED_ANSWER = _closing_answer(
+    400, b"Bad Request", "bad_request", "Bad request", "The request is not valid HTTP/1.1."
+)
 
 
 async def overloaded(scope: Any, receive: Any, send: Any) -> None:
@@ -131,7 +144,7 @@ class CoalescingTransport:
 
 
 class GatewayHttpProtocol(HttpToolsProtocol):
-    """``HttpToolsProtocol`` with a header-read timeout and a problem+json 503."""
+    """``HttpToolsProtocol``: header-read timeout, problem+json 400 and 503, joined writes."""
 
     def __init__(self, *args: Any, header_timeout: float = 10.0, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -158,6 +171,11 @@ class GatewayHttpProtocol(HttpToolsProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
         super().connection_lost(exc)
+
+    def send_400_response(self, msg: str) -> None:
+        # Called by uvicorn (after its own log line) for a request httptools rejects.
+        self.transport.write(MALFORMED_ANSWER)
+        self.transport.close()
 
     def _start_asgi_task(self, cycle: Any, app: Any) -> None:
         # uvicorn picks its text/plain ``service_unavailable`` above limit_concurrency.

@@ -30,7 +30,13 @@ from starlette.responses import Response, StreamingResponse
 from app.authn.digest import ALGORITHMS
 from app.authn.verifier import Reason
 from app.core.config import PassthroughRoute
-from app.core.errors import AuthenticationFailed, DownstreamError, InvalidPath, PayloadTooLarge
+from app.core.errors import (
+    AuthenticationFailed,
+    BadRequest,
+    DownstreamError,
+    InvalidPath,
+    PayloadTooLarge,
+)
 from app.core.headers import DEFAULT_FORWARDED, HOP_BY_HOP
 from app.downstream.client import DownstreamClient, raise_for_client_error
 from app.downstream.propagation import forwardable_headers, forwarded_header
@@ -130,6 +136,18 @@ def request_headers(route: PassthroughRoute, request: Request) -> list[tuple[str
     return [*headers, forwarded_header(peer, request.scope.get("scheme", "http"))]
 
 
+def query_of(request: Request) -> str:
+    """The query as the caller sent it; 400 unless ASCII (other octets travel %-encoded).
+
+    Read from the scope's bytes: Starlette's ``request.url`` decodes them as UTF-8 and
+    raised on anything else, which was a 500 for a signed request with such a query.
+    """
+    raw: bytes = request.scope.get("query_string", b"")
+    if not raw.isascii():
+        raise BadRequest("The query string must be ASCII; percent-encode other octets.")
+    return raw.decode("ascii")
+
+
 def declares_body(request: Request) -> bool:
     length = request.headers.get("content-length")
     return "transfer-encoding" in request.headers or (length is not None and length != "0")
@@ -147,7 +165,7 @@ async def forward(
         digest = StreamingDigest(digest_field) if digest_field else None
         body = checked_body(request.stream(), digest, route.max_request_bytes)
     headers = request_headers(route, request)
-    path = upstream_path(route, request.path_params, request.url.query)
+    path = upstream_path(route, request.path_params, query_of(request))
     upstream = await client.call(
         request.method,
         path,

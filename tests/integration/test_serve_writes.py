@@ -6,6 +6,7 @@ The server protocol joins the writes of one loop tick (``CoalescingTransport``,
 
 from __future__ import annotations
 
+import json
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -95,3 +96,29 @@ def test_a_signed_upload_gets_100_continue_before_it_sends_its_body(
         head, answer = _read_answer(sock, buffer)
     assert head.startswith(b"HTTP/1.1 201 "), head
     assert b'"created_by":"alice"' in answer.replace(b" ", b"")
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"GET /v1/engagements/acme-2026/reports/R-1/content?q=\xff HTTP/1.1\r\nHost: g\r\n\r\n",
+        b"NOT A REQUEST LINE\r\n\r\n",
+        b"GET /healthz HTTP/1.1\r\nBad Field\r\n\r\n",
+    ],
+)
+def test_what_httptools_cannot_parse_gets_a_400_problem_and_a_close(
+    gateway: GatewayProcess, head: bytes
+) -> None:
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as sock:
+        sock.sendall(head)
+        answer = b""
+        while chunk := sock.recv(65536):  # the gateway closes after answering
+            answer += chunk
+    status, _, rest = answer.partition(b"\r\n")
+    assert status == b"HTTP/1.1 400 Bad Request"
+    fields, _, body = rest.partition(b"\r\n\r\n")
+    assert b"content-type: application/problem+json" in fields
+    assert b"connection: close" in fields
+    problem = json.loads(body)
+    assert problem["type"] == "urn:authz-gateway:problem:bad_request"
+    assert problem["status"] == 400

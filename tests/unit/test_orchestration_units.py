@@ -10,6 +10,7 @@ import httpx
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from starlette.requests import Request
 from structlog.testing import capture_logs
 
 from app.authn.base import Message
@@ -40,7 +41,7 @@ from app.downstream.propagation import (
 from app.downstream.resilience import PoolExhausted, RetryableError, RetryableTimeout
 from app.edge.paths import normalize_path
 from app.workflows.idempotency import Codec, MemoryIdempotencyStore, require_key
-from app.workflows.passthrough import StreamingDigest, checked_body, upstream_path
+from app.workflows.passthrough import StreamingDigest, checked_body, query_of, upstream_path
 from app.workflows.saga import Saga, Step
 
 KEY = SigningKey("gateway-findings", b"gateway-outbound-test-secret-0123456789abcdef")
@@ -378,3 +379,20 @@ def test_service_settings_validate_retry_and_breaker_bounds() -> None:
         Settings(services={"findings": {"url": "http://x", "retry": {"attempts": 0}}})
     with pytest.raises(ValueError, match="half_open_max_calls"):
         Settings(services={"findings": {"url": "http://x", "breaker": {"half_open_max_calls": 0}}})
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [(b"", ""), (b"page=2&q=%C3%A9", "page=2&q=%C3%A9"), (b"a=b;c", "a=b;c")],
+)
+def test_the_pass_through_query_is_the_ascii_the_caller_sent(raw: bytes, expected: str) -> None:
+    request = Request({"type": "http", "query_string": raw, "headers": []})
+    assert query_of(request) == expected
+
+
+@pytest.mark.parametrize("raw", [b"q=\xff", b"q=\xc3\xa9"])
+def test_a_pass_through_query_with_raw_octets_above_0x7f_is_a_400(raw: bytes) -> None:
+    """Starlette's request.url decodes the query as UTF-8 and raised: a 500 before."""
+    request = Request({"type": "http", "query_string": raw, "headers": []})
+    with pytest.raises(BadRequest, match="ASCII"):
+        query_of(request)
