@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
@@ -60,6 +61,17 @@ def _route(app: FastAPI, path: str, method: str) -> GuardedRoute:
     raise LookupError(path)
 
 
+def _get_with_lane_handler(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch, handler: Callable[[Request], Awaitable[None]]
+) -> httpx.Response:
+    """GET the findings list with ``handler`` in place of the route's guard and endpoint."""
+    with httpx.Client(base_url=stack.url, auth=signer("alice"), timeout=10) as client:
+        client.get("/healthz")  # builds the stack
+        route = _route(_gateway_app(stack), "/v1/engagements/{engagement_id}/findings", "GET")
+        monkeypatch.setattr(route, "lane_handler", handler)
+        return client.get(FINDINGS)
+
+
 def test_direct_routes_take_the_lane_and_every_other_request_the_router(stack: Stack) -> None:
     with httpx.Client(base_url=stack.url, auth=signer("alice"), timeout=10) as client:
         assert client.get(FINDINGS).status_code == 200  # builds the stack
@@ -93,11 +105,7 @@ def test_an_unexpected_error_on_the_lane_is_a_500_problem_without_internals(
     async def boom(request: Request) -> None:
         raise RuntimeError("secret internals")
 
-    with httpx.Client(base_url=stack.url, auth=signer("alice"), timeout=10) as client:
-        client.get("/healthz")
-        route = _route(_gateway_app(stack), "/v1/engagements/{engagement_id}/findings", "GET")
-        monkeypatch.setattr(route, "lane_handler", boom)
-        response = client.get(FINDINGS)
+    response = _get_with_lane_handler(stack, monkeypatch, boom)
     body = assert_problem(response, 500, "internal")
     assert "secret" not in response.text
     assert any(
@@ -112,12 +120,7 @@ def test_a_gateway_error_on_the_lane_goes_through_the_same_exception_handlers(
     async def denied(request: Request) -> None:
         raise AccessDenied("The policy does not allow this request.")
 
-    with httpx.Client(base_url=stack.url, auth=signer("alice"), timeout=10) as client:
-        client.get("/healthz")
-        route = _route(_gateway_app(stack), "/v1/engagements/{engagement_id}/findings", "GET")
-        monkeypatch.setattr(route, "lane_handler", denied)
-        response = client.get(FINDINGS)
-    assert_problem(response, 403, "forbidden")
+    assert_problem(_get_with_lane_handler(stack, monkeypatch, denied), 403, "forbidden")
 
 
 def test_the_lane_sets_what_the_router_would_in_the_scope(
