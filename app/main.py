@@ -114,7 +114,7 @@ def create_app(
     # never from a CDN; the HTTP stack is the edge, the lane, then FastAPI's router
     # (app/api/lane.py), with the server span outermost when tracing is on.
     app = gateway_app(
-        settings.edge.max_body_bytes,
+        settings.edge,
         settings.tracing.untraced_paths if settings.tracing.enabled else None,
         title="authz-gateway",
         version=__version__,

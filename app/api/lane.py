@@ -52,6 +52,7 @@ from starlette.requests import Request
 from starlette.routing import BaseRoute, Match, Mount, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from app.core.config import EdgeSettings
 from app.core.errors import ConfigError
 from app.edge.correlation import EdgeMiddleware
 from app.edge.tracing import ServerSpanMiddleware
@@ -147,12 +148,12 @@ class FastLane:
 class GatewayApp(FastAPI):
     """FastAPI with the gateway's HTTP stack (see the module docstring).
 
-    ``edge_max_body_bytes`` and ``untraced_paths`` (``None``: tracing off) configure
-    the edge and the server span; middleware added with ``add_middleware`` is refused
+    ``edge`` (the body cap and pace) and ``untraced_paths`` (``None``: tracing off)
+    configure the edge and the server span; middleware added with ``add_middleware`` is refused
     (it would have no place in this stack).
     """
 
-    edge_max_body_bytes: int = 0
+    edge: EdgeSettings = EdgeSettings()
     untraced_paths: tuple[str, ...] | None = None
 
     def build_middleware_stack(self) -> ASGIApp:
@@ -163,7 +164,13 @@ class GatewayApp(FastAPI):
             AsyncExitStackMiddleware(self.router), handlers=handlers, debug=self.debug
         )
         lane = ExceptionMiddleware(_run_lane_route, handlers=handlers, debug=self.debug)
-        app: ASGIApp = EdgeMiddleware(FastLane(self, below, lane), self.edge_max_body_bytes)
+        edge = self.edge
+        app: ASGIApp = EdgeMiddleware(
+            FastLane(self, below, lane),
+            edge.max_body_bytes,
+            edge.body_timeout_seconds,
+            edge.body_min_rate_bytes,
+        )
         if self.untraced_paths is not None:  # outermost, and absent when off
             app = ServerSpanMiddleware(app, untraced_paths=self.untraced_paths)
         return app
@@ -181,7 +188,7 @@ class GatewayApp(FastAPI):
 
 
 def gateway_app(
-    edge_max_body_bytes: int, untraced_paths: tuple[str, ...] | None, **kwargs: Any
+    edge: EdgeSettings, untraced_paths: tuple[str, ...] | None, **kwargs: Any
 ) -> GatewayApp:
     """A ``GatewayApp`` with offline Swagger UI and ReDoc (fastapi-offline).
 
@@ -192,6 +199,6 @@ def gateway_app(
     app = FastAPIOffline(**kwargs)
     app.__class__ = GatewayApp
     assert isinstance(app, GatewayApp)
-    app.edge_max_body_bytes = edge_max_body_bytes
+    app.edge = edge
     app.untraced_paths = untraced_paths
     return app

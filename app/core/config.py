@@ -250,6 +250,18 @@ class EdgeSettings(_Section):
     header_timeout_seconds: Annotated[float, Field(gt=0, le=300)] = 10.0
     # Open connections or requests in progress per process; above it a request gets 503.
     max_connections: Annotated[int, Field(ge=1, le=1_000_000)] = 1000
+    body_timeout_seconds: Annotated[float, Field(gt=0, le=3600)] = Field(
+        default=30.0,
+        description="longest pause in a request body the gateway waits out while it reads "
+        "it (then 408 and closed); after an answer sent before the body was read, how "
+        "long the rest may take to arrive before the connection is closed",
+    )
+    body_min_rate_bytes: Annotated[int, Field(ge=0, le=1 << 30)] = Field(
+        default=1024,
+        description="slowest average rate, bytes a second, at which a body may arrive: "
+        "each byte received adds 1/rate s to the body's allowance of body_timeout_seconds "
+        "(mod_reqtimeout's MinRate); 0 bounds only the pauses",
+    )
 
 
 # A request header name (RFC 9110 token, lower case as the verifier compares them).

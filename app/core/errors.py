@@ -12,6 +12,7 @@ services never raise ``HTTPException``.
     ├── AuthenticationFailed           401 unauthenticated (reason logged, not shown)
     ├── AccessDenied                   403 forbidden
     ├── NotFound                       404 not_found
+    ├── RequestTimeout                 408 request_timeout (the body stalled; closed)
     ├── Conflict                       409 conflict
     ├── Gone                           410 gone
     ├── PreconditionFailed             412 precondition_failed
@@ -88,6 +89,14 @@ class NotFound(GatewayError):
     status_code = 404
     code = "not_found"
     title = "Not found"
+
+
+class RequestTimeout(GatewayError):
+    """The client stopped sending the body, or sent it below the minimum rate."""
+
+    status_code = 408
+    code = "request_timeout"
+    title = "Request timeout"
 
 
 class Conflict(GatewayError):

@@ -2,8 +2,9 @@
 
 It binds ``corr_id`` into the log context (``app.core.logcontext``; every line
 logged while the request runs, downstream calls included, carries it), echoes
-``X-Request-ID``, caps the request body, logs one summary line, and turns an
-unexpected exception into a 500 problem+json without internals. A client that
+``X-Request-ID``, caps the request body and bounds how slowly it may arrive, logs
+one summary line, and turns an unexpected exception into a 500 problem+json without
+internals. A client that
 disconnects mid-request (Starlette's ``ClientDisconnect``) is not an error of
 ours: one ``client_disconnected`` line, no answer, status 499 in the summary and
 metrics.
@@ -13,6 +14,7 @@ seen by the endpoint task.
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 from collections.abc import Iterable
@@ -22,7 +24,7 @@ from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.core import logcontext
-from app.core.errors import GatewayError, InvalidPath, PayloadTooLarge
+from app.core.errors import GatewayError, InvalidPath, PayloadTooLarge, RequestTimeout
 from app.core.ids import uuid4_hex
 from app.core.problems import problem_response
 from app.core.scope import SIGNED_PATH_KEY
@@ -67,12 +69,40 @@ def with_request_id(
     return fields
 
 
-class EdgeMiddleware:
-    """Correlation id, body cap, request summary and last-resort 500."""
+def body_wait(received: int, waited: float, timeout: float, min_rate: int) -> float:
+    """Seconds the edge still waits for a body's next piece (0 or less: time is up).
 
-    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+    Each wait is at most ``timeout``; all the waits of one body together at most
+    ``timeout + received / min_rate`` (Apache mod_reqtimeout's ``MinRate``): a client
+    keeps its connection while it sends at least ``min_rate`` bytes a second on
+    average, without a pause above ``timeout``. ``waited`` counts only time spent
+    waiting for the client, not time the gateway spent elsewhere (a pass-through
+    body is read as fast as the service takes it). ``min_rate`` 0 bounds pauses only.
+    """
+    if min_rate == 0:
+        return timeout
+    return min(timeout, timeout + received / min_rate - waited)
+
+
+class EdgeMiddleware:
+    """Correlation id, body cap and pace, request summary and last-resort 500.
+
+    Body limits apply while the app reads the body (``receive``); a GET costs none of
+    it. What a client sends after an answer that did not wait for its body is
+    bounded by the HTTP protocol (``app.edge.server``), which sees those bytes.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        max_body_bytes: int,
+        body_timeout: float = 30.0,
+        body_min_rate: int = 1024,
+    ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.body_timeout = body_timeout
+        self.body_min_rate = body_min_rate
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -128,27 +158,29 @@ class EdgeMiddleware:
             response = problem_response(err.status_code, err.code, err.title, err.detail, corr_id)
             await response(scope, receive, send)
             return
-        too_large: list[PayloadTooLarge] = []
-        await self.app(scope, self._capped(receive, too_large), self._send_413_if(too_large, send))
+        refused: list[GatewayError] = []
+        await self.app(scope, self._capped(receive, refused), self._send_refusal_if(refused, send))
 
     @staticmethod
-    def _send_413_if(too_large: list[PayloadTooLarge], send: Send) -> Send:
-        """Answer 413 once the cap tripped, whatever the app made of the receive error.
+    def _send_refusal_if(refused: list[GatewayError], send: Send) -> Send:
+        """Answer 413 or 408 once the body broke a limit, whatever the app made of it.
 
         FastAPI turns any exception raised while it reads a body parameter into a
-        400 "error parsing the body"; the client must still see why: 413.
+        400 "error parsing the body"; the client must still see why: 413 or 408.
         """
 
-        async def send_or_413(message: Message) -> None:
-            if not too_large:
+        async def send_or_refusal(message: Message) -> None:
+            if not refused:
                 await send(message)
             elif message["type"] == "http.response.start":
-                err = too_large[0]
+                err = refused[0]
                 corr_id = logcontext.current().get("corr_id")
-                response = problem_response(413, err.code, err.title, err.detail, corr_id)
+                response = problem_response(
+                    err.status_code, err.code, err.title, err.detail, corr_id, headers=err.headers
+                )
                 await response({"type": "http"}, _no_receive, send)
 
-        return send_or_413
+        return send_or_refusal
 
     def _check_size(self, scope: Scope) -> None:
         declared = _content_length(scope)
@@ -167,19 +199,42 @@ class EdgeMiddleware:
         scope["path"] = canonical
         scope["raw_path"] = canonical.encode("ascii")
 
-    def _capped(self, receive: Receive, too_large: list[PayloadTooLarge]) -> Receive:
-        """Count body bytes as they arrive, so a chunked body cannot exceed the cap."""
+    def _capped(self, receive: Receive, refused: list[GatewayError]) -> Receive:
+        """Count body bytes as they arrive (a chunked body cannot exceed the cap) and
+        bound each wait for them (``body_wait``); once the body is whole, ``receive``
+        (waiting for a disconnect) is the server's own."""
         seen = 0
-        limit = self.max_body_bytes
+        waited = 0.0
+        whole = False
+        limit, timeout, min_rate = self.max_body_bytes, self.body_timeout, self.body_min_rate
 
         async def capped_receive() -> Message:
-            nonlocal seen
-            message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > limit:
-                    too_large.append(PayloadTooLarge(f"The request body exceeds {limit} bytes."))
-                    raise too_large[-1]
+            nonlocal seen, waited, whole
+            if whole:
+                return await receive()
+            started = time.monotonic()
+            try:
+                async with asyncio.timeout(max(0.0, body_wait(seen, waited, timeout, min_rate))):
+                    message = await receive()
+            except TimeoutError:
+                waited += time.monotonic() - started
+                log.info("body_timeout", received=seen, waited_s=round(waited, 3))
+                refused.append(
+                    RequestTimeout(
+                        "The request body did not arrive in time.",
+                        headers={"connection": "close"},
+                    )
+                )
+                raise refused[-1] from None
+            waited += time.monotonic() - started
+            if message["type"] != "http.request":
+                whole = True  # http.disconnect
+                return message
+            seen += len(message.get("body", b""))
+            whole = not message.get("more_body", False)
+            if seen > limit:
+                refused.append(PayloadTooLarge(f"The request body exceeds {limit} bytes."))
+                raise refused[-1]
             return message
 
         return capped_receive

@@ -18,11 +18,14 @@ from typing import Any
 
 @dataclass(frozen=True, slots=True)
 class GatewayProtocolFactory:
-    """``GatewayHttpProtocol`` with its header timeout, built per connection."""
+    """``GatewayHttpProtocol`` with its header and unread-body timeouts, per connection."""
 
     header_timeout: float
+    body_timeout: float = 30.0
 
     def __call__(self, *args: Any, **kwargs: Any) -> asyncio.Protocol:
         from app.edge.server import GatewayHttpProtocol  # deferred: see the module docstring
 
-        return GatewayHttpProtocol(*args, header_timeout=self.header_timeout, **kwargs)
+        return GatewayHttpProtocol(
+            *args, header_timeout=self.header_timeout, body_timeout=self.body_timeout, **kwargs
+        )

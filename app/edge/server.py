@@ -12,6 +12,13 @@ nothing at all) holds a connection for ever. ``GatewayHttpProtocol`` adds one:
   connection confuses browsers); one whose previous answer is still being written
   (a pipelined head dribbling in) is closed after that answer, as on shutdown.
 
+uvicorn also keeps reading (and discarding) the rest of a body the app answered
+without reading (a 401 before the upload, a 413 on a declared length), and every
+byte of it cancels the keep-alive timer: a client that dribbles that body held
+the connection for ever. The protocol gives the rest ``body_timeout`` seconds from
+the answer, then closes (nginx's ``lingering_time``). While the app reads a body,
+the edge middleware bounds its pace (``app.edge.correlation.body_wait``).
+
 uvicorn's ``limit_concurrency`` caps connections and in-flight requests per
 process; above it uvicorn answers with its plain-text 503. The protocol serves
 the gateway's ``503 unavailable`` problem instead, and a ``400 bad_request``
@@ -144,13 +151,18 @@ class CoalescingTransport:
 
 
 class GatewayHttpProtocol(HttpToolsProtocol):
-    """``HttpToolsProtocol``: header-read timeout, problem+json 400 and 503, joined writes."""
+    """``HttpToolsProtocol``: header and unread-body timeouts, problem+json 400 and 503,
+    joined writes."""
 
-    def __init__(self, *args: Any, header_timeout: float = 10.0, **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, header_timeout: float = 10.0, body_timeout: float = 30.0, **kwargs: Any
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.header_timeout = header_timeout
+        self.body_timeout = body_timeout
         self._header_timer: asyncio.TimerHandle | None = None
         self._head_bytes = False
+        self._rest_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -168,8 +180,26 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         self._disarm()
         super().on_headers_complete()
 
+    def on_message_complete(self) -> None:
+        self._cancel_rest_timer()  # the rest of an answered request's body has arrived
+        super().on_message_complete()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        cycle = self.cycle
+        # This request's answer is out (not a pipelined successor's) but its body is not
+        # all here: the rest gets body_timeout, not the keep-alive timer it keeps resetting.
+        if (
+            cycle is not None
+            and cycle.response_complete
+            and cycle.more_body
+            and not self.transport.is_closing()
+        ):
+            self._rest_timer = self.loop.call_later(self.body_timeout, self._rest_timed_out)
+
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        self._cancel_rest_timer()
         super().connection_lost(exc)
 
     def send_400_response(self, msg: str) -> None:
@@ -189,6 +219,19 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         if self._header_timer is not None:
             self._header_timer.cancel()
             self._header_timer = None
+
+    def _cancel_rest_timer(self) -> None:
+        if self._rest_timer is not None:
+            self._rest_timer.cancel()
+            self._rest_timer = None
+
+    def _rest_timed_out(self) -> None:
+        self._rest_timer = None
+        if not self.transport.is_closing():
+            log.info(
+                "body_timeout", after_answer=True, client=self.client[0] if self.client else None
+            )
+            self.transport.close()
 
     def _timed_out(self) -> None:
         self._header_timer = None

@@ -132,6 +132,32 @@ def test_a_chunked_body_over_the_route_limit_is_cut_with_413(stack: Orchestratio
     assert not any(u["done"] for u in stack.stub("findings").state.uploads)
 
 
+def test_a_streamed_body_that_stalls_is_cut_with_408(
+    live_server: Callable[[FastAPI], LiveServer], test_key_env: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The client stops mid-body: 408 problem and a close; the service never gets it all."""
+    stack = StackBuilder(live_server, monkeypatch)(
+        orchestration={"passthrough": ROUTES},
+        edge={"max_body_bytes": 32 * MIB, "body_timeout_seconds": 1},
+    )
+    whole = b"".join(payload(MIB))
+    url = stack.url + EVIDENCE
+    fields = {**signed_headers(url, whole), "content-length": str(len(whole))}
+    head = f"POST {EVIDENCE} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in fields.items())
+    with socket.create_connection(("127.0.0.1", stack.gateway.port), timeout=30) as sock:
+        sock.sendall(head.encode() + b"\r\n" + whole[: 4 * CHUNK])
+        answer = b""
+        while chunk := sock.recv(65536):  # to the close
+            answer += chunk
+    status_line, _, rest = answer.partition(b"\r\n")
+    assert status_line == b"HTTP/1.1 408 Request Timeout"
+    assert b"\r\nconnection: close\r\n" in rest.lower()
+    assert b"urn:authz-gateway:problem:request_timeout" in rest
+    uploads = stack.stub("findings").state.uploads
+    assert uploads, "the upload had begun streaming to the service"
+    assert not any(u["done"] for u in uploads), "the service never got a complete request"
+
+
 def test_a_body_without_content_digest_is_401(stack: OrchestrationStack) -> None:
     url = stack.url + EVIDENCE
     headers = signed_headers(url, b"")  # signed without a body, then one is sent

@@ -1,8 +1,9 @@
-"""Slow clients against a real ``gateway serve``: header-read timeout and connection cap."""
+"""Slow clients against a real ``gateway serve``: header and body timeouts, connection cap."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import select
 import socket
 import time
@@ -17,6 +18,7 @@ from app.stubs.server import create_stub_app
 from tests.conftest import LiveServer, signer
 from tests.integration.ops.conftest import FINDINGS, wait_until
 from tests.integration.ops.test_serve_process import GatewayProcess
+from tests.integration.test_gateway_e2e import assert_problem
 
 pytestmark = pytest.mark.integration
 
@@ -34,9 +36,16 @@ def serve(
     findings = live_server(create_stub_app("findings"))
     started: list[GatewayProcess] = []
 
-    def start(header_timeout: float, max_connections: int) -> GatewayProcess:
+    def start(
+        header_timeout: float = 10,
+        max_connections: int = 200,
+        body_timeout: float = 30,
+        body_min_rate: int = 1024,
+    ) -> GatewayProcess:
         monkeypatch.setenv("GATEWAY_EDGE__HEADER_TIMEOUT_SECONDS", str(header_timeout))
         monkeypatch.setenv("GATEWAY_EDGE__MAX_CONNECTIONS", str(max_connections))
+        monkeypatch.setenv("GATEWAY_EDGE__BODY_TIMEOUT_SECONDS", str(body_timeout))
+        monkeypatch.setenv("GATEWAY_EDGE__BODY_MIN_RATE_BYTES", str(body_min_rate))
         started.append(GatewayProcess(tmp_path, findings.url))
         return started[-1]
 
@@ -147,3 +156,138 @@ def assert_problem_without_corr_id(response: httpx.Response, status: int, code: 
     body = response.json()
     assert body["type"] == f"urn:authz-gateway:problem:{code}"
     assert body["status"] == status
+
+
+# Bodies. The create-finding route reads its body while it authenticates (the digest).
+NEW_FINDING = json.dumps({"title": "Open redirect", "severity": "low"}).encode()
+
+
+def post_head(port: int, body: bytes, signed: bool = True, length: int | None = None) -> bytes:
+    """The head of a POST of ``body`` to the findings route, signed as alice (or not)."""
+    request = httpx.Request(
+        "POST",
+        f"http://127.0.0.1:{port}{FINDINGS}",
+        content=body,
+        headers={"content-type": "application/json"},
+    )
+    if signed:
+        request = next(signer("alice").auth_flow(request))
+    fields = {k.lower(): v for k, v in request.headers.items()}
+    fields["content-length"] = str(len(body) if length is None else length)
+    lines = [f"POST {FINDINGS} HTTP/1.1", *(f"{k}: {v}" for k, v in fields.items())]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+def read_answer(sock: socket.socket) -> httpx.Response:
+    """One whole answer (it carries a Content-Length) read off a raw connection."""
+    sock.settimeout(BOUND)
+    raw = b""
+    while b"\r\n\r\n" not in raw:
+        chunk = sock.recv(65536)
+        assert chunk, f"closed before an answer: {raw!r}"
+        raw += chunk
+    head, _, body = raw.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = [(name, value) for name, _, value in (line.partition(": ") for line in lines[1:])]
+    length = int(dict((k.lower(), v) for k, v in headers)["content-length"])
+    while len(body) < length:
+        chunk = sock.recv(65536)
+        assert chunk, "closed inside the answer"
+        body += chunk
+    return httpx.Response(int(lines[0].split()[1]), headers=headers, content=body)
+
+
+def closed_within(sock: socket.socket, seconds: float, drip: bytes = b"") -> bool:
+    """Whether the server closes ``sock`` within ``seconds`` while we send ``drip`` bytewise."""
+    sock.setblocking(False)
+    deadline = time.monotonic() + seconds
+    sent = 0
+    while time.monotonic() < deadline:
+        try:
+            if select.select([sock], [], [], 0.2)[0] and not sock.recv(65536):
+                return True
+            if sent < len(drip):
+                sock.send(drip[sent : sent + 1])
+                sent += 1
+        except OSError:  # reset or broken pipe: closed
+            return True
+    return False
+
+
+def test_a_body_that_stalls_gets_a_408_problem_and_a_close(
+    serve: Callable[..., GatewayProcess],
+) -> None:
+    gateway = serve(body_timeout=1)
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=BOUND) as sock:
+        started = time.monotonic()
+        sock.sendall(post_head(gateway.port, NEW_FINDING) + NEW_FINDING[:5])
+        response = read_answer(sock)
+        took = time.monotonic() - started
+        assert closed_within(sock, BOUND)
+    assert_problem(response, 408, "request_timeout")
+    assert response.headers["connection"] == "close"
+    assert took >= 1.0, "not before the timeout"
+    log = gateway.log_text()
+    assert '"event":"body_timeout"' in log
+    assert '"status":408' in log  # the request summary counts it as a 408
+
+
+def test_a_body_sent_in_pieces_at_a_steady_pace_is_served(
+    serve: Callable[..., GatewayProcess],
+) -> None:
+    """Pauses shorter than the timeout, the whole body longer than it: served."""
+    gateway = serve(body_timeout=1, body_min_rate=10)
+    pieces = [NEW_FINDING[i : i + 5] for i in range(0, len(NEW_FINDING), 5)]
+    assert len(pieces) * 0.25 > 1.0
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=BOUND) as sock:
+        sock.sendall(post_head(gateway.port, NEW_FINDING))
+        for piece in pieces:
+            time.sleep(0.25)
+            sock.sendall(piece)
+        response = read_answer(sock)
+    assert response.status_code == 201, response.text
+    assert response.json()["title"] == "Open redirect"
+
+
+def test_a_body_below_the_minimum_rate_gets_a_408_though_no_pause_is_long(
+    serve: Callable[..., GatewayProcess],
+) -> None:
+    """One byte every 0.2 s: never a 1 s pause, but far below 1,000 bytes a second."""
+    gateway = serve(body_timeout=1, body_min_rate=1000)
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=BOUND) as sock:
+        sock.sendall(post_head(gateway.port, NEW_FINDING))
+        deadline = time.monotonic() + BOUND
+        sent = 0
+        while not select.select([sock], [], [], 0.2)[0]:
+            assert time.monotonic() < deadline, "never answered"
+            assert sent < len(NEW_FINDING) - 1, "the whole body went through"
+            sock.send(NEW_FINDING[sent : sent + 1])
+            sent += 1
+        response = read_answer(sock)
+    assert_problem(response, 408, "request_timeout")
+    assert 3 <= sent < len(NEW_FINDING) - 1
+
+
+def test_a_body_dribbled_after_an_early_answer_is_cut_off(
+    serve: Callable[..., GatewayProcess],
+) -> None:
+    """Unsigned: 401 before the body is read; the rest may not hold the connection."""
+    gateway = serve(body_timeout=1)
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=BOUND) as sock:
+        sock.sendall(post_head(gateway.port, b"", signed=False, length=100_000) + b"{")
+        assert_problem(read_answer(sock), 401, "unauthenticated")
+        assert closed_within(sock, BOUND, drip=b"x" * 1000), "the dribble held the connection"
+    assert '"after_answer":true' in gateway.log_text()
+
+
+def test_the_rest_of_an_answered_body_sent_in_time_keeps_the_connection(
+    serve: Callable[..., GatewayProcess],
+) -> None:
+    gateway = serve(body_timeout=1)
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=BOUND) as sock:
+        sock.sendall(post_head(gateway.port, NEW_FINDING, signed=False) + NEW_FINDING[:5])
+        assert_problem(read_answer(sock), 401, "unauthenticated")
+        sock.sendall(NEW_FINDING[5:])
+        time.sleep(1.5)  # past the body timeout: its timer was cancelled with the rest
+        sock.sendall(post_head(gateway.port, NEW_FINDING) + NEW_FINDING)
+        assert read_answer(sock).status_code == 201

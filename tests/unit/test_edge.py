@@ -1,21 +1,26 @@
-"""The edge middleware: corr_id, body cap, path normalisation and last-resort 500."""
+"""The edge middleware: corr_id, body cap and pace, path normalisation and last-resort 500."""
 
 from __future__ import annotations
 
+import asyncio
+import math
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import pytest
 from fastapi import FastAPI, Request
+from hypothesis import given
+from hypothesis import strategies as st
 
 from app.api.problems import install_problem_handlers
-from app.edge.correlation import EdgeMiddleware
+from app.edge.correlation import EdgeMiddleware, body_wait
 
 
-def _app(max_body: int = 16) -> FastAPI:
+def _app(max_body: int = 16, **edge: Any) -> FastAPI:
     app = FastAPI()
     install_problem_handlers(app)
-    app.add_middleware(EdgeMiddleware, max_body_bytes=max_body)
+    app.add_middleware(EdgeMiddleware, max_body_bytes=max_body, **edge)
 
     @app.get("/boom")
     async def boom() -> None:
@@ -125,3 +130,132 @@ async def test_a_client_gone_mid_body_is_one_log_line_and_no_answer(
     assert "unhandled_error" not in events
     completed = [line for line in captured_logs if line["event"] == "request_completed"]
     assert completed[0]["status"] == 499
+
+
+TIMEOUTS = st.floats(min_value=1e-3, max_value=3600)
+RECEIVED = st.integers(min_value=0, max_value=1 << 40)
+WAITED = st.floats(min_value=0, max_value=1e9)
+RATES = st.integers(min_value=1, max_value=1 << 30)
+
+
+@given(RECEIVED, WAITED, TIMEOUTS, RATES)
+def test_body_wait_bounds_each_pause_and_the_average_rate(
+    received: int, waited: float, timeout: float, min_rate: int
+) -> None:
+    wait = body_wait(received, waited, timeout, min_rate)
+    assert math.isfinite(wait)
+    assert wait <= timeout  # no single pause longer than the timeout
+    allowance = timeout + received / min_rate
+    assert (wait > 0) == (waited < allowance)  # all the waits within the allowance
+    assert body_wait(received, 0.0, timeout, min_rate) == timeout  # a fresh body: a full wait
+
+
+@given(RECEIVED, RECEIVED, WAITED, WAITED, TIMEOUTS, RATES)
+def test_body_wait_grows_with_bytes_and_shrinks_with_waiting(
+    r1: int, r2: int, w1: float, w2: float, timeout: float, min_rate: int
+) -> None:
+    (r_lo, r_hi), (w_lo, w_hi) = sorted((r1, r2)), sorted((w1, w2))
+    assert body_wait(r_lo, w1, timeout, min_rate) <= body_wait(r_hi, w1, timeout, min_rate)
+    assert body_wait(r1, w_hi, timeout, min_rate) <= body_wait(r1, w_lo, timeout, min_rate)
+
+
+@given(RECEIVED, WAITED, TIMEOUTS)
+def test_body_wait_without_a_rate_bounds_pauses_only(
+    received: int, waited: float, timeout: float
+) -> None:
+    assert body_wait(received, waited, timeout, 0) == timeout
+
+
+@pytest.mark.anyio
+async def test_a_body_that_stalls_is_408_with_a_close(
+    captured_logs: list[dict[str, Any]],
+) -> None:
+    async def stalls() -> AsyncIterator[bytes]:
+        yield b"abc"
+        await asyncio.sleep(30)  # never: the edge gives up after 0.05 s
+        yield b"def"
+
+    app = _app(1000, body_timeout=0.05)
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://gw"
+    ) as client:
+        response = await asyncio.wait_for(client.post("/echo", content=stalls()), timeout=10)
+    assert response.status_code == 408
+    assert response.headers["connection"] == "close"
+    assert response.json()["type"].endswith(":request_timeout")
+    assert response.json()["corr_id"] == response.headers["x-request-id"]
+    [line] = [line for line in captured_logs if line["event"] == "body_timeout"]
+    assert line["received"] == 3
+    [done] = [line for line in captured_logs if line["event"] == "request_completed"]
+    assert done["status"] == 408
+
+
+async def _served(app: FastAPI, incoming: list[dict[str, Any]], pause: float) -> list[Any]:
+    """Run ``app`` on ``incoming``; each receive after the first takes ``pause`` (the client)."""
+    sent: list[dict[str, Any]] = []
+    first = True
+
+    async def receive() -> dict[str, Any]:
+        nonlocal first
+        if not first:
+            await asyncio.sleep(pause)
+        first = False
+        return incoming.pop(0) if incoming else {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/slow-reader",
+        "raw_path": b"/slow-reader",
+        "query_string": b"",
+        "headers": [],
+    }
+    await app(scope, receive, send)
+    return [m["status"] for m in sent if m["type"] == "http.response.start"]
+
+
+def _slow_reader(**edge: Any) -> FastAPI:
+    """Reads the body piece by piece, busy 0.1 s between pieces, then waits for a disconnect."""
+    app = _app(1000, **edge)
+
+    @app.post("/slow-reader")
+    async def slow_reader(request: Request) -> dict[str, int]:
+        size = 0
+        async for piece in request.stream():
+            size += len(piece)
+            await asyncio.sleep(0.1)  # the gateway's own time (a service taking the bytes)
+        assert (await request.receive())["type"] == "http.disconnect"
+        return {"size": size}
+
+    app.router.routes.insert(0, app.router.routes.pop())  # before the catch-all GET
+    return app
+
+
+@pytest.mark.anyio
+async def test_only_time_spent_waiting_for_the_client_counts() -> None:
+    """0.3 s of the gateway's own work between pieces, a 0.05 s timeout: served."""
+    pieces = [{"type": "http.request", "body": b"ab", "more_body": True}] * 3
+    incoming = [*pieces, {"type": "http.request", "body": b"", "more_body": False}]
+    app = _slow_reader(body_timeout=0.05, body_min_rate=1 << 30)  # allowance ~ 0.05 s
+    assert await _served(app, incoming, pause=0.0) == [200]
+
+
+@pytest.mark.anyio
+async def test_waiting_for_a_disconnect_after_the_body_is_not_bounded() -> None:
+    """The whole body in one piece, then a disconnect 0.2 s later: not a body timeout."""
+    incoming = [{"type": "http.request", "body": b"abc", "more_body": False}]
+    app = _slow_reader(body_timeout=0.05)
+    assert await _served(app, incoming, pause=0.2) == [200]
+
+
+@pytest.mark.anyio
+async def test_a_client_pausing_past_the_timeout_between_pieces_is_408() -> None:
+    incoming = [
+        {"type": "http.request", "body": b"ab", "more_body": True},
+        {"type": "http.request", "body": b"cd", "more_body": False},
+    ]
+    app = _slow_reader(body_timeout=0.05)
+    assert await _served(app, incoming, pause=0.5) == [408]
