@@ -8,7 +8,7 @@
 - **Errors**: every error the gateway answers is ``application/problem+json``
   (``Problem``): FastAPI's own 422 description is replaced by it, and the statuses
   any route can answer are listed on each (400 and 404 from the edge; 401, 403,
-  429 and 503 on signed routes; 413 where there is a body).
+  429 and 503 on signed routes; 408 and 413 where there is a body).
 - **Pass-through routes** (``passthrough_operation``): their path parameters,
   request body and success statuses, which FastAPI cannot see in a generic
   endpoint.
@@ -95,7 +95,10 @@ _SIGNED_ERRORS = {
     "429": "A rate limit is spent (Retry-After)",
     "503": "The replay check or a needed store cannot answer (Retry-After)",
 }
-_BODY_ERRORS = {"413": "The body is too large"}
+_BODY_ERRORS = {
+    "408": "The body stalled or arrived too slowly (Connection: close)",
+    "413": "The body is too large",
+}
 
 
 def install_openapi(app: FastAPI) -> None:

@@ -166,7 +166,7 @@ DEFAULT_SUCCESS: dict[str, tuple[int, ...]] = {
     "PATCH": (200, 204),
     "DELETE": (200, 202, 204),
 }
-_PLACEHOLDER = re.compile(r"\{([a-z_][a-z0-9_]*)\}")
+PATH_PLACEHOLDER = re.compile(r"\{([a-z_][a-z0-9_]*)\}")
 ENGAGEMENT_ROOT = "/v1/engagements/{engagement_id}"
 
 
@@ -204,7 +204,7 @@ class PassthroughRoute(_Section):
     @model_validator(mode="after")
     def _engagement_where_the_policy_reads_it(self) -> Self:
         """The engagement is ``/v1/engagements/{engagement_id}/...``, where explain reads it."""
-        names = _PLACEHOLDER.findall(self.path)
+        names = PATH_PLACEHOLDER.findall(self.path)
         first = self.path.startswith("/v1/engagements/{")
         rooted = self.path == ENGAGEMENT_ROOT or self.path.startswith(ENGAGEMENT_ROOT + "/")
         if ("engagement_id" in names or first) and not rooted:
@@ -216,9 +216,9 @@ class PassthroughRoute(_Section):
 
     @model_validator(mode="after")
     def _placeholders_known(self) -> Self:
-        known = set(_PLACEHOLDER.findall(self.path))
+        known = set(PATH_PLACEHOLDER.findall(self.path))
         for template in (self.upstream_path, self.policy_object or ""):
-            unknown = set(_PLACEHOLDER.findall(template)) - known
+            unknown = set(PATH_PLACEHOLDER.findall(template)) - known
             if unknown:
                 raise ValueError(f"placeholders {sorted(unknown)} are not in path {self.path}")
         return self

@@ -12,13 +12,22 @@ up to a limit and verifying first, would cap pass-through bodies at what the
 gateway is willing to hold in memory per request (see
 ``app/api/docs/resilience.md``). The gateway's own outbound signature covers the
 same ``Content-Digest``, so a service that verifies it gets a second check.
+
+A ``Location`` or ``Content-Location`` that names the service's own origin would
+send the caller to an address behind the gateway (unreachable, or reachable
+without its checks). It is mapped back to the gateway path of the pass-through
+route that serves it (``PublicLocations``, nginx's ``proxy_redirect default``
+generalised to every route of the service); one no route serves is dropped, and
+a redirect to it is a 502. Another origin is the service's deliberate choice (a
+pre-signed object-store URL) and is relayed as sent.
 """
 
 from __future__ import annotations
 
 import functools
 import hmac
-from collections.abc import AsyncIterator, Mapping
+import re
+from collections.abc import AsyncIterator, Mapping, Sequence
 
 import http_sf
 import httpx
@@ -29,7 +38,7 @@ from starlette.responses import Response, StreamingResponse
 
 from app.authn.digest import ALGORITHMS
 from app.authn.verifier import Reason
-from app.core.config import PassthroughRoute
+from app.core.config import PATH_PLACEHOLDER, PassthroughRoute, ServiceSettings
 from app.core.errors import (
     AuthenticationFailed,
     BadRequest,
@@ -46,6 +55,70 @@ decision_log = structlog.get_logger("gateway.decision")
 _RESPONSE_DROP = HOP_BY_HOP | {"server", "date", "x-request-id", "signature", "signature-input"}
 # Answers that declare at most this many bytes are relayed in one message, not streamed.
 RELAY_WHOLE_BYTES = 64 * 1024
+LOCATION_FIELDS = ("location", "content-location")
+REDIRECTS = frozenset({301, 302, 303, 307, 308})
+
+
+def _template_pattern(template: str) -> str:
+    """A path template as an expression: each placeholder one raw (encoded) segment."""
+    pattern, seen = [], set()
+    for index, part in enumerate(PATH_PLACEHOLDER.split(template)):  # literal, name, ...
+        if index % 2 == 0:
+            pattern.append(re.escape(part))
+        else:  # a placeholder used twice must match the same value twice
+            pattern.append(f"(?P={part})" if part in seen else f"(?P<{part}>[^/?#]+)")
+            seen.add(part)
+    return "".join(pattern)
+
+
+class PublicLocations:
+    """Each service's own paths that a pass-through route serves, mapped back to the route.
+
+    A route maps back only when its upstream path carries every placeholder of its
+    public path (``/reports/{report_id}`` from ``/v1/engagements/{engagement_id}/...``
+    cannot: the engagement is not in the service's URL). Routes are tried in order.
+    """
+
+    def __init__(
+        self, routes: Sequence[PassthroughRoute], services: Mapping[str, ServiceSettings]
+    ) -> None:
+        self._routes: dict[str, list[tuple[re.Pattern[str], str]]] = {}
+        for route in routes:
+            if not set(PATH_PLACEHOLDER.findall(route.path)) <= set(
+                PATH_PLACEHOLDER.findall(route.upstream_path)
+            ):
+                continue
+            service = services.get(route.service)
+            base = httpx.URL(str(service.url)).path.rstrip("/") if service else ""
+            pattern = re.compile(re.escape(base) + _template_pattern(route.upstream_path))
+            self._routes.setdefault(route.service, []).append((pattern, route.path))
+
+    def public_path(self, service: str, path: str) -> str | None:
+        """The gateway path serving the service's raw ``path``, or ``None``."""
+        for pattern, public in self._routes.get(service, ()):
+            match = pattern.fullmatch(path)
+            if match is not None:
+                return public.format(**match.groupdict())
+        return None
+
+    def relayed(self, service: str, value: str, upstream: httpx.URL) -> str | None:
+        """A location field as the caller sees it; ``None``: the service's own, unserved."""
+        try:
+            target = upstream.join(value.strip())
+        except httpx.InvalidURL:
+            return None
+        if (target.scheme, target.host, target.port) != (
+            upstream.scheme,
+            upstream.host,
+            upstream.port,
+        ):
+            return value  # another origin: the service sends the caller there on purpose
+        path, _, query = target.raw_path.decode("ascii").partition("?")
+        public = self.public_path(service, path)
+        if public is None:
+            return None
+        fragment = f"#{target.fragment}" if target.fragment else ""
+        return public + (f"?{query}" if query else "") + fragment
 
 
 class StreamingDigest:
@@ -154,7 +227,11 @@ def declares_body(request: Request) -> bool:
 
 
 async def forward(
-    client: DownstreamClient, route: PassthroughRoute, request: Request, digest_field: str | None
+    client: DownstreamClient,
+    route: PassthroughRoute,
+    request: Request,
+    digest_field: str | None,
+    locations: PublicLocations | None = None,
 ) -> Response:
     """Send the request upstream, streaming its body; stream the answer back."""
     declared = request.headers.get("content-length")
@@ -177,13 +254,18 @@ async def forward(
     )
     try:
         raise_for_client_error(client.name, upstream, passthrough=True)
-        return await _relay(client.name, route, upstream)
+        return await _relay(client.name, route, upstream, locations)
     except BaseException:
         await upstream.aclose()
         raise
 
 
-async def _relay(service: str, route: PassthroughRoute, upstream: httpx.Response) -> Response:
+async def _relay(
+    service: str,
+    route: PassthroughRoute,
+    upstream: httpx.Response,
+    locations: PublicLocations | None = None,
+) -> Response:
     """The answer: whole when it declares at most ``RELAY_WHOLE_BYTES``, else streamed.
 
     A streamed answer costs a task group per response (Starlette listens for the
@@ -196,6 +278,8 @@ async def _relay(service: str, route: PassthroughRoute, upstream: httpx.Response
         log.warning("passthrough_response_too_large", service=service, declared=length)
         raise DownstreamError(service, f"The {service} service answered more than allowed.")
     headers = {k: v for k, v in upstream.headers.items() if k.lower() not in _RESPONSE_DROP}
+    if locations is not None:
+        _map_locations(service, upstream, headers, locations)
     if length is not None and length <= RELAY_WHOLE_BYTES:
         body = await _read_whole(service, upstream)
         return Response(body, status_code=upstream.status_code, headers=headers)
@@ -205,6 +289,43 @@ async def _relay(service: str, route: PassthroughRoute, upstream: httpx.Response
         headers=headers,
         background=BackgroundTask(upstream.aclose),
     )
+
+
+def _map_locations(
+    service: str, upstream: httpx.Response, headers: dict[str, str], locations: PublicLocations
+) -> None:
+    """Map the location fields in ``headers`` (lower-case names) for the caller, or drop them."""
+    for name in LOCATION_FIELDS:
+        value = headers.get(name)
+        if value is None:
+            continue
+        relayed = locations.relayed(service, value, upstream.request.url)
+        if relayed is not None:
+            headers[name] = relayed
+            continue
+        del headers[name]
+        status = upstream.status_code
+        # The service's own URL is internal: its path only, never its host or query.
+        log.warning(
+            "passthrough_location_unserved",
+            service=service,
+            status=status,
+            field=name,
+            path=_url_path(value),
+        )
+        if name == "location" and status in REDIRECTS:
+            raise DownstreamError(
+                service,
+                f"The {service} service redirected to a location the gateway does not serve.",
+            )
+
+
+def _url_path(value: str) -> str:
+    """The path of a URL reference, without its query or fragment (they may hold tokens)."""
+    try:
+        return httpx.URL(value).path
+    except httpx.InvalidURL:
+        return ""
 
 
 async def _read_whole(service: str, upstream: httpx.Response) -> bytes:

@@ -11,9 +11,10 @@ from typing import Any
 
 import httpx
 import pytest
-from fastapi import FastAPI, Response
+from fastapi import FastAPI, Request, Response
 from prometheus_client import REGISTRY
 
+from app.core.config import Settings
 from app.main import create_app
 from app.stubs.data import report_chunks
 from tests.conftest import LiveServer, make_settings, signer
@@ -351,6 +352,76 @@ def test_pass_through_errors_are_problems_that_keep_a_meaningful_status(
     assert "x-internal" not in response.headers
     assert ("retry-after" in response.headers) == (status == 429)
     assert ("service" in body) == (code == "bad_gateway")
+
+
+def redirecting_service() -> FastAPI:
+    """Answers ``?status=`` with ``?to=`` as Location and Content-Location; ``{self}``: its URL."""
+    app = FastAPI()
+
+    @app.get("/engagements/{engagement_id}/docs/{doc_id}")
+    async def doc(request: Request) -> Response:
+        to = request.query_params["to"].replace("{self}", str(request.base_url).rstrip("/"))
+        status = int(request.query_params.get("status", "302"))
+        return Response(b"", status, headers={"location": to, "content-location": to})
+
+    return app
+
+
+@pytest.mark.parametrize(
+    ("status", "to", "location"),
+    [
+        (
+            302,
+            "{self}/engagements/acme-2026/docs/D-2?v=1",
+            "/v1/engagements/acme-2026/docs/D-2?v=1",
+        ),
+        (303, "D-3", "/v1/engagements/acme-2026/docs/D-3"),
+        (307, "https://objects.example/b/D-1?X-Sig=s", "https://objects.example/b/D-1?X-Sig=s"),
+        (201, "{self}/admin/users", None),  # created; the internal URL is dropped
+    ],
+)
+def test_a_services_location_is_mapped_to_the_gateway_or_dropped(
+    live_server: Callable[[FastAPI], LiveServer],
+    test_key_env: str,
+    status: int,
+    to: str,
+    location: str | None,
+) -> None:
+    service = live_server(redirecting_service())
+    gateway = live_server(create_app(_docs_settings(service)))
+    with httpx.Client(base_url=gateway.url, auth=signer("dana"), timeout=30) as client:
+        response = client.get(
+            "/v1/engagements/acme-2026/docs/D-1", params={"to": to, "status": str(status)}
+        )
+    assert response.status_code == status
+    assert response.headers.get("location") == location
+    assert response.headers.get("content-location") == location
+    assert f":{service.port}" not in str(response.headers)
+
+
+def test_a_redirect_to_an_unserved_url_of_the_service_is_502(
+    live_server: Callable[[FastAPI], LiveServer], test_key_env: str
+) -> None:
+    service = live_server(redirecting_service())
+    gateway = live_server(create_app(_docs_settings(service)))
+    with httpx.Client(base_url=gateway.url, auth=signer("dana"), timeout=30) as client:
+        response = client.get(
+            "/v1/engagements/acme-2026/docs/D-1", params={"to": "{self}/admin/users"}
+        )
+    assert_problem(response, 502, "bad_gateway")
+    assert "admin" not in response.text
+    assert f":{service.port}" not in response.text
+
+
+def _docs_settings(service: LiveServer) -> Settings:
+    route = {
+        "path": "/v1/engagements/{engagement_id}/docs/{doc_id}",
+        "service": "reports",
+        "upstream_path": "/engagements/{engagement_id}/docs/{doc_id}",
+        # Authorized as report content, which the auditor may read everywhere.
+        "policy_object": "/v1/engagements/{engagement_id}/reports/any/content",
+    }
+    return make_settings({"reports": service.url}, orchestration={"passthrough": [route]})
 
 
 def test_a_client_that_aborts_an_upload_is_logged_once_not_a_500(

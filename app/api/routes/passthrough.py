@@ -27,7 +27,7 @@ from app.api.schemas import Problem
 from app.authz.policy import Decision
 from app.core.config import PassthroughRoute, ServiceSettings
 from app.core.errors import ConfigError
-from app.workflows.passthrough import forward
+from app.workflows.passthrough import PublicLocations, forward
 
 # What the gateway answers, and what a service's 4xx becomes (app/downstream/refusals.py).
 ERRORS: dict[int | str, dict[str, object]] = {
@@ -48,14 +48,16 @@ def passthrough_guard(route: PassthroughRoute) -> Guard:
     return Guard(target, streamed=True)
 
 
-def _endpoint(route: PassthroughRoute) -> Callable[..., Awaitable[Response]]:
+def _endpoint(
+    route: PassthroughRoute, locations: PublicLocations
+) -> Callable[..., Awaitable[Response]]:
     guard = passthrough_guard(route)
 
     async def passthrough(
         request: Request, _grant: Annotated[Decision, Depends(guard)], services: Services
     ) -> Response:
         digest = request.headers.get("content-digest")
-        return await forward(services.get(route.service), route, request, digest)
+        return await forward(services.get(route.service), route, request, digest, locations)
 
     return passthrough
 
@@ -64,11 +66,12 @@ def register_passthrough_routes(
     app: FastAPI, routes: list[PassthroughRoute], services: Mapping[str, ServiceSettings]
 ) -> None:
     """Add one route per configured pass-through; an unknown service stops start-up."""
+    locations = PublicLocations(routes, services)  # a service's Location, mapped back
     for index, route in enumerate(routes):
         if route.service not in services:
             where = f"orchestration.passthrough[{index}]"
             raise ConfigError(f"{where}: service {route.service!r} is not configured")
-        endpoint = _endpoint(route)
+        endpoint = _endpoint(route, locations)
         for method in route.methods:  # one operation each: its own body and statuses
             app.add_api_route(
                 route.path,

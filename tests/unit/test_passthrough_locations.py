@@ -1,0 +1,109 @@
+"""Pass-through ``Location``/``Content-Location``: the service's own URLs mapped back."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from app.core.config import PassthroughRoute, ServiceSettings
+from app.workflows.passthrough import PublicLocations
+
+REPORTS = PassthroughRoute(
+    path="/v1/engagements/{engagement_id}/reports/{report_id}/content",
+    service="reports",
+    upstream_path="/engagements/{engagement_id}/reports/{report_id}/content",
+)
+DOCS = PassthroughRoute(  # cannot map back: the engagement is not in the service's URL
+    path="/v1/engagements/{engagement_id}/docs/{doc_id}",
+    service="reports",
+    upstream_path="/docs/{doc_id}",
+)
+TWICE = PassthroughRoute(
+    path="/v1/engagements/{engagement_id}/pairs/{a}",
+    service="findings",
+    upstream_path="/pairs/{a}/of/{a}/in/{engagement_id}",
+)
+SERVICES = {
+    "reports": ServiceSettings(url="http://reports.internal:8080/api"),
+    "findings": ServiceSettings(url="http://findings.internal"),
+}
+LOCATIONS = PublicLocations([DOCS, REPORTS, TWICE], SERVICES)
+UPSTREAM = httpx.URL("http://reports.internal:8080/api/engagements/acme/reports/R-1/content")
+
+# One raw path segment as the gateway forwards it: unreserved octets and %-escapes.
+SEGMENT = (
+    st.lists(
+        st.one_of(
+            st.sampled_from("abcXYZ019-._~!$&'()*+,;=:@"),
+            st.integers(0, 255).map(lambda octet: f"%{octet:02X}"),
+        ),
+        min_size=1,
+        max_size=12,
+    )
+    .map("".join)
+    .filter(lambda s: s not in (".", ".."))
+)
+QUERY = st.text(alphabet="abc=&%20", max_size=10)
+
+
+@given(SEGMENT, SEGMENT, QUERY)
+def test_the_services_url_of_a_route_maps_back_to_the_routes_path(
+    engagement: str, report: str, query: str
+) -> None:
+    own = f"http://reports.internal:8080/api/engagements/{engagement}/reports/{report}/content"
+    public = f"/v1/engagements/{engagement}/reports/{report}/content"
+    suffix = f"?{query}" if query else ""
+    assert LOCATIONS.relayed("reports", own + suffix, UPSTREAM) == public + suffix
+    # The same as an absolute path reference on the service's origin.
+    assert LOCATIONS.relayed("reports", own[len("http://reports.internal:8080") :], UPSTREAM) == (
+        public
+    )
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("../R-2/content", "/v1/engagements/acme/reports/R-2/content"),  # relative reference
+        (
+            "/api/engagements/acme/reports/R-2/content#top",
+            "/v1/engagements/acme/reports/R-2/content#top",
+        ),
+        (
+            "HTTP://REPORTS.internal:8080/api/engagements/a/reports/b/content",
+            "/v1/engagements/a/reports/b/content",
+        ),
+        # Another origin is the service's choice: relayed as sent (a pre-signed URL).
+        (
+            "https://objects.example/bucket/R-1?X-Sig=abc",
+            "https://objects.example/bucket/R-1?X-Sig=abc",
+        ),
+        (
+            "http://reports.internal:9090/api/engagements/a/reports/b/content",
+            "http://reports.internal:9090/api/engagements/a/reports/b/content",
+        ),
+        # The service's own origin, but no route serves it: dropped.
+        ("/api/admin/users", None),
+        ("/engagements/acme/reports/R-2/content", None),  # outside the service's base path
+        ("/api/docs/D-1", None),  # DOCS cannot map back
+        ("/api/engagements/acme/reports/R-2/content/extra", None),
+        ("http://[::1", None),  # not a URL
+    ],
+)
+def test_locations(value: str, expected: str | None) -> None:
+    assert LOCATIONS.relayed("reports", value, UPSTREAM) == expected
+
+
+def test_a_placeholder_used_twice_upstream_must_match_the_same_value_twice() -> None:
+    upstream = httpx.URL("http://findings.internal/pairs/x/of/x/in/acme")
+    assert LOCATIONS.relayed("findings", "/pairs/p/of/p/in/e", upstream) == (
+        "/v1/engagements/e/pairs/p"
+    )
+    assert LOCATIONS.relayed("findings", "/pairs/p/of/q/in/e", upstream) is None
+
+
+def test_a_service_without_routes_maps_nothing_of_its_own() -> None:
+    upstream = httpx.URL("http://other.internal/x")
+    assert LOCATIONS.relayed("other", "/x/y", upstream) is None
+    assert LOCATIONS.relayed("other", "http://elsewhere/x", upstream) == "http://elsewhere/x"
