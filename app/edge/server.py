@@ -16,7 +16,8 @@ uvicorn also keeps reading (and discarding) the rest of a body the app answered
 without reading (a 401 before the upload, a 413 on a declared length), and every
 byte of it cancels the keep-alive timer: a client that dribbles that body held
 the connection for ever. The protocol gives the rest ``body_timeout`` seconds from
-the answer, then closes (nginx's ``lingering_time``). While the app reads a body,
+the answer, then closes (nginx's ``lingering_time``); once the rest is in, the idle
+connection gets the keep-alive timer its bytes cancelled. While the app reads a body,
 the edge middleware bounds its pace (``app.edge.correlation.body_wait``).
 
 uvicorn's ``limit_concurrency`` caps connections and in-flight requests per
@@ -171,6 +172,8 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         self._arm()
 
     def on_message_begin(self) -> None:
+        # A request begun in the same read as the end of an answered body: not idle.
+        self._unset_keepalive_if_required()
         super().on_message_begin()
         if self._header_timer is None:  # a later request on a kept-alive connection
             self._arm()
@@ -181,7 +184,16 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:
-        self._cancel_rest_timer()  # the rest of an answered request's body has arrived
+        cycle = self.cycle
+        if cycle is not None and cycle.response_complete and self._rest_timer is not None:
+            # The rest of an answered request's body has arrived. Every byte of it
+            # cancelled uvicorn's keep-alive timer, and nothing re-arms it: the idle
+            # connection would be held for ever. It is idle now, as after an answer.
+            self._cancel_rest_timer()
+            self._unset_keepalive_if_required()
+            self.timeout_keep_alive_task = self.loop.call_later(
+                self.timeout_keep_alive, self.timeout_keep_alive_handler
+            )
         super().on_message_complete()
 
     def on_response_complete(self) -> None:

@@ -291,3 +291,34 @@ def test_the_rest_of_an_answered_body_sent_in_time_keeps_the_connection(
         time.sleep(1.5)  # past the body timeout: its timer was cancelled with the rest
         sock.sendall(post_head(gateway.port, NEW_FINDING) + NEW_FINDING)
         assert read_answer(sock).status_code == 201
+
+
+def test_an_idle_connection_after_the_rest_of_an_answered_body_is_closed(
+    serve: Callable[..., GatewayProcess],
+) -> None:
+    """The rest arrives after the answer, then nothing: closed by the keep-alive timeout."""
+    gateway = serve(body_timeout=30)
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=BOUND) as sock:
+        sock.sendall(post_head(gateway.port, NEW_FINDING, signed=False) + NEW_FINDING[:5])
+        assert_problem(read_answer(sock), 401, "unauthenticated")
+        time.sleep(0.2)
+        sock.sendall(NEW_FINDING[5:])
+        started = time.monotonic()
+        assert closed_within(sock, BOUND), "an idle kept-alive connection was held"
+        assert time.monotonic() - started < 25, "closed by the keep-alive timeout (5 s)"
+
+
+def test_a_request_begun_with_the_rest_of_an_answered_body_is_not_cut_as_idle(
+    serve: Callable[..., GatewayProcess],
+) -> None:
+    """The rest and the next head in one write, then a pause longer than the keep-alive
+    timeout (5 s) before the next body: served, not closed as an idle connection."""
+    gateway = serve(body_timeout=30, body_min_rate=1)
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=BOUND) as sock:
+        sock.sendall(post_head(gateway.port, NEW_FINDING, signed=False) + NEW_FINDING[:5])
+        assert_problem(read_answer(sock), 401, "unauthenticated")
+        sock.sendall(NEW_FINDING[5:] + post_head(gateway.port, NEW_FINDING))
+        time.sleep(6)
+        sock.sendall(NEW_FINDING)
+        response = read_answer(sock)
+    assert response.status_code == 201, response.text
