@@ -4,10 +4,9 @@ It binds ``corr_id`` into the log context (``app.core.logcontext``; every line
 logged while the request runs, downstream calls included, carries it), echoes
 ``X-Request-ID``, caps the request body and bounds how slowly it may arrive, logs
 one summary line, and turns an unexpected exception into a 500 problem+json without
-internals. A client that
-disconnects mid-request (Starlette's ``ClientDisconnect``) is not an error of
-ours: one ``client_disconnected`` line, no answer, status 499 in the summary and
-metrics.
+internals. A client that disconnects mid-request (Starlette's ``ClientDisconnect``)
+is not an error of ours: one ``client_disconnected`` line, no answer, status 499 in
+the summary and metrics.
 It is pure ASGI rather than ``BaseHTTPMiddleware`` so the context bound here is
 seen by the endpoint task.
 """

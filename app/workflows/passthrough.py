@@ -113,7 +113,7 @@ class PublicLocations:
             upstream.port,
         ):
             return value  # another origin: the service sends the caller there on purpose
-        path, _, query = target.raw_path.decode("ascii").partition("?")
+        path, _, query = target.raw_path.decode("latin-1").partition("?")
         public = self.public_path(service, path)
         if public is None:
             return None

@@ -107,3 +107,17 @@ def test_a_service_without_routes_maps_nothing_of_its_own() -> None:
     upstream = httpx.URL("http://other.internal/x")
     assert LOCATIONS.relayed("other", "/x/y", upstream) is None
     assert LOCATIONS.relayed("other", "http://elsewhere/x", upstream) == "http://elsewhere/x"
+
+
+URLISH = st.text(
+    alphabet=":/?#[]@!$&'()*+,;=%.-_~ \\\t\x00\x7fhtpsHTP0189reports.internal\u00e9\u0100",
+    max_size=60,
+)
+
+
+@given(st.one_of(st.text(max_size=60), URLISH))
+def test_any_field_value_is_mapped_dropped_or_relayed_never_an_error(value: str) -> None:
+    relayed = LOCATIONS.relayed("reports", value, UPSTREAM)
+    assert relayed is None or isinstance(relayed, str)
+    if relayed is not None and relayed != value:
+        assert relayed.startswith("/v1/engagements/")  # mapped: only ever a gateway path
