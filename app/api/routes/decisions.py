@@ -34,7 +34,7 @@ REVISION_HEADER = "x-gateway-policy-revision"
 IDENTITY_LABEL = "gateway"
 ERRORS: dict[int | str, dict[str, object]] = {
     status: {"model": Problem, "content": {"application/problem+json": {}}}
-    for status in (401, 403, 413, 429, 503)
+    for status in (401, 403, 408, 413, 429, 503)
 }
 
 # The guards: GuardedRoute runs each before FastAPI reads anything (app.api.routing).
