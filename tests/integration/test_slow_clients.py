@@ -214,6 +214,12 @@ def closed_within(sock: socket.socket, seconds: float, drip: bytes = b"") -> boo
     return False
 
 
+def answer_before_the_body(sock: socket.socket, port: int) -> None:
+    """An unsigned POST and 5 bytes of its body: a 401 before the rest is read."""
+    sock.sendall(post_head(port, NEW_FINDING, signed=False) + NEW_FINDING[:5])
+    assert_problem(read_answer(sock), 401, "unauthenticated")
+
+
 def test_a_body_that_stalls_gets_a_408_problem_and_a_close(
     serve: Callable[..., GatewayProcess],
 ) -> None:
@@ -285,8 +291,7 @@ def test_the_rest_of_an_answered_body_sent_in_time_keeps_the_connection(
 ) -> None:
     gateway = serve(body_timeout=1)
     with socket.create_connection(("127.0.0.1", gateway.port), timeout=BOUND) as sock:
-        sock.sendall(post_head(gateway.port, NEW_FINDING, signed=False) + NEW_FINDING[:5])
-        assert_problem(read_answer(sock), 401, "unauthenticated")
+        answer_before_the_body(sock, gateway.port)
         sock.sendall(NEW_FINDING[5:])
         time.sleep(1.5)  # past the body timeout: its timer was cancelled with the rest
         sock.sendall(post_head(gateway.port, NEW_FINDING) + NEW_FINDING)
@@ -299,8 +304,7 @@ def test_an_idle_connection_after_the_rest_of_an_answered_body_is_closed(
     """The rest arrives after the answer, then nothing: closed by the keep-alive timeout."""
     gateway = serve(body_timeout=30)
     with socket.create_connection(("127.0.0.1", gateway.port), timeout=BOUND) as sock:
-        sock.sendall(post_head(gateway.port, NEW_FINDING, signed=False) + NEW_FINDING[:5])
-        assert_problem(read_answer(sock), 401, "unauthenticated")
+        answer_before_the_body(sock, gateway.port)
         time.sleep(0.2)
         sock.sendall(NEW_FINDING[5:])
         started = time.monotonic()
@@ -315,8 +319,7 @@ def test_a_request_begun_with_the_rest_of_an_answered_body_is_not_cut_as_idle(
     timeout (5 s) before the next body: served, not closed as an idle connection."""
     gateway = serve(body_timeout=30, body_min_rate=1)
     with socket.create_connection(("127.0.0.1", gateway.port), timeout=BOUND) as sock:
-        sock.sendall(post_head(gateway.port, NEW_FINDING, signed=False) + NEW_FINDING[:5])
-        assert_problem(read_answer(sock), 401, "unauthenticated")
+        answer_before_the_body(sock, gateway.port)
         sock.sendall(NEW_FINDING[5:] + post_head(gateway.port, NEW_FINDING))
         time.sleep(6)
         sock.sendall(NEW_FINDING)

@@ -98,6 +98,17 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
+def _post_scope(path: str, headers: list[tuple[bytes, bytes]]) -> dict[str, Any]:
+    return {
+        "type": "http",
+        "method": "POST",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "headers": headers,
+    }
+
+
 @pytest.mark.anyio
 async def test_a_client_gone_mid_body_is_one_log_line_and_no_answer(
     captured_logs: list[dict[str, Any]],
@@ -115,15 +126,7 @@ async def test_a_client_gone_mid_body_is_one_log_line_and_no_answer(
     async def send(message: dict[str, Any]) -> None:
         sent.append(message)
 
-    scope = {
-        "type": "http",
-        "method": "POST",
-        "path": "/echo",
-        "raw_path": b"/echo",
-        "query_string": b"",
-        "headers": [(b"content-length", b"10")],
-    }
-    await _app()(scope, receive, send)
+    await _app()(_post_scope("/echo", [(b"content-length", b"10")]), receive, send)
     assert sent == []
     events = [line["event"] for line in captured_logs]
     assert events.count("client_disconnected") == 1
@@ -205,15 +208,7 @@ async def _served(app: FastAPI, incoming: list[dict[str, Any]], pause: float) ->
     async def send(message: dict[str, Any]) -> None:
         sent.append(message)
 
-    scope = {
-        "type": "http",
-        "method": "POST",
-        "path": "/slow-reader",
-        "raw_path": b"/slow-reader",
-        "query_string": b"",
-        "headers": [],
-    }
-    await app(scope, receive, send)
+    await app(_post_scope("/slow-reader", []), receive, send)
     return [m["status"] for m in sent if m["type"] == "http.response.start"]
 
 
