@@ -119,7 +119,9 @@ def server_options(settings: Settings) -> dict[str, Any]:
     its worker processes without slowing their start (``app.edge.protocol_factory``).
     """
     edge = settings.edge
-    protocol = GatewayProtocolFactory(edge.header_timeout_seconds, edge.body_timeout_seconds)
+    protocol = GatewayProtocolFactory(
+        edge.header_timeout_seconds, edge.body_timeout_seconds, edge.send_timeout_seconds
+    )
     return {
         # uvicorn accepts any protocol factory here, though it annotates a class.
         "http": cast("type[asyncio.Protocol]", protocol),

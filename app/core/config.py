@@ -256,6 +256,12 @@ class EdgeSettings(_Section):
         "it (then 408 and closed); after an answer sent before the body was read, how "
         "long the rest may take to arrive before the connection is closed",
     )
+    send_timeout_seconds: Annotated[float, Field(gt=0, le=3600)] = Field(
+        default=60.0,
+        description="longest a client may leave an answer unread once the gateway's send "
+        "buffer is full (nginx's send_timeout); then the connection is dropped, and with it "
+        "a pass-through stream's service connection",
+    )
     body_min_rate_bytes: Annotated[int, Field(ge=0, le=1 << 30)] = Field(
         default=1024,
         description="slowest average rate, bytes a second, at which a body may arrive: "

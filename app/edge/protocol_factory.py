@@ -18,14 +18,19 @@ from typing import Any
 
 @dataclass(frozen=True, slots=True)
 class GatewayProtocolFactory:
-    """``GatewayHttpProtocol`` with its header and unread-body timeouts, per connection."""
+    """``GatewayHttpProtocol`` with its header, unread-body and send timeouts, per connection."""
 
     header_timeout: float
     body_timeout: float = 30.0
+    send_timeout: float = 60.0
 
     def __call__(self, *args: Any, **kwargs: Any) -> asyncio.Protocol:
         from app.edge.server import GatewayHttpProtocol  # deferred: see the module docstring
 
         return GatewayHttpProtocol(
-            *args, header_timeout=self.header_timeout, body_timeout=self.body_timeout, **kwargs
+            *args,
+            header_timeout=self.header_timeout,
+            body_timeout=self.body_timeout,
+            send_timeout=self.send_timeout,
+            **kwargs,
         )

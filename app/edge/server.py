@@ -17,8 +17,16 @@ without reading (a 401 before the upload, a 413 on a declared length), and every
 byte of it cancels the keep-alive timer: a client that dribbles that body held
 the connection for ever. The protocol gives the rest ``body_timeout`` seconds from
 the answer, then closes (nginx's ``lingering_time``); once the rest is in, the idle
-connection gets the keep-alive timer its bytes cancelled. While the app reads a body,
-the edge middleware bounds its pace (``app.edge.correlation.body_wait``).
+connection gets the keep-alive timer its bytes cancelled. While the app reads a
+body, the edge middleware bounds its pace (``app.edge.correlation.body_wait``).
+
+Nothing bounded a client that stops *reading*: uvicorn's ``send`` waits for the
+transport to drain for ever, and a pass-through stream keeps its service connection
+(one of the pool's) checked out meanwhile, so a few slow readers could exhaust a
+service's pool. The protocol arms ``send_timeout`` when the transport's buffer goes
+over its high-water mark and disarms it when it drains; when it fires the connection
+is dropped (nginx's ``send_timeout``): the app sees a disconnect, the stream stops
+and its service connection is released. An answer that fits the buffer never arms it.
 
 uvicorn's ``limit_concurrency`` caps connections and in-flight requests per
 process; above it uvicorn answers with its plain-text 503. The protocol serves
@@ -156,14 +164,21 @@ class GatewayHttpProtocol(HttpToolsProtocol):
     joined writes."""
 
     def __init__(
-        self, *args: Any, header_timeout: float = 10.0, body_timeout: float = 30.0, **kwargs: Any
+        self,
+        *args: Any,
+        header_timeout: float = 10.0,
+        body_timeout: float = 30.0,
+        send_timeout: float = 60.0,
+        **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
         self.header_timeout = header_timeout
         self.body_timeout = body_timeout
+        self.send_timeout = send_timeout
         self._header_timer: asyncio.TimerHandle | None = None
         self._head_bytes = False
         self._rest_timer: asyncio.TimerHandle | None = None
+        self._send_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -212,7 +227,18 @@ class GatewayHttpProtocol(HttpToolsProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
         self._cancel_rest_timer()
+        self._cancel_send_timer()
         super().connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        # The transport's buffer is over its high-water mark: the client is not reading.
+        super().pause_writing()
+        if self._send_timer is None:
+            self._send_timer = self.loop.call_later(self.send_timeout, self._send_timed_out)
+
+    def resume_writing(self) -> None:
+        self._cancel_send_timer()
+        super().resume_writing()
 
     def send_400_response(self, msg: str) -> None:
         # Called by uvicorn (after its own log line) for a request httptools rejects.
@@ -236,6 +262,19 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         if self._rest_timer is not None:
             self._rest_timer.cancel()
             self._rest_timer = None
+
+    def _cancel_send_timer(self) -> None:
+        if self._send_timer is not None:
+            self._send_timer.cancel()
+            self._send_timer = None
+
+    def _send_timed_out(self) -> None:
+        self._send_timer = None
+        if self.transport.is_closing():
+            return
+        log.info("send_timeout", client=self.client[0] if self.client else None)
+        # abort, not close: close would wait for the very buffer the client is not reading.
+        self.transport.abort()
 
     def _rest_timed_out(self) -> None:
         self._rest_timer = None

@@ -41,7 +41,12 @@ def serve(
         max_connections: int = 200,
         body_timeout: float = 30,
         body_min_rate: int = 1024,
+        send_timeout: float = 60,
+        **env: str,
     ) -> GatewayProcess:
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        monkeypatch.setenv("GATEWAY_EDGE__SEND_TIMEOUT_SECONDS", str(send_timeout))
         monkeypatch.setenv("GATEWAY_EDGE__HEADER_TIMEOUT_SECONDS", str(header_timeout))
         monkeypatch.setenv("GATEWAY_EDGE__MAX_CONNECTIONS", str(max_connections))
         monkeypatch.setenv("GATEWAY_EDGE__BODY_TIMEOUT_SECONDS", str(body_timeout))
@@ -325,3 +330,88 @@ def test_a_request_begun_with_the_rest_of_an_answered_body_is_not_cut_as_idle(
         sock.sendall(NEW_FINDING)
         response = read_answer(sock)
     assert response.status_code == 201, response.text
+
+
+CONTENT = "/v1/engagements/acme-2026/reports/R-0001/content"
+
+
+def reports_gateway(
+    serve: Callable[..., GatewayProcess], live_server: Callable[[FastAPI], LiveServer]
+) -> GatewayProcess:
+    """``gateway serve`` with a 1 s send timeout and a pass-through route to a reports
+    stub whose pool holds one connection."""
+    reports = live_server(create_stub_app("reports"))
+    route = {
+        "path": "/v1/engagements/{engagement_id}/reports/{report_id}/content",
+        "service": "reports",
+        "upstream_path": "/engagements/{engagement_id}/reports/{report_id}/content",
+    }
+    return serve(
+        send_timeout=1,
+        GATEWAY_SERVICES__REPORTS__URL=reports.url,
+        GATEWAY_SERVICES__REPORTS__MAX_CONNECTIONS="1",
+        GATEWAY_ORCHESTRATION__PASSTHROUGH=json.dumps([route]),
+    )
+
+
+def content_reader(gateway: GatewayProcess, size: int) -> socket.socket:
+    """A connection with a small receive buffer that has asked for ``size`` bytes of report."""
+    url = f"{gateway.url}{CONTENT}?size={size}"
+    request = next(signer("carol").auth_flow(httpx.Request("GET", url)))
+    head = [f"GET {CONTENT}?size={size} HTTP/1.1"]
+    head += [f"{k}: {v}" for k, v in request.headers.items()]
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect
+    sock.settimeout(BOUND)
+    sock.connect(("127.0.0.1", gateway.port))
+    sock.sendall(("\r\n".join(head) + "\r\n\r\n").encode())
+    return sock
+
+
+def test_a_client_that_stops_reading_is_dropped_and_the_service_connection_freed(
+    serve: Callable[..., GatewayProcess], live_server: Callable[[FastAPI], LiveServer]
+) -> None:
+    """A pass-through stream of 16 MiB to a client that reads nothing: with the reports
+    service's pool at one connection, the next request is served only if the stuck
+    stream let its connection go."""
+    gateway = reports_gateway(serve, live_server)
+    size = 16 * 1024 * 1024
+    with content_reader(gateway, size) as sock:
+        assert sock.recv(1024).startswith(b"HTTP/1.1 200 ")
+        # The one service connection is the stuck stream's until the gateway drops it.
+        served: list[httpx.Response] = []
+
+        def next_request_served() -> bool:
+            with httpx.Client(base_url=gateway.url, auth=signer("carol"), timeout=10) as client:
+                served.append(client.get(CONTENT, params={"size": "1000"}))
+            return served[-1].status_code == 200
+
+        wait_until(next_request_served, timeout=BOUND)
+        received = 0
+        with contextlib.suppress(OSError):  # a reset, once what was buffered is read
+            while chunk := sock.recv(65536):
+                received += len(chunk)
+    assert received < size, "the whole answer went out: the client was never cut off"
+    assert len(served[-1].content) == 1000
+    assert '"event":"send_timeout"' in gateway.log_text()
+
+
+def test_a_client_that_reads_slowly_but_steadily_gets_the_whole_answer(
+    serve: Callable[..., GatewayProcess], live_server: Callable[[FastAPI], LiveServer]
+) -> None:
+    """A few KiB every 20 ms: longer in all than the 1 s send timeout, never stalled."""
+    gateway = reports_gateway(serve, live_server)
+    size = 512 * 1024
+    raw = b""
+    started = time.monotonic()
+    with content_reader(gateway, size) as sock:
+        while b"\r\n\r\n" not in raw or len(raw.partition(b"\r\n\r\n")[2]) < size:
+            chunk = sock.recv(32 * 1024)
+            assert chunk, f"cut off after {len(raw)} bytes"
+            raw += chunk
+            time.sleep(0.02)
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 ")
+    assert len(body) == size
+    assert time.monotonic() - started > 1.0, "the reading took longer than the send timeout"
+    assert '"event":"send_timeout"' not in gateway.log_text()
