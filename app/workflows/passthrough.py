@@ -13,7 +13,7 @@ gateway is willing to hold in memory per request (see
 ``app/api/docs/resilience.md``). The gateway's own outbound signature covers the
 same ``Content-Digest``, so a service that verifies it gets a second check.
 
-A ``Location`` or ``Content-Location`` that names the service's own origin would
+A ``Location``, ``Content-Location`` or ``Link`` URL on the service's own origin would
 send the caller to an address behind the gateway (unreachable, or reachable
 without its checks). It is mapped back to the gateway path of the pass-through
 route that serves it (``PublicLocations``, nginx's ``proxy_redirect default``
@@ -33,6 +33,7 @@ import http_sf
 import httpx
 import structlog
 from starlette.background import BackgroundTask
+from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
@@ -53,9 +54,11 @@ from app.downstream.propagation import forwardable_headers, forwarded_header
 log = structlog.get_logger("gateway.passthrough")
 decision_log = structlog.get_logger("gateway.decision")
 _RESPONSE_DROP = HOP_BY_HOP | {"server", "date", "x-request-id", "signature", "signature-input"}
+_RESPONSE_DROP_RAW = frozenset(name.encode("ascii") for name in _RESPONSE_DROP)
 # Answers that declare at most this many bytes are relayed in one message, not streamed.
 RELAY_WHOLE_BYTES = 64 * 1024
 LOCATION_FIELDS = ("location", "content-location")
+_URL_FIELDS = frozenset({b"location", b"content-location", b"link"})
 REDIRECTS = frozenset({301, 302, 303, 307, 308})
 
 
@@ -117,8 +120,8 @@ class PublicLocations:
         public = self.public_path(service, path)
         if public is None:
             return None
-        fragment = f"#{target.fragment}" if target.fragment else ""
-        return public + (f"?{query}" if query else "") + fragment
+        _, hashed, fragment = value.partition("#")  # as sent (httpx's is decoded)
+        return public + (f"?{query}" if query else "") + (f"#{fragment}" if hashed else "")
 
 
 class StreamingDigest:
@@ -277,9 +280,7 @@ async def _relay(
     if length is not None and length > route.max_response_bytes:
         log.warning("passthrough_response_too_large", service=service, declared=length)
         raise DownstreamError(service, f"The {service} service answered more than allowed.")
-    headers = {k: v for k, v in upstream.headers.items() if k.lower() not in _RESPONSE_DROP}
-    if locations is not None:
-        _map_locations(service, upstream, headers, locations)
+    headers = relayed_headers(service, upstream, locations)
     if length is not None and length <= RELAY_WHOLE_BYTES:
         body = await _read_whole(service, upstream)
         return Response(body, status_code=upstream.status_code, headers=headers)
@@ -291,33 +292,90 @@ async def _relay(
     )
 
 
-def _map_locations(
-    service: str, upstream: httpx.Response, headers: dict[str, str], locations: PublicLocations
-) -> None:
-    """Map the location fields in ``headers`` (lower-case names) for the caller, or drop them."""
-    for name in LOCATION_FIELDS:
-        value = headers.get(name)
-        if value is None:
+def relayed_headers(
+    service: str, upstream: httpx.Response, locations: PublicLocations | None
+) -> Headers:
+    """The service's answer fields as the caller gets them.
+
+    Every copy of a field stays a copy (two ``Set-Cookie`` are two, never joined with
+    a comma as ``httpx.Headers.items()`` joins them); hop-by-hop fields, those the
+    answer's own ``Connection`` names, and the gateway's own are dropped; location and
+    ``Link`` URLs of the service's own are mapped back or dropped (``PublicLocations``).
+    """
+    raw = upstream.headers.raw
+    nominated = {
+        token.strip().lower()
+        for name, value in raw
+        if name.lower() == b"connection"
+        for token in value.split(b",")
+    }
+    kept: list[tuple[bytes, bytes]] = []
+    for name, value in raw:
+        lower = name.lower()
+        if lower in _RESPONSE_DROP_RAW or lower in nominated:
             continue
-        relayed = locations.relayed(service, value, upstream.request.url)
-        if relayed is not None:
-            headers[name] = relayed
-            continue
-        del headers[name]
-        status = upstream.status_code
-        # The service's own URL is internal: its path only, never its host or query.
-        log.warning(
-            "passthrough_location_unserved",
-            service=service,
-            status=status,
-            field=name,
-            path=_url_path(value),
-        )
-        if name == "location" and status in REDIRECTS:
-            raise DownstreamError(
-                service,
-                f"The {service} service redirected to a location the gateway does not serve.",
+        if locations is not None and lower in _URL_FIELDS:
+            mapped = _mapped(service, upstream, lower.decode(), value.decode("latin-1"), locations)
+            if mapped is None:
+                continue
+            value = mapped
+        kept.append((lower, value))
+    return Headers(raw=kept)
+
+
+def _mapped(
+    service: str, upstream: httpx.Response, name: str, value: str, locations: PublicLocations
+) -> bytes | None:
+    """A URL-carrying field for the caller; ``None`` drops it (a redirect to it: 502)."""
+    url = upstream.request.url
+    if name == "link":
+        links = parse_link_field(value)
+        if links is None:
+            log.warning("passthrough_link_unparsed", service=service)
+            return None
+        kept = [(locations.relayed(service, uri, url), params) for uri, params in links]
+        if any(uri is None for uri, _ in kept):
+            log.warning("passthrough_location_unserved", service=service, field=name)
+        relayed = ", ".join(f"<{uri}>{params}" for uri, params in kept if uri is not None)
+    else:
+        relayed = locations.relayed(service, value, url) or ""
+        if not relayed:
+            status = upstream.status_code
+            # The service's own URL is internal: its path only, never its host or query.
+            log.warning(
+                "passthrough_location_unserved",
+                service=service,
+                status=status,
+                field=name,
+                path=_url_path(value),
             )
+            if name == "location" and status in REDIRECTS:
+                raise DownstreamError(
+                    service,
+                    f"The {service} service redirected to a location the gateway does not serve.",
+                )
+    try:
+        return relayed.encode("latin-1") if relayed else None
+    except UnicodeEncodeError:
+        return None
+
+
+# RFC 8288 link-value: "<" URI-Reference ">" *( OWS ";" OWS link-param ), in a list.
+_TCHARS = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"  # an RFC 9110 token
+_LINK_PARAM = rf'[ \t]*;[ \t]*{_TCHARS}(?:[ \t]*=[ \t]*(?:{_TCHARS}|"(?:[^"\\]|\\.)*"))?'
+_LINK_VALUE = re.compile(rf"[ \t,]*<([^<>]*)>((?:{_LINK_PARAM})*)[ \t]*(?:,|$)")
+
+
+def parse_link_field(value: str) -> list[tuple[str, str]] | None:
+    """A ``Link`` field's (URI, parameters text) pairs, or ``None`` if it does not parse."""
+    links, pos, end = [], 0, len(value.rstrip(" \t,"))
+    while pos < end:
+        match = _LINK_VALUE.match(value, pos)
+        if match is None:
+            return None
+        links.append((match.group(1), match.group(2)))
+        pos = match.end()
+    return links
 
 
 def _url_path(value: str) -> str:

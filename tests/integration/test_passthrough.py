@@ -362,7 +362,14 @@ def redirecting_service() -> FastAPI:
     async def doc(request: Request) -> Response:
         to = request.query_params["to"].replace("{self}", str(request.base_url).rstrip("/"))
         status = int(request.query_params.get("status", "302"))
-        return Response(b"", status, headers={"location": to, "content-location": to})
+        response = Response(b"", status, headers={"location": to, "content-location": to})
+        own = str(request.base_url).rstrip("/")
+        response.raw_headers += [
+            (b"set-cookie", b"a=1; Expires=Wed, 21 Oct 2026 07:28:00 GMT; Path=/"),
+            (b"set-cookie", b"b=2"),
+            (b"link", f'<{own}/engagements/acme-2026/docs/D-9>; rel="next"'.encode()),
+        ]
+        return response
 
     return app
 
@@ -397,6 +404,12 @@ def test_a_services_location_is_mapped_to_the_gateway_or_dropped(
     assert response.headers.get("location") == location
     assert response.headers.get("content-location") == location
     assert f":{service.port}" not in str(response.headers)
+    # Every copy relayed as a copy, Link mapped like Location.
+    assert response.headers.get_list("set-cookie") == [
+        "a=1; Expires=Wed, 21 Oct 2026 07:28:00 GMT; Path=/",
+        "b=2",
+    ]
+    assert response.headers["link"] == '</v1/engagements/acme-2026/docs/D-9>; rel="next"'
 
 
 def test_a_redirect_to_an_unserved_url_of_the_service_is_502(

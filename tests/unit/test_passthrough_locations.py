@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from app.core.config import PassthroughRoute, ServiceSettings
-from app.workflows.passthrough import PublicLocations
+from app.workflows.passthrough import PublicLocations, parse_link_field, relayed_headers
 
 REPORTS = PassthroughRoute(
     path="/v1/engagements/{engagement_id}/reports/{report_id}/content",
@@ -121,3 +121,76 @@ def test_any_field_value_is_mapped_dropped_or_relayed_never_an_error(value: str)
     assert relayed is None or isinstance(relayed, str)
     if relayed is not None and relayed != value:
         assert relayed.startswith("/v1/engagements/")  # mapped: only ever a gateway path
+
+
+def _answer(*fields: tuple[str, str], status: int = 200) -> httpx.Response:
+    request = httpx.Request("GET", UPSTREAM)
+    return httpx.Response(status, headers=list(fields), request=request)
+
+
+def test_every_copy_of_a_field_is_relayed_as_a_copy() -> None:
+    """httpx's ``items()`` joins copies with a comma: two cookies would become one."""
+    cookies = ("a=1; Expires=Wed, 21 Oct 2026 07:28:00 GMT; Path=/", "b=2")
+    answer = _answer(("Set-Cookie", cookies[0]), ("Set-Cookie", cookies[1]))
+    relayed = relayed_headers("reports", answer, LOCATIONS)
+    assert relayed.getlist("set-cookie") == list(cookies)
+
+
+def test_hop_by_hop_nominated_and_gateway_fields_are_dropped() -> None:
+    answer = _answer(
+        ("Connection", "close, X-Internal-Route"),
+        ("X-Internal-Route", "db-7"),
+        ("Keep-Alive", "timeout=5"),
+        ("Server", "svc/1.2"),
+        ("X-Request-ID", "theirs"),
+        ("ETag", '"r1"'),
+    )
+    assert list(relayed_headers("reports", answer, LOCATIONS).items()) == [("etag", '"r1"')]
+
+
+def test_link_urls_of_the_service_are_mapped_others_kept_unserved_dropped() -> None:
+    own = "http://reports.internal:8080/api/engagements/acme/reports"
+    link = (
+        f'<{own}/R-2/content>; rel="next"; title="a, b", '
+        "<https://cdn.example/logo.png>; rel=icon, "
+        "</api/admin>; rel=admin"
+    )
+    relayed = relayed_headers("reports", _answer(("Link", link)), LOCATIONS)
+    assert relayed["link"] == (
+        '</v1/engagements/acme/reports/R-2/content>; rel="next"; title="a, b", '
+        "<https://cdn.example/logo.png>; rel=icon"
+    )
+    only_unserved = _answer(("Link", "</api/admin>; rel=admin"))
+    assert "link" not in relayed_headers("reports", only_unserved, LOCATIONS)
+    unparsed = _answer(("Link", "not a link"))
+    assert "link" not in relayed_headers("reports", unparsed, LOCATIONS)
+
+
+@pytest.mark.parametrize(
+    ("value", "links"),
+    [
+        ("<a>", [("a", "")]),
+        ('<a>; rel="x, y"; b=c , <b>;rel=next', [("a", '; rel="x, y"; b=c'), ("b", ";rel=next")]),
+        (", <a>,, <b> ,", [("a", ""), ("b", "")]),  # empty list elements (RFC 9110 #rule)
+        ("", []),
+        ("<a", None),
+        ("<a>; rel", [("a", "; rel")]),
+        ("<a>; =x", None),
+        ('<a>; rel="unterminated', None),
+        ("a", None),
+    ],
+)
+def test_link_fields_parse_as_rfc_8288_lists(
+    value: str, links: list[tuple[str, str]] | None
+) -> None:
+    assert parse_link_field(value) == links
+
+
+@given(st.one_of(st.text(max_size=80), URLISH, st.text(alphabet='<>;=", \ta', max_size=80)))
+def test_any_link_field_parses_or_is_refused_never_an_error(value: str) -> None:
+    links = parse_link_field(value)
+    if links is not None:
+        assert all("<" not in uri and ">" not in uri for uri, _ in links)
+    answer = _answer(("Link", value)) if value.isascii() and "\n" not in value else None
+    if answer is not None:
+        relayed_headers("reports", answer, LOCATIONS)  # never raises
