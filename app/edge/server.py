@@ -40,7 +40,7 @@ middleware and a proxy in front, is recorded in ``app/api/docs/operations.md``
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, cast
 
 import orjson
@@ -109,13 +109,20 @@ class CoalescingTransport:
     Everything else is the wrapped transport's.
     """
 
-    __slots__ = ("_loop", "_pending", "_size", "_transport")
+    __slots__ = ("_loop", "_on_backlog", "_pending", "_size", "_transport")
 
-    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self,
+        transport: asyncio.Transport,
+        loop: asyncio.AbstractEventLoop,
+        on_backlog: Callable[[], None] | None = None,
+    ) -> None:
         self._transport = transport
         self._loop = loop
         self._pending: list[bytes] = []
         self._size = 0
+        # Called when a close leaves bytes unsent: the close then waits for the client.
+        self._on_backlog = on_backlog
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         if not data:
@@ -143,6 +150,8 @@ class CoalescingTransport:
     def close(self) -> None:
         self.flush()
         self._transport.close()
+        if self._on_backlog is not None and self._transport.get_write_buffer_size():
+            self._on_backlog()
 
     def write_eof(self) -> None:
         self.flush()
@@ -179,11 +188,15 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         self._head_bytes = False
         self._rest_timer: asyncio.TimerHandle | None = None
         self._send_timer: asyncio.TimerHandle | None = None
+        self._drain_timer: asyncio.TimerHandle | None = None
+        self._lost = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         # Flow control keeps the real transport (its buffer, its pause/resume).
-        self.transport = cast(asyncio.Transport, CoalescingTransport(transport, self.loop))
+        self.transport = cast(
+            asyncio.Transport, CoalescingTransport(transport, self.loop, self._closed_with_backlog)
+        )
         self._arm()
 
     def on_message_begin(self) -> None:
@@ -225,9 +238,10 @@ class GatewayHttpProtocol(HttpToolsProtocol):
             self._rest_timer = self.loop.call_later(self.body_timeout, self._rest_timed_out)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._lost = True
         self._disarm()
         self._cancel_rest_timer()
-        self._cancel_send_timer()
+        self._cancel_send_timers()
         super().connection_lost(exc)
 
     def pause_writing(self) -> None:
@@ -237,7 +251,9 @@ class GatewayHttpProtocol(HttpToolsProtocol):
             self._send_timer = self.loop.call_later(self.send_timeout, self._send_timed_out)
 
     def resume_writing(self) -> None:
-        self._cancel_send_timer()
+        if self._send_timer is not None:  # the drain timer of a closing connection stays
+            self._send_timer.cancel()
+            self._send_timer = None
         super().resume_writing()
 
     def send_400_response(self, msg: str) -> None:
@@ -263,17 +279,25 @@ class GatewayHttpProtocol(HttpToolsProtocol):
             self._rest_timer.cancel()
             self._rest_timer = None
 
-    def _cancel_send_timer(self) -> None:
-        if self._send_timer is not None:
-            self._send_timer.cancel()
-            self._send_timer = None
+    def _cancel_send_timers(self) -> None:
+        for timer in (self._send_timer, self._drain_timer):
+            if timer is not None:
+                timer.cancel()
+        self._send_timer = self._drain_timer = None
+
+    def _closed_with_backlog(self) -> None:
+        # uvloop's close waits, without a limit, for the buffer to drain: the client gets
+        # send_timeout for all of it (not reset by a partial drain, as the send timer is).
+        if self._drain_timer is None and not self._lost:
+            self._drain_timer = self.loop.call_later(self.send_timeout, self._send_timed_out)
 
     def _send_timed_out(self) -> None:
-        self._send_timer = None
-        if self.transport.is_closing():
+        self._cancel_send_timers()
+        if self._lost:
             return
         log.info("send_timeout", client=self.client[0] if self.client else None)
-        # abort, not close: close would wait for the very buffer the client is not reading.
+        # abort, not close: close would wait for the very buffer the client is not reading
+        # (and a connection already closing is just such a wait).
         self.transport.abort()
 
     def _rest_timed_out(self) -> None:

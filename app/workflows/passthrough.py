@@ -13,12 +13,12 @@ gateway is willing to hold in memory per request (see
 ``app/api/docs/resilience.md``). The gateway's own outbound signature covers the
 same ``Content-Digest``, so a service that verifies it gets a second check.
 
-A ``Location``, ``Content-Location`` or ``Link`` URL on the service's own origin would
+A ``Location``, ``Content-Location`` or ``Link`` URL on the service's own host would
 send the caller to an address behind the gateway (unreachable, or reachable
 without its checks). It is mapped back to the gateway path of the pass-through
 route that serves it (``PublicLocations``, nginx's ``proxy_redirect default``
 generalised to every route of the service); one no route serves is dropped, and
-a redirect to it is a 502. Another origin is the service's deliberate choice (a
+a redirect to it is a 502. Another host is the service's deliberate choice (a
 pre-signed object-store URL) and is relayed as sent.
 """
 
@@ -62,16 +62,30 @@ _URL_FIELDS = frozenset({b"location", b"content-location", b"link"})
 REDIRECTS = frozenset({301, 302, 303, 307, 308})
 
 
-def _template_pattern(template: str) -> str:
-    """A path template as an expression: each placeholder one raw (encoded) segment."""
+# A Location path longer than this is not matched against the routes (dropped).
+MAX_MAPPED_PATH = 8192
+
+
+def _template_pattern(template: str) -> str | None:
+    """A path template as an expression, each placeholder one whole raw segment.
+
+    ``None`` when a segment mixes a placeholder with text (``{name}.{ext}``) or holds
+    braces that are not a plain placeholder (``{rest:path}``): such a route is not
+    mapped back. Whole segments between literal slashes match in linear time; mixed
+    ones would backtrack polynomially on a long hostile path.
+    """
     pattern, seen = [], set()
-    for index, part in enumerate(PATH_PLACEHOLDER.split(template)):  # literal, name, ...
-        if index % 2 == 0:
-            pattern.append(re.escape(part))
-        else:  # a placeholder used twice must match the same value twice
-            pattern.append(f"(?P={part})" if part in seen else f"(?P<{part}>[^/?#]+)")
-            seen.add(part)
-    return "".join(pattern)
+    for segment in template.split("/"):
+        whole = PATH_PLACEHOLDER.fullmatch(segment)
+        if whole is not None:  # a placeholder used twice must match the same value twice
+            name = whole.group(1)
+            pattern.append(f"(?P={name})" if name in seen else f"(?P<{name}>[^/?#]+)")
+            seen.add(name)
+        elif "{" in segment or "}" in segment:
+            return None
+        else:
+            pattern.append(re.escape(segment))
+    return "/".join(pattern)
 
 
 class PublicLocations:
@@ -79,7 +93,10 @@ class PublicLocations:
 
     A route maps back only when its upstream path carries every placeholder of its
     public path (``/reports/{report_id}`` from ``/v1/engagements/{engagement_id}/...``
-    cannot: the engagement is not in the service's URL). Routes are tried in order.
+    cannot: the engagement is not in the service's URL), each as a whole segment, and
+    both paths hold plain placeholders only. Routes are tried in order. "The
+    service's own" is its host, whatever the scheme or port: a service behind the
+    gateway's ``Forwarded: proto=https`` may well answer with ``https://`` URLs.
     """
 
     def __init__(
@@ -87,17 +104,23 @@ class PublicLocations:
     ) -> None:
         self._routes: dict[str, list[tuple[re.Pattern[str], str]]] = {}
         for route in routes:
-            if not set(PATH_PLACEHOLDER.findall(route.path)) <= set(
-                PATH_PLACEHOLDER.findall(route.upstream_path)
+            names = set(PATH_PLACEHOLDER.findall(route.path))
+            upstream = _template_pattern(route.upstream_path)
+            if (
+                upstream is None
+                or "{" in PATH_PLACEHOLDER.sub("", route.path)
+                or not names <= set(PATH_PLACEHOLDER.findall(route.upstream_path))
             ):
                 continue
             service = services.get(route.service)
             base = httpx.URL(str(service.url)).path.rstrip("/") if service else ""
-            pattern = re.compile(re.escape(base) + _template_pattern(route.upstream_path))
+            pattern = re.compile(re.escape(base) + upstream)
             self._routes.setdefault(route.service, []).append((pattern, route.path))
 
     def public_path(self, service: str, path: str) -> str | None:
         """The gateway path serving the service's raw ``path``, or ``None``."""
+        if len(path) > MAX_MAPPED_PATH:
+            return None
         for pattern, public in self._routes.get(service, ()):
             match = pattern.fullmatch(path)
             if match is not None:
@@ -105,18 +128,17 @@ class PublicLocations:
         return None
 
     def relayed(self, service: str, value: str, upstream: httpx.URL) -> str | None:
-        """A location field as the caller sees it; ``None``: the service's own, unserved."""
+        """A location field as the caller sees it; ``None``: the service's own, unserved,
+        or not a URL httpx can read (an invalid IDNA host, say)."""
         try:
             target = upstream.join(value.strip())
-        except httpx.InvalidURL:
+            own = target.host == upstream.host  # httpx lower-cases and IDNA-encodes
+            raw_path = target.raw_path
+        except (httpx.InvalidURL, ValueError):  # IDNAError is a ValueError
             return None
-        if (target.scheme, target.host, target.port) != (
-            upstream.scheme,
-            upstream.host,
-            upstream.port,
-        ):
-            return value  # another origin: the service sends the caller there on purpose
-        path, _, query = target.raw_path.decode("latin-1").partition("?")
+        if not own:
+            return value  # another host: the service sends the caller there on purpose
+        path, _, query = raw_path.decode("latin-1").partition("?")
         public = self.public_path(service, path)
         if public is None:
             return None
@@ -315,7 +337,7 @@ def relayed_headers(
         if lower in _RESPONSE_DROP_RAW or lower in nominated:
             continue
         if locations is not None and lower in _URL_FIELDS:
-            mapped = _mapped(service, upstream, lower.decode(), value.decode("latin-1"), locations)
+            mapped = _mapped(service, upstream, lower.decode(), value, locations)
             if mapped is None:
                 continue
             value = mapped
@@ -324,16 +346,28 @@ def relayed_headers(
 
 
 def _mapped(
-    service: str, upstream: httpx.Response, name: str, value: str, locations: PublicLocations
+    service: str, upstream: httpx.Response, name: str, raw: bytes, locations: PublicLocations
 ) -> bytes | None:
-    """A URL-carrying field for the caller; ``None`` drops it (a redirect to it: 502)."""
+    """A URL-carrying field for the caller; ``None`` drops it (a redirect to it: 502).
+
+    Read as UTF-8 when it is (httpx then %-encodes those characters once), else as
+    Latin-1; a field relayed unchanged keeps its own bytes.
+    """
+    try:
+        value, encoding = raw.decode("utf-8"), "utf-8"
+    except UnicodeDecodeError:
+        value, encoding = raw.decode("latin-1"), "latin-1"
     url = upstream.request.url
     if name == "link":
         links = parse_link_field(value)
         if links is None:
             log.warning("passthrough_link_unparsed", service=service)
             return None
-        kept = [(locations.relayed(service, uri, url), params) for uri, params in links]
+        # A link with an anchor names another context URL; not mapped: dropped.
+        kept = [
+            (None if _ANCHOR.search(params) else locations.relayed(service, uri, url), params)
+            for uri, params in links
+        ]
         if any(uri is None for uri, _ in kept):
             log.warning("passthrough_location_unserved", service=service, field=name)
         relayed = ", ".join(f"<{uri}>{params}" for uri, params in kept if uri is not None)
@@ -354,8 +388,10 @@ def _mapped(
                     service,
                     f"The {service} service redirected to a location the gateway does not serve.",
                 )
+    if relayed == value:
+        return raw
     try:
-        return relayed.encode("latin-1") if relayed else None
+        return relayed.encode(encoding) if relayed else None
     except UnicodeEncodeError:
         return None
 
@@ -364,6 +400,7 @@ def _mapped(
 _TCHARS = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"  # an RFC 9110 token
 _LINK_PARAM = rf'[ \t]*;[ \t]*{_TCHARS}(?:[ \t]*=[ \t]*(?:{_TCHARS}|"(?:[^"\\]|\\.)*"))?'
 _LINK_VALUE = re.compile(rf"[ \t,]*<([^<>]*)>((?:{_LINK_PARAM})*)[ \t]*(?:,|$)")
+_ANCHOR = re.compile(r";[ \t]*anchor[ \t]*=", re.IGNORECASE)
 
 
 def parse_link_field(value: str) -> list[tuple[str, str]] | None:
@@ -382,7 +419,7 @@ def _url_path(value: str) -> str:
     """The path of a URL reference, without its query or fragment (they may hold tokens)."""
     try:
         return httpx.URL(value).path
-    except httpx.InvalidURL:
+    except (httpx.InvalidURL, ValueError):
         return ""
 
 

@@ -354,11 +354,11 @@ def reports_gateway(
     )
 
 
-def content_reader(gateway: GatewayProcess, size: int) -> socket.socket:
+def content_reader(gateway: GatewayProcess, size: int, *extra: str) -> socket.socket:
     """A connection with a small receive buffer that has asked for ``size`` bytes of report."""
     url = f"{gateway.url}{CONTENT}?size={size}"
     request = next(signer("carol").auth_flow(httpx.Request("GET", url)))
-    head = [f"GET {CONTENT}?size={size} HTTP/1.1"]
+    head = [f"GET {CONTENT}?size={size} HTTP/1.1", *extra]
     head += [f"{k}: {v}" for k, v in request.headers.items()]
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect
@@ -368,15 +368,20 @@ def content_reader(gateway: GatewayProcess, size: int) -> socket.socket:
     return sock
 
 
+@pytest.mark.parametrize("extra", [(), ("connection: close",)], ids=["kept-alive", "closing"])
 def test_a_client_that_stops_reading_is_dropped_and_the_service_connection_freed(
-    serve: Callable[..., GatewayProcess], live_server: Callable[[FastAPI], LiveServer]
+    serve: Callable[..., GatewayProcess],
+    live_server: Callable[[FastAPI], LiveServer],
+    extra: tuple[str, ...],
 ) -> None:
     """A pass-through stream of 16 MiB to a client that reads nothing: with the reports
     service's pool at one connection, the next request is served only if the stuck
-    stream let its connection go."""
+    stream let its connection go; with or without ``Connection: close``. (A close that
+    leaves bytes unsent is covered in tests/unit/test_coalescing_transport.py: when it
+    happens depends on the kernel's buffers.)"""
     gateway = reports_gateway(serve, live_server)
     size = 16 * 1024 * 1024
-    with content_reader(gateway, size) as sock:
+    with content_reader(gateway, size, *extra) as sock:
         assert sock.recv(1024).startswith(b"HTTP/1.1 200 ")
         # The one service connection is the stuck stream's until the gateway drops it.
         served: list[httpx.Response] = []

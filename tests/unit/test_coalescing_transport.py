@@ -121,3 +121,68 @@ async def test_past_the_limit_a_tick_writes_at_once() -> None:
 async def test_anything_else_is_the_wrapped_transports() -> None:
     transport, _ = _wrap()
     assert transport.get_extra_info("peername") == ("127.0.0.1", 1)
+
+
+class Backlogged(Recorder):
+    """A transport whose buffer still holds bytes the client has not read."""
+
+    def get_write_buffer_size(self) -> int:
+        return 0 if self.closing and self.calls[-1][0] == "abort" else 4096
+
+
+def _protocol(send_timeout: float) -> tuple[Any, Backlogged]:
+    from uvicorn.config import Config
+    from uvicorn.server import ServerState
+
+    from app.edge.server import GatewayHttpProtocol
+
+    config = Config(app=lambda scope, receive, send: None)
+    config.load()
+    protocol = GatewayHttpProtocol(
+        config=config, server_state=ServerState(), app_state={}, send_timeout=send_timeout
+    )
+    inner = Backlogged()
+    protocol.connection_made(inner)  # type: ignore[arg-type]
+    return protocol, inner
+
+
+@pytest.mark.anyio
+async def test_a_close_that_leaves_bytes_unsent_is_aborted_after_the_send_timeout() -> None:
+    """uvloop's close waits for the client to read them, without a limit."""
+    protocol, inner = _protocol(send_timeout=0.05)
+    protocol.transport.close()
+    protocol.resume_writing()  # a partial drain does not restart the clock
+    await asyncio.sleep(0.2)
+    assert ("abort", None) in inner.calls
+    protocol.connection_lost(None)
+
+
+@pytest.mark.anyio
+async def test_a_full_buffer_on_a_closing_connection_is_still_aborted() -> None:
+    protocol, inner = _protocol(send_timeout=0.05)
+    protocol.pause_writing()
+    inner.closing = True  # closing, waiting for the drain
+    await asyncio.sleep(0.2)
+    assert ("abort", None) in inner.calls
+    protocol.connection_lost(None)
+
+
+@pytest.mark.anyio
+async def test_no_abort_once_the_connection_is_gone() -> None:
+    protocol, inner = _protocol(send_timeout=0.05)
+    protocol.pause_writing()
+    protocol.transport.close()
+    protocol.connection_lost(None)
+    await asyncio.sleep(0.2)
+    assert ("abort", None) not in inner.calls
+
+
+@pytest.mark.anyio
+async def test_a_client_that_drains_in_time_is_never_aborted() -> None:
+    protocol, inner = _protocol(send_timeout=0.1)
+    protocol.pause_writing()
+    await asyncio.sleep(0.02)
+    protocol.resume_writing()
+    await asyncio.sleep(0.2)
+    assert ("abort", None) not in inner.calls
+    protocol.connection_lost(None)

@@ -79,10 +79,18 @@ def test_the_services_url_of_a_route_maps_back_to_the_routes_path(
             "https://objects.example/bucket/R-1?X-Sig=abc",
             "https://objects.example/bucket/R-1?X-Sig=abc",
         ),
+        # The service's host is its own whatever the scheme or port (Forwarded: proto).
         (
             "http://reports.internal:9090/api/engagements/a/reports/b/content",
-            "http://reports.internal:9090/api/engagements/a/reports/b/content",
+            "/v1/engagements/a/reports/b/content",
         ),
+        (
+            "https://reports.internal/api/engagements/a/reports/b/content",
+            "/v1/engagements/a/reports/b/content",
+        ),
+        ("https://xn--0x/x", None),  # not a host httpx can read: dropped, not a 500
+        ("http://xn--a/", None),
+        ("https:////.[]/", None),
         # The service's own origin, but no route serves it: dropped.
         ("/api/admin/users", None),
         ("/engagements/acme/reports/R-2/content", None),  # outside the service's base path
@@ -194,3 +202,44 @@ def test_any_link_field_parses_or_is_refused_never_an_error(value: str) -> None:
     answer = _answer(("Link", value)) if value.isascii() and "\n" not in value else None
     if answer is not None:
         relayed_headers("reports", answer, LOCATIONS)  # never raises
+
+
+def test_a_utf8_location_is_percent_encoded_once() -> None:
+    value = "/api/engagements/a/reports/caf\u00e9/content?q=\u00e9".encode()
+    relayed = relayed_headers("reports", _answer((b"location", value)), LOCATIONS)  # type: ignore[arg-type]
+    assert relayed["location"] == "/v1/engagements/a/reports/caf%C3%A9/content?q=%C3%A9"
+
+
+def test_a_field_relayed_unchanged_keeps_its_own_bytes() -> None:
+    value = "https://cdn.example/caf\u00e9".encode()
+    relayed = relayed_headers("reports", _answer((b"location", value)), LOCATIONS)  # type: ignore[arg-type]
+    assert relayed.raw == [(b"location", value)]
+
+
+def test_routes_that_cannot_be_mapped_back_in_linear_time_are_not_mapped() -> None:
+    """A segment mixing placeholders and text would backtrack polynomially."""
+    routes = [
+        PassthroughRoute(
+            path="/v1/engagements/{engagement_id}/files/{name}/{ext}",
+            service="findings",
+            upstream_path="/files/{engagement_id}/{name}.{ext}",
+        ),
+        PassthroughRoute(
+            path="/v1/engagements/{engagement_id}/raw/{Rest}",  # not a plain placeholder
+            service="findings",
+            upstream_path="/raw/{engagement_id}",
+        ),
+    ]
+    locations = PublicLocations(routes, SERVICES)
+    upstream = httpx.URL("http://findings.internal/files/e/a.b")
+    hostile = "/files/e/" + "a." * 20_000
+    assert locations.relayed("findings", hostile, upstream) is None
+    assert locations.relayed("findings", "/files/e/a.b", upstream) is None
+    assert locations.relayed("findings", "/raw/e", upstream) is None
+
+
+def test_a_link_with_an_anchor_is_dropped() -> None:
+    own = "http://reports.internal:8080/api/engagements/a/reports/b/content"
+    link = f'<{own}>; rel=next; anchor="#x", <{own}>; rel=self'
+    relayed = relayed_headers("reports", _answer(("Link", link)), LOCATIONS)
+    assert relayed["link"] == "</v1/engagements/a/reports/b/content>; rel=self"
