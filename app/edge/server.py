@@ -169,8 +169,8 @@ class CoalescingTransport:
 
 
 class GatewayHttpProtocol(HttpToolsProtocol):
-    """``HttpToolsProtocol``: header and unread-body timeouts, problem+json 400 and 503,
-    joined writes."""
+    """``HttpToolsProtocol``: header, unread-body and send timeouts, problem+json 400 and
+    503, joined writes."""
 
     def __init__(
         self,
