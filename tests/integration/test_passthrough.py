@@ -19,6 +19,7 @@ from app.main import create_app
 from app.stubs.data import report_chunks
 from tests.conftest import LiveServer, make_settings, signer
 from tests.integration.orchestration_stack import OrchestrationStack, StackBuilder
+from tests.integration.raw_http import request_head
 from tests.integration.test_gateway_e2e import assert_problem
 
 pytestmark = pytest.mark.integration
@@ -144,9 +145,9 @@ def test_a_streamed_body_that_stalls_is_cut_with_408(
     whole = b"".join(payload(MIB))
     url = stack.url + EVIDENCE
     fields = {**signed_headers(url, whole), "content-length": str(len(whole))}
-    head = f"POST {EVIDENCE} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in fields.items())
+    head = request_head(httpx.Request("POST", url, headers=fields))
     with socket.create_connection(("127.0.0.1", stack.gateway.port), timeout=30) as sock:
-        sock.sendall(head.encode() + b"\r\n" + whole[: 4 * CHUNK])
+        sock.sendall(head + whole[: 4 * CHUNK])
         answer = b""
         while chunk := sock.recv(65536):  # to the close
             answer += chunk

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import socket
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from fastapi import FastAPI
 from app.stubs.server import create_stub_app
 from tests.conftest import LiveServer, signer
 from tests.integration.ops.test_serve_process import GatewayProcess
+from tests.integration.raw_http import read_answer, request_head
 
 pytestmark = pytest.mark.integration
 
@@ -35,39 +35,12 @@ def gateway(
     process.close()
 
 
-def _read_answer(sock: socket.socket, buffer: bytearray) -> tuple[bytes, bytes]:
-    """One whole answer (head, body by Content-Length) from ``buffer`` and the socket."""
-    deadline = time.monotonic() + 10
-    while b"\r\n\r\n" not in buffer:
-        assert time.monotonic() < deadline, "no complete head"
-        buffer += sock.recv(65536)
-    head, _, rest = bytes(buffer).partition(b"\r\n\r\n")
-    length = next(
-        int(line.split(b":", 1)[1])
-        for line in head.split(b"\r\n")
-        if line.lower().startswith(b"content-length:")
-    )
-    buffer[:] = rest
-    while len(buffer) < length:
-        assert time.monotonic() < deadline, "no complete body"
-        buffer += sock.recv(65536)
-    body = bytes(buffer[:length])
-    del buffer[:length]
-    return head, body
-
-
-def _raw(request: httpx.Request) -> bytes:
-    lines = [f"{request.method} {request.url.raw_path.decode()} HTTP/1.1"]
-    lines += [f"{name}: {value}" for name, value in request.headers.items()]
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-
-
 def test_pipelined_requests_get_whole_answers_in_order(gateway: GatewayProcess) -> None:
     ask = b"GET /healthz HTTP/1.1\r\nHost: gateway\r\nX-Request-ID: req-%d-abcdef\r\n\r\n"
     with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as sock:
         sock.sendall(b"".join(ask % n for n in range(5)))
         buffer = bytearray()
-        answers = [_read_answer(sock, buffer) for _ in range(5)]
+        answers = [read_answer(sock, buffer) for _ in range(5)]
     for n, (head, body) in enumerate(answers):
         assert head.startswith(b"HTTP/1.1 200 ")
         assert f"x-request-id: req-{n}-abcdef".encode() in head
@@ -88,12 +61,12 @@ def test_a_signed_upload_gets_100_continue_before_it_sends_its_body(
     signed = next(signer("alice").auth_flow(request))
     signed.headers["expect"] = "100-continue"
     with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as sock:
-        sock.sendall(_raw(signed))
+        sock.sendall(request_head(signed))
         interim = sock.recv(65536)  # the gateway verified the head and now wants the body
         assert interim.startswith(b"HTTP/1.1 100 Continue\r\n\r\n")
         sock.sendall(body)
         buffer = bytearray(interim.removeprefix(b"HTTP/1.1 100 Continue\r\n\r\n"))
-        head, answer = _read_answer(sock, buffer)
+        head, answer = read_answer(sock, buffer)
     assert head.startswith(b"HTTP/1.1 201 "), head
     assert b'"created_by":"alice"' in answer.replace(b" ", b"")
 

@@ -16,8 +16,10 @@ from fastapi import FastAPI
 
 from app.stubs.server import create_stub_app
 from tests.conftest import LiveServer, signer
+from tests.integration import raw_http
 from tests.integration.ops.conftest import FINDINGS, wait_until
 from tests.integration.ops.test_serve_process import GatewayProcess
+from tests.integration.raw_http import as_response, request_head
 from tests.integration.test_gateway_e2e import assert_problem
 
 pytestmark = pytest.mark.integration
@@ -177,29 +179,13 @@ def post_head(port: int, body: bytes, signed: bool = True, length: int | None = 
     )
     if signed:
         request = next(signer("alice").auth_flow(request))
-    fields = {k.lower(): v for k, v in request.headers.items()}
-    fields["content-length"] = str(len(body) if length is None else length)
-    lines = [f"POST {FINDINGS} HTTP/1.1", *(f"{k}: {v}" for k, v in fields.items())]
-    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+    request.headers["content-length"] = str(len(body) if length is None else length)
+    return request_head(request)
 
 
 def read_answer(sock: socket.socket) -> httpx.Response:
     """One whole answer (it carries a Content-Length) read off a raw connection."""
-    sock.settimeout(BOUND)
-    raw = b""
-    while b"\r\n\r\n" not in raw:
-        chunk = sock.recv(65536)
-        assert chunk, f"closed before an answer: {raw!r}"
-        raw += chunk
-    head, _, body = raw.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    headers = [(name, value) for name, _, value in (line.partition(": ") for line in lines[1:])]
-    length = int(dict((k.lower(), v) for k, v in headers)["content-length"])
-    while len(body) < length:
-        chunk = sock.recv(65536)
-        assert chunk, "closed inside the answer"
-        body += chunk
-    return httpx.Response(int(lines[0].split()[1]), headers=headers, content=body)
+    return as_response(*raw_http.read_answer(sock, bytearray(), BOUND))
 
 
 def closed_within(sock: socket.socket, seconds: float, drip: bytes = b"") -> bool:
@@ -358,13 +344,13 @@ def content_reader(gateway: GatewayProcess, size: int, *extra: str) -> socket.so
     """A connection with a small receive buffer that has asked for ``size`` bytes of report."""
     url = f"{gateway.url}{CONTENT}?size={size}"
     request = next(signer("carol").auth_flow(httpx.Request("GET", url)))
-    head = [f"GET {CONTENT}?size={size} HTTP/1.1", *extra]
-    head += [f"{k}: {v}" for k, v in request.headers.items()]
+    for name, _, value in (field.partition(": ") for field in extra):
+        request.headers[name] = value
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect
     sock.settimeout(BOUND)
     sock.connect(("127.0.0.1", gateway.port))
-    sock.sendall(("\r\n".join(head) + "\r\n\r\n").encode())
+    sock.sendall(request_head(request))
     return sock
 
 

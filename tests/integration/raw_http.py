@@ -1,0 +1,49 @@
+"""HTTP/1.1 on a raw socket, for tests that must send or read what a client library would not
+(pipelined requests, half a body, a stall, an answer left unread)."""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import httpx
+
+
+def request_head(request: httpx.Request) -> bytes:
+    """The request line and header fields of ``request`` as sent on the wire (no body)."""
+    lines = [f"{request.method} {request.url.raw_path.decode()} HTTP/1.1"]
+    lines += [f"{name}: {value}" for name, value in request.headers.items()]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+def read_answer(sock: socket.socket, buffer: bytearray, seconds: float = 10) -> tuple[bytes, bytes]:
+    """One whole answer (head, body by Content-Length) from ``buffer`` and the socket;
+    what follows it stays in ``buffer`` (a pipelined next answer)."""
+    deadline = time.monotonic() + seconds
+    while b"\r\n\r\n" not in buffer:
+        assert time.monotonic() < deadline, "no complete head"
+        chunk = sock.recv(65536)
+        assert chunk, f"closed before a whole head: {bytes(buffer)!r}"
+        buffer += chunk
+    head, _, rest = bytes(buffer).partition(b"\r\n\r\n")
+    length = next(
+        int(line.split(b":", 1)[1])
+        for line in head.split(b"\r\n")
+        if line.lower().startswith(b"content-length:")
+    )
+    buffer[:] = rest
+    while len(buffer) < length:
+        assert time.monotonic() < deadline, "no complete body"
+        chunk = sock.recv(65536)
+        assert chunk, "closed inside the body"
+        buffer += chunk
+    body = bytes(buffer[:length])
+    del buffer[:length]
+    return head, body
+
+
+def as_response(head: bytes, body: bytes) -> httpx.Response:
+    """An answer read by ``read_answer`` as an ``httpx.Response`` (for the usual asserts)."""
+    lines = head.decode("latin-1").split("\r\n")
+    headers = [(name, value) for name, _, value in (line.partition(": ") for line in lines[1:])]
+    return httpx.Response(int(lines[0].split()[1]), headers=headers, content=body)
