@@ -53,11 +53,12 @@ from app.downstream.propagation import forwardable_headers, forwarded_header
 
 log = structlog.get_logger("gateway.passthrough")
 decision_log = structlog.get_logger("gateway.decision")
-_RESPONSE_DROP = HOP_BY_HOP | {"server", "date", "x-request-id", "signature", "signature-input"}
-_RESPONSE_DROP_RAW = frozenset(name.encode("ascii") for name in _RESPONSE_DROP)
+_RESPONSE_DROP = frozenset(
+    name.encode("ascii")
+    for name in HOP_BY_HOP | {"server", "date", "x-request-id", "signature", "signature-input"}
+)
 # Answers that declare at most this many bytes are relayed in one message, not streamed.
 RELAY_WHOLE_BYTES = 64 * 1024
-LOCATION_FIELDS = ("location", "content-location")
 _URL_FIELDS = frozenset({b"location", b"content-location", b"link"})
 REDIRECTS = frozenset({301, 302, 303, 307, 308})
 
@@ -256,7 +257,7 @@ async def forward(
     route: PassthroughRoute,
     request: Request,
     digest_field: str | None,
-    locations: PublicLocations | None = None,
+    locations: PublicLocations,
 ) -> Response:
     """Send the request upstream, streaming its body; stream the answer back."""
     declared = request.headers.get("content-length")
@@ -289,7 +290,7 @@ async def _relay(
     service: str,
     route: PassthroughRoute,
     upstream: httpx.Response,
-    locations: PublicLocations | None = None,
+    locations: PublicLocations,
 ) -> Response:
     """The answer: whole when it declares at most ``RELAY_WHOLE_BYTES``, else streamed.
 
@@ -314,9 +315,7 @@ async def _relay(
     )
 
 
-def relayed_headers(
-    service: str, upstream: httpx.Response, locations: PublicLocations | None
-) -> Headers:
+def relayed_headers(service: str, upstream: httpx.Response, locations: PublicLocations) -> Headers:
     """The service's answer fields as the caller gets them.
 
     Every copy of a field stays a copy (two ``Set-Cookie`` are two, never joined with
@@ -334,9 +333,9 @@ def relayed_headers(
     kept: list[tuple[bytes, bytes]] = []
     for name, value in raw:
         lower = name.lower()
-        if lower in _RESPONSE_DROP_RAW or lower in nominated:
+        if lower in _RESPONSE_DROP or lower in nominated:
             continue
-        if locations is not None and lower in _URL_FIELDS:
+        if lower in _URL_FIELDS:
             mapped = _mapped(service, upstream, lower.decode(), value, locations)
             if mapped is None:
                 continue
