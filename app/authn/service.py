@@ -1,4 +1,4 @@
-"""The authn stage's one entry point: verify the signature, then claim its nonce.
+"""The authn stage's one entry point: verify the signature, then claim its nonce(s).
 
 ``AuthnService.authenticate`` returns the caller's ``Identity`` or raises
 ``AuthenticationFailed`` (401, reason logged) or ``NonceStoreUnavailable``
@@ -91,10 +91,20 @@ class AuthnService:
             raise AuthenticationFailed(Reason.COMPONENT_MISSING.value)
         if read_body is not None:
             self.verifier.verify_digest(message, await read_body())
-        ttl = verified.replay_ttl(moment, self.verifier.max_skew)
+        skew = self.verifier.max_skew
+        ttl = verified.replay_ttl(moment, skew)
         claim = await self.nonces.claim(verified.key_id, verified.nonce, verified.created, ttl)
         if claim is not Claim.CLAIMED:
             raise AuthenticationFailed(CLAIM_REASONS[claim].value)
+        for other in verified.others:
+            # The request's other signatures are used up with it: replayed with one of
+            # them (reordered, alone, or once a new key makes it verify) it is refused.
+            # One already used means this request is itself a replay or a splice. One
+            # before the fence could never be accepted: nothing to remember.
+            ttl = other.replay_ttl(moment, skew)
+            claim = await self.nonces.claim(other.key_id, other.nonce, other.created, ttl)
+            if claim is Claim.REPLAYED:
+                raise AuthenticationFailed(Reason.REPLAYED.value)
         return verified.identity
 
     async def readiness(self) -> list[tuple[str, bool, str]]:

@@ -8,19 +8,30 @@ coverage, key, MAC, body digest, identity. The replay check (a nonce claim) is
 the caller's next step, after the MAC verified: see ``app.authn.service``.
 
 Several signatures in one request: if ``label`` is configured only that label
-is considered; otherwise labels are tried in Signature-Input order and the
-first that satisfies the whole profile wins. If none does, the reason is the
-first tried label's failure. At most ``MAX_SIGNATURES`` labels are accepted.
+is considered (the others are not even checked for shape: another hop's
+signature is not the gateway's business); otherwise labels are tried in
+Signature-Input order and the first that satisfies the whole profile wins. If
+none does, the reason is the first tried label's failure. At most
+``MAX_SIGNATURES`` labels are accepted. The winner's ``others`` are the
+(key id, nonce) of every other considered signature: the caller claims them too,
+so a captured request cannot be replayed with one of its other signatures
+(reordered, or alone), whether that one verifies today or only after a key
+rotation.
+
+Time: ``created`` is whole seconds, so it is compared with the gateway's clock
+in whole seconds: accepted while ``floor(now) - skew <= created <= floor(now) +
+skew`` (as far behind as ahead).
 """
 
 from __future__ import annotations
 
 import base64
 import hmac
+import math
 import re
 import time
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from enum import StrEnum
 
@@ -71,9 +82,41 @@ class SignatureInput:
     serialized: str | None = field(default=None, compare=False)
 
 
+def replay_ttl(created: int, expires: int | None, now: float, max_skew: int) -> int:
+    """Seconds from ``now`` until a signature is no longer accepted: how long to keep its nonce.
+
+    Accepted while ``floor(now) <= created + max_skew`` (so until ``created + max_skew
+    + 1``) and ``now < expires``; at ``now`` + the answer it is refused (a property
+    test holds it). At least 1 (a store needs a positive TTL).
+    """
+    accepted_until = created + max_skew + 1
+    if expires is not None:
+        accepted_until = min(accepted_until, expires)
+    return max(1, math.ceil(accepted_until - now))
+
+
+@dataclass(frozen=True, slots=True)
+class OtherNonce:
+    """Another signature's (key id, nonce) in a request whose winner verified."""
+
+    key_id: str
+    nonce: str
+    created: int
+    expires: int | None
+
+    def replay_ttl(self, now: float, max_skew: int) -> int:
+        """As long as that signature could be accepted, at most the window's width.
+
+        Its ``created`` is not checked against the window (it did not have to
+        verify), so a far-future one is remembered for ``2 * max_skew + 1`` s, not
+        for as long as it claims.
+        """
+        return min(replay_ttl(self.created, self.expires, now, max_skew), 2 * max_skew + 1)
+
+
 @dataclass(frozen=True, slots=True)
 class VerifiedSignature:
-    """A signature that satisfied the profile; its nonce is not yet claimed."""
+    """A signature that satisfied the profile; its nonce (and ``others``) not yet claimed."""
 
     identity: Identity
     label: str
@@ -81,13 +124,35 @@ class VerifiedSignature:
     nonce: str
     created: int
     expires: int | None
+    # The other considered signatures of the request, to be claimed with this one.
+    others: tuple[OtherNonce, ...] = ()
 
     def replay_ttl(self, now: float, max_skew: int) -> int:
         """Seconds this signature stays acceptable: how long its nonce must be remembered."""
-        accepted_until = self.created + max_skew
-        if self.expires is not None:
-            accepted_until = min(accepted_until, self.expires)
-        return max(1, int(accepted_until - now) + 1)
+        return replay_ttl(self.created, self.expires, now, max_skew)
+
+
+def other_nonces(
+    candidates: Sequence[SignatureInput], winner: VerifiedSignature
+) -> tuple[OtherNonce, ...]:
+    """Each other candidate's distinct (key id, nonce), when it has both (and ``created``).
+
+    A candidate without them could never be accepted, so there is nothing to claim.
+    Parameters were type-checked by the parser (``_valid_param``).
+    """
+    seen = {(winner.key_id, winner.nonce)}
+    found: list[OtherNonce] = []
+    for candidate in candidates:
+        params = candidate.params
+        key_id, nonce, created = params.get("keyid"), params.get("nonce"), params.get("created")
+        if not (isinstance(key_id, str) and isinstance(nonce, str) and type(created) is int):
+            continue
+        if (key_id, nonce) in seen:
+            continue
+        seen.add((key_id, nonce))
+        expires = params.get("expires")
+        found.append(OtherNonce(key_id, nonce, created, expires if type(expires) is int else None))
+    return tuple(found)
 
 
 def _fail(reason: Reason) -> AuthenticationFailed:
@@ -158,12 +223,19 @@ _STRING_ITEM = re.compile(r'"([^"]*)"', re.ASCII)
 _PARAM_ITEM = re.compile(rf';({_SF_KEY})=(?:(-?[0-9]{{1,15}})|"([^"]*)")', re.ASCII)
 
 
-def _parse_canonical(signature_input: str, signature: str) -> list[SignatureInput] | None:
-    """The one signature of the common canonical shape, or ``None`` for the full parser."""
+def _parse_canonical(
+    signature_input: str, signature: str, label: str | None = None
+) -> list[SignatureInput] | None:
+    """The one signature of the common canonical shape, or ``None`` for the full parser.
+
+    ``label``: only a signature of that label is wanted (``[]`` if this one is another's).
+    """
     shape = _CANONICAL_INPUT.fullmatch(signature_input)
     value = _CANONICAL_SIGNATURE.fullmatch(signature)
     if shape is None or value is None or shape.group(1) != value.group(1):
         return None
+    if label is not None and shape.group(1) != label:
+        return []
     # Items, not text split at spaces: a String may hold spaces itself ("a b").
     inner: list[tuple[str, dict[str, str]]] = [
         (name, {}) for name in _STRING_ITEM.findall(shape.group(2))
@@ -180,27 +252,42 @@ def _parse_canonical(signature_input: str, signature: str) -> list[SignatureInpu
     return [SignatureInput(shape.group(1), _components(inner), _params(raw), mac, serialized)]
 
 
-def parse_signature_headers(signature_input: str, signature: str) -> list[SignatureInput]:
-    """Every labelled signature in the two fields, in Signature-Input order."""
-    canonical = _parse_canonical(signature_input, signature)
-    return canonical if canonical is not None else parse_with_http_sf(signature_input, signature)
+def parse_signature_headers(
+    signature_input: str, signature: str, label: str | None = None
+) -> list[SignatureInput]:
+    """Every labelled signature in the two fields, in Signature-Input order.
+
+    ``label``: only that label's signature, the others' members not checked at all
+    (both fields must still be Dictionaries of at most ``MAX_SIGNATURES`` members).
+    """
+    canonical = _parse_canonical(signature_input, signature, label)
+    if canonical is not None:
+        return canonical
+    return parse_with_http_sf(signature_input, signature, label)
 
 
-def parse_with_http_sf(signature_input: str, signature: str) -> list[SignatureInput]:
-    """``parse_signature_headers`` through the full RFC 8941 parser (any shape)."""
+def parse_with_http_sf(
+    signature_input: str, signature: str, label: str | None = None
+) -> list[SignatureInput]:
+    """``parse_signature_headers`` through the full RFC 8941 parser (any shape).
+
+    ``SIGNATURE_MISSING`` when no member (of ``label``, when given) is there.
+    """
     inputs = _parse_dictionary(signature_input)
     signatures = _parse_dictionary(signature)
     if len(inputs) > MAX_SIGNATURES:
         raise _fail(Reason.SIGNATURE_MALFORMED)
     parsed = []
-    for label, member in inputs.items():
-        if not isinstance(member, tuple) or label not in signatures:
+    for name, member in inputs.items():
+        if label is not None and name != label:
+            continue
+        if not isinstance(member, tuple) or name not in signatures:
             raise _fail(Reason.SIGNATURE_MALFORMED)
-        sig_member = signatures[label]
+        sig_member = signatures[name]
         sig_value = sig_member[0] if isinstance(sig_member, tuple) else None
         if not isinstance(sig_value, bytes):
             raise _fail(Reason.SIGNATURE_MALFORMED)
-        parsed.append(SignatureInput(label, _components(member[0]), _params(member[1]), sig_value))
+        parsed.append(SignatureInput(name, _components(member[0]), _params(member[1]), sig_value))
     if not parsed:
         raise _fail(Reason.SIGNATURE_MISSING)
     return parsed
@@ -243,11 +330,15 @@ class SignatureVerifier:
         failure: AuthenticationFailed | None = None
         for candidate in candidates:
             try:
-                return self._verify_one(
+                verified = self._verify_one(
                     message, body, candidate, moment, keyring, defer_digest, require
                 )
             except AuthenticationFailed as exc:
                 failure = failure or exc
+                continue
+            if len(candidates) > 1:
+                verified = replace(verified, others=other_nonces(candidates, verified))
+            return verified
         assert failure is not None  # candidates is never empty
         raise failure
 
@@ -256,11 +347,9 @@ class SignatureVerifier:
         sig_value = message.header("signature")
         if sig_input_value is None or sig_value is None:
             raise _fail(Reason.SIGNATURE_MISSING)
-        candidates = parse_signature_headers(sig_input_value, sig_value)
-        if self.label is not None:
-            candidates = [c for c in candidates if c.label == self.label]
-            if not candidates:
-                raise _fail(Reason.SIGNATURE_MISSING)
+        candidates = parse_signature_headers(sig_input_value, sig_value, self.label)
+        if not candidates:  # the configured label is not there
+            raise _fail(Reason.SIGNATURE_MISSING)
         return candidates
 
     def _verify_one(
@@ -302,9 +391,10 @@ class SignatureVerifier:
         if params.get("alg", ALGORITHM) != ALGORITHM:
             raise _fail(Reason.ALGORITHM_UNSUPPORTED)
         created = int(params["created"])
-        if created > now + self.max_skew:
+        second = math.floor(now)  # created is whole seconds: as far behind as ahead
+        if created > second + self.max_skew:
             raise _fail(Reason.FUTURE)
-        if created < now - self.max_skew:
+        if created < second - self.max_skew:
             raise _fail(Reason.STALE)
         expires = params.get("expires")
         if expires is not None and int(expires) <= now:

@@ -143,3 +143,82 @@ def test_inbound_only_headers_are_stripped_for_forwarding() -> None:
         "signature",
         "signature-input",
     } <= INBOUND_ONLY_HEADERS
+
+
+def _joined(*signed: tuple[str, Message]) -> Message:
+    """One request carrying each (label, message)'s signature under that label, in order."""
+    inputs, sigs = [], []
+    for label, message in signed:
+        inputs.append((message.header("signature-input") or "").replace("sig1=", f"{label}=", 1))
+        sigs.append((message.header("signature") or "").replace("sig1=", f"{label}=", 1))
+    first = signed[0][1]
+    return replace(first, headers={**first.headers, "signature-input": inputs, "signature": sigs})
+
+
+OTHER_SECRET = b"other-unit-test-secret-0123456789abcdef"
+
+
+def _two_keys(store: MemoryNonceStore, *, second_known: bool = True) -> AuthnService:
+    keys = [SigningKey("k1", SECRET)]
+    if second_known:
+        keys.append(SigningKey("k2", OTHER_SECRET))
+    verifier = SignatureVerifier(KeyRing(keys), 300)
+    return AuthnService(verifier, store, KeyReloader(SigningSettings(), verifier))
+
+
+def _with_key(nonce: str, key_id: str, secret: bytes) -> Message:
+    bare = _message("unused")
+    bare = replace(bare, headers={"x-auth-subject": ["alice"]})
+    added = sign_headers(bare, b"", key_id=key_id, secret=secret, created=NOW, nonce=nonce)
+    return replace(bare, headers={**bare.headers, **{k: [v] for k, v in added.items()}})
+
+
+def _ok(service: AuthnService, message: Message) -> str:
+    return asyncio.run(service.authenticate(message, b"", NOW)).subject
+
+
+def test_a_request_with_two_signatures_cannot_be_replayed_with_either() -> None:
+    """Reordered, or with one signature left out: each is a replay of the first request."""
+    old, new = _with_key("a", "k1", SECRET), _with_key("b", "k2", OTHER_SECRET)
+    service = _two_keys(_store())
+    assert _ok(service, _joined(("sig1", old), ("sig2", new))) == "alice"
+    assert _reason(service, _joined(("sig2", new), ("sig1", old))) == "replayed"
+    assert _reason(service, _joined(("sig2", new))) == "replayed"
+    assert _reason(service, _joined(("sig1", old))) == "replayed"
+
+
+def test_a_signature_by_a_key_added_later_is_used_up_too() -> None:
+    """Signed with a key the gateway does not know yet: after the rotation it would verify."""
+    store = _store()
+    old, new = _with_key("a", "k1", SECRET), _with_key("b", "k2", OTHER_SECRET)
+    assert _ok(_two_keys(store, second_known=False), _joined(("sig1", old), ("sig2", new)))
+    assert _reason(_two_keys(store), _joined(("sig2", new))) == "replayed"
+
+
+def test_a_spliced_used_signature_refuses_the_request() -> None:
+    """A fresh signature beside one already used: the request is refused as a replay."""
+    service = _two_keys(_store())
+    assert _ok(service, _with_key("b", "k2", OTHER_SECRET)) == "alice"
+    fresh_beside_used = _joined(
+        ("sig1", _with_key("c", "k1", SECRET)), ("sig2", _with_key("b", "k2", OTHER_SECRET))
+    )
+    assert _reason(service, fresh_beside_used) == "replayed"
+
+
+def test_two_signatures_sharing_key_and_nonce_are_claimed_once() -> None:
+    """Two labels with the same (key id, nonce) are one claim, not a replay of themselves."""
+    service = _two_keys(_store())
+    same = _with_key("a", "k1", SECRET)
+    assert _ok(service, _joined(("sig1", same), ("sig2", same))) == "alice"
+    assert _reason(service, _joined(("sig1", same), ("sig2", same))) == "replayed"
+
+
+def test_a_failing_request_claims_nothing() -> None:
+    """No signature verified: no nonce of it is remembered (forged requests fill nothing)."""
+    store = _store()
+    service = _two_keys(store)
+    forged = _joined(
+        ("sig1", _with_key("a", "k1", b"w" * 40)), ("sig2", _with_key("b", "k2", b"v" * 40))
+    )
+    assert _reason(service, forged) == "signature_invalid"
+    assert len(store) == 0

@@ -7,6 +7,8 @@ from dataclasses import replace
 from datetime import UTC, datetime
 
 import pytest
+from hypothesis import assume, given
+from hypothesis import strategies as st
 
 from app.authn.base import (
     Message,
@@ -140,6 +142,16 @@ def test_well_formed_input_without_required_params_is_param_missing() -> None:
     assert _reason(replace(message, headers=headers)) == "param_missing"
 
 
+def test_the_window_is_as_wide_behind_as_ahead_at_any_fraction_of_a_second() -> None:
+    """``created`` is whole seconds: compared with the clock's whole second, both ways."""
+    message = _signed(_request())  # created = NOW
+    for fraction in (0.0, 0.05, 0.5, 0.95):
+        assert _verifier().verify(message, b"", now=NOW + 300 + fraction).subject == "alice"
+        assert _verifier().verify(message, b"", now=NOW - 300 + fraction).subject == "alice"
+        assert _reason(message, now=NOW + 301 + fraction) == "stale"
+        assert _reason(message, now=NOW - 301 + fraction) == "future"
+
+
 def test_stale_and_future() -> None:
     message = _signed(_request())
     assert _reason(message, now=NOW + 301) == "stale"
@@ -218,6 +230,39 @@ def test_configured_label_is_the_only_one_considered() -> None:
     assert absent.value.reason == "signature_missing"
 
 
+def test_configured_label_ignores_the_shape_of_other_labels() -> None:
+    """Another hop's signature, however it is shaped, is not the gateway's business."""
+    good = _signed(_request())
+    value, sig = good.header("signature-input") or "", good.header("signature") or ""
+    foreign = [
+        ('other=("@method");created=1', None),  # no Signature member at all
+        ("junk=1", "junk=1"),  # not an Inner List, not a Byte Sequence
+        ('other=("@METHOD");created="x"', "other=:AAAA:"),  # upper case, string created
+    ]
+    for extra_input, extra_sig in foreign:
+        inputs = f"{value}, {extra_input}"
+        sigs = sig if extra_sig is None else f"{sig}, {extra_sig}"
+        message = _with_headers(good, **{"signature-input": [inputs], "signature": [sigs]})
+        assert _verifier_with_label("sig1").verify(message, b"", NOW).subject == "alice"
+        assert _reason(message) == "signature_malformed"  # no label: every member counts
+
+
+def test_configured_label_in_signature_input_only_is_malformed() -> None:
+    good = _signed(_request())
+    bare = _with_headers(good, **{"signature": ["other=:AAAA:"]})
+    with pytest.raises(AuthenticationFailed) as caught:
+        _verifier_with_label("sig1").verify(bare, b"", NOW)
+    assert caught.value.reason == "signature_malformed"
+
+
+def test_the_winner_carries_every_other_signature_nonce_once() -> None:
+    verified = _verifier_with_label(None).verify_signature(_two_signatures(SECRET), b"", NOW)
+    assert (verified.label, verified.nonce) == ("sig1", "n1")
+    assert [(o.key_id, o.nonce, o.created) for o in verified.others] == [("k1", "n2", NOW)]
+    single = _verifier().verify_signature(_signed(_request()), b"", NOW)
+    assert single.others == ()
+
+
 def test_too_many_signatures_are_malformed() -> None:
     message = _signed(_request())
     inputs = ", ".join(f'l{i}=("@method");created={NOW};keyid="k1";nonce="n"' for i in range(9))
@@ -284,7 +329,7 @@ def test_two_keys_active_during_rotation() -> None:
     ("created_offset", "expires_offset", "now_offset", "ttl"),
     [
         (0, None, 0, 301),  # acceptable until created + skew
-        (0, 10, 0, 11),  # expires sooner than the skew window
+        (0, 10, 0, 10),  # expires sooner than the skew window: refused from expires on
         (200, None, 0, 501),  # created in the (tolerated) future: remembered longer
         (0, None, 299, 2),
     ],
@@ -296,6 +341,34 @@ def test_replay_ttl_covers_the_whole_acceptance_window(
     message = _signed(_request(), expires=expires, created=NOW + created_offset)
     verified = _verifier().verify_signature(message, b"", now=NOW + now_offset)
     assert verified.replay_ttl(NOW + now_offset, 300) == ttl
+
+
+@given(
+    created=st.integers(0, 2**34),
+    skew=st.integers(1, 3600),
+    offset=st.floats(-4000, 4000, allow_nan=False),
+    lifetime=st.none() | st.integers(-10, 8000),
+)
+def test_replay_ttl_ends_exactly_where_acceptance_ends(
+    created: int, skew: int, offset: float, lifetime: int | None
+) -> None:
+    """Over the whole range (a clock near 0 included): a signature accepted at ``now`` is
+    still accepted at ``now + ttl - 1`` and refused at ``now + ttl``; never over 2 windows."""
+    now = created + offset
+    expires = None if lifetime is None else created + lifetime
+    assume(now >= 0 and (expires is None or expires >= 0))
+    verifier = SignatureVerifier(KeyRing([SigningKey("k1", SECRET)]), max_skew_seconds=skew)
+    message = _signed(_request(), created=created, expires=expires)
+    try:
+        verified = verifier.verify_signature(message, b"", now=now)
+    except AuthenticationFailed:
+        return
+    ttl = verified.replay_ttl(now, skew)
+    assert 1 <= ttl <= 2 * skew + 1
+    assert verifier.verify(message, b"", now=now + (ttl - 1)).subject == "alice"
+    with pytest.raises(AuthenticationFailed) as caught:
+        verifier.verify(message, b"", now=now + ttl)
+    assert caught.value.reason in ("stale", "expired")
 
 
 def test_multiple_subject_lines_are_malformed_identity() -> None:

@@ -8,6 +8,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.conftest import signer
 from tests.integration.ops.conftest import FINDINGS, GatewayFactory, wait_until
 from tests.redis_server import RedisServer
 
@@ -129,3 +130,51 @@ def test_readiness_reports_redis(
     assert {c["name"]: c["ok"] for c in response.json()["checks"]}["redis"] is False
     redis_server.start()
     wait_until(lambda: httpx.get(url + "/readyz").status_code == 200)
+
+
+def _signed_twice(url: str) -> list[tuple[str, str]]:
+    """One GET carrying two valid signatures (sig1, sig2: two nonces), as in a key rotation."""
+    one, two = (next(signer("alice").auth_flow(httpx.Request("GET", url))) for _ in range(2))
+    fields = [(k, v) for k, v in one.headers.items() if k not in ("signature", "signature-input")]
+    renamed = {
+        k: two.headers[k].replace("sig1=", "sig2=", 1) for k in ("signature", "signature-input")
+    }
+    both = {k: f"{one.headers[k]}, {renamed[k]}" for k in ("signature-input", "signature")}
+    return [*fields, *both.items()]
+
+
+def _only(fields: list[tuple[str, str]], label: str) -> list[tuple[str, str]]:
+    """The request with one of its signatures left out (``label``'s kept)."""
+    kept = []
+    for name, value in fields:
+        if name in ("signature", "signature-input"):
+            value = next(m for m in value.split(", ") if m.startswith(f"{label}="))
+        kept.append((name, value))
+    return kept
+
+
+def _reordered(fields: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    return [
+        (n, ", ".join(reversed(v.split(", "))) if n in ("signature", "signature-input") else v)
+        for n, v in fields
+    ]
+
+
+def test_no_signature_of_an_accepted_request_can_be_replayed_on_either_gateway(
+    gateway_factory: GatewayFactory, redis_server: RedisServer
+) -> None:
+    """Each signature's nonce is used up with the request: sent alone, or reordered, to
+    the same or the other gateway, it is a replay (a real finding: sig2 alone passed)."""
+    one, two = _pair(gateway_factory, redis_server.url)
+    fields = _signed_twice(one + FINDINGS)
+    with httpx.Client(timeout=10) as client:
+        assert client.get(one + FINDINGS, headers=fields).status_code == 200
+        for url, variant in [
+            (two + FINDINGS, _only(fields, "sig2")),
+            (one + FINDINGS, _only(fields, "sig2")),
+            (one + FINDINGS, _reordered(fields)),
+            (two + FINDINGS, _only(fields, "sig1")),
+        ]:
+            refused = client.get(url, headers=variant)
+            assert refused.status_code == 401, variant
+            assert refused.json()["type"] == "urn:authz-gateway:problem:unauthenticated"
