@@ -54,8 +54,8 @@ def load_source(settings: PolicySettings) -> PolicySource:
             raise ConfigError(f"policy.dir: {path} is not a readable file")
     try:
         source = read_policy(*files)
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"policy: cannot read {settings.dir}: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"policy: cannot read {settings.dir}: {exc.strerror}") from None
     if source.errors:
         shown = "; ".join(str(issue) for issue in source.errors[:5])
         raise ConfigError(f"policy: cannot load {settings.dir}: {shown}")

@@ -75,6 +75,10 @@ class ShadowPolicy:
             self.last_error = exc.detail
             log.warning("policy_shadow_rejected", error=exc.detail)
             return
+        except Exception as exc:  # never a crash of the watcher that called us
+            self.last_error = f"cannot read the candidate: {type(exc).__name__}"
+            log.exception("policy_shadow_rejected", error=self.last_error)
+            return
         try:
             report = run_suites(engine, load_suites(self.settings.dir))
             self.tests_run, self.tests_failed = len(report.results), len(report.failures)

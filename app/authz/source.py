@@ -103,17 +103,72 @@ def policy_revision(*files: Path) -> str:
     return revision_of({path.name: path.read_bytes() for path in files})
 
 
+# Characters no policy or suite file may hold, comments included: each can make what a
+# reviewer sees differ from what is read. A vertical tab, form feed, U+0085 or U+2028
+# shows as a line break in a terminal or an editor (and Python's ``splitlines`` breaks
+# there) while Casbin's reader splits at "\n" only; a lone carriage return hides what
+# precedes it on a terminal; bidirectional overrides and isolates reorder what is
+# displayed ("Trojan Source", CVE-2021-42574); zero-width characters and a byte-order
+# mark are invisible. Tabs and a "\r" ending a line (CRLF files) are fine.
+HIDING = re.compile(
+    "[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff]"
+)
+
+
+def text_lines(data: bytes, name: str) -> tuple[list[str], list[Issue]]:
+    """A file's lines as editors, ``git diff``, ``wc -l`` and Casbin count them.
+
+    Split at "\n" only (a "\r" before it dropped), numbered from 1. Bytes that are
+    not UTF-8, and any ``HIDING`` character, are errors with their ``file:line``
+    (and no lines are returned: nothing of such a file is used).
+    """
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        message = (
+            f"byte 0x{data[exc.start]:02X} at column {column} is not UTF-8: save the file as UTF-8"
+        )
+        return [], [Issue("error", f"{name}:{line}", "encoding", message)]
+    lines = [line.removesuffix("\r") for line in text.split("\n")]
+    if lines[-1] == "":
+        lines.pop()  # the newline ending the last line
+    if HIDING.search(text.replace("\r\n", "\n")) is None:
+        return lines, []
+    issues = []
+    for number, shown in enumerate(lines, start=1):
+        found = HIDING.search(shown)
+        if found is not None:
+            issues.append(_hidden(name, number, found.group(), found.start() + 1))
+    return [], issues
+
+
+def _hidden(name: str, number: int, char: str, column: int) -> Issue:
+    if char == "\ufeff" and number == 1 and column == 1:
+        message = "the file starts with a byte-order mark (U+FEFF): save it as UTF-8 without BOM"
+    else:
+        message = (
+            f"character U+{ord(char):04X} at column {column} is not allowed: it can hide or "
+            "reorder text for a reader (Casbin reads lines split at newlines only)"
+        )
+    return Issue("error", f"{name}:{number}", "hidden_character", message)
+
+
 def read_policy(model_path: Path, policy_path: Path) -> PolicySource:
     """Parse both files; unreadable files raise ``OSError``, bad lines become errors.
 
     Each file is read once, so the revision hashes exactly the bytes parsed.
     """
     model_bytes, policy_bytes = model_path.read_bytes(), policy_path.read_bytes()
-    model_text, policy_text = model_bytes.decode("utf-8"), policy_bytes.decode("utf-8")
     revision = revision_of({model_path.name: model_bytes, policy_path.name: policy_bytes})
-    errors = check_model(model_text, model_path.name)
+    model_lines, errors = text_lines(model_bytes, model_path.name)
+    if not errors:
+        errors = check_model(model_lines, model_path.name)
+    policy_lines, unreadable = text_lines(policy_bytes, policy_path.name)
+    errors += unreadable
     lines: list[PolicyLine] = []
-    for number, raw in enumerate(policy_text.splitlines(), start=1):
+    for number, raw in enumerate(policy_lines, start=1):
         location = f"{policy_path.name}:{number}"
         parsed = parse_line(raw, location)
         if isinstance(parsed, Issue):
@@ -123,11 +178,11 @@ def read_policy(model_path: Path, policy_path: Path) -> PolicySource:
     return PolicySource(model_path, policy_path, tuple(lines), tuple(errors), revision)
 
 
-def check_model(text: str, name: str) -> list[Issue]:
-    """The model must be the one the compiled decision path implements."""
+def check_model(lines: list[str], name: str) -> list[Issue]:
+    """The model (``text_lines``) must be the one the compiled decision path implements."""
     significant = tuple(
         re.sub(r"\s+", "", line)
-        for line in text.splitlines()
+        for line in lines
         if line.strip() and not line.lstrip().startswith("#")
     )
     if significant == SUPPORTED_MODEL:

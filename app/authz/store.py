@@ -124,6 +124,12 @@ def build_gated(settings: PolicySettings) -> GatedPolicy:
         files = tuple(_describe(path) for path in policy_files(settings))
     except (ConfigError, SuiteError, OSError) as exc:
         raise PolicyRejected(str(exc)) from None
+    except Exception as exc:  # a file nobody foresaw: refused, never a crash or a 500
+        log.exception("policy_read_failed")
+        raise PolicyRejected(f"policy: cannot read {settings.dir}: {type(exc).__name__}") from None
+    if not cases:
+        # The gate is the suites: with none, any edit would pass it (as `policy test` says).
+        raise PolicyRejected(f"policy: no test cases found in {settings.dir}/tests/*.yaml")
     report = run_suites(engine, cases)
     if report.failures:
         raise GateFailed(len(report.results), tuple(f.describe_failure() for f in report.failures))

@@ -29,7 +29,7 @@ from app.authz.fields import (
     FieldError,
     resolve_engagement,
 )
-from app.authz.source import Issue
+from app.authz.source import Issue, text_lines
 from app.domain.identity import GROUP_PATTERN, SUBJECT_PATTERN
 
 TESTS_DIR = "tests"
@@ -157,11 +157,23 @@ def read_suites(policy_dir: Path) -> tuple[list[PolicyCase], list[Issue]]:
     for path in suite_paths(policy_dir):
         name = f"{TESTS_DIR}/{path.name}"
         try:
-            text = path.read_text(encoding="utf-8")
+            data = path.read_bytes()
+        except OSError as exc:
+            issues.append(Issue("error", f"{name}:1", "suite", f"cannot read: {exc.strerror}"))
+            continue
+        unreadable = text_lines(data, name)[1]  # not UTF-8, or a character that hides text
+        if unreadable:
+            issues += unreadable
+            continue
+        text = data.decode("utf-8")
+        try:
             lines = _line_map(text)
             parsed.append((name, SuiteFile.model_validate(yaml.safe_load(text)), lines))
-        except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        except yaml.YAMLError as exc:
             issues.append(Issue("error", f"{name}:1", "suite", f"cannot read: {exc}"))
+        except RecursionError:
+            message = "cannot read: nested too deeply"
+            issues.append(Issue("error", f"{name}:1", "suite", message))
         except ValidationError as exc:
             issues += [_issue(name, lines, error) for error in exc.errors()]
     fixtures, fixture_issues = _fixtures(parsed)
@@ -243,6 +255,8 @@ def _line_map(text: str) -> dict[tuple[Any, ...], int]:
 def _walk(node: Any, path: tuple[Any, ...]) -> Iterator[tuple[tuple[Any, ...], Any]]:
     if isinstance(node, yaml.MappingNode):
         for key, value in node.value:
+            if not isinstance(key, yaml.ScalarNode):
+                continue  # a list or mapping as a key: loading refuses it (unhashable)
             yield (*path, key.value), key
             yield from _walk(value, (*path, key.value))
     elif isinstance(node, yaml.SequenceNode):

@@ -66,7 +66,10 @@ async def _watch(
         if settled != now:
             continue  # still changing; look again next round
         seen = settled
-        await on_change()
+        try:
+            await on_change()
+        except Exception:  # a watcher that stopped would leave later edits unseen for good
+            log.exception("policy_watch_reload_failed")
 
 
 @contextlib.asynccontextmanager

@@ -105,3 +105,57 @@ def test_reloads_under_concurrent_requests_never_fail_or_mix(
     assert len(zoe_lines) == len(results["zoe"])
     mismatched = [e for e in zoe_lines if expected.get(e["policy_revision"]) != e["decision"]]
     assert mismatched == []
+
+
+def test_edits_nobody_foresaw_are_refused_by_a_running_gateway(
+    live_server: Callable[[FastAPI], LiveServer], test_key_env: str, tmp_path: Path
+) -> None:
+    """Three defects an audit found, against a real gateway (each was a 500, a crash of
+    the watcher or a silent grant): a suite file with a list as a key, a directory
+    without suites, and a grant hidden behind a vertical tab in a comment. Each is a
+    422 ``policy_rejected`` naming the file, the last good policy stays, and the
+    file watcher still loads the next good edit."""
+    policy_dir = tmp_path / "policies"
+    shutil.copytree(POLICY_DIR, policy_dir)
+    base = (policy_dir / "policy.csv").read_text()
+    findings = live_server(create_stub_app("findings"))
+    settings = make_settings(
+        {"findings": findings.url}, policy={"dir": str(policy_dir), "watch_interval": 0.05}
+    )
+    gateway = live_server(create_app(settings))
+    odd = policy_dir / "tests" / "odd.yaml"
+    with (
+        httpx.Client(base_url=gateway.url, auth=signer("sam"), timeout=20) as admin,
+        httpx.Client(base_url=gateway.url, auth=signer("zed"), timeout=20) as zed,
+    ):
+        revision = admin.get("/admin/policy").json()["revision"]
+        for edit, named in [
+            (lambda: odd.write_text("suite: odd\n? [a, b]\n: 1\n"), "tests/odd.yaml"),
+            (lambda: shutil.move(policy_dir / "tests", tmp_path / "aside"), "no test cases"),
+            (
+                lambda: write_atomically(
+                    policy_dir / "policy.csv",
+                    base + "# g2, zed, security_admin (removed)\vg2, zed, security_admin\n",
+                ),
+                "hidden_character",
+            ),
+        ]:
+            edit()
+            answer = admin.post("/admin/policy/reload")
+            assert answer.status_code == 422, answer.text
+            assert answer.headers["content-type"] == "application/problem+json"
+            assert named in answer.json()["detail"]
+            assert zed.get("/admin/breakers").status_code == 403
+            assert admin.get("/admin/policy").json()["revision"] == revision
+            # undo, so each edit is refused on its own
+            odd.unlink(missing_ok=True)
+            if not (policy_dir / "tests").exists():
+                shutil.move(tmp_path / "aside", policy_dir / "tests")
+            write_atomically(policy_dir / "policy.csv", base)
+        # The watcher is still running: a good edit is loaded without an admin call.
+        write_atomically(policy_dir / "policy.csv", base + "g, zoe, analyst, acme-2026\n")
+        for _ in range(200):
+            if admin.get("/admin/policy").json()["revision"] != revision:
+                break
+            threading.Event().wait(0.05)
+        assert admin.get("/admin/policy").json()["revision"] != revision

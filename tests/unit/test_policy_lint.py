@@ -5,9 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from app.authz.lint import lint
-from app.authz.source import Issue, read_policy
+from app.authz.source import HIDING, Issue, read_policy, text_lines
 from tests.conftest import POLICY_DIR
 
 
@@ -133,3 +135,88 @@ def test_a_per_subject_rule_is_valid_when_a_suite_names_the_subject(tmp_path: Pa
     ]
     source = read_policy(tmp_path / "model.conf", tmp_path / "policy.csv")
     assert [i for i in lint(source, {"zoe"}) if i.severity != "note"] == []
+
+
+def _read_bytes(tmp_path: Path, data: bytes) -> list[Issue]:
+    (tmp_path / "model.conf").write_text((POLICY_DIR / "model.conf").read_text())
+    (tmp_path / "policy.csv").write_bytes(data)
+    return list(read_policy(tmp_path / "model.conf", tmp_path / "policy.csv").errors)
+
+
+@pytest.mark.parametrize(
+    "hider",
+    [
+        "\x0b",
+        "\x0c",
+        "\x1c",
+        "\x1e",
+        "\r",
+        "\x85",
+        "\u2028",
+        "\u2029",
+        "\u202e",
+        "\u2066",
+        "\u200b",
+    ],
+)
+def test_a_grant_hidden_in_a_comment_is_an_error_on_its_line(tmp_path: Path, hider: str) -> None:
+    """Found by an audit: ``splitlines`` broke a comment at a vertical tab (and U+2028, U+0085),
+    so a grant a reviewer reads as a comment was enforced. Such a character is an error now."""
+    text = f"# header\n# g, zed, security_admin, * (removed){hider}g, zed, security_admin, *\n"
+    issues = _read_bytes(tmp_path, text.encode())
+    assert [(i.location, i.code) for i in issues] == [("policy.csv:2", "hidden_character")]
+    assert f"U+{ord(hider):04X}" in issues[0].message
+
+
+def test_a_crlf_file_reads_as_its_lines(tmp_path: Path) -> None:
+    data = b"# header\r\n\r\ng, zoe, analyst, acme-2026\r\n"
+    source = read_policy(*_paths(tmp_path, data))
+    assert source.errors == ()
+    assert [(line.location, line.fields) for line in source.lines] == [
+        ("policy.csv:3", ("zoe", "analyst", "acme-2026"))
+    ]
+
+
+def _paths(tmp_path: Path, data: bytes) -> tuple[Path, Path]:
+    (tmp_path / "model.conf").write_text((POLICY_DIR / "model.conf").read_text())
+    (tmp_path / "policy.csv").write_bytes(data)
+    return tmp_path / "model.conf", tmp_path / "policy.csv"
+
+
+def test_bytes_that_are_not_utf8_are_located(tmp_path: Path) -> None:
+    issues = _read_bytes(tmp_path, b"# header\n# caf\xe9\ng, zoe, analyst, acme-2026\n")
+    assert [(i.location, i.code) for i in issues] == [("policy.csv:2", "encoding")]
+    assert "byte 0xE9 at column 6" in issues[0].message
+
+
+def test_a_byte_order_mark_says_so(tmp_path: Path) -> None:
+    issues = _read_bytes(tmp_path, "\ufeffg, zoe, analyst, acme-2026\n".encode())
+    assert [(i.location, i.code) for i in issues] == [("policy.csv:1", "hidden_character")]
+    assert "byte-order mark" in issues[0].message
+
+
+def test_tabs_and_text_beyond_ascii_in_comments_are_fine(tmp_path: Path) -> None:
+    data = "# Zoë — lead\t(2026)\ng,\tzoe, analyst, acme-2026\n".encode()
+    assert _read_bytes(tmp_path, data) == []
+
+
+@given(
+    st.lists(
+        st.text(
+            st.characters(blacklist_categories=("Cs",), blacklist_characters="\n"), max_size=12
+        ),
+        max_size=8,
+    )
+)
+def test_lines_are_split_at_newlines_only_and_numbered_as_wc_counts(lines: list[str]) -> None:
+    """Over any text: the lines are the file split at "\\n" (a "\\r" before it dropped),
+    or, when one holds a hiding character, nothing and an error on each such line."""
+    data = "".join(f"{line}\n" for line in lines).encode()
+    got, issues = text_lines(data, "f")
+    bare = [line.removesuffix("\r") for line in lines]
+    hiding = [n for n, line in enumerate(bare, start=1) if HIDING.search(line)]
+    assert len(bare) == data.count(b"\n")
+    if hiding:
+        assert (got, [i.location for i in issues]) == ([], [f"f:{n}" for n in hiding])
+    else:
+        assert (got, issues) == (bare, [])

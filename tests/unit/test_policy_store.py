@@ -188,3 +188,92 @@ def test_a_rejected_parse_records_no_cases_run(policy_dir: Path) -> None:
     append(policy_dir / "policy.csv", "p, analyst\n")
     result = asyncio.run(store.reload("test"))
     assert (result.outcome, result.tests_run, result.tests_failed) == ("rejected", 0, 0)
+
+
+@pytest.mark.parametrize(
+    ("odd", "expected"),
+    [
+        ("suite: odd\n? [a, b]\n: 1\n", "tests/odd.yaml:1"),  # a list as a mapping key
+        ("[" * 5000 + "]" * 5000 + "\n", "nested too deeply"),
+        ("suite: s # \u2028cases: []\n", "U+2028"),  # a line break only for some readers
+    ],
+    ids=["list key", "deep nesting", "hidden line break"],
+)
+def test_a_suite_file_nobody_foresaw_is_rejected_not_a_crash(
+    policy_dir: Path, odd: str, expected: str
+) -> None:
+    """Found by an audit: a list key crashed the reload (HTTP 500, the watcher stopped)."""
+    store = open_store(policy_dir)
+    good = store.current
+    (policy_dir / "tests" / "odd.yaml").write_text(odd, encoding="utf-8")
+    result = asyncio.run(store.reload("test"))
+    assert result.outcome == "rejected"
+    assert result.error is not None
+    assert expected in result.error
+    assert store.current is good
+    with pytest.raises(ConfigError, match=r"tests/odd\.yaml"):
+        open_store(policy_dir)  # and start-up says so in one line
+
+
+def test_a_directory_without_test_cases_is_rejected(policy_dir: Path) -> None:
+    """The suites are the gate: with none, any edit would pass it."""
+    store = open_store(policy_dir)
+    shutil.rmtree(policy_dir / "tests")
+    append(policy_dir / "policy.csv", "p, alice, *, /admin/*, *, allow\n")
+    result = asyncio.run(store.reload("test"))
+    assert result.outcome == "rejected"
+    assert result.error is not None
+    assert "no test cases" in result.error
+    assert not store.current.explain("alice", "*", "/admin/breakers", "GET").allowed
+    with pytest.raises(ConfigError, match="no test cases"):
+        open_store(policy_dir)
+
+
+def test_an_unforeseen_error_while_reading_is_a_rejection(
+    policy_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whatever fails while reading, the reload is refused and the last good policy kept."""
+    store = open_store(policy_dir)
+
+    def broken(directory: Path) -> None:
+        raise TypeError("unhashable type: 'list'")
+
+    monkeypatch.setattr("app.authz.store.load_suites", broken)
+    result = asyncio.run(store.reload("test"))
+    assert (result.outcome, result.error) == (
+        "rejected",
+        f"policy: cannot read {policy_dir}: TypeError",
+    )
+
+
+def test_the_watcher_outlives_a_reload_that_raised(policy_dir: Path) -> None:
+    """A failing reload is logged; the next change is still seen and loaded."""
+    store = open_store(policy_dir)
+    before = store.revision
+    real = store.reload
+    calls: list[str] = []
+
+    async def flaky(reason: str) -> Any:
+        calls.append(reason)
+        if len(calls) == 1:
+            raise RuntimeError("a listener's bug")
+        return await real(reason)
+
+    store.reload = flaky  # type: ignore[method-assign]
+
+    async def scenario() -> None:
+        async with policy_watcher(store, 0.02):
+            append(policy_dir / "policy.csv", "g, zoe, analyst, acme-2026\n")
+            for _ in range(200):
+                await asyncio.sleep(0.02)
+                if calls:
+                    break
+            append(policy_dir / "policy.csv", "g, zed, analyst, acme-2026\n")
+            for _ in range(200):
+                await asyncio.sleep(0.02)
+                if store.revision != before:
+                    break
+
+    asyncio.run(scenario())
+    assert len(calls) >= 2
+    assert store.revision != before
