@@ -104,7 +104,10 @@ def _sentinel_primary(settings: RedisSettings) -> aioredis.Redis:
         "socket_timeout": settings.socket_timeout,
         "socket_connect_timeout": settings.socket_timeout,
     }
-    sentinel_kwargs: dict[str, Any] = dict(timeouts)
+    # No retry of its own on a sentinel: Sentinel asks the next one, and the primary's
+    # client retries once. Left to redis-py's default (three retries with backoff up
+    # to 10 s), three sentinels that refuse took 24 s to answer one request.
+    sentinel_kwargs: dict[str, Any] = {**timeouts, "retry": Retry(NoBackoff(), 0)}
     if settings.sentinel_password_env is not None:
         sentinel_kwargs["password"] = os.environ.get(settings.sentinel_password_env, "")
     nodes = [_host_port(node) for node in settings.nodes]

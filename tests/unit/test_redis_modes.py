@@ -191,3 +191,35 @@ def test_a_cluster_client_race_fails_closed_not_500(error: Exception) -> None:
 
 async def _never_run() -> str:
     raise AssertionError("an operation ran without its claim")
+
+
+def test_sentinels_that_fail_are_each_asked_once_per_attempt_not_retried_with_backoff() -> None:
+    """Found by an audit: redis-py's default retries (3, backoff up to 10 s) applied to
+    the sentinel connections, so three failing sentinels held each request for ~24 s
+    before its 503. Counted, not timed: each sentinel (a real loopback server that
+    closes every connection) is asked once per attempt, and the primary's client makes
+    two attempts (one retry)."""
+
+    async def scenario() -> list[int]:
+        connections: list[int] = []
+
+        async def close_at_once(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            connections.append(writer.get_extra_info("sockname")[1])
+            writer.close()
+
+        servers = [await asyncio.start_server(close_at_once, "127.0.0.1", 0) for _ in range(3)]
+        ports = [server.sockets[0].getsockname()[1] for server in servers]
+        client = create_redis(
+            RedisSettings(mode="sentinel", nodes=tuple(f"127.0.0.1:{p}" for p in ports))
+        )
+        try:
+            with pytest.raises(aioredis.ConnectionError):
+                await client.ping()
+        finally:
+            await client.aclose()
+            for server in servers:
+                server.close()
+                await server.wait_closed()
+        return [connections.count(port) for port in ports]
+
+    assert asyncio.run(scenario()) == [2, 2, 2]
