@@ -27,6 +27,10 @@ services never raise ``HTTPException``.
     └── DownstreamError                502 bad_gateway
         ├── DownstreamTimeout          504 gateway_timeout
         └── CircuitOpen                503 circuit_open
+
+    ResponseAborted (not a GatewayError: no answer can be rendered any more) ends an
+    answer that had begun and cannot be finished; the edge logs it and the
+    connection is closed without completing the message.
 """
 
 from __future__ import annotations
@@ -197,3 +201,19 @@ class TooManyRequests(GatewayError):
     status_code = 429
     code = "rate_limited"
     title = "Too many requests"
+
+
+class ResponseAborted(Exception):
+    """An answer that had begun cannot be finished (a streamed service body broke off).
+
+    Deliberately not a ``GatewayError``: the status line is sent, so no problem can be
+    rendered; Starlette's exception middleware lets it through, and the edge logs one
+    ``response_aborted`` line (no traceback) and returns without completing the
+    answer, so the server closes the connection and the client sees a truncated
+    message, never a clean end. ``reason``: what broke, for the log.
+    """
+
+    def __init__(self, service: str, reason: str) -> None:
+        super().__init__(f"{service}: {reason}")
+        self.service = service
+        self.reason = reason

@@ -20,6 +20,7 @@ means what ``app.downstream.refusals`` says (``raise_for_client_error``).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterable, Mapping
@@ -74,6 +75,8 @@ Body = bytes | AsyncIterable[bytes] | None
 Fields = list[tuple[str, str]]
 ModelT = TypeVar("ModelT", bound=BaseModel)
 URL_CACHE_SIZE = 4096
+# Where a streamed answer carries its open breaker call until ``end_stream``.
+BREAKER_CALL = "gateway_breaker_call"
 
 
 def _timeout(settings: ServiceSettings) -> httpx.Timeout:
@@ -148,16 +151,26 @@ class DownstreamClient:
         replayable = not isinstance(body, AsyncIterable)
         enabled = may_retry(method, idempotency_key is not None, replayable)
 
-        # One breaker call per request, retries included: fail_max counts requests.
-        async with self.breaker.request() as call:
+        # One breaker call per request, retries included: fail_max counts requests. A
+        # streamed answer's call lasts until its body ends (``end_stream``): a service
+        # that sends a head and then breaks off fails its call, not succeeds it.
+        call = self.breaker.request()
 
-            async def attempt(number: int) -> httpx.Response:
-                return await self._attempt(
-                    method, path, body, params, fields, stream, number, call, buffer_declared
-                )
+        async def attempt(number: int) -> httpx.Response:
+            return await self._attempt(
+                method, path, body, params, fields, stream, number, call, buffer_declared
+            )
 
-            return await self.retry.run(attempt, enabled)
-        raise AssertionError("unreachable: the breaker re-raises every error of its block")
+        try:
+            response = await self.retry.run(attempt, enabled)
+        except BaseException as exc:
+            await call.__aexit__(type(exc), exc, exc.__traceback__)
+            raise
+        if stream and not response.is_stream_consumed:
+            response.extensions[BREAKER_CALL] = call
+        else:
+            await call.__aexit__(None, None, None)
+        return response
 
     async def _attempt(
         self,
@@ -300,6 +313,22 @@ class DownstreamClient:
 
     async def aclose(self) -> None:
         await self._transport.aclose()
+
+
+async def end_stream(response: httpx.Response, failure: DownstreamError | None = None) -> None:
+    """End the breaker call of a streamed answer (``call(stream=True)``); once, then no-op.
+
+    ``failure``: the body broke off (the service's failure, counted as one); ``None``:
+    it ended, or the caller stopped reading (neither is the service's fault).
+    """
+    call: BreakerCall | None = response.extensions.pop(BREAKER_CALL, None)
+    if call is None:
+        return
+    if failure is None:
+        await call.__aexit__(None, None, None)
+        return
+    with contextlib.suppress(DownstreamError):  # CircuitOpen: this failure opened it
+        await call.__aexit__(type(failure), failure, None)
 
 
 def _lowered(headers: Mapping[str, str] | list[tuple[str, str]] | None) -> Fields:

@@ -23,7 +23,13 @@ from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.core import logcontext
-from app.core.errors import GatewayError, InvalidPath, PayloadTooLarge, RequestTimeout
+from app.core.errors import (
+    GatewayError,
+    InvalidPath,
+    PayloadTooLarge,
+    RequestTimeout,
+    ResponseAborted,
+)
 from app.core.ids import uuid4_hex
 from app.core.problems import problem_response
 from app.core.scope import SIGNED_PATH_KEY
@@ -130,6 +136,8 @@ class EdgeMiddleware:
             log.info("client_disconnected", response_started=status["started"])
             if not status["started"]:
                 status["code"] = CLIENT_CLOSED_REQUEST
+        except ResponseAborted as exc:
+            log.warning("response_aborted", service=exc.service, reason=exc.reason)
         except Exception:
             log.exception("unhandled_error")
             if not status["started"]:

@@ -77,6 +77,11 @@ DOWNSTREAM_RETRIES = Counter(
     "Downstream attempts that were retried, by service.",
     ("service",),
 )
+DOWNSTREAM_BODY_FAILURES = Counter(
+    "gateway_downstream_body_failures",
+    "Streamed answers (pass-through) whose body broke off after the head, by service.",
+    ("service",),
+)
 DOWNSTREAM_SECONDS = Histogram(
     "gateway_downstream_call_duration_seconds",
     "Downstream attempt latency, by service and outcome (response, or the problem code).",
@@ -171,6 +176,10 @@ def count_signature_failure(reason: str) -> None:
 def observe_downstream(service: str, outcome: str, attempt: int, seconds: float = 0.0) -> None:
     key = (service, outcome, attempt)
     _count_and_time(_downstream_children, DOWNSTREAM_CALLS, DOWNSTREAM_SECONDS, key, seconds)
+
+
+def count_downstream_body_failure(service: str) -> None:
+    DOWNSTREAM_BODY_FAILURES.labels(service).inc()
 
 
 def count_retry(service: str) -> None:

@@ -28,14 +28,15 @@ import functools
 import hmac
 import re
 from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import Any
 
 import http_sf
 import httpx
 import structlog
-from starlette.background import BackgroundTask
 from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from app.authn.digest import ALGORITHMS
 from app.authn.verifier import Reason
@@ -46,10 +47,12 @@ from app.core.errors import (
     DownstreamError,
     InvalidPath,
     PayloadTooLarge,
+    ResponseAborted,
 )
 from app.core.headers import DEFAULT_FORWARDED, HOP_BY_HOP
-from app.downstream.client import DownstreamClient, raise_for_client_error
+from app.downstream.client import DownstreamClient, end_stream, raise_for_client_error
 from app.downstream.propagation import forwardable_headers, forwarded_header
+from app.ops.metrics import count_downstream_body_failure
 
 log = structlog.get_logger("gateway.passthrough")
 decision_log = structlog.get_logger("gateway.decision")
@@ -280,14 +283,15 @@ async def forward(
     )
     try:
         raise_for_client_error(client.name, upstream, passthrough=True)
-        return await _relay(client.name, route, upstream, locations)
+        return await _relay(client, route, upstream, locations)
     except BaseException:
         await upstream.aclose()
+        await end_stream(upstream)  # a 4xx or a refused answer: not the service failing
         raise
 
 
 async def _relay(
-    service: str,
+    client: DownstreamClient,
     route: PassthroughRoute,
     upstream: httpx.Response,
     locations: PublicLocations,
@@ -298,6 +302,7 @@ async def _relay(
     client's disconnect beside it); a small declared one is read and sent in one
     message, holding at most ``RELAY_WHOLE_BYTES`` per request.
     """
+    service = client.name
     declared = upstream.headers.get("content-length")
     length = int(declared) if declared is not None and declared.isdigit() else None
     if length is not None and length > route.max_response_bytes:
@@ -305,14 +310,33 @@ async def _relay(
         raise DownstreamError(service, f"The {service} service answered more than allowed.")
     headers = relayed_headers(service, upstream, locations)
     if length is not None and length <= RELAY_WHOLE_BYTES:
-        body = await _read_whole(service, upstream)
+        body = await _read_whole(client, upstream)
         return Response(body, status_code=upstream.status_code, headers=headers)
-    return StreamingResponse(
-        _limited(service, upstream, route.max_response_bytes),
+    return _RelayedStream(
+        upstream,
+        _limited(client, upstream, route.max_response_bytes),
         status_code=upstream.status_code,
         headers=headers,
-        background=BackgroundTask(upstream.aclose),
     )
+
+
+class _RelayedStream(StreamingResponse):
+    """A streamed answer that always releases its service answer when it is done.
+
+    Whether the body was sent whole, broke off, or the client left before it began
+    (Starlette then cancels the stream before the body iterator ever runs, and skips
+    a background task), the service's answer is closed and its breaker call ended.
+    """
+
+    def __init__(self, upstream: httpx.Response, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.upstream = upstream
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await _close(self.upstream)
 
 
 def relayed_headers(service: str, upstream: httpx.Response, locations: PublicLocations) -> Headers:
@@ -422,28 +446,48 @@ def _url_path(value: str) -> str:
         return ""
 
 
-async def _read_whole(service: str, upstream: httpx.Response) -> bytes:
+async def _close(upstream: httpx.Response) -> None:
+    await upstream.aclose()
+    await end_stream(upstream)
+
+
+async def _read_whole(client: DownstreamClient, upstream: httpx.Response) -> bytes:
     try:
         return await upstream.aread()
     except httpx.TransportError as exc:
-        log.warning("passthrough_aborted", service=service, reason=type(exc).__name__)
-        raise DownstreamError(service, "response body failed") from None
+        raise await _body_failed(client, upstream, exc) from None
     finally:
-        await upstream.aclose()
+        await _close(upstream)
 
 
-async def _limited(service: str, upstream: httpx.Response, limit: int) -> AsyncIterator[bytes]:
-    """The raw response body; past the limit the connection is cut (status already sent)."""
+async def _limited(
+    client: DownstreamClient, upstream: httpx.Response, limit: int
+) -> AsyncIterator[bytes]:
+    """The raw response body; past the limit, or when it breaks off, the answer (begun:
+    its status line is sent) is aborted (``ResponseAborted``), never ended cleanly."""
     sent = 0
     try:
         async for chunk in upstream.aiter_raw():
             sent += len(chunk)
             if sent > limit:
-                log.warning("passthrough_aborted", service=service, reason="response_too_large")
-                raise DownstreamError(service, "response exceeded the route's limit")
+                log.warning("passthrough_aborted", service=client.name, reason="response_too_large")
+                raise ResponseAborted(client.name, "response_too_large")
             yield chunk
     except httpx.TransportError as exc:
-        log.warning("passthrough_aborted", service=service, reason=type(exc).__name__)
-        raise DownstreamError(service, "response body failed") from None
+        await _body_failed(client, upstream, exc)
+        raise ResponseAborted(client.name, type(exc).__name__) from None
     finally:
-        await upstream.aclose()
+        await _close(upstream)
+
+
+async def _body_failed(
+    client: DownstreamClient, upstream: httpx.Response, exc: httpx.TransportError
+) -> DownstreamError:
+    """The service's answer broke off mid-body: logged, its breaker call ended as a
+    failure (it stays open while the body streams), and counted in a metric."""
+    service = client.name
+    log.warning("passthrough_aborted", service=service, reason=type(exc).__name__)
+    error = DownstreamError(service, f"The {service} service failed.")
+    await end_stream(upstream, error)
+    count_downstream_body_failure(service)
+    return error

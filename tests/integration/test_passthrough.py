@@ -477,3 +477,33 @@ def test_a_client_that_aborts_an_upload_is_logged_once_not_a_500(
     )
     assert REGISTRY.get_sample_value("gateway_http_requests_total", {**labels, "status": "499"})
     assert not any(u["done"] for u in stack.stub("findings").state.uploads)
+
+
+def test_a_service_answer_that_breaks_off_is_aborted_and_counted_by_the_breaker(
+    stack: OrchestrationStack, captured_logs: list[dict[str, Any]]
+) -> None:
+    """Found by an audit: a service that drops its connection after the status line
+    reached the caller as a 200 ending cleanly enough for uvicorn, with a traceback in
+    the log, and its breaker never counted it. Now the caller's message is cut (never a
+    clean end), one ``response_aborted`` line, and the breaker and a metric count it."""
+    before = REGISTRY.get_sample_value(
+        "gateway_downstream_body_failures_total", {"service": "reports"}
+    )
+    stack.faults("reports", reset=True)
+    cut = 0
+    with httpx.Client(base_url=stack.url, auth=signer("carol"), timeout=30) as gateway:
+        for _ in range(2):
+            with pytest.raises(httpx.RemoteProtocolError):
+                gateway.get(CONTENT).read()
+            cut += 1
+    stack.faults("reports")
+    with httpx.Client(base_url=stack.url, auth=signer("sam"), timeout=30) as admin:
+        breakers = {b["service"]: b for b in admin.get("/admin/breakers").json()["breakers"]}
+    assert breakers["reports"]["failures"] == cut
+    after = REGISTRY.get_sample_value(
+        "gateway_downstream_body_failures_total", {"service": "reports"}
+    )
+    assert (after or 0) - (before or 0) == cut
+    aborted = [line for line in captured_logs if line["event"] == "response_aborted"]
+    assert [line["service"] for line in aborted] == ["reports"] * cut
+    assert not [line for line in captured_logs if line["event"] == "unhandled_error"]
