@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Self
 from urllib.parse import urlsplit
 
+import yaml
 from pydantic import (
     AnyHttpUrl,
     BaseModel,
@@ -451,11 +452,32 @@ def load_settings(**overrides: Any) -> Settings:
     if config_file and not Path(config_file).is_file():
         raise ConfigError(f"{CONFIG_FILE_ENV}={config_file}: no such file")
     try:
+        if config_file:
+            _check_yaml_mapping(Path(config_file))
         return Settings(**overrides)
     except ValidationError as exc:
         raise ConfigError(describe_validation_error(exc)) from None
-    except (OSError, ValueError) as exc:  # unreadable or malformed YAML
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{config_file}: not valid YAML: {describe_yaml_error(exc)}") from None
+    except (OSError, ValueError, TypeError) as exc:  # unreadable, or not a mapping
         raise ConfigError(f"{config_file}: {exc}") from None
+
+
+def _check_yaml_mapping(path: Path) -> None:
+    """The file is YAML (else ``yaml.YAMLError``) whose top level is sections, or empty."""
+    with path.open("rb") as stream:
+        document = yaml.safe_load(stream)
+    if document is not None and not isinstance(document, dict):
+        kind = type(document).__name__
+        raise ConfigError(f"{path}: the top level must be a mapping of sections, not a {kind}")
+
+
+def describe_yaml_error(exc: yaml.YAMLError) -> str:
+    """PyYAML's several-line message as one: the problem and where (line, column)."""
+    if isinstance(exc, yaml.MarkedYAMLError) and exc.problem and exc.problem_mark is not None:
+        mark = exc.problem_mark
+        return f"{exc.problem} (line {mark.line + 1}, column {mark.column + 1})"
+    return " ".join(str(exc).split())
 
 
 def describe_validation_error(exc: ValidationError) -> str:

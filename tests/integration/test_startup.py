@@ -71,3 +71,35 @@ def test_bad_config_stops_start_up_with_one_line(
     assert lines[0].startswith("gateway: configuration error: ")
     assert expected in lines[0]
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("signing: [\n", "not valid YAML: expected the node content"),
+        ("\tsigning: {}\n", "not valid YAML: found character '\\t'"),
+        ("{a: !!python/object:os.system x}\n", "not valid YAML: could not determine a constructor"),
+        ("- signing\n- policy\n", "the top level must be a mapping of sections, not a list"),
+    ],
+    ids=["unclosed", "tab", "python tag", "a list"],
+)
+def test_a_config_file_that_is_not_yaml_sections_stops_start_up_with_one_line(
+    tmp_path: Path, text: str, expected: str
+) -> None:
+    """Found by an audit: a YAML syntax error printed PyYAML's traceback and exited 1."""
+    config = tmp_path / "gw.yaml"
+    config.write_text(text)
+    argv = [sys.executable, "-m", "app.cli.main", "serve", "--port", str(free_port())]
+    result = subprocess.run(
+        [*argv, "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=REPO,
+        check=False,
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"gateway: configuration error: {config}: ")
+    assert expected in lines[0]
