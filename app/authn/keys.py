@@ -61,6 +61,10 @@ class KeyRing:
     def key_ids(self) -> list[str]:
         return sorted(self._keys)
 
+    def valid_ids(self, now: datetime) -> list[str]:
+        """The ids of the keys inside their ``not_before`` / ``not_after`` at ``now``."""
+        return sorted(key.id for key in self._keys.values() if key.valid_at(now))
+
     def __len__(self) -> int:
         return len(self._keys)
 

@@ -22,6 +22,7 @@ import contextlib
 import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import structlog
@@ -61,6 +62,8 @@ class KeyStatus:
     reloads: int
     last_error: str | None
     watching: bool
+    # The keys a signature may use now (inside not_before / not_after).
+    valid_ids: tuple[str, ...] = ()
 
 
 class KeyReloader:
@@ -99,7 +102,9 @@ class KeyReloader:
         return self.verifier.keyring.key_ids
 
     def status(self) -> KeyStatus:
-        return KeyStatus(tuple(self.key_ids), self.reloads, self.last_error, self.watching)
+        ring = self.verifier.keyring
+        valid = tuple(ring.valid_ids(datetime.now(UTC)))
+        return KeyStatus(tuple(ring.key_ids), self.reloads, self.last_error, self.watching, valid)
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[None]:

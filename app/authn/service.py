@@ -112,7 +112,9 @@ class AuthnService:
         status = self.keys.status()
         store_ok, store_detail = await self.nonces.check()
         return [
-            ("signing_keys", bool(status.key_ids), _describe_keys(status)),
+            # Ready only with a key a signature may use now: with every key outside its
+            # validity, every signed request is refused (key_expired).
+            ("signing_keys", bool(status.valid_ids), _describe_keys(status)),
             ("nonce_store", store_ok, store_detail),
         ]
 
@@ -142,6 +144,9 @@ async def wait_past_fence(fence: float | None) -> None:
 
 def _describe_keys(status: KeyStatus) -> str:
     detail = f"{len(status.key_ids)} key(s) loaded: {', '.join(status.key_ids) or 'none'}"
+    if status.key_ids and status.valid_ids != status.key_ids:
+        valid = ", ".join(status.valid_ids) or "none (every key is outside its validity)"
+        detail += f"; valid now: {valid}"
     if status.reloads:
         detail += f"; reloaded {status.reloads} time(s)"
     if status.last_error is not None:

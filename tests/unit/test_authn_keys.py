@@ -103,6 +103,23 @@ def test_reload_swaps_the_ring_and_keeps_the_last_good_one(tmp_path: Path) -> No
     assert str(path) not in keys_check[2]
 
 
+@pytest.mark.usefixtures("two_secrets")
+def test_a_ring_with_no_key_valid_now_is_not_ready() -> None:
+    """Found by an audit: a ring whose only key had expired was ready while every
+    signed request got 401 key_expired. Ready again as soon as one key is valid."""
+    expired = {"id": "old", "secret_env": TEST_KEY_ENV, "not_after": "2020-01-01T00:00:00Z"}
+    future = {"id": "next", "secret_env": TEST_KEY_ENV, "not_before": "2999-01-01T00:00:00Z"}
+    authn = AuthnService.from_settings(make_settings(signing={"keys": [expired, future]}))
+    check = next(c for c in asyncio.run(authn.readiness()) if c[0] == "signing_keys")
+    assert check[1] is False
+    assert "2 key(s) loaded: next, old; valid now: none" in check[2]
+    current = {"id": "now", "secret_env": TEST_KEY_ENV}
+    authn = AuthnService.from_settings(make_settings(signing={"keys": [expired, current]}))
+    check = next(c for c in asyncio.run(authn.readiness()) if c[0] == "signing_keys")
+    assert check[1] is True
+    assert "valid now: now" in check[2]
+
+
 def test_empty_ring_is_not_ready() -> None:
     authn = AuthnService.from_settings(make_settings(signing={"keys": []}))
     checks = dict((name, ok) for name, ok, _ in asyncio.run(authn.readiness()))
