@@ -31,9 +31,10 @@ class FaultConfig(BaseModel):
 
     latency_ms: Annotated[int, Field(ge=0, le=60_000)] = 0
     error_rate: Annotated[float, Field(ge=0, le=1)] = 0.0
-    error_status: Annotated[int, Field(ge=500, le=599)] = 500
+    # 4xx too: what a service's 400, 404, 409 or 429 means to the caller is tested this way.
+    error_status: Annotated[int, Field(ge=400, le=599)] = 500
     fail_next: Annotated[int, Field(ge=0, le=10_000)] = 0
-    fail_status: Annotated[int, Field(ge=500, le=599)] = 503
+    fail_status: Annotated[int, Field(ge=400, le=599)] = 503
     retry_after: Annotated[int, Field(ge=0, le=3600)] | None = None
     hang: bool = False
     hang_max_seconds: Annotated[float, Field(gt=0, le=600)] = 30.0
@@ -123,9 +124,11 @@ class FaultInjector:
         if config.latency_ms:
             await asyncio.sleep(config.latency_ms / 1000)
         if config.hang:
-            # Recorded now: a hang released into service is recorded again by its route.
-            await self._record(scope, receive, "hang")
+            # Recorded now: a hang released into service is recorded again by its route,
+            # which reads the body again: the bytes read here are handed to it.
+            body = await self._record(scope, receive, "hang")
             await self.state.hang()
+            receive = _replay(body, receive)
         if config.reset:
             await self._record(scope, receive, "reset")
             await send({"type": "http.response.start", "status": 200, "headers": []})
@@ -139,10 +142,24 @@ class FaultInjector:
             send = _slow(send, config.slow_chunk_bytes, config.slow_body_ms / 1000)
         await self.app(scope, receive, send)
 
-    async def _record(self, scope: Scope, receive: Receive, fault: str) -> None:
-        """Count the fault and record the request at ``/_seen`` (its body read first)."""
+    async def _record(self, scope: Scope, receive: Receive, fault: str) -> bytes:
+        """Count the fault and record the request at ``/_seen``; its body (read whole)."""
         self.state.faulted += 1
-        await record_fault(Request(scope, receive), fault)
+        return await record_fault(Request(scope, receive), fault)
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """``receive`` for a request whose body was read already: that body, then the real one."""
+    pending = True
+
+    async def replayed() -> Message:
+        nonlocal pending
+        if pending:
+            pending = False
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replayed
 
 
 async def _send_error(send: Send, status: int, retry_after: int | None) -> None:

@@ -39,9 +39,11 @@ async def record(request: Request, body: bytes | None = None) -> dict[str, Any]:
     return entry
 
 
-async def record_fault(request: Request, fault: str) -> None:
-    """Record a request a fault answers instead of a route (``fault`` names it)."""
-    await _entry(request, None, fault)
+async def record_fault(request: Request, fault: str) -> bytes:
+    """Record a request a fault answers instead of a route (``fault`` names it); its body."""
+    body = await request.body()
+    await _entry(request, body, fault)
+    return body
 
 
 async def _entry(request: Request, body: bytes | None, fault: str | None) -> dict[str, Any]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import concurrent.futures
+import threading
 from collections.abc import Callable
 
 import httpx
@@ -158,3 +160,44 @@ def test_seen_records_faulted_requests_too(live_server: Callable[[FastAPI], Live
         ("reset", "valid", "carol", ENGAGEMENT),
     ]
     assert seen[0]["headers"]["x-auth-subject"] == "bob"
+
+
+@pytest.mark.parametrize("release", ["timeout", "delete"])
+def test_a_hanging_request_is_answered_once_released(
+    live_server: Callable[[FastAPI], LiveServer], release: str
+) -> None:
+    """Found by an audit: a released request never got its answer (the fault had read its
+    body, and its route waited for the body again). Released by ``hang_max_seconds`` or
+    by clearing the faults, it is served by its route, body and all."""
+    bound = 0.5 if release == "timeout" else 60
+    faults = FaultConfig(hang=True, hang_max_seconds=bound)
+    server = live_server(create_stub_app("findings", faults=faults))
+    finding = {"title": "released", "severity": "low", "created_by": "alice"}
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(
+            httpx.post, f"{server.url}{ENGAGEMENT}/findings", json=finding, timeout=30
+        )
+        if release == "delete":
+            with httpx.Client(base_url=server.url) as control:
+                for _ in range(500):  # until the request is hanging (recorded), then release
+                    if control.get("/_stats").json()["faulted"]:
+                        break
+                    threading.Event().wait(0.01)
+                control.delete("/_faults")
+        answer = pending.result(timeout=30)
+    assert answer.status_code == 201, answer.text
+    assert answer.json()["title"] == "released"
+    seen = httpx.get(server.url + "/_seen").json()
+    assert [entry["fault"] for entry in seen] == ["hang", None]
+
+
+def test_a_fault_may_answer_4xx_as_a_service_would(
+    live_server: Callable[[FastAPI], LiveServer],
+) -> None:
+    """What a service's 404 or 409 means to the caller is testable with faults."""
+    server = live_server(create_stub_app("engagements"))
+    with httpx.Client(base_url=server.url) as client:
+        set_ = client.post("/_faults", json={"fail_next": 2, "fail_status": 404})
+        assert set_.status_code == 200
+        assert [client.get(ENGAGEMENT).status_code for _ in range(3)] == [404, 404, 200]
+        assert client.post("/_faults", json={"error_status": 399}).status_code == 422
