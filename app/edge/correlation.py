@@ -29,6 +29,7 @@ from app.core.errors import (
     PayloadTooLarge,
     RequestTimeout,
     ResponseAborted,
+    ServiceUnavailable,
 )
 from app.core.ids import uuid4_hex
 from app.core.problems import problem_response
@@ -138,6 +139,23 @@ class EdgeMiddleware:
                 status["code"] = CLIENT_CLOSED_REQUEST
         except ResponseAborted as exc:
             log.warning("response_aborted", service=exc.service, reason=exc.reason)
+        except asyncio.CancelledError:
+            # uvicorn cancels the requests still running when graceful shutdown runs out
+            # (ops.graceful_shutdown_seconds); it would answer a plain-text 500. Nothing
+            # else cancels a request task (a client that leaves is ClientDisconnect).
+            log.warning("request_cancelled", response_started=status["started"])
+            if not status["started"]:
+                status["code"] = 503
+                response = problem_response(
+                    503,
+                    ServiceUnavailable.code,
+                    ServiceUnavailable.title,
+                    "The gateway stopped before it could answer; retry the request.",
+                    corr_id,
+                    headers={"retry-after": "1", "connection": "close"},
+                )
+                await response(scope, receive, send_with_id)
+            raise
         except Exception:
             log.exception("unhandled_error")
             if not status["started"]:

@@ -38,7 +38,7 @@ signing:
 policy: {{dir: "{policy}"}}
 services:
   findings: {{url: "{url}"}}
-ops: {{graceful_shutdown_seconds: 30}}
+ops: {{graceful_shutdown_seconds: {graceful}}}
 log: {{format: json}}
 """
 IN_FLIGHT = 3
@@ -63,10 +63,12 @@ class HeldFindings:
 
 
 class GatewayProcess:
-    def __init__(self, tmp_path: Path, downstream: str, *extra: str) -> None:
+    def __init__(self, tmp_path: Path, downstream: str, *extra: str, graceful: int = 30) -> None:
         self.port = free_port()
         config = tmp_path / "gateway.yaml"
-        config.write_text(CONFIG.format(env=TEST_KEY_ENV, policy=POLICY_DIR, url=downstream))
+        config.write_text(
+            CONFIG.format(env=TEST_KEY_ENV, policy=POLICY_DIR, url=downstream, graceful=graceful)
+        )
         self.log_path = tmp_path / "gateway.log"
         self.log = self.log_path.open("wb")
         argv = ["serve", "--port", str(self.port), "--config", str(config), *extra]
@@ -118,8 +120,8 @@ class GatewayProcess:
 def gateway_process(tmp_path: Path) -> Iterator[Callable[..., GatewayProcess]]:
     started: list[GatewayProcess] = []
 
-    def start(downstream: str, *extra: str) -> GatewayProcess:
-        started.append(GatewayProcess(tmp_path, downstream, *extra))
+    def start(downstream: str, *extra: str, graceful: int = 30) -> GatewayProcess:
+        started.append(GatewayProcess(tmp_path, downstream, *extra, graceful=graceful))
         return started[-1]
 
     yield start
@@ -154,6 +156,38 @@ def test_sigterm_lets_in_flight_requests_finish(
     # uvicorn re-raises the signal after a clean shutdown: exit by SIGTERM, pools closed.
     assert gateway.proc.wait(timeout=30) == -signal.SIGTERM
     assert '"event":"shutdown_complete"' in gateway.log_text()
+
+
+def test_a_request_still_running_when_the_drain_runs_out_gets_a_503_problem(
+    live_server: Callable[[FastAPI], LiveServer],
+    gateway_process: Callable[..., GatewayProcess],
+    signed_client: Callable[..., httpx.Client],
+) -> None:
+    """Found by an audit: uvicorn cancels what is still running after
+    ``graceful_shutdown_seconds`` and answered it with a plain-text 500. It is a 503
+    problem+json with the corr_id and ``Retry-After`` now, a request to retry."""
+    held = HeldFindings()
+    gateway = gateway_process(live_server(held.app).url, graceful=1)
+
+    def fetch() -> httpx.Response:
+        with signed_client(gateway.url, "alice") as client:
+            return client.get(FINDINGS, headers={"x-request-id": "corr-drain-overrun"})
+
+    with ThreadPoolExecutor(1) as pool:
+        try:
+            future = pool.submit(fetch)
+            wait_until(lambda: held.arrived == 1)
+            gateway.proc.send_signal(signal.SIGTERM)
+            response = future.result(timeout=30)
+        finally:
+            held.release.set()
+    assert response.status_code == 503
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.headers["retry-after"] == "1"
+    assert response.json()["corr_id"] == "corr-drain-overrun"
+    assert response.json()["type"] == "urn:authz-gateway:problem:unavailable"
+    gateway.proc.wait(timeout=30)
+    assert '"event":"request_cancelled"' in gateway.log_text()
 
 
 def test_workers_share_one_metrics_view_and_one_replay_cache(
