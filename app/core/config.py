@@ -124,6 +124,12 @@ class RetrySettings(_Section):
     max_retry_after_seconds: Annotated[float, Field(ge=0, le=300)] = 5.0
     statuses: tuple[Annotated[int, Field(ge=500, le=599)], ...] = (502, 503, 504)
 
+    @model_validator(mode="after")
+    def _backoff_in_order(self) -> Self:
+        if self.backoff_initial_seconds > self.backoff_max_seconds:
+            raise ValueError("backoff_initial_seconds must not exceed backoff_max_seconds")
+        return self
+
 
 class BreakerSettings(_Section):
     """One circuit breaker per service (pybreaker) with bounded half-open trials."""
@@ -155,6 +161,12 @@ class ServiceSettings(_Section):
     breaker: BreakerSettings = Field(default_factory=BreakerSettings)
     # The gateway signs the caller's identity to this service with this key (RFC 9421).
     signing_key: KeySpec | None = None
+
+    @model_validator(mode="after")
+    def _keepalive_within_connections(self) -> Self:
+        if self.max_keepalive > self.max_connections:
+            raise ValueError("max_keepalive must not exceed max_connections (idle ones are kept)")
+        return self
 
 
 PASSTHROUGH_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
@@ -429,6 +441,19 @@ class Settings(BaseSettings):
             if not SERVICE_NAME.match(name):
                 raise ValueError(f"service name {name!r} must match {SERVICE_NAME.pattern}")
         return services
+
+    @model_validator(mode="after")
+    def _routes_fit_the_edge(self) -> Self:
+        """A route limit above the edge's ceiling would never apply: say so at start-up."""
+        ceiling = self.edge.max_body_bytes
+        for index, route in enumerate(self.orchestration.passthrough):
+            if route.max_request_bytes > ceiling:
+                raise ValueError(
+                    f"orchestration.passthrough[{index}].max_request_bytes "
+                    f"({route.max_request_bytes}) exceeds edge.max_body_bytes ({ceiling}), "
+                    "which refuses larger bodies first: raise edge.max_body_bytes"
+                )
+        return self
 
     @classmethod
     def settings_customise_sources(

@@ -19,7 +19,9 @@ CLOSE = "/v1/engagements/{engagement_id}/close"
 @pytest.fixture
 def schema(test_key_env: str) -> dict[str, Any]:
     services = {name: "http://127.0.0.1:9" for name in ("findings", "reports", "engagements")}
-    settings = make_settings(services, orchestration={"passthrough": ROUTES})
+    settings = make_settings(
+        services, orchestration={"passthrough": ROUTES}, edge={"max_body_bytes": 32 * 1024 * 1024}
+    )
     document: dict[str, Any] = create_app(settings).openapi()
     return document
 

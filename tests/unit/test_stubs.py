@@ -72,7 +72,7 @@ def test_fail_next_comes_before_the_seeded_dice() -> None:
     assert {500, None} == set(dice)
 
 
-@pytest.mark.parametrize("bad", [{"error_rate": 1.5}, {"fail_status": 404}, {"nope": 1}])
+@pytest.mark.parametrize("bad", [{"error_rate": 1.5}, {"fail_status": 399}, {"nope": 1}])
 def test_fault_config_is_validated(bad: dict[str, object]) -> None:
     with pytest.raises(ValueError, match="validation error"):
         FaultConfig.model_validate(bad)

@@ -47,3 +47,58 @@ def test_bad_values_are_one_line_config_errors(
         load_settings()
     assert caught.value.detail.startswith(where)
     assert "\n" not in caught.value.detail
+
+
+URL = "http://127.0.0.1:9"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "where", "message"),
+    [
+        (
+            {
+                "services": {"files": {"url": URL}},
+                "orchestration": {
+                    "passthrough": [
+                        {
+                            "path": "/v1/files/{file_id}",
+                            "service": "files",
+                            "upstream_path": "/files/{file_id}",
+                            "max_request_bytes": 52428800,
+                        }
+                    ]
+                },
+            },
+            "settings",
+            "orchestration.passthrough[0].max_request_bytes (52428800) exceeds "
+            "edge.max_body_bytes (1048576)",
+        ),
+        (
+            {
+                "services": {
+                    "files": {
+                        "url": URL,
+                        "retry": {"backoff_initial_seconds": 5, "backoff_max_seconds": 1},
+                    }
+                }
+            },
+            "services.files.retry",
+            "backoff_initial_seconds must not exceed backoff_max_seconds",
+        ),
+        (
+            {"services": {"files": {"url": URL, "max_keepalive": 500, "max_connections": 10}}},
+            "services.files",
+            "max_keepalive must not exceed max_connections",
+        ),
+    ],
+    ids=["route above the edge", "backoff backwards", "keepalive above connections"],
+)
+def test_settings_that_could_never_apply_stop_start_up(
+    overrides: dict[str, object], where: str, message: str
+) -> None:
+    """Found by an audit: each was accepted and silently had no effect (or another one)."""
+    with pytest.raises(ConfigError) as caught:
+        load_settings(**overrides)
+    assert caught.value.detail.startswith(where)
+    assert message in caught.value.detail
+    assert "\n" not in caught.value.detail
