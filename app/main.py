@@ -14,6 +14,7 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcon
 from typing import TYPE_CHECKING
 
 import httpx
+import structlog
 from fastapi import FastAPI
 
 from app import __version__
@@ -92,6 +93,7 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        _warn_unconfigured_services(settings)
         # Started here, not at build: a supervisor that only validates exports nothing.
         app.state.tracing = _start_tracing(settings, span_exporter)
         app.state.services = ServiceRegistry(settings.services, transport, outbound_keys)
@@ -185,6 +187,19 @@ def _idempotency_store(settings: Settings, redis: SharedRedis | None) -> Idempot
     return RedisIdempotencyStore(
         redis, orchestration.idempotency_ttl_seconds, orchestration.idempotency_lease_seconds
     )
+
+
+def _warn_unconfigured_services(settings: Settings) -> None:
+    """Once at start-up: the typed routes that will answer 503 (an authorizer needs none)."""
+    missing = {n: r for n, r in health.ROUTE_SERVICES.items() if n not in settings.services}
+    if missing:
+        structlog.get_logger("gateway.ops").warning(
+            "services_not_configured",
+            services=sorted(missing),
+            routes_answering_503=sorted(
+                {r for routes in missing.values() for r in routes.split(", ")}
+            ),
+        )
 
 
 def create_app_from_env() -> FastAPI:

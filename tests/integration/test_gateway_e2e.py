@@ -7,8 +7,11 @@ from typing import Any
 
 import httpx
 import pytest
+from fastapi import FastAPI
 
-from tests.conftest import signer
+from app.main import create_app
+from app.stubs.server import create_stub_app
+from tests.conftest import LiveServer, make_settings, signer
 from tests.integration.conftest import Stack
 
 pytestmark = pytest.mark.integration
@@ -175,3 +178,30 @@ def test_openapi_schema_lists_every_route(stack: Stack) -> None:
     paths = schema["paths"]
     assert {"/healthz", "/readyz", FINDINGS.replace("acme-2026", "{engagement_id}")} <= set(paths)
     assert "FindingCreate" in schema["components"]["schemas"]
+
+
+def test_readiness_shows_services_left_out_without_being_unready(
+    live_server: Callable[[FastAPI], LiveServer],
+    test_key_env: str,
+    captured_logs: list[dict[str, Any]],
+) -> None:
+    """Found by an audit: readiness checked only `findings`, so with it alone the gateway
+    was ready and silent while the overview answered 503. A service left out is a
+    deployment's choice (an authorizer needs none): shown with the routes that answer
+    503, and logged once at start-up, never a reason to be unready."""
+    findings = live_server(create_stub_app("findings"))
+    gateway = live_server(create_app(make_settings({"findings": findings.url})))
+    ready = httpx.get(gateway.url + "/readyz", timeout=10)
+    assert ready.status_code == 200
+    checks = {c["name"]: c for c in ready.json()["checks"]}
+    assert checks["service:findings"] == {"name": "service:findings", "ok": True,
+                                          "detail": "configured"}  # fmt: skip
+    assert checks["service:engagements"]["detail"] == (
+        "not configured: overview, close, admin reopen answer 503"
+    )
+    assert checks["service:reports"]["ok"] is True
+    warned = [e for e in captured_logs if e["event"] == "services_not_configured"]
+    assert [e["services"] for e in warned] == [["engagements", "reports"]]
+    assert warned[0]["routes_answering_503"] == ["admin reopen", "close", "overview"]
+    authorizer_only = live_server(create_app(make_settings({})))
+    assert httpx.get(authorizer_only.url + "/readyz", timeout=10).status_code == 200
