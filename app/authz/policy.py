@@ -70,6 +70,7 @@ class PolicyEngine:
         self.compiled = CompiledPolicy(source.lines)
         self.revision = source.revision
         self.files: tuple[Path, ...] = (source.model_path, source.policy_path)
+        self.digests = source.digests  # of the bytes this engine was built from
         self.loaded_at = time.time()
 
     @classmethod

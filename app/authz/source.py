@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -85,6 +86,8 @@ class PolicySource:
     lines: tuple[PolicyLine, ...]
     errors: tuple[Issue, ...]
     revision: str
+    # SHA-256 of each file's bytes as parsed, by path (what status shows).
+    digests: Mapping[Path, str] = field(default_factory=dict)
 
     def of_type(self, ptype: str) -> list[PolicyLine]:
         return [line for line in self.lines if line.ptype == ptype]
@@ -175,7 +178,11 @@ def read_policy(model_path: Path, policy_path: Path) -> PolicySource:
             errors.append(parsed)
         elif parsed is not None:
             lines.append(parsed)
-    return PolicySource(model_path, policy_path, tuple(lines), tuple(errors), revision)
+    digests = {
+        model_path: hashlib.sha256(model_bytes).hexdigest(),
+        policy_path: hashlib.sha256(policy_bytes).hexdigest(),
+    }
+    return PolicySource(model_path, policy_path, tuple(lines), tuple(errors), revision, digests)
 
 
 def check_model(lines: list[str], name: str) -> list[Issue]:

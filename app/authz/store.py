@@ -21,7 +21,7 @@ import gc
 import hashlib
 import sys
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -121,7 +121,7 @@ def build_gated(settings: PolicySettings) -> GatedPolicy:
     try:
         engine = PolicyEngine.load(settings)
         cases = load_suites(settings.dir)
-        files = tuple(_describe(path) for path in policy_files(settings))
+        files = tuple(_describe(path, engine.digests) for path in policy_files(settings))
     except (ConfigError, SuiteError, OSError) as exc:
         raise PolicyRejected(str(exc)) from None
     except Exception as exc:  # a file nobody foresaw: refused, never a crash or a 500
@@ -156,8 +156,11 @@ def build_frozen(settings: PolicySettings) -> GatedPolicy:
             gc.enable()
 
 
-def _describe(path: Path) -> PolicyFile:
-    return PolicyFile(str(path), hashlib.sha256(path.read_bytes()).hexdigest())
+def _describe(path: Path, parsed: Mapping[Path, str]) -> PolicyFile:
+    """The file and its SHA-256: of the bytes parsed for model and policy (a file replaced
+    meanwhile must not show a hash the revision in force was not built from), else read."""
+    digest = parsed.get(path) or hashlib.sha256(path.read_bytes()).hexdigest()
+    return PolicyFile(str(path), digest)
 
 
 class PolicyStore:

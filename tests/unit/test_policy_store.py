@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import shutil
 import weakref
 from pathlib import Path
@@ -10,6 +11,7 @@ from typing import Any
 
 import pytest
 
+import app.authz.store as store_module
 from app.authz.policy import PolicyEngine
 from app.authz.store import PolicyStore
 from app.authz.suite import load_suites, run_suites
@@ -277,3 +279,25 @@ def test_the_watcher_outlives_a_reload_that_raised(policy_dir: Path) -> None:
     asyncio.run(scenario())
     assert len(calls) >= 2
     assert store.revision != before
+
+
+def test_status_hashes_the_bytes_the_policy_in_force_was_built_from(
+    policy_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by an audit: the file hashes came from a second read, so a file replaced
+    while a reload ran showed a hash the revision in force was not built from."""
+    policy_file = policy_dir / "policy.csv"
+    parsed = policy_file.read_bytes() + b"g, zoe, analyst, acme-2026\n"
+    policy_file.write_bytes(parsed)
+    real_load_suites = store_module.load_suites
+
+    def replaced_meanwhile(directory: Path) -> Any:
+        policy_file.write_bytes(parsed + b"g, zed, analyst, acme-2026\n")  # after the parse
+        return real_load_suites(directory)
+
+    monkeypatch.setattr(store_module, "load_suites", replaced_meanwhile)
+    store = open_store(policy_dir)
+    shown = {Path(f.path).name: f.sha256 for f in store.status.files}
+    assert shown["policy.csv"] == hashlib.sha256(parsed).hexdigest()
+    assert store.current.explain("zoe", *ALICE_READS[1:]).allowed
+    assert not store.current.explain("zed", *ALICE_READS[1:]).allowed
