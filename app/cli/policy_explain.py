@@ -19,7 +19,10 @@ from app.authz.query import WhatCan, WhoCan, engagements_for, what_can, who_can
 from app.authz.reference import casbin_enforcer, reference_decide
 from app.cli.policy_io import fail, load_engine, split_groups
 from app.core.errors import ConfigError, InvalidPath
+from app.domain.identity import GROUP_PATTERN, SUBJECT_PATTERN
 from app.edge.paths import normalize_path
+
+MAX_GROUPS = 32  # as the admin API's explain and query (admin_query_schemas.Groups)
 
 
 def register(actions: Any, default_dir: Path) -> None:
@@ -62,9 +65,22 @@ def _what_if(args: argparse.Namespace, engagement: str) -> ClosedFact | None:
     return ClosedFact(engagement, "case", "--closed") if args.closed else None
 
 
+def _identity(subject: str, raw_groups: str) -> tuple[str, ...]:
+    """The groups, after checking subject and groups as the admin API does (``FieldError``)."""
+    if not SUBJECT_PATTERN.match(subject):
+        raise FieldError(f"subject {subject!r} must match {SUBJECT_PATTERN.pattern}")
+    groups = split_groups(raw_groups)
+    bad = [g for g in groups if not GROUP_PATTERN.match(g)]
+    if bad:
+        raise FieldError(f"group {bad[0]!r} must match {GROUP_PATTERN.pattern}")
+    if len(groups) > MAX_GROUPS:
+        raise FieldError(f"at most {MAX_GROUPS} groups")
+    return groups
+
+
 def run_explain(args: argparse.Namespace) -> int:
-    groups = split_groups(args.groups)
     try:
+        groups = _identity(args.subject, args.groups)
         request = _request(args, args.method, args.path)
         engine = load_engine(args.dir)
     except FieldError as exc:
@@ -142,8 +158,8 @@ def describe_who_can(answer: WhoCan) -> list[str]:
 
 
 def run_what_can(args: argparse.Namespace) -> int:
-    groups = split_groups(args.groups)
     try:
+        groups = _identity(args.subject, args.groups)
         engine = load_engine(args.dir)
         engagements = engagements_for(engine, args.subject, groups, args.engagement)
     except FieldError as exc:

@@ -185,6 +185,25 @@ def test_explain_refuses_a_lower_case_method() -> None:
     assert "HTTP methods are upper case: use 'GET'" in result.stderr
 
 
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("explain", "--subject", "", "GET", "/v1/engagements/acme-2026/findings"), "subject ''"),
+        (("what-can", ""), "subject ''"),
+        (("what-can", "alice", "--groups", "red team"), "group 'red team'"),
+        (("what-can", "alice", "--groups", ",".join(f"g{i}" for i in range(33))), "at most 32"),
+    ],
+    ids=["explain, empty subject", "what-can, empty subject", "bad group", "too many groups"],
+)
+def test_the_cli_checks_the_identity_as_the_admin_api_does(
+    args: tuple[str, ...], message: str
+) -> None:
+    """Found by an audit: an empty subject was explained (exit 0) where the API says 422."""
+    result = gateway_policy(*args)
+    assert result.returncode == 2
+    assert message in result.stderr
+
+
 def test_explain_shows_the_g3_line_of_a_closed_engagement() -> None:
     path = "/v1/engagements/initech-2025/findings"
     result = gateway_policy("explain", "--subject", "erin", "POST", path)
