@@ -5,7 +5,9 @@ Errors come from parsing (``app.authz.source``) and from the suites
 lines, roles granted that have no rule anywhere up their inheritance, allows a
 deny of the same role always beats, rules for a name nobody is granted and no
 suite uses, ``closed_writer`` granted per engagement (it only counts with
-``g2``), lower-case HTTP methods in rules (no request carries them). Notes:
+``g2``), lower-case HTTP methods in rules (no request carries them), role
+inheritance that loops back on itself, and roles reached only through more links
+than the decision path follows (``MAX_HOPS``: the grant has no effect). Notes:
 engagements no ``g`` line mentions (only global roles reach them). Every
 message says what to change.
 """
@@ -15,6 +17,9 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterator, Set
 
+from casbin.util import key_match
+
+from app.authz.compiled import MAX_HOPS
 from app.authz.fields import HTTP_METHODS
 from app.authz.source import CLOSED_WRITER, GLOBAL_DOMAIN, Issue, PolicyLine, PolicySource
 
@@ -35,6 +40,7 @@ def lint(source: PolicySource, suite_subjects: Set[str] = frozenset()) -> list[I
         *_unreferenced_engagements(source),
         *_closed_writer_per_engagement(source),
         *_lower_case_methods(source),
+        *_role_graphs(source),
     ]
     return [*source.errors, *sorted(findings, key=_order)]
 
@@ -101,11 +107,26 @@ def _covers(deny: PolicyLine, allow: PolicyLine, inherited: set[str]) -> bool:
 
 def _shadowed(source: PolicySource) -> Iterator[Issue]:
     rules = source.of_type("p")
-    denies = [r for r in rules if r.fields[4] == "deny"]
+    # The denies by subject, in file order: an allow is compared with the denies of the
+    # roles it inherits only (comparing every pair took minutes on a 100k-line policy).
+    denies: dict[str, list[tuple[int, PolicyLine]]] = defaultdict(list)
+    for position, rule in enumerate(rules):
+        if rule.fields[4] == "deny":
+            denies[rule.fields[0]].append((position, rule))
     parents = _inheritance(source)
+    ancestors: dict[str, set[str]] = {}
     for allow in (r for r in rules if r.fields[4] == "allow"):
-        inherited = _ancestors(allow.fields[0], parents)
-        deny = next((d for d in denies if _covers(d, allow, inherited)), None)
+        role = allow.fields[0]
+        if role not in ancestors:
+            ancestors[role] = _ancestors(role, parents)
+        inherited = ancestors[role]
+        covering = [
+            (position, deny)
+            for sub in inherited
+            for position, deny in denies.get(sub, ())
+            if _covers(deny, allow, inherited)
+        ]
+        deny = min(covering, key=lambda found: found[0])[1] if covering else None
         if deny is not None:
             yield _warn(
                 allow,
@@ -168,3 +189,91 @@ def _lower_case_methods(source: PolicySource) -> Iterator[Issue]:
                 f"action {action!r} never matches a request: HTTP methods are upper case, "
                 f"write {action.upper()}",
             )
+
+
+# child -> [(parent, file:line)] of one domain's g links (or of the g2 links).
+Graph = dict[str, list[tuple[str, str]]]
+
+
+def _graphs(source: PolicySource) -> Iterator[tuple[str, Graph, Graph]]:
+    """Each role graph a decision walks, with the links written for it: ``g2``, and per
+    domain its ``g`` links together with those of every pattern domain matching it (as
+    ``CompiledPolicy.domain_links``). Walks start from the domain's own links only, so
+    the ``*`` links are walked once per domain that uses them, not once per domain."""
+    by_domain: dict[str, Graph] = defaultdict(lambda: defaultdict(list))
+    g2: Graph = defaultdict(list)
+    for line in source.lines:
+        if line.ptype == "g":
+            by_domain[line.fields[2]][line.fields[0]].append((line.fields[1], line.location))
+        elif line.ptype == "g2":
+            g2[line.fields[0]].append((line.fields[1], line.location))
+    yield "every engagement (g2)", g2, g2
+    patterns = [d for d in by_domain if "*" in d]
+    for domain, own in by_domain.items():
+        matching = [by_domain[p] for p in patterns if p != domain and key_match(domain, p)]
+        merged: Graph = defaultdict(list)
+        for links in (own, *matching):
+            for child, parents in links.items():
+                merged[child].extend(parents)
+        yield domain, own, merged
+
+
+def _role_graphs(source: PolicySource) -> Iterator[Issue]:
+    reported: set[str] = set()
+    for domain, own, graph in _graphs(source):
+        for issue in (*_cycles(domain, own, graph), *_too_far(domain, own, graph)):
+            if issue.location + issue.code not in reported:
+                reported.add(issue.location + issue.code)
+                yield issue
+
+
+def _cycles(domain: str, starts: Graph, graph: Graph) -> Iterator[Issue]:
+    """A link that leads back to where it starts: its role inherits itself."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    for start in list(starts):
+        if start in state:
+            continue
+        stack = [(start, iter(graph.get(start, ())))]
+        state[start] = 1
+        while stack:
+            node, links = stack[-1]
+            step = next(links, None)
+            if step is None:
+                state[node] = 2
+                stack.pop()
+                continue
+            parent, location = step
+            if state.get(parent) == 1:
+                message = (
+                    f"inheritance loops back: {parent!r} already inherits {node!r} in {domain}, "
+                    f"so this link makes a cycle: delete one of the links"
+                )
+                yield Issue("warning", location, "inheritance_cycle", message)
+            elif parent not in state:
+                state[parent] = 1
+                stack.append((parent, iter(graph.get(parent, ()))))
+
+
+def _too_far(domain: str, starts: Graph, graph: Graph) -> Iterator[Issue]:
+    """A role reached only through more than ``MAX_HOPS`` links is never inherited."""
+    for start in starts:
+        distance, first = {start: 0}, {start: ""}
+        frontier = [start]
+        while frontier:
+            following = []
+            for node in frontier:
+                for parent, location in graph.get(node, ()):
+                    if parent not in distance:
+                        distance[parent] = distance[node] + 1
+                        first[parent] = first[node] or location
+                        following.append(parent)
+            frontier = following
+        beyond = sorted(r for r, hops in distance.items() if hops > MAX_HOPS)
+        if beyond:
+            role = beyond[0]
+            message = (
+                f"{start!r} reaches {role!r} in {domain} only through {distance[role]} links; "
+                f"a decision follows at most {MAX_HOPS} (as Casbin does), so that grant has no "
+                "effect: shorten the chain"
+            )
+            yield Issue("warning", first[role], "chain_too_long", message)

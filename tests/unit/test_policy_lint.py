@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import itertools
+import tempfile
 from pathlib import Path
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from app.authz import lint as lint_module
 from app.authz.lint import lint
+from app.authz.policy import PolicyEngine
 from app.authz.source import HIDING, Issue, read_policy, text_lines
 from tests.conftest import POLICY_DIR
 
@@ -220,3 +224,72 @@ def test_lines_are_split_at_newlines_only_and_numbered_as_wc_counts(lines: list[
         assert (got, [i.location for i in issues]) == ([], [f"f:{n}" for n in hiding])
     else:
         assert (got, issues) == (bare, [])
+
+
+def test_an_inheritance_cycle_is_a_warning_on_the_link_that_closes_it(tmp_path: Path) -> None:
+    issues = lint_lines(
+        tmp_path,
+        "p, reviewer, acme-2026, /v1/engagements/acme-2026/*, GET, allow",
+        "g, alice, reviewer, acme-2026",
+        "g, reviewer, auditor, acme-2026",
+        "g, auditor, reviewer, acme-2026",
+    )
+    cycles = [i for i in issues if i.code == "inheritance_cycle"]
+    assert [(i.severity, i.location) for i in cycles] == [("warning", "policy.csv:4")]
+    assert "'reviewer' already inherits 'auditor' in acme-2026" in cycles[0].message
+
+
+@pytest.mark.parametrize("links", [9, 10])
+def test_a_role_beyond_the_hop_limit_is_a_warning_exactly_when_it_has_no_effect(
+    tmp_path: Path, links: int
+) -> None:
+    """Lint and the decision path agree: 9 links are followed, a 10th is not."""
+    chain = ["alice", *(f"r{i}" for i in range(1, links + 1))]
+    lines = [f"g, {a}, {b}, acme-2026" for a, b in itertools.pairwise(chain)]
+    rule = f"p, {chain[-1]}, acme-2026, /v1/engagements/acme-2026/*, GET, allow"
+    issues = lint_lines(tmp_path, rule, *lines)
+    too_far = [(i.location, i.code) for i in issues if i.code == "chain_too_long"]
+    engine = PolicyEngine(read_policy(tmp_path / "model.conf", tmp_path / "policy.csv"))
+    allowed = engine.decide("alice", "acme-2026", "/v1/engagements/acme-2026/x", "GET").allowed
+    assert allowed is (links <= 9)
+    assert too_far == ([] if links <= 9 else [("policy.csv:2", "chain_too_long")])
+
+
+ROLES = ["analyst", "lead", "viewer", "alice"]
+DOMAINS = ["*", "acme-2026", "globex-2026"]
+OBJECTS = ["*", "/v1/*", "/v1/engagements/*", "/v1/engagements/acme-2026/findings"]
+P_LINES = st.builds(
+    lambda sub, dom, obj, act, eft: f"p, {sub}, {dom}, {obj}, {act}, {eft}",
+    st.sampled_from(ROLES),
+    st.sampled_from(DOMAINS),
+    st.sampled_from(OBJECTS),
+    st.sampled_from(["GET", "POST", "*"]),
+    st.sampled_from(["allow", "deny"]),
+)
+G_LINES = st.builds(
+    lambda a, b, dom: f"g, {a}, {b}, {dom}",
+    st.sampled_from(ROLES),
+    st.sampled_from(ROLES),
+    st.sampled_from(DOMAINS),
+)
+
+
+@given(st.lists(st.one_of(P_LINES, G_LINES), max_size=14))
+def test_shadowed_allows_are_those_the_pairwise_comparison_finds(lines: list[str]) -> None:
+    """The indexed shadow check names, for each allow, the first covering deny in file
+    order, as comparing every (allow, deny) pair does (what it replaced)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        found = [i for i in lint_lines(Path(tmp), *lines) if i.code == "shadowed_by_deny"]
+        source = read_policy(Path(tmp) / "model.conf", Path(tmp) / "policy.csv")
+    rules = source.of_type("p")
+    denies = [r for r in rules if r.fields[4] == "deny"]
+    parents = lint_module._inheritance(source)
+    expected = []
+    for allow in (r for r in rules if r.fields[4] == "allow"):
+        inherited = lint_module._ancestors(allow.fields[0], parents)
+        deny = next((d for d in denies if lint_module._covers(d, allow, inherited)), None)
+        if deny is not None:
+            expected.append((allow.location, deny.location))
+    assert sorted((i.location, i.message.split(": ")[1].split(" ")[0]) for i in found) == sorted(
+        expected
+    )
