@@ -104,34 +104,58 @@ class CloseService:
         base = f"/engagements/{engagement_id}"
         key = f"{key}:{secrets.token_hex(8)}"  # this run's: a compensated run's steps stay undone
         report_request = {"kind": "final", "requested_by": subject, "reason": body.reason}
+        # Each step parses its own answer, so a bad answer fails that step (and undoes the
+        # others) rather than after everything committed. Freeze and close are also undone
+        # when their answer is lost (timed out, cut, 5xx): they may have been applied.
         saga = Saga(
             "close_engagement",
             [
                 Step(
                     "freeze_findings",
                     "findings",
-                    lambda: self._post("findings", f"{base}/findings/freeze", f"{key}:freeze"),
-                    lambda _: self._unfreeze(base),
+                    lambda: self._freeze(base, key),
+                    lambda _: self._unfreeze(engagement_id, base, key),
+                    undo_when_unanswered=True,
                 ),
                 Step(
                     "render_report",
                     "reports",
-                    lambda: self._post(
-                        "reports", f"{base}/reports", f"{key}:render", report_request
-                    ),
-                    lambda raw: self._withdraw(base, raw),
+                    lambda: self._render(base, key, report_request),
+                    lambda report: self._withdraw(base, report),
                 ),
                 Step(
                     "close",
                     "engagements",
-                    lambda: self._post("engagements", f"{base}/close", f"{key}:close"),
-                    lambda _: self._reopen(base),
+                    lambda: self._close_step(engagement_id, base, key),
+                    lambda _: self._reopen(base, key),
+                    undo_when_unanswered=True,
                 ),
                 Step("publish_closed", "gateway", lambda: self._publish(engagement_id, subject)),
             ],
         )
         results = await saga.run()
         return self._result(engagement_id, results, saga)
+
+    async def _freeze(self, base: str, key: str) -> _Frozen:
+        raw = await self._post("findings", f"{base}/findings/freeze", f"{key}:freeze")
+        frozen: _Frozen = parse_answer("findings", raw, _Frozen)
+        return frozen
+
+    async def _render(self, base: str, key: str, request: dict[str, str]) -> Report:
+        raw = await self._post("reports", f"{base}/reports", f"{key}:render", request)
+        report: Report = parse_answer("reports", raw, Report)
+        return report
+
+    async def _close_step(self, engagement_id: str, base: str, key: str) -> Engagement:
+        try:
+            raw = await self._post("engagements", f"{base}/close", f"{key}:close")
+        except Conflict:
+            # Closed meanwhile (another close ran beside this one): recorded like any close
+            # the service reports; the undo then leaves the findings frozen (_unfreeze).
+            await self._record_known_close(engagement_id)
+            raise
+        closed: Engagement = parse_answer("engagements", raw, Engagement)
+        return closed
 
     async def _publish(self, engagement_id: str, subject: str) -> None:
         """Every gateway decides the engagement as closed from now on (503 if it cannot)."""
@@ -150,21 +174,26 @@ class CloseService:
         except GatewayError:  # reconciliation records it later; the caller still gets 409
             log.warning("engagement_state_not_recorded", engagement=engagement_id)
 
-    async def _reopen(self, base: str) -> None:
-        await self._post("engagements", f"{base}/reopen", None)
+    # The undo calls carry keys of their own, so they are retried like any keyed POST,
+    # and may be sent for a step whose answer never came: services take them idempotently.
+    async def _reopen(self, base: str, key: str) -> None:
+        await self._post("engagements", f"{base}/reopen", f"{key}:undo-close")
 
-    async def _unfreeze(self, base: str) -> None:
-        await self._post("findings", f"{base}/findings/unfreeze", None)
+    async def _unfreeze(self, engagement_id: str, base: str, key: str) -> None:
+        if (await self._engagement(engagement_id)).status == "closed":
+            # Closed by another close meanwhile: its findings stay frozen, whatever ours did.
+            log.warning("saga_unfreeze_skipped", engagement=engagement_id, reason="closed")
+            return
+        await self._post("findings", f"{base}/findings/unfreeze", f"{key}:undo-freeze")
 
-    async def _withdraw(self, base: str, raw: bytes) -> None:
-        report: Report = parse_answer("reports", raw, Report)
+    async def _withdraw(self, base: str, report: Report) -> None:
         await self._delete("reports", f"{base}/reports/{report.id}")
 
     @staticmethod
-    def _result(engagement_id: str, results: dict[str, bytes], saga: Saga) -> CloseResult:
-        frozen: _Frozen = parse_answer("findings", results["freeze_findings"], _Frozen)
-        report: Report = parse_answer("reports", results["render_report"], Report)
-        closed: Engagement = parse_answer("engagements", results["close"], Engagement)
+    def _result(engagement_id: str, results: dict[str, Any], saga: Saga) -> CloseResult:
+        frozen: _Frozen = results["freeze_findings"]
+        report: Report = results["render_report"]
+        closed: Engagement = results["close"]
         return CloseResult(
             engagement_id=engagement_id,
             status="closed",

@@ -16,18 +16,30 @@ from typing import Any
 
 import structlog
 
-from app.core.errors import DownstreamError, GatewayError
+from app.core.errors import CircuitOpen, DownstreamError, GatewayError
 from app.core.tracing import SERVICE, span
+from app.downstream.resilience import PoolExhausted
 
 log = structlog.get_logger("gateway.saga")
 
 
 @dataclass(frozen=True, slots=True)
 class Step:
+    """One action and its compensation (given the action's result).
+
+    ``undo_when_unanswered``: the compensation needs no result (it is called with
+    ``None``), so it also runs for this step when the step failed in a way that may
+    have applied it: the service timed out, broke off, or answered 5xx or an invalid
+    2xx (a ``DownstreamError`` other than ``CircuitOpen``). Compensations must then be
+    idempotent: undoing what never happened is harmless, leaving done what happened is
+    not.
+    """
+
     name: str
     service: str
     action: Callable[[], Awaitable[Any]]
     compensate: Callable[[Any], Awaitable[None]] | None = None
+    undo_when_unanswered: bool = False
 
 
 class Saga:
@@ -54,6 +66,8 @@ class Saga:
                 log.warning(
                     "saga_step", saga=self.name, step=step.name, status="failed", error=exc.code
                 )
+                if _maybe_applied(exc) and step.undo_when_unanswered:
+                    done.append((step, None))  # undone first, like the last step done
                 undone = await self._compensate(done)
                 raise _failure(self.name, step, exc, undone) from None
             log.info("saga_step", saga=self.name, step=step.name, status="done")
@@ -84,6 +98,15 @@ class Saga:
                 continue
             log.info("saga_step", saga=self.name, step=step.name, status="compensated")
         return complete
+
+
+def _maybe_applied(exc: GatewayError) -> bool:
+    """The request may have reached the service and been applied, its answer lost or bad.
+
+    A ``DownstreamError`` (timeout, cut connection, 5xx, invalid answer) but not an open
+    breaker nor an exhausted pool (nothing was sent); a refusal (4xx) applied nothing.
+    """
+    return isinstance(exc, DownstreamError) and not isinstance(exc, CircuitOpen | PoolExhausted)
 
 
 def _failure(saga: str, step: Step, exc: GatewayError, undone: bool) -> GatewayError:

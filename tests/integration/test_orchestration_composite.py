@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import concurrent.futures
+import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from fastapi import FastAPI
 
-from tests.conftest import signer
-from tests.integration.orchestration_stack import StackBuilder, closed_writer_lead_policy
+from app.main import create_app
+from tests.conftest import LiveServer, signer
+from tests.integration.orchestration_stack import (
+    StackBuilder,
+    closed_writer_lead_policy,
+    stack_settings,
+)
 from tests.integration.test_gateway_e2e import assert_problem
 
 pytestmark = pytest.mark.integration
@@ -142,7 +151,17 @@ def test_close_compensates_in_reverse_order_when_a_step_fails(
         for line in captured_logs
         if line["event"] == "saga_step" and line["status"] == "compensated"
     ]
-    assert compensated == ["render_report", "freeze_findings"]
+    # A 5xx may have come after the service applied the close: it is undone too (reopen),
+    # then the others in reverse; undo calls are idempotent (keyed, retried).
+    assert compensated == ["close", "render_report", "freeze_findings"]
+    undo_keys = {
+        s["path"]: s["headers"].get("idempotency-key", "")
+        for name in ("engagements", "findings")
+        for s in stack.seen(name)
+        if s["path"].endswith(("/reopen", "/unfreeze"))
+    }
+    assert undo_keys["/engagements/acme-2026/reopen"].endswith(":undo-close")
+    assert undo_keys["/engagements/acme-2026/findings/unfreeze"].endswith(":undo-freeze")
     assert httpx.get(stack.stubs["findings"].url + "/_frozen").json() == []
     report_calls = [(s["method"], s["path"]) for s in stack.seen("reports")]
     assert report_calls[-1][0] == "DELETE"
@@ -234,3 +253,58 @@ def test_only_the_engagement_lead_may_close(make_stack: StackBuilder) -> None:
     with client(stack.url, "alice") as gateway:
         response = gateway.post(CLOSE, json=REASON, headers={"idempotency-key": "close-acme-0005"})
     assert_problem(response, 403, "forbidden")
+
+
+def test_a_step_with_an_invalid_answer_is_undone_before_anything_else_commits(
+    make_stack: StackBuilder, live_server: Callable[[FastAPI], LiveServer]
+) -> None:
+    """Found by an audit: the answers were parsed after every step (publish included) had
+    committed, so a reports service answering 202 ``{"status": "queued"}`` left the
+    engagement closed, frozen and published, and the caller a 502. The step fails now,
+    and what was done before it is undone; the close is never sent."""
+    stack = make_stack()
+    queued = FastAPI()
+
+    @queued.post("/engagements/{engagement_id}/reports", status_code=202)
+    async def render(engagement_id: str) -> dict[str, str]:
+        return {"status": "queued"}
+
+    stubs = {**stack.stubs, "reports": live_server(queued)}
+    gateway = live_server(create_app(stack_settings(stubs)))
+    with client(gateway.url) as caller:
+        response = caller.post(CLOSE, json=REASON, headers={"idempotency-key": "close-bad-0001"})
+    body = assert_problem(response, 502, "bad_gateway")
+    assert body["service"] == "reports"
+    assert "earlier steps were undone" in str(body["detail"])
+    assert httpx.get(stack.stubs["findings"].url + "/_frozen").json() == []
+    assert not [s for s in stack.seen("engagements") if s["path"].endswith("/close")]
+    with client(gateway.url) as caller:
+        overview = caller.get("/v1/engagements/acme-2026/overview").json()
+    assert overview["engagement"]["status"] == "active"
+
+
+def test_two_closes_at_once_leave_the_engagement_closed_and_its_findings_frozen(
+    make_stack: StackBuilder,
+) -> None:
+    """Found by an audit: the close that lost the race (the service answered its close
+    step 409) undid its freeze, which was the winner's too: closed, findings unfrozen.
+    Whichever wins, exactly one close succeeds and the end state is closed and frozen."""
+    stack = make_stack()
+    stack.faults("reports", latency_ms=400)
+
+    def close(key: str) -> httpx.Response:
+        with client(stack.url) as caller:
+            return caller.post(CLOSE, json=REASON, headers={"idempotency-key": key})
+
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        first = pool.submit(close, "race-key-A001")
+        threading.Event().wait(0.1)
+        second = pool.submit(close, "race-key-B001")
+        statuses = sorted(
+            [first.result(timeout=60).status_code, second.result(timeout=60).status_code]
+        )
+    assert statuses == [200, 409]
+    assert httpx.get(stack.stubs["findings"].url + "/_frozen").json() == ["acme-2026"]
+    with client(stack.url) as caller:
+        overview = caller.get("/v1/engagements/acme-2026/overview").json()
+    assert overview["engagement"]["status"] == "closed"
