@@ -150,6 +150,7 @@ class ServiceSettings(_Section):
     write_timeout: PositiveSeconds = 5.0
     pool_timeout: PositiveSeconds = 1.0
     max_connections: Annotated[int, Field(ge=1, le=10_000)] = 100
+    # Idle connections kept; never more than max_connections (a larger value keeps that many).
     max_keepalive: Annotated[int, Field(ge=0, le=10_000)] = 32
     keepalive_expiry_seconds: PositiveSeconds = 15.0
     # The most bytes of an answer the gateway reads whole (typed routes, composites);
@@ -161,12 +162,6 @@ class ServiceSettings(_Section):
     breaker: BreakerSettings = Field(default_factory=BreakerSettings)
     # The gateway signs the caller's identity to this service with this key (RFC 9421).
     signing_key: KeySpec | None = None
-
-    @model_validator(mode="after")
-    def _keepalive_within_connections(self) -> Self:
-        if self.max_keepalive > self.max_connections:
-            raise ValueError("max_keepalive must not exceed max_connections (idle ones are kept)")
-        return self
 
 
 PASSTHROUGH_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")

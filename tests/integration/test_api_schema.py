@@ -71,6 +71,7 @@ def gateway() -> Iterator[LiveServer]:
         settings_ = make_settings(
             {name: stub.url for name, stub in stubs.items()},
             orchestration={"passthrough": ROUTES},
+            edge={"max_body_bytes": 32 * 1024 * 1024},  # the routes' own limits fit under it
         )
         server = LiveServer(create_app(settings_)).start()
         try:

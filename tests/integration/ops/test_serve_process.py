@@ -223,7 +223,9 @@ def test_workers_share_one_metrics_view_and_one_replay_cache(
 
 def test_workers_without_redis_are_refused(tmp_path: Path) -> None:
     config = tmp_path / "gw.yaml"
-    config.write_text(CONFIG.format(env=TEST_KEY_ENV, policy="policies", url="http://127.0.0.1:1"))
+    config.write_text(
+        CONFIG.format(env=TEST_KEY_ENV, policy="policies", url="http://127.0.0.1:1", graceful=30)
+    )
     env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "GATEWAY_REDIS__URL")}
     result = subprocess.run(
         [sys.executable, "-m", "app.cli.main", "serve", "--workers", "2", "--config", str(config)],
@@ -242,7 +244,9 @@ def test_workers_without_redis_are_refused(tmp_path: Path) -> None:
 
 def test_bad_config_with_workers_stops_with_one_line(tmp_path: Path) -> None:
     config = tmp_path / "gw.yaml"
-    config.write_text(CONFIG.format(env=TEST_KEY_ENV, policy="nowhere", url="http://127.0.0.1:1"))
+    config.write_text(
+        CONFIG.format(env=TEST_KEY_ENV, policy="nowhere", url="http://127.0.0.1:1", graceful=30)
+    )
     result = subprocess.run(
         [sys.executable, "-m", "app.cli.main", "serve", "--workers", "2", "--config", str(config)],
         capture_output=True,

@@ -85,13 +85,8 @@ URL = "http://127.0.0.1:9"
             "services.files.retry",
             "backoff_initial_seconds must not exceed backoff_max_seconds",
         ),
-        (
-            {"services": {"files": {"url": URL, "max_keepalive": 500, "max_connections": 10}}},
-            "services.files",
-            "max_keepalive must not exceed max_connections",
-        ),
     ],
-    ids=["route above the edge", "backoff backwards", "keepalive above connections"],
+    ids=["route above the edge", "backoff backwards"],
 )
 def test_settings_that_could_never_apply_stop_start_up(
     overrides: dict[str, object], where: str, message: str
