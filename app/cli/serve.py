@@ -103,6 +103,10 @@ def _serve(args: argparse.Namespace, settings: Settings, app: FastAPI | str) -> 
         factory=isinstance(app, str),
         workers=args.workers if isinstance(app, str) else None,
         loop="uvloop",
+        # No WebSocket route exists; with a WebSocket implementation loaded, an upgrade
+        # request skipped the edge (its scope is not "http": no path normalisation, a
+        # plain-text 403). Without one, uvicorn serves it as the plain request it also is.
+        ws="none",
         # A worker answers the supervisor's health ping only once it has imported the
         # gateway; uvicorn's 5 s default killed and respawned workers in a loop on a
         # loaded host. 30 s still finds a hung worker.

@@ -77,6 +77,17 @@ TIMEOUT_ANSWER = _closing_answer(
 MALFORMED_ANSWER = _closing_answer(
     400, b"Bad Request", "bad_request", "Bad request", "The request is not valid HTTP/1.1."
 )
+# A request head (request line and fields) larger than this is refused before it is
+# parsed whole: httptools builds a field value by concatenation (a 64 MiB field held the
+# event loop for seconds) and keeps every field. nginx's default is 4 buffers of 8 KiB.
+MAX_HEAD_BYTES = 64 * 1024
+HEAD_TOO_LARGE_ANSWER = _closing_answer(
+    431,
+    b"Request Header Fields Too Large",
+    "request_header_fields_too_large",
+    "Request header fields too large",
+    f"The request head exceeds {MAX_HEAD_BYTES} bytes.",
+)
 
 
 async def overloaded(scope: Any, receive: Any, send: Any) -> None:
@@ -190,6 +201,10 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         self._send_timer: asyncio.TimerHandle | None = None
         self._drain_timer: asyncio.TimerHandle | None = None
         self._lost = False
+        # Between on_message_begin and on_message_complete; the head's bytes so far.
+        self._in_message = False
+        self._in_head = True
+        self._head_size = 0
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -199,6 +214,21 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         )
         self._arm()
 
+    def data_received(self, data: bytes) -> None:
+        if self._in_head:
+            self._head_size += len(data)
+        super().data_received(data)
+        # Still in the head (a completed head reset the count; body bytes in the same
+        # read are not the head's): past the limit, refused before another byte is fed.
+        if self._in_head and self._head_size > MAX_HEAD_BYTES and not self._lost:
+            self._refuse_head()
+            return
+        # Bytes that begin no request (blank lines between requests) cancelled uvicorn's
+        # keep-alive timer and arm nothing: a client sending "\r\n" every few seconds
+        # held the connection for ever. They count as the start of a head now.
+        if not self._in_message and self._header_timer is None and not self._lost:
+            self._arm()
+
     def on_message_begin(self) -> None:
         # A request begun in the same read as the end of an answered body: not idle.
         self._unset_keepalive_if_required()
@@ -206,12 +236,25 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         if self._header_timer is None:  # a later request on a kept-alive connection
             self._arm()
         self._head_bytes = True
+        self._in_message = True
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        # Fields after the head are a chunked body's trailer: uvicorn appended them to
+        # the scope's headers, where the stages read them as the (signed) head's. They
+        # are discarded (RFC 9110 section 6.5.1 allows it); nothing here uses trailers.
+        if not self._in_head:
+            return
+        super().on_header(name, value)
 
     def on_headers_complete(self) -> None:
         self._disarm()
+        self._in_head = False
+        self._head_size = 0
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:
+        self._in_message = False
+        self._in_head = True
         cycle = self.cycle
         if cycle is not None and cycle.response_complete and self._rest_timer is not None:
             # The rest of an answered request's body has arrived. Every byte of it
@@ -255,6 +298,14 @@ class GatewayHttpProtocol(HttpToolsProtocol):
             self._send_timer.cancel()
             self._send_timer = None
         super().resume_writing()
+
+    def _refuse_head(self) -> None:
+        log.info("head_too_large", client=self.client[0] if self.client else None)
+        self._disarm()
+        self._in_head = False
+        if self.cycle is None or self.cycle.response_complete:
+            self.transport.write(HEAD_TOO_LARGE_ANSWER)
+        self.transport.close()
 
     def send_400_response(self, msg: str) -> None:
         # Called by uvicorn (after its own log line) for a request httptools rejects.

@@ -406,3 +406,82 @@ def test_a_client_that_reads_slowly_but_steadily_gets_the_whole_answer(
     assert len(body) == size
     assert time.monotonic() - started > 1.0, "the reading took longer than the send timeout"
     assert '"event":"send_timeout"' not in gateway.log_text()
+
+
+# Found by an HTTP audit of the running gateway (each failed before its fix).
+
+
+def test_blank_lines_between_requests_do_not_hold_a_connection(
+    serve: Callable[..., GatewayProcess],
+) -> None:
+    """``\\r\\n`` every 0.2 s after an answer cancelled the keep-alive timer and armed
+    nothing: the connection was held for ever. It gets the header timeout now."""
+    gateway = serve(header_timeout=1)
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=5) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: gateway\r\n\r\n")
+        assert read_answer(sock).status_code == 200
+        assert closed_within(sock, 8, drip=b"\r\n" * 20)
+
+
+def test_a_request_head_over_the_limit_gets_a_431_problem_and_a_close(
+    serve: Callable[..., GatewayProcess],
+) -> None:
+    """A 64 MiB field held the event loop for seconds (httptools concatenates a value
+    piece by piece); the head is refused past 64 KiB now, before it is parsed whole."""
+    gateway = serve()
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=5) as sock:
+        with contextlib.suppress(OSError):  # the server may close before all is sent
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: gateway\r\nX-Big: " + b"a" * 70_000)
+        answer = read_answer(sock)
+        assert_problem_without_corr_id(answer, 431, "request_header_fields_too_large")
+        assert closed_within(sock, 5)
+
+
+def test_a_large_body_in_the_same_read_as_its_head_is_not_a_large_head(
+    serve: Callable[..., GatewayProcess],
+) -> None:
+    body = json.dumps({"title": "x" * 200_000, "severity": "low"}).encode()
+    gateway = serve()
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as sock:
+        sock.sendall(post_head(gateway.port, body) + body)
+        assert read_answer(sock).status_code == 422  # the title is too long: parsed, not 431
+
+
+def test_trailer_fields_are_not_taken_for_the_signed_head(
+    serve: Callable[..., GatewayProcess],
+) -> None:
+    """uvicorn appended a chunked body's trailer to the request's headers: a trailer
+    ``X-Request-ID`` became the corr_id, and an unsigned trailer could fill a header
+    a route requires. Trailers are discarded now."""
+    gateway = serve()
+    head = post_head(gateway.port, NEW_FINDING)
+    head = head.replace(
+        f"content-length: {len(NEW_FINDING)}\r\n".encode(), b"transfer-encoding: chunked\r\n"
+    )
+    assert b"transfer-encoding: chunked" in head
+    chunked = f"{len(NEW_FINDING):x}\r\n".encode() + NEW_FINDING + b"\r\n0\r\n"
+    trailer = b"X-Request-ID: injected-by-trailer-01\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as sock:
+        sock.sendall(head + chunked + trailer)
+        answer = read_answer(sock)
+    assert answer.status_code == 201, answer.text
+    assert answer.headers["x-request-id"] != "injected-by-trailer-01"
+
+
+def test_a_websocket_upgrade_is_an_ordinary_request_through_the_edge(
+    serve: Callable[..., GatewayProcess],
+) -> None:
+    """With a WebSocket implementation loaded, an upgrade skipped the edge: no path
+    normalisation, a plain-text 403. There is none now: the edge answers as usual."""
+    gateway = serve()
+    upgrade = (
+        b"GET /v1/engagements/../../../x HTTP/1.1\r\nHost: gateway\r\nConnection: Upgrade\r\n"
+        b"Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    )
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as sock:
+        sock.sendall(upgrade)
+        answer = read_answer(sock)
+    assert answer.status_code == 400
+    assert answer.headers["content-type"] == "application/problem+json"
+    assert answer.json()["type"] == "urn:authz-gateway:problem:invalid_path"
