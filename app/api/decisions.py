@@ -135,6 +135,11 @@ def grant_of(request: Request) -> Grant:
 def _original(request: Request, names: tuple[str, str] | None) -> OriginalRequest:
     """The original request from its headers, or from the Envoy path (its own method)."""
     if names is not None:
+        method_header, uri_header = names
+        if len(request.headers.getlist(method_header)) > 1:
+            _refuse("invalid_method", "The original method header is repeated.")
+        if len(request.headers.getlist(uri_header)) > 1:
+            _refuse("invalid_path", "The original URI header is repeated.")
         method, uri = (request.headers.get(name, "").strip(" \t") for name in names)
     else:
         method = request.method

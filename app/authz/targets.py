@@ -66,11 +66,22 @@ class RouteTemplates:
             raise TargetRefused("invalid_method", "The original method is malformed.")
         if not uri.startswith("/") or len(uri) > MAX_URI_LENGTH:
             raise TargetRefused("invalid_path", "The original URI must be an absolute path.")
+        if "#" in uri:  # a fragment is never part of a request target (RFC 9112 3.2)
+            raise TargetRefused("invalid_path", "The original URI carries a fragment (#).")
         raw_path, _, query = uri.partition("?")
         try:
             path = normalize_path(raw_path)
         except InvalidPath as exc:
             raise TargetRefused("invalid_path", f"The original URI: {exc.detail}") from None
+        if path != raw_path and path != raw_path.rstrip("/"):
+            # The asking proxy forwards the URI as the client sent it: a service that reads
+            # "/a/%2e%2e/b" or "/a//b" otherwise than the gateway would serve another
+            # resource than the one decided (decision 0001). A trailing slash is the same.
+            raise TargetRefused(
+                "invalid_path",
+                "The original URI is not in canonical form (dot segments, empty segments "
+                "or percent-encoded unreserved characters); send it canonical.",
+            )
         for template in self._templates:
             match = template.regex.match(path)
             if match is not None:

@@ -30,6 +30,7 @@ import httpx
 
 from app.authn.base import (
     ALGORITHM,
+    Message,
     ParamValue,
     build_signature_base,
     hmac_sha256,
@@ -136,14 +137,23 @@ def sign_outbound(request: httpx.Request, key: SigningKey, label: str = "gateway
     gateway computes it for bodies it holds and forwards the caller's (verified)
     one for streamed bodies, whose bytes it never holds whole.
     """
+    fields = signature_fields(message_from_httpx(request), _components(request), key, label)
+    request.headers.update(fields)
+
+
+def signature_fields(
+    message: Message, components: list[str], key: SigningKey, label: str
+) -> dict[str, str]:
+    """``Signature-Input`` and ``Signature`` (a fresh nonce, now) over ``components``."""
     params: dict[str, ParamValue] = {
         "created": int(time.time()),
         "keyid": key.id,
         "nonce": secrets.token_urlsafe(16),
         "alg": ALGORITHM,
     }
-    components = _components(request)
-    base = build_signature_base(message_from_httpx(request), components, params)
+    base = build_signature_base(message, components, params)
     mac = base64.b64encode(hmac_sha256(key.secret, base)).decode("ascii")
-    request.headers["signature-input"] = f"{label}={serialize_signature_params(components, params)}"
-    request.headers["signature"] = f"{label}=:{mac}:"
+    return {
+        "signature-input": f"{label}={serialize_signature_params(components, params)}",
+        "signature": f"{label}=:{mac}:",
+    }

@@ -138,14 +138,55 @@ def test_a_global_route_is_decided_in_the_global_domain(
     assert response.headers["x-gateway-engagement"] == ""
 
 
-def test_a_traversal_is_decided_on_the_normalised_path(
-    gateway: Callable[..., LiveServer],
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "/v1/engagements/acme-2026/%2e%2e/initech-redteam/findings",  # to another engagement
+        "/v1/engagements/initech-redteam/%2e%2e/acme-2026/findings",  # to one alice is on
+        "/v1/engagements/x1/../acme-2026/findings",
+        "/v1//engagements/acme-2026/findings",
+        "/v1/%65ngagements/acme-2026/findings",
+        "/v1/engagements/acme-2026/findings#frag",
+    ],
+)
+def test_an_original_uri_that_is_not_canonical_is_refused(
+    gateway: Callable[..., LiveServer], captured_logs: list[dict[str, Any]], uri: str
 ) -> None:
-    """acme-2026/../initech-redteam is initech-redteam: alice is refused there."""
-    uri = "/v1/engagements/acme-2026/%2e%2e/initech-redteam/findings"
+    """The asking proxy forwards the URI as the client sent it: one the service may read
+    otherwise than the gateway is never decided (an audit found the second allowed)."""
     _problem(nginx_ask(gateway(), "GET", uri), 403)
-    allowed = nginx_ask(gateway(), "GET", "/v1/engagements/x1/../acme-2026/findings/")
+    denied = [e for e in captured_logs if e.get("stage") == "authz" and e["decision"] == "deny"]
+    assert denied[-1]["reason"] == "invalid_path"
+
+
+def test_a_trailing_slash_is_the_same_resource(gateway: Callable[..., LiveServer]) -> None:
+    allowed = nginx_ask(gateway(), "GET", f"{OURS}/")
     assert allowed.json()["object"] == OURS
+
+
+@pytest.mark.parametrize(
+    ("header", "values", "reason"),
+    [
+        ("X-Original-URI", [OURS, "/v1/engagements/initech-redteam/findings"], "invalid_path"),
+        ("X-Original-Method", ["GET", "DELETE"], "invalid_method"),
+    ],
+)
+def test_a_repeated_original_header_is_refused(
+    gateway: Callable[..., LiveServer],
+    captured_logs: list[dict[str, Any]],
+    header: str,
+    values: list[str],
+    reason: str,
+) -> None:
+    """Signed joined ("GET, DELETE"), decided on the first copy: refused now."""
+    fields = [("X-Original-Method", "GET"), ("X-Original-URI", OURS)]
+    fields = [(n, v) for n, v in fields if n != header] + [(header, v) for v in values]
+    request = httpx.Request("GET", f"{gateway().url}/v1/decisions", headers=fields)
+    signed = next(_auth("alice", ()).auth_flow(request))
+    with httpx.Client(timeout=5) as client:
+        _problem(client.send(signed), 403)
+    denied = [e for e in captured_logs if e.get("stage") == "authz" and e["decision"] == "deny"]
+    assert denied[-1]["reason"] == reason
 
 
 @pytest.mark.parametrize(
@@ -259,21 +300,24 @@ def test_decisions_spend_the_same_quota_as_direct_requests(
     assert other.status_code == 200  # another engagement's quota is untouched
 
 
+@pytest.mark.parametrize("query", ["page=2", 'q="x"&a=<b>'])
 def test_the_signed_identity_verifies_for_the_original_request(
-    gateway: Callable[..., LiveServer], monkeypatch: pytest.MonkeyPatch
+    gateway: Callable[..., LiveServer], monkeypatch: pytest.MonkeyPatch, query: str
 ) -> None:
+    """The raw query is signed as the proxy forwards it (an audit found ``"`` signed as
+    ``%22``: the service's check then failed)."""
     monkeypatch.setenv(IDENTITY_KEY_ENV, IDENTITY_SECRET.decode())
     key = {"id": "gateway-authz", "secret_env": IDENTITY_KEY_ENV}
     server = gateway(authorizer={"identity_signing_key": key})
-    uri = f"{OURS}?page=2"
+    uri = f"{OURS}?{query}"
     response = nginx_ask(server, "GET", uri, groups=("analysts",))
     assert response.status_code == 200
     names = ("x-auth-subject", "x-auth-groups", "x-gateway-engagement", "signature-input")
     headers = {name: [response.headers[name]] for name in (*names, "signature")}
-    message = Message("GET", OURS, "page=2", headers=headers)
+    message = Message("GET", OURS, query, headers=headers)
     verifier = SignatureVerifier(KeyRing([SigningKey("gateway-authz", IDENTITY_SECRET)]))
     assert verifier.verify(message, b"", time.time()).subject == "alice"
-    tampered = Message("GET", "/v1/engagements/globex-cloud/findings", "page=2", headers=headers)
+    tampered = Message("GET", "/v1/engagements/globex-cloud/findings", query, headers=headers)
     with pytest.raises(Exception, match="The request is not signed"):
         verifier.verify(tampered, b"", time.time())
 

@@ -36,9 +36,12 @@ def test_a_template_without_engagement_is_the_global_domain() -> None:
     assert TEMPLATES.resolve("POST", "/admin/policy/reload").engagement == "*"
 
 
-def test_the_first_matching_template_wins_after_normalisation() -> None:
-    target = TEMPLATES.resolve("GET", "/v1/engagements/acme-2026/findings/x/%2E%2E/")
+def test_a_trailing_slash_is_the_same_resource_but_dot_segments_are_refused() -> None:
+    target = TEMPLATES.resolve("GET", "/v1/engagements/acme-2026/findings/")
     assert target.obj == "/v1/engagements/acme-2026/findings"
+    with pytest.raises(TargetRefused) as refused:
+        TEMPLATES.resolve("GET", "/v1/engagements/acme-2026/findings/x/%2E%2E/")
+    assert refused.value.reason == "invalid_path"
 
 
 @pytest.mark.parametrize(

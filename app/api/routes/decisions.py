@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Annotated, Any
 
-import httpx
 import orjson
 from fastapi import APIRouter, Depends, Request, Response
 
@@ -20,10 +19,11 @@ from app.api.decisions import Authorizer, DecisionGuard, Grant, grant_of
 from app.api.pipeline import admission_of
 from app.api.routing import GuardedRoute
 from app.api.schemas import Problem
+from app.authn.base import Message
 from app.authn.identity import GROUPS_HEADER, SUBJECT_HEADER
 from app.authz.policy import GLOBAL_DOMAIN, Decision
 from app.domain.identity import Identity
-from app.downstream.propagation import ENGAGEMENT_HEADER, sign_outbound
+from app.downstream.propagation import ENGAGEMENT_HEADER, signature_fields
 
 router = APIRouter(route_class=GuardedRoute, prefix="/v1/decisions", tags=["decisions"])
 
@@ -136,22 +136,17 @@ def _signed_identity(
 ) -> dict[str, str]:
     """The gateway's signature over the original request's method, path and identity.
 
-    The upstream receives the original request as the client sent it, so the raw
-    path and query are signed, never the normalised form; the body is not covered.
+    The upstream receives the original request as the client sent it, so the raw path
+    and query are signed, exactly as received (never re-encoded: httpx's URL would
+    percent-encode a ``"`` the proxy forwards as it is); the body is not covered.
     """
     assert authorizer.identity_key is not None
     target = grant.original
-    identity_headers = {
-        name: headers[name]
+    identity = {
+        name: [headers[name]]
         for name in (SUBJECT_HEADER, GROUPS_HEADER, ENGAGEMENT_HEADER)
         if headers[name]
     }
-    url = httpx.URL("http://upstream/").copy_with(
-        raw_path=(target.raw_path + (f"?{target.query}" if target.query else "")).encode("ascii")
-    )
-    original = httpx.Request(target.action, url, headers=identity_headers)
-    sign_outbound(original, authorizer.identity_key, IDENTITY_LABEL)
-    return {
-        "signature-input": original.headers["signature-input"],
-        "signature": original.headers["signature"],
-    }
+    message = Message(target.action, target.raw_path, target.query, headers=identity)
+    components = ["@method", "@path", *(["@query"] if target.query else []), *identity]
+    return signature_fields(message, components, authorizer.identity_key, IDENTITY_LABEL)
