@@ -24,6 +24,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.core import logcontext
 from app.core.errors import (
+    BadRequest,
     GatewayError,
     InvalidPath,
     PayloadTooLarge,
@@ -54,6 +55,22 @@ def incoming_request_id(scope: Scope) -> str | None:
             text = value.decode("latin-1")
             return text if _WELL_FORMED_ID.match(text) else None
     return None
+
+
+def _check_host(scope: Scope) -> None:
+    """RFC 9112 section 3.2: an HTTP/1.1 request with no Host field, or with several, is a 400.
+
+    ``@authority`` (which a signature may cover) and forwarded headers read the Host
+    field; with two, the gateway and a proxy in front of it may each read another.
+    """
+    if scope.get("http_version") != "1.1":
+        return
+    hosts = 0
+    for name, _ in scope.get("headers", ()):
+        if name == b"host":
+            hosts += 1
+    if hosts != 1:
+        raise BadRequest("An HTTP/1.1 request carries exactly one Host field.")
 
 
 def _content_length(scope: Scope) -> int | None:
@@ -177,6 +194,7 @@ class EdgeMiddleware:
 
     async def _dispatch(self, scope: Scope, receive: Receive, send: Send, corr_id: str) -> None:
         try:
+            _check_host(scope)
             self._check_size(scope)
             self._normalize(scope)
         except GatewayError as err:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -13,6 +14,7 @@ from app.main import create_app
 from app.stubs.server import create_stub_app
 from tests.conftest import LiveServer, make_settings, signer
 from tests.integration.conftest import Stack
+from tests.integration.raw_http import as_response, read_answer
 
 pytestmark = pytest.mark.integration
 
@@ -205,3 +207,24 @@ def test_readiness_shows_services_left_out_without_being_unready(
     assert warned[0]["routes_answering_503"] == ["admin reopen", "close", "overview"]
     authorizer_only = live_server(create_app(make_settings({})))
     assert httpx.get(authorizer_only.url + "/readyz", timeout=10).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("head", "status"),
+    [
+        (b"GET /healthz HTTP/1.1\r\n\r\n", 400),  # no Host
+        (b"GET /healthz HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400),  # two
+        (b"GET /healthz HTTP/1.0\r\n\r\n", 200),  # HTTP/1.0 may omit it
+        (b"GET /healthz HTTP/1.1\r\nHost: gateway\r\n\r\n", 200),
+    ],
+    ids=["no host", "two hosts", "http/1.0", "one host"],
+)
+def test_an_http11_request_carries_exactly_one_host(stack: Stack, head: bytes, status: int) -> None:
+    """RFC 9112 section 3.2 (found by an HTTP audit: both were served)."""
+    with socket.create_connection(("127.0.0.1", stack.gateway.port), timeout=10) as sock:
+        sock.sendall(head)
+        answer = as_response(*read_answer(sock, bytearray(), 1 << 20))
+    assert answer.status_code == status
+    if status == 400:
+        assert answer.headers["content-type"] == "application/problem+json"
+        assert answer.json()["corr_id"] == answer.headers["x-request-id"]
