@@ -69,12 +69,20 @@ class CloseService:
     ) -> tuple[CloseResult, bool]:
         """``(result, replayed)`` for this key; the saga runs at most once per key."""
         scope = ("close", subject, engagement_id, key)
-        return await self._store.run(
+        result, replayed = await self._store.run(
             scope,
             fingerprint(body),
             lambda: self._close(engagement_id, body, key, subject),
             RESULT_CODEC,
         )
+        if replayed and self._state.get(engagement_id) is None:
+            # While the engagement is closed, the policy refuses a close (a write) before
+            # it gets here; so it was reopened since: the stored "closed" is stale.
+            raise Conflict(
+                "The engagement was reopened after this close; "
+                "send a new Idempotency-Key to close it again."
+            )
+        return result, replayed
 
     async def _post(self, service: str, path: str, key: str | None, json: Any = None) -> bytes:
         response = await self._services.get(service).call(

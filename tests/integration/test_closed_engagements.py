@@ -124,6 +124,11 @@ def test_a_restarted_gateway_still_decides_it_closed_and_reopen_opens_it_everywh
     assert [s["name"] for s in body["steps"]] == ["reopen", "unfreeze_findings", "drop_closed"]
     wait_for(lambda: post(stack.url, FINDINGS, "alice", FINDING).status_code == 201)
     assert httpx.get(stack.stubs["findings"].url + "/_frozen").json() == []
+    # The old key's stored "closed" is stale now (an audit found it replayed as 200):
+    stale = close(stack.url, "close-acme-e2e-2")
+    assert_problem(stale, 409, "conflict")
+    assert "reopened" in stale.json()["detail"]
+    assert close(stack.url, "close-acme-e2e-2b").status_code == 200  # a new key closes again
 
 
 def test_in_memory_a_restart_learns_closed_engagements_from_the_service(
