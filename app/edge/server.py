@@ -205,6 +205,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         self._in_message = False
         self._in_head = True
         self._head_size = 0
+        self._events = 0  # messages begun and completed: which reads carried a request
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -217,16 +218,23 @@ class GatewayHttpProtocol(HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         if self._in_head:
             self._head_size += len(data)
+        events = self._events
         super().data_received(data)
         # Still in the head (a completed head reset the count; body bytes in the same
         # read are not the head's): past the limit, refused before another byte is fed.
         if self._in_head and self._head_size > MAX_HEAD_BYTES and not self._lost:
             self._refuse_head()
             return
-        # Bytes that begin no request (blank lines between requests) cancelled uvicorn's
-        # keep-alive timer and arm nothing: a client sending "\r\n" every few seconds
-        # held the connection for ever. They count as the start of a head now.
-        if not self._in_message and self._header_timer is None and not self._lost:
+        # A read that began and ended no message outside one (blank lines between
+        # requests) cancelled uvicorn's keep-alive timer and armed nothing: a client
+        # sending "\r\n" every few seconds held the connection for ever. Such bytes
+        # start the header timeout now (a read that carried a request arms nothing).
+        if (
+            events == self._events
+            and not self._in_message
+            and self._header_timer is None
+            and not self._lost
+        ):
             self._arm()
 
     def on_message_begin(self) -> None:
@@ -237,6 +245,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
             self._arm()
         self._head_bytes = True
         self._in_message = True
+        self._events += 1
 
     def on_header(self, name: bytes, value: bytes) -> None:
         # Fields after the head are a chunked body's trailer: uvicorn appended them to
@@ -255,6 +264,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
     def on_message_complete(self) -> None:
         self._in_message = False
         self._in_head = True
+        self._events += 1
         cycle = self.cycle
         if cycle is not None and cycle.response_complete and self._rest_timer is not None:
             # The rest of an answered request's body has arrived. Every byte of it

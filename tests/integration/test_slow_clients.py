@@ -423,6 +423,19 @@ def test_blank_lines_between_requests_do_not_hold_a_connection(
         assert closed_within(sock, 8, drip=b"\r\n" * 20)
 
 
+def test_a_kept_alive_connection_outlives_the_header_timeout_between_requests(
+    serve: Callable[..., GatewayProcess],
+) -> None:
+    """Only bytes that begin no request start the header timeout: after an answer the
+    connection idles under the keep-alive timeout (5 s), not the header one (1 s here)."""
+    gateway = serve(header_timeout=1)
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=5) as sock:
+        for _ in range(2):
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: gateway\r\n\r\n")
+            assert read_answer(sock).status_code == 200
+            time.sleep(2)
+
+
 def test_a_request_head_over_the_limit_gets_a_431_problem_and_a_close(
     serve: Callable[..., GatewayProcess],
 ) -> None:
