@@ -17,9 +17,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterator, Set
 
-from casbin.util import key_match
-
-from app.authz.compiled import MAX_HOPS
+from app.authz.compiled import MAX_HOPS, CompiledPolicy
 from app.authz.fields import HTTP_METHODS
 from app.authz.source import CLOSED_WRITER, GLOBAL_DOMAIN, Issue, PolicyLine, PolicySource
 
@@ -196,25 +194,29 @@ Graph = dict[str, list[tuple[str, str]]]
 
 
 def _graphs(source: PolicySource) -> Iterator[tuple[str, Graph, Graph]]:
-    """Each role graph a decision walks, with the links written for it: ``g2``, and per
-    domain its ``g`` links together with those of every pattern domain matching it (as
-    ``CompiledPolicy.domain_links``). Walks start from the domain's own links only, so
-    the ``*`` links are walked once per domain that uses them, not once per domain."""
-    by_domain: dict[str, Graph] = defaultdict(lambda: defaultdict(list))
-    g2: Graph = defaultdict(list)
-    for line in source.lines:
-        if line.ptype == "g":
-            by_domain[line.fields[2]][line.fields[0]].append((line.fields[1], line.location))
-        elif line.ptype == "g2":
-            g2[line.fields[0]].append((line.fields[1], line.location))
+    """Each role graph a decision walks, from the decision path's own index
+    (``CompiledPolicy``: ``g2``, and per domain ``domain_links``, its ``g`` links with
+    those of every pattern domain matching it), each link with its ``file:line``, and
+    the links written for the domain itself. Walks start from those only, so the ``*``
+    links are walked once per domain that uses them, not once per domain."""
+    compiled = CompiledPolicy(source.lines)
+    g2 = {
+        child: [
+            (parent, compiled.link_locations[("g2", GLOBAL_DOMAIN, child, parent)])
+            for parent in parents
+        ]
+        for child, parents in compiled.links("g2").items()
+    }
     yield "every engagement (g2)", g2, g2
-    patterns = [d for d in by_domain if "*" in d]
-    for domain, own in by_domain.items():
-        matching = [by_domain[p] for p in patterns if p != domain and key_match(domain, p)]
+    for domain in compiled.grant_domains:
         merged: Graph = defaultdict(list)
-        for links in (own, *matching):
+        for links in compiled.domain_links(domain):
             for child, parents in links.items():
-                merged[child].extend(parents)
+                merged[child] += [
+                    (parent, compiled.g_link_location(child, parent, domain)[1])
+                    for parent in parents
+                ]
+        own = {child: merged[child] for child in compiled.links("g", domain)}
         yield domain, own, merged
 
 
