@@ -196,9 +196,7 @@ def _warn_unconfigured_services(settings: Settings) -> None:
         structlog.get_logger("gateway.ops").warning(
             "services_not_configured",
             services=sorted(missing),
-            routes_answering_503=sorted(
-                {r for routes in missing.values() for r in routes.split(", ")}
-            ),
+            routes_answering_503=sorted({r for routes in missing.values() for r in routes}),
         )
 
 

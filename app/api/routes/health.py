@@ -15,10 +15,10 @@ from app.ops.runtime import redis_health
 router = APIRouter(route_class=GuardedRoute, tags=["health"])
 
 # The services the typed routes call, and which routes answer 503 without them.
-ROUTE_SERVICES = {
-    "engagements": "overview, close, admin reopen",
-    "findings": "findings, overview, close",
-    "reports": "overview, close",
+ROUTE_SERVICES: dict[str, tuple[str, ...]] = {
+    "engagements": ("overview", "close", "admin reopen"),
+    "findings": ("findings", "overview", "close"),
+    "reports": ("overview", "close"),
 }
 
 
@@ -79,7 +79,7 @@ async def readyz(request: Request) -> JSONResponse:
     # that passes: shown, never unready. Start-up logs the same (services_not_configured).
     for name, routes in ROUTE_SERVICES.items():
         configured = name in services.names
-        detail = "configured" if configured else f"not configured: {routes} answer 503"
+        detail = "configured" if configured else f"not configured: {', '.join(routes)} answer 503"
         checks.append(ReadinessCheck(name=f"service:{name}", ok=True, detail=detail))
     redis = getattr(request.app.state, "redis", None)
     if redis is not None:
