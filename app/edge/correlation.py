@@ -57,30 +57,30 @@ def incoming_request_id(scope: Scope) -> str | None:
     return None
 
 
-def _check_host(scope: Scope) -> None:
-    """RFC 9112 section 3.2: an HTTP/1.1 request with no Host field, or with several, is a 400.
+def _check_head(scope: Scope, max_body_bytes: int) -> None:
+    """The head's framing, in one pass over its fields: one Host, a body within the cap.
 
-    ``@authority`` (which a signature may cover) and forwarded headers read the Host
-    field; with two, the gateway and a proxy in front of it may each read another.
+    RFC 9112 section 3.2: an HTTP/1.1 request with no Host field, or with several, is a
+    400 (``@authority``, which a signature may cover, and forwarded headers read it;
+    with two, the gateway and a proxy in front of it may each read another). A
+    declared ``Content-Length`` over ``max_body_bytes`` is a 413 before any is read.
     """
-    if scope.get("http_version") != "1.1":
-        return
     hosts = 0
-    for name, _ in scope.get("headers", ()):
+    declared: bytes | None = None
+    for name, value in scope.get("headers", ()):
         if name == b"host":
             hosts += 1
-    if hosts != 1:
+        elif name == b"content-length" and declared is None:
+            declared = value
+    if hosts != 1 and scope.get("http_version") == "1.1":
         raise BadRequest("An HTTP/1.1 request carries exactly one Host field.")
-
-
-def _content_length(scope: Scope) -> int | None:
-    for name, value in scope.get("headers", ()):
-        if name == b"content-length":
-            try:
-                return int(value)
-            except ValueError:
-                return None
-    return None
+    if declared is not None:
+        try:
+            length = int(declared)
+        except ValueError:
+            return
+        if length > max_body_bytes:
+            raise PayloadTooLarge(f"The request body exceeds {max_body_bytes} bytes.")
 
 
 def with_request_id(
@@ -194,8 +194,7 @@ class EdgeMiddleware:
 
     async def _dispatch(self, scope: Scope, receive: Receive, send: Send, corr_id: str) -> None:
         try:
-            _check_host(scope)
-            self._check_size(scope)
+            _check_head(scope, self.max_body_bytes)
             self._normalize(scope)
         except GatewayError as err:
             response = problem_response(err.status_code, err.code, err.title, err.detail, corr_id)
@@ -224,11 +223,6 @@ class EdgeMiddleware:
                 await response({"type": "http"}, _no_receive, send)
 
         return send_or_refusal
-
-    def _check_size(self, scope: Scope) -> None:
-        declared = _content_length(scope)
-        if declared is not None and declared > self.max_body_bytes:
-            raise PayloadTooLarge(f"The request body exceeds {self.max_body_bytes} bytes.")
 
     @staticmethod
     def _normalize(scope: Scope) -> None:
