@@ -81,6 +81,17 @@ MALFORMED_ANSWER = _closing_answer(
 # parsed whole: httptools builds a field value by concatenation (a 64 MiB field held the
 # event loop for seconds) and keeps every field. nginx's default is 4 buffers of 8 KiB.
 MAX_HEAD_BYTES = 64 * 1024
+# RFC 9112 section 6.1: an HTTP/1.0 message with Transfer-Encoding has faulty framing
+# (1.0 has no chunked coding; a 1.0 intermediary in front may have framed the body by
+# Content-Length or by the close), so it is refused and the connection closed, before
+# the body is read either way: two readings of one body are request smuggling.
+HTTP10_TRANSFER_ENCODING_ANSWER = _closing_answer(
+    400,
+    b"Bad Request",
+    "bad_request",
+    "Bad request",
+    "An HTTP/1.0 request cannot carry Transfer-Encoding.",
+)
 HEAD_TOO_LARGE_ANSWER = _closing_answer(
     431,
     b"Request Header Fields Too Large",
@@ -179,6 +190,10 @@ class CoalescingTransport:
         return getattr(self._transport, name)
 
 
+class _FaultyFraming(Exception):
+    """Raised in a parser callback: the request's framing cannot be trusted."""
+
+
 class GatewayHttpProtocol(HttpToolsProtocol):
     """``HttpToolsProtocol``: header, unread-body and send timeouts, problem+json 400 and
     503, joined writes."""
@@ -206,6 +221,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         self._in_head = True
         self._head_size = 0
         self._events = 0  # messages begun and completed: which reads carried a request
+        self._refusal = MALFORMED_ANSWER  # what send_400_response answers
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -257,6 +273,13 @@ class GatewayHttpProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._disarm()
+        if self.parser.get_http_version() == "1.0" and any(
+            name == b"transfer-encoding" for name, _ in self.headers
+        ):
+            # Raised inside the parser's callback: httptools stops this read and uvicorn
+            # answers with send_400_response, which closes the connection.
+            self._refusal = HTTP10_TRANSFER_ENCODING_ANSWER
+            raise _FaultyFraming
         self._in_head = False
         self._head_size = 0
         super().on_headers_complete()
@@ -318,8 +341,9 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         self.transport.close()
 
     def send_400_response(self, msg: str) -> None:
-        # Called by uvicorn (after its own log line) for a request httptools rejects.
-        self.transport.write(MALFORMED_ANSWER)
+        # Called by uvicorn (after its own log line) for a request httptools rejects, or
+        # one this protocol refused while parsing (``_refusal``).
+        self.transport.write(self._refusal)
         self.transport.close()
 
     def _start_asgi_task(self, cycle: Any, app: Any) -> None:

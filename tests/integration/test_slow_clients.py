@@ -481,6 +481,49 @@ def test_trailer_fields_are_not_taken_for_the_signed_head(
     assert answer.headers["x-request-id"] != "injected-by-trailer-01"
 
 
+@pytest.mark.parametrize("coding", [b"chunked", b"gzip, chunked", b"identity"])
+def test_an_http10_request_with_transfer_encoding_is_refused_and_closed(
+    serve: Callable[..., GatewayProcess], coding: bytes
+) -> None:
+    """httptools read an HTTP/1.0 request's body as chunked; a 1.0 proxy in front frames
+    it by Content-Length or the close instead: two readings of one body. RFC 9112 6.1:
+    faulty framing, refused and closed before the app (or a signature check) runs."""
+    gateway = serve()
+    head = post_head(gateway.port, NEW_FINDING).replace(b" HTTP/1.1\r\n", b" HTTP/1.0\r\n", 1)
+    head = head.replace(
+        f"content-length: {len(NEW_FINDING)}\r\n".encode(),
+        b"transfer-encoding: " + coding + b"\r\nconnection: keep-alive\r\n",
+    )
+    assert b" HTTP/1.0\r\n" in head
+    assert b"transfer-encoding: " + coding in head
+    chunked = f"{len(NEW_FINDING):x}\r\n".encode() + NEW_FINDING + b"\r\n0\r\n\r\n"
+    smuggled = b"GET /healthz HTTP/1.1\r\nHost: gateway\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as sock:
+        sock.sendall(head + chunked + smuggled)
+        answer = read_answer(sock)
+        assert_problem_without_corr_id(answer, 400, "bad_request")
+        assert "HTTP/1.0" in answer.json()["detail"]
+        assert answer.headers["connection"] == "close"
+        assert closed_within(sock, 5)  # the pipelined GET got no answer
+    # The gateway serves the next connection as before.
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as sock:
+        sock.sendall(smuggled)
+        assert read_answer(sock).status_code == 200
+
+
+def test_an_http10_request_with_a_content_length_is_served(
+    serve: Callable[..., GatewayProcess],
+) -> None:
+    """The refusal above is about Transfer-Encoding, not HTTP/1.0: a 1.0 POST framed by
+    Content-Length is created as a 1.1 one is."""
+    gateway = serve()
+    head = post_head(gateway.port, NEW_FINDING).replace(b" HTTP/1.1\r\n", b" HTTP/1.0\r\n", 1)
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as sock:
+        sock.sendall(head + NEW_FINDING)
+        answer = read_answer(sock)
+    assert answer.status_code == 201, answer.text
+
+
 def test_a_websocket_upgrade_is_an_ordinary_request_through_the_edge(
     serve: Callable[..., GatewayProcess],
 ) -> None:
