@@ -98,6 +98,7 @@ _SIGNED_ERRORS = {
 _BODY_ERRORS = {
     "408": "The body stalled or arrived too slowly (Connection: close)",
     "413": "The body is too large",
+    "415": "The body's Content-Type is not one the route takes",
 }
 
 

@@ -17,6 +17,12 @@ as a bare endpoint's whole dispatch in this FastAPI version (see
 declarations are unchanged: the same ``Annotated[..., Depends(...)]`` aliases,
 which FastAPI resolves the ordinary way wherever this class is not used.
 
+A guarded route with a JSON body refuses, after its guard, a body whose
+``Content-Type`` is not JSON (``application/json`` or ``application/*+json``, as
+FastAPI reads it) with ``415 unsupported_media_type``: FastAPI would validate the
+raw bytes against the model and answer a 422 that names a type error, which
+tells the caller nothing about what it sent wrong.
+
 A guarded endpoint that takes nothing but the request and path parameters and
 returns a ``Response`` (the typed GET routes, the decision endpoints, the
 pass-through routes) is called directly after its guard: its path parameters
@@ -28,6 +34,7 @@ answers its usual 422.
 
 from __future__ import annotations
 
+import email.message
 import inspect
 import typing
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
@@ -37,10 +44,11 @@ from typing import Any
 from fastapi import Request, Response
 from fastapi.dependencies.models import Dependant
 from fastapi.dependencies.utils import get_dependant, request_params_to_args
+from fastapi.params import Form
 from fastapi.routing import APIRoute
 
 from app.api.pipeline import Gate, Guard
-from app.core.errors import ConfigError
+from app.core.errors import ConfigError, UnsupportedMediaType
 
 Handler = Callable[[Request], Coroutine[Any, Any, Response]]
 Endpoint = Callable[..., Awaitable[Any]]
@@ -144,6 +152,9 @@ class GuardedRoute(APIRoute):
         self.direct = _direct_call(self.dependant, self._returns, handler)
         if self.direct is not None:
             self.lane_handler = _guarded(self.guard, self.direct)
+        body = self.body_field
+        if body is not None and not isinstance(body.field_info, Form):
+            handler = _json_only(handler)
         return _guarded(self.guard, self.direct or handler)
 
 
@@ -193,6 +204,36 @@ async def _with_exit_stacks(handler: Handler, request: Request) -> Response:
         for key in missing:
             scope[key] = await stacks.enter_async_context(AsyncExitStack())
         return await handler(request)
+
+
+def is_json_media_type(content_type: str) -> bool:
+    """Whether FastAPI parses a body of this ``Content-Type`` as JSON (its own test)."""
+    message = email.message.Message()
+    message["content-type"] = content_type
+    if message.get_content_maintype() != "application":
+        return False
+    subtype = message.get_content_subtype()
+    return subtype == "json" or subtype.endswith("+json")
+
+
+def _json_only(handler: Handler) -> Handler:
+    """``handler`` behind a 415 for a non-empty body that is not declared JSON.
+
+    Runs after the guard (so an unsigned or denied caller learns nothing of the
+    route's media type); the body is already read (authn checked its digest), so
+    this reads nothing more. An empty body goes on to FastAPI's 422 (a required body).
+    """
+
+    async def json_only(request: Request) -> Response:
+        if await request.body():
+            content_type = request.headers.get("content-type")
+            if not content_type or not is_json_media_type(content_type):
+                raise UnsupportedMediaType(
+                    "This route takes a JSON body (Content-Type: application/json)."
+                )
+        return await handler(request)
+
+    return json_only
 
 
 def _guarded(guard: Guard, handler: Handler) -> Handler:

@@ -3,7 +3,7 @@
 Every route that takes a body, against a real gateway: an unsigned or tampered
 request gets 401 (its reason logged) whatever its body, a signed caller the
 policy denies gets 403 without its body parsed, and only an allowed caller can
-learn that its body is malformed (400/422).
+learn that its body is malformed (400/422) or not JSON (415).
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ class BodyRoute:
     denied: str  # a subject it denies
     parsed: bool = True  # typed route (parsed by FastAPI) or pass-through (bytes only)
     headers: tuple[tuple[str, str], ...] = ()
+    body_optional: bool = False  # an empty body is a request of its own (reload)
 
 
 ROUTES = [
@@ -53,7 +54,9 @@ ROUTES = [
         headers=(("idempotency-key", "order-test-0001"),),
     ),
     BodyRoute("/admin/policy/explain", allowed="sam", denied="alice"),
-    BodyRoute("/admin/policy/reload", allowed="sam", denied="alice"),
+    BodyRoute("/admin/policy/query", allowed="sam", denied="alice"),
+    BodyRoute("/admin/policy/reload", allowed="sam", denied="alice", body_optional=True),
+    BodyRoute("/admin/engagements/acme-2026/reopen", allowed="sam", denied="alice"),
     BodyRoute("/v1/engagements/acme-2026/evidence", "alice", "carol", parsed=False),
 ]
 CASES = [(route, name) for route in ROUTES for name in BODIES]
@@ -63,7 +66,7 @@ Case = tuple[BodyRoute, bytes]
 
 @pytest.fixture(scope="module")
 def gateway() -> Iterator[OrchestrationStack]:
-    """One gateway and its stubs for the whole module (75 cases): counts are read as deltas."""
+    """One gateway and its stubs for the whole module (105 cases): counts are read as deltas."""
     started: list[LiveServer] = []
 
     def start(app: FastAPI) -> LiveServer:
@@ -198,3 +201,69 @@ def test_only_an_allowed_caller_learns_its_body_is_malformed(
     else:  # pass-through: bytes only, the service got them whole (digest verified)
         assert response.status_code < 400, response.text
         assert forwarded() == 1
+
+
+PARSED = [route for route in ROUTES if route.parsed]
+PARSED_IDS = [route.path.rsplit("/", 1)[-1] for route in PARSED]
+NOT_JSON = ["text/plain", "application/x-www-form-urlencoded", "application/jsonx", None]
+
+
+def _with_type(request: httpx.Request, content_type: str | None) -> httpx.Request:
+    """``request`` with another Content-Type (unsigned: the signature does not cover it)."""
+    if content_type is None:
+        del request.headers["content-type"]
+    else:
+        request.headers["content-type"] = content_type
+    return request
+
+
+@pytest.mark.parametrize("content_type", NOT_JSON, ids=str)
+@pytest.mark.parametrize("route", PARSED, ids=PARSED_IDS)
+def test_a_body_that_is_not_json_is_415_for_an_allowed_caller_only(
+    gateway: OrchestrationStack,
+    forwarded: Callable[[], int],
+    route: BodyRoute,
+    content_type: str | None,
+) -> None:
+    """FastAPI validated a text/plain body's bytes against the model: a 422 naming a type
+    error. It is a 415 now, after the guard: unsigned 401, denied 403, allowed 415."""
+    body = b'{"title": "x", "severity": "low"}'
+    unsigned = _with_type(_request(gateway.url, route, body, None), content_type)
+    assert_problem(_send(unsigned), 401, "unauthenticated")
+    denied = _with_type(_request(gateway.url, route, body, route.denied), content_type)
+    assert_problem(_send(denied), 403, "forbidden")
+    allowed = _with_type(_request(gateway.url, route, body, route.allowed), content_type)
+    response = _send(allowed)
+    assert_problem(response, 415, "unsupported_media_type")
+    assert "application/json" in response.json()["detail"]
+    assert forwarded() == 0
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    ["application/json; charset=utf-8", "Application/JSON", "application/problem+json"],
+)
+@pytest.mark.parametrize("route", PARSED, ids=PARSED_IDS)
+def test_json_media_types_reach_the_schema(
+    gateway: OrchestrationStack, route: BodyRoute, content_type: str
+) -> None:
+    """Every type FastAPI parses as JSON passes the media check: a body of the wrong
+    shape is the schema's 422, not a 415."""
+    request = _with_type(
+        _request(gateway.url, route, b'{"unexpected": 1}', route.allowed), content_type
+    )
+    assert_problem(_send(request), 422, "validation_error")
+
+
+@pytest.mark.parametrize("route", PARSED, ids=PARSED_IDS)
+def test_an_empty_body_is_no_415_whatever_its_type(
+    gateway: OrchestrationStack, route: BodyRoute
+) -> None:
+    """No body has no media type: a required one is the schema's 422, an optional one
+    (reload's) is simply absent."""
+    request = _with_type(_request(gateway.url, route, b"", route.allowed), "text/plain")
+    response = _send(request)
+    if route.body_optional:
+        assert response.status_code == 200, response.text
+    else:
+        assert_problem(response, 422, "validation_error")
