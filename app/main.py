@@ -49,6 +49,11 @@ from app.downstream.client import ServiceRegistry, load_outbound_keys
 from app.ops.metrics import set_policy_revision
 from app.ops.processes import freeze_startup_heap
 from app.ops.runtime import ops_lifespan
+from app.workflows.engagement_lock import (
+    EngagementLocks,
+    MemoryEngagementLocks,
+    RedisEngagementLocks,
+)
 from app.workflows.engagement_state import Reconciler
 from app.workflows.idempotency import (
     IdempotencyStore,
@@ -130,6 +135,7 @@ def create_app(
     app.state.verifier = authn.verifier
     app.state.policy = policy  # a PolicyStore: .current, .decide, .reload, .status
     app.state.idempotency = _idempotency_store(settings, redis)
+    app.state.engagement_locks = _engagement_locks(settings, redis)
     app.state.gate = Gate(authn, policy, lambda: app.state.rate_limit)
     app.router.route_class = GuardedRoute  # pass-through routes are added on app.router
     app.state.authorizer = Authorizer.from_settings(settings.authorizer)
@@ -187,6 +193,13 @@ def _idempotency_store(settings: Settings, redis: SharedRedis | None) -> Idempot
     return RedisIdempotencyStore(
         redis, orchestration.idempotency_ttl_seconds, orchestration.idempotency_lease_seconds
     )
+
+
+def _engagement_locks(settings: Settings, redis: SharedRedis | None) -> EngagementLocks:
+    """One close or reopen of an engagement at a time: across gateways with Redis."""
+    if redis is None:
+        return MemoryEngagementLocks()
+    return RedisEngagementLocks(redis, settings.orchestration.idempotency_lease_seconds)
 
 
 def _warn_unconfigured_services(settings: Settings) -> None:

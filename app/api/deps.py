@@ -71,14 +71,17 @@ Overview = Annotated[OverviewService, Depends(get_overview_service)]
 
 async def get_close_service(request: Request) -> CloseService:
     state = request.app.state
-    return CloseService(state.services, state.idempotency, state.policy.engagements)
+    return CloseService(
+        state.services, state.idempotency, state.policy.engagements, state.engagement_locks
+    )
 
 
 Closer = Annotated[CloseService, Depends(get_close_service)]
 
 
 async def get_reopen_service(request: Request) -> ReopenService:
-    return ReopenService(request.app.state.services, request.app.state.policy)
+    state = request.app.state
+    return ReopenService(state.services, state.policy, state.engagement_locks)
 
 
 Reopener = Annotated[ReopenService, Depends(get_reopen_service)]

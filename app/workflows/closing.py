@@ -13,6 +13,9 @@ rather than left closed for the services but open for some gateways. A close
 of an engagement the service already reports closed records that fact too,
 then answers 409.
 
+The saga holds the engagement's lock (``app.workflows.engagement_lock``): a
+reopen or another close of the same engagement meanwhile is a 409.
+
 The whole operation runs under the caller's ``Idempotency-Key`` (required): a
 retry with the same key and body returns the first result without calling any
 service again. Each step sends ``<key>:<run>:<step>`` downstream (``<run>`` fresh
@@ -38,6 +41,7 @@ from app.core import logcontext
 from app.core.errors import Conflict, GatewayError
 from app.domain.engagements import CloseRequest, CloseResult, CloseStep, Engagement, Report
 from app.downstream.client import ServiceRegistry, parse_answer, raise_for_client_error
+from app.workflows.engagement_lock import EngagementLocks
 from app.workflows.idempotency import Codec, IdempotencyStore
 from app.workflows.saga import Saga, Step
 
@@ -58,11 +62,16 @@ class CloseService:
     """Closes an engagement on behalf of an authorized caller."""
 
     def __init__(
-        self, services: ServiceRegistry, store: IdempotencyStore, state: EngagementState
+        self,
+        services: ServiceRegistry,
+        store: IdempotencyStore,
+        state: EngagementState,
+        locks: EngagementLocks,
     ) -> None:
         self._services = services
         self._store = store
         self._state = state
+        self._locks = locks
 
     async def close(
         self, engagement_id: str, body: CloseRequest, key: str, subject: str
@@ -72,7 +81,7 @@ class CloseService:
         result, replayed = await self._store.run(
             scope,
             fingerprint(body),
-            lambda: self._close(engagement_id, body, key, subject),
+            lambda: self._locked_close(engagement_id, body, key, subject),
             RESULT_CODEC,
         )
         if replayed and self._state.get(engagement_id) is None:
@@ -102,6 +111,13 @@ class CloseService:
         raise_for_client_error("engagements", response)
         engagement: Engagement = parse_answer("engagements", response.content, Engagement)
         return engagement
+
+    async def _locked_close(
+        self, engagement_id: str, body: CloseRequest, key: str, subject: str
+    ) -> CloseResult:
+        """The saga under the engagement's lock: no reopen or other close runs meanwhile."""
+        async with self._locks.hold(engagement_id, "close"):
+            return await self._close(engagement_id, body, key, subject)
 
     async def _close(
         self, engagement_id: str, body: CloseRequest, key: str, subject: str

@@ -10,8 +10,10 @@ up. It never removes one: reopening is explicit, through ``ReopenService``.
 ``ReopenService`` (``POST /admin/engagements/{engagement}/reopen``): reopen on
 the engagements service, unfreeze the findings, then drop the closed fact, in
 that order, so a failure leaves the engagement closed for the gateway (fail
-closed) and the admin can send it again. An engagement closed by the policy's
-own ``g3`` line is refused (409): the policy file is where it reopens.
+closed) and the admin can send it again. It holds the engagement's lock
+(``app.workflows.engagement_lock``), so it never interleaves with a close. An
+engagement closed by the policy's own ``g3`` line is refused (409): the policy
+file is where it reopens.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from app.domain.engagements import CloseStep, Engagement, ReopenResult
 from app.domain.identity import Identity
 from app.downstream.client import ServiceRegistry, parse_answer, raise_for_client_error
 from app.downstream.propagation import CallContext, bind_call_context
+from app.workflows.engagement_lock import EngagementLocks
 
 log = structlog.get_logger("gateway.engagement_state")
 SERVICE = "engagements"
@@ -106,9 +109,12 @@ class Reconciler:
 class ReopenService:
     """Reopens a closed engagement for the services and for every gateway."""
 
-    def __init__(self, services: ServiceRegistry, policy: PolicyStore) -> None:
+    def __init__(
+        self, services: ServiceRegistry, policy: PolicyStore, locks: EngagementLocks
+    ) -> None:
         self._services = services
         self._policy = policy
+        self._locks = locks
 
     async def reopen(self, engagement_id: str, reason: str, subject: str) -> ReopenResult:
         in_policy = self._policy.current.closed_fact(engagement_id)
@@ -118,9 +124,10 @@ class ReopenService:
                 f"{in_policy.ref}): remove that line to reopen it."
             )
         base = f"/engagements/{engagement_id}"
-        await self._post(SERVICE, f"{base}/reopen")
-        await self._post("findings", f"{base}/findings/unfreeze")
-        previous = await self._policy.engagements.reopen(engagement_id)
+        async with self._locks.hold(engagement_id, "reopen"):  # no close runs meanwhile
+            await self._post(SERVICE, f"{base}/reopen")
+            await self._post("findings", f"{base}/findings/unfreeze")
+            previous = await self._policy.engagements.reopen(engagement_id)
         log.info(
             "engagement_reopened",
             engagement=engagement_id,

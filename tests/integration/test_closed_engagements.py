@@ -9,6 +9,7 @@ guarded reopen route, and the findings service's 409 for frozen findings.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -196,3 +197,72 @@ def test_reopen_refuses_what_it_cannot_do(
     response = post(stack.url, path, "sam", body)
     assert_problem(response, status, code)
     assert response.json()["corr_id"] == response.headers["x-request-id"]
+
+
+def _close_held_at_the_report(
+    stack: OrchestrationStack,
+) -> tuple[threading.Thread, list[httpx.Response]]:
+    """A close started in a thread and held at its report step (the reports stub hangs)."""
+    stack.faults("reports", hang=True, hang_max_seconds=20)
+    answers: list[httpx.Response] = []
+    thread = threading.Thread(target=lambda: answers.append(close(stack.url, "close-acme-1")))
+    thread.start()
+    frozen = stack.stubs["findings"].url + "/_frozen"
+    wait_for(lambda: "acme-2026" in httpx.get(frozen, timeout=5).json())  # step 1 done
+    wait_for(lambda: stack.requests_seen("reports") > 0)  # step 2 is in the stub
+    return thread, answers
+
+
+@pytest.mark.parametrize("shared_state", [False, True], ids=["memory", "redis"])
+def test_a_reopen_or_another_close_while_a_close_runs_is_a_409(
+    make_stack: StackBuilder, redis_server: RedisServer, shared_state: bool
+) -> None:
+    """A reopen sent between the close's freeze and its close step interleaved with it
+    (an audit's finding: closed, with its findings unfrozen); two closes with different
+    keys both ran. The engagement's lock refuses either while a close runs, on this
+    gateway and, with Redis, on another one; once the close ends, the reopen runs."""
+    redis = {"redis": {"url": redis_server.url}} if shared_state else {}
+    stack = make_stack(service={"read_timeout": 15}, **redis)
+    other = make_stack.another_gateway(stack, **redis) if shared_state else stack
+    thread, answers = _close_held_at_the_report(stack)
+    try:
+        reopen = post(other.url, REOPEN, "sam", {"reason": "Client asked for a retest."})
+        body = assert_problem(reopen, 409, "conflict")
+        assert "close of acme-2026 is running" in str(body["detail"])
+        second = close(other.url, "close-acme-lock-2")
+        assert "close of acme-2026 is running" in str(assert_problem(second, 409, "conflict"))
+    finally:
+        stack.faults("reports")  # release the report: the close goes on
+        thread.join(timeout=30)
+    assert answers[0].status_code == 200, answers[0].text
+    assert [s["status"] for s in answers[0].json()["steps"]] == ["done"] * 4
+    assert httpx.get(stack.stubs["findings"].url + "/_frozen").json() == ["acme-2026"]
+    reopened = post(other.url, REOPEN, "sam", {"reason": "Client asked for a retest."})
+    assert reopened.status_code == 200, reopened.text  # the lock was released
+    assert httpx.get(stack.stubs["findings"].url + "/_frozen").json() == []
+
+
+def test_a_second_reopen_while_one_runs_is_a_409(make_stack: StackBuilder) -> None:
+    """The reopen holds the lock too. A close meanwhile is refused before it (the
+    engagement stays closed for the policy until the reopen's last step), so what the
+    lock orders here is a second reopen: it runs nothing."""
+    stack = make_stack(service={"read_timeout": 15})
+    assert close(stack.url, "close-acme-lock-3").status_code == 200
+    unfreeze = "/engagements/acme-2026/findings/unfreeze"
+    stack.faults("findings", hang=True, hang_max_seconds=20, path_prefix=unfreeze)
+    answers: list[httpx.Response] = []
+    reason = {"reason": "Client asked for a retest."}
+    thread = threading.Thread(target=lambda: answers.append(post(stack.url, REOPEN, "sam", reason)))
+    thread.start()
+    try:
+        wait_for(lambda: any(r["path"] == unfreeze for r in stack.seen("findings")))
+        reopens = stack.requests_seen("engagements")
+        second = post(stack.url, REOPEN, "sam", reason)
+        assert "reopen of acme-2026 is running" in str(assert_problem(second, 409, "conflict"))
+        assert stack.requests_seen("engagements") == reopens  # it ran nothing
+        assert_problem(close(stack.url, "close-acme-lock-4"), 403, "forbidden")
+    finally:
+        stack.faults("findings")
+        thread.join(timeout=30)
+    assert answers[0].status_code == 200, answers[0].text
+    assert post(stack.url, FINDINGS, "alice", FINDING).status_code == 201

@@ -1,0 +1,196 @@
+"""One close or reopen of an engagement at a time, across every gateway.
+
+A close (a saga over three services) and a reopen (the reverse, over two) of one
+engagement that run at once interleave their steps: a reopen between the close's
+freeze and its close step leaves the engagement closed with its findings
+unfrozen; two closes with different keys both freeze and both render a final
+report. Each takes the engagement's lock for its whole run; one that finds it
+held is refused at once with ``409 conflict`` (never queued: a caller waiting
+behind a saga would hold a connection for as long as the saga's timeouts), and
+runs nothing. A replayed close (same ``Idempotency-Key``, stored result) takes
+no lock: it calls no service.
+
+Two holders, chosen like the idempotency store (Redis configured or not):
+
+- ``MemoryEngagementLocks``: this process. Enough for one instance.
+- ``RedisEngagementLocks``: one key per engagement, taken by a script (set
+  when absent) with a lease and a random token; renewed every third of the
+  lease while the run lasts, released only by its owner (compare-and-delete),
+  so only a gateway that died mid-run lets its lock lapse, after
+  ``orchestration.idempotency_lease_seconds`` (the lease the idempotency claim
+  of the same run has). Redis unreachable when taking it: 503 and nothing runs
+  (fail closed, as for the idempotency key).
+
+Options weighed: a lock beside the idempotency record (chosen: a close and a
+reopen have different keys, or none, so the key's record cannot order them)
+against a lock held by the engagements service (the one place that sees both,
+but it is not ours to change, and the gateway's own step, publishing the closed
+fact, would stay outside it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import secrets
+from collections.abc import AsyncIterator
+from typing import Any, Protocol
+
+import structlog
+
+from app.core.errors import Conflict, ServiceUnavailable
+from app.core.redis import REDIS_FAILURES, SharedRedis
+from app.ops.metrics import count_redis_error
+
+log = structlog.get_logger("gateway.engagement_lock")
+
+
+class EngagementBusy(Conflict):
+    """Another close or reopen of the engagement is running (409)."""
+
+    def __init__(self, engagement_id: str, running: str) -> None:
+        super().__init__(
+            f"A {running} of {engagement_id} is running; send this request again when it ends."
+        )
+
+
+class EngagementLockUnavailable(ServiceUnavailable):
+    """The shared lock cannot be taken: nothing runs (503)."""
+
+    code = "engagement_lock_unavailable"
+
+    def __init__(self) -> None:
+        super().__init__(
+            "The engagement's lock cannot be taken right now; retry shortly.",
+            headers={"Retry-After": "1"},
+        )
+
+
+class EngagementLocks(Protocol):
+    def hold(
+        self, engagement_id: str, operation: str
+    ) -> contextlib.AbstractAsyncContextManager[None]:
+        """Hold the engagement's lock for the block; ``EngagementBusy`` when another does."""
+        ...
+
+
+class MemoryEngagementLocks:
+    """The engagements whose close or reopen runs in this process."""
+
+    def __init__(self) -> None:
+        self._running: dict[str, str] = {}
+
+    def running(self, engagement_id: str) -> str | None:
+        """The operation holding the engagement's lock, if any."""
+        return self._running.get(engagement_id)
+
+    @contextlib.asynccontextmanager
+    async def hold(self, engagement_id: str, operation: str) -> AsyncIterator[None]:
+        running = self._running.get(engagement_id)
+        if running is not None:
+            raise EngagementBusy(engagement_id, running)
+        self._running[engagement_id] = operation
+        try:
+            yield
+        finally:
+            del self._running[engagement_id]
+
+
+# KEYS[1] the lock; ARGV[1] our token, ARGV[2] the lease in ms. The holder's token, or
+# nil when ours was written (one script: SET NX GET needs Redis 7).
+TAKE_SCRIPT = """
+local current = redis.call('GET', KEYS[1])
+if current then return current end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return false
+"""
+# KEYS[1] the lock; ARGV[1] our token, ARGV[2] the lease in ms. 1 when renewed.
+RENEW_SCRIPT = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return 1
+"""
+# KEYS[1] the lock; ARGV[1] our token. Only the owner releases (a lapsed lease is not ours).
+RELEASE_SCRIPT = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1])
+return 1
+"""
+_SEPARATOR = b"|"
+
+
+class RedisEngagementLocks:
+    """One lock per engagement, shared by every gateway process through Redis."""
+
+    PREFIX = "gateway:engagement-lock:"
+
+    def __init__(self, client: SharedRedis, lease_seconds: float) -> None:
+        self._lease_ms = max(1, int(lease_seconds * 1000))
+        self._take = client.register_script(TAKE_SCRIPT)
+        self._renew = client.register_script(RENEW_SCRIPT)
+        self._release = client.register_script(RELEASE_SCRIPT)
+
+    @classmethod
+    def key(cls, engagement_id: str) -> str:
+        return cls.PREFIX + hashlib.sha256(engagement_id.encode()).hexdigest()
+
+    @contextlib.asynccontextmanager
+    async def hold(self, engagement_id: str, operation: str) -> AsyncIterator[None]:
+        key = self.key(engagement_id)
+        # The token names the operation, so a refused caller learns what it waits for.
+        token = operation.encode() + _SEPARATOR + secrets.token_hex(16).encode()
+        try:
+            taken = await self._take(keys=[key], args=[token, self._lease_ms])
+        except REDIS_FAILURES as exc:
+            self._unreachable(exc)
+            raise EngagementLockUnavailable() from None
+        # The holder's token, or nil (ours now). Our own token: redis-py retried a take
+        # whose first answer was lost.
+        if taken is not None and taken != token:
+            raise EngagementBusy(engagement_id, _operation(taken))
+        renewal = asyncio.create_task(self._keep(key, token))
+        try:
+            yield
+        finally:
+            renewal.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renewal
+            await self._give_back(key, token)
+
+    async def _keep(self, key: str, token: bytes) -> None:
+        """Extend the lease every third of it while the run lasts."""
+        while True:
+            await asyncio.sleep(self._lease_ms / 3000)
+            try:
+                owned = await self._renew(keys=[key], args=[token, self._lease_ms])
+            except REDIS_FAILURES as exc:
+                self._unreachable(exc)
+                continue
+            if not owned:
+                log.warning("engagement_lock_lapsed", lease_ms=self._lease_ms)
+                return
+
+    async def _give_back(self, key: str, token: bytes) -> None:
+        """Release; a Redis failure here lets the lease lapse (logged, not raised)."""
+        try:
+            owned = await self._release(keys=[key], args=[token])
+        except REDIS_FAILURES as exc:
+            self._unreachable(exc)
+            return
+        if not owned:
+            log.warning("engagement_lock_lapsed", lease_ms=self._lease_ms)
+
+    @staticmethod
+    def _unreachable(exc: BaseException) -> None:
+        log.warning("engagement_lock_unreachable", error=type(exc).__name__)
+        count_redis_error("engagement_lock")
+
+
+def _operation(value: Any) -> str:
+    """The operation a lock's token names ("close", "reopen"), or a neutral word."""
+    if isinstance(value, bytes):
+        name = value.partition(_SEPARATOR)[0].decode("ascii", "replace")
+        if name in ("close", "reopen"):
+            return name
+    return "close or reopen"
