@@ -55,7 +55,8 @@ Services = Annotated[ServiceRegistry, Depends(get_services)]
 
 
 async def get_findings_service(request: Request) -> FindingsService:
-    return FindingsService(request.app.state.services)
+    state = request.app.state
+    return FindingsService(state.services, state.idempotency)
 
 
 Findings = Annotated[FindingsService, Depends(get_findings_service)]

@@ -34,6 +34,8 @@ def add_findings_routes(app: FastAPI, seed: int) -> None:
     @app.post("/engagements/{engagement_id}/findings", status_code=201)
     async def create_finding(engagement_id: str, request: Request) -> dict[str, Any]:
         await record(request)
+        if (earlier := replay(request)) is not None:  # a keyed create sent again
+            return dict(earlier)
         if engagement_id in frozen:
             raise HTTPException(409, "findings are frozen")
         payload = await request.json()
@@ -49,7 +51,7 @@ def add_findings_routes(app: FastAPI, seed: int) -> None:
             "created_at": datetime.now(UTC).isoformat(),
         }
         items.append(item)
-        return item
+        return dict(remember(request, item))
 
     @app.post("/engagements/{engagement_id}/findings/freeze")
     async def freeze(engagement_id: str, request: Request) -> dict[str, Any]:

@@ -1,7 +1,19 @@
-"""The findings domain: typed calls to the findings service, answers checked against the models."""
+"""The findings domain: typed calls to the findings service, answers checked against the models.
+
+A create that carries an ``Idempotency-Key`` is applied at most once per caller,
+engagement and key (``app.workflows.idempotency``, the store the close uses): a
+retry with the same key and body gets the first finding again (``201``, replayed)
+without calling the service; the same key with another body is a 422, and a
+retry while the first runs a 409. The service gets a key of its own,
+``sha256(subject, key)``: keys are chosen by callers, so two callers' equal keys
+must not meet in the service's own deduplication, and with a key the client may
+retry the POST (a lost answer is not a second finding on a service that honours
+keys). Without a key, a create is not deduplicated (two POSTs, two findings).
+"""
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any, TypeVar
 
 import httpx
@@ -11,6 +23,7 @@ from app.core.errors import Conflict, DownstreamError
 from app.domain.findings import Finding, FindingCreate, FindingList
 from app.domain.validated import ValidatedJson
 from app.downstream.client import ServiceRegistry, raise_for_client_error
+from app.workflows.idempotency import Codec, IdempotencyStore
 
 SERVICE = "findings"
 FROZEN = (
@@ -29,11 +42,23 @@ def _parse(response: httpx.Response, model: type[ModelT]) -> ValidatedJson[Model
         raise DownstreamError(SERVICE, "The findings service sent an invalid answer.") from None
 
 
+FINDING_CODEC: Codec[ValidatedJson[Finding]] = Codec(
+    lambda created: created.body, lambda stored: ValidatedJson.check(Finding, stored)
+)
+
+
+def service_key(subject: str, key: str) -> str:
+    """The key the service sees for a caller's key: callers' equal keys never meet there."""
+    digest = hashlib.sha256(f"{len(subject)}:{subject}\x1f{key}".encode()).hexdigest()
+    return f"finding-{digest[:48]}"
+
+
 class FindingsService:
     """Reads and writes findings on behalf of an authorized caller."""
 
-    def __init__(self, services: ServiceRegistry) -> None:
+    def __init__(self, services: ServiceRegistry, store: IdempotencyStore | None = None) -> None:
         self._client = services.get(SERVICE)
+        self._store = store
 
     async def list(self, engagement_id: str) -> ValidatedJson[FindingList]:
         response = await self._client.call("GET", f"/engagements/{engagement_id}/findings")
@@ -44,11 +69,29 @@ class FindingsService:
         return _parse(await self._client.call("GET", path), Finding)
 
     async def create(
-        self, engagement_id: str, new: FindingCreate, created_by: str
+        self, engagement_id: str, new: FindingCreate, created_by: str, key: str | None = None
+    ) -> tuple[ValidatedJson[Finding], bool]:
+        """``(finding, replayed)``; with ``key``, applied at most once per caller and key."""
+        if key is None:
+            return await self._create(engagement_id, new, created_by, None), False
+        if self._store is None:
+            raise RuntimeError("FindingsService needs an idempotency store for keyed creates")
+        scope = ("create_finding", created_by, engagement_id, key)
+        fingerprint = hashlib.sha256(new.model_dump_json().encode()).hexdigest()
+        downstream = service_key(created_by, key)
+        return await self._store.run(
+            scope,
+            fingerprint,
+            lambda: self._create(engagement_id, new, created_by, downstream),
+            FINDING_CODEC,
+        )
+
+    async def _create(
+        self, engagement_id: str, new: FindingCreate, created_by: str, key: str | None
     ) -> ValidatedJson[Finding]:
         payload: dict[str, Any] = {**new.model_dump(mode="json"), "created_by": created_by}
         path = f"/engagements/{engagement_id}/findings"
-        response = await self._client.call("POST", path, json=payload)
+        response = await self._client.call("POST", path, json=payload, idempotency_key=key)
         if response.status_code == 409:  # frozen: closing or closed (not a gateway fault: no 502)
             raise Conflict(FROZEN)
         return _parse(response, Finding)

@@ -4,17 +4,30 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Response
+import structlog
+from fastapi import APIRouter, Header, Path, Response
 
 from app.api.deps import Authenticated, Authorized, Findings
 from app.api.routing import GuardedRoute
 from app.api.schemas import Problem, relay
 from app.domain.findings import Finding, FindingCreate, FindingList
+from app.workflows.idempotency import KEY_PATTERN, require_key
 
 router = APIRouter(
     route_class=GuardedRoute, prefix="/v1/engagements/{engagement_id}/findings", tags=["findings"]
 )
 
+log = structlog.get_logger("gateway.findings")
+IDEMPOTENCY_KEY = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "required": False,
+    "description": "Optional: a retry with the same key and body gets the first finding "
+    "(201, Idempotent-Replayed: true) instead of a second one "
+    "(draft-ietf-httpapi-idempotency-key-header); malformed is a 400.",
+    "schema": {"type": "string", "pattern": KEY_PATTERN.pattern},
+}
+REPLAYED_HEADER = "idempotent-replayed"
 EngagementPath = Annotated[str, Path(pattern=r"^[a-z0-9][a-z0-9-]{1,62}$")]
 FindingPath = Annotated[str, Path(pattern=r"^[A-Za-z0-9][A-Za-z0-9-]{0,63}$")]
 
@@ -33,7 +46,12 @@ async def list_findings(
 
 
 @router.post(
-    "", response_model=Finding, status_code=201, responses=ERRORS, summary="Record a finding"
+    "",
+    response_model=Finding,
+    status_code=201,
+    responses=ERRORS,
+    summary="Record a finding",
+    openapi_extra={"parameters": [IDEMPOTENCY_KEY]},
 )
 async def create_finding(
     engagement_id: EngagementPath,
@@ -41,10 +59,19 @@ async def create_finding(
     identity: Authenticated,
     _grant: Authorized,
     findings: Findings,
+    # Documented by IDEMPOTENCY_KEY; a malformed one is our 400 problem, not FastAPI's 422.
+    idempotency_key: Annotated[str | None, Header(include_in_schema=False)] = None,
 ) -> Response:
-    """Record a new finding, attributed to the signed caller."""
-    created = await findings.create(engagement_id, new, created_by=identity.subject)
-    return relay(created, status_code=201)
+    """Record a new finding, attributed to the signed caller (once per Idempotency-Key)."""
+    key = None if idempotency_key is None else require_key(idempotency_key)
+    created, replayed = await findings.create(
+        engagement_id, new, created_by=identity.subject, key=key
+    )
+    response = relay(created, status_code=201)
+    if key is not None:
+        response.headers[REPLAYED_HEADER] = "true" if replayed else "false"
+    log.info("finding_created", engagement=engagement_id, keyed=key is not None, replayed=replayed)
+    return response
 
 
 @router.get("/{finding_id}", response_model=Finding, responses=ERRORS, summary="Get a finding")

@@ -1,0 +1,126 @@
+"""A finding created with an Idempotency-Key is created once, against a real gateway and stub.
+
+The same key and body again gets the first finding (201, replayed) without a second
+call; another body is a 422; keys are per caller; a failure is not remembered; the
+service gets a key of its own, derived from the caller and the key, so a create it
+applied before its answer was lost is not applied twice when the caller retries.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import pytest
+
+from app.workflows.findings import service_key
+from tests.conftest import signer
+from tests.integration.conftest import Stack
+from tests.integration.test_gateway_e2e import assert_problem
+
+pytestmark = pytest.mark.integration
+
+FINDINGS = "/v1/engagements/acme-2026/findings"
+UPSTREAM = "/engagements/acme-2026/findings"
+FINDING = {"title": "Weak TLS ciphers", "severity": "low"}
+
+
+def create(
+    stack: Stack, body: dict[str, Any], key: str | None, subject: str = "alice"
+) -> httpx.Response:
+    headers = {} if key is None else {"idempotency-key": key}
+    with httpx.Client(base_url=stack.url, auth=signer(subject), timeout=15) as client:
+        return client.post(FINDINGS, json=body, headers=headers)
+
+
+def creates_seen(stack: Stack) -> list[dict[str, Any]]:
+    """The creates the findings stub received (its real ``/_seen`` endpoint)."""
+    seen = httpx.get(stack.stubs["findings"].url + "/_seen", timeout=5).json()
+    return [r for r in seen if r["method"] == "POST" and r["path"] == UPSTREAM]
+
+
+def listed(stack: Stack) -> list[dict[str, Any]]:
+    with httpx.Client(base_url=stack.url, auth=signer("alice"), timeout=15) as client:
+        items: list[dict[str, Any]] = client.get(FINDINGS).json()["items"]
+    return items
+
+
+def test_the_same_key_and_body_create_one_finding(stack: Stack) -> None:
+    before = len(listed(stack))
+    first = create(stack, FINDING, "create-tls-0001")
+    assert first.status_code == 201, first.text
+    assert first.headers["idempotent-replayed"] == "false"
+    again = create(stack, FINDING, "create-tls-0001")
+    assert again.status_code == 201, again.text
+    assert again.headers["idempotent-replayed"] == "true"
+    assert again.json() == first.json()
+    assert len(creates_seen(stack)) == 1  # the replay called no service
+    assert len(listed(stack)) == before + 1
+    seen = creates_seen(stack)[0]["headers"]
+    assert seen["idempotency-key"] == service_key("alice", "create-tls-0001")
+
+
+def test_the_same_key_with_another_body_is_a_422(stack: Stack) -> None:
+    assert create(stack, FINDING, "create-tls-0002").status_code == 201
+    other = create(stack, {**FINDING, "severity": "high"}, "create-tls-0002")
+    assert_problem(other, 422, "idempotency_key_reused")
+    assert len(creates_seen(stack)) == 1
+
+
+def test_keys_are_per_caller(stack: Stack) -> None:
+    """rita's key equal to alice's is her own: two findings, and two service keys."""
+    alice = create(stack, FINDING, "create-tls-0003", "alice")
+    rita = create(stack, FINDING, "create-tls-0003", "rita")
+    assert (alice.status_code, rita.status_code) == (201, 201), rita.text
+    assert alice.json()["id"] != rita.json()["id"]
+    assert rita.json()["created_by"] == "rita"
+    assert rita.headers["idempotent-replayed"] == "false"
+    keys = {seen["headers"]["idempotency-key"] for seen in creates_seen(stack)}
+    assert keys == {service_key("alice", "create-tls-0003"), service_key("rita", "create-tls-0003")}
+
+
+def test_without_a_key_each_post_is_a_finding(stack: Stack) -> None:
+    first, second = create(stack, FINDING, None), create(stack, FINDING, None)
+    assert (first.status_code, second.status_code) == (201, 201)
+    assert first.json()["id"] != second.json()["id"]
+    assert "idempotent-replayed" not in second.headers
+    assert all("idempotency-key" not in seen["headers"] for seen in creates_seen(stack))
+
+
+@pytest.mark.parametrize("key", ["short", "has space in it", "x" * 129, "-leading-dash"])
+def test_a_malformed_key_is_a_400_and_creates_nothing(stack: Stack, key: str) -> None:
+    response = create(stack, FINDING, key)
+    assert_problem(response, 400, "bad_request")
+    assert "Idempotency-Key" in response.json()["detail"]
+    assert creates_seen(stack) == []
+
+
+def test_a_refused_create_is_not_remembered(stack: Stack) -> None:
+    """Frozen findings (409): the key is free again, and the retry after the unfreeze creates."""
+    base = stack.stubs["findings"].url + "/engagements/acme-2026/findings"
+    assert httpx.post(base + "/freeze", json={}, timeout=5).status_code == 200
+    assert_problem(create(stack, FINDING, "create-tls-0005"), 409, "conflict")
+    assert httpx.post(base + "/unfreeze", json={}, timeout=5).status_code == 200
+    retried = create(stack, FINDING, "create-tls-0005")
+    assert retried.status_code == 201, retried.text
+    assert retried.headers["idempotent-replayed"] == "false"
+
+
+def test_a_create_the_service_applied_before_its_answer_was_lost_is_not_applied_twice(
+    stack: Stack,
+) -> None:
+    """The service applied a create whose answer never reached the gateway (the gateway
+    forgot the failed run): the caller's retry carries the same service key, so the
+    service answers with the finding it made instead of a second one."""
+    applied = httpx.post(
+        stack.stubs["findings"].url + UPSTREAM,
+        json={**FINDING, "created_by": "alice"},
+        headers={"idempotency-key": service_key("alice", "create-tls-0006")},
+        timeout=5,
+    )
+    assert applied.status_code == 201
+    before = len(listed(stack))
+    retried = create(stack, FINDING, "create-tls-0006")
+    assert retried.status_code == 201, retried.text
+    assert retried.json()["id"] == applied.json()["id"]
+    assert len(listed(stack)) == before
