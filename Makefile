@@ -30,7 +30,7 @@ typecheck: $(STAMP)
 
 # The shipped policies must lint clean and pass their own suites.
 policy-check: $(STAMP)
-	$(BIN)/gateway policy lint --strict policies
+	$(BIN)/gateway policy lint --strict --config config/demo.yaml policies
 	$(BIN)/gateway policy test policies
 
 # The Kubernetes manifests validate (strict: unknown fields fail) against this version.

@@ -23,17 +23,7 @@ from app.api.lane import gateway_app
 from app.api.openapi import DESCRIPTION, install_openapi
 from app.api.pipeline import Gate
 from app.api.problems import install_problem_handlers
-from app.api.routes import (
-    admin,
-    admin_engagements,
-    breakers,
-    decisions,
-    docs,
-    engagements,
-    findings,
-    health,
-    metrics,
-)
+from app.api.routes import GUARDED_ROUTERS, docs, health, metrics
 from app.api.routes.passthrough import register_passthrough_routes
 from app.api.routing import GuardedRoute
 from app.authn.service import AuthnService
@@ -144,15 +134,7 @@ def create_app(
     # include_router: FastAPI matches an included router's routes twice, through a layer
     # per router, on every request (see decision 0006). Paths never overlap, so the order
     # changes nothing but the cost; the routers carry their prefixes and tags already.
-    hot_first = (
-        findings.router,
-        decisions.router,
-        engagements.router,
-        admin.router,
-        admin_engagements.router,
-        breakers.router,
-    )
-    for router in hot_first:
+    for router in GUARDED_ROUTERS:  # hot routes first
         app.router.routes.extend(router.routes)
     register_passthrough_routes(app, settings.orchestration.passthrough, settings.services)
     app.router.routes.extend(health.router.routes)

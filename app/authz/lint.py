@@ -6,8 +6,10 @@ lines, roles granted that have no rule anywhere up their inheritance, allows a
 deny of the same role always beats, rules for a name nobody is granted and no
 suite uses, ``closed_writer`` granted per engagement (it only counts with
 ``g2``), lower-case HTTP methods in rules (no request carries them), role
-inheritance that loops back on itself, and roles reached only through more links
-than the decision path follows (``MAX_HOPS``: the grant has no effect). Notes:
+inheritance that loops back on itself, roles reached only through more links
+than the decision path follows (``MAX_HOPS``: the grant has no effect), and, when
+the gateway's routes are given (``--config``), rules whose object and action no
+route is decided as (``no_route``: ``app.authz.routes``). Notes:
 engagements no ``g`` line mentions (only global roles reach them). Every
 message says what to change.
 """
@@ -15,20 +17,26 @@ message says what to change.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterator, Set
+from collections.abc import Iterator, Sequence, Set
 
 from app.authz.compiled import MAX_HOPS, CompiledPolicy
 from app.authz.fields import HTTP_METHODS
+from app.authz.routes import RouteShape, routes_for
 from app.authz.source import CLOSED_WRITER, GLOBAL_DOMAIN, Issue, PolicyLine, PolicySource
 
 GROUP_PREFIX = "group:"
 
 
-def lint(source: PolicySource, suite_subjects: Set[str] = frozenset()) -> list[Issue]:
+def lint(
+    source: PolicySource,
+    suite_subjects: Set[str] = frozenset(),
+    routes: Sequence[RouteShape] | None = None,
+) -> list[Issue]:
     """Every error, warning and note, errors first, each with its ``file:line``.
 
     ``suite_subjects``: the subjects the suites decide for; a rule written for
-    one of them is a per-subject rule, not a role nobody holds.
+    one of them is a per-subject rule, not a role nobody holds. ``routes``: what
+    the gateway decides (``app.api.route_shapes``); ``None`` skips that check.
     """
     findings = [
         *_duplicates(source),
@@ -39,6 +47,7 @@ def lint(source: PolicySource, suite_subjects: Set[str] = frozenset()) -> list[I
         *_closed_writer_per_engagement(source),
         *_lower_case_methods(source),
         *_role_graphs(source),
+        *(_no_route(source, routes) if routes is not None else ()),
     ]
     return [*source.errors, *sorted(findings, key=_order)]
 
@@ -279,3 +288,29 @@ def _too_far(domain: str, starts: Graph, graph: Graph) -> Iterator[Issue]:
                 "effect: shorten the chain"
             )
             yield Issue("warning", first[role], "chain_too_long", message)
+
+
+def _no_route(source: PolicySource, routes: Sequence[RouteShape]) -> Iterator[Issue]:
+    """Rules no route's object and action can match: they never apply."""
+    for line in source.lines:
+        if line.ptype != "p":
+            continue
+        obj, act, eft = line.fields[2], line.fields[3], line.fields[4]
+        if act != "*" and act.upper() in HTTP_METHODS and act != act.upper():
+            continue  # action_case says it already
+        if routes_for(obj, act, routes):
+            continue
+        same_object = [r for r in routes if routes_for(obj, "*", [r])]
+        effect = "nothing is denied by it" if eft == "deny" else "it grants nothing"
+        if same_object:
+            taken = ", ".join(sorted({a for r in same_object for a in (r.actions or {"*"})}))
+            message = (
+                f"no route at {obj} takes {act} (they take {taken}): the rule never applies "
+                f"({effect}); correct the action, or delete the rule"
+            )
+        else:
+            message = (
+                f"no route of this gateway is decided as {obj}: the rule never applies "
+                f"({effect}); correct the path to a route's, or delete the rule"
+            )
+        yield _warn(line, "no_route", message)

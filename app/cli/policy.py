@@ -7,14 +7,17 @@ failed tests; flips with ``diff --exit-code``), 2 unusable input.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
 from app.authz.lint import lint
+from app.authz.routes import RouteShape
 from app.authz.suite import SuiteError, SuiteReport, junit_xml, load_suites, read_suites, run_suites
 from app.cli import policy_diff, policy_explain
 from app.cli.policy_io import DEFAULT_DIR, fail, load_engine, read_source
+from app.core.config import CONFIG_FILE_ENV, load_settings
 from app.core.errors import ConfigError
 
 
@@ -24,6 +27,11 @@ def register(commands: Any) -> None:
     lint_cmd = actions.add_parser("lint", help="syntax errors and likely mistakes")
     lint_cmd.add_argument("dir", nargs="?", type=Path, default=DEFAULT_DIR)
     lint_cmd.add_argument("--strict", action="store_true", help="warnings fail too")
+    lint_cmd.add_argument(
+        "--config",
+        metavar="FILE",
+        help="the gateway's settings: also warn of rules no route is decided as (no_route)",
+    )
     lint_cmd.set_defaults(handler=run_lint)
     test_cmd = actions.add_parser("test", help="run the YAML suites in DIR/tests")
     test_cmd.add_argument("dir", nargs="?", type=Path, default=DEFAULT_DIR)
@@ -38,14 +46,31 @@ def run_lint(args: argparse.Namespace) -> int:
         source = read_source(args.dir)
     except (ConfigError, OSError, UnicodeDecodeError) as exc:
         return fail(str(exc))
+    routes = None
+    if args.config:
+        try:
+            routes = _route_shapes(args.config)
+        except ConfigError as exc:
+            return fail(f"--config: {exc.detail}")
     cases, suite_issues = read_suites(args.dir)
-    issues = [*lint(source, {case.subject for case in cases}), *suite_issues]
+    issues = [*lint(source, {case.subject for case in cases}, routes), *suite_issues]
     for issue in issues:
         print(issue)
     count = {level: sum(1 for i in issues if i.severity == level) for level in ("error", "warning")}
     notes = len(issues) - sum(count.values())
     print(f"{args.dir}: {count['error']} error(s), {count['warning']} warning(s), {notes} note(s)")
     return 1 if count["error"] or (args.strict and count["warning"]) else 0
+
+
+def _route_shapes(config: str) -> list[RouteShape]:
+    """What the gateway configured by ``config`` decides (its typed, pass-through and
+    authorizer routes); imported here, so the other policy commands need no app."""
+    from app.api.route_shapes import route_shapes
+
+    if not Path(config).is_file():
+        raise ConfigError(f"{config}: no such file")
+    os.environ[CONFIG_FILE_ENV] = config
+    return route_shapes(load_settings())
 
 
 def run_test(args: argparse.Namespace) -> int:

@@ -231,3 +231,28 @@ def test_who_can_and_what_can() -> None:
     assert "via group:red-team > analyst" in what.stdout
     bad = gateway_policy("who-can", "post", "/v1/engagements/acme-2026/findings")
     assert bad.returncode == 2
+
+
+DEMO_CONFIG = POLICY_DIR.parent / "config" / "demo.yaml"
+
+
+def test_lint_with_the_gateway_config_checks_each_rule_has_a_route(policy_copy: Path) -> None:
+    """A deny with a typo in its path protects nothing and nobody notices: with the
+    gateway's settings, lint names it (the shipped policy and demo config are clean)."""
+    clean = gateway_policy("lint", "--strict", "--config", DEMO_CONFIG, POLICY_DIR)
+    assert clean.returncode == 0, clean.stdout + clean.stderr
+    with (policy_copy / "policy.csv").open("a") as policy:
+        policy.write("p, client_viewer, *, /v1/engagements/:engagement/finding, POST, deny\n")
+    result = gateway_policy("lint", "--strict", "--config", DEMO_CONFIG, policy_copy)
+    assert result.returncode == 1, result.stdout
+    assert "policy.csv:65: warning: no route of this gateway" in result.stdout
+    assert "nothing is denied by it" in result.stdout
+    without = gateway_policy("lint", "--strict", policy_copy)  # no routes known: not checked
+    assert without.returncode == 0, without.stdout
+
+
+def test_lint_with_a_missing_config_is_unusable_input(tmp_path: Path) -> None:
+    result = gateway_policy("lint", "--config", tmp_path / "none.yaml", POLICY_DIR)
+    assert result.returncode == 2
+    assert "--config" in result.stderr
+    assert "no such file" in result.stderr
