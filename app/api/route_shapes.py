@@ -10,7 +10,7 @@ from __future__ import annotations
 from app.api.pipeline import Guard, path_target
 from app.api.routes import GUARDED_ROUTERS
 from app.api.routing import GuardedRoute
-from app.authz.routes import RouteShape
+from app.authz.routes import RouteShape, names_engagement
 from app.core.config import Settings
 
 
@@ -25,11 +25,15 @@ def route_shapes(settings: Settings) -> list[RouteShape]:
             # templates below), not their own path.
             guard = route.guard
             if type(guard) is Guard and guard.target is path_target:
-                shapes.append(RouteShape(route.path, frozenset(route.methods or ()), "typed"))
+                methods = frozenset(route.methods or ())
+                shapes.append(
+                    RouteShape(route.path, methods, "typed", names_engagement(route.path))
+                )
     for passthrough in settings.orchestration.passthrough:
         template = passthrough.policy_object or passthrough.path
         actions = {passthrough.action} if passthrough.action else set(passthrough.methods)
-        shapes.append(RouteShape(template, frozenset(actions), "passthrough"))
+        scoped = names_engagement(passthrough.path)  # the path names the engagement
+        shapes.append(RouteShape(template, frozenset(actions), "passthrough", scoped))
     for template in settings.authorizer.routes:
-        shapes.append(RouteShape(template, None, "authorizer"))
+        shapes.append(RouteShape(template, None, "authorizer", names_engagement(template)))
     return shapes

@@ -9,7 +9,9 @@ suite uses, ``closed_writer`` granted per engagement (it only counts with
 inheritance that loops back on itself, roles reached only through more links
 than the decision path follows (``MAX_HOPS``: the grant has no effect), and, when
 the gateway's routes are given (``--config``), rules whose object and action no
-route is decided as (``no_route``: ``app.authz.routes``). Notes:
+route is decided as, rules of one engagement on gateway-wide routes, and grants in
+one engagement of roles whose rules are all on such routes (``no_route``:
+``app.authz.routes``). Notes:
 engagements no ``g`` line mentions (only global roles reach them). Every
 message says what to change.
 """
@@ -48,6 +50,7 @@ def lint(
         *_lower_case_methods(source),
         *_role_graphs(source),
         *(_no_route(source, routes) if routes is not None else ()),
+        *(_grants_outside_routes(source, routes) if routes is not None else ()),
     ]
     return [*source.errors, *sorted(findings, key=_order)]
 
@@ -291,17 +294,26 @@ def _too_far(domain: str, starts: Graph, graph: Graph) -> Iterator[Issue]:
 
 
 def _no_route(source: PolicySource, routes: Sequence[RouteShape]) -> Iterator[Issue]:
-    """Rules no route's object and action can match: they never apply."""
+    """Rules no route's object, action and domain can match: they never apply."""
     for line in source.lines:
         if line.ptype != "p":
             continue
-        obj, act, eft = line.fields[2], line.fields[3], line.fields[4]
+        dom, obj, act, eft = line.fields[1], line.fields[2], line.fields[3], line.fields[4]
         if act != "*" and act.upper() in HTTP_METHODS and act != act.upper():
             continue  # action_case says it already
-        if routes_for(obj, act, routes):
+        effect = "nothing is denied by it" if eft == "deny" else "it grants nothing"
+        matched = routes_for(obj, act, routes)
+        if matched:
+            if dom != GLOBAL_DOMAIN and not any(route.scoped for route in matched):
+                yield _warn(
+                    line,
+                    "no_route",
+                    f"the routes at {obj} are decided gateway-wide (domain *), never in "
+                    f"engagement {dom}: the rule never applies ({effect}); write * as its "
+                    "domain, or delete the rule",
+                )
             continue
         same_object = [r for r in routes if routes_for(obj, "*", [r])]
-        effect = "nothing is denied by it" if eft == "deny" else "it grants nothing"
         if same_object:
             taken = ", ".join(sorted({a for r in same_object for a in (r.actions or {"*"})}))
             message = (
@@ -314,3 +326,34 @@ def _no_route(source: PolicySource, routes: Sequence[RouteShape]) -> Iterator[Is
                 f"({effect}); correct the path to a route's, or delete the rule"
             )
         yield _warn(line, "no_route", message)
+
+
+def _grants_outside_routes(source: PolicySource, routes: Sequence[RouteShape]) -> Iterator[Issue]:
+    """``g`` grants in one engagement of a role whose rules are all on gateway-wide routes.
+
+    A grant in engagement E only counts for requests decided in E, which only the
+    routes whose path names the engagement are; a role whose rules (its own and its
+    parents', through any engagement: an over-estimate, so no false warning) only
+    match the others (``/admin``) gains nothing from it.
+    """
+    scoped = [route for route in routes if route.scoped]
+    parents = _inheritance(source)
+    rules: dict[str, list[PolicyLine]] = defaultdict(list)
+    for line in source.of_type("p"):
+        rules[line.fields[0]].append(line)
+    for line in source.of_type("g"):
+        role, dom = line.fields[1], line.fields[2]
+        if dom == GLOBAL_DOMAIN or role == CLOSED_WRITER:
+            continue
+        reached = [p for name in _ancestors(role, parents) for p in rules.get(name, ())]
+        if not reached:
+            continue  # unknown_role says it already
+        if any(routes_for(p.fields[2], p.fields[3], scoped) for p in reached):
+            continue
+        yield _warn(
+            line,
+            "no_route",
+            f"every rule of {role} is on routes decided gateway-wide (domain *), where a "
+            f"grant in {dom} never counts: grant it with * as the engagement "
+            f"(g, {line.fields[0]}, {role}, *) or with g2, or delete this line",
+        )

@@ -8,6 +8,9 @@ whose object and action no route can produce never applies (``gateway policy lin
 --config``, warning ``no_route``): a typo in an allow (the users get 403 and
 learn it) or, worse, in a deny (nothing is denied, and nobody notices).
 
+A rule of one engagement (domain not ``*``) on routes decided gateway-wide (the
+admin routes) never applies either: their domain is ``*``.
+
 ``may_meet`` decides whether some path matches both a rule's ``keyMatch2``
 pattern and a route's template, segment by segment. It is conservative: where a
 segment is not one of the plain shapes (a whole-segment ``:param`` or ``*``, a
@@ -17,17 +20,32 @@ is only given when no path can match.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 
 @dataclass(frozen=True, slots=True)
 class RouteShape:
-    """The objects one route is decided as (a template), and its actions (None: any)."""
+    """The objects one route is decided as (a template), and its actions (None: any).
+
+    ``scoped``: decided in the engagement its path names (an ``{engagement_id}``
+    parameter); otherwise gateway-wide, in domain ``*``, where a rule or grant of
+    one engagement never applies.
+    """
 
     template: str
     actions: frozenset[str] | None
     origin: str  # "typed", "passthrough" or "authorizer", for messages
+    scoped: bool = True
+
+
+_ENGAGEMENT_PARAM = re.compile(r"{engagement_id(:[^}]*)?}")
+
+
+def names_engagement(path_template: str) -> bool:
+    """Whether requests on this path are decided in the engagement it names."""
+    return _ENGAGEMENT_PARAM.search(path_template) is not None
 
 
 def _is_param(segment: str) -> bool:

@@ -17,6 +17,7 @@ from starlette.routing import compile_path
 
 from app.api.route_shapes import route_shapes
 from app.authz.lint import lint
+from app.authz.policy import PolicyEngine
 from app.authz.routes import RouteShape, may_meet, routes_for
 from app.authz.source import Issue, read_policy
 from app.core.config import CONFIG_FILE_ENV, Settings, load_settings
@@ -27,7 +28,7 @@ DEMO = [
     RouteShape(
         "/v1/engagements/{engagement_id}/findings/{finding_id}", frozenset({"GET"}), "typed"
     ),
-    RouteShape("/admin/policy/explain", frozenset({"POST"}), "typed"),
+    RouteShape("/admin/policy/explain", frozenset({"POST"}), "typed", scoped=False),
     RouteShape("/v1/engagements/{engagement_id}/evidence", frozenset({"upload"}), "passthrough"),
 ]
 
@@ -151,6 +152,33 @@ def test_a_rule_of_no_route_is_a_warning_that_says_what_to_change(tmp_path: Path
     assert [i.code for i in issues if i.location == "policy.csv:6"] == ["action_case"]
 
 
+def test_an_engagement_rule_or_grant_on_gateway_wide_routes_is_a_warning(tmp_path: Path) -> None:
+    """/admin is decided in domain *: a rule or a grant of one engagement never counts
+    there (the decision path agrees: the flagged grant does not let bob in)."""
+    lines = (
+        "p, admin, acme-2026, /admin/*, *, allow",  # 1: engagement rule, global route
+        "p, security_admin, *, /admin/*, *, allow",
+        "g, bob, security_admin, acme-2026",  # 3: a grant that never counts
+        "g, carol, security_admin, *",  # fine
+        "g2, dave, security_admin",  # fine
+        "p, lead, *, /admin/*, *, allow",
+        "p, lead, *, /v1/engagements/:engagement/findings, POST, allow",
+        "g, erin, lead, acme-2026",  # fine: lead has a rule on a scoped route
+        "g, admin, viewer, acme-2026",
+        "p, viewer, *, /v1/engagements/:engagement/findings, GET, allow",
+    )
+    issues = lint_with_routes(tmp_path, DEMO, *lines)
+    found = {i.location: i.message for i in issues if i.code == "no_route"}
+    assert sorted(found) == ["policy.csv:1", "policy.csv:3"]
+    assert "decided gateway-wide (domain *), never in engagement acme-2026" in found["policy.csv:1"]
+    assert "write * as its domain" in found["policy.csv:1"]
+    assert "grant it with * as the engagement (g, bob, security_admin, *)" in found["policy.csv:3"]
+    engine = PolicyEngine(read_policy(tmp_path / "model.conf", tmp_path / "policy.csv"))
+    assert not engine.decide("bob", "*", "/admin/policy/explain", "POST").allowed
+    assert engine.decide("carol", "*", "/admin/policy/explain", "POST").allowed
+    assert engine.decide("dave", "*", "/admin/policy/explain", "POST").allowed
+
+
 def test_without_routes_nothing_is_checked(tmp_path: Path) -> None:
     (tmp_path / "model.conf").write_text((POLICY_DIR / "model.conf").read_text())
     (tmp_path / "policy.csv").write_text("p, viewer, *, /nowhere, GET, allow\ng, a, viewer, x-1\n")
@@ -186,6 +214,10 @@ def test_the_route_shapes_are_what_the_gateway_decides() -> None:
     assert (findings, frozenset({"GET"}), "typed") in shapes
     assert (findings, frozenset({"POST"}), "typed") in shapes
     assert ("/admin/policy/explain", frozenset({"POST"}), "typed") in shapes
+    scoped = {s.template: s.scoped for s in route_shapes(settings)}
+    assert scoped[findings] is True
+    assert scoped["/admin/policy/explain"] is False
+    assert scoped["/admin/engagements/{engagement}/reopen"] is False  # decided in *
     assert (
         "/v1/engagements/{engagement_id}/uploads",
         frozenset({"upload"}),
