@@ -236,10 +236,16 @@ class OrchestrationSettings(_Section):
     """Composite operations and declarative pass-through routes."""
 
     overview_deadline_seconds: PositiveSeconds = 2.0
-    idempotency_ttl_seconds: Annotated[int, Field(ge=1, le=7 * 86400)] = 86400
-    # With Redis: how long a claimed key stays "in progress" if its gateway dies mid-run
-    # (a live run renews its claim every third of this).
-    idempotency_lease_seconds: PositiveSeconds = 60.0
+    idempotency_ttl_seconds: Annotated[int, Field(ge=1, le=7 * 86400)] = Field(
+        default=86400,
+        description="how long a close's or a keyed finding create's result is replayed for "
+        "its Idempotency-Key",
+    )
+    idempotency_lease_seconds: PositiveSeconds = Field(
+        default=60.0,
+        description="with Redis: how long a key's claim and an engagement's close/reopen lock "
+        "outlive a gateway that died mid-run (a live run renews both every third of this)",
+    )
     passthrough: list[PassthroughRoute] = Field(default_factory=list)
 
     @model_validator(mode="after")

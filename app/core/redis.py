@@ -16,7 +16,10 @@ script must then share one hash tag.
 
 from __future__ import annotations
 
+import asyncio
 import os
+import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -116,3 +119,32 @@ def _sentinel_primary(settings: RedisSettings) -> aioredis.Redis:
         settings.service_name, redis_class=_SentinelPrimary, db=settings.db, **_options(settings)
     )
     return primary
+
+
+# Background retries keep a reference here (the event loop holds only weak ones).
+_RETRIES: set[asyncio.Task[None]] = set()
+RETRY_PAUSE_SECONDS = 0.25
+
+
+def retry_in_background(attempt: Callable[[], Awaitable[object]], within_seconds: float) -> None:
+    """Call ``attempt`` again every 0.25 s until it returns, for at most ``within_seconds``.
+
+    For a write that must not wait on the caller's request (releasing a lock,
+    settling a claim) when Redis did not answer it: a stall of a second or two
+    otherwise leaves the record in place for its whole lease. ``attempt`` raises
+    one of ``REDIS_FAILURES`` while Redis does not answer; its answer is ignored.
+    """
+
+    async def again() -> None:
+        deadline = time.monotonic() + within_seconds
+        while time.monotonic() < deadline:
+            await asyncio.sleep(RETRY_PAUSE_SECONDS)
+            try:
+                await attempt()
+            except REDIS_FAILURES:
+                continue
+            return
+
+    task = asyncio.get_running_loop().create_task(again())
+    _RETRIES.add(task)
+    task.add_done_callback(_RETRIES.discard)

@@ -16,6 +16,7 @@ Two holders, chosen like the idempotency store (Redis configured or not):
 - ``RedisEngagementLocks``: one key per engagement, taken by a script (set
   when absent) with a lease and a random token; renewed every third of the
   lease while the run lasts, released only by its owner (compare-and-delete),
+  retried in the background for a lease when Redis does not answer the release,
   so only a gateway that died mid-run lets its lock lapse, after
   ``orchestration.idempotency_lease_seconds`` (the lease the idempotency claim
   of the same run has). Redis unreachable when taking it: 503 and nothing runs
@@ -40,7 +41,7 @@ from typing import Any, Protocol
 import structlog
 
 from app.core.errors import Conflict, ServiceUnavailable
-from app.core.redis import REDIS_FAILURES, SharedRedis
+from app.core.redis import REDIS_FAILURES, SharedRedis, retry_in_background
 from app.ops.metrics import count_redis_error
 
 log = structlog.get_logger("gateway.engagement_lock")
@@ -172,11 +173,15 @@ class RedisEngagementLocks:
                 return
 
     async def _give_back(self, key: str, token: bytes) -> None:
-        """Release; a Redis failure here lets the lease lapse (logged, not raised)."""
+        """Release; when Redis does not answer, again in the background until the lease
+        would have lapsed anyway (a stall must not hold the engagement for a lease)."""
         try:
             owned = await self._release(keys=[key], args=[token])
         except REDIS_FAILURES as exc:
             self._unreachable(exc)
+            retry_in_background(
+                lambda: self._release(keys=[key], args=[token]), self._lease_ms / 1000
+            )
             return
         if not owned:
             log.warning("engagement_lock_lapsed", lease_ms=self._lease_ms)

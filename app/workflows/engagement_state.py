@@ -28,7 +28,7 @@ from pydantic import BaseModel
 from app.authz.closed import EngagementState
 from app.authz.store import PolicyStore
 from app.core.engagement_settings import EngagementStateSettings
-from app.core.errors import Conflict, GatewayError
+from app.core.errors import Conflict, GatewayError, ServiceUnavailable
 from app.domain.engagements import CloseStep, Engagement, ReopenResult
 from app.domain.identity import Identity
 from app.downstream.client import ServiceRegistry, parse_answer, raise_for_client_error
@@ -127,7 +127,15 @@ class ReopenService:
         async with self._locks.hold(engagement_id, "reopen"):  # no close runs meanwhile
             await self._post(SERVICE, f"{base}/reopen")
             await self._post("findings", f"{base}/findings/unfreeze")
-            previous = await self._policy.engagements.reopen(engagement_id)
+            try:
+                previous = await self._policy.engagements.reopen(engagement_id)
+            except ServiceUnavailable as exc:
+                raise ServiceUnavailable(
+                    f"The services reopened {engagement_id}, but the shared engagement state "
+                    "cannot be written, so the gateways still decide it closed; send the "
+                    "reopen again.",
+                    headers=exc.headers,
+                ) from None
         log.info(
             "engagement_reopened",
             engagement=engagement_id,

@@ -5,10 +5,13 @@ engagement and key (``app.workflows.idempotency``, the store the close uses): a
 retry with the same key and body gets the first finding again (``201``, replayed)
 without calling the service; the same key with another body is a 422, and a
 retry while the first runs a 409. The service gets a key of its own,
-``sha256(subject, key)``: keys are chosen by callers, so two callers' equal keys
-must not meet in the service's own deduplication, and with a key the client may
-retry the POST (a lost answer is not a second finding on a service that honours
-keys). Without a key, a create is not deduplicated (two POSTs, two findings).
+``finding-`` and 48 hex digits of ``sha256(subject, engagement, key, body)``: keys
+are chosen by callers, so two callers' equal keys must not meet in the service's
+own deduplication, and a key sent again with another body after a failed first
+run (the gateway forgets failures) must not get the first body's finding from a
+service that applied it after all. With a key the client may retry the POST (a
+lost answer is not a second finding on a service that honours keys). Without a
+key, a create is not deduplicated (two POSTs, two findings).
 """
 
 from __future__ import annotations
@@ -47,10 +50,11 @@ FINDING_CODEC: Codec[ValidatedJson[Finding]] = Codec(
 )
 
 
-def service_key(subject: str, key: str) -> str:
-    """The key the service sees for a caller's key: callers' equal keys never meet there."""
-    digest = hashlib.sha256(f"{len(subject)}:{subject}\x1f{key}".encode()).hexdigest()
-    return f"finding-{digest[:48]}"
+def service_key(subject: str, engagement_id: str, key: str, fingerprint: str) -> str:
+    """The key the service sees for a caller's key and body: nothing else meets it there."""
+    parts = (subject, engagement_id, key, fingerprint)
+    joined = "\x1f".join(f"{len(part)}:{part}" for part in parts)
+    return f"finding-{hashlib.sha256(joined.encode()).hexdigest()[:48]}"
 
 
 class FindingsService:
@@ -78,7 +82,7 @@ class FindingsService:
             raise RuntimeError("FindingsService needs an idempotency store for keyed creates")
         scope = ("create_finding", created_by, engagement_id, key)
         fingerprint = hashlib.sha256(new.model_dump_json().encode()).hexdigest()
-        downstream = service_key(created_by, key)
+        downstream = service_key(created_by, engagement_id, key, fingerprint)
         return await self._store.run(
             scope,
             fingerprint,

@@ -49,7 +49,7 @@ from app.core.errors import (
     IdempotencyKeyReused,
     ServiceUnavailable,
 )
-from app.core.redis import REDIS_FAILURES, SharedRedis
+from app.core.redis import REDIS_FAILURES, SharedRedis, retry_in_background
 from app.ops.metrics import count_redis_error
 
 HEADER = "idempotency-key"
@@ -252,11 +252,15 @@ class RedisIdempotencyStore:
             ) from None
 
     async def _settle(self, key: str, running: bytes, done: bytes) -> None:
-        """Store the result (or forget a failure); a Redis failure here lets the lease lapse."""
+        """Store the result (or forget a failure). When Redis does not answer, again in the
+        background until the lease would lapse: a stall must not leave the key "in
+        progress" (409) for a whole lease when a second later it could be settled."""
+        args: list[Any] = [running, done, self._ttl_ms]
         try:
-            owned = await self._call(self._finish, [key], [running, done, self._ttl_ms])
-        except IdempotencyStoreUnavailable:
-            return  # logged by _call; the claim expires with its lease
+            owned = await self._call(self._finish, [key], args)
+        except IdempotencyStoreUnavailable:  # logged by _call
+            retry_in_background(lambda: self._finish(keys=[key], args=args), self._lease_ms / 1000)
+            return
         if not owned:
             log.warning("idempotency_lease_lapsed", lease_ms=self._lease_ms)
 

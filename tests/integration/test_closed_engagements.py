@@ -266,3 +266,28 @@ def test_a_second_reopen_while_one_runs_is_a_409(make_stack: StackBuilder) -> No
         thread.join(timeout=30)
     assert answers[0].status_code == 200, answers[0].text
     assert post(stack.url, FINDINGS, "alice", FINDING).status_code == 201
+
+
+def test_a_reopen_whose_state_cannot_be_written_says_what_was_done(
+    make_stack: StackBuilder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The services reopen and unfreeze first; when the gateways' state then cannot be
+    written, the 503 said "nothing was changed". It says what was, and what to do."""
+    stack = make_stack()
+    assert close(stack.url, "close-acme-reopen-503").status_code == 200
+
+    async def unavailable(self: MemoryEngagementState, engagement: str) -> None:
+        raise ServiceUnavailable(
+            "The shared engagement state cannot be reached; nothing was changed."
+        )
+
+    monkeypatch.setattr(MemoryEngagementState, "reopen", unavailable)
+    response = post(stack.url, REOPEN, "sam", {"reason": "Client asked for a retest."})
+    detail = str(assert_problem(response, 503, "unavailable")["detail"])
+    assert "The services reopened acme-2026" in detail
+    assert "still decide it closed" in detail
+    assert "nothing was changed" not in detail
+    assert writes_refused(stack.url)  # fail closed: still closed for the gateway
+    monkeypatch.undo()
+    again = post(stack.url, REOPEN, "sam", {"reason": "Client asked for a retest."})
+    assert again.status_code == 200, again.text  # sent again, as the answer says

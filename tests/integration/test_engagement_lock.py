@@ -153,3 +153,27 @@ def test_an_unknown_holder_is_named_neutrally(redis_server: RedisServer) -> None
         assert "script" not in detail
 
     on_two(redis_server, scenario)
+
+
+def test_redis_a_release_redis_missed_is_retried_until_it_answers(
+    redis_server: RedisServer,
+) -> None:
+    """Redis stalled as a close ended (CLIENT PAUSE): the release failed and the
+    engagement stayed locked (409 "a close is running") for the whole lease. The
+    release is retried in the background, so it is free again within a moment."""
+
+    async def scenario(
+        one: RedisEngagementLocks, two: RedisEngagementLocks, raw: SharedRedis
+    ) -> None:
+        async with one.hold("acme-2026", "close"):
+            await raw.execute_command("CLIENT", "PAUSE", 1500, "ALL")
+        deadline = asyncio.get_running_loop().time() + 10  # the lease is 60 s
+        while True:
+            try:
+                async with two.hold("acme-2026", "reopen"):
+                    return
+            except (EngagementBusy, EngagementLockUnavailable):
+                assert asyncio.get_running_loop().time() < deadline, "still locked"
+                await asyncio.sleep(0.1)
+
+    on_two(redis_server, scenario)

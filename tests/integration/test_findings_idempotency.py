@@ -8,11 +8,13 @@ applied before its answer was lost is not applied twice when the caller retries.
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import httpx
 import pytest
 
+from app.domain.findings import FindingCreate
 from app.workflows.findings import service_key
 from tests.conftest import signer
 from tests.integration.conftest import Stack
@@ -23,6 +25,8 @@ pytestmark = pytest.mark.integration
 FINDINGS = "/v1/engagements/acme-2026/findings"
 UPSTREAM = "/engagements/acme-2026/findings"
 FINDING = {"title": "Weak TLS ciphers", "severity": "low"}
+# The fingerprint the gateway takes of FINDING (its FindingCreate's JSON).
+BODY = hashlib.sha256(FindingCreate.model_validate(FINDING).model_dump_json().encode()).hexdigest()
 
 
 def create(
@@ -57,7 +61,7 @@ def test_the_same_key_and_body_create_one_finding(stack: Stack) -> None:
     assert len(creates_seen(stack)) == 1  # the replay called no service
     assert len(listed(stack)) == before + 1
     seen = creates_seen(stack)[0]["headers"]
-    assert seen["idempotency-key"] == service_key("alice", "create-tls-0001")
+    assert seen["idempotency-key"] == service_key("alice", "acme-2026", "create-tls-0001", BODY)
 
 
 def test_the_same_key_with_another_body_is_a_422(stack: Stack) -> None:
@@ -76,7 +80,10 @@ def test_keys_are_per_caller(stack: Stack) -> None:
     assert rita.json()["created_by"] == "rita"
     assert rita.headers["idempotent-replayed"] == "false"
     keys = {seen["headers"]["idempotency-key"] for seen in creates_seen(stack)}
-    assert keys == {service_key("alice", "create-tls-0003"), service_key("rita", "create-tls-0003")}
+    assert keys == {
+        service_key("alice", "acme-2026", "create-tls-0003", BODY),
+        service_key("rita", "acme-2026", "create-tls-0003", BODY),
+    }
 
 
 def test_without_a_key_each_post_is_a_finding(stack: Stack) -> None:
@@ -115,7 +122,7 @@ def test_a_create_the_service_applied_before_its_answer_was_lost_is_not_applied_
     applied = httpx.post(
         stack.stubs["findings"].url + UPSTREAM,
         json={**FINDING, "created_by": "alice"},
-        headers={"idempotency-key": service_key("alice", "create-tls-0006")},
+        headers={"idempotency-key": service_key("alice", "acme-2026", "create-tls-0006", BODY)},
         timeout=5,
     )
     assert applied.status_code == 201
@@ -124,3 +131,23 @@ def test_a_create_the_service_applied_before_its_answer_was_lost_is_not_applied_
     assert retried.status_code == 201, retried.text
     assert retried.json()["id"] == applied.json()["id"]
     assert len(listed(stack)) == before
+
+
+def test_the_same_key_with_another_body_after_a_lost_answer_is_not_the_first_finding(
+    stack: Stack,
+) -> None:
+    """The first create's answer was lost (the gateway forgot the failed run) but the
+    service applied it; the caller then sends the key with another body. The service
+    key carries the body, so the service makes B rather than answering with A."""
+    applied = httpx.post(
+        stack.stubs["findings"].url + UPSTREAM,
+        json={**FINDING, "created_by": "alice"},
+        headers={"idempotency-key": service_key("alice", "acme-2026", "create-tls-0007", BODY)},
+        timeout=5,
+    )
+    assert applied.status_code == 201
+    other = {"title": "Another finding", "severity": "critical"}
+    created = create(stack, other, "create-tls-0007")
+    assert created.status_code == 201, created.text
+    assert created.json()["id"] != applied.json()["id"]
+    assert created.json()["title"] == "Another finding"

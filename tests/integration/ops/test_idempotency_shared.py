@@ -291,3 +291,34 @@ def test_a_stored_result_this_version_cannot_read_is_a_conflict_not_a_crash(
 
     on_two_gateways(redis_server, scenario)
     assert calls == []
+
+
+def test_a_result_redis_missed_is_stored_when_it_answers_again(redis_server: RedisServer) -> None:
+    """Redis stalled as the run ended (CLIENT PAUSE): storing the result failed, and the
+    key stayed "in progress" (409 on every retry) for the whole lease. It is stored in
+    the background once Redis answers, so the other gateway replays it well within it."""
+    calls: list[str] = []
+
+    async def scenario(one: RedisIdempotencyStore, two: RedisIdempotencyStore) -> None:
+        raw = create_redis(RedisSettings(url=redis_server.url))
+
+        async def then_redis_stalls() -> str:
+            await raw.execute_command("CLIENT", "PAUSE", 1500, "ALL")
+            return "applied"
+
+        try:
+            assert await one.run(("k",), "fp", then_redis_stalls, TEXT) == ("applied", False)
+            deadline = asyncio.get_running_loop().time() + 10  # the lease is 30 s
+            while True:
+                try:
+                    replayed = await two.run(("k",), "fp", counting(calls, "again"), TEXT)
+                    break
+                except (Conflict, IdempotencyStoreUnavailable):
+                    assert asyncio.get_running_loop().time() < deadline, "still in progress"
+                    await asyncio.sleep(0.1)
+            assert replayed == ("applied", True)
+        finally:
+            await raw.aclose()
+
+    on_two_gateways(redis_server, scenario)
+    assert calls == []
