@@ -22,12 +22,17 @@ from app.downstream.client import ServiceRegistry
 from app.workflows.closing import CloseService
 from app.workflows.engagement_state import ReopenService
 from app.workflows.findings import FindingsService
+from app.workflows.idempotency import HEADER as IDEMPOTENCY_HEADER
 from app.workflows.overview import OverviewService
 
 # The engagement/RBAC guard: the normalised path and the method, decided in the
 # path's engagement (or in ``*`` for routes without one).
 authorize = Guard()
 Authorized = Annotated[Decision, Depends(authorize)]
+# Routes that act on an Idempotency-Key (close, finding create): when one is sent, the
+# signature must cover it (401 component_missing otherwise).
+authorize_keyed = Guard(signed_if_present=(IDEMPOTENCY_HEADER,))
+KeyedAuthorized = Annotated[Decision, Depends(authorize_keyed)]
 
 
 async def authenticate(request: Request) -> Identity:

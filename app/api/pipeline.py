@@ -87,14 +87,19 @@ class Gate:
         self._rate_limit = rate_limit  # built in the lifespan, read per request
 
     async def admit(
-        self, message: Message, read_body: BodyReader | None, target: Target
+        self,
+        message: Message,
+        read_body: BodyReader | None,
+        target: Target,
+        require: Collection[str] = (),
     ) -> Admission:
         """The whole gate for one request; ``read_body`` is ``None`` for a streamed body.
 
         Each stage is a span of its own (``stage_span``; a no-op with tracing off),
         opened by the stage's method, so callers of one stage get its span too.
+        ``require``: components the signature must also cover (``authenticate``).
         """
-        identity = await self.authenticate(message, read_body)
+        identity = await self.authenticate(message, read_body, require)
         rate_headers = await self.spend(identity, target)
         return Admission(identity, self.decide(identity, target), rate_headers)
 
@@ -106,7 +111,8 @@ class Gate:
         The MAC is verified from the headers before a byte of the body is read;
         a streamed body (``read_body`` is ``None``) has its digest checked as it
         passes (``app.workflows.passthrough``). ``require``: components the
-        signature must also cover (the decision endpoints' original headers).
+        signature must also cover (the decision endpoints' original headers, a
+        route's ``Idempotency-Key``), else 401 ``component_missing``.
         """
         with stage_span("authn"):
             return await self._authenticate(message, read_body, require)
@@ -177,9 +183,19 @@ class Guard:
     reads the ``Admission`` the gate stored, and fails closed if there is none.
     """
 
-    def __init__(self, target: TargetOf = path_target, *, streamed: bool = False) -> None:
+    def __init__(
+        self,
+        target: TargetOf = path_target,
+        *,
+        streamed: bool = False,
+        signed_if_present: tuple[str, ...] = (),
+    ) -> None:
         self.target = target
         self.streamed = streamed
+        # Fields the route acts on (a close's or a create's Idempotency-Key): when the
+        # request carries one, the signature must cover it, or anyone between the
+        # proxy and the gateway could set it (replaying another result of the caller).
+        self.signed_if_present = signed_if_present
 
     async def __call__(self, request: Request) -> Decision:
         return admission_of(request).decision
@@ -190,7 +206,8 @@ class Guard:
         read_body: BodyReader | None = None  # streamed: checked as it passes
         if not self.streamed:
             read_body = request.body if declares_body(message) else _no_body
-        admission = await gate.admit(message, read_body, self.target(request))
+        require = [n for n in self.signed_if_present if message.header(n) is not None] or ()
+        admission = await gate.admit(message, read_body, self.target(request), require)
         request.scope.setdefault("state", {})[ADMISSION_KEY] = admission
         decision = admission.decision
         scoped = None if decision.engagement == GLOBAL_DOMAIN else decision.engagement

@@ -6,6 +6,8 @@ from collections.abc import Iterable
 
 SUBJECT_HEADER = "x-auth-subject"
 GROUPS_HEADER = "x-auth-groups"
+# Not identity, but signed with it wherever present: the key a write is deduplicated on.
+IDEMPOTENCY_KEY_HEADER = "idempotency-key"
 
 # Headers that only mean something on the inbound hop: a forwarder must never pass
 # them downstream as received (the gateway asserts identity downstream itself).

@@ -22,7 +22,7 @@ from app.authn.base import (
     serialize_signature_params,
 )
 from app.authn.digest import content_digest
-from app.authn.identity import GROUPS_HEADER, SUBJECT_HEADER
+from app.authn.identity import GROUPS_HEADER, IDEMPOTENCY_KEY_HEADER, SUBJECT_HEADER
 
 DEFAULT_LABEL = "sig1"
 
@@ -37,6 +37,8 @@ def covered_components(message: Message, has_body: bool, cover: Sequence[str] = 
     components.append(SUBJECT_HEADER)
     if message.header(GROUPS_HEADER) is not None:
         components.append(GROUPS_HEADER)
+    if message.header(IDEMPOTENCY_KEY_HEADER) is not None:  # routes that act on it require it
+        components.append(IDEMPOTENCY_KEY_HEADER)
     components.extend(name.lower() for name in cover if name.lower() not in components)
     return components
 

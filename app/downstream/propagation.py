@@ -36,7 +36,7 @@ from app.authn.base import (
     hmac_sha256,
     serialize_signature_params,
 )
-from app.authn.identity import GROUPS_HEADER, SUBJECT_HEADER
+from app.authn.identity import GROUPS_HEADER, IDEMPOTENCY_KEY_HEADER, SUBJECT_HEADER
 from app.authn.keys import SigningKey
 from app.authn.signer import message_from_httpx
 from app.core import logcontext
@@ -124,7 +124,13 @@ def _components(request: httpx.Request) -> list[str]:
         names.append("@query")
     names.extend(
         h
-        for h in ("content-digest", SUBJECT_HEADER, GROUPS_HEADER, ENGAGEMENT_HEADER)
+        for h in (
+            "content-digest",
+            SUBJECT_HEADER,
+            GROUPS_HEADER,
+            ENGAGEMENT_HEADER,
+            IDEMPOTENCY_KEY_HEADER,  # what the service deduplicates on is the gateway's word
+        )
         if h in request.headers
     )
     return names

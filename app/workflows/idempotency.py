@@ -43,6 +43,7 @@ from typing import Any, Generic, Protocol, TypeVar
 
 import structlog
 
+from app.authn.identity import IDEMPOTENCY_KEY_HEADER
 from app.core.errors import (
     BadRequest,
     Conflict,
@@ -52,7 +53,7 @@ from app.core.errors import (
 from app.core.redis import REDIS_FAILURES, SharedRedis, retry_in_background
 from app.ops.metrics import count_redis_error
 
-HEADER = "idempotency-key"
+HEADER = IDEMPOTENCY_KEY_HEADER
 KEY_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{7,127}$")
 T = TypeVar("T")
 log = structlog.get_logger("gateway.idempotency")

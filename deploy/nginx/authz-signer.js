@@ -3,7 +3,8 @@
  *
  * Signs what nginx sends to the gateway per app/api/docs/signing.md: RFC 9421
  * hmac-sha256 over @method, @path, @query (when there is a query),
- * content-digest (when there is a body) and the identity headers, with an
+ * content-digest (when there is a body), the identity headers and the client's
+ * Idempotency-Key (when it sent one: the gateway acts on it), with an
  * RFC 9530 Content-Digest, a fresh nonce and the secret read from a file.
  *
  * Two modes, each a set of js_set variables (see authz-signer-http.conf):
@@ -88,6 +89,25 @@ function identity(r) {
     return {subject: subject, groups: groups.join(',')};
 }
 
+/*
+ * The client's Idempotency-Key as nginx forwards it: '' when there is none, null
+ * (do not sign) when there are several (the gateway would read them joined).
+ */
+function idempotencyKey(r) {
+    var found = [];
+    var raw = r.rawHeadersIn;
+    for (var i = 0; i < raw.length; i++) {
+        if (raw[i][0].toLowerCase() === 'idempotency-key') {
+            found.push(raw[i][1]);
+        }
+    }
+    if (found.length > 1) {
+        r.error('authz-signer: several Idempotency-Key fields; not signing');
+        return null;
+    }
+    return found.length === 1 ? found[0] : '';
+}
+
 function body(r) {
     // Content-Length 0 and no chunking: no body. Anything else must be in memory
     // (client_body_buffer_size = client_max_body_size in the shipped config).
@@ -151,7 +171,8 @@ function proxyValues(r) {
     }
     var values = {subject: '', groups: '', digest: '', input: '', signature: ''};
     var who = identity(r);
-    var sent = who === null ? null : body(r);
+    var key = who === null ? null : idempotencyKey(r);
+    var sent = key === null ? null : body(r);
     if (sent !== null) {
         var headers = [];
         if (sent.bytes !== null) {
@@ -162,6 +183,9 @@ function proxyValues(r) {
         headers.push(['x-auth-subject', who.subject]);
         if (who.groups !== '') {
             headers.push(['x-auth-groups', who.groups]);
+        }
+        if (key !== '') {
+            headers.push(['idempotency-key', key]);
         }
         var signed = sign(r, {method: r.method, target: target, headers: headers});
         if (signed !== null) {

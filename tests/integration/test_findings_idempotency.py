@@ -18,6 +18,7 @@ from app.domain.findings import FindingCreate
 from app.workflows.findings import service_key
 from tests.conftest import signer
 from tests.integration.conftest import Stack
+from tests.integration.orchestration_stack import StackBuilder
 from tests.integration.test_gateway_e2e import assert_problem
 
 pytestmark = pytest.mark.integration
@@ -151,3 +152,52 @@ def test_the_same_key_with_another_body_after_a_lost_answer_is_not_the_first_fin
     assert created.status_code == 201, created.text
     assert created.json()["id"] != applied.json()["id"]
     assert created.json()["title"] == "Another finding"
+
+
+def _signed_then_keyed(url: str, path: str, body: dict[str, Any], subject: str) -> httpx.Request:
+    """Signed without an Idempotency-Key, which a hop then adds (unsigned)."""
+    request = httpx.Request("POST", url + path, json=body)
+    signed = next(signer(subject).auth_flow(request))
+    signed.headers["idempotency-key"] = "added-after-signing-2"
+    return signed
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "subject"),
+    [
+        (FINDINGS, FINDING, "alice"),
+        ("/v1/engagements/acme-2026/close", {"reason": "Retest complete."}, "bob"),
+    ],
+    ids=["create", "close"],
+)
+def test_a_key_the_signature_does_not_cover_is_401_where_the_route_acts_on_it(
+    stack: Stack, captured_logs: list[dict[str, Any]], path: str, body: dict[str, Any], subject: str
+) -> None:
+    """Anyone between the proxy and the gateway could otherwise set the key (and get a
+    replay of another of the caller's results instead of a write)."""
+    with httpx.Client(timeout=10) as client:
+        response = client.send(_signed_then_keyed(stack.url, path, body, subject))
+    assert_problem(response, 401, "unauthenticated")
+    denials = [e["reason"] for e in captured_logs if e.get("stage") == "authn"]
+    assert denials == ["component_missing"]
+    assert creates_seen(stack) == []
+
+
+def test_a_route_that_ignores_the_key_does_not_require_it_signed(stack: Stack) -> None:
+    request = httpx.Request("GET", stack.url + FINDINGS)
+    signed = next(signer("alice").auth_flow(request))
+    signed.headers["idempotency-key"] = "added-after-signing-3"
+    with httpx.Client(timeout=10) as client:
+        assert client.send(signed).status_code == 200
+
+
+def test_the_gateway_signs_the_key_it_sends_the_service(make_stack: StackBuilder) -> None:
+    """The service deduplicates on the key: the gateway's own signature covers it, and
+    the stub (which requires the gateway's signature) verifies it."""
+    stack = make_stack()
+    with httpx.Client(base_url=stack.url, auth=signer("alice"), timeout=15) as client:
+        response = client.post(FINDINGS, json=FINDING, headers={"idempotency-key": "create-0008"})
+    assert response.status_code == 201, response.text
+    seen = next(r for r in stack.seen("findings") if r["method"] == "POST")
+    assert '"idempotency-key"' in seen["headers"]["signature-input"]
+    assert seen["signature"] == "valid"

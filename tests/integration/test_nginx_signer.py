@@ -15,7 +15,7 @@ from fastapi import FastAPI
 
 from app.main import create_app
 from app.stubs.server import STUB_NAMES, create_stub_app
-from tests.conftest import TEST_KEY_ENV, TEST_KEY_ID, LiveServer, make_settings
+from tests.conftest import TEST_KEY_ENV, TEST_KEY_ID, LiveServer, make_settings, signer
 from tests.integration.nginx_stack import NginxSite, nginx_key_spec
 
 pytestmark = pytest.mark.integration
@@ -142,3 +142,41 @@ def test_a_wrong_password_never_reaches_the_gateway(site: tuple[NginxSite, ...])
     )
     assert response.status_code == 401
     assert "www-authenticate" in response.headers
+
+
+def test_a_client_idempotency_key_is_signed_and_a_retry_replays(
+    site: tuple[NginxSite, dict[str, LiveServer], LiveServer],
+) -> None:
+    """The gateway acts on Idempotency-Key (a create made once), so it requires the key
+    to be signed when sent; the signer covers the client's key, and the retry through
+    nginx is the first finding, replayed."""
+    nginx, stubs, _ = site
+    finding = {"title": "Weak TLS ciphers", "severity": "low"}
+    key = {"Idempotency-Key": "nginx-create-0001"}
+    with nginx.client("alice") as client:
+        first = client.post(OURS, json=finding, headers=key)
+        again = client.post(OURS, json=finding, headers=key)
+        two = client.post(OURS, json=finding, headers=[*key.items(), *key.items()])
+    assert first.status_code == 201, first.text
+    assert (again.status_code, again.headers["idempotent-replayed"]) == (201, "true")
+    assert again.json()["id"] == first.json()["id"]
+    assert two.status_code == 401  # two keys: not signed, refused by the gateway
+    creates = [e for e in _seen(stubs["findings"]) if e["method"] == "POST"]
+    assert len(creates) == 1
+
+
+def test_a_key_added_after_signing_is_refused(
+    site: tuple[NginxSite, dict[str, LiveServer], LiveServer],
+) -> None:
+    """Straight to the gateway: a request signed without its Idempotency-Key (as a hop
+    between the proxy and the gateway could add one) is a 401, not a replay."""
+    _, stubs, gateway = site
+    request = httpx.Request(
+        "POST", f"{gateway.url}{OURS}", json={"title": "Weak TLS ciphers", "severity": "low"}
+    )
+    signed = next(signer("alice").auth_flow(request))
+    signed.headers["idempotency-key"] = "added-after-signing-1"
+    with httpx.Client(timeout=10) as client:
+        response = client.send(signed)
+    assert response.status_code == 401, response.text
+    assert [e for e in _seen(stubs["findings"]) if e["method"] == "POST"] == []

@@ -7,7 +7,7 @@ from typing import Annotated
 import structlog
 from fastapi import APIRouter, Header, Path, Response
 
-from app.api.deps import Authenticated, Authorized, Closer, Overview
+from app.api.deps import Authenticated, Authorized, Closer, KeyedAuthorized, Overview
 from app.api.routing import GuardedRoute
 from app.api.schemas import Problem
 from app.domain.engagements import CloseRequest, CloseResult, EngagementOverview
@@ -59,7 +59,7 @@ async def close_engagement(
     engagement_id: EngagementPath,
     body: CloseRequest,
     identity: Authenticated,
-    _grant: Authorized,
+    _grant: KeyedAuthorized,
     closer: Closer,
     response: Response,
     # Documented as required (IDEMPOTENCY_KEY); a missing or malformed one is our 400 problem.

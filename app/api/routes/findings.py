@@ -7,7 +7,7 @@ from typing import Annotated
 import structlog
 from fastapi import APIRouter, Header, Path, Response
 
-from app.api.deps import Authenticated, Authorized, Findings
+from app.api.deps import Authenticated, Authorized, Findings, KeyedAuthorized
 from app.api.routing import GuardedRoute
 from app.api.schemas import Problem, relay
 from app.domain.findings import Finding, FindingCreate, FindingList
@@ -57,7 +57,7 @@ async def create_finding(
     engagement_id: EngagementPath,
     new: FindingCreate,
     identity: Authenticated,
-    _grant: Authorized,
+    _grant: KeyedAuthorized,
     findings: Findings,
     # Documented by IDEMPOTENCY_KEY; a malformed one is our 400 problem, not FastAPI's 422.
     idempotency_key: Annotated[str | None, Header(include_in_schema=False)] = None,
