@@ -50,6 +50,7 @@ from app.workflows.idempotency import (
     MemoryIdempotencyStore,
     RedisIdempotencyStore,
 )
+from app.workflows.saga import UNDO_ON_SHUTDOWN_SECONDS, finish_undos
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace.export import SpanExporter
@@ -102,6 +103,9 @@ def create_app(
                 _reconciling(app.state.services, policy.engagements, settings),
             ):
                 yield
+                # Sagas cancelled by the end of the drain undo their steps first: the
+                # pools and Redis close only after that (bounded).
+                await finish_undos(UNDO_ON_SHUTDOWN_SECONDS)
         finally:
             await app.state.services.aclose()
             if app.state.tracing is not None:

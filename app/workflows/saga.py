@@ -6,11 +6,21 @@ the action's result. Every start, success, failure and compensation is logged
 saga, one per step and one per compensation under it (``app.core.tracing``).
 A failed compensation is logged loudly and does not stop the others; the caller then gets the step's
 error with a detail saying whether everything was undone.
+
+A saga cancelled mid-step (uvicorn cancels the requests still running when
+``ops.graceful_shutdown_seconds`` runs out) undoes its done steps too, and the
+step in flight when its undo needs no answer, before the cancellation goes on:
+the undo runs as a task of its own (``finish_undos``: the app's lifespan waits
+for it, bounded, before it closes the service pools), so a second cancellation
+does not stop it either. Weighed against leaving the steps done (the close then
+stays half applied: findings frozen, an engagement open) and against refusing
+to stop while a saga runs (a supervisor kills the process anyway).
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+import asyncio
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -70,6 +80,12 @@ class Saga:
                     done.append((step, None))  # undone first, like the last step done
                 undone = await self._compensate(done)
                 raise _failure(self.name, step, exc, undone) from None
+            except asyncio.CancelledError:
+                log.warning("saga_step", saga=self.name, step=step.name, status="cancelled")
+                if step.undo_when_unanswered:  # its request may have been applied
+                    done.append((step, None))
+                await _undo_despite_cancellation(self._compensate(done))
+                raise
             log.info("saga_step", saga=self.name, step=step.name, status="done")
             done.append((step, result))
         return {step.name: result for step, result in done}
@@ -98,6 +114,36 @@ class Saga:
                 continue
             log.info("saga_step", saga=self.name, step=step.name, status="compensated")
         return complete
+
+
+# How long a stopping gateway waits for those undos after the drain, at most (a close's
+# undo is three calls, each bounded by its service's timeouts and retries).
+UNDO_ON_SHUTDOWN_SECONDS = 10.0
+# Undo tasks of cancelled sagas: referenced here (the loop holds tasks weakly) and
+# awaited by the lifespan before the service pools close.
+_UNDOING: set[asyncio.Task[bool]] = set()
+
+
+async def _undo_despite_cancellation(undo: Coroutine[object, object, bool]) -> None:
+    """Run ``undo`` to its end in a task of its own; wait for it unless cancelled again."""
+    task = asyncio.get_running_loop().create_task(undo)
+    _UNDOING.add(task)
+    task.add_done_callback(_UNDOING.discard)
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        log.warning("saga_undo_detached")  # it goes on; finish_undos waits for it
+
+
+async def finish_undos(within_seconds: float) -> None:
+    """Wait (at most ``within_seconds``) for the undo of every saga cancelled mid-run."""
+    pending = set(_UNDOING)
+    if not pending:
+        return
+    log.info("saga_undo_waiting", sagas=len(pending))
+    _, late = await asyncio.wait(pending, timeout=within_seconds)
+    if late:
+        log.error("saga_undo_abandoned", sagas=len(late))
 
 
 def _maybe_applied(exc: GatewayError) -> bool:

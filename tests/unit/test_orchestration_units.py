@@ -42,7 +42,7 @@ from app.downstream.resilience import PoolExhausted, RetryableError, RetryableTi
 from app.edge.paths import normalize_path
 from app.workflows.idempotency import Codec, MemoryIdempotencyStore, require_key
 from app.workflows.passthrough import StreamingDigest, checked_body, query_of, upstream_path
-from app.workflows.saga import Saga, Step
+from app.workflows.saga import Saga, Step, finish_undos
 
 KEY = SigningKey("gateway-findings", b"gateway-outbound-test-secret-0123456789abcdef")
 
@@ -276,6 +276,55 @@ def test_saga_reports_a_compensation_that_failed() -> None:
     with pytest.raises(DownstreamError) as raised:
         asyncio.run(saga.run())
     assert "could NOT be undone" in raised.value.detail
+
+
+@pytest.mark.parametrize("cancels", [1, 2])
+def test_a_saga_cancelled_mid_step_undoes_its_steps_before_it_stops(cancels: int) -> None:
+    """uvicorn cancels a request still running when the drain runs out: the done steps
+    (and the one in flight, when its undo needs no answer) are undone first; a second
+    cancellation stops the wait, not the undo, which finish_undos waits for."""
+    trail: list[str] = []
+    in_flight = asyncio.Event()
+    undo_may_end = asyncio.Event()
+
+    async def ok() -> str:
+        trail.append("do a")
+        return "a"
+
+    async def hangs() -> str:
+        trail.append("do b")
+        in_flight.set()
+        await asyncio.sleep(3600)
+        return "b"
+
+    async def undo(result: Any) -> None:
+        await undo_may_end.wait()
+        trail.append(f"undo {result}")
+
+    async def scenario() -> None:
+        steps = [
+            Step("a", "svc", ok, undo),
+            Step("b", "svc", hangs, undo, undo_when_unanswered=True),
+            Step("c", "svc", ok, undo),
+        ]
+        task = asyncio.create_task(Saga("demo", steps).run())
+        await in_flight.wait()
+        for _ in range(cancels):
+            task.cancel()
+            await asyncio.sleep(0.01)
+        assert trail == ["do a", "do b"]  # the undo waits for undo_may_end
+        undo_may_end.set()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await finish_undos(5)
+
+    with capture_logs() as logs:
+        asyncio.run(scenario())
+    assert trail == ["do a", "do b", "undo None", "undo a"]
+    statuses = [(line["step"], line["status"]) for line in logs if line["event"] == "saga_step"]
+    assert ("b", "cancelled") in statuses
+    assert statuses[-2:] == [("b", "compensated"), ("a", "compensated")]
+    assert any(line["event"] == "saga_undo_detached" for line in logs) is (cancels == 2)
 
 
 @pytest.mark.parametrize(

@@ -17,7 +17,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from app.stubs.server import create_stub_app
+from app.stubs.server import STUB_NAMES, create_stub_app
 from tests.conftest import (
     POLICY_DIR,
     REPO,
@@ -63,12 +63,20 @@ class HeldFindings:
 
 
 class GatewayProcess:
-    def __init__(self, tmp_path: Path, downstream: str, *extra: str, graceful: int = 30) -> None:
+    def __init__(
+        self,
+        tmp_path: Path,
+        downstream: str,
+        *extra: str,
+        graceful: int = 30,
+        services: dict[str, str] | None = None,
+    ) -> None:
         self.port = free_port()
         config = tmp_path / "gateway.yaml"
-        config.write_text(
-            CONFIG.format(env=TEST_KEY_ENV, policy=POLICY_DIR, url=downstream, graceful=graceful)
-        )
+        text = CONFIG.format(env=TEST_KEY_ENV, policy=POLICY_DIR, url=downstream, graceful=graceful)
+        for name, url in (services or {}).items():  # more services beside findings
+            text = text.replace("services:\n", f'services:\n  {name}: {{url: "{url}"}}\n', 1)
+        config.write_text(text)
         self.log_path = tmp_path / "gateway.log"
         self.log = self.log_path.open("wb")
         argv = ["serve", "--port", str(self.port), "--config", str(config), *extra]
@@ -120,8 +128,12 @@ class GatewayProcess:
 def gateway_process(tmp_path: Path) -> Iterator[Callable[..., GatewayProcess]]:
     started: list[GatewayProcess] = []
 
-    def start(downstream: str, *extra: str, graceful: int = 30) -> GatewayProcess:
-        started.append(GatewayProcess(tmp_path, downstream, *extra, graceful=graceful))
+    def start(
+        downstream: str, *extra: str, graceful: int = 30, services: dict[str, str] | None = None
+    ) -> GatewayProcess:
+        started.append(
+            GatewayProcess(tmp_path, downstream, *extra, graceful=graceful, services=services)
+        )
         return started[-1]
 
     yield start
@@ -188,6 +200,51 @@ def test_a_request_still_running_when_the_drain_runs_out_gets_a_503_problem(
     assert response.json()["type"] == "urn:authz-gateway:problem:unavailable"
     gateway.proc.wait(timeout=30)
     assert '"event":"request_cancelled"' in gateway.log_text()
+
+
+def test_a_close_cut_short_by_the_end_of_the_drain_is_undone_before_the_process_exits(
+    live_server: Callable[[FastAPI], LiveServer],
+    gateway_process: Callable[..., GatewayProcess],
+    signed_client: Callable[..., httpx.Client],
+) -> None:
+    """A close still running when graceful shutdown ran out was cancelled with its
+    findings frozen: the engagement stayed half closed. The saga undoes its done steps
+    (the pools close after that), and the caller gets the 503 to retry."""
+    stubs = {name: live_server(create_stub_app(name)) for name in STUB_NAMES}
+    faults = {"hang": True, "hang_max_seconds": 20, "path_prefix": "/engagements/acme-2026/reports"}
+    assert httpx.post(stubs["reports"].url + "/_faults", json=faults, timeout=5).status_code == 200
+    others = {name: stubs[name].url for name in ("engagements", "reports")}
+    gateway = gateway_process(stubs["findings"].url, graceful=1, services=others)
+    frozen = stubs["findings"].url + "/_frozen"
+
+    def close() -> httpx.Response:
+        with signed_client(gateway.url, "bob") as client:
+            return client.post(
+                "/v1/engagements/acme-2026/close",
+                json={"reason": "Retest complete; client signed off."},
+                headers={"idempotency-key": "close-drain-overrun-1"},
+            )
+
+    with ThreadPoolExecutor(1) as pool:
+        try:
+            future = pool.submit(close)
+            wait_until(lambda: httpx.get(frozen, timeout=5).json() == ["acme-2026"])
+            wait_until(
+                lambda: (
+                    httpx.get(stubs["reports"].url + "/_stats", timeout=5).json()["requests"] > 0
+                )
+            )
+            gateway.proc.send_signal(signal.SIGTERM)
+            response = future.result(timeout=30)
+        finally:
+            httpx.post(stubs["reports"].url + "/_faults", json={}, timeout=5)
+    assert response.status_code == 503
+    assert response.json()["type"] == "urn:authz-gateway:problem:unavailable"
+    gateway.proc.wait(timeout=30)
+    assert httpx.get(frozen, timeout=5).json() == []  # the freeze was undone
+    log = gateway.log_text()
+    assert '"status":"cancelled"' in log
+    assert '"step":"freeze_findings","status":"compensated"' in log.replace(", ", ",")
 
 
 def test_workers_share_one_metrics_view_and_one_replay_cache(

@@ -9,6 +9,7 @@ import yaml
 
 from app.core.config import load_settings
 from app.downstream.client import load_outbound_keys
+from app.workflows.saga import UNDO_ON_SHUTDOWN_SECONDS
 from tests.conftest import REPO
 
 
@@ -30,7 +31,8 @@ def test_two_gateway_replicas_share_one_redis() -> None:
     for service in gateways.values():
         assert {"redis", "engagements", "findings", "reports"} <= set(service["depends_on"])
         grace = int(service["stop_grace_period"].rstrip("s"))
-        assert grace > int(service["environment"]["GATEWAY_OPS__GRACEFUL_SHUTDOWN_SECONDS"])
+        drain = int(service["environment"]["GATEWAY_OPS__GRACEFUL_SHUTDOWN_SECONDS"])
+        assert grace > drain + UNDO_ON_SHUTDOWN_SECONDS
 
 
 def test_stubs_require_the_signature_the_gateways_sign_with() -> None:

@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from app.core.config import Settings
+from app.workflows.saga import UNDO_ON_SHUTDOWN_SECONDS
 from tests.conftest import POLICY_DIR, REPO
 
 K8S = REPO / "deploy" / "k8s"
@@ -83,7 +84,8 @@ def test_termination_grace_covers_the_pre_stop_pause_and_the_drain(
     drain = gateway_settings(monkeypatch).ops.graceful_shutdown_seconds
     command = container()["lifecycle"]["preStop"]["exec"]["command"]
     assert command[0] == "sleep"
-    assert pod()["terminationGracePeriodSeconds"] > int(command[1]) + drain
+    undo = UNDO_ON_SHUTDOWN_SECONDS  # closes cut short are undone before the pools close
+    assert pod()["terminationGracePeriodSeconds"] > int(command[1]) + drain + undo
 
 
 def test_probes_readiness_on_readyz_liveness_on_healthz() -> None:
