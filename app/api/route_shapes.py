@@ -9,13 +9,22 @@ from __future__ import annotations
 
 from app.api.pipeline import Guard, path_target
 from app.api.routes import GUARDED_ROUTERS
+from app.api.routes.passthrough import check_passthrough_services
 from app.api.routing import GuardedRoute
 from app.authz.routes import RouteShape, names_engagement
+from app.authz.targets import RouteTemplates
 from app.core.config import Settings
 
 
 def route_shapes(settings: Settings) -> list[RouteShape]:
-    """Typed routes decided by path and method, pass-through routes, authorizer templates."""
+    """Typed routes decided by path and method, pass-through routes, authorizer templates.
+
+    ``ConfigError`` for route settings the gateway would refuse at start-up (an
+    authorizer template that does not compile, a pass-through route's unknown
+    service), with the same message: lint never checks against routes that cannot be.
+    """
+    RouteTemplates(settings.authorizer.routes)  # compiles each, as the authorizer does
+    check_passthrough_services(settings.orchestration.passthrough, settings.services)
     shapes: list[RouteShape] = []
     for router in GUARDED_ROUTERS:
         for route in router.routes:

@@ -256,3 +256,26 @@ def test_lint_with_a_missing_config_is_unusable_input(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "--config" in result.stderr
     assert "no such file" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ('authorizer:\n  routes: ["/v1/{x:badconv}"]\n', "Unknown path convertor 'badconv'"),
+        (
+            "orchestration:\n  passthrough:\n"
+            "    - {path: /v1/x, service: nosuch, upstream_path: /x}\n",
+            "service 'nosuch' is not configured",
+        ),
+    ],
+    ids=["authorizer-template", "passthrough-service"],
+)
+def test_lint_refuses_route_settings_the_gateway_would_not_start_with(
+    tmp_path: Path, settings: str, message: str
+) -> None:
+    """Found by an audit: lint checked rules against routes that could not exist."""
+    config = tmp_path / "gateway.yaml"
+    config.write_text(settings)
+    result = gateway_policy("lint", "--config", config, POLICY_DIR)
+    assert result.returncode == 2, result.stdout
+    assert message in result.stderr

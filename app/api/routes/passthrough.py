@@ -62,15 +62,23 @@ def _endpoint(
     return passthrough
 
 
-def register_passthrough_routes(
-    app: FastAPI, routes: list[PassthroughRoute], services: Mapping[str, ServiceSettings]
+def check_passthrough_services(
+    routes: list[PassthroughRoute], services: Mapping[str, ServiceSettings]
 ) -> None:
-    """Add one route per configured pass-through; an unknown service stops start-up."""
-    locations = PublicLocations(routes, services)  # a service's Location, mapped back
+    """``ConfigError`` naming the first route whose service is not configured."""
     for index, route in enumerate(routes):
         if route.service not in services:
             where = f"orchestration.passthrough[{index}]"
             raise ConfigError(f"{where}: service {route.service!r} is not configured")
+
+
+def register_passthrough_routes(
+    app: FastAPI, routes: list[PassthroughRoute], services: Mapping[str, ServiceSettings]
+) -> None:
+    """Add one route per configured pass-through; an unknown service stops start-up."""
+    check_passthrough_services(routes, services)
+    locations = PublicLocations(routes, services)  # a service's Location, mapped back
+    for route in routes:
         endpoint = _endpoint(route, locations)
         for method in route.methods:  # one operation each: its own body and statuses
             app.add_api_route(
