@@ -222,6 +222,10 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         self._head_size = 0
         self._events = 0  # messages begun and completed: which reads carried a request
         self._refusal = MALFORMED_ANSWER  # what send_400_response answers
+        # A refusal waits for the answers still owed on the connection (a pipelined
+        # request before the refused one): written, then the close, after the last.
+        self._refused = False
+        self._pending_refusal: bytes | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -232,6 +236,8 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         self._arm()
 
     def data_received(self, data: bytes) -> None:
+        if self._refused:  # nothing after a refused head is read (nor parsed)
+            return
         if self._in_head:
             self._head_size += len(data)
         events = self._events
@@ -273,9 +279,12 @@ class GatewayHttpProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._disarm()
-        if self.parser.get_http_version() == "1.0" and any(
-            name == b"transfer-encoding" for name, _ in self.headers
-        ):
+        version = self.parser.get_http_version()
+        if version not in ("1.0", "1.1"):
+            # httptools takes "HTTP/0.9" and "HTTP/2.0" request lines and frames them as
+            # 1.1 (a chunked body too); a proxy in front would not: refused, as malformed.
+            raise _FaultyFraming
+        if version == "1.0" and any(name == b"transfer-encoding" for name, _ in self.headers):
             # Raised inside the parser's callback: httptools stops this read and uvicorn
             # answers with send_400_response, which closes the connection.
             self._refusal = HTTP10_TRANSFER_ENCODING_ANSWER
@@ -301,6 +310,11 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         super().on_message_complete()
 
     def on_response_complete(self) -> None:
+        refusal = self._pending_refusal
+        if refusal is not None and not self.pipeline and not self.transport.is_closing():
+            self._pending_refusal = None  # the last answer owed is out: now the refusal
+            self.transport.write(refusal)
+            self.transport.close()
         super().on_response_complete()
         cycle = self.cycle
         # This request's answer is out (not a pipelined successor's) but its body is not
@@ -336,14 +350,26 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         log.info("head_too_large", client=self.client[0] if self.client else None)
         self._disarm()
         self._in_head = False
-        if self.cycle is None or self.cycle.response_complete:
-            self.transport.write(HEAD_TOO_LARGE_ANSWER)
-        self.transport.close()
+        self._refuse(HEAD_TOO_LARGE_ANSWER)
 
     def send_400_response(self, msg: str) -> None:
         # Called by uvicorn (after its own log line) for a request httptools rejects, or
         # one this protocol refused while parsing (``_refusal``).
-        self.transport.write(self._refusal)
+        self._refuse(self._refusal)
+
+    def _refuse(self, answer: bytes) -> None:
+        """``answer`` and the close, after the answers still owed on this connection.
+
+        A pipelined request before the refused one is answered first (in order, as
+        HTTP/1.1 requires), then the refusal; nothing after the refused head is read.
+        """
+        self._refused = True
+        cycle = self.cycle
+        if self.pipeline or (cycle is not None and not cycle.response_complete):
+            self._pending_refusal = answer  # written by on_response_complete
+            self.flow.pause_reading()
+            return
+        self.transport.write(answer)
         self.transport.close()
 
     def _start_asgi_task(self, cycle: Any, app: Any) -> None:

@@ -511,6 +511,67 @@ def test_an_http10_request_with_transfer_encoding_is_refused_and_closed(
         assert read_answer(sock).status_code == 200
 
 
+REFUSED_HEADS = {
+    "http10-te": b"POST /healthz HTTP/1.0\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+    b"5\r\nhello\r\n0\r\n\r\n",
+    "malformed": b"GET / HTTP/1.2\r\nHost: x\r\n\r\n",
+    "http20-te": b"POST /healthz HTTP/2.0\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+    b"0\r\n\r\n",
+}
+
+
+@pytest.mark.parametrize("refused", sorted(REFUSED_HEADS))
+def test_a_refusal_pipelined_after_a_request_comes_after_its_answer(
+    serve: Callable[..., GatewayProcess], refused: str
+) -> None:
+    """An audit found the refusal written at once: the POST before it ran (a finding
+    was created) but its 201 never reached the client. Answers go in request order:
+    the 201, then the refusal, then the close."""
+    gateway = serve()
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as sock:
+        sock.sendall(post_head(gateway.port, NEW_FINDING) + NEW_FINDING + REFUSED_HEADS[refused])
+        buffer = bytearray()
+        first = as_response(*raw_http.read_answer(sock, buffer, BOUND))
+        assert first.status_code == 201, first.text
+        second = as_response(*raw_http.read_answer(sock, buffer, BOUND))
+        assert_problem_without_corr_id(second, 400, "bad_request")
+        assert closed_within(sock, 5)
+
+
+def test_a_refusal_waits_for_every_pipelined_answer_before_it(
+    serve: Callable[..., GatewayProcess],
+) -> None:
+    gateway = serve()
+    probe = b"GET /healthz HTTP/1.1\r\nHost: gateway\r\n\r\n"
+    pipelined = post_head(gateway.port, NEW_FINDING) + NEW_FINDING + probe
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as sock:
+        sock.sendall(pipelined + REFUSED_HEADS["malformed"])
+        buffer = bytearray()
+        statuses = [as_response(*raw_http.read_answer(sock, buffer, BOUND)) for _ in range(3)]
+        assert [r.status_code for r in statuses] == [201, 200, 400]
+        assert closed_within(sock, 5)
+
+
+@pytest.mark.parametrize("version", [b"2.0", b"0.9"])
+def test_a_request_line_of_another_http_version_is_refused_and_closed(
+    serve: Callable[..., GatewayProcess], version: bytes
+) -> None:
+    """httptools framed "HTTP/2.0" and "HTTP/0.9" request lines as 1.1, a chunked body
+    included (found by an audit after the 1.0 fix): any version but 1.0 and 1.1 is a
+    400 and a close, before the app runs."""
+    gateway = serve()
+    smuggled = b"GET /healthz HTTP/1.1\r\nHost: gateway\r\n\r\n"
+    chunk = f"{len(smuggled):x}\r\n".encode() + smuggled + b"\r\n0\r\n\r\n"
+    head = (
+        b"POST /v1/engagements/acme-2026/findings HTTP/" + version + b"\r\nHost: gateway\r\n"
+        b"Connection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as sock:
+        sock.sendall(head + chunk + b"GET /metrics HTTP/1.1\r\nHost: gateway\r\n\r\n")
+        assert_problem_without_corr_id(read_answer(sock), 400, "bad_request")
+        assert closed_within(sock, 5)
+
+
 def test_an_http10_request_with_a_content_length_is_served(
     serve: Callable[..., GatewayProcess],
 ) -> None:
