@@ -208,6 +208,12 @@ class Guard:
             read_body = request.body if declares_body(message) else _no_body
         require = [n for n in self.signed_if_present if message.header(n) is not None] or ()
         admission = await gate.admit(message, read_body, self.target(request), require)
+        for name in require:
+            if len(message.headers[name]) > 1:
+                # Signed joined ("a, b") but read as one by the route: refused, after
+                # the gate, so only an allowed caller learns it.
+                field = "-".join(part.capitalize() for part in name.split("-"))
+                raise BadRequest(f"Send one {field} field, not several.")
         request.scope.setdefault("state", {})[ADMISSION_KEY] = admission
         decision = admission.decision
         scoped = None if decision.engagement == GLOBAL_DOMAIN else decision.engagement

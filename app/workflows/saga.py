@@ -11,8 +11,9 @@ A saga cancelled mid-step (uvicorn cancels the requests still running when
 ``ops.graceful_shutdown_seconds`` runs out) undoes its done steps too, and the
 step in flight when its undo needs no answer, before the cancellation goes on:
 the undo runs as a task of its own (``finish_undos``: the app's lifespan waits
-for it, bounded, before it closes the service pools), so a second cancellation
-does not stop it either. Weighed against leaving the steps done (the close then
+for it, and for the rest of the cancelled request: its lock and key released,
+its 503 sent, bounded, before it closes the service pools and Redis), so a
+second cancellation does not stop it either. Weighed against leaving the steps done (the close then
 stays half applied: findings frozen, an engagement open) and against refusing
 to stop while a saga runs (a supervisor kills the process anyway).
 """
@@ -82,6 +83,7 @@ class Saga:
                 raise _failure(self.name, step, exc, undone) from None
             except asyncio.CancelledError:
                 log.warning("saga_step", saga=self.name, step=step.name, status="cancelled")
+                _finish_before_shutdown(asyncio.current_task())
                 if step.undo_when_unanswered:  # its request may have been applied
                     done.append((step, None))
                 await _undo_despite_cancellation(self._compensate(done))
@@ -119,16 +121,23 @@ class Saga:
 # How long a stopping gateway waits for those undos after the drain, at most (a close's
 # undo is three calls, each bounded by its service's timeouts and retries).
 UNDO_ON_SHUTDOWN_SECONDS = 10.0
-# Undo tasks of cancelled sagas: referenced here (the loop holds tasks weakly) and
-# awaited by the lifespan before the service pools close.
-_UNDOING: set[asyncio.Task[bool]] = set()
+# Undo tasks of cancelled sagas, and the request tasks they ran in (which still release
+# the engagement's lock and the key's claim, and answer 503, all after the undo):
+# referenced here (the loop holds tasks weakly) and awaited by the lifespan before the
+# service pools and Redis close.
+_UNDOING: set[asyncio.Task[Any]] = set()
+
+
+def _finish_before_shutdown(task: asyncio.Task[Any] | None) -> None:
+    if task is not None:
+        _UNDOING.add(task)
+        task.add_done_callback(_UNDOING.discard)
 
 
 async def _undo_despite_cancellation(undo: Coroutine[object, object, bool]) -> None:
     """Run ``undo`` to its end in a task of its own; wait for it unless cancelled again."""
     task = asyncio.get_running_loop().create_task(undo)
-    _UNDOING.add(task)
-    task.add_done_callback(_UNDOING.discard)
+    _finish_before_shutdown(task)
     try:
         await asyncio.shield(task)
     except asyncio.CancelledError:
@@ -136,7 +145,8 @@ async def _undo_despite_cancellation(undo: Coroutine[object, object, bool]) -> N
 
 
 async def finish_undos(within_seconds: float) -> None:
-    """Wait (at most ``within_seconds``) for the undo of every saga cancelled mid-run."""
+    """Wait (at most ``within_seconds``) for every saga cancelled mid-run: its undo, and
+    the end of the request it ran in."""
     pending = set(_UNDOING)
     if not pending:
         return

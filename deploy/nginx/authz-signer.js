@@ -91,7 +91,7 @@ function identity(r) {
 
 /*
  * The client's Idempotency-Key as nginx forwards it: '' when there is none, null
- * (do not sign) when there are several (the gateway would read them joined).
+ * (do not sign) when there are several (the gateway refuses several anyway).
  */
 function idempotencyKey(r) {
     var found = [];

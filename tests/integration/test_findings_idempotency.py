@@ -201,3 +201,47 @@ def test_the_gateway_signs_the_key_it_sends_the_service(make_stack: StackBuilder
     seen = next(r for r in stack.seen("findings") if r["method"] == "POST")
     assert '"idempotency-key"' in seen["headers"]["signature-input"]
     assert seen["signature"] == "valid"
+
+
+def test_several_key_fields_are_a_400(stack: Stack) -> None:
+    """An audit found the first field acted on while the signature covered them joined
+    ("k1, k2"): a later request with k1 alone was a replay. Several fields are refused."""
+    keys = [("idempotency-key", "create-tls-0009"), ("idempotency-key", "create-tls-0010")]
+    with httpx.Client(base_url=stack.url, auth=signer("alice"), timeout=15) as client:
+        response = client.post(FINDINGS, json=FINDING, headers=keys)
+    body = assert_problem(response, 400, "bad_request")
+    assert "Send one Idempotency-Key field" in str(body["detail"])
+    assert creates_seen(stack) == []
+
+
+IMPORT_ROUTE = {
+    "path": "/v1/engagements/{engagement_id}/findings-import",
+    "service": "findings",
+    "upstream_path": "/engagements/{engagement_id}/findings",
+    "methods": ["POST"],
+    "policy_object": "/v1/engagements/{engagement_id}/findings",
+    "forward_headers": ["Idempotency-Key"],
+}
+
+
+def test_a_pass_through_route_forwarding_the_key_requires_it_signed(
+    make_stack: StackBuilder, captured_logs: list[dict[str, Any]]
+) -> None:
+    """The service deduplicates on a forwarded key and the gateway's signature vouches
+    for it: an audit found an unsigned key forwarded (a replay of another finding)."""
+    stack = make_stack(orchestration={"passthrough": [IMPORT_ROUTE]})
+    path = "/v1/engagements/acme-2026/findings-import"
+    body = {**FINDING, "created_by": "alice"}
+    unsigned = _signed_then_keyed(stack.url, path, body, "alice")
+    with httpx.Client(timeout=10) as client:
+        assert_problem(client.send(unsigned), 401, "unauthenticated")
+    assert [e["reason"] for e in captured_logs if e.get("stage") == "authn"] == [
+        "component_missing"
+    ]
+    with httpx.Client(base_url=stack.url, auth=signer("alice"), timeout=15) as client:
+        signed = client.post(path, json=body, headers={"idempotency-key": "import-0001"})
+        plain = client.post(path, json=body)  # no key: nothing to require
+    assert (signed.status_code, plain.status_code) == (201, 201), signed.text
+    posts = [r for r in stack.seen("findings") if r["method"] == "POST"]
+    assert posts[0]["headers"]["idempotency-key"] == "import-0001"
+    assert posts[0]["signature"] == "valid"

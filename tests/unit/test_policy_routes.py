@@ -195,6 +195,7 @@ def test_the_route_shapes_are_what_the_gateway_decides() -> None:
     """Typed routes by path and method (the decision routes' own paths are not objects),
     pass-through routes by policy_object and action, authorizer templates by any method."""
     settings = Settings(
+        services={"findings": {"url": "http://127.0.0.1:9"}},
         orchestration={
             "passthrough": [
                 {

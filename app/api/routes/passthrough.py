@@ -24,6 +24,7 @@ from app.api.deps import Services
 from app.api.openapi import passthrough_operation
 from app.api.pipeline import Guard, Target, path_target
 from app.api.schemas import Problem
+from app.authn.identity import IDEMPOTENCY_KEY_HEADER
 from app.authz.policy import Decision
 from app.core.config import PassthroughRoute, ServiceSettings
 from app.core.errors import ConfigError
@@ -45,7 +46,11 @@ def passthrough_guard(route: PassthroughRoute) -> Guard:
         obj = route.policy_object.format(**params) if route.policy_object else default.obj
         return Target(default.engagement, obj, route.action or default.action)
 
-    return Guard(target, streamed=True)
+    # A forwarded Idempotency-Key is what the service deduplicates on, and the gateway's
+    # own signature vouches for it: it must come signed, as on the keyed typed routes.
+    forwarded = {name.lower() for name in route.forward_headers}
+    keyed = (IDEMPOTENCY_KEY_HEADER,) if IDEMPOTENCY_KEY_HEADER in forwarded else ()
+    return Guard(target, streamed=True, signed_if_present=keyed)
 
 
 def _endpoint(

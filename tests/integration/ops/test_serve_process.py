@@ -15,6 +15,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import redis
 from fastapi import FastAPI
 
 from app.stubs.server import STUB_NAMES, create_stub_app
@@ -70,12 +71,15 @@ class GatewayProcess:
         *extra: str,
         graceful: int = 30,
         services: dict[str, str] | None = None,
+        redis_url: str | None = None,
     ) -> None:
         self.port = free_port()
         config = tmp_path / "gateway.yaml"
         text = CONFIG.format(env=TEST_KEY_ENV, policy=POLICY_DIR, url=downstream, graceful=graceful)
         for name, url in (services or {}).items():  # more services beside findings
             text = text.replace("services:\n", f'services:\n  {name}: {{url: "{url}"}}\n', 1)
+        if redis_url is not None:
+            text += f'redis: {{url: "{redis_url}"}}\n'
         config.write_text(text)
         self.log_path = tmp_path / "gateway.log"
         self.log = self.log_path.open("wb")
@@ -129,12 +133,17 @@ def gateway_process(tmp_path: Path) -> Iterator[Callable[..., GatewayProcess]]:
     started: list[GatewayProcess] = []
 
     def start(
-        downstream: str, *extra: str, graceful: int = 30, services: dict[str, str] | None = None
+        downstream: str,
+        *extra: str,
+        graceful: int = 30,
+        services: dict[str, str] | None = None,
+        redis_url: str | None = None,
     ) -> GatewayProcess:
-        started.append(
-            GatewayProcess(tmp_path, downstream, *extra, graceful=graceful, services=services)
+        process = GatewayProcess(
+            tmp_path, downstream, *extra, graceful=graceful, services=services, redis_url=redis_url
         )
-        return started[-1]
+        started.append(process)
+        return process
 
     yield start
     for process in started:
@@ -202,19 +211,27 @@ def test_a_request_still_running_when_the_drain_runs_out_gets_a_503_problem(
     assert '"event":"request_cancelled"' in gateway.log_text()
 
 
+@pytest.mark.parametrize("shared", [False, True], ids=["memory", "redis"])
 def test_a_close_cut_short_by_the_end_of_the_drain_is_undone_before_the_process_exits(
     live_server: Callable[[FastAPI], LiveServer],
     gateway_process: Callable[..., GatewayProcess],
     signed_client: Callable[..., httpx.Client],
+    redis_server: RedisServer,
+    shared: bool,
 ) -> None:
     """A close still running when graceful shutdown ran out was cancelled with its
-    findings frozen: the engagement stayed half closed. The saga undoes its done steps
-    (the pools close after that), and the caller gets the 503 to retry."""
+    findings frozen: the engagement stayed half closed. The saga undoes its done steps,
+    the request then releases its engagement lock and key and answers 503 (with Redis,
+    an audit found the process gone before that: no answer, lock and key held for
+    their lease), and only then do the pools and Redis close."""
     stubs = {name: live_server(create_stub_app(name)) for name in STUB_NAMES}
     faults = {"hang": True, "hang_max_seconds": 20, "path_prefix": "/engagements/acme-2026/reports"}
     assert httpx.post(stubs["reports"].url + "/_faults", json=faults, timeout=5).status_code == 200
     others = {name: stubs[name].url for name in ("engagements", "reports")}
-    gateway = gateway_process(stubs["findings"].url, graceful=1, services=others)
+    redis_url = redis_server.url if shared else None
+    gateway = gateway_process(
+        stubs["findings"].url, graceful=1, services=others, redis_url=redis_url
+    )
     frozen = stubs["findings"].url + "/_frozen"
 
     def close() -> httpx.Response:
@@ -245,6 +262,10 @@ def test_a_close_cut_short_by_the_end_of_the_drain_is_undone_before_the_process_
     log = gateway.log_text()
     assert '"status":"cancelled"' in log
     assert '"step":"freeze_findings","status":"compensated"' in log.replace(", ", ",")
+    if shared:  # nothing left held in Redis: the lock and the key's claim were released
+        with redis.Redis.from_url(redis_server.url) as client:
+            left = [key.decode() for key in client.scan_iter("gateway:*")]
+        assert not [k for k in left if "engagement-lock" in k or "idempotency" in k], left
 
 
 def test_workers_share_one_metrics_view_and_one_replay_cache(
