@@ -126,13 +126,13 @@ def _content_type(body: bytes) -> str:
 
 def build_request(args: argparse.Namespace, secret: bytes, body: bytes = b"") -> httpx.Request:
     """The signed request ``args`` describe, with ``body`` (``-d`` already read)."""
-    headers = {SUBJECT_HEADER: args.subject}
+    headers = [(SUBJECT_HEADER, args.subject)]
     if args.groups:
-        headers[GROUPS_HEADER] = args.groups
+        headers.append((GROUPS_HEADER, args.groups))
     extra = [parse_header(line) for line in args.header]
-    headers.update(extra)
-    if body and "content-type" not in headers:
-        headers["content-type"] = _content_type(body)
+    headers += extra  # a name given twice is sent twice (and signed joined, RFC 9421)
+    if body and "content-type" not in {name for name, _ in headers}:
+        headers.append(("content-type", _content_type(body)))
     method = (args.method or ("POST" if body else "GET")).upper()
     request = httpx.Request(method, args.url, headers=headers, content=body)
     created = int(time.time())
@@ -153,9 +153,10 @@ def build_request(args: argparse.Namespace, secret: bytes, body: bytes = b"") ->
 def as_curl(request: httpx.Request, body_file: Path | None = None) -> str:
     """The request as a curl command; a body read from ``body_file`` is sent from it."""
     parts = ["curl", "-sS", "-i", "-X", request.method]
-    for name, value in request.headers.items():
+    for name, value in request.headers.multi_items():
         if name not in ("host", "content-length"):
-            parts += ["-H", f"{name}: {value}"]
+            # curl drops "-H 'name: '"; "name;" is how it sends an empty field.
+            parts += ["-H", f"{name}: {value}" if value else f"{name};"]
     if body_file is not None:
         parts += ["--data-binary", f"@{body_file}"]
     elif request.content:

@@ -187,3 +187,18 @@ def test_an_unreadable_data_file_is_a_clear_error(tmp_path: Path) -> None:
     code, stderr = _sign_fails("--subject", "a", "-d", f"@{missing}", "http://x/", env=env)
     assert code == 2
     assert f"cannot read the body from {missing}" in stderr
+
+
+def test_a_header_given_twice_is_sent_twice_and_an_empty_one_is_sent(stack: Stack) -> None:
+    """An audit found the second of two -H of one name dropped, and an empty value
+    printed as curl's "-H 'name: '", which curl does not send (the signature covered
+    it: 401). Both are sent now; the gateway accepts the request as printed."""
+    url = stack.url + "/v1/engagements/acme-2026/findings"
+    command = _sign("--subject", "alice", "-H", "X-Ref: a", "-H", "X-Ref: b", "-H", "X-Note:", url)
+    argv = shlex.split(command)
+    given = [argv[i + 1] for i, arg in enumerate(argv) if arg == "-H"]
+    assert [h for h in given if h.startswith("x-ref")] == ["x-ref: a", "x-ref: b"]
+    assert "x-note;" in given  # curl's spelling of an empty field
+    assert '"x-ref" "x-note"' in next(h for h in given if h.startswith("signature-input"))
+    headers = [tuple(h.split(": ", 1)) for h in given if ": " in h] + [("x-note", "")]
+    assert httpx.get(url, headers=headers).status_code == 200
