@@ -114,19 +114,26 @@ def test_a_refused_create_is_not_remembered(stack: Stack) -> None:
     assert retried.headers["idempotent-replayed"] == "false"
 
 
+def applied_unanswered(stack: Stack, key: str) -> httpx.Response:
+    """The create the service applied for alice's ``key`` and FINDING, as if the gateway
+    had sent it and lost the answer (the gateway forgets a failed run)."""
+    applied = httpx.post(
+        stack.stubs["findings"].url + UPSTREAM,
+        json={**FINDING, "created_by": "alice"},
+        headers={"idempotency-key": service_key("alice", "acme-2026", key, BODY)},
+        timeout=5,
+    )
+    assert applied.status_code == 201
+    return applied
+
+
 def test_a_create_the_service_applied_before_its_answer_was_lost_is_not_applied_twice(
     stack: Stack,
 ) -> None:
     """The service applied a create whose answer never reached the gateway (the gateway
     forgot the failed run): the caller's retry carries the same service key, so the
     service answers with the finding it made instead of a second one."""
-    applied = httpx.post(
-        stack.stubs["findings"].url + UPSTREAM,
-        json={**FINDING, "created_by": "alice"},
-        headers={"idempotency-key": service_key("alice", "acme-2026", "create-tls-0006", BODY)},
-        timeout=5,
-    )
-    assert applied.status_code == 201
+    applied = applied_unanswered(stack, "create-tls-0006")
     before = len(listed(stack))
     retried = create(stack, FINDING, "create-tls-0006")
     assert retried.status_code == 201, retried.text
@@ -140,13 +147,7 @@ def test_the_same_key_with_another_body_after_a_lost_answer_is_not_the_first_fin
     """The first create's answer was lost (the gateway forgot the failed run) but the
     service applied it; the caller then sends the key with another body. The service
     key carries the body, so the service makes B rather than answering with A."""
-    applied = httpx.post(
-        stack.stubs["findings"].url + UPSTREAM,
-        json={**FINDING, "created_by": "alice"},
-        headers={"idempotency-key": service_key("alice", "acme-2026", "create-tls-0007", BODY)},
-        timeout=5,
-    )
-    assert applied.status_code == 201
+    applied = applied_unanswered(stack, "create-tls-0007")
     other = {"title": "Another finding", "severity": "critical"}
     created = create(stack, other, "create-tls-0007")
     assert created.status_code == 201, created.text
