@@ -350,6 +350,15 @@ def _grants_outside_routes(source: PolicySource, routes: Sequence[RouteShape]) -
             continue  # unknown_role says it already
         if any(routes_for(p.fields[2], p.fields[3], scoped) for p in reached):
             continue
+        if not any(routes_for(p.fields[2], p.fields[3], routes) for p in reached):
+            yield _warn(
+                line,
+                "no_route",
+                f"no rule of {role} matches a route of this gateway (see the no_route "
+                f"warnings on its rules), so this grant in {dom} gives nothing: correct "
+                "those rules, or delete this line",
+            )
+            continue
         yield _warn(
             line,
             "no_route",

@@ -179,6 +179,21 @@ def test_an_engagement_rule_or_grant_on_gateway_wide_routes_is_a_warning(tmp_pat
     assert engine.decide("dave", "*", "/admin/policy/explain", "POST").allowed
 
 
+def test_a_grant_of_a_role_whose_rules_match_no_route_says_so(tmp_path: Path) -> None:
+    """Not "gateway-wide routes" (an audit found the reason imprecise): its rules match
+    no route at all, and each of them has its own warning."""
+    issues = lint_with_routes(
+        tmp_path,
+        DEMO,
+        "p, deciders, *, /v1/decisions/*, GET, allow",
+        "g, erin, deciders, acme-2026",
+    )
+    found = {i.location: i.message for i in issues if i.code == "no_route"}
+    assert sorted(found) == ["policy.csv:1", "policy.csv:2"]
+    assert "no rule of deciders matches a route of this gateway" in found["policy.csv:2"]
+    assert "gateway-wide" not in found["policy.csv:2"]
+
+
 def test_without_routes_nothing_is_checked(tmp_path: Path) -> None:
     (tmp_path / "model.conf").write_text((POLICY_DIR / "model.conf").read_text())
     (tmp_path / "policy.csv").write_text("p, viewer, *, /nowhere, GET, allow\ng, a, viewer, x-1\n")
