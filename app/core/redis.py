@@ -121,6 +121,47 @@ def _sentinel_primary(settings: RedisSettings) -> aioredis.Redis:
     return primary
 
 
+# A lease held by one holder, named by a random token. KEYS[1] the record; ARGV[1] the
+# token (or record), ARGV[2] the lease in ms. CLAIM: the current value, or nil when ours
+# was written. RENEW: 1 when the record is still ours and was extended.
+CLAIM_SCRIPT = """
+local current = redis.call('GET', KEYS[1])
+if current then return current end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return false
+"""
+RENEW_SCRIPT = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return 1
+"""
+
+
+async def keep_lease(
+    renew: Callable[..., Awaitable[Any]],
+    key: str,
+    token: bytes,
+    lease_ms: int,
+    unreachable: Callable[[BaseException], None],
+    lapsed: Callable[[], None],
+) -> None:
+    """Extend a lease (``renew``: ``RENEW_SCRIPT``) every third of it while its holder runs.
+
+    A renewal Redis does not answer is reported (``unreachable``) and tried again at the
+    next third; returns, after ``lapsed``, once the record is no longer the holder's.
+    """
+    while True:
+        await asyncio.sleep(lease_ms / 3000)
+        try:
+            owned = await renew(keys=[key], args=[token, lease_ms])
+        except REDIS_FAILURES as exc:
+            unreachable(exc)
+            continue
+        if not owned:
+            lapsed()
+            return
+
+
 # Background retries keep a reference here (the event loop holds only weak ones).
 _RETRIES: set[asyncio.Task[None]] = set()
 RETRY_PAUSE_SECONDS = 0.25

@@ -41,7 +41,14 @@ from typing import Any, Protocol
 import structlog
 
 from app.core.errors import Conflict, ServiceUnavailable
-from app.core.redis import REDIS_FAILURES, SharedRedis, retry_in_background
+from app.core.redis import (
+    CLAIM_SCRIPT,
+    REDIS_FAILURES,
+    RENEW_SCRIPT,
+    SharedRedis,
+    keep_lease,
+    retry_in_background,
+)
 from app.ops.metrics import count_redis_error
 
 log = structlog.get_logger("gateway.engagement_lock")
@@ -98,20 +105,7 @@ class MemoryEngagementLocks:
             del self._running[engagement_id]
 
 
-# KEYS[1] the lock; ARGV[1] our token, ARGV[2] the lease in ms. The holder's token, or
-# nil when ours was written (one script: SET NX GET needs Redis 7).
-TAKE_SCRIPT = """
-local current = redis.call('GET', KEYS[1])
-if current then return current end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-return false
-"""
-# KEYS[1] the lock; ARGV[1] our token, ARGV[2] the lease in ms. 1 when renewed.
-RENEW_SCRIPT = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
-return 1
-"""
+# The lock is taken and renewed by CLAIM_SCRIPT and RENEW_SCRIPT (app.core.redis).
 # KEYS[1] the lock; ARGV[1] our token. Only the owner releases (a lapsed lease is not ours).
 RELEASE_SCRIPT = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
@@ -128,7 +122,7 @@ class RedisEngagementLocks:
 
     def __init__(self, client: SharedRedis, lease_seconds: float) -> None:
         self._lease_ms = max(1, int(lease_seconds * 1000))
-        self._take = client.register_script(TAKE_SCRIPT)
+        self._take = client.register_script(CLAIM_SCRIPT)
         self._renew = client.register_script(RENEW_SCRIPT)
         self._release = client.register_script(RELEASE_SCRIPT)
 
@@ -150,7 +144,9 @@ class RedisEngagementLocks:
         # whose first answer was lost.
         if taken is not None and taken != token:
             raise EngagementBusy(engagement_id, _operation(taken))
-        renewal = asyncio.create_task(self._keep(key, token))
+        renewal = asyncio.create_task(
+            keep_lease(self._renew, key, token, self._lease_ms, self._unreachable, self._lapsed)
+        )
         try:
             yield
         finally:
@@ -159,18 +155,8 @@ class RedisEngagementLocks:
                 await renewal
             await self._give_back(key, token)
 
-    async def _keep(self, key: str, token: bytes) -> None:
-        """Extend the lease every third of it while the run lasts."""
-        while True:
-            await asyncio.sleep(self._lease_ms / 3000)
-            try:
-                owned = await self._renew(keys=[key], args=[token, self._lease_ms])
-            except REDIS_FAILURES as exc:
-                self._unreachable(exc)
-                continue
-            if not owned:
-                log.warning("engagement_lock_lapsed", lease_ms=self._lease_ms)
-                return
+    def _lapsed(self) -> None:
+        log.warning("engagement_lock_lapsed", lease_ms=self._lease_ms)
 
     async def _give_back(self, key: str, token: bytes) -> None:
         """Release; when Redis does not answer, again in the background until the lease
@@ -184,7 +170,7 @@ class RedisEngagementLocks:
             )
             return
         if not owned:
-            log.warning("engagement_lock_lapsed", lease_ms=self._lease_ms)
+            self._lapsed()
 
     @staticmethod
     def _unreachable(exc: BaseException) -> None:

@@ -50,13 +50,25 @@ from app.core.errors import (
     IdempotencyKeyReused,
     ServiceUnavailable,
 )
-from app.core.redis import REDIS_FAILURES, SharedRedis, retry_in_background
+from app.core.redis import (
+    CLAIM_SCRIPT,
+    REDIS_FAILURES,
+    RENEW_SCRIPT,
+    SharedRedis,
+    keep_lease,
+    retry_in_background,
+)
 from app.ops.metrics import count_redis_error
 
 HEADER = IDEMPOTENCY_KEY_HEADER
 KEY_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{7,127}$")
 T = TypeVar("T")
 log = structlog.get_logger("gateway.idempotency")
+
+
+def _not_renewed(exc: BaseException) -> None:
+    log.warning("idempotency_lease_not_renewed", error=type(exc).__name__)
+    count_redis_error("idempotency")
 
 
 def require_key(value: str | None) -> str:
@@ -151,26 +163,13 @@ class MemoryIdempotencyStore:
         return entry.result, False
 
 
-# KEYS[1] the key's record; ARGV[1] our running record, ARGV[2] its lease in ms.
-# Returns the existing record, or nil when ours was written (the claim is ours).
-CLAIM_SCRIPT = """
-local current = redis.call('GET', KEYS[1])
-if current then return current end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-return false
-"""
+# CLAIM_SCRIPT and RENEW_SCRIPT (app.core.redis) hold a key's claim as a lease.
 # KEYS[1] the record; ARGV[1] our running record, ARGV[2] the done record ('' = forget),
 # ARGV[3] its TTL in ms. Only the claim's owner may finish it (a lapsed lease is not ours).
 FINISH_SCRIPT = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 if ARGV[2] == '' then redis.call('DEL', KEYS[1])
 else redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3]) end
-return 1
-"""
-# KEYS[1] the record; ARGV[1] our running record, ARGV[2] the lease in ms. 1 when renewed.
-RENEW_SCRIPT = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return 1
 """
 _RUNNING, _DONE = b"R", b"D"
@@ -226,17 +225,10 @@ class RedisIdempotencyStore:
 
         The lease then only bounds how long a gateway that died mid-run blocks the key.
         """
-        while True:
-            await asyncio.sleep(self._lease_ms / 3000)
-            try:
-                owned = await self._renew(keys=[key], args=[running, self._lease_ms])
-            except REDIS_FAILURES as exc:
-                log.warning("idempotency_lease_not_renewed", error=type(exc).__name__)
-                count_redis_error("idempotency")
-                continue
-            if not owned:
-                log.warning("idempotency_lease_lapsed", lease_ms=self._lease_ms)
-                return
+        await keep_lease(self._renew, key, running, self._lease_ms, _not_renewed, self._lapsed)
+
+    def _lapsed(self) -> None:
+        log.warning("idempotency_lease_lapsed", lease_ms=self._lease_ms)
 
     @staticmethod
     def _replay(record: bytes, digest: bytes, codec: Codec[T]) -> T:
@@ -263,7 +255,7 @@ class RedisIdempotencyStore:
             retry_in_background(lambda: self._finish(keys=[key], args=args), self._lease_ms / 1000)
             return
         if not owned:
-            log.warning("idempotency_lease_lapsed", lease_ms=self._lease_ms)
+            self._lapsed()
 
     async def _call(self, script: Any, keys: list[str], args: list[Any]) -> Any:
         try:

@@ -74,14 +74,16 @@ def test_redis_one_holder_across_gateways(redis_server: RedisServer) -> None:
         async with one.hold("acme-2026", "close"):
             assert "A close of acme-2026 is running" in await busy_with(two, "acme-2026")
             assert "A close of acme-2026" in await busy_with(one, "acme-2026")  # its own too
-            async with two.hold("initech-2025", "reopen"):
-                pass
+            async with two.hold("initech-2025", "reopen"):  # another engagement: free
+                held = await raw.get(RedisEngagementLocks.key("initech-2025"))
+                assert held is not None
+                assert held.startswith(b"reopen|")
         assert await raw.exists(RedisEngagementLocks.key("acme-2026")) == 0  # released
         with pytest.raises(RuntimeError):
             async with two.hold("acme-2026", "reopen"):
                 raise RuntimeError("a step failed")
         async with one.hold("acme-2026", "reopen"):  # a failure released it too
-            pass
+            assert await raw.exists(RedisEngagementLocks.key("acme-2026")) == 1
         assert await raw.keys(RedisEngagementLocks.PREFIX + "*") == []
 
     on_two(redis_server, scenario)
