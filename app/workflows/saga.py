@@ -13,7 +13,9 @@ step in flight when its undo needs no answer, before the cancellation goes on:
 the undo runs as a task of its own (``finish_undos``: the app's lifespan waits
 for it, and for the rest of the cancelled request: its lock and key released,
 its 503 sent, bounded, before it closes the service pools and Redis), so a
-second cancellation does not stop it either. Weighed against leaving the steps done (the close then
+second cancellation does not stop it either. The undo of a *failed* step runs in
+such a task too: a cancellation that arrives while it compensates ends the
+request, not the undo. Weighed against leaving the steps done (the close then
 stays half applied: findings frozen, an engagement open) and against refusing
 to stop while a saga runs (a supervisor kills the process anyway).
 """
@@ -79,7 +81,13 @@ class Saga:
                 )
                 if _maybe_applied(exc) and step.undo_when_unanswered:
                     done.append((step, None))  # undone first, like the last step done
-                undone = await self._compensate(done)
+                try:
+                    undone = await _undo_to_the_end(self._compensate(done))
+                except asyncio.CancelledError:
+                    # Cancelled while undoing a failure: the undo goes on in its task.
+                    log.warning("saga_undo_detached", saga=self.name, step=step.name)
+                    _finish_before_shutdown(asyncio.current_task())
+                    raise
                 raise _failure(self.name, step, exc, undone) from None
             except asyncio.CancelledError:
                 log.warning("saga_step", saga=self.name, step=step.name, status="cancelled")
@@ -134,12 +142,18 @@ def _finish_before_shutdown(task: asyncio.Task[Any] | None) -> None:
         task.add_done_callback(_UNDOING.discard)
 
 
-async def _undo_despite_cancellation(undo: Coroutine[object, object, bool]) -> None:
-    """Run ``undo`` to its end in a task of its own; wait for it unless cancelled again."""
+async def _undo_to_the_end(undo: Coroutine[object, object, bool]) -> bool:
+    """Run ``undo`` in a task of its own, which a cancellation of the caller does not
+    stop (``finish_undos`` waits for it), and return its result."""
     task = asyncio.get_running_loop().create_task(undo)
     _finish_before_shutdown(task)
+    return await asyncio.shield(task)
+
+
+async def _undo_despite_cancellation(undo: Coroutine[object, object, bool]) -> None:
+    """Run ``undo`` to its end in a task of its own; wait for it unless cancelled again."""
     try:
-        await asyncio.shield(task)
+        await _undo_to_the_end(undo)
     except asyncio.CancelledError:
         log.warning("saga_undo_detached")  # it goes on; finish_undos waits for it
 

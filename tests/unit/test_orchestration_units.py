@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import httpx
@@ -325,6 +325,51 @@ def test_a_saga_cancelled_mid_step_undoes_its_steps_before_it_stops(cancels: int
     assert ("b", "cancelled") in statuses
     assert statuses[-2:] == [("b", "compensated"), ("a", "compensated")]
     assert any(line["event"] == "saga_undo_detached" for line in logs) is (cancels == 2)
+
+
+def test_a_saga_cancelled_while_it_undoes_a_failed_step_still_undoes_every_step() -> None:
+    """Shutdown cancels a request whose saga is compensating a failure: the request
+    ends (cancelled), the compensation goes on to the first step, finish_undos waits."""
+    trail: list[str] = []
+    undoing = asyncio.Event()
+    undo_may_end = asyncio.Event()
+
+    def ok(name: str) -> Callable[[], Awaitable[str]]:
+        async def action() -> str:
+            trail.append(f"do {name}")
+            return name
+
+        return action
+
+    async def fails() -> str:
+        trail.append("do c")
+        raise DownstreamTimeout("svc")
+
+    async def slow_undo(result: Any) -> None:
+        undoing.set()
+        await undo_may_end.wait()
+        trail.append(f"undo {result}")
+
+    async def undo(result: Any) -> None:
+        trail.append(f"undo {result}")
+
+    async def scenario() -> None:
+        steps = [Step("a", "svc", ok("a"), undo), Step("b", "svc", ok("b"), slow_undo)]
+        task = asyncio.create_task(Saga("demo", [*steps, Step("c", "svc", fails)]).run())
+        await undoing.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert trail == ["do a", "do b", "do c"]  # b's undo is still running
+        undo_may_end.set()
+        await finish_undos(5)
+
+    with capture_logs() as logs:
+        asyncio.run(scenario())
+    assert trail == ["do a", "do b", "do c", "undo b", "undo a"]
+    statuses = [(line["step"], line["status"]) for line in logs if line["event"] == "saga_step"]
+    assert statuses[-2:] == [("b", "compensated"), ("a", "compensated")]
+    assert any(line["event"] == "saga_undo_detached" for line in logs)
 
 
 @pytest.mark.parametrize(
