@@ -40,11 +40,12 @@ from app.core.config import AuthorizerSettings
 from app.core.errors import AccessDenied, ConfigError
 from app.core.ids import uuid4_hex
 from app.core.scope import SIGNED_PATH_KEY
+from app.edge.paths import ENVOY_DECISION_PREFIX
 from app.ops.metrics import count_decision
 
 decision_log = structlog.get_logger("gateway.decision")
 
-ENVOY_PREFIX = "/v1/decisions/envoy"
+ENVOY_PREFIX = ENVOY_DECISION_PREFIX
 TRAEFIK_METHOD = "x-forwarded-method"
 TRAEFIK_URI = "x-forwarded-uri"
 

@@ -35,7 +35,7 @@ from app.core.errors import (
 from app.core.ids import uuid4_hex
 from app.core.problems import problem_response
 from app.core.scope import SIGNED_PATH_KEY
-from app.edge.paths import normalize_path
+from app.edge.paths import normalize_request_path
 from app.ops.metrics import observe_request, route_label
 
 log = structlog.get_logger("gateway.edge")
@@ -229,7 +229,7 @@ class EdgeMiddleware:
         """Route, decide and forward on one canonical path; keep the raw one for authn."""
         raw = scope.get("raw_path") or scope["path"].encode("utf-8")
         raw_text = raw.decode("latin-1").partition("?")[0]
-        canonical = normalize_path(raw_text)
+        canonical = normalize_request_path(raw_text)
         if not canonical:
             raise InvalidPath()
         scope["state"][SIGNED_PATH_KEY] = raw_text

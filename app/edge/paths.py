@@ -22,6 +22,13 @@ split off before this and is never part of the policy object). Rules, in order:
    lower-case rule matches, so it is denied by default and routed nowhere.
    Downstream services receive exactly the decided path, so they must not fold
    case either (see ``app/api/docs/policies.md``).
+
+A request's own path (``normalize_request_path``, the edge's) has one more rule:
+Envoy's ``ext_authz`` HTTP service asks at ``/v1/decisions/envoy`` followed by the
+client's path, so what follows that prefix is normalised as a path of its own. A
+``..`` in it cannot climb out of the prefix into the gateway's other routes (a
+check request run as ``/admin/policy/reload``); climbing above its root is refused
+like any path's.
 """
 
 from __future__ import annotations
@@ -74,6 +81,22 @@ def _is_canonical(text: str) -> bool:
         and "/." not in text
         and (text == "/" or not text.endswith("/"))
     )
+
+
+# Envoy ext_authz appends the client's path to this prefix (app/api/docs/decisions.md).
+ENVOY_DECISION_PREFIX = "/v1/decisions/envoy"
+_ENVOY_ANCHOR = ENVOY_DECISION_PREFIX + "/"
+
+
+def normalize_request_path(raw_path: str) -> str:
+    """``normalize_path`` for a request's own path, the Envoy decision prefix anchored:
+    the part after it is normalised as a path of its own, so its dot segments stay in it."""
+    if not raw_path.startswith(_ENVOY_ANCHOR):
+        return normalize_path(raw_path)
+    if len(raw_path) > MAX_PATH_LENGTH:
+        raise InvalidPath(f"The request path is longer than {MAX_PATH_LENGTH} characters.")
+    rest = normalize_path(raw_path[len(ENVOY_DECISION_PREFIX) :])
+    return ENVOY_DECISION_PREFIX if rest == "/" else ENVOY_DECISION_PREFIX + rest
 
 
 def normalize_path(raw_path: bytes | str) -> str:

@@ -8,6 +8,7 @@ signed with the reference signer, as the signing proxy in front would.
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -19,10 +20,11 @@ from fastapi import FastAPI
 from app.api.decision_schemas import DecisionAnswer
 from app.authn.base import Message
 from app.authn.keys import KeyRing, SigningKey
-from app.authn.signer import HttpSignatureAuth
+from app.authn.signer import HttpSignatureAuth, sign_headers
 from app.authn.verifier import SignatureVerifier
 from app.main import create_app
 from tests.conftest import TEST_KEY_ID, TEST_SECRET, LiveServer, make_settings
+from tests.integration.raw_http import as_response, read_answer
 
 pytestmark = pytest.mark.integration
 
@@ -398,6 +400,40 @@ def test_envoy_refusals(
     gateway: Callable[..., LiveServer], method: str, target: str, status: int
 ) -> None:
     _problem(envoy_ask(gateway(), method, target), status)
+
+
+@pytest.mark.parametrize(
+    ("method", "target"),
+    [
+        ("GET", "/../../../admin/policy"),
+        ("POST", "/../../../admin/policy/reload"),
+        ("POST", "/%2e%2e/%2e%2e/engagements/acme-2026/findings"),
+        ("GET", "/../nginx"),
+    ],
+)
+def test_an_envoy_check_cannot_climb_out_of_its_prefix_into_another_route(
+    gateway: Callable[..., LiveServer],
+    captured_logs: list[dict[str, Any]],
+    method: str,
+    target: str,
+) -> None:
+    """Dot segments in the client's path, after the prefix, stay in it: a check request
+    is never run as the route they would reach (an admin could reload the policy)."""
+    server = gateway()
+    path = f"/v1/decisions/envoy{target}"  # sent as is: httpx would remove the dot segments
+    identity = {"host": f"127.0.0.1:{server.port}", "x-auth-subject": "sam"}
+    message = Message(
+        method, path, "", "http", identity["host"], {k: [v] for k, v in identity.items()}
+    )
+    signed = sign_headers(message, b"", key_id=TEST_KEY_ID, secret=TEST_SECRET)
+    fields = {**identity, **signed, "content-length": "0"}
+    head = f"{method} {path} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in fields.items())
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+        sock.sendall((head + "\r\n").encode("ascii"))
+        response = as_response(*read_answer(sock, bytearray()))
+    assert _problem(response, 400)["type"].endswith(":invalid_path")
+    assert "climbs above the root" in response.json()["detail"]
+    assert not [e for e in captured_logs if e.get("event") in ("decision", "policy_reloaded")]
 
 
 def test_envoy_unsigned_is_401(gateway: Callable[..., LiveServer]) -> None:

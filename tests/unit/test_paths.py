@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from app.core.errors import InvalidPath
-from app.edge.paths import MAX_PATH_LENGTH, normalize_path
+from app.edge.paths import (
+    ENVOY_DECISION_PREFIX,
+    MAX_PATH_LENGTH,
+    normalize_path,
+    normalize_request_path,
+)
 
 
 @pytest.mark.parametrize(
@@ -88,3 +95,63 @@ def test_case_is_preserved_never_folded(raw: str, canonical: str) -> None:
 def test_bypass_shapes_are_rejected(raw: str | bytes) -> None:
     with pytest.raises(InvalidPath):
         normalize_path(raw)
+
+
+ENVOY_PATH_CHARS = st.sampled_from(["/", "..", ".", "%2e", "%2E", "a", "admin", "-", "~", "%41"])
+
+
+@pytest.mark.parametrize(
+    ("raw", "canonical"),
+    [
+        (
+            "/v1/decisions/envoy/v1/engagements/a-1/findings",
+            "/v1/decisions/envoy/v1/engagements/a-1/findings",
+        ),
+        ("/v1/decisions/envoy/", "/v1/decisions/envoy"),
+        ("/v1/decisions/envoy/./admin/policy", "/v1/decisions/envoy/admin/policy"),
+        ("/v1/decisions/envoy/a/../admin", "/v1/decisions/envoy/admin"),
+        ("/v1/decisions/envoy//admin", "/v1/decisions/envoy/admin"),
+        # Not under the prefix as received: the ordinary rules (the guard refuses these).
+        ("/v1/decisions/x/../envoy/admin", "/v1/decisions/envoy/admin"),
+        ("/v1/decisions/%65nvoy/../admin", "/v1/decisions/admin"),
+    ],
+)
+def test_the_envoy_decision_prefix_is_normalised_apart(raw: str, canonical: str) -> None:
+    assert normalize_request_path(raw) == canonical
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "/v1/decisions/envoy/../../../admin/policy",
+        "/v1/decisions/envoy/../nginx",
+        "/v1/decisions/envoy/%2e%2e/%2E%2E/%2e%2e/admin/policy/reload",
+        "/v1/decisions/envoy/v1/engagements/../../../../v1/engagements/acme-2026/findings",
+    ],
+)
+def test_dot_segments_after_the_envoy_prefix_cannot_leave_it(raw: str) -> None:
+    assert not normalize_path(raw).startswith(ENVOY_DECISION_PREFIX)  # what it used to route
+    with pytest.raises(InvalidPath, match="climbs above the root"):
+        normalize_request_path(raw)
+
+
+@given(st.lists(ENVOY_PATH_CHARS, max_size=12).map("".join))
+def test_a_path_under_the_envoy_prefix_stays_under_it(rest: str) -> None:
+    raw = f"{ENVOY_DECISION_PREFIX}/{rest}"
+    try:
+        canonical = normalize_request_path(raw)
+    except InvalidPath:
+        return
+    assert canonical == ENVOY_DECISION_PREFIX or canonical.startswith(ENVOY_DECISION_PREFIX + "/")
+    assert canonical == ENVOY_DECISION_PREFIX + normalize_path("/" + rest).rstrip("/")
+
+
+@given(st.lists(ENVOY_PATH_CHARS, max_size=12).map(lambda parts: "/x/" + "".join(parts)))
+def test_other_paths_are_normalised_as_before(raw: str) -> None:
+    try:
+        expected = normalize_path(raw)
+    except InvalidPath:
+        with pytest.raises(InvalidPath):
+            normalize_request_path(raw)
+        return
+    assert normalize_request_path(raw) == expected
