@@ -67,7 +67,33 @@ function isSpace(byte) {
     return byte === 0x20 || (byte >= 0x09 && byte <= 0x0d);
 }
 
+/*
+ * The first of the fields named in $authz_single_fields (comma-separated) that the
+ * client's request carries more than once, or null. A sidecar reads its subject and
+ * original request from headers, and nginx's $http_* variables keep only the first
+ * copy: signed, the gateway would decide on a value another hop may not read.
+ */
+function repeatedField(r) {
+    var names = (r.variables.authz_single_fields || '').toLowerCase().split(',');
+    var raw = r.rawHeadersIn;
+    for (var n = 0; n < names.length; n++) {
+        var name = names[n].trim();
+        var seen = 0;
+        for (var i = 0; name !== '' && i < raw.length; i++) {
+            if (raw[i][0].toLowerCase() === name && ++seen > 1) {
+                return name;
+            }
+        }
+    }
+    return null;
+}
+
 function identity(r) {
+    var repeated = repeatedField(r);
+    if (repeated !== null) {
+        r.error('authz-signer: the request repeats ' + repeated + '; not signing');
+        return null;
+    }
     var subject = r.variables.authz_user || '';
     if (!SUBJECT.test(subject)) {
         r.error('authz-signer: no well-formed subject in $authz_user; not signing');

@@ -9,7 +9,7 @@ sidecars are asked the way those proxies ask (their binaries are not available h
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -93,7 +93,14 @@ def test_an_allowed_request_reaches_the_application_with_the_answer_headers(
 ) -> None:
     nginx, application = site
     with nginx.client("alice", authorizer=True) as client:
-        response = client.get(OURS, params={"page": "2"}, headers={"X-Auth-Subject": "dana"})
+        forged = {
+            "X-Auth-Subject": "dana",
+            "X-Original-URI": "/admin/policy/reload",
+            "X-Original-Method": "POST",
+            "X-Forwarded-Uri": "/admin/policy/reload",
+            "X-Forwarded-Method": "POST",
+        }
+        response = client.get(OURS, params={"page": "2"}, headers=forged)
     assert response.status_code == 200, response.text
     assert response.json() == {"served": OURS}
     [seen] = _seen(application)
@@ -104,6 +111,9 @@ def test_an_allowed_request_reaches_the_application_with_the_answer_headers(
     assert headers["x-gateway-policy-revision"]
     assert "authorization" not in headers
     assert "x-auth-groups" not in headers  # empty in the answer: nginx sends none
+    # The authorizer contract's fields: nobody decided on the client's copies.
+    assert not {"x-original-uri", "x-original-method"} & set(headers)
+    assert not {"x-forwarded-uri", "x-forwarded-method"} & set(headers)
     assert seen["signed"] == "alice"  # the gateway's identity signature verifies
 
 
@@ -152,7 +162,13 @@ def test_ten_identical_requests_all_pass(site: tuple[NginxSite, FastAPI]) -> Non
 # --- Traefik forwardAuth through the nginx sidecar ---------------------------------
 
 
-def _traefik(nginx: NginxSite, method: str, uri: str, user: str | None) -> httpx.Response:
+def _traefik(
+    nginx: NginxSite,
+    method: str,
+    uri: str,
+    user: str | None,
+    more: Sequence[tuple[str, str]] = (),
+) -> httpx.Response:
     """Traefik's forwardAuth call: GET to the address, client headers, X-Forwarded-*."""
     headers = {
         "Accept": "*/*",
@@ -166,7 +182,7 @@ def _traefik(nginx: NginxSite, method: str, uri: str, user: str | None) -> httpx
     if user is not None:
         headers["X-Auth-User"] = user  # set by Traefik's basicAuth headerField
     url = f"http://127.0.0.1:{nginx.traefik_port}/v1/decisions/traefik"
-    return httpx.get(url, headers=headers, timeout=10)
+    return httpx.get(url, headers=[*headers.items(), *more], timeout=10)
 
 
 def test_traefik_forward_auth_through_the_sidecar(site: tuple[NginxSite, FastAPI]) -> None:
@@ -178,6 +194,25 @@ def test_traefik_forward_auth_through_the_sidecar(site: tuple[NginxSite, FastAPI
     assert allowed.json()["action"] == "POST"
     assert _traefik(nginx, "GET", FOREIGN, "alice").status_code == 403
     assert _traefik(nginx, "GET", OURS, None).status_code == 401
+
+
+@pytest.mark.parametrize(
+    "repeated",
+    [
+        ("X-Forwarded-Uri", "/admin/policy"),
+        ("X-Forwarded-Method", "DELETE"),
+        ("X-Auth-User", "sam"),
+    ],
+)
+def test_the_traefik_sidecar_signs_no_repeated_field(
+    site: tuple[NginxSite, FastAPI], repeated: tuple[str, str]
+) -> None:
+    """nginx's $http_* keeps the first copy: the gateway would decide on it while another
+    hop may read the second. The sidecar does not sign (401), as the gateway refuses it."""
+    nginx, _ = site
+    response = _traefik(nginx, "GET", OURS, "alice", more=[repeated])
+    assert response.status_code == 401, response.text
+    assert f"the request repeats {repeated[0].lower()}; not signing" in nginx.error_log()
 
 
 # --- Envoy ext_authz through the nginx sidecar -------------------------------------
