@@ -371,7 +371,7 @@ class SignatureVerifier:
             base = build_signature_base(message, candidate.components, params, candidate.serialized)
         except ComponentMissing:
             raise _fail(Reason.COMPONENT_MISSING) from None
-        if not hmac.compare_digest(keyring.mac(key_id, base.encode()), candidate.signature):
+        if not hmac.compare_digest(keyring.mac(key_id, _octets(base)), candidate.signature):
             raise _fail(Reason.SIGNATURE_INVALID)
         if not defer_digest:
             self._check_digest(message, body, candidate.components)
@@ -449,3 +449,20 @@ class SignatureVerifier:
         if not SUBJECT_PATTERN.match(subject) or groups is None:
             raise _fail(Reason.IDENTITY_MALFORMED)
         return Identity(subject=subject, groups=groups, key_id=key_id)
+
+
+def _octets(base: str) -> bytes:
+    """The signature base's bytes: the components' octets as received.
+
+    A received component's characters are its octets (``message_from_scope`` decodes
+    them as latin-1), so a field value that is not ASCII is verified as the bytes the
+    signer sent, whatever their encoding: a signer that sends UTF-8 signs its UTF-8
+    bytes (as the reference signer and the nginx module do). Such values are refused
+    later on their own rules (a non-ASCII path or subject), not as a bad signature.
+    A base with characters no octet decodes to (a ``Message`` built from text) is
+    encoded as UTF-8, as the signer encodes it.
+    """
+    try:
+        return base.encode("latin-1")
+    except UnicodeEncodeError:
+        return base.encode("utf-8")

@@ -108,6 +108,21 @@ def test_nginx_allowed_answers_identity_headers_and_logs_one_decision(
     assert authz["corr_id"] == headers["x-request-id"]
 
 
+def test_an_original_uri_that_is_not_ascii_is_invalid_path_not_a_bad_signature(
+    gateway: Callable[..., LiveServer], captured_logs: list[dict[str, Any]]
+) -> None:
+    """nginx sends (and its signer signs) the client's raw UTF-8 bytes: the signature
+    holds, and the URI is refused on the documented rule (ASCII only), 403."""
+    server = gateway()
+    uri = f"{OURS}?q=caf\u00e9".encode()
+    headers = {"X-Original-Method": "GET", "X-Original-URI": uri}
+    url = f"{server.url}/v1/decisions"
+    response = httpx.get(url, headers=headers, auth=_auth("alice"), timeout=5)
+    assert _problem(response, 403)["detail"] == "The original URI is malformed."
+    [refusal] = [e for e in _decisions(captured_logs) if e["stage"] == "authz"]
+    assert refusal["reason"] == "invalid_path"
+
+
 def test_nginx_groups_header_is_present_and_empty_without_groups(
     gateway: Callable[..., LiveServer],
 ) -> None:

@@ -10,6 +10,7 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
+from app.authn.asgi import message_from_scope
 from app.authn.base import (
     Message,
     build_signature_base,
@@ -88,6 +89,37 @@ def test_round_trip_with_body_and_query() -> None:
     message = _signed(_request(body, query="page=2"), body)
     identity = _verifier().verify(message, body, now=NOW)
     assert (identity.subject, identity.key_id) == ("alice", "k1")
+
+
+def test_a_field_that_is_not_ascii_is_verified_as_the_octets_sent() -> None:
+    """A signer that sends UTF-8 signs its UTF-8 bytes; the gateway reads each received
+    octet as one character (latin-1): the base is compared as those octets, so the request
+    is refused on the value's own rules later, not as a bad signature."""
+    uri = "/v1/engagements/acme-2026/findings?q=caf\u00e9"
+    signer_view = _request()
+    sent = replace(signer_view, headers={**signer_view.headers, "x-original-uri": [uri]})
+    added = sign_headers(
+        sent, b"", key_id="k1", secret=SECRET, created=NOW, cover=["x-original-uri"]
+    )
+    scope = {
+        "type": "http",
+        "method": "GET",
+        "path": sent.path,
+        "raw_path": sent.path.encode(),
+        "query_string": b"",
+        "scheme": "http",
+        "headers": [
+            (b"host", b"gateway.internal"),
+            (b"x-auth-subject", b"alice"),
+            (b"content-type", b"application/json"),
+            (b"x-original-uri", uri.encode("utf-8")),
+            *((name.encode(), value.encode()) for name, value in added.items()),
+        ],
+    }
+    received = message_from_scope(scope)
+    assert received.header("x-original-uri") == uri.encode("utf-8").decode("latin-1")
+    identity = _verifier().verify(received, b"", now=NOW)
+    assert identity.subject == "alice"
 
 
 @pytest.mark.parametrize(
