@@ -220,6 +220,9 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         self._in_message = False
         self._in_head = True
         self._head_size = 0
+        # The head as parsed (target and fields): a head that arrived whole in one read
+        # was parsed before the read's size could be weighed against the limit.
+        self._parsed_head = 0
         self._events = 0  # messages begun and completed: which reads carried a request
         self._refusal = MALFORMED_ANSWER  # what send_400_response answers
         # A refusal waits for the answers still owed on the connection (a pipelined
@@ -269,16 +272,26 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         self._in_message = True
         self._events += 1
 
+    def on_url(self, url: bytes) -> None:
+        self._parsed_head += len(url)
+        super().on_url(url)
+
     def on_header(self, name: bytes, value: bytes) -> None:
         # Fields after the head are a chunked body's trailer: uvicorn appended them to
         # the scope's headers, where the stages read them as the (signed) head's. They
         # are discarded (RFC 9110 section 6.5.1 allows it); nothing here uses trailers.
         if not self._in_head:
             return
+        self._parsed_head += len(name) + len(value) + 4  # ": " and CRLF
         super().on_header(name, value)
 
     def on_headers_complete(self) -> None:
         self._disarm()
+        parsed, self._parsed_head = self._parsed_head, 0
+        if parsed > MAX_HEAD_BYTES:  # it came whole in one read: refused all the same
+            log.info("head_too_large", client=self.client[0] if self.client else None)
+            self._refusal = HEAD_TOO_LARGE_ANSWER
+            raise _FaultyFraming
         version = self.parser.get_http_version()
         if version not in ("1.0", "1.1"):
             # httptools takes "HTTP/0.9" and "HTTP/2.0" request lines and frames them as

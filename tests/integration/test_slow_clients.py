@@ -450,6 +450,32 @@ def test_a_request_head_over_the_limit_gets_a_431_problem_and_a_close(
         assert closed_within(sock, 5)
 
 
+@pytest.mark.parametrize("size", [70_000, 120_000])
+def test_a_head_over_the_limit_that_arrives_whole_in_one_read_is_refused_too(
+    serve: Callable[..., GatewayProcess], size: int
+) -> None:
+    """A whole head in one read was parsed before its size was weighed (a 120 KB head
+    was a 200): the parsed target and fields are weighed when the head completes."""
+    gateway = serve()
+    fields = b"".join(b"X-F%d: %s\r\n" % (i, b"a" * 990) for i in range(size // 1000))
+    head = b"GET /healthz HTTP/1.1\r\nHost: gateway\r\n" + fields + b"\r\n"
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=5) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
+        with contextlib.suppress(OSError):
+            sock.sendall(head)
+        answer = read_answer(sock)
+        assert_problem_without_corr_id(answer, 431, "request_header_fields_too_large")
+        assert closed_within(sock, 5)
+
+
+def test_a_head_just_under_the_limit_is_served(serve: Callable[..., GatewayProcess]) -> None:
+    gateway = serve()
+    fields = b"".join(b"X-F%d: %s\r\n" % (i, b"a" * 990) for i in range(60))
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=5) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: gateway\r\n" + fields + b"\r\n")
+        assert read_answer(sock).status_code == 200
+
+
 def test_a_large_body_in_the_same_read_as_its_head_is_not_a_large_head(
     serve: Callable[..., GatewayProcess],
 ) -> None:
