@@ -270,6 +270,11 @@ async def forward(
     if declares_body(request):
         digest = StreamingDigest(digest_field) if digest_field else None
         body = checked_body(request.stream(), digest, route.max_request_bytes)
+    elif digest_field:
+        # No body declared: a signed digest must be of no bytes (as on the typed routes),
+        # and there is nothing for the service to check it against.
+        StreamingDigest(digest_field).verify()
+        digest_field = None
     headers = request_headers(route, request)
     path = upstream_path(route, request.path_params, query_of(request))
     upstream = await client.call(

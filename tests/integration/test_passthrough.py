@@ -14,10 +14,12 @@ import pytest
 from fastapi import FastAPI, Request, Response
 from prometheus_client import REGISTRY
 
+from app.authn.digest import content_digest
+from app.authn.signer import HttpSignatureAuth
 from app.core.config import Settings
 from app.main import create_app
 from app.stubs.data import report_chunks
-from tests.conftest import LiveServer, make_settings, signer
+from tests.conftest import TEST_KEY_ID, TEST_SECRET, LiveServer, make_settings, send, signer
 from tests.integration.orchestration_stack import OrchestrationStack, StackBuilder
 from tests.integration.raw_http import request_head
 from tests.integration.test_gateway_e2e import assert_problem
@@ -165,6 +167,34 @@ def test_a_body_without_content_digest_is_401(stack: OrchestrationStack) -> None
     headers = signed_headers(url, b"")  # signed without a body, then one is sent
     response = httpx.post(url, content=iter([b"unsigned bytes"]), headers=headers, timeout=30)
     assert_problem(response, 401, "unauthenticated")
+
+
+def _digest_signed(method: str, url: str, digest: str, length: str | None) -> httpx.Request:
+    """A request without a body whose signature covers a Content-Digest anyway."""
+    headers = {"content-digest": digest, **({"content-length": length} if length else {})}
+    request = httpx.Request(method, url, headers=headers)
+    auth = HttpSignatureAuth(TEST_KEY_ID, TEST_SECRET, "alice", cover=["content-digest"])
+    return next(auth.auth_flow(request))
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "length"), [("POST", EVIDENCE, "0"), ("GET", CONTENT, None)]
+)
+def test_a_signed_digest_without_a_body_must_be_of_no_bytes(
+    stack: OrchestrationStack, method: str, path: str, length: str | None
+) -> None:
+    """No body declared: the digest was neither checked nor dropped, and the service got
+    the caller's digest of a body it never saw. Now it is checked, as on typed routes."""
+    url = stack.url + path
+    other = _digest_signed(method, url, content_digest(b"a body never sent"), length)
+    assert_problem(send(other), 401, "unauthenticated")
+    assert stack.stub("findings").state.uploads == []
+    assert [s for s in stack.seen("reports") if "content" in s["path"]] == []
+    empty = send(_digest_signed(method, url, content_digest(b""), length))
+    assert empty.status_code in (200, 201), empty.text
+    if method == "GET":
+        [seen] = [s for s in stack.seen("reports") if "content" in s["path"]]
+        assert "content-digest" not in seen["headers"]  # nothing to check it against
 
 
 def test_the_response_streams_back_byte_for_byte(stack: OrchestrationStack) -> None:
