@@ -34,7 +34,7 @@ from app.core.errors import (
 )
 from app.core.ids import uuid4_hex
 from app.core.problems import problem_response
-from app.core.scope import SIGNED_PATH_KEY
+from app.core.scope import SERVER_ANSWERED_KEY, SIGNED_PATH_KEY
 from app.edge.paths import normalize_request_path
 from app.ops.metrics import observe_request, route_label
 
@@ -131,8 +131,10 @@ class EdgeMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        corr_id = incoming_request_id(scope) or uuid4_hex()
-        scope.setdefault("state", {})["corr_id"] = corr_id
+        state = scope.setdefault("state", {})
+        # Set already when the protocol answered before the app ran (a broken body).
+        corr_id = state.get("corr_id") or incoming_request_id(scope) or uuid4_hex()
+        state["corr_id"] = corr_id
         logcontext.clear()
         logcontext.bind(corr_id=corr_id)
         started_at = time.perf_counter()
@@ -151,9 +153,11 @@ class EdgeMiddleware:
         except ClientDisconnect:
             # The client went away mid-request: nothing to answer, nobody to blame here.
             # The upstream request, if any, was aborted by the body iterator's exception.
-            log.info("client_disconnected", response_started=status["started"])
+            answered = scope["state"].get(SERVER_ANSWERED_KEY)
+            if answered is None:
+                log.info("client_disconnected", response_started=status["started"])
             if not status["started"]:
-                status["code"] = CLIENT_CLOSED_REQUEST
+                status["code"] = answered or CLIENT_CLOSED_REQUEST
         except ResponseAborted as exc:
             log.warning("response_aborted", service=exc.service, reason=exc.reason)
         except asyncio.CancelledError:

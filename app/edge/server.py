@@ -48,7 +48,10 @@ import structlog
 from uvicorn.protocols.http.flow_control import service_unavailable
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from app.core.ids import uuid4_hex
 from app.core.problems import PROBLEM_CONTENT_TYPE, problem_body, problem_response
+from app.core.scope import SERVER_ANSWERED_KEY
+from app.edge.correlation import incoming_request_id
 
 log = structlog.get_logger("gateway.edge")
 
@@ -91,6 +94,24 @@ HTTP10_TRANSFER_ENCODING_ANSWER = _closing_answer(
     "bad_request",
     "Bad request",
     "An HTTP/1.0 request cannot carry Transfer-Encoding.",
+)
+# RFC 9112 section 6.3: a request whose Transfer-Encoding does not end in chunked has
+# no length a recipient can find (it waited for the close: a hang, then a 408); and
+# section 6.1: a transfer coding the server does not know SHOULD be a 501 (the
+# gateway decodes none but chunked; "gzip, chunked" sent the service gzip bytes).
+TRANSFER_ENCODING_NOT_CHUNKED_ANSWER = _closing_answer(
+    400,
+    b"Bad Request",
+    "bad_request",
+    "Bad request",
+    "A request's Transfer-Encoding must be chunked (RFC 9112 section 6.3).",
+)
+TRANSFER_CODING_UNSUPPORTED_ANSWER = _closing_answer(
+    501,
+    b"Not Implemented",
+    "not_implemented",
+    "Not implemented",
+    "The gateway decodes no transfer coding but chunked.",
 )
 HEAD_TOO_LARGE_ANSWER = _closing_answer(
     431,
@@ -297,11 +318,17 @@ class GatewayHttpProtocol(HttpToolsProtocol):
             # httptools takes "HTTP/0.9" and "HTTP/2.0" request lines and frames them as
             # 1.1 (a chunked body too); a proxy in front would not: refused, as malformed.
             raise _FaultyFraming
-        if version == "1.0" and any(name == b"transfer-encoding" for name, _ in self.headers):
+        codings = [v for name, v in self.headers if name == b"transfer-encoding"]
+        if codings and version == "1.0":
             # Raised inside the parser's callback: httptools stops this read and uvicorn
             # answers with send_400_response, which closes the connection.
             self._refusal = HTTP10_TRANSFER_ENCODING_ANSWER
             raise _FaultyFraming
+        if codings:
+            refusal = _transfer_coding_refusal(codings)
+            if refusal is not None:
+                self._refusal = refusal
+                raise _FaultyFraming
         self._in_head = False
         self._head_size = 0
         super().on_headers_complete()
@@ -378,11 +405,39 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         """
         self._refused = True
         cycle = self.cycle
+        if cycle is not None and self._in_message and not self._in_head:
+            # The newest request's own body cannot be parsed (a bad chunk size, a chunk
+            # line without CR): it never arrives whole, so its app would wait for it.
+            queued = next((entry for entry in self.pipeline if entry[0] is cycle), None)
+            if queued is not None:
+                self.pipeline.remove(queued)  # never run; refused after the answers owed
+            elif not cycle.response_complete:
+                self._refuse_body(cycle)
+                return
+            elif not self.pipeline:  # answered already (a 401 before its body): no second
+                log.info("body_malformed", response_started=True)
+                self.transport.close()
+                return
         if self.pipeline or (cycle is not None and not cycle.response_complete):
             self._pending_refusal = answer  # written by on_response_complete
             self.flow.pause_reading()
             return
         self.transport.write(answer)
+        self.transport.close()
+
+    def _refuse_body(self, cycle: Any) -> None:
+        """A running request whose body's framing broke: its 400 now (if its answer has
+        not begun), the app told the client is gone, the connection closed."""
+        state = cycle.scope.setdefault("state", {})
+        # The edge's corr_id, or the one it will take (the app may not have run yet).
+        corr_id = state.get("corr_id") or incoming_request_id(cycle.scope) or uuid4_hex()
+        state["corr_id"] = corr_id
+        log.info("body_malformed", corr_id=corr_id, response_started=cycle.response_started)
+        if not cycle.response_started:
+            state[SERVER_ANSWERED_KEY] = 400
+            self.transport.write(_body_refusal(corr_id))
+        cycle.disconnected = True  # its receive gets http.disconnect, its sends are dropped
+        cycle.message_event.set()
         self.transport.close()
 
     def _start_asgi_task(self, cycle: Any, app: Any) -> None:
@@ -443,3 +498,28 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         if self._head_bytes:
             self.transport.write(TIMEOUT_ANSWER)
         self.transport.close()
+
+
+def _transfer_coding_refusal(fields: list[bytes]) -> bytes | None:
+    """The answer for a request's ``Transfer-Encoding`` fields, or ``None`` for chunked."""
+    codings = [c.strip().lower() for field in fields for c in field.split(b",")]
+    if codings[-1] != b"chunked":
+        return TRANSFER_ENCODING_NOT_CHUNKED_ANSWER
+    if len(codings) > 1:
+        return TRANSFER_CODING_UNSUPPORTED_ANSWER
+    return None
+
+
+def _body_refusal(corr_id: str) -> bytes:
+    """The 400 for a running request whose body is not valid chunked coding."""
+    detail = "The request body is not valid HTTP/1.1 framing (chunked coding)."
+    body = orjson.dumps(problem_body(400, "bad_request", "Bad request", detail, corr_id))
+    request_id = b"x-request-id: %b\r\n" % corr_id.encode("latin-1")
+    head = (
+        b"HTTP/1.1 400 Bad Request\r\n"
+        b"content-type: %b\r\n"
+        b"connection: close\r\n"
+        b"%b"
+        b"content-length: %d\r\n\r\n" % (PROBLEM_CONTENT_TYPE.encode(), request_id, len(body))
+    )
+    return head + body

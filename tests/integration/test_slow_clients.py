@@ -537,6 +537,93 @@ def test_an_http10_request_with_transfer_encoding_is_refused_and_closed(
         assert read_answer(sock).status_code == 200
 
 
+def chunked_head(port: int, coding: bytes = b"chunked") -> bytes:
+    """The signed findings POST's head, its body announced with ``Transfer-Encoding``."""
+    head = post_head(port, NEW_FINDING)
+    length = f"content-length: {len(NEW_FINDING)}\r\n".encode()
+    assert length in head
+    return head.replace(length, b"transfer-encoding: " + coding + b"\r\n")
+
+
+CHUNKED_FINDING = f"{len(NEW_FINDING):x}\r\n".encode() + NEW_FINDING + b"\r\n0\r\n\r\n"
+
+
+@pytest.mark.parametrize(
+    ("coding", "status", "code"),
+    [
+        (b"gzip", 400, "bad_request"),
+        (b"identity", 400, "bad_request"),
+        (b"xchunked", 400, "bad_request"),
+        (b"chunked;q=1", 400, "bad_request"),
+        (b"gzip, chunked", 501, "not_implemented"),
+    ],
+)
+def test_a_transfer_coding_other_than_chunked_is_refused_before_the_app(
+    serve: Callable[..., GatewayProcess], coding: bytes, status: int, code: str
+) -> None:
+    """RFC 9112 6.3: a request whose Transfer-Encoding does not end in chunked has no
+    length; a signed one waited for its body for body_timeout, then got a 408. A coding
+    the gateway does not decode (gzip before chunked) reached the service still coded."""
+    gateway = serve()
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as sock:
+        sock.sendall(chunked_head(gateway.port, coding) + CHUNKED_FINDING)
+        assert_problem_without_corr_id(read_answer(sock), status, code)
+        assert closed_within(sock, 5)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"zz\r\n" + NEW_FINDING + b"\r\n0\r\n\r\n",  # not a chunk size
+        CHUNKED_FINDING.replace(b"\r\n", b"\n"),  # chunk lines without CR
+    ],
+)
+def test_a_running_request_whose_chunked_body_breaks_gets_its_400_at_once(
+    serve: Callable[..., GatewayProcess], body: bytes
+) -> None:
+    """The parser's error was held back until the request was answered, and the request
+    waited for a body that could never arrive: 408 after body_timeout. Now its 400, with
+    its corr_id, at once; the summary line counts it as a 400."""
+    gateway = serve()
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as sock:
+        sock.sendall(chunked_head(gateway.port) + body)
+        answer = read_answer(sock)
+        assert answer.status_code == 400
+        problem = answer.json()
+        assert problem["type"] == "urn:authz-gateway:problem:bad_request"
+        assert problem["corr_id"] == answer.headers["x-request-id"]
+        assert answer.headers["connection"] == "close"
+        assert closed_within(sock, 5)
+    lines = [
+        json.loads(line) for line in gateway.log_path.read_text().splitlines() if line[:1] == "{"
+    ]
+    summary = [e for e in lines if e.get("event") == "request_completed"]
+    assert summary[-1]["status"] == 400
+    assert summary[-1]["corr_id"] == problem["corr_id"]
+    assert not [e for e in lines if e.get("event") == "finding_created"]
+
+
+def test_an_answered_request_whose_body_then_breaks_gets_no_second_answer(
+    serve: Callable[..., GatewayProcess],
+) -> None:
+    """An unsigned POST is refused before its body is read; its body's framing breaks
+    after: the connection closes, without an answer to no request."""
+    gateway = serve()
+    head = post_head(gateway.port, NEW_FINDING, signed=False)
+    head = head.replace(
+        f"content-length: {len(NEW_FINDING)}\r\n".encode(), b"transfer-encoding: chunked\r\n"
+    )
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as sock:
+        sock.sendall(head)
+        buffer = bytearray()
+        assert_problem(
+            as_response(*raw_http.read_answer(sock, buffer, BOUND)), 401, "unauthenticated"
+        )
+        sock.sendall(b"zz\r\n")
+        assert closed_within(sock, 5)
+        assert buffer == bytearray()
+
+
 REFUSED_HEADS = {
     "http10-te": b"POST /healthz HTTP/1.0\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
     b"5\r\nhello\r\n0\r\n\r\n",
