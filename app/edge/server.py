@@ -113,6 +113,13 @@ TRANSFER_CODING_UNSUPPORTED_ANSWER = _closing_answer(
     "Not implemented",
     "The gateway decodes no transfer coding but chunked.",
 )
+FRAGMENT_ANSWER = _closing_answer(
+    400,
+    b"Bad Request",
+    "invalid_path",
+    "Invalid request path",
+    "The request target carries a fragment (#); send the path and query only.",
+)
 HEAD_TOO_LARGE_ANSWER = _closing_answer(
     431,
     b"Request Header Fields Too Large",
@@ -295,6 +302,11 @@ class GatewayHttpProtocol(HttpToolsProtocol):
 
     def on_url(self, url: bytes) -> None:
         self._parsed_head += len(url)
+        if b"#" in url:
+            # A request target has no fragment (RFC 9112 section 3.2); httptools drops
+            # it, so the signature over the path as sent could not match the path routed.
+            self._refusal = FRAGMENT_ANSWER
+            raise _FaultyFraming
         super().on_url(url)
 
     def on_header(self, name: bytes, value: bytes) -> None:

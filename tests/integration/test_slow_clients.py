@@ -624,6 +624,19 @@ def test_an_answered_request_whose_body_then_breaks_gets_no_second_answer(
         assert buffer == bytearray()
 
 
+@pytest.mark.parametrize("target", [b"/healthz#frag", b"/v1/engagements/acme-2026/findings#x"])
+def test_a_request_target_with_a_fragment_is_refused(
+    serve: Callable[..., GatewayProcess], target: bytes
+) -> None:
+    """httptools dropped the fragment: the path routed was not the target sent (and
+    signed). RFC 9112 3.2: a request target has none; 400 invalid_path and a close."""
+    gateway = serve()
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as sock:
+        sock.sendall(b"GET " + target + b" HTTP/1.1\r\nHost: gateway\r\n\r\n")
+        assert_problem_without_corr_id(read_answer(sock), 400, "invalid_path")
+        assert closed_within(sock, 5)
+
+
 REFUSED_HEADS = {
     "http10-te": b"POST /healthz HTTP/1.0\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
     b"5\r\nhello\r\n0\r\n\r\n",
