@@ -6,6 +6,19 @@ process re-read at once, and a version check every ``check_interval_seconds``
 catches notices lost while disconnected. A process never drops a closed fact
 because Redis cannot answer: it keeps the last snapshot (fail closed), and a
 write that cannot reach Redis is a 503, never half done.
+
+Nor because Redis *lost* its data (restarted without persistence, flushed, a
+replica promoted before it had the keys): an empty hash would otherwise have
+reopened every closed engagement on every gateway at its next read. An *epoch*
+key (a random token, set by the first read that finds none) marks the data's
+life: a process that finds an epoch other than the one it read before writes the
+facts it holds back (``HSETNX``: what another process restored or closed since
+wins), then reads again. Trade-off, weighed against trusting the empty hash (and
+the engagements service's reconciliation, up to ``reconcile_interval_seconds``
+later, and only for what that service reports): an engagement reopened shortly
+before the loss by a process whose notice another missed may come back closed
+(the safe direction: reopen it again); state that no running process held (all
+restarted with Redis) is back only through that reconciliation.
 """
 
 from __future__ import annotations
@@ -22,6 +35,7 @@ from redis.commands.core import AsyncScript
 from app.authz.closed import ClosedFact, EngagementState
 from app.core.engagement_settings import EngagementStateSettings
 from app.core.errors import ServiceUnavailable
+from app.core.ids import uuid4_hex
 from app.core.redis import REDIS_FAILURES, SharedRedis
 from app.ops.metrics import count_redis_error
 
@@ -53,8 +67,27 @@ end
 if #added > 0 then redis.call('INCR', KEYS[2]) end
 return added
 """
+# KEYS[3] the epoch; ARGV[1] a fresh token, the epoch if there is none yet.
 _READ = """
-return {redis.call('GET', KEYS[2]) or '0', redis.call('HGETALL', KEYS[1])}
+local epoch = redis.call('GET', KEYS[3])
+if not epoch then
+  epoch = ARGV[1]
+  redis.call('SET', KEYS[3], epoch)
+end
+return {redis.call('GET', KEYS[2]) or '0', redis.call('HGETALL', KEYS[1]), epoch}
+"""
+# ARGV[1] the epoch the facts are restored into (nothing if it changed again), then
+# name, fact pairs; returns the names written (those another process had not).
+_RESTORE = """
+if redis.call('GET', KEYS[3]) ~= ARGV[1] then return {} end
+local restored = {}
+for i = 2, #ARGV, 2 do
+  if redis.call('HSETNX', KEYS[1], ARGV[i], ARGV[i + 1]) == 1 then
+    restored[#restored + 1] = ARGV[i]
+  end
+end
+if #restored > 0 then redis.call('INCR', KEYS[2]) end
+return restored
 """
 
 
@@ -67,7 +100,8 @@ class RedisEngagementState(EngagementState):
         super().__init__()
         self._client = client
         tag = "{" + settings.key_prefix + "}"
-        self._keys = [f"{tag}:closed", f"{tag}:version"]
+        self._keys = [f"{tag}:closed", f"{tag}:version", f"{tag}:epoch"]
+        self._epoch: str | None = None  # the epoch of the data the snapshot was read from
         self.channel = f"{settings.key_prefix}:changes"
         self._interval = settings.check_interval_seconds
         self._startup_timeout = settings.startup_timeout_seconds
@@ -75,6 +109,7 @@ class RedisEngagementState(EngagementState):
         self._reopen_script = client.register_script(_REOPEN)
         self._reconcile_script = client.register_script(_RECONCILE)
         self._read_script = client.register_script(_READ)
+        self._restore_script = client.register_script(_RESTORE)
         self.listening = asyncio.Event()
 
     async def close(self, fact: ClosedFact) -> None:
@@ -117,8 +152,25 @@ class RedisEngagementState(EngagementState):
         return added
 
     async def refresh(self) -> None:
-        """Replace the snapshot with what Redis holds (one atomic read)."""
-        version, flat = await self._read_script(keys=self._keys)
+        """Replace the snapshot with what Redis holds (one atomic read); after Redis lost
+        its data (a new epoch), write back the facts held first."""
+        version, flat, raw_epoch = await self._read_script(keys=self._keys, args=[uuid4_hex()])
+        epoch = _text(raw_epoch)
+        known, self._epoch = self._epoch, epoch
+        if known is not None and epoch != known and self._closed:
+            args = [epoch, *(v for f in self._closed.values() for v in (f.engagement, f.encode()))]
+            restored = [
+                _text(name) for name in await self._restore_script(keys=self._keys, args=args)
+            ]
+            log.warning(
+                "engagement_state_restored",
+                restored=restored,
+                held=len(self._closed),
+                redis_version=int(version),
+                previous_version=self.version,
+            )
+            await self._announce(",".join(restored) or "restored")
+            version, flat, _ = await self._read_script(keys=self._keys, args=[uuid4_hex()])
         pairs = iter(flat)
         self._closed = {
             _text(name): ClosedFact.decode(_text(name), raw)

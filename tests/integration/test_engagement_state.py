@@ -7,6 +7,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
+import redis.asyncio
+from structlog.testing import capture_logs
 
 from app.authz.closed import ClosedFact, MemoryEngagementState
 from app.authz.closed_redis import RedisEngagementState
@@ -77,6 +79,46 @@ def test_reconciliation_only_adds_and_yields_to_a_concurrent_change(
         await asyncio.wait_for(until(lambda: one.get("globex-cloud") is None), 10)
 
     on_two(redis_server, scenario)
+
+
+@pytest.mark.parametrize("loss", ["flushall", "restart"])
+def test_redis_losing_its_data_reopens_nothing(redis_server: RedisServer, loss: str) -> None:
+    """An audit found every closed engagement reopened on every gateway once Redis came
+    back empty (the empty hash was read as the truth): the processes write back what
+    they hold, with its origin, and no read in between saw the engagement open."""
+    fast = EngagementStateSettings(check_interval_seconds=0.1, startup_timeout_seconds=2)
+
+    async def run() -> None:
+        raw = redis.asyncio.Redis.from_url(redis_server.url)
+        clients = [create_redis(RedisSettings(url=redis_server.url)) for _ in range(3)]
+        one, two, late = (RedisEngagementState(c, fast) for c in clients)
+        try:
+            async with one.running(), two.running():
+                await one.close(FACT)
+                await asyncio.wait_for(until(lambda: two.get("acme-2026") == FACT), 10)
+                if loss == "flushall":
+                    await raw.flushall()
+                else:
+                    redis_server.stop()
+                    redis_server.start()
+                assert await raw.hgetall("{gw:engagements}:closed") == {}
+
+                async def restored() -> None:
+                    while not await raw.hget("{gw:engagements}:closed", "acme-2026"):
+                        assert one.get("acme-2026") == two.get("acme-2026") == FACT
+                        await asyncio.sleep(0.01)
+
+                await asyncio.wait_for(restored(), 20)
+                async with late.running():  # a gateway started after the loss
+                    assert late.get("acme-2026") == FACT  # the origin kept: bob, corr-1
+        finally:
+            for client in clients:
+                await client.aclose()
+            await raw.aclose()
+
+    with capture_logs() as logs:
+        asyncio.run(run())
+    assert any(line["event"] == "engagement_state_restored" for line in logs)
 
 
 def test_redis_down_keeps_the_snapshot_and_refuses_writes(redis_server: RedisServer) -> None:
