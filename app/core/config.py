@@ -32,6 +32,7 @@ from pydantic_settings import (
     SettingsConfigDict,
     YamlConfigSettingsSource,
 )
+from redis.asyncio.connection import parse_url as parse_redis_url
 
 from app.core.engagement_settings import EngagementStateSettings
 from app.core.errors import ConfigError
@@ -337,7 +338,9 @@ class RedisSettings(_Section):
     url: str | None = Field(
         default=None,
         description="redis://, rediss:// or unix:// URL (else $REDIS_URL); unset keeps all "
-        "state in this process. Not used in sentinel mode",
+        "state in this process. Not used in sentinel mode. TLS options go in the query, as "
+        "redis-py reads them: rediss://host:6380/0?ssl_ca_certs=/etc/redis/ca.pem (a "
+        "certificate that does not verify shows as ConnectionError in /readyz)",
     )
     nodes: tuple[str, ...] = Field(
         default=(),
@@ -353,10 +356,12 @@ class RedisSettings(_Section):
     password_env: str | None = Field(
         default=None,
         description="environment variable holding the Redis servers' password (in place "
-        "of one in url, e.g. from a Kubernetes Secret)",
+        "of one in url, e.g. from a Kubernetes Secret); unset or empty stops start-up",
     )
     sentinel_password_env: str | None = Field(
-        default=None, description="sentinel: environment variable holding the sentinels' password"
+        default=None,
+        description="sentinel: environment variable holding the sentinels' password; unset "
+        "or empty stops start-up",
     )
     socket_timeout: PositiveSeconds = 0.5
     max_connections: Annotated[int, Field(ge=1, le=10_000)] = 64
@@ -380,8 +385,16 @@ class RedisSettings(_Section):
     @field_validator("url")
     @classmethod
     def _redis_scheme(cls, url: str | None) -> str | None:
-        if url is not None and not url.startswith(("redis://", "rediss://", "unix://")):
+        if url is None:
+            return url
+        if not url.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("must start with redis://, rediss:// or unix://")
+        try:
+            parse_redis_url(url)  # what redis-py will make of it (a port, a database)
+        except ValueError as exc:
+            password = urlsplit(url).password
+            detail = str(exc).replace(password, "***") if password else str(exc)
+            raise ValueError(f"not a valid Redis URL: {detail}") from None
         return url
 
     @model_validator(mode="after")

@@ -27,14 +27,23 @@ from redis.asyncio.cluster import ClusterNode
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from app.core.config import RedisSettings
+from app.core.errors import ConfigError
 
 SharedRedis = aioredis.Redis | aioredis.RedisCluster
 """The client every store is given: one server (or Sentinel's primary) or a Cluster."""
 
-REDIS_FAILURES: tuple[type[Exception], ...] = (RedisError, OSError, RuntimeError, AttributeError)
+# RedisClusterException is not a RedisError: "no reachable node" at start-up, or the
+# url's node not a cluster member; to a store, Redis not answering (not ready, 503).
+REDIS_FAILURES: tuple[type[Exception], ...] = (
+    RedisError,
+    RedisClusterException,
+    OSError,
+    RuntimeError,
+    AttributeError,
+)
 """What a call on a ``SharedRedis`` raises when Redis did not answer: catch exactly these.
 
 Besides Redis and socket errors, redis-py's asyncio cluster client can fail while it
@@ -74,8 +83,17 @@ def _options(settings: RedisSettings) -> dict[str, Any]:
         "health_check_interval": 30,
     }
     if settings.password_env is not None:
-        options["password"] = os.environ.get(settings.password_env, "")
+        options["password"] = _from_env(settings.password_env, "redis.password_env")
     return options
+
+
+def _from_env(name: str, where: str) -> str:
+    """The secret in environment variable ``name``; a ``ConfigError`` when it is unset or
+    empty (connecting without the password would only fail later, as "not ready")."""
+    value = os.environ.get(name)
+    if not value:
+        raise ConfigError(f"{where}: environment variable {name} is not set")
+    return value
 
 
 def _host_port(node: str) -> tuple[str, int]:
@@ -112,7 +130,8 @@ def _sentinel_primary(settings: RedisSettings) -> aioredis.Redis:
     # to 10 s), three sentinels that refuse took 24 s to answer one request.
     sentinel_kwargs: dict[str, Any] = {**timeouts, "retry": Retry(NoBackoff(), 0)}
     if settings.sentinel_password_env is not None:
-        sentinel_kwargs["password"] = os.environ.get(settings.sentinel_password_env, "")
+        where = "redis.sentinel_password_env"
+        sentinel_kwargs["password"] = _from_env(settings.sentinel_password_env, where)
     nodes = [_host_port(node) for node in settings.nodes]
     sentinel = Sentinel(nodes, sentinel_kwargs=sentinel_kwargs)  # type: ignore[no-untyped-call]  # untyped upstream
     primary: _SentinelPrimary = sentinel.master_for(

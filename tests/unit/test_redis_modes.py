@@ -11,6 +11,7 @@ import redis.asyncio as aioredis
 from hypothesis import given
 from hypothesis import strategies as st
 from redis.crc import key_slot
+from redis.exceptions import RedisClusterException
 
 from app.authn.nonces import NonceKeys, NonceStoreUnavailable, RedisNonceStore
 from app.core.config import RedisSettings, load_settings
@@ -63,6 +64,8 @@ def test_standalone_and_cluster_still_fall_back_to_redis_url(
         ({"mode": "sentinel", "nodes": ["a:70000"]}, "host:port"),
         ({"mode": "replicated", "url": "redis://a:1"}, "redis.mode"),
         ({"url": "redis://:pw@a:1", "password_env": "PW"}, "not both"),
+        ({"url": "redis://a:notaport/0"}, "not a valid Redis URL: Port could not be cast"),
+        ({"url": "unix:///tmp/redis.sock?db=abc"}, "not a valid Redis URL"),
     ],
 )
 def test_a_mode_without_what_it_needs_stops_start_up(
@@ -108,6 +111,35 @@ def test_the_password_comes_from_the_named_variable(monkeypatch: pytest.MonkeyPa
         client = create_redis(settings)
         assert client.connection_pool.connection_kwargs["password"] == "from-the-secret"
         asyncio.run(client.aclose())
+
+
+def test_a_malformed_url_never_shows_its_password(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    with pytest.raises(ConfigError) as caught:
+        load_settings(redis={"url": "redis://:s3cret-pw@a:s3cret-pw/0"})
+    assert "s3cret-pw" not in caught.value.detail
+    assert "not a valid Redis URL" in caught.value.detail
+
+
+@pytest.mark.parametrize("empty", [None, ""])
+def test_a_password_variable_that_is_not_set_stops_start_up(
+    monkeypatch: pytest.MonkeyPatch, empty: str | None
+) -> None:
+    """It was read as no password: the gateway started, and only failed to become ready."""
+    if empty is None:
+        monkeypatch.delenv("GW_REDIS_PASSWORD", raising=False)
+    else:
+        monkeypatch.setenv("GW_REDIS_PASSWORD", empty)
+    cases = [
+        (RedisSettings(url="redis://127.0.0.1:1/0", password_env="GW_REDIS_PASSWORD"), "redis."),
+        (SENTINEL.model_copy(update={"password_env": "GW_REDIS_PASSWORD"}), "redis."),
+        (SENTINEL.model_copy(update={"sentinel_password_env": "GW_REDIS_PASSWORD"}), "sentinel_"),
+    ]
+    for settings, where in cases:
+        with pytest.raises(ConfigError) as caught:
+            create_redis(settings)
+        assert caught.value.detail.endswith("environment variable GW_REDIS_PASSWORD is not set")
+        assert where in caught.value.detail
 
 
 def test_one_server_keeps_the_single_fence_layout() -> None:
@@ -167,10 +199,15 @@ class RacingClient:
         return run
 
 
-RACES = [AttributeError("'NoneType' object has no attribute 'writelines'"), RuntimeError("closed")]
+RACES = [
+    AttributeError("'NoneType' object has no attribute 'writelines'"),
+    RuntimeError("closed"),
+    # Not a RedisError: a cluster client that reached no node (it crashed start-up).
+    RedisClusterException("Redis Cluster cannot be connected. Please provide at least one"),
+]
 
 
-@pytest.mark.parametrize("error", RACES, ids=["attribute-error", "runtime-error"])
+@pytest.mark.parametrize("error", RACES, ids=["attribute-error", "runtime-error", "no-node"])
 def test_a_cluster_client_race_fails_closed_not_500(error: Exception) -> None:
     """Each store turns the client's refresh race into its 503, never an unhandled error."""
     client: Any = RacingClient(error)

@@ -340,6 +340,28 @@ def test_bad_config_with_workers_stops_with_one_line(tmp_path: Path) -> None:
     ]
 
 
+def test_cluster_mode_with_no_reachable_node_starts_not_ready(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """redis-py's RedisClusterException is no RedisError: start-up crashed (exit 3, a
+    traceback) where standalone and sentinel start not ready and recover by themselves."""
+    monkeypatch.setenv("GATEWAY_REDIS__MODE", "cluster")
+    gateway = GatewayProcess(
+        tmp_path, "http://127.0.0.1:1", redis_url=f"redis://127.0.0.1:{free_port()}"
+    )
+    try:
+        ready = httpx.get(gateway.url + "/readyz", timeout=5)
+        assert ready.status_code == 503
+        assert ready.json()["status"] == "not_ready"
+        signed = httpx.get(
+            gateway.url + "/v1/engagements/acme-2026/findings", auth=signer(), timeout=5
+        )
+        assert signed.status_code == 503  # fail closed: no replay check, no request
+        assert "Traceback" not in gateway.log_text()
+    finally:
+        gateway.close()
+
+
 def test_a_restarted_process_refuses_a_replay_of_what_it_accepted_before(
     live_server: Callable[[FastAPI], LiveServer],
     gateway_process: Callable[..., GatewayProcess],
