@@ -185,10 +185,14 @@ def read_policy(model_path: Path, policy_path: Path) -> PolicySource:
     return PolicySource(model_path, policy_path, tuple(lines), tuple(errors), revision, digests)
 
 
+# Whitespace not inside a double-quoted literal: ``p.dom == "* "`` is another model.
+_OUTSIDE_QUOTES_SPACE = re.compile(r'\s+(?=(?:[^"]*"[^"]*")*[^"]*$)')
+
+
 def check_model(lines: list[str], name: str) -> list[Issue]:
     """The model (``text_lines``) must be the one the compiled decision path implements."""
     significant = tuple(
-        re.sub(r"\s+", "", line)
+        _OUTSIDE_QUOTES_SPACE.sub("", line)
         for line in lines
         if line.strip() and not line.lstrip().startswith("#")
     )

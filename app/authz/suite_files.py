@@ -146,6 +146,27 @@ class PolicyCase:
         return f"{self.file}:{self.line}"
 
 
+class _RepeatedKey(yaml.YAMLError):
+    def __init__(self, key: object, line: int) -> None:
+        super().__init__(f"repeated key {key!r}")
+        self.key, self.line = key, line
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``SafeLoader`` that refuses a mapping with a key twice: PyYAML keeps the last
+    value, so a second ``cases:`` silently dropped every case of the first."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[object] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, str | int | float | bool) or key is None:
+                if key in seen:
+                    raise _RepeatedKey(key, key_node.start_mark.line + 1)
+                seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def suite_paths(policy_dir: Path) -> list[Path]:
     return sorted((policy_dir / TESTS_DIR).glob("*.y*ml"))
 
@@ -156,6 +177,9 @@ def read_suites(policy_dir: Path) -> tuple[list[PolicyCase], list[Issue]]:
     issues: list[Issue] = []
     for path in suite_paths(policy_dir):
         name = f"{TESTS_DIR}/{path.name}"
+        if not path.is_file():  # a FIFO or a device would block or never end a read
+            issues.append(Issue("error", f"{name}:1", "suite", "not a regular file"))
+            continue
         try:
             data = path.read_bytes()
         except OSError as exc:
@@ -168,7 +192,11 @@ def read_suites(policy_dir: Path) -> tuple[list[PolicyCase], list[Issue]]:
         text = data.decode("utf-8")
         try:
             lines = _line_map(text)
-            parsed.append((name, SuiteFile.model_validate(yaml.safe_load(text)), lines))
+            document = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506  # a SafeLoader
+            parsed.append((name, SuiteFile.model_validate(document), lines))
+        except _RepeatedKey as exc:
+            line = exc.line
+            issues.append(Issue("error", f"{name}:{line}", "suite", f"repeated key {exc.key!r}"))
         except yaml.YAMLError as exc:
             issues.append(Issue("error", f"{name}:1", "suite", f"cannot read: {exc}"))
         except RecursionError:

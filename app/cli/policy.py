@@ -1,4 +1,4 @@
-"""``gateway policy``: lint, test, explain, query and diff policy directories, for admins.
+"""``gateway policy``: lint, test, explain, query (who-can, what-can), diff policies.
 
 Exit codes: 0 clean, 1 findings (lint errors, or warnings with ``--strict``;
 failed tests; flips with ``diff --exit-code``), 2 unusable input.
@@ -22,7 +22,9 @@ from app.core.errors import ConfigError
 
 
 def register(commands: Any) -> None:
-    parser = commands.add_parser("policy", help="lint, test, explain, query and diff policies")
+    parser = commands.add_parser(
+        "policy", help="lint, test, explain, who-can, what-can and diff policies"
+    )
     actions = parser.add_subparsers(dest="policy_command", required=True, metavar="ACTION")
     lint_cmd = actions.add_parser("lint", help="syntax errors and likely mistakes")
     lint_cmd.add_argument("dir", nargs="?", type=Path, default=DEFAULT_DIR)
@@ -85,7 +87,10 @@ def run_test(args: argparse.Namespace) -> int:
     print(f"{args.dir}: {total - failed} passed, {failed} failed (revision {engine.revision})")
     print_coverage(report, len(engine.compiled.rules))
     if args.junit:
-        args.junit.write_text(junit_xml(report), encoding="utf-8")
+        try:
+            args.junit.write_text(junit_xml(report), encoding="utf-8")
+        except OSError as exc:  # not "tests failed" (1): CI must tell the two apart
+            return fail(f"--junit {args.junit}: cannot write: {exc.strerror}")
     if total == 0:
         print(f"{args.dir}: no test cases found in tests/*.yaml", file=sys.stderr)
         return 1

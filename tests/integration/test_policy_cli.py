@@ -71,6 +71,17 @@ def test_lint_warnings_fail_only_when_strict(policy_copy: Path) -> None:
     assert gateway_policy("lint", "--strict", policy_copy).returncode == 1
 
 
+@pytest.mark.parametrize("where", ["missing/policy.xml", "."])
+def test_a_junit_file_that_cannot_be_written_is_exit_2_not_a_traceback(
+    tmp_path: Path, where: str
+) -> None:
+    """It was a traceback and exit 1, the code of failing tests: CI could not tell."""
+    result = gateway_policy("test", POLICY_DIR, "--junit", tmp_path / where)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("gateway policy: --junit ")
+
+
 def test_test_command_writes_junit_and_coverage(tmp_path: Path) -> None:
     junit = tmp_path / "policy.xml"
     result = gateway_policy("test", POLICY_DIR, "--junit", junit)

@@ -56,10 +56,20 @@ def test_syntax_errors_name_file_and_line(tmp_path: Path, line: str, message: st
     assert message in issues[0].message
 
 
-def test_changed_model_is_an_error(tmp_path: Path) -> None:
-    (tmp_path / "model.conf").write_text(
-        (POLICY_DIR / "model.conf").read_text().replace('p.act == "*"', "true")
-    )
+@pytest.mark.parametrize(
+    ("shipped", "changed"),
+    [
+        ('p.act == "*"', "true"),
+        # Whitespace inside a literal is meaning (Casbin compares "* " with "*"): an audit
+        # found these accepted as the shipped model, which the gateway kept enforcing.
+        ('p.dom == "*"', 'p.dom == "* "'),
+        ('p.act == "*"', 'p.act == " * "'),
+    ],
+)
+def test_changed_model_is_an_error(tmp_path: Path, shipped: str, changed: str) -> None:
+    text = (POLICY_DIR / "model.conf").read_text()
+    assert shipped in text
+    (tmp_path / "model.conf").write_text(text.replace(shipped, changed))
     (tmp_path / "policy.csv").write_text("")
     issues = lint(read_policy(tmp_path / "model.conf", tmp_path / "policy.csv"))
     assert codes(issues) == [("error", "model.conf:1", "unsupported_model")]

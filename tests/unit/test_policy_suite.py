@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import textwrap
 from pathlib import Path
@@ -260,6 +261,38 @@ def test_bad_suite_files_name_the_file(policy_dir: Path, text: str, message: str
     with pytest.raises(SuiteError, match=r"tests/bad\.yaml") as info:
         load_suites(policy_dir)
     assert message in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "key"),
+    [
+        (
+            CASE.format(name="a", subject="alice", path="/a", expect="allow") + "cases: []\n",
+            10,
+            "cases",
+        ),
+        ("suite: s\nsuite: t\ncases: []\n", 2, "suite"),
+        ("suite: s\ncases:\n  - name: n\n    expect: allow\n    expect: deny\n", 5, "expect"),
+    ],
+)
+def test_a_repeated_key_is_an_error_not_a_silently_dropped_value(
+    policy_dir: Path, text: str, line: int, key: str
+) -> None:
+    """PyYAML keeps the last value: a second ``cases:`` dropped every case of the first,
+    and lint said nothing (an audit found 11 of 44 cases gone)."""
+    (policy_dir / "tests" / "bad.yaml").write_text(text)
+    _, issues = read_suites(policy_dir)
+    assert [(i.location, i.code) for i in issues] == [(f"tests/bad.yaml:{line}", "suite")]
+    assert issues[0].message == f"repeated key {key!r}"
+
+
+def test_a_suite_that_is_not_a_regular_file_is_an_error_never_a_blocked_read(
+    policy_dir: Path,
+) -> None:
+    """A FIFO named tests/*.yaml held every later reload in open() until a restart."""
+    os.mkfifo(policy_dir / "tests" / "zz.yaml")
+    _, issues = read_suites(policy_dir)
+    assert [(i.location, i.message) for i in issues] == [("tests/zz.yaml:1", "not a regular file")]
 
 
 def test_a_fixture_defined_twice_is_an_error(policy_dir: Path) -> None:
