@@ -72,8 +72,9 @@ class ShadowPolicy:
         try:
             engine = PolicyEngine.load(self.settings)
         except ConfigError as exc:
-            self.last_error = exc.detail
-            log.warning("policy_shadow_rejected", error=exc.detail)
+            # The candidate is read as a policy directory: name the setting that set it.
+            self.last_error = exc.detail.replace("policy.dir:", "policy.shadow_dir:", 1)
+            log.warning("policy_shadow_rejected", error=self.last_error)
             return
         except Exception as exc:  # never a crash of the watcher that called us
             self.last_error = f"cannot read the candidate: {type(exc).__name__}"
