@@ -65,6 +65,9 @@ for i, key in ipairs(KEYS) do
     local whole, part = string.match(stored, '^(%d+)%.(%d%d%d%d%d%d)$')
     tat = math.max(tonumber(whole) * 1000000 + tonumber(part), now)
   end
+  -- At most one full window ahead: a TAT stored under a longer window (the limit was
+  -- changed) means an empty bucket under this one, not a wait of the old window.
+  tat = math.min(tat, now + burst * interval)
   local new_tat = tat + interval
   local allow_at = new_tat - burst * interval
   if now < allow_at then
@@ -127,7 +130,9 @@ class BucketState:
 def gcra(tat: int | None, now: int, rule: RateLimitRule) -> tuple[bool, int, int, float, float]:
     """One GCRA step in microseconds: (allowed, new tat, remaining, reset s, retry-after s)."""
     interval = interval_micros(rule)
-    tat = max(tat if tat is not None else now, now)
+    # At most one window ahead (never more under one rule): after the limit or window
+    # changed, a bucket spent under the old rule is empty under the new one, no more.
+    tat = min(max(tat if tat is not None else now, now), now + rule.limit * interval)
     new_tat = tat + interval
     allow_at = new_tat - rule.limit * interval
     if now < allow_at:

@@ -56,9 +56,10 @@ class InjectedClockScript:
         self.keys = (f"rl:test:{n}" for n in itertools.count())
         self.last_key = ""
 
-    def run(self, rule: RateLimitRule, readings: list[int]) -> list[list[int]]:
-        """One request per reading on a fresh key, in one pipeline; the script's replies."""
-        key = self.last_key = next(self.keys)
+    def run(self, rule: RateLimitRule, readings: list[int], again: bool = False) -> list[list[int]]:
+        """One request per reading on a fresh key (``again``: the last one), in one
+        pipeline; the script's replies."""
+        key = self.last_key = self.last_key if again else next(self.keys)
         args = [interval_micros(rule), rule.limit]
         pipe = self.client.pipeline(transaction=False)
         for now in readings:
@@ -139,3 +140,41 @@ def test_the_script_and_the_in_memory_step_agree(
     # The TAT is stored as decimal seconds to the exact microsecond, as before the fix.
     assert tat is not None
     assert script.client.get(script.last_key) == f"{tat // MICROS}.{tat % MICROS:06d}".encode()
+
+
+@SETTINGS
+@given(
+    old=rules, new=rules, start=clock_micros, spent=st.integers(1, 30), later=st.integers(0, 10**7)
+)
+@example(
+    old=RateLimitRule(limit=6, window_seconds=30),
+    new=RateLimitRule(limit=1000, window_seconds=1),
+    start=LATE,
+    spent=6,
+    later=0,
+)
+def test_after_a_rule_change_a_spent_bucket_waits_at_most_the_new_window(
+    script: InjectedClockScript,
+    old: RateLimitRule,
+    new: RateLimitRule,
+    start: int,
+    spent: int,
+    later: int,
+) -> None:
+    """A limit raised from 6/30 s to 1000/1 s (a rolling config change) answered 429 with
+    Retry-After 19 under RateLimit-Policy q=1000;w=1: the TAT stored under the old window
+    held. A bucket spent under the old rule is now an empty bucket under the new one."""
+    script.run(old, [start] * spent)
+    [(ok, left, reset_us, retry_us)] = script.run(new, [start + later], again=True)
+    assert reset_us <= new.limit * interval_micros(new)
+    assert retry_us <= interval_micros(new)
+    tat = None
+    for _ in range(spent):
+        tat = gcra(tat, start, old)[1]
+    allowed, _, remaining, reset, retry = gcra(tat, start + later, new)
+    assert (bool(ok), left, reset_us / MICROS, retry_us / MICROS) == (
+        allowed,
+        remaining,
+        reset,
+        retry,
+    )
