@@ -110,7 +110,7 @@ class NearMissOut(_Model):
 
     rule: list[str]
     rule_location: str
-    differs: Literal["closed", "role", "domain", "action", "object"]
+    differs: Literal["closed", "overridden", "role", "domain", "action", "object"]
     detail: str
 
     @classmethod

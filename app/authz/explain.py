@@ -20,7 +20,7 @@ from app.authz.policy import Decision, PolicyEngine
 from app.authz.source import GLOBAL_DOMAIN
 
 MAX_NEAR_MISSES = 8
-_ORDER = {"closed": 0, "role": 1, "domain": 2, "action": 3, "object": 4}
+_ORDER = {"closed": 0, "overridden": 0, "role": 1, "domain": 2, "action": 3, "object": 4}
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,7 +89,10 @@ def explain(
         global_ += held_roles(compiled, principal, None)
     misses: tuple[NearMiss, ...] = ()
     if not decision.allowed and decision.reason != "principal_is_role":
-        misses = near_misses(compiled, principals(subject, groups), request, decision.closed)
+        deny = decision.rule_location if decision.reason == "denied_by_rule" else None
+        misses = near_misses(
+            compiled, principals(subject, groups), request, decision.closed, overridden_by=deny
+        )
     return Explanation(decision, tuple(here), tuple(global_), misses)
 
 
@@ -121,12 +124,29 @@ def near_misses(
     names: Sequence[str],
     request: tuple[str, str, str],
     closed: ClosedFact | None,
+    overridden_by: str | None = None,
 ) -> tuple[NearMiss, ...]:
-    """Allow rules that would have matched but for one field, closest first."""
+    """Allow rules that would have matched but for one field, closest first; an allow
+    that did match (for any of the caller's principals) is listed as what beat it (the
+    engagement closed, or the deny at ``overridden_by``), never as a miss of another
+    principal's."""
     dom, obj, _ = request
+    held_by = {
+        principal: {**compiled.domain_roles(principal, dom), **compiled.global_roles(principal)}
+        for principal in names
+    }
     found: dict[int, NearMiss] = {}
-    for principal in names:
-        held = {**compiled.domain_roles(principal, dom), **compiled.global_roles(principal)}
+    for principal, held in held_by.items():  # allows that matched in full come first
+        for rule in compiled.rules:
+            if rule.eft != "allow" or rule.index in found or _differences(rule, held, request):
+                continue
+            if closed is not None:
+                found[rule.index] = NearMiss(rule, "closed", _closed_detail(closed, principal))
+            else:
+                found[rule.index] = NearMiss(
+                    rule, "overridden", _overridden_detail(principal, overridden_by)
+                )
+    for principal, held in held_by.items():
         for rule in compiled.rules:
             if rule.eft != "allow" or rule.index in found:
                 continue
@@ -134,8 +154,6 @@ def near_misses(
             if len(differs) == 1:
                 detail = _detail(compiled, differs[0], rule, principal, request)
                 found[rule.index] = NearMiss(rule, differs[0], detail)
-            elif not differs and closed is not None:
-                found[rule.index] = NearMiss(rule, "closed", _closed_detail(closed, principal))
     ranked = sorted(found.values(), key=lambda m: (_ORDER[m.differs], -_prefix(m, obj)))
     return tuple(ranked[:MAX_NEAR_MISSES])
 
@@ -185,6 +203,11 @@ def _role_detail(compiled: CompiledPolicy, role: str, principal: str, dom: str) 
     if not elsewhere:
         return f"{needs}; no g or g2 line grants it to {principal!r}"
     return f"{needs}; it holds it in {', '.join(elsewhere)}"
+
+
+def _overridden_detail(principal: str, deny: str | None) -> str:
+    where = f"the deny rule at {deny}" if deny else "a deny rule that also matches"
+    return f"matches for {principal!r}, but {where} overrides every allow"
 
 
 def _closed_detail(closed: ClosedFact, principal: str) -> str:

@@ -104,6 +104,23 @@ def test_a_closed_fact_from_the_engagement_state_is_named(engine: PolicyEngine) 
     assert reads.near_misses == ()
 
 
+def test_an_allow_beaten_by_a_deny_is_overridden_not_a_role_the_caller_lacks(
+    engine: PolicyEngine,
+) -> None:
+    """alice holds analyst (policy.csv:25 allows the POST) but her group's client_viewer
+    deny (policy.csv:17) wins: explain said analyst was a role 'group:acme-client' lacks,
+    sending the admin after a grant that exists."""
+    request = ("acme-2026", FINDINGS.format("acme-2026"), "POST")
+    answer = explain(engine, "alice", ("acme-client",), request)
+    assert answer.decision.reason == "denied_by_rule"
+    first = answer.near_misses[0]
+    assert (first.rule.location, first.differs) == ("policy.csv:25", "overridden")
+    assert first.detail == (
+        "matches for 'alice', but the deny rule at policy.csv:17 overrides every allow"
+    )
+    assert all(m.rule.location != "policy.csv:25" for m in answer.near_misses[1:])
+
+
 def test_an_allow_has_no_near_misses(engine: PolicyEngine) -> None:
     answer = explain(engine, "alice", (), ("acme-2026", FINDINGS.format("acme-2026"), "GET"))
     assert answer.decision.allowed
