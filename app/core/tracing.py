@@ -276,6 +276,13 @@ def parent_of(traceparent: str | None, tracestate: str | None = None) -> SpanCon
     return found if found.is_valid else None
 
 
+def new_trace() -> SpanContext:
+    """The root of a new trace, for a request whose caller sent no (valid) trace context:
+    every downstream call and retry of the request is a child of it, so they share one
+    trace id (tracing off: nothing records this root; the services' spans tie up)."""
+    return SpanContext(_nonzero_bits(128), _nonzero_bits(64), is_remote=True, trace_flags=_SAMPLED)
+
+
 def trace_headers(parent: SpanContext | None) -> dict[str, str]:
     """``traceparent`` (and ``tracestate``) for one outbound call.
 

@@ -41,7 +41,13 @@ from app.authn.keys import SigningKey
 from app.authn.signer import message_from_httpx
 from app.core import logcontext
 from app.core.headers import never_forwarded
-from app.core.tracing import SpanContext, current_span_is_valid, parent_of, trace_headers
+from app.core.tracing import (
+    SpanContext,
+    current_span_is_valid,
+    new_trace,
+    parent_of,
+    trace_headers,
+)
 from app.domain.identity import Identity
 
 ENGAGEMENT_HEADER = "x-gateway-engagement"
@@ -61,9 +67,11 @@ class CallContext:
 
     @property
     def parent(self) -> SpanContext | None:
-        """The caller's span context (OpenTelemetry's W3C parser), parsed once per request."""
+        """The caller's span context (OpenTelemetry's W3C parser), parsed once per request;
+        when it sent none (or an invalid one), a new trace's root, made once per request."""
         if self._parent is None:
-            object.__setattr__(self, "_parent", (parent_of(self.traceparent, self.tracestate),))
+            parent = parent_of(self.traceparent, self.tracestate) or new_trace()
+            object.__setattr__(self, "_parent", (parent,))
         assert self._parent is not None
         return self._parent[0]
 

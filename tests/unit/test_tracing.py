@@ -17,6 +17,8 @@ from app.core import tracing
 from app.core.errors import AccessDenied, DownstreamError
 from app.core.tracing import add_trace_ids, extract, parent_of, span
 from app.core.tracing import trace_headers as headers_for_parent
+from app.domain.identity import Identity
+from app.downstream.propagation import CallContext, propagation_headers
 
 PARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 
@@ -69,6 +71,20 @@ def test_an_absent_or_invalid_traceparent_starts_a_new_trace(incoming: str | Non
     assert trace_id != "0" * 32
     assert span_id != "0" * 16
     assert "tracestate" not in headers
+
+
+@pytest.mark.parametrize("incoming", [None, "garbage"])
+def test_every_call_of_a_request_without_a_trace_shares_one_new_trace(
+    incoming: str | None,
+) -> None:
+    """An audit saw five downstream requests (three of them retries) of one request
+    with five trace ids: each call started its own trace. The request starts one."""
+    context = CallContext(Identity("alice", (), "k1"), "acme-2026", traceparent=incoming)
+    calls = [parts(propagation_headers(context)["traceparent"]) for _ in range(5)]
+    assert len({trace_id for _, trace_id, _, _ in calls}) == 1
+    assert len({span_id for _, _, span_id, _ in calls}) == 5
+    other = CallContext(Identity("alice", (), "k1"), "acme-2026", traceparent=incoming)
+    assert parts(propagation_headers(other)["traceparent"])[1] != calls[0][1]
 
 
 @given(
