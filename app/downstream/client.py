@@ -42,7 +42,7 @@ from app.core.errors import (
     ServiceUnavailable,
 )
 from app.core.tracing import client_span
-from app.downstream.http1 import Http1Transport
+from app.downstream.http1 import Http1Transport, StaleConnection
 from app.downstream.propagation import (
     current_call_context,
     propagation_headers,
@@ -75,6 +75,9 @@ Body = bytes | AsyncIterable[bytes] | None
 Fields = list[tuple[str, str]]
 ModelT = TypeVar("ModelT", bound=BaseModel)
 URL_CACHE_SIZE = 4096
+# Sends of one attempt lost to the keep-alive race that are re-sent at once (the
+# transport drops the origin's idle connections, so the next one is fresh).
+STALE_RESENDS = 2
 # Where a streamed answer carries its open breaker call until ``end_stream``.
 BREAKER_CALL = "gateway_breaker_call"
 
@@ -89,8 +92,15 @@ def _timeout(settings: ServiceSettings) -> httpx.Timeout:
 
 
 def _transport(settings: ServiceSettings) -> httpx.AsyncBaseTransport:
-    kind = Http1Transport if settings.transport == "native" else AiohttpTransport
-    return kind(
+    if settings.transport == "native":
+        # The client re-sends a request lost to the keep-alive race itself, re-signed.
+        return Http1Transport(
+            max_connections=settings.max_connections,
+            max_keepalive=settings.max_keepalive,
+            keepalive_expiry=settings.keepalive_expiry_seconds,
+            resend_stale=False,
+        )
+    return AiohttpTransport(
         max_connections=settings.max_connections,
         max_keepalive=settings.max_keepalive,
         keepalive_expiry=settings.keepalive_expiry_seconds,
@@ -189,7 +199,7 @@ class DownstreamClient:
             started = time.perf_counter()
             try:
                 call.admit()
-                response = await self._send(request)
+                request, started, response = await self._send_fresh(request, started, attempt)
                 if span.is_recording():
                     span.set_attribute("http.response.status_code", response.status_code)
                 if response.status_code >= 500:
@@ -249,10 +259,38 @@ class DownstreamClient:
                 self._urls[path] = url
         return url
 
+    async def _send_fresh(
+        self, request: httpx.Request, started: float, attempt: int
+    ) -> tuple[httpx.Request, float, httpx.Response]:
+        """``_send``; a request lost to the keep-alive race (a pooled connection the
+        service had closed, no byte of answer) is logged and sent again at once, within
+        the attempt, built afresh: a new nonce and span id, as every send has."""
+        for _ in range(STALE_RESENDS):
+            try:
+                return request, started, await self._send(request)
+            except StaleConnection:
+                self._log(request, started, attempt, outcome="stale_connection")
+            request = self._rebuild(request)
+            started = time.perf_counter()
+        return request, started, await self._send(request)
+
+    def _rebuild(self, sent: httpx.Request) -> httpx.Request:
+        """``sent`` again with fresh propagation headers and signature (in-memory body)."""
+        fields = [(k.lower(), v) for k, v in sent.headers.multi_items()]
+        fields = _with_fields(fields, propagation_headers(current_call_context()))
+        request = in_memory_request(
+            sent.method, sent.url, fields, sent.content, dict(sent.extensions)
+        )
+        if self._key is not None:
+            sign_outbound(request, self._key)
+        return request
+
     async def _send(self, request: httpx.Request) -> httpx.Response:
         name = self.name
         try:
             response = await self._transport.handle_async_request(request)
+        except StaleConnection:
+            raise
         except httpx.PoolTimeout:
             raise PoolExhausted(name, f"No connection to the {name} service was free.") from None
         except (httpx.ConnectTimeout, httpx.ReadTimeout):

@@ -361,6 +361,13 @@ class _Lost(Exception):
     """A reused connection closed before one response byte: safe to retry once."""
 
 
+class StaleConnection(httpx.RemoteProtocolError):
+    """A reused connection the service had closed, before one byte of answer (the
+    keep-alive race), for a request that may be sent again at once; raised instead of
+    re-sending when the transport is built with ``resend_stale=False`` (the caller
+    re-sends, e.g. re-signed: the same bytes would repeat a signature's nonce)."""
+
+
 class _ResponseStream(httpx.AsyncByteStream):
     """A response body read as it arrives; closing frees the connection and the slot."""
 
@@ -412,7 +419,9 @@ class Http1Transport(httpx.AsyncBaseTransport):
         max_keepalive: int = 32,
         keepalive_expiry: float = 15,
         ssl_context: ssl.SSLContext | None = None,
+        resend_stale: bool = True,
     ) -> None:
+        self._resend_stale = resend_stale
         self._max_keepalive = max_keepalive
         self._keepalive_expiry = keepalive_expiry
         self._ssl = ssl_context
@@ -452,6 +461,14 @@ class Http1Transport(httpx.AsyncBaseTransport):
             if not retry_lost:
                 raise httpx.RemoteProtocolError(
                     "the service closed the connection before answering", request=request
+                ) from None
+            if not self._resend_stale:
+                # The service closed one idle connection: likely all (a restart), so the
+                # caller's next send gets a fresh one, as this transport's own would.
+                for idle in self._idle.pop(origin, []):
+                    self._discard(idle)
+                raise StaleConnection(
+                    "the service had closed the reused connection", request=request
                 ) from None
             conn = await self._connect(origin, timeouts.get("connect"), request)
             await self._send(conn, head, body, length, timeouts, request)

@@ -14,8 +14,12 @@ from typing import Any
 import httpx
 import pytest
 import uvloop
+from structlog.testing import capture_logs
 
-from app.downstream.http1 import Http1Transport
+from app.authn.keys import SigningKey
+from app.core.config import ServiceSettings
+from app.downstream.client import DownstreamClient
+from app.downstream.http1 import Http1Transport, StaleConnection
 from app.downstream.transport import BUFFER_DECLARED, BUFFERED, HEAD_RECEIVED
 from tests.conftest import free_port
 
@@ -735,3 +739,46 @@ async def test_closing_the_transport_closes_idle_connections() -> None:
         await transport.aclose()
         await server.settled()
         assert (server.connections, server.eofs) == (1, 1)
+
+
+# --- the keep-alive race, re-sent by the gateway's client, re-signed -------------------
+
+
+@on_loop
+async def test_a_transport_that_leaves_the_resend_to_its_caller_raises_stale_connection() -> None:
+    async with (
+        RawServer(ok(b"one"), ok(b"spare"), [CLOSE], ok(b"two")) as server,
+        Http1Transport(resend_stale=False) as t,
+    ):
+        first, second = await asyncio.gather(*(fetch(t, req(server.url())) for _ in range(2)))
+        assert {first[1], second[1]} == {b"one", b"spare"}  # two idle connections now
+        with pytest.raises(StaleConnection):
+            await fetch(t, req(server.url()))
+        assert (await fetch(t, req(server.url())))[1] == b"two"
+    assert server.connections == 3  # the other idle one was dropped, not tried stale
+
+
+@RUNNERS
+def test_the_client_resends_a_request_lost_to_the_race_with_a_new_nonce(run: Runner) -> None:
+    """An audit's service read each request and closed: the transport re-sent the same
+    bytes (the same nonce: a replay to a service that checks) and nothing logged it."""
+
+    async def scenario() -> None:
+        settings = ServiceSettings(url="http://127.0.0.1:1", retry={"attempts": 1})
+        async with RawServer(ok(b"one"), [CLOSE], ok(b"two")) as server:
+            settings = settings.model_copy(update={"url": server.url("")})
+            key = SigningKey("gateway-test", b"transport-test-secret-0123456789abcdef")
+            client = DownstreamClient("findings", settings, signing_key=key)
+            try:
+                assert (await client.call("GET", "/r")).content == b"one"
+                with capture_logs() as logs:
+                    assert (await client.call("GET", "/r")).content == b"two"
+            finally:
+                await client.aclose()
+        nonces = [re.search(rb'nonce="([^"]+)"', r).group(1) for r in server.requests]  # type: ignore[union-attr]
+        assert len(nonces) == 3
+        assert len(set(nonces)) == 3, "every send carries its own nonce"
+        outcomes = [e["outcome"] for e in logs if e.get("event") == "downstream_call"]
+        assert outcomes[0] == "stale_connection"
+
+    run(scenario())
