@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
 import uvicorn
+from pydantic import ValidationError
 
 from app.authn.keys import load_keyring
 from app.core.config import KeySpec
+from app.core.errors import ConfigError
 from app.core.logging import configure_logging
 from app.stubs.faults import FaultConfig
 from app.stubs.server import STUB_NAMES, create_stub_app
@@ -54,15 +57,35 @@ def fault_config(args: argparse.Namespace) -> FaultConfig:
 
 def run(args: argparse.Namespace) -> int:
     configure_logging()
+    if bool(args.verify_key_id) != bool(args.verify_key_env):
+        return _usage("--verify-key-id and --verify-key-env go together")
+    if args.require_signature and not args.verify_key_id:
+        # Without a key nothing could be verified: the flag was silently ignored.
+        return _usage("--require-signature needs --verify-key-id and --verify-key-env")
     keyring = None
-    if args.verify_key_id and args.verify_key_env:
-        keyring = load_keyring([KeySpec(id=args.verify_key_id, secret_env=args.verify_key_env)])
+    try:
+        faults = fault_config(args)
+        if args.verify_key_id:
+            spec = KeySpec(id=args.verify_key_id, secret_env=args.verify_key_env)
+            keyring = load_keyring([spec])
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        flag = "--" + "-".join(str(part) for part in first["loc"]).replace("_", "-")
+        return _usage(f"{flag}: {first['msg']}")
+    except ConfigError as exc:  # "signing.keys[0] (id=...): why": name the flag instead
+        return _usage("--verify-key-env: " + exc.detail.partition(": ")[2])
     app = create_stub_app(
         args.name,
         seed=args.seed,
-        faults=fault_config(args),
+        faults=faults,
         keyring=keyring,
         require_signature=args.require_signature,
     )
     uvicorn.run(app, host=args.host, port=args.port, log_config=None, access_log=False)
     return 0
+
+
+def _usage(message: str) -> int:
+    """One line on stderr and exit code 2, as every other command's bad input."""
+    print(f"gateway stub: {message}", file=sys.stderr)
+    return 2

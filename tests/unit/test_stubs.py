@@ -86,3 +86,30 @@ def test_a_merge_that_names_no_seed_keeps_rolling_the_same_dice() -> None:
     rolls = [patched.failure_status() for _ in range(15)]
     assert first + rolls == [untouched.failure_status() for _ in range(20)]
     assert (patched.config.latency_ms, patched.config.seed) == (1, 11)
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (
+            ["--error-rate", "2"],
+            "gateway stub: --error-rate: Input should be less than or equal to 1",
+        ),
+        (["--error-status", "200"], "gateway stub: --error-status: Input should be greater"),
+        # Without a key the flag was silently ignored: unsigned requests were served.
+        (["--require-signature"], "gateway stub: --require-signature needs --verify-key-id"),
+        (["--verify-key-id", "g"], "gateway stub: --verify-key-id and --verify-key-env go"),
+        (
+            ["--verify-key-id", "g", "--verify-key-env", "GATEWAY_TEST_NO_SUCH_VARIABLE"],
+            "gateway stub: --verify-key-env: environment variable GATEWAY_TEST_NO_SUCH_VARIABLE",
+        ),
+    ],
+)
+def test_bad_stub_flags_are_one_line_and_exit_2_before_anything_starts(
+    flags: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = build_parser().parse_args(["stub", "--name", "findings", "--port", "1", *flags])
+    assert args.handler(args) == 2  # uvicorn never ran: port 1 would have failed
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1
+    assert err[0].startswith(message)
