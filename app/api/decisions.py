@@ -25,7 +25,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import NoReturn
 
-import structlog
 from fastapi import Request
 from pydantic import ValidationError
 
@@ -39,11 +38,12 @@ from app.core import logcontext
 from app.core.config import AuthorizerSettings
 from app.core.errors import AccessDenied, ConfigError
 from app.core.ids import uuid4_hex
+from app.core.logging import decision_logger
 from app.core.scope import SIGNED_PATH_KEY
 from app.edge.paths import ENVOY_DECISION_PREFIX
 from app.ops.metrics import count_decision
 
-decision_log = structlog.get_logger("gateway.decision")
+decision_log = decision_logger()
 
 ENVOY_PREFIX = ENVOY_DECISION_PREFIX
 TRAEFIK_METHOD = "x-forwarded-method"

@@ -25,7 +25,6 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass
 
-import structlog
 from fastapi import Request
 
 from app.authn.asgi import message_from_scope
@@ -37,13 +36,14 @@ from app.authz.source import ENGAGEMENT
 from app.authz.store import PolicyStore
 from app.core import logcontext
 from app.core.errors import AccessDenied, AuthenticationFailed, BadRequest
+from app.core.logging import decision_logger
 from app.core.tracing import record_decision, stage_span
 from app.domain.identity import Identity
 from app.downstream.propagation import CallContext, bind_call_context
 from app.ops.metrics import count_decision, count_signature_failure
 from app.ops.ratelimit import RateLimitGuard
 
-decision_log = structlog.get_logger("gateway.decision")
+decision_log = decision_logger()
 ADMISSION_KEY = "admission"
 # Logged when the nonce store cannot answer (503, fail closed); not a signature reason.
 REPLAY_CHECK_UNAVAILABLE = "replay_check_unavailable"

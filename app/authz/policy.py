@@ -14,18 +14,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import structlog
-
 from app.authz.closed import ClosedFact
 from app.authz.compiled import CompiledPolicy, Verdict
 from app.authz.source import GLOBAL_DOMAIN, PolicySource, read_policy
 from app.core import logcontext
 from app.core.config import PolicySettings
 from app.core.errors import ConfigError
+from app.core.logging import decision_logger
 
 __all__ = ["GLOBAL_DOMAIN", "Decision", "PolicyEngine", "load_source"]
 
-decision_log = structlog.get_logger("gateway.decision")
+decision_log = decision_logger()
 
 
 @dataclass(frozen=True, slots=True)

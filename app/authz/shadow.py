@@ -22,16 +22,15 @@ import asyncio
 from collections import Counter
 from dataclasses import dataclass
 
-import structlog
-
 from app.authz.closed import ClosedFact
 from app.authz.policy import Decision, PolicyEngine
 from app.authz.suite import SuiteError, load_suites, run_suites
 from app.core.config import PolicySettings
 from app.core.errors import ConfigError
+from app.core.logging import decision_logger
 from app.ops.metrics import count_shadow_flip
 
-log = structlog.get_logger("gateway.decision")
+log = decision_logger()
 DIRECTIONS = ("allow_to_deny", "deny_to_allow")
 
 

@@ -30,7 +30,20 @@ def run(args: argparse.Namespace) -> int:
             return 1
         return 0
     if args.output:
-        args.output.write_text(page, encoding="utf-8")
-        return 0
+        return _write(args.output, page)
     sys.stdout.write(page)
+    return 0
+
+
+def _write(path: Path, page: str) -> int:
+    """Write ``page`` whole (a temporary file beside it, then a rename); a path that
+    cannot be written is one line and exit code 2, the page as it was."""
+    temporary = path.with_name(f".{path.name}.tmp")
+    try:
+        temporary.write_text(page, encoding="utf-8")
+        temporary.replace(path)
+    except OSError as exc:
+        temporary.unlink(missing_ok=True)
+        print(f"gateway: config-docs --output {path}: {exc.strerror}", file=sys.stderr)
+        return 2
     return 0

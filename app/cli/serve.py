@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import uvicorn
 
+from app.cli.ports import tcp_port
 from app.core.config import CONFIG_FILE_ENV, Settings, load_settings
 from app.core.errors import ConfigError
 from app.core.logging import configure_logging
@@ -38,7 +39,7 @@ APP_FACTORY = "app.main:create_app_from_env"
 def register(commands: Any) -> None:
     parser = commands.add_parser("serve", help="run the gateway")
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--port", type=tcp_port, default=8000)
     parser.add_argument("--config", help=f"YAML settings file (else ${CONFIG_FILE_ENV})")
     parser.add_argument(
         "--workers", type=int, default=1, help="worker processes (default 1: no supervisor)"

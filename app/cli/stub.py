@@ -10,6 +10,7 @@ import uvicorn
 from pydantic import ValidationError
 
 from app.authn.keys import load_keyring
+from app.cli.ports import tcp_port
 from app.core.config import KeySpec
 from app.core.errors import ConfigError
 from app.core.logging import configure_logging
@@ -21,7 +22,7 @@ def register(commands: Any) -> None:
     parser = commands.add_parser("stub", help="run a stub downstream service")
     parser.add_argument("--name", required=True, choices=STUB_NAMES)
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--port", type=tcp_port, required=True)
     parser.add_argument("--seed", type=int, default=7, help="seed of the demo data and fault dice")
     faults = parser.add_argument_group("faults (also PATCH /_faults to merge, POST to replace)")
     faults.add_argument("--latency-ms", type=int, default=0)

@@ -53,7 +53,9 @@ class _Section(BaseModel):
 
 
 class KeySpec(_Section):
-    """One inbound signing key; its secret lives in an env var or a file."""
+    """One HMAC key: its id, and its secret in an env var or a file. Under signing.keys a
+    proxy's key the gateway verifies with; as services.<name>.signing_key and
+    authorizer.identity_signing_key the gateway's own, which it signs with."""
 
     id: Annotated[str, Field(pattern=KEY_ID_PATTERN)]
     secret_env: str | None = None
@@ -422,7 +424,11 @@ class RedisSettings(_Section):
 
 
 class LogSettings(_Section):
-    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        default="INFO",
+        description="the lowest level written; decision lines (gateway.decision) are "
+        "written whatever it says, where log.decisions sends them",
+    )
     format: Literal["auto", "json", "console"] = "auto"
     decisions: DecisionLogSettings = Field(default_factory=DecisionLogSettings)
 

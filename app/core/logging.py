@@ -31,7 +31,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import orjson
 import structlog
@@ -44,6 +44,17 @@ from app.core.sighup import on_sighup
 from app.core.tracing import add_trace_ids
 
 DECISION_LOGGER = "gateway.decision"
+# Decision lines are the audit trail: written whatever ``log.level`` says (a WARNING
+# level silenced every allow and deny, in the decision file too); ``log.decisions``
+# alone says where they go.
+_DECISION_WRAPPER = structlog.make_filtering_bound_logger(logging.INFO)
+
+
+def decision_logger() -> Any:
+    """The ``gateway.decision`` logger: the configured chain, at INFO whatever the level."""
+    return structlog.wrap_logger(
+        None, wrapper_class=_DECISION_WRAPPER, logger_factory_args=(DECISION_LOGGER,)
+    )
 
 
 def _orjson_dumps(obj: object, default: object = None) -> str:

@@ -68,8 +68,8 @@ def _walk(model: type[BaseModel], path: tuple[str, ...], out: list[str]) -> None
 
 def _table(model: type[BaseModel], path: tuple[str, ...], rows: list[str]) -> str:
     title = ".".join(path) or "(top level)"
-    doc = (model.__doc__ or "").strip().splitlines()
-    intro = f"{doc[0]}\n\n" if doc else ""
+    paragraph = (model.__doc__ or "").strip().split("\n\n")[0]  # the first paragraph
+    intro = f"{' '.join(paragraph.split())}\n\n" if paragraph else ""
     head = "| key | environment | type | default | constraints | description |\n"
     rule = "|---|---|---|---|---|---|\n"
     return f"## `{title}`\n\n{intro}{head}{rule}" + "\n".join(rows) + "\n"

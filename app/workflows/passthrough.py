@@ -50,12 +50,13 @@ from app.core.errors import (
     ResponseAborted,
 )
 from app.core.headers import DEFAULT_FORWARDED, HOP_BY_HOP
+from app.core.logging import decision_logger
 from app.downstream.client import DownstreamClient, end_stream, raise_for_client_error
 from app.downstream.propagation import forwardable_headers, forwarded_header
 from app.ops.metrics import count_downstream_body_failure
 
 log = structlog.get_logger("gateway.passthrough")
-decision_log = structlog.get_logger("gateway.decision")
+decision_log = decision_logger()
 _RESPONSE_DROP = frozenset(
     name.encode("ascii")
     for name in HOP_BY_HOP | {"server", "date", "x-request-id", "signature", "signature-input"}

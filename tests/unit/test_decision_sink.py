@@ -146,3 +146,34 @@ def test_instead_of_the_main_log_in_a_whole_chain(tmp_path: Path) -> None:
     )
     assert [e["event"] for e in read(path)] == ["decision"]
     assert [json.loads(t)["event"] for t in done.stderr.splitlines()] == ["request_completed"]
+
+
+LEVEL_SCRIPT = """
+import sys
+from pathlib import Path
+import structlog
+from app.core.logging import configure_logging, decision_logger
+from app.core.observability_settings import DecisionLogSettings
+configure_logging(sys.argv[1], "json", decisions=DecisionLogSettings(file=Path(sys.argv[2])))
+decision_logger().info("decision", stage="authz", decision="deny")
+structlog.get_logger("gateway.edge").info("request_completed", status=403)
+structlog.get_logger("gateway.edge").warning("edge_warning")
+"""
+
+
+@pytest.mark.parametrize("level", ["WARNING", "ERROR"])
+def test_a_quieter_log_level_never_silences_the_decision_lines(level: str, tmp_path: Path) -> None:
+    """log.level WARNING wrote no allow or deny anywhere, the decision file included:
+    an audit trail that a log level turned off without a word."""
+    path = tmp_path / "decisions.jsonl"
+    done = subprocess.run(
+        [sys.executable, "-c", LEVEL_SCRIPT, level, str(path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert [e["event"] for e in read(path)] == ["decision"]
+    main = [json.loads(t)["event"] for t in done.stderr.splitlines()]
+    assert main == (["decision", "edge_warning"] if level == "WARNING" else ["decision"])

@@ -51,3 +51,14 @@ def test_output_writes_the_page(tmp_path: Path) -> None:
     target = tmp_path / "out.md"
     assert main(["config-docs", "--output", str(target)]) == 0
     assert target.read_text(encoding="utf-8") == render_reference()
+
+
+@pytest.mark.parametrize("where", ["missing/out.md", "."])
+def test_output_that_cannot_be_written_is_one_line_and_exit_2(
+    tmp_path: Path, where: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """It was a traceback and exit 1."""
+    assert main(["config-docs", "--output", str(tmp_path / where)]) == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("gateway: config-docs --output ")
+    assert list(tmp_path.iterdir()) == []  # nothing half written, no temporary left
