@@ -10,6 +10,7 @@ from starlette.responses import Response
 
 from app.core.errors import DownstreamError, GatewayError
 from app.core.problems import problem_response
+from app.core.scope import ERROR_CODE_KEY
 
 log = structlog.get_logger("gateway.errors")
 
@@ -26,6 +27,7 @@ async def handle_gateway_error(request: Request, exc: Exception) -> Response:
     if isinstance(exc, DownstreamError):
         extra["service"] = exc.service
     log.info("request_rejected", status=exc.status_code, code=exc.code, **extra)
+    request.scope.setdefault("state", {})[ERROR_CODE_KEY] = exc.code
     return problem_response(
         exc.status_code,
         exc.code,

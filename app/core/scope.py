@@ -8,3 +8,5 @@ SIGNED_PATH_KEY = "signed_path"
 # The HTTP protocol answered the request itself (its body's framing broke while the app
 # read it): the status it sent, for the edge's summary line and metrics.
 SERVER_ANSWERED_KEY = "server_answered"
+# The gateway error code of the request's problem answer (its server span's error.type).
+ERROR_CODE_KEY = "error_code"

@@ -15,6 +15,7 @@ from __future__ import annotations
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.core import tracing
+from app.core.scope import ERROR_CODE_KEY
 from app.core.tracing import SpanKind
 from app.ops.metrics import UNMATCHED_ROUTE, route_label
 
@@ -87,5 +88,6 @@ class ServerSpanMiddleware:
         if corr_id:
             span.set_attribute("gateway.corr_id", corr_id)
         if status >= 500:
-            span.set_attribute("error.type", str(status))
+            code = scope.get("state", {}).get(ERROR_CODE_KEY)  # the problem's, when it was ours
+            span.set_attribute("error.type", code or str(status))
             span.set_status(tracing.Status(tracing.StatusCode.ERROR))

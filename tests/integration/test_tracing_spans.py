@@ -216,6 +216,8 @@ def test_the_close_saga_with_a_compensation(traced: TracedStack) -> None:
         assert "error.type" not in undo.attributes
     (saga,) = find(nodes, "saga close_engagement")
     assert saga.attributes["error.type"] == "bad_gateway"
+    # The request's own span names the problem's code too (it named the status, "502").
+    assert server.attributes["error.type"] == "bad_gateway"
 
 
 def test_a_degraded_overview_marks_the_failed_branch(traced: TracedStack) -> None:
