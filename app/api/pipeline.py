@@ -100,6 +100,9 @@ class Gate:
         ``require``: components the signature must also cover (``authenticate``).
         """
         identity = await self.authenticate(message, read_body, require)
+        # Bound now, so a 429 or a 403 (its request_rejected and request_completed
+        # lines) names who was refused, as the decision line does.
+        logcontext.bind(subject=identity.subject, key_id=identity.key_id)
         rate_headers = await self.spend(identity, target)
         return Admission(identity, self.decide(identity, target), rate_headers)
 
@@ -219,7 +222,6 @@ class Guard:
         scoped = None if decision.engagement == GLOBAL_DOMAIN else decision.engagement
         trace = (message.header("traceparent"), message.header("tracestate"))
         bind_call_context(CallContext(admission.identity, scoped, *trace))
-        logcontext.bind(subject=admission.identity.subject, key_id=admission.identity.key_id)
         return admission
 
 

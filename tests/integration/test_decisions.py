@@ -317,6 +317,25 @@ def test_decisions_spend_the_same_quota_as_direct_requests(
     assert other.status_code == 200  # another engagement's quota is untouched
 
 
+def test_a_direct_request_refused_by_a_limit_or_the_policy_names_who_it_was(
+    gateway: Callable[..., LiveServer], captured_logs: list[dict[str, Any]]
+) -> None:
+    """The subject was bound only once the request was admitted: a 429 (or a 403) on a
+    typed route logged no subject, so nothing told an operator who was throttled."""
+    limits = {"rate_limit": {"subject": {"limit": 1, "window_seconds": 3600}}}
+    server = gateway(ops=limits, services={"findings": "http://127.0.0.1:9"})
+    auth = _auth("bob", cover=())
+    httpx.get(f"{server.url}{OURS}", auth=auth, timeout=5)  # spends bob's one request
+    _problem(httpx.get(f"{server.url}{OURS}", auth=auth, timeout=5), 429)
+    foreign = "/v1/engagements/initech-redteam/findings"
+    _problem(httpx.get(f"{server.url}{foreign}", auth=_auth("alice", cover=()), timeout=5), 403)
+    rejected = [e for e in captured_logs if e.get("event") == "request_rejected"]
+    assert [(e["status"], e.get("subject"), e.get("key_id")) for e in rejected][-2:] == [
+        (429, "bob", TEST_KEY_ID),
+        (403, "alice", TEST_KEY_ID),
+    ]
+
+
 @pytest.mark.parametrize("query", ["page=2", 'q="x"&a=<b>'])
 def test_the_signed_identity_verifies_for_the_original_request(
     gateway: Callable[..., LiveServer], monkeypatch: pytest.MonkeyPatch, query: str
