@@ -30,6 +30,7 @@ from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
+    SettingsError,
     YamlConfigSettingsSource,
 )
 from redis.asyncio.connection import parse_url as parse_redis_url
@@ -40,6 +41,7 @@ from app.core.headers import FIELD_NAME, never_forwarded
 from app.core.observability_settings import DecisionLogSettings, TracingSettings
 from app.core.ops_settings import OpsSettings
 
+ENV_PREFIX = "GATEWAY_"
 CONFIG_FILE_ENV = "GATEWAY_CONFIG_FILE"
 KEY_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$"
 REDIS_URL_ENV = "REDIS_URL"
@@ -437,7 +439,7 @@ class Settings(BaseSettings):
     """Everything the gateway needs to start."""
 
     model_config = SettingsConfigDict(
-        env_prefix="GATEWAY_",
+        env_prefix=ENV_PREFIX,
         env_nested_delimiter="__",
         extra="forbid",
         frozen=True,
@@ -495,17 +497,32 @@ def load_settings(**overrides: Any) -> Settings:
     """Build settings, turning any problem into one readable ``ConfigError``."""
     config_file = os.environ.get(CONFIG_FILE_ENV)
     if config_file and not Path(config_file).is_file():
-        raise ConfigError(f"{CONFIG_FILE_ENV}={config_file}: no such file")
+        where = f"--config or {CONFIG_FILE_ENV}"
+        raise ConfigError(f"configuration file {config_file} ({where}): no such file")
     try:
         if config_file:
             _check_yaml_mapping(Path(config_file))
         return Settings(**overrides)
     except ValidationError as exc:
         raise ConfigError(describe_validation_error(exc)) from None
+    except SettingsError as exc:  # an environment variable's value is not valid JSON
+        raise ConfigError(_describe_settings_error(exc)) from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{config_file}: not valid YAML: {describe_yaml_error(exc)}") from None
     except (OSError, ValueError, TypeError) as exc:  # unreadable, or not a mapping
         raise ConfigError(f"{config_file}: {exc}") from None
+
+
+def _describe_settings_error(exc: SettingsError) -> str:
+    """pydantic-settings' parse failure, naming the variables it came from."""
+    found = re.search(r'field "([^"]+)"', str(exc))
+    section = found.group(1) if found else None
+    if section is None:
+        return f"environment: {exc}"
+    return (
+        f"{section}: the value of {ENV_PREFIX}{section.upper()} or of a "
+        f"{ENV_PREFIX}{section.upper()}__* variable is not valid JSON for it"
+    )
 
 
 def _check_yaml_mapping(path: Path) -> None:

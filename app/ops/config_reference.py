@@ -34,7 +34,11 @@ Settings come from, highest priority first: keyword arguments (tests), environme
 variables, then the YAML file named by `{CONFIG_FILE_ENV}` (or `gateway serve --config`).
 Environment variables use the `{ENV_PREFIX}` prefix and `__` between levels; a list
 or a whole section can be given as JSON. Unknown keys are refused at start-up, and
-so is any invalid value: the gateway exits with one line naming the key.
+so is any invalid value: the gateway exits with one line naming the key. That holds
+for every key of the file and for variables of a section (`{ENV_PREFIX}LOG__LEVEL`);
+a variable whose name is no section (`{ENV_PREFIX}LOG_LEVEL`, one underscore) is not
+read at all and not refused either, since secrets named by the settings may share the
+prefix: check the spelling of a setting that seems to have no effect.
 Secrets are never values here: a signing key names the variable or file holding it.
 """
 

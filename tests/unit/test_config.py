@@ -14,6 +14,24 @@ from app.main import create_app
 from tests.conftest import TEST_KEY_ENV, make_settings
 
 
+@pytest.mark.parametrize("with_file", [False, True])
+def test_an_environment_value_that_is_not_json_names_its_variables(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, with_file: bool
+) -> None:
+    """It said "None: error parsing value ..." without a file, and blamed the file with one."""
+    monkeypatch.setenv("GATEWAY_SIGNING__KEYS", "[{bad")
+    if with_file:
+        config = tmp_path / "gateway.yaml"
+        config.write_text("log: {level: INFO}\n")
+        monkeypatch.setenv("GATEWAY_CONFIG_FILE", str(config))
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    assert caught.value.detail == (
+        "signing: the value of GATEWAY_SIGNING or of a GATEWAY_SIGNING__* variable "
+        "is not valid JSON for it"
+    )
+
+
 def test_environment_builds_nested_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("GATEWAY_SERVICES__FINDINGS__URL", "http://127.0.0.1:9102")
     monkeypatch.setenv("GATEWAY_SERVICES__FINDINGS__READ_TIMEOUT", "2.5")
