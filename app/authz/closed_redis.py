@@ -36,7 +36,7 @@ from app.authz.closed import ClosedFact, EngagementState
 from app.core.engagement_settings import EngagementStateSettings
 from app.core.errors import ServiceUnavailable
 from app.core.ids import uuid4_hex
-from app.core.redis import REDIS_FAILURES, SharedRedis
+from app.core.redis import REDIS_FAILURES, OutageLog, SharedRedis
 from app.ops.metrics import count_redis_error
 
 log = structlog.get_logger("gateway.engagement_state")
@@ -111,6 +111,7 @@ class RedisEngagementState(EngagementState):
         self._read_script = client.register_script(_READ)
         self._restore_script = client.register_script(_RESTORE)
         self.listening = asyncio.Event()
+        self._outage = OutageLog(log, "engagement_state_listener_disconnected")
 
     async def close(self, fact: ClosedFact) -> None:
         version = await self._write(self._close_script, fact.engagement, fact.encode())
@@ -219,7 +220,7 @@ class RedisEngagementState(EngagementState):
             except REDIS_FAILURES as exc:
                 count_redis_error("engagement_state")
                 self.last_error = type(exc).__name__
-                log.warning("engagement_state_listener_disconnected", error=self.last_error)
+                self._outage.failed(self.last_error)
                 await asyncio.sleep(self._interval)
                 # A plain read first: after a failover it makes a cluster client refresh
                 # its slot map before it subscribes again.
@@ -231,6 +232,7 @@ class RedisEngagementState(EngagementState):
         try:
             await pubsub.subscribe(self.channel)
             await self.refresh()  # whatever changed while we were not subscribed
+            self._outage.recovered()
             self.listening.set()
             while True:
                 message = await pubsub.get_message(

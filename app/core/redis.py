@@ -208,3 +208,46 @@ def retry_in_background(attempt: Callable[[], Awaitable[object]], within_seconds
     task = asyncio.get_running_loop().create_task(again())
     _RETRIES.add(task)
     task.add_done_callback(_RETRIES.discard)
+
+
+class OutageLog:
+    """The log lines of a background loop that keeps retrying Redis: a warning when it
+    loses Redis, then one a minute while the outage lasts (it retries every fraction of
+    a second: a line each time was several lines a second a process), and an info line
+    when it is back. ``clock`` is monotonic; its origin does not matter (near zero on a
+    freshly booted machine)."""
+
+    def __init__(
+        self,
+        logger: Any,
+        event: str,
+        every_seconds: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._log = logger
+        self._event = event
+        self._every = every_seconds
+        self._clock = clock
+        self._since: float | None = None  # when the outage began; None: connected
+        self._next = 0.0
+        self.failures = 0
+
+    def failed(self, error: str) -> None:
+        now = self._clock()
+        self.failures += 1
+        if self._since is None:
+            self._since, self._next = now, now + self._every
+            self._log.warning(self._event, error=error)
+        elif now >= self._next:
+            self._next = now + self._every
+            lasted = round(now - self._since, 1)
+            self._log.warning(
+                self._event, error=error, still=True, failures=self.failures, for_s=lasted
+            )
+
+    def recovered(self) -> None:
+        if self._since is None:
+            return
+        lasted = round(self._clock() - self._since, 1)
+        self._log.info(f"{self._event}_recovered", failures=self.failures, for_s=lasted)
+        self._since, self.failures = None, 0

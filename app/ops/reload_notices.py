@@ -29,7 +29,7 @@ from collections.abc import Awaitable, Callable
 import structlog
 
 from app.core.ops_settings import ReloadNoticeSettings
-from app.core.redis import REDIS_FAILURES, SharedRedis
+from app.core.redis import REDIS_FAILURES, OutageLog, SharedRedis
 from app.ops.metrics import count_redis_error
 
 log = structlog.get_logger("gateway.reload_notices")
@@ -57,6 +57,7 @@ class ReloadNotifier:
         self._current = current_revision
         self._task: asyncio.Task[None] | None = None
         self.listening = asyncio.Event()  # subscribed and caught up; cleared while down
+        self._outage = OutageLog(log, "policy_notice_listener_disconnected")
 
     async def publish(self, revision: str) -> bool:
         """Announce ``revision`` to every process; ``False`` if Redis is unreachable."""
@@ -90,7 +91,7 @@ class ReloadNotifier:
                 await self._listen()
             except REDIS_FAILURES as exc:
                 count_redis_error("reload_notices")
-                log.warning("policy_notice_listener_disconnected", error=type(exc).__name__)
+                self._outage.failed(type(exc).__name__)
                 await asyncio.sleep(min(RECONNECT_DELAY_SECONDS, self._interval))
                 # A plain read before subscribing again: after a failover it makes a
                 # cluster client refresh its slot map, so the subscription is not sent
@@ -103,6 +104,7 @@ class ReloadNotifier:
         try:
             await pubsub.subscribe(self._channel)
             await self._check()  # catch up on whatever was announced while disconnected
+            self._outage.recovered()
             self.listening.set()
             next_check = time.monotonic() + self._interval
             while True:
