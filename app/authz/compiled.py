@@ -200,6 +200,10 @@ class CompiledPolicy:
         merged += [self._g[p] for p in self._pattern_domains if p != dom and key_match(dom, p)]
         return merged
 
+    def closed_domains(self) -> list[str]:
+        """Every engagement a ``g3`` line closes."""
+        return [dom for dom in self._g3 if self.is_closed(dom)]
+
     def is_closed(self, dom: str) -> bool:
         return dom in self._g3 and CLOSED in _walk(dom, lambda name: self._g3.get(name, ()))
 

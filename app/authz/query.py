@@ -176,7 +176,9 @@ def _reached(
         chain = chain_of(parents, role)
         for key in keys:
             for rule in compiled.rules_for(key, role):
-                found.append(Permission(rule, principal, chain, not writes_ok))
+                # A closed engagement limits allows to reads; a deny it never limits.
+                limited = not writes_ok and rule.eft == "allow"
+                found.append(Permission(rule, principal, chain, limited))
     return found
 
 
@@ -185,21 +187,35 @@ GATEWAY_WIDE = "* (gateway-wide: /admin)"
 
 
 def engagements_for(
-    engine: PolicyEngine, subject: str, groups: Sequence[str], given: str | None
+    engine: PolicyEngine,
+    subject: str,
+    groups: Sequence[str],
+    given: str | None,
+    closed: Iterable[str] = (),
 ) -> list[tuple[str, str]]:
     """``(label, engagement)`` to answer ``what_can`` for: the given one, or else every
-    engagement the caller's ``g`` lines name, ``*``, and one no line names."""
+    engagement whose answer may differ from one no line names (the caller's ``g`` lines
+    name it, a rule the caller's roles reach is written for it, or it is closed: by a
+    ``g3`` line or in ``closed``, the engagement state), ``*``, and one no line names."""
     if given is not None:
         if given != GLOBAL_DOMAIN and not ENGAGEMENT.match(given):
             raise FieldError(f"engagement {given!r} must be an engagement id or *")
         return [(given, given)]
     compiled = engine.compiled
     names = principals(subject, groups)
-    named = sorted(
+    named = {
         domain
         for domain in compiled.grant_domains
         if "*" not in domain and any(n in compiled.links("g", domain) for n in names)
-    )
-    domains = set(compiled.grant_domains)
-    other = next(f"other-{n}" for n in range(len(domains) + 1) if f"other-{n}" not in domains)
-    return [*((d, d) for d in named), (GATEWAY_WIDE, GLOBAL_DOMAIN), (ANY_OTHER, other)]
+    }
+    written = {r.dom for r in compiled.rules if r.dom != GLOBAL_DOMAIN} - named
+    named |= {
+        domain
+        for domain in written
+        if any(p.rule.dom == domain for n in names for p in _reached(compiled, n, domain, False))
+    }
+    named |= {d for d in (*compiled.closed_domains(), *closed) if d != GLOBAL_DOMAIN}
+    taken = {*compiled.grant_domains, *written, *named}
+    other = next(f"other-{n}" for n in range(len(taken) + 1) if f"other-{n}" not in taken)
+    listed = sorted(named)
+    return [*((d, d) for d in listed), (GATEWAY_WIDE, GLOBAL_DOMAIN), (ANY_OTHER, other)]

@@ -45,7 +45,12 @@ def register(actions: Any, default_dir: Path) -> None:
 
 
 def _common(cmd: Any, default_dir: Path, groups: bool) -> None:
-    cmd.add_argument("--engagement", help="must agree with the path's engagement (* for /admin)")
+    if groups:  # what-can: no path to agree with
+        cmd.add_argument("--engagement", help="only this engagement (* for /admin routes)")
+    else:
+        cmd.add_argument(
+            "--engagement", help="must agree with the path's engagement (* for /admin)"
+        )
     if groups:
         cmd.add_argument("--groups", default="", help="comma-separated X-Auth-Groups")
     cmd.add_argument("--closed", action="store_true", help="as if the close saga closed it")

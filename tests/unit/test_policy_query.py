@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 
 from app.authz.closed import ClosedFact
 from app.authz.policy import PolicyEngine
-from app.authz.query import what_can, who_can
+from app.authz.query import engagements_for, what_can, who_can
 from app.authz.reference import casbin_enforcer, reference_decide
 from app.authz.source import read_policy
 from app.core.config import PolicySettings
@@ -155,7 +155,35 @@ def check_what_can(
         for permission in (*answer.allows, *answer.denies):
             assert permission.role_chain[0] in (subject, *(f"group:{g}" for g in groups))
             assert permission.role_chain[-1] == permission.rule.sub
+        # A closed engagement limits allows to reads, never a deny (an audit found a deny
+        # marked reads_only, which permits() then skipped for writes).
+        assert not any(d.reads_only for d in answer.denies)
+    check_engagements_listed(policy, subject, groups, closed)
     return seen
+
+
+def check_engagements_listed(
+    policy: Policy, subject: str, groups: list[str], closed: str | None
+) -> None:
+    """Without --engagement, every engagement whose answer differs from "(any other
+    engagement)" is listed (one named only by a p line or a close was left out)."""
+    listing = engagements_for(policy.engine, subject, groups, None, [closed] if closed else [])
+    listed = {engagement for _, engagement in listing}
+    other = listing[-1][1]
+    fresh = what_can(policy.engine, subject, groups, other)
+    for engagement in ENGAGEMENTS:
+        if engagement in listed:
+            continue
+        answer = what_can(
+            policy.engine, subject, groups, engagement, state_fact(closed, engagement)
+        )
+        for path in PATHS:
+            for action in ACTIONS:
+                assert answer.permits(path, action) is fresh.permits(path, action), (
+                    engagement,
+                    path,
+                    action,
+                )
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])

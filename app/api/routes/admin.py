@@ -110,9 +110,10 @@ async def query_policy(
 def _what_can(store: PolicyStore, query: WhatCanQuery) -> WhatCanOut:
     engine = store.current
     out = []
-    for label, engagement in engagements_for(engine, query.subject, query.groups, query.engagement):
-        closed = store.engagements.get(engagement)
-        answer = what_can(engine, query.subject, query.groups, engagement, closed)
+    closed = store.engagements.closed()
+    listed = engagements_for(engine, query.subject, query.groups, query.engagement, closed)
+    for label, engagement in listed:
+        answer = what_can(engine, query.subject, query.groups, engagement, closed.get(engagement))
         out.append(EngagementPermissions.of(label, answer))
     return WhatCanOut(subject=query.subject, groups=query.groups, revision=engine.revision,
                       engagements=out)  # fmt: skip
