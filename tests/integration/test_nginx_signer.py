@@ -180,3 +180,28 @@ def test_a_key_added_after_signing_is_refused(
         response = client.send(signed)
     assert response.status_code == 401, response.text
     assert [e for e in _seen(stubs["findings"]) if e["method"] == "POST"] == []
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "/metrics",
+        "/readyz",
+        "/openapi.json",
+        "/docs",
+        "/admin/policy",
+        "/v1/../metrics",
+        "/v1/%2e%2e/admin/policy",
+        "/v1/%2E%2E/metrics",
+    ],
+)
+def test_the_signing_proxy_forwards_the_api_only(site: tuple[NginxSite, ...], target: str) -> None:
+    """An audit reached /metrics, /openapi.json and, as a security admin, /admin/policy
+    on the public port: the shipped proxy forwarded every path. Now /v1/ only."""
+    nginx = site[0]
+    with nginx.client("dana") as client:
+        request = client.build_request("GET", "/")
+        request.url = request.url.copy_with(raw_path=target.encode())
+        response = client.send(request)
+    assert response.status_code == 404
+    assert response.json()["detail"] == "This proxy forwards /v1/ only."

@@ -82,12 +82,12 @@ def nginx_to_recorder(
 CASES = [
     ("GET", "/v1/engagements/acme-2026/findings", b"", ""),
     ("GET", "/v1/engagements/acme-2026/findings?severity=high&page=2", b"", "analysts,red-team"),
-    ("GET", "/a/%7Euser/b%20c/%2e%2e/d?x=%2F&y=&z", b"", ""),
-    ("GET", "/only/a/question?", b"", ""),
-    ("GET", "/q?a=1&a=2&b=caf%C3%A9", b"", "g1"),
+    ("GET", "/v1/a/%7Euser/b%20c/%2e%2e/d?x=%2F&y=&z", b"", ""),
+    ("GET", "/v1/only/a/question?", b"", ""),
+    ("GET", "/v1/q?a=1&a=2&b=caf%C3%A9", b"", "g1"),
     ("POST", "/v1/engagements/acme-2026/findings", b'{"title":"t","severity":"high"}', ""),
-    ("PUT", "/binary?k=v", bytes(range(256)) * 8, "red-team"),
-    ("PATCH", "/x", b"x", ""),
+    ("PUT", "/v1/binary?k=v", bytes(range(256)) * 8, "red-team"),
+    ("PATCH", "/v1/x", b"x", ""),
     ("DELETE", "/v1/engagements/acme-2026/findings/F-0001", b"", ""),
 ]
 
@@ -113,12 +113,12 @@ def test_the_njs_signature_base_is_the_gateways(
 def test_a_malformed_group_is_not_signed(nginx_to_recorder: NginxSite) -> None:
     """Fail closed: nothing is signed, the gateway would answer 401."""
     with nginx_to_recorder.client("alice") as client:
-        answer = client.get("/x", headers={"X-Test-Groups": "ok,bad group"}).json()
+        answer = client.get("/v1/x", headers={"X-Test-Groups": "ok,bad group"}).json()
     assert answer == {"signed": False, "subject": None}
     assert "malformed group" in nginx_to_recorder.error_log()
 
 
 def test_signatures_differ_between_requests(nginx_to_recorder: NginxSite) -> None:
     with nginx_to_recorder.client("alice") as client:
-        bases = {client.get("/same").json()["base"] for _ in range(3)}
+        bases = {client.get("/v1/same").json()["base"] for _ in range(3)}
     assert len(bases) == 3  # a fresh nonce every time
