@@ -21,7 +21,9 @@ from app.domain.identity import GROUP_PATTERN, SUBJECT_PATTERN
 
 Subject = Annotated[str, Field(pattern=SUBJECT_PATTERN.pattern)]
 Groups = Annotated[list[Annotated[str, Field(pattern=GROUP_PATTERN.pattern)]], Field(max_length=32)]
-Path = Annotated[DecisionPath, Field(min_length=1, max_length=2048)]
+# The path the edge would decide (at most 4,096 characters, its own check) and a query:
+# 2,048 refused paths the gateway itself decides.
+Path = Annotated[DecisionPath, Field(min_length=1, max_length=8192)]
 
 
 class _Model(BaseModel):

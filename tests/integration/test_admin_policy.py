@@ -150,6 +150,19 @@ def test_explain_shows_rule_chain_and_normalised_path(admin: httpx.Client) -> No
     assert body["rule_location"].startswith("policy.csv:")
 
 
+@pytest.mark.parametrize(("length", "status"), [(3_000, 200), (4_096, 200), (4_097, 422)])
+def test_explain_takes_every_path_the_edge_decides(
+    admin: httpx.Client, length: int, status: int
+) -> None:
+    """Paths of 2,049-4,096 characters, which the gateway decides, were a 422 here."""
+    prefix = "/v1/engagements/acme-2026/findings/F-"
+    path = prefix + "1" * (length - len(prefix))
+    response = admin.post("/admin/policy/explain", json={**EXPLAIN, "path": path})
+    assert response.status_code == status, response.text
+    if status == 422:
+        assert "longer than 4096 characters" in response.text
+
+
 def test_explain_of_a_group_deny(admin: httpx.Client) -> None:
     body = {**EXPLAIN, "subject": "alice", "groups": ["acme-client"]}
     result = admin.post("/admin/policy/explain", json=body).json()
