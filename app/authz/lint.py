@@ -47,6 +47,7 @@ def lint(
         *_never_granted(source, suite_subjects),
         *_unreferenced_engagements(source),
         *_closed_writer_per_engagement(source),
+        *_global_roles_inheriting_per_engagement(source),
         *_lower_case_methods(source),
         *_role_graphs(source),
         *(_no_route(source, routes) if routes is not None else ()),
@@ -186,6 +187,26 @@ def _closed_writer_per_engagement(source: PolicySource) -> Iterator[Issue]:
                 "closed_writer_not_global",
                 f"closed_writer only counts as a global role: write g2, {line.fields[0]}, "
                 "closed_writer instead",
+            )
+
+
+def _global_roles_inheriting_per_engagement(source: PolicySource) -> Iterator[Issue]:
+    """A role held globally (``g2``) whose inheritance is written only with ``g`` lines.
+
+    The model follows a ``g2`` role through ``g2`` lines only: ``g, trainee, no_write, *``
+    gives every engagement's trainees the no_write denies, but not a ``g2`` trainee
+    (an audit saw the deny apply to one and not the other).
+    """
+    global_roles = {line.fields[1] for line in source.of_type("g2")}
+    g2_parents = {(line.fields[0], line.fields[1]) for line in source.of_type("g2")}
+    for line in source.of_type("g"):
+        role, parent = line.fields[0], line.fields[1]
+        if role in global_roles and (role, parent) not in g2_parents:
+            yield _warn(
+                line,
+                "g2_does_not_inherit",
+                f"{role} is also granted globally (g2), and a g2 holder of {role} does not "
+                f"inherit {parent} through this g line: add g2, {role}, {parent} if it should",
             )
 
 

@@ -303,3 +303,29 @@ def test_shadowed_allows_are_those_the_pairwise_comparison_finds(lines: list[str
     assert sorted((i.location, i.message.split(": ")[1].split(" ")[0]) for i in found) == sorted(
         expected
     )
+
+
+def test_a_global_role_inheriting_only_through_g_lines_is_a_warning(tmp_path: Path) -> None:
+    """g2 holders follow g2 inheritance only: yusuf (g) got the no_write deny, xavier
+    (g2) did not, and lint said nothing (an audit; pycasbin agrees with the gateway)."""
+    issues = lint_lines(
+        tmp_path,
+        "p, no_write, *, /v1/*, POST, deny",
+        "p, trainee, *, /v1/*, GET, allow",
+        "g, trainee, no_write, *",
+        "g2, xavier, trainee",
+        "g, yusuf, trainee, acme-2026",
+    )
+    [warning] = [i for i in issues if i.code == "g2_does_not_inherit"]
+    assert warning.location == "policy.csv:3"
+    assert "add g2, trainee, no_write" in warning.message
+    fixed = lint_lines(
+        tmp_path,
+        "p, no_write, *, /v1/*, POST, deny",
+        "p, trainee, *, /v1/*, GET, allow",
+        "g, trainee, no_write, *",
+        "g2, trainee, no_write",
+        "g2, xavier, trainee",
+        "g, yusuf, trainee, acme-2026",
+    )
+    assert not [i for i in fixed if i.code == "g2_does_not_inherit"]
