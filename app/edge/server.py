@@ -113,6 +113,18 @@ TRANSFER_CODING_UNSUPPORTED_ANSWER = _closing_answer(
     "Not implemented",
     "The gateway decodes no transfer coding but chunked.",
 )
+# Requests queued on one connection behind the one being answered (HTTP/1.1 pipelining).
+# The one after them is refused once the queued ones are answered, and the connection
+# closed: the client sends the rest again, on a new connection.
+MAX_PIPELINED = 64
+PIPELINE_FULL_ANSWER = _closing_answer(
+    503,
+    b"Service Unavailable",
+    "unavailable",
+    "Service unavailable",
+    f"More than {MAX_PIPELINED} requests were pipelined on one connection; the rest were "
+    "not read: send them again on a new connection.",
+)
 FRAGMENT_ANSWER = _closing_answer(
     400,
     b"Bad Request",
@@ -341,6 +353,12 @@ class GatewayHttpProtocol(HttpToolsProtocol):
             if refusal is not None:
                 self._refusal = refusal
                 raise _FaultyFraming
+        if len(self.pipeline) >= MAX_PIPELINED:
+            # Every request of a read is parsed and queued at once (a 256 KiB read holds
+            # ~7,000 small ones): unbounded, one connection grew the process by 700 MB.
+            log.info("pipeline_full", client=self.client[0] if self.client else None)
+            self._refusal = PIPELINE_FULL_ANSWER
+            raise _FaultyFraming
         self._in_head = False
         self._head_size = 0
         super().on_headers_complete()

@@ -14,6 +14,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
+from app.edge.server import MAX_PIPELINED
 from app.stubs.server import create_stub_app
 from tests.conftest import LiveServer, signer
 from tests.integration import raw_http
@@ -635,6 +636,28 @@ def test_a_request_target_with_a_fragment_is_refused(
         sock.sendall(b"GET " + target + b" HTTP/1.1\r\nHost: gateway\r\n\r\n")
         assert_problem_without_corr_id(read_answer(sock), 400, "invalid_path")
         assert closed_within(sock, 5)
+
+
+def test_a_pipeline_deeper_than_the_cap_is_answered_in_part_then_refused(
+    serve: Callable[..., GatewayProcess],
+) -> None:
+    """5,000 pipelined requests in one write were all parsed and queued at once (an
+    audit grew one process by 700 MB from one connection). The queue is capped: the
+    requests queued are answered in order, then a 503 for the rest, then the close."""
+    gateway = serve()
+    probe = b"GET /healthz HTTP/1.1\r\nHost: gateway\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
+        with contextlib.suppress(OSError):  # the server closes before it reads it all
+            sock.sendall(probe * 5_000)
+        buffer = bytearray()
+        statuses = []
+        while not statuses or statuses[-1] == 200:
+            statuses.append(as_response(*raw_http.read_answer(sock, buffer, BOUND)).status_code)
+        assert closed_within(sock, 5)
+    answered = len(statuses) - 1
+    assert MAX_PIPELINED < answered < 5_000, answered  # the rest were never read
+    assert statuses[-1] == 503
 
 
 REFUSED_HEADS = {
