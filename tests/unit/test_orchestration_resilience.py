@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from structlog.testing import capture_logs
 
 from app.core.config import BreakerSettings, RetrySettings
 from app.core.errors import CircuitOpen, DownstreamError, NotFound
@@ -153,6 +154,28 @@ def test_breaker_opens_after_fail_max_and_fails_fast_with_retry_after() -> None:
         assert raised.value.service == "s"
 
     asyncio.run(scenario())
+
+
+def test_calls_admitted_before_the_breaker_opened_that_fail_after_log_no_transition() -> None:
+    """Shutdown cancelled 50 requests admitted while closed: one closed -> open, then 45
+    "open -> open" warnings (pybreaker opens an open breaker again). One transition."""
+
+    async def scenario() -> None:
+        breaker = ServiceBreaker("s", BreakerSettings(fail_max=2, reset_timeout_seconds=30))
+        calls = [breaker.request() for _ in range(6)]
+        for call in calls:
+            call.admit()  # all admitted while closed
+        for call in calls:
+            error = DownstreamError("s")
+            await call.__aexit__(DownstreamError, error, None)
+        assert breaker.state == "open"
+
+    with capture_logs() as logs:
+        asyncio.run(scenario())
+    transitions = [
+        (e["from_state"], e["to_state"]) for e in logs if e["event"] == "breaker_transition"
+    ]
+    assert transitions == [("closed", "open")]
 
 
 def test_client_errors_and_pool_timeouts_are_not_breaker_failures() -> None:
