@@ -38,6 +38,7 @@ OnRevision = Callable[[str], Awaitable[None]]
 CurrentRevision = Callable[[], str]
 RECONNECT_DELAY_SECONDS = 0.5
 CANCEL_GRACE_SECONDS = 0.1
+UNREACHED_RETRY_SECONDS = 60.0
 
 
 class ReloadNotifier:
@@ -58,6 +59,12 @@ class ReloadNotifier:
         self._task: asyncio.Task[None] | None = None
         self.listening = asyncio.Event()  # subscribed and caught up; cleared while down
         self._outage = OutageLog(log, "policy_notice_listener_disconnected")
+        # An announced revision this process's own files did not give (a ConfigMap the
+        # kubelet has not swapped here yet): tried again at most once a minute, not on
+        # every check (each try runs the whole gate, suites included); the file watcher
+        # reloads as soon as the files change.
+        self._unreached: tuple[str, float] | None = None
+        self._clock = time.monotonic
 
     async def publish(self, revision: str) -> bool:
         """Announce ``revision`` to every process; ``False`` if Redis is unreachable."""
@@ -127,12 +134,25 @@ class ReloadNotifier:
 
     async def _consider(self, revision: str, source: str) -> None:
         if revision == self._current():
+            self._unreached = None
+            return
+        unreached = self._unreached
+        if unreached is not None and unreached[0] == revision and self._clock() < unreached[1]:
             return
         log.info("policy_revision_announced", revision=revision, source=source)
         try:
             await self._on_revision(revision)
         except Exception:  # the callback's failure must not stop the listener
             log.exception("policy_revision_callback_failed", revision=revision)
+            return  # tried again at the next check
+        if self._current() != revision:
+            self._unreached = (revision, self._clock() + UNREACHED_RETRY_SECONDS)
+            log.info(
+                "policy_revision_not_in_local_files",
+                revision=revision,
+                current=self._current(),
+                retry_in_s=UNREACHED_RETRY_SECONDS,
+            )
 
 
 def _text(value: bytes | str) -> str:

@@ -71,3 +71,30 @@ async def test_aclose_ends_the_listener_even_if_a_cancel_is_swallowed() -> None:
 
 async def _unused(_revision: str) -> None:
     raise AssertionError("no revision was announced")
+
+
+async def test_a_revision_the_local_files_do_not_give_is_tried_once_a_minute() -> None:
+    """During a ConfigMap rollout a replica whose kubelet had not swapped its files yet
+    ran the whole gate (suites included) on every check for about a minute."""
+    client: Any = QuietRedis()
+    tries: list[str] = []
+    local = {"revision": "old"}
+
+    async def reload(revision: str) -> None:
+        tries.append(revision)  # its own files still hold "old"
+
+    notifier = ReloadNotifier(client, ReloadNoticeSettings(), reload, lambda: local["revision"])
+    now = {"t": 0.0}  # a freshly booted machine: the monotonic clock near zero
+    notifier._clock = lambda: now["t"]
+    for t in (0.0, 5.0, 30.0, 59.9):
+        now["t"] = t
+        await notifier._consider("new", source="periodic_check")
+    assert tries == ["new"]
+    now["t"] = 60.1
+    await notifier._consider("new", source="periodic_check")
+    assert tries == ["new", "new"]
+    await notifier._consider("newer", source="notice")  # another revision: at once
+    assert tries == ["new", "new", "newer"]
+    local["revision"] = "newer"  # the watcher reloaded the swapped files meanwhile
+    await notifier._consider("newer", source="periodic_check")
+    assert tries == ["new", "new", "newer"]
