@@ -56,8 +56,9 @@ if not previous then return {false, tonumber(redis.call('GET', KEYS[2]) or '0')}
 redis.call('HDEL', KEYS[1], ARGV[1])
 return {previous, redis.call('INCR', KEYS[2])}
 """
-_RECONCILE = """
-if tonumber(redis.call('GET', KEYS[2]) or '0') ~= tonumber(ARGV[1]) then return {} end
+# ARGV[2..]: name, fact pairs, each written unless the engagement is there already; the
+# version counter moves when one was. Returns the names written. Run after a guard.
+_ADD_ABSENT = """
 local added = {}
 for i = 2, #ARGV, 2 do
   if redis.call('HSETNX', KEYS[1], ARGV[i], ARGV[i + 1]) == 1 then
@@ -67,6 +68,11 @@ end
 if #added > 0 then redis.call('INCR', KEYS[2]) end
 return added
 """
+# ARGV[1] the version the reconciliation read: nothing is added if it moved meanwhile.
+_RECONCILE = (
+    "if tonumber(redis.call('GET', KEYS[2]) or '0') ~= tonumber(ARGV[1]) then return {} end"
+    + _ADD_ABSENT
+)
 # KEYS[3] the epoch; ARGV[1] a fresh token, the epoch if there is none yet.
 _READ = """
 local epoch = redis.call('GET', KEYS[3])
@@ -76,19 +82,9 @@ if not epoch then
 end
 return {redis.call('GET', KEYS[2]) or '0', redis.call('HGETALL', KEYS[1]), epoch}
 """
-# ARGV[1] the epoch the facts are restored into (nothing if it changed again), then
-# name, fact pairs; returns the names written (those another process had not).
-_RESTORE = """
-if redis.call('GET', KEYS[3]) ~= ARGV[1] then return {} end
-local restored = {}
-for i = 2, #ARGV, 2 do
-  if redis.call('HSETNX', KEYS[1], ARGV[i], ARGV[i + 1]) == 1 then
-    restored[#restored + 1] = ARGV[i]
-  end
-end
-if #restored > 0 then redis.call('INCR', KEYS[2]) end
-return restored
-"""
+# ARGV[1] the epoch the facts are restored into (nothing if it changed again); returns
+# the names written (those another process had not restored or closed already).
+_RESTORE = "if redis.call('GET', KEYS[3]) ~= ARGV[1] then return {} end" + _ADD_ABSENT
 
 
 class RedisEngagementState(EngagementState):

@@ -110,17 +110,22 @@ structlog.get_logger("gateway.edge").info("request_completed", status=403)
 """
 
 
-@pytest.mark.parametrize("fmt", ["json", "console"])
-def test_the_file_gets_the_same_json_line_as_the_main_log(fmt: str, tmp_path: Path) -> None:
-    path = tmp_path / "decisions.jsonl"
-    done = subprocess.run(
-        [sys.executable, "-c", SCRIPT, fmt, str(path), "yes"],
+def run_script(script: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """``script`` in a fresh interpreter (logging set-up is process-wide), from the repo."""
+    return subprocess.run(
+        [sys.executable, "-c", script, *args],
         cwd=REPO,
         capture_output=True,
         text=True,
         timeout=60,
         check=True,
     )
+
+
+@pytest.mark.parametrize("fmt", ["json", "console"])
+def test_the_file_gets_the_same_json_line_as_the_main_log(fmt: str, tmp_path: Path) -> None:
+    path = tmp_path / "decisions.jsonl"
+    done = run_script(SCRIPT, fmt, str(path), "yes")
     (in_file,) = read(path)
     assert in_file["corr_id"] == "c0ffee00"
     assert in_file["logger"] == "gateway.decision"
@@ -136,14 +141,7 @@ def test_the_file_gets_the_same_json_line_as_the_main_log(fmt: str, tmp_path: Pa
 
 def test_instead_of_the_main_log_in_a_whole_chain(tmp_path: Path) -> None:
     path = tmp_path / "decisions.jsonl"
-    done = subprocess.run(
-        [sys.executable, "-c", SCRIPT, "json", str(path), "no"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
+    done = run_script(SCRIPT, "json", str(path), "no")
     assert [e["event"] for e in read(path)] == ["decision"]
     assert [json.loads(t)["event"] for t in done.stderr.splitlines()] == ["request_completed"]
 
@@ -166,14 +164,7 @@ def test_a_quieter_log_level_never_silences_the_decision_lines(level: str, tmp_p
     """log.level WARNING wrote no allow or deny anywhere, the decision file included:
     an audit trail that a log level turned off without a word."""
     path = tmp_path / "decisions.jsonl"
-    done = subprocess.run(
-        [sys.executable, "-c", LEVEL_SCRIPT, level, str(path)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
+    done = run_script(LEVEL_SCRIPT, level, str(path))
     assert [e["event"] for e in read(path)] == ["decision"]
     main = [json.loads(t)["event"] for t in done.stderr.splitlines()]
     assert main == (["decision", "edge_warning"] if level == "WARNING" else ["decision"])
