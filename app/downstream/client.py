@@ -265,14 +265,17 @@ class DownstreamClient:
         """``_send``; a request lost to the keep-alive race (a pooled connection the
         service had closed, no byte of answer) is logged and sent again at once, within
         the attempt, built afresh: a new nonce and span id, as every send has."""
-        for _ in range(STALE_RESENDS):
+        for resend in range(STALE_RESENDS + 1):
             try:
                 return request, started, await self._send(request)
             except StaleConnection:
                 self._log(request, started, attempt, outcome="stale_connection")
+                if resend == STALE_RESENDS:  # as a connection lost before any answer
+                    detail = f"The {self.name} service closed the connection."
+                    raise RetryableError(self.name, detail) from None
             request = self._rebuild(request)
             started = time.perf_counter()
-        return request, started, await self._send(request)
+        raise AssertionError("unreachable: the last resend returns or raises")
 
     def _rebuild(self, sent: httpx.Request) -> httpx.Request:
         """``sent`` again with fresh propagation headers and signature (in-memory body)."""

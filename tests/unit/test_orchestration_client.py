@@ -14,7 +14,8 @@ from app.authn.verifier import SignatureVerifier
 from app.core.config import ServiceSettings
 from app.core.errors import ConfigError, DownstreamError
 from app.domain.identity import Identity
-from app.downstream.client import DownstreamClient, load_outbound_keys
+from app.downstream.client import STALE_RESENDS, DownstreamClient, load_outbound_keys
+from app.downstream.http1 import StaleConnection
 from app.downstream.propagation import CallContext, bind_call_context
 from app.downstream.transport import HEAD_RECEIVED
 from app.main import create_app
@@ -170,3 +171,20 @@ def test_a_retry_meets_a_breaker_opened_meanwhile_and_fails_fast() -> None:
 
     code, failures = asyncio.run(scenario())
     assert (code, failures, len(seen)) == ("circuit_open", 0, 1)
+
+
+def test_a_send_stale_every_time_is_a_retryable_502_never_an_unmapped_error() -> None:
+    """Each stale send is re-sent at once, re-signed; one still stale after the last
+    resend is a connection lost before any answer (retried, then 502), not a 500."""
+    sent: list[httpx.Request] = []
+
+    def stale(request: httpx.Request) -> httpx.Response:
+        sent.append(request)
+        raise StaleConnection("closed while idle", request=request)
+
+    with pytest.raises(DownstreamError) as raised:
+        call(httpx.MockTransport(stale), method="GET", path="/x")
+    assert raised.value.code == "bad_gateway"
+    attempts = SETTINGS.retry.attempts
+    assert len(sent) == attempts * (STALE_RESENDS + 1)
+    assert len({r.headers["signature"] for r in sent}) == len(sent), "each send re-signed"
