@@ -208,14 +208,34 @@ def engagements_for(
         for domain in compiled.grant_domains
         if "*" not in domain and any(n in compiled.links("g", domain) for n in names)
     }
-    written = {r.dom for r in compiled.rules if r.dom != GLOBAL_DOMAIN} - named
+    closed_set = {*compiled.closed_domains(), *closed}
+    # Every engagement the policy or the state names at all; the one no line names
+    # is the yardstick: an engagement is listed when the caller reaches other rules
+    # there (its own rules, roles granted or inherited there, a close).
+    mentioned = {
+        *compiled.grant_domains,
+        *(r.dom for r in compiled.rules),
+        *closed_set,
+    } - {GLOBAL_DOMAIN}
+    taken = {*mentioned, *named}
+    other = next(f"other-{n}" for n in range(len(taken) + 1) if f"other-{n}" not in taken)
+    fresh = _reached_set(compiled, names, other, closed=False)
     named |= {
         domain
-        for domain in written
-        if any(p.rule.dom == domain for n in names for p in _reached(compiled, n, domain, False))
+        for domain in mentioned - named
+        if "*" not in domain
+        and _reached_set(compiled, names, domain, domain in closed_set) != fresh
     }
-    named |= {d for d in (*compiled.closed_domains(), *closed) if d != GLOBAL_DOMAIN}
-    taken = {*compiled.grant_domains, *written, *named}
-    other = next(f"other-{n}" for n in range(len(taken) + 1) if f"other-{n}" not in taken)
     listed = sorted(named)
     return [*((d, d) for d in listed), (GATEWAY_WIDE, GLOBAL_DOMAIN), (ANY_OTHER, other)]
+
+
+def _reached_set(
+    compiled: CompiledPolicy, names: Sequence[str], engagement: str, closed: bool
+) -> frozenset[tuple[int, bool]]:
+    """The rules (and whether only for reads) the principals reach in ``engagement``."""
+    return frozenset(
+        (p.rule.index, p.reads_only)
+        for name in names
+        for p in _reached(compiled, name, engagement, closed)
+    )
