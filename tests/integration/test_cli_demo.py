@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import shlex
 import signal
 import socket
@@ -36,13 +37,25 @@ def _bindable(port: int) -> bool:
     return True
 
 
+def _ephemeral_low() -> int:
+    """The lowest port the kernel hands out for outgoing connections (Linux)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32_768
+
+
 def free_ports(count: int) -> int:
-    """The first of ``count`` consecutive ports free on 127.0.0.1 now."""
-    for _ in range(50):
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            first: int = sock.getsockname()[1]
-        if first + count < 65_534 and all(_bindable(first + n) for n in range(count)):
+    """The first of ``count`` consecutive ports free on 127.0.0.1 now, below the
+    ephemeral range: a port there could be taken by any outgoing connection between
+    this check and the demo's bind (a clean-clone run lost a stub port that way)."""
+    rng = random.Random()
+    high = min(_ephemeral_low(), 65_534) - count
+    for _ in range(200):
+        first = (
+            rng.randrange(20_000, high) if high > 20_000 else rng.randrange(1_024, 65_534 - count)
+        )
+        if all(_bindable(first + n) for n in range(count)):
             return first
     pytest.fail("no run of free ports found")
 
