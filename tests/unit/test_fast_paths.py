@@ -7,10 +7,14 @@ import gzip
 import random
 import uuid
 from datetime import UTC, datetime
+from typing import Annotated, Literal
+from uuid import UUID
 
 import httpx
 import pytest
 import structlog
+from fastapi import Path as PathParam
+from fastapi.dependencies.utils import get_dependant, request_params_to_args
 from hypothesis import given
 from hypothesis import strategies as st
 from starlette.datastructures import MutableHeaders
@@ -18,6 +22,7 @@ from starlette.datastructures import MutableHeaders
 from app.api.decision_schemas import DecisionAnswer, Mode
 from app.api.decisions import Grant
 from app.api.routes.decisions import answer_body
+from app.api.routing import path_values
 from app.authz.policy import Decision
 from app.authz.targets import OriginalTarget
 from app.core.errors import InvalidPath
@@ -241,3 +246,41 @@ def test_the_decision_answer_is_the_models_own_json(
         policy_revision=revision,
     )
     assert answer_body(grant, identity, decision) == model.model_dump_json().encode()
+
+
+async def _path_endpoint(
+    name: str,
+    number: int,
+    ident: UUID,
+    kind: Literal["a", "b"],
+    slug: Annotated[str, PathParam(pattern=r"^[a-z0-9-]{3,8}$")],
+    aliased: Annotated[str, PathParam(alias="other-name")],
+) -> None:
+    return None
+
+
+# Path parameters of several kinds, as FastAPI declares them for a route.
+_PATH_FIELDS = get_dependant(
+    path="/{name}/{number}/{ident}/{kind}/{slug}/{other-name}", call=_path_endpoint
+).path_params
+_PATH_VALUE = st.one_of(
+    st.text(max_size=12),
+    st.from_regex(r"^-?[0-9]{1,5}$", fullmatch=True),
+    st.uuids().map(str),
+    st.sampled_from(["a", "b", "c", "abc", "ab-12", "A-B-C"]),
+)
+_PATH_KEYS = st.sampled_from(["name", "number", "ident", "kind", "slug", "other-name", "x"])
+
+
+@given(st.dictionaries(_PATH_KEYS, _PATH_VALUE))
+def test_path_values_equal_fastapis_request_params_to_args(received: dict[str, str]) -> None:
+    """The direct routes' path validation: FastAPI's values whenever it has no errors,
+    and ``None`` (FastAPI then answers) whenever it has."""
+    fast = path_values(_PATH_FIELDS)
+    assert fast is not None
+    expected, errors = request_params_to_args(_PATH_FIELDS, received)
+    got = fast(received)
+    if errors:
+        assert got is None
+    else:
+        assert got == expected

@@ -6,10 +6,14 @@ so each case runs in a fresh interpreter and reads what it wrote to stderr.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
+import threading
 
+from app.core.logging import LINE_BUFFER_LIMIT, LineBuffer
+from app.edge.server import CoalescingTransport
 from tests.conftest import REPO
 
 SCRIPT = """
@@ -67,3 +71,124 @@ def test_console_format_renders_every_event_but_the_filtered_one() -> None:
     assert "from stdlib" in text
     assert "ZeroDivisionError" in text
     assert "hidden_below_level" not in text
+
+
+class _Recorder:
+    """A binary file that records each write (and each flush) it is given."""
+
+    def __init__(self, events: list[tuple[str, bytes]] | None = None) -> None:
+        self.events: list[tuple[str, bytes]] = [] if events is None else events
+        self.closed = False
+
+    @property
+    def writes(self) -> list[bytes]:
+        return [data for kind, data in self.events if kind == "log"]
+
+    def write(self, data: bytes) -> int:
+        if self.closed:
+            raise ValueError("I/O operation on closed file")
+        self.events.append(("log", bytes(data)))
+        return len(data)
+
+    def flush(self) -> None:
+        if self.closed:
+            raise ValueError("I/O operation on closed file")
+
+
+def test_lines_of_one_tick_leave_in_one_write_in_order() -> None:
+    file = _Recorder()
+    lines = LineBuffer(file)  # type: ignore[arg-type]
+
+    async def tick() -> list[bytes]:
+        for n in range(3):
+            lines.add(b"line %d\n" % n)
+        before = list(file.writes)
+        await asyncio.sleep(0)  # the end of the tick: the scheduled write runs
+        lines.add(b"line 3\n")
+        await asyncio.sleep(0)
+        return before
+
+    assert asyncio.run(tick()) == []
+    assert file.writes == [b"line 0\nline 1\nline 2\n", b"line 3\n"]
+
+
+def test_lines_outside_a_loop_are_written_at_once_after_those_queued() -> None:
+    file = _Recorder()
+    lines = LineBuffer(file)  # type: ignore[arg-type]
+    lines.add(b"start-up\n")
+    assert file.writes == [b"start-up\n"]
+
+    async def queue_then_thread() -> None:
+        lines.add(b"queued on the loop\n")
+        worker = threading.Thread(target=lines.add, args=(b"from a thread\n",))
+        worker.start()
+        worker.join()
+
+    asyncio.run(queue_then_thread())
+    assert file.writes == [b"start-up\n", b"queued on the loop\nfrom a thread\n"]
+
+
+def test_a_large_tick_is_written_once_past_the_limit() -> None:
+    file = _Recorder()
+    lines = LineBuffer(file)  # type: ignore[arg-type]
+    line = b"x" * 1023 + b"\n"
+
+    async def burst() -> int:
+        for _ in range(LINE_BUFFER_LIMIT // len(line) + 1):
+            lines.add(line)
+        return len(file.writes)
+
+    assert asyncio.run(burst()) == 1
+    assert sum(map(len, file.writes)) == (LINE_BUFFER_LIMIT // len(line) + 1) * len(line)
+
+
+def test_a_closed_file_loses_the_lines_without_raising() -> None:
+    file = _Recorder()
+    lines = LineBuffer(file)  # type: ignore[arg-type]
+    file.closed = True
+    lines.add(b"nowhere to go\n")  # outside a loop: written at once, which fails
+    assert file.writes == []
+
+
+def test_a_decision_line_reaches_the_file_before_its_answer_reaches_the_socket() -> None:
+    """The audit order: logged before the answer is written, so written before it too."""
+    events: list[tuple[str, bytes]] = []
+    lines = LineBuffer(_Recorder(events))  # type: ignore[arg-type]
+
+    class Socket:
+        def write(self, data: bytes) -> None:
+            events.append(("socket", data))
+
+        def is_closing(self) -> bool:
+            return False
+
+    async def request() -> None:
+        answers = CoalescingTransport(Socket(), asyncio.get_running_loop())  # type: ignore[arg-type]
+        lines.add(b'{"event":"decision"}\n')
+        answers.write(b"HTTP/1.1 200 OK\r\n\r\n")
+        lines.add(b'{"event":"request_completed"}\n')
+        await asyncio.sleep(0)
+
+    asyncio.run(request())
+    assert [kind for kind, _ in events] == ["log", "socket"]
+    assert events[0][1].startswith(b'{"event":"decision"}\n')
+
+
+def test_lines_still_queued_when_the_loop_ends_are_written_at_exit() -> None:
+    script = """
+import asyncio, structlog
+from app.core.logging import configure_logging
+configure_logging("INFO", "json")
+async def main():
+    structlog.get_logger("gateway.edge").info("last_words")
+asyncio.run(main())
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert [json.loads(line)["event"] for line in done.stderr.splitlines()] == ["last_words"]
