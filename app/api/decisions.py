@@ -37,6 +37,7 @@ from app.authz.targets import OriginalTarget, RouteTemplates, TargetRefused
 from app.core import logcontext
 from app.core.config import AuthorizerSettings
 from app.core.errors import AccessDenied, ConfigError
+from app.core.frozen import quick_init
 from app.core.ids import uuid4_hex
 from app.core.logging import decision_logger
 from app.core.scope import SIGNED_PATH_KEY
@@ -85,6 +86,7 @@ class Authorizer:
 GRANT_KEY = "decision_grant"
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Grant:
     """What an allowed decision was about (the identity and decision are the admission's)."""

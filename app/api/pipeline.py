@@ -36,6 +36,7 @@ from app.authz.source import ENGAGEMENT
 from app.authz.store import PolicyStore
 from app.core import logcontext
 from app.core.errors import AccessDenied, AuthenticationFailed, BadRequest
+from app.core.frozen import quick_init
 from app.core.logging import decision_logger
 from app.core.tracing import record_decision, stage_span
 from app.domain.identity import Identity
@@ -51,6 +52,7 @@ REPLAY_CHECK_UNAVAILABLE = "replay_check_unavailable"
 BodyReader = Callable[[], Awaitable[bytes]]
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Target:
     """What the policy decides: (engagement, object, action) for the caller."""
@@ -67,6 +69,7 @@ class Target:
         return self.engagement
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Admission:
     """What the gate established: who asks, what the policy said, quota headers."""

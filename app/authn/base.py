@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 
 import http_sf
 
+from app.core.frozen import quick_init
+
 ALGORITHM = "hmac-sha256"
 # RFC 9110 optional whitespace: the only characters trimmed from field values
 # (str.strip() would also drop control characters such as \x1f).
@@ -29,6 +31,7 @@ class ComponentMissing(LookupError):
     """A covered component has no value in the message."""
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Message:
     """The parts of an HTTP request that signature components are derived from."""

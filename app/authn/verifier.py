@@ -42,6 +42,7 @@ from app.authn.digest import DigestError, verify_content_digest
 from app.authn.identity import GROUPS_HEADER, SUBJECT_HEADER
 from app.authn.keys import KeyRing
 from app.core.errors import AuthenticationFailed
+from app.core.frozen import quick_init
 from app.domain.identity import SUBJECT_PATTERN, Identity, parse_groups
 
 MAX_SIGNATURES = 8
@@ -70,6 +71,7 @@ class Reason(StrEnum):
     IDENTITY_MALFORMED = "identity_malformed"
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class SignatureInput:
     label: str
@@ -114,6 +116,7 @@ class OtherNonce:
         return min(replay_ttl(self.created, self.expires, now, max_skew), 2 * max_skew + 1)
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class VerifiedSignature:
     """A signature that satisfied the profile; its nonce (and ``others``) not yet claimed."""
@@ -405,7 +408,8 @@ class SignatureVerifier:
         key = keyring.get(key_id)
         if key is None:
             raise _fail(Reason.UNKNOWN_KEY)
-        if not key.valid_at(datetime.fromtimestamp(now, UTC)):
+        bounded = key.not_before is not None or key.not_after is not None
+        if bounded and not key.valid_at(datetime.fromtimestamp(now, UTC)):
             raise _fail(Reason.KEY_EXPIRED)
 
     def _check_coverage(

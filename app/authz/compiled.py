@@ -32,6 +32,7 @@ from typing import Any
 from casbin.util import key_match
 
 from app.authz.source import CLOSED, CLOSED_WRITER, GLOBAL_DOMAIN, READ_ACTIONS, PolicyLine
+from app.core.frozen import quick_init
 
 MAX_HOPS = 9  # Casbin's RoleManager(max_hierarchy_level=10) finds links up to 9 hops away
 GROUP_PREFIX = "group:"
@@ -71,6 +72,7 @@ class Rule:
         return (self.sub, self.dom, self.obj, self.act, self.eft)
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class PrincipalVerdict:
     """Casbin's answer for one principal, plus the role chain and why."""
@@ -82,6 +84,7 @@ class PrincipalVerdict:
     closed_blocked: bool
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Verdict:
     """The combined answer for a subject and its groups."""

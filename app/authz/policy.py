@@ -20,6 +20,7 @@ from app.authz.source import GLOBAL_DOMAIN, PolicySource, read_policy
 from app.core import logcontext
 from app.core.config import PolicySettings
 from app.core.errors import ConfigError
+from app.core.frozen import quick_init
 from app.core.logging import decision_logger
 
 __all__ = ["GLOBAL_DOMAIN", "Decision", "PolicyEngine", "load_source"]
@@ -27,6 +28,7 @@ __all__ = ["GLOBAL_DOMAIN", "Decision", "PolicyEngine", "load_source"]
 decision_log = decision_logger()
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Decision:
     """One authorization answer and the evidence for it."""

@@ -17,6 +17,7 @@ from starlette.routing import compile_path
 
 from app.authz.source import ENGAGEMENT, GLOBAL_DOMAIN
 from app.core.errors import ConfigError, InvalidPath
+from app.core.frozen import quick_init
 from app.edge.paths import normalize_path
 
 ENGAGEMENT_PARAM = "engagement_id"
@@ -34,6 +35,7 @@ class TargetRefused(Exception):
         self.detail = detail
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class OriginalTarget:
     """The policy's view of the original request."""

@@ -5,10 +5,13 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from app.core.frozen import quick_init
+
 SUBJECT_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+-]{0,127}$")
 GROUP_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Identity:
     """An authenticated caller: the subject, its groups and the proxy key that signed."""

@@ -40,6 +40,7 @@ from app.authn.identity import GROUPS_HEADER, IDEMPOTENCY_KEY_HEADER, SUBJECT_HE
 from app.authn.keys import SigningKey
 from app.authn.signer import message_from_httpx
 from app.core import logcontext
+from app.core.frozen import quick_init
 from app.core.headers import never_forwarded
 from app.core.tracing import (
     SpanContext,
@@ -54,6 +55,7 @@ ENGAGEMENT_HEADER = "x-gateway-engagement"
 REQUEST_ID = "x-request-id"
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class CallContext:
     """The authorized caller a route acts for, bound once per request."""
