@@ -57,7 +57,6 @@ def fault_config(args: argparse.Namespace) -> FaultConfig:
 
 
 def run(args: argparse.Namespace) -> int:
-    configure_logging()
     if bool(args.verify_key_id) != bool(args.verify_key_env):
         return _usage("--verify-key-id and --verify-key-env go together")
     if args.require_signature and not args.verify_key_id:
@@ -75,6 +74,7 @@ def run(args: argparse.Namespace) -> int:
         return _usage(f"{flag}: {first['msg']}")
     except ConfigError as exc:  # "signing.keys[0] (id=...): why": name the flag instead
         return _usage("--verify-key-env: " + exc.detail.partition(": ")[2])
+    configure_logging()  # once the flags are valid: a refusal changes no process state
     app = create_stub_app(
         args.name,
         seed=args.seed,

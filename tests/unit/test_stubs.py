@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import structlog
 
 from app.cli.main import build_parser
 from app.cli.stub import fault_config
@@ -109,7 +110,11 @@ def test_bad_stub_flags_are_one_line_and_exit_2_before_anything_starts(
     flags: list[str], message: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     args = build_parser().parse_args(["stub", "--name", "findings", "--port", "1", *flags])
+    before = structlog.get_config()
     assert args.handler(args) == 2  # uvicorn never ran: port 1 would have failed
+    # Nor was logging configured: a refusal changes no process-wide state.
+    assert structlog.get_config()["logger_factory"] is before["logger_factory"]
+    assert structlog.get_config()["processors"] == before["processors"]
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1
     assert err[0].startswith(message)
