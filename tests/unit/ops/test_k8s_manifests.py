@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path, PurePosixPath
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
@@ -128,7 +129,7 @@ def test_service_hpa_pdb_and_network_policy_select_the_gateway_pods() -> None:
     assert manifest("pdb.yaml")["spec"]["selector"]["matchLabels"] == POD_LABELS
     network = manifest("networkpolicy.yaml")["spec"]
     assert network["podSelector"]["matchLabels"] == POD_LABELS
-    assert network["policyTypes"] == ["Ingress"]
+    assert network["policyTypes"] == ["Ingress", "Egress"]
     (rule,) = network["ingress"]
     assert rule["ports"] == [{"protocol": "TCP", "port": container()["ports"][0]["containerPort"]}]
     assert all("ipBlock" not in source for source in rule["from"]), "in-cluster sources only"
@@ -136,3 +137,25 @@ def test_service_hpa_pdb_and_network_policy_select_the_gateway_pods() -> None:
     assert hpa["scaleTargetRef"]["name"] == manifest("deployment.yaml")["metadata"]["name"]
     assert [m["resource"]["name"] for m in hpa["metrics"]] == ["cpu"]
     assert hpa["minReplicas"] > manifest("pdb.yaml")["spec"]["minAvailable"]
+
+
+def _egress_ports(network: dict[str, Any]) -> set[tuple[str, int]]:
+    return {
+        (port["protocol"], port["port"]) for rule in network["egress"] for port in rule["ports"]
+    }
+
+
+def test_egress_reaches_what_the_settings_name_and_nothing_else() -> None:
+    """DNS, every Redis node's port and every service's port; no address block."""
+    network = manifest("networkpolicy.yaml")["spec"]
+    settings = yaml.safe_load(manifest("configmap-config.yaml")["data"]["gateway.yaml"])
+    needed = {("UDP", 53), ("TCP", 53)}
+    needed |= {("TCP", int(node.rpartition(":")[2])) for node in settings["redis"]["nodes"]}
+    needed.add(("TCP", 6379))  # the primary and replicas the Sentinels name
+    for service in settings["services"].values():
+        url = urlsplit(service["url"])
+        needed.add(("TCP", url.port or (443 if url.scheme == "https" else 80)))
+    assert _egress_ports(network) == needed
+    for rule in network["egress"]:
+        assert rule["to"], "every egress rule names its destinations"
+        assert all("ipBlock" not in dest for dest in rule["to"]), "in-cluster destinations only"
