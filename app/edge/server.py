@@ -30,7 +30,8 @@ and its service connection is released. An answer that fits the buffer never arm
 
 uvicorn's ``limit_concurrency`` caps connections and in-flight requests per
 process; above it uvicorn answers with its plain-text 503. The protocol serves
-the gateway's ``503 unavailable`` problem instead, and a ``400 bad_request``
+the gateway's ``503 unavailable`` problem instead (the probes and ``/metrics``
+are still served, on a connection then closed: ``PROBE_PATHS``), and a ``400 bad_request``
 problem where uvicorn would answer a request httptools cannot parse in plain
 text, so every error stays problem+json. The choice, weighed against an ASGI
 middleware and a proxy in front, is recorded in ``app/api/docs/operations.md``
@@ -139,6 +140,12 @@ HEAD_TOO_LARGE_ANSWER = _closing_answer(
     "Request header fields too large",
     f"The request head exceeds {MAX_HEAD_BYTES} bytes.",
 )
+
+
+# Served above the cap too (each on a connection closed after its answer): the
+# probes and the metrics are how an operator sees an overloaded gateway, and cost no
+# downstream call.
+PROBE_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 
 
 async def overloaded(scope: Any, receive: Any, send: Any) -> None:
@@ -472,7 +479,16 @@ class GatewayHttpProtocol(HttpToolsProtocol):
 
     def _start_asgi_task(self, cycle: Any, app: Any) -> None:
         # uvicorn picks its text/plain ``service_unavailable`` above limit_concurrency.
-        super()._start_asgi_task(cycle, overloaded if app is service_unavailable else app)
+        if app is service_unavailable:
+            scope = cycle.scope
+            if scope["path"] in PROBE_PATHS and scope["method"] in ("GET", "HEAD"):
+                # Served, then the connection closed: a liveness probe that failed while
+                # the gateway was merely busy would have the pod restarted under load.
+                cycle.keep_alive = False
+                app = self.app
+            else:
+                app = overloaded
+        super()._start_asgi_task(cycle, app)
 
     def _arm(self) -> None:
         self._head_bytes = False

@@ -157,6 +157,28 @@ def test_above_the_connection_cap_requests_get_a_503_problem(
     wait_until(lambda: signed_get(gateway.url).status_code == 200, timeout=BOUND)
 
 
+def test_above_the_connection_cap_the_probes_and_metrics_are_still_served(
+    serve: Callable[..., GatewayProcess],
+) -> None:
+    """A liveness probe that failed because the gateway was busy would have the pod
+    restarted under load; each probe's connection is closed after its answer."""
+    gateway = serve(header_timeout=60, max_connections=4)
+    idle = [socket.create_connection(("127.0.0.1", gateway.port), timeout=5) for _ in range(4)]
+    try:
+        wait_until(lambda: signed_get(gateway.url).status_code == 503, timeout=BOUND)
+        with httpx.Client(base_url=gateway.url, timeout=BOUND) as client:
+            for path in ("/healthz", "/readyz", "/metrics"):
+                response = client.get(path)
+                assert response.status_code == 200, path
+                assert response.headers["connection"] == "close", path
+            posted = client.post("/healthz")  # only GET and HEAD pass the cap
+            assert posted.status_code == 503
+            assert signed_get(gateway.url).status_code == 503
+    finally:
+        for sock in idle:
+            sock.close()
+
+
 def assert_problem_without_corr_id(response: httpx.Response, status: int, code: str) -> None:
     """Refused before the app ran: problem+json, but no request id was ever made."""
     assert response.status_code == status
