@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import re
-from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
 from urllib.parse import urlsplit
@@ -19,6 +18,7 @@ from urllib.parse import urlsplit
 import yaml
 from pydantic import (
     AnyHttpUrl,
+    AwareDatetime,
     BaseModel,
     ConfigDict,
     Field,
@@ -62,8 +62,10 @@ class KeySpec(_Section):
     id: Annotated[str, Field(pattern=KEY_ID_PATTERN)]
     secret_env: str | None = None
     secret_file: Path | None = None
-    not_before: datetime | None = None
-    not_after: datetime | None = None
+    # With a time zone (a "Z" or an offset): a naive time has no one meaning, and
+    # could not be compared with the clock (every request with the key was a 500).
+    not_before: AwareDatetime | None = None
+    not_after: AwareDatetime | None = None
 
     @model_validator(mode="after")
     def _one_secret_source(self) -> Self:

@@ -14,7 +14,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
-from pydantic import BaseModel
+from pydantic import AwareDatetime, BaseModel
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
@@ -140,6 +140,8 @@ def _type_name(annotation: Any) -> str:
         return f"{getattr(origin, '__name__', str(origin))}[{args}]"
     if annotation is type(None):
         return "unset"
+    if annotation is AwareDatetime:
+        return "datetime with a time zone"
     return getattr(annotation, "__name__", str(annotation))
 
 

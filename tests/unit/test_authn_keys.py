@@ -6,6 +6,7 @@ import asyncio
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from app.authn.keys import load_keyring_from, read_keys_file
 from app.authn.rotation import KeyReloader
@@ -143,3 +144,23 @@ def test_change_made_as_watching_starts_is_still_picked_up(tmp_path: Path) -> No
         return authn.verifier.keyring.key_ids
 
     assert asyncio.run(scenario()) == ["k4"]
+
+
+@pytest.mark.parametrize("field", ["not_before", "not_after"])
+def test_a_key_window_without_a_time_zone_is_refused_at_load(field: str) -> None:
+    """Found by a review: a naive time loaded, then could not be compared with the
+    clock, so every request signed with the key failed with a TypeError (a 500)."""
+    naive = {"id": "k", "secret_env": TEST_KEY_ENV, field: "2099-01-01T00:00:00"}
+    with pytest.raises(ValidationError, match="timezone"):
+        make_settings(signing={"keys": [naive]})
+    aware = {"id": "k", "secret_env": TEST_KEY_ENV, field: "2099-01-01T00:00:00+01:00"}
+    assert make_settings(signing={"keys": [aware]}).signing.keys[0].id == "k"
+
+
+def test_a_keys_file_with_a_naive_window_is_a_config_error(tmp_path: Path) -> None:
+    path = tmp_path / "keys.yaml"
+    path.write_text(
+        f"keys:\n  - id: k\n    secret_env: {TEST_KEY_ENV}\n    not_after: 2099-01-01T00:00:00\n"
+    )
+    with pytest.raises(ConfigError, match="not_after"):
+        read_keys_file(path)
