@@ -24,6 +24,7 @@ iterable and indexable, which the code would then have to guard against).
 from __future__ import annotations
 
 import dataclasses
+import sys
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -70,9 +71,19 @@ def quick_init(cls: type[T]) -> type[T]:
         (keyword if field.kw_only else positional).append(param)
         body.append(f"    _set_{name}(self, {name})")
     signature = ", ".join(["self", *positional, *(["*", *keyword] if keyword else [])])
-    source = f"def __init__({signature}):\n" + ("\n".join(body) or "    pass") + "\n"
-    exec(source, namespace)  # noqa: S102  # built from the class's own field names
-    init = namespace["__init__"]
+    # As dataclasses does: a factory whose closure holds the setters and defaults, run
+    # with the class's module as globals, so the annotations (strings under
+    # ``from __future__ import annotations``) resolve where the class's own do.
+    inner = "\n".join(f"    {line}" for line in body) or "        pass"
+    source = (
+        f"def __make_init__({', '.join(namespace)}):\n"
+        f"  def __init__({signature}):\n{inner}\n"
+        "  return __init__\n"
+    )
+    made: dict[str, Any] = {}
+    module_globals = sys.modules[cls.__module__].__dict__
+    exec(source, module_globals, made)  # noqa: S102  # built from the class's own field names
+    init = made["__make_init__"](**namespace)
     init.__qualname__ = f"{cls.__qualname__}.__init__"
     init.__module__ = cls.__module__
     init.__annotations__ = dict(cls.__init__.__annotations__)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import typing
 from dataclasses import dataclass, field
 
 import pytest
@@ -77,6 +78,8 @@ def test_every_quick_init_takes_the_parameters_of_the_dataclasss_own() -> None:
     assert len(GENERATED_INITS) >= 10  # the hot values of the pipeline
     for cls, generated in GENERATED_INITS.items():
         assert inspect.signature(cls.__init__) == inspect.signature(generated), cls
+        # The annotations resolve in the class's module, as the dataclass's own do.
+        assert typing.get_type_hints(cls.__init__) == typing.get_type_hints(generated), cls
 
 
 @dataclass(slots=True)
