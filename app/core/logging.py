@@ -124,13 +124,15 @@ class LineBuffer:
     so the file keeps the order in which lines were logged.
 
     What it keeps: a decision line is logged before its answer is written, and the
-    edge (``app.edge.server.CoalescingTransport``) writes answers the same way, with
-    a callback scheduled when the answer is; callbacks run in the order they were
-    scheduled, so the lines reach the file no later than the answer reaches the
-    socket. Lines are lost only if the process dies by ``SIGKILL`` (or a crash)
-    within the tick that logged them; they are written at exit, and past
-    ``LINE_BUFFER_LIMIT`` bytes at once. The decision file (``DecisionSink``) is
-    not buffered: it is written before the line reaches this buffer.
+    edge (``app.edge.server.CoalescingTransport``) writes the lines queued so far
+    before it sends any answer, so the lines reach the file no later than the
+    answer reaches the socket. Standard-library records (uvicorn, httpx, asyncio)
+    go through the same buffer (``BufferedStreamHandler``), so the order in which
+    lines were logged is the order on stderr. Lines are lost only if the process
+    dies by ``SIGKILL`` (or a crash) within the tick that logged them; they are
+    written at exit, and past ``LINE_BUFFER_LIMIT`` bytes at once. The decision file
+    (``DecisionSink``) is not buffered: it is written before the line reaches this
+    buffer.
 
     Weighed against a background writer thread (the loop would never wait for a
     slow reader of stderr, but every line would cross threads, and a queue would
@@ -200,6 +202,22 @@ class BufferedBytesLogger(structlog.BytesLogger):
 
     log = debug = info = warn = warning = msg
     fatal = failure = err = error = critical = exception = msg
+
+
+class BufferedStreamHandler(logging.Handler):
+    """A standard-library handler writing formatted records through a ``LineBuffer``."""
+
+    def __init__(self, buffer: LineBuffer) -> None:
+        super().__init__()
+        self.buffer = buffer
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = self.format(record)
+        except Exception:  # logging's contract: report, never raise
+            self.handleError(record)
+            return
+        self.buffer.add(line.encode("utf-8", "replace") + b"\n")
 
 
 class BufferedBytesLoggerFactory:
@@ -393,7 +411,7 @@ def _route_stdlib(level: str, shared: list[Processor], use_console: bool) -> Non
         final.append(structlog.processors.format_exc_info)
         final.append(structlog.processors.JSONRenderer(serializer=_orjson_dumps))
     formatter = structlog.stdlib.ProcessorFormatter(foreign_pre_chain=shared, processors=final)
-    handler = logging.StreamHandler(sys.stderr)
+    handler = BufferedStreamHandler(stderr_lines())
     handler.setFormatter(formatter)
     root = logging.getLogger()
     root.handlers[:] = [handler]

@@ -31,9 +31,9 @@ and its service connection is released. An answer that fits the buffer never arm
 uvicorn's ``limit_concurrency`` caps connections and in-flight requests per
 process; above it uvicorn answers with its plain-text 503. The protocol serves
 the gateway's ``503 unavailable`` problem instead (the probes and ``/metrics``
-are still served, on a connection then closed: ``PROBE_PATHS``), and a ``400 bad_request``
-problem where uvicorn would answer a request httptools cannot parse in plain
-text, so every error stays problem+json. The choice, weighed against an ASGI
+are still served, a few at once, on a connection then closed: ``PROBE_PATHS``),
+and a ``400 bad_request`` problem where uvicorn would answer a request httptools
+cannot parse in plain text, so every error stays problem+json. The choice, weighed against an ASGI
 middleware and a proxy in front, is recorded in ``app/api/docs/operations.md``
 ("Slow clients").
 """
@@ -50,6 +50,7 @@ from uvicorn.protocols.http.flow_control import service_unavailable
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from app.core.ids import uuid4_hex
+from app.core.logging import flush_log_lines
 from app.core.problems import PROBLEM_CONTENT_TYPE, problem_body, problem_response
 from app.core.scope import SERVER_ANSWERED_KEY
 from app.edge.correlation import incoming_request_id
@@ -142,10 +143,37 @@ HEAD_TOO_LARGE_ANSWER = _closing_answer(
 )
 
 
-# Served above the cap too (each on a connection closed after its answer): the
-# probes and the metrics are how an operator sees an overloaded gateway, and cost no
-# downstream call.
+# Served above the cap too (each on a connection closed after its answer, at most
+# MAX_PROBES_OVER_CAP at once): the probes and the metrics are how an operator sees an
+# overloaded gateway, and cost no downstream call.
 PROBE_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+
+
+# At most this many probe answers run at once above the cap; more get the 503.
+MAX_PROBES_OVER_CAP = 4
+
+
+class ProbeOverCap:
+    """A probe served above the cap, while fewer than ``MAX_PROBES_OVER_CAP`` run.
+
+    Counted when it starts (one event loop: no two start at once), so however many
+    connections ask, the tasks above the cap stay bounded; the others get the 503.
+    """
+
+    running = 0
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if ProbeOverCap.running >= MAX_PROBES_OVER_CAP:
+            await overloaded(scope, receive, send)
+            return
+        ProbeOverCap.running += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            ProbeOverCap.running -= 1
 
 
 async def overloaded(scope: Any, receive: Any, send: Any) -> None:
@@ -204,9 +232,15 @@ class CoalescingTransport:
             self.flush()
 
     def flush(self) -> None:
-        """Send what this tick wrote (nothing once the connection is closing)."""
+        """Send what this tick wrote (nothing once the connection is closing).
+
+        The log lines queued so far are written first (``flush_log_lines``): a
+        request's decision line is on stderr before its answer is on the socket,
+        whether the answer leaves at the end of the tick or at once (past the limit).
+        """
         if not self._pending:
             return
+        flush_log_lines()
         pending, self._pending, self._size = self._pending, [], 0
         if self._transport.is_closing():
             return
@@ -485,7 +519,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
                 # Served, then the connection closed: a liveness probe that failed while
                 # the gateway was merely busy would have the pod restarted under load.
                 cycle.keep_alive = False
-                app = self.app
+                app = ProbeOverCap(self.app)
             else:
                 app = overloaded
         super()._start_asgi_task(cycle, app)

@@ -12,8 +12,8 @@ import subprocess
 import sys
 import threading
 
-from app.core.logging import LINE_BUFFER_LIMIT, LineBuffer
-from app.edge.server import CoalescingTransport
+from app.core.logging import LINE_BUFFER_LIMIT, LineBuffer, stderr_lines
+from app.edge.server import COALESCE_LIMIT, CoalescingTransport
 from tests.conftest import REPO
 
 SCRIPT = """
@@ -172,6 +172,58 @@ def test_a_decision_line_reaches_the_file_before_its_answer_reaches_the_socket()
     asyncio.run(request())
     assert [kind for kind, _ in events] == ["log", "socket"]
     assert events[0][1].startswith(b'{"event":"decision"}\n')
+
+
+def test_a_large_answer_leaves_after_the_lines_logged_before_it() -> None:
+    """Past the coalescing limit an answer is sent at once: the queued lines first."""
+    events: list[tuple[str, bytes]] = []
+    file = _Recorder(events)
+
+    class Socket:
+        def write(self, data: bytes) -> None:
+            events.append(("socket", data))
+
+        def is_closing(self) -> bool:
+            return False
+
+    async def request() -> None:
+        lines = stderr_lines()
+        lines.file = file  # type: ignore[assignment]  # the process's buffer, recorded
+        answers = CoalescingTransport(Socket(), asyncio.get_running_loop())  # type: ignore[arg-type]
+        lines.add(b'{"event":"decision"}\n')
+        answers.write(b"HTTP/1.1 200 OK\r\n\r\n")
+        answers.write(b"x" * (COALESCE_LIMIT + 10))
+        await asyncio.sleep(0)
+
+    saved = stderr_lines().file
+    try:
+        asyncio.run(request())
+    finally:
+        stderr_lines().file = saved
+    assert [kind for kind, _ in events] == ["log", "socket"]
+
+
+def test_standard_library_lines_keep_their_place_among_the_gateways() -> None:
+    script = """
+import asyncio, logging, structlog
+from app.core.logging import configure_logging
+configure_logging("INFO", "json")
+async def main():
+    structlog.get_logger("gateway.edge").info("first")
+    logging.getLogger("uvicorn.error").warning("second")
+    structlog.get_logger("gateway.edge").info("third")
+asyncio.run(main())
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    events = [json.loads(line)["event"] for line in done.stderr.splitlines()]
+    assert events == ["first", "second", "third"]
 
 
 def test_lines_still_queued_when_the_loop_ends_are_written_at_exit() -> None:
