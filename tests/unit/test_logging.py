@@ -12,7 +12,10 @@ import subprocess
 import sys
 import threading
 
-from app.core.logging import LINE_BUFFER_LIMIT, LineBuffer, stderr_lines
+import pytest
+
+from app.core import logging as logging_setup
+from app.core.logging import LINE_BUFFER_LIMIT, LineBuffer
 from app.edge.server import COALESCE_LIMIT, CoalescingTransport
 from tests.conftest import REPO
 
@@ -150,20 +153,26 @@ def test_a_closed_file_loses_the_lines_without_raising() -> None:
     assert file.writes == []
 
 
+class _Socket:
+    """A transport recording each write it is given among ``events``."""
+
+    def __init__(self, events: list[tuple[str, bytes]]) -> None:
+        self.events = events
+
+    def write(self, data: bytes) -> None:
+        self.events.append(("socket", data))
+
+    def is_closing(self) -> bool:
+        return False
+
+
 def test_a_decision_line_reaches_the_file_before_its_answer_reaches_the_socket() -> None:
     """The audit order: logged before the answer is written, so written before it too."""
     events: list[tuple[str, bytes]] = []
     lines = LineBuffer(_Recorder(events))  # type: ignore[arg-type]
 
-    class Socket:
-        def write(self, data: bytes) -> None:
-            events.append(("socket", data))
-
-        def is_closing(self) -> bool:
-            return False
-
     async def request() -> None:
-        answers = CoalescingTransport(Socket(), asyncio.get_running_loop())  # type: ignore[arg-type]
+        answers = CoalescingTransport(_Socket(events), asyncio.get_running_loop())  # type: ignore[arg-type]
         lines.add(b'{"event":"decision"}\n')
         answers.write(b"HTTP/1.1 200 OK\r\n\r\n")
         lines.add(b'{"event":"request_completed"}\n')
@@ -174,37 +183,41 @@ def test_a_decision_line_reaches_the_file_before_its_answer_reaches_the_socket()
     assert events[0][1].startswith(b'{"event":"decision"}\n')
 
 
-def test_a_large_answer_leaves_after_the_lines_logged_before_it() -> None:
+def test_a_large_answer_leaves_after_the_lines_logged_before_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """Past the coalescing limit an answer is sent at once: the queued lines first."""
     events: list[tuple[str, bytes]] = []
-    file = _Recorder(events)
-
-    class Socket:
-        def write(self, data: bytes) -> None:
-            events.append(("socket", data))
-
-        def is_closing(self) -> bool:
-            return False
+    lines = LineBuffer(_Recorder(events))  # type: ignore[arg-type]
+    monkeypatch.setattr(logging_setup, "_stderr_lines", lines)  # the process's buffer
 
     async def request() -> None:
-        lines = stderr_lines()
-        lines.file = file  # type: ignore[assignment]  # the process's buffer, recorded
-        answers = CoalescingTransport(Socket(), asyncio.get_running_loop())  # type: ignore[arg-type]
+        answers = CoalescingTransport(_Socket(events), asyncio.get_running_loop())  # type: ignore[arg-type]
         lines.add(b'{"event":"decision"}\n')
         answers.write(b"HTTP/1.1 200 OK\r\n\r\n")
         answers.write(b"x" * (COALESCE_LIMIT + 10))
         await asyncio.sleep(0)
 
-    saved = stderr_lines().file
-    try:
-        asyncio.run(request())
-    finally:
-        stderr_lines().file = saved
+    asyncio.run(request())
     assert [kind for kind, _ in events] == ["log", "socket"]
 
 
+def _events_of(script: str) -> list[str]:
+    """The ``event`` of each JSON line a fresh interpreter running ``script`` logged."""
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return [json.loads(line)["event"] for line in done.stderr.splitlines()]
+
+
 def test_standard_library_lines_keep_their_place_among_the_gateways() -> None:
-    script = """
+    assert _events_of(
+        """
 import asyncio, logging, structlog
 from app.core.logging import configure_logging
 configure_logging("INFO", "json")
@@ -214,20 +227,12 @@ async def main():
     structlog.get_logger("gateway.edge").info("third")
 asyncio.run(main())
 """
-    done = subprocess.run(
-        [sys.executable, "-c", script],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    events = [json.loads(line)["event"] for line in done.stderr.splitlines()]
-    assert events == ["first", "second", "third"]
+    ) == ["first", "second", "third"]
 
 
 def test_lines_still_queued_when_the_loop_ends_are_written_at_exit() -> None:
-    script = """
+    assert _events_of(
+        """
 import asyncio, structlog
 from app.core.logging import configure_logging
 configure_logging("INFO", "json")
@@ -235,12 +240,4 @@ async def main():
     structlog.get_logger("gateway.edge").info("last_words")
 asyncio.run(main())
 """
-    done = subprocess.run(
-        [sys.executable, "-c", script],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    assert [json.loads(line)["event"] for line in done.stderr.splitlines()] == ["last_words"]
+    ) == ["last_words"]
