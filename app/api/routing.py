@@ -205,11 +205,10 @@ def path_values(fields: Sequence[ModelField]) -> PathValues | None:
 
     A plain path parameter (a ``Path`` field, FastAPI allows only scalar ones, with
     no validation alias other than its alias) is read by FastAPI under its alias
-    and validated by the field, at the location ``("path", alias)``: the same
-    here, with the look-ups done once. The function
-    returns ``None`` for a missing or failing value, and the caller then asks
-    ``request_params_to_args`` (whose errors are FastAPI's 422); a test holds both
-    equal on every value.
+    and validated by the field, at the location ``("path", alias)``: the same here,
+    with the look-ups done once. The function returns ``None`` for a missing or
+    failing value, and the caller then asks ``request_params_to_args`` (whose errors
+    are FastAPI's 422); a property test holds both equal on every value.
     """
     plan: list[tuple[str, str, ModelField, tuple[str, str]]] = []
     for field in fields:

@@ -142,7 +142,9 @@ class LineBuffer:
 
     def __init__(self, file: BinaryIO) -> None:
         self.file = file
-        self._lock = threading.Lock()
+        # Re-entrant: a line logged by a signal handler that interrupts a write on
+        # this thread is written, not a deadlock.
+        self._lock = threading.RLock()
         self._pending: list[bytes] = []
         self._size = 0
         self._scheduled: asyncio.AbstractEventLoop | None = None
@@ -182,7 +184,7 @@ class LineBuffer:
     def discard(self) -> None:
         """Forget what is queued (a forked child: its parent writes those lines)."""
         self._pending, self._size, self._scheduled = [], 0, None
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
 
 
 class BufferedBytesLogger(structlog.BytesLogger):

@@ -241,3 +241,21 @@ async def main():
 asyncio.run(main())
 """
     ) == ["last_words"]
+
+
+def test_a_line_logged_while_the_buffer_writes_is_kept_not_a_deadlock() -> None:
+    """A signal handler may log in the middle of a write on the same thread."""
+
+    class Interrupting(_Recorder):
+        def write(self, data: bytes) -> int:
+            if data == b"outer\n":
+                lines.add(b"from a handler\n")  # re-enters the buffer on this thread
+            return super().write(data)
+
+    file = Interrupting()
+    lines = LineBuffer(file)  # type: ignore[arg-type]
+    worker = threading.Thread(target=lines.add, args=(b"outer\n",), daemon=True)
+    worker.start()
+    worker.join(timeout=10)
+    assert not worker.is_alive(), "the buffer deadlocked on its own lock"
+    assert sorted(file.writes) == [b"from a handler\n", b"outer\n"]
