@@ -12,7 +12,7 @@ import hmac
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 import yaml
@@ -37,6 +37,12 @@ class SigningKey:
         if self.not_before is not None and now < self.not_before:
             return False
         return self.not_after is None or now < self.not_after
+
+    def valid_at_time(self, now: float) -> bool:
+        """``valid_at`` a Unix time; a key without a window builds no datetime (per request)."""
+        if self.not_before is None and self.not_after is None:
+            return True
+        return self.valid_at(datetime.fromtimestamp(now, UTC))
 
 
 class KeyRing:

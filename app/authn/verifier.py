@@ -32,7 +32,6 @@ import re
 import time
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
 from enum import StrEnum
 
 import http_sf
@@ -408,8 +407,7 @@ class SignatureVerifier:
         key = keyring.get(key_id)
         if key is None:
             raise _fail(Reason.UNKNOWN_KEY)
-        bounded = key.not_before is not None or key.not_after is not None
-        if bounded and not key.valid_at(datetime.fromtimestamp(now, UTC)):
+        if not key.valid_at_time(now):
             raise _fail(Reason.KEY_EXPIRED)
 
     def _check_coverage(

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from app.authn.keys import load_keyring_from, read_keys_file
+from app.authn.keys import SigningKey, load_keyring_from, read_keys_file
 from app.authn.rotation import KeyReloader
 from app.authn.service import AuthnService
 from app.core.config import SigningSettings
@@ -164,3 +167,16 @@ def test_a_keys_file_with_a_naive_window_is_a_config_error(tmp_path: Path) -> No
     )
     with pytest.raises(ConfigError, match="not_after"):
         read_keys_file(path)
+
+
+_MOMENT = st.integers(min_value=0, max_value=4_000_000_000)
+
+
+@given(_MOMENT, st.one_of(st.none(), _MOMENT), st.one_of(st.none(), _MOMENT))
+def test_valid_at_time_is_valid_at_the_same_moment(
+    now: int, before: int | None, after: int | None
+) -> None:
+    """The per-request form (a Unix time) answers as the datetime one, windows or not."""
+    at = {None: None} | {t: datetime.fromtimestamp(t, UTC) for t in (before, after) if t is not None}
+    key = SigningKey("k", b"s", at.get(before), at.get(after))
+    assert key.valid_at_time(now) == key.valid_at(datetime.fromtimestamp(now, UTC))
