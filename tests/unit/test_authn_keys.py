@@ -177,6 +177,8 @@ def test_valid_at_time_is_valid_at_the_same_moment(
     now: int, before: int | None, after: int | None
 ) -> None:
     """The per-request form (a Unix time) answers as the datetime one, windows or not."""
-    at = {None: None} | {t: datetime.fromtimestamp(t, UTC) for t in (before, after) if t is not None}
+    at = {None: None} | {
+        t: datetime.fromtimestamp(t, UTC) for t in (before, after) if t is not None
+    }
     key = SigningKey("k", b"s", at.get(before), at.get(after))
     assert key.valid_at_time(now) == key.valid_at(datetime.fromtimestamp(now, UTC))
