@@ -41,6 +41,7 @@ middleware and a proxy in front, is recorded in ``app/api/docs/operations.md``
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable, Iterable
 from typing import Any, cast
 
@@ -169,6 +170,7 @@ class ProbeOverCap:
         if ProbeOverCap.running >= MAX_PROBES_OVER_CAP:
             await overloaded(scope, receive, send)
             return
+        _log_over_cap(scope, served=True)
         ProbeOverCap.running += 1
         try:
             await self.app(scope, receive, send)
@@ -176,15 +178,57 @@ class ProbeOverCap:
             ProbeOverCap.running -= 1
 
 
+# uvicorn's own warning above the cap: "over_capacity" replaces it (below).
+UVICORN_OVER_CAP_MESSAGE = "Exceeded concurrency limit."
+
+
+class _UvicornOverCapFilter(logging.Filter):
+    """Drop uvicorn's context-free over-cap warning; the edge logs ``over_capacity``."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.msg != UVICORN_OVER_CAP_MESSAGE
+
+
+# On the logger uvicorn's protocol writes to (a logger's filters survive the gateway's
+# handler set-up); once per process, when the protocol is first imported.
+logging.getLogger("uvicorn.error").addFilter(_UvicornOverCapFilter())
+
+
+def over_cap_corr_id(scope: Any) -> str:
+    """The corr_id of a request above the cap: its well-formed X-Request-ID, or a new one.
+
+    Kept in the scope's state, where the edge takes it for a probe that is served.
+    """
+    state = scope.setdefault("state", {})
+    corr_id: str = state.get("corr_id") or incoming_request_id(scope) or uuid4_hex()
+    state["corr_id"] = corr_id
+    return corr_id
+
+
+def _log_over_cap(scope: Any, served: bool) -> None:
+    # The target as sent (printable ASCII: httptools refuses anything else), not yet
+    # normalised by the edge; bounded, as it is not yet checked either.
+    raw: bytes = scope.get("raw_path") or b""
+    log.warning(
+        "over_capacity",
+        corr_id=over_cap_corr_id(scope),
+        method=scope["method"],
+        path=raw[:256].decode("latin-1"),
+        served=served,
+    )
+
+
 async def overloaded(scope: Any, receive: Any, send: Any) -> None:
     """The answer above ``limit_concurrency``: problem+json, and the connection closed."""
+    _log_over_cap(scope, served=False)
+    corr_id = over_cap_corr_id(scope)
     response = problem_response(
         503,
         "unavailable",
         "Service unavailable",
         "The gateway is serving as many connections as it may; retry later.",
-        None,
-        headers={"retry-after": "1", "connection": "close"},
+        corr_id,
+        headers={"retry-after": "1", "connection": "close", "x-request-id": corr_id},
     )
     await response(scope, receive, send)
 

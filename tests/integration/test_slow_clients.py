@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import select
 import socket
 import time
@@ -152,9 +153,24 @@ def test_above_the_connection_cap_requests_get_a_503_problem(
     finally:
         for sock in idle:
             sock.close()
-    assert_problem_without_corr_id(refused[-1], 503, "unavailable")
-    assert refused[-1].headers["retry-after"] == "1"
+    answer = refused[-1]
+    assert answer.status_code == 503
+    assert answer.headers["content-type"] == "application/problem+json"
+    assert answer.json()["type"] == "urn:authz-gateway:problem:unavailable"
+    assert answer.headers["retry-after"] == "1"
+    # The request was parsed: it has a corr_id, and one log line carries it.
+    corr_id = answer.json()["corr_id"]
+    assert re.fullmatch(r"[0-9a-f]{32}", corr_id)
+    assert answer.headers["x-request-id"] == corr_id
     wait_until(lambda: signed_get(gateway.url).status_code == 200, timeout=BOUND)
+    lines = [json.loads(line) for line in gateway.log_text().splitlines() if line.startswith("{")]
+    over = [line for line in lines if line.get("corr_id") == corr_id]
+    assert [(line["event"], line["served"], line["method"]) for line in over] == [
+        ("over_capacity", False, "GET")
+    ]
+    assert over[0]["path"] == FINDINGS
+    # uvicorn's own warning, without any of that, is not written beside it.
+    assert not [line for line in lines if "Exceeded concurrency limit" in line.get("event", "")]
 
 
 def test_above_the_connection_cap_the_probes_and_metrics_are_still_served(
@@ -171,12 +187,27 @@ def test_above_the_connection_cap_the_probes_and_metrics_are_still_served(
                 response = client.get(path)
                 assert response.status_code == 200, path
                 assert response.headers["connection"] == "close", path
+            # The caller's own well-formed X-Request-ID is the served probe's corr_id.
+            named = client.get("/healthz", headers={"X-Request-ID": "probe-over-cap-1"})
+            assert named.headers["x-request-id"] == "probe-over-cap-1"
             posted = client.post("/healthz")  # only GET and HEAD pass the cap
             assert posted.status_code == 503
             assert signed_get(gateway.url).status_code == 503
     finally:
         for sock in idle:
             sock.close()
+    lines = [json.loads(line) for line in gateway.log_text().splitlines() if line.startswith("{")]
+    probe = [line for line in lines if line.get("corr_id") == "probe-over-cap-1"]
+    # One over_capacity line (served), then the edge's own summary of the request.
+    assert [(line["event"], line.get("served")) for line in probe] == [
+        ("over_capacity", True),
+        ("request_completed", None),
+    ]
+    assert probe[1]["status"] == 200
+    refused = [
+        line for line in lines if line.get("event") == "over_capacity" and not line["served"]
+    ]
+    assert {line["method"] for line in refused} == {"POST", "GET"}
 
 
 def assert_problem_without_corr_id(response: httpx.Response, status: int, code: str) -> None:
