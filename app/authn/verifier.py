@@ -277,7 +277,7 @@ def parse_with_http_sf(
     """
     inputs = _parse_dictionary(signature_input)
     signatures = _parse_dictionary(signature)
-    if len(inputs) > MAX_SIGNATURES:
+    if len(inputs) > MAX_SIGNATURES or len(signatures) > MAX_SIGNATURES:
         raise _fail(Reason.SIGNATURE_MALFORMED)
     parsed = []
     for name, member in inputs.items():

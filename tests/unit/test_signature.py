@@ -303,6 +303,21 @@ def test_too_many_signatures_are_malformed() -> None:
     assert _reason(forged) == "signature_malformed"
 
 
+@pytest.mark.parametrize("label", [None, "sig1"])
+def test_too_many_signature_members_are_malformed_beside_a_valid_one(label: str | None) -> None:
+    """The limit holds for both fields: nine ``Signature`` members, one of them valid."""
+    message = _signed(_request())
+    extra = ", ".join(f"l{i}=:AAAA:" for i in range(8))
+    signature = f"{message.header('signature')}, {extra}"
+    forged = _with_headers(message, signature=[signature])
+    with pytest.raises(AuthenticationFailed) as caught:
+        _verifier_with_label(label).verify(forged, b"", NOW)
+    assert caught.value.reason == "signature_malformed"
+    eight = ", ".join(f"l{i}=:AAAA:" for i in range(7))  # eight in all: accepted
+    accepted = _with_headers(message, signature=[f"{message.header('signature')}, {eight}"])
+    assert _verifier_with_label(label).verify(accepted, b"", NOW).subject == "alice"
+
+
 @pytest.mark.parametrize("dropped", ["nonce", "keyid", "created"])
 def test_each_required_parameter(dropped: str) -> None:
     params = {"created": NOW, "keyid": "k1", "nonce": "n-1"}
@@ -430,3 +445,15 @@ def test_signature_omitting_a_required_component(components: list[str], query: s
     value = f"sig1={serialize_signature_params(components, params)}"
     message = _with_headers(request, **{"signature-input": [value], "signature": [f"sig1=:{mac}:"]})
     assert _reason(message) == "component_missing"
+
+
+def test_authority_is_the_host_lower_cased_with_its_port_as_sent() -> None:
+    """signing.md §2, step 4: ``Gateway.Internal:8443`` is signed as ``gateway.internal:8443``."""
+    message = replace(_request(), authority="Gateway.Internal:8443")
+    params: dict[str, int | str] = {"created": NOW, "keyid": "k1", "nonce": "n-authority"}
+    base = build_signature_base(message, ["@authority"], params)
+    assert base.splitlines()[0] == '"@authority": gateway.internal:8443'
+    http = replace(_request(), authority="Gateway.Internal:80")  # a default port stays
+    assert build_signature_base(http, ["@authority"], params).startswith(
+        '"@authority": gateway.internal:80\n'
+    )
