@@ -33,6 +33,7 @@ from app.api.pipeline import ADMISSION_KEY, Admission, Gate, Guard, Target
 from app.authn.asgi import message_from_scope
 from app.authn.base import declares_body
 from app.authn.keys import SigningKey, load_keyring
+from app.authz.source import GLOBAL_DOMAIN
 from app.authz.targets import OriginalTarget, RouteTemplates, TargetRefused
 from app.core import logcontext
 from app.core.config import AuthorizerSettings
@@ -114,7 +115,9 @@ class DecisionGuard(Guard):
         identity = await gate.authenticate(message, read_body, require=names or ())
         logcontext.bind(subject=identity.subject, key_id=identity.key_id)
         original = _resolve(authorizer.templates, _original(request, names))
-        target = Target(original.engagement, original.obj, original.action)
+        # resolve() refuses a path's "*": only a template without {engagement_id} has it.
+        scoped = original.engagement != GLOBAL_DOMAIN
+        target = Target(original.engagement, original.obj, original.action, scoped)
         rate_headers = await gate.spend(identity, target)
         admission = Admission(identity, gate.decide(identity, target), rate_headers)
         state = request.scope.setdefault("state", {})

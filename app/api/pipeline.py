@@ -60,6 +60,10 @@ class Target:
     engagement: str  # the Casbin domain; GLOBAL_DOMAIN outside an engagement
     obj: str
     action: str
+    # The engagement came from the request (a path, an original URI): it must be an
+    # engagement id, and a "*" there is a malformed one (400), never the gateway-wide
+    # domain. False only for a route without an engagement (then GLOBAL_DOMAIN).
+    scoped: bool = True
 
     @property
     def engagement_key(self) -> str | None:
@@ -156,8 +160,10 @@ class Gate:
 
     def _decide(self, identity: Identity, target: Target) -> Decision:
         engagement = target.engagement
-        if engagement != GLOBAL_DOMAIN and not ENGAGEMENT.match(engagement):
+        if target.scoped and not ENGAGEMENT.match(engagement):
             raise BadRequest("The engagement id is malformed.")
+        if not target.scoped and engagement != GLOBAL_DOMAIN:  # a wiring bug: fail closed
+            raise RuntimeError(f"an unscoped target in engagement {engagement!r}")
         logcontext.bind(engagement=engagement)
         decision = self.policy.decide(
             identity.subject, engagement, target.obj, target.action, identity.groups
@@ -175,8 +181,16 @@ TargetOf = Callable[[Request], Target]
 
 
 def path_target(request: Request) -> Target:
-    """The default target: the path's engagement (or ``*``), the normalised path, the method."""
-    engagement = request.path_params.get("engagement_id", GLOBAL_DOMAIN)
+    """The default target: the path's engagement (or ``*``), the normalised path, the method.
+
+    ``*`` is the domain of a route without an engagement, never a path's value: a path
+    segment ``*`` is a malformed engagement id like any other (400 once the caller is
+    authenticated), not the gateway-wide domain, where no engagement's rules, denies or
+    closed state apply.
+    """
+    engagement = request.path_params.get("engagement_id")
+    if engagement is None:
+        return Target(GLOBAL_DOMAIN, request.scope["path"], request.method, scoped=False)
     return Target(engagement, request.scope["path"], request.method)
 
 

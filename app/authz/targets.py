@@ -87,8 +87,12 @@ class RouteTemplates:
         for template in self._templates:
             match = template.regex.match(path)
             if match is not None:
-                engagement = match.groupdict().get(ENGAGEMENT_PARAM, GLOBAL_DOMAIN)
-                if engagement != GLOBAL_DOMAIN and not ENGAGEMENT.match(engagement):
+                # A route without {engagement_id} decides in "*"; a path's "*" is no
+                # engagement id (it would be decided gateway-wide): malformed, as any other.
+                engagement = match.groupdict().get(ENGAGEMENT_PARAM)
+                if engagement is None:
+                    return OriginalTarget(GLOBAL_DOMAIN, path, method, raw_path, query)
+                if not ENGAGEMENT.match(engagement):
                     raise TargetRefused("invalid_engagement", "The engagement id is malformed.")
                 return OriginalTarget(engagement, path, method, raw_path, query)
         raise TargetRefused("no_route", "The original URI matches no configured route.")

@@ -212,6 +212,7 @@ def test_a_repeated_original_header_is_refused(
         ("GET", "/v1/other/thing", "no_route"),
         ("GET", "/", "no_route"),
         ("GET", "/v1/engagements/ACME/findings", "invalid_engagement"),
+        ("GET", "/v1/engagements/*/findings", "invalid_engagement"),
         ("GET", "/v1/engagements/acme-2026/findings%2F..", "invalid_path"),
         ("GET", "/v1/engagements/acme-2026/findings/a;b", "invalid_path"),
         ("GET", "/../v1/engagements/acme-2026/findings", "invalid_path"),

@@ -114,6 +114,21 @@ def test_a_malformed_finding_id_is_422_problem_for_an_allowed_caller(
     assert [tuple(e["loc"]) for e in body["errors"]] == [("path", "finding_id")]  # type: ignore[attr-defined]
 
 
+@pytest.mark.parametrize("subject", ["dana", "rita", "alice"])
+def test_a_star_engagement_in_the_path_is_malformed_not_the_gateway_wide_domain(
+    stack: Stack,
+    signed_client: Callable[..., httpx.Client],
+    captured_logs: list[dict[str, Any]],
+    subject: str,
+) -> None:
+    """``*`` is the domain of routes without an engagement; from a path it was decided
+    gateway-wide (no engagement's rules, denies or closed state), allowed for dana."""
+    with signed_client(stack.url, subject) as client:
+        response = client.get("/v1/engagements/*/findings")
+    assert_problem(response, 400, "bad_request")
+    assert not [e for e in captured_logs if e.get("stage") == "authz"]
+
+
 def test_unknown_finding_is_404(stack: Stack, signed_client: Callable[..., httpx.Client]) -> None:
     with signed_client(stack.url, "alice") as client:
         response = client.get(f"{FINDINGS}/F-9999")

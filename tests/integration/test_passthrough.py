@@ -223,6 +223,17 @@ def test_a_response_over_the_route_limit_is_502(stack: OrchestrationStack) -> No
     assert_problem(response, 502, "bad_gateway")
 
 
+def test_a_star_engagement_is_malformed_never_forwarded(stack: OrchestrationStack) -> None:
+    """A path's "*" is not the gateway-wide domain: rita (a global analyst and closed
+    writer) had an upload forwarded to engagement "*"; now it is a 400, nothing sent."""
+    with httpx.Client(base_url=stack.url, auth=signer("rita"), timeout=30) as gateway:
+        refused = gateway.post("/v1/engagements/*/evidence", content=b"evidence")
+        allowed = gateway.post(EVIDENCE, content=b"evidence")  # her role does reach a real one
+    assert_problem(refused, 400, "bad_request")
+    assert allowed.status_code == 201
+    assert [u["engagement_id"] for u in stack.stub("findings").state.uploads] == ["acme-2026"]
+
+
 def test_pass_through_is_authorized_like_typed_routes(stack: OrchestrationStack) -> None:
     with httpx.Client(base_url=stack.url, auth=signer("carol"), timeout=30) as gateway:
         denied = gateway.post(EVIDENCE, content=b"evidence")

@@ -51,6 +51,8 @@ def test_a_trailing_slash_is_the_same_resource_but_dot_segments_are_refused() ->
         ("GET", "/v1/engagements/acme-2026", "no_route"),
         ("GET", "/V1/engagements/acme-2026/findings", "no_route"),  # case is not folded
         ("GET", "/v1/engagements/Acme/findings", "invalid_engagement"),
+        # Not the gateway-wide domain: a path's "*" is a malformed engagement id.
+        ("GET", "/v1/engagements/*/findings", "invalid_engagement"),
         ("GET", "/v1/engagements/acme-2026/findings%2f..", "invalid_path"),
         ("GET", "/..", "invalid_path"),
         ("GET", "*", "invalid_path"),

@@ -44,7 +44,7 @@ def passthrough_guard(route: PassthroughRoute) -> Guard:
         default = path_target(request)
         params: Mapping[str, str] = request.path_params
         obj = route.policy_object.format(**params) if route.policy_object else default.obj
-        return Target(default.engagement, obj, route.action or default.action)
+        return Target(default.engagement, obj, route.action or default.action, default.scoped)
 
     # A forwarded Idempotency-Key is what the service deduplicates on, and the gateway's
     # own signature vouches for it: it must come signed, as on the keyed typed routes.
