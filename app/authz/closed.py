@@ -23,6 +23,8 @@ from datetime import UTC, datetime
 
 import structlog
 
+from app.authz.source import GLOBAL_DOMAIN
+
 log = structlog.get_logger("gateway.engagement_state")
 
 
@@ -50,6 +52,11 @@ class ClosedFact:
             return f"closed by the close saga{when} (by {self.by or '?'}, corr_id {self.ref})"
         if self.source == "engagements_service":
             return f"the engagements service reports it closed (reconciled{when})"
+        if self.source == NOT_SYNCED:
+            return (
+                "the engagement state is not loaded yet (no answer from the engagements "
+                "service or Redis since start): every engagement counts as closed until it is"
+            )
         return f"closed by {self.source}{when} {self.ref}".rstrip()
 
     def log_fields(self) -> dict[str, str]:
@@ -75,6 +82,10 @@ class ClosedFact:
             return cls(engagement, "unreadable_record")
 
 
+# The source of the fact every engagement gets while the state is not loaded (fail closed).
+NOT_SYNCED = "engagement_state_not_synced"
+
+
 def _iso(at: float) -> str:
     return datetime.fromtimestamp(at, tz=UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
@@ -91,8 +102,23 @@ class EngagementState:
         self.last_error: str | None = None
 
     def get(self, engagement: str) -> ClosedFact | None:
-        """The closed fact for ``engagement`` or ``None``: the hot path, no I/O."""
+        """The closed fact for ``engagement`` or ``None``: no I/O."""
         return self._closed.get(engagement)
+
+    def decision_fact(self, engagement: str) -> ClosedFact | None:
+        """What a decision on ``engagement`` takes as its closed fact: the hot path, no I/O.
+
+        Until the state is loaded (``synced``: the engagements service or Redis has
+        answered once since start), an engagement it may hold closed cannot be told
+        from an open one, so every engagement counts as closed: writes are denied,
+        reads stay allowed (fail closed, not open: a restarted gateway whose
+        engagements service is down served writes in closed engagements). Not the
+        gateway-wide domain ``*``, which no engagement is.
+        """
+        fact = self._closed.get(engagement)
+        if fact is None and not self.synced and engagement != GLOBAL_DOMAIN:
+            return ClosedFact(engagement, NOT_SYNCED)
+        return fact
 
     def closed(self) -> dict[str, ClosedFact]:
         return dict(self._closed)

@@ -226,7 +226,7 @@ class PolicyStore:
         Then, when a shadow policy is set, decide the same request on it: after the
         live decision is made and logged, and never changing it.
         """
-        state = self.engagements.get(engagement)
+        state = self.engagements.decision_fact(engagement)
         decision = self._gated.engine.decide(subject, engagement, obj, action, groups, state)
         if self.shadow is not None:
             try:

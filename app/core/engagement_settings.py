@@ -31,6 +31,6 @@ class EngagementStateSettings(BaseModel):
     )
     startup_timeout_seconds: Annotated[float, Field(gt=0, le=60)] = Field(
         default=3.0,
-        description="how long start-up waits for the first load before serving (not ready "
-        "until it succeeds)",
+        description="how long start-up waits for the first load before serving (not ready, "
+        "and every engagement decided closed: writes denied, until it succeeds)",
     )

@@ -9,6 +9,7 @@ guarded reopen route, and the findings service's 409 for frozen findings.
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -19,7 +20,9 @@ import pytest
 
 from app.authz.closed import MemoryEngagementState
 from app.core.errors import ServiceUnavailable
-from tests.conftest import LiveServer, signer
+from app.main import create_app
+from app.stubs.server import create_stub_app
+from tests.conftest import POLICY_DIR, LiveServer, make_settings, signer
 from tests.integration.conftest import Stack
 from tests.integration.orchestration_stack import OrchestrationStack, StackBuilder, stack_settings
 from tests.integration.test_gateway_e2e import assert_problem
@@ -291,3 +294,39 @@ def test_a_reopen_whose_state_cannot_be_written_says_what_was_done(
     monkeypatch.undo()
     again = post(stack.url, REOPEN, "sam", {"reason": "Client asked for a retest."})
     assert again.status_code == 200, again.text  # sent again, as the answer says
+
+
+def test_in_memory_unsynced_state_refuses_writes_not_reads(
+    live_server: Callable[..., LiveServer], captured_logs: list[dict[str, Any]], test_key_env: str
+) -> None:
+    """A restart while the engagements service is down: it cannot tell closed from open.
+
+    An audit found it served writes in closed engagements (201) while ``/readyz`` said
+    not ready; readiness is no guard for a caller that does not ask it (nginx
+    ``auth_request``, a direct client). Until the state is loaded every engagement
+    counts as closed: writes 403, reads served, the gateway-wide routes unaffected.
+    """
+    findings = live_server(create_stub_app("findings"))
+    with socket.socket() as reserved:
+        reserved.bind(("127.0.0.1", 0))  # bound, never listening: every connect is refused
+        down = f"http://127.0.0.1:{reserved.getsockname()[1]}"
+        policy = {"dir": str(POLICY_DIR), "engagement_state": {"startup_timeout_seconds": 1}}
+        settings = make_settings({"findings": findings.url, "engagements": down}, policy=policy)
+        gateway = live_server(create_app(settings))
+        ready = httpx.get(gateway.url + "/readyz", timeout=10).json()
+        check = next(c for c in ready["checks"] if c["name"] == "engagement_state")
+        assert check["ok"] is False
+        write = post(gateway.url, FINDINGS, "alice", FINDING)
+        read = get(gateway.url, FINDINGS, "alice")
+        status = get(gateway.url, "/admin/policy", "sam")
+        answer = explain(gateway.url, {"subject": "alice", "method": "POST", "path": FINDINGS})
+    assert_problem(write, 403, "forbidden")
+    assert read.status_code == 200
+    assert status.status_code == 200
+    assert answer["decision"] == "deny"
+    assert answer["closed"]["source"] == "engagement_state_not_synced"
+    [denied] = [e for e in decisions(captured_logs) if e["decision"] == "deny"]
+    assert (denied["reason"], denied["closed"]["source"]) == (
+        "closed_engagement_read_only",
+        "engagement_state_not_synced",
+    )

@@ -10,7 +10,7 @@ import pytest
 import redis.asyncio
 from structlog.testing import capture_logs
 
-from app.authz.closed import ClosedFact, MemoryEngagementState
+from app.authz.closed import NOT_SYNCED, ClosedFact, MemoryEngagementState
 from app.authz.closed_redis import RedisEngagementState
 from app.core.config import RedisSettings
 from app.core.engagement_settings import EngagementStateSettings
@@ -174,3 +174,17 @@ def test_memory_state_reconciles_only_when_nothing_changed() -> None:
         assert state.get("acme-2026") is None
 
     asyncio.run(run())
+
+
+def test_until_synced_every_engagement_is_decided_closed_then_only_the_closed_ones() -> None:
+    state = MemoryEngagementState(synced=False)
+    fact = state.decision_fact("globex-cloud")
+    assert fact is not None
+    assert fact.source == NOT_SYNCED
+    assert "not loaded yet" in fact.describe()
+    assert state.decision_fact("*") is None  # the gateway-wide domain is no engagement
+    assert state.get("globex-cloud") is None  # the snapshot itself holds nothing
+    state.mark_synced()
+    assert state.decision_fact("globex-cloud") is None
+    asyncio.run(state.close(FACT))
+    assert state.decision_fact("acme-2026") == FACT

@@ -72,7 +72,7 @@ async def explain_decision(
 ) -> ExplainResponse:
     """Decide a hypothetical request on the policy and engagement state in force, and teach."""
     engine, dom = store.current, request.domain
-    closed = store.engagements.get(dom)
+    closed = store.engagements.decision_fact(dom)
     answer = await asyncio.to_thread(
         explain,
         engine,
@@ -113,7 +113,7 @@ def _answer(store: PolicyStore, query: PolicyQuery) -> bytes:
         answer: WhoCanOut | WhatCanOut = _what_can(store, query)
     else:
         request = (query.domain, query.path, query.action)
-        closed = store.engagements.get(query.domain)
+        closed = store.engagements.decision_fact(query.domain)
         answer = WhoCanOut.of(who_can(store.current, request, closed))
     return answer.model_dump_json().encode()
 
@@ -124,7 +124,8 @@ def _what_can(store: PolicyStore, query: WhatCanQuery) -> WhatCanOut:
     closed = store.engagements.closed()
     listed = engagements_for(engine, query.subject, query.groups, query.engagement, closed)
     for label, engagement in listed:
-        answer = what_can(engine, query.subject, query.groups, engagement, closed.get(engagement))
+        fact = store.engagements.decision_fact(engagement)
+        answer = what_can(engine, query.subject, query.groups, engagement, fact)
         out.append(EngagementPermissions.of(label, answer))
     return WhatCanOut(subject=query.subject, groups=query.groups, revision=engine.revision,
                       engagements=out)  # fmt: skip
