@@ -167,6 +167,64 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
+# Aliases may add at most this many nodes to a suite file's document, beyond the nodes
+# written in it: ten levels of ten aliases (a "billion laughs") is 10**10 nodes, and
+# reading it grew the gateway by gigabytes while its reload held every later one.
+MAX_ALIAS_NODES = 100_000
+
+
+class _AliasBomb(yaml.YAMLError):
+    def __init__(self, line: int, message: str) -> None:
+        super().__init__(message)
+        self.line = line
+
+
+def _check_aliases(text: str) -> None:
+    """``_AliasBomb`` when the document's aliases expand it past ``MAX_ALIAS_NODES``.
+
+    The composed document holds each aliased node once; its expanded size is counted
+    per distinct node (memoised), so the check is linear in the text, and a node that
+    contains itself (``&a [*a]``) is refused rather than followed.
+    """
+    root = yaml.compose(text, Loader=yaml.SafeLoader)
+    if root is None:
+        return
+    sizes: dict[int, int] = {}
+    open_nodes: set[int] = set()
+    written = 0
+
+    def size(node: yaml.Node) -> int:
+        nonlocal written
+        key = id(node)
+        if key in sizes:
+            return sizes[key]
+        if key in open_nodes:
+            raise _AliasBomb(node.start_mark.line + 1, "an alias refers to a node containing it")
+        written += 1
+        total = 1
+        if isinstance(node, yaml.SequenceNode | yaml.MappingNode):
+            open_nodes.add(key)
+            children = node.value if isinstance(node, yaml.SequenceNode) else _pairs(node)
+            total += sum(size(child) for child in children)
+            open_nodes.discard(key)
+        sizes[key] = total
+        return total
+
+    expanded = size(root)
+    if expanded > written + MAX_ALIAS_NODES:
+        raise _AliasBomb(
+            1,
+            f"aliases expand the document to {expanded} nodes (at most {MAX_ALIAS_NODES} "
+            "more than it writes out): refused",
+        )
+
+
+def _pairs(node: yaml.MappingNode) -> Iterator[yaml.Node]:
+    for key, value in node.value:
+        yield key
+        yield value
+
+
 def suite_paths(policy_dir: Path) -> list[Path]:
     return sorted((policy_dir / TESTS_DIR).glob("*.y*ml"))
 
@@ -191,9 +249,12 @@ def read_suites(policy_dir: Path) -> tuple[list[PolicyCase], list[Issue]]:
             continue
         text = data.decode("utf-8")
         try:
+            _check_aliases(text)
             lines = _line_map(text)
             document = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506  # a SafeLoader
             parsed.append((name, SuiteFile.model_validate(document), lines))
+        except _AliasBomb as exc:
+            issues.append(Issue("error", f"{name}:{exc.line}", "suite", f"cannot read: {exc}"))
         except _RepeatedKey as exc:
             line = exc.line
             issues.append(Issue("error", f"{name}:{line}", "suite", f"repeated key {exc.key!r}"))

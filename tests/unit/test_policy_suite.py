@@ -295,6 +295,43 @@ def test_a_suite_that_is_not_a_regular_file_is_an_error_never_a_blocked_read(
     assert [(i.location, i.message) for i in issues] == [("tests/zz.yaml:1", "not a regular file")]
 
 
+def _laughs(levels: int, width: int = 10) -> str:
+    """A "billion laughs" document: each level a list of ``width`` aliases of the last."""
+    lines = ['l0: &l0 ["lol"]']
+    for level in range(1, levels + 1):
+        aliases = ", ".join([f"*l{level - 1}"] * width)
+        lines.append(f"l{level}: &l{level} [{aliases}]")
+    return "\n".join(lines) + "\ncases: []\n"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (_laughs(10), "aliases expand the document to"),  # 10**10 nodes
+        ("x: &a [*a]\ncases: []\n", "an alias refers to a node containing it"),
+    ],
+)
+def test_an_alias_bomb_is_an_error_never_a_runaway_read(
+    policy_dir: Path, text: str, message: str
+) -> None:
+    """An audit's ten levels of ten aliases grew the gateway past 8 GB on reload, and the
+    reload held every later one; now it is refused from the composed document alone."""
+    (policy_dir / "tests" / "bomb.yaml").write_text(text)
+    _, issues = read_suites(policy_dir)
+    assert [(i.location, i.code) for i in issues] == [("tests/bomb.yaml:1", "suite")]
+    assert message in issues[0].message
+
+
+def test_aliases_within_the_bound_still_load(policy_dir: Path) -> None:
+    """Reusing a node is fine: four levels of ten is 11,111 nodes."""
+    (policy_dir / "tests" / "ok.yaml").write_text(_laughs(4))
+    _, issues = read_suites(policy_dir)
+    # Read, then refused only for what it is: keys a suite does not have.
+    assert issues
+    assert all("alias" not in i.message for i in issues)
+    assert {i.message.split(":")[0] for i in issues} == {"l0", "l1", "l2", "l3", "l4"}
+
+
 def test_a_fixture_defined_twice_is_an_error(policy_dir: Path) -> None:
     for name in ("a.yaml", "b.yaml"):
         write_suite(policy_dir, "fixtures:\n  lead: {subject: bob}\n", name)
