@@ -34,7 +34,12 @@ def _engagement(value: str) -> str:
 
 
 def _decision_path(value: str) -> str:
-    """The path as the gateway would decide it: normalised, without the query."""
+    """The path as the gateway would decide it: normalised, without the query.
+
+    A fragment anywhere (after the query too) is refused, as the edge refuses it.
+    """
+    if "#" in value:
+        raise ValueError("a request target carries no fragment (#): send the path and query")
     try:
         return normalize_path(value.partition("?")[0])
     except InvalidPath as exc:

@@ -102,6 +102,14 @@ def run_explain(args: argparse.Namespace) -> int:
             enforcer, engine.compiled.role_names, args.subject, groups, request
         )
         print(f"casbin: {'allow' if allowed else 'deny'}, rule: {', '.join(rule) or 'none'}")
+        closed = answer.decision.closed
+        if closed is not None and closed.source != "policy":
+            # Plain pycasbin reads the files only: a close from elsewhere is not in them.
+            origin = closed.ref if closed.source == "case" else closed.source
+            print(
+                "casbin: asked without the engagement closed (it reads only the policy's "
+                f"own g3 lines; this close comes from {origin}), so it may disagree"
+            )
     return 0
 
 

@@ -175,6 +175,9 @@ def test_explain_of_a_group_deny(admin: httpx.Client) -> None:
     [
         {"path": "/v1/engagements%2facme-2026/findings"},
         {"path": "/v1/../../admin"},
+        # The edge refuses a fragment anywhere; after a query it was explained (allow).
+        {"path": "/v1/engagements/acme-2026/findings?x=1#f"},
+        {"path": "/v1/engagements/acme-2026/findings#f"},
         {"engagement": "ACME"},
         {"subject": "bad subject"},
         {"groups": ["ok", "not ok"]},

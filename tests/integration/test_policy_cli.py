@@ -124,6 +124,28 @@ def test_explain_agrees_with_casbin() -> None:
     assert casbin == "casbin: allow, rule: " + rule.removeprefix("matched rule: ").split(" (")[0]
 
 
+def test_explain_casbin_says_it_was_asked_without_a_simulated_close() -> None:
+    """With ``--closed`` the decision denies the write while plain pycasbin, which only
+    reads the files, allows it: the two lines read like a disagreement without this."""
+    result = gateway_policy(
+        "explain", "--subject", "alice", "--dir", POLICY_DIR, "--casbin", "--closed",
+        "POST", "/v1/engagements/acme-2026/findings",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    out = result.stdout.splitlines()
+    assert "decision: deny" in out
+    assert next(line for line in out if line.startswith("casbin: ")).startswith("casbin: allow")
+    assert out[-1] == (
+        "casbin: asked without the engagement closed (it reads only the policy's own g3 "
+        "lines; this close comes from --closed), so it may disagree"
+    )
+    plain = gateway_policy(
+        "explain", "--subject", "alice", "--dir", POLICY_DIR, "--casbin",
+        "POST", "/v1/engagements/acme-2026/findings",
+    )  # fmt: skip
+    assert "asked without" not in plain.stdout
+
+
 def test_explain_rejects_a_bypass_path() -> None:
     result = gateway_policy(
         "explain", "--subject", "bob", "--engagement", "acme-2026", "GET", "/v1/%2e%2e/%2e%2e/x"
