@@ -29,9 +29,12 @@ was lost; the caller re-signs. See docs/decisions/0003 §6.
 
 - Memory: the fence is the store's creation time.
 - Redis: the fence is the key ``gateway:nonce-fence`` (no TTL), stamped with
-  the Redis process's ``run_id``. One Lua script reads it and, when it is
-  missing or was written by another Redis process (first use, any restart,
-  failover, flush, eviction), sets it to Redis's own ``TIME``, then compares
+  the Redis process's ``run_id`` and its replication id (``master_replid``,
+  which changes whenever the node changes role). One Lua script reads it and,
+  when it is missing or was written by another Redis process or in another
+  replication history of this one (first use, any restart, failover, a failback
+  to a node that was resynced from another meanwhile, flush, eviction), sets it
+  to Redis's own ``TIME``, then compares
   ``created`` and runs ``SET nonce 1 NX EX ttl``, all atomically. Redis's
   clock, not a gateway's, so the fence does not depend on which gateway
   noticed the loss.
@@ -207,22 +210,29 @@ class MemoryNonceStore:
 
 # KEYS[1] the fence, KEYS[2] the nonce (absent: only establish the fence);
 # ARGV[1] created, ARGV[2] TTL. Returns {outcome, fence time, 1 if the fence was just set}.
-# The fence is "<seconds.micros> <run_id>": a fence written by another Redis process
-# (restored from a snapshot or an append-only file, or replicated before a failover)
-# may sit beside lost nonces, so only this process's own fence is trusted. Anything
-# unparsable counts as lost too. TIME and INFO before a write need Redis 5 or later.
+# The fence is "<seconds.micros> <run_id>:<master_replid>": a fence written by another
+# Redis process (restored from a snapshot or an append-only file, or replicated before a
+# failover) may sit beside lost nonces, so only this process's own fence is trusted; and
+# so is only one written in this process's current replication history. A primary that
+# was made a replica and promoted again (a failback) keeps its run_id, but its data is
+# then a copy of the other node's, which may hold its old fence without the nonces it
+# claimed meanwhile; each such change of role gives it a new master_replid. Anything
+# unparsable (a fence of the older "<seconds> <run_id>" form too) counts as lost.
+# TIME and INFO before a write need Redis 5 or later.
 CLAIM_SCRIPT = """
 local run_id = string.match(redis.call('INFO', 'server'), 'run_id:(%w+)')
+local replid = string.match(redis.call('INFO', 'replication'), 'master_replid:(%w+)')
+local owner = run_id .. ':' .. (replid or '')
 local stored = redis.call('GET', KEYS[1])
-local fence, fence_run_id
+local fence, fence_owner
 if stored then
-  fence, fence_run_id = string.match(stored, '^(%d+%.%d+) (%w+)$')
+  fence, fence_owner = string.match(stored, '^(%d+%.%d+) ([%w:]+)$')
 end
 local reset = 0
-if not (fence and fence_run_id == run_id) then
+if not (fence and replid and fence_owner == owner) then
   local now = redis.call('TIME')
   fence = now[1] .. '.' .. string.format('%06d', tonumber(now[2]))
-  redis.call('SET', KEYS[1], fence .. ' ' .. run_id)
+  redis.call('SET', KEYS[1], fence .. ' ' .. owner)
   reset = 1
 end
 if #KEYS < 2 then
@@ -251,6 +261,8 @@ class NonceKeys:
     PREFIX = "gateway:nonce:"
     # Outside PREFIX's key space: nonce keys continue with a digit (or "{") after the colon.
     FENCE_KEY = "gateway:nonce-fence"
+    # Written by the readiness check (a short-lived key, outside PREFIX's space too).
+    READY_KEY = "gateway:nonce-ready"
     # Fixed: changing it renames every key, and gateways of two layouts would not see
     # each other's nonces. 64 spreads the groups over the primaries of any usual cluster.
     FENCE_GROUPS = 64
@@ -355,10 +367,13 @@ class RedisNonceStore:
             )
 
     async def check(self) -> tuple[bool, str]:
+        """Readiness: a write, as a claim is one. A Redis that answers PING but refuses
+        writes (a replica, read-only after a failover, full under ``noeviction``) made
+        every signed request a 503 while ``/readyz`` said ready."""
         try:
-            await self._client.ping()
-        except REDIS_FAILURES as exc:
-            return False, f"redis unreachable ({type(exc).__name__})"
+            await self._client.set(NonceKeys.READY_KEY, b"1", px=5_000)
+        except REDIS_FAILURES as exc:  # unreachable, or READONLY / OOM: no claim either
+            return False, f"redis cannot take a claim ({type(exc).__name__})"
         return True, "redis"
 
     async def aclose(self) -> None:

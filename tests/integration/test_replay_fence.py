@@ -6,9 +6,11 @@ persistence, so it comes back empty), real signed requests replayed byte for byt
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -16,12 +18,14 @@ import pytest
 import redis
 from fastapi import FastAPI
 
-from app.authn.nonces import RedisNonceStore
+from app.authn.nonces import Claim, RedisNonceStore
+from app.core.config import RedisSettings
+from app.core.redis import create_redis
 from app.main import create_app
 from app.stubs.server import create_stub_app
 from tests.conftest import LiveServer, make_settings, resent_to, send, signature_param, signer
 from tests.integration.ops.conftest import metric_value
-from tests.redis_server import RedisServer
+from tests.redis_server import RedisServer, redis_binary
 
 pytestmark = pytest.mark.integration
 
@@ -63,8 +67,10 @@ def created_of(request: httpx.Request) -> int:
 def fence_of(client: redis.Redis) -> float:
     value = client.get(RedisNonceStore.FENCE_KEY)
     assert isinstance(value, bytes), "the fence key exists"
-    seconds, run_id = value.decode().split()
+    seconds, owner = value.decode().split()
+    run_id, replid = owner.split(":")
     assert run_id == client.info("server")["run_id"], "stamped by this Redis process"
+    assert replid == client.info("replication")["master_replid"], "in its current history"
     return float(seconds)
 
 
@@ -160,3 +166,60 @@ def test_memory_store_refuses_what_a_previous_process_may_have_accepted(
     assert send(resent_to(restarted, captured)).status_code == 401
     assert send(signed(restarted.url + FINDINGS)).status_code == 200
     assert authn_denials(list(captured_logs)) == ["replayed", RESET]
+
+
+def _synced_from(replica: redis.Redis) -> bool:
+    info = replica.info("replication")
+    return bool(info.get("master_link_status") == "up" and info.get("master_sync_in_progress") == 0)
+
+
+def _wait(predicate: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + 20
+    while not predicate():
+        if time.monotonic() > deadline:
+            pytest.fail(f"not within 20 s: {what}")
+        time.sleep(0.05)
+
+
+def test_a_failback_to_a_node_resynced_from_another_refuses_what_it_claimed_meanwhile(
+    tmp_path: Path,
+) -> None:
+    """An audit's failback: P claims X while R (promoted, holding P's replicated fence)
+    never saw it; P is resynced from R and promoted back. Its run_id is the same and its
+    fence is its own, but X's nonce is gone: the fence must reset (it kept, and X passed)."""
+    binary = redis_binary()
+    # A full resync writes an RDB file in the server's directory: the test's, never the
+    # working one, where every later redis-server would load it at start.
+    primary, other = (
+        RedisServer(binary, ["--repl-diskless-sync-delay", "0", "--dir", str(tmp_path)]).start()
+        for _ in range(2)
+    )
+    p = redis.Redis(port=primary.port, socket_timeout=5)
+    r = redis.Redis(port=other.port, socket_timeout=5)
+
+    async def claim(nonce: str, created: int) -> Claim:
+        store = RedisNonceStore(create_redis(RedisSettings(url=primary.url)))
+        try:
+            return await store.claim("k1", nonce, created, 300)
+        finally:
+            await store.aclose()
+
+    try:
+        r.replicaof("127.0.0.1", primary.port)
+        _wait(lambda: _synced_from(r), "R follows P")
+        seconds, _ = p.time()
+        assert asyncio.run(claim("n0", seconds + 1)) is Claim.CLAIMED  # P's own fence
+        _wait(lambda: r.get(RedisNonceStore.FENCE_KEY) is not None, "the fence reaches R")
+        r.replicaof("no", "one")  # R promoted; P still takes claims (no min-replicas)
+        created = int(float(p.get(RedisNonceStore.FENCE_KEY).split()[0])) + 1
+        assert asyncio.run(claim("x", created)) is Claim.CLAIMED
+        p.replicaof("127.0.0.1", other.port)  # P resynced from R: X's nonce is gone
+        _wait(lambda: _synced_from(p) and not p.exists(RedisNonceStore.key("k1", "x")), "P = R")
+        p.replicaof("no", "one")  # the failback
+        _wait(lambda: p.time()[0] > created, "a second past X's created")
+        assert asyncio.run(claim("x", created)) is Claim.BEFORE_FENCE
+    finally:
+        p.close()
+        r.close()
+        primary.stop()
+        other.stop()

@@ -211,7 +211,8 @@ async def redis_store(server: RedisServer) -> AsyncIterator[tuple[RedisNonceStor
 async def set_fence(client: Redis, seconds: str) -> None:
     """Stamp a fence as this Redis process's own (another process's would be a reset)."""
     run_id = (await client.info("server"))["run_id"]
-    await client.set(RedisNonceStore.FENCE_KEY, f"{seconds} {run_id}")
+    replid = (await client.info("replication"))["master_replid"]
+    await client.set(RedisNonceStore.FENCE_KEY, f"{seconds} {run_id}:{replid}")
 
 
 async def read_fence(client: Redis) -> float:
@@ -358,6 +359,30 @@ def test_redis_store_fails_closed_when_redis_is_down_and_recovers(
             assert (await store.check()) == (True, "redis")
 
     asyncio.run(scenario())
+
+
+@pytest.mark.parametrize(
+    "refuse",
+    [
+        ("CONFIG", "SET", "maxmemory", "1"),  # full, under noeviction: OOM on every write
+        ("REPLICAOF", "127.0.0.1", "1"),  # a replica (as after a failover): READONLY
+    ],
+)
+def test_readiness_is_a_write_not_a_ping(
+    redis_server: RedisServer, refuse: tuple[str, ...]
+) -> None:
+    """An audit: PING answered, every claim was a 503, and /readyz said ready."""
+
+    async def scenario() -> tuple[tuple[bool, str], tuple[bool, str]]:
+        async with redis_store(redis_server) as (store, probe):
+            before = await store.check()
+            await probe.execute_command(*refuse)
+            return before, await store.check()
+
+    before, after = asyncio.run(scenario())
+    assert before == (True, "redis")
+    assert after[0] is False
+    assert after[1].startswith("redis cannot take a claim (")
 
 
 @pytest.mark.parametrize(("policy", "warned"), [("noeviction", False), ("volatile-lru", True)])
