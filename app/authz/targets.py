@@ -75,14 +75,17 @@ class RouteTemplates:
             path = normalize_path(raw_path)
         except InvalidPath as exc:
             raise TargetRefused("invalid_path", f"The original URI: {exc.detail}") from None
-        if path != raw_path and path != raw_path.rstrip("/"):
+        one_slash_less = raw_path[:-1] if raw_path.endswith("/") else raw_path
+        if path != raw_path and path != one_slash_less:
             # The asking proxy forwards the URI as the client sent it: a service that reads
             # "/a/%2e%2e/b" or "/a//b" otherwise than the gateway would serve another
-            # resource than the one decided (decision 0001). A trailing slash is the same.
+            # resource than the one decided (decision 0001). One trailing slash is the
+            # same resource; "/a//" ends in an empty segment, as "/a//b" has one.
             raise TargetRefused(
                 "invalid_path",
-                "The original URI is not in canonical form (dot segments, empty segments "
-                "or percent-encoded unreserved characters); send it canonical.",
+                "The original URI is not in canonical form (dot segments, empty segments, "
+                "percent-encoded unreserved characters, or lower-case hex in a "
+                "percent-escape: %2A, not %2a); send it canonical.",
             )
         for template in self._templates:
             match = template.regex.match(path)

@@ -53,6 +53,10 @@ def test_a_trailing_slash_is_the_same_resource_but_dot_segments_are_refused() ->
         ("GET", "/v1/engagements/Acme/findings", "invalid_engagement"),
         # Not the gateway-wide domain: a path's "*" is a malformed engagement id.
         ("GET", "/v1/engagements/*/findings", "invalid_engagement"),
+        # One trailing slash is the same resource; more end in an empty segment.
+        ("GET", "/v1/engagements/acme-2026/findings//", "invalid_path"),
+        ("GET", "/v1/engagements/acme-2026/findings/x/////", "invalid_path"),
+        ("GET", "/v1/engagements/acme-2026/findings/a%2a", "invalid_path"),
         ("GET", "/v1/engagements/acme-2026/findings%2f..", "invalid_path"),
         ("GET", "/..", "invalid_path"),
         ("GET", "*", "invalid_path"),
