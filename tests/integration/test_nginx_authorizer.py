@@ -15,12 +15,14 @@ from typing import Any
 
 import httpx
 import pytest
+import yaml
 from fastapi import FastAPI, Request
 
 from app.authn.asgi import message_from_scope
 from app.authn.keys import KeyRing, SigningKey
 from app.authn.verifier import SignatureVerifier
 from app.core.errors import AuthenticationFailed
+from app.core.headers import METHOD_OVERRIDES, URL_REWRITES
 from app.main import create_app
 from tests.conftest import LiveServer, make_settings
 from tests.integration.nginx_stack import NginxSite, nginx_key_spec
@@ -32,6 +34,7 @@ FOREIGN = "/v1/engagements/initech-redteam/findings"
 ROUTES = ["/v1/engagements/{engagement_id}/findings", "/v1/engagements/{engagement_id}/overview"]
 IDENTITY_ENV = "GATEWAY_TEST_AUTHZ_IDENTITY_KEY"
 IDENTITY_SECRET = b"authorizer-identity-test-secret-not-for-production"
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 
 
 def _application(verifier: SignatureVerifier) -> FastAPI:
@@ -99,6 +102,9 @@ def test_an_allowed_request_reaches_the_application_with_the_answer_headers(
             "X-Original-Method": "POST",
             "X-Forwarded-Uri": "/admin/policy/reload",
             "X-Forwarded-Method": "POST",
+            "X-Auth-User": "sam",
+            **{name: "POST" for name in METHOD_OVERRIDES},
+            **{name: "/admin/policy/reload" for name in URL_REWRITES},
         }
         response = client.get(OURS, params={"page": "2"}, headers=forged)
     assert response.status_code == 200, response.text
@@ -114,7 +120,34 @@ def test_an_allowed_request_reaches_the_application_with_the_answer_headers(
     # The authorizer contract's fields: nobody decided on the client's copies.
     assert not {"x-original-uri", "x-original-method"} & set(headers)
     assert not {"x-forwarded-uri", "x-forwarded-method"} & set(headers)
+    # Nor an override or a rewrite: the application would act on another method or path.
+    assert not (METHOD_OVERRIDES | URL_REWRITES | {"x-auth-user"}) & set(headers)
     assert seen["signed"] == "alice"  # the gateway's identity signature verifies
+
+
+def test_the_envoy_and_traefik_examples_strip_every_override_and_rewrite() -> None:
+    """Not run (no binaries here): their configurations name every header nginx blanks."""
+    envoy = yaml.safe_load((DEPLOY / "envoy" / "envoy.yaml").read_text())
+    removed = {
+        m["remove"]
+        for f in _envoy_filters(envoy)
+        if f["name"] == "envoy.filters.http.header_mutation"
+        for m in f["typed_config"]["mutations"]["request_mutations"]
+    }
+    assert removed >= METHOD_OVERRIDES | URL_REWRITES
+    traefik = yaml.safe_load((DEPLOY / "traefik" / "dynamic.yml").read_text())["http"]
+    strip = traefik["middlewares"]["app-strip-overrides"]["headers"]["customRequestHeaders"]
+    assert {name.lower() for name, value in strip.items() if value == ""} >= (
+        METHOD_OVERRIDES | URL_REWRITES
+    )
+    assert traefik["routers"]["app"]["middlewares"][0] == "app-strip-overrides"
+
+
+def _envoy_filters(config: dict[str, Any]) -> list[dict[str, Any]]:
+    listener = config["static_resources"]["listeners"][0]
+    manager = listener["filter_chains"][0]["filters"][0]["typed_config"]
+    filters: list[dict[str, Any]] = manager["http_filters"]
+    return filters
 
 
 def test_a_post_with_a_body_passes_to_the_application_unseen_by_the_gateway(
