@@ -330,6 +330,7 @@ class RedisNonceStore:
             # First use of this Redis, or it lost its data: earlier signatures are refused.
             log.warning("nonce_fence_set", fence=latest, fences=resets)
         await self._warn_if_evicting()
+        await self._warn_if_failover_unguarded()
         return latest
 
     async def claim(self, key_id: str, nonce: str, created: int, ttl_seconds: int) -> Claim:
@@ -364,6 +365,30 @@ class RedisNonceStore:
             # Evicting an unexpired nonce reopens replay for it, unseen by the fence.
             log.warning(
                 "nonce_store_evicts", maxmemory_policy=",".join(sorted(p for p in policies if p))
+            )
+
+    async def _warn_if_failover_unguarded(self) -> None:
+        """Warn when a primary with replicas runs without ``min-replicas-to-write``.
+
+        Without it, a failover leaves the old primary writable until it follows the
+        new one: claims made there meanwhile are lost when it resyncs, so those
+        requests can be replayed (operations.md, "Failover"). Redis reports
+        ``min_slaves_good_slaves`` only when the setting is on. A Cluster stops a
+        minority primary itself; a primary whose replicas are not connected yet at
+        start-up is not warned about.
+        """
+        if isinstance(self._client, RedisCluster):
+            return
+        try:
+            info = await self._client.info("replication")
+        except REDIS_FAILURES:
+            return
+        replicas = int(info.get("connected_slaves", 0) or 0)
+        if info.get("role") == "master" and replicas and "min_slaves_good_slaves" not in info:
+            log.warning(
+                "nonce_store_failover_unguarded",
+                replicas=replicas,
+                fix="min-replicas-to-write 1 and min-replicas-max-lag 10 on every primary",
             )
 
     async def check(self) -> tuple[bool, str]:

@@ -8,6 +8,7 @@ import math
 import time
 from collections.abc import AsyncIterator, Sized
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -400,3 +401,37 @@ def test_start_up_warns_when_redis_may_evict_unexpired_nonces(
     assert ("nonce_store_evicts" in events) is warned
     if warned:
         assert events["nonce_store_evicts"]["maxmemory_policy"] == policy
+
+
+def test_start_up_warns_when_a_primary_with_replicas_can_take_claims_after_a_failover(
+    tmp_path: Path,
+) -> None:
+    """An audit replayed 100 of 580 requests across a Sentinel failover without
+    ``min-replicas-to-write``; with it, none. The gateway now says so at start-up."""
+    binary = redis_binary()
+    # A full resync writes an RDB file in the server's directory: the test's own.
+    quick = ["--repl-diskless-sync-delay", "0", "--dir", str(tmp_path)]
+    primary = RedisServer(binary, quick).start()
+    replica = RedisServer(binary, [*quick, "--replicaof", "127.0.0.1", str(primary.port)]).start()
+
+    async def scenario() -> tuple[list[str], list[str]]:
+        async with redis_store(primary) as (store, probe):
+            for _ in range(400):  # bounded: the replica connects within a second or two
+                if (await probe.info("replication")).get("connected_slaves"):
+                    break
+                await asyncio.sleep(0.05)
+            with capture_logs() as unguarded:
+                await store.open()
+            await probe.config_set("min-replicas-to-write", 1)
+            await probe.config_set("min-replicas-max-lag", 10)
+            with capture_logs() as guarded:
+                await store.open()
+        return [e["event"] for e in unguarded], [e["event"] for e in guarded]
+
+    try:
+        unguarded, guarded = asyncio.run(scenario())
+    finally:
+        replica.stop()
+        primary.stop()
+    assert "nonce_store_failover_unguarded" in unguarded
+    assert "nonce_store_failover_unguarded" not in guarded
