@@ -57,6 +57,16 @@ def incoming_request_id(scope: Scope) -> str | None:
     return None
 
 
+def request_corr_id(scope: Scope) -> str:
+    """The request's corr_id, kept in its scope's state: the one it already has, else its
+    well-formed X-Request-ID, else a new one. The protocol may take it before the edge
+    runs (a broken body, a request above the connection cap); the edge then keeps it."""
+    state = scope.setdefault("state", {})
+    corr_id: str = state.get("corr_id") or incoming_request_id(scope) or uuid4_hex()
+    state["corr_id"] = corr_id
+    return corr_id
+
+
 def _check_head(scope: Scope, max_body_bytes: int) -> None:
     """The head's framing, in one pass over its fields: one Host, a body within the cap.
 
@@ -131,10 +141,7 @@ class EdgeMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        state = scope.setdefault("state", {})
-        # Set already when the protocol answered before the app ran (a broken body).
-        corr_id = state.get("corr_id") or incoming_request_id(scope) or uuid4_hex()
-        state["corr_id"] = corr_id
+        corr_id = request_corr_id(scope)
         logcontext.clear()
         logcontext.bind(corr_id=corr_id)
         started_at = time.perf_counter()

@@ -50,11 +50,10 @@ import structlog
 from uvicorn.protocols.http.flow_control import service_unavailable
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from app.core.ids import uuid4_hex
 from app.core.logging import flush_log_lines
 from app.core.problems import PROBLEM_CONTENT_TYPE, problem_body, problem_response
 from app.core.scope import SERVER_ANSWERED_KEY
-from app.edge.correlation import incoming_request_id
+from app.edge.correlation import request_corr_id
 
 log = structlog.get_logger("gateway.edge")
 
@@ -194,34 +193,25 @@ class _UvicornOverCapFilter(logging.Filter):
 logging.getLogger("uvicorn.error").addFilter(_UvicornOverCapFilter())
 
 
-def over_cap_corr_id(scope: Any) -> str:
-    """The corr_id of a request above the cap: its well-formed X-Request-ID, or a new one.
-
-    Kept in the scope's state, where the edge takes it for a probe that is served.
-    """
-    state = scope.setdefault("state", {})
-    corr_id: str = state.get("corr_id") or incoming_request_id(scope) or uuid4_hex()
-    state["corr_id"] = corr_id
-    return corr_id
-
-
-def _log_over_cap(scope: Any, served: bool) -> None:
+def _log_over_cap(scope: Any, served: bool) -> str:
+    """One ``over_capacity`` line; the request's corr_id (a served probe's edge keeps it)."""
+    corr_id = request_corr_id(scope)
     # The target as sent (printable ASCII: httptools refuses anything else), not yet
     # normalised by the edge; bounded, as it is not yet checked either.
     raw: bytes = scope.get("raw_path") or b""
     log.warning(
         "over_capacity",
-        corr_id=over_cap_corr_id(scope),
+        corr_id=corr_id,
         method=scope["method"],
         path=raw[:256].decode("latin-1"),
         served=served,
     )
+    return corr_id
 
 
 async def overloaded(scope: Any, receive: Any, send: Any) -> None:
     """The answer above ``limit_concurrency``: problem+json, and the connection closed."""
-    _log_over_cap(scope, served=False)
-    corr_id = over_cap_corr_id(scope)
+    corr_id = _log_over_cap(scope, served=False)
     response = problem_response(
         503,
         "unavailable",
@@ -543,10 +533,9 @@ class GatewayHttpProtocol(HttpToolsProtocol):
     def _refuse_body(self, cycle: Any) -> None:
         """A running request whose body's framing broke: its 400 now (if its answer has
         not begun), the app told the client is gone, the connection closed."""
-        state = cycle.scope.setdefault("state", {})
         # The edge's corr_id, or the one it will take (the app may not have run yet).
-        corr_id = state.get("corr_id") or incoming_request_id(cycle.scope) or uuid4_hex()
-        state["corr_id"] = corr_id
+        corr_id = request_corr_id(cycle.scope)
+        state = cycle.scope["state"]
         log.info("body_malformed", corr_id=corr_id, response_started=cycle.response_started)
         if not cycle.response_started:
             state[SERVER_ANSWERED_KEY] = 400
