@@ -179,14 +179,13 @@ class _AliasBomb(yaml.YAMLError):
         self.line = line
 
 
-def _check_aliases(text: str) -> None:
+def _check_aliases(root: yaml.Node | None) -> None:
     """``_AliasBomb`` when the document's aliases expand it past ``MAX_ALIAS_NODES``.
 
     The composed document holds each aliased node once; its expanded size is counted
     per distinct node (memoised), so the check is linear in the text, and a node that
     contains itself (``&a [*a]``) is refused rather than followed.
     """
-    root = yaml.compose(text, Loader=yaml.SafeLoader)
     if root is None:
         return
     sizes: dict[int, int] = {}
@@ -219,6 +218,21 @@ def _check_aliases(text: str) -> None:
         )
 
 
+def _compose_and_load(text: str) -> tuple[dict[tuple[Any, ...], int], Any]:
+    """The document's line map and its data, from one parse (``yaml.load``'s steps).
+
+    The composed nodes are checked for alias bombs before anything walks them (the
+    line map) or builds the data from them.
+    """
+    loader = _UniqueKeyLoader(text)  # a SafeLoader
+    try:
+        root = loader.get_single_node()
+        _check_aliases(root)
+        return _line_map(root), None if root is None else loader.construct_document(root)
+    finally:
+        loader.dispose()
+
+
 def _pairs(node: yaml.MappingNode) -> Iterator[yaml.Node]:
     for key, value in node.value:
         yield key
@@ -249,9 +263,7 @@ def read_suites(policy_dir: Path) -> tuple[list[PolicyCase], list[Issue]]:
             continue
         text = data.decode("utf-8")
         try:
-            _check_aliases(text)
-            lines = _line_map(text)
-            document = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506  # a SafeLoader
+            lines, document = _compose_and_load(text)
             parsed.append((name, SuiteFile.model_validate(document), lines))
         except _AliasBomb as exc:
             issues.append(Issue("error", f"{name}:{exc.line}", "suite", f"cannot read: {exc}"))
@@ -329,13 +341,9 @@ def _issue(name: str, lines: dict[tuple[Any, ...], int], error: Any) -> Issue:
 _OWN_CODES = {"engagement_mismatch", "invalid_action", "caller", "matched_rule", "suite"}
 
 
-def _line_map(text: str) -> dict[tuple[Any, ...], int]:
+def _line_map(root: yaml.Node | None) -> dict[tuple[Any, ...], int]:
     """1-based line of every mapping key and sequence item, by its path in the document."""
     lines: dict[tuple[Any, ...], int] = {}
-    try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError:
-        return lines
     for path, node in _walk(root, ()):
         lines.setdefault(path, node.start_mark.line + 1)
     return lines
