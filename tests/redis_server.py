@@ -11,7 +11,9 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
+import weakref
 from collections.abc import Iterator, Sequence
 
 import pytest
@@ -37,7 +39,10 @@ def answers_ping(port: int) -> bool:
 class RedisServer:
     """One redis-server; ``stop()`` and ``start()`` again keep the same port.
 
-    ``args``: more command-line options (replication, cluster mode).
+    ``args``: more command-line options (replication, cluster mode). Its working
+    directory (where a replication's ``dump.rdb`` lands) is a private temporary one
+    unless ``args`` names a ``--dir``: in the current directory, a later "fresh"
+    server started there would load an earlier test's keys.
     """
 
     def __init__(self, binary: str, args: Sequence[str] = (), port: int | None = None) -> None:
@@ -45,6 +50,8 @@ class RedisServer:
         self.args = list(args)
         self.port = port or _free_port()
         self.proc: subprocess.Popen[bytes] | None = None
+        self.workdir = tempfile.mkdtemp(prefix="redis-test-")
+        weakref.finalize(self, shutil.rmtree, self.workdir, True)
 
     @property
     def url(self) -> str:
@@ -63,7 +70,9 @@ class RedisServer:
             "no",
             "--protected-mode",
             "yes",
-            *self.args,
+            "--dir",
+            self.workdir,
+            *self.args,  # a later --dir wins
         ]
 
     def start(self) -> RedisServer:
