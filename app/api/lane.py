@@ -47,6 +47,7 @@ from fastapi import FastAPI
 from fastapi.middleware.asyncexitstack import AsyncExitStackMiddleware
 from fastapi_offline import FastAPIOffline
 from starlette._utils import get_route_path
+from starlette.datastructures import State
 from starlette.middleware.exceptions import ExceptionMiddleware
 from starlette.requests import Request
 from starlette.routing import BaseRoute, Match, Mount, Route
@@ -187,6 +188,30 @@ class GatewayApp(FastAPI):
         await self.middleware_stack(scope, receive, send)
 
 
+class AppState(State):
+    """Starlette's ``State`` whose attributes are also ordinary instance attributes.
+
+    ``State`` keeps them in a dict served by ``__getattr__``, which Python calls only
+    after the ordinary lookup failed: every read of ``app.state.gate`` first built and
+    discarded an ``AttributeError`` with its formatted message (about 0.5 µs, against
+    0.01 µs for an attribute; the hot routes read four to six a request). Setting and
+    deleting keep ``State``'s dict as it was, so anything reading that sees the same.
+    """
+
+    def __init__(self, state: dict[str, Any] | None = None) -> None:
+        super().__init__(state)
+        for key, value in self._state.items():
+            object.__setattr__(self, key, value)
+
+    def __setattr__(self, key: Any, value: Any) -> None:
+        super().__setattr__(key, value)
+        object.__setattr__(self, key, value)
+
+    def __delattr__(self, key: Any) -> None:
+        super().__delattr__(key)
+        object.__delattr__(self, key)
+
+
 def gateway_app(
     edge: EdgeSettings, untraced_paths: tuple[str, ...] | None, **kwargs: Any
 ) -> GatewayApp:
@@ -199,6 +224,7 @@ def gateway_app(
     app = FastAPIOffline(**kwargs)
     app.__class__ = GatewayApp
     assert isinstance(app, GatewayApp)
+    app.state = AppState(app.state._state)
     app.edge = edge
     app.untraced_paths = untraced_paths
     return app

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 from app.core.errors import DownstreamError, GatewayError
+from app.core.logging import get_logger
 from app.core.problems import problem_response
 from app.core.scope import ERROR_CODE_KEY
 
-log = structlog.get_logger("gateway.errors")
+log = get_logger("gateway.errors")
 
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 400: "bad_request"}
 

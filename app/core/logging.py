@@ -41,6 +41,7 @@ from typing import Any, BinaryIO, Literal
 
 import orjson
 import structlog
+from structlog._config import BoundLoggerLazyProxy
 from structlog.typing import EventDict, Processor, WrappedLogger
 
 from app.core import logcontext
@@ -56,11 +57,48 @@ DECISION_LOGGER = "gateway.decision"
 _DECISION_WRAPPER = structlog.make_filtering_bound_logger(logging.INFO)
 
 
+class LazyLogger(BoundLoggerLazyProxy):
+    """structlog's lazy logger proxy, its logging methods defined on the class.
+
+    The proxy (what ``structlog.get_logger`` returns) serves ``log.info`` from
+    ``__getattr__``, which Python calls only after the ordinary lookup failed: every
+    line first built and discarded an ``AttributeError`` with its formatted message
+    (about 0.6 µs a line, against 0.04 µs for a bound logger's method). Here the
+    level methods exist, so the lookup succeeds and calls the same ``bind()`` the
+    proxy's ``__getattr__`` would, configuration changes included (``bind()`` builds
+    from the current configuration until one with ``cache_logger_on_first_use``
+    caches it). Any other attribute still goes through ``__getattr__``.
+    """
+
+    def debug(self, event: str | None = None, *args: Any, **kw: Any) -> Any:
+        logger: Any = self.bind()
+        return logger.debug(event, *args, **kw)
+
+    def info(self, event: str | None = None, *args: Any, **kw: Any) -> Any:
+        logger: Any = self.bind()
+        return logger.info(event, *args, **kw)
+
+    def warning(self, event: str | None = None, *args: Any, **kw: Any) -> Any:
+        logger: Any = self.bind()
+        return logger.warning(event, *args, **kw)
+
+    def error(self, event: str | None = None, *args: Any, **kw: Any) -> Any:
+        logger: Any = self.bind()
+        return logger.error(event, *args, **kw)
+
+    def exception(self, event: str | None = None, *args: Any, **kw: Any) -> Any:
+        logger: Any = self.bind()
+        return logger.exception(event, *args, **kw)
+
+
+def get_logger(name: str) -> Any:
+    """``structlog.get_logger(name)``, as a ``LazyLogger``: for loggers of the hot path."""
+    return LazyLogger(None, logger_factory_args=(name,))
+
+
 def decision_logger() -> Any:
     """The ``gateway.decision`` logger: the configured chain, at INFO whatever the level."""
-    return structlog.wrap_logger(
-        None, wrapper_class=_DECISION_WRAPPER, logger_factory_args=(DECISION_LOGGER,)
-    )
+    return LazyLogger(None, wrapper_class=_DECISION_WRAPPER, logger_factory_args=(DECISION_LOGGER,))
 
 
 def _orjson_dumps(obj: object, default: object = None) -> str:

@@ -28,7 +28,6 @@ from typing import Any, TypeVar
 
 import httpx
 import orjson
-import structlog
 from pydantic import BaseModel, ValidationError
 
 from app.authn.digest import content_digest
@@ -41,6 +40,7 @@ from app.core.errors import (
     GatewayError,
     ServiceUnavailable,
 )
+from app.core.logging import get_logger
 from app.core.tracing import client_span
 from app.downstream.http1 import Http1Transport, StaleConnection
 from app.downstream.propagation import (
@@ -69,7 +69,7 @@ from app.downstream.transport import (
 )
 from app.ops.metrics import observe_downstream
 
-log = structlog.get_logger("gateway.downstream")
+log = get_logger("gateway.downstream")
 
 Body = bytes | AsyncIterable[bytes] | None
 Fields = list[tuple[str, str]]

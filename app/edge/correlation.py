@@ -18,7 +18,6 @@ import re
 import time
 from collections.abc import Iterable
 
-import structlog
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -33,12 +32,13 @@ from app.core.errors import (
     ServiceUnavailable,
 )
 from app.core.ids import uuid4_hex
+from app.core.logging import get_logger
 from app.core.problems import problem_response
 from app.core.scope import SERVER_ANSWERED_KEY, SIGNED_PATH_KEY
 from app.edge.paths import normalize_request_path
 from app.ops.metrics import observe_request, route_label
 
-log = structlog.get_logger("gateway.edge")
+log = get_logger("gateway.edge")
 
 REQUEST_ID_HEADER = "x-request-id"
 _REQUEST_ID = REQUEST_ID_HEADER.encode("ascii")

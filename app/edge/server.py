@@ -46,16 +46,15 @@ from collections.abc import Callable, Iterable
 from typing import Any, cast
 
 import orjson
-import structlog
 from uvicorn.protocols.http.flow_control import service_unavailable
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from app.core.logging import flush_log_lines
+from app.core.logging import flush_log_lines, get_logger
 from app.core.problems import PROBLEM_CONTENT_TYPE, problem_body, problem_response
 from app.core.scope import SERVER_ANSWERED_KEY
 from app.edge.correlation import request_corr_id
 
-log = structlog.get_logger("gateway.edge")
+log = get_logger("gateway.edge")
 
 
 def _closing_answer(status: int, reason: bytes, code: str, title: str, detail: str) -> bytes:

@@ -32,7 +32,6 @@ from typing import Any
 
 import http_sf
 import httpx
-import structlog
 from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
@@ -50,12 +49,12 @@ from app.core.errors import (
     ResponseAborted,
 )
 from app.core.headers import DEFAULT_FORWARDED, HOP_BY_HOP
-from app.core.logging import decision_logger
+from app.core.logging import decision_logger, get_logger
 from app.downstream.client import DownstreamClient, end_stream, raise_for_client_error
 from app.downstream.propagation import forwardable_headers, forwarded_header
 from app.ops.metrics import count_downstream_body_failure
 
-log = structlog.get_logger("gateway.passthrough")
+log = get_logger("gateway.passthrough")
 decision_log = decision_logger()
 _RESPONSE_DROP = frozenset(
     name.encode("ascii")

@@ -284,3 +284,64 @@ def test_path_values_equal_fastapis_request_params_to_args(received: dict[str, s
         assert got is None
     else:
         assert got == expected
+
+
+def test_app_state_reads_as_starlette_state_without_its_getattr_fallback(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from starlette.datastructures import State
+
+    from app.api.lane import AppState
+
+    state = AppState({"given": 1})
+    state.gate = "gate"
+    state.gate = "gate 2"
+    assert (state.given, state.gate) == (1, "gate 2")
+    assert state._state == {"given": 1, "gate": "gate 2"}  # what State keeps, unchanged
+
+    def no_fallback(self: State, key: str) -> object:
+        raise AssertionError(f"State.__getattr__ ran for {key}")
+
+    monkeypatch.setattr(State, "__getattr__", no_fallback)
+    assert state.gate == "gate 2"  # an ordinary attribute read
+    monkeypatch.undo()
+    del state.gate
+    assert state._state == {"given": 1}
+    with pytest.raises(AttributeError, match="has no attribute 'gate'"):
+        _ = state.gate
+
+
+def test_lazy_logger_writes_what_structlog_s_proxy_writes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from structlog._config import BoundLoggerLazyProxy
+
+    from app.core.logging import LazyLogger, get_logger
+
+    lines: list[object] = []
+    structlog.configure(
+        processors=[
+            lambda _l, method, event: lines.append((method, dict(event))) or event,
+            lambda _l, _m, event: repr(event),
+        ],
+        logger_factory=structlog.ReturnLoggerFactory(),
+        wrapper_class=structlog.make_filtering_bound_logger(10),
+        cache_logger_on_first_use=False,
+    )
+    try:
+        ours, theirs = get_logger("x"), structlog.get_logger("x")
+        assert isinstance(ours, LazyLogger)
+        for level in ("debug", "info", "warning", "error"):
+            for logger in (ours, theirs):
+                getattr(logger, level)("event", key=level)
+        assert len(lines) == 8
+        assert lines[0::2] == lines[1::2]
+
+        def no_fallback(self: BoundLoggerLazyProxy, name: str) -> object:
+            raise AssertionError(f"the proxy's __getattr__ ran for {name}")
+
+        monkeypatch.setattr(BoundLoggerLazyProxy, "__getattr__", no_fallback)
+        ours.info("still", key="written")
+        assert lines[-1] == ("info", {"key": "written", "event": "still"})
+    finally:
+        structlog.reset_defaults()

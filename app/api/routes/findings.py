@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated
 
-import structlog
 from fastapi import APIRouter, Header, Path, Response
 
 from app.api.deps import Authenticated, Authorized, Findings, KeyedAuthorized
 from app.api.routing import GuardedRoute
 from app.api.schemas import Problem, relay
+from app.core.logging import get_logger
 from app.domain.findings import Finding, FindingCreate, FindingList
 from app.workflows.idempotency import KEY_PATTERN, require_key
 
@@ -17,7 +17,7 @@ router = APIRouter(
     route_class=GuardedRoute, prefix="/v1/engagements/{engagement_id}/findings", tags=["findings"]
 )
 
-log = structlog.get_logger("gateway.findings")
+log = get_logger("gateway.findings")
 IDEMPOTENCY_KEY = {
     "name": "Idempotency-Key",
     "in": "header",
