@@ -219,14 +219,7 @@ class PassthroughRoute(_Section):
     @model_validator(mode="after")
     def _engagement_where_the_policy_reads_it(self) -> Self:
         """The engagement is ``/v1/engagements/{engagement_id}/...``, where explain reads it."""
-        names = PATH_PLACEHOLDER.findall(self.path)
-        first = self.path.startswith("/v1/engagements/{")
-        rooted = self.path == ENGAGEMENT_ROOT or self.path.startswith(ENGAGEMENT_ROOT + "/")
-        if ("engagement_id" in names or first) and not rooted:
-            raise ValueError(
-                f"path {self.path}: the engagement placeholder is {ENGAGEMENT_ROOT}... "
-                "(the segment after /v1/engagements/), as on every other route"
-            )
+        check_engagement_placement(self.path)
         return self
 
     @model_validator(mode="after")
@@ -296,13 +289,39 @@ _HEADER_NAME = r"^[a-z0-9][a-z0-9-]{0,63}$"
 _ROUTE_TEMPLATE = r"^/[A-Za-z0-9_{}:/.~-]*$"
 
 
+_PLACEHOLDER_NAME = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)(?::[^}]*)?\}")
+
+
+def check_engagement_placement(template: str) -> None:
+    """Refuse a route template that puts the engagement where the policy tools do not.
+
+    Suites, ``policy explain``, ``/admin/policy/explain`` and the who-can / what-can
+    queries take a request's engagement from its path alone
+    (``app.authz.fields.engagement_of``): the segment after ``/v1/engagements/``,
+    else ``*``. A template whose ``{engagement_id}`` sits elsewhere, or one under
+    ``/v1/engagements/`` with a literal or differently named segment there, would be
+    decided in another engagement than those tools test and explain, so a passing
+    suite case could be decided the other way live.
+    """
+    names = _PLACEHOLDER_NAME.findall(template)  # {engagement_id:str} names it too
+    under = template.startswith("/v1/engagements/")
+    rooted = template == ENGAGEMENT_ROOT or template.startswith(ENGAGEMENT_ROOT + "/")
+    if ("engagement_id" in names or under) and not rooted:
+        raise ValueError(
+            f"path {template}: the engagement placeholder is {ENGAGEMENT_ROOT}... "
+            "(the segment after /v1/engagements/), where the policy tools read it, "
+            "as on every other route"
+        )
+
+
 class AuthorizerSettings(_Section):
     """The decision endpoints (/v1/decisions): the gateway as another proxy's authorizer."""
 
     routes: list[Annotated[str, Field(pattern=_ROUTE_TEMPLATE)]] = Field(
         default_factory=list,
         description="templates of the requests that may be decided, tried in order "
-        "(starlette syntax): {engagement_id} is the engagement, {rest:path} matches the rest; "
+        "(starlette syntax): {engagement_id} is the engagement, only as the segment after "
+        "/v1/engagements/ (where the policy tools read it); {rest:path} matches the rest; "
         "a URI matching none is denied",
     )
     method_header: Annotated[str, Field(pattern=_HEADER_NAME)] = Field(
@@ -318,6 +337,13 @@ class AuthorizerSettings(_Section):
         description="with a key, an allowed answer also carries the identity signed by the "
         "gateway (Signature-Input/Signature, label gateway) for the upstream to verify",
     )
+
+    @field_validator("routes")
+    @classmethod
+    def _engagement_where_the_policy_reads_it(cls, routes: list[str]) -> list[str]:
+        for template in routes:
+            check_engagement_placement(template)
+        return routes
 
 
 RedisMode = Literal["standalone", "sentinel", "cluster"]

@@ -103,9 +103,39 @@ def test_key_needs_exactly_one_secret_source() -> None:
         "/v1/projects/{engagement_id}/files",
         "/v1/engagements/{eid}/files",
         "/v1/engagements/{engagement_id}x/files",
+        "/v1/engagements/acme-2026/files",  # decided in *, explained in acme-2026
     ],
 )
 def test_a_passthrough_engagement_sits_where_the_policy_reads_it(path: str) -> None:
     route = {"path": path, "service": "findings", "upstream_path": "/x"}
     with pytest.raises(ValidationError, match="the engagement placeholder is"):
         PassthroughRoute.model_validate(route)
+
+
+AUTHORIZER_MISPLACED = [
+    "/api/{engagement_id}/docs",  # decided in the engagement, explained in *
+    "/v1/engagements/{eid}/notes",  # decided in *, explained in the engagement
+    "/v1/engagements/acme-2026/notes",
+    "/v1/engagements/{rest:path}",
+    "/v1/engagements/{engagement_id:str}/notes",
+]
+
+
+@pytest.mark.parametrize("template", AUTHORIZER_MISPLACED)
+def test_an_authorizer_template_puts_the_engagement_where_the_policy_tools_read_it(
+    template: str,
+) -> None:
+    routes = ["/v1/engagements/{engagement_id}/findings", template]
+    with pytest.raises(ValidationError, match=r"authorizer\.routes[\s\S]*engagement placeholder"):
+        make_settings(authorizer={"routes": routes})
+
+
+def test_authorizer_templates_where_the_policy_tools_read_the_engagement_are_accepted() -> None:
+    routes = [
+        "/v1/engagements/{engagement_id}",
+        "/v1/engagements/{engagement_id}/findings/{finding_id}",
+        "/v1/engagements/{engagement_id}/{rest:path}",
+        "/v1/engagements",
+        "/admin/{rest:path}",
+    ]
+    assert make_settings(authorizer={"routes": routes}).authorizer.routes == routes
