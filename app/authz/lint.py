@@ -22,7 +22,7 @@ from collections import defaultdict
 from collections.abc import Iterator, Sequence, Set
 
 from app.authz.compiled import MAX_HOPS, CompiledPolicy
-from app.authz.fields import HTTP_METHODS
+from app.authz.fields import ENGAGEMENT_PREFIX, HTTP_METHODS
 from app.authz.routes import RouteShape, routes_for
 from app.authz.source import CLOSED_WRITER, GLOBAL_DOMAIN, Issue, PolicyLine, PolicySource
 
@@ -49,6 +49,8 @@ def lint(
         *_closed_writer_per_engagement(source),
         *_global_roles_inheriting_per_engagement(source),
         *_lower_case_methods(source),
+        *_engagement_mismatch(source),
+        *_any_character(source),
         *_role_graphs(source),
         *(_no_route(source, routes) if routes is not None else ()),
         *(_grants_outside_routes(source, routes) if routes is not None else ()),
@@ -148,7 +150,21 @@ def _shadowed(source: PolicySource) -> Iterator[Issue]:
 
 
 def _never_granted(source: PolicySource, suite_subjects: Set[str]) -> Iterator[Issue]:
-    named = {line.fields[i] for line in source.lines if line.ptype in ("g", "g2") for i in (0, 1)}
+    """Rules for a name nobody is granted.
+
+    Granted: the parent of a ``g``/``g2`` line. The child of one counts too for a
+    name with deny rules only: a person who holds roles and is blocked by name
+    (``p, alice, …, deny``; blocking someone must not fail CI). A name with allow
+    rules that is only ever a child is a role whose holders are gone: its own
+    inheritance line (``g, engagement_lead, analyst, *``) grants it to nobody, and
+    until someone holds it again only a *subject* of that name gets its rules
+    (``principal_is_role`` refuses the names some line grants). A suite case for
+    that subject says it is a person.
+    """
+    parents = {line.fields[1] for line in source.lines if line.ptype in ("g", "g2")}
+    children = {line.fields[0] for line in source.lines if line.ptype in ("g", "g2")}
+    allowing = {line.fields[0] for line in source.of_type("p") if line.fields[4] == "allow"}
+    named = parents | (children - allowing)
     reported: set[str] = set()
     for line in source.of_type("p"):
         name = line.fields[0]
@@ -160,8 +176,9 @@ def _never_granted(source: PolicySource, suite_subjects: Set[str]) -> Iterator[I
                 line,
                 "role_never_granted",
                 f"nobody holds {name!r} and no suite case is for a subject {name!r}: if it is "
-                f"a role, grant it (g, <who>, {name}, <engagement>); if it is a person, add a "
-                f"suite case with subject: {name}; otherwise fix the name",
+                f"a role, grant it (g, <who>, {name}, <engagement>) or delete its rules (until "
+                f"then a subject named {name!r} gets them); if it is a person, add a suite "
+                f"case with subject: {name}; otherwise fix the name",
             )
 
 
@@ -219,6 +236,42 @@ def _lower_case_methods(source: PolicySource) -> Iterator[Issue]:
                 "action_case",
                 f"action {action!r} never matches a request: HTTP methods are upper case, "
                 f"write {action.upper()}",
+            )
+
+
+def _engagement_mismatch(source: PolicySource) -> Iterator[Issue]:
+    """A rule for one engagement whose path names another: it can never apply.
+
+    ``/v1/engagements/acme-2026/…`` is always decided in ``acme-2026``, so
+    ``p, alice, globex-cloud, /v1/engagements/acme-2026/findings, GET, deny`` denies
+    nothing.
+    """
+    for line in source.of_type("p"):
+        domain, obj = line.fields[1], line.fields[2]
+        if domain == GLOBAL_DOMAIN or not obj.startswith(ENGAGEMENT_PREFIX):
+            continue
+        segment = obj[len(ENGAGEMENT_PREFIX) :].partition("/")[0]
+        if segment and not segment.startswith(":") and segment != "*" and segment != domain:
+            yield _warn(
+                line,
+                "engagement_mismatch",
+                f"a path under engagement {segment!r} is decided in {segment!r}, never in "
+                f"{domain!r}: this rule never applies (for a deny, nothing is denied); write "
+                f"{segment} or * as its engagement, or :engagement in its path",
+            )
+
+
+def _any_character(source: PolicySource) -> Iterator[Issue]:
+    """A ``.`` in a rule's path: keyMatch2 is a regular expression, so it is any character."""
+    for line in source.of_type("p"):
+        obj = line.fields[2]
+        if "." in obj:
+            widened = obj.replace(".", "x", 1)
+            yield _warn(
+                line,
+                "object_any_character",
+                f"'.' in {obj!r} matches any character (keyMatch2 is a regular expression), so "
+                f"the rule also covers {widened!r}: use :name for the segment if that is meant",
             )
 
 

@@ -16,6 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from app.core.errors import InvalidPath
+from app.edge.paths import normalize_path
+
 GLOBAL_DOMAIN = "*"
 CLOSED = "closed"
 CLOSED_WRITER = "closed_writer"
@@ -249,10 +252,43 @@ def _rule_problem(sub: str, dom: str, obj: str, act: str, eft: str) -> str | Non
     star_ok = obj == "*" or "*" not in obj or (obj.endswith("/*") and "*" not in obj[:-1])
     if not OBJECT.match(obj) or not star_ok:
         return f"object {obj!r} must be a path pattern (segments, :name, a final /*) or *"
+    if obj != "*" and (problem := _never_literal(obj)) is not None:
+        return f"object {obj!r} {problem}"
     if not ACTION.match(act):
         return f"action {act!r} must be an HTTP method, a named action or *"
     if eft not in EFFECTS:
         return f"effect {eft!r} must be allow or deny"
+    return None
+
+
+def _never_literal(obj: str) -> str | None:
+    """Why the path pattern ``obj`` would not match the path it spells, if it would not.
+
+    ``keyMatch2`` (Casbin's, and the compiled copy) is a regular expression: ``$``
+    and ``+`` in a literal segment make it miss its own spelling (a deny of
+    ``…/draft+internal/…`` denied nothing), and a ``:`` inside a segment starts a
+    parameter there. The edge decides normalised paths only (upper-case escapes,
+    unreserved characters decoded, no ``.``/``..``/empty segments, no trailing
+    ``/``), so a pattern in any other form never meets a decided path.
+    """
+    for char in "$+":
+        if char in obj:
+            return (
+                f"contains {char!r}, which keyMatch2 reads as a regular expression: the rule "
+                "would never match the path it spells"
+            )
+    segments = obj.split("/")[1:]
+    if any(":" in seg[1:] for seg in segments):
+        return "has ':' inside a segment: keyMatch2 reads ':name' only as a whole segment"
+    try:
+        normalised = normalize_path(obj)
+    except InvalidPath as exc:
+        return f"is a path the gateway refuses ({exc.detail})"
+    if normalised != obj:
+        return (
+            f"is not in the form the gateway decides paths in ({normalised!r}): "
+            "it would never match a request"
+        )
     return None
 
 

@@ -329,3 +329,77 @@ def test_a_global_role_inheriting_only_through_g_lines_is_a_warning(tmp_path: Pa
         "g, yusuf, trainee, acme-2026",
     )
     assert not [i for i in fixed if i.code == "g2_does_not_inherit"]
+
+
+def test_a_role_whose_last_holder_left_is_never_granted(tmp_path: Path) -> None:
+    """Its own inheritance line grants it to nobody: a subject of that name would get it."""
+    issues = lint_lines(
+        tmp_path,
+        "p, analyst, *, /v1/engagements/:e/findings, GET, allow",
+        "p, engagement_lead, *, /v1/engagements/:e/close, POST, allow",
+        "g, engagement_lead, analyst, *",
+        "g, alice, analyst, acme-2026",
+    )
+    assert codes(issues) == [("warning", "policy.csv:2", "role_never_granted")]
+    assert "a subject named 'engagement_lead' gets them" in issues[0].message
+    held = lint_lines(
+        tmp_path,
+        "p, analyst, *, /v1/engagements/:e/findings, GET, allow",
+        "p, engagement_lead, *, /v1/engagements/:e/close, POST, allow",
+        "g, engagement_lead, analyst, *",
+        "g, bob, engagement_lead, acme-2026",
+    )
+    assert [i for i in held if i.severity != "note"] == []
+
+
+def test_a_rule_whose_engagement_is_not_its_path_s_is_a_warning(tmp_path: Path) -> None:
+    issues = lint_lines(
+        tmp_path,
+        "p, analyst, *, /v1/engagements/:e/findings, GET, allow",
+        "g, alice, analyst, acme-2026",
+        "g, alice, analyst, globex-cloud",
+        "p, alice, globex-cloud, /v1/engagements/acme-2026/findings, GET, deny",  # 4
+        "p, alice, acme-2026, /v1/engagements/acme-2026/findings, POST, deny",
+        "p, alice, globex-cloud, /v1/engagements/:e/findings, PUT, deny",
+        "p, alice, *, /v1/engagements/acme-2026/findings, PATCH, deny",
+    )
+    assert codes(issues) == [("warning", "policy.csv:4", "engagement_mismatch")]
+    assert "never in 'globex-cloud'" in issues[0].message
+
+
+def test_a_dot_in_a_rule_path_is_any_character(tmp_path: Path) -> None:
+    issues = lint_lines(
+        tmp_path,
+        "p, analyst, *, /v1/engagements/:e/reports/R-1.pdf, GET, allow",
+        "g, alice, analyst, acme-2026",
+    )
+    assert codes(issues) == [("warning", "policy.csv:1", "object_any_character")]
+    assert "'/v1/engagements/:e/reports/R-1xpdf'" in issues[0].message
+    engine = PolicyEngine(read_policy(tmp_path / "model.conf", tmp_path / "policy.csv"))
+    widened = "/v1/engagements/acme-2026/reports/R-1xpdf"
+    assert engine.explain("alice", "acme-2026", widened, "GET").allowed  # what the warning says
+
+
+@pytest.mark.parametrize(
+    ("obj", "message"),
+    [
+        ("/v1/engagements/:e/reports/draft+internal", "contains '+'"),
+        ("/v1/engagements/:e/reports/R$1", "contains '$'"),
+        ("/v1/engagements/:e/reports/R:1", "':' inside a segment"),
+        (
+            "/v1/engagements/:e/reports/draft%2binternal",
+            "'/v1/engagements/:e/reports/draft%2Binternal'",
+        ),
+        ("/v1/engagements/:e/reports/%7Edraft", "'/v1/engagements/:e/reports/~draft'"),
+        ("/v1/engagements/:e/reports/", "'/v1/engagements/:e/reports'"),
+        ("/v1/engagements/:e/./reports", "'/v1/engagements/:e/reports'"),
+        ("/v1/engagements/:e//reports", "'/v1/engagements/:e/reports'"),
+        ("/v1/engagements/:e/%2F/reports", "a path the gateway refuses"),
+    ],
+)
+def test_a_rule_path_that_never_matches_its_own_spelling_is_an_error(
+    tmp_path: Path, obj: str, message: str
+) -> None:
+    issues = lint_lines(tmp_path, f"p, client_viewer, *, {obj}, GET, deny")
+    assert [(i.severity, i.location) for i in issues] == [("error", "policy.csv:1")]
+    assert message in issues[0].message
