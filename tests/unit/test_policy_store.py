@@ -301,3 +301,28 @@ def test_status_hashes_the_bytes_the_policy_in_force_was_built_from(
     assert shown["policy.csv"] == hashlib.sha256(parsed).hexdigest()
     assert store.current.explain("zoe", *ALICE_READS[1:]).allowed
     assert not store.current.explain("zed", *ALICE_READS[1:]).allowed
+
+
+@pytest.mark.parametrize(
+    ("message", "expected"),
+    [
+        (
+            "3 of 44 policy test(s) failed:\ncase a\ncase b",
+            "3 of 44 policy test(s) failed (every failure: GET /admin/policy)",
+        ),
+        ("policy.csv:3: bad line", "policy.csv:3: bad line"),
+        ("", ""),
+    ],
+)
+def test_readiness_names_a_rejected_reload_without_a_dangling_list(
+    message: str, expected: str
+) -> None:
+    from types import SimpleNamespace
+
+    from app.api.routes.health import policy_check
+    from app.authz.store import ReloadError
+
+    status = SimpleNamespace(revision="r1", last_error=ReloadError(0.0, "tests_failed", message))
+    check = policy_check(SimpleNamespace(status=status))  # type: ignore[arg-type]
+    assert check.ok
+    assert check.detail == f"revision r1; last reload rejected, last good policy kept: {expected}"

@@ -32,8 +32,10 @@ def policy_check(store: PolicyStore) -> ReadinessCheck:
     status = store.status
     detail = f"revision {status.revision}"
     if status.last_error is not None:
-        first_line = status.last_error.message.splitlines()[0]
-        detail += f"; last reload rejected, last good policy kept: {first_line}"
+        lines = status.last_error.message.splitlines() or [""]
+        summary = lines[0].rstrip(":")
+        more = " (every failure: GET /admin/policy)" if len(lines) > 1 else ""
+        detail += f"; last reload rejected, last good policy kept: {summary}{more}"
     return ReadinessCheck(name="policy", ok=True, detail=detail)
 
 
