@@ -28,7 +28,7 @@ def register(commands: Any) -> None:
     faults.add_argument("--latency-ms", type=int, default=0)
     faults.add_argument("--error-rate", type=float, default=0.0, help="0..1, seeded")
     faults.add_argument("--error-status", type=int, default=500)
-    faults.add_argument("--fail-next", type=int, default=0, help="fail the next N requests")
+    faults.add_argument("--fail-next", type=int, default=0, help="fail the next N arrivals")
     faults.add_argument("--fail-status", type=int, default=503)
     faults.add_argument("--retry-after", type=int, default=None)
     faults.add_argument("--hang", action="store_true", help="never answer (bounded)")

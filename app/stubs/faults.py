@@ -8,6 +8,13 @@ and are deterministic for a given ``seed`` (the error-rate dice come from a
 seeded ``random.Random``). Every non-control request is counted, so tests can
 assert that a call never reached the service; a faulted one is recorded at
 ``/_seen`` like a served one, with the fault named.
+
+A request's faults are decided when it arrives, before any latency or hang: the
+faults in force then apply to it whole, and it takes its owed failure or roll of
+the dice in arrival order. A change made while it waits (a ``fail_next`` set
+after a caller gave up on it) never applies to it; the change only releases it
+from a hang. A request whose client has gone by the time its fault or route
+would answer is recorded with ``client_gone`` and not answered.
 """
 
 from __future__ import annotations
@@ -86,7 +93,7 @@ class FaultState:
         self._released = asyncio.Event()
 
     def failure_status(self) -> int | None:
-        """The status to fail this request with, if any (fail-next first, then the dice)."""
+        """The status to fail an arriving request with, if any (fail-next first, then the dice)."""
         if self.remaining_failures > 0:
             self.remaining_failures -= 1
             return self.config.fail_status
@@ -121,31 +128,45 @@ class FaultInjector:
         await self._fault(scope, receive, send, config)
 
     async def _fault(self, scope: Scope, receive: Receive, send: Send, config: FaultConfig) -> None:
+        # Decided now, on arrival: an owed failure or a roll of the dice is this request's,
+        # whatever changes while it waits. A reset request takes neither (it never did).
+        status = None if config.reset else self.state.failure_status()
         if config.latency_ms:
             await asyncio.sleep(config.latency_ms / 1000)
+        gone = False  # whether its client left while it hung
         if config.hang:
             # Recorded now: a hang released into service is recorded again by its route,
             # which reads the body again: the bytes read here are handed to it.
             body = await self._record(scope, receive, "hang")
+            if body is None:
+                return  # its client has gone: nothing to hold, nothing to answer
             await self.state.hang()
+            gone = await Request(scope, receive).is_disconnected()  # its body is read: safe
             receive = _replay(body, receive)
         if config.reset:
-            await self._record(scope, receive, "reset")
-            await send({"type": "http.response.start", "status": 200, "headers": []})
-            raise ConnectionDropped("fault: connection reset")
-        status = self.state.failure_status()
+            if await self._record(scope, receive, "reset", gone=gone) is not None:
+                await send({"type": "http.response.start", "status": 200, "headers": []})
+                raise ConnectionDropped("fault: connection reset")
+            return
         if status is not None:
-            await self._record(scope, receive, f"status {status}")
-            await _send_error(send, status, config.retry_after)
+            if await self._record(scope, receive, f"status {status}", gone=gone) is not None:
+                await _send_error(send, status, config.retry_after)
+            return
+        if gone:  # listed as its route would list it, and not served
+            await self._record(scope, receive, None, gone=True)
             return
         if config.slow_body_ms:
             send = _slow(send, config.slow_chunk_bytes, config.slow_body_ms / 1000)
         await self.app(scope, receive, send)
 
-    async def _record(self, scope: Scope, receive: Receive, fault: str) -> bytes:
-        """Count the fault and record the request at ``/_seen``; its body (read whole)."""
-        self.state.faulted += 1
-        return await record_fault(Request(scope, receive), fault)
+    async def _record(
+        self, scope: Scope, receive: Receive, fault: str | None, *, gone: bool = False
+    ) -> bytes | None:
+        """Count the fault (if any) and record the request at ``/_seen``; its body (read
+        whole), ``None`` when its client has gone (recorded so: not to be answered)."""
+        if fault is not None:
+            self.state.faulted += 1
+        return await record_fault(Request(scope, receive), fault, client_gone=gone)
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:

@@ -7,9 +7,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request
+from starlette.requests import ClientDisconnect
 
 from app.stubs.data import seed_findings
-from app.stubs.recording import record, remember, replay
+from app.stubs.recording import record, record_gone, remember, replay
 
 
 def add_findings_routes(app: FastAPI, seed: int) -> None:
@@ -80,9 +81,13 @@ def add_findings_routes(app: FastAPI, seed: int) -> None:
         progress: dict[str, Any] = {"engagement_id": engagement_id, "received": 0, "done": False}
         app.state.uploads.append(progress)
         body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            progress["received"] = len(body)
+        try:
+            async for chunk in request.stream():
+                body += chunk
+                progress["received"] = len(body)
+        except ClientDisconnect:
+            record_gone(request)  # cut short: listed at /_seen, never stored
+            raise
         progress["done"] = True
         entry = await record(request, bytes(body))
         return {

@@ -5,6 +5,12 @@ A stub built with a key ring verifies every request with the gateway's own
 outcome beside the headers at ``GET /_seen`` (with ``fault`` naming the injected
 fault that answered instead, else null); with ``require_signature`` it answers
 401 to anything unsigned or invalid, as a real downstream service would.
+
+A request whose client was gone when the stub came to answer it (a caller that
+gave up during an injected latency or hang, an upload cut short) is recorded all
+the same, with ``client_gone`` true, and nothing answers it: a route does not act
+on it. Its signature is checked over its body when the stub has it (always, for a
+request without one), else it is ``body_incomplete``.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request
+from starlette.requests import ClientDisconnect
 
 from app.authn.asgi import message_from_scope
 from app.authn.verifier import SignatureVerifier
@@ -19,11 +26,14 @@ from app.core.errors import AuthenticationFailed
 
 
 def verify_gateway(
-    verifier: SignatureVerifier | None, request: Request, body: bytes
+    verifier: SignatureVerifier | None, request: Request, body: bytes | None
 ) -> dict[str, Any]:
-    """The signature outcome: ``valid`` with the subject, a reason code, or ``absent``."""
+    """The signature outcome: ``valid`` with the subject, a reason code, or ``absent``;
+    ``body_incomplete`` when the body (``None``) never arrived whole to check it against."""
     if verifier is None or "signature" not in request.headers:
         return {"signature": "absent"}
+    if body is None:
+        return {"signature": "body_incomplete"}
     try:
         identity = verifier.verify(message_from_scope(request.scope), body)
     except AuthenticationFailed as exc:
@@ -32,30 +42,67 @@ def verify_gateway(
 
 
 async def record(request: Request, body: bytes | None = None) -> dict[str, Any]:
-    """Record the request; 401 when the stub requires a valid gateway signature."""
-    entry = await _entry(request, body, fault=None)
+    """Record the request; 401 when the stub requires a valid gateway signature.
+
+    Its body is read here unless given. When its client has gone, the request is
+    recorded so and ``ClientDisconnect`` raised: the route has no one to answer.
+    """
+    client_gone = False
+    if body is None:
+        body, client_gone = await _read_body(request)
+    entry = _entry(request, body, fault=None, client_gone=client_gone)
+    if client_gone:
+        raise ClientDisconnect
     if request.app.state.require_signature and entry["signature"] != "valid":
         raise HTTPException(401, "gateway signature required")
     return entry
 
 
-async def record_fault(request: Request, fault: str) -> bytes:
-    """Record a request a fault answers instead of a route (``fault`` names it); its body."""
-    body = await request.body()
-    await _entry(request, body, fault)
-    return body
+def record_gone(request: Request) -> None:
+    """Record a request whose client left while its route read the body (a cut upload)."""
+    _entry(request, None, fault=None, client_gone=True)
 
 
-async def _entry(request: Request, body: bytes | None, fault: str | None) -> dict[str, Any]:
+async def record_fault(
+    request: Request, fault: str | None, *, client_gone: bool = False
+) -> bytes | None:
+    """Record a request the fault injector answers instead of a route (``fault`` names
+    the fault; ``None``: a request released from a hang after its client left); its
+    body, or ``None`` when its client has gone (recorded so: there is no one to answer).
+    """
+    body, left = await _read_body(request)
+    client_gone = client_gone or left
+    _entry(request, body, fault, client_gone=client_gone)
+    return None if client_gone else body
+
+
+async def _read_body(request: Request) -> tuple[bytes | None, bool]:
+    """The body, read whole, and whether the client has gone.
+
+    A client gone before its body was read leaves none to read (the server reports
+    the disconnect instead): a request that declared no body still had ``b""``; of
+    one that did, the body is unknown (``None``).
+    """
+    try:
+        return await request.body(), False
+    except ClientDisconnect:
+        headers = request.headers
+        length = headers.get("content-length", "0").lstrip("0")
+        no_body = "transfer-encoding" not in headers and not length
+        return (b"" if no_body else None), True
+
+
+def _entry(
+    request: Request, body: bytes | None, fault: str | None, *, client_gone: bool
+) -> dict[str, Any]:
     app: FastAPI = request.app
-    if body is None:
-        body = await request.body()
     entry = {
         "method": request.method,
         "path": request.url.path,
         "raw_path": request.scope["raw_path"].decode("latin-1"),
         "headers": dict(request.headers),
         "fault": fault,
+        "client_gone": client_gone,
         **verify_gateway(app.state.verifier, request, body),
     }
     app.state.seen.append(entry)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import concurrent.futures
+import socket
 import threading
+import time
 from collections.abc import Callable
 
 import httpx
@@ -201,3 +203,149 @@ def test_a_fault_may_answer_4xx_as_a_service_would(
         assert set_.status_code == 200
         assert [client.get(ENGAGEMENT).status_code for _ in range(3)] == [404, 404, 200]
         assert client.post("/_faults", json={"error_status": 399}).status_code == 422
+
+
+def _until(ready: Callable[[], bool], within: float = 5.0) -> bool:
+    """Poll ``ready`` until it holds or ``within`` seconds pass; whether it held."""
+    deadline = time.monotonic() + within
+    while not ready():
+        if time.monotonic() > deadline:
+            return False
+        threading.Event().wait(0.01)
+    return True
+
+
+def _abandoned(request: httpx.Request) -> None:
+    """Send ``request`` and give up on it after 0.1 s, closing the connection, as a
+    gateway does at its deadline."""
+    request.extensions["timeout"] = httpx.Timeout(0.1).as_dict()
+    with httpx.Client() as client, pytest.raises(httpx.ReadTimeout):
+        client.send(request)
+
+
+def test_a_failure_set_after_a_request_arrived_is_not_that_request_s(
+    live_server: Callable[[FastAPI], LiveServer],
+) -> None:
+    """Found by an audit (h32, finding 4): after a caller gave up on a slow stub, a
+    ``fail_next: 1`` set next was taken by the abandoned request when its latency ran
+    out, so the next real request got 200, and the abandoned one was counted as faulted
+    but never listed (reading its body raised ``ClientDisconnect``). Faults are decided
+    on arrival: the failure is the next request's; the abandoned one is listed, gone."""
+    server = live_server(create_stub_app("engagements"))
+    with httpx.Client(base_url=server.url, timeout=5) as client:
+        client.post("/_faults", json={"latency_ms": 400})
+        _abandoned(httpx.Request("GET", server.url + ENGAGEMENT))
+        client.patch("/_faults", json={"latency_ms": 0, "fail_next": 1, "fail_status": 500})
+        # Until the abandoned request is past its latency (listed, or counted as faulted).
+        _until(lambda: bool(client.get("/_seen").json() or client.get("/_stats").json()["faulted"]))
+        next_one = client.get(ENGAGEMENT)
+        seen = client.get("/_seen").json()
+        stats = client.get("/_stats").json()
+    assert next_one.status_code == 500, "fail_next fails the next request to arrive"
+    assert [(s["fault"], s.get("client_gone")) for s in seen] == [
+        (None, True),
+        ("status 500", False),
+    ]
+    assert stats == {"requests": 2, "faulted": 1}
+
+
+def test_an_abandoned_request_that_owed_a_failure_is_listed_with_it(
+    live_server: Callable[[FastAPI], LiveServer],
+) -> None:
+    """The failure owed on arrival stays that request's, its client gone or not, and
+    it is listed (its signature checked: it had no body) and counted once."""
+    server = live_server(create_stub_app("engagements", keyring=KeyRing([KEY])))
+    with httpx.Client(base_url=server.url, timeout=5) as client:
+        client.post("/_faults", json={"latency_ms": 300, "fail_next": 1, "fail_status": 502})
+        _abandoned(signed(server.url + ENGAGEMENT, "bob"))
+        _until(lambda: bool(client.get("/_seen").json()))
+        served = client.send(signed(server.url + ENGAGEMENT, "carol"))
+        seen = client.get("/_seen").json()
+        stats = client.get("/_stats").json()
+    assert served.status_code == 200, "the one failure was the abandoned request's"
+    summary = [(s["fault"], s.get("client_gone"), s["signature"], s.get("subject")) for s in seen]
+    assert summary == [("status 502", True, "valid", "bob"), (None, False, "valid", "carol")]
+    assert stats == {"requests": 2, "faulted": 1}
+
+
+def test_a_hanging_request_released_by_setting_a_failure_is_served(
+    live_server: Callable[[FastAPI], LiveServer],
+) -> None:
+    """The change that releases a hang sets ``fail_next``: the failure is the next
+    request's, not the one that was hanging (it arrived before the change)."""
+    server = live_server(create_stub_app("engagements", faults=FaultConfig(hang=True)))
+    with (
+        concurrent.futures.ThreadPoolExecutor(1) as pool,
+        httpx.Client(base_url=server.url, timeout=10) as client,
+    ):
+        pending = pool.submit(httpx.get, server.url + ENGAGEMENT, timeout=10)
+        assert _until(lambda: client.get("/_stats").json()["faulted"] == 1), "not hanging"
+        client.patch("/_faults", json={"hang": False, "fail_next": 1, "fail_status": 503})
+        released = pending.result(timeout=10)
+        next_one = client.get(ENGAGEMENT)
+        seen = client.get("/_seen").json()
+    assert (released.status_code, next_one.status_code) == (200, 503)
+    assert [s["fault"] for s in seen] == ["hang", None, "status 503"]
+
+
+def test_a_hanging_request_whose_client_left_is_listed_not_served_when_released(
+    live_server: Callable[[FastAPI], LiveServer],
+) -> None:
+    """Released after its caller gave up, a hung create is listed as gone and creates
+    nothing: its route has no one to answer (it used to act on the replayed body)."""
+    server = live_server(create_stub_app("findings", faults=FaultConfig(hang=True)))
+    finding = {"title": "abandoned", "severity": "low", "created_by": "alice"}
+    _abandoned(httpx.Request("POST", f"{server.url}{ENGAGEMENT}/findings", json=finding))
+    with httpx.Client(base_url=server.url, timeout=5) as client:
+        assert _until(lambda: client.get("/_stats").json()["faulted"] == 1), "not hanging"
+        client.delete("/_faults")
+        _until(lambda: len(client.get("/_seen").json()) == 2)
+        seen = client.get("/_seen").json()
+        titles = [f["title"] for f in client.get(f"{ENGAGEMENT}/findings").json()["items"]]
+    assert "abandoned" not in titles
+    assert [(s["fault"], s.get("client_gone")) for s in seen[:2]] == [("hang", False), (None, True)]
+
+
+def test_an_upload_cut_short_is_listed_as_gone(
+    live_server: Callable[[FastAPI], LiveServer],
+) -> None:
+    """A request whose client leaves mid-body is listed too (never stored); its
+    signature cannot be checked without its body."""
+    server = live_server(create_stub_app("findings", keyring=KeyRing([KEY])))
+    head = (
+        f"POST {ENGAGEMENT}/evidence HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        "Content-Length: 1000\r\nSignature: sig1=:AAAA:\r\n\r\n"
+    )
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+        sock.sendall(head.encode() + b"x" * 10)
+        assert _until(lambda: bool(httpx.get(server.url + "/_stats").json()["requests"]))
+    assert _until(lambda: bool(httpx.get(server.url + "/_seen").json()))
+    [entry] = httpx.get(server.url + "/_seen").json()
+    assert (entry["path"], entry["fault"], entry.get("client_gone")) == (
+        f"{ENGAGEMENT}/evidence",
+        None,
+        True,
+    )
+    assert entry["signature"] == "body_incomplete"
+    assert httpx.get(server.url + "/_stats").json() == {"requests": 1, "faulted": 0}
+
+
+def test_a_hanging_request_that_owed_a_failure_keeps_it_when_the_faults_are_cleared(
+    live_server: Callable[[FastAPI], LiveServer],
+) -> None:
+    """The failure it took on arrival is its own: clearing the faults releases it, and
+    it fails; the failure is not owed again."""
+    faults = FaultConfig(hang=True, fail_next=1, fail_status=503)
+    server = live_server(create_stub_app("engagements", faults=faults))
+    with (
+        concurrent.futures.ThreadPoolExecutor(1) as pool,
+        httpx.Client(base_url=server.url, timeout=10) as client,
+    ):
+        pending = pool.submit(httpx.get, server.url + ENGAGEMENT, timeout=10)
+        assert _until(lambda: client.get("/_stats").json()["faulted"] == 1), "not hanging"
+        client.delete("/_faults")
+        released = pending.result(timeout=10)
+        next_one = client.get(ENGAGEMENT)
+        seen = client.get("/_seen").json()
+    assert (released.status_code, next_one.status_code) == (503, 200)
+    assert [s["fault"] for s in seen] == ["hang", "status 503", None]
