@@ -14,6 +14,7 @@ workers; a worker's values are dropped when it shuts down).
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -27,7 +28,7 @@ from prometheus_client import (
 from prometheus_client.multiprocess import MultiProcessCollector
 from starlette.types import Scope
 
-from app.ops.processes import MULTIPROC_ENV
+from app.ops.processes import MULTIPROC_ENV, forget_dead_workers
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 UNMATCHED_ROUTE = "<unmatched>"
@@ -232,6 +233,7 @@ def render() -> bytes:
     """The exposition text; merges every worker's values in multiprocess mode."""
     if not os.environ.get(MULTIPROC_ENV):
         return generate_latest(REGISTRY)
+    forget_dead_workers(Path(os.environ[MULTIPROC_ENV]))
     registry = CollectorRegistry()
     MultiProcessCollector(registry)  # type: ignore[no-untyped-call]  # untyped upstream
     return generate_latest(registry)

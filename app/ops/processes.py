@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gc
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -49,6 +50,45 @@ def mark_worker_exited() -> None:
         from prometheus_client import multiprocess
 
         multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]  # untyped upstream
+
+
+_LIVE_GAUGE_FILE = re.compile(r"^gauge_live[a-z]*_(\d+)\.db$")
+
+
+def forget_dead_workers(directory: Path) -> list[int]:
+    """Drop the live gauges of workers that died without their own clean exit.
+
+    ``mark_worker_exited`` runs in a worker's shutdown; a worker killed (OOM, a
+    crash, the supervisor's ``SIGKILL`` after a missed health ping) leaves its
+    ``gauge_live*_<pid>.db`` files, and the merged view kept its last values for
+    good: a breaker it saw open (``gateway_breaker_state == 2``) or its policy
+    revision stayed there, and the alerts on them stayed on, until the gateway
+    restarted. Called on each scrape; a pid that exists (or that this process may
+    not signal) counts as live. Returns the pids forgotten.
+    """
+    from prometheus_client import multiprocess
+
+    forgotten: list[int] = []
+    for name in sorted({f.name for f in directory.glob("gauge_live*_*.db")}):
+        match = _LIVE_GAUGE_FILE.match(name)
+        if match is None:
+            continue
+        pid = int(match.group(1))
+        if pid in forgotten or pid == os.getpid() or _alive(pid):
+            continue
+        multiprocess.mark_process_dead(pid, str(directory))  # type: ignore[no-untyped-call]  # untyped upstream
+        forgotten.append(pid)
+    return forgotten
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: not ours to judge
+        return True
+    return True
 
 
 @contextmanager

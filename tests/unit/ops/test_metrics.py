@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 from starlette.routing import Route
 
 from app.ops import metrics
+from app.ops.processes import MULTIPROC_ENV
 from tests.integration.ops.conftest import metric_value
 
 OTHER = {"route": "/healthz", "method": "OTHER", "status": "405"}
@@ -38,3 +44,38 @@ def test_downstream_attempts_are_labelled() -> None:
     metrics.observe_downstream("reports", "timeout", 2)
     after = metric_value(metrics.render().decode(), "gateway_downstream_calls_total", **labels)
     assert after == before + 1
+
+
+_WORKER = """
+import os, sys
+from prometheus_client import Counter, Gauge
+Gauge("t_breaker_state", "x", ["service"], multiprocess_mode="livemax").labels("findings").set(2)
+Counter("t_requests", "x").inc()
+print("ready", flush=True)
+sys.stdin.read()  # until the test closes it or kills this worker
+os._exit(0)  # no clean exit: mark_worker_exited never runs
+"""
+
+
+def test_a_worker_killed_without_its_clean_exit_leaves_no_live_gauge(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Multiprocess mode: a SIGKILLed worker's breaker gauge left the alert on for good."""
+    env = {**os.environ, MULTIPROC_ENV: str(tmp_path)}
+    command = [sys.executable, "-c", _WORKER]
+    with subprocess.Popen(
+        command, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    ) as worker:
+        try:
+            assert worker.stdout is not None
+            assert worker.stdout.readline() == b"ready\n"
+            monkeypatch.setenv(MULTIPROC_ENV, str(tmp_path))
+            live = metrics.render().decode()
+            assert metric_value(live, "t_breaker_state", service="findings") == 2.0
+        finally:
+            worker.kill()
+            worker.wait(timeout=10)
+    after = metrics.render().decode()
+    assert "t_breaker_state{" not in after  # the dead worker's gauge is gone
+    assert metric_value(after, "t_requests_total") == 1.0  # its counts stay counted
+    assert not list(tmp_path.glob(f"gauge_live*_{worker.pid}.db"))
