@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Iterable
 from typing import Any, cast
 
@@ -53,6 +54,7 @@ from app.core.logging import flush_log_lines, get_logger
 from app.core.problems import PROBLEM_CONTENT_TYPE, problem_body, problem_response
 from app.core.scope import SERVER_ANSWERED_KEY
 from app.edge.correlation import request_corr_id
+from app.ops.metrics import UNMATCHED_ROUTE, observe_request
 
 log = get_logger("gateway.edge")
 
@@ -209,7 +211,12 @@ def _log_over_cap(scope: Any, served: bool) -> str:
 
 
 async def overloaded(scope: Any, receive: Any, send: Any) -> None:
-    """The answer above ``limit_concurrency``: problem+json, and the connection closed."""
+    """The answer above ``limit_concurrency``: problem+json, and the connection closed.
+
+    Counted as a request (route ``<unmatched>``: none was matched) so that an alert on
+    the 5xx rate sees the gateway shedding load.
+    """
+    started = time.perf_counter()
     corr_id = _log_over_cap(scope, served=False)
     response = problem_response(
         503,
@@ -220,6 +227,7 @@ async def overloaded(scope: Any, receive: Any, send: Any) -> None:
         headers={"retry-after": "1", "connection": "close", "x-request-id": corr_id},
     )
     await response(scope, receive, send)
+    observe_request(UNMATCHED_ROUTE, scope["method"], 503, time.perf_counter() - started)
 
 
 # A tick's writes above this many bytes go out at once (bounded memory, flow control).
@@ -519,7 +527,8 @@ class GatewayHttpProtocol(HttpToolsProtocol):
                 self._refuse_body(cycle)
                 return
             elif not self.pipeline:  # answered already (a 401 before its body): no second
-                log.info("body_malformed", response_started=True)
+                scope: Any = cycle.scope
+                log.info("body_malformed", corr_id=request_corr_id(scope), response_started=True)
                 self.transport.close()
                 return
         if self.pipeline or (cycle is not None and not cycle.response_complete):
@@ -586,7 +595,10 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         self._cancel_send_timers()
         if self._lost:
             return
-        log.info("send_timeout", client=self.client[0] if self.client else None)
+        # The request whose answer was being written (the newest: answers go in order).
+        scope: Any = self.cycle.scope if self.cycle is not None else None
+        corr_id = request_corr_id(scope) if scope is not None else None
+        log.info("send_timeout", corr_id=corr_id, client=self.client[0] if self.client else None)
         # abort, not close: close would wait for the very buffer the client is not reading
         # (and a connection already closing is just such a wait).
         self.transport.abort()

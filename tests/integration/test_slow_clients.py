@@ -19,7 +19,7 @@ from app.edge.server import MAX_PIPELINED
 from app.stubs.server import create_stub_app
 from tests.conftest import LiveServer, signer
 from tests.integration import raw_http
-from tests.integration.ops.conftest import FINDINGS, wait_until
+from tests.integration.ops.conftest import FINDINGS, metric_value, wait_until
 from tests.integration.ops.test_serve_process import GatewayProcess
 from tests.integration.raw_http import as_response, request_head
 from tests.integration.test_gateway_e2e import assert_problem
@@ -171,6 +171,10 @@ def test_above_the_connection_cap_requests_get_a_503_problem(
     assert over[0]["path"] == FINDINGS
     # uvicorn's own warning, without any of that, is not written beside it.
     assert not [line for line in lines if "Exceeded concurrency limit" in line.get("event", "")]
+    # Counted like any answer, so an alert on the 5xx rate sees the load being shed.
+    exposition = httpx.get(f"{gateway.url}/metrics", timeout=BOUND).text
+    shed = {"route": "<unmatched>", "method": "GET", "status": "503"}
+    assert metric_value(exposition, "gateway_http_requests_total", **shed) >= 1
 
 
 def test_above_the_connection_cap_the_probes_and_metrics_are_still_served(
@@ -438,7 +442,12 @@ def test_a_client_that_stops_reading_is_dropped_and_the_service_connection_freed
                 received += len(chunk)
     assert received < size, "the whole answer went out: the client was never cut off"
     assert len(served[-1].content) == 1000
-    assert '"event":"send_timeout"' in gateway.log_text()
+    lines = [json.loads(line) for line in gateway.log_text().splitlines() if line.startswith("{")]
+    timed_out = [line for line in lines if line.get("event") == "send_timeout"]
+    assert timed_out
+    # The line names the request whose answer was cut, as its summary line does.
+    stuck = {line["corr_id"] for line in lines if line.get("event") == "request_completed"}
+    assert timed_out[0].get("corr_id") in stuck
 
 
 def test_a_client_that_reads_slowly_but_steadily_gets_the_whole_answer(
@@ -676,6 +685,12 @@ def test_an_answered_request_whose_body_then_breaks_gets_no_second_answer(
         sock.sendall(b"zz\r\n")
         assert closed_within(sock, 5)
         assert buffer == bytearray()
+    lines = [json.loads(line) for line in gateway.log_text().splitlines() if line[:1] == "{"]
+    refused = next(e for e in lines if e.get("event") == "request_completed" and e["status"] == 401)
+    broken = [e for e in lines if e.get("event") == "body_malformed"]
+    assert [(e.get("corr_id"), e["response_started"]) for e in broken] == [
+        (refused["corr_id"], True)  # the line names the request it belongs to
+    ]
 
 
 @pytest.mark.parametrize("target", [b"/healthz#frag", b"/v1/engagements/acme-2026/findings#x"])
