@@ -13,7 +13,8 @@ from __future__ import annotations
 from collections import deque
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request, Response
+from starlette.requests import ClientDisconnect
 
 from app.authn.keys import KeyRing
 from app.authn.verifier import SignatureVerifier
@@ -91,4 +92,14 @@ def create_stub_app(
     else:
         add_report_routes(app, seed)
     app.add_middleware(FaultInjector, state=state)
+    app.add_exception_handler(ClientDisconnect, _client_gone)
     return app
+
+
+async def _client_gone(request: Request, exc: Exception) -> Response:
+    """A request whose client left (already listed at ``/_seen``): nothing to answer.
+
+    Without a handler it reached uvicorn as an unhandled exception, a traceback at
+    error level on the stderr of every cut upload (``gateway demo`` shares it).
+    """
+    return Response(status_code=499)  # never sent: the connection is gone
