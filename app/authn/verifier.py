@@ -9,10 +9,13 @@ the caller's next step, after the MAC verified: see ``app.authn.service``.
 
 Several signatures in one request: if ``label`` is configured only that label
 is considered (the others are not even checked for shape: another hop's
-signature is not the gateway's business); otherwise labels are tried in
-Signature-Input order and the first that satisfies the whole profile wins. If
+signature is not the gateway's business; but one made with a key the gateway
+holds is claimed with the winner, since renamed to the label it would verify);
+otherwise labels are tried in Signature-Input order and the first that satisfies
+the whole profile wins. If
 none does, the reason is the first tried label's failure. At most
-``MAX_SIGNATURES`` labels are accepted. The winner's ``others`` are the
+``MAX_SIGNATURES`` labels are accepted, each once (a repeated label is malformed:
+RFC 8941 would keep only its last member). The winner's ``others`` are the
 (key id, nonce) of every other considered signature: the caller claims them too,
 so a captured request cannot be replayed with one of its other signatures
 (reordered, or alone), whether that one verifies today or only after a key
@@ -161,9 +164,24 @@ def _fail(reason: Reason) -> AuthenticationFailed:
     return AuthenticationFailed(reason.value)
 
 
+class _RepeatedLabel(ValueError):
+    """A Dictionary member named twice."""
+
+
+def _refuse_repeated_label(key: str, context: str) -> None:
+    """RFC 8941 keeps a repeated member's last value and drops the others unseen; a
+    dropped signature's nonce was then never claimed, so it could be sent again alone
+    (two hops that both call theirs ``sig1``). Refused instead; repeated parameters
+    are left to the parser (the last counts, as it signs)."""
+    if context == "dictionary":
+        raise _RepeatedLabel(key)
+
+
 def _parse_dictionary(value: str) -> Mapping[str, object]:
     try:
-        parsed = http_sf.parse(value.encode("ascii"), tltype="dictionary")
+        parsed = http_sf.parse(
+            value.encode("ascii"), tltype="dictionary", on_duplicate_key=_refuse_repeated_label
+        )
     except (http_sf.StructuredFieldError, UnicodeEncodeError, ValueError):
         raise _fail(Reason.SIGNATURE_MALFORMED) from None
     if not isinstance(parsed, dict):
@@ -195,6 +213,13 @@ def _valid_param(key: str, value: object) -> bool:
     if key in ("keyid", "alg", "tag"):
         return type(value) is str and bool(value)
     return True
+
+
+def _lenient_params(raw: object) -> dict[str, ParamValue]:
+    """Another label's parameters, unchecked: only the well-typed ones are kept."""
+    if not isinstance(raw, dict):
+        return {}
+    return {k: v for k, v in raw.items() if _valid_param(k, v)}
 
 
 def _params(raw: object) -> dict[str, ParamValue]:
@@ -340,9 +365,38 @@ class SignatureVerifier:
                 continue
             if len(candidates) > 1:
                 verified = replace(verified, others=other_nonces(candidates, verified))
+            if self.label is not None:
+                verified = self._with_relabelable(message, verified, keyring)
             return verified
         assert failure is not None  # candidates is never empty
         raise failure
+
+    def _with_relabelable(
+        self, message: Message, verified: VerifiedSignature, keyring: KeyRing
+    ) -> VerifiedSignature:
+        """Label mode: also claim other labels' signatures made with the gateway's keys.
+
+        A label is not part of what is signed, so such a signature, renamed to the
+        configured label, verifies: unclaimed, the request could be sent again with
+        it. Another hop's signatures (keys the gateway does not hold) stay unchecked.
+        """
+        value = message.header("signature-input") or ""
+        if _CANONICAL_INPUT.fullmatch(value) is not None:  # one member: the winner's
+            return verified
+        try:
+            members = _parse_dictionary(value)
+        except AuthenticationFailed:
+            return verified  # the label's own member parsed: nothing else to find
+        found = [
+            SignatureInput(name, (), _lenient_params(member[1]), b"")
+            for name, member in members.items()
+            if name != self.label and isinstance(member, tuple)
+        ]
+        ours = [c for c in found if keyring.get(str(c.params.get("keyid"))) is not None]
+        extra = other_nonces(ours, verified)
+        known = set(verified.others)
+        added = tuple(o for o in extra if o not in known)
+        return replace(verified, others=verified.others + added) if added else verified
 
     def _candidates(self, message: Message) -> Sequence[SignatureInput]:
         sig_input_value = message.header("signature-input")

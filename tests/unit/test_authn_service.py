@@ -222,3 +222,36 @@ def test_a_failing_request_claims_nothing() -> None:
     )
     assert _reason(service, forged) == "signature_invalid"
     assert len(store) == 0
+
+
+def _labelled(store: MemoryNonceStore, label: str) -> AuthnService:
+    keys = [SigningKey("k1", SECRET), SigningKey("k2", OTHER_SECRET)]
+    verifier = SignatureVerifier(KeyRing(keys), 300, label=label)
+    return AuthnService(verifier, store, KeyReloader(SigningSettings(), verifier))
+
+
+def test_a_repeated_label_is_malformed_not_half_read() -> None:
+    """RFC 8941 keeps a repeated member's last value: the first signature was dropped
+    unseen, never claimed, and the same write could then be sent again with it alone."""
+    service = _two_keys(_store())
+    first, second = _with_key("a", "k1", SECRET), _with_key("b", "k2", OTHER_SECRET)
+    assert _reason(service, _joined(("sig1", first), ("sig1", second))) == "signature_malformed"
+    assert _ok(service, _joined(("sig1", first))) == "alice"  # nothing of it was used
+
+
+def test_in_label_mode_another_label_signed_with_a_gateway_key_is_used_up_too() -> None:
+    """A label is not signed: renamed to the configured one, that signature verifies."""
+    service = _labelled(_store(), "sig-gw")
+    ours = _with_key("a", "k1", SECRET)
+    also_ours = _with_key("b", "k2", OTHER_SECRET)
+    assert _ok(service, _joined(("sig1", also_ours), ("sig-gw", ours))) == "alice"
+    assert _reason(service, _joined(("sig-gw", also_ours))) == "replayed"
+
+
+def test_in_label_mode_another_hop_s_signature_is_not_claimed() -> None:
+    """Made with a key the gateway does not hold: not the gateway's to remember."""
+    store = _store()
+    service = _labelled(store, "sig-gw")
+    ours, theirs = _with_key("a", "k1", SECRET), _with_key("x", "hop-key", b"h" * 40)
+    assert _ok(service, _joined(("hop", theirs), ("sig-gw", ours))) == "alice"
+    assert len(store) == 1
