@@ -47,6 +47,10 @@ Behaviour, and the httpx exception each failure is raised as::
   Nothing is decompressed: pass-through forwards bytes.
 - An error raised by a streamed request body (bad digest, too large) aborts the
   connection, so the service never sees a complete request, and propagates as is.
+  A service that answers and closes before taking the whole body gets no more of
+  it: the answer is returned with the request marked ``BODY_UNSENT`` (the body's
+  iterator was left before its end, or the end could not be written), for the
+  caller to decide (pass-through never relays a success for it).
 """
 
 from __future__ import annotations
@@ -63,6 +67,7 @@ import httptools
 import httpx
 
 from app.downstream.transport import (
+    BODY_UNSENT,
     BUFFER_DECLARED,
     BUFFERED,
     HEAD_RECEIVED,
@@ -549,7 +554,10 @@ class Http1Transport(httpx.AsyncBaseTransport):
                 if not chunk:
                     continue
                 if conn.closed or conn.transport is None:
-                    return  # the answer (or the failure) is already in; stop sending
+                    # The answer (or the failure) is already in; stop sending. The body's
+                    # end (and its check) is never reached here: say so to the caller.
+                    request.extensions[BODY_UNSENT] = True
+                    return
                 if remaining is None:
                     conn.transport.write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
                 else:
@@ -568,10 +576,13 @@ class Http1Transport(httpx.AsyncBaseTransport):
         if remaining:
             conn.abort()
             raise httpx.LocalProtocolError("body shorter than its Content-Length", request=request)
-        if remaining is None and conn.transport is not None:
-            conn.transport.write(b"0\r\n\r\n")
-        elif held and conn.transport is not None:
-            conn.transport.write(held)
+        end = b"0\r\n\r\n" if remaining is None else held
+        if not end:
+            return
+        if conn.closed or conn.transport is None:
+            request.extensions[BODY_UNSENT] = True  # the end could not be sent
+        else:
+            conn.transport.write(end)
 
     async def _buffered(
         self, conn: _Connection, origin: _Origin, request: httpx.Request

@@ -16,6 +16,10 @@ aiohttp has no write timeout: a peer that stops reading our body is cut by the
 read timeout, which runs from the moment the request is sent. Bodies stream both
 ways (an async-iterable request body is sent chunked; the response body is read
 as it arrives) and are never decompressed here, so pass-through forwards bytes.
+aiohttp stops writing a request body once the answer is complete (it cancels its
+body writer): a service that answers early gets no more of it, and pass-through,
+which checks a body's digest at its end, reads and checks the rest itself
+(``app.workflows.passthrough.CheckedBody``).
 """
 
 from __future__ import annotations
@@ -44,6 +48,9 @@ BUFFER_DECLARED = "gateway_buffer_declared_bytes"
 TOO_LARGE = "answer larger than the gateway accepts"
 # Where a streamed request body's own failure (bad digest, too large) is kept for _send.
 BODY_ERROR = "gateway_body_error"
+# Set on a request whose streamed body a transport could not send whole although it
+# returns an answer (the service answered and closed first): never a success for it.
+BODY_UNSENT = "gateway_body_unsent"
 
 
 def _map_error(exc: BaseException, request: httpx.Request) -> httpx.TransportError:

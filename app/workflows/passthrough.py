@@ -13,6 +13,18 @@ gateway is willing to hold in memory per request (see
 ``app/api/docs/resilience.md``). The gateway's own outbound signature covers the
 same ``Content-Digest``, so a service that verifies it gets a second check.
 
+A service may answer before it has read the body (an early ``413``, or a broken
+one that says ``201`` and closes); the transport then stops sending, and the
+check at the body's end never ran. An answer is relayed only for a body the
+gateway sent whole and verified: otherwise the gateway reads the rest of the
+caller's body itself (``CheckedBody.rest``: hashed and counted, never sent;
+``max_request_bytes`` bounds it), so a wrong digest is still a 401 and an
+oversized body a 413; then a 4xx means what it always means, and a success for
+a body the service did not get is a 502. The body is read from the ASGI
+``receive`` directly, not through a generator: the aiohttp transport cancels its
+body writer once an answer is complete, and a cancelled generator could not be
+read on (a cancelled ``receive`` loses nothing).
+
 A ``Location``, ``Content-Location`` or ``Link`` URL on the service's own host would
 send the caller to an address behind the gateway (unreachable, or reachable
 without its checks). It is mapped back to the gateway path of the pass-through
@@ -27,13 +39,13 @@ from __future__ import annotations
 import functools
 import hmac
 import re
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import http_sf
 import httpx
 from starlette.datastructures import Headers
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
@@ -52,6 +64,7 @@ from app.core.headers import DEFAULT_FORWARDED, HOP_BY_HOP
 from app.core.logging import decision_logger, get_logger
 from app.downstream.client import DownstreamClient, end_stream, raise_for_client_error
 from app.downstream.propagation import forwardable_headers, forwarded_header
+from app.downstream.transport import BODY_UNSENT
 from app.ops.metrics import count_downstream_body_failure
 
 log = get_logger("gateway.passthrough")
@@ -183,21 +196,89 @@ def _digest_failure() -> AuthenticationFailed:
     return AuthenticationFailed(Reason.DIGEST_MISMATCH.value)
 
 
-async def checked_body(
-    chunks: AsyncIterator[bytes], digest: StreamingDigest | None, limit: int
-) -> AsyncIterator[bytes]:
-    """Forward chunks while hashing and counting; raise before the last one if they fail."""
-    seen = 0
-    async for chunk in chunks:
-        seen += len(chunk)
-        if seen > limit:
-            raise PayloadTooLarge(f"The request body exceeds {limit} bytes.")
-        if digest is not None:
-            digest.update(chunk)
-        if chunk:
+ChunkReader = Callable[[], Awaitable[bytes | None]]
+
+
+def request_chunks(request: Request) -> ChunkReader:
+    """The caller's body, one non-empty chunk a call, ``None`` after the last.
+
+    Straight from the ASGI ``receive``: a call cancelled while it waits consumes
+    nothing, so the next call reads on (``request.stream()`` is a generator, dead
+    once a cancellation went through it).
+    """
+    receive = request.receive
+    more = True
+
+    async def read() -> bytes | None:
+        nonlocal more
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise ClientDisconnect()
+            more = message.get("more_body", False)
+            if chunk := message.get("body", b""):
+                return bytes(chunk)
+        return None
+
+    return read
+
+
+class CheckedBody:
+    """A streamed body on its way to the service: hashed and counted chunk by chunk.
+
+    The transport iterates it; a body that fails (wrong digest, past ``limit``)
+    raises before the end, so the transport never ends the upstream request.
+    ``sent`` is set once the transport took the end of a body that passed.
+    A transport may stop early (the service answered and closed): ``rest()`` then
+    reads and checks what is left, discarding it, and the transport's iteration
+    may not go on (it would send a body with a hole in it).
+    """
+
+    def __init__(self, read: ChunkReader, digest: StreamingDigest | None, limit: int) -> None:
+        self._read = read
+        self._digest = digest
+        self._limit = limit
+        self._seen = 0
+        self._ended = False
+        self._detached = False
+        self.sent = False
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self._forwarded()
+
+    async def _forwarded(self) -> AsyncIterator[bytes]:
+        while True:
+            if self._detached:
+                raise RuntimeError("the rest of the body was read by the gateway")
+            chunk = await self._next()
+            if chunk is None:
+                break
             yield chunk
-    if digest is not None:
-        digest.verify()
+        if not self._detached:
+            self.sent = True
+
+    async def _next(self) -> bytes | None:
+        """The next chunk, checked; ``None`` at the end of a body that passed."""
+        if self._ended:
+            return None
+        chunk = await self._read()
+        if chunk is None:
+            self._ended = True
+            if self._digest is not None:
+                self._digest.verify()
+            return None
+        self._seen += len(chunk)
+        if self._seen > self._limit:
+            raise PayloadTooLarge(f"The request body exceeds {self._limit} bytes.")
+        if self._digest is not None:
+            self._digest.update(chunk)
+        return chunk
+
+    async def rest(self) -> None:
+        """Read and check the part of the body the transport did not take."""
+        self._detached = True
+        while await self._next() is not None:
+            pass
 
 
 def upstream_path(route: PassthroughRoute, params: Mapping[str, str], query: str) -> str:
@@ -269,7 +350,7 @@ async def forward(
     body = None
     if declares_body(request):
         digest = StreamingDigest(digest_field) if digest_field else None
-        body = checked_body(request.stream(), digest, route.max_request_bytes)
+        body = CheckedBody(request_chunks(request), digest, route.max_request_bytes)
     elif digest_field:
         # No body declared: a signed digest must be of no bytes (as on the typed routes),
         # and there is nothing for the service to check it against.
@@ -287,12 +368,35 @@ async def forward(
         buffer_declared=RELAY_WHOLE_BYTES,
     )
     try:
+        if body is not None and (not body.sent or upstream.request.extensions.get(BODY_UNSENT)):
+            await _answered_early(client, upstream, body)
         raise_for_client_error(client.name, upstream, passthrough=True)
         return await _relay(client, route, upstream, locations)
     except BaseException:
         await upstream.aclose()
         await end_stream(upstream)  # a 4xx or a refused answer: not the service failing
         raise
+
+
+async def _answered_early(
+    client: DownstreamClient, upstream: httpx.Response, body: CheckedBody
+) -> None:
+    """The service answered before it had the whole body: check the rest here first.
+
+    Closing the answer stops the transport's sending (aiohttp's body writer is still
+    running). A body that fails its check is the caller's 401 or 413 whatever the
+    service said; a 4xx is then mapped as ever (the caller learns why); a success is
+    not the service's answer to this body, which it never received whole: a 502.
+    """
+    await upstream.aclose()
+    await body.rest()
+    status = upstream.status_code
+    if status < 400:
+        service = client.name
+        log.warning("passthrough_body_unsent", service=service, status=status)
+        raise DownstreamError(
+            service, f"The {service} service answered before it received the whole body."
+        )
 
 
 async def _relay(

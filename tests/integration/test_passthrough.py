@@ -19,9 +19,18 @@ from app.authn.signer import HttpSignatureAuth
 from app.core.config import Settings
 from app.main import create_app
 from app.stubs.data import report_chunks
-from tests.conftest import TEST_KEY_ID, TEST_SECRET, LiveServer, make_settings, send, signer
+from tests.conftest import (
+    POLICY_DIR,
+    TEST_KEY_ENV,
+    TEST_KEY_ID,
+    TEST_SECRET,
+    LiveServer,
+    make_settings,
+    send,
+    signer,
+)
 from tests.integration.orchestration_stack import OrchestrationStack, StackBuilder
-from tests.integration.raw_http import request_head
+from tests.integration.raw_http import RawService, request_head
 from tests.integration.test_gateway_e2e import assert_problem
 
 pytestmark = pytest.mark.integration
@@ -548,3 +557,73 @@ def test_a_service_answer_that_breaks_off_is_aborted_and_counted_by_the_breaker(
     aborted = [line for line in captured_logs if line["event"] == "response_aborted"]
     assert [line["service"] for line in aborted] == ["reports"] * cut
     assert not [line for line in captured_logs if line["event"] == "unhandled_error"]
+
+
+def _raw_service_gateway(
+    live_server: Callable[[FastAPI], LiveServer], service: RawService, transport: str
+) -> LiveServer:
+    """A gateway whose findings service (the evidence route) is ``service``."""
+    settings = Settings(
+        signing={"keys": [{"id": TEST_KEY_ID, "secret_env": TEST_KEY_ENV}]},
+        policy={"dir": str(POLICY_DIR)},
+        services={"findings": {"url": service.url, "transport": transport}},
+        orchestration={"passthrough": [ROUTES[1]]},
+        edge={"max_body_bytes": 32 * MIB},
+    )
+    return live_server(create_app(settings))
+
+
+def _answers_before_the_body(status: bytes) -> Callable[[socket.socket, bytes], None]:
+    """A service that answers right after the head and closes, the body unread."""
+    body = b'{"stored":true}'
+
+    def answer(sock: socket.socket, head: bytes) -> None:
+        sock.sendall(b"HTTP/1.1 %b\r\nContent-Length: %d\r\n\r\n%b" % (status, len(body), body))
+
+    return answer
+
+
+@pytest.mark.parametrize("transport", ["native", "aiohttp"])
+@pytest.mark.parametrize(
+    ("status", "digest_ok", "expected", "code"),
+    [
+        (b"201 Created", False, 401, "unauthenticated"),
+        (b"201 Created", True, 502, "bad_gateway"),
+        (b"413 Payload Too Large", False, 401, "unauthenticated"),
+        (b"413 Payload Too Large", True, 413, "payload_too_large"),
+    ],
+    ids=["201-wrong-digest", "201-right-digest", "413-wrong-digest", "413-right-digest"],
+)
+def test_an_answer_before_the_body_is_relayed_only_once_the_whole_body_is_checked(
+    live_server: Callable[[FastAPI], LiveServer],
+    test_key_env: str,
+    transport: str,
+    status: bytes,
+    digest_ok: bool,
+    expected: int,
+    code: str,
+) -> None:
+    """Audit h32: a service that answered ``201`` right after the head and closed, never
+    reading the body, had its 201 relayed for a body whose digest did not match (the
+    transport stopped sending, so the check at the body's end never ran). The rest of
+    the body is sent only once the service has closed: the gateway must read and check
+    it itself; a success for a body the service never got whole is a 502."""
+    chunks = payload(2 * MIB)
+    signed_for = b"".join(chunks if digest_ok else payload(2 * MIB, seed=2))
+    with RawService(_answers_before_the_body(status)) as service:
+        gateway = _raw_service_gateway(live_server, service, transport)
+        url = gateway.url + EVIDENCE
+
+        def after_the_service_closed() -> Iterator[bytes]:
+            yield chunks[0]
+            assert service.closed.wait(10), "the service never closed"
+            time.sleep(0.2)  # the gateway has seen the answer and the close
+            yield from chunks[1:]
+
+        response = httpx.post(
+            url, content=after_the_service_closed(), headers=signed_headers(url, signed_for)
+        )
+    body = assert_problem(response, expected, code)
+    assert "stored" not in response.text
+    if expected == 502:
+        assert body["detail"] == "The findings service answered before it received the whole body."

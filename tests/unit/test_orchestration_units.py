@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterable, Awaitable, Callable
 from typing import Any
 
 import httpx
@@ -41,7 +41,7 @@ from app.downstream.propagation import (
 from app.downstream.resilience import PoolExhausted, RetryableError, RetryableTimeout
 from app.edge.paths import normalize_path
 from app.workflows.idempotency import Codec, MemoryIdempotencyStore, require_key
-from app.workflows.passthrough import StreamingDigest, checked_body, query_of, upstream_path
+from app.workflows.passthrough import CheckedBody, StreamingDigest, query_of, upstream_path
 from app.workflows.saga import Saga, Step, finish_undos
 
 KEY = SigningKey("gateway-findings", b"gateway-outbound-test-secret-0123456789abcdef")
@@ -394,29 +394,54 @@ def test_a_step_that_failed_after_its_retries_is_still_a_problem(
     assert "step a" in raised.value.detail
 
 
-async def _chunks(*parts: bytes) -> AsyncIterator[bytes]:
-    for part in parts:
-        yield part
+def _chunks(*parts: bytes) -> Callable[[], Awaitable[bytes | None]]:
+    remaining = list(parts)
+
+    async def read() -> bytes | None:
+        return remaining.pop(0) if remaining else None
+
+    return read
 
 
-async def _drain(stream: AsyncIterator[bytes]) -> bytes:
+async def _drain(stream: AsyncIterable[bytes]) -> bytes:
     return b"".join([chunk async for chunk in stream])
 
 
 def test_streaming_digest_accepts_the_right_body_and_cuts_a_wrong_one() -> None:
     field = content_digest(b"hello world", ("sha-256", "sha-512"))
-    body = checked_body(_chunks(b"hello ", b"world"), StreamingDigest(field), limit=100)
+    body = CheckedBody(_chunks(b"hello ", b"world"), StreamingDigest(field), limit=100)
     assert asyncio.run(_drain(body)) == b"hello world"
-    wrong = checked_body(_chunks(b"hello ", b"there"), StreamingDigest(field), limit=100)
+    assert body.sent
+    wrong = CheckedBody(_chunks(b"hello ", b"there"), StreamingDigest(field), limit=100)
     with pytest.raises(AuthenticationFailed) as raised:
         asyncio.run(_drain(wrong))
     assert raised.value.reason == "digest_mismatch"
+    assert not wrong.sent
 
 
 def test_streaming_body_over_the_limit_is_cut() -> None:
-    body = checked_body(_chunks(b"x" * 60, b"x" * 60), None, limit=100)
+    body = CheckedBody(_chunks(b"x" * 60, b"x" * 60), None, limit=100)
     with pytest.raises(PayloadTooLarge):
         asyncio.run(_drain(body))
+
+
+def test_the_rest_of_a_body_a_transport_left_is_checked_and_never_sent() -> None:
+    """A transport that stops after the first chunk (the service answered and closed):
+    ``rest()`` reads and checks the remainder, and the transport may not go on."""
+    field = content_digest(b"hello world")
+
+    async def first_then_rest(read: Callable[[], Awaitable[bytes | None]]) -> CheckedBody:
+        body = CheckedBody(read, StreamingDigest(field), limit=100)
+        chunks = aiter(body)
+        assert await anext(chunks) == b"hello "
+        await body.rest()
+        with pytest.raises(RuntimeError):
+            await anext(chunks)
+        return body
+
+    assert not asyncio.run(first_then_rest(_chunks(b"hello ", b"world"))).sent
+    with pytest.raises(AuthenticationFailed):
+        asyncio.run(first_then_rest(_chunks(b"hello ", b"there")))
 
 
 @pytest.mark.parametrize("field", ["not a dictionary ((", "md5=:AAAA:", "sha-256=1"])
