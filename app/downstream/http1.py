@@ -50,18 +50,22 @@ Behaviour, and the httpx exception each failure is raised as::
   A service that answers and closes before taking the whole body gets no more of
   it: the answer is returned with the request marked ``BODY_UNSENT`` (the body's
   iterator was left before its end, or the end could not be written), for the
-  caller to decide (pass-through never relays a success for it).
+  caller to decide (pass-through never relays a success for it). Its answer counts
+  even when a write failed first (the service reset the connection on the unread
+  body, and the loop dropped it unread): what the kernel still holds is parsed
+  (plain TCP; over TLS such an answer is lost, a RemoteProtocolError).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import re
 import ssl
 from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator
-from typing import cast
+from typing import Protocol, cast
 
 import httptools
 import httpx
@@ -92,6 +96,10 @@ _Origin = tuple[bytes, str, int]
 _ErrorKind = type[httpx.TransportError]
 
 
+class _HasFileno(Protocol):
+    def fileno(self) -> int: ...
+
+
 class _StopParsing(Exception):
     """Raised from a parser callback to end parsing (a HEAD answer's head is all of it)."""
 
@@ -112,6 +120,7 @@ class _Connection(asyncio.Protocol):
         self.limit: int | None = None
         self._drain: asyncio.Future[None] | None = None
         self._write_paused = False
+        self._socket: _HasFileno | None = None  # plain TCP only: read after a failed write
         self._reset(False)
 
     def _reset(self, head_request: bool) -> None:
@@ -230,6 +239,8 @@ class _Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports do not subclass asyncio.Transport; they implement it.
         self.transport = cast(asyncio.Transport, transport)
+        if transport.get_extra_info("sslcontext") is None:
+            self._socket = transport.get_extra_info("socket")
 
     def data_received(self, data: bytes) -> None:
         parser = self.parser
@@ -256,6 +267,8 @@ class _Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.transport = None
+        if exc is not None and self.parser is not None and not self.complete:
+            self._read_left(exc)
         if self.parser is not None and not self.complete:
             if self.head_done and self.close_delimited and exc is None and self.error is None:
                 self.complete = True  # the body ran to the end of the connection
@@ -267,6 +280,32 @@ class _Connection(asyncio.Protocol):
         drain = self._drain
         if drain is not None and not drain.done():
             drain.set_result(None)
+
+    def _read_left(self, exc: Exception) -> None:
+        """Parse what the kernel still holds of the answer when the loop dropped it.
+
+        A service that answers early (``413`` before reading the body) and closes
+        resets the connection as more of the body arrives. A write that then fails
+        makes the loop drop the connection at once, without reading the answer that
+        had already arrived (the kernel keeps it readable, before the reset): read it
+        here, non-blocking, while the socket is still open (the loop closes it after
+        this callback). Plain TCP only: TLS records would need the TLS layer.
+        """
+        sock, self._socket = self._socket, None
+        if sock is None or not isinstance(exc, OSError):
+            return
+        budget = MAX_HEAD_BYTES + HIGH_WATER
+        while budget > 0 and self.parser is not None and not self.complete:
+            try:
+                data = os.read(sock.fileno(), min(budget, 65536))
+            except OSError:  # nothing more (EAGAIN), the reset itself, or a closed socket
+                return
+            if not data:
+                return
+            budget -= len(data)
+            self.data_received(data)
+            if self.error is not None:
+                return
 
     def pause_writing(self) -> None:
         self._write_paused = True
@@ -553,13 +592,15 @@ class Http1Transport(httpx.AsyncBaseTransport):
             async for chunk in body:
                 if not chunk:
                     continue
-                if conn.closed or conn.transport is None:
-                    # The answer (or the failure) is already in; stop sending. The body's
-                    # end (and its check) is never reached here: say so to the caller.
+                transport = conn.transport
+                if conn.closed or transport is None or transport.is_closing():
+                    # The answer (or the failure) is already in, or a write failed (the
+                    # loop is closing the connection); stop sending. The body's end (and
+                    # its check) is never reached here: say so to the caller.
                     request.extensions[BODY_UNSENT] = True
                     return
                 if remaining is None:
-                    conn.transport.write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
+                    transport.write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
                 else:
                     remaining -= len(chunk)
                     if remaining < 0:
@@ -568,7 +609,7 @@ class Http1Transport(httpx.AsyncBaseTransport):
                         )
                     if remaining == 0:
                         chunk, held = chunk[:-1], chunk[-1:]
-                    conn.transport.write(chunk)
+                    transport.write(chunk)
                 await conn.drain(write_timeout, request)
         except BaseException:
             conn.abort()  # the service must never see a complete request
@@ -579,10 +620,12 @@ class Http1Transport(httpx.AsyncBaseTransport):
         end = b"0\r\n\r\n" if remaining is None else held
         if not end:
             return
-        if conn.closed or conn.transport is None:
-            request.extensions[BODY_UNSENT] = True  # the end could not be sent
-        else:
-            conn.transport.write(end)
+        transport = conn.transport
+        if not (conn.closed or transport is None or transport.is_closing()):
+            transport.write(end)
+            if not transport.is_closing():  # a failed write closes it at once
+                return
+        request.extensions[BODY_UNSENT] = True  # the end could not be sent
 
     async def _buffered(
         self, conn: _Connection, origin: _Origin, request: httpx.Request

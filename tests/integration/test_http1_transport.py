@@ -20,8 +20,9 @@ from app.authn.keys import SigningKey
 from app.core.config import ServiceSettings
 from app.downstream.client import DownstreamClient
 from app.downstream.http1 import Http1Transport, StaleConnection
-from app.downstream.transport import BUFFER_DECLARED, BUFFERED, HEAD_RECEIVED
+from app.downstream.transport import BODY_UNSENT, BUFFER_DECLARED, BUFFERED, HEAD_RECEIVED
 from tests.conftest import free_port
+from tests.integration.raw_http import RawService
 
 pytestmark = pytest.mark.integration
 
@@ -457,6 +458,34 @@ async def test_closing_the_transport_cuts_a_close_delimited_answer_as_an_error(
         with pytest.raises(httpx.RemoteProtocolError):
             await anext(chunks)
         await response.aclose()
+
+
+@RUNNERS
+@pytest.mark.parametrize("status", [b"413 Payload Too Large", b"201 Created"])
+@on_loop
+async def test_an_answer_before_the_body_survives_a_write_that_fails_on_the_reset(
+    run: Runner, status: bytes
+) -> None:
+    """Audit h32: a service that answered ``413`` after the head and closed, the body
+    unread, was sometimes a 502: the next body write failed on its reset and the loop
+    dropped the connection without reading the answer already in the kernel's buffer.
+    Here the loop is held while the service answers and closes (the answer arrives
+    unread), then the body is written on without a pause: the answer is still read."""
+    answer = b"HTTP/1.1 %b\r\nContent-Length: 2\r\nConnection: close\r\n\r\nno" % status
+
+    with RawService(lambda sock, head: sock.sendall(answer)) as service:
+
+        async def body() -> AsyncIterator[bytes]:
+            yield b"x" * 1000
+            assert service.closed.wait(5)  # blocks the loop: nothing of the answer is read
+            for _ in range(8):
+                yield b"x" * 65536
+
+        request = req(f"{service.url}/r", "POST", content=body(), timeouts={**TIMEOUTS, "read": 2})
+        async with Http1Transport() as transport:
+            response, got = await fetch(transport, request)
+    assert (response.status_code, got) == (int(status[:3]), b"no")
+    assert request.extensions[BODY_UNSENT] is True
 
 
 # --- 10. write timeout -------------------------------------------------------------------

@@ -29,6 +29,7 @@ from app.stubs.data import report_chunks
 from app.stubs.faults import FaultConfig
 from app.stubs.server import create_stub_app
 from tests.conftest import LiveServer, free_port
+from tests.integration.raw_http import RawService
 
 pytestmark = pytest.mark.integration
 
@@ -309,6 +310,36 @@ def test_request_body_streams_from_an_async_iterator(
     answer = asyncio.run(scenario())
     assert answer["bytes"] == 16 * 65536
     assert answer["sha256"] == hashlib.sha256(b"".join(parts)).hexdigest()
+
+
+def test_an_early_answer_is_read_before_the_body_write_fails_on_the_reset(
+    make_transport: MakeTransport,
+) -> None:
+    """Audit h32: a service's ``413`` sent right after the head (then a close, the body
+    unread) was sometimes a 502: a body write failed on the service's reset and the loop
+    dropped the connection without reading the answer. Here the loop is held while the
+    service answers and closes, then the body goes on: the 413 is what comes back."""
+    answer = b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+
+    with RawService(lambda sock, head: sock.sendall(answer)) as service:
+
+        async def body() -> AsyncIterator[bytes]:
+            yield b"x" * 1000
+            assert service.closed.wait(5)  # blocks the loop: nothing of the answer is read
+            for _ in range(8):
+                yield b"x" * 65536
+
+        async def scenario() -> int:
+            transport = make_transport()
+            req = httpx.Request(
+                "POST", service.url + "/evidence", content=body(), extensions={"timeout": TIMEOUTS}
+            )
+            try:
+                return (await send(transport, req)).status_code
+            except httpx.TransportError as exc:
+                pytest.fail(f"{type(exc).__name__}: {exc}")
+
+        assert asyncio.run(scenario()) == 413
 
 
 @pytest.mark.parametrize("kind", ["native", "aiohttp"])
