@@ -24,9 +24,11 @@ Behaviour, and the httpx exception each failure is raised as::
     peer closed mid-body                        -> RemoteProtocolError
 
 - Framing is llhttp's, strict (no leniency flags): Content-Length, chunked,
-  close-delimited bodies (also after a final coding other than chunked, RFC 9112
-  section 6.3); 1xx interim answers are skipped; HEAD answers end at
-  their head; trailer fields are dropped. A request head whose fields hold CR,
+  close-delimited bodies; a body in any other transfer coding (``gzip``, ``gzip,
+  chunked``) is a RemoteProtocolError: nothing here decodes it, and relayed without
+  its hop-by-hop field it would pass for plain bytes (``foreign_coding``); 1xx
+  interim answers are skipped; HEAD answers end at their head; trailer fields are
+  dropped. A request head whose fields hold CR,
   LF or NUL, whose method or field names are not RFC 9110 tokens, or whose
   Content-Length disagrees with an in-memory body is refused before a byte is
   sent (no header injection or desync, whatever a caller put in a field).
@@ -79,6 +81,7 @@ from app.downstream.transport import (
     TOO_LARGE,
     acquire_slot,
     buffered_response,
+    foreign_coding,
 )
 
 HIGH_WATER = 256 * 1024  # unread response bytes before reading pauses
@@ -344,7 +347,12 @@ class _Connection(asyncio.Protocol):
             self.complete = True
             self._wake()
             raise _StopParsing
-        self.close_delimited = status not in (204, 304) and _close_delimited(self.headers)
+        if status in (204, 304):  # no body, whatever the fields say
+            self._wake()
+            return
+        if foreign_coding(self.headers):
+            raise ValueError("a transfer coding other than chunked")
+        self.close_delimited = _close_delimited(self.headers)
         self._wake()
 
     def on_body(self, body: bytes) -> None:
@@ -379,19 +387,9 @@ def _declares_at_most(headers: list[tuple[bytes, bytes]], limit: int) -> bool:
 
 
 def _close_delimited(headers: list[tuple[bytes, bytes]]) -> bool:
-    """No Content-Length and no final chunked coding: the body ends with the connection.
-
-    RFC 9112 section 6.3: a response whose Transfer-Encoding does not end in
-    chunked is read until the server closes; llhttp parses it so.
-    """
-    codings: list[bytes] = []
-    for name, value in headers:
-        lowered = name.lower()
-        if lowered == b"content-length":
-            return False
-        if lowered == b"transfer-encoding":
-            codings.extend(c.strip().lower() for c in value.split(b","))
-    return not codings or codings[-1] != b"chunked"
+    """Neither Content-Length nor Transfer-Encoding (only chunked gets this far): the
+    body ends with the connection (RFC 9112 section 6.3)."""
+    return not any(name.lower() in (b"content-length", b"transfer-encoding") for name, _ in headers)
 
 
 def _reason(exc: BaseException) -> str:

@@ -15,7 +15,8 @@ httpx's exception tree so the retry and error mapping above it do not change:
 aiohttp has no write timeout: a peer that stops reading our body is cut by the
 read timeout, which runs from the moment the request is sent. Bodies stream both
 ways (an async-iterable request body is sent chunked; the response body is read
-as it arrives) and are never decompressed here, so pass-through forwards bytes.
+as it arrives) and are never decompressed here, so pass-through forwards bytes; an
+answer in a transfer coding other than chunked is refused (``foreign_coding``).
 aiohttp stops writing a request body once the answer is complete (it cancels its
 body writer): a service that answers early gets no more of it, and pass-through,
 which checks a body's digest at its end, reads and checks the rest itself
@@ -51,6 +52,23 @@ BODY_ERROR = "gateway_body_error"
 # Set on a request whose streamed body a transport could not send whole although it
 # returns an answer (the service answered and closed first): never a success for it.
 BODY_UNSENT = "gateway_body_unsent"
+
+
+def foreign_coding(headers: Sequence[tuple[bytes, bytes]]) -> bool:
+    """A ``Transfer-Encoding`` other than ``chunked`` alone (``gzip``, ``gzip, chunked``).
+
+    The gateway decodes no other transfer coding and the field is hop-by-hop: relayed,
+    such a body would reach the caller still coded with nothing left to say so (a
+    "PDF" that is gzip). RFC 9112 section 6.1 lets a client refuse what it cannot
+    decode; the answer is a protocol error, a 502.
+    """
+    codings = [
+        coding.strip().lower()
+        for name, value in headers
+        if name.lower() == b"transfer-encoding"
+        for coding in value.split(b",")  # an empty element too: llhttp reads no chunks then
+    ]
+    return bool(codings) and codings != [b"chunked"]
 
 
 def _map_error(exc: BaseException, request: httpx.Request) -> httpx.TransportError:
@@ -165,6 +183,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         await acquire_slot(self._slots, request, timeouts.get("pool"))
         try:
             response = await self._send(request, timeouts)
+            _refuse_foreign_coding(request, response)
             if request.extensions.get(BUFFERED):
                 return await self._buffered(request, response)
         except BaseException:
@@ -221,6 +240,18 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+
+def _refuse_foreign_coding(request: httpx.Request, response: aiohttp.ClientResponse) -> None:
+    """RemoteProtocolError for a body in a transfer coding other than chunked."""
+    if (
+        request.method != "HEAD"
+        and response.status not in (204, 304)
+        and foreign_coding(response.raw_headers)
+    ):
+        response.close()
+        request.extensions[HEAD_RECEIVED] = True  # an answer, a wrong one: not retried
+        raise httpx.RemoteProtocolError("a transfer coding other than chunked", request=request)
 
 
 async def _read_capped(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import gzip
 import re
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
@@ -174,12 +175,9 @@ FRAMINGS = {
         b"5;name=value\r\nhello\r\n1\r\n \r\n5;x\r\nworld\r\n0\r\n\r\n"
     ),
     "close-delimited": [b"HTTP/1.1 200 OK\r\n\r\nhello", b" world", CLOSE],
-    # RFC 9112 section 6.3: a coding other than chunked last is read until the close.
-    "coded-close-delimited": [
-        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: identity\r\n\r\nhello",
-        b" world",
-        CLOSE,
-    ],
+    "chunked-spelled-loosely": (
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding:  Chunked \r\n\r\nb\r\nhello world\r\n0\r\n\r\n"
+    ),
 }
 
 
@@ -303,6 +301,23 @@ MALFORMED = {
     "many-fields": b"HTTP/1.1 200 OK\r\n%b\r\n" % (b"X-F: 0123456789\r\n" * 4000),
     "endless-field": [b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * 70_000, HANG],
     "endless-interims": [b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n" * 3000, HANG],
+    # Audit h32: a transfer coding the gateway does not decode was read to the close and
+    # relayed without its (hop-by-hop) field: gzip bytes passed for the document.
+    "gzip-coding": [
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n" + gzip.compress(b"hello"),
+        CLOSE,
+    ],
+    "identity-coding": [b"HTTP/1.1 200 OK\r\nTransfer-Encoding: identity\r\n\r\nhi", CLOSE],
+    "gzip-then-chunked": (
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"2\r\nhi\r\n0\r\n\r\n"
+    ),
+    "chunked-and-an-empty-element": (
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked,\r\n\r\n2\r\nhi\r\n0\r\n\r\n"
+    ),
+    "chunked-twice": (
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n"
+    ),
 }
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import gzip
 import hashlib
 import socket
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -24,7 +25,7 @@ from app.core.config import ServiceSettings
 from app.core.errors import DownstreamError, DownstreamTimeout
 from app.downstream.client import DownstreamClient
 from app.downstream.http1 import Http1Transport
-from app.downstream.transport import BUFFERED, MAX_BUFFERED, AiohttpTransport
+from app.downstream.transport import BUFFERED, HEAD_RECEIVED, MAX_BUFFERED, AiohttpTransport
 from app.stubs.data import report_chunks
 from app.stubs.faults import FaultConfig
 from app.stubs.server import create_stub_app
@@ -310,6 +311,28 @@ def test_request_body_streams_from_an_async_iterator(
     answer = asyncio.run(scenario())
     assert answer["bytes"] == 16 * 65536
     assert answer["sha256"] == hashlib.sha256(b"".join(parts)).hexdigest()
+
+
+@pytest.mark.parametrize("buffered", [True, False], ids=["buffered", "streamed"])
+@pytest.mark.parametrize("coding", [b"gzip", b"gzip, chunked", b"identity"])
+def test_an_answer_in_a_transfer_coding_other_than_chunked_is_refused(
+    make_transport: MakeTransport, coding: bytes, buffered: bool
+) -> None:
+    """Audit h32: ``Transfer-Encoding: gzip`` was read to the close and relayed as a plain
+    200 body (the field is hop-by-hop, so nothing told the caller it was gzip)."""
+    data = gzip.compress(b"%PDF-1.7 " * 100)
+    if coding.endswith(b"chunked"):
+        data = b"%x\r\n%b\r\n0\r\n\r\n" % (len(data), data)
+    answer = b"HTTP/1.1 200 OK\r\nContent-Type: application/pdf\r\n"
+    answer += b"Transfer-Encoding: %b\r\nConnection: close\r\n\r\n%b" % (coding, data)
+
+    with RawService(lambda sock, head: sock.sendall(answer)) as service:
+        req = httpx.Request(
+            "GET", service.url + "/content", extensions={"timeout": TIMEOUTS, BUFFERED: buffered}
+        )
+        with pytest.raises(httpx.RemoteProtocolError):
+            asyncio.run(send(make_transport(), req))
+    assert req.extensions[HEAD_RECEIVED] is True  # an answer, a wrong one: never retried
 
 
 def test_an_early_answer_is_read_before_the_body_write_fails_on_the_reset(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import re
 import socket
@@ -560,14 +561,17 @@ def test_a_service_answer_that_breaks_off_is_aborted_and_counted_by_the_breaker(
 
 
 def _raw_service_gateway(
-    live_server: Callable[[FastAPI], LiveServer], service: RawService, transport: str
+    live_server: Callable[[FastAPI], LiveServer],
+    service: RawService,
+    transport: str,
+    route: dict[str, Any] = ROUTES[1],
 ) -> LiveServer:
-    """A gateway whose findings service (the evidence route) is ``service``."""
+    """A gateway whose only pass-through ``route`` (evidence by default) goes to ``service``."""
     settings = Settings(
         signing={"keys": [{"id": TEST_KEY_ID, "secret_env": TEST_KEY_ENV}]},
         policy={"dir": str(POLICY_DIR)},
-        services={"findings": {"url": service.url, "transport": transport}},
-        orchestration={"passthrough": [ROUTES[1]]},
+        services={route["service"]: {"url": service.url, "transport": transport}},
+        orchestration={"passthrough": [route]},
         edge={"max_body_bytes": 32 * MIB},
     )
     return live_server(create_app(settings))
@@ -627,3 +631,21 @@ def test_an_answer_before_the_body_is_relayed_only_once_the_whole_body_is_checke
     assert "stored" not in response.text
     if expected == 502:
         assert body["detail"] == "The findings service answered before it received the whole body."
+
+
+@pytest.mark.parametrize("transport", ["native", "aiohttp"])
+def test_a_report_in_a_transfer_coding_other_than_chunked_is_502_never_the_coded_bytes(
+    live_server: Callable[[FastAPI], LiveServer], test_key_env: str, transport: str
+) -> None:
+    """Audit h32: a service's ``Transfer-Encoding: gzip`` answer reached the caller as
+    ``200 application/pdf`` whose body was gzip (the hop-by-hop field dropped, the coding
+    kept): a corrupted document passed off as a success."""
+    pdf = gzip.compress(b"%PDF-1.7 " * 100)
+    answer = b"HTTP/1.1 200 OK\r\nContent-Type: application/pdf\r\n"
+    answer += b"Transfer-Encoding: gzip\r\nConnection: close\r\n\r\n" + pdf
+    with RawService(lambda sock, head: sock.sendall(answer)) as service:
+        gateway = _raw_service_gateway(live_server, service, transport, ROUTES[0])
+        with httpx.Client(base_url=gateway.url, auth=signer("carol"), timeout=30) as client:
+            response = client.get(CONTENT)
+    assert_problem(response, 502, "bad_gateway")
+    assert len(service.heads) == 1, "a wrong answer is not retried"
