@@ -77,6 +77,13 @@ _RESPONSE_DROP = frozenset(
 RELAY_WHOLE_BYTES = 64 * 1024
 _URL_FIELDS = frozenset({b"location", b"content-location", b"link"})
 REDIRECTS = frozenset({301, 302, 303, 307, 308})
+# Framing fields an answer without a body must not carry (RFC 9110 sections 8.6, 6.4.1).
+_BODY_FRAMING = frozenset({b"content-length", b"transfer-encoding"})
+
+
+def bodiless(status: int) -> bool:
+    """1xx, 204 and 304 answers have no body, whatever their fields say."""
+    return status < 200 or status in (204, 304)
 
 
 # A Location path longer than this is not matched against the routes (dropped).
@@ -412,6 +419,10 @@ async def _relay(
     message, holding at most ``RELAY_WHOLE_BYTES`` per request.
     """
     service = client.name
+    if bodiless(upstream.status_code):  # a declared length is no body's size here
+        headers = relayed_headers(service, upstream, locations)
+        await _read_whole(client, upstream)  # nothing: ends the answer, frees its connection
+        return Response(status_code=upstream.status_code, headers=headers)
     declared = upstream.headers.get("content-length")
     length = int(declared) if declared is not None and declared.isdigit() else None
     if length is not None and length > route.max_response_bytes:
@@ -455,8 +466,12 @@ def relayed_headers(service: str, upstream: httpx.Response, locations: PublicLoc
     a comma as ``httpx.Headers.items()`` joins them); hop-by-hop fields, those the
     answer's own ``Connection`` names, and the gateway's own are dropped; location and
     ``Link`` URLs of the service's own are mapped back or dropped (``PublicLocations``).
+    A bodiless answer (1xx, 204, 304) loses ``Content-Length`` too: a 204 must not
+    send it (RFC 9110 section 8.6) and a client that trusts it would wait for bytes
+    that never come, or read the next answer as this one's body.
     """
     raw = upstream.headers.raw
+    drop = _RESPONSE_DROP | _BODY_FRAMING if bodiless(upstream.status_code) else _RESPONSE_DROP
     nominated = {
         token.strip().lower()
         for name, value in raw
@@ -466,7 +481,7 @@ def relayed_headers(service: str, upstream: httpx.Response, locations: PublicLoc
     kept: list[tuple[bytes, bytes]] = []
     for name, value in raw:
         lower = name.lower()
-        if lower in _RESPONSE_DROP or lower in nominated:
+        if lower in drop or lower in nominated:
             continue
         if lower in _URL_FIELDS:
             mapped = _mapped(service, upstream, lower.decode(), value, locations)

@@ -649,3 +649,39 @@ def test_a_report_in_a_transfer_coding_other_than_chunked_is_502_never_the_coded
             response = client.get(CONTENT)
     assert_problem(response, 502, "bad_gateway")
     assert len(service.heads) == 1, "a wrong answer is not retried"
+
+
+@pytest.mark.parametrize("transport", ["native", "aiohttp"])
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"HTTP/1.1 204 No Content\r\nContent-Length: 10\r\nX-Kept: yes\r\n\r\n",
+        # A 304 may declare the length of the 200 it stands for: no body's size, not checked.
+        b"HTTP/1.1 304 Not Modified\r\nContent-Length: 100000000\r\nX-Kept: yes\r\n\r\n",
+        b"HTTP/1.1 204 No Content\r\nTransfer-Encoding: chunked\r\nX-Kept: yes\r\n\r\n",
+    ],
+    ids=["204-length", "304-length", "204-chunked"],
+)
+def test_a_bodiless_answer_is_relayed_without_framing_fields(
+    live_server: Callable[[FastAPI], LiveServer], test_key_env: str, transport: str, answer: bytes
+) -> None:
+    """Audit h32: a service's ``204`` with ``Content-Length: 10`` was relayed with that
+    field (RFC 9110 section 8.6: a 204 must not carry one), and no body; a client that
+    trusts it waits for 10 bytes, or takes the next answer's first 10 as them."""
+    with RawService(lambda sock, head: sock.sendall(answer)) as service:
+        gateway = _raw_service_gateway(live_server, service, transport, ROUTES[0])
+        request = httpx.Request("GET", gateway.url + CONTENT)
+        signed = next(signer("carol").auth_flow(request))
+        with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as sock:
+            sock.sendall(request_head(signed))
+            head = b""
+            while b"\r\n\r\n" not in head:
+                chunk = sock.recv(65536)
+                assert chunk, f"closed before a whole head: {head!r}"
+                head += chunk
+    status_line, *fields = head.partition(b"\r\n\r\n")[0].lower().split(b"\r\n")
+    assert status_line.split()[1] == answer.split()[1]
+    names = [field.partition(b":")[0] for field in fields]
+    assert b"content-length" not in names
+    assert b"transfer-encoding" not in names
+    assert b"x-kept" in names
