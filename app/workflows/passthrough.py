@@ -65,7 +65,7 @@ from app.core.logging import decision_logger, get_logger
 from app.downstream.client import DownstreamClient, end_stream, raise_for_client_error
 from app.downstream.propagation import forwardable_headers, forwarded_header
 from app.downstream.transport import BODY_UNSENT
-from app.ops.metrics import count_downstream_body_failure
+from app.ops.metrics import count_downstream_body_failure, count_signature_failure
 
 log = get_logger("gateway.passthrough")
 decision_log = decision_logger()
@@ -199,7 +199,10 @@ class StreamingDigest:
 
 
 def _digest_failure() -> AuthenticationFailed:
+    """A streamed body that did not match its digest: logged and counted as the gate's
+    authn refusals are (``gateway_signature_failures_total{reason="digest_mismatch"}``)."""
     decision_log.info("decision", stage="authn", decision="deny", reason=Reason.DIGEST_MISMATCH)
+    count_signature_failure(Reason.DIGEST_MISMATCH.value)
     return AuthenticationFailed(Reason.DIGEST_MISMATCH.value)
 
 

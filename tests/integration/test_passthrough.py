@@ -120,12 +120,17 @@ def test_a_streamed_body_with_a_wrong_digest_is_cut_before_it_completes(
     signed_for = b"".join(payload(2 * MIB, seed=1))
     sent = payload(2 * MIB, seed=2)
     url = stack.url + EVIDENCE
+    failures = {"reason": "digest_mismatch"}
+    before = REGISTRY.get_sample_value("gateway_signature_failures_total", failures) or 0.0
     response = httpx.post(
         url, content=iter(sent), headers=signed_headers(url, signed_for), timeout=30
     )
     assert_problem(response, 401, "unauthenticated")
     uploads = stack.stub("findings").state.uploads
     assert not any(u["done"] for u in uploads), "the service never got a complete request"
+    # Counted as a typed route's digest mismatch is (an alert on signature failures sees it).
+    after = REGISTRY.get_sample_value("gateway_signature_failures_total", failures)
+    assert after == before + 1
 
 
 def test_a_declared_body_over_the_route_limit_is_413(stack: OrchestrationStack) -> None:
