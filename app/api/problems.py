@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
+from typing import Any
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -39,13 +43,38 @@ async def handle_gateway_error(request: Request, exc: Exception) -> Response:
     )
 
 
+# An undeclared key is named in ``loc`` only when it looks like a field name; a longer
+# message is cut. Both bound the answer and the log line whatever the body held.
+_FIELD_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$")
+UNDECLARED_KEY = "<undeclared key>"
+MAX_MESSAGE = 300
+
+
+def _public_error(err: Mapping[str, Any]) -> dict[str, Any]:
+    """One validation error as the caller sees it: where, and what, without the input.
+
+    pydantic's messages name no input value except a discriminator's unknown tag
+    (replaced by the expected tags); the gateway's own validators name none either.
+    An extra key is part of ``loc`` (the caller's own text): kept when it is a
+    plausible field name, else replaced.
+    """
+    loc = [str(p) for p in err.get("loc", ())]
+    if err.get("type") == "extra_forbidden" and loc and not _FIELD_NAME.match(loc[-1]):
+        loc[-1] = UNDECLARED_KEY
+    msg = str(err.get("msg", ""))
+    if err.get("type") == "union_tag_invalid":
+        ctx = err.get("ctx") or {}
+        expected = ctx.get("expected_tags", "")
+        msg = f"{ctx.get('discriminator', 'the tag')} must be one of: {expected}"
+    if len(msg) > MAX_MESSAGE:
+        msg = msg[: MAX_MESSAGE - 1] + "…"
+    return {"loc": [part[:128] for part in loc], "msg": msg}
+
+
 async def handle_validation_error(request: Request, exc: Exception) -> Response:
     """422 listing where and what; input values are not echoed back."""
     assert isinstance(exc, RequestValidationError)
-    errors = [
-        {"loc": [str(p) for p in err.get("loc", ())], "msg": str(err.get("msg", ""))}
-        for err in exc.errors()
-    ]
+    errors = [_public_error(err) for err in exc.errors()]
     log.info("request_rejected", status=422, code="validation_error", errors=errors)
     return problem_response(
         422,

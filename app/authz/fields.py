@@ -56,8 +56,8 @@ def check_action(value: str) -> str:
     if value.upper() in HTTP_METHODS:
         raise FieldError(f"HTTP methods are upper case: use {value.upper()!r}, not {value!r}")
     methods = ", ".join(HTTP_METHODS)
-    raise FieldError(
-        f"action {value!r} is neither an HTTP method ({methods}) "
+    raise FieldError(  # the value is not repeated: the admin API's 422 echoes no input
+        f"the action is neither an HTTP method ({methods}) "
         "nor a lower-case named action such as 'read'"
     )
 
@@ -69,7 +69,8 @@ def engagement_of(path: str) -> str:
     segment = path[len(ENGAGEMENT_PREFIX) :].partition("/")[0]
     if not ENGAGEMENT.match(segment):
         raise FieldError(
-            f"the path's engagement id {segment!r} is malformed (the gateway answers 400)"
+            "the path's engagement id (the segment after /v1/engagements/) is malformed "
+            "(the gateway answers 400)"
         )
     return segment
 

@@ -284,3 +284,39 @@ def test_queries_reject_bad_input(admin: httpx.Client, body: dict[str, Any]) -> 
     response = admin.post("/admin/policy/query", json=body)
     assert response.status_code == 422
     assert response.json()["corr_id"] == response.headers["x-request-id"]
+
+
+SECRET_LIKE = "TOPSECRET-hunter2"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {**WHO_CAN, "query": SECRET_LIKE},  # a discriminator's unknown tag
+        {**WHO_CAN, "action": SECRET_LIKE},  # the gateway's own field check
+        {**WHO_CAN, "path": f"/v1/engagements/{SECRET_LIKE}!/findings"},
+        {**WHO_CAN, f"token={SECRET_LIKE}": 1},  # an undeclared key
+        {**WHO_CAN, "query": SECRET_LIKE * 40_000},  # 680 kB
+        {**WHO_CAN, SECRET_LIKE.replace("-", "_") * 40_000: 1},
+    ],
+)
+def test_a_422_names_where_and_what_but_never_the_input(
+    admin: httpx.Client, body: dict[str, Any]
+) -> None:
+    """errors.md: the offending input is never echoed (a 900 kB tag came back whole)."""
+    response = admin.post("/admin/policy/query", json=body)
+    assert response.status_code == 422
+    problem = response.json()
+    assert problem["type"].endswith(":validation_error")
+    assert problem["errors"]
+    assert SECRET_LIKE.lower() not in response.text.lower()
+    assert SECRET_LIKE.replace("-", "_").lower() not in response.text.lower()
+    assert len(response.content) < 4096
+
+
+def test_a_422_still_names_a_mistyped_field(admin: httpx.Client) -> None:
+    response = admin.post("/admin/policy/query", json={**WHO_CAN, "acton": "POST"})
+    assert response.status_code == 422
+    assert {"loc": ["body", "who_can", "acton"], "msg": "Extra inputs are not permitted"} in (
+        response.json()["errors"]
+    )
