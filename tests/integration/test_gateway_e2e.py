@@ -190,6 +190,16 @@ def test_health_and_readiness_need_no_signature(stack: Stack) -> None:
     assert ready.json()["status"] == "ready"
 
 
+@pytest.mark.parametrize("path", ["/healthz", "/readyz", "/metrics"])
+def test_the_probes_and_metrics_answer_head_as_get(stack: Stack, path: str) -> None:
+    """A load balancer that checks with HEAD got 405 (health.md: GET and HEAD)."""
+    get = httpx.get(stack.url + path)
+    head = httpx.head(stack.url + path)
+    assert (head.status_code, head.content) == (get.status_code, b"")
+    assert head.headers["content-type"] == get.headers["content-type"]
+    assert head.headers["x-request-id"]
+
+
 def test_openapi_schema_lists_every_route(stack: Stack) -> None:
     schema = httpx.get(stack.url + "/openapi.json").json()
     paths = schema["paths"]

@@ -95,3 +95,9 @@ async def readyz(request: Request) -> JSONResponse:
     ready = all(c.ok for c in checks)
     body = Readiness(status="ready" if ready else "not_ready", checks=checks)
     return JSONResponse(body.model_dump(), status_code=200 if ready else 503)
+
+
+# HEAD too (RFC 9110 section 9.3.2): a load balancer or probe that checks with HEAD must
+# not get a 405. Kept out of the schema, where it would repeat the GET operation.
+router.add_api_route("/healthz", healthz, methods=["HEAD"], include_in_schema=False)
+router.add_api_route("/readyz", readyz, methods=["HEAD"], include_in_schema=False)

@@ -25,3 +25,7 @@ router = APIRouter(route_class=GuardedRoute, tags=["operations"])
 async def metrics() -> Response:
     """Every metric family of this gateway (all workers merged)."""
     return Response(render(), media_type=CONTENT_TYPE)
+
+
+# HEAD too, as for the probes (RFC 9110 section 9.3.2); kept out of the schema.
+router.add_api_route("/metrics", metrics, methods=["HEAD"], include_in_schema=False)
