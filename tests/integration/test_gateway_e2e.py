@@ -200,6 +200,26 @@ def test_the_probes_and_metrics_answer_head_as_get(stack: Stack, path: str) -> N
     assert head.headers["x-request-id"]
 
 
+@pytest.mark.parametrize(
+    ("method", "path", "allow"),
+    [
+        ("PUT", FINDINGS, "GET, POST"),  # two routes share the path: both named
+        ("DELETE", FINDINGS + "/F-0001", "GET"),
+        ("POST", "/healthz", "GET, HEAD"),
+        ("GET", "/admin/policy/reload", "POST"),
+    ],
+)
+def test_a_405_names_every_method_served_at_the_path(
+    stack: Stack, method: str, path: str, allow: str
+) -> None:
+    """RFC 9110 15.5.6: Allow lists the methods the target supports (PUT on the findings
+    list said only GET, the first route's method, although POST is served there)."""
+    with httpx.Client(base_url=stack.url, auth=signer("alice"), timeout=10) as client:
+        response = client.request(method, path)
+    assert_problem(response, 405, "method_not_allowed")
+    assert response.headers["allow"] == allow
+
+
 def test_openapi_schema_lists_every_route(stack: Stack) -> None:
     schema = httpx.get(stack.url + "/openapi.json").json()
     paths = schema["paths"]
