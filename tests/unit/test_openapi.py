@@ -93,3 +93,33 @@ def test_every_error_is_a_problem(schema: dict[str, Any]) -> None:
         if operation.get("security") != []:
             assert {"400", "401", "403", "404", "429", "503"} <= set(operation["responses"])
     assert "HTTPValidationError" not in schema["components"]["schemas"]
+
+
+def test_every_path_template_parameter_is_declared(schema: dict[str, Any]) -> None:
+    """OpenAPI 3.1: a templated path's parameters must be declared (the Envoy decision
+    route's {original} was not, and schemathesis refused the whole document)."""
+    import re
+
+    for path, method, operation in operations(schema):
+        declared = {p["name"] for p in operation.get("parameters", []) if p["in"] == "path"}
+        assert set(re.findall(r"\{([^}]+)\}", path)) == declared, (method, path)
+
+
+@pytest.mark.parametrize(
+    ("path", "carriers"),
+    [
+        ("/v1/decisions", {"X-Original-Method", "X-Original-URI"}),
+        ("/v1/decisions/traefik", {"X-Forwarded-Method", "X-Forwarded-Uri"}),
+        ("/v1/decisions/envoy/{original}", {"original"}),
+    ],
+)
+def test_the_decision_operations_say_where_the_original_request_is(
+    schema: dict[str, Any], path: str, carriers: set[str]
+) -> None:
+    operation = schema["paths"][path]["get"]
+    assert {p["name"] for p in operation["parameters"]} == carriers
+    assert all(p["required"] for p in operation["parameters"])
+    answer = operation["responses"]["200"]
+    assert {"x-auth-subject", "x-gateway-decision-id"} <= set(answer["headers"])
+    assert answer["content"]["application/json"]["schema"]  # FastAPI's model kept
+    assert "PUT" in operation["x-methods"]

@@ -58,11 +58,63 @@ async def envoy_decision(decision: EnvoyDecision, request: Request) -> Response:
     return answer(decision, request)
 
 
-def _register(path: str, endpoint: Callable[..., Any], summary: str, schema: bool = True) -> None:
+def _header(name: str, description: str) -> dict[str, Any]:
+    return {"name": name, "in": "header", "required": True, "schema": {"type": "string"},
+            "description": description}  # fmt: skip
+
+
+def _answer_headers() -> dict[str, Any]:
+    """The 200's headers, for the proxy to copy to the upstream (decisions.md)."""
+    described = {
+        SUBJECT_HEADER: "the signed subject",
+        GROUPS_HEADER: "the signed groups, comma-separated (empty: none)",
+        ENGAGEMENT_HEADER: "the engagement decided in (empty: gateway-wide)",
+        DECISION_ID_HEADER: "the decision's id, as in the decision log",
+        REVISION_HEADER: "the policy revision that decided",
+    }
+    return {name: {"description": text, "schema": {"type": "string"}}
+            for name, text in described.items()}  # fmt: skip
+
+
+# What each mode's schema says beyond FastAPI's own: the original request's carriers
+# (nginx's are the defaults of authorizer.method_header / uri_header) and the headers
+# of the 200. Every method is answered (decisions.md); the schema shows GET.
+_NGINX = [
+    _header("X-Original-Method", "the original method (authorizer.method_header); signed"),
+    _header("X-Original-URI", "the original path and query (authorizer.uri_header); signed"),
+]
+_TRAEFIK = [
+    _header("X-Forwarded-Method", "the original method; signed"),
+    _header("X-Forwarded-Uri", "the original path and query; signed"),
+]
+_ENVOY = [
+    {
+        "name": "original",
+        "in": "path",
+        "required": True,
+        "schema": {"type": "string"},
+        "description": "the original request's path after the prefix (its method is this "
+        "request's method, its query this request's query)",
+    }
+]
+
+
+def _register(
+    path: str,
+    endpoint: Callable[..., Any],
+    summary: str,
+    parameters: list[dict[str, Any]],
+    schema: bool = True,
+) -> None:
     """GET in the schema, the other methods beside it (one operation id per route).
 
     Two routes, not one per method: every request walks the routes in order.
     """
+    extra = {
+        "parameters": parameters,
+        "responses": {"200": {"headers": _answer_headers()}},
+        "x-methods": METHODS,
+    }
     for methods, shown in ((["GET"], schema), (METHODS[1:], False)):
         router.add_api_route(
             path,
@@ -72,16 +124,17 @@ def _register(path: str, endpoint: Callable[..., Any], summary: str, schema: boo
             responses=ERRORS,
             summary=summary,
             include_in_schema=shown,
+            openapi_extra=extra if shown else None,
         )
 
 
 # Envoy first: it asks with every method, so its requests would otherwise also walk
 # the other routes' method-mismatched partial matches.
-_register("/envoy/{original:path}", envoy_decision, "Decide an Envoy ext_authz HTTP check")
+_register("/envoy/{original:path}", envoy_decision, "Decide an Envoy ext_authz HTTP check", _ENVOY)
 # The original request "/" arrives as the bare prefix (the edge drops the trailing slash).
-_register("/envoy", envoy_decision, "Decide an Envoy ext_authz HTTP check", schema=False)
-_register("", nginx_decision, "Decide an nginx auth_request subrequest")
-_register("/traefik", traefik_decision, "Decide a Traefik forwardAuth request")
+_register("/envoy", envoy_decision, "Decide an Envoy ext_authz HTTP check", [], schema=False)
+_register("", nginx_decision, "Decide an nginx auth_request subrequest", _NGINX)
+_register("/traefik", traefik_decision, "Decide a Traefik forwardAuth request", _TRAEFIK)
 
 
 def answer(decision: Decision, request: Request) -> Response:
