@@ -141,10 +141,21 @@ def complete(schema: dict[str, Any], public: set[tuple[str, str]]) -> None:
         components["schemas"].pop(unused, None)
 
 
+_STRING = {"schema": {"type": "string"}}
+_REQUEST_ID = {"X-Request-ID": {**_STRING, "description": "the request's corr_id"}}
+# RFC 9651 fields of draft-ietf-httpapi-ratelimit-headers (operations.md, rate limits).
+_RATE_LIMIT = {
+    "RateLimit": {**_STRING, "description": "what is left of each configured limit"},
+    "RateLimit-Policy": {**_STRING, "description": "each configured limit"},
+}
+_RETRY_AFTER = {"Retry-After": {"schema": {"type": "integer"}, "description": "seconds"}}
+
+
 def _complete_errors(operation: dict[str, Any]) -> None:
     responses: dict[str, Any] = operation.setdefault("responses", {})
     expected: dict[str, str] = {}
-    if operation.get("security") != []:
+    signed = operation.get("security") != []
+    if signed:
         expected |= _EDGE_ERRORS | _SIGNED_ERRORS
         if "requestBody" in operation:
             expected |= _BODY_ERRORS
@@ -153,6 +164,19 @@ def _complete_errors(operation: dict[str, Any]) -> None:
     for status, response in responses.items():
         if status.isdigit() and int(status) >= 400:
             _as_problem(status, response)
+        _add_headers(status, response, signed)
+
+
+def _add_headers(status: str, response: dict[str, Any], signed: bool) -> None:
+    """The headers the gateway sends on this answer (index.md conventions)."""
+    headers: dict[str, Any] = response.setdefault("headers", {})
+    added = dict(_REQUEST_ID)
+    if signed and (status.startswith("2") or status == "429"):
+        added |= _RATE_LIMIT  # only when a rate limit is configured
+    if status in ("429", "503"):
+        added |= _RETRY_AFTER
+    for name, header in added.items():
+        headers.setdefault(name, header)
 
 
 def _as_problem(status: str, response: dict[str, Any]) -> None:

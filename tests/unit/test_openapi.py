@@ -123,3 +123,15 @@ def test_the_decision_operations_say_where_the_original_request_is(
     assert {"x-auth-subject", "x-gateway-decision-id"} <= set(answer["headers"])
     assert answer["content"]["application/json"]["schema"]  # FastAPI's model kept
     assert "PUT" in operation["x-methods"]
+
+
+def test_the_answers_declare_the_headers_the_gateway_sends(schema: dict[str, Any]) -> None:
+    public = {("/healthz", "get"), ("/readyz", "get"), ("/metrics", "get")}
+    for path, method, operation in operations(schema):
+        for status, response in operation["responses"].items():
+            headers = response.get("headers", {})
+            assert "X-Request-ID" in headers, (method, path, status)
+            if (path, method) not in public and status.startswith("2"):
+                assert {"RateLimit", "RateLimit-Policy"} <= set(headers), (method, path)
+            if status in ("429", "503"):
+                assert "Retry-After" in headers, (method, path, status)
