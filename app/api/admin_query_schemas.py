@@ -18,12 +18,14 @@ from app.authz.explain import Explanation, HeldRole, NearMiss
 from app.authz.fields import Action, DecisionPath, EngagementOrGlobal, resolve_engagement
 from app.authz.query import Grantee, Permission, WhatCan, WhoCan
 from app.domain.identity import GROUP_PATTERN, SUBJECT_PATTERN
+from app.edge.paths import MAX_PATH_LENGTH
 
 Subject = Annotated[str, Field(pattern=SUBJECT_PATTERN.pattern)]
 Groups = Annotated[list[Annotated[str, Field(pattern=GROUP_PATTERN.pattern)]], Field(max_length=32)]
 # The path the edge would decide (at most 4,096 characters, its own check) and a query:
 # 2,048 refused paths the gateway itself decides.
-Path = Annotated[DecisionPath, Field(min_length=1, max_length=8192)]
+# The query is not decided, but counts: a path past the edge's limit is refused whole.
+Path = Annotated[DecisionPath, Field(min_length=1, max_length=MAX_PATH_LENGTH)]
 
 
 class _Model(BaseModel):

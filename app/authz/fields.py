@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from typing import Annotated
 
-from pydantic import AfterValidator
+from pydantic import AfterValidator, WithJsonSchema
 from pydantic_core import PydanticCustomError
 
 from app.authz.source import ENGAGEMENT, GLOBAL_DOMAIN
@@ -93,6 +93,15 @@ def _action(value: str) -> str:
         raise PydanticCustomError("invalid_action", str(exc)) from None
 
 
-EngagementOrGlobal = Annotated[str, AfterValidator(_engagement)]
+# The checks are the validators (their messages say what to change); the schema shows
+# the same rules as patterns, for clients generated from it.
+_ACTION_PATTERN = rf"^({'|'.join(HTTP_METHODS)}|[a-z][a-z_]{{0,31}})$"
+EngagementOrGlobal = Annotated[
+    str,
+    AfterValidator(_engagement),
+    WithJsonSchema({"type": "string", "pattern": rf"^(\*|{ENGAGEMENT.pattern[1:-1]})$"}),
+]
 DecisionPath = Annotated[str, AfterValidator(_decision_path)]
-Action = Annotated[str, AfterValidator(_action)]
+Action = Annotated[
+    str, AfterValidator(_action), WithJsonSchema({"type": "string", "pattern": _ACTION_PATTERN})
+]

@@ -135,3 +135,12 @@ def test_the_answers_declare_the_headers_the_gateway_sends(schema: dict[str, Any
                 assert {"RateLimit", "RateLimit-Policy"} <= set(headers), (method, path)
             if status in ("429", "503"):
                 assert "Retry-After" in headers, (method, path, status)
+
+
+def test_query_fields_show_the_rules_they_are_checked_by(schema: dict[str, Any]) -> None:
+    """A client generated from the schema sends what the checks take (schemathesis ST202)."""
+    query = schema["components"]["schemas"]["WhoCanQuery"]["properties"]
+    assert query["path"]["maxLength"] == 4096  # the edge's limit: 8192 was declared
+    assert query["action"]["pattern"].startswith("^(GET|HEAD|POST")
+    engagement = query["engagement"]["anyOf"][0]
+    assert engagement["pattern"] == r"^(\*|[a-z0-9][a-z0-9-]{1,62})$"
