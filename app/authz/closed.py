@@ -127,7 +127,12 @@ class EngagementState:
         self.synced = True
         self.last_error = None
 
-    async def close(self, fact: ClosedFact) -> None:
+    async def close(self, fact: ClosedFact, *, undone_if_unconfirmed: bool = False) -> None:
+        """Record ``fact``; ``ServiceUnavailable`` when the shared state cannot be written.
+
+        ``undone_if_unconfirmed``: the caller undoes its close when this fails (the close
+        saga's last step), so a write whose outcome is unknown must not stay applied.
+        """
         raise NotImplementedError
 
     async def reopen(self, engagement: str) -> ClosedFact | None:
@@ -156,7 +161,7 @@ class MemoryEngagementState(EngagementState):
         super().__init__()
         self.synced = synced
 
-    async def close(self, fact: ClosedFact) -> None:
+    async def close(self, fact: ClosedFact, *, undone_if_unconfirmed: bool = False) -> None:
         self._closed = {**self._closed, fact.engagement: fact}
         self.version += 1
         log.info("engagement_closed_fact", engagement=fact.engagement, **fact.log_fields())

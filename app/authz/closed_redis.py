@@ -56,6 +56,19 @@ if not previous then return {false, tonumber(redis.call('GET', KEYS[2]) or '0')}
 redis.call('HDEL', KEYS[1], ARGV[1])
 return {previous, redis.call('INCR', KEYS[2])}
 """
+# ARGV[1] the engagement, ARGV[2] the fact exactly as this gateway sent it: removed only
+# while it is still that one (a later close's fact, or none after a reopen, is left).
+_WITHDRAW = """
+if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
+redis.call('HDEL', KEYS[1], ARGV[1])
+redis.call('INCR', KEYS[2])
+return 1
+"""
+# How long a close's unconfirmed fact is watched for: a Redis that stalled past the
+# client's timeout runs the queued write when it resumes.
+UNCONFIRMED_WINDOW_SECONDS = 30.0
+WITHDRAW_PAUSE_SECONDS = 0.25
+_WITHDRAWALS: set[asyncio.Task[None]] = set()
 # ARGV[2..]: name, fact pairs, each written unless the engagement is there already; the
 # version counter moves when one was. Returns the names written. Run after a guard.
 _ADD_ABSENT = """
@@ -106,11 +119,18 @@ class RedisEngagementState(EngagementState):
         self._reconcile_script = client.register_script(_RECONCILE)
         self._read_script = client.register_script(_READ)
         self._restore_script = client.register_script(_RESTORE)
+        self._withdraw_script = client.register_script(_WITHDRAW)
         self.listening = asyncio.Event()
         self._outage = OutageLog(log, "engagement_state_listener_disconnected")
 
-    async def close(self, fact: ClosedFact) -> None:
-        version = await self._write(self._close_script, fact.engagement, fact.encode())
+    async def close(self, fact: ClosedFact, *, undone_if_unconfirmed: bool = False) -> None:
+        encoded = fact.encode()
+        try:
+            version = await self._write(self._close_script, fact.engagement, encoded)
+        except ServiceUnavailable:
+            if undone_if_unconfirmed:
+                self._withdraw_if_applied(fact.engagement, encoded)
+            raise
         self._closed = {**self._closed, fact.engagement: fact}
         self.version = max(self.version, int(version))
         log.info("engagement_closed_fact", engagement=fact.engagement, **fact.log_fields())
@@ -126,6 +146,37 @@ class RedisEngagementState(EngagementState):
             log.info("engagement_reopened_fact", engagement=engagement, source=previous.source)
             await self._announce(engagement)
         return previous
+
+    def _withdraw_if_applied(self, engagement: str, encoded: str) -> None:
+        """Take back a closed fact whose write Redis did not confirm, should it appear.
+
+        A timed-out write may still be applied (Redis stalled past the client's timeout
+        runs it when it resumes; the connection's bytes were already in its buffer). The
+        close saga undoes its steps when its last step fails, so such a fact would keep
+        an undone close closed on every gateway, naming it as the cause. Watched for
+        ``UNCONFIRMED_WINDOW_SECONDS`` in the background, removed only while it is still
+        this exact fact, and announced like any change.
+        """
+
+        async def watch() -> None:
+            deadline = time.monotonic() + UNCONFIRMED_WINDOW_SECONDS
+            while time.monotonic() < deadline:
+                await asyncio.sleep(WITHDRAW_PAUSE_SECONDS)
+                try:
+                    removed = await self._withdraw_script(
+                        keys=self._keys, args=[engagement, encoded]
+                    )
+                except REDIS_FAILURES:
+                    continue
+                if removed:
+                    log.warning("engagement_closed_fact_withdrawn", engagement=engagement)
+                    self._closed = {k: v for k, v in self._closed.items() if k != engagement}
+                    await self._announce(engagement)
+                    return
+
+        task = asyncio.get_running_loop().create_task(watch(), name="closed-fact-withdrawal")
+        _WITHDRAWALS.add(task)
+        task.add_done_callback(_WITHDRAWALS.discard)
 
     async def current_version(self) -> int:
         try:
@@ -186,7 +237,8 @@ class RedisEngagementState(EngagementState):
         count_redis_error("engagement_state")
         log.warning("engagement_state_unavailable", error=type(exc).__name__)
         return ServiceUnavailable(
-            "The shared engagement state cannot be reached; nothing was changed.",
+            "The shared engagement state did not confirm the change (unreachable, or it "
+            "timed out).",
             headers=RETRY_AFTER,
         )
 

@@ -184,9 +184,9 @@ class CloseService:
     async def _publish(self, engagement_id: str, subject: str) -> None:
         """Every gateway decides the engagement as closed from now on (503 if it cannot)."""
         corr_id = logcontext.current().get("corr_id") or ""
-        await self._state.close(
-            ClosedFact(engagement_id, "close_saga", str(corr_id), time.time(), subject)
-        )
+        fact = ClosedFact(engagement_id, "close_saga", str(corr_id), time.time(), subject)
+        # Undone by the saga if this fails: a write Redis may still apply is taken back.
+        await self._state.close(fact, undone_if_unconfirmed=True)
 
     async def _record_known_close(self, engagement_id: str) -> None:
         """The service says closed but this gateway did not know: record it (best effort)."""

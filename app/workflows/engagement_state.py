@@ -130,10 +130,18 @@ class ReopenService:
             try:
                 previous = await self._policy.engagements.reopen(engagement_id)
             except ServiceUnavailable as exc:
+                # Unconfirmed, not undone: a Redis that stalled past its timeout may still
+                # apply it. Who asked and why is logged either way (the audit trail).
+                log.warning(
+                    "engagement_reopen_unconfirmed",
+                    engagement=engagement_id,
+                    reopened_by=subject,
+                    reason=reason,
+                )
                 raise ServiceUnavailable(
                     f"The services reopened {engagement_id}, but the shared engagement state "
-                    "cannot be written, so the gateways still decide it closed; send the "
-                    "reopen again.",
+                    "did not confirm the change, so the gateways may still decide it closed; "
+                    "send the reopen again (repeating it is safe).",
                     headers=exc.headers,
                 ) from None
         log.info(

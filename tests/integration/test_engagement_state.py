@@ -188,3 +188,53 @@ def test_until_synced_every_engagement_is_decided_closed_then_only_the_closed_on
     assert state.decision_fact("globex-cloud") is None
     asyncio.run(state.close(FACT))
     assert state.decision_fact("acme-2026") == FACT
+
+
+def test_an_undone_close_s_fact_that_redis_applies_late_is_taken_back(
+    redis_server: RedisServer,
+) -> None:
+    """Redis stalled past the client's timeout: the close saga got a 503 and undid its
+    steps, but Redis ran the queued write when it resumed; the engagement stayed closed
+    on every gateway, in the name of the undone close (h39)."""
+    import os
+    import signal
+
+    assert redis_server.proc is not None
+    pid = redis_server.proc.pid
+
+    async def scenario(one: RedisEngagementState, two: RedisEngagementState) -> None:
+        # One close first: Redis then knows the script (an unknown one would not run late).
+        await one.close(ClosedFact("globex-cloud", "close_saga", "corr-0", 1_800_000_000.0))
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            with pytest.raises(ServiceUnavailable):
+                await one.close(FACT, undone_if_unconfirmed=True)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        probe = redis.asyncio.Redis(port=redis_server.port)
+        try:
+            key = "{" + SETTINGS.key_prefix + "}:closed"
+
+            async def gone() -> bool:
+                return not await probe.hexists(key, "acme-2026")
+
+            for _ in range(200):  # 10 s at most
+                if await gone():
+                    break
+                await asyncio.sleep(0.05)
+            assert await gone(), "the unconfirmed fact stayed"
+            await asyncio.sleep(0.5)  # a write applied later still is taken back...
+            assert await gone()
+        finally:
+            await probe.aclose()
+        await asyncio.wait_for(until(lambda: two.get("acme-2026") is None), 10)
+        # ...and a fact that is not that one (a later close's) is left alone.
+        later = ClosedFact("acme-2026", "close_saga", "corr-2", 1_800_000_100.0, "bob")
+        await one.close(later)
+        await asyncio.sleep(0.5)
+        assert one.get("acme-2026") == later
+
+    with capture_logs() as logs:
+        on_two(redis_server, scenario)
+    withdrawn = [line for line in logs if line["event"] == "engagement_closed_fact_withdrawn"]
+    assert [line["engagement"] for line in withdrawn] == ["acme-2026"]
