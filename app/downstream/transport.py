@@ -32,6 +32,8 @@ from typing import Any
 
 import aiohttp
 import httpx
+from aiohttp.client_reqrep import ConnectionKey
+from aiohttp.tracing import Trace
 from yarl import URL
 
 # aiohttp adds these unless told not to; the gateway forwards only what it chose.
@@ -140,6 +142,31 @@ def _abandon(response: aiohttp.ClientResponse, release: Callable[[], None]) -> N
     release()
 
 
+class _StrayByteSafeConnector(aiohttp.TCPConnector):
+    """aiohttp's connector, which never hands out a pooled connection bytes arrived on.
+
+    aiohttp keeps reading an idle pooled connection and queues what arrives, and its
+    pool reuses a connection that is still open: a service that sent an answer twice
+    (or a body after a 204) had the stray copy read as the *next* caller's answer,
+    and every answer after it on that connection went to the caller after its own
+    (an audit saw engagements' reports handed to callers who may not see them). A
+    connection whose protocol holds anything unread, or that aiohttp has marked to
+    close, is closed here instead of reused: the native transport's rule (a
+    connection is reused only with no stray byte). Relies on ``_get`` and ``_conns``,
+    internal to aiohttp (3.11 to 3.14 keep them; tests cover the behaviour).
+    """
+
+    async def _get(
+        self, key: ConnectionKey, traces: list[Trace]
+    ) -> aiohttp.connector.Connection | None:
+        idle = self._conns.get(key)
+        if idle:
+            for entry in [e for e in idle if e[0].should_close]:
+                idle.remove(entry)
+                entry[0].close()
+        return await super()._get(key, traces)
+
+
 class AiohttpTransport(httpx.AsyncBaseTransport):
     """HTTP/1.1 over a pooled ``aiohttp.ClientSession``, created lazily on the running loop."""
 
@@ -155,7 +182,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
 
     def _get_session(self) -> aiohttp.ClientSession:
         if self._session is None:
-            connector = aiohttp.TCPConnector(
+            connector = _StrayByteSafeConnector(
                 limit=self._max_connections,
                 limit_per_host=0,
                 keepalive_timeout=self._keepalive_expiry,
