@@ -120,6 +120,18 @@ TRANSFER_CODING_UNSUPPORTED_ANSWER = _closing_answer(
 # The one after them is refused once the queued ones are answered, and the connection
 # closed: the client sends the rest again, on a new connection.
 MAX_PIPELINED = 64
+# llhttp ends a request that asks to upgrade (Upgrade, and "upgrade" in Connection) at
+# its head, whatever its Content-Length or Transfer-Encoding say; with no protocol to
+# switch to, uvicorn then parsed the body's bytes as the next request: two readings
+# of one body (a front proxy that keeps the connection would get two answers for one
+# request). Such a request with a body is refused; without one it is served as HTTP/1.1.
+UPGRADE_WITH_BODY_ANSWER = _closing_answer(
+    400,
+    b"Bad Request",
+    "bad_request",
+    "Bad request",
+    "A request that asks to upgrade the protocol cannot carry a body here.",
+)
 PIPELINE_FULL_ANSWER = _closing_answer(
     503,
     b"Service Unavailable",
@@ -180,6 +192,20 @@ class ProbeOverCap:
 
 # uvicorn's own warning above the cap: "over_capacity" replaces it (below).
 UVICORN_OVER_CAP_MESSAGE = "Exceeded concurrency limit."
+
+
+def _upgrade_with_body(headers: list[tuple[bytes, bytes]]) -> bool:
+    """Whether llhttp reads this head as an upgrade request that also declares a body."""
+    upgrade = connection_upgrade = body = False
+    for name, value in headers:
+        if name == b"upgrade":
+            upgrade = True
+        elif name == b"connection":
+            tokens = (t.strip().lower() for t in value.split(b","))
+            connection_upgrade = connection_upgrade or b"upgrade" in tokens
+        elif name == b"transfer-encoding" or (name == b"content-length" and value.strip() != b"0"):
+            body = True
+    return upgrade and connection_upgrade and body
 
 
 class _UvicornOverCapFilter(logging.Filter):
@@ -435,6 +461,9 @@ class GatewayHttpProtocol(HttpToolsProtocol):
             if refusal is not None:
                 self._refusal = refusal
                 raise _FaultyFraming
+        if _upgrade_with_body(self.headers):
+            self._refusal = UPGRADE_WITH_BODY_ANSWER
+            raise _FaultyFraming
         if len(self.pipeline) >= MAX_PIPELINED:
             # Every request of a read is parsed and queued at once (a 256 KiB read holds
             # ~7,000 small ones): unbounded, one connection grew the process by 700 MB.

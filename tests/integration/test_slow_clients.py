@@ -693,6 +693,45 @@ def test_an_answered_request_whose_body_then_breaks_gets_no_second_answer(
     ]
 
 
+SMUGGLED = b"\r\n\r\nGET /healthz HTTP/1.1\r\nHost: gateway\r\n\r\n"
+
+
+@pytest.mark.parametrize("upgrade", [b"h2c", b"websocket"])
+def test_a_request_that_asks_to_upgrade_cannot_carry_a_body(
+    serve: Callable[..., GatewayProcess], upgrade: bytes
+) -> None:
+    """llhttp ended an upgrade request at its head: its body (sent in a later segment)
+    was then parsed and answered as a request of its own (two readings of one body)."""
+    gateway = serve()
+
+    def probes_answered() -> int:  # serve() itself waits on /healthz
+        lines = [json.loads(line) for line in gateway.log_text().splitlines() if line[:1] == "{"]
+        return len([e for e in lines if e.get("path") == "/healthz"])
+
+    before = probes_answered()
+    head = post_head(gateway.port, SMUGGLED).replace(
+        b"\r\n\r\n", b"\r\nconnection: Upgrade\r\nupgrade: " + upgrade + b"\r\n\r\n", 1
+    )
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as sock:
+        sock.sendall(head)
+        time.sleep(0.2)  # the body in a segment of its own
+        with contextlib.suppress(OSError):
+            sock.sendall(SMUGGLED)
+        assert_problem_without_corr_id(read_answer(sock), 400, "bad_request")
+        assert closed_within(sock, 5)
+    assert probes_answered() == before, "the body was answered as a request"
+
+
+def test_a_request_that_asks_to_upgrade_without_a_body_is_served_as_http_1_1(
+    serve: Callable[..., GatewayProcess],
+) -> None:
+    gateway = serve()
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: gateway\r\nConnection: Upgrade\r\n"
+                     b"Upgrade: h2c\r\n\r\n")  # fmt: skip
+        assert read_answer(sock).status_code == 200
+
+
 @pytest.mark.parametrize("target", [b"/healthz#frag", b"/v1/engagements/acme-2026/findings#x"])
 def test_a_request_target_with_a_fragment_is_refused(
     serve: Callable[..., GatewayProcess], target: bytes
