@@ -325,6 +325,13 @@ def request_headers(route: PassthroughRoute, request: Request) -> list[tuple[str
         if name in raw_names
     ]
     headers = forwardable_headers(candidates, allowed)
+    for name, value in headers:
+        if not value.isascii():
+            # obs-text (RFC 9110 section 5.5) is opaque to the gateway, which forwards
+            # ASCII only: refused rather than re-encoded (it was a 500).
+            raise BadRequest(
+                f"The {name} header carries octets above 0x7f; it is forwarded only in ASCII."
+            )
     peer = request.client.host if request.client else None
     return [*headers, forwarded_header(peer, request.scope.get("scheme", "http"))]
 

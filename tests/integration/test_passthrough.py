@@ -177,6 +177,18 @@ def test_a_streamed_body_that_stalls_is_cut_with_408(
     assert not any(u["done"] for u in uploads), "the service never got a complete request"
 
 
+def test_a_forwarded_header_with_octets_above_0x7f_is_a_400_not_a_500(
+    stack: OrchestrationStack,
+) -> None:
+    """obs-text in Accept-Language: httpx could not encode it for the service (a 500)."""
+    with httpx.Client(auth=signer("carol"), timeout=10) as client:
+        response = client.get(stack.url + CONTENT, headers={"Accept-Language": b"fr-\xe9"})
+        assert_problem(response, 400, "bad_request")
+        assert "accept-language" in response.json()["detail"]
+        plain = client.get(stack.url + CONTENT, headers={"Accept-Language": "fr-CH"})
+        assert plain.status_code == 200
+
+
 def test_a_body_without_content_digest_is_401(stack: OrchestrationStack) -> None:
     url = stack.url + EVIDENCE
     headers = signed_headers(url, b"")  # signed without a body, then one is sent
