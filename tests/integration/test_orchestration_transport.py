@@ -9,12 +9,11 @@ raising the same httpx exceptions. Protocol edge cases of the native one are in
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import gzip
 import hashlib
+import itertools
 import socket
-import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, TypeVar
@@ -387,54 +386,30 @@ def test_a_stall_after_the_first_byte_is_a_timeout_that_is_not_retried(
     assert faults.requests == 1
 
 
-class _EchoingTwice:
-    """A keep-alive service on a raw socket that answers each request with its own
-    number, and sends its first answer a second time, 0.3 s later, while idle."""
+def echoing_twice() -> Callable[[socket.socket, bytes], None]:
+    """A keep-alive service (a ``RawService`` answer): each request gets its number in
+    the order served, and the first answer is sent a second time, 0.3 s later, while
+    its connection idles."""
+    served = itertools.count(1)
 
-    def __init__(self) -> None:
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self._listener.getsockname()[1]}"
-        self.connections = 0
-        self._served = 0
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-
-    def __enter__(self) -> _EchoingTwice:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        with contextlib.suppress(OSError):
-            self._listener.shutdown(socket.SHUT_RDWR)
-        self._listener.close()
-        self._thread.join(timeout=5)
-
-    def _serve(self) -> None:
+    def converse(sock: socket.socket, head: bytes) -> None:
+        buffer = b""
         while True:
-            try:
-                sock, _ = self._listener.accept()
-            except OSError:
-                return
-            self.connections += 1
-            threading.Thread(target=self._converse, args=(sock,), daemon=True).start()
+            number = next(served)
+            body = f"answer {number}".encode()
+            answer = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%b" % (len(body), body)
+            sock.sendall(answer)
+            if number == 1:
+                time.sleep(0.3)
+                sock.sendall(answer)  # the stray copy, on the idle connection
+            while b"\r\n\r\n" not in buffer:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    return
+                buffer += chunk
+            _, _, buffer = buffer.partition(b"\r\n\r\n")
 
-    def _converse(self, sock: socket.socket) -> None:
-        with sock, contextlib.suppress(OSError):
-            sock.settimeout(5)
-            buffer = b""
-            while True:
-                while b"\r\n\r\n" not in buffer:
-                    chunk = sock.recv(65536)
-                    if not chunk:
-                        return
-                    buffer += chunk
-                _, _, buffer = buffer.partition(b"\r\n\r\n")
-                self._served += 1
-                body = f"answer {self._served}".encode()
-                answer = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%b" % (len(body), body)
-                sock.sendall(answer)
-                if self._served == 1:
-                    time.sleep(0.3)
-                    sock.sendall(answer)  # the stray copy, on the idle connection
+    return converse
 
 
 def test_a_stray_answer_on_an_idle_connection_never_reaches_the_next_caller(
@@ -458,6 +433,6 @@ def test_a_stray_answer_on_an_idle_connection_never_reaches_the_next_caller(
             await transport.aclose()
         return bodies
 
-    with _EchoingTwice() as service:
+    with RawService(echoing_twice()) as service:
         bodies = asyncio.run(scenario(service.url))
     assert bodies == [b"answer 1", b"answer 2", b"answer 3"]
