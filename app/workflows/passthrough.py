@@ -77,6 +77,10 @@ _RESPONSE_DROP = frozenset(
 RELAY_WHOLE_BYTES = 64 * 1024
 _URL_FIELDS = frozenset({b"location", b"content-location", b"link"})
 REDIRECTS = frozenset({301, 302, 303, 307, 308})
+# A body on these has no defined meaning (RFC 9110 sections 9.3.1, 9.3.2); forwarded, it
+# reached a service that neither reads nor drains it, which framed it as its next request
+# (one that no signature or decision of the gateway's ever covered).
+_NO_BODY_METHODS = frozenset({"GET", "HEAD"})
 # Framing fields an answer without a body must not carry (RFC 9110 sections 8.6, 6.4.1).
 _BODY_FRAMING = frozenset({b"content-length", b"transfer-encoding"})
 
@@ -365,6 +369,11 @@ async def forward(
     if declared is not None and declared.isdigit() and int(declared) > route.max_request_bytes:
         raise PayloadTooLarge(f"The request body exceeds {route.max_request_bytes} bytes.")
     body = None
+    if declares_body(request) and request.method in _NO_BODY_METHODS:
+        raise BadRequest(
+            f"A {request.method} request carries no body here: a service that does not "
+            "read one would take its bytes for its next request."
+        )
     if declares_body(request):
         digest = StreamingDigest(digest_field) if digest_field else None
         body = CheckedBody(request_chunks(request), digest, route.max_request_bytes)

@@ -177,6 +177,19 @@ def test_a_streamed_body_that_stalls_is_cut_with_408(
     assert not any(u["done"] for u in uploads), "the service never got a complete request"
 
 
+def test_a_get_with_a_body_is_refused_not_forwarded(stack: OrchestrationStack) -> None:
+    """A service that does not read a GET's body would take it for its next request:
+    a request smuggled past the gateway's signature and decision (h38)."""
+    hidden = b"GET /engagements/acme-2026/reports/R-0002/content HTTP/1.1\r\nHost: x\r\n\r\n"
+    url = stack.url + CONTENT
+    seen_before = len(stack.stub("reports").state.seen)
+    with httpx.Client(auth=signer("carol"), timeout=10) as client:
+        response = client.request("GET", url, content=hidden)
+        assert_problem(response, 400, "bad_request")
+        assert client.get(url).status_code == 200  # without a body: served
+    assert len(stack.stub("reports").state.seen) == seen_before + 1  # the bodiless one only
+
+
 def test_a_forwarded_header_with_octets_above_0x7f_is_a_400_not_a_500(
     stack: OrchestrationStack,
 ) -> None:
