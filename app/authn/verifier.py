@@ -12,8 +12,8 @@ is considered (the others are not even checked for shape: another hop's
 signature is not the gateway's business; but one made with a key the gateway
 holds is claimed with the winner, since renamed to the label it would verify);
 otherwise labels are tried in Signature-Input order and the first that satisfies
-the whole profile wins. If
-none does, the reason is the first tried label's failure. At most
+the whole profile wins. If none does, the reason is the first tried label's
+failure. At most
 ``MAX_SIGNATURES`` labels are accepted, each once (a repeated label is malformed:
 RFC 8941 would keep only its last member). The winner's ``others`` are the
 (key id, nonce) of every other considered signature: the caller claims them too,
