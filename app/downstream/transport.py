@@ -153,7 +153,7 @@ class _StrayByteSafeConnector(aiohttp.TCPConnector):
     connection whose protocol holds anything unread, or that aiohttp has marked to
     close, is closed here instead of reused: the native transport's rule (a
     connection is reused only with no stray byte). Relies on ``_get`` and ``_conns``,
-    internal to aiohttp (3.11 to 3.14 keep them; tests cover the behaviour).
+    internal to aiohttp (3.12 to 3.14 keep them; tests cover the behaviour).
     """
 
     async def _get(
