@@ -194,18 +194,12 @@ class ProbeOverCap:
 UVICORN_OVER_CAP_MESSAGE = "Exceeded concurrency limit."
 
 
-def _upgrade_with_body(headers: list[tuple[bytes, bytes]]) -> bool:
-    """Whether llhttp reads this head as an upgrade request that also declares a body."""
-    upgrade = connection_upgrade = body = False
-    for name, value in headers:
-        if name == b"upgrade":
-            upgrade = True
-        elif name == b"connection":
-            tokens = (t.strip().lower() for t in value.split(b","))
-            connection_upgrade = connection_upgrade or b"upgrade" in tokens
-        elif name == b"transfer-encoding" or (name == b"content-length" and value.strip() != b"0"):
-            body = True
-    return upgrade and connection_upgrade and body
+def _declares_body(headers: list[tuple[bytes, bytes]]) -> bool:
+    """Whether a head declares a body (a Transfer-Encoding, or a length other than 0)."""
+    return any(
+        name == b"transfer-encoding" or (name == b"content-length" and value.strip() != b"0")
+        for name, value in headers
+    )
 
 
 class _UvicornOverCapFilter(logging.Filter):
@@ -461,7 +455,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
             if refusal is not None:
                 self._refusal = refusal
                 raise _FaultyFraming
-        if _upgrade_with_body(self.headers):
+        if self.parser.should_upgrade() and _declares_body(self.headers):  # llhttp's own test
             self._refusal = UPGRADE_WITH_BODY_ANSWER
             raise _FaultyFraming
         if len(self.pipeline) >= MAX_PIPELINED:
