@@ -36,7 +36,7 @@ from app.authz.closed import ClosedFact, EngagementState
 from app.core.engagement_settings import EngagementStateSettings
 from app.core.errors import ServiceUnavailable
 from app.core.ids import uuid4_hex
-from app.core.redis import REDIS_FAILURES, OutageLog, SharedRedis
+from app.core.redis import REDIS_FAILURES, OutageLog, SharedRedis, retry_in_background
 from app.ops.metrics import count_redis_error
 
 log = structlog.get_logger("gateway.engagement_state")
@@ -67,8 +67,6 @@ return 1
 # How long a close's unconfirmed fact is watched for: a Redis that stalled past the
 # client's timeout runs the queued write when it resumes.
 UNCONFIRMED_WINDOW_SECONDS = 30.0
-WITHDRAW_PAUSE_SECONDS = 0.25
-_WITHDRAWALS: set[asyncio.Task[None]] = set()
 # ARGV[2..]: name, fact pairs, each written unless the engagement is there already; the
 # version counter moves when one was. Returns the names written. Run after a guard.
 _ADD_ABSENT = """
@@ -158,25 +156,16 @@ class RedisEngagementState(EngagementState):
         this exact fact, and announced like any change.
         """
 
-        async def watch() -> None:
-            deadline = time.monotonic() + UNCONFIRMED_WINDOW_SECONDS
-            while time.monotonic() < deadline:
-                await asyncio.sleep(WITHDRAW_PAUSE_SECONDS)
-                try:
-                    removed = await self._withdraw_script(
-                        keys=self._keys, args=[engagement, encoded]
-                    )
-                except REDIS_FAILURES:
-                    continue
-                if removed:
-                    log.warning("engagement_closed_fact_withdrawn", engagement=engagement)
-                    self._closed = {k: v for k, v in self._closed.items() if k != engagement}
-                    await self._announce(engagement)
-                    return
+        async def withdraw() -> bool:
+            removed = bool(await self._withdraw_script(keys=self._keys, args=[engagement, encoded]))
+            if removed:
+                log.warning("engagement_closed_fact_withdrawn", engagement=engagement)
+                self._closed = {k: v for k, v in self._closed.items() if k != engagement}
+                await self._announce(engagement)
+            return removed
 
-        task = asyncio.get_running_loop().create_task(watch(), name="closed-fact-withdrawal")
-        _WITHDRAWALS.add(task)
-        task.add_done_callback(_WITHDRAWALS.discard)
+        # Not done while the fact is absent: the late write may not have landed yet.
+        retry_in_background(withdraw, UNCONFIRMED_WINDOW_SECONDS, done=bool)
 
     async def current_version(self) -> int:
         try:

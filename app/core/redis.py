@@ -186,13 +186,19 @@ _RETRIES: set[asyncio.Task[None]] = set()
 RETRY_PAUSE_SECONDS = 0.25
 
 
-def retry_in_background(attempt: Callable[[], Awaitable[object]], within_seconds: float) -> None:
-    """Call ``attempt`` again every 0.25 s until it returns, for at most ``within_seconds``.
+def retry_in_background(
+    attempt: Callable[[], Awaitable[object]],
+    within_seconds: float,
+    *,
+    done: Callable[[object], bool] = lambda _answer: True,
+) -> None:
+    """Call ``attempt`` again every 0.25 s until it is ``done``, for at most ``within_seconds``.
 
     For a write that must not wait on the caller's request (releasing a lock,
     settling a claim) when Redis did not answer it: a stall of a second or two
     otherwise leaves the record in place for its whole lease. ``attempt`` raises
-    one of ``REDIS_FAILURES`` while Redis does not answer; its answer is ignored.
+    one of ``REDIS_FAILURES`` while Redis does not answer; ``done`` judges its answer
+    (by default any answer ends the retries).
     """
 
     async def again() -> None:
@@ -200,10 +206,11 @@ def retry_in_background(attempt: Callable[[], Awaitable[object]], within_seconds
         while time.monotonic() < deadline:
             await asyncio.sleep(RETRY_PAUSE_SECONDS)
             try:
-                await attempt()
+                answer = await attempt()
             except REDIS_FAILURES:
                 continue
-            return
+            if done(answer):
+                return
 
     task = asyncio.get_running_loop().create_task(again())
     _RETRIES.add(task)
