@@ -38,6 +38,16 @@ ROLES = ("analyst", "lead", "viewer", "tester", "reviewer")
 METHODS = ("GET", "POST", "DELETE")
 
 
+STRANGER_CASE = """suite: benchmark
+cases:
+  - name: a subject with no grant is denied
+    subject: nobody-at-all
+    method: GET
+    path: /v1/engagements/eng-0001/findings
+    expect: deny
+"""
+
+
 def engagement(i: int) -> str:
     return f"eng-{i:04d}"
 
@@ -106,6 +116,10 @@ def write_policy_dir(root: Path, lines: list[str]) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     shutil.copy(REPO / "policies" / "model.conf", root / "model.conf")
     (root / "policy.csv").write_text("\n".join(lines) + "\n")
+    # The store refuses a directory without a test case (a reload gate that tests
+    # nothing): one deny-by-default case is enough for the benchmark.
+    (root / "tests").mkdir(exist_ok=True)
+    (root / "tests" / "bench.yaml").write_text(STRANGER_CASE)
     return root
 
 
@@ -148,9 +162,9 @@ async def loop_stall_during(action: Callable[[], Any]) -> tuple[float, float, fl
     return elapsed, max(lags), statistics.quantiles(lags, n=100, method="inclusive")[98]
 
 
-def bench_reload(work: Path) -> dict[str, Any]:
+def bench_reload(work: Path, lines: int = 100_000, engagements: int = 1_000) -> dict[str, Any]:
     rng = random.Random(7)
-    directory = write_policy_dir(work / "reload", generate_policy(100_000, 1_000, rng))
+    directory = write_policy_dir(work / "reload", generate_policy(lines, engagements, rng))
     settings = PolicySettings(dir=directory, watch_interval=0)
     store = PolicyStore.open(settings)
     with (directory / "policy.csv").open("a") as policy:

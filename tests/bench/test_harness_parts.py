@@ -208,3 +208,15 @@ def test_with_redis_points_the_command_at_a_working_deployment(topology: str) ->
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "b'ok'"
+
+
+def test_policy_micro_reload_swaps_a_directory_the_store_accepts(tmp_path: Any) -> None:
+    """bench.micro_policy reloads a generated policy directory (the store refuses one with no
+    test case: the committed results once showed this micro failing on that)."""
+    from bench.micro_policy import bench_reload
+
+    reload = bench_reload(tmp_path, lines=2_000, engagements=20)
+    assert set(reload) == {"idle", "off_loop", "on_loop"}
+    for elapsed, worst, p99 in reload.values():
+        assert elapsed > 0
+        assert worst >= p99 >= 0
