@@ -83,9 +83,11 @@ class RedisServer:
         while time.monotonic() < deadline:
             if answers_ping(self.port):
                 return self
+            if self.proc.poll() is not None:  # exited: its port taken, a bad option
+                break
             time.sleep(0.05)
         self.stop()
-        raise RuntimeError(f"{self.binary} did not start")
+        raise RuntimeError(f"{self.binary} did not start on port {self.port}")
 
     def stop(self) -> None:
         if self.proc is not None:

@@ -7,6 +7,8 @@ their state (``CLUSTER INFO``, ``SENTINEL`` replies), never a fixed sleep.
 
 from __future__ import annotations
 
+import contextlib
+import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -16,7 +18,9 @@ import pytest
 import redis
 from redis.crc import key_slot
 
-from tests.redis_server import RedisServer, _free_port, redis_binary
+from tests.redis_server import RedisServer, redis_binary
+
+Failed = pytest.fail.Exception  # what wait_for raises when a state is not reached
 
 # Low enough for a failover in seconds, high enough that a node starved of CPU for a
 # moment on a loaded 2-core machine is not failed over by mistake.
@@ -33,6 +37,15 @@ def wait_for(what: str, predicate: Callable[[], bool], timeout: float = 30.0) ->
         if time.monotonic() > deadline:
             pytest.fail(f"{what}: not within {timeout} s")
         time.sleep(0.05)
+
+
+def distinct_free_ports(count: int) -> list[int]:
+    """``count`` ports free now and all different: each socket is held until all are chosen."""
+    with contextlib.ExitStack() as stack:
+        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [int(sock.getsockname()[1]) for sock in sockets]
 
 
 def probe(port: int) -> redis.Redis:
@@ -61,17 +74,25 @@ class Cluster:
     """Three primaries and three replicas (``redis-cli --cluster create --cluster-replicas 1``)."""
 
     def __init__(self, workdir: Path, size: int = 6) -> None:
+        self.workdir = workdir
+        self.size = size
+        self.tries = 0
+        self.nodes = self._nodes()
+
+    def _nodes(self) -> list[RedisServer]:
+        """Fresh nodes: their own directories, and ports (client and bus) distinct and free."""
         binary = redis_binary()
-        self.nodes: list[RedisServer] = []
-        for i in range(size):
-            node_dir = workdir / f"node-{i}"
+        ports = distinct_free_ports(2 * self.size)
+        nodes = []
+        for i in range(self.size):
+            node_dir = self.workdir / f"try-{self.tries}" / f"node-{i}"
             node_dir.mkdir(parents=True)
             args = [
                 "--cluster-enabled",
                 "yes",
                 # The bus port chosen free too: port + 10000 may be taken or past 65535.
                 "--cluster-port",
-                str(_free_port()),
+                str(ports[self.size + i]),
                 "--cluster-config-file",
                 "nodes.conf",
                 "--cluster-node-timeout",
@@ -82,13 +103,32 @@ class Cluster:
                 "--repl-diskless-sync-delay",
                 "0",
             ]
-            self.nodes.append(RedisServer(binary, args))
+            nodes.append(RedisServer(binary, args, port=ports[i]))
+        return nodes
 
     @property
     def url(self) -> str:
         return self.nodes[0].url
 
-    def start(self) -> Cluster:
+    def start(self, attempts: int = 3) -> Cluster:
+        """Start the nodes and form the cluster; every node stopped if that fails.
+
+        Twelve ports are chosen free before the nodes bind them: on a loaded machine one
+        can be taken meanwhile, and that node never joins. A failed start is retried on
+        fresh ports and directories, ``attempts`` times in all; the last failure is raised.
+        """
+        for tried in range(1, attempts + 1):
+            try:
+                return self._start_once()
+            except (RuntimeError, subprocess.SubprocessError, redis.RedisError, Failed):
+                self.stop()
+                if tried == attempts:
+                    raise
+                self.tries += 1
+                self.nodes = self._nodes()
+        raise AssertionError("unreachable")
+
+    def _start_once(self) -> Cluster:
         for node in self.nodes:
             node.start()
         addresses = [f"127.0.0.1:{node.port}" for node in self.nodes]
@@ -192,12 +232,17 @@ class SentinelDeployment:
         return [f"127.0.0.1:{s.port}" for s in self.sentinels]
 
     def start(self) -> SentinelDeployment:
-        self.primary.start()
-        self.replica.start()
-        wait_for("the replica is in sync", lambda: _link_up(self.replica))
-        for sentinel in self.sentinels:
-            sentinel.start()
-        wait_for("every sentinel sees the replica and the others", self._sentinels_ready)
+        """Start every server; those already started are stopped if one fails."""
+        try:
+            self.primary.start()
+            self.replica.start()
+            wait_for("the replica is in sync", lambda: _link_up(self.replica))
+            for sentinel in self.sentinels:
+                sentinel.start()
+            wait_for("every sentinel sees the replica and the others", self._sentinels_ready)
+        except BaseException:
+            self.stop()
+            raise
         return self
 
     def _sentinels_ready(self) -> bool:

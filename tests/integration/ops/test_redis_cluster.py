@@ -6,6 +6,7 @@ CROSSSLOT; the failover is a real one (SIGKILL, the replica elected by the clust
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,24 @@ def pair(gateway_factory: GatewayFactory, redis_cluster: Cluster, tmp_path: Path
     return redis_ha.start_pair(
         gateway_factory, {"mode": "cluster", "url": redis_cluster.url}, tmp_path
     )
+
+
+def test_a_cluster_whose_port_was_taken_starts_on_fresh_ports(tmp_path: Path) -> None:
+    """A port taken between its choice and its bind (a loaded CI machine) costs a retry,
+    not the run: the nodes of the failed try are all stopped, the next try starts."""
+    cluster = Cluster(tmp_path)
+    first = list(cluster.nodes)
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", first[3].port))
+        squatter.listen()
+        try:
+            cluster.start()
+            assert all(node.proc is None for node in first)  # none left running
+            assert first[3].port not in {node.port for node in cluster.nodes}
+            assert cluster.tries == 1
+            assert cluster.healthy(cluster.nodes)
+        finally:
+            cluster.stop()
 
 
 def test_a_replay_is_refused_on_the_other_gateway(pair: redis_ha.Pair) -> None:
