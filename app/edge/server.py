@@ -44,12 +44,13 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterable
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 import orjson
 from uvicorn.protocols.http.flow_control import service_unavailable
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from app.core.ids import uuid4_hex
 from app.core.logging import flush_log_lines, get_logger
 from app.core.problems import PROBLEM_CONTENT_TYPE, problem_body, problem_response
 from app.core.scope import SERVER_ANSWERED_KEY
@@ -59,29 +60,54 @@ from app.ops.metrics import UNMATCHED_ROUTE, observe_request
 log = get_logger("gateway.edge")
 
 
-def _closing_answer(status: int, reason: bytes, code: str, title: str, detail: str) -> bytes:
-    """A whole problem+json answer after which the connection is closed (no request id)."""
-    body = orjson.dumps(problem_body(status, code, title, detail, None))
-    head = (
-        b"HTTP/1.1 %d %b\r\n"
-        b"content-type: %b\r\n"
-        b"connection: close\r\n"
-        b"content-length: %d\r\n\r\n" % (status, reason, PROBLEM_CONTENT_TYPE.encode(), len(body))
-    )
-    return head + body
+class Refusal(NamedTuple):
+    """An answer the HTTP layer gives before any stage runs; the connection is closed.
+
+    Each is rendered when given, with a fresh corr_id in its problem and ``X-Request-ID``
+    and on its one log line (``event``): a client that reports the refusal can be found
+    in the log, although no request (hence no decision) was made of its bytes.
+    """
+
+    status: int
+    reason: bytes
+    code: str
+    title: str
+    detail: str
+    event: str
+
+    def answer(self, corr_id: str) -> bytes:
+        body = orjson.dumps(problem_body(self.status, self.code, self.title, self.detail, corr_id))
+        head = (
+            b"HTTP/1.1 %d %b\r\n"
+            b"content-type: %b\r\n"
+            b"connection: close\r\n"
+            b"x-request-id: %b\r\n"
+            b"content-length: %d\r\n\r\n"
+            % (self.status, self.reason, _PROBLEM_TYPE, corr_id.encode("latin-1"), len(body))
+        )
+        return head + body
 
 
-TIMEOUT_ANSWER = _closing_answer(
+_PROBLEM_TYPE = PROBLEM_CONTENT_TYPE.encode()
+_FRAMING = "framing_refused"
+
+TIMEOUT_ANSWER = Refusal(
     408,
     b"Request Timeout",
     "request_timeout",
     "Request timeout",
     "The request head was not received in time.",
+    "header_timeout",
 )
 # What httptools cannot parse (a bad request line, a raw octet above 0x7f in the
 # target, a malformed field): uvicorn answered text/plain; the gateway answers this.
-MALFORMED_ANSWER = _closing_answer(
-    400, b"Bad Request", "bad_request", "Bad request", "The request is not valid HTTP/1.1."
+MALFORMED_ANSWER = Refusal(
+    400,
+    b"Bad Request",
+    "bad_request",
+    "Bad request",
+    "The request is not valid HTTP/1.1.",
+    "request_malformed",
 )
 # A request head (request line and fields) larger than this is refused before it is
 # parsed whole: httptools builds a field value by concatenation (a 64 MiB field held the
@@ -91,30 +117,33 @@ MAX_HEAD_BYTES = 64 * 1024
 # (1.0 has no chunked coding; a 1.0 intermediary in front may have framed the body by
 # Content-Length or by the close), so it is refused and the connection closed, before
 # the body is read either way: two readings of one body are request smuggling.
-HTTP10_TRANSFER_ENCODING_ANSWER = _closing_answer(
+HTTP10_TRANSFER_ENCODING_ANSWER = Refusal(
     400,
     b"Bad Request",
     "bad_request",
     "Bad request",
     "An HTTP/1.0 request cannot carry Transfer-Encoding.",
+    _FRAMING,
 )
 # RFC 9112 section 6.3: a request whose Transfer-Encoding does not end in chunked has
 # no length a recipient can find (it waited for the close: a hang, then a 408); and
 # section 6.1: a transfer coding the server does not know SHOULD be a 501 (the
 # gateway decodes none but chunked; "gzip, chunked" sent the service gzip bytes).
-TRANSFER_ENCODING_NOT_CHUNKED_ANSWER = _closing_answer(
+TRANSFER_ENCODING_NOT_CHUNKED_ANSWER = Refusal(
     400,
     b"Bad Request",
     "bad_request",
     "Bad request",
     "A request's Transfer-Encoding must be chunked (RFC 9112 section 6.3).",
+    _FRAMING,
 )
-TRANSFER_CODING_UNSUPPORTED_ANSWER = _closing_answer(
+TRANSFER_CODING_UNSUPPORTED_ANSWER = Refusal(
     501,
     b"Not Implemented",
     "not_implemented",
     "Not implemented",
     "The gateway decodes no transfer coding but chunked.",
+    _FRAMING,
 )
 # Requests queued on one connection behind the one being answered (HTTP/1.1 pipelining).
 # The one after them is refused once the queued ones are answered, and the connection
@@ -125,34 +154,47 @@ MAX_PIPELINED = 64
 # switch to, uvicorn then parsed the body's bytes as the next request: two readings
 # of one body (a front proxy that keeps the connection would get two answers for one
 # request). Such a request with a body is refused; without one it is served as HTTP/1.1.
-UPGRADE_WITH_BODY_ANSWER = _closing_answer(
+UPGRADE_WITH_BODY_ANSWER = Refusal(
     400,
     b"Bad Request",
     "bad_request",
     "Bad request",
     "A request that asks to upgrade the protocol cannot carry a body here.",
+    _FRAMING,
 )
-PIPELINE_FULL_ANSWER = _closing_answer(
+PIPELINE_FULL_ANSWER = Refusal(
     503,
     b"Service Unavailable",
     "unavailable",
     "Service unavailable",
     f"More than {MAX_PIPELINED} requests were pipelined on one connection; the rest were "
     "not read: send them again on a new connection.",
+    "pipeline_full",
 )
-FRAGMENT_ANSWER = _closing_answer(
+FRAGMENT_ANSWER = Refusal(
     400,
     b"Bad Request",
     "invalid_path",
     "Invalid request path",
     "The request target carries a fragment (#); send the path and query only.",
+    "fragment_refused",
 )
-HEAD_TOO_LARGE_ANSWER = _closing_answer(
+# A running request's chunked body that is not valid chunked coding (logged where found).
+BODY_MALFORMED_ANSWER = Refusal(
+    400,
+    b"Bad Request",
+    "bad_request",
+    "Bad request",
+    "The request body is not valid HTTP/1.1 framing (chunked coding).",
+    "body_malformed",
+)
+HEAD_TOO_LARGE_ANSWER = Refusal(
     431,
     b"Request Header Fields Too Large",
     "request_header_fields_too_large",
     "Request header fields too large",
     f"The request head exceeds {MAX_HEAD_BYTES} bytes.",
+    "head_too_large",
 )
 
 
@@ -192,6 +234,9 @@ class ProbeOverCap:
 
 # uvicorn's own warning above the cap: "over_capacity" replaces it (below).
 UVICORN_OVER_CAP_MESSAGE = "Exceeded concurrency limit."
+# uvicorn's warning before send_400_response: the refusal's own line (with its corr_id
+# and the reason) replaces it.
+UVICORN_INVALID_MESSAGE = "Invalid HTTP request received."
 
 
 def _declares_body(headers: list[tuple[bytes, bytes]]) -> bool:
@@ -202,16 +247,17 @@ def _declares_body(headers: list[tuple[bytes, bytes]]) -> bool:
     )
 
 
-class _UvicornOverCapFilter(logging.Filter):
-    """Drop uvicorn's context-free over-cap warning; the edge logs ``over_capacity``."""
+class _UvicornContextFreeFilter(logging.Filter):
+    """Drop uvicorn's context-free warnings above the cap and for a request it cannot
+    parse; the edge logs ``over_capacity`` and the refusal's line, with a corr_id."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return record.msg != UVICORN_OVER_CAP_MESSAGE
+        return record.msg not in (UVICORN_OVER_CAP_MESSAGE, UVICORN_INVALID_MESSAGE)
 
 
 # On the logger uvicorn's protocol writes to (a logger's filters survive the gateway's
 # handler set-up); once per process, when the protocol is first imported.
-logging.getLogger("uvicorn.error").addFilter(_UvicornOverCapFilter())
+logging.getLogger("uvicorn.error").addFilter(_UvicornContextFreeFilter())
 
 
 def _log_over_cap(scope: Any, served: bool) -> str:
@@ -436,7 +482,6 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         self._disarm()
         parsed, self._parsed_head = self._parsed_head, 0
         if parsed > MAX_HEAD_BYTES:  # it came whole in one read: refused all the same
-            log.info("head_too_large", client=self.client[0] if self.client else None)
             self._refusal = HEAD_TOO_LARGE_ANSWER
             raise _FaultyFraming
         version = self.parser.get_http_version()
@@ -461,7 +506,6 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         if len(self.pipeline) >= MAX_PIPELINED:
             # Every request of a read is parsed and queued at once (a 256 KiB read holds
             # ~7,000 small ones): unbounded, one connection grew the process by 700 MB.
-            log.info("pipeline_full", client=self.client[0] if self.client else None)
             self._refusal = PIPELINE_FULL_ANSWER
             raise _FaultyFraming
         self._in_head = False
@@ -522,7 +566,6 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         super().resume_writing()
 
     def _refuse_head(self) -> None:
-        log.info("head_too_large", client=self.client[0] if self.client else None)
         self._disarm()
         self._in_head = False
         self._refuse(HEAD_TOO_LARGE_ANSWER)
@@ -532,7 +575,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         # one this protocol refused while parsing (``_refusal``).
         self._refuse(self._refusal)
 
-    def _refuse(self, answer: bytes) -> None:
+    def _refuse(self, refusal: Refusal) -> None:
         """``answer`` and the close, after the answers still owed on this connection.
 
         A pipelined request before the refused one is answered first (in order, as
@@ -554,6 +597,10 @@ class GatewayHttpProtocol(HttpToolsProtocol):
                 log.info("body_malformed", corr_id=request_corr_id(scope), response_started=True)
                 self.transport.close()
                 return
+        corr_id = uuid4_hex()
+        client = self.client[0] if self.client else None
+        log.info(refusal.event, corr_id=corr_id, status=refusal.status, client=client)
+        answer = refusal.answer(corr_id)
         if self.pipeline or (cycle is not None and not cycle.response_complete):
             self._pending_refusal = answer  # written by on_response_complete
             self.flow.pause_reading()
@@ -570,7 +617,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         log.info("body_malformed", corr_id=corr_id, response_started=cycle.response_started)
         if not cycle.response_started:
             state[SERVER_ANSWERED_KEY] = 400
-            self.transport.write(_body_refusal(corr_id))
+            self.transport.write(BODY_MALFORMED_ANSWER.answer(corr_id))
         cycle.disconnected = True  # its receive gets http.disconnect, its sends are dropped
         cycle.message_event.set()
         self.transport.close()
@@ -638,16 +685,21 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         self._header_timer = None
         if self.transport.is_closing():
             return
-        log.info("header_timeout", client=self.client[0] if self.client else None)
+        client = self.client[0] if self.client else None
         if self.cycle is not None and not self.cycle.response_complete:
+            log.info("header_timeout", client=client)
             self.cycle.keep_alive = False  # close once the answer in progress is written
             return
-        if self._head_bytes:
-            self.transport.write(TIMEOUT_ANSWER)
+        if self._head_bytes:  # part of a head: answered, and the answer has a corr_id
+            corr_id = uuid4_hex()
+            log.info("header_timeout", corr_id=corr_id, status=408, client=client)
+            self.transport.write(TIMEOUT_ANSWER.answer(corr_id))
+        else:  # an idle connection: just closed, nothing to find it by
+            log.info("header_timeout", client=client)
         self.transport.close()
 
 
-def _transfer_coding_refusal(fields: list[bytes]) -> bytes | None:
+def _transfer_coding_refusal(fields: list[bytes]) -> Refusal | None:
     """The answer for a request's ``Transfer-Encoding`` fields, or ``None`` for chunked."""
     codings = [c.strip().lower() for field in fields for c in field.split(b",")]
     if codings[-1] != b"chunked":
@@ -655,18 +707,3 @@ def _transfer_coding_refusal(fields: list[bytes]) -> bytes | None:
     if len(codings) > 1:
         return TRANSFER_CODING_UNSUPPORTED_ANSWER
     return None
-
-
-def _body_refusal(corr_id: str) -> bytes:
-    """The 400 for a running request whose body is not valid chunked coding."""
-    detail = "The request body is not valid HTTP/1.1 framing (chunked coding)."
-    body = orjson.dumps(problem_body(400, "bad_request", "Bad request", detail, corr_id))
-    request_id = b"x-request-id: %b\r\n" % corr_id.encode("latin-1")
-    head = (
-        b"HTTP/1.1 400 Bad Request\r\n"
-        b"content-type: %b\r\n"
-        b"connection: close\r\n"
-        b"%b"
-        b"content-length: %d\r\n\r\n" % (PROBLEM_CONTENT_TYPE.encode(), request_id, len(body))
-    )
-    return head + body

@@ -95,3 +95,12 @@ def test_what_httptools_cannot_parse_gets_a_400_problem_and_a_close(
     problem = json.loads(body)
     assert problem["type"] == "urn:authz-gateway:problem:bad_request"
     assert problem["status"] == 400
+    # Its own corr_id, in the answer and on the one line that logs the refusal.
+    assert f"x-request-id: {problem['corr_id']}".encode() in fields
+    logged = [
+        json.loads(line)
+        for line in gateway.log_text().splitlines()
+        if problem["corr_id"] in line and line[:1] == "{"
+    ]
+    assert [e["event"] for e in logged] == ["request_malformed"]
+    assert "Invalid HTTP request received." not in gateway.log_text()

@@ -125,6 +125,7 @@ def test_a_slow_header_flood_is_cut_off_while_signed_requests_are_served(
     for answer in timeouts:
         assert answer.startswith(b"HTTP/1.1 408 ")
         assert b"application/problem+json" in answer
+        assert re.search(rb"\r\nx-request-id: [0-9a-f]{32}\r\n", answer)
     assert "header_timeout" in gateway.log_text()
 
 
@@ -214,13 +215,30 @@ def test_above_the_connection_cap_the_probes_and_metrics_are_still_served(
     assert {line["method"] for line in refused} == {"POST", "GET"}
 
 
-def assert_problem_without_corr_id(response: httpx.Response, status: int, code: str) -> None:
-    """Refused before the app ran: problem+json, but no request id was ever made."""
+def assert_refusal(
+    gateway: GatewayProcess, response: httpx.Response, status: int, code: str
+) -> None:
+    """Refused before the app ran: problem+json with a corr_id of its own, the same in
+    ``X-Request-ID`` and on the refusal's one log line (uvicorn's context-free warning
+    is not written)."""
     assert response.status_code == status
     assert response.headers["content-type"] == "application/problem+json"
     body = response.json()
     assert body["type"] == f"urn:authz-gateway:problem:{code}"
     assert body["status"] == status
+    corr_id = body["corr_id"]
+    assert re.fullmatch(r"[0-9a-f]{32}", corr_id)
+    assert response.headers["x-request-id"] == corr_id
+    deadline = time.monotonic() + 5
+    while True:  # the line is written at the end of the loop tick that answered
+        text = gateway.log_text()
+        lines = [json.loads(line) for line in text.splitlines() if line[:1] == "{"]
+        logged = [e for e in lines if e.get("corr_id") == corr_id]
+        if logged or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert [e["status"] for e in logged] == [status]
+    assert "Invalid HTTP request received." not in text
 
 
 # Bodies. The create-finding route reads its body while it authenticates (the digest).
@@ -509,7 +527,7 @@ def test_a_request_head_over_the_limit_gets_a_431_problem_and_a_close(
         with contextlib.suppress(OSError):  # the server may close before all is sent
             sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: gateway\r\nX-Big: " + b"a" * 70_000)
         answer = read_answer(sock)
-        assert_problem_without_corr_id(answer, 431, "request_header_fields_too_large")
+        assert_refusal(gateway, answer, 431, "request_header_fields_too_large")
         assert closed_within(sock, 5)
 
 
@@ -527,7 +545,7 @@ def test_a_head_over_the_limit_that_arrives_whole_in_one_read_is_refused_too(
         with contextlib.suppress(OSError):
             sock.sendall(head)
         answer = read_answer(sock)
-        assert_problem_without_corr_id(answer, 431, "request_header_fields_too_large")
+        assert_refusal(gateway, answer, 431, "request_header_fields_too_large")
         assert closed_within(sock, 5)
 
 
@@ -590,7 +608,7 @@ def test_an_http10_request_with_transfer_encoding_is_refused_and_closed(
     with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as sock:
         sock.sendall(head + chunked + smuggled)
         answer = read_answer(sock)
-        assert_problem_without_corr_id(answer, 400, "bad_request")
+        assert_refusal(gateway, answer, 400, "bad_request")
         assert "HTTP/1.0" in answer.json()["detail"]
         assert answer.headers["connection"] == "close"
         assert closed_within(sock, 5)  # the pipelined GET got no answer
@@ -630,7 +648,7 @@ def test_a_transfer_coding_other_than_chunked_is_refused_before_the_app(
     gateway = serve()
     with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as sock:
         sock.sendall(chunked_head(gateway.port, coding) + CHUNKED_FINDING)
-        assert_problem_without_corr_id(read_answer(sock), status, code)
+        assert_refusal(gateway, read_answer(sock), status, code)
         assert closed_within(sock, 5)
 
 
@@ -717,7 +735,7 @@ def test_a_request_that_asks_to_upgrade_cannot_carry_a_body(
         time.sleep(0.2)  # the body in a segment of its own
         with contextlib.suppress(OSError):
             sock.sendall(SMUGGLED)
-        assert_problem_without_corr_id(read_answer(sock), 400, "bad_request")
+        assert_refusal(gateway, read_answer(sock), 400, "bad_request")
         assert closed_within(sock, 5)
     assert probes_answered() == before, "the body was answered as a request"
 
@@ -741,7 +759,7 @@ def test_a_request_target_with_a_fragment_is_refused(
     gateway = serve()
     with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as sock:
         sock.sendall(b"GET " + target + b" HTTP/1.1\r\nHost: gateway\r\n\r\n")
-        assert_problem_without_corr_id(read_answer(sock), 400, "invalid_path")
+        assert_refusal(gateway, read_answer(sock), 400, "invalid_path")
         assert closed_within(sock, 5)
 
 
@@ -758,13 +776,13 @@ def test_a_pipeline_deeper_than_the_cap_is_answered_in_part_then_refused(
         with contextlib.suppress(OSError):  # the server closes before it reads it all
             sock.sendall(probe * 5_000)
         buffer = bytearray()
-        statuses = []
-        while not statuses or statuses[-1] == 200:
-            statuses.append(as_response(*raw_http.read_answer(sock, buffer, BOUND)).status_code)
+        answers = []
+        while not answers or answers[-1].status_code == 200:
+            answers.append(as_response(*raw_http.read_answer(sock, buffer, BOUND)))
         assert closed_within(sock, 5)
-    answered = len(statuses) - 1
+    answered = len(answers) - 1
     assert MAX_PIPELINED < answered < 5_000, answered  # the rest were never read
-    assert statuses[-1] == 503
+    assert_refusal(gateway, answers[-1], 503, "unavailable")
 
 
 REFUSED_HEADS = {
@@ -790,7 +808,7 @@ def test_a_refusal_pipelined_after_a_request_comes_after_its_answer(
         first = as_response(*raw_http.read_answer(sock, buffer, BOUND))
         assert first.status_code == 201, first.text
         second = as_response(*raw_http.read_answer(sock, buffer, BOUND))
-        assert_problem_without_corr_id(second, 400, "bad_request")
+        assert_refusal(gateway, second, 400, "bad_request")
         assert closed_within(sock, 5)
 
 
@@ -824,7 +842,7 @@ def test_a_request_line_of_another_http_version_is_refused_and_closed(
     )
     with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as sock:
         sock.sendall(head + chunk + b"GET /metrics HTTP/1.1\r\nHost: gateway\r\n\r\n")
-        assert_problem_without_corr_id(read_answer(sock), 400, "bad_request")
+        assert_refusal(gateway, read_answer(sock), 400, "bad_request")
         assert closed_within(sock, 5)
 
 
