@@ -14,7 +14,9 @@ of an engagement the service already reports closed records that fact too,
 then answers 409.
 
 The saga holds the engagement's lock (``app.workflows.engagement_lock``): a
-reopen or another close of the same engagement meanwhile is a 409.
+reopen or another close of the same engagement meanwhile is a 409. Steps 3 and 4
+first confirm the lock is still the saga's (a Redis that lost it let a reopen
+in): if not, they fail and the saga undoes the others (``503 engagement_lock_lost``).
 
 The whole operation runs under the caller's ``Idempotency-Key`` (required): a
 retry with the same key and body returns the first result without calling any
@@ -41,7 +43,7 @@ from app.core import logcontext
 from app.core.errors import Conflict, GatewayError
 from app.domain.engagements import CloseRequest, CloseResult, CloseStep, Engagement, Report
 from app.downstream.client import ServiceRegistry, parse_answer, raise_for_client_error
-from app.workflows.engagement_lock import EngagementLocks
+from app.workflows.engagement_lock import EngagementLocks, Held
 from app.workflows.idempotency import Codec, IdempotencyStore
 from app.workflows.saga import Saga, Step
 
@@ -116,11 +118,11 @@ class CloseService:
         self, engagement_id: str, body: CloseRequest, key: str, subject: str
     ) -> CloseResult:
         """The saga under the engagement's lock: no reopen or other close runs meanwhile."""
-        async with self._locks.hold(engagement_id, "close"):
-            return await self._close(engagement_id, body, key, subject)
+        async with self._locks.hold(engagement_id, "close") as held:
+            return await self._close(engagement_id, body, key, subject, held)
 
     async def _close(
-        self, engagement_id: str, body: CloseRequest, key: str, subject: str
+        self, engagement_id: str, body: CloseRequest, key: str, subject: str, held: Held
     ) -> CloseResult:
         if (await self._engagement(engagement_id)).status == "closed":
             await self._record_known_close(engagement_id)
@@ -150,11 +152,15 @@ class CloseService:
                 Step(
                     "close",
                     "engagements",
-                    lambda: self._close_step(engagement_id, base, key),
+                    lambda: self._close_step(engagement_id, base, key, held),
                     lambda _: self._reopen(base, key),
                     undo_when_unanswered=True,
                 ),
-                Step("publish_closed", "gateway", lambda: self._publish(engagement_id, subject)),
+                Step(
+                    "publish_closed",
+                    "gateway",
+                    lambda: self._publish(engagement_id, subject, held),
+                ),
             ],
         )
         results = await saga.run()
@@ -170,7 +176,8 @@ class CloseService:
         report: Report = parse_answer("reports", raw, Report)
         return report
 
-    async def _close_step(self, engagement_id: str, base: str, key: str) -> Engagement:
+    async def _close_step(self, engagement_id: str, base: str, key: str, held: Held) -> Engagement:
+        await held.confirm()  # not sent if a reopen may be running (nothing to undo)
         try:
             raw = await self._post("engagements", f"{base}/close", f"{key}:close")
         except Conflict:
@@ -181,8 +188,9 @@ class CloseService:
         closed: Engagement = parse_answer("engagements", raw, Engagement)
         return closed
 
-    async def _publish(self, engagement_id: str, subject: str) -> None:
+    async def _publish(self, engagement_id: str, subject: str, held: Held) -> None:
         """Every gateway decides the engagement as closed from now on (503 if it cannot)."""
+        await held.confirm()
         corr_id = logcontext.current().get("corr_id") or ""
         fact = ClosedFact(engagement_id, "close_saga", str(corr_id), time.time(), subject)
         # Undone by the saga if this fails: a write Redis may still apply is taken back.

@@ -22,6 +22,19 @@ Two holders, chosen like the idempotency store (Redis configured or not):
   of the same run has). Redis unreachable when taking it: 503 and nothing runs
   (fail closed, as for the idempotency key).
 
+A lock in Redis can be lost while held: its key evicted, or Redis restarted or
+failed over without the write. ``keep_lease`` notices at its next renewal (a
+third of the lease) and only logs it, and a reopen sent meanwhile takes the lock
+and runs beside the close. So the holder confirms the lock (``Held.confirm``: the
+renewal script, which also extends the lease) right before each step that makes
+the state final: the close saga before its close and publish steps, the reopen
+before the unfreeze and the dropped fact. A lock not confirmed fails that step
+(``503 engagement_lock_lost``): the saga undoes what it did, and the reopen
+answers that it should be sent again. What remains is the time between a
+confirmation and the service call it guards (one round trip), not seconds. Only
+fencing tokens that the services themselves check would close it: they are not
+ours to change.
+
 Options weighed: a lock beside the idempotency record (chosen: a close and a
 reopen have different keys, or none, so the key's record cannot order them)
 against a lock held by the engagements service (the one place that sees both,
@@ -75,12 +88,46 @@ class EngagementLockUnavailable(ServiceUnavailable):
         )
 
 
+class EngagementLockLost(ServiceUnavailable):
+    """The lock was no longer this run's when a step checked it: that step does not run.
+
+    Built like any ``GatewayError`` (``lock_lost()``), so a saga that fails on it says in
+    its detail how far it was undone.
+    """
+
+    code = "engagement_lock_lost"
+
+
+def lock_lost() -> EngagementLockLost:
+    return EngagementLockLost(
+        "The engagement's lock could not be confirmed (the shared state lost it or did not "
+        "answer), so the operation stopped; send it again.",
+        headers={"Retry-After": "1"},
+    )
+
+
+class Held(Protocol):
+    async def confirm(self) -> None:
+        """Raise ``EngagementLockLost`` unless the lock is still this holder's."""
+        ...
+
+
 class EngagementLocks(Protocol):
     def hold(
         self, engagement_id: str, operation: str
-    ) -> contextlib.AbstractAsyncContextManager[None]:
+    ) -> contextlib.AbstractAsyncContextManager[Held]:
         """Hold the engagement's lock for the block; ``EngagementBusy`` when another does."""
         ...
+
+
+class _HeldInProcess:
+    """A lock of this process: nothing else can release or take it while the block runs."""
+
+    async def confirm(self) -> None:
+        return None
+
+
+_IN_PROCESS = _HeldInProcess()
 
 
 class MemoryEngagementLocks:
@@ -94,13 +141,13 @@ class MemoryEngagementLocks:
         return self._running.get(engagement_id)
 
     @contextlib.asynccontextmanager
-    async def hold(self, engagement_id: str, operation: str) -> AsyncIterator[None]:
+    async def hold(self, engagement_id: str, operation: str) -> AsyncIterator[Held]:
         running = self._running.get(engagement_id)
         if running is not None:
             raise EngagementBusy(engagement_id, running)
         self._running[engagement_id] = operation
         try:
-            yield
+            yield _IN_PROCESS
         finally:
             del self._running[engagement_id]
 
@@ -131,7 +178,7 @@ class RedisEngagementLocks:
         return cls.PREFIX + hashlib.sha256(engagement_id.encode()).hexdigest()
 
     @contextlib.asynccontextmanager
-    async def hold(self, engagement_id: str, operation: str) -> AsyncIterator[None]:
+    async def hold(self, engagement_id: str, operation: str) -> AsyncIterator[Held]:
         key = self.key(engagement_id)
         # The token names the operation, so a refused caller learns what it waits for.
         token = operation.encode() + _SEPARATOR + secrets.token_hex(16).encode()
@@ -148,7 +195,7 @@ class RedisEngagementLocks:
             keep_lease(self._renew, key, token, self._lease_ms, self._unreachable, self._lapsed)
         )
         try:
-            yield
+            yield _HeldInRedis(self, key, token)
         finally:
             renewal.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -157,6 +204,17 @@ class RedisEngagementLocks:
 
     def _lapsed(self) -> None:
         log.warning("engagement_lock_lapsed", lease_ms=self._lease_ms)
+
+    async def confirm(self, key: str, token: bytes) -> None:
+        """The lock is still ``token``'s (its lease extended), or ``EngagementLockLost``."""
+        try:
+            owned = await self._renew(keys=[key], args=[token, self._lease_ms])
+        except REDIS_FAILURES as exc:
+            self._unreachable(exc)
+            raise lock_lost() from None
+        if not owned:
+            self._lapsed()
+            raise lock_lost()
 
     async def _give_back(self, key: str, token: bytes) -> None:
         """Release; when Redis does not answer, again in the background until the lease
@@ -176,6 +234,16 @@ class RedisEngagementLocks:
     def _unreachable(exc: BaseException) -> None:
         log.warning("engagement_lock_unreachable", error=type(exc).__name__)
         count_redis_error("engagement_lock")
+
+
+class _HeldInRedis:
+    __slots__ = ("_key", "_locks", "_token")
+
+    def __init__(self, locks: RedisEngagementLocks, key: str, token: bytes) -> None:
+        self._locks, self._key, self._token = locks, key, token
+
+    async def confirm(self) -> None:
+        await self._locks.confirm(self._key, self._token)
 
 
 def _operation(value: Any) -> str:

@@ -124,9 +124,12 @@ class ReopenService:
                 f"{in_policy.ref}): remove that line to reopen it."
             )
         base = f"/engagements/{engagement_id}"
-        async with self._locks.hold(engagement_id, "reopen"):  # no close runs meanwhile
+        async with self._locks.hold(engagement_id, "reopen") as held:  # no close meanwhile
             await self._post(SERVICE, f"{base}/reopen")
+            # A lock lost (and a close let in) since: stop; sending it again is safe.
+            await held.confirm()
             await self._post("findings", f"{base}/findings/unfreeze")
+            await held.confirm()
             try:
                 previous = await self._policy.engagements.reopen(engagement_id)
             except ServiceUnavailable as exc:

@@ -17,11 +17,13 @@ from typing import Any
 
 import httpx
 import pytest
+import redis
 
 from app.authz.closed import MemoryEngagementState
 from app.core.errors import ServiceUnavailable
 from app.main import create_app
 from app.stubs.server import create_stub_app
+from app.workflows.engagement_lock import RedisEngagementLocks
 from tests.conftest import POLICY_DIR, LiveServer, make_settings, signer
 from tests.integration.conftest import Stack
 from tests.integration.orchestration_stack import OrchestrationStack, StackBuilder, stack_settings
@@ -330,3 +332,37 @@ def test_in_memory_unsynced_state_refuses_writes_not_reads(
         "closed_engagement_read_only",
         "engagement_state_not_synced",
     )
+
+
+def test_a_reopen_whose_lock_redis_lost_stops_before_the_unfreeze(
+    make_stack: StackBuilder, redis_server: RedisServer
+) -> None:
+    """The reopen confirms its lock after the service's reopen: lost meanwhile (here
+    another holder took it, as a close could once Redis lost the key), it unfreezes
+    nothing and drops no closed fact, and says to send it again; sent again, it runs."""
+    stack = make_stack(redis={"url": redis_server.url}, service={"read_timeout": 15})
+    assert close(stack.url, "close-acme-lock-lost").status_code == 200
+    reopen = "/engagements/acme-2026/reopen"
+    stack.faults("engagements", latency_ms=600, path_prefix=reopen)
+    raw = redis.Redis(port=redis_server.port)
+    key = RedisEngagementLocks.key("acme-2026")
+    answers: list[httpx.Response] = []
+    reason = {"reason": "Client asked for a retest."}
+    thread = threading.Thread(target=lambda: answers.append(post(stack.url, REOPEN, "sam", reason)))
+    thread.start()
+    try:
+        # Its lock is taken before the service's reopen, which takes 600 ms here.
+        wait_for(lambda: (raw.get(key) or b"").startswith(b"reopen|"))
+        raw.set(key, b"close|another-gateway", px=60_000)
+    finally:
+        thread.join(timeout=30)
+    detail = str(assert_problem(answers[0], 503, "engagement_lock_lost")["detail"])
+    assert "send it again" in detail
+    unfreeze = "/engagements/acme-2026/findings/unfreeze"
+    assert not any(r["path"] == unfreeze for r in stack.seen("findings"))
+    assert writes_refused(stack.url)  # still closed for the gateways
+    raw.delete(key)  # the other holder ended
+    stack.faults("engagements")
+    again = post(stack.url, REOPEN, "sam", reason)
+    assert again.status_code == 200, again.text
+    assert post(stack.url, FINDINGS, "alice", FINDING).status_code == 201

@@ -12,12 +12,13 @@ from app.core.config import RedisSettings
 from app.core.redis import SharedRedis, create_redis
 from app.workflows.engagement_lock import (
     EngagementBusy,
+    EngagementLockLost,
     EngagementLocks,
     EngagementLockUnavailable,
     MemoryEngagementLocks,
     RedisEngagementLocks,
 )
-from tests.redis_server import RedisServer
+from tests.redis_server import RedisServer, redis_binary
 
 pytestmark = pytest.mark.integration
 
@@ -179,3 +180,53 @@ def test_redis_a_release_redis_missed_is_retried_until_it_answers(
                 await asyncio.sleep(0.1)
 
     on_two(redis_server, scenario)
+
+
+def test_redis_a_held_lock_is_confirmed_until_redis_loses_it(redis_server: RedisServer) -> None:
+    """A holder confirms its lock before the steps that make a change final: confirmed
+    (and its lease extended) while the key is its own; lost when the key vanished (data
+    loss) or another holder took it since, so the step does not run."""
+
+    async def scenario(
+        one: RedisEngagementLocks, two: RedisEngagementLocks, raw: SharedRedis
+    ) -> None:
+        key = RedisEngagementLocks.key("acme-2026")
+        async with one.hold("acme-2026", "close") as held:
+            await raw.pexpire(key, 500)
+            await held.confirm()
+            assert await raw.pttl(key) > 500  # extended to the lease again
+            await raw.delete(key)  # lost: evicted, or a restart without the write
+            with pytest.raises(EngagementLockLost) as lost:
+                await held.confirm()
+            assert lost.value.status_code == 503
+            assert lost.value.headers == {"Retry-After": "1"}
+            async with two.hold("acme-2026", "reopen"):  # the gap a reopen ran in
+                with pytest.raises(EngagementLockLost):
+                    await held.confirm()
+                assert (await raw.get(key) or b"").startswith(b"reopen|")
+            assert await raw.exists(key) == 0
+
+    on_two(redis_server, scenario)
+
+
+def test_redis_a_lock_that_cannot_be_confirmed_is_lost() -> None:
+    """Redis gone while a run holds the lock: the next confirmation fails (closed)."""
+    server = RedisServer(redis_binary())
+    server.start()
+
+    async def scenario() -> None:
+        client = create_redis(RedisSettings(url=server.url))
+        try:
+            locks = RedisEngagementLocks(client, 60.0)
+            async with locks.hold("acme-2026", "close") as held:
+                await held.confirm()
+                server.kill()
+                with pytest.raises(EngagementLockLost):
+                    await held.confirm()
+        finally:
+            await client.aclose()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        server.stop()

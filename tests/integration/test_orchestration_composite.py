@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import concurrent.futures
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+import redis
 from fastapi import FastAPI
 
 from app.main import create_app
+from app.workflows.engagement_lock import RedisEngagementLocks
 from tests.conftest import LiveServer, signer
 from tests.integration.orchestration_stack import (
     StackBuilder,
@@ -20,6 +23,7 @@ from tests.integration.orchestration_stack import (
     stack_settings,
 )
 from tests.integration.test_gateway_e2e import assert_problem
+from tests.redis_server import RedisServer
 
 pytestmark = pytest.mark.integration
 
@@ -308,3 +312,36 @@ def test_two_closes_at_once_leave_the_engagement_closed_and_its_findings_frozen(
     with client(stack.url) as caller:
         overview = caller.get("/v1/engagements/acme-2026/overview").json()
     assert overview["engagement"]["status"] == "closed"
+
+
+def test_a_close_whose_lock_redis_lost_stops_before_its_close_step_and_undoes(
+    make_stack: StackBuilder, redis_server: RedisServer
+) -> None:
+    """Found by an audit: a Redis that lost the lock mid-close let a reopen run beside
+    the saga (the end state closed, its findings unfrozen). The saga confirms its lock
+    before the close step: lost (here taken by a reopen since), it stops there, undoes
+    its freeze and its report, and leaves the other holder's lock alone."""
+    stack = make_stack(redis={"url": redis_server.url})
+    stack.faults("reports", latency_ms=600)
+    raw = redis.Redis(port=redis_server.port)
+    key = RedisEngagementLocks.key("acme-2026")
+    with concurrent.futures.ThreadPoolExecutor(1) as pool, client(stack.url) as caller:
+        pending = pool.submit(
+            caller.post, CLOSE, json=REASON, headers={"idempotency-key": "lost-lock-A001"}
+        )
+        deadline = time.monotonic() + 10
+        while not any(s["path"].endswith("/freeze") for s in stack.seen("findings")):
+            assert time.monotonic() < deadline, "the saga never froze the findings"
+            time.sleep(0.02)
+        assert raw.exists(key) == 1  # the saga's lock, while it renders the report
+        raw.set(key, b"reopen|another-gateway", px=60_000)
+        response = pending.result(timeout=60)
+    body = assert_problem(response, 503, "engagement_lock_lost")
+    assert "render_report" not in body["detail"]
+    assert "failed at step close" in body["detail"]
+    assert "earlier steps were undone" in body["detail"]
+    assert response.headers["retry-after"] == "1"
+    assert not any(s["path"].endswith("/close") for s in stack.seen("engagements"))
+    assert httpx.get(stack.stubs["findings"].url + "/_frozen").json() == []
+    assert stack.seen("reports")[-1]["method"] == "DELETE"
+    assert raw.get(key) == b"reopen|another-gateway"
