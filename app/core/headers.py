@@ -70,6 +70,49 @@ NEVER_FORWARDED = (
 )
 NEVER_FORWARDED_PREFIXES = ("x-auth-", "x-gateway-", "x-forwarded-")
 
+# An ingress in front of an application (deploy/: nginx auth_request, Traefik, Envoy)
+# cannot drop a header by prefix, only by name. These are the well-known names of the
+# families above that it handles by name, so a client's copy never reaches the
+# application. It states these itself, from its own connection (the peer, the scheme):
+INGRESS_STATED = frozenset({"x-forwarded-for", "x-forwarded-proto", "x-real-ip"})
+# ... and removes these (with METHOD_OVERRIDES and URL_REWRITES). Any other
+# X-Auth-*/X-Gateway-*/X-Forwarded-* name still reaches the application: it must read
+# only the identity headers the gateway answers with. Remote-User is outside the
+# families, but the SSO name an application may read in place of X-Auth-Subject.
+INGRESS_REMOVED = frozenset(
+    {
+        "forwarded",
+        "x-client-ip",
+        "content-digest",
+        "x-forwarded-host",
+        "x-forwarded-port",
+        "x-forwarded-server",
+        "x-forwarded-prefix",
+        "x-forwarded-path",
+        "x-forwarded-ssl",
+        "x-forwarded-scheme",
+        "x-forwarded-protocol",
+        "x-forwarded-uri",
+        "x-forwarded-method",
+        "x-forwarded-user",
+        "x-forwarded-email",
+        "x-forwarded-preferred-username",
+        "x-forwarded-groups",
+        "x-forwarded-access-token",
+        "x-forwarded-client-cert",
+        "x-forwarded-tls-client-cert",
+        "x-forwarded-tls-client-cert-info",
+        "x-auth-user",
+        "x-auth-email",
+        "x-auth-request-user",
+        "x-auth-request-email",
+        "x-auth-request-preferred-username",
+        "x-auth-request-groups",
+        "x-auth-request-access-token",
+        "remote-user",
+    }
+)
+
 # What a pass-through route forwards of the caller's request without being told:
 # content negotiation, the body's own description, and conditional/range requests.
 DEFAULT_FORWARDED = frozenset(

@@ -8,6 +8,7 @@ sidecars are asked the way those proxies ask (their binaries are not available h
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -22,7 +23,13 @@ from app.authn.asgi import message_from_scope
 from app.authn.keys import KeyRing, SigningKey
 from app.authn.verifier import SignatureVerifier
 from app.core.errors import AuthenticationFailed
-from app.core.headers import METHOD_OVERRIDES, URL_REWRITES
+from app.core.headers import (
+    INGRESS_REMOVED,
+    INGRESS_STATED,
+    METHOD_OVERRIDES,
+    URL_REWRITES,
+    never_forwarded,
+)
 from app.main import create_app
 from tests.conftest import LiveServer, make_settings
 from tests.integration.nginx_stack import NginxSite, nginx_key_spec
@@ -125,8 +132,69 @@ def test_an_allowed_request_reaches_the_application_with_the_answer_headers(
     assert seen["signed"] == "alice"  # the gateway's identity signature verifies
 
 
-def test_the_envoy_and_traefik_examples_strip_every_override_and_rewrite() -> None:
-    """Not run (no binaries here): their configurations name every header nginx blanks."""
+def test_a_client_s_forwarding_and_sso_headers_never_reach_the_application(
+    site: tuple[NginxSite, FastAPI],
+) -> None:
+    """An audit sent X-Forwarded-Prefix, Forwarded, X-Real-IP, X-Auth-Request-User,
+    Remote-User...: the application received them unchanged, beside the gateway's
+    answer. Now nginx states the peer and scheme itself and removes the rest."""
+    nginx, application = site
+    forged = {
+        **{name: "sam" for name in INGRESS_REMOVED},
+        "X-Forwarded-Prefix": "/admin",
+        "X-Forwarded-Host": "evil.example",
+        "Forwarded": "for=1.2.3.4;host=evil.example;proto=https",
+        "X-Forwarded-For": "7.7.7.7",
+        "X-Real-IP": "6.6.6.6",
+        "X-Forwarded-Proto": "https",
+        "X-Auth-Whatever": "sam",  # no well-known name: nginx cannot drop a prefix
+    }
+    with nginx.client("alice", authorizer=True) as client:
+        response = client.get(OURS, headers=forged)
+    assert response.status_code == 200, response.text
+    [seen] = _seen(application)
+    headers = seen["headers"]
+    assert not INGRESS_REMOVED & set(headers), INGRESS_REMOVED & set(headers)
+    # nginx's own view of the hop, not the client's.
+    assert {name: headers.get(name) for name in INGRESS_STATED} == {
+        "x-forwarded-for": "127.0.0.1",
+        "x-real-ip": "127.0.0.1",
+        "x-forwarded-proto": "http",
+    }
+    assert headers["x-auth-whatever"] == "sam"  # documented: the application ignores it
+    assert seen["signed"] == "alice"
+
+
+def _nginx_location_headers(conf: str, location: str) -> dict[str, str]:
+    """proxy_set_header name -> value of one location block of an nginx example."""
+    start = conf.index(f"location {location} {{")
+    block = conf[start : conf.index("\n    }", start)]
+    return {
+        name.lower(): value
+        for name, value in re.findall(r"^\s*proxy_set_header\s+(\S+)\s+(.+?);", block, re.M)
+    }
+
+
+# Traefik's entryPoint sets these itself, replacing a client's copies while its
+# forwardedHeaders trust nobody: a headers middleware removing them would remove Traefik's.
+TRAEFIK_STATED = INGRESS_STATED | {"x-forwarded-host", "x-forwarded-port", "x-forwarded-server"}
+
+
+def test_the_ingress_examples_strip_every_override_rewrite_and_forwarding_header() -> None:
+    """Not run (no binaries here): the Envoy and Traefik configurations name every
+    header nginx blanks, from app/core/headers.py, and state the hop themselves."""
+    ingress = METHOD_OVERRIDES | URL_REWRITES | INGRESS_REMOVED
+    # The names come from the never-forwarded families (Remote-User: the SSO one).
+    assert {n for n in INGRESS_REMOVED | INGRESS_STATED if not never_forwarded(n)} == {
+        "remote-user"
+    }
+    nginx = _nginx_location_headers((DEPLOY / "nginx" / "gateway-authorizer.conf").read_text(), "/")
+    assert {name for name, value in nginx.items() if value == '""'} >= ingress
+    assert {name: nginx[name] for name in INGRESS_STATED} == {
+        "x-forwarded-for": "$remote_addr",
+        "x-real-ip": "$remote_addr",
+        "x-forwarded-proto": "$scheme",
+    }
     envoy = yaml.safe_load((DEPLOY / "envoy" / "envoy.yaml").read_text())
     removed = {
         m["remove"]
@@ -134,19 +202,34 @@ def test_the_envoy_and_traefik_examples_strip_every_override_and_rewrite() -> No
         if f["name"] == "envoy.filters.http.header_mutation"
         for m in f["typed_config"]["mutations"]["request_mutations"]
     }
-    assert removed >= METHOD_OVERRIDES | URL_REWRITES
+    assert removed >= ingress
+    manager = _envoy_manager(envoy)
+    # The edge: Envoy overwrites a client's x-forwarded-proto and appends the peer to
+    # x-forwarded-for, which the route then replaces by the peer alone.
+    assert manager["use_remote_address"] is True
+    assert manager.get("xff_num_trusted_hops", 0) == 0
+    added = {
+        h["header"]["key"]: (h["header"]["value"], h["append_action"])
+        for h in manager["route_config"]["request_headers_to_add"]
+    }
+    peer = ("%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%", "OVERWRITE_IF_EXISTS_OR_ADD")
+    assert added == {"x-forwarded-for": peer, "x-real-ip": peer}
     traefik = yaml.safe_load((DEPLOY / "traefik" / "dynamic.yml").read_text())["http"]
     strip = traefik["middlewares"]["app-strip-overrides"]["headers"]["customRequestHeaders"]
-    assert {name.lower() for name, value in strip.items() if value == ""} >= (
-        METHOD_OVERRIDES | URL_REWRITES
-    )
+    blanked = {name.lower() for name, value in strip.items() if value == ""}
+    assert blanked >= ingress - TRAEFIK_STATED
+    assert not blanked & TRAEFIK_STATED
     assert traefik["routers"]["app"]["middlewares"][0] == "app-strip-overrides"
 
 
-def _envoy_filters(config: dict[str, Any]) -> list[dict[str, Any]]:
+def _envoy_manager(config: dict[str, Any]) -> dict[str, Any]:
     listener = config["static_resources"]["listeners"][0]
-    manager = listener["filter_chains"][0]["filters"][0]["typed_config"]
-    filters: list[dict[str, Any]] = manager["http_filters"]
+    manager: dict[str, Any] = listener["filter_chains"][0]["filters"][0]["typed_config"]
+    return manager
+
+
+def _envoy_filters(config: dict[str, Any]) -> list[dict[str, Any]]:
+    filters: list[dict[str, Any]] = _envoy_manager(config)["http_filters"]
     return filters
 
 

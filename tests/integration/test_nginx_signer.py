@@ -22,6 +22,13 @@ pytestmark = pytest.mark.integration
 
 OURS = "/v1/engagements/acme-2026/findings"
 FOREIGN = "/v1/engagements/initech-redteam/findings"
+# The demo's pass-through route (config/demo.yaml): the gateway states its Forwarded.
+REPORT_CONTENT = {
+    "path": "/v1/engagements/{engagement_id}/reports/{report_id}/content",
+    "service": "reports",
+    "upstream_path": "/engagements/{engagement_id}/reports/{report_id}/content",
+    "methods": ["GET"],
+}
 
 
 @pytest.fixture
@@ -30,7 +37,11 @@ def site(
 ) -> Iterator[tuple[NginxSite, dict[str, LiveServer], LiveServer]]:
     stubs = {name: live_server(create_stub_app(name)) for name in STUB_NAMES}
     keys = [nginx_key_spec(tmp_path), {"id": TEST_KEY_ID, "secret_env": TEST_KEY_ENV}]
-    settings = make_settings({n: s.url for n, s in stubs.items()}, signing={"keys": keys})
+    settings = make_settings(
+        {n: s.url for n, s in stubs.items()},
+        signing={"keys": keys},
+        orchestration={"passthrough": [REPORT_CONTENT]},
+    )
     gateway = live_server(create_app(settings))
     nginx = NginxSite(tmp_path, gateway.port).start()
     yield nginx, stubs, gateway
@@ -205,3 +216,45 @@ def test_the_signing_proxy_forwards_the_api_only(site: tuple[NginxSite, ...], ta
         response = client.send(request)
     assert response.status_code == 404
     assert response.json()["detail"] == "This proxy forwards /v1/ only."
+
+
+def test_a_client_s_x_forwarded_for_and_proto_never_become_the_gateway_s_forwarded(
+    site: tuple[NginxSite, dict[str, LiveServer], LiveServer],
+) -> None:
+    """uvicorn trusts X-Forwarded-For/-Proto from 127.0.0.1, where nginx is: an audit's
+    remote client named the `Forwarded: for=7.7.7.7;proto=https` the gateway stated to
+    the service. nginx now sends its own view of the hop."""
+    nginx, stubs, _ = site
+    forged = {"X-Forwarded-For": "7.7.7.7", "X-Forwarded-Proto": "https"}
+    with nginx.client("alice") as client:
+        response = client.get("/v1/engagements/acme-2026/reports/R-0001/content", headers=forged)
+    assert response.status_code == 200, response.text
+    seen = _seen(stubs["reports"])[-1]["headers"]
+    assert seen["forwarded"] == "for=127.0.0.1;proto=http"  # type: ignore[index]
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "/v1/decisions",
+        "/v1/decisions/envoy/v1/engagements/acme-2026/findings",
+        "/v1/decisions/traefik",
+        "/v1//decisions/envoy/v1/engagements/acme-2026/findings",
+        "/v1/%64ecisions/envoy/v1/engagements/acme-2026/findings",
+    ],
+)
+@pytest.mark.parametrize("method", ["GET", "POST"])
+def test_the_signing_proxy_does_not_forward_the_decision_endpoints(
+    site: tuple[NginxSite, dict[str, LiveServer], LiveServer], target: str, method: str
+) -> None:
+    """An audit asked /v1/decisions/envoy/... through the public proxy: a 200 with the
+    decision and the gateway's identity signature, for any path and method (a policy
+    oracle). The decision endpoints are the ingress's, not the end user's."""
+    nginx = site[0]
+    with nginx.client("alice") as client:
+        request = client.build_request(method, "/")
+        request.url = request.url.copy_with(raw_path=target.encode())
+        response = client.send(request)
+    assert response.status_code == 404, response.text
+    assert "signature" not in response.headers
+    assert response.json()["detail"] == "This proxy does not forward the decision endpoints."
