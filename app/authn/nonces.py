@@ -11,8 +11,9 @@ Two stores, one ``NonceStore`` protocol, chosen by whether Redis is configured:
   by ``signing.nonce_capacity``. When full it refuses (503) instead of evicting:
   evicting an unexpired nonce would reopen replay for it. Cheap and dependency
   free, but two gateway processes would each accept the same nonce once.
-- ``RedisNonceStore`` serves many processes: one ``SET key 1 NX EX ttl`` per
-  request (atomic, expiry done by Redis). It costs a loopback round trip and a
+- ``RedisNonceStore`` serves many processes: one ``SET key <token> NX EX ttl`` per
+  request (atomic, expiry done by Redis; the claim's random token lets a retried
+  claim recognise its own write). It costs a loopback round trip and a
   dependency on Redis being up; when Redis cannot answer, the request gets 503.
   Accepting unchecked would let a replay through exactly when an attacker can
   disturb Redis, so the store fails closed.
@@ -35,7 +36,7 @@ was lost; the caller re-signs. See docs/decisions/0003 §6.
   replication history of this one (first use, any restart, failover, a failback
   to a node that was resynced from another meanwhile, flush, eviction), sets it
   to Redis's own ``TIME``, then compares
-  ``created`` and runs ``SET nonce 1 NX EX ttl``, all atomically. Redis's
+  ``created`` and runs ``SET nonce <token> NX EX ttl``, all atomically. Redis's
   clock, not a gateway's, so the fence does not depend on which gateway
   noticed the loss.
 - Redis Cluster: the nonces fall into ``NonceKeys.FENCE_GROUPS`` groups, each
@@ -49,6 +50,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import secrets
 import time
 import zlib
 from collections.abc import Callable, Iterable
@@ -209,7 +211,11 @@ class MemoryNonceStore:
 
 
 # KEYS[1] the fence, KEYS[2] the nonce (absent: only establish the fence);
-# ARGV[1] created, ARGV[2] TTL. Returns {outcome, fence time, 1 if the fence was just set}.
+# ARGV[1] created, ARGV[2] TTL, ARGV[3] the claim's own random token, stored as the
+# nonce's value. Returns {outcome, fence time, 1 if the fence was just set}.
+# Idempotent per token: redis-py retries a command once, and an EVALSHA that timed out
+# may still have run; the retry then finds its own token and answers "claimed" again
+# (any other value, a "1" written by an older gateway too, is a replay).
 # The fence is "<seconds.micros> <run_id>:<master_replid>": a fence written by another
 # Redis process (restored from a snapshot or an append-only file, or replicated before a
 # failover) may sit beside lost nonces, so only this process's own fence is trusted; and
@@ -241,7 +247,10 @@ end
 if tonumber(ARGV[1]) < tonumber(fence) then
   return {'before_fence', fence, reset}
 end
-if redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[2]) then
+if redis.call('SET', KEYS[2], ARGV[3], 'NX', 'EX', ARGV[2]) then
+  return {'claimed', fence, reset}
+end
+if redis.call('GET', KEYS[2]) == ARGV[3] then
   return {'claimed', fence, reset}
 end
 return {'replayed', fence, reset}
@@ -335,13 +344,16 @@ class RedisNonceStore:
 
     async def claim(self, key_id: str, nonce: str, created: int, ttl_seconds: int) -> Claim:
         keys = self.keys.claim_keys(key_id, nonce)
-        outcome, fence, reset = await self._run(keys, [created, ttl_seconds])
+        # Our own token as the value: a retried claim whose first run went through
+        # finds it and is "claimed", not a replay of itself (CLAIM_SCRIPT).
+        token = secrets.token_hex(8)
+        outcome, fence, reset = await self._run(keys, [created, ttl_seconds, token])
         if reset:
             # This Redis (or the group's primary) lost its history since the last claim.
             log.warning("nonce_fence_set", fence=fence, fences=1)
         return Claim(outcome)
 
-    async def _run(self, keys: list[str], args: list[int]) -> tuple[str, float, bool]:
+    async def _run(self, keys: list[str], args: list[int | str]) -> tuple[str, float, bool]:
         """The script's answer: (outcome, fence time, whether it just set the fence)."""
         try:
             outcome, fence, reset = await self._script(keys=keys, args=args)

@@ -78,7 +78,9 @@ def _options(settings: RedisSettings) -> dict[str, Any]:
         "socket_connect_timeout": settings.socket_timeout,
         "max_connections": settings.max_connections,
         # One immediate retry replaces a pooled connection that died with a restart
-        # (in cluster mode: one retry after refreshing the slot map).
+        # (in cluster mode: one retry after refreshing the slot map). It also re-sends a
+        # command that timed out but may have run: a script must recognise its own
+        # earlier run (a claim's token) or document the double effect (rate limits).
         "retry": Retry(NoBackoff(), 1),
         "health_check_interval": 30,
     }

@@ -21,6 +21,14 @@ doubles, exact for integers below 2**53 us (about 2**33 s, the year 2255 on
 Redis's clock); the largest value the script forms is ``now`` plus one window
 (at most 86,400 s) plus ``limit`` microseconds, far below that.
 
+Not idempotent under redis-py's one retry (app.core.redis): when the script timed out
+on the client but Redis ran it later, the retry spends the allowed request a second
+time. The caller's buckets then lose one extra request, and if the first run took the
+last one the retry answers 429 for a request that was counted; never more than one
+extra spend, never a request let through beyond the limit (operations.md, "Failure
+behaviour"). A per-request token would have to be stored beside each TAT, changing the
+stored value that gateways of the previous version read during a rolling upgrade: left.
+
 When Redis fails, ``on_redis_error`` decides: ``open`` (let through, counted in
 ``gateway_redis_errors_total``) or ``closed`` (503). Either way Redis is retried
 after ``REDIS_RETRY_SECONDS``, so service recovers by itself.

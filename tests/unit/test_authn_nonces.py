@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import gc
 import math
+import os
+import signal
 import time
 from collections.abc import AsyncIterator, Sized
 from contextlib import asynccontextmanager
@@ -198,9 +200,13 @@ def test_redis_key_keeps_key_id_and_nonce_apart() -> None:
 
 
 @asynccontextmanager
-async def redis_store(server: RedisServer) -> AsyncIterator[tuple[RedisNonceStore, Redis]]:
+async def redis_store(
+    server: RedisServer, socket_timeout: float = 0.5
+) -> AsyncIterator[tuple[RedisNonceStore, Redis]]:
     """A store and a second, independent client on the same Redis (to look and to break)."""
-    store = RedisNonceStore(create_redis(RedisSettings(url=server.url)))
+    store = RedisNonceStore(
+        create_redis(RedisSettings(url=server.url, socket_timeout=socket_timeout))
+    )
     probe = create_redis(RedisSettings(url=server.url))
     try:
         yield store, probe
@@ -273,6 +279,66 @@ def test_script_outcomes_claimed_replayed_before_fence(redis_server: RedisServer
             assert await store.claim("k1", "n2", CREATED, 60) is CLAIMED, "at the fence"
 
     asyncio.run(scenario())
+
+
+def test_the_claim_script_is_idempotent_per_token(redis_server: RedisServer) -> None:
+    """A claim run twice with its own token (redis-py's retry of a claim that went
+    through) is claimed both times; any other token, or an older gateway's "1", is a
+    replay, and the first token stays the nonce's value."""
+
+    async def scenario() -> None:
+        async with redis_store(redis_server) as (store, probe):
+            await set_fence(probe, f"{CREATED}.000000")
+            keys = store.keys.claim_keys("k1", "n1")
+            args = [CREATED + 1, 60]
+            assert (await store._script(keys=keys, args=[*args, "t1"]))[0] == b"claimed"
+            assert (await store._script(keys=keys, args=[*args, "t1"]))[0] == b"claimed"
+            assert (await store._script(keys=keys, args=[*args, "t2"]))[0] == b"replayed"
+            assert await probe.get(keys[1]) == b"t1"
+            assert 0 < await probe.ttl(keys[1]) <= 60
+            await probe.set(store.keys.claim_keys("k1", "old")[1], b"1", ex=60)
+            assert await store.claim("k1", "old", CREATED + 1, 60) is REPLAYED
+            assert (await store._script(keys=keys, args=[CREATED - 1, 60, "t1"]))[0] == (
+                b"before_fence"
+            ), "the fence still comes first"
+
+    asyncio.run(scenario())
+
+
+def test_a_claim_that_timed_out_but_ran_is_claimed_on_redis_py_s_retry(
+    redis_server: RedisServer,
+) -> None:
+    """An audit: Redis stalled past the socket timeout, then ran the first EVALSHA;
+    redis-py's one retry found the nonce the request had just claimed and the genuine
+    request got 401 ``replayed``. Redis is stopped (SIGSTOP) past the first attempt's
+    1 s timeout and continued (SIGCONT) at 1.5 s, well inside the retry's own second."""
+    assert redis_server.proc is not None
+    pid = redis_server.proc.pid
+
+    async def scenario() -> tuple[Claim, Claim, float, list[str]]:
+        async with redis_store(redis_server, socket_timeout=1.0) as (store, probe):
+            await set_fence(probe, f"{CREATED}.000000")
+            assert await store.open() == CREATED  # the script loaded, a pooled connection
+            created = int(await redis_now(probe))
+            os.kill(pid, signal.SIGSTOP)
+            try:
+                started = time.monotonic()
+                with capture_logs() as logs:
+                    task = asyncio.create_task(store.claim("k1", "stalled", created, 60))
+                    await asyncio.sleep(1.5)
+                    os.kill(pid, signal.SIGCONT)
+                    first = await asyncio.wait_for(task, 5)
+                elapsed = time.monotonic() - started
+            finally:
+                os.kill(pid, signal.SIGCONT)
+            again = await store.claim("k1", "stalled", created, 60)
+            return first, again, elapsed, [line["event"] for line in logs]
+
+    first, again, elapsed, events = asyncio.run(scenario())
+    assert elapsed >= 1.0, "the first attempt timed out: the answer came from the retry"
+    assert first is CLAIMED
+    assert again is REPLAYED, "a real second use is still a replay"
+    assert "nonce_store_unreachable" not in events
 
 
 def test_a_flushed_redis_moves_the_fence_and_refuses_earlier_signatures(
