@@ -62,7 +62,7 @@ from redis.asyncio import RedisCluster
 
 from app.core.config import Settings
 from app.core.errors import ServiceUnavailable
-from app.core.redis import REDIS_FAILURES, SharedRedis, create_redis, is_cluster
+from app.core.redis import REDIS_FAILURES, SharedRedis, create_redis, error_text, is_cluster
 from app.ops.metrics import count_redis_error
 
 log = structlog.get_logger("gateway.authn")
@@ -224,8 +224,10 @@ class MemoryNonceStore:
 # then a copy of the other node's, which may hold its old fence without the nonces it
 # claimed meanwhile; each such change of role gives it a new master_replid. Anything
 # unparsable (a fence of the older "<seconds> <run_id>" form too) counts as lost.
-# TIME and INFO before a write need Redis 5 or later.
+# TIME and INFO before a write need Redis 5 or later. TIME is read on every run, needed
+# or not, so a user denied it fails every claim and readiness, not only the next reset.
 CLAIM_SCRIPT = """
+local now = redis.call('TIME')
 local run_id = string.match(redis.call('INFO', 'server'), 'run_id:(%w+)')
 local replid = string.match(redis.call('INFO', 'replication'), 'master_replid:(%w+)')
 local owner = run_id .. ':' .. (replid or '')
@@ -236,7 +238,6 @@ if stored then
 end
 local reset = 0
 if not (fence and replid and fence_owner == owner) then
-  local now = redis.call('TIME')
   fence = now[1] .. '.' .. string.format('%06d', tonumber(now[2]))
   redis.call('SET', KEYS[1], fence .. ' ' .. owner)
   reset = 1
@@ -270,7 +271,8 @@ class NonceKeys:
     PREFIX = "gateway:nonce:"
     # Outside PREFIX's key space: nonce keys continue with a digit (or "{") after the colon.
     FENCE_KEY = "gateway:nonce-fence"
-    # Written by the readiness check (a short-lived key, outside PREFIX's space too).
+    # Claimed by the readiness check, a new key each time with a TTL of 1 s (outside
+    # PREFIX's space too): ``READY_KEY:<token>``, with the first group's tag on a Cluster.
     READY_KEY = "gateway:nonce-ready"
     # Fixed: changing it renames every key, and gateways of two layouts would not see
     # each other's nonces. 64 spreads the groups over the primaries of any usual cluster.
@@ -297,6 +299,13 @@ class NonceKeys:
     def group(self, key_id: str, nonce: str) -> int:
         return zlib.crc32(self.ident(key_id, nonce).encode()) % self.FENCE_GROUPS
 
+    def probe_keys(self, token: str) -> list[str]:
+        """``[fence, probe key]`` for readiness: the first fence, a key in its slot."""
+        if not self.grouped:
+            return [self.FENCE_KEY, f"{self.READY_KEY}:{token}"]
+        tag = self.tag(0)
+        return [f"{self.FENCE_KEY}:{tag}", f"{self.READY_KEY}:{tag}:{token}"]
+
     def claim_keys(self, key_id: str, nonce: str) -> list[str]:
         """``[fence, nonce key]`` for the claim script; one hash tag when grouped."""
         ident = self.ident(key_id, nonce)
@@ -304,6 +313,10 @@ class NonceKeys:
             return [self.FENCE_KEY, self.PREFIX + ident]
         tag = self.tag(self.group(key_id, nonce))
         return [f"{self.FENCE_KEY}:{tag}", f"{self.PREFIX}{tag}:{ident}"]
+
+
+# The readiness probe's ``created``: after any fence (the year 2286).
+_PROBE_CREATED = 9_999_999_999
 
 
 class RedisNonceStore:
@@ -356,11 +369,15 @@ class RedisNonceStore:
     async def _run(self, keys: list[str], args: list[int | str]) -> tuple[str, float, bool]:
         """The script's answer: (outcome, fence time, whether it just set the fence)."""
         try:
-            outcome, fence, reset = await self._script(keys=keys, args=args)
+            return await self._call(keys, args)
         except REDIS_FAILURES as exc:
-            log.warning("nonce_store_unreachable", error=type(exc).__name__)
+            # The Redis message (NOREPLICAS, NOPERM, ...), never the URL.
+            log.warning("nonce_store_unreachable", error=type(exc).__name__, detail=error_text(exc))
             count_redis_error("nonces")
             raise NonceStoreUnavailable() from None
+
+    async def _call(self, keys: list[str], args: list[int | str]) -> tuple[str, float, bool]:
+        outcome, fence, reset = await self._script(keys=keys, args=args)
         return outcome.decode(), float(fence), bool(reset)
 
     async def _warn_if_evicting(self) -> None:
@@ -404,13 +421,22 @@ class RedisNonceStore:
             )
 
     async def check(self) -> tuple[bool, str]:
-        """Readiness: a write, as a claim is one. A Redis that answers PING but refuses
-        writes (a replica, read-only after a failover, full under ``noeviction``) made
-        every signed request a 503 while ``/readyz`` said ready."""
+        """Readiness: a claim, by the claim script itself, of a new short-lived probe key
+        beside the first fence. A Redis that answers PING but refuses writes (a replica,
+        read-only after a failover, full under ``noeviction``), or a user whose ACL denies
+        a command the script runs (``INFO``, ``TIME``, ``EVALSHA``), made every signed
+        request a 503 while ``/readyz`` said ready: a plain ``SET`` passed. Like a claim,
+        it sets the fence when it finds it lost."""
+        token = secrets.token_hex(8)
+        keys = self.keys.probe_keys(token)
         try:
-            await self._client.set(NonceKeys.READY_KEY, b"1", px=5_000)
-        except REDIS_FAILURES as exc:  # unreachable, or READONLY / OOM: no claim either
-            return False, f"redis cannot take a claim ({type(exc).__name__})"
+            outcome, fence, reset = await self._call(keys, [_PROBE_CREATED, 1, token])
+        except REDIS_FAILURES as exc:  # unreachable, READONLY, OOM, NOPERM: no claim either
+            return False, f"redis cannot take a claim ({error_text(exc)})"
+        if reset:
+            log.warning("nonce_fence_set", fence=fence, fences=1)
+        if outcome != Claim.CLAIMED:
+            return False, f"redis cannot take a claim (the probe was {outcome})"
         return True, "redis"
 
     async def aclose(self) -> None:

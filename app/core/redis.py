@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -52,6 +53,24 @@ plain ``AttributeError`` or ``RuntimeError``: a pooled connection closed under a
 command (redis-py#3835; reproduced here under uvloop). To a store that is Redis not
 answering, so it fails closed (503), never a 500.
 """
+
+
+# "scheme://user:password@" in a message (redis-py does not put the URL in its errors;
+# this holds should one ever do so).
+_CREDENTIALS = re.compile(r"://[^@/\s]*@")
+ERROR_TEXT_LIMIT = 120
+
+
+def error_text(exc: BaseException) -> str:
+    """``Type: message`` of a Redis failure for logs and readiness, the message on one
+    line and cut to ``ERROR_TEXT_LIMIT`` characters: Redis's own words say what is wrong
+    (``NOREPLICAS``, ``NOPERM``, ``WRONGPASS``), the type alone did not. Redis messages
+    carry no secrets; credentials in a URL are masked all the same."""
+    message = _CREDENTIALS.sub("://***@", " ".join(str(exc).split()))
+    if len(message) > ERROR_TEXT_LIMIT:
+        message = message[: ERROR_TEXT_LIMIT - 3] + "..."
+    name = type(exc).__name__
+    return f"{name}: {message}" if message else name
 
 
 def create_redis(settings: RedisSettings) -> SharedRedis:

@@ -21,12 +21,13 @@ from structlog.testing import capture_logs
 from app.authn.nonces import (
     Claim,
     MemoryNonceStore,
+    NonceKeys,
     NonceStoreUnavailable,
     RedisNonceStore,
     create_nonce_store,
 )
 from app.core.config import RedisSettings
-from app.core.redis import create_redis
+from app.core.redis import ERROR_TEXT_LIMIT, create_redis, error_text
 from tests.conftest import make_settings
 from tests.redis_server import RedisServer, redis_binary
 
@@ -501,3 +502,66 @@ def test_start_up_warns_when_a_primary_with_replicas_can_take_claims_after_a_fai
         primary.stop()
     assert "nonce_store_failover_unguarded" in unguarded
     assert "nonce_store_failover_unguarded" not in guarded
+
+
+@pytest.mark.parametrize("denied", ["info", "time", "evalsha"])
+def test_readiness_runs_the_claim_script_as_the_gateway_s_user(tmp_path: Path, denied: str) -> None:
+    """An audit: a user without ``INFO`` (common hardening) got a ready gateway that
+    answered 503 to every signed request; readiness only proved a ``SET``. Now it runs the
+    claim script, and readiness and the claim's log line carry Redis's own message."""
+    acl = tmp_path / "users.acl"
+    acl.write_text(
+        f"user default on nopass ~* &* +@all\nuser gw on >gw-secret-pass ~* &* +@all -{denied}\n"
+    )
+    server = RedisServer(redis_binary(), ["--aclfile", str(acl)]).start()
+    url = f"redis://gw:gw-secret-pass@127.0.0.1:{server.port}/0"
+
+    async def scenario() -> tuple[tuple[bool, str], list[dict[str, object]]]:
+        store = RedisNonceStore(create_redis(RedisSettings(url=url)))
+        try:
+            ready = await store.check()
+            with capture_logs() as logs, pytest.raises(NonceStoreUnavailable):
+                await store.claim("k1", "n1", 2**33, 60)
+        finally:
+            await store.aclose()
+        return ready, logs
+
+    try:
+        (ok, detail), logs = asyncio.run(scenario())
+    finally:
+        server.stop()
+    assert ok is False
+    assert detail.startswith("redis cannot take a claim (")
+    line = next(line for line in logs if line["event"] == "nonce_store_unreachable")
+    text = str(line["detail"])
+    assert "permissions to run" in text or "can't run this command" in text, text
+    assert text in detail, "readiness says what the log says"
+    assert "gw-secret-pass" not in detail + text
+
+
+def test_readiness_claims_a_new_probe_key_beside_the_fence(redis_server: RedisServer) -> None:
+    async def scenario() -> None:
+        async with redis_store(redis_server) as (store, probe):
+            assert await store.check() == (True, "redis")
+            assert await store.check() == (True, "redis"), "a new key each time"
+            probes = await probe.keys(f"{NonceKeys.READY_KEY}:*")
+            assert len(probes) == 2
+            for key in probes:
+                assert 0 < await probe.ttl(key) <= 1
+            assert await probe.exists(RedisNonceStore.FENCE_KEY) == 1, "the fence is set"
+
+    asyncio.run(scenario())
+
+
+def test_error_text_is_one_short_line_without_credentials() -> None:
+    from redis.exceptions import ResponseError
+
+    text = error_text(ResponseError("NOREPLICAS Not enough good replicas to write."))
+    assert text == "ResponseError: NOREPLICAS Not enough good replicas to write."
+    long = error_text(ResponseError("ERR " + "x" * 500 + "\nsecond line"))
+    assert len(long) <= len("ResponseError: ") + ERROR_TEXT_LIMIT
+    assert long.endswith("...")
+    masked = error_text(ConnectionError("connecting to redis://gw:hunter2@10.0.0.1:6379/0"))
+    assert "hunter2" not in masked
+    assert "redis://***@10.0.0.1" in masked
+    assert error_text(TimeoutError()) == "TimeoutError"

@@ -159,6 +159,18 @@ def test_on_a_cluster_a_nonce_and_its_fence_share_a_slot(key_id: str, nonce: str
     assert not fence.startswith(NonceKeys.PREFIX)
 
 
+def test_on_a_cluster_the_readiness_probe_shares_the_first_fence_s_slot() -> None:
+    keys = NonceKeys(grouped=True)
+    fence, probe = keys.probe_keys("0123abcd")
+    assert len(slots([fence, probe])) == 1
+    assert fence == keys.fences()[0]
+    assert not probe.startswith(NonceKeys.PREFIX)
+    assert NonceKeys(grouped=False).probe_keys("t") == [
+        NonceKeys.FENCE_KEY,
+        f"{NonceKeys.READY_KEY}:t",
+    ]
+
+
 def test_cluster_fence_groups_are_distinct_slots_spread_over_the_range() -> None:
     fences = NonceKeys(grouped=True).fences()
     assert len(fences) == NonceKeys.FENCE_GROUPS
@@ -215,6 +227,7 @@ def test_a_cluster_client_race_fails_closed_not_500(error: Exception) -> None:
     async def scenario() -> None:
         with pytest.raises(NonceStoreUnavailable):
             await RedisNonceStore(client).claim("k1", "n", 1, 60)
+        assert (await RedisNonceStore(client).check())[0] is False
         limiter = RedisRateLimiter(client, "gw:rl:", "closed")
         with pytest.raises(ServiceUnavailable):
             await limiter.acquire([Bucket("subject", "alice", RateLimitRule(limit=1))])
