@@ -86,17 +86,29 @@ class SignatureInput:
     serialized: str | None = field(default=None, compare=False)
 
 
+# How far another gateway's clock may be behind the claiming one's while the nonce
+# still outlives the signature there: the TTL ends this much after the acceptance
+# window on the claiming gateway's clock (signing.md §4). Costs only memory.
+CLOCK_TOLERANCE_SECONDS = 2
+
+
 def replay_ttl(created: int, expires: int | None, now: float, max_skew: int) -> int:
-    """Seconds from ``now`` until a signature is no longer accepted: how long to keep its nonce.
+    """Seconds from ``now`` to keep a signature's nonce: until it is no longer accepted,
+    plus ``CLOCK_TOLERANCE_SECONDS``.
 
     Accepted while ``floor(now) <= created + max_skew`` (so until ``created + max_skew
-    + 1``) and ``now < expires``; at ``now`` + the answer it is refused (a property
-    test holds it). At least 1 (a store needs a positive TTL).
+    + 1``) and ``now < expires``; at ``now`` + the answer - the tolerance it is refused,
+    so it is refused by every gateway whose clock is behind by at most the tolerance
+    when the nonce expires (a property test holds it). At least 1 + the tolerance.
+
+    Without the tolerance the nonce expired exactly at the end of the window on the
+    claiming gateway's clock, and a gateway less than a second behind (within NTP's
+    usual bound) accepted the signature once more (an audit).
     """
     accepted_until = created + max_skew + 1
     if expires is not None:
         accepted_until = min(accepted_until, expires)
-    return max(1, math.ceil(accepted_until - now))
+    return max(1, math.ceil(accepted_until - now)) + CLOCK_TOLERANCE_SECONDS
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,10 +124,11 @@ class OtherNonce:
         """As long as that signature could be accepted, at most the window's width.
 
         Its ``created`` is not checked against the window (it did not have to
-        verify), so a far-future one is remembered for ``2 * max_skew + 1`` s, not
-        for as long as it claims.
+        verify), so a far-future one is remembered for ``2 * max_skew + 1`` s (plus the
+        clock tolerance), not for as long as it claims.
         """
-        return min(replay_ttl(self.created, self.expires, now, max_skew), 2 * max_skew + 1)
+        longest = 2 * max_skew + 1 + CLOCK_TOLERANCE_SECONDS
+        return min(replay_ttl(self.created, self.expires, now, max_skew), longest)
 
 
 @quick_init

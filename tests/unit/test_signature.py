@@ -19,7 +19,11 @@ from app.authn.base import (
 )
 from app.authn.keys import KeyRing, SigningKey
 from app.authn.signer import sign_headers
-from app.authn.verifier import SignatureVerifier
+from app.authn.verifier import (
+    CLOCK_TOLERANCE_SECONDS,
+    OtherNonce,
+    SignatureVerifier,
+)
 from app.core.errors import AuthenticationFailed
 
 # RFC 9421 Appendix B.2.5: HMAC-SHA256 over date, @authority and content-type.
@@ -375,19 +379,25 @@ def test_two_keys_active_during_rotation() -> None:
 @pytest.mark.parametrize(
     ("created_offset", "expires_offset", "now_offset", "ttl"),
     [
-        (0, None, 0, 301),  # acceptable until created + skew
-        (0, 10, 0, 10),  # expires sooner than the skew window: refused from expires on
-        (200, None, 0, 501),  # created in the (tolerated) future: remembered longer
-        (0, None, 299, 2),
+        (0, None, 0, 301 + 2),  # acceptable until created + skew, plus the clock tolerance
+        (0, 10, 0, 10 + 2),  # expires sooner than the skew window: refused from expires on
+        (200, None, 0, 501 + 2),  # created in the (tolerated) future: remembered longer
+        (0, None, 299, 2 + 2),
+        (0, None, 300.999, 1 + 2),  # the window's last instant
     ],
 )
 def test_replay_ttl_covers_the_whole_acceptance_window(
-    created_offset: int, expires_offset: int | None, now_offset: int, ttl: int
+    created_offset: int, expires_offset: int | None, now_offset: float, ttl: int
 ) -> None:
     expires = None if expires_offset is None else NOW + expires_offset
     message = _signed(_request(), expires=expires, created=NOW + created_offset)
     verified = _verifier().verify_signature(message, b"", now=NOW + now_offset)
     assert verified.replay_ttl(NOW + now_offset, 300) == ttl
+
+
+# The documented bound between gateways sharing a replay store (signing.md §4), fixed
+# here rather than read from the code: an audit's gateways were 0.8 s apart.
+GATEWAY_CLOCK_BOUND = 2
 
 
 @given(
@@ -400,7 +410,10 @@ def test_replay_ttl_ends_exactly_where_acceptance_ends(
     created: int, skew: int, offset: float, lifetime: int | None
 ) -> None:
     """Over the whole range (a clock near 0 included): a signature accepted at ``now`` is
-    still accepted at ``now + ttl - 1`` and refused at ``now + ttl``; never over 2 windows."""
+    still accepted at ``now + ttl - tolerance - 1`` (kept no longer than needed) and
+    refused at ``now + ttl - GATEWAY_CLOCK_BOUND``, so when its nonce expires it is
+    refused by a gateway whose clock is behind by up to the bound; never over 2 windows
+    plus the tolerance."""
     now = created + offset
     expires = None if lifetime is None else created + lifetime
     assume(now >= 0 and (expires is None or expires >= 0))
@@ -411,11 +424,67 @@ def test_replay_ttl_ends_exactly_where_acceptance_ends(
     except AuthenticationFailed:
         return
     ttl = verified.replay_ttl(now, skew)
-    assert 1 <= ttl <= 2 * skew + 1
-    assert verifier.verify(message, b"", now=now + (ttl - 1)).subject == "alice"
+    tolerance = CLOCK_TOLERANCE_SECONDS
+    assert 1 + tolerance <= ttl <= 2 * skew + 1 + tolerance
+    assert verifier.verify(message, b"", now=now + (ttl - tolerance - 1)).subject == "alice"
     with pytest.raises(AuthenticationFailed) as caught:
-        verifier.verify(message, b"", now=now + ttl)
+        verifier.verify(message, b"", now=now + ttl - GATEWAY_CLOCK_BOUND)
     assert caught.value.reason in ("stale", "expired")
+
+
+@given(
+    created=st.integers(0, 2**34),
+    skew=st.integers(1, 3600),
+    offset=st.floats(-4000, 4000, allow_nan=False),
+    lifetime=st.none() | st.integers(-10, 8000),
+    behind=st.floats(0, GATEWAY_CLOCK_BOUND, allow_nan=False),
+    after=st.floats(0, 10_000, allow_nan=False),
+)
+def test_a_gateway_whose_clock_is_behind_refuses_once_the_nonce_expired(
+    created: int, skew: int, offset: float, lifetime: int | None, behind: float, after: float
+) -> None:
+    """The audit's edge: claimed on A at ``now``, replayed to B (clock behind A's by up
+    to the tolerance) at or after the nonce's expiry on A's clock: B refuses it."""
+    now = created + offset
+    expires = None if lifetime is None else created + lifetime
+    assume(now >= 0 and (expires is None or expires >= 0))
+    verifier = SignatureVerifier(KeyRing([SigningKey("k1", SECRET)]), max_skew_seconds=skew)
+    message = _signed(_request(), created=created, expires=expires)
+    try:
+        verified = verifier.verify_signature(message, b"", now=now)
+    except AuthenticationFailed:
+        return
+    ttl = verified.replay_ttl(now, skew)
+    with pytest.raises(AuthenticationFailed) as caught:
+        verifier.verify(message, b"", now=now + ttl + after - behind)
+    assert caught.value.reason in ("stale", "expired")
+
+
+@given(
+    created=st.integers(0, 2**34),
+    skew=st.integers(1, 3600),
+    offset=st.floats(-8000, 8000, allow_nan=False),
+    lifetime=st.none() | st.integers(-10, 8000),
+)
+def test_another_signature_s_nonce_outlives_it_by_the_tolerance_within_two_windows(
+    created: int, skew: int, offset: float, lifetime: int | None
+) -> None:
+    """The other signatures of a request (claimed beside the winner, never verified):
+    capped at two windows plus the tolerance, and the cap never cuts the tolerance off
+    one that could be accepted."""
+    now = created + offset
+    expires = None if lifetime is None else created + lifetime
+    assume(now >= 0 and (expires is None or expires >= 0))
+    ttl = OtherNonce("k1", "n", created, expires).replay_ttl(now, skew)
+    assert 1 <= ttl <= 2 * skew + 1 + CLOCK_TOLERANCE_SECONDS
+    verifier = SignatureVerifier(KeyRing([SigningKey("k1", SECRET)]), max_skew_seconds=skew)
+    message = _signed(_request(), created=created, expires=expires)
+    try:
+        verifier.verify_signature(message, b"", now=now)
+    except AuthenticationFailed:
+        return
+    with pytest.raises(AuthenticationFailed):
+        verifier.verify(message, b"", now=now + ttl - GATEWAY_CLOCK_BOUND)
 
 
 def test_multiple_subject_lines_are_malformed_identity() -> None:
