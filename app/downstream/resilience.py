@@ -228,10 +228,64 @@ class _TransitionLog(pybreaker.CircuitBreakerListener):
 
 
 def _not_a_failure(exc: BaseException) -> bool:
-    """Only the service's own failures count; a call cut by our deadline counts too."""
-    if isinstance(exc, PoolExhausted | CircuitOpen):
-        return True
+    """Only the service's own failures count; a call cut by our deadline counts too.
+
+    pybreaker counts an excluded exception as a success (the failure count reset): right
+    for an answer the service gave (a 4xx), wrong for a call that sent nothing, which
+    ``BreakerCall`` ends without pybreaker counting it at all (``_neutral``).
+    """
     return not isinstance(exc, DownstreamError | asyncio.CancelledError)
+
+
+class _Storage(pybreaker.CircuitMemoryStorage):
+    """pybreaker's in-memory state, with a mode in which nothing it does is kept.
+
+    pybreaker counts every call it ends as a success or a failure. A call that sent
+    nothing (no free connection, or refused at a later attempt's admission) is neither:
+    counted a success, a pool timeout reset the failure count (an audit: a hung service
+    behind a full pool never opened its breaker). And a call admitted before the breaker
+    opened that ends after changes nothing (pybreaker opened it again, moving the time
+    it admits a trial later). ``neutral`` makes such an end leave every count, the
+    state and the opening time as they were.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(pybreaker.STATE_CLOSED)
+        self.neutral = False
+
+    def increment_counter(self) -> None:
+        if not self.neutral:
+            super().increment_counter()
+
+    def reset_counter(self) -> None:
+        if not self.neutral:
+            super().reset_counter()
+
+    def increment_success_counter(self) -> None:
+        if not self.neutral:
+            super().increment_success_counter()
+
+    def reset_success_counter(self) -> None:
+        if not self.neutral:
+            super().reset_success_counter()
+
+    @property
+    def state(self) -> str:
+        return self._state
+
+    @state.setter
+    def state(self, state: str) -> None:
+        if not self.neutral:
+            self._state = state
+
+    @property
+    def opened_at(self) -> datetime | None:
+        return self._opened_at
+
+    @opened_at.setter
+    def opened_at(self, value: datetime) -> None:
+        if not self.neutral:
+            self._opened_at = value
 
 
 @dataclass(frozen=True, slots=True)
@@ -301,6 +355,21 @@ class BreakerCall:
         owner = self._breaker
         if self._calling is None:
             return False  # never admitted: refused (not a failure), or no attempt ran
+        storage = owner._storage
+        if isinstance(exc, PoolExhausted | CircuitOpen) or (
+            not self._trial and storage.state != pybreaker.STATE_CLOSED
+        ):
+            # Nothing sent (no free connection; a later attempt refused), or the breaker
+            # left the closed state since this (non-trial) call was admitted: not
+            # counted. Ended as a success (pybreaker's path without a state change of
+            # its own) while the storage keeps nothing of it; the exception propagates.
+            storage.neutral = True
+            try:
+                self._calling.__exit__(None, None, None)
+            finally:
+                storage.neutral = False
+                owner._trials -= self._trial
+            return False
         try:
             return bool(self._calling.__exit__(kind, exc, tb))
         except pybreaker.CircuitBreakerError:
@@ -318,6 +387,7 @@ class ServiceBreaker:
         self.service = service
         self.settings = settings
         self._clock = clock or (lambda: datetime.now(UTC))
+        self._storage = _Storage()
         self._breaker = pybreaker.CircuitBreaker(
             fail_max=settings.fail_max,
             reset_timeout=settings.reset_timeout_seconds,
@@ -326,6 +396,7 @@ class ServiceBreaker:
             listeners=[_TransitionLog(service)],
             name=service,
             throw_new_error_on_trip=False,
+            state_storage=self._storage,
         )
         self._trials = 0
         set_breaker_state(service, pybreaker.STATE_CLOSED)

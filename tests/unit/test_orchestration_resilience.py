@@ -189,6 +189,83 @@ def test_client_errors_and_pool_timeouts_are_not_breaker_failures() -> None:
     asyncio.run(scenario())
 
 
+def test_a_pool_timeout_between_failures_resets_nothing() -> None:
+    """pybreaker counts an excluded exception as a success: a pool timeout reset the
+    failure count (an audit: a hung service behind a full pool never opened its
+    breaker, 152 x 504 in 24 s). A call that sent nothing is not counted at all."""
+
+    async def scenario() -> None:
+        breaker = ServiceBreaker("s", BreakerSettings(fail_max=3))
+        await fail(breaker, DownstreamError("s"))
+        await fail(breaker, DownstreamError("s"))
+        await fail(breaker, PoolExhausted("s"))
+        assert breaker.snapshot().failures == 2
+        await fail(breaker, DownstreamError("s"))
+        assert breaker.state == "open"
+
+    asyncio.run(scenario())
+
+
+def test_a_trial_that_found_no_free_connection_does_not_close_the_breaker() -> None:
+    async def scenario() -> None:
+        settings = BreakerSettings(fail_max=1, reset_timeout_seconds=0.01, half_open_max_calls=1)
+        breaker = ServiceBreaker("s", settings)
+        await fail(breaker, DownstreamError("s"))
+        await asyncio.sleep(0.02)
+        await fail(breaker, PoolExhausted("s"))  # the trial sent nothing
+        assert breaker.state == "half-open"
+        assert breaker.snapshot().trials_in_flight == 0  # its slot is free again
+        await fail(breaker, DownstreamError("s"))  # the next trial decides
+        assert breaker.state == "open"
+
+    asyncio.run(scenario())
+
+
+def test_calls_admitted_before_the_breaker_opened_do_not_move_its_reopening() -> None:
+    """pybreaker opened an open breaker again for each late failure, so the time it
+    admits a trial moved on: a caller told Retry-After: 10 was still refused after 10 s."""
+
+    async def scenario() -> None:
+        breaker = ServiceBreaker("s", BreakerSettings(fail_max=1, reset_timeout_seconds=30))
+        late = breaker.request()
+        late.admit()
+        await fail(breaker, DownstreamError("s"))
+        opened_at = breaker.snapshot().opened_at
+        assert opened_at is not None
+        await asyncio.sleep(0.05)
+        error = DownstreamError("s")
+        await late.__aexit__(DownstreamError, error, None)
+        assert breaker.snapshot().opened_at == opened_at
+        assert breaker.snapshot().failures == 1
+
+    asyncio.run(scenario())
+
+
+def test_a_late_failure_during_a_trial_leaves_the_trial_to_decide() -> None:
+    async def scenario() -> None:
+        settings = BreakerSettings(fail_max=1, reset_timeout_seconds=0.01, half_open_max_calls=1)
+        breaker = ServiceBreaker("s", settings)
+        late = breaker.request()
+        late.admit()
+        await fail(breaker, DownstreamError("s"))
+        await asyncio.sleep(0.02)
+        trial = breaker.request()
+        trial.admit()
+        assert breaker.state == "half-open"
+        error = DownstreamError("s")
+        await late.__aexit__(DownstreamError, error, None)
+        assert breaker.state == "half-open"
+        await trial.__aexit__(None, None, None)
+        assert breaker.state == "closed"
+
+    with capture_logs() as logs:
+        asyncio.run(scenario())
+    transitions = [
+        (e["from_state"], e["to_state"]) for e in logs if e["event"] == "breaker_transition"
+    ]
+    assert transitions == [("closed", "open"), ("open", "half-open"), ("half-open", "closed")]
+
+
 def test_half_open_admits_a_bounded_number_of_trial_calls() -> None:
     async def scenario() -> None:
         settings = BreakerSettings(fail_max=1, reset_timeout_seconds=0.01, half_open_max_calls=1)
