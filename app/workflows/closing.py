@@ -1,6 +1,8 @@
 """``POST /v1/engagements/{id}/close``: a saga over three services, applied once per key.
 
-Steps, each a keyed (so retryable) POST, undone in reverse if a later one fails:
+Steps, each a keyed (so retryable) POST, undone in reverse if a later one fails (a
+step whose answer was lost is undone too: freeze and close need nothing from the
+answer; the render is sent again with its key, which answers the report it made):
 
     1. freeze_findings  findings     POST .../findings/freeze     undo: POST .../findings/unfreeze
     2. render_report    reports      POST .../reports (final)     undo: DELETE .../reports/{id}
@@ -147,7 +149,8 @@ class CloseService:
                     "render_report",
                     "reports",
                     lambda: self._render(base, key, report_request),
-                    lambda report: self._withdraw(base, report),
+                    lambda report: self._withdraw_render(base, key, report_request, report),
+                    undo_when_unanswered=True,
                 ),
                 Step(
                     "close",
@@ -218,7 +221,14 @@ class CloseService:
             return
         await self._post("findings", f"{base}/findings/unfreeze", f"{key}:undo-freeze")
 
-    async def _withdraw(self, base: str, report: Report) -> None:
+    async def _withdraw_render(
+        self, base: str, key: str, request: dict[str, str], report: Report | None
+    ) -> None:
+        if report is None:
+            # Its answer was lost (it may have been rendered: an orphan final report, and
+            # one more each time the close is sent again). The keyed render sent again
+            # answers the report it made (or makes it now), which is then withdrawn.
+            report = await self._render(base, key, request)
         await self._delete("reports", f"{base}/reports/{report.id}")
 
     @staticmethod

@@ -345,3 +345,45 @@ def test_a_close_whose_lock_redis_lost_stops_before_its_close_step_and_undoes(
     assert httpx.get(stack.stubs["findings"].url + "/_frozen").json() == []
     assert stack.seen("reports")[-1]["method"] == "DELETE"
     assert raw.get(key) == b"reopen|another-gateway"
+
+
+def test_a_render_whose_answer_was_lost_is_withdrawn_and_a_resend_leaves_one_final_report(
+    make_stack: StackBuilder,
+) -> None:
+    """Found by an audit: the reports service rendered, its answer came too late, and the
+    saga undid the freeze only: an orphan final report, and a second one when the close
+    was sent again. The render is sent again with its key and the report it answers is
+    deleted."""
+    stack = make_stack(service={"read_timeout": 0.5, "retry": {"attempts": 1}})
+    stack.faults("reports", slow_body_ms=3000, path_prefix="/engagements/acme-2026/reports")
+
+    def clear_once_rendered() -> None:  # the fault gone before the undo's render
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if any(s["method"] == "POST" for s in stack.seen("reports")):
+                stack.faults("reports")
+                return
+            time.sleep(0.02)
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool, client(stack.url) as caller:
+        cleared = pool.submit(clear_once_rendered)
+        failed = caller.post(CLOSE, json=REASON, headers={"idempotency-key": "lost-render-A1"})
+        cleared.result(timeout=15)
+    body = assert_problem(failed, 504, "gateway_timeout")
+    assert "failed at step render_report" in str(body["detail"])
+    assert "earlier steps were undone" in str(body["detail"])
+    calls = [
+        (s["method"], s["path"], s["headers"].get("idempotency-key")) for s in stack.seen("reports")
+    ]
+    assert [c[:2] for c in calls] == [
+        ("POST", "/engagements/acme-2026/reports"),
+        ("POST", "/engagements/acme-2026/reports"),
+        ("DELETE", calls[-1][1]),
+    ]
+    assert calls[0][2] == calls[1][2]  # the same render, answered again
+    with client(stack.url) as caller:
+        again = caller.post(CLOSE, json=REASON, headers={"idempotency-key": "lost-render-A1"})
+        assert again.status_code == 200, again.text
+        reports = caller.get(OVERVIEW).json()["reports"]
+    finals = [r["id"] for r in reports if r["kind"] == "final"]
+    assert finals == [again.json()["final_report_id"]]
