@@ -5,7 +5,7 @@ the action's result. Every start, success, failure and compensation is logged
 (``saga_step``) with the corr_id bound by the edge, and traced: one span for the
 saga, one per step and one per compensation under it (``app.core.tracing``).
 A failed compensation is logged loudly and does not stop the others; the caller then gets the step's
-error with a detail saying whether everything was undone.
+error with a detail naming the steps it could not undo, if any.
 
 A saga cancelled mid-step (uvicorn cancels the requests still running when
 ``ops.graceful_shutdown_seconds`` runs out) undoes its done steps too, and the
@@ -82,13 +82,13 @@ class Saga:
                 if _maybe_applied(exc) and step.undo_when_unanswered:
                     done.append((step, None))  # undone first, like the last step done
                 try:
-                    undone = await _undo_to_the_end(self._compensate(done))
+                    not_undone = await _undo_to_the_end(self._compensate(done))
                 except asyncio.CancelledError:
                     # Cancelled while undoing a failure: the undo goes on in its task.
                     log.warning("saga_undo_detached", saga=self.name, step=step.name)
                     _finish_before_shutdown(asyncio.current_task())
                     raise
-                raise _failure(self.name, step, exc, undone) from None
+                raise _failure(self.name, step, exc, not_undone) from None
             except asyncio.CancelledError:
                 log.warning("saga_step", saga=self.name, step=step.name, status="cancelled")
                 _finish_before_shutdown(asyncio.current_task())
@@ -103,9 +103,9 @@ class Saga:
     def _attributes(self, step: Step) -> dict[str, str]:
         return {"gateway.saga": self.name, "gateway.saga.step": step.name, SERVICE: step.service}
 
-    async def _compensate(self, done: list[tuple[Step, Any]]) -> bool:
-        """Undo in reverse order; ``True`` when every compensation succeeded."""
-        complete = True
+    async def _compensate(self, done: list[tuple[Step, Any]]) -> list[str]:
+        """Undo in reverse order; the names of the steps whose undo failed."""
+        failed: list[str] = []
         for step, result in reversed(done):
             if step.compensate is None:
                 continue
@@ -113,7 +113,7 @@ class Saga:
                 with span(f"compensate {step.name}", self._attributes(step)):
                     await step.compensate(result)
             except GatewayError as exc:
-                complete = False
+                failed.append(step.name)
                 log.error(
                     "saga_step",
                     saga=self.name,
@@ -123,7 +123,7 @@ class Saga:
                 )
                 continue
             log.info("saga_step", saga=self.name, step=step.name, status="compensated")
-        return complete
+        return failed
 
 
 # How long a stopping gateway waits for those undos after the drain, at most (a close's
@@ -142,7 +142,7 @@ def _finish_before_shutdown(task: asyncio.Task[Any] | None) -> None:
         task.add_done_callback(_UNDOING.discard)
 
 
-async def _undo_to_the_end(undo: Coroutine[object, object, bool]) -> bool:
+async def _undo_to_the_end(undo: Coroutine[object, object, list[str]]) -> list[str]:
     """Run ``undo`` in a task of its own, which a cancellation of the caller does not
     stop (``finish_undos`` waits for it), and return its result."""
     task = asyncio.get_running_loop().create_task(undo)
@@ -150,7 +150,7 @@ async def _undo_to_the_end(undo: Coroutine[object, object, bool]) -> bool:
     return await asyncio.shield(task)
 
 
-async def _undo_despite_cancellation(undo: Coroutine[object, object, bool]) -> None:
+async def _undo_despite_cancellation(undo: Coroutine[object, object, list[str]]) -> None:
     """Run ``undo`` to its end in a task of its own; wait for it unless cancelled again."""
     try:
         await _undo_to_the_end(undo)
@@ -179,9 +179,13 @@ def _maybe_applied(exc: GatewayError) -> bool:
     return isinstance(exc, DownstreamError) and not isinstance(exc, CircuitOpen | PoolExhausted)
 
 
-def _failure(saga: str, step: Step, exc: GatewayError, undone: bool) -> GatewayError:
+def _failure(saga: str, step: Step, exc: GatewayError, not_undone: list[str]) -> GatewayError:
     """The step's error, with a detail that says how far the saga was undone."""
-    outcome = "earlier steps were undone" if undone else "some earlier steps could NOT be undone"
+    outcome = (
+        f"could NOT undo {', '.join(not_undone)}; the other steps were undone"
+        if not_undone
+        else "earlier steps were undone"
+    )
     detail = f"{saga} failed at step {step.name} ({step.service}); {outcome}."
     if isinstance(exc, DownstreamError):
         # A subclass with its own constructor (RetryableError) is rebuilt as the

@@ -275,7 +275,7 @@ def test_saga_reports_a_compensation_that_failed() -> None:
     saga = Saga("demo", [Step("a", "svc", ok, broken_undo), Step("b", "svc2", fails)])
     with pytest.raises(DownstreamError) as raised:
         asyncio.run(saga.run())
-    assert "could NOT be undone" in raised.value.detail
+    assert "could NOT undo a;" in raised.value.detail
 
 
 @pytest.mark.parametrize("cancels", [1, 2])
