@@ -353,3 +353,13 @@ def test_envoy_ext_authz_through_the_sidecar(site: tuple[NginxSite, FastAPI]) ->
     assert (allowed.json()["mode"], allowed.json()["object"]) == ("envoy", OURS)
     assert _envoy(nginx, "GET", FOREIGN, "alice").status_code == 403
     assert _envoy(nginx, "GET", OURS, None).status_code == 401
+
+
+def test_the_shipped_server_blocks_drop_header_names_with_underscores() -> None:
+    """An audit's note: X_Auth_Subject was dropped only by nginx's default; an operator
+    turning underscores_in_headers on reopens it for CGI-style applications."""
+    for name in ("gateway-authorizer.conf", "gateway-proxy.conf"):
+        text = (DEPLOY / "nginx" / name).read_text()
+        assert "    underscores_in_headers off;\n" in text, name
+    for conf in (DEPLOY / "nginx").glob("*.conf"):
+        assert "underscores_in_headers on" not in conf.read_text(), conf.name
