@@ -30,6 +30,7 @@ from app.authz.policy import PolicyEngine
 from app.authz.reference import casbin_enforcer
 from app.authz.store import PolicyStore, build_gated
 from app.core.config import PolicySettings
+from app.core.logging import configure_logging
 
 REPO = Path(__file__).resolve().parent.parent
 SIZES = ((1_000, 100, 200), (10_000, 500, 40), (100_000, 1_000, 8))  # lines, engagements, casbin n
@@ -215,6 +216,8 @@ def render(rows: list[dict[str, Any]], reload: dict[str, Any]) -> str:
 
 
 def main() -> dict[str, Any]:
+    # The reload's own log line (structlog's default goes to stdout) is not the table's.
+    configure_logging("WARNING", "json")
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         rows = [bench_size(lines, engs, n, work) for lines, engs, n in SIZES]

@@ -4,7 +4,8 @@ Starts the fast stub and ``gateway serve`` (as ``make bench`` does, with a polic
 of ``--lines`` lines), drives signed load for ``--seconds``, samples the gateway
 with ``py-spy record --format raw`` and writes a markdown summary: the hottest
 functions by inclusive and by self samples, grouped by pipeline stage.
-Usage: ``python -m bench.profile_gateway [--lines 10000] [--seconds 15] [--out FILE]``.
+Usage: ``python -m bench.profile_gateway [--route typed|passthrough|decision]
+[--lines 10000] [--seconds 15] [--out FILE]`` (the typed findings route by default).
 """
 
 from __future__ import annotations
@@ -24,9 +25,13 @@ from bench.targets import (
     BENCH_KEY_ENV,
     BENCH_KEY_ID,
     BENCH_SECRET,
+    DECISION_PATH,
     GATEWAY_PATH,
+    PASSTHROUGH_PATH,
     gateway_config,
 )
+
+ROUTES = {"typed": GATEWAY_PATH, "passthrough": PASSTHROUGH_PATH, "decision": DECISION_PATH}
 
 STAGES = (
     ("authz (policy)", ("casbin", "app/authz")),
@@ -76,7 +81,7 @@ def summarise(raw: str, top: int = 25) -> list[str]:
     return out
 
 
-def profile(lines: int, seconds: float, conns: int, root: Path) -> list[str]:
+def profile(lines: int, seconds: float, conns: int, root: Path, route: str = "typed") -> list[str]:
     py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     stub = Server("stub", free_port(), [])
     stub.argv = python_argv("bench.fast_stub", "--port", str(stub.port))
@@ -89,7 +94,7 @@ def profile(lines: int, seconds: float, conns: int, root: Path) -> list[str]:
         stub.start().wait_ready("/_health")
         gateway.start().wait_ready("/healthz")
 
-        job = Job(port, GATEWAY_PATH, load_callers(lines), conns, seconds + 4, 0,
+        job = Job(port, ROUTES[route], load_callers(lines), conns, seconds + 4, 0,
                   BENCH_KEY_ID, BENCH_SECRET)  # fmt: skip
         worker.submit(job, conns, 0)
         raw = root / "profile.txt"
@@ -105,7 +110,8 @@ def profile(lines: int, seconds: float, conns: int, root: Path) -> list[str]:
         commit = subprocess.run(
             ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=False
         ).stdout.strip()
-        header = [f"# Gateway profile (py-spy, {lines:,}-line policy), commit `{commit}`", "",
+        header = [f"# Gateway profile (py-spy, {route} route, {lines:,}-line policy), "
+                  f"commit `{commit}`", "",
                   "Shared 2-core machine; the load generator and stub run beside the gateway.",
                   "", f"Load: {conns} connections, {done} requests ({outcome.errors} errors) "
                   f"in {outcome.wall_s:.1f} s = {outcome.ok / outcome.wall_s:,.0f} req/s "
@@ -122,10 +128,12 @@ def main() -> None:
     parser.add_argument("--lines", type=int, default=10_000)
     parser.add_argument("--seconds", type=float, default=15.0)
     parser.add_argument("--conns", type=int, default=16)
+    parser.add_argument("--route", choices=sorted(ROUTES), default="typed")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-prof-") as tmp:
-        text = "\n".join(profile(args.lines, args.seconds, args.conns, Path(tmp))) + "\n"
+        lines = profile(args.lines, args.seconds, args.conns, Path(tmp), args.route)
+        text = "\n".join(lines) + "\n"
     if args.out:
         args.out.write_text(text)
     sys.stdout.write(text)
