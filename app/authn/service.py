@@ -15,6 +15,8 @@ import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 
+import structlog
+
 from app.authn.base import Message, declares_body
 from app.authn.nonces import Claim, NonceStore, create_nonce_store
 from app.authn.rotation import KeyReloader, KeyStatus
@@ -23,11 +25,19 @@ from app.core.config import Settings
 from app.core.errors import AuthenticationFailed
 from app.core.redis import SharedRedis
 from app.domain.identity import Identity
+from app.ops.metrics import count_signature_dated_ahead
+
+log = structlog.get_logger("gateway.authn")
 
 CLAIM_REASONS = {Claim.REPLAYED: Reason.REPLAYED, Claim.BEFORE_FENCE: Reason.REPLAY_WINDOW_RESET}
 # The longest start-up wait for a fence set in the current second (bounds a skewed Redis clock).
 MAX_FENCE_WAIT_SECONDS = 1.0
 BodyReader = Callable[[], Awaitable[bytes]]
+# A signature dated more than this after the gateway's clock (within the window, so
+# accepted) is counted and logged: a signer's clock that runs ahead by d weakens the
+# replay fence by d (signing.md, "Clocks"). Logged once a minute per key at most.
+AHEAD_NOTICE_SECONDS = 5
+AHEAD_LOG_INTERVAL_SECONDS = 60.0
 
 
 class AuthnService:
@@ -37,6 +47,7 @@ class AuthnService:
         self.verifier = verifier
         self.nonces = nonces
         self.keys = keys
+        self._ahead_logged: dict[str, float] = {}  # key id -> monotonic time of its last line
 
     @classmethod
     def from_settings(cls, settings: Settings, redis: SharedRedis | None = None) -> AuthnService:
@@ -105,7 +116,18 @@ class AuthnService:
             claim = await self.nonces.claim(other.key_id, other.nonce, other.created, ttl)
             if claim is Claim.REPLAYED:
                 raise AuthenticationFailed(Reason.REPLAYED.value)
+        ahead = verified.created - math.floor(moment)
+        if ahead > AHEAD_NOTICE_SECONDS:
+            self._dated_ahead(verified.key_id, ahead)
         return verified.identity
+
+    def _dated_ahead(self, key_id: str, seconds: int) -> None:
+        count_signature_dated_ahead(key_id)
+        now = time.monotonic()
+        last = self._ahead_logged.get(key_id)
+        if last is None or now - last >= AHEAD_LOG_INTERVAL_SECONDS:
+            self._ahead_logged[key_id] = now
+            log.warning("signature_dated_ahead", key_id=key_id, seconds_ahead=seconds)
 
     async def readiness(self) -> list[tuple[str, bool, str]]:
         """(name, ok, detail) checks for ``/readyz``: key ids and counts, never secrets."""

@@ -57,6 +57,12 @@ SIGNATURE_FAILURES = Counter(
     "Requests refused by the signature check, by machine reason.",
     ("reason",),
 )
+SIGNATURES_DATED_AHEAD = Counter(
+    "gateway_signatures_dated_ahead",
+    "Accepted signatures whose created lies more than 5 s after the gateway's clock, by key "
+    "id: a signer whose clock runs ahead weakens the replay fence by as much.",
+    ("key_id",),
+)
 DOWNSTREAM_CALLS = Counter(
     "gateway_downstream_calls",
     "Downstream call attempts, by service, outcome and attempt number.",
@@ -172,6 +178,10 @@ def count_decision(result: str, reason: str) -> None:
 
 def count_signature_failure(reason: str) -> None:
     SIGNATURE_FAILURES.labels(reason).inc()
+
+
+def count_signature_dated_ahead(key_id: str) -> None:
+    SIGNATURES_DATED_AHEAD.labels(key_id).inc()
 
 
 def observe_downstream(service: str, outcome: str, attempt: int, seconds: float = 0.0) -> None:

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from dataclasses import replace
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from structlog.testing import capture_logs
 
 from app.authn import service as service_module
 from app.authn.base import Message
@@ -255,3 +259,40 @@ def test_in_label_mode_another_hop_s_signature_is_not_claimed() -> None:
     ours, theirs = _with_key("a", "k1", SECRET), _with_key("x", "hop-key", b"h" * 40)
     assert _ok(service, _joined(("hop", theirs), ("sig-gw", ours))) == "alice"
     assert len(store) == 1
+
+
+def _dated_ahead(key_id: str = "k1") -> float:
+    from app.ops.metrics import SIGNATURES_DATED_AHEAD
+
+    return SIGNATURES_DATED_AHEAD.labels(key_id)._value.get()
+
+
+@given(
+    ahead=st.integers(min_value=-300, max_value=300),
+    # Any time from when a window's oldest created (now - 300) is still a positive one.
+    now=st.floats(min_value=300, max_value=4e9, allow_nan=False, allow_infinity=False),
+)
+def test_a_signature_dated_more_than_5_s_ahead_is_counted_only_then(ahead: int, now: float) -> None:
+    """Accepted (within the 300 s window) but counted: a signer's clock ahead by d weakens
+    the replay fence by d (an audit replayed a +120 s signature after a flush, unseen)."""
+    second = math.floor(now)
+    verifier = SignatureVerifier(KeyRing([SigningKey("k1", SECRET)]), 300)
+    service = AuthnService(
+        verifier, MemoryNonceStore(10, fence=second - 400), KeyReloader(SigningSettings(), verifier)
+    )
+    before = _dated_ahead()
+    message = _message(f"n{ahead}", created=second + ahead)
+    assert asyncio.run(service.authenticate(message, b"", now)).subject == "alice"
+    assert _dated_ahead() - before == (1 if ahead > 5 else 0)
+
+
+def test_a_signer_ahead_is_logged_once_a_minute_per_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = [0.0]  # a freshly booted machine: monotonic near zero
+    monkeypatch.setattr(service_module.time, "monotonic", lambda: clock[0])
+    service = _service()
+    with capture_logs() as logs:
+        for i, at in enumerate((0.0, 30.0, 59.9, 60.0)):
+            clock[0] = at
+            asyncio.run(service.authenticate(_message(f"a{i}", created=NOW + 20), b"", NOW))
+    lines = [e for e in logs if e["event"] == "signature_dated_ahead"]
+    assert [(e["key_id"], e["seconds_ahead"]) for e in lines] == [("k1", 20), ("k1", 20)]
