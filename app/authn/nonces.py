@@ -315,6 +315,8 @@ class NonceKeys:
         return [f"{self.FENCE_KEY}:{tag}", f"{self.PREFIX}{tag}:{ident}"]
 
 
+# How often readiness looks at the eviction policy again, at most.
+EVICTION_CHECK_SECONDS = 60.0
 # The readiness probe's ``created``: after any fence (the year 2286).
 _PROBE_CREATED = 9_999_999_999
 
@@ -330,6 +332,10 @@ class RedisNonceStore:
         self.keys = NonceKeys(grouped=is_cluster(client))
         # EVALSHA, loading the script again on NOSCRIPT (a restarted Redis forgot it).
         self._script = client.register_script(CLAIM_SCRIPT)
+        # The eviction policy, checked at start-up and again by readiness once a minute
+        # at most (a parameter group or CONFIG SET may change it at run time).
+        self._evicting: str | None = None
+        self._eviction_checked: float | None = None  # monotonic time of the last check
 
     @classmethod
     def key(cls, key_id: str, nonce: str) -> str:
@@ -381,6 +387,8 @@ class RedisNonceStore:
         return outcome.decode(), float(fence), bool(reset)
 
     async def _warn_if_evicting(self) -> None:
+        """Warn (``nonce_store_evicts``) when a primary may evict keys; remember which policy."""
+        self._eviction_checked = time.monotonic()
         try:
             if isinstance(self._client, RedisCluster):
                 per_node = await self._client.info("memory", target_nodes=RedisCluster.PRIMARIES)
@@ -390,11 +398,11 @@ class RedisNonceStore:
         except REDIS_FAILURES:
             return
         policies = {node.get("maxmemory_policy") for node in nodes if isinstance(node, dict)}
-        if policies - {None, "noeviction"}:
+        evicting = sorted(p for p in policies - {None, "noeviction"} if p)
+        self._evicting = ",".join(evicting) or None
+        if self._evicting:
             # Evicting an unexpired nonce reopens replay for it, unseen by the fence.
-            log.warning(
-                "nonce_store_evicts", maxmemory_policy=",".join(sorted(p for p in policies if p))
-            )
+            log.warning("nonce_store_evicts", maxmemory_policy=self._evicting)
 
     async def _warn_if_failover_unguarded(self) -> None:
         """Warn when a primary with replicas runs without ``min-replicas-to-write``.
@@ -437,6 +445,12 @@ class RedisNonceStore:
             log.warning("nonce_fence_set", fence=fence, fences=1)
         if outcome != Claim.CLAIMED:
             return False, f"redis cannot take a claim (the probe was {outcome})"
+        last = self._eviction_checked
+        if last is None or time.monotonic() - last >= EVICTION_CHECK_SECONDS:
+            await self._warn_if_evicting()
+        if self._evicting:
+            # Still ready (claims work), but said: an evicted nonce can be replayed.
+            return True, f"redis; maxmemory-policy {self._evicting} may evict nonces (replay)"
         return True, "redis"
 
     async def aclose(self) -> None:

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from redis.asyncio import Redis
 from structlog.testing import capture_logs
 
+from app.authn import nonces as nonces_module
 from app.authn.nonces import (
     Claim,
     MemoryNonceStore,
@@ -565,3 +566,38 @@ def test_error_text_is_one_short_line_without_credentials() -> None:
     assert "hunter2" not in masked
     assert "redis://***@10.0.0.1" in masked
     assert error_text(TimeoutError()) == "TimeoutError"
+
+
+def test_readiness_notices_an_eviction_policy_set_at_run_time(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Checked at start-up only, an eviction policy set later (CONFIG SET, a managed
+    parameter group) went unseen while an audit's evicted nonces were replayed. Readiness
+    looks again once a minute: still ready (claims work), but it says so, and logs it."""
+    clock = [0.0]  # a freshly booted machine: monotonic near zero
+    monkeypatch.setattr(nonces_module.time, "monotonic", lambda: clock[0])
+
+    async def scenario() -> list[str]:
+        details = []
+        async with redis_store(redis_server) as (store, probe):
+            await store.open()
+            details.append((await store.check())[1])
+            await probe.config_set("maxmemory-policy", "volatile-ttl")
+            clock[0] = 59.0
+            details.append((await store.check())[1])  # not looked at again yet
+            clock[0] = 60.0
+            ok, detail = await store.check()
+            assert ok
+            details.append(detail)
+            await probe.config_set("maxmemory-policy", "noeviction")
+            clock[0] = 120.0
+            details.append((await store.check())[1])
+        return details
+
+    with capture_logs() as logs:
+        details = asyncio.run(scenario())
+    assert details[:2] == ["redis", "redis"]
+    assert details[2] == "redis; maxmemory-policy volatile-ttl may evict nonces (replay)"
+    assert details[3] == "redis"
+    evicts = [e for e in logs if e["event"] == "nonce_store_evicts"]
+    assert [e["maxmemory_policy"] for e in evicts] == ["volatile-ttl"]
