@@ -9,6 +9,8 @@ Everything that can fail on bad configuration fails here, before serving.
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 from typing import TYPE_CHECKING
@@ -32,7 +34,8 @@ from app.authz.closed_redis import RedisEngagementState
 from app.authz.store import PolicyStore
 from app.authz.sync import announcer, follow_notices
 from app.authz.watch import policy_watcher
-from app.core.config import Settings, load_settings
+from app.core.config import SETTINGS_SNAPSHOT_ENV, Settings, load_settings, load_snapshot
+from app.core.errors import ConfigError
 from app.core.logging import configure_logging, reopen_log_files_on_sighup
 from app.core.redis import SharedRedis, create_redis
 from app.downstream.client import ServiceRegistry, load_outbound_keys
@@ -200,8 +203,15 @@ def _warn_unconfigured_services(settings: Settings) -> None:
 
 
 def create_app_from_env() -> FastAPI:
-    """uvicorn factory for worker processes: settings from the environment."""
-    settings = load_settings()
+    """uvicorn factory for worker processes: the settings the supervisor validated (its
+    snapshot), else from the environment; a configuration error is one line and exit 2
+    (a traceback per worker the supervisor starts again, before)."""
+    snapshot = os.environ.get(SETTINGS_SNAPSHOT_ENV)
+    try:
+        settings = load_snapshot(snapshot) if snapshot else load_settings()
+    except ConfigError as exc:
+        print(f"gateway: configuration error: {exc.detail}", file=sys.stderr)
+        raise SystemExit(2) from None
     configure_logging(settings.log.level, settings.log.format, decisions=settings.log.decisions)
     app = create_app(settings)
     freeze_startup_heap()

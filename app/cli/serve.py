@@ -1,8 +1,9 @@
 """``gateway serve``: validate the configuration, then serve under uvicorn.
 
 With ``--workers N`` (N > 1) uvicorn starts N processes that each build the app
-from the environment (``app.main:create_app_from_env``); the configuration is
-still checked here first, so a bad file stops start-up with one line. Several
+(``app.main:create_app_from_env``) from the settings validated here, written to a
+private snapshot (``settings_snapshot``): a bad file stops start-up with one line,
+and a worker started again later never reads a file edited since. Several
 workers need ``redis.url``: in-memory replay protection is per process. On SIGTERM
 uvicorn stops accepting, lets in-flight requests finish for
 ``ops.graceful_shutdown_seconds``, runs the lifespan shutdown (pools closed) and
@@ -13,14 +14,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 import uvicorn
 
 from app.cli.ports import tcp_port
-from app.core.config import CONFIG_FILE_ENV, Settings, load_settings
+from app.core.config import CONFIG_FILE_ENV, SETTINGS_SNAPSHOT_ENV, Settings, load_settings
 from app.core.errors import ConfigError
 from app.core.logging import configure_logging
 from app.edge.protocol_factory import GatewayProtocolFactory
@@ -70,8 +75,42 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    with multiprocess_metrics_dir(args.workers):
+    with multiprocess_metrics_dir(args.workers), settings_snapshot(built[0]):
         return _serve(args, built[0], APP_FACTORY)
+
+
+@contextlib.contextmanager
+def settings_snapshot(settings: Settings) -> Iterator[Path]:
+    """The validated settings in a private file the workers build their apps from.
+
+    A worker started again later (one that died, or all of them on SIGHUP) read the
+    configuration file as it was then: an edit since, valid or not, gave one pod's
+    workers two configurations, or a crash loop of replacements dying on it while
+    the supervisor, blocked on one, saw SIGTERM only after its health-check timeout.
+    Options weighed: this snapshot (chosen: a pod serves what it validated; a change
+    needs a restart, as a change to the environment always did) against re-reading
+    with a clean one-line exit (a crash loop still, and two configurations when the
+    edit is valid). The file may hold a Redis URL's password, as the configuration
+    file may: owner-only, in an owner-only directory, removed when serving ends.
+    """
+    with tempfile.TemporaryDirectory(prefix="gateway-settings-") as directory:
+        path = Path(directory) / "settings.json"
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "wb") as stream:
+            stream.write(settings.model_dump_json().encode())
+        # The workers inherit this environment: the snapshot, and no configuration file
+        # (pydantic-settings would merge the file's keys under the snapshot's).
+        saved = {name: os.environ.get(name) for name in (SETTINGS_SNAPSHOT_ENV, CONFIG_FILE_ENV)}
+        os.environ[SETTINGS_SNAPSHOT_ENV] = str(path)
+        os.environ.pop(CONFIG_FILE_ENV, None)
+        try:
+            yield path
+        finally:
+            for name, value in saved.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
 
 
 def _build() -> tuple[Settings, FastAPI] | None:

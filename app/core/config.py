@@ -43,6 +43,9 @@ from app.core.ops_settings import OpsSettings
 
 ENV_PREFIX = "GATEWAY_"
 CONFIG_FILE_ENV = "GATEWAY_CONFIG_FILE"
+# With --workers: a file holding the settings the supervisor validated, which every
+# worker (a restarted one too) builds its app from, instead of reading the file again.
+SETTINGS_SNAPSHOT_ENV = "GATEWAY_SETTINGS_SNAPSHOT"
 KEY_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$"
 REDIS_URL_ENV = "REDIS_URL"
 SERVICE_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
@@ -539,6 +542,23 @@ def load_settings(**overrides: Any) -> Settings:
         raise ConfigError(f"{config_file}: not valid YAML: {describe_yaml_error(exc)}") from None
     except (OSError, ValueError, TypeError) as exc:  # unreadable, or not a mapping
         raise ConfigError(f"{config_file}: {exc}") from None
+
+
+def load_snapshot(path: str) -> Settings:
+    """The settings a ``--workers`` supervisor validated (``SETTINGS_SNAPSHOT_ENV``).
+
+    Every setting is in it, and pydantic-settings ranks these (its init values) above
+    the environment, which is the one the supervisor validated anyway; the supervisor
+    gives its workers no configuration file. So a file edited since (a ConfigMap
+    update) cannot stop a worker the supervisor starts again, nor give one pod's
+    workers two configurations.
+    """
+    try:
+        return Settings.model_validate_json(Path(path).read_bytes())
+    except OSError as exc:
+        raise ConfigError(f"settings snapshot {path}: {exc.strerror or exc}") from None
+    except ValidationError as exc:
+        raise ConfigError(f"settings snapshot {path}: {describe_validation_error(exc)}") from None
 
 
 def _describe_settings_error(exc: SettingsError) -> str:

@@ -378,3 +378,61 @@ def test_a_restarted_process_refuses_a_replay_of_what_it_accepted_before(
         assert client.send(captured).status_code == 401
         assert client.get(restarted.url + FINDINGS, auth=signer()).status_code == 200
     assert '"reason":"replay_window_reset"' in restarted.log_text()
+
+
+def _workers(supervisor: int) -> list[int]:
+    """The supervisor's live worker processes (not a zombie that died)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            if (
+                int(stat[1]) == supervisor
+                and stat[0] != "Z"
+                and b"spawn_main" in (entry / "cmdline").read_bytes()
+            ):
+                found.append(int(entry.name))
+    return found
+
+
+def test_a_worker_started_again_serves_what_the_supervisor_validated(
+    live_server: Callable[[FastAPI], LiveServer],
+    gateway_process: Callable[..., GatewayProcess],
+    redis_server: RedisServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An audit: a worker that died was replaced by one that read the configuration file
+    again; edited since (here, invalid), every replacement died with a traceback, about
+    one a second, and the pod served on one worker fewer. Workers build from the
+    settings the supervisor validated: the replacement serves."""
+    monkeypatch.setenv("GATEWAY_REDIS__URL", redis_server.url)
+    gateway = gateway_process(live_server(HeldFindings(hold=False).app).url, "--workers", "2")
+    wait_until(lambda: len(_workers(gateway.proc.pid)) == 2, timeout=30)
+    worker = _workers(gateway.proc.pid)[0]  # started with it in its environment
+    environ = Path(f"/proc/{worker}/environ").read_bytes().split(b"\0")
+    named = [v for v in environ if v.startswith(b"GATEWAY_SETTINGS_SNAPSHOT=")]
+    snapshot = Path(named[0].partition(b"=")[2].decode())
+    assert snapshot.stat().st_mode & 0o077 == 0  # owner-only, in an owner-only directory
+    assert snapshot.parent.stat().st_mode & 0o077 == 0
+    config = tmp_path / "gateway.yaml"
+    config.write_text(config.read_text() + "bogus_key: 1\n")  # an edit after start-up
+    wait_until(lambda: gateway.log_text().count("Application startup complete") == 2, timeout=30)
+    first, _ = _workers(gateway.proc.pid)
+    os.kill(first, signal.SIGKILL)
+    # The replacement built its app and served its lifespan's start (it died there before).
+    wait_until(lambda: gateway.log_text().count("Application startup complete") == 3, timeout=60)
+    assert len(_workers(gateway.proc.pid)) == 2
+    assert first not in _workers(gateway.proc.pid)
+    with httpx.Client(timeout=10) as client:  # fresh connections: both workers answer
+        for _ in range(6):
+            request = httpx.Request("GET", gateway.url + FINDINGS)
+            assert client.send(next(signer("alice").auth_flow(request))).status_code == 200
+    log = gateway.log_text()
+    assert "Traceback" not in log
+    assert "configuration error" not in log
+    gateway.proc.send_signal(signal.SIGTERM)
+    assert gateway.proc.wait(timeout=60) == 0
+    assert not snapshot.parent.exists()  # removed when serving ended
