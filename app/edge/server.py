@@ -237,6 +237,8 @@ UVICORN_OVER_CAP_MESSAGE = "Exceeded concurrency limit."
 # uvicorn's warning before send_400_response: the refusal's own line (with its corr_id
 # and the reason) replaces it.
 UVICORN_INVALID_MESSAGE = "Invalid HTTP request received."
+# uvicorn's error line for an exception out of the app (a cancelled request's too).
+UVICORN_APP_EXCEPTION_MESSAGE = "Exception in ASGI application"
 
 
 def _declares_body(headers: list[tuple[bytes, bytes]]) -> bool:
@@ -249,10 +251,18 @@ def _declares_body(headers: list[tuple[bytes, bytes]]) -> bool:
 
 class _UvicornContextFreeFilter(logging.Filter):
     """Drop uvicorn's context-free warnings above the cap and for a request it cannot
-    parse; the edge logs ``over_capacity`` and the refusal's line, with a corr_id."""
+    parse (the edge logs ``over_capacity`` and the refusal's line, with a corr_id), and
+    its error traceback for a request that graceful shutdown cancelled: the edge has
+    answered it 503 and logged ``request_cancelled`` with its corr_id; the traceback
+    (some 40 frames, at error level, per request, on every rollout) said nothing more."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return record.msg not in (UVICORN_OVER_CAP_MESSAGE, UVICORN_INVALID_MESSAGE)
+        if record.msg in (UVICORN_OVER_CAP_MESSAGE, UVICORN_INVALID_MESSAGE):
+            return False
+        cancelled = record.exc_info is not None and isinstance(
+            record.exc_info[1], asyncio.CancelledError
+        )
+        return not (cancelled and str(record.msg).startswith(UVICORN_APP_EXCEPTION_MESSAGE))
 
 
 # On the logger uvicorn's protocol writes to (a logger's filters survive the gateway's
