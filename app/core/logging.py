@@ -306,7 +306,9 @@ class DecisionSink:
     with the same fields as on the main log. ``reopen`` (on SIGHUP) opens the path
     again, so logrotate may rename the file and signal, without ``copytruncate``.
     A line the file could not take stays on the main log, marked
-    ``decision_file_error``, whatever ``main_log`` says.
+    ``decision_file_error``, whatever ``main_log`` says; so does every line after a
+    reopen that failed (the path's directory gone: the lines still go to the old
+    file, which may be deleted), until a reopen succeeds.
     """
 
     def __init__(self, path: Path, *, main_log: bool = True, deny_only: bool = False) -> None:
@@ -314,6 +316,7 @@ class DecisionSink:
         self.main_log = main_log
         self.deny_only = deny_only
         self._fd = self._open()
+        self._reopen_error: str | None = None  # errno name of the last reopen, if it failed
 
     def _open(self) -> int:
         flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
@@ -321,7 +324,12 @@ class DecisionSink:
 
     def reopen(self) -> None:
         """Open the path again (a rotated file is left to its new name), then close the old."""
-        fresh = self._open()
+        try:
+            fresh = self._open()
+        except OSError as exc:
+            self._reopen_error = errno.errorcode.get(exc.errno or 0, "EIO")
+            raise
+        self._reopen_error = None
         old, self._fd = self._fd, fresh
         os.close(old)
 
@@ -337,6 +345,9 @@ class DecisionSink:
             os.write(self._fd, orjson.dumps(event_dict, default=str) + b"\n")
         except OSError as exc:
             event_dict["decision_file_error"] = errno.errorcode.get(exc.errno or 0, "EIO")
+            return event_dict
+        if self._reopen_error is not None:  # written where nobody may read it again
+            event_dict["decision_file_error"] = self._reopen_error
             return event_dict
         return self._main(event_dict)
 

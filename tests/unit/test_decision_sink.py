@@ -69,6 +69,26 @@ def test_reopen_follows_a_rename(tmp_path: Path) -> None:
     sink.close()
 
 
+def test_after_a_failed_reopen_every_line_stays_on_the_main_log_too(tmp_path: Path) -> None:
+    """An audit: the directory deleted, the reopen on SIGHUP failed and the lines went on
+    to the old (deleted) file: with main_log off, recorded nowhere one could read."""
+    directory = tmp_path / "decisions"
+    directory.mkdir()
+    sink = DecisionSink(directory / "d.jsonl", main_log=False)
+    (directory / "d.jsonl").unlink()
+    directory.rmdir()
+    with pytest.raises(FileNotFoundError):
+        sink.reopen()
+    kept = sink(DECISION, "info", line(n=1))
+    assert kept["decision_file_error"] == "ENOENT"
+    directory.mkdir()
+    sink.reopen()  # the next SIGHUP, the directory back
+    with pytest.raises(structlog.DropEvent):
+        sink(DECISION, "info", line(n=2))  # to the file only again (main_log off)
+    assert [e["n"] for e in read(directory / "d.jsonl")] == [2]
+    sink.close()
+
+
 def test_a_line_the_file_cannot_take_stays_on_the_main_log(tmp_path: Path) -> None:
     sink = DecisionSink(tmp_path / "d.jsonl", main_log=False)
     sink.close()  # the descriptor is gone: every write fails (EBADF)
