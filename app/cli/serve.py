@@ -16,6 +16,7 @@ import argparse
 import asyncio
 import contextlib
 import os
+import socket
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -39,6 +40,25 @@ if TYPE_CHECKING:
     from fastapi import FastAPI
 
 APP_FACTORY = "app.main:create_app_from_env"
+# uvicorn's exit status when it cannot start serving (its STARTUP_FAILURE): kept for
+# a port that is taken, found here before start-up.
+STARTUP_FAILURE = 3
+
+
+def cannot_listen(host: str, port: int) -> str | None:
+    """Why ``host:port`` cannot be bound now (as uvicorn binds it), or ``None``.
+
+    A check before the app is built, not a reservation: the port can still be taken
+    before uvicorn binds it, which then fails as it did before, exit 3 all the same.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn sets it
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            return exc.strerror or str(exc)
+    return None
 
 
 def register(commands: Any) -> None:
@@ -58,6 +78,12 @@ def run(args: argparse.Namespace) -> int:
     if args.workers < 1:
         print("gateway: --workers must be at least 1", file=sys.stderr)
         return 2
+    taken = cannot_listen(args.host, args.port)
+    if taken is not None:
+        # Before the app is built: uvicorn finds it only after the lifespan has run
+        # (connections opened, the engagement state reconciled), then exits 3.
+        print(f"gateway: cannot listen on {args.host}:{args.port}: {taken}", file=sys.stderr)
+        return STARTUP_FAILURE
     if args.workers == 1:
         with multiprocess_metrics_dir(1):
             built = _build()

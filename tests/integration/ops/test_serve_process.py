@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -440,3 +441,28 @@ def test_a_worker_started_again_serves_what_the_supervisor_validated(
     gateway.proc.send_signal(signal.SIGTERM)
     assert gateway.proc.wait(timeout=60) == 0
     assert not snapshot.parent.exists()  # removed when serving ended
+
+
+def test_a_port_already_taken_stops_before_the_app_is_built(tmp_path: Path) -> None:
+    """An audit: uvicorn found the port taken only after the lifespan had run (the
+    engagement state reconciled, pools opened), then exited 3 with a log line. It is one
+    line and exit 3 before anything starts."""
+    config = tmp_path / "gw.yaml"
+    config.write_text(
+        CONFIG.format(env=TEST_KEY_ENV, policy="policies", url="http://127.0.0.1:1", graceful=30)
+    )
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        port = squatter.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "app.cli.main", "serve", "--port", str(port),
+             "--config", str(config)],
+            capture_output=True, text=True, timeout=30, cwd=REPO,
+            env={**os.environ, TEST_KEY_ENV: TEST_SECRET.decode()}, check=False,
+        )  # fmt: skip
+    assert result.returncode == 3
+    assert result.stderr.strip().splitlines() == [
+        f"gateway: cannot listen on 127.0.0.1:{port}: Address already in use"
+    ]
+    assert result.stdout == ""  # no lifespan ran: nothing logged
