@@ -529,7 +529,8 @@ def load_settings(**overrides: Any) -> Settings:
     config_file = os.environ.get(CONFIG_FILE_ENV)
     if config_file and not Path(config_file).is_file():
         where = f"--config or {CONFIG_FILE_ENV}"
-        raise ConfigError(f"configuration file {config_file} ({where}): no such file")
+        what = "not a file" if Path(config_file).exists() else "no such file"
+        raise ConfigError(f"configuration file {config_file} ({where}): {what}")
     try:
         if config_file:
             _check_yaml_mapping(Path(config_file))

@@ -54,6 +54,9 @@ def test_yaml_file_and_missing_file(monkeypatch: pytest.MonkeyPatch, tmp_path: P
     monkeypatch.setenv("GATEWAY_CONFIG_FILE", str(tmp_path / "absent.yaml"))
     with pytest.raises(ConfigError, match="no such file"):
         load_settings()
+    monkeypatch.setenv("GATEWAY_CONFIG_FILE", str(tmp_path))  # a directory: said so
+    with pytest.raises(ConfigError, match=r"\(--config or GATEWAY_CONFIG_FILE\): not a file$"):
+        load_settings()
 
 
 def test_unknown_setting_is_refused(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
