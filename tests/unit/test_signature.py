@@ -400,6 +400,23 @@ def test_replay_ttl_covers_the_whole_acceptance_window(
 GATEWAY_CLOCK_BOUND = 2
 
 
+def _accepted_at(
+    created: int, skew: int, now: float, lifetime: int | None
+) -> tuple[SignatureVerifier, Message, int] | None:
+    """A signature made at ``created`` (valid ``lifetime`` s, or no ``expires``) as a
+    gateway with window ``skew`` checks it at ``now``: verifier, message and nonce TTL,
+    or ``None`` when it is refused."""
+    expires = None if lifetime is None else created + lifetime
+    assume(now >= 0 and (expires is None or expires >= 0))
+    verifier = SignatureVerifier(KeyRing([SigningKey("k1", SECRET)]), max_skew_seconds=skew)
+    message = _signed(_request(), created=created, expires=expires)
+    try:
+        verified = verifier.verify_signature(message, b"", now=now)
+    except AuthenticationFailed:
+        return None
+    return verifier, message, verified.replay_ttl(now, skew)
+
+
 @given(
     created=st.integers(0, 2**34),
     skew=st.integers(1, 3600),
@@ -415,15 +432,10 @@ def test_replay_ttl_ends_exactly_where_acceptance_ends(
     refused by a gateway whose clock is behind by up to the bound; never over 2 windows
     plus the tolerance."""
     now = created + offset
-    expires = None if lifetime is None else created + lifetime
-    assume(now >= 0 and (expires is None or expires >= 0))
-    verifier = SignatureVerifier(KeyRing([SigningKey("k1", SECRET)]), max_skew_seconds=skew)
-    message = _signed(_request(), created=created, expires=expires)
-    try:
-        verified = verifier.verify_signature(message, b"", now=now)
-    except AuthenticationFailed:
+    accepted = _accepted_at(created, skew, now, lifetime)
+    if accepted is None:
         return
-    ttl = verified.replay_ttl(now, skew)
+    verifier, message, ttl = accepted
     tolerance = CLOCK_TOLERANCE_SECONDS
     assert 1 + tolerance <= ttl <= 2 * skew + 1 + tolerance
     assert verifier.verify(message, b"", now=now + (ttl - tolerance - 1)).subject == "alice"
@@ -446,15 +458,10 @@ def test_a_gateway_whose_clock_is_behind_refuses_once_the_nonce_expired(
     """The audit's edge: claimed on A at ``now``, replayed to B (clock behind A's by up
     to the tolerance) at or after the nonce's expiry on A's clock: B refuses it."""
     now = created + offset
-    expires = None if lifetime is None else created + lifetime
-    assume(now >= 0 and (expires is None or expires >= 0))
-    verifier = SignatureVerifier(KeyRing([SigningKey("k1", SECRET)]), max_skew_seconds=skew)
-    message = _signed(_request(), created=created, expires=expires)
-    try:
-        verified = verifier.verify_signature(message, b"", now=now)
-    except AuthenticationFailed:
+    accepted = _accepted_at(created, skew, now, lifetime)
+    if accepted is None:
         return
-    ttl = verified.replay_ttl(now, skew)
+    verifier, message, ttl = accepted
     with pytest.raises(AuthenticationFailed) as caught:
         verifier.verify(message, b"", now=now + ttl + after - behind)
     assert caught.value.reason in ("stale", "expired")
