@@ -209,6 +209,7 @@ class DownstreamClient:
                     await self._read(response)
             except GatewayError as exc:
                 self._log(request, started, attempt, outcome=exc.code)
+                call.failed(exc)
                 raise
             finally:
                 if span.is_recording():

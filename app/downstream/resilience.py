@@ -314,13 +314,19 @@ class BreakerCall:
 
     # A plain class, not an asynccontextmanager: it runs on every downstream request.
 
-    __slots__ = ("_breaker", "_calling", "_eager", "_trial")
+    __slots__ = ("_breaker", "_calling", "_eager", "_sent_failure", "_trial")
 
     def __init__(self, breaker: ServiceBreaker, eager: bool = True) -> None:
         self._breaker = breaker
         self._eager = eager
         self._trial = False
         self._calling: AbstractContextManager[Any] | None = None
+        self._sent_failure: BaseException | None = None  # an attempt sent that failed
+
+    def failed(self, exc: BaseException) -> None:
+        """An attempt of this request failed (``DownstreamClient``: before its retry)."""
+        if not isinstance(exc, PoolExhausted | CircuitOpen):  # those sent nothing
+            self._sent_failure = exc
 
     async def __aenter__(self) -> BreakerCall:
         if self._eager:
@@ -356,13 +362,20 @@ class BreakerCall:
         if self._calling is None:
             return False  # never admitted: refused (not a failure), or no attempt ran
         storage = owner._storage
-        if isinstance(exc, PoolExhausted | CircuitOpen) or (
-            not self._trial and storage.state != pybreaker.STATE_CLOSED
-        ):
+        if isinstance(exc, PoolExhausted | CircuitOpen) and self._sent_failure is not None:
+            # The last attempt sent nothing, an earlier one was sent and failed: the
+            # request failed (a hung service behind a full pool: the retry finds no
+            # free connection), and counts so.
+            exc = self._sent_failure
+            kind, tb = type(exc), exc.__traceback__
+        admitted_in = pybreaker.STATE_HALF_OPEN if self._trial else pybreaker.STATE_CLOSED
+        if isinstance(exc, PoolExhausted | CircuitOpen) or storage.state != admitted_in:
             # Nothing sent (no free connection; a later attempt refused), or the breaker
-            # left the closed state since this (non-trial) call was admitted: not
-            # counted. Ended as a success (pybreaker's path without a state change of
-            # its own) while the storage keeps nothing of it; the exception propagates.
+            # left the state this call was admitted in (opened by others; a trial's
+            # breaker closed or reopened by another trial): not counted. Ended as a
+            # success (pybreaker's path without a state change of its own: it closes
+            # nothing, as the success counter does not move) while the storage keeps
+            # nothing of it; the exception propagates.
             storage.neutral = True
             try:
                 self._calling.__exit__(None, None, None)

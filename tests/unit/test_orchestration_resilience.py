@@ -206,6 +206,45 @@ def test_a_pool_timeout_between_failures_resets_nothing() -> None:
     asyncio.run(scenario())
 
 
+def test_a_request_sent_and_failed_whose_retry_found_no_connection_counts_as_failed() -> None:
+    """A review: the request's end (no free connection for its retry) was not counted,
+    although its first attempt reached the hung service and timed out: the breaker of a
+    hung service behind a full pool still never opened."""
+
+    async def scenario() -> None:
+        breaker = ServiceBreaker("s", BreakerSettings(fail_max=2))
+        for expected in ("closed", "open"):
+            call = breaker.request()
+            call.admit()
+            call.failed(DownstreamError("s"))  # attempt 1: sent, timed out
+            call.admit()  # attempt 2 admitted, then no free connection
+            error = PoolExhausted("s")
+            await call.__aexit__(PoolExhausted, error, None)
+            assert breaker.state == expected
+
+    asyncio.run(scenario())
+
+
+def test_a_trial_ending_after_another_trial_decided_changes_nothing() -> None:
+    async def scenario() -> None:
+        settings = BreakerSettings(fail_max=1, reset_timeout_seconds=0.01, half_open_max_calls=2)
+        breaker = ServiceBreaker("s", settings)
+        await fail(breaker, DownstreamError("s"))
+        await asyncio.sleep(0.02)
+        first, second = breaker.request(), breaker.request()
+        first.admit()
+        second.admit()
+        error = DownstreamError("s")
+        await first.__aexit__(DownstreamError, error, None)  # reopens it
+        opened_at = breaker.snapshot().opened_at
+        await asyncio.sleep(0.005)
+        await second.__aexit__(DownstreamError, DownstreamError("s"), None)
+        assert breaker.snapshot().opened_at == opened_at  # the Retry-After given holds
+        assert breaker.snapshot().trials_in_flight == 0
+
+    asyncio.run(scenario())
+
+
 def test_a_trial_that_found_no_free_connection_does_not_close_the_breaker() -> None:
     async def scenario() -> None:
         settings = BreakerSettings(fail_max=1, reset_timeout_seconds=0.01, half_open_max_calls=1)
