@@ -228,7 +228,15 @@ class CloseService:
             # Its answer was lost (it may have been rendered: an orphan final report, and
             # one more each time the close is sent again). The keyed render sent again
             # answers the report it made (or makes it now), which is then withdrawn.
-            report = await self._render(base, key, request)
+            response = await self._services.get("reports").call(
+                "POST", f"{base}/reports", json=request, idempotency_key=f"{key}:render"
+            )
+            if 400 <= response.status_code < 500:
+                # Refused (the first answer was a refusal the typed route could not
+                # map): the same keyed request rendered nothing to withdraw.
+                log.info("saga_render_undo_refused", status=response.status_code)
+                return
+            report = parse_answer("reports", response.content, Report)
         await self._delete("reports", f"{base}/reports/{report.id}")
 
     @staticmethod

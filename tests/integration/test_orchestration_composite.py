@@ -389,3 +389,22 @@ def test_a_render_whose_answer_was_lost_is_withdrawn_and_a_resend_leaves_one_fin
         reports = caller.get(OVERVIEW).json()["reports"]
     finals = [r["id"] for r in reports if r["kind"] == "final"]
     assert finals == [again.json()["final_report_id"]]
+
+
+def test_a_render_refused_is_not_reported_as_an_undo_that_failed(make_stack: StackBuilder) -> None:
+    """A review of the render undo: a 4xx the typed route maps to 502 counts as maybe
+    applied; the keyed render sent again is refused the same way, and nothing was
+    rendered to withdraw, so the close says the earlier steps were undone."""
+    stack = make_stack()
+    stack.faults(
+        "reports", error_rate=1.0, error_status=422, path_prefix="/engagements/acme-2026/reports"
+    )
+    with client(stack.url) as caller:
+        response = caller.post(CLOSE, json=REASON, headers={"idempotency-key": "refused-render"})
+    body = assert_problem(response, 502, "bad_gateway")
+    assert "failed at step render_report" in str(body["detail"])
+    assert "earlier steps were undone" in str(body["detail"])
+    assert httpx.get(stack.stubs["findings"].url + "/_frozen").json() == []
+    posts = [s for s in stack.seen("reports") if s["method"] == "POST"]
+    assert len(posts) == 2  # the render, and the same keyed render sent again by the undo
+    assert posts[0]["headers"]["idempotency-key"] == posts[1]["headers"]["idempotency-key"]
