@@ -232,7 +232,7 @@ def _not_a_failure(exc: BaseException) -> bool:
 
     pybreaker counts an excluded exception as a success (the failure count reset): right
     for an answer the service gave (a 4xx), wrong for a call that sent nothing, which
-    ``BreakerCall`` ends without pybreaker counting it at all (``_neutral``).
+    ``BreakerCall`` ends without pybreaker counting it at all (``_Storage.neutral``).
     """
     return not isinstance(exc, DownstreamError | asyncio.CancelledError)
 

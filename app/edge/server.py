@@ -585,6 +585,17 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         # one this protocol refused while parsing (``_refusal``).
         self._refuse(self._refusal)
 
+    @property
+    def _peer(self) -> str | None:
+        """The client's address, for log lines."""
+        return self.client[0] if self.client else None
+
+    def _logged_answer(self, refusal: Refusal) -> bytes:
+        """``refusal`` rendered with a fresh corr_id, logged once with it."""
+        corr_id = uuid4_hex()
+        log.info(refusal.event, corr_id=corr_id, status=refusal.status, client=self._peer)
+        return refusal.answer(corr_id)
+
     def _refuse(self, refusal: Refusal) -> None:
         """``answer`` and the close, after the answers still owed on this connection.
 
@@ -607,10 +618,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
                 log.info("body_malformed", corr_id=request_corr_id(scope), response_started=True)
                 self.transport.close()
                 return
-        corr_id = uuid4_hex()
-        client = self.client[0] if self.client else None
-        log.info(refusal.event, corr_id=corr_id, status=refusal.status, client=client)
-        answer = refusal.answer(corr_id)
+        answer = self._logged_answer(refusal)
         if self.pipeline or (cycle is not None and not cycle.response_complete):
             self._pending_refusal = answer  # written by on_response_complete
             self.flow.pause_reading()
@@ -678,7 +686,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         # The request whose answer was being written (the newest: answers go in order).
         scope: Any = self.cycle.scope if self.cycle is not None else None
         corr_id = request_corr_id(scope) if scope is not None else None
-        log.info("send_timeout", corr_id=corr_id, client=self.client[0] if self.client else None)
+        log.info("send_timeout", corr_id=corr_id, client=self._peer)
         # abort, not close: close would wait for the very buffer the client is not reading
         # (and a connection already closing is just such a wait).
         self.transport.abort()
@@ -686,26 +694,21 @@ class GatewayHttpProtocol(HttpToolsProtocol):
     def _rest_timed_out(self) -> None:
         self._rest_timer = None
         if not self.transport.is_closing():
-            log.info(
-                "body_timeout", after_answer=True, client=self.client[0] if self.client else None
-            )
+            log.info("body_timeout", after_answer=True, client=self._peer)
             self.transport.close()
 
     def _timed_out(self) -> None:
         self._header_timer = None
         if self.transport.is_closing():
             return
-        client = self.client[0] if self.client else None
         if self.cycle is not None and not self.cycle.response_complete:
-            log.info("header_timeout", client=client)
+            log.info("header_timeout", client=self._peer)
             self.cycle.keep_alive = False  # close once the answer in progress is written
             return
         if self._head_bytes:  # part of a head: answered, and the answer has a corr_id
-            corr_id = uuid4_hex()
-            log.info("header_timeout", corr_id=corr_id, status=408, client=client)
-            self.transport.write(TIMEOUT_ANSWER.answer(corr_id))
+            self.transport.write(self._logged_answer(TIMEOUT_ANSWER))
         else:  # an idle connection: just closed, nothing to find it by
-            log.info("header_timeout", client=client)
+            log.info("header_timeout", client=self._peer)
         self.transport.close()
 
 

@@ -37,6 +37,7 @@ import secrets
 import time
 from typing import Any
 
+import httpx
 import structlog
 from pydantic import BaseModel
 
@@ -175,9 +176,16 @@ class CloseService:
         return frozen
 
     async def _render(self, base: str, key: str, request: dict[str, str]) -> Report:
-        raw = await self._post("reports", f"{base}/reports", f"{key}:render", request)
-        report: Report = parse_answer("reports", raw, Report)
+        response = await self._send_render(base, key, request)
+        raise_for_client_error("reports", response)
+        report: Report = parse_answer("reports", response.content, Report)
         return report
+
+    async def _send_render(self, base: str, key: str, request: dict[str, str]) -> httpx.Response:
+        """The render, keyed: sent again, it answers the report it made."""
+        return await self._services.get("reports").call(
+            "POST", f"{base}/reports", json=request, idempotency_key=f"{key}:render"
+        )
 
     async def _close_step(self, engagement_id: str, base: str, key: str, held: Held) -> Engagement:
         await held.confirm()  # not sent if a reopen may be running (nothing to undo)
@@ -228,9 +236,7 @@ class CloseService:
             # Its answer was lost (it may have been rendered: an orphan final report, and
             # one more each time the close is sent again). The keyed render sent again
             # answers the report it made (or makes it now), which is then withdrawn.
-            response = await self._services.get("reports").call(
-                "POST", f"{base}/reports", json=request, idempotency_key=f"{key}:render"
-            )
+            response = await self._send_render(base, key, request)
             if 400 <= response.status_code < 500:
                 # Refused (the first answer was a refusal the typed route could not
                 # map): the same keyed request rendered nothing to withdraw.

@@ -369,12 +369,13 @@ async def forward(
     if declared is not None and declared.isdigit() and int(declared) > route.max_request_bytes:
         raise PayloadTooLarge(f"The request body exceeds {route.max_request_bytes} bytes.")
     body = None
-    if declares_body(request) and request.method in _NO_BODY_METHODS:
+    has_body = declares_body(request)
+    if has_body and request.method in _NO_BODY_METHODS:
         raise BadRequest(
             f"A {request.method} request carries no body here: a service that does not "
             "read one would take its bytes for its next request."
         )
-    if declares_body(request):
+    if has_body:
         digest = StreamingDigest(digest_field) if digest_field else None
         body = CheckedBody(request_chunks(request), digest, route.max_request_bytes)
     elif digest_field:
