@@ -152,7 +152,9 @@ def build_request(args: argparse.Namespace, secret: bytes, body: bytes = b"") ->
 
 def as_curl(request: httpx.Request, body_file: Path | None = None) -> str:
     """The request as a curl command; a body read from ``body_file`` is sent from it."""
-    parts = ["curl", "-sS", "-i", "-X", request.method]
+    # curl -X HEAD still waits for the body a Content-Length announces; --head does not.
+    method = ["--head"] if request.method == "HEAD" else ["-X", request.method]
+    parts = ["curl", "-sS", "-i", *method]
     for name, value in request.headers.multi_items():
         if name not in ("host", "content-length"):
             # curl drops "-H 'name: '"; "name;" is how it sends an empty field.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -202,3 +203,15 @@ def test_a_header_given_twice_is_sent_twice_and_an_empty_one_is_sent(stack: Stac
     assert '"x-ref" "x-note"' in next(h for h in given if h.startswith("signature-input"))
     headers = [tuple(h.split(": ", 1)) for h in given if ": " in h] + [("x-note", "")]
     assert httpx.get(url, headers=headers).status_code == 200
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="runs the printed curl command")
+def test_a_signed_head_request_runs_as_printed(stack: Stack) -> None:
+    """``curl -X HEAD`` waits for the body its answer's Content-Length announces: the
+    printed command hung until the gateway closed the idle connection, then failed
+    (curl exit 18). HEAD is printed as ``--head``, which reads the head only."""
+    url = stack.url + "/v1/engagements/acme-2026/findings"
+    argv = shlex.split(_sign("--subject", "alice", "-X", "HEAD", url))
+    ran = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout.startswith("HTTP/1.1 405"), ran.stdout  # HEAD is not served here
