@@ -11,6 +11,7 @@ from pathlib import Path
 
 import prometheus_client
 import pytest
+import yaml
 
 import app
 from app.api.problems import _HTTP_CODES
@@ -89,3 +90,10 @@ def test_every_authn_reason_is_in_the_signing_profile_check_table(reason: Reason
     text = (DOCS / "signing.md").read_text(encoding="utf-8")
     table = text.split("## 3. What the gateway checks", 1)[1].split("\n## ", 1)[0]
     assert re.search(rf"\| `{reason.value}` \|$", table, re.M), reason.value
+
+
+def test_the_decision_example_is_the_demo_configuration_it_says_it_is() -> None:
+    text = (DOCS / "decisions.md").read_text(encoding="utf-8")
+    example = text.split("(`config/demo.yaml` has it)", 1)[1].split("```yaml\n", 1)[1]
+    demo = yaml.safe_load((DOCS.parents[2] / "config" / "demo.yaml").read_text(encoding="utf-8"))
+    assert yaml.safe_load(example.split("```", 1)[0]) == {"authorizer": demo["authorizer"]}
