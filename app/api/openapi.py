@@ -44,12 +44,14 @@ trusted upstream proxy with [RFC 9421 HTTP Message Signatures]\
 
 - `X-Auth-Subject`: the authenticated person (and `X-Auth-Groups`, comma-separated,
   if any);
-- `Content-Digest`: [RFC 9530](https://www.rfc-editor.org/rfc/rfc9530) `sha-256` of
-  the exact body, when there is one;
+- `Content-Digest`: [RFC 9530](https://www.rfc-editor.org/rfc/rfc9530) `sha-256`
+  (or `sha-512`) of the exact body, when there is one (or one is declared);
 - `Signature-Input`: the covered components `"@method" "@path"`, `"@query"` when
-  there is a query, `"content-digest"` when there is a body, `"x-auth-subject"` and
-  `"x-auth-groups"` when sent; parameters `created`, `keyid`, `nonce` and
-  `alg="hmac-sha256"` (optionally `expires`);
+  there is a query, `"content-digest"` when there is a body, `"x-auth-subject"`,
+  `"x-auth-groups"` when sent, and `"idempotency-key"` when sent to an operation
+  that acts on it (a finding create, the close, a pass-through route that forwards
+  it); parameters `created`, `keyid`, `nonce` and `alg="hmac-sha256"` (optionally
+  `expires`);
 - `Signature`: the HMAC of the signature base.
 
 A signature is accepted within the skew window (300 s by default) and each

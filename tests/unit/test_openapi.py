@@ -144,3 +144,13 @@ def test_query_fields_show_the_rules_they_are_checked_by(schema: dict[str, Any])
     assert query["action"]["pattern"].startswith("^(GET|HEAD|POST")
     engagement = query["engagement"]["anyOf"][0]
     assert engagement["pattern"] == r"^(\*|[a-z0-9][a-z0-9-]{1,62})$"
+
+
+def test_the_description_names_every_component_the_profile_requires(
+    schema: dict[str, Any],
+) -> None:
+    """The idempotency-key, refused unsigned on a keyed create or close, was not named."""
+    description = schema["info"]["description"]
+    required = ("@method", "@path", "@query", "content-digest", "x-auth-subject")
+    for component in (*required, "x-auth-groups", "idempotency-key"):
+        assert f'"{component}"' in description, component
