@@ -293,6 +293,16 @@ def params_line(components: Sequence[str], tail: str) -> str:
             id="nonce of 129",
         ),
         pytest.param(';created={now};keyid="{key}"', "param_missing", id="no nonce"),
+        pytest.param(
+            ';created={now};keyid="{key}";nonce="{nonce}";tag=5',
+            "signature_malformed",
+            id="an Integer tag",
+        ),
+        pytest.param(
+            ';created={now};keyid="{key}";nonce="{nonce}";tag=""',
+            "signature_malformed",
+            id="an empty tag",
+        ),
     ],
 )
 def test_parameters_the_page_refuses(
