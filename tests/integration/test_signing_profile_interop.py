@@ -395,3 +395,34 @@ def test_a_signature_sent_twice_is_replayed(
     wire = Wire("GET", FINDINGS, alice()).sign(PROFILE)
     assert wire.send(stack.gateway.port) == 200
     refusal(stack, captured_logs, wire, "replayed")
+
+
+@pytest.mark.parametrize(
+    ("key", "covered", "reason"),
+    [
+        pytest.param("retired-2025", (*PROFILE, "x-auth-groups"), "unknown_key", id="unknown key"),
+        pytest.param(TEST_KEY_ID, PROFILE, "identity_unsigned", id="groups uncovered"),
+        pytest.param(TEST_KEY_ID, (*PROFILE, "x-auth-groups"), "component_missing", id="signed"),
+    ],
+)
+def test_a_body_without_content_digest_is_refused_in_the_pages_order(
+    stack: Stack,
+    captured_logs: list[dict[str, Any]],
+    key: str,
+    covered: tuple[str, ...],
+    reason: str,
+) -> None:
+    """signing.md §3: the missing digest of a body is found after the MAC and identity,
+    so an earlier check's reason is the one logged."""
+    wire = Wire("POST", FINDINGS, alice(("X-Auth-Groups", "analysts")), BODY)
+    wire.params = [("created", int(time.time())), ("keyid", key), ("nonce", f"o-{time.time_ns()}")]
+    refusal(stack, captured_logs, wire.sign(covered), reason)
+
+
+def test_an_unsigned_idempotency_key_is_found_before_unsigned_groups(
+    stack: Stack, captured_logs: list[dict[str, Any]]
+) -> None:
+    headers = posted(content_digest(BODY), ("X-Auth-Groups", "analysts"))
+    wire = Wire("POST", FINDINGS, headers, BODY).sign((*PROFILE, "content-digest"))
+    wire.headers.append(("Idempotency-Key", "interop-3"))
+    refusal(stack, captured_logs, wire, "component_missing")
