@@ -26,11 +26,17 @@ from app.core.config import PolicySettings
 
 log = structlog.get_logger("gateway.policy")
 
-Fingerprint = tuple[tuple[str, int, int, int], ...]
+Fingerprint = tuple[tuple[str, int, int, int, int], ...]
 
 
 def fingerprint(store: PolicyStore) -> Fingerprint:
-    """Name, size, mtime and inode of every policy file (missing files count too)."""
+    """Name, size, mtime, ctime and inode of every policy file (missing files count too).
+
+    The ctime is there for a change of mode or owner alone: a file the gateway could
+    not read (a save with mode 600 by another user) that an admin then makes readable
+    with ``chmod`` keeps its size, mtime and inode, and the reload it needs would
+    otherwise never come (the last good policy stayed, with "Permission denied").
+    """
     return settings_fingerprint(store.settings)
 
 
@@ -39,9 +45,11 @@ def settings_fingerprint(settings: PolicySettings) -> Fingerprint:
     for path in policy_files(settings):
         try:
             stat = path.stat()
-            entries.append((str(path), stat.st_size, stat.st_mtime_ns, stat.st_ino))
+            entries.append(
+                (str(path), stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino)
+            )
         except OSError:
-            entries.append((str(path), -1, -1, -1))
+            entries.append((str(path), -1, -1, -1, -1))
     return tuple(entries)
 
 

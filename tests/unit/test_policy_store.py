@@ -248,6 +248,42 @@ def test_an_unforeseen_error_while_reading_is_a_rejection(
     )
 
 
+def test_the_watcher_reloads_a_file_made_readable_by_chmod(policy_dir: Path) -> None:
+    """A save the gateway cannot read (mode 000 by another user) is refused; the admin's
+    ``chmod`` then changes only the mode, and the watcher must still reload it (it kept
+    the old revision, "Permission denied", until some other edit). Tests run as root,
+    which reads any mode, so the refused read is played by the first reload."""
+    store = open_store(policy_dir)
+    before = store.revision
+    real = store.reload
+    calls: list[str] = []
+
+    async def unreadable_at_first(reason: str) -> Any:
+        calls.append(reason)
+        return None if len(calls) == 1 else await real(reason)
+
+    store.reload = unreadable_at_first  # type: ignore[method-assign]
+    policy = policy_dir / "policy.csv"
+
+    async def scenario() -> None:
+        async with policy_watcher(store, 0.02):
+            append(policy, "g, zoe, analyst, acme-2026\n")
+            policy.chmod(0o000)
+            for _ in range(200):
+                await asyncio.sleep(0.02)
+                if calls:
+                    break
+            policy.chmod(0o644)
+            for _ in range(100):
+                await asyncio.sleep(0.02)
+                if store.revision != before:
+                    break
+
+    asyncio.run(scenario())
+    assert len(calls) == 2
+    assert store.revision != before
+
+
 def test_the_watcher_outlives_a_reload_that_raised(policy_dir: Path) -> None:
     """A failing reload is logged; the next change is still seen and loaded."""
     store = open_store(policy_dir)
