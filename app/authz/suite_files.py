@@ -240,7 +240,14 @@ def _pairs(node: yaml.MappingNode) -> Iterator[yaml.Node]:
 
 
 def suite_paths(policy_dir: Path) -> list[Path]:
-    return sorted((policy_dir / TESTS_DIR).glob("*.y*ml"))
+    """``tests/*.yaml`` as a shell reads it: a name starting with ``.`` is no suite.
+
+    Editors leave such files beside the one being edited (Emacs's lock
+    ``.#findings.yaml``, a dangling symlink; macOS's ``._findings.yaml``, binary);
+    read as suites they refused every reload, a revocation saved meanwhile too.
+    """
+    found = (policy_dir / TESTS_DIR).glob("*.y*ml")
+    return sorted(path for path in found if not path.name.startswith("."))
 
 
 def read_suites(policy_dir: Path) -> tuple[list[PolicyCase], list[Issue]]:

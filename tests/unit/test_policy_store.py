@@ -284,6 +284,21 @@ def test_the_watcher_reloads_a_file_made_readable_by_chmod(policy_dir: Path) -> 
     assert store.revision != before
 
 
+def test_editor_files_beside_a_suite_are_not_suites(policy_dir: Path) -> None:
+    """An Emacs lock (a dangling symlink) and a macOS ``._`` file in ``tests/`` refused
+    every reload while they were there, here the revocation saved meanwhile."""
+    append(policy_dir / "policy.csv", "g, zoe, analyst, acme-2026\n")
+    store = open_store(policy_dir)
+    tests = policy_dir / "tests"
+    (tests / ".#findings.yaml").symlink_to("root@host.4242:1700000000")
+    (tests / "._findings.yaml").write_bytes(b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X")
+    (policy_dir / "policy.csv").write_text((POLICY_DIR / "policy.csv").read_text())
+    result = asyncio.run(store.reload("file_change"))
+    assert result.outcome == "swapped", result.error
+    assert not store.decide("zoe", *ALICE_READS[1:]).allowed
+    assert ".#findings.yaml" not in str(fingerprint(store))
+
+
 def test_the_watcher_outlives_a_reload_that_raised(policy_dir: Path) -> None:
     """A failing reload is logged; the next change is still seen and loaded."""
     store = open_store(policy_dir)
