@@ -94,7 +94,7 @@ def _json_object(text: str) -> dict[str, Any] | None:
         return None
     try:
         entry = json.loads(text[start:])
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):  # nested deeper than the parser recurses
         return None
     return entry if isinstance(entry, dict) else None
 

@@ -53,6 +53,17 @@ def test_mixed_stdout_keeps_decisions_and_counts_the_rest(tmp_path: Path) -> Non
     )
 
 
+def test_a_line_nested_too_deeply_to_parse_is_skipped_not_a_crash(tmp_path: Path) -> None:
+    """Another service's line in mixed stdout, nested deeper than ``json`` recurses, was a
+    ``RecursionError`` traceback (exit 1, what ``--exit-code`` means by "flips")."""
+    log = tmp_path / "gateway.out"
+    deep = '{"event": "decision", "x": ' + "[" * 100_000 + "]" * 100_000 + "}"
+    log.write_text(deep + "\n" + json.dumps(DECISION) + "\n")
+    reading = read_log(log)
+    assert [p.origin for p in reading.probes] == ["gateway.out:2"]
+    assert dict(reading.skipped) == {"not JSON": 1}
+
+
 def test_a_decision_log_file_without_event_names_is_read(tmp_path: Path) -> None:
     """A sink that writes only the decision fields (no ``event``/``stage``) is read too."""
     log = tmp_path / "decisions.jsonl"
