@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from app.authz.closed import ClosedFact
 from app.authz.compiled import GROUP_PREFIX, CompiledPolicy, Rule, chain_of, principals
 from app.authz.policy import Decision, PolicyEngine
-from app.authz.source import GLOBAL_DOMAIN
+from app.authz.source import CLOSED_WRITER, GLOBAL_DOMAIN, READ_ACTIONS
 
 MAX_NEAR_MISSES = 8
 _ORDER = {"closed": 0, "overridden": 0, "role": 1, "domain": 2, "action": 3, "object": 4}
@@ -140,7 +140,7 @@ def near_misses(
         for rule in compiled.rules:
             if rule.eft != "allow" or rule.index in found or _differences(rule, held, request):
                 continue
-            if closed is not None:
+            if closed is not None and _closure_blocks(compiled, principal, request[2]):
                 found[rule.index] = NearMiss(rule, "closed", _closed_detail(closed, principal))
             else:
                 found[rule.index] = NearMiss(
@@ -156,6 +156,15 @@ def near_misses(
                 found[rule.index] = NearMiss(rule, differs[0], detail)
     ranked = sorted(found.values(), key=lambda m: (_ORDER[m.differs], -_prefix(m, obj)))
     return tuple(ranked[:MAX_NEAR_MISSES])
+
+
+def _closure_blocks(compiled: CompiledPolicy, principal: str, act: str) -> bool:
+    """A closed engagement holds back this principal's allow: a write, and no closed_writer.
+
+    Otherwise an allow that matched in full lost to a deny (a read in a closed engagement
+    denied by a rule was explained as "read-only", sending the admin to reopen it).
+    """
+    return act not in READ_ACTIONS and CLOSED_WRITER not in compiled.global_roles(principal)
 
 
 def _differences(

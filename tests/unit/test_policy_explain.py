@@ -5,14 +5,19 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 
 from app.authz.closed import ClosedFact
 from app.authz.explain import explain
 from app.authz.fields import FieldError, check_action, engagement_of, resolve_engagement
 from app.authz.policy import PolicyEngine
-from app.authz.source import read_policy
+from app.authz.reference import reference_decide
+from app.authz.source import CLOSED_WRITER, READ_ACTIONS, read_policy
 from app.core.config import PolicySettings
 from tests.conftest import POLICY_DIR
+from tests.unit.test_policy_differential import ACTIONS, ENGAGEMENTS, GROUPS, PATHS, USERS
+from tests.unit.test_policy_query import Policy, policies, state_fact
 
 FINDINGS = "/v1/engagements/{}/findings"
 
@@ -119,6 +124,82 @@ def test_an_allow_beaten_by_a_deny_is_overridden_not_a_role_the_caller_lacks(
         "matches for 'alice', but the deny rule at policy.csv:17 overrides every allow"
     )
     assert all(m.rule.location != "policy.csv:25" for m in answer.near_misses[1:])
+
+
+def test_a_read_denied_by_a_rule_in_a_closed_engagement_is_overridden_not_read_only(
+    tmp_path: Path,
+) -> None:
+    """erin's GET in closed initech-2025 is denied by a rule; explain said the analyst
+    allow was held back because the engagement is read-only (reads never are), sending
+    the admin to reopen it."""
+    directory = tmp_path / "p"
+    directory.mkdir()
+    (directory / "model.conf").write_text((POLICY_DIR / "model.conf").read_text())
+    deny = "p, erin, initech-2025, /v1/engagements/initech-2025/findings, GET, deny\n"
+    (directory / "policy.csv").write_text((POLICY_DIR / "policy.csv").read_text() + deny)
+    engine = PolicyEngine.load(PolicySettings(dir=directory))
+    request = ("initech-2025", FINDINGS.format("initech-2025"), "GET")
+    answer = explain(engine, "erin", (), request)
+    assert answer.decision.reason == "denied_by_rule"
+    first = answer.near_misses[0]
+    assert (first.rule.location, first.differs) == ("policy.csv:23", "overridden")
+    assert "policy.csv:65" in first.detail
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@example(  # a read in a closed engagement, an allow and a deny matching: "overridden"
+    lines=["p, analyst, *, /v1/*, GET, allow", "p, alice, e1, /v1/*, GET, deny",
+           "g, alice, analyst, e1"],
+    subject="alice", groups=[], request=("e1", "/v1/engagements/e1/findings", "GET"), close=True,
+)  # fmt: skip
+@example(  # a closed_writer's write beaten by a deny: "overridden", not "read-only"
+    lines=["p, analyst, *, /v1/*, POST, allow", "p, alice, e1, /v1/*, POST, deny",
+           "g, alice, analyst, e1", "g2, alice, closed_writer"],
+    subject="alice", groups=[], request=("e1", "/v1/engagements/e1/findings", "POST"), close=True,
+)  # fmt: skip
+@given(
+    lines=policies,
+    subject=st.sampled_from(USERS),
+    groups=st.lists(st.sampled_from(GROUPS), max_size=2, unique=True),
+    request=st.tuples(
+        st.sampled_from(ENGAGEMENTS), st.sampled_from(PATHS), st.sampled_from(ACTIONS)
+    ),
+    close=st.booleans(),
+)
+def test_explain_agrees_with_the_decision_and_names_what_beat_an_allow(
+    lines: list[str],
+    subject: str,
+    groups: list[str],
+    request: tuple[str, str, str],
+    close: bool,
+) -> None:
+    """On random policies: explain's decision is plain pycasbin's; an allow that matched
+    in full is "closed" only where the close held it back (a write by a principal without
+    closed_writer), else "overridden" by the deny that decided; a read-only deny shows
+    the allow the close held back first."""
+    closed = request[0] if close else None  # the engagement state closes it (or a g3 line)
+    policy = Policy(lines, closed)
+    try:
+        answer = explain(policy.engine, subject, groups, request, state_fact(closed, request[0]))
+        decision = answer.decision
+        expected = reference_decide(policy.casbin, policy.role_names, subject, groups, request)
+        assert (decision.allowed, decision.matched_rule) == expected
+        compiled, dom, act = policy.engine.compiled, request[0], request[2]
+        for miss in answer.near_misses:
+            if miss.differs == "overridden":
+                assert decision.reason == "denied_by_rule"
+            if miss.differs == "closed":
+                assert decision.closed is not None
+                assert act not in READ_ACTIONS
+                assert any(
+                    miss.rule.sub in {**compiled.domain_roles(p, dom), **compiled.global_roles(p)}
+                    and CLOSED_WRITER not in compiled.global_roles(p)
+                    for p in (subject, *(f"group:{g}" for g in groups))
+                )
+        if decision.reason == "closed_engagement_read_only":
+            assert answer.near_misses[0].differs == "closed"
+    finally:
+        policy.close()
 
 
 def test_an_allow_has_no_near_misses(engine: PolicyEngine) -> None:
