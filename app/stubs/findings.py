@@ -9,6 +9,7 @@ from typing import Any
 from fastapi import FastAPI, HTTPException, Request
 from starlette.requests import ClientDisconnect
 
+from app.stubs.bodies import json_object
 from app.stubs.data import seed_findings
 from app.stubs.recording import record, record_gone, remember, replay
 
@@ -39,7 +40,7 @@ def add_findings_routes(app: FastAPI, seed: int) -> None:
             return dict(earlier)
         if engagement_id in frozen:
             raise HTTPException(409, "findings are frozen")
-        payload = await request.json()
+        payload = await json_object(request, "title", "severity", "created_by")
         items = store.setdefault(engagement_id, [])
         item = {
             "id": f"F-{len(items) + 1:04d}",

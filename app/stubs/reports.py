@@ -9,6 +9,7 @@ from typing import Any
 from fastapi import FastAPI, HTTPException, Request, Response
 from fastapi.responses import StreamingResponse
 
+from app.stubs.bodies import json_object
 from app.stubs.data import report_chunks, seed_reports
 from app.stubs.recording import record, remember, replay
 
@@ -33,7 +34,7 @@ def add_report_routes(app: FastAPI, seed: int) -> None:
         await record(request)
         if (earlier := replay(request)) is not None:
             return dict(earlier)
-        payload = await request.json()
+        payload = await json_object(request)
         items = store.setdefault(engagement_id, [])
         report = {
             "id": f"R-{len(items) + 1:04d}",

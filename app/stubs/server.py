@@ -16,8 +16,10 @@ from typing import Any
 from fastapi import FastAPI, Request, Response
 from starlette.requests import ClientDisconnect
 
+from app.api.problems import install_problem_handlers
 from app.authn.keys import KeyRing
 from app.authn.verifier import SignatureVerifier
+from app.stubs.bodies import parse_model
 from app.stubs.engagements import add_engagement_routes
 from app.stubs.faults import FaultConfig, FaultInjector, FaultState
 from app.stubs.findings import add_findings_routes
@@ -44,15 +46,15 @@ def _control_routes(app: FastAPI, name: str, faults: FaultState) -> None:
         return faults.config
 
     @app.post("/_faults")
-    async def set_faults(config: FaultConfig) -> FaultConfig:
+    async def set_faults(request: Request) -> FaultConfig:
         """Replace every fault: fields left out take their defaults (the seed: the stub's)."""
-        faults.replace(config)
+        faults.replace(await parse_model(request, FaultConfig))
         return faults.config
 
     @app.patch("/_faults")
-    async def merge_faults(patch: FaultConfig) -> FaultConfig:
+    async def merge_faults(request: Request) -> FaultConfig:
         """Change only the fields given; the others keep their values."""
-        faults.merge(patch)
+        faults.merge(await parse_model(request, FaultConfig))
         return faults.config
 
     @app.delete("/_faults")
@@ -92,6 +94,7 @@ def create_stub_app(
     else:
         add_report_routes(app, seed)
     app.add_middleware(FaultInjector, state=state)
+    install_problem_handlers(app)  # a refusal is problem+json, as the gateway's own
     app.add_exception_handler(ClientDisconnect, _client_gone)
     return app
 

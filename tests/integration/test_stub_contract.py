@@ -1,0 +1,93 @@
+"""Stub services as integration-testing teams use them: refusals, scoping, recording,
+signatures and lifecycle, measured against real stubs on 127.0.0.1."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from app.stubs.server import create_stub_app
+from tests.conftest import LiveServer
+
+pytestmark = pytest.mark.integration
+
+ENGAGEMENT = "/engagements/acme-2026"
+PROBLEM = "application/problem+json"
+
+
+@pytest.mark.parametrize(
+    ("body", "status"),
+    [
+        (b'{"error_rate": NaN}', 400),
+        (b'{"hang_max_seconds": Infinity}', 400),
+        (b'{"seed": 1e400}', 400),
+        (b"{bad", 400),
+        (b"[]", 422),
+        (b'{"latency_ms": -1}', 422),
+        (b'{"nope": 1}', 422),
+    ],
+)
+def test_a_bad_fault_body_is_refused_with_problem_json_never_500(
+    live_server: Callable[[FastAPI], LiveServer], body: bytes, status: int
+) -> None:
+    """Found by an audit (h45): ``NaN`` or ``Infinity`` (which Python's JSON reader takes)
+    out of range made the stub's 422 unrenderable: a 500 and a dropped connection, and
+    the faults stayed as they were without a word the caller could act on."""
+    server = live_server(create_stub_app("engagements"))
+    headers = {"content-type": "application/json"}
+    with httpx.Client(base_url=server.url, timeout=5) as client:
+        answers = [client.post("/_faults", content=body, headers=headers)]
+        answers.append(client.patch("/_faults", content=body, headers=headers))
+        faults = client.get("/_faults").json()
+    for answer in answers:
+        assert answer.status_code == status, answer.text
+        assert answer.headers["content-type"] == PROBLEM
+        assert answer.json()["detail"]
+    assert (faults["error_rate"], faults["latency_ms"]) == (0, 0)
+
+
+def test_faults_set_with_curl_s_default_content_type_apply(
+    live_server: Callable[[FastAPI], LiveServer],
+) -> None:
+    """``curl -d`` sends ``application/x-www-form-urlencoded``: the JSON body was read as
+    one string and refused with "Input should be a valid dictionary"."""
+    server = live_server(create_stub_app("engagements"))
+    form = {"content-type": "application/x-www-form-urlencoded"}
+    with httpx.Client(base_url=server.url, timeout=5) as client:
+        body = b'{"fail_next": 1, "fail_status": 502}'
+        set_ = client.patch("/_faults", content=body, headers=form)
+        failed = client.get(ENGAGEMENT)
+    assert set_.status_code == 200, set_.text
+    assert failed.status_code == 502
+
+
+def test_a_stub_route_refuses_a_bad_body_as_a_service_would(
+    live_server: Callable[[FastAPI], LiveServer],
+) -> None:
+    """Found by an audit (h45): a create with a body that was not JSON, not an object or
+    without a field was a 500 (``JSONDecodeError``, ``KeyError``, ``AttributeError``)."""
+    findings = live_server(create_stub_app("findings"))
+    reports = live_server(create_stub_app("reports"))
+    headers = {"content-type": "application/json"}
+    create = f"{findings.url}{ENGAGEMENT}/findings"
+    answers = {
+        "not json": httpx.post(create, content=b"{", headers=headers),
+        "no title": httpx.post(create, json={"severity": "low"}),
+        "a list": httpx.post(f"{reports.url}{ENGAGEMENT}/reports", json=[]),
+    }
+    statuses = {why: answer.status_code for why, answer in answers.items()}
+    assert statuses == {"not json": 400, "no title": 422, "a list": 422}
+    assert {answer.headers["content-type"] for answer in answers.values()} == {PROBLEM}
+    assert "title" in answers["no title"].json()["detail"]
+
+
+def test_a_stub_s_own_refusal_is_problem_json(
+    live_server: Callable[[FastAPI], LiveServer],
+) -> None:
+    server = live_server(create_stub_app("engagements"))
+    missing = httpx.get(server.url + "/engagements/nope")
+    assert (missing.status_code, missing.headers["content-type"]) == (404, PROBLEM)
+    assert missing.json()["detail"] == "no such engagement"
