@@ -48,7 +48,8 @@ class FaultConfig(BaseModel):
     reset: bool = False
     slow_body_ms: Annotated[int, Field(ge=0, le=10_000)] = 0
     slow_chunk_bytes: Annotated[int, Field(ge=1, le=1 << 20)] = 1024
-    path_prefix: str = "/"
+    # A prefix without the leading slash would match no path: the fault silently never applied.
+    path_prefix: Annotated[str, Field(pattern=r"^/", max_length=2048)] = "/"
     seed: int = 0
 
 

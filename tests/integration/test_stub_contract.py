@@ -91,3 +91,20 @@ def test_a_stub_s_own_refusal_is_problem_json(
     missing = httpx.get(server.url + "/engagements/nope")
     assert (missing.status_code, missing.headers["content-type"]) == (404, PROBLEM)
     assert missing.json()["detail"] == "no such engagement"
+
+
+def test_a_path_prefix_that_could_match_no_path_is_refused(
+    live_server: Callable[[FastAPI], LiveServer],
+) -> None:
+    """Found by an audit (h45): ``path_prefix: "engagements"`` (no leading slash) was
+    taken, and the fault it scoped silently never applied: every request was served."""
+    server = live_server(create_stub_app("engagements"))
+    with httpx.Client(base_url=server.url, timeout=5) as client:
+        refused = client.post("/_faults", json={"fail_next": 1, "path_prefix": "engagements"})
+        scoped = client.post("/_faults", json={"fail_next": 1, "path_prefix": ENGAGEMENT})
+        outside = client.get("/engagements")
+        inside = client.get(ENGAGEMENT)
+    assert refused.status_code == 422, refused.text
+    assert refused.json()["errors"][0]["loc"] == ["body", "path_prefix"]
+    assert scoped.status_code == 200
+    assert (outside.status_code, inside.status_code) == (200, 503)
