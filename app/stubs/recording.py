@@ -100,13 +100,23 @@ def _entry(
         "method": request.method,
         "path": request.url.path,
         "raw_path": request.scope["raw_path"].decode("latin-1"),
-        "headers": dict(request.headers),
+        "query": request.scope["query_string"].decode("latin-1"),
+        "headers": _headers(request),
         "fault": fault,
         "client_gone": client_gone,
         **verify_gateway(app.state.verifier, request, body),
     }
     app.state.seen.append(entry)
     return entry
+
+
+def _headers(request: Request) -> dict[str, str]:
+    """Every field as received; a repeated one's values joined by ``, `` (RFC 9110 5.3),
+    as the signature base reads it: ``dict(request.headers)`` kept only the first."""
+    fields: dict[str, str] = {}
+    for name, value in request.headers.items():
+        fields[name] = f"{fields[name]}, {value}" if name in fields else value
+    return fields
 
 
 def replay(request: Request) -> Any:

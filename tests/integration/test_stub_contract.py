@@ -3,6 +3,7 @@ signatures and lifecycle, measured against real stubs on 127.0.0.1."""
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable
 
 import httpx
@@ -108,3 +109,21 @@ def test_a_path_prefix_that_could_match_no_path_is_refused(
     assert refused.json()["errors"][0]["loc"] == ["body", "path_prefix"]
     assert scoped.status_code == 200
     assert (outside.status_code, inside.status_code) == (200, 503)
+
+
+def test_seen_lists_the_query_and_every_value_of_a_repeated_field(
+    live_server: Callable[[FastAPI], LiveServer],
+) -> None:
+    """Found by an audit (h45): ``/_seen`` kept only the first value of a repeated field
+    (a second ``X-Auth-Subject`` was invisible) and never the query string."""
+    server = live_server(create_stub_app("findings"))
+    head = (
+        f"GET {ENGAGEMENT}/findings?page=2&q=%2F HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        "X-Auth-Subject: alice\r\nX-Auth-Subject: mallory\r\nConnection: close\r\n\r\n"
+    )
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+        sock.sendall(head.encode())
+        assert sock.recv(12) == b"HTTP/1.1 200"
+    [entry] = httpx.get(server.url + "/_seen").json()
+    assert entry["query"] == "page=2&q=%2F"
+    assert entry["headers"]["x-auth-subject"] == "alice, mallory"
