@@ -29,9 +29,13 @@ def verify_gateway(
     verifier: SignatureVerifier | None, request: Request, body: bytes | None
 ) -> dict[str, Any]:
     """The signature outcome: ``valid`` with the subject, a reason code, or ``absent``;
-    ``body_incomplete`` when the body (``None``) never arrived whole to check it against."""
-    if verifier is None or "signature" not in request.headers:
+    ``unverified`` when the stub holds no key to check one (it said ``absent``, as if the
+    gateway had not signed); ``body_incomplete`` when the body (``None``) never arrived
+    whole to check it against."""
+    if "signature" not in request.headers:
         return {"signature": "absent"}
+    if verifier is None:
+        return {"signature": "unverified"}
     if body is None:
         return {"signature": "body_incomplete"}
     try:

@@ -127,3 +127,18 @@ def test_seen_lists_the_query_and_every_value_of_a_repeated_field(
     [entry] = httpx.get(server.url + "/_seen").json()
     assert entry["query"] == "page=2&q=%2F"
     assert entry["headers"]["x-auth-subject"] == "alice, mallory"
+
+
+def test_a_stub_without_a_key_does_not_call_a_signed_request_unsigned(
+    live_server: Callable[[FastAPI], LiveServer],
+) -> None:
+    """Found by an audit (h45): a stub started without ``--verify-key-id`` listed every
+    request as ``signature: absent``, signed or not: a test reading ``/_seen`` concluded
+    that the gateway had not signed its call."""
+    server = live_server(create_stub_app("engagements"))
+    signed = {"signature-input": 'gateway=("@method");keyid="k"', "signature": "gateway=:AAAA:"}
+    with httpx.Client(base_url=server.url, timeout=5) as client:
+        client.get(ENGAGEMENT, headers=signed)
+        client.get(ENGAGEMENT)
+        seen = client.get("/_seen").json()
+    assert [entry["signature"] for entry in seen] == ["unverified", "absent"]
