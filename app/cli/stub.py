@@ -17,6 +17,8 @@ from app.core.logging import configure_logging
 from app.stubs.faults import FaultConfig
 from app.stubs.server import STUB_NAMES, create_stub_app
 
+SHUTDOWN_SECONDS = 2  # what requests in flight get on SIGTERM before they are cut off
+
 
 def register(commands: Any) -> None:
     parser = commands.add_parser("stub", help="run a stub downstream service")
@@ -82,7 +84,16 @@ def run(args: argparse.Namespace) -> int:
         keyring=keyring,
         require_signature=args.require_signature,
     )
-    uvicorn.run(app, host=args.host, port=args.port, log_config=None, access_log=False)
+    uvicorn.run(
+        app,
+        host=args.host,
+        port=args.port,
+        log_config=None,
+        access_log=False,
+        # A hung request (up to hang_max_seconds, 600) or a latency (60 s) held SIGTERM
+        # that long: a stopped stub is cut off after this, its requests unanswered.
+        timeout_graceful_shutdown=SHUTDOWN_SECONDS,
+    )
     return 0
 
 

@@ -3,7 +3,12 @@ signatures and lifecycle, measured against real stubs on 127.0.0.1."""
 
 from __future__ import annotations
 
+import concurrent.futures
+import signal
 import socket
+import subprocess
+import sys
+import time
 from collections.abc import Callable
 
 import httpx
@@ -11,7 +16,7 @@ import pytest
 from fastapi import FastAPI
 
 from app.stubs.server import create_stub_app
-from tests.conftest import LiveServer
+from tests.conftest import REPO, LiveServer, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -142,3 +147,45 @@ def test_a_stub_without_a_key_does_not_call_a_signed_request_unsigned(
         client.get(ENGAGEMENT)
         seen = client.get("/_seen").json()
     assert [entry["signature"] for entry in seen] == ["unverified", "absent"]
+
+
+def _stub_process(port: int, *flags: str) -> subprocess.Popen[bytes]:
+    """``gateway stub`` as a team runs it, ready (its ``/_health`` answers) within 30 s."""
+    argv = [sys.executable, "-m", "app.cli.main", "stub", "--name", "engagements"]
+    proc = subprocess.Popen(
+        [*argv, "--port", str(port), *flags], cwd=REPO, stderr=subprocess.DEVNULL
+    )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            httpx.get(f"http://127.0.0.1:{port}/_health", timeout=1)
+            return proc
+        except httpx.TransportError:
+            time.sleep(0.1)
+    proc.kill()
+    raise AssertionError("the stub did not become ready")
+
+
+def test_sigterm_stops_a_stub_holding_a_hung_request_promptly() -> None:
+    """Found by an audit (h45): SIGTERM waited for every hung request to reach its
+    ``hang_max_seconds`` (up to 600 s; 30 by default): ``gateway demo`` gives its
+    stubs 10 s, and a test's teardown hung as long."""
+    port = free_port()
+    proc = _stub_process(port, "--hang")
+    try:
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            url = f"http://127.0.0.1:{port}{ENGAGEMENT}"
+            hung = pool.submit(httpx.get, url, timeout=40)
+            stats = f"http://127.0.0.1:{port}/_stats"
+            while not httpx.get(stats, timeout=5).json()["faulted"]:
+                time.sleep(0.05)
+            started = time.monotonic()
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=20)
+            took = time.monotonic() - started
+            with pytest.raises(httpx.TransportError):
+                hung.result(timeout=20)  # cut off unanswered
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+    assert took < 10, f"SIGTERM took {took:.1f} s"
