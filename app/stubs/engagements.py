@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -12,8 +13,15 @@ from app.stubs.data import ENGAGEMENTS
 from app.stubs.recording import record, remember, replay
 
 
-def add_engagement_routes(app: FastAPI) -> None:
-    by_id = {e["id"]: e for e in copy.deepcopy(ENGAGEMENTS)}
+def add_engagement_routes(app: FastAPI) -> Callable[[], None]:
+    """The engagements routes; returns what puts them back as seeded (``POST /_reset``)."""
+    by_id: dict[str, dict[str, Any]] = {}
+
+    def reseed() -> None:
+        by_id.clear()
+        by_id.update((e["id"], e) for e in copy.deepcopy(ENGAGEMENTS))
+
+    reseed()
 
     def _get(engagement_id: str) -> dict[str, Any]:
         if engagement_id not in by_id:
@@ -50,3 +58,5 @@ def add_engagement_routes(app: FastAPI) -> None:
         engagement["status"] = "active"
         engagement.pop("closed_at", None)
         return dict(engagement)
+
+    return reseed

@@ -75,6 +75,11 @@ class FaultState:
             config = config.model_copy(update={"seed": self.seed})
         self.configure(config)
 
+    def reset(self, config: FaultConfig) -> None:
+        """``config`` in force and the counters at zero, as a stub that just started."""
+        self.configure(config)
+        self.requests = self.faulted = 0
+
     def merge(self, patch: FaultConfig) -> None:
         """Set only the fields ``patch`` names; failures still owed and the dice carry on."""
         given = patch.model_dump(exclude_unset=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -14,10 +15,17 @@ from app.stubs.data import seed_findings
 from app.stubs.recording import record, record_gone, remember, replay
 
 
-def add_findings_routes(app: FastAPI, seed: int) -> None:
+def add_findings_routes(app: FastAPI, seed: int) -> Callable[[], None]:
+    """The findings routes; returns what puts their data back as seeded (``POST /_reset``)."""
     store = seed_findings(seed)
     frozen: set[str] = set()
     app.state.uploads = []
+
+    def reseed() -> None:
+        store.clear()
+        store.update(seed_findings(seed))
+        frozen.clear()
+        app.state.uploads.clear()  # in place: tests hold the list
 
     @app.get("/engagements/{engagement_id}/findings")
     async def list_findings(engagement_id: str, request: Request) -> dict[str, Any]:
@@ -97,3 +105,5 @@ def add_findings_routes(app: FastAPI, seed: int) -> None:
             "sha256": hashlib.sha256(body).hexdigest(),
             "signature": entry["signature"],
         }
+
+    return reseed

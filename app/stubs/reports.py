@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -14,8 +14,13 @@ from app.stubs.data import report_chunks, seed_reports
 from app.stubs.recording import record, remember, replay
 
 
-def add_report_routes(app: FastAPI, seed: int) -> None:
+def add_report_routes(app: FastAPI, seed: int) -> Callable[[], None]:
+    """The reports routes; returns what puts their data back as seeded (``POST /_reset``)."""
     store = seed_reports(seed)
+
+    def reseed() -> None:
+        store.clear()
+        store.update(seed_reports(seed))
 
     def _find(engagement_id: str, report_id: str) -> dict[str, Any]:
         for report in store.get(engagement_id, []):
@@ -68,3 +73,5 @@ def add_report_routes(app: FastAPI, seed: int) -> None:
 
         headers = {"content-length": str(length), "etag": f'"{report_id}-{length}"'}
         return StreamingResponse(body(), media_type="application/pdf", headers=headers)
+
+    return reseed

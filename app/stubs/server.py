@@ -4,13 +4,15 @@
 service. Each records the headers it received and whether the gateway's
 outbound signature verified (``GET /_seen``, faulted requests included), counts
 requests (``GET /_stats``) and takes faults from ``POST /_faults`` (replace),
-``PATCH /_faults`` (merge); ``GET`` shows them, ``DELETE`` clears them. Control
-paths start with ``/_`` and are never faulted.
+``PATCH /_faults`` (merge); ``GET`` shows them, ``DELETE`` clears them;
+``POST /_reset`` puts everything back as it started. Control paths start with
+``/_`` and are never faulted.
 """
 
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import FastAPI, Request, Response
@@ -28,7 +30,7 @@ from app.stubs.reports import add_report_routes
 STUB_NAMES = ("engagements", "findings", "reports")
 
 
-def _control_routes(app: FastAPI, name: str, faults: FaultState) -> None:
+def _control_routes(app: FastAPI, name: str, faults: FaultState, reset: Callable[[], None]) -> None:
     @app.get("/_health")
     async def health() -> dict[str, str]:
         return {"status": "ok", "service": name}
@@ -62,6 +64,12 @@ def _control_routes(app: FastAPI, name: str, faults: FaultState) -> None:
         faults.replace(FaultConfig())
         return faults.config
 
+    @app.post("/_reset", status_code=204)
+    async def reset_stub() -> Response:
+        """The stub as it started: its faults, data, counters, ``/_seen`` and keys."""
+        reset()
+        return Response(status_code=204)
+
 
 def create_stub_app(
     name: str,
@@ -86,13 +94,21 @@ def create_stub_app(
     app.state.idempotent = {}
     app.state.verifier = SignatureVerifier(keyring) if keyring is not None else None
     app.state.require_signature = require_signature and keyring is not None
-    _control_routes(app, name, state)
     if name == "findings":
-        add_findings_routes(app, seed)
+        reseed = add_findings_routes(app, seed)
     elif name == "engagements":
-        add_engagement_routes(app)
+        reseed = add_engagement_routes(app)
     else:
-        add_report_routes(app, seed)
+        reseed = add_report_routes(app, seed)
+    started = state.config
+
+    def reset() -> None:
+        state.reset(started)
+        app.state.seen.clear()
+        app.state.idempotent.clear()
+        reseed()
+
+    _control_routes(app, name, state, reset)
     app.add_middleware(FaultInjector, state=state)
     install_problem_handlers(app)  # a refusal is problem+json, as the gateway's own
     app.add_exception_handler(ClientDisconnect, _client_gone)

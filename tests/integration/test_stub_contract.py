@@ -15,6 +15,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
+from app.stubs.faults import FaultConfig
 from app.stubs.server import create_stub_app
 from tests.conftest import REPO, LiveServer, free_port
 
@@ -22,6 +23,7 @@ pytestmark = pytest.mark.integration
 
 ENGAGEMENT = "/engagements/acme-2026"
 PROBLEM = "application/problem+json"
+FINDING = {"severity": "low", "created_by": "alice"}
 
 
 @pytest.mark.parametrize(
@@ -189,3 +191,36 @@ def test_sigterm_stops_a_stub_holding_a_hung_request_promptly() -> None:
         proc.kill()
         proc.wait(timeout=10)
     assert took < 10, f"SIGTERM took {took:.1f} s"
+
+
+@pytest.mark.parametrize("name", ["findings", "engagements", "reports"])
+def test_reset_puts_a_stub_back_as_it_started(
+    live_server: Callable[[FastAPI], LiveServer], name: str
+) -> None:
+    """Found by an audit (h45): nothing cleared ``/_seen``, ``/_stats``, idempotency keys
+    or the data a test changed (a created finding, a closed engagement, a freeze): the
+    next test met the last one's state unless the stub was restarted."""
+    start = FaultConfig(latency_ms=1, seed=3)
+    server = live_server(create_stub_app(name, seed=3, faults=start))
+    fresh = live_server(create_stub_app(name, seed=3, faults=start))
+    key = {"idempotency-key": "reset-0001"}
+    views = [ENGAGEMENT, f"{ENGAGEMENT}/findings", f"{ENGAGEMENT}/reports", "/_frozen"]
+    with httpx.Client(base_url=server.url, timeout=5) as client:
+        client.post(f"{ENGAGEMENT}/findings", json={**FINDING, "title": "old"}, headers=key)
+        client.post(f"{ENGAGEMENT}/findings/freeze")
+        client.post(f"{ENGAGEMENT}/close", headers=key)
+        client.post(f"{ENGAGEMENT}/reports", json={"kind": "final"}, headers=key)
+        client.post("/_faults", json={"fail_next": 1, "error_rate": 0.5})
+        client.get(ENGAGEMENT)
+        reset = client.post("/_reset")
+        seen, stats = client.get("/_seen").json(), client.get("/_stats").json()
+        faults = client.get("/_faults").json()
+        after = {path: client.get(path).json() for path in views}
+        again = client.post(f"{ENGAGEMENT}/findings", json={**FINDING, "title": "new"}, headers=key)
+    expected = {path: httpx.get(fresh.url + path).json() for path in views}
+    assert reset.status_code == 204
+    assert after == expected
+    assert faults == start.model_dump()
+    assert (seen, stats) == ([], {"requests": 0, "faulted": 0})
+    if name == "findings":
+        assert again.json()["title"] == "new", "the idempotency key was forgotten"
