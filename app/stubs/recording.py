@@ -1,10 +1,11 @@
 """What a stub saw: headers, and whether the gateway's outbound signature verified.
 
 A stub built with a key ring verifies every request with the gateway's own
-``SignatureVerifier`` (the profile is the same both ways) and records the
-outcome beside the headers at ``GET /_seen`` (with ``fault`` naming the injected
-fault that answered instead, else null); with ``require_signature`` it answers
-401 to anything unsigned or invalid, as a real downstream service would.
+``SignatureVerifier`` (the profile is the same both ways; a nonce it saw
+already is ``replayed``) and records the outcome beside the headers at
+``GET /_seen`` (with ``fault`` naming the injected fault that answered instead,
+else null); with ``require_signature`` it answers 401 to anything unsigned,
+invalid or replayed, as a real downstream service would.
 
 A request whose client was gone when the stub came to answer it (a caller that
 gave up during an injected latency or hang, an upload cut short) is recorded all
@@ -15,6 +16,7 @@ request without one), else it is ``body_incomplete``.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request
@@ -24,14 +26,41 @@ from app.authn.asgi import message_from_scope
 from app.authn.verifier import SignatureVerifier
 from app.core.errors import AuthenticationFailed
 
+NONCE_MEMORY = 10_000  # the signatures a stub remembers to spot a repeated one
+_OUTCOME = "stub.signature"  # a request's outcome, kept in its scope: it may be listed twice
+
+
+class SeenNonces:
+    """The (key id, nonce) of the last signatures that verified, the oldest forgotten first."""
+
+    def __init__(self, capacity: int = NONCE_MEMORY) -> None:
+        self.capacity = capacity
+        self._pairs: OrderedDict[tuple[str, str], None] = OrderedDict()
+
+    def first_use(self, key_id: str, nonce: str) -> bool:
+        """Whether this signature is new (it is remembered from now on)."""
+        if (key_id, nonce) in self._pairs:
+            return False
+        self._pairs[(key_id, nonce)] = None
+        if len(self._pairs) > self.capacity:
+            self._pairs.popitem(last=False)
+        return True
+
+    def clear(self) -> None:
+        self._pairs.clear()
+
 
 def verify_gateway(
-    verifier: SignatureVerifier | None, request: Request, body: bytes | None
+    verifier: SignatureVerifier | None,
+    request: Request,
+    body: bytes | None,
+    nonces: SeenNonces | None = None,
 ) -> dict[str, Any]:
     """The signature outcome: ``valid`` with the subject, a reason code, or ``absent``;
     ``unverified`` when the stub holds no key to check one (it said ``absent``, as if the
     gateway had not signed); ``body_incomplete`` when the body (``None``) never arrived
-    whole to check it against."""
+    whole to check it against; ``replayed`` when ``nonces`` saw its nonce already (it
+    said ``valid``: a signature sent twice went unnoticed)."""
     if "signature" not in request.headers:
         return {"signature": "absent"}
     if verifier is None:
@@ -39,10 +68,25 @@ def verify_gateway(
     if body is None:
         return {"signature": "body_incomplete"}
     try:
-        identity = verifier.verify(message_from_scope(request.scope), body)
+        verified = verifier.verify_signature(message_from_scope(request.scope), body)
     except AuthenticationFailed as exc:
         return {"signature": exc.reason}
-    return {"signature": "valid", "subject": identity.subject, "key_id": identity.key_id}
+    identity = verified.identity
+    fresh = nonces is None or nonces.first_use(verified.key_id, verified.nonce)
+    outcome = "valid" if fresh else "replayed"
+    return {"signature": outcome, "subject": identity.subject, "key_id": identity.key_id}
+
+
+def _signature(request: Request, body: bytes | None) -> dict[str, Any]:
+    """The request's outcome, checked once: a hung request listed again is not a replay."""
+    state = request.scope.setdefault("state", {})
+    if (known := state.get(_OUTCOME)) is not None:
+        return dict(known)
+    app_state = request.app.state
+    outcome = verify_gateway(app_state.verifier, request, body, app_state.nonces)
+    if body is not None:
+        state[_OUTCOME] = outcome
+    return outcome
 
 
 async def record(request: Request, body: bytes | None = None) -> dict[str, Any]:
@@ -108,7 +152,7 @@ def _entry(
         "headers": _headers(request),
         "fault": fault,
         "client_gone": client_gone,
-        **verify_gateway(app.state.verifier, request, body),
+        **_signature(request, body),
     }
     app.state.seen.append(entry)
     return entry

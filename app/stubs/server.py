@@ -25,6 +25,7 @@ from app.stubs.bodies import parse_model
 from app.stubs.engagements import add_engagement_routes
 from app.stubs.faults import FaultConfig, FaultInjector, FaultState
 from app.stubs.findings import add_findings_routes
+from app.stubs.recording import SeenNonces
 from app.stubs.reports import add_report_routes
 
 STUB_NAMES = ("engagements", "findings", "reports")
@@ -92,6 +93,7 @@ def create_stub_app(
     app.state.seen = deque(maxlen=1000)
     app.state.faults = state
     app.state.idempotent = {}
+    app.state.nonces = SeenNonces()
     app.state.verifier = SignatureVerifier(keyring) if keyring is not None else None
     app.state.require_signature = require_signature and keyring is not None
     if name == "findings":
@@ -106,6 +108,7 @@ def create_stub_app(
         state.reset(started)
         app.state.seen.clear()
         app.state.idempotent.clear()
+        app.state.nonces.clear()
         reseed()
 
     _control_routes(app, name, state, reset)

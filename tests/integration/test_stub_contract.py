@@ -15,6 +15,9 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
+from app.authn.keys import KeyRing, SigningKey
+from app.domain.identity import Identity
+from app.downstream.propagation import CallContext, propagation_headers, sign_outbound
 from app.stubs.faults import FaultConfig
 from app.stubs.server import create_stub_app
 from tests.conftest import REPO, LiveServer, free_port
@@ -24,6 +27,7 @@ pytestmark = pytest.mark.integration
 ENGAGEMENT = "/engagements/acme-2026"
 PROBLEM = "application/problem+json"
 FINDING = {"severity": "low", "created_by": "alice"}
+KEY = SigningKey("gateway-engagements", b"gateway-outbound-test-secret-0123456789abcdef")
 
 
 @pytest.mark.parametrize(
@@ -224,3 +228,53 @@ def test_reset_puts_a_stub_back_as_it_started(
     assert (seen, stats) == ([], {"requests": 0, "faulted": 0})
     if name == "findings":
         assert again.json()["title"] == "new", "the idempotency key was forgotten"
+
+
+def _signed(url: str, subject: str = "bob") -> httpx.Request:
+    context = CallContext(Identity(subject, (), "proxy"), "acme-2026")
+    request = httpx.Request("GET", url, headers=propagation_headers(context))
+    sign_outbound(request, KEY)
+    return request
+
+
+def test_a_stub_tells_a_replayed_signature_from_a_fresh_one(
+    live_server: Callable[[FastAPI], LiveServer],
+) -> None:
+    """Found by an audit (h45): the stub checked the gateway's signature without its
+    nonce, so the same signed request sent twice was ``valid`` both times (and served
+    under ``require_signature``): a gateway that re-sent a signature, which its docs say
+    it never does, passed every stub-based test."""
+    app = create_stub_app("engagements", keyring=KeyRing([KEY]), require_signature=True)
+    server = live_server(app)
+    with httpx.Client(timeout=5) as client:
+        request = _signed(server.url + ENGAGEMENT)
+        first, again = client.send(request), client.send(request)
+        other = client.send(_signed(server.url + ENGAGEMENT, "carol"))
+        seen = client.get(server.url + "/_seen").json()
+    assert (first.status_code, again.status_code, other.status_code) == (200, 401, 200)
+    assert [(s["signature"], s["subject"]) for s in seen] == [
+        ("valid", "bob"),
+        ("replayed", "bob"),
+        ("valid", "carol"),
+    ]
+
+
+def test_a_hung_request_listed_twice_is_not_taken_for_its_own_replay(
+    live_server: Callable[[FastAPI], LiveServer],
+) -> None:
+    app = create_stub_app("engagements", keyring=KeyRing([KEY]), require_signature=True)
+    server = live_server(app)
+    with (
+        concurrent.futures.ThreadPoolExecutor(1) as pool,
+        httpx.Client(base_url=server.url, timeout=10) as client,
+        httpx.Client(timeout=10) as caller,
+    ):
+        client.post("/_faults", json={"hang": True})
+        pending = pool.submit(caller.send, _signed(server.url + ENGAGEMENT))
+        while not client.get("/_stats").json()["faulted"]:
+            time.sleep(0.02)
+        client.delete("/_faults")
+        released = pending.result(timeout=10)
+        seen = client.get("/_seen").json()
+    assert released.status_code == 200
+    assert [(s["fault"], s["signature"]) for s in seen] == [("hang", "valid"), (None, "valid")]
