@@ -32,8 +32,10 @@ def register(commands: Any) -> None:
     faults.add_argument("--error-status", type=int, default=500)
     faults.add_argument("--fail-next", type=int, default=0, help="fail the next N arrivals")
     faults.add_argument("--fail-status", type=int, default=503)
-    faults.add_argument("--retry-after", type=int, default=None)
-    faults.add_argument("--hang", action="store_true", help="never answer (bounded)")
+    faults.add_argument("--retry-after", type=int, default=None, help="seconds, on any failure")
+    faults.add_argument(
+        "--hang", action="store_true", help="hold each request until the faults change (30 s)"
+    )
     faults.add_argument("--reset", action="store_true", help="drop the connection mid-response")
     faults.add_argument("--slow-body-ms", type=int, default=0, help="pause per 1 KiB of body")
     verify = parser.add_argument_group("verify the gateway's outbound signature")

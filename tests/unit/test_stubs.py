@@ -9,6 +9,8 @@ from app.cli.main import build_parser
 from app.cli.stub import fault_config
 from app.stubs.data import report_chunks, seed_findings, seed_reports
 from app.stubs.faults import FaultConfig, FaultState
+from app.stubs.server import STUB_NAMES, create_stub_app
+from tests.conftest import REPO
 
 
 def test_seeded_data_is_reproducible_and_seed_dependent() -> None:
@@ -118,3 +120,19 @@ def test_bad_stub_flags_are_one_line_and_exit_2_before_anything_starts(
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1
     assert err[0].startswith(message)
+
+
+def test_every_fault_field_and_control_route_is_documented() -> None:
+    """Found by an audit (h45): ``/_health`` (readiness) and ``/_frozen`` were in no doc,
+    and ``fail_next``, ``fail_status`` and ``retry_after`` were named as flags only."""
+    page = (REPO / "app/api/docs/resilience.md").read_text()
+    stub_section = page[page.index("## Stub services") :]
+    fields = [f for f in FaultConfig.model_fields if f"`{f}`" not in stub_section]
+    routes = {
+        getattr(route, "path", "")
+        for name in STUB_NAMES
+        for route in create_stub_app(name).routes
+        if getattr(route, "path", "").startswith("/_")
+    }
+    assert fields == []
+    assert sorted(r for r in routes if f"/{r.strip('/')}`" not in stub_section) == []
