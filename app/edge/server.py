@@ -445,7 +445,9 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         super().data_received(data)
         # Still in the head (a completed head reset the count; body bytes in the same
         # read are not the head's): past the limit, refused before another byte is fed.
-        if self._in_head and self._head_size > MAX_HEAD_BYTES and not self._lost:
+        # Not twice: a head that came whole in this read was refused when it completed.
+        over = self._in_head and self._head_size > MAX_HEAD_BYTES
+        if over and not self._lost and not self._refused:
             self._refuse_head()
             return
         # A read that began and ended no message outside one (blank lines between

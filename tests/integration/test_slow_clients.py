@@ -547,6 +547,10 @@ def test_a_head_over_the_limit_that_arrives_whole_in_one_read_is_refused_too(
         answer = read_answer(sock)
         assert_refusal(gateway, answer, 431, "request_header_fields_too_large")
         assert closed_within(sock, 5)
+    # One request, one refusal line: the head weighed at its end was refused, and the
+    # read's size then refused it again, with a second corr_id no answer carried.
+    events = [json.loads(line).get("event") for line in gateway.log_text().splitlines()]
+    assert events.count("head_too_large") == 1
 
 
 def test_a_head_just_under_the_limit_is_served(serve: Callable[..., GatewayProcess]) -> None:
