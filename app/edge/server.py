@@ -582,6 +582,13 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         self._in_head = False
         self._refuse(HEAD_TOO_LARGE_ANSWER)
 
+    def _unsupported_upgrade_warning(self) -> None:
+        # uvicorn warned twice for every request that asks to upgrade ("Unsupported
+        # upgrade request." and a hint to install a WebSocket library), without a
+        # corr_id: log noise any client could make. ``ws="none"`` is the gateway's
+        # choice; the request is served as HTTP/1.1 and logged by the edge like any other.
+        return
+
     def send_400_response(self, msg: str) -> None:
         # Called by uvicorn (after its own log line) for a request httptools rejects, or
         # one this protocol refused while parsing (``_refusal``).

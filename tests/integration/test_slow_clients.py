@@ -880,3 +880,14 @@ def test_a_websocket_upgrade_is_an_ordinary_request_through_the_edge(
     assert answer.status_code == 400
     assert answer.headers["content-type"] == "application/problem+json"
     assert answer.json()["type"] == "urn:authz-gateway:problem:invalid_path"
+    # Logged as any request: one line with its corr_id, and none without one (uvicorn
+    # warned twice per upgrade request, "Unsupported upgrade request." and a "No
+    # supported WebSocket library" hint, though ws="none" is the gateway's choice).
+    corr_id = answer.json()["corr_id"]
+    deadline = time.monotonic() + 5
+    while corr_id not in gateway.log_text() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    lines = [json.loads(line) for line in gateway.log_text().splitlines() if line[:1] == "{"]
+    during = lines[next(n for n, e in enumerate(lines) if "Uvicorn running" in e["event"]) + 1 :]
+    assert [e["event"] for e in during if e.get("corr_id") == corr_id] == ["request_completed"]
+    assert [e["event"] for e in during if "corr_id" not in e] == []
