@@ -427,9 +427,7 @@ class RedisSettings(_Section):
         try:
             parse_redis_url(url)  # what redis-py will make of it (a port, a database)
         except ValueError as exc:
-            password = urlsplit(url).password
-            detail = str(exc).replace(password, "***") if password else str(exc)
-            raise ValueError(f"not a valid Redis URL: {detail}") from None
+            raise ValueError(f"not a valid Redis URL: {_redis_url_problem(url, exc)}") from None
         return url
 
     @model_validator(mode="after")
@@ -522,6 +520,27 @@ class Settings(BaseSettings):
         if config_file:
             sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=config_file))
         return tuple(sources)
+
+
+def _redis_url_problem(url: str, exc: ValueError) -> str:
+    """What is wrong with ``url``, in words that never quote its credentials.
+
+    The parser's own message quotes what it read as the port: with a "/", "?" or "#"
+    not percent-encoded in the password (a base64 secret), that is the password's first
+    part, as the parser ends the authority there. So the URL is judged again without
+    its user name and password; if it is valid so, they are the problem.
+    """
+    scheme, sep, rest = url.partition("://")
+    password = urlsplit(url).password
+    if "@" in rest:
+        try:
+            parse_redis_url(f"{scheme}{sep}{rest.rpartition('@')[2]}")
+        except ValueError as bare:
+            exc = bare
+        else:
+            return "percent-encode any '/', '?' or '#' in the user name or password (%2F, %3F, %23)"
+    detail = str(exc)
+    return detail.replace(password, "***") if password else detail
 
 
 def load_settings(**overrides: Any) -> Settings:

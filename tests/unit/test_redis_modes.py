@@ -121,6 +121,30 @@ def test_a_malformed_url_never_shows_its_password(monkeypatch: pytest.MonkeyPatc
     assert "not a valid Redis URL" in caught.value.detail
 
 
+@pytest.mark.parametrize(
+    ("url", "head", "message"),
+    [
+        # A generated password (base64) with a "/", "?" or "#" not percent-encoded: the
+        # URL parser ends the authority there and reads the password's head as a port.
+        ("redis://:k9Zq/Xw+Tail=@redis:6379/0", "k9Zq", "percent-encode any '/'"),
+        ("redis://default:Ab12?Tail@redis:6379/0", "Ab12", "percent-encode any '/'"),
+        ("rediss://:Hx7#Tail@redis:6379/0", "Hx7", "percent-encode any '/'"),
+        ("redis://:Ab12/Tail@redis:notaport/0", "Ab12", "integer value as 'notaport'"),
+    ],
+)
+def test_a_password_the_url_parser_cut_short_is_never_shown(
+    monkeypatch: pytest.MonkeyPatch, url: str, head: str, message: str
+) -> None:
+    """The parser's message quoted what it took for the port: the password's first part."""
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    with pytest.raises(ConfigError) as caught:
+        load_settings(redis={"url": url})
+    assert head not in caught.value.detail
+    assert "Tail" not in caught.value.detail
+    assert "not a valid Redis URL: " in caught.value.detail
+    assert message in caught.value.detail
+
+
 @pytest.mark.parametrize("empty", [None, ""])
 def test_a_password_variable_that_is_not_set_stops_start_up(
     monkeypatch: pytest.MonkeyPatch, empty: str | None
