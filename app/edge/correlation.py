@@ -46,6 +46,8 @@ _REQUEST_ID = REQUEST_ID_HEADER.encode("ascii")
 CLIENT_CLOSED_REQUEST = 499
 # Accepted incoming ids: 8-128 visible, log-safe characters (uuid, ulid, trace ids).
 _WELL_FORMED_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{7,127}$")
+# A path the edge refused (never normalised) is logged cut to this many characters.
+REFUSED_PATH_CHARS = 256
 
 
 def incoming_request_id(scope: Scope) -> str | None:
@@ -91,6 +93,15 @@ def _check_head(scope: Scope, max_body_bytes: int) -> None:
             return
         if length > max_body_bytes:
             raise PayloadTooLarge(f"The request body exceeds {max_body_bytes} bytes.")
+
+
+def refused_path(scope: Scope) -> str:
+    """The path of a request refused before it was normalised, for its log line and span:
+    as sent (percent-escapes kept; httptools admits printable ASCII only), at most
+    ``REFUSED_PATH_CHARS`` characters. uvicorn's ``path`` is decoded (``%0A`` a newline)
+    and as long as the head allows (64 KiB)."""
+    raw = scope.get("raw_path") or scope["path"].encode("utf-8", "replace")
+    return str(raw.decode("latin-1").partition("?")[0][:REFUSED_PATH_CHARS])
 
 
 def with_request_id(
@@ -208,6 +219,7 @@ class EdgeMiddleware:
             _check_head(scope, self.max_body_bytes)
             self._normalize(scope)
         except GatewayError as err:
+            scope["path"] = refused_path(scope)  # what the summary line and the span show
             response = problem_response(err.status_code, err.code, err.title, err.detail, corr_id)
             await response(scope, receive, send)
             return

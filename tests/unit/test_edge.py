@@ -12,9 +12,14 @@ import pytest
 from fastapi import FastAPI, Request
 from hypothesis import given
 from hypothesis import strategies as st
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from app.api.problems import install_problem_handlers
+from app.core import tracing
 from app.edge.correlation import EdgeMiddleware, body_wait
+from app.edge.tracing import ServerSpanMiddleware
 
 
 def _app(max_body: int = 16, **edge: Any) -> FastAPI:
@@ -91,6 +96,50 @@ async def test_encoded_slash_is_400(client: httpx.AsyncClient) -> None:
     response = await client.get("/a%2Fb")
     assert response.status_code == 400
     assert response.json()["type"].endswith(":invalid_path")
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("target", "headers"),
+    [
+        ("/a%2F" + "%0A%7B%22event%22%3A%22forged%22%7D" * 900, {}),  # invalid: ~30 KB
+        ("/" + "b" * 40_000, {"content-length": "17"}),  # 413 before the path is read
+    ],
+)
+async def test_a_refused_path_is_logged_as_sent_and_bounded(
+    client: httpx.AsyncClient,
+    captured_logs: list[dict[str, Any]],
+    target: str,
+    headers: dict[str, str],
+) -> None:
+    """A path the edge refused before normalising it was logged whole (and decoded):
+    tens of KB a line from any unsigned client, newlines and quotes included."""
+    response = await client.post(target + "?q=1", headers=headers, content=b"x" * 17)
+    assert response.status_code in (400, 413)
+    [done] = [line for line in captured_logs if line["event"] == "request_completed"]
+    assert len(done["path"]) == 256
+    assert target.startswith(done["path"])  # as sent: percent-escapes kept, no query
+
+
+@pytest.mark.anyio
+async def test_a_refused_path_is_bounded_on_the_server_span_too() -> None:
+    """The server span (outside the edge) read the same unbounded, decoded path."""
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracing.install(provider.get_tracer("test"))
+    try:
+        app = ServerSpanMiddleware(_app())
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://gw") as traced:
+            response = await traced.get("/a%2F" + "%0A" * 20_000)
+    finally:
+        tracing.uninstall()
+        provider.shutdown()
+    assert response.status_code == 400
+    [server] = exporter.get_finished_spans()
+    assert server.attributes is not None
+    assert server.attributes["url.path"] == ("/a%2F" + "%0A" * 100)[:256]
 
 
 @pytest.fixture
