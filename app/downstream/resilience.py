@@ -21,6 +21,10 @@ saturation, not the service's fault), and so is an open circuit met by a retry
 through in half-open, so ``BreakerCall.admit`` admits at most
 ``half_open_max_calls`` trials and fails the rest fast with ``CircuitOpen``.
 Transitions are logged and exported as a Prometheus gauge.
+
+The reset timeout runs on the monotonic clock: pybreaker times it on the wall clock
+(``datetime.now``), which NTP may step; ``_Storage.opened_at`` hands it the wall
+time that lies the monotonic time since opening before now, so a step changes nothing.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ import time
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from types import TracebackType
 from typing import Any, TypeVar
@@ -249,9 +253,16 @@ class _Storage(pybreaker.CircuitMemoryStorage):
     state and the opening time as they were.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float]) -> None:
         super().__init__(pybreaker.STATE_CLOSED)
         self.neutral = False
+        self._clock = clock
+        self.opened_wall: datetime | None = None  # when it opened, as shown to people
+        self.opened_mono: float | None = None  # the same moment on ``clock``
+
+    def open_for(self) -> float | None:
+        """Seconds on the monotonic clock since the breaker last opened (``None``: never)."""
+        return None if self.opened_mono is None else self._clock() - self.opened_mono
 
     def increment_counter(self) -> None:
         if not self.neutral:
@@ -280,12 +291,16 @@ class _Storage(pybreaker.CircuitMemoryStorage):
 
     @property
     def opened_at(self) -> datetime | None:
-        return self._opened_at
+        """For pybreaker's ``now < opened_at + reset_timeout``: now less the monotonic
+        time since opening, so a step of the wall clock (NTP) neither holds the breaker
+        open for the step's length (backwards) nor ends the timeout early (forwards)."""
+        since = self.open_for()
+        return None if since is None else datetime.now(UTC) - timedelta(seconds=since)
 
     @opened_at.setter
     def opened_at(self, value: datetime) -> None:
         if not self.neutral:
-            self._opened_at = value
+            self.opened_wall, self.opened_mono = value, self._clock()
 
 
 @dataclass(frozen=True, slots=True)
@@ -395,12 +410,11 @@ class ServiceBreaker:
     """A pybreaker breaker used correctly under asyncio, with bounded half-open trials."""
 
     def __init__(
-        self, service: str, settings: BreakerSettings, clock: Callable[[], datetime] | None = None
+        self, service: str, settings: BreakerSettings, clock: Callable[[], float] = time.monotonic
     ) -> None:
         self.service = service
         self.settings = settings
-        self._clock = clock or (lambda: datetime.now(UTC))
-        self._storage = _Storage()
+        self._storage = _Storage(clock)
         self._breaker = pybreaker.CircuitBreaker(
             fail_max=settings.fail_max,
             reset_timeout=settings.reset_timeout_seconds,
@@ -436,10 +450,9 @@ class ServiceBreaker:
 
     def _open_for(self) -> float | None:
         """Seconds until an open breaker admits a trial (0 or less: the next call is one)."""
-        opened_at = self._breaker._state_storage.opened_at
-        if self.state != pybreaker.STATE_OPEN or opened_at is None:
+        elapsed = self._storage.open_for()
+        if self.state != pybreaker.STATE_OPEN or elapsed is None:
             return None
-        elapsed = (self._clock() - opened_at).total_seconds()
         return self.settings.reset_timeout_seconds - elapsed
 
     def retry_after(self) -> int | None:
@@ -463,6 +476,6 @@ class ServiceBreaker:
             reset_timeout_seconds=self.settings.reset_timeout_seconds,
             half_open_max_calls=self.settings.half_open_max_calls,
             trials_in_flight=self._trials,
-            opened_at=self._breaker._state_storage.opened_at if is_open else None,
+            opened_at=self._storage.opened_wall if is_open else None,
             retry_after_seconds=self.retry_after() if is_open else None,
         )

@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import math
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pybreaker
 import pytest
+from hypothesis import assume, given
+from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
+import app.downstream.resilience as resilience
 from app.core.config import BreakerSettings, RetrySettings
 from app.core.errors import CircuitOpen, DownstreamError, NotFound
 from app.downstream.resilience import (
@@ -122,10 +129,12 @@ def test_the_deadline_stops_retrying_before_a_wait_that_would_cross_it() -> None
 
 
 class Clock:
-    def __init__(self) -> None:
-        self.now = datetime(2026, 1, 1, tzinfo=UTC)
+    """A monotonic clock the test moves; its origin is 0, as on a freshly booted machine."""
 
-    def __call__(self) -> datetime:
+    def __init__(self, now: float = 0.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
         return self.now
 
 
@@ -364,7 +373,7 @@ def test_snapshot_reports_time_to_the_next_trial() -> None:
         breaker = ServiceBreaker("s", BreakerSettings(fail_max=1, reset_timeout_seconds=60), clock)
         assert breaker.snapshot().retry_after_seconds is None
         await fail(breaker, DownstreamError("s"))
-        clock.now = datetime.now(UTC) + timedelta(seconds=45)
+        clock.now += 45
         snapshot = breaker.snapshot()
         assert snapshot.state == "open"
         assert 14 <= (snapshot.retry_after_seconds or 0) <= 15
@@ -380,11 +389,10 @@ def test_snapshot_shows_half_open_once_the_reset_timeout_has_passed() -> None:
         clock = Clock()
         breaker = ServiceBreaker("s", BreakerSettings(fail_max=1, reset_timeout_seconds=60), clock)
         await fail(breaker, DownstreamError("s"))
-        opened_at = breaker.snapshot().opened_at
-        assert opened_at is not None
-        clock.now = opened_at + timedelta(seconds=59.5)
+        assert breaker.snapshot().opened_at is not None
+        clock.now += 59.5
         assert (breaker.snapshot().state, breaker.snapshot().retry_after_seconds) == ("open", 1)
-        clock.now = opened_at + timedelta(seconds=60)
+        clock.now += 0.5
         snapshot = breaker.snapshot()
         assert (snapshot.state, snapshot.retry_after_seconds, snapshot.opened_at) == (
             "half-open",
@@ -392,5 +400,90 @@ def test_snapshot_shows_half_open_once_the_reset_timeout_has_passed() -> None:
             None,
         )
         assert breaker.state == "open", "nothing changed: only a request moves the breaker"
+
+    asyncio.run(scenario())
+
+
+@contextlib.contextmanager
+def wall_clock_stepped(seconds: float) -> Iterator[None]:
+    """The wall clock (``datetime.now``, as pybreaker and the breaker read it) moved by
+    ``seconds``, as NTP steps it; the monotonic clock does not move."""
+
+    class Stepped(datetime):
+        @classmethod
+        def now(cls, tz: Any = None) -> Any:
+            return datetime.now(tz) + timedelta(seconds=seconds)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(pybreaker, "datetime", Stepped)
+        patch.setattr(resilience, "datetime", Stepped)
+        yield
+
+
+async def admitted(breaker: ServiceBreaker) -> bool:
+    """Whether a call is let through now (a successful one: a trial closes the breaker)."""
+    try:
+        await succeed(breaker)
+    except CircuitOpen:
+        return False
+    return True
+
+
+def test_a_wall_clock_stepped_back_does_not_hold_the_breaker_open() -> None:
+    """NTP stepping the clock back an hour while the breaker was open held it open for
+    the hour too: every call to the service refused (503) long after its reset timeout,
+    with ``Retry-After: 1``, while ``/admin/breakers`` said half-open."""
+
+    async def scenario() -> None:
+        breaker = ServiceBreaker("s", BreakerSettings(fail_max=1, reset_timeout_seconds=0.05))
+        await fail(breaker, DownstreamError("s"))
+        with wall_clock_stepped(-3600):
+            await asyncio.sleep(0.1)  # twice the reset timeout, on the real clocks
+            assert breaker.snapshot().state == "half-open"
+            assert await admitted(breaker)
+        assert breaker.state == "closed"
+
+    asyncio.run(scenario())
+
+
+def test_a_wall_clock_stepped_forward_does_not_end_the_reset_timeout_early() -> None:
+    async def scenario() -> None:
+        breaker = ServiceBreaker("s", BreakerSettings(fail_max=1, reset_timeout_seconds=30))
+        await fail(breaker, DownstreamError("s"))
+        with wall_clock_stepped(3600), pytest.raises(CircuitOpen) as refused:
+            await succeed(breaker)
+        assert 29 <= int(refused.value.headers["retry-after"]) <= 30
+        assert breaker.state == "open"
+
+    asyncio.run(scenario())
+
+
+@given(
+    origin=st.floats(0, 1e12),
+    step=st.floats(-1e8, 1e8),
+    reset=st.floats(0.01, 3600),
+    elapsed=st.floats(0, 7200),
+)
+def test_the_reset_timeout_is_monotonic_time_whatever_the_clocks(
+    origin: float, step: float, reset: float, elapsed: float
+) -> None:
+    """From a monotonic clock near 0 (a fresh machine) to one up for ages, with the wall
+    clock stepped either way meanwhile: a call is a trial exactly once ``reset`` seconds
+    of monotonic time have passed, and the snapshot and ``Retry-After`` agree."""
+    assume(abs(elapsed - reset) > 1e-3)
+
+    async def scenario() -> None:
+        clock = Clock(origin)
+        settings = BreakerSettings(fail_max=1, reset_timeout_seconds=reset)
+        breaker = ServiceBreaker("s", settings, clock)
+        await fail(breaker, DownstreamError("s"))
+        with wall_clock_stepped(step):
+            clock.now = origin + elapsed
+            snapshot = breaker.snapshot()
+            due = elapsed >= reset
+            assert snapshot.state == ("half-open" if due else "open")
+            if not due:
+                assert snapshot.retry_after_seconds == max(1, math.ceil(reset - elapsed))
+            assert await admitted(breaker) is due
 
     asyncio.run(scenario())
