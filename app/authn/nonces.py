@@ -8,9 +8,10 @@ sooner), so a replay inside the window always finds it.
 Two stores, one ``NonceStore`` protocol, chosen by whether Redis is configured:
 
 - ``MemoryNonceStore`` serves one process: a dict plus per-second expiry lists, bounded
-  by ``signing.nonce_capacity``. When full it refuses (503) instead of evicting:
-  evicting an unexpired nonce would reopen replay for it. Cheap and dependency
-  free, but two gateway processes would each accept the same nonce once.
+  by ``signing.nonce_capacity``, expiring on the wall clock (Redis keeps Unix times
+  too). When full it refuses (503) instead of evicting: evicting an unexpired nonce
+  would reopen replay for it. Cheap and dependency free, but two gateway processes
+  would each accept the same nonce once.
 - ``RedisNonceStore`` serves many processes: one ``SET key <token> NX EX ttl`` per
   request (atomic, expiry done by Redis; the claim's random token lets a retried
   claim recognise its own write). It costs a loopback round trip and a
@@ -127,13 +128,16 @@ class MemoryNonceStore:
     def __init__(
         self,
         capacity: int,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] | None = None,
         fence: float | None = None,
     ) -> None:
         self.capacity = capacity
-        # Wall-clock time, compared with ``created``; the TTL clock is monotonic.
+        # Wall-clock time, compared with ``created``.
         self.fence = time.time() if fence is None else fence
-        self._clock = clock
+        # The TTL runs on the wall clock too: the clock the verifier judges the window by.
+        # On the monotonic clock, a wall clock stepped back (NTP) while a nonce was held
+        # let it expire while its signature was acceptable again: one replay accepted.
+        self._clock = time.time if clock is None else clock
         self._expiry: dict[str, float] = {}
         self._due: dict[int, bytearray] = {}  # second of expiry -> keys, each ended by _END
         self._swept_to = 0  # every second before this one is swept

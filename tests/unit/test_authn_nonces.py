@@ -187,6 +187,27 @@ def test_memory_store_fence_defaults_to_its_creation_time() -> None:
     assert asyncio.run(store.claim("k1", "n1", math.ceil(after), 300)) is CLAIMED
 
 
+def test_memory_store_holds_a_nonce_while_a_stepped_back_wall_clock_is_before_its_end(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The TTL runs on the clock the signature's window is judged by: the wall clock.
+    It ran on the monotonic clock, so when NTP stepped the wall clock back by more than
+    the 2 s tolerance while a nonce was held, the nonce expired while its signature was
+    acceptable again on the stepped-back clock, and one replay of it was accepted."""
+    real, offset = time.time, [0.0]
+    monkeypatch.setattr(time, "time", lambda: real() + offset[0])
+    store = MemoryNonceStore(capacity=10)
+    created = math.ceil(store.fence)
+
+    async def scenario() -> list[Claim]:
+        first = await store.claim("k1", "n1", created, 1)
+        await asyncio.sleep(1.2)  # the TTL has passed on the monotonic clock
+        offset[0] = -1.5  # NTP steps the wall clock back: the nonce's end is ahead again
+        return [first, await store.claim("k1", "n1", created, 1)]
+
+    assert asyncio.run(scenario()) == [CLAIMED, REPLAYED]
+
+
 def test_store_is_chosen_by_the_redis_url(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("REDIS_URL", raising=False)
     assert isinstance(create_nonce_store(make_settings()), MemoryNonceStore)

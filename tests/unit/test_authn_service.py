@@ -296,3 +296,27 @@ def test_a_signer_ahead_is_logged_once_a_minute_per_key(monkeypatch: pytest.Monk
             asyncio.run(service.authenticate(_message(f"a{i}", created=NOW + 20), b"", NOW))
     lines = [e for e in logs if e["event"] == "signature_dated_ahead"]
     assert [(e["key_id"], e["seconds_ahead"]) for e in lines] == [("k1", 20), ("k1", 20)]
+
+
+@given(
+    start=st.floats(0, 1e12),  # the wall clock from the epoch to far in the future
+    skew=st.integers(1, 3600),
+    elapsed=st.floats(0, 8000),
+    step=st.floats(-8000, 8000),  # NTP stepped the wall clock meanwhile, either way
+)
+def test_a_signature_is_accepted_once_whatever_the_wall_clock_did_meanwhile(
+    start: float, skew: int, elapsed: float, step: float
+) -> None:
+    """One process, its in-memory store: the replay is refused (replayed, or outside the
+    window on the clock as it now reads), never accepted, however the clock moved."""
+    wall = [start]
+    created = math.floor(start)
+    verifier = SignatureVerifier(KeyRing([SigningKey("k1", SECRET)]), skew)
+    store = MemoryNonceStore(10, clock=lambda: wall[0], fence=created)
+    service = AuthnService(verifier, store, KeyReloader(SigningSettings(), verifier))
+    message = _message("n1", created=created)
+    assert asyncio.run(service.authenticate(message, b"", wall[0])).subject == "alice"
+    wall[0] = max(0.0, start + elapsed + step)
+    with pytest.raises(AuthenticationFailed) as caught:
+        asyncio.run(service.authenticate(message, b"", wall[0]))
+    assert caught.value.reason in ("replayed", "stale", "future")
