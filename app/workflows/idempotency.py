@@ -183,7 +183,8 @@ class RedisIdempotencyStore:
 
     def __init__(self, client: SharedRedis, ttl_seconds: float, lease_seconds: float) -> None:
         self._ttl_ms = int(ttl_seconds * 1000)
-        self._lease_ms = int(lease_seconds * 1000)
+        # At least 1 ms: ``PX 0`` is an error in Redis (a lease under 1 ms is a valid setting).
+        self._lease_ms = max(1, int(lease_seconds * 1000))
         self._claim = client.register_script(CLAIM_SCRIPT)
         self._finish = client.register_script(FINISH_SCRIPT)
         self._renew = client.register_script(RENEW_SCRIPT)

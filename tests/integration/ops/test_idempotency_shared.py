@@ -322,3 +322,23 @@ def test_a_result_redis_missed_is_stored_when_it_answers_again(redis_server: Red
 
     on_two_gateways(redis_server, scenario)
     assert calls == []
+
+
+def test_a_lease_under_a_millisecond_is_one_millisecond(redis_server: RedisServer) -> None:
+    """``idempotency_lease_seconds`` accepts any positive value; below 1 ms it became
+    ``PX 0``, which Redis refuses (invalid expire time): every keyed request a 503. It
+    is at least 1 ms, as the engagement lock's lease already was."""
+    calls: list[str] = []
+
+    async def scenario(one: RedisIdempotencyStore, two: RedisIdempotencyStore) -> None:
+        assert await one.run(("close", "bob", "k1"), "fp", counting(calls), TEXT) == (
+            "first",
+            False,
+        )
+        assert await two.run(("close", "bob", "k1"), "fp", counting(calls), TEXT) == (
+            "first",
+            True,
+        )
+
+    on_two_gateways(redis_server, scenario, lease=0.0004)
+    assert calls == ["first"]
