@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from app.core.errors import TooManyRequests
 from app.core.ops_settings import RateLimitRule, RateLimitSettings
@@ -136,3 +140,47 @@ def test_engagement_bucket_needs_an_engagement() -> None:
     guard = RateLimitGuard(RateLimitSettings(subject=rule, engagement=rule), MemoryRateLimiter())
     assert [b.scope for b in guard.buckets("alice", None)] == ["subject"]
     assert [b.scope for b in guard.buckets("alice", "acme")] == ["subject", "engagement"]
+
+
+class _FlakyRedis:
+    """Just enough of a Redis client for ``RedisRateLimiter``: its script fails on demand."""
+
+    def __init__(self) -> None:
+        self.down = True
+        self.calls = 0
+
+    def register_script(self, _source: str) -> _FlakyRedis:
+        return self
+
+    async def __call__(self, keys: list[str], args: list[int]) -> list[list[int]]:
+        self.calls += 1
+        if self.down:
+            raise ConnectionError("redis down")
+        return [[1, 4, 2 * S, 0] for _ in keys]
+
+
+@given(origin=st.one_of(st.just(0.0), st.floats(0, 1e12)))
+def test_redis_limiter_skips_redis_for_one_second_after_a_failure_from_any_clock(
+    origin: float,
+) -> None:
+    """Pins the fresh-machine behaviour (passes before this test was written): from a
+    monotonic clock at 0 or one up for ages, the first request asks Redis, a failure
+    skips Redis (open: no limit) for ``REDIS_RETRY_SECONDS``, then it is asked again."""
+    client, now = _FlakyRedis(), [origin]
+    bucket = Bucket("subject", "alice", RateLimitRule(limit=5, window_seconds=10))
+
+    async def scenario() -> None:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(ratelimit.time, "monotonic", lambda: now[0])
+            limiter = ratelimit.RedisRateLimiter(client, "rl:", "open")  # type: ignore[arg-type]  # a stand-in
+            assert await limiter.acquire([bucket]) == []
+            assert client.calls == 1
+            now[0] = origin + ratelimit.REDIS_RETRY_SECONDS / 2
+            client.down = False
+            assert await limiter.acquire([bucket]) == []
+            assert client.calls == 1, "Redis is skipped for the retry interval"
+            now[0] = origin + ratelimit.REDIS_RETRY_SECONDS
+            assert [s.allowed for s in await limiter.acquire([bucket])] == [True]
+            assert client.calls == 2
+
+    asyncio.run(scenario())
