@@ -37,6 +37,7 @@ pre-signed object-store URL) and is relayed as sent.
 from __future__ import annotations
 
 import functools
+import hashlib
 import hmac
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
@@ -50,6 +51,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from app.authn.digest import ALGORITHMS
+from app.authn.identity import IDEMPOTENCY_KEY_HEADER
 from app.authn.verifier import Reason
 from app.core.config import PATH_PLACEHOLDER, PassthroughRoute, ServiceSettings
 from app.core.errors import (
@@ -63,9 +65,14 @@ from app.core.errors import (
 from app.core.headers import DEFAULT_FORWARDED, HOP_BY_HOP
 from app.core.logging import decision_logger, get_logger
 from app.downstream.client import DownstreamClient, end_stream, raise_for_client_error
-from app.downstream.propagation import forwardable_headers, forwarded_header
+from app.downstream.propagation import (
+    current_call_context,
+    forwardable_headers,
+    forwarded_header,
+)
 from app.downstream.transport import BODY_UNSENT
 from app.ops.metrics import count_downstream_body_failure, count_signature_failure
+from app.workflows.idempotency import require_key
 
 log = get_logger("gateway.passthrough")
 decision_log = decision_logger()
@@ -336,8 +343,26 @@ def request_headers(route: PassthroughRoute, request: Request) -> list[tuple[str
             raise BadRequest(
                 f"The {name} header carries octets above 0x7f; it is forwarded only in ASCII."
             )
+    headers = [_scoped(request, name, value) for name, value in headers]
     peer = request.client.host if request.client else None
     return [*headers, forwarded_header(peer, request.scope.get("scheme", "http"))]
+
+
+def forwarded_key(subject: str, method: str, path: str, key: str) -> str:
+    """The ``Idempotency-Key`` a service gets for a caller's key: no other caller's meets it."""
+    joined = "\x1f".join(f"{len(part)}:{part}" for part in (subject, method, path, key))
+    return f"passthrough-{hashlib.sha256(joined.encode()).hexdigest()[:48]}"
+
+
+def _scoped(request: Request, name: str, value: str) -> tuple[str, str]:
+    """A forwarded ``Idempotency-Key`` scoped to the caller, the method and the path."""
+    if name != IDEMPOTENCY_KEY_HEADER:
+        return name, value
+    context = current_call_context()
+    if context is None:  # the guard binds it before any route runs: a wiring bug
+        raise RuntimeError("a pass-through route forwards an Idempotency-Key without a caller")
+    key = require_key(value)  # the service no longer sees the caller's value to judge it
+    return name, forwarded_key(context.identity.subject, request.method, request.scope["path"], key)
 
 
 def query_of(request: Request) -> str:

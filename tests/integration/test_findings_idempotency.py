@@ -16,6 +16,7 @@ import pytest
 
 from app.domain.findings import FindingCreate
 from app.workflows.findings import service_key
+from app.workflows.passthrough import forwarded_key
 from tests.conftest import signer
 from tests.integration.conftest import Stack
 from tests.integration.orchestration_stack import StackBuilder
@@ -244,5 +245,44 @@ def test_a_pass_through_route_forwarding_the_key_requires_it_signed(
         plain = client.post(path, json=body)  # no key: nothing to require
     assert (signed.status_code, plain.status_code) == (201, 201), signed.text
     posts = [r for r in stack.seen("findings") if r["method"] == "POST"]
-    assert posts[0]["headers"]["idempotency-key"] == "import-0001"
+    assert posts[0]["headers"]["idempotency-key"] == forwarded_key(
+        "alice", "POST", path, "import-0001"
+    )
     assert posts[0]["signature"] == "valid"
+
+
+def test_a_forwarded_key_is_the_callers_own_at_the_service(make_stack: StackBuilder) -> None:
+    """The service deduplicates on the key it gets, and every request it gets comes from
+    the gateway: an audit found the caller's key forwarded as sent, so bob, allowed on the
+    route, sending alice's key got alice's finding back (and his own was never made)."""
+    stack = make_stack(orchestration={"passthrough": [IMPORT_ROUTE]})
+    path = "/v1/engagements/acme-2026/findings-import"
+    key = {"idempotency-key": "import-0002"}
+    with httpx.Client(base_url=stack.url, auth=signer("alice"), timeout=15) as alice:
+        first = alice.post(path, json={**FINDING, "created_by": "alice"}, headers=key)
+        again = alice.post(path, json={**FINDING, "created_by": "alice"}, headers=key)
+    with httpx.Client(base_url=stack.url, auth=signer("bob"), timeout=15) as bob:
+        other = bob.post(
+            path, json={"title": "Bob's own", "severity": "high", "created_by": "bob"}, headers=key
+        )
+    assert (first.status_code, again.status_code, other.status_code) == (201, 201, 201)
+    assert again.json() == first.json(), "alice's retry is still deduplicated"
+    assert other.json()["id"] != first.json()["id"], "bob got alice's finding"
+    assert (other.json()["created_by"], other.json()["title"]) == ("bob", "Bob's own")
+    sent = [
+        r["headers"]["idempotency-key"] for r in stack.seen("findings") if r["method"] == "POST"
+    ]
+    assert "import-0002" not in sent
+    assert sent == [
+        forwarded_key(s, "POST", path, "import-0002") for s in ("alice", "alice", "bob")
+    ]
+
+
+def test_a_malformed_forwarded_key_is_a_400_and_sends_nothing(make_stack: StackBuilder) -> None:
+    """The service sees only the scoped key, so the gateway judges the caller's."""
+    stack = make_stack(orchestration={"passthrough": [IMPORT_ROUTE]})
+    path = "/v1/engagements/acme-2026/findings-import"
+    with httpx.Client(base_url=stack.url, auth=signer("alice"), timeout=15) as client:
+        response = client.post(path, json=FINDING, headers={"idempotency-key": "short"})
+    assert_problem(response, 400, "bad_request")
+    assert [r for r in stack.seen("findings") if r["method"] == "POST"] == []
