@@ -178,7 +178,9 @@ def _idempotency_store(settings: Settings, redis: SharedRedis | None) -> Idempot
     """Shared through Redis when the gateway has one, as nonces and rate limits are."""
     orchestration = settings.orchestration
     if redis is None:
-        return MemoryIdempotencyStore(orchestration.idempotency_ttl_seconds)
+        return MemoryIdempotencyStore(
+            orchestration.idempotency_ttl_seconds, capacity=orchestration.idempotency_capacity
+        )
     return RedisIdempotencyStore(
         redis, orchestration.idempotency_ttl_seconds, orchestration.idempotency_lease_seconds
     )

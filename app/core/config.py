@@ -244,6 +244,11 @@ class OrchestrationSettings(_Section):
         description="how long a close's or a keyed finding create's result is replayed for "
         "its Idempotency-Key",
     )
+    idempotency_capacity: Annotated[int, Field(ge=1, le=10_000_000)] = Field(
+        default=100_000,
+        description="without Redis: the most Idempotency-Keys a process keeps (each with "
+        "its result, for the TTL); a new key beyond it is a 503 and nothing runs",
+    )
     idempotency_lease_seconds: PositiveSeconds = Field(
         default=60.0,
         description="with Redis: how long a key's claim and an engagement's close/reopen lock "

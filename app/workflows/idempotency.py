@@ -10,7 +10,9 @@ Two stores, chosen like the nonce store (Redis configured or not):
 
 - ``MemoryIdempotencyStore``: one process. Enough for one instance; with several,
   a client's retry that a load balancer sends to another instance would run the
-  operation again.
+  operation again. Bounded by ``orchestration.idempotency_capacity`` keys: when
+  full (after dropping expired keys) a new key is a 503 and nothing runs, like the
+  memory nonce store; evicting an unexpired key would let its retry run again.
 - ``RedisIdempotencyStore``: every instance shares one record per key (one key per
   script, so it runs unchanged on a Redis Cluster). A claim
   (``running`` with a lease) and the stored result are single Lua scripts, so two
@@ -123,10 +125,19 @@ class _Entry:
 class MemoryIdempotencyStore:
     """First result per (scope, key) for ``ttl_seconds``, in this process."""
 
-    def __init__(self, ttl_seconds: float, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        ttl_seconds: float,
+        clock: Callable[[], float] = time.monotonic,
+        capacity: int = 100_000,
+    ) -> None:
         self._ttl = ttl_seconds
         self._clock = clock
+        self.capacity = capacity
         self._entries: OrderedDict[tuple[str, ...], _Entry] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
 
     def _evict(self, now: float) -> None:
         while self._entries:
@@ -152,6 +163,11 @@ class MemoryIdempotencyStore:
             if not entry.done.is_set():
                 raise Conflict("A request with this Idempotency-Key is still in progress.")
             return entry.result, True
+        if len(self._entries) >= self.capacity:
+            # Every stored result stays for the TTL: without a bound, keyed writes (each a
+            # result of up to a service's answer) grew the process until it died.
+            log.warning("idempotency_store_full", capacity=self.capacity)
+            raise IdempotencyStoreUnavailable()
         entry = _Entry(fingerprint, now + self._ttl)
         self._entries[scope] = entry
         try:

@@ -40,7 +40,12 @@ from app.downstream.propagation import (
 )
 from app.downstream.resilience import PoolExhausted, RetryableError, RetryableTimeout
 from app.edge.paths import normalize_path
-from app.workflows.idempotency import Codec, MemoryIdempotencyStore, require_key
+from app.workflows.idempotency import (
+    Codec,
+    IdempotencyStoreUnavailable,
+    MemoryIdempotencyStore,
+    require_key,
+)
 from app.workflows.passthrough import CheckedBody, StreamingDigest, query_of, upstream_path
 from app.workflows.saga import Saga, Step, finish_undos
 
@@ -226,6 +231,34 @@ def test_idempotency_store_refuses_a_concurrent_duplicate_and_expires_keys() -> 
         assert await first == ("done", False)
         now[0] = 11.0
         assert await store.run(("k",), "fp", slow, TEXT) == ("done", False)
+
+    asyncio.run(scenario())
+
+
+def test_idempotency_store_in_memory_is_bounded_and_refuses_when_full() -> None:
+    """An audit found no bound: every keyed write's result stayed for the TTL (24 h), so
+    a caller sending new keys grew the process until it died. Full is a 503 that runs
+    nothing (evicting a live key would let its retry run again); expired keys make room."""
+
+    async def scenario() -> None:
+        now = [0.0]
+        store = MemoryIdempotencyStore(ttl_seconds=10, clock=lambda: now[0], capacity=2)
+        calls: list[str] = []
+
+        async def operation() -> str:
+            calls.append("run")
+            return "result"
+
+        assert await store.run(("a",), "fp", operation, TEXT) == ("result", False)
+        assert await store.run(("b",), "fp", operation, TEXT) == ("result", False)
+        with pytest.raises(IdempotencyStoreUnavailable) as full:
+            await store.run(("c",), "fp", operation, TEXT)
+        assert (full.value.status_code, full.value.headers) == (503, {"Retry-After": "1"})
+        assert await store.run(("a",), "fp", operation, TEXT) == ("result", True)  # replays
+        assert (len(store), calls) == (2, ["run", "run"])
+        now[0] = 11.0  # both expired: room again
+        assert await store.run(("c",), "fp", operation, TEXT) == ("result", False)
+        assert len(store) == 1
 
     asyncio.run(scenario())
 
