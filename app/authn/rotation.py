@@ -40,18 +40,25 @@ WATCH_DEBOUNCE_MS = 200
 # Backstop: every few seconds, compare the file's stat with the last load, for
 # changes made before the watch was set up or on filesystems without inotify.
 WATCH_RECHECK_MS = 2000
-Fingerprint = tuple[int, int, int] | None
+Fingerprint = tuple[int, int, int, int] | None
 
 
 def fingerprint(path: Path | None) -> Fingerprint:
-    """(inode, mtime, size) of the file a path leads to; ``None`` if unreadable."""
+    """(inode, mtime, ctime, size) of the file a path leads to; ``None`` if unreadable.
+
+    The ctime is there for a change of mode or owner alone: a keys file saved
+    unreadable (mode 000 by another user) and then made readable with ``chmod``
+    keeps its inode, mtime and size. Where no inotify event reaches the watch (a
+    keys file that is a symlink into another directory, a polled or network
+    filesystem) the backstop is all there is, and it never reloaded.
+    """
     if path is None:
         return None
     try:
         st = os.stat(path)
     except OSError:
         return None
-    return (st.st_ino, st.st_mtime_ns, st.st_size)
+    return (st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size)
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
+from app.authn import rotation
 from app.authn.keys import SigningKey, load_keyring_from, read_keys_file
-from app.authn.rotation import KeyReloader
+from app.authn.rotation import KeyReloader, fingerprint
 from app.authn.service import AuthnService
 from app.core.config import SigningSettings
 from app.core.errors import ConfigError
@@ -182,3 +185,63 @@ def test_valid_at_time_is_valid_at_the_same_moment(
     }
     key = SigningKey("k", b"s", at.get(before), at.get(after))
     assert key.valid_at_time(now) == key.valid_at(datetime.fromtimestamp(now, UTC))
+
+
+def test_the_keys_fingerprint_sees_a_change_of_mode_alone(tmp_path: Path) -> None:
+    """A ``chmod`` keeps inode, mtime and size; the fingerprint must still differ."""
+    path = _keys_file(tmp_path, "keys: []\n")
+    path.chmod(0o000)
+    before = fingerprint(path)
+    path.chmod(0o644)
+    assert fingerprint(path) != before
+
+
+@pytest.mark.usefixtures("two_secrets")
+def test_the_watcher_reloads_a_keys_file_made_readable_by_chmod(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A keys file saved unreadable (mode 000 by another user) is refused; the admin's
+    ``chmod`` then changes only the mode. The keys file is a symlink into another
+    directory, so no inotify event reaches the watch and only the stat backstop can
+    see it (it kept the old ring, "Permission denied", until some other edit). Tests
+    run as root, which reads any mode, so the refused read is played by the first
+    reload."""
+    real_dir = tmp_path / "secrets"
+    real_dir.mkdir()
+    target = real_dir / "keys.yaml"
+    target.write_text(f"keys:\n  - id: k2\n    secret_env: {OTHER_ENV}\n")
+    link = tmp_path / "keys.yaml"
+    link.symlink_to(target)
+    authn = AuthnService.from_settings(make_settings(signing={"keys": [], "keys_file": str(link)}))
+    monkeypatch.setattr(rotation, "WATCH_RECHECK_MS", 100)
+    calls: list[int] = []
+    real_load = rotation.load_keyring_from
+
+    def unreadable_at_first(*args: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 1:
+            raise ConfigError(f"{link}: cannot read: Permission denied")
+        return real_load(*args)
+
+    monkeypatch.setattr(rotation, "load_keyring_from", unreadable_at_first)
+
+    async def until(condition: Callable[[], bool]) -> None:
+        for _ in range(100):  # bounded wait for the backstop, not a timing assertion
+            if condition():
+                return
+            await asyncio.sleep(0.05)
+
+    async def scenario() -> list[str]:
+        async with authn.running():
+            replacement = real_dir / ".keys.yaml.tmp"
+            replacement.write_text(f"keys:\n  - id: k4\n    secret_env: {OTHER_ENV}\n")
+            replacement.chmod(0o000)
+            replacement.replace(target)
+            await until(lambda: bool(calls))
+            target.chmod(0o644)
+            await until(lambda: authn.verifier.keyring.key_ids == ["k4"])
+        return authn.verifier.keyring.key_ids
+
+    assert asyncio.run(scenario()) == ["k4"]
+    assert len(calls) == 2
+    assert authn.keys.last_error is None
