@@ -68,7 +68,7 @@ class Target:
     @property
     def engagement_key(self) -> str | None:
         """The engagement as a rate-limit key: ``None`` when global or malformed."""
-        if self.engagement == GLOBAL_DOMAIN or not ENGAGEMENT.match(self.engagement):
+        if self.engagement == GLOBAL_DOMAIN or not ENGAGEMENT.fullmatch(self.engagement):
             return None
         return self.engagement
 
@@ -160,7 +160,7 @@ class Gate:
 
     def _decide(self, identity: Identity, target: Target) -> Decision:
         engagement = target.engagement
-        if target.scoped and not ENGAGEMENT.match(engagement):
+        if target.scoped and not ENGAGEMENT.fullmatch(engagement):
             raise BadRequest("The engagement id is malformed.")
         if not target.scoped and engagement != GLOBAL_DOMAIN:  # a wiring bug: fail closed
             raise RuntimeError(f"an unscoped target in engagement {engagement!r}")

@@ -60,7 +60,7 @@ def _public_error(err: Mapping[str, Any]) -> dict[str, Any]:
     plausible field name, else replaced.
     """
     loc = [str(p) for p in err.get("loc", ())]
-    if err.get("type") == "extra_forbidden" and loc and not _FIELD_NAME.match(loc[-1]):
+    if err.get("type") == "extra_forbidden" and loc and not _FIELD_NAME.fullmatch(loc[-1]):
         loc[-1] = UNDECLARED_KEY
     msg = str(err.get("msg", ""))
     if err.get("type") == "union_tag_invalid":

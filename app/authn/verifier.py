@@ -515,7 +515,7 @@ class SignatureVerifier:
     def _identity(message: Message, key_id: str) -> Identity:
         subject = message.header(SUBJECT_HEADER) or ""
         groups = parse_groups(message.header(GROUPS_HEADER))
-        if not SUBJECT_PATTERN.match(subject) or groups is None:
+        if not SUBJECT_PATTERN.fullmatch(subject) or groups is None:
             raise _fail(Reason.IDENTITY_MALFORMED)
         return Identity(subject=subject, groups=groups, key_id=key_id)
 

@@ -50,6 +50,8 @@ def key_match2_pattern(pattern: str) -> Callable[[str], bool]:
     regex = _KEY_MATCH2_PARAM.sub(r"\g<1>[^\/]+\g<2>", regex, 0)
     if regex == "*":
         regex = "(.*)"
+    # ``match`` with ``$`` (a final "\n" passes), as Casbin's own regex_match: kept equal
+    # to it, since decided objects are normalised paths (normalize_path), never with "\n".
     compiled = re.compile("^" + regex + "$")
     return lambda obj: compiled.match(obj) is not None
 

@@ -28,7 +28,7 @@ class FieldError(ValueError):
 
 
 def _engagement(value: str) -> str:
-    if value != GLOBAL_DOMAIN and not ENGAGEMENT.match(value):
+    if value != GLOBAL_DOMAIN and not ENGAGEMENT.fullmatch(value):
         raise ValueError("must be an engagement id or *")
     return value
 
@@ -51,7 +51,8 @@ def check_action(value: str) -> str:
 
     ``get`` is refused rather than silently denied: no request ever carries it.
     """
-    if value in HTTP_METHODS or (_NAMED_ACTION.match(value) and value.upper() not in HTTP_METHODS):
+    named = _NAMED_ACTION.fullmatch(value) is not None and value.upper() not in HTTP_METHODS
+    if value in HTTP_METHODS or named:
         return value
     if value.upper() in HTTP_METHODS:
         raise FieldError(f"HTTP methods are upper case: use {value.upper()!r}, not {value!r}")
@@ -67,7 +68,7 @@ def engagement_of(path: str) -> str:
     if not path.startswith(ENGAGEMENT_PREFIX):
         return GLOBAL_DOMAIN
     segment = path[len(ENGAGEMENT_PREFIX) :].partition("/")[0]
-    if not ENGAGEMENT.match(segment):
+    if not ENGAGEMENT.fullmatch(segment):
         raise FieldError(
             "the path's engagement id (the segment after /v1/engagements/) is malformed "
             "(the gateway answers 400)"

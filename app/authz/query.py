@@ -198,7 +198,7 @@ def engagements_for(
     name it, a rule the caller's roles reach is written for it, or it is closed: by a
     ``g3`` line or in ``closed``, the engagement state), ``*``, and one no line names."""
     if given is not None:
-        if given != GLOBAL_DOMAIN and not ENGAGEMENT.match(given):
+        if given != GLOBAL_DOMAIN and not ENGAGEMENT.fullmatch(given):
             raise FieldError(f"engagement {given!r} must be an engagement id or *")
         return [(given, given)]
     compiled = engine.compiled

@@ -25,6 +25,7 @@ CLOSED_WRITER = "closed_writer"
 READ_ACTIONS = frozenset({"GET", "HEAD", "OPTIONS", "read"})
 EFFECTS = ("allow", "deny")
 ARITY = {"p": 5, "g": 3, "g2": 2, "g3": 2}
+# Checked with ``fullmatch`` (``$`` alone would accept a final "\n"; see domain.identity).
 ENGAGEMENT = re.compile(r"^[a-z0-9][a-z0-9-]{1,62}$")
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@+-]{0,127}$")
 ACTION = re.compile(r"^(\*|[A-Za-z][A-Za-z_]{0,31})$")
@@ -233,11 +234,11 @@ def _field_problem(ptype: str, fields: tuple[str, ...]) -> str | None:
     if ptype == "p":
         return _rule_problem(*fields)
     if ptype == "g3":
-        if not ENGAGEMENT.match(fields[0]) or fields[1] != CLOSED:
+        if not ENGAGEMENT.fullmatch(fields[0]) or fields[1] != CLOSED:
             return "g3 lines read: g3, <engagement>, closed"
         return None
     names = fields[:2]
-    if not all(NAME.match(name) for name in names):
+    if not all(NAME.fullmatch(name) for name in names):
         return f"malformed subject or role name in {', '.join(names)}"
     if ptype == "g" and not _is_domain(fields[2]):
         return f"engagement {fields[2]!r} must be an engagement id or *"
@@ -245,16 +246,16 @@ def _field_problem(ptype: str, fields: tuple[str, ...]) -> str | None:
 
 
 def _rule_problem(sub: str, dom: str, obj: str, act: str, eft: str) -> str | None:
-    if not NAME.match(sub):
+    if not NAME.fullmatch(sub):
         return f"malformed role {sub!r}"
     if not _is_domain(dom):
         return f"engagement {dom!r} must be an engagement id or *"
     star_ok = obj == "*" or "*" not in obj or (obj.endswith("/*") and "*" not in obj[:-1])
-    if not OBJECT.match(obj) or not star_ok:
+    if not OBJECT.fullmatch(obj) or not star_ok:
         return f"object {obj!r} must be a path pattern (segments, :name, a final /*) or *"
     if obj != "*" and (problem := _never_literal(obj)) is not None:
         return f"object {obj!r} {problem}"
-    if not ACTION.match(act):
+    if not ACTION.fullmatch(act):
         return f"action {act!r} must be an HTTP method, a named action or *"
     if eft not in EFFECTS:
         return f"effect {eft!r} must be allow or deny"
@@ -293,7 +294,7 @@ def _never_literal(obj: str) -> str | None:
 
 
 def _is_domain(value: str) -> bool:
-    return value == GLOBAL_DOMAIN or bool(ENGAGEMENT.match(value))
+    return value == GLOBAL_DOMAIN or bool(ENGAGEMENT.fullmatch(value))
 
 
 def _error(location: str, code: str, message: str) -> Issue:

@@ -64,7 +64,7 @@ class RouteTemplates:
 
     def resolve(self, method: str, uri: str) -> OriginalTarget:
         """The target of ``method uri``, or ``TargetRefused`` (reason logged, never 500)."""
-        if not _METHOD.match(method):
+        if not _METHOD.fullmatch(method):
             raise TargetRefused("invalid_method", "The original method is malformed.")
         if not uri.startswith("/") or len(uri) > MAX_URI_LENGTH:
             raise TargetRefused("invalid_path", "The original URI must be an absolute path.")
@@ -88,14 +88,14 @@ class RouteTemplates:
                 "percent-escape: %2A, not %2a); send it canonical.",
             )
         for template in self._templates:
-            match = template.regex.match(path)
+            match = template.regex.fullmatch(path)
             if match is not None:
                 # A route without {engagement_id} decides in "*"; a path's "*" is no
                 # engagement id (it would be decided gateway-wide): malformed, as any other.
                 engagement = match.groupdict().get(ENGAGEMENT_PARAM)
                 if engagement is None:
                     return OriginalTarget(GLOBAL_DOMAIN, path, method, raw_path, query)
-                if not ENGAGEMENT.match(engagement):
+                if not ENGAGEMENT.fullmatch(engagement):
                     raise TargetRefused("invalid_engagement", "The engagement id is malformed.")
                 return OriginalTarget(engagement, path, method, raw_path, query)
         raise TargetRefused("no_route", "The original URI matches no configured route.")

@@ -72,10 +72,10 @@ def _what_if(args: argparse.Namespace, engagement: str) -> ClosedFact | None:
 
 def _identity(subject: str, raw_groups: str) -> tuple[str, ...]:
     """The groups, after checking subject and groups as the admin API does (``FieldError``)."""
-    if not SUBJECT_PATTERN.match(subject):
+    if not SUBJECT_PATTERN.fullmatch(subject):
         raise FieldError(f"subject {subject!r} must match {SUBJECT_PATTERN.pattern}")
     groups = split_groups(raw_groups)
-    bad = [g for g in groups if not GROUP_PATTERN.match(g)]
+    bad = [g for g in groups if not GROUP_PATTERN.fullmatch(g)]
     if bad:
         raise FieldError(f"group {bad[0]!r} must match {GROUP_PATTERN.pattern}")
     if len(groups) > MAX_GROUPS:

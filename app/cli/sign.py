@@ -97,7 +97,7 @@ def parse_header(line: str) -> tuple[str, str]:
     """``'Name: value'`` as (lower-case name, value); ``UsageError`` when it is not a header."""
     name, colon, value = line.partition(":")
     name, value = name.strip(), value.strip()
-    if not colon or not _TOKEN.match(name) or "\r" in value or "\n" in value:
+    if not colon or not _TOKEN.fullmatch(name) or "\r" in value or "\n" in value:
         raise UsageError(f"-H {line!r} is not a header: write -H 'Name: value'")
     lowered = name.lower()
     if lowered in RESERVED_HEADERS:

@@ -213,7 +213,7 @@ class PassthroughRoute(_Section):
     @classmethod
     def _forwardable(cls, names: tuple[str, ...]) -> tuple[str, ...]:
         for name in names:
-            if not FIELD_NAME.match(name):
+            if not FIELD_NAME.fullmatch(name):
                 raise ValueError(f"{name!r} is not a header field name")
             if never_forwarded(name):
                 raise ValueError(f"{name!r} is never forwarded from a caller (see passthrough.md)")
@@ -418,7 +418,7 @@ class RedisSettings(_Section):
     @classmethod
     def _host_ports(cls, nodes: tuple[str, ...]) -> tuple[str, ...]:
         for node in nodes:
-            if not HOST_PORT.match(node) or not 0 < int(node.rpartition(":")[2]) < 65536:
+            if not HOST_PORT.fullmatch(node) or not 0 < int(node.rpartition(":")[2]) < 65536:
                 raise ValueError("every node must be host:port")
         return nodes
 
@@ -494,7 +494,7 @@ class Settings(BaseSettings):
     @classmethod
     def _service_names(cls, services: dict[str, ServiceSettings]) -> dict[str, ServiceSettings]:
         for name in services:
-            if not SERVICE_NAME.match(name):
+            if not SERVICE_NAME.fullmatch(name):
                 raise ValueError(f"service name {name!r} must match {SERVICE_NAME.pattern}")
         return services
 

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 from app.core.frozen import quick_init
 
+# Checked with ``fullmatch``: in Python ``$`` also matches before a final "\n". The
+# ``^...$`` text stays for pydantic (Rust regex, where ``$`` is the end) and OpenAPI.
 SUBJECT_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+-]{0,127}$")
 GROUP_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
 
@@ -26,6 +28,6 @@ def parse_groups(value: str | None) -> tuple[str, ...] | None:
     if value is None or not value.strip():
         return ()
     groups = tuple(g.strip() for g in value.split(","))
-    if not all(GROUP_PATTERN.match(g) for g in groups):
+    if not all(GROUP_PATTERN.fullmatch(g) for g in groups):
         return None
     return groups

@@ -93,6 +93,6 @@ def client_error(
     headers: dict[str, str] = {}
     if meaning.kept_header and meaning.kept_pattern:
         value = response.headers.get(meaning.kept_header, "")
-        if meaning.kept_pattern.match(value):
+        if meaning.kept_pattern.fullmatch(value):
             headers[meaning.kept_header] = value
     return meaning.error(meaning.detail.format(service=service), headers=headers)

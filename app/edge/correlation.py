@@ -55,7 +55,7 @@ def incoming_request_id(scope: Scope) -> str | None:
     for name, value in scope.get("headers", ()):
         if name == b"x-request-id":
             text = value.decode("latin-1")
-            return text if _WELL_FORMED_ID.match(text) else None
+            return text if _WELL_FORMED_ID.fullmatch(text) else None
     return None
 
 

@@ -70,7 +70,7 @@ def forget_dead_workers(directory: Path) -> list[int]:
 
     forgotten: list[int] = []
     for name in sorted({f.name for f in directory.glob("gauge_live*_*.db")}):
-        match = _LIVE_GAUGE_FILE.match(name)
+        match = _LIVE_GAUGE_FILE.fullmatch(name)
         if match is None:
             continue
         pid = int(match.group(1))

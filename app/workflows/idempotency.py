@@ -77,7 +77,7 @@ def require_key(value: str | None) -> str:
     """The request's key; 400 when it is missing or malformed."""
     if value is None:
         raise BadRequest("This operation requires an Idempotency-Key header.")
-    if not KEY_PATTERN.match(value):
+    if not KEY_PATTERN.fullmatch(value):
         raise BadRequest("The Idempotency-Key must be 8-128 characters of [A-Za-z0-9._:-].")
     return value
 
