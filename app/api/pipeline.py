@@ -38,7 +38,7 @@ from app.core import logcontext
 from app.core.errors import AccessDenied, AuthenticationFailed, BadRequest
 from app.core.frozen import quick_init
 from app.core.logging import decision_logger
-from app.core.tracing import record_decision, stage_span
+from app.core.tracing import incoming_fields, record_decision, stage_span
 from app.domain.identity import Identity
 from app.downstream.propagation import CallContext, bind_call_context
 from app.ops.metrics import count_decision, count_signature_failure
@@ -237,7 +237,9 @@ class Guard:
         request.scope.setdefault("state", {})[ADMISSION_KEY] = admission
         decision = admission.decision
         scoped = None if decision.engagement == GLOBAL_DOMAIN else decision.engagement
-        trace = (message.header("traceparent"), message.header("tracestate"))
+        trace = incoming_fields(
+            message.headers.get("traceparent", ()), message.headers.get("tracestate", ())
+        )
         bind_call_context(CallContext(admission.identity, scoped, *trace))
         return admission
 

@@ -8,7 +8,8 @@ object, no context switch, a few attribute reads a call.
 
 Trace context crosses the process in W3C ``traceparent`` / ``tracestate`` headers,
 read and written by OpenTelemetry's own propagator in ``extract`` and
-``trace_headers`` (nothing else in the gateway parses or formats them). With
+``trace_headers`` (nothing else in the gateway parses or formats them); which
+fields count (one traceparent, else none) is ``incoming_fields``, for every reader. With
 tracing on, a downstream call carries its attempt span's context; with it off,
 the caller's trace id and flags with a fresh span id (a new trace when none came
 in), as a proxy that records nothing should.
@@ -22,7 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from contextvars import Token
 from types import TracebackType
@@ -59,6 +60,7 @@ __all__ = [
     "current_span_is_valid",
     "enabled",
     "extract",
+    "incoming_fields",
     "install",
     "mark_failed",
     "parent_of",
@@ -254,14 +256,30 @@ def record_decision(
     target.set_attributes(attributes)
 
 
+def incoming_fields(
+    traceparents: Sequence[str], tracestates: Sequence[str]
+) -> tuple[str | None, str | None]:
+    """The caller's ``(traceparent, tracestate)`` by W3C Trace Context, the one rule for
+    every reader: exactly one traceparent field, else none (several are an invalid one:
+    a new trace starts and the tracestate goes with it); tracestate fields are one list.
+    """
+    if len(traceparents) != 1:
+        return None, None
+    return traceparents[0], ",".join(tracestates) or None
+
+
 def extract(headers: Iterable[tuple[bytes, bytes]]) -> Context | None:
     """The caller's trace context from raw ASGI headers; ``None`` when it sent none."""
-    carrier: dict[str, str] = {}
+    fields: dict[bytes, list[str]] = {b"traceparent": [], b"tracestate": []}
     for name, value in headers:
-        if name in (b"traceparent", b"tracestate"):
-            carrier[name.decode("latin-1")] = value.decode("latin-1")
-    if TRACEPARENT not in carrier:
+        if name in fields:
+            fields[name].append(value.decode("latin-1"))
+    traceparent, tracestate = incoming_fields(fields[b"traceparent"], fields[b"tracestate"])
+    if traceparent is None:
         return None
+    carrier = {TRACEPARENT: traceparent}
+    if tracestate:
+        carrier[TRACESTATE] = tracestate
     return _PROPAGATOR.extract(carrier)
 
 

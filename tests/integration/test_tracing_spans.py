@@ -244,3 +244,71 @@ def test_a_degraded_overview_marks_the_failed_branch(traced: TracedStack) -> Non
     assert reports.attributes["error.type"] == "bad_gateway"
     (findings,) = find(nodes, "branch findings")
     assert "error.type" not in findings.attributes
+
+
+OTHER_TRACE = "0af7651916cd43dd8448eb211c80319c"
+TWO_PARENTS = [
+    ("traceparent", f"00-{PARENT_TRACE}-00f067aa0ba902b7-01"),
+    ("traceparent", f"00-{OTHER_TRACE}-b7ad6b7169203331-01"),
+    ("tracestate", "vendor=kept-only-with-one-parent"),
+]
+
+
+def _seen_findings(stack: OrchestrationStack) -> dict[str, str]:
+    seen = [s for s in stack.seen("findings") if s["path"].endswith("/findings")][-1]
+    headers: dict[str, str] = seen["headers"]
+    return headers
+
+
+def test_several_traceparent_fields_start_one_new_trace_span_and_service_alike(
+    traced: TracedStack,
+) -> None:
+    """W3C Trace Context: several traceparent fields are an invalid one, so a new trace
+    starts (its tracestate dropped). The server span took the last field while the
+    downstream context read the fields joined; both now follow the one rule."""
+    run = traced()
+    response = run.request("GET", FINDINGS, "alice", headers=TWO_PARENTS)
+    assert response.status_code == 200
+    nodes, server = run.trace(response)
+    assert server.parent_id is None
+    assert f"{server.trace_id:032x}" not in (PARENT_TRACE, OTHER_TRACE)
+    (call,) = find(nodes, "GET findings")
+    sent = _seen_findings(run.stack)
+    version, trace_id, parent_id, flags = sent["traceparent"].split("-")
+    assert (version, trace_id, parent_id) == (
+        "00",
+        f"{server.trace_id:032x}",
+        f"{call.span_id:016x}",
+    )
+    assert int(flags, 16) & 1, "sampled, as the new root (the SDK may add its random flag)"
+    assert "tracestate" not in sent
+
+
+def test_several_tracestate_fields_are_one_list(traced: TracedStack) -> None:
+    """W3C Trace Context: tracestate fields combine; the server span kept only the last."""
+    run = traced()
+    headers = [
+        ("traceparent", f"00-{PARENT_TRACE}-00f067aa0ba902b7-01"),
+        ("tracestate", "a=1"),
+        ("tracestate", "b=2"),
+    ]
+    response = run.request("GET", FINDINGS, "alice", headers=headers)
+    assert response.status_code == 200
+    _, server = run.trace(response)
+    assert f"{server.trace_id:032x}" == PARENT_TRACE
+    assert _seen_findings(run.stack)["tracestate"] == "a=1,b=2"
+
+
+def test_with_tracing_off_several_traceparent_fields_start_a_new_trace_too(
+    make_stack: StackBuilder,
+) -> None:
+    stack = make_stack()
+    with httpx.Client(base_url=stack.url, auth=signer("alice"), timeout=15) as client:
+        one = client.get(FINDINGS, headers=TWO_PARENTS[:1])
+        assert one.status_code == 200
+        assert _seen_findings(stack)["traceparent"].startswith(f"00-{PARENT_TRACE}-")
+        two = client.get(FINDINGS, headers=TWO_PARENTS)
+        assert two.status_code == 200
+    sent = _seen_findings(stack)
+    assert sent["traceparent"].split("-")[1] not in (PARENT_TRACE, OTHER_TRACE)
+    assert "tracestate" not in sent

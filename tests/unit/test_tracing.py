@@ -182,3 +182,16 @@ def test_decisions_are_recorded_on_the_current_span(recorded: InMemorySpanExport
         "gateway.policy.revision": "rev1",
         "gateway.engagement": "acme-2026",
     }
+
+
+@given(st.integers(2, 4), st.lists(st.sampled_from(["a=1", "b=2", "c=3"]), max_size=3))
+def test_several_traceparent_fields_are_no_parent_for_any_reader(
+    copies: int, states: list[str]
+) -> None:
+    """W3C: several traceparent fields are an invalid one (a new trace, no tracestate)."""
+    raw = [(b"traceparent", PARENT.encode())] * copies + [
+        (b"tracestate", s.encode()) for s in states
+    ]
+    assert extract(raw) is None
+    assert tracing.incoming_fields([PARENT] * copies, states) == (None, None)
+    assert tracing.incoming_fields([PARENT], states) == (PARENT, ",".join(states) or None)
