@@ -77,13 +77,20 @@ class ClosedFact:
         try:
             data = json.loads(raw)
             source, ref, by = str(data["source"]), str(data.get("ref", "")), str(data.get("by", ""))
-            return cls(engagement, source, ref, float(data.get("at", 0.0)), by)
+            at = float(data.get("at", 0.0))
         except (ValueError, TypeError, KeyError):
             return cls(engagement, "unreadable_record")
+        # A time no clock gives (1e400 reads as inf, NaN, before 1970, past 9999) is no
+        # time: the fact stands (still closed) without one. Formatting it raised
+        # OverflowError on every decision about the engagement, each then a 500.
+        return cls(engagement, source, ref, at if 0.0 <= at < _LAST_TIME else 0.0, by)
 
 
 # The source of the fact every engagement gets while the state is not loaded (fail closed).
 NOT_SYNCED = "engagement_state_not_synced"
+
+
+_LAST_TIME = 253402300800.0  # 10000-01-01T00:00:00Z: ``datetime`` ends the second before
 
 
 def _iso(at: float) -> str:

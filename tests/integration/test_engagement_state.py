@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
 import redis.asyncio
+from hypothesis import given
+from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
 from app.authz.closed import NOT_SYNCED, ClosedFact, MemoryEngagementState
@@ -160,6 +163,27 @@ def test_an_unreadable_record_still_counts_as_closed() -> None:
     fact = ClosedFact.decode("acme-2026", b"{not json")
     assert fact.source == "unreadable_record"
     assert ClosedFact.decode("acme-2026", FACT.encode()) == FACT
+
+
+@pytest.mark.parametrize("at", ["1e400", "-1e400", "NaN", "-5", "1e20", "253402300800"])
+def test_a_record_with_a_time_no_clock_gives_is_closed_without_one(at: str) -> None:
+    # Such a time raised OverflowError (or ValueError) where the decision log formats it,
+    # so every decision about the engagement was a 500 instead of a 403.
+    raw = f'{{"source":"close_saga","ref":"c1","by":"alice","at":{at}}}'
+    fact = ClosedFact.decode("acme-2026", raw.encode())
+    assert (fact.source, fact.ref, fact.by, fact.at) == ("close_saga", "c1", "alice", 0.0)
+    assert fact.log_fields() == {"source": "close_saga", "ref": "c1", "by": "alice"}
+    assert "at " not in fact.describe()
+
+
+@given(st.floats(allow_nan=True, allow_infinity=True))
+def test_any_stored_time_is_formatted_or_dropped(at: float) -> None:
+    raw = json.dumps({"source": "close_saga", "at": at})  # json writes inf and nan too
+    fact = ClosedFact.decode("acme-2026", raw)
+    assert fact.source == "close_saga"
+    fields = fact.log_fields()  # never raises
+    fact.describe()
+    assert ("at" in fields) == (0.0 < at < 253402300800.0)
 
 
 def test_memory_state_reconciles_only_when_nothing_changed() -> None:
