@@ -16,14 +16,15 @@ from pathlib import Path
 
 from app.authz.closed import ClosedFact
 from app.authz.compiled import CompiledPolicy, Verdict
-from app.authz.source import GLOBAL_DOMAIN, PolicySource, read_policy
+from app.authz.snapshot import PolicySnapshot, read_snapshot
+from app.authz.source import GLOBAL_DOMAIN, PolicySource, parse_policy
 from app.core import logcontext
 from app.core.config import PolicySettings
 from app.core.errors import ConfigError
 from app.core.frozen import quick_init
 from app.core.logging import decision_logger
 
-__all__ = ["GLOBAL_DOMAIN", "Decision", "PolicyEngine", "load_source"]
+__all__ = ["GLOBAL_DOMAIN", "Decision", "PolicyEngine", "load_source", "source_of"]
 
 decision_log = decision_logger()
 
@@ -49,14 +50,19 @@ class Decision:
 
 def load_source(settings: PolicySettings) -> PolicySource:
     """Read and parse the policy files; unreadable or invalid files are a ``ConfigError``."""
-    files = (settings.model_path, settings.policy_path)
-    for path in files:
-        if not path.is_file():
-            raise ConfigError(f"policy.dir: {path} is not a readable file")
-    try:
-        source = read_policy(*files)
-    except OSError as exc:
-        raise ConfigError(f"policy: cannot read {settings.dir}: {exc.strerror}") from None
+    return source_of(settings, read_snapshot(settings))
+
+
+def source_of(settings: PolicySettings, snapshot: PolicySnapshot) -> PolicySource:
+    """Parse the snapshot's model and policy; unreadable or invalid files are a ``ConfigError``."""
+    for read in (snapshot.model, snapshot.policy):
+        if read.absent:
+            raise ConfigError(f"policy.dir: {read.path} is not a readable file")
+    model, policy = snapshot.model, snapshot.policy
+    if model.data is None or policy.data is None:
+        problem = model.problem if model.data is None else policy.problem
+        raise ConfigError(f"policy: cannot read {settings.dir}: {problem}")
+    source = parse_policy(model.path, model.data, policy.path, policy.data)
     if source.errors:
         shown = "; ".join(str(issue) for issue in source.errors[:5])
         raise ConfigError(f"policy: cannot load {settings.dir}: {shown}")
@@ -71,7 +77,6 @@ class PolicyEngine:
         self.compiled = CompiledPolicy(source.lines)
         self.revision = source.revision
         self.files: tuple[Path, ...] = (source.model_path, source.policy_path)
-        self.digests = source.digests  # of the bytes this engine was built from
         self.loaded_at = time.time()
 
     @classmethod

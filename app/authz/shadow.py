@@ -23,8 +23,10 @@ from collections import Counter
 from dataclasses import dataclass
 
 from app.authz.closed import ClosedFact
-from app.authz.policy import Decision, PolicyEngine
-from app.authz.suite import SuiteError, load_suites, run_suites
+from app.authz.policy import Decision, PolicyEngine, source_of
+from app.authz.snapshot import read_snapshot
+from app.authz.suite import run_suites
+from app.authz.suite_files import parse_suites
 from app.core.config import PolicySettings
 from app.core.errors import ConfigError
 from app.core.logging import decision_logger
@@ -69,7 +71,8 @@ class ShadowPolicy:
     def load(self) -> None:
         """Parse the candidate (else keep the last one); its suites run for information."""
         try:
-            engine = PolicyEngine.load(self.settings)
+            snapshot = read_snapshot(self.settings)  # policy and suites of one version
+            engine = PolicyEngine(source_of(self.settings, snapshot))
         except ConfigError as exc:
             # The candidate is read as a policy directory: name the setting that set it.
             self.last_error = exc.detail.replace("policy.dir:", "policy.shadow_dir:", 1)
@@ -79,11 +82,12 @@ class ShadowPolicy:
             self.last_error = f"cannot read the candidate: {type(exc).__name__}"
             log.exception("policy_shadow_rejected", error=self.last_error)
             return
-        try:
-            report = run_suites(engine, load_suites(self.settings.dir))
+        cases, issues = parse_suites(snapshot.suites)
+        if issues:
+            self.tests_run, self.tests_failed = 0, len(issues)
+        else:
+            report = run_suites(engine, cases)
             self.tests_run, self.tests_failed = len(report.results), len(report.failures)
-        except SuiteError as exc:
-            self.tests_run, self.tests_failed = 0, len(exc.issues)
         self.engine, self.last_error = engine, None
         log.info("policy_shadow_loaded", shadow_revision=engine.revision, tests_run=self.tests_run,
                  tests_failed=self.tests_failed)  # fmt: skip

@@ -10,9 +10,10 @@ unknown line type or fail only at decision time on a wrong field count.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+import stat
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -90,8 +91,6 @@ class PolicySource:
     lines: tuple[PolicyLine, ...]
     errors: tuple[Issue, ...]
     revision: str
-    # SHA-256 of each file's bytes as parsed, by path (what status shows).
-    digests: Mapping[Path, str] = field(default_factory=dict)
 
     def of_type(self, ptype: str) -> list[PolicyLine]:
         return [line for line in self.lines if line.ptype == ptype]
@@ -162,12 +161,51 @@ def _hidden(name: str, number: int, char: str, column: int) -> Issue:
     return Issue("error", f"{name}:{number}", "hidden_character", message)
 
 
-def read_policy(model_path: Path, policy_path: Path) -> PolicySource:
-    """Parse both files; unreadable files raise ``OSError``, bad lines become errors.
+@dataclass(frozen=True, slots=True)
+class FileRead:
+    """One file's bytes as read once, or why not (``data`` is ``None``): ``absent`` when
+    there is no regular file there, else ``problem`` is the reason (``Permission denied``)."""
 
-    Each file is read once, so the revision hashes exactly the bytes parsed.
+    path: Path
+    data: bytes | None
+    absent: bool = False
+    problem: str | None = None
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.data or b"").hexdigest()
+
+
+def read_file(path: Path) -> FileRead:
+    """``path``'s bytes from one open; a file that is not a regular one is never read.
+
+    A FIFO or a device would block or never end a read; the type is checked on the
+    open descriptor, so a file replaced between a check and the read cannot slip in.
     """
-    model_bytes, policy_bytes = model_path.read_bytes(), policy_path.read_bytes()
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except (FileNotFoundError, NotADirectoryError):
+        return FileRead(path, None, absent=True)
+    except OSError as exc:
+        return FileRead(path, None, problem=exc.strerror or type(exc).__name__)
+    try:
+        with os.fdopen(fd, "rb") as file:
+            if not stat.S_ISREG(os.fstat(file.fileno()).st_mode):
+                return FileRead(path, None, absent=True)
+            return FileRead(path, file.read())
+    except OSError as exc:
+        return FileRead(path, None, problem=exc.strerror or type(exc).__name__)
+
+
+def read_policy(model_path: Path, policy_path: Path) -> PolicySource:
+    """Read and parse both files; an unreadable file raises ``OSError``."""
+    return parse_policy(model_path, model_path.read_bytes(), policy_path, policy_path.read_bytes())
+
+
+def parse_policy(
+    model_path: Path, model_bytes: bytes, policy_path: Path, policy_bytes: bytes
+) -> PolicySource:
+    """Parse both files' bytes; bad lines become errors, and the revision hashes these bytes."""
     revision = revision_of({model_path.name: model_bytes, policy_path.name: policy_bytes})
     model_lines, errors = text_lines(model_bytes, model_path.name)
     if not errors:
@@ -182,11 +220,7 @@ def read_policy(model_path: Path, policy_path: Path) -> PolicySource:
             errors.append(parsed)
         elif parsed is not None:
             lines.append(parsed)
-    digests = {
-        model_path: hashlib.sha256(model_bytes).hexdigest(),
-        policy_path: hashlib.sha256(policy_bytes).hexdigest(),
-    }
-    return PolicySource(model_path, policy_path, tuple(lines), tuple(errors), revision, digests)
+    return PolicySource(model_path, policy_path, tuple(lines), tuple(errors), revision)
 
 
 # Whitespace not inside a double-quoted literal: ``p.dom == "* "`` is another model.

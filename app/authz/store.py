@@ -18,10 +18,9 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import hashlib
 import sys
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -29,10 +28,11 @@ from typing import Literal
 import structlog
 
 from app.authz.closed import EngagementState, MemoryEngagementState
-from app.authz.policy import Decision, PolicyEngine
+from app.authz.policy import Decision, PolicyEngine, source_of
 from app.authz.shadow import ShadowPolicy, ShadowStatus, open_shadow
-from app.authz.suite import SuiteError, load_suites, run_suites
-from app.authz.suite_files import suite_paths
+from app.authz.snapshot import read_snapshot
+from app.authz.suite import SuiteError, run_suites
+from app.authz.suite_files import checked, parse_suites
 from app.core.config import PolicySettings
 from app.core.errors import ConfigError, PolicyRejected
 
@@ -111,17 +111,17 @@ class GateFailed(PolicyRejected):
         self.failures = failures
 
 
-def policy_files(settings: PolicySettings) -> list[Path]:
-    """The files a reload reads: model, policy and every suite."""
-    return [settings.model_path, settings.policy_path, *suite_paths(settings.dir)]
-
-
 def build_gated(settings: PolicySettings) -> GatedPolicy:
-    """Parse, check and test a policy directory; ``PolicyRejected`` says why not."""
+    """Parse, check and test a policy directory; ``PolicyRejected`` says why not.
+
+    Model, policy and suites come from one ``read_snapshot`` (one version of the
+    files), and the hashes status shows are of exactly the bytes parsed and tested.
+    """
     try:
-        engine = PolicyEngine.load(settings)
-        cases = load_suites(settings.dir)
-        files = tuple(_describe(path, engine.digests) for path in policy_files(settings))
+        snapshot = read_snapshot(settings)
+        engine = PolicyEngine(source_of(settings, snapshot))
+        cases = checked(*parse_suites(snapshot.suites))
+        files = tuple(PolicyFile(str(read.path), read.sha256) for read in snapshot.files)
     except (ConfigError, SuiteError, OSError) as exc:
         raise PolicyRejected(str(exc)) from None
     except Exception as exc:  # a file nobody foresaw: refused, never a crash or a 500
@@ -154,13 +154,6 @@ def build_frozen(settings: PolicySettings) -> GatedPolicy:
     finally:
         if was_enabled:
             gc.enable()
-
-
-def _describe(path: Path, parsed: Mapping[Path, str]) -> PolicyFile:
-    """The file and its SHA-256: of the bytes parsed for model and policy (a file replaced
-    meanwhile must not show a hash the revision in force was not built from), else read."""
-    digest = parsed.get(path) or hashlib.sha256(path.read_bytes()).hexdigest()
-    return PolicyFile(str(path), digest)
 
 
 class PolicyStore:

@@ -13,7 +13,7 @@ ask to be decided as if the engagement state held the engagement closed
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
@@ -29,7 +29,7 @@ from app.authz.fields import (
     FieldError,
     resolve_engagement,
 )
-from app.authz.source import Issue, text_lines
+from app.authz.source import FileRead, Issue, read_file, text_lines
 from app.domain.identity import GROUP_PATTERN, SUBJECT_PATTERN
 
 TESTS_DIR = "tests"
@@ -252,18 +252,20 @@ def suite_paths(policy_dir: Path) -> list[Path]:
 
 def read_suites(policy_dir: Path) -> tuple[list[PolicyCase], list[Issue]]:
     """Every case in the directory, and every problem found (each with ``file:line``)."""
+    return parse_suites([read_file(path) for path in suite_paths(policy_dir)])
+
+
+def parse_suites(files: Sequence[FileRead]) -> tuple[list[PolicyCase], list[Issue]]:
+    """Every case in the suite files as read, and every problem (each with ``file:line``)."""
     parsed: list[tuple[str, SuiteFile, dict[tuple[Any, ...], int]]] = []
     issues: list[Issue] = []
-    for path in suite_paths(policy_dir):
-        name = f"{TESTS_DIR}/{path.name}"
-        if not path.is_file():  # a FIFO or a device would block or never end a read
-            issues.append(Issue("error", f"{name}:1", "suite", "not a regular file"))
+    for read in files:
+        name = f"{TESTS_DIR}/{read.path.name}"
+        if read.data is None:  # a FIFO or a device is never opened for reading
+            message = "not a regular file" if read.absent else f"cannot read: {read.problem}"
+            issues.append(Issue("error", f"{name}:1", "suite", message))
             continue
-        try:
-            data = path.read_bytes()
-        except OSError as exc:
-            issues.append(Issue("error", f"{name}:1", "suite", f"cannot read: {exc.strerror}"))
-            continue
+        data = read.data
         unreadable = text_lines(data, name)[1]  # not UTF-8, or a character that hides text
         if unreadable:
             issues += unreadable
@@ -291,7 +293,11 @@ def read_suites(policy_dir: Path) -> tuple[list[PolicyCase], list[Issue]]:
 
 def load_suites(policy_dir: Path) -> list[PolicyCase]:
     """Every case, or ``SuiteError`` listing every problem."""
-    cases, issues = read_suites(policy_dir)
+    return checked(*read_suites(policy_dir))
+
+
+def checked(cases: list[PolicyCase], issues: list[Issue]) -> list[PolicyCase]:
+    """``cases``, or ``SuiteError`` listing every problem in ``issues``."""
     if issues:
         raise SuiteError(issues)
     return cases

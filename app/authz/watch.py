@@ -21,36 +21,15 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import structlog
 
-from app.authz.store import PolicyStore, policy_files
-from app.core.config import PolicySettings
+from app.authz.snapshot import Fingerprint, fingerprint_of
+from app.authz.store import PolicyStore
 
 log = structlog.get_logger("gateway.policy")
 
-Fingerprint = tuple[tuple[str, int, int, int, int], ...]
-
 
 def fingerprint(store: PolicyStore) -> Fingerprint:
-    """Name, size, mtime, ctime and inode of every policy file (missing files count too).
-
-    The ctime is there for a change of mode or owner alone: a file the gateway could
-    not read (a save with mode 600 by another user) that an admin then makes readable
-    with ``chmod`` keeps its size, mtime and inode, and the reload it needs would
-    otherwise never come (the last good policy stayed, with "Permission denied").
-    """
-    return settings_fingerprint(store.settings)
-
-
-def settings_fingerprint(settings: PolicySettings) -> Fingerprint:
-    entries = []
-    for path in policy_files(settings):
-        try:
-            stat = path.stat()
-            entries.append(
-                (str(path), stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino)
-            )
-        except OSError:
-            entries.append((str(path), -1, -1, -1, -1))
-    return tuple(entries)
+    """``fingerprint_of`` the store's files (a reload reads them as one snapshot)."""
+    return fingerprint_of(store.settings)
 
 
 async def watch_policy(store: PolicyStore, interval: float, seen: Fingerprint) -> None:
@@ -92,10 +71,8 @@ async def policy_watcher(store: PolicyStore, interval: float | None) -> AsyncIte
     ]
     shadow = store.shadow
     if shadow is not None:  # the candidate's files too: it is re-read, never gated or enforced
-        seen = settings_fingerprint(shadow.settings)
-        watcher = _watch(
-            lambda: settings_fingerprint(shadow.settings), shadow.reload, interval, seen
-        )
+        seen = fingerprint_of(shadow.settings)
+        watcher = _watch(lambda: fingerprint_of(shadow.settings), shadow.reload, interval, seen)
         tasks.append(asyncio.create_task(watcher, name="policy-shadow-watch"))
     try:
         yield

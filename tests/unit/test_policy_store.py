@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 import shutil
 import weakref
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-import app.authz.store as store_module
 from app.authz.policy import PolicyEngine
 from app.authz.store import PolicyStore
 from app.authz.suite import load_suites, run_suites
@@ -237,10 +238,10 @@ def test_an_unforeseen_error_while_reading_is_a_rejection(
     """Whatever fails while reading, the reload is refused and the last good policy kept."""
     store = open_store(policy_dir)
 
-    def broken(directory: Path) -> None:
+    def broken(files: object) -> None:
         raise TypeError("unhashable type: 'list'")
 
-    monkeypatch.setattr("app.authz.store.load_suites", broken)
+    monkeypatch.setattr("app.authz.store.parse_suites", broken)
     result = asyncio.run(store.reload("test"))
     assert (result.outcome, result.error) == (
         "rejected",
@@ -340,18 +341,31 @@ def test_status_hashes_the_bytes_the_policy_in_force_was_built_from(
     policy_file = policy_dir / "policy.csv"
     parsed = policy_file.read_bytes() + b"g, zoe, analyst, acme-2026\n"
     policy_file.write_bytes(parsed)
-    real_load_suites = store_module.load_suites
-
-    def replaced_meanwhile(directory: Path) -> Any:
-        policy_file.write_bytes(parsed + b"g, zed, analyst, acme-2026\n")  # after the parse
-        return real_load_suites(directory)
-
-    monkeypatch.setattr(store_module, "load_suites", replaced_meanwhile)
+    replaced = parsed + b"g, zed, analyst, acme-2026\n"
+    once_opened(monkeypatch, "policy.csv", lambda: policy_file.write_bytes(replaced))
     store = open_store(policy_dir)
+    monkeypatch.undo()
     shown = {Path(f.path).name: f.sha256 for f in store.status.files}
-    assert shown["policy.csv"] == hashlib.sha256(parsed).hexdigest()
-    assert store.current.explain("zoe", *ALICE_READS[1:]).allowed
-    assert not store.current.explain("zed", *ALICE_READS[1:]).allowed
+    assert shown["policy.csv"] == hashlib.sha256(replaced).hexdigest()
+    assert store.current.explain("zed", *ALICE_READS[1:]).allowed
+
+
+def test_status_hashes_the_suite_bytes_that_were_tested(
+    policy_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by an audit: a suite's hash in ``GET /admin/policy`` came from a second read
+    after the cases were run, so a suite saved meanwhile showed a hash of cases that
+    were never run."""
+    store = open_store(policy_dir)
+    suite = policy_dir / "tests" / "findings.yaml"
+    extra = "\n".join(ZOE_SUITE.splitlines()[2:]) + "\n"  # one more case, for zoe
+    saved = suite.read_text() + extra
+    once_opened(monkeypatch, "findings.yaml", lambda: suite.write_text(saved))
+    result = asyncio.run(store.reload("file_change"))
+    monkeypatch.undo()
+    shown = {Path(f.path).name: f.sha256 for f in store.status.files}
+    assert shown["findings.yaml"] == hashlib.sha256(saved.encode()).hexdigest()
+    assert result.tests_run == store.status.tests == len(load_suites(policy_dir))
 
 
 @pytest.mark.parametrize(
@@ -377,3 +391,109 @@ def test_readiness_names_a_rejected_reload_without_a_dangling_list(
     check = policy_check(SimpleNamespace(status=status))  # type: ignore[arg-type]
     assert check.ok
     assert check.detail == f"revision r1; last reload rejected, last good policy kept: {expected}"
+
+
+ZOE_SUITE = """suite: zoe left
+cases:
+  - name: zoe reads no findings
+    subject: zoe
+    method: GET
+    path: /v1/engagements/acme-2026/findings
+    expect: deny
+"""
+
+
+def once_opened(
+    monkeypatch: pytest.MonkeyPatch, name: str, action: Callable[[], object]
+) -> list[object]:
+    """Run ``action`` once, right after the file ``name`` is opened for reading: a change
+    landing between a reload's reads of its files. Returns the paths it fired for."""
+    fired: list[object] = []
+    real_open, real_read_bytes = os.open, Path.read_bytes
+
+    def fire(path: object) -> None:
+        if Path(str(path)).name == name and not fired:
+            fired.append(path)
+            action()
+
+    def opened(path: Any, flags: int, *args: Any, **kwargs: Any) -> int:
+        fd = real_open(path, flags, *args, **kwargs)
+        fire(path)
+        return fd
+
+    def read_bytes(path: Path) -> bytes:
+        data = real_read_bytes(path)
+        fire(path)
+        return data
+
+    monkeypatch.setattr(os, "open", opened)
+    monkeypatch.setattr(Path, "read_bytes", read_bytes)
+    return fired
+
+
+class SwappedDirectory:
+    """``policies`` as a symlink to one version directory, swapped atomically (``rename``)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root, self.link, self.versions = root, root / "policies", 0
+
+    def publish(self, extra_policy: str = "", extra_suites: dict[str, str] | None = None) -> None:
+        self.versions += 1
+        version = self.root / f"v{self.versions}"
+        shutil.copytree(POLICY_DIR, version)
+        append(version / "policy.csv", extra_policy)
+        for name, text in (extra_suites or {}).items():
+            (version / "tests" / name).write_text(text)
+        staging = self.root / "staging"
+        staging.symlink_to(version.name)
+        staging.rename(self.link)
+
+
+def test_a_reload_reads_model_policy_and_suites_of_one_version(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by an audit: a swap landing between the policy's read and the suites' tested
+    one version's policy against another's suites. Here a bad change (a grant, with the
+    suite that refuses it) is rolled back while the reload reads it: the bad policy,
+    tested against the rolled-back suites, went into force."""
+    volume = SwappedDirectory(tmp_path)
+    volume.publish()
+    store = open_store(volume.link)
+    good = store.revision
+    volume.publish("g, zoe, analyst, acme-2026\n", {"zoe.yaml": ZOE_SUITE})
+    rolled_back = once_opened(monkeypatch, "policy.csv", volume.publish)  # before the suites
+    result = asyncio.run(store.reload("file_change"))
+    monkeypatch.undo()
+    assert rolled_back
+    assert not store.current.explain("zoe", *ALICE_READS[1:]).allowed
+    assert (result.outcome, store.revision) == ("unchanged", good), result.error
+    on_disk = {
+        path.name: hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in [volume.link / "policy.csv", *(volume.link / "tests").glob("*.yaml")]
+    }
+    shown = {Path(f.path).name: f.sha256 for f in store.status.files}
+    assert {name: shown.get(name) for name in on_disk} == on_disk
+
+
+def test_files_that_keep_changing_while_read_are_refused(
+    policy_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Files still changing after every re-read are not used at all: the last good stays."""
+    store = open_store(policy_dir)
+    good = store.current
+    policy_file = policy_dir / "policy.csv"
+    real_open = os.open
+
+    def a_writer_that_never_stops(path: Any, flags: int, *args: Any, **kwargs: Any) -> int:
+        fd = real_open(path, flags, *args, **kwargs)
+        if Path(str(path)).name == "policy.csv":
+            append(policy_file, "g, zoe, analyst, acme-2026\n")
+        return fd
+
+    monkeypatch.setattr(os, "open", a_writer_that_never_stops)
+    result = asyncio.run(store.reload("file_change"))
+    monkeypatch.undo()
+    assert result.outcome == "rejected"
+    assert result.error is not None
+    assert "changed while being read" in result.error
+    assert store.current is good
