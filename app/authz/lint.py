@@ -24,7 +24,15 @@ from collections.abc import Iterator, Sequence, Set
 from app.authz.compiled import MAX_HOPS, CompiledPolicy
 from app.authz.fields import ENGAGEMENT_PREFIX, HTTP_METHODS
 from app.authz.routes import RouteShape, routes_for
-from app.authz.source import CLOSED_WRITER, GLOBAL_DOMAIN, Issue, PolicyLine, PolicySource
+from app.authz.source import (
+    CLOSED_WRITER,
+    GLOBAL_DOMAIN,
+    Issue,
+    PolicyLine,
+    PolicySource,
+    clip,
+    quote,
+)
 
 GROUP_PREFIX = "group:"
 
@@ -255,9 +263,10 @@ def _engagement_mismatch(source: PolicySource) -> Iterator[Issue]:
             yield _warn(
                 line,
                 "engagement_mismatch",
-                f"a path under engagement {segment!r} is decided in {segment!r}, never in "
-                f"{domain!r}: this rule never applies (for a deny, nothing is denied); write "
-                f"{segment} or * as its engagement, or :engagement in its path",
+                f"a path under engagement {quote(segment)} is decided in {quote(segment)}, "
+                f"never in {domain!r}: this rule never applies (for a deny, nothing is "
+                f"denied); write {clip(segment)} or * as its engagement, or :engagement in its "
+                "path",
             )
 
 
@@ -270,8 +279,9 @@ def _any_character(source: PolicySource) -> Iterator[Issue]:
             yield _warn(
                 line,
                 "object_any_character",
-                f"'.' in {obj!r} matches any character (keyMatch2 is a regular expression), so "
-                f"the rule also covers {widened!r}: use :name for the segment if that is meant",
+                f"'.' in {quote(obj)} matches any character (keyMatch2 is a regular expression), "
+                f"so the rule also covers {quote(widened)}: use :name for the segment if that "
+                "is meant",
             )
 
 
@@ -382,7 +392,7 @@ def _no_route(source: PolicySource, routes: Sequence[RouteShape]) -> Iterator[Is
                 yield _warn(
                     line,
                     "no_route",
-                    f"the routes at {obj} are decided gateway-wide (domain *), never in "
+                    f"the routes at {clip(obj)} are decided gateway-wide (domain *), never in "
                     f"engagement {dom}: the rule never applies ({effect}); write * as its "
                     "domain, or delete the rule",
                 )
@@ -391,12 +401,12 @@ def _no_route(source: PolicySource, routes: Sequence[RouteShape]) -> Iterator[Is
         if same_object:
             taken = ", ".join(sorted({a for r in same_object for a in (r.actions or {"*"})}))
             message = (
-                f"no route at {obj} takes {act} (they take {taken}): the rule never applies "
+                f"no route at {clip(obj)} takes {act} (they take {taken}): the rule never applies "
                 f"({effect}); correct the action, or delete the rule"
             )
         else:
             message = (
-                f"no route of this gateway is decided as {obj}: the rule never applies "
+                f"no route of this gateway is decided as {clip(obj)}: the rule never applies "
                 f"({effect}); correct the path to a route's, or delete the rule"
             )
         yield _warn(line, "no_route", message)

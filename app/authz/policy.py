@@ -17,7 +17,7 @@ from pathlib import Path
 from app.authz.closed import ClosedFact
 from app.authz.compiled import CompiledPolicy, Verdict
 from app.authz.snapshot import PolicySnapshot, read_snapshot
-from app.authz.source import GLOBAL_DOMAIN, PolicySource, parse_policy
+from app.authz.source import GLOBAL_DOMAIN, PolicySource, listed, parse_policy
 from app.core import logcontext
 from app.core.config import PolicySettings
 from app.core.errors import ConfigError
@@ -64,7 +64,7 @@ def source_of(settings: PolicySettings, snapshot: PolicySnapshot) -> PolicySourc
         raise ConfigError(f"policy: cannot read {settings.dir}: {problem}")
     source = parse_policy(model.path, model.data, policy.path, policy.data)
     if source.errors:
-        shown = "; ".join(str(issue) for issue in source.errors[:5])
+        shown = listed(source.errors, 5, "; ")
         raise ConfigError(f"policy: cannot load {settings.dir}: {shown}")
     return source
 

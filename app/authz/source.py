@@ -13,6 +13,7 @@ import hashlib
 import os
 import re
 import stat
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -55,18 +56,51 @@ SUPPORTED_MODEL = (
 # error: the policy cannot load; warning: a likely mistake (--strict fails); note: worth a look.
 Severity = Literal["error", "warning", "note"]
 
+# The most characters of one value a message quotes. A message goes to the log, the
+# readiness detail, the admin API and the CLI: a 5 MB line must not make a 5 MB message.
+QUOTE_LIMIT = 200
+# The most characters of a whole message (a library's text, or several quoted values).
+MESSAGE_LIMIT = 2000
+
+
+def clip(text: str, limit: int = QUOTE_LIMIT) -> str:
+    """``text``, or its first ``limit`` characters, an ellipsis and how long it was."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text)} characters)"
+
+
+def quote(value: str) -> str:
+    """``repr(value)`` of at most ``QUOTE_LIMIT`` characters of it, saying how long it was."""
+    if len(value) <= QUOTE_LIMIT:
+        return repr(value)
+    return f"{value[:QUOTE_LIMIT]!r}... ({len(value)} characters)"
+
 
 @dataclass(frozen=True, slots=True)
 class Issue:
-    """One lint finding, located by ``file:line``."""
+    """One lint finding, located by ``file:line`` (its message at most ``MESSAGE_LIMIT``)."""
 
     severity: Severity
     location: str
     code: str
     message: str
 
+    def __post_init__(self) -> None:
+        if len(self.message) > MESSAGE_LIMIT:  # a value no check quoted with ``quote``
+            object.__setattr__(self, "message", clip(self.message, MESSAGE_LIMIT))
+
     def __str__(self) -> str:
         return f"{self.location}: {self.severity}: {self.message} [{self.code}]"
+
+
+def listed(issues: Sequence[Issue], limit: int, sep: str) -> str:
+    """The first ``limit`` issues joined by ``sep``, and how many more there are."""
+    shown = sep.join(map(str, issues[:limit]))
+    more = len(issues) - limit
+    if more > 0:
+        shown += f"{sep}... and {more} more (gateway policy lint lists every one)"
+    return shown
 
 
 @dataclass(frozen=True, slots=True)
@@ -250,7 +284,7 @@ def parse_line(raw: str, location: str) -> PolicyLine | Issue | None:
     tokens = [token.strip() for token in text.split(",")]
     ptype, fields = tokens[0], tuple(tokens[1:])
     if ptype not in ARITY:
-        return _error(location, "syntax", f"unknown line type {ptype!r} (use p, g, g2 or g3)")
+        return _error(location, "syntax", f"unknown line type {quote(ptype)} (use p, g, g2 or g3)")
     if len(fields) != ARITY[ptype]:
         return _error(location, "syntax", f"{ptype} needs {ARITY[ptype]} fields, got {len(fields)}")
     problem = _field_problem(ptype, fields)
@@ -273,26 +307,26 @@ def _field_problem(ptype: str, fields: tuple[str, ...]) -> str | None:
         return None
     names = fields[:2]
     if not all(NAME.fullmatch(name) for name in names):
-        return f"malformed subject or role name in {', '.join(names)}"
+        return f"malformed subject or role name in {', '.join(map(clip, names))}"
     if ptype == "g" and not _is_domain(fields[2]):
-        return f"engagement {fields[2]!r} must be an engagement id or *"
+        return f"engagement {quote(fields[2])} must be an engagement id or *"
     return None
 
 
 def _rule_problem(sub: str, dom: str, obj: str, act: str, eft: str) -> str | None:
     if not NAME.fullmatch(sub):
-        return f"malformed role {sub!r}"
+        return f"malformed role {quote(sub)}"
     if not _is_domain(dom):
-        return f"engagement {dom!r} must be an engagement id or *"
+        return f"engagement {quote(dom)} must be an engagement id or *"
     star_ok = obj == "*" or "*" not in obj or (obj.endswith("/*") and "*" not in obj[:-1])
     if not OBJECT.fullmatch(obj) or not star_ok:
-        return f"object {obj!r} must be a path pattern (segments, :name, a final /*) or *"
+        return f"object {quote(obj)} must be a path pattern (segments, :name, a final /*) or *"
     if obj != "*" and (problem := _never_literal(obj)) is not None:
-        return f"object {obj!r} {problem}"
+        return f"object {quote(obj)} {problem}"
     if not ACTION.fullmatch(act):
-        return f"action {act!r} must be an HTTP method, a named action or *"
+        return f"action {quote(act)} must be an HTTP method, a named action or *"
     if eft not in EFFECTS:
-        return f"effect {eft!r} must be allow or deny"
+        return f"effect {quote(eft)} must be allow or deny"
     return None
 
 
@@ -321,7 +355,7 @@ def _never_literal(obj: str) -> str | None:
         return f"is a path the gateway refuses ({exc.detail})"
     if normalised != obj:
         return (
-            f"is not in the form the gateway decides paths in ({normalised!r}): "
+            f"is not in the form the gateway decides paths in ({quote(normalised)}): "
             "it would never match a request"
         )
     return None

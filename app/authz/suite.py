@@ -19,7 +19,7 @@ from xml.etree import ElementTree
 from app.authz.closed import ClosedFact
 from app.authz.compiled import CompiledPolicy, Rule, chain_of
 from app.authz.policy import Decision, PolicyEngine
-from app.authz.source import CLOSED_WRITER, GLOBAL_DOMAIN, READ_ACTIONS
+from app.authz.source import CLOSED_WRITER, GLOBAL_DOMAIN, READ_ACTIONS, clip
 from app.authz.suite_files import (
     TESTS_DIR,
     PolicyCase,
@@ -59,12 +59,14 @@ class CaseResult:
         c, d = self.case, self.decision
         expected = c.expect + (f", reason {c.reason}" if c.reason else "")
         if c.matched_rule is not None:
-            expected += f", rule {', '.join(c.matched_rule) or 'none'}"
+            expected += f", rule {clip(', '.join(c.matched_rule)) or 'none'}"
         got = ("allow" if d.allowed else "deny") + f", reason {d.reason}"
-        rule = f"{d.rule_location} ({', '.join(d.matched_rule)})" if d.rule_location else "none"
+        rule = (
+            f"{d.rule_location} ({clip(', '.join(d.matched_rule))})" if d.rule_location else "none"
+        )
         lines = [
             f"{c.location}: {c.suite} / {c.name}: expected {expected}; got {got}",
-            f"    request: {c.subject} groups={list(c.groups)} {c.method} {c.path}"
+            f"    request: {c.subject} groups={clip(str(list(c.groups)))} {c.method} {clip(c.path)}"
             f" in {c.engagement}",
             f"    matched rule: {rule}; role chain: {' > '.join(d.role_chain) or '-'}",
         ]

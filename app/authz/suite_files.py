@@ -29,7 +29,7 @@ from app.authz.fields import (
     FieldError,
     resolve_engagement,
 )
-from app.authz.source import FileRead, Issue, read_file, text_lines
+from app.authz.source import FileRead, Issue, clip, listed, quote, read_file, text_lines
 from app.domain.identity import GROUP_PATTERN, SUBJECT_PATTERN
 
 TESTS_DIR = "tests"
@@ -46,11 +46,15 @@ Reason = Literal[
 ]
 
 
+# The most suite problems one message lists (a reload's, `policy test`'s); lint lists all.
+LISTED_ISSUES = 20
+
+
 class SuiteError(ValueError):
     """Suite files that cannot be read or do not validate; ``issues`` has each problem."""
 
     def __init__(self, issues: list[Issue]) -> None:
-        super().__init__("\n".join(map(str, issues)))
+        super().__init__(listed(issues, LISTED_ISSUES, "\n"))
         self.issues = issues
 
 
@@ -148,8 +152,9 @@ class PolicyCase:
 
 class _RepeatedKey(yaml.YAMLError):
     def __init__(self, key: object, line: int) -> None:
-        super().__init__(f"repeated key {key!r}")
-        self.key, self.line = key, line
+        shown = quote(key) if isinstance(key, str) else clip(repr(key))
+        super().__init__(f"repeated key {shown}")
+        self.line = line
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -277,10 +282,10 @@ def parse_suites(files: Sequence[FileRead]) -> tuple[list[PolicyCase], list[Issu
         except _AliasBomb as exc:
             issues.append(Issue("error", f"{name}:{exc.line}", "suite", f"cannot read: {exc}"))
         except _RepeatedKey as exc:
-            line = exc.line
-            issues.append(Issue("error", f"{name}:{line}", "suite", f"repeated key {exc.key!r}"))
-        except yaml.YAMLError as exc:
-            issues.append(Issue("error", f"{name}:1", "suite", f"cannot read: {exc}"))
+            issues.append(Issue("error", f"{name}:{exc.line}", "suite", str(exc)))
+        except yaml.YAMLError as exc:  # PyYAML quotes a tag or an anchor name whole
+            message = f"cannot read: {clip(str(exc), 500)}"
+            issues.append(Issue("error", f"{name}:1", "suite", message))
         except RecursionError:
             message = "cannot read: nested too deeply"
             issues.append(Issue("error", f"{name}:1", "suite", message))
@@ -345,8 +350,8 @@ def _cases(
 def _issue(name: str, lines: dict[tuple[Any, ...], int], error: Any) -> Issue:
     loc = tuple(error["loc"])
     line = next((lines[loc[:n]] for n in range(len(loc), 0, -1) if loc[:n] in lines), 1)
-    where = ".".join(map(str, loc))
-    message = f"{where}: {error['msg']}" if where else str(error["msg"])
+    where = clip(".".join(map(str, loc)))  # a key the model forbids is part of it
+    message = f"{where}: {clip(str(error['msg']))}" if where else clip(str(error["msg"]))
     code = error["type"] if error["type"] in _OWN_CODES else "suite"
     return Issue("error", f"{name}:{line}", code, message)
 

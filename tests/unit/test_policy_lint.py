@@ -403,3 +403,13 @@ def test_a_rule_path_that_never_matches_its_own_spelling_is_an_error(
     issues = lint_lines(tmp_path, f"p, client_viewer, *, {obj}, GET, deny")
     assert [(i.severity, i.location) for i in issues] == [("error", "policy.csv:1")]
     assert message in issues[0].message
+
+
+def test_a_warning_quotes_a_long_object_cut_short(tmp_path: Path) -> None:
+    """A rule's object may be 4,096 characters; its '.' warning quoted it twice, whole."""
+    obj = "/v1/a." + "b" * 4000
+    issues = lint_lines(tmp_path, f"p, analyst, *, {obj}, GET, allow", "g, alice, analyst, *")
+    (warning,) = [i for i in issues if i.code == "object_any_character"]
+    assert warning.location == "policy.csv:1"
+    assert f"... ({len(obj)} characters)" in warning.message
+    assert len(warning.message) < 1000

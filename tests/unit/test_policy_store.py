@@ -15,7 +15,7 @@ import pytest
 
 from app.authz.policy import PolicyEngine
 from app.authz.store import PolicyStore
-from app.authz.suite import load_suites, run_suites
+from app.authz.suite import load_suites, read_suites, run_suites
 from app.authz.watch import fingerprint, policy_watcher
 from app.core.config import PolicySettings
 from app.core.errors import ConfigError
@@ -497,3 +497,54 @@ def test_files_that_keep_changing_while_read_are_refused(
     assert result.error is not None
     assert "changed while being read" in result.error
     assert store.current is good
+
+
+HUGE = "x" * 5_000_000  # one 5 MB value on one line
+FULL_CASE = "suite: s\ncases:\n  - name: n\n    subject: a\n    method: GET\n    path: /x\n"
+FULL_CASE += "    expect: deny\n"
+
+
+@pytest.mark.parametrize(
+    ("where", "text", "location"),
+    [
+        ("policy.csv", f"p, analyst, *, /v1/{HUGE}, GET, allow\n", "policy.csv:65"),
+        ("policy.csv", f"p, analyst, *, /v1/x, GET, {HUGE}\n", "policy.csv:65"),
+        ("policy.csv", f"{HUGE}, analyst, *\n", "policy.csv:65"),
+        ("policy.csv", f"g, {HUGE}, analyst, *\n", "policy.csv:65"),
+        ("tests/big.yaml", f"suite: s\n? {HUGE}\n: 1\n? {HUGE}\n: 2\n", "tests/big.yaml:4"),
+        ("tests/big.yaml", f"{FULL_CASE}    ? {HUGE}\n    : 1\n", "tests/big.yaml:8"),
+        ("tests/big.yaml", f"suite: !<!{HUGE}> s\n", "tests/big.yaml:1"),
+    ],
+    ids=["object", "effect", "line type", "name", "repeated key", "unknown key", "yaml tag"],
+)
+def test_an_error_quotes_a_huge_value_cut_short_with_its_location(
+    policy_dir: Path, captured_logs: list[dict[str, Any]], where: str, text: str, location: str
+) -> None:
+    """Found by an audit: an error quoted the whole bad value, so a 5 MB line made a 5 MB
+    message in the log, the readiness detail, the admin API and the CLI."""
+    store = open_store(policy_dir)
+    with (policy_dir / where).open("a") as file:
+        file.write(text)
+    result = asyncio.run(store.reload("file_change"))
+    assert result.outcome == "rejected"
+    assert result.error is not None
+    assert location in result.error
+    assert len(result.error) < 3000
+    assert "... (5000" in result.error
+    logged = [e for e in captured_logs if e["event"] == "policy_reload_rejected"]
+    assert len(str(logged)) < 5000
+
+
+def test_a_reload_lists_the_first_suite_problems_and_counts_the_rest(policy_dir: Path) -> None:
+    """Every problem of 5,000 bad cases made one message of them all; lint lists them."""
+    store = open_store(policy_dir)
+    bad = "".join(
+        f"  - {{name: c{n}, subject: alice, method: GET, path: /x}}\n" for n in range(5000)
+    )
+    (policy_dir / "tests" / "big.yaml").write_text("suite: s\ncases:\n" + bad)
+    result = asyncio.run(store.reload("file_change"))
+    assert result.error is not None
+    assert len(result.error.splitlines()) == 21
+    assert "tests/big.yaml:3" in result.error
+    assert result.error.endswith("... and 4980 more (gateway policy lint lists every one)")
+    assert len(read_suites(policy_dir)[1]) == 5000
