@@ -157,9 +157,35 @@ class _RepeatedKey(yaml.YAMLError):
         self.line = line
 
 
+class _Located(yaml.YAMLError):
+    """A problem of the document at ``line``: the message says what."""
+
+    def __init__(self, line: int, message: str) -> None:
+        super().__init__(message)
+        self.line = line
+
+
 class _UniqueKeyLoader(yaml.SafeLoader):
     """``SafeLoader`` that refuses a mapping with a key twice: PyYAML keeps the last
-    value, so a second ``cases:`` silently dropped every case of the first."""
+    value, so a second ``cases:`` silently dropped every case of the first.
+
+    A plain value that YAML reads as a number or a date it cannot hold (an integer of
+    more than 4,300 digits, ``2001-13-45``) raised ``ValueError`` from PyYAML, which
+    crashed ``policy lint`` and ``policy test`` and refused a reload without the file;
+    it is an error at its line here.
+    """
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep=deep)
+        except (ValueError, OverflowError) as exc:
+            kind = str(node.tag).rpartition(":")[2]
+            reason = clip(str(exc).partition(";")[0])
+            raise _Located(
+                node.start_mark.line + 1,
+                f"cannot read: {quote(str(node.value))} is not a valid {kind} ({reason}): "
+                "quote it to make it text",
+            ) from None
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: set[object] = set()
@@ -178,10 +204,8 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 MAX_ALIAS_NODES = 100_000
 
 
-class _AliasBomb(yaml.YAMLError):
-    def __init__(self, line: int, message: str) -> None:
-        super().__init__(message)
-        self.line = line
+class _AliasBomb(_Located):
+    pass
 
 
 def _check_aliases(root: yaml.Node | None) -> None:
@@ -281,6 +305,8 @@ def parse_suites(files: Sequence[FileRead]) -> tuple[list[PolicyCase], list[Issu
             parsed.append((name, SuiteFile.model_validate(document), lines))
         except _AliasBomb as exc:
             issues.append(Issue("error", f"{name}:{exc.line}", "suite", f"cannot read: {exc}"))
+        except _Located as exc:
+            issues.append(Issue("error", f"{name}:{exc.line}", "suite", str(exc)))
         except _RepeatedKey as exc:
             issues.append(Issue("error", f"{name}:{exc.line}", "suite", str(exc)))
         except yaml.YAMLError as exc:  # PyYAML quotes a tag or an anchor name whole

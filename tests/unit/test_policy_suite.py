@@ -350,3 +350,26 @@ def test_junit_xml_counts_failures(policy_dir: Path) -> None:
     failure = suite.find("testcase/failure")
     assert failure is not None
     assert "expected allow; got deny" in (failure.text or "")
+
+
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [
+        ("1" * 5000, "... (5000 characters) is not a valid int (Exceeds the limit"),
+        ("2001-13-45", "'2001-13-45' is not a valid timestamp (month must be in 1..12)"),
+    ],
+    ids=["integer too long", "impossible date"],
+)
+def test_a_value_yaml_cannot_hold_is_an_error_at_its_line(
+    policy_dir: Path, value: str, shown: str
+) -> None:
+    """PyYAML raised ValueError for these: ``policy lint`` and ``policy test`` crashed
+    with a traceback (exit 1, "findings"), and a reload was refused as "cannot read
+    <dir>: ValueError" without the file."""
+    (policy_dir / "tests" / "bad.yaml").write_text(f"suite: s\ncases:\n  - name: {value}\n")
+    _, issues = read_suites(policy_dir)
+    assert [(i.location, i.code) for i in issues] == [("tests/bad.yaml:3", "suite")]
+    assert shown in issues[0].message
+    assert issues[0].message.endswith("quote it to make it text")
+    with pytest.raises(SuiteError, match=r"tests/bad\.yaml:3"):
+        load_suites(policy_dir)
