@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import random
 import socket
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -28,10 +31,27 @@ TEST_KEY_ENV = "GATEWAY_TEST_KEY"
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+    """A loopback port free now; from ``GATEWAY_TEST_PORTS`` (``LOW-HIGH``) when set,
+    so runs beside other work on the same host stay in the range they were given."""
+    low, _, high = os.environ.get("GATEWAY_TEST_PORTS", "0-0").partition("-")
+    candidates = list(range(int(low), int(high) + 1))
+    random.shuffle(candidates)
+    # A port handed out but not yet bound (two stubs started in turn) is free too:
+    # those given lately are tried last.
+    candidates.sort(key=_GIVEN_PORTS.__contains__)
+    for candidate in candidates:
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", candidate))
+            except OSError:
+                continue
+            port: int = sock.getsockname()[1]
+            _GIVEN_PORTS.append(port)
+            return port
+    raise RuntimeError(f"no free port in GATEWAY_TEST_PORTS={low}-{high}")
+
+
+_GIVEN_PORTS: deque[int] = deque(maxlen=32)
 
 
 class LiveServer:
