@@ -15,6 +15,7 @@ from app.core.config import KeySpec
 from app.core.errors import ConfigError
 from app.core.logging import configure_logging
 from app.stubs.faults import FaultConfig
+from app.stubs.limits import DEFAULT_MAX_BODY_BYTES
 from app.stubs.server import STUB_NAMES, create_stub_app
 
 SHUTDOWN_SECONDS = 2  # what requests in flight get on SIGTERM before they are cut off
@@ -26,6 +27,12 @@ def register(commands: Any) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=tcp_port, required=True)
     parser.add_argument("--seed", type=int, default=7, help="seed of the demo data and fault dice")
+    parser.add_argument(
+        "--max-body-bytes",
+        type=int,
+        default=DEFAULT_MAX_BODY_BYTES,
+        help="refuse a larger request body with 413 (default 32 MiB)",
+    )
     faults = parser.add_argument_group("faults (also PATCH /_faults to merge, POST to replace)")
     faults.add_argument("--latency-ms", type=int, default=0)
     faults.add_argument("--error-rate", type=float, default=0.0, help="0..1, seeded")
@@ -63,6 +70,8 @@ def fault_config(args: argparse.Namespace) -> FaultConfig:
 def run(args: argparse.Namespace) -> int:
     if bool(args.verify_key_id) != bool(args.verify_key_env):
         return _usage("--verify-key-id and --verify-key-env go together")
+    if args.max_body_bytes < 0:
+        return _usage("--max-body-bytes: must be 0 or more")
     if args.require_signature and not args.verify_key_id:
         # Without a key nothing could be verified: the flag was silently ignored.
         return _usage("--require-signature needs --verify-key-id and --verify-key-env")
@@ -85,6 +94,7 @@ def run(args: argparse.Namespace) -> int:
         faults=faults,
         keyring=keyring,
         require_signature=args.require_signature,
+        max_body_bytes=args.max_body_bytes,
     )
     uvicorn.run(
         app,

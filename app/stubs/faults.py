@@ -28,7 +28,15 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.stubs.recording import record_fault
+from app.stubs.limits import (
+    BODY_TOO_LARGE,
+    DEFAULT_MAX_BODY_BYTES,
+    BodyTooLarge,
+    capped,
+    declared_too_large,
+    too_large,
+)
+from app.stubs.recording import record_fault, record_refusal
 
 
 class FaultConfig(BaseModel):
@@ -65,6 +73,7 @@ class FaultState:
         self.faulted = 0
         self.seed = seed  # the stub's own: the seed of a replacement that names none
         self.remaining_failures = 0
+        self._owed_since = 0  # bumped whenever the owed failures are set anew
         self._dice = random.Random(seed)
         self._released = asyncio.Event()
         self.replace(config or FaultConfig())
@@ -83,10 +92,10 @@ class FaultState:
     def merge(self, patch: FaultConfig) -> None:
         """Set only the fields ``patch`` names; failures still owed and the dice carry on."""
         given = patch.model_dump(exclude_unset=True)
-        owed, dice = self.remaining_failures, self._dice
+        owed, since, dice = self.remaining_failures, self._owed_since, self._dice
         self.configure(self.config.model_copy(update=given))
         if "fail_next" not in given:
-            self.remaining_failures = owed
+            self.remaining_failures, self._owed_since = owed, since
         if "seed" not in given:
             self._dice = dice
 
@@ -94,18 +103,29 @@ class FaultState:
         """Set the faults exactly; releases every hanging request."""
         self.config = config
         self.remaining_failures = config.fail_next
+        self._owed_since += 1
         self._dice = random.Random(config.seed)
         self._released.set()
         self._released = asyncio.Event()
 
     def failure_status(self) -> int | None:
         """The status to fail an arriving request with, if any (fail-next first, then the dice)."""
+        return self.take_failure()[0]
+
+    def take_failure(self) -> tuple[int | None, int | None]:
+        """``failure_status``, and when it was an owed failure, the mark ``give_back`` needs."""
         if self.remaining_failures > 0:
             self.remaining_failures -= 1
-            return self.config.fail_status
+            return self.config.fail_status, self._owed_since
         if self.config.error_rate and self._dice.random() < self.config.error_rate:
-            return self.config.error_status
-        return None
+            return self.config.error_status, None
+        return None, None
+
+    def give_back(self, owed_since: int | None) -> None:
+        """Owe again a failure taken by a request that was then refused (its body too
+        large), unless the owed failures were set anew since it took it."""
+        if owed_since is not None and owed_since == self._owed_since:
+            self.remaining_failures += 1
 
     async def hang(self) -> None:
         released = self._released
@@ -116,27 +136,57 @@ class FaultState:
 
 
 class FaultInjector:
-    """Applies the stub's ``FaultState`` to every non-control request."""
+    """Applies the stub's ``FaultState`` to every non-control request, and its body cap
+    to every request."""
 
-    def __init__(self, app: ASGIApp, state: FaultState) -> None:
+    def __init__(
+        self, app: ASGIApp, state: FaultState, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    ) -> None:
         self.app = app
         self.state = state
+        self.max_body_bytes = max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"].startswith("/_"):
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        self.state.requests += 1
-        config = self.state.config
-        if not scope["path"].startswith(config.path_prefix):
-            await self.app(scope, receive, send)
+        control = scope["path"].startswith("/_")
+        if not control:
+            self.state.requests += 1
+        if declared_too_large(scope, self.max_body_bytes):  # refused before it takes anything
+            await self._refuse_too_large(scope, receive, send, control)
             return
-        await self._fault(scope, receive, send, config)
+        try:
+            # Every route and every fault reads the body whole before it answers: a body
+            # over the cap is found out before any answer has started.
+            await self._serve(scope, capped(receive, self.max_body_bytes), send, control)
+        except BodyTooLarge:
+            await self._refuse_too_large(scope, receive, send, control)
 
-    async def _fault(self, scope: Scope, receive: Receive, send: Send, config: FaultConfig) -> None:
+    async def _serve(self, scope: Scope, receive: Receive, send: Send, control: bool) -> None:
+        config = self.state.config
+        if control or not scope["path"].startswith(config.path_prefix):
+            await self.app(scope, receive, send)
+            return
         # Decided now, on arrival: an owed failure or a roll of the dice is this request's,
         # whatever changes while it waits. A reset request takes neither (it never did).
-        status = None if config.reset else self.state.failure_status()
+        status, owed_since = (None, None) if config.reset else self.state.take_failure()
+        try:
+            await self._fault(scope, receive, send, config, status)
+        except BodyTooLarge:
+            self.state.give_back(owed_since)  # a refused request owes nothing
+            raise
+
+    async def _refuse_too_large(
+        self, scope: Scope, receive: Receive, send: Send, control: bool
+    ) -> None:
+        if not control:  # control paths are never listed
+            record_refusal(Request(scope, receive), BODY_TOO_LARGE)
+        await too_large(self.max_body_bytes)(scope, receive, send)
+
+    async def _fault(
+        self, scope: Scope, receive: Receive, send: Send, config: FaultConfig, status: int | None
+    ) -> None:
         if config.latency_ms:
             await asyncio.sleep(config.latency_ms / 1000)
         gone = False  # whether its client left while it hung
@@ -170,9 +220,10 @@ class FaultInjector:
     ) -> bytes | None:
         """Count the fault (if any) and record the request at ``/_seen``; its body (read
         whole), ``None`` when its client has gone (recorded so: not to be answered)."""
-        if fault is not None:
+        body = await record_fault(Request(scope, receive), fault, client_gone=gone)
+        if fault is not None:  # once its body was read whole: one too large is no fault
             self.state.faulted += 1
-        return await record_fault(Request(scope, receive), fault, client_gone=gone)
+        return body
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:

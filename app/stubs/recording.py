@@ -111,6 +111,12 @@ def record_gone(request: Request) -> None:
     _entry(request, None, fault=None, client_gone=True)
 
 
+def record_refusal(request: Request, reason: str) -> None:
+    """Record a request the stub refused before a route or fault read its body whole
+    (``reason``, as ``fault``: ``body_too_large``); its signature is not checked."""
+    _entry(request, None, reason, client_gone=False)
+
+
 async def record_fault(
     request: Request, fault: str | None, *, client_gone: bool = False
 ) -> bytes | None:

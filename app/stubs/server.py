@@ -25,6 +25,7 @@ from app.stubs.bodies import parse_model
 from app.stubs.engagements import add_engagement_routes
 from app.stubs.faults import FaultConfig, FaultInjector, FaultState
 from app.stubs.findings import add_findings_routes
+from app.stubs.limits import DEFAULT_MAX_BODY_BYTES
 from app.stubs.recording import SeenNonces
 from app.stubs.reports import add_report_routes
 
@@ -79,12 +80,14 @@ def create_stub_app(
     faults: FaultConfig | None = None,
     keyring: KeyRing | None = None,
     require_signature: bool = False,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
 ) -> FastAPI:
     """A stub service by name; unknown names are a ``ValueError``.
 
     ``keyring`` holds the gateway's outbound key(s) for this service; with it the
     stub verifies every request's signature, and rejects bad ones if
-    ``require_signature``.
+    ``require_signature``. A request body over ``max_body_bytes`` is refused with
+    ``413`` (listed at ``/_seen`` as ``body_too_large``).
     """
     if name not in STUB_NAMES:
         raise ValueError(f"unknown stub {name!r}; choose one of {', '.join(STUB_NAMES)}")
@@ -112,7 +115,7 @@ def create_stub_app(
         reseed()
 
     _control_routes(app, name, state, reset)
-    app.add_middleware(FaultInjector, state=state)
+    app.add_middleware(FaultInjector, state=state, max_body_bytes=max_body_bytes)
     install_problem_handlers(app)  # a refusal is problem+json, as the gateway's own
     app.add_exception_handler(ClientDisconnect, _client_gone)
     return app

@@ -21,6 +21,7 @@ from app.downstream.propagation import CallContext, propagation_headers, sign_ou
 from app.stubs.faults import FaultConfig
 from app.stubs.server import create_stub_app
 from tests.conftest import REPO, LiveServer, free_port
+from tests.integration.raw_http import as_response, read_answer
 
 pytestmark = pytest.mark.integration
 
@@ -278,3 +279,77 @@ def test_a_hung_request_listed_twice_is_not_taken_for_its_own_replay(
         seen = client.get("/_seen").json()
     assert released.status_code == 200
     assert [(s["fault"], s["signature"]) for s in seen] == [("hang", "valid"), (None, "valid")]
+
+
+def _raw_answer(port: int, head: str, body: bytes = b"") -> httpx.Response:
+    """One answer to a request sent on a raw socket, its body left as given (unfinished)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(head.encode() + body)
+        return as_response(*read_answer(sock, bytearray()))
+
+
+def test_a_body_over_the_cap_is_refused_listed_and_takes_no_owed_failure(
+    live_server: Callable[[FastAPI], LiveServer],
+) -> None:
+    """Found by an audit (h45): the stubs read every body whole into memory, however
+    large: one huge upload could use up the stub's memory."""
+    server = live_server(create_stub_app("findings", max_body_bytes=1000))
+    upload = f"POST {ENGAGEMENT}/evidence HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+    chunked = "Transfer-Encoding: chunked\r\n\r\n"
+    over = b"400\r\n" + b"a" * 0x400 + b"\r\n"  # one chunk over the cap, the body unfinished
+    with httpx.Client(base_url=server.url, timeout=10) as client:
+        client.post("/_faults", json={"fail_next": 1})
+        declared = _raw_answer(server.port, upload + "Content-Length: 1001\r\n\r\n")
+        streamed = _raw_answer(server.port, upload + chunked, over)
+        control = _raw_answer(server.port, "POST /_faults HTTP/1.1\r\nHost: x\r\n" + chunked, over)
+        owed = client.get(ENGAGEMENT + "/findings")
+        within = client.post(ENGAGEMENT + "/evidence", content=b"a" * 1000)
+        seen, stats = client.get("/_seen").json(), client.get("/_stats").json()
+    for refused in (declared, streamed, control):
+        assert (refused.status_code, refused.headers["content-type"]) == (413, PROBLEM)
+        assert "1000 bytes" in refused.json()["detail"]
+    assert owed.status_code == 503, "the refused requests took the owed failure"
+    assert within.status_code == 201
+    assert [(s["method"], s["fault"]) for s in seen] == [
+        ("POST", "body_too_large"),
+        ("POST", "body_too_large"),
+        ("GET", "status 503"),
+        ("POST", None),
+    ]
+    assert stats == {"requests": 4, "faulted": 1}
+
+
+def test_a_chunked_body_over_the_cap_under_a_fault_gives_its_owed_failure_back(
+    live_server: Callable[[FastAPI], LiveServer],
+) -> None:
+    """A body of unknown length is found too large only as it is read, after the owed
+    failure was decided on its arrival: the failure goes back, to the next request."""
+    server = live_server(create_stub_app("findings", max_body_bytes=1000))
+    upload = f"POST {ENGAGEMENT}/evidence HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+    over = b"3e9\r\n" + b"a" * 1001 + b"\r\n"
+    with httpx.Client(base_url=server.url, timeout=10) as client:
+        client.post("/_faults", json={"fail_next": 1, "hang": True, "latency_ms": 10})
+        streamed = _raw_answer(server.port, upload, over)
+        client.patch("/_faults", json={"hang": False})  # the owed failure stays owed
+        owed = client.get(ENGAGEMENT + "/findings")
+        stats = client.get("/_stats").json()
+    assert streamed.status_code == 413
+    assert owed.status_code == 503
+    assert stats == {"requests": 2, "faulted": 1}
+
+
+def test_gateway_stub_takes_its_body_cap_from_a_flag_32_mib_by_default() -> None:
+    port, default_port = free_port(), free_port()
+    capped, default = _stub_process(port, "--max-body-bytes", "10"), _stub_process(default_port)
+    try:
+        head = f"PUT {ENGAGEMENT} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: %d\r\n\r\n"
+        over_flag = _raw_answer(port, head % 11)
+        at_default = _raw_answer(default_port, head % (32 << 20), b"{")  # under: routed
+        over_default = _raw_answer(default_port, head % ((32 << 20) + 1))
+    finally:
+        for proc in (capped, default):
+            proc.terminate()
+            proc.wait(timeout=10)
+    assert over_flag.status_code == 413
+    assert at_default.status_code != 413
+    assert over_default.status_code == 413

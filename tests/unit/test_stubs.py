@@ -99,6 +99,7 @@ def test_a_merge_that_names_no_seed_keeps_rolling_the_same_dice() -> None:
             "gateway stub: --error-rate: Input should be less than or equal to 1",
         ),
         (["--error-status", "200"], "gateway stub: --error-status: Input should be greater"),
+        (["--max-body-bytes", "-1"], "gateway stub: --max-body-bytes: must be 0 or more"),
         # Without a key the flag was silently ignored: unsigned requests were served.
         (["--require-signature"], "gateway stub: --require-signature needs --verify-key-id"),
         (["--verify-key-id", "g"], "gateway stub: --verify-key-id and --verify-key-env go"),
