@@ -20,6 +20,7 @@ would answer is recorded with ``client_gone`` and not answered.
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 from typing import Annotated
 
@@ -28,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.core.logging import get_logger
 from app.stubs.limits import (
     BODY_TOO_LARGE,
     DEFAULT_MAX_BODY_BYTES,
@@ -61,8 +63,24 @@ class FaultConfig(BaseModel):
     seed: int = 0
 
 
+log = get_logger("stub.faults")
+
+
 class ConnectionDropped(Exception):
     """Raised after the status line so the server drops the connection mid-response."""
+
+
+class _QuietInjectedReset(logging.Filter):
+    """Drop uvicorn's "Exception in ASGI application" traceback (error level) for a
+    connection the reset fault dropped on purpose: the stub logs one line of its own."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.exc_info is None or not isinstance(record.exc_info[1], ConnectionDropped)
+
+
+# On the logger uvicorn's protocol writes to (its filters survive any handler set-up),
+# once per process: a stub in a test process is quiet as one run by ``gateway stub``.
+logging.getLogger("uvicorn.error").addFilter(_QuietInjectedReset())
 
 
 class FaultState:
@@ -140,11 +158,16 @@ class FaultInjector:
     to every request."""
 
     def __init__(
-        self, app: ASGIApp, state: FaultState, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+        self,
+        app: ASGIApp,
+        state: FaultState,
+        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        service: str = "stub",
     ) -> None:
         self.app = app
         self.state = state
         self.max_body_bytes = max_body_bytes
+        self.service = service  # named in its log lines: ``gateway demo``'s stubs share stderr
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -202,6 +225,13 @@ class FaultInjector:
         if config.reset:
             if await self._record(scope, receive, "reset", gone=gone) is not None:
                 await send({"type": "http.response.start", "status": 200, "headers": []})
+                log.info(
+                    "fault_injected",
+                    fault="reset",
+                    service=self.service,
+                    method=scope["method"],
+                    path=scope["path"],
+                )
                 raise ConnectionDropped("fault: connection reset")
             return
         if status is not None:

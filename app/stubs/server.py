@@ -115,7 +115,7 @@ def create_stub_app(
         reseed()
 
     _control_routes(app, name, state, reset)
-    app.add_middleware(FaultInjector, state=state, max_body_bytes=max_body_bytes)
+    app.add_middleware(FaultInjector, state=state, max_body_bytes=max_body_bytes, service=name)
     install_problem_handlers(app)  # a refusal is problem+json, as the gateway's own
     app.add_exception_handler(ClientDisconnect, _client_gone)
     return app

@@ -4,12 +4,14 @@ signatures and lifecycle, measured against real stubs on 127.0.0.1."""
 from __future__ import annotations
 
 import concurrent.futures
+import logging
 import signal
 import socket
 import subprocess
 import sys
 import time
 from collections.abc import Callable
+from typing import Any
 
 import httpx
 import pytest
@@ -353,3 +355,26 @@ def test_gateway_stub_takes_its_body_cap_from_a_flag_32_mib_by_default() -> None
     assert over_flag.status_code == 413
     assert at_default.status_code != 413
     assert over_default.status_code == 413
+
+
+def test_an_injected_reset_logs_one_line_and_no_traceback(
+    live_server: Callable[[FastAPI], LiveServer],
+    captured_logs: list[dict[str, Any]],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Found by an audit (h45): each reset fault logged "Exception in ASGI application"
+    with a traceback at error level, on the stderr ``gateway demo``'s stubs share; an
+    injected fault is expected, not an error."""
+    server = live_server(create_stub_app("engagements", faults=FaultConfig(reset=True)))
+    with pytest.raises(httpx.TransportError):
+        httpx.get(server.url + ENGAGEMENT, timeout=5)  # uvicorn logs before it closes
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+    [line] = [entry for entry in captured_logs if entry.get("fault")]
+    assert line == {
+        "event": "fault_injected",
+        "fault": "reset",
+        "service": "engagements",
+        "method": "GET",
+        "path": ENGAGEMENT,
+        "log_level": "info",
+    }
