@@ -67,6 +67,8 @@ class LiveServer:
             access_log=False,
             lifespan="on",
             loop=loop,  # type: ignore[arg-type]  # uvicorn's LoopSetupType literal
+            # A stub's own bound (create_stub_app): a hung request is cut off, not waited out.
+            timeout_graceful_shutdown=getattr(app.state, "shutdown_seconds", None),
         )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)

@@ -16,9 +16,7 @@ from app.core.errors import ConfigError
 from app.core.logging import configure_logging
 from app.stubs.faults import FaultConfig
 from app.stubs.limits import DEFAULT_MAX_BODY_BYTES
-from app.stubs.server import STUB_NAMES, create_stub_app
-
-SHUTDOWN_SECONDS = 2  # what requests in flight get on SIGTERM before they are cut off
+from app.stubs.server import SHUTDOWN_SECONDS, STUB_NAMES, create_stub_app
 
 
 def register(commands: Any) -> None:
@@ -102,8 +100,7 @@ def run(args: argparse.Namespace) -> int:
         port=args.port,
         log_config=None,
         access_log=False,
-        # A hung request (up to hang_max_seconds, 600) or a latency (60 s) held SIGTERM
-        # that long: a stopped stub is cut off after this, its requests unanswered.
+        # As stub_config: a hung request or a latency no longer holds SIGTERM.
         timeout_graceful_shutdown=SHUTDOWN_SECONDS,
     )
     return 0

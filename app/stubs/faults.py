@@ -70,17 +70,34 @@ class ConnectionDropped(Exception):
     """Raised after the status line so the server drops the connection mid-response."""
 
 
-class _QuietInjectedReset(logging.Filter):
+class _QuietExpectedDrops(logging.Filter):
     """Drop uvicorn's "Exception in ASGI application" traceback (error level) for a
-    connection the reset fault dropped on purpose: the stub logs one line of its own."""
+    connection dropped on purpose: by the reset fault (the stub logs one line of its
+    own), or cut off by a shutdown (uvicorn's "Cancel N running task(s)" says so)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return record.exc_info is None or not isinstance(record.exc_info[1], ConnectionDropped)
+        expected = (ConnectionDropped, asyncio.CancelledError)
+        return record.exc_info is None or not isinstance(record.exc_info[1], expected)
 
 
 # On the logger uvicorn's protocol writes to (its filters survive any handler set-up),
 # once per process: a stub in a test process is quiet as one run by ``gateway stub``.
-logging.getLogger("uvicorn.error").addFilter(_QuietInjectedReset())
+logging.getLogger("uvicorn.error").addFilter(_QuietExpectedDrops())
+# Sent to a request a shutdown cuts off before it was answered; its connection is then
+# closed. Without it uvicorn answered it "500 Internal Server Error" in full.
+_CUT_OFF: Message = {"type": "http.response.start", "status": 503, "headers": []}
+
+
+class _Answer:
+    """``send``, noting whether the answer has started."""
+
+    def __init__(self, send: Send) -> None:
+        self.send = send
+        self.started = False
+
+    async def __call__(self, message: Message) -> None:
+        self.started = self.started or message["type"] == "http.response.start"
+        await self.send(message)
 
 
 class FaultState:
@@ -176,6 +193,17 @@ class FaultInjector:
         control = scope["path"].startswith("/_")
         if not control:
             self.state.requests += 1
+        answer = _Answer(send)
+        try:
+            await self._capped(scope, receive, answer, control)
+        except asyncio.CancelledError:
+            # Only the server cancels a request: its shutdown cutting it off (a hang, a
+            # latency). It gets a head and a closed connection, never a whole answer.
+            if not answer.started:
+                await send(_CUT_OFF)
+            raise
+
+    async def _capped(self, scope: Scope, receive: Receive, send: Send, control: bool) -> None:
         if declared_too_large(scope, self.max_body_bytes):  # refused before it takes anything
             await self._refuse_too_large(scope, receive, send, control)
             return

@@ -6,7 +6,9 @@ outbound signature verified (``GET /_seen``, faulted requests included), counts
 requests (``GET /_stats``) and takes faults from ``POST /_faults`` (replace),
 ``PATCH /_faults`` (merge); ``GET`` shows them, ``DELETE`` clears them;
 ``POST /_reset`` puts everything back as it started. Control paths start with
-``/_`` and are never faulted.
+``/_`` and are never faulted. ``stub_config`` serves one with uvicorn as
+``gateway stub`` does: requests in flight are cut off ``SHUTDOWN_SECONDS`` into a
+shutdown, never waited out (a hang may last ``hang_max_seconds``, up to 600 s).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+import uvicorn
 from fastapi import FastAPI, Request, Response
 from starlette.requests import ClientDisconnect
 
@@ -30,6 +33,9 @@ from app.stubs.recording import SeenNonces
 from app.stubs.reports import add_report_routes
 
 STUB_NAMES = ("engagements", "findings", "reports")
+# What requests in flight get on shutdown before they are cut off unanswered: a hung
+# request (up to hang_max_seconds, 600) or a latency (60 s) held a stop that long.
+SHUTDOWN_SECONDS = 2
 
 
 def _control_routes(app: FastAPI, name: str, faults: FaultState, reset: Callable[[], None]) -> None:
@@ -93,6 +99,7 @@ def create_stub_app(
         raise ValueError(f"unknown stub {name!r}; choose one of {', '.join(STUB_NAMES)}")
     app = FastAPI(title=f"stub-{name}", docs_url=None, redoc_url=None)
     state = FaultState(faults, seed)
+    app.state.shutdown_seconds = SHUTDOWN_SECONDS  # for whatever serves it (stub_config)
     app.state.seen = deque(maxlen=1000)
     app.state.faults = state
     app.state.idempotent = {}
@@ -119,6 +126,22 @@ def create_stub_app(
     install_problem_handlers(app)  # a refusal is problem+json, as the gateway's own
     app.add_exception_handler(ClientDisconnect, _client_gone)
     return app
+
+
+def stub_config(
+    app: FastAPI, *, port: int, host: str = "127.0.0.1", **options: Any
+) -> uvicorn.Config:
+    """uvicorn's config for a stub served in-process, shut down as ``gateway stub`` is:
+    requests in flight get ``SHUTDOWN_SECONDS``, then are cut off unanswered.
+
+    uvicorn's default waits for every one: a test process stopping a stub with a hung
+    request in flight waited for its ``hang_max_seconds``.
+    """
+    options.setdefault("log_config", None)  # the process's own logging, as gateway stub
+    options.setdefault("access_log", False)
+    return uvicorn.Config(
+        app, host=host, port=port, timeout_graceful_shutdown=app.state.shutdown_seconds, **options
+    )
 
 
 async def _client_gone(request: Request, exc: Exception) -> Response:

@@ -9,19 +9,21 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
 import httpx
 import pytest
+import uvicorn
 from fastapi import FastAPI
 
 from app.authn.keys import KeyRing, SigningKey
 from app.domain.identity import Identity
 from app.downstream.propagation import CallContext, propagation_headers, sign_outbound
 from app.stubs.faults import FaultConfig
-from app.stubs.server import create_stub_app
+from app.stubs.server import create_stub_app, stub_config
 from tests.conftest import REPO, LiveServer, free_port
 from tests.integration.raw_http import as_response, read_answer
 
@@ -378,3 +380,36 @@ def test_an_injected_reset_logs_one_line_and_no_traceback(
         "path": ENGAGEMENT,
         "log_level": "info",
     }
+
+
+class _Embedded(LiveServer):
+    """A stub served from ``stub_config``, as a team embeds one in its own test process."""
+
+    def __init__(self, app: FastAPI) -> None:
+        super().__init__(app)
+        self.server = uvicorn.Server(stub_config(app, port=self.port))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+
+@pytest.mark.parametrize("embedding", ["live_server fixture", "stub_config"])
+def test_an_in_process_stub_stops_promptly_with_a_hung_request(
+    live_server: Callable[[FastAPI], LiveServer], embedding: str
+) -> None:
+    """Found by an audit (h45): only ``gateway stub`` cut requests off 2 s into a
+    shutdown; a stub served in the test's own process (the suite's ``LiveServer``, or
+    any embedded ``uvicorn.Server``) waited out every hang (``hang_max_seconds``)."""
+    app = create_stub_app("engagements", faults=FaultConfig(hang=True, hang_max_seconds=25))
+    server = _Embedded(app).start() if embedding == "stub_config" else live_server(app)
+    try:
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            hung = pool.submit(httpx.get, server.url + ENGAGEMENT, timeout=40)
+            while not httpx.get(server.url + "/_stats", timeout=5).json()["faulted"]:
+                time.sleep(0.05)
+            started = time.monotonic()
+            server.stop()
+            took = time.monotonic() - started
+            with pytest.raises(httpx.TransportError):
+                hung.result(timeout=30)  # cut off unanswered
+    finally:
+        server.stop()
+    assert took < 10, f"stopping took {took:.1f} s"
