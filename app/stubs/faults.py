@@ -42,9 +42,14 @@ from app.stubs.recording import record_fault, record_refusal
 
 
 class FaultConfig(BaseModel):
-    """The faults in force; every field off by default."""
+    """The faults in force; every field off by default.
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    Strict: a value of another JSON type is refused, not coerced (lax mode took
+    ``"hang": "yes"`` as true and ``"latency_ms": "100"`` as 100); a whole number
+    still does for a fraction or for seconds (``"error_rate": 1``).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
     latency_ms: Annotated[int, Field(ge=0, le=60_000)] = 0
     error_rate: Annotated[float, Field(ge=0, le=1)] = 0.0

@@ -413,3 +413,44 @@ def test_an_in_process_stub_stops_promptly_with_a_hung_request(
     finally:
         server.stop()
     assert took < 10, f"stopping took {took:.1f} s"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"hang": "yes"},
+        {"reset": 1},
+        {"error_rate": True},
+        {"error_rate": "0.5"},
+        {"latency_ms": "100"},
+        {"fail_next": 1.0},
+        {"retry_after": "5"},
+        {"seed": "7"},
+    ],
+)
+def test_a_fault_value_of_the_wrong_type_is_refused_not_coerced(
+    live_server: Callable[[FastAPI], LiveServer], body: dict[str, object]
+) -> None:
+    """Found by an audit (h45): pydantic's lax mode took ``"hang": "yes"`` as true,
+    ``"error_rate": true`` as 1.0 and ``"latency_ms": "100"`` as 100: a typo or a
+    string-typed config file set a fault nobody meant."""
+    server = live_server(create_stub_app("engagements"))
+    with httpx.Client(base_url=server.url, timeout=5) as client:
+        answers = [client.post("/_faults", json=body), client.patch("/_faults", json=body)]
+        faults = client.get("/_faults").json()
+    [field] = body
+    for answer in answers:
+        assert (answer.status_code, answer.headers["content-type"]) == (422, PROBLEM)
+        assert [error["loc"] for error in answer.json()["errors"]] == [["body", field]]
+    assert faults == FaultConfig(seed=7).model_dump()
+
+
+def test_fault_values_as_the_docs_show_them_are_taken(
+    live_server: Callable[[FastAPI], LiveServer],
+) -> None:
+    """Strict, but a whole number still does for a fraction or a bound in seconds."""
+    server = live_server(create_stub_app("engagements"))
+    body = {"error_rate": 1, "hang_max_seconds": 5, "retry_after": None, "hang": False}
+    answer = httpx.post(server.url + "/_faults", json={**body, "latency_ms": 1, "seed": 3})
+    assert answer.status_code == 200, answer.text
+    assert (answer.json()["error_rate"], answer.json()["hang_max_seconds"]) == (1.0, 5.0)
