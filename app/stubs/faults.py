@@ -22,10 +22,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from typing import Annotated
+from typing import Annotated, Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -39,6 +39,15 @@ from app.stubs.limits import (
     too_large,
 )
 from app.stubs.recording import record_fault, record_refusal
+
+# RFC 9110's methods and PATCH (RFC 5789), as sent: method names are case-sensitive.
+HttpMethod = Literal["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"]
+
+
+def _some_methods(methods: tuple[str, ...]) -> tuple[str, ...]:
+    if not methods:  # a fault scoped to no method would silently never apply
+        raise ValueError("name at least one method, or leave methods out for every method")
+    return methods
 
 
 class FaultConfig(BaseModel):
@@ -65,7 +74,16 @@ class FaultConfig(BaseModel):
     slow_chunk_bytes: Annotated[int, Field(ge=1, le=1 << 20)] = 1024
     # A prefix without the leading slash would match no path: the fault silently never applied.
     path_prefix: Annotated[str, Field(pattern=r"^/", max_length=2048)] = "/"
+    # None: every method. A JSON list is taken for the tuple (strict would want a tuple).
+    methods: (
+        Annotated[tuple[HttpMethod, ...], Field(strict=False), AfterValidator(_some_methods)] | None
+    ) = None
     seed: int = 0
+
+    def applies_to(self, method: str, path: str) -> bool:
+        """Whether a request is in the faults' scope: its path and its method."""
+        in_methods = self.methods is None or method in self.methods
+        return in_methods and path.startswith(self.path_prefix)
 
 
 log = get_logger("stub.faults")
@@ -221,7 +239,7 @@ class FaultInjector:
 
     async def _serve(self, scope: Scope, receive: Receive, send: Send, control: bool) -> None:
         config = self.state.config
-        if control or not scope["path"].startswith(config.path_prefix):
+        if control or not config.applies_to(scope["method"], scope["path"]):
             await self.app(scope, receive, send)
             return
         # Decided now, on arrival: an owed failure or a roll of the dice is this request's,

@@ -454,3 +454,39 @@ def test_fault_values_as_the_docs_show_them_are_taken(
     answer = httpx.post(server.url + "/_faults", json={**body, "latency_ms": 1, "seed": 3})
     assert answer.status_code == 200, answer.text
     assert (answer.json()["error_rate"], answer.json()["hang_max_seconds"]) == (1.0, 5.0)
+
+
+def test_a_fault_scoped_to_methods_fails_a_post_and_serves_a_get(
+    live_server: Callable[[FastAPI], LiveServer],
+) -> None:
+    """Asked by integration-testing teams (h45, a gap): "fail only the POST", to see a
+    write retried or not while the reads around it go through."""
+    server = live_server(create_stub_app("findings"))
+    create = f"{ENGAGEMENT}/findings"
+    with httpx.Client(base_url=server.url, timeout=5) as client:
+        scoped = client.post("/_faults", json={"fail_next": 2, "methods": ["POST"]})
+        answers = [
+            client.get(create).status_code,
+            client.post(create, json={**FINDING, "title": "t"}).status_code,
+            client.get(create).status_code,  # takes no owed failure
+            client.post(create, json={**FINDING, "title": "t"}).status_code,
+            client.post(create, json={**FINDING, "title": "t"}).status_code,
+        ]
+        stats = client.get("/_stats").json()
+    assert scoped.status_code == 200, scoped.text
+    assert scoped.json()["methods"] == ["POST"]
+    assert answers == [200, 503, 200, 503, 201]
+    assert stats == {"requests": 5, "faulted": 2}
+
+
+@pytest.mark.parametrize("methods", [[], ["get"], ["POST", "FETCH"], "POST", [1]])
+def test_fault_methods_must_be_http_methods(
+    live_server: Callable[[FastAPI], LiveServer], methods: object
+) -> None:
+    server = live_server(create_stub_app("engagements"))
+    with httpx.Client(base_url=server.url, timeout=5) as client:
+        refused = client.patch("/_faults", json={"fail_next": 1, "methods": methods})
+        faults = client.get("/_faults").json()
+    assert (refused.status_code, refused.headers["content-type"]) == (422, PROBLEM)
+    assert refused.json()["errors"][0]["loc"][:2] == ["body", "methods"]
+    assert (faults["fail_next"], faults["methods"]) == (0, None)
