@@ -39,8 +39,8 @@ class RateLimitSettings(_Section):
         default=None, description="limit per engagement, across all subjects"
     )
     on_redis_error: Literal["open", "closed"] = Field(
-        default="open",
-        description="when Redis is unreachable: open lets requests through, closed answers 503",
+        default="closed",
+        description="when Redis is unreachable: closed answers 503, open lets requests through",
     )
     key_prefix: Annotated[str, Field(pattern=r"^[A-Za-z0-9:_-]{1,32}$")] = Field(
         default="gw:rl:", description="prefix of the Redis keys that hold rate-limit state"

@@ -30,7 +30,7 @@ def test_every_section_and_leaf_is_documented() -> None:
         "GATEWAY_SERVICES__<NAME>__URL",
     ):
         assert f"`{env}`" in page
-    assert '| "open" \\| "closed" | `"open"` |' in page
+    assert '| "open" \\| "closed" | `"closed"` |' in page
 
 
 def test_check_passes_on_the_committed_page() -> None:

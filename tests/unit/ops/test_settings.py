@@ -26,6 +26,8 @@ def test_defaults_keep_state_in_memory_and_limits_off() -> None:
     settings = load_settings()
     assert settings.redis.url is None
     assert settings.ops.rate_limit.subject is None
+    # Nothing fails open when Redis cannot answer (DESIGN.md): a limit is kept, not waived.
+    assert settings.ops.rate_limit.on_redis_error == "closed"
     assert settings.ops.metrics_enabled is True
     assert settings.ops.graceful_shutdown_seconds == 20
 
