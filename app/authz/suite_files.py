@@ -310,8 +310,11 @@ def parse_suites(files: Sequence[FileRead]) -> tuple[list[PolicyCase], list[Issu
         except _RepeatedKey as exc:
             issues.append(Issue("error", f"{name}:{exc.line}", "suite", str(exc)))
         except yaml.YAMLError as exc:  # PyYAML quotes a tag or an anchor name whole
+            # At the line PyYAML found the problem on (it was always line 1 here).
+            mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+            line = mark.line + 1 if mark is not None else 1
             message = f"cannot read: {clip(str(exc), 500)}"
-            issues.append(Issue("error", f"{name}:1", "suite", message))
+            issues.append(Issue("error", f"{name}:{line}", "suite", message))
         except RecursionError:
             message = "cannot read: nested too deeply"
             issues.append(Issue("error", f"{name}:1", "suite", message))

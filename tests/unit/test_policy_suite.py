@@ -286,6 +286,23 @@ def test_a_repeated_key_is_an_error_not_a_silently_dropped_value(
     assert issues[0].message == f"repeated key {key!r}"
 
 
+@pytest.mark.parametrize(
+    ("text", "line"),
+    [
+        ("suite: s\ncases:\n  - name: n\n    path: [unclosed\n", 5),  # ends in the flow
+        ("suite: s\ncases: []\n\n\n  bad: indent\n", 5),
+        ("suite: s\n\tcases: []\n", 2),  # a tab where YAML wants spaces
+    ],
+)
+def test_a_yaml_syntax_error_is_located_at_its_line(policy_dir: Path, text: str, line: int) -> None:
+    """A syntax error was reported at ``file:1`` whatever its line (PyYAML's own text held
+    the line, past the 500 characters a message may quote of it)."""
+    (policy_dir / "tests" / "bad.yaml").write_text(text)
+    _, issues = read_suites(policy_dir)
+    assert [(i.location, i.code) for i in issues] == [(f"tests/bad.yaml:{line}", "suite")]
+    assert issues[0].message.startswith("cannot read: ")
+
+
 def test_a_suite_that_is_not_a_regular_file_is_an_error_never_a_blocked_read(
     policy_dir: Path,
 ) -> None:
