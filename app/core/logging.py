@@ -168,9 +168,14 @@ class LineBuffer:
     go through the same buffer (``BufferedStreamHandler``), so the order in which
     lines were logged is the order on stderr. Lines are lost only if the process
     dies by ``SIGKILL`` (or a crash) within the tick that logged them; they are
-    written at exit, and past ``LINE_BUFFER_LIMIT`` bytes at once. The decision file
-    (``DecisionSink``) is not buffered: it is written before the line reaches this
-    buffer.
+    written at exit, and past ``LINE_BUFFER_LIMIT`` bytes at once. The server's own
+    lines (logger ``uvicorn.error``: started, shutting down, finished; rare) are
+    written at once, with what was queued before them: on ``SIGTERM`` uvicorn
+    restores the default handler and raises the signal again once it has stopped,
+    and the process then dies of it without running ``atexit``, which lost the last
+    tick's lines (``Application shutdown complete.``, ``Finished server process``).
+    The decision file (``DecisionSink``) is not buffered: it is written before the
+    line reaches this buffer.
 
     Weighed against a background writer thread (the loop would never wait for a
     slow reader of stderr, but every line would cross threads, and a queue would
@@ -187,8 +192,9 @@ class LineBuffer:
         self._size = 0
         self._scheduled: asyncio.AbstractEventLoop | None = None
 
-    def add(self, line: bytes) -> None:
-        """Queue ``line`` (newline included) on a loop's thread; else write it now."""
+    def add(self, line: bytes, at_once: bool = False) -> None:
+        """Queue ``line`` (newline included) on a loop's thread; else (or ``at_once``)
+        write it now, after what was queued."""
         try:
             loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
         except RuntimeError:
@@ -196,7 +202,7 @@ class LineBuffer:
         with self._lock:
             self._pending.append(line)
             self._size += len(line)
-            if loop is None or self._size > LINE_BUFFER_LIMIT:
+            if loop is None or at_once or self._size > LINE_BUFFER_LIMIT:
                 self._write_pending()
                 return
             if self._scheduled is not loop:  # first line of this tick (on this loop)
@@ -244,6 +250,9 @@ class BufferedBytesLogger(structlog.BytesLogger):
     fatal = failure = err = error = critical = exception = msg
 
 
+SERVER_LOGGER = "uvicorn.error"
+
+
 class BufferedStreamHandler(logging.Handler):
     """A standard-library handler writing formatted records through a ``LineBuffer``."""
 
@@ -257,7 +266,8 @@ class BufferedStreamHandler(logging.Handler):
         except Exception:  # logging's contract: report, never raise
             self.handleError(record)
             return
-        self.buffer.add(line.encode("utf-8", "replace") + b"\n")
+        at_once = record.name == SERVER_LOGGER  # see LineBuffer: the last lines before a signal
+        self.buffer.add(line.encode("utf-8", "replace") + b"\n", at_once)
 
 
 class BufferedBytesLoggerFactory:
