@@ -238,8 +238,12 @@ class RedisEngagementState(EngagementState):
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
         """Load before serving (bounded), then follow changes until shutdown."""
-        with contextlib.suppress(TimeoutError, *REDIS_FAILURES):
+        try:
             await asyncio.wait_for(self.refresh(), self._startup_timeout)
+        except _STARTUP_FAILURES:
+            pass  # not synced: the follow task retries
+        except Exception as exc:  # unreadable: not synced either (as in _follow)
+            self._unreadable(exc)
         task = asyncio.create_task(self._follow(), name="engagement-state")
         try:
             yield
@@ -263,6 +267,20 @@ class RedisEngagementState(EngagementState):
                 # its slot map before it subscribes again.
                 with contextlib.suppress(*REDIS_FAILURES):
                     await self._client.get(self._keys[1])
+            except Exception as exc:
+                # Redis answered with what this process cannot read (a version that is
+                # no integer, written by hand or by another program). It ended the task
+                # silently: the snapshot froze while the other gateways kept closing
+                # engagements. Now the state counts as not loaded (every engagement
+                # closed to writes, readiness not ready: fail closed) until a read works.
+                self._unreadable(exc)
+                await asyncio.sleep(self._interval)
+
+    def _unreadable(self, exc: Exception) -> None:
+        count_redis_error("engagement_state")
+        self.synced = False
+        self.last_error = f"unreadable shared state: {type(exc).__name__}"
+        log.error("engagement_state_unreadable", exc_info=exc)
 
     async def _listen(self) -> None:
         pubsub = self._client.pubsub(ignore_subscribe_messages=True)
@@ -286,5 +304,10 @@ class RedisEngagementState(EngagementState):
         return int(await self._client.get(self._keys[1]) or 0) != self.version
 
 
+_STARTUP_FAILURES: tuple[type[BaseException], ...] = (TimeoutError, *REDIS_FAILURES)
+
+
 def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
+    # A name that is not UTF-8 is no engagement id, and decides nothing; it must not stop
+    # the read of the others (a UnicodeDecodeError there froze the snapshot).
+    return value.decode(errors="replace") if isinstance(value, bytes) else value

@@ -159,6 +159,82 @@ def test_a_gateway_started_while_redis_is_down_is_not_synced(redis_server: Redis
     assert synced is False
 
 
+def test_unreadable_shared_state_fails_closed_until_it_reads_again(
+    redis_server: RedisServer,
+) -> None:
+    """The follow task caught Redis failures only: a version key that is no integer
+    (written by hand or another program) ended it silently, and the snapshot froze
+    while other gateways kept closing engagements. Now the state counts as not loaded
+    (every engagement closed to writes, readiness not ready) until a read works again."""
+    fast = EngagementStateSettings(check_interval_seconds=0.1, startup_timeout_seconds=2)
+    version = "{" + fast.key_prefix + "}:version"
+
+    async def run() -> None:
+        client = create_redis(RedisSettings(url=redis_server.url))
+        raw = redis.asyncio.Redis.from_url(redis_server.url)
+        state = RedisEngagementState(client, fast)
+        try:
+            async with state.running():
+                await asyncio.wait_for(state.listening.wait(), 10)
+                assert state.synced
+                await raw.set(version, "not-a-number")
+                await asyncio.wait_for(until(lambda: not state.synced), 10)
+                assert state.decision_fact("acme-2026") == ClosedFact("acme-2026", NOT_SYNCED)
+                assert state.last_error == "unreadable shared state: ValueError"
+                await raw.set(version, "0")
+                await asyncio.wait_for(until(lambda: state.synced), 10)  # still following
+                await state.close(FACT)
+                assert state.decision_fact("acme-2026") == FACT
+                assert state.decision_fact("globex-cloud") is None
+        finally:
+            await client.aclose()
+            await raw.aclose()
+
+    asyncio.run(run())
+
+
+def test_a_gateway_started_on_unreadable_shared_state_is_not_synced(
+    redis_server: RedisServer,
+) -> None:
+    """The start-up read let the same error through: the lifespan failed."""
+    version = "{" + SETTINGS.key_prefix + "}:version"
+
+    async def run() -> tuple[bool, str | None]:
+        raw = redis.asyncio.Redis.from_url(redis_server.url)
+        await raw.set(version, "not-a-number")
+        client = create_redis(RedisSettings(url=redis_server.url))
+        state = RedisEngagementState(client, SETTINGS)
+        try:
+            async with state.running():
+                return state.synced, state.last_error
+        finally:
+            await raw.delete(version)
+            await client.aclose()
+            await raw.aclose()
+
+    assert asyncio.run(run()) == (False, "unreadable shared state: ValueError")
+
+
+def test_a_closed_name_that_is_not_utf8_does_not_stop_the_read(
+    redis_server: RedisServer,
+) -> None:
+    closed = "{" + SETTINGS.key_prefix + "}:closed"
+
+    async def scenario(one: RedisEngagementState, two: RedisEngagementState) -> None:
+        raw = redis.asyncio.Redis.from_url(redis_server.url)
+        try:
+            await raw.hset(closed, b"\xff\xfe", FACT.encode())
+            await one.close(FACT)
+            await asyncio.wait_for(until(lambda: two.get("acme-2026") == FACT), 10)
+            assert two.synced
+            assert one.synced
+        finally:
+            await raw.hdel(closed, b"\xff\xfe")
+            await raw.aclose()
+
+    on_two(redis_server, scenario)
+
+
 def test_an_unreadable_record_still_counts_as_closed() -> None:
     fact = ClosedFact.decode("acme-2026", b"{not json")
     assert fact.source == "unreadable_record"
