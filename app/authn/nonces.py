@@ -173,6 +173,9 @@ class MemoryNonceStore:
         """Forget the keys due in every second wholly past: all of them have expired."""
         horizon = int(now)
         if horizon <= self._swept_to:
+            # A wall clock stepped back: keys claimed now may fall due before the second
+            # the sweep had reached, so it goes on from here (those seconds are empty).
+            self._swept_to = horizon
             return
         seconds: Iterable[int] = range(self._swept_to, horizon)
         if horizon - self._swept_to > len(self._due):  # after a quiet spell: only the full ones

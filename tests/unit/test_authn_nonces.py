@@ -108,23 +108,10 @@ class ReferenceStore:
         return "claimed"
 
 
-step = st.tuples(
-    st.one_of(st.floats(0, 2, allow_nan=False), st.floats(0, 700, allow_nan=False)),
-    st.tuples(st.sampled_from(["k1", "k2"]), st.sampled_from(["a", "b", "c", "d"])),
-    st.integers(1, 600),
-)
-
-
-@settings(max_examples=300, deadline=None)
-@given(
-    start=st.floats(0, 1e9, allow_nan=False),
-    capacity=st.integers(1, 5),
-    steps=st.lists(step, max_size=40),
-)
-def test_memory_store_answers_as_the_plain_contract_on_any_clock(
+def assert_contract(
     start: float, capacity: int, steps: list[tuple[float, tuple[str, str], int]]
 ) -> None:
-    """Replays, expiry and capacity exactly as a plain dict would, from a clock at 0 or 1e9."""
+    """The memory store answers each step as ``ReferenceStore`` does."""
     clock = FakeClock()
     clock.now = start
     store = memory_store(capacity, clock)
@@ -142,6 +129,26 @@ def test_memory_store_answers_as_the_plain_contract_on_any_clock(
             assert await outcome(pair, ttl) == reference.claim(pair, clock.now, ttl)
 
     asyncio.run(scenario())
+
+
+step = st.tuples(
+    st.one_of(st.floats(0, 2, allow_nan=False), st.floats(0, 700, allow_nan=False)),
+    st.tuples(st.sampled_from(["k1", "k2"]), st.sampled_from(["a", "b", "c", "d"])),
+    st.integers(1, 600),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    start=st.floats(0, 1e9, allow_nan=False),
+    capacity=st.integers(1, 5),
+    steps=st.lists(step, max_size=40),
+)
+def test_memory_store_answers_as_the_plain_contract_on_any_clock(
+    start: float, capacity: int, steps: list[tuple[float, tuple[str, str], int]]
+) -> None:
+    """Replays, expiry and capacity exactly as a plain dict would, from a clock at 0 or 1e9."""
+    assert_contract(start, capacity, steps)
 
 
 def test_memory_store_keeps_its_nonces_out_of_the_garbage_collectors_way() -> None:
@@ -622,3 +629,69 @@ def test_readiness_notices_an_eviction_policy_set_at_run_time(
     assert details[3] == "redis"
     evicts = [e for e in logs if e["event"] == "nonce_store_evicts"]
     assert [e["maxmemory_policy"] for e in evicts] == ["volatile-ttl"]
+
+
+def test_memory_store_forgets_nonces_claimed_while_the_wall_clock_was_stepped_back() -> None:
+    """A nonce claimed after a step back may fall due before the second the sweep had
+    reached; the sweep went on from there, so it was never forgotten. It still counted
+    against the capacity: under steady traffic each step back left its nonces for good,
+    and a store holding no live nonce beyond its capacity refused every signature (503)."""
+    clock = FakeClock()
+    store = memory_store(3, clock)
+
+    async def claim(nonce: str, ttl: int) -> Claim:
+        return await store.claim("k1", nonce, CREATED, ttl)
+
+    async def scenario() -> None:
+        assert await claim("a", 100) is CLAIMED
+        clock.now += 1
+        assert await claim("b", 100) is CLAIMED
+        clock.now -= 500  # NTP steps the wall clock back
+        assert await claim("c", 10) is CLAIMED
+        clock.now += 502  # past where the sweep was, "c" long expired
+        assert await claim("d", 100) is CLAIMED, "only a and b are held"
+        assert len(store) == 3
+
+    asyncio.run(scenario())
+
+
+def test_memory_store_stays_bounded_by_its_live_nonces_across_a_step_back() -> None:
+    """Under steady traffic the sweep goes second by second: a step back's nonces, due
+    before the second it had reached, were never forgotten (nor counted out)."""
+    clock = FakeClock()
+    store = memory_store(100_000, clock)
+
+    async def steady(seconds: int, prefix: str, ttl: int) -> None:
+        for second in range(seconds):
+            clock.now += 1
+            assert await store.claim("k1", f"{prefix}{second}", CREATED, ttl) is CLAIMED
+
+    async def scenario() -> None:
+        await steady(100, "before-", 50)
+        clock.now -= 500  # NTP steps the wall clock back
+        await steady(5, "stepped-", 10)
+        clock.now += 495
+        await steady(200, "after-", 50)
+
+    asyncio.run(scenario())
+    assert len(store) <= 51, "only the nonces of the last 50 s (and one due now) are held"
+
+
+stepped = st.tuples(
+    st.one_of(st.floats(0, 2, allow_nan=False), st.floats(-700, 700, allow_nan=False)),
+    st.tuples(st.sampled_from(["k1", "k2"]), st.sampled_from(["a", "b", "c", "d"])),
+    st.integers(1, 600),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    start=st.floats(1e4, 1e9, allow_nan=False),
+    capacity=st.integers(1, 5),
+    steps=st.lists(stepped, max_size=40),
+)
+def test_memory_store_answers_as_the_plain_contract_on_a_clock_stepped_either_way(
+    start: float, capacity: int, steps: list[tuple[float, tuple[str, str], int]]
+) -> None:
+    """The contract holds on a wall clock that NTP steps back as well as forward."""
+    assert_contract(start, capacity, steps)
