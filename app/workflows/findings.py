@@ -26,7 +26,7 @@ from app.core.errors import Conflict, DownstreamError
 from app.domain.findings import Finding, FindingCreate, FindingList
 from app.domain.validated import ValidatedJson
 from app.downstream.client import ServiceRegistry, raise_for_client_error
-from app.workflows.idempotency import Codec, IdempotencyStore
+from app.workflows.idempotency import Codec, IdempotencyStore, scoped_key
 
 SERVICE = "findings"
 FROZEN = (
@@ -52,9 +52,7 @@ FINDING_CODEC: Codec[ValidatedJson[Finding]] = Codec(
 
 def service_key(subject: str, engagement_id: str, key: str, fingerprint: str) -> str:
     """The key the service sees for a caller's key and body: nothing else meets it there."""
-    parts = (subject, engagement_id, key, fingerprint)
-    joined = "\x1f".join(f"{len(part)}:{part}" for part in parts)
-    return f"finding-{hashlib.sha256(joined.encode()).hexdigest()[:48]}"
+    return scoped_key("finding", subject, engagement_id, key, fingerprint)
 
 
 class FindingsService:

@@ -73,6 +73,13 @@ def _not_renewed(exc: BaseException) -> None:
     count_redis_error("idempotency")
 
 
+def scoped_key(prefix: str, *parts: str) -> str:
+    """The ``Idempotency-Key`` a service gets for a caller's: ``prefix-`` and 48 hex digits
+    of a SHA-256 over ``parts`` (each length-prefixed), so no other caller's key meets it."""
+    joined = "\x1f".join(f"{len(part)}:{part}" for part in parts)
+    return f"{prefix}-{hashlib.sha256(joined.encode()).hexdigest()[:48]}"
+
+
 def require_key(value: str | None) -> str:
     """The request's key; 400 when it is missing or malformed."""
     if value is None:

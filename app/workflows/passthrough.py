@@ -37,7 +37,6 @@ pre-signed object-store URL) and is relayed as sent.
 from __future__ import annotations
 
 import functools
-import hashlib
 import hmac
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
@@ -72,7 +71,7 @@ from app.downstream.propagation import (
 )
 from app.downstream.transport import BODY_UNSENT
 from app.ops.metrics import count_downstream_body_failure, count_signature_failure
-from app.workflows.idempotency import require_key
+from app.workflows.idempotency import require_key, scoped_key
 
 log = get_logger("gateway.passthrough")
 decision_log = decision_logger()
@@ -350,8 +349,7 @@ def request_headers(route: PassthroughRoute, request: Request) -> list[tuple[str
 
 def forwarded_key(subject: str, method: str, path: str, key: str) -> str:
     """The ``Idempotency-Key`` a service gets for a caller's key: no other caller's meets it."""
-    joined = "\x1f".join(f"{len(part)}:{part}" for part in (subject, method, path, key))
-    return f"passthrough-{hashlib.sha256(joined.encode()).hexdigest()[:48]}"
+    return scoped_key("passthrough", subject, method, path, key)
 
 
 def _scoped(request: Request, name: str, value: str) -> tuple[str, str]:
