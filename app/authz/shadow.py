@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 from app.authz.closed import ClosedFact
 from app.authz.policy import Decision, PolicyEngine, source_of
-from app.authz.snapshot import read_snapshot
+from app.authz.snapshot import Fingerprint, read_snapshot
 from app.authz.suite import run_suites
 from app.authz.suite_files import parse_suites
 from app.core.config import PolicySettings
@@ -66,12 +66,14 @@ class ShadowPolicy:
         self.tests_run = 0
         self.tests_failed = 0
         self.last_error: str | None = None
+        self.fingerprint: Fingerprint | None = None  # of the files last read whole
         self._lock = asyncio.Lock()
 
     def load(self) -> None:
         """Parse the candidate (else keep the last one); its suites run for information."""
         try:
             snapshot = read_snapshot(self.settings)  # policy and suites of one version
+            self.fingerprint = snapshot.fingerprint
             engine = PolicyEngine(source_of(self.settings, snapshot))
         except ConfigError as exc:
             # The candidate is read as a policy directory: name the setting that set it.

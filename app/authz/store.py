@@ -30,7 +30,7 @@ import structlog
 from app.authz.closed import EngagementState, MemoryEngagementState
 from app.authz.policy import Decision, PolicyEngine, source_of
 from app.authz.shadow import ShadowPolicy, ShadowStatus, open_shadow
-from app.authz.snapshot import read_snapshot
+from app.authz.snapshot import Fingerprint, read_snapshot
 from app.authz.suite import SuiteError, run_suites
 from app.authz.suite_files import checked, parse_suites
 from app.core.config import PolicySettings
@@ -99,6 +99,7 @@ class GatedPolicy:
     engine: PolicyEngine
     tests_run: int
     files: tuple[PolicyFile, ...]
+    fingerprint: Fingerprint = ()  # of the files as read: where a watcher starts from
 
 
 class GateFailed(PolicyRejected):
@@ -133,7 +134,7 @@ def build_gated(settings: PolicySettings) -> GatedPolicy:
     report = run_suites(engine, cases)
     if report.failures:
         raise GateFailed(len(report.results), tuple(f.describe_failure() for f in report.failures))
-    return GatedPolicy(engine, len(report.results), files)
+    return GatedPolicy(engine, len(report.results), files, snapshot.fingerprint)
 
 
 def build_frozen(settings: PolicySettings) -> GatedPolicy:
@@ -210,6 +211,11 @@ class PolicyStore:
     @property
     def loaded_at(self) -> float:
         return self._gated.engine.loaded_at
+
+    @property
+    def fingerprint(self) -> Fingerprint:
+        """``fingerprint_of`` the files as they were read for the policy in force."""
+        return self._gated.fingerprint
 
     def decide(
         self, subject: str, engagement: str, obj: str, action: str, groups: Sequence[str] = ()

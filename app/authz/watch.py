@@ -65,13 +65,14 @@ async def policy_watcher(store: PolicyStore, interval: float | None) -> AsyncIte
     if interval is None:
         yield
         return
-    # Fingerprint now, not when the task first runs, so an edit in between is seen.
+    # From the files as the policy in force was read (at start-up, in ``create_app``),
+    # not as they are now: an edit saved before the watch began is a change too.
     tasks = [
-        asyncio.create_task(watch_policy(store, interval, fingerprint(store)), name="policy-watch")
+        asyncio.create_task(watch_policy(store, interval, store.fingerprint), name="policy-watch")
     ]
     shadow = store.shadow
     if shadow is not None:  # the candidate's files too: it is re-read, never gated or enforced
-        seen = fingerprint_of(shadow.settings)
+        seen = shadow.fingerprint or fingerprint_of(shadow.settings)
         watcher = _watch(lambda: fingerprint_of(shadow.settings), shadow.reload, interval, seen)
         tasks.append(asyncio.create_task(watcher, name="policy-shadow-watch"))
     try:

@@ -548,3 +548,46 @@ def test_a_reload_lists_the_first_suite_problems_and_counts_the_rest(policy_dir:
     assert "tests/big.yaml:3" in result.error
     assert result.error.endswith("... and 4980 more (gateway policy lint lists every one)")
     assert len(read_suites(policy_dir)[1]) == 5000
+
+
+def test_watcher_reloads_an_edit_saved_before_it_started(policy_dir: Path) -> None:
+    """The policy is read in ``create_app``, the watch starts in the lifespan: it took
+    its first fingerprint then, so a revocation saved in between was never reloaded
+    (the files matched that fingerprint) until some other edit."""
+    store = open_store(policy_dir)
+    before = store.revision
+    append(policy_dir / "policy.csv", "g, zoe, analyst, acme-2026\n")
+
+    async def scenario() -> None:
+        async with policy_watcher(store, 0.02):
+            for _ in range(100):
+                await asyncio.sleep(0.02)
+                if store.revision != before:
+                    break
+
+    asyncio.run(scenario())
+    assert store.revision != before
+    assert store.decide("zoe", *ALICE_READS[1:]).allowed
+
+
+def test_shadow_watcher_reloads_an_edit_saved_before_it_started(
+    policy_dir: Path, tmp_path: Path
+) -> None:
+    shadow_dir = tmp_path / "candidate"
+    shutil.copytree(policy_dir, shadow_dir)
+    store = open_store(policy_dir, shadow_dir=shadow_dir)
+    shadow = store.shadow
+    assert shadow is not None
+    assert shadow.engine is not None
+    before = shadow.engine.revision
+    append(shadow_dir / "policy.csv", "g, zoe, analyst, acme-2026\n")
+
+    async def scenario() -> None:
+        async with policy_watcher(store, 0.02):
+            for _ in range(100):
+                await asyncio.sleep(0.02)
+                if shadow.engine is not None and shadow.engine.revision != before:
+                    break
+
+    asyncio.run(scenario())
+    assert shadow.engine.revision != before
