@@ -196,7 +196,7 @@ def test_a_rejected_parse_records_no_cases_run(policy_dir: Path) -> None:
 @pytest.mark.parametrize(
     ("odd", "expected"),
     [
-        ("suite: odd\n? [a, b]\n: 1\n", "tests/odd.yaml:1"),  # a list as a mapping key
+        ("suite: odd\n? [a, b]\n: 1\n", "tests/odd.yaml:2"),  # a list key, on its line
         ("[" * 5000 + "]" * 5000 + "\n", "nested too deeply"),
         ("suite: s # \u2028cases: []\n", "U+2028"),  # a line break only for some readers
     ],
