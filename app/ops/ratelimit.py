@@ -242,13 +242,23 @@ def _item(name: str, **params: float | int) -> str:
     return f'"{name}"' + "".join(f";{k}={math.ceil(v)}" for k, v in params.items())
 
 
+def _policy_item(bucket: Bucket) -> str:
+    """One policy: ``q`` the limit, ``w`` the window when it is whole seconds, else no ``w``.
+
+    The draft's ``w`` is an integer; a window of 0.5 s rounded up to ``w=1`` would
+    advertise half the rate the gateway grants, so a fractional window is left out.
+    """
+    rule = bucket.rule
+    if rule.window_seconds.is_integer():
+        return _item(bucket.scope, q=rule.limit, w=rule.window_seconds)
+    return _item(bucket.scope, q=rule.limit)
+
+
 def rate_limit_headers(states: Sequence[BucketState]) -> dict[str, str]:
     """``RateLimit-Policy`` and ``RateLimit`` as in draft-ietf-httpapi-ratelimit-headers-09."""
     if not states:
         return {}
-    policy = (
-        _item(s.bucket.scope, q=s.bucket.rule.limit, w=s.bucket.rule.window_seconds) for s in states
-    )
+    policy = (_policy_item(s.bucket) for s in states)
     current = (_item(s.bucket.scope, r=s.remaining, t=s.reset_seconds) for s in states)
     return {"RateLimit-Policy": ", ".join(policy), "RateLimit": ", ".join(current)}
 

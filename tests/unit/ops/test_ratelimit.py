@@ -116,6 +116,16 @@ def test_headers_follow_the_ietf_draft() -> None:
     assert rate_limit_headers([]) == {}
 
 
+def test_a_fractional_window_is_not_rounded_into_the_policy() -> None:
+    """The draft's ``w`` is whole seconds: 2 per 0.5 s is not "2 per 1 s" (half the rate)."""
+    rule = RateLimitRule(limit=2, window_seconds=0.5)
+    state = ratelimit.BucketState(Bucket("subject", "a", rule), True, 1, 0.25, 0)
+    assert rate_limit_headers([state]) == {
+        "RateLimit-Policy": '"subject";q=2',
+        "RateLimit": '"subject";r=1;t=1',
+    }
+
+
 async def test_guard_raises_429_with_retry_after() -> None:
     settings = RateLimitSettings(subject=RateLimitRule(limit=1, window_seconds=30))
     guard = RateLimitGuard(settings, MemoryRateLimiter())
