@@ -33,6 +33,7 @@ import structlog
 from redis.commands.core import AsyncScript
 
 from app.authz.closed import ClosedFact, EngagementState
+from app.authz.source import clip
 from app.core.engagement_settings import EngagementStateSettings
 from app.core.errors import ServiceUnavailable
 from app.core.ids import uuid4_hex
@@ -96,6 +97,10 @@ return {redis.call('GET', KEYS[2]) or '0', redis.call('HGETALL', KEYS[1]), epoch
 # ARGV[1] the epoch the facts are restored into (nothing if it changed again); returns
 # the names written (those another process had not restored or closed already).
 _RESTORE = "if redis.call('GET', KEYS[3]) ~= ARGV[1] then return {} end" + _ADD_ABSENT
+
+
+class UnreadableState(ValueError):
+    """Redis answered what this process cannot read (a ``ValueError`` as before)."""
 
 
 class RedisEngagementState(EngagementState):
@@ -190,7 +195,14 @@ class RedisEngagementState(EngagementState):
 
     async def refresh(self) -> None:
         """Replace the snapshot with what Redis holds (one atomic read); after Redis lost
-        its data (a new epoch), write back the facts held first."""
+        its data (a new epoch), write back the facts held first. ``UnreadableState``
+        when Redis answers what this process cannot read."""
+        try:
+            await self._refresh()
+        except (ValueError, TypeError) as exc:
+            raise UnreadableState(exc) from exc
+
+    async def _refresh(self) -> None:
         version, flat, raw_epoch = await self._read_script(keys=self._keys, args=[uuid4_hex()])
         epoch = _text(raw_epoch)
         known, self._epoch = self._epoch, epoch
@@ -240,10 +252,10 @@ class RedisEngagementState(EngagementState):
         """Load before serving (bounded), then follow changes until shutdown."""
         try:
             await asyncio.wait_for(self.refresh(), self._startup_timeout)
-        except _STARTUP_FAILURES:
-            pass  # not synced: the follow task retries
-        except Exception as exc:  # unreadable: not synced either (as in _follow)
+        except UnreadableState as exc:  # not synced (fail closed), as in _follow
             self._unreadable(exc)
+        except Exception as exc:  # Redis failures, a timeout: not synced; _follow retries
+            self.last_error = type(exc).__name__
         task = asyncio.create_task(self._follow(), name="engagement-state")
         try:
             yield
@@ -258,16 +270,7 @@ class RedisEngagementState(EngagementState):
         while True:
             try:
                 await self._listen()
-            except REDIS_FAILURES as exc:
-                count_redis_error("engagement_state")
-                self.last_error = type(exc).__name__
-                self._outage.failed(self.last_error)
-                await asyncio.sleep(self._interval)
-                # A plain read first: after a failover it makes a cluster client refresh
-                # its slot map before it subscribes again.
-                with contextlib.suppress(*REDIS_FAILURES):
-                    await self._client.get(self._keys[1])
-            except Exception as exc:
+            except UnreadableState as exc:
                 # Redis answered with what this process cannot read (a version that is
                 # no integer, written by hand or by another program). It ended the task
                 # silently: the snapshot froze while the other gateways kept closing
@@ -275,12 +278,25 @@ class RedisEngagementState(EngagementState):
                 # closed to writes, readiness not ready: fail closed) until a read works.
                 self._unreadable(exc)
                 await asyncio.sleep(self._interval)
+            except Exception as exc:
+                # Redis failures, and what redis-py raises besides them (its cluster
+                # client with an empty slot map raises KeyError on subscribe): the task
+                # ended silently on those, and the state never followed again.
+                count_redis_error("engagement_state")
+                self.last_error = type(exc).__name__
+                self._outage.failed(self.last_error)
+                await asyncio.sleep(self._interval)
+                # A plain read first: after a failover it makes a cluster client refresh
+                # its slot map before it subscribes again.
+                with contextlib.suppress(Exception):
+                    await self._client.get(self._keys[1])
 
-    def _unreadable(self, exc: Exception) -> None:
+    def _unreadable(self, exc: UnreadableState) -> None:
         count_redis_error("engagement_state")
         self.synced = False
-        self.last_error = f"unreadable shared state: {type(exc).__name__}"
-        log.error("engagement_state_unreadable", exc_info=exc)
+        cause = exc.__cause__ or exc
+        self.last_error = f"unreadable shared state: {type(cause).__name__}"
+        log.error("engagement_state_unreadable", error=clip(str(cause), 200))
 
     async def _listen(self) -> None:
         pubsub = self._client.pubsub(ignore_subscribe_messages=True)
@@ -301,10 +317,11 @@ class RedisEngagementState(EngagementState):
                 await pubsub.aclose()  # type: ignore[no-untyped-call]  # untyped upstream
 
     async def _changed(self) -> bool:
-        return int(await self._client.get(self._keys[1]) or 0) != self.version
-
-
-_STARTUP_FAILURES: tuple[type[BaseException], ...] = (TimeoutError, *REDIS_FAILURES)
+        raw = await self._client.get(self._keys[1])
+        try:
+            return int(raw or 0) != self.version
+        except ValueError as exc:
+            raise UnreadableState(exc) from exc
 
 
 def _text(value: bytes | str) -> str:

@@ -193,6 +193,40 @@ def test_unreadable_shared_state_fails_closed_until_it_reads_again(
     asyncio.run(run())
 
 
+def test_an_error_redis_py_raises_besides_its_own_is_an_outage_not_the_end(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """redis-py's cluster client with an empty slot map (no node reachable at start)
+    raises KeyError on subscribe, no RedisError: the follow task ended on it, and the
+    state never followed (nor became ready) once the cluster came up."""
+    fast = EngagementStateSettings(check_interval_seconds=0.1, startup_timeout_seconds=2)
+
+    async def run() -> int:
+        client = create_redis(RedisSettings(url=redis_server.url))
+        real = client.pubsub
+        calls = 0
+
+        def flaky(**kwargs: Any) -> Any:
+            nonlocal calls
+            calls += 1
+            if calls == 1:
+                raise KeyError(15835)
+            return real(**kwargs)
+
+        monkeypatch.setattr(client, "pubsub", flaky)
+        state = RedisEngagementState(client, fast)
+        try:
+            async with state.running():
+                await asyncio.wait_for(state.listening.wait(), 10)
+                assert state.synced
+                assert state.last_error is None
+        finally:
+            await client.aclose()
+        return calls
+
+    assert asyncio.run(run()) == 2
+
+
 def test_a_gateway_started_on_unreadable_shared_state_is_not_synced(
     redis_server: RedisServer,
 ) -> None:
