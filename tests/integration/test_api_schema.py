@@ -27,12 +27,8 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from app.authn.base import Message
-from app.authn.signer import sign_headers
-from app.main import create_app
-from app.stubs.server import STUB_NAMES, create_stub_app
-from tests.conftest import TEST_KEY_ENV, TEST_KEY_ID, TEST_SECRET, LiveServer, make_settings
-from tests.integration.test_passthrough import ROUTES
+from tests.conftest import LiveServer
+from tests.integration.schema_stack import Signed, stubbed_gateway
 
 pytestmark = pytest.mark.integration
 
@@ -45,41 +41,11 @@ CHECKS = [
 EXAMPLES = 12  # per operation and generation mode: about 40 s for the whole schema
 
 
-class SignedRequests(requests.auth.AuthBase):
-    """Sign each prepared request (as sent: path, query, body) with the test key."""
-
-    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
-        path, _, query = (request.path_url or "/").partition("?")
-        subject = "sam" if path.startswith("/admin") else "rita"
-        request.headers["X-Auth-Subject"] = subject
-        body = request.body or b""
-        if isinstance(body, str):
-            body = body.encode()
-        assert isinstance(body, bytes)
-        fields = {name.lower(): [value] for name, value in request.headers.items()}
-        message = Message(str(request.method), path, query, "http", "", fields)
-        request.headers.update(sign_headers(message, body, key_id=TEST_KEY_ID, secret=TEST_SECRET))
-        return request
-
-
 @pytest.fixture(scope="module")
 def gateway() -> Iterator[LiveServer]:
     """Three stubs and a gateway with the documented pass-through routes, for the module."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv(TEST_KEY_ENV, TEST_SECRET.decode())
-        stubs = {name: LiveServer(create_stub_app(name)).start() for name in STUB_NAMES}
-        settings_ = make_settings(
-            {name: stub.url for name, stub in stubs.items()},
-            orchestration={"passthrough": ROUTES},
-            edge={"max_body_bytes": 32 * 1024 * 1024},  # the routes' own limits fit under it
-        )
-        server = LiveServer(create_app(settings_)).start()
-        try:
-            yield server
-        finally:
-            server.stop()
-            for stub in stubs.values():
-                stub.stop()
+    with stubbed_gateway() as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +56,7 @@ def api_schema(gateway: LiveServer) -> Any:
 @pytest.fixture(scope="module")
 def session() -> Iterator[requests.Session]:
     with requests.Session() as signed:
-        signed.auth = SignedRequests()
+        signed.auth = Signed()
         yield signed
 
 

@@ -26,19 +26,13 @@ from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import content_type_conformance, status_code_conformance
 
-from app.authn.base import Message
-from app.authn.signer import sign_headers
-from app.main import create_app
-from app.stubs.server import STUB_NAMES, create_stub_app
-from tests.conftest import TEST_KEY_ENV, TEST_KEY_ID, TEST_SECRET, LiveServer, make_settings
-from tests.integration.test_passthrough import ROUTES
+from tests.conftest import LiveServer
+from tests.integration.schema_stack import Signed, stubbed_gateway
 
 pytestmark = pytest.mark.integration
 
 EXAMPLES = 5  # per operation, generation mode and caller
 PUBLIC = {"/healthz", "/readyz", "/metrics"}
-# The headers that carry a decision request's original: signed when sent (decisions.md).
-ORIGINAL_HEADERS = ("x-original-method", "x-original-uri", "x-forwarded-method", "x-forwarded-uri")
 DENIED = "zed"  # holds no role anywhere
 # Refused before the body or parameters are read: what a denied caller may see (401:
 # a decision request without its original headers, which the signature must cover).
@@ -46,50 +40,16 @@ DENIED_STATUSES = {400, 401, 403, 404, 405, 429}
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance]
 
 
-class Signed(requests.auth.AuthBase):
-    """Sign each prepared request as a trusted proxy would, for ``subject`` (or by path)."""
-
-    def __init__(self, subject: str | None) -> None:
-        self.subject = subject
-
-    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
-        path, _, query = (request.path_url or "/").partition("?")
-        subject = self.subject or ("sam" if path.startswith("/admin") else "rita")
-        request.headers["X-Auth-Subject"] = subject
-        body = request.body or b""
-        if isinstance(body, str):
-            body = body.encode()
-        assert isinstance(body, bytes)
-        fields = {name.lower(): [value] for name, value in request.headers.items()}
-        cover = [name for name in ORIGINAL_HEADERS if name in fields]
-        message = Message(str(request.method), path, query, "http", "", fields)
-        signed = sign_headers(message, body, key_id=TEST_KEY_ID, secret=TEST_SECRET, cover=cover)
-        request.headers.update(signed)
-        return request
-
-
 @pytest.fixture(scope="module")
 def gateway() -> Iterator[LiveServer]:
     """Stubs and a gateway with pass-through and decision routes and a generous rate limit."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv(TEST_KEY_ENV, TEST_SECRET.decode())
-        stubs = {name: LiveServer(create_stub_app(name)).start() for name in STUB_NAMES}
-        generous = {"limit": 1_000_000, "window_seconds": 1}
-        decided = ["/v1/engagements/{engagement_id}/findings", "/admin/{rest:path}"]
-        settings_ = make_settings(
-            {name: stub.url for name, stub in stubs.items()},
-            orchestration={"passthrough": ROUTES},
-            edge={"max_body_bytes": 32 * 1024 * 1024},
-            authorizer={"routes": decided},
-            ops={"rate_limit": {"subject": generous, "engagement": generous}},
-        )
-        server = LiveServer(create_app(settings_)).start()
-        try:
-            yield server
-        finally:
-            server.stop()
-            for stub in stubs.values():
-                stub.stop()
+    generous = {"limit": 1_000_000, "window_seconds": 1}
+    decided = ["/v1/engagements/{engagement_id}/findings", "/admin/{rest:path}"]
+    with stubbed_gateway(
+        authorizer={"routes": decided},
+        ops={"rate_limit": {"subject": generous, "engagement": generous}},
+    ) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
@@ -121,7 +81,7 @@ def check_promises(schema: dict[str, Any], path: str, response: Any, denied: boo
 def exercise(strategy: Any, schema: dict[str, Any], url: str, caller: str | None) -> None:
     """Generated cases of one operation, mode and caller; the first failure raises."""
     with requests.Session() as session:
-        session.auth = Signed(caller)
+        session.auth = Signed(caller, cover_original=True)
 
         @given(case=strategy)
         @settings(
