@@ -17,9 +17,11 @@ attempt first calls ``BreakerCall.admit``: the first enters the breaker call, a
 retry meeting a breaker opened meanwhile fails fast. 4xx answers raise nothing
 inside the block, so they are never failures; a pool timeout is excluded (our
 saturation, not the service's fault), and so is an open circuit met by a retry
-(the failure that opened it was counted). pybreaker lets every concurrent call
-through in half-open, so ``BreakerCall.admit`` admits at most
-``half_open_max_calls`` trials and fails the rest fast with ``CircuitOpen``.
+(the failure that opened it was counted), and so is a request its caller cut short
+(a client that left mid-upload: the service answered nothing, neither way).
+pybreaker lets every concurrent call through in half-open, so ``BreakerCall.admit``
+admits at most ``half_open_max_calls`` trials and fails the rest fast with
+``CircuitOpen``.
 Transitions are logged and exported as a Prometheus gauge.
 
 The reset timeout runs on the monotonic clock: pybreaker times it on the wall clock
@@ -241,6 +243,21 @@ def _not_a_failure(exc: BaseException) -> bool:
     return not isinstance(exc, DownstreamError | asyncio.CancelledError)
 
 
+def _unjudged(exc: BaseException | None) -> bool:
+    """The call ended without the service being judged: it sent nothing (no free
+    connection, a later attempt refused), or the caller's side cut the request short
+    (an upload whose client left mid-body, or whose body failed its digest or size
+    check: raised by the body as it streams). pybreaker would count the latter as a
+    success: a client leaving mid-upload reset the failure count, and closed a
+    half-open breaker whose service had answered nothing. A cancellation (the
+    overview's deadline, a shutdown) stays a failure (``_not_a_failure``)."""
+    if exc is None:
+        return False
+    if isinstance(exc, PoolExhausted | CircuitOpen):
+        return True
+    return not isinstance(exc, DownstreamError | asyncio.CancelledError)
+
+
 class _Storage(pybreaker.CircuitMemoryStorage):
     """pybreaker's in-memory state, with a mode in which nothing it does is kept.
 
@@ -384,10 +401,11 @@ class BreakerCall:
             exc = self._sent_failure
             kind, tb = type(exc), exc.__traceback__
         admitted_in = pybreaker.STATE_HALF_OPEN if self._trial else pybreaker.STATE_CLOSED
-        if isinstance(exc, PoolExhausted | CircuitOpen) or storage.state != admitted_in:
-            # Nothing sent (no free connection; a later attempt refused), or the breaker
-            # left the state this call was admitted in (opened by others; a trial's
-            # breaker closed or reopened by another trial): not counted. Ended as a
+        if _unjudged(exc) or storage.state != admitted_in:
+            # Nothing sent (no free connection; a later attempt refused), the caller cut
+            # its own request short, or the breaker left the state this call was
+            # admitted in (opened by others; a trial's breaker closed or reopened by
+            # another trial): not counted. Ended as a
             # success (pybreaker's path without a state change of its own: it closes
             # nothing, as the success counter does not move) while the storage keeps
             # nothing of it; the exception propagates.

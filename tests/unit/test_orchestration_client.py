@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import pytest
+from starlette.requests import ClientDisconnect
 
 from app.authn.keys import KeyRing, SigningKey
 from app.authn.signer import message_from_httpx
@@ -188,3 +190,51 @@ def test_a_send_stale_every_time_is_a_retryable_502_never_an_unmapped_error() ->
     attempts = SETTINGS.retry.attempts
     assert len(sent) == attempts * (STALE_RESENDS + 1)
     assert len({r.headers["signature"] for r in sent}) == len(sent), "each send re-signed"
+
+
+def test_an_upload_its_caller_cut_short_is_no_breaker_success() -> None:
+    """A client that leaves mid-upload (``ClientDisconnect`` raised by the body as it
+    streams) judged the service neither way: it reset the failure count, and a
+    half-open breaker's trial cut so closed it although the service answered nothing."""
+    settings = SETTINGS.model_copy(
+        update={
+            "retry": SETTINGS.retry.model_copy(update={"attempts": 1}),
+            "breaker": SETTINGS.breaker.model_copy(
+                update={"fail_max": 2, "reset_timeout_seconds": 0.05}
+            ),
+        }
+    )
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        async for _ in request.stream:  # type: ignore[union-attr]
+            pass
+        return httpx.Response(503)
+
+    async def cut_upload() -> AsyncIterator[bytes]:
+        yield b"first chunk"
+        raise ClientDisconnect()
+
+    async def scenario() -> tuple[int, str]:
+        bind_call_context(CallContext(Identity("bob", (), "proxy"), "acme-2026"))
+        client = DownstreamClient("findings", settings, httpx.MockTransport(handler), KEY)
+
+        async def upload() -> None:
+            with pytest.raises(ClientDisconnect):
+                await client.call("POST", "/evidence", content=cut_upload(), stream=True)
+
+        try:
+            with pytest.raises(DownstreamError):
+                await client.call("GET", "/x")
+            await upload()
+            failures = client.breaker.snapshot().failures
+            with pytest.raises(DownstreamError):
+                await client.call("GET", "/x")  # the second failure opens it
+            await asyncio.sleep(0.1)  # half-open: the next call is its trial
+            await upload()
+            return failures, client.breaker.snapshot().state
+        finally:
+            await client.aclose()
+
+    failures, state = asyncio.run(scenario())
+    assert failures == 1, "the cut upload reset the failure count"
+    assert state == "half-open", "the cut upload's trial closed the breaker"
