@@ -14,10 +14,13 @@ the undo runs as a task of its own (``finish_undos``: the app's lifespan waits
 for it, and for the rest of the cancelled request: its lock and key released,
 its 503 sent, bounded, before it closes the service pools and Redis), so a
 second cancellation does not stop it either. The undo of a *failed* step runs in
-such a task too: a cancellation that arrives while it compensates ends the
-request, not the undo. Weighed against leaving the steps done (the close then
-stays half applied: findings frozen, an engagement open) and against refusing
-to stop while a saga runs (a supervisor kills the process anyway).
+such a task too: a cancellation that arrives while it compensates is held until
+the undo ends, as above (before, it ended the request at once: the engagement's
+lock and the key were released while the undo still ran, so another gateway's
+reopen or close, or the caller's retry of the same key, ran beside it). Weighed
+against leaving the steps done (the close then stays half applied: findings
+frozen, an engagement open) and against refusing to stop while a saga runs (a
+supervisor kills the process anyway).
 """
 
 from __future__ import annotations
@@ -81,12 +84,14 @@ class Saga:
                 )
                 if _maybe_applied(exc) and step.undo_when_unanswered:
                     done.append((step, None))  # undone first, like the last step done
+                undo = _undo_task(self._compensate(done))
                 try:
-                    not_undone = await _undo_to_the_end(self._compensate(done))
+                    not_undone = await asyncio.shield(undo)
                 except asyncio.CancelledError:
-                    # Cancelled while undoing a failure: the undo goes on in its task.
-                    log.warning("saga_undo_detached", saga=self.name, step=step.name)
+                    # Cancelled while undoing a failure: the request still ends after the
+                    # undo (its lock and key released only then), unless cancelled again.
                     _finish_before_shutdown(asyncio.current_task())
+                    await _wait_despite_cancellation(undo)
                     raise
                 raise _failure(self.name, step, exc, not_undone) from None
             except asyncio.CancelledError:
@@ -142,20 +147,27 @@ def _finish_before_shutdown(task: asyncio.Task[Any] | None) -> None:
         task.add_done_callback(_UNDOING.discard)
 
 
-async def _undo_to_the_end(undo: Coroutine[object, object, list[str]]) -> list[str]:
+def _undo_task(undo: Coroutine[object, object, list[str]]) -> asyncio.Task[list[str]]:
     """Run ``undo`` in a task of its own, which a cancellation of the caller does not
-    stop (``finish_undos`` waits for it), and return its result."""
+    stop (``finish_undos`` waits for it)."""
     task = asyncio.get_running_loop().create_task(undo)
     _finish_before_shutdown(task)
-    return await asyncio.shield(task)
+    return task
+
+
+async def _wait_despite_cancellation(undo: asyncio.Task[list[str]]) -> None:
+    """Wait for ``undo`` to end unless cancelled again: the request ends (releasing the
+    engagement's lock and the key's claim) only after its undo, so no other close or
+    reopen, and no retry of the same key, runs while it undoes."""
+    try:
+        await asyncio.shield(undo)
+    except asyncio.CancelledError:
+        log.warning("saga_undo_detached")  # it goes on; finish_undos waits for it
 
 
 async def _undo_despite_cancellation(undo: Coroutine[object, object, list[str]]) -> None:
     """Run ``undo`` to its end in a task of its own; wait for it unless cancelled again."""
-    try:
-        await _undo_to_the_end(undo)
-    except asyncio.CancelledError:
-        log.warning("saga_undo_detached")  # it goes on; finish_undos waits for it
+    await _wait_despite_cancellation(_undo_task(undo))
 
 
 async def finish_undos(within_seconds: float) -> None:

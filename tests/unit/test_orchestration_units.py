@@ -40,6 +40,7 @@ from app.downstream.propagation import (
 )
 from app.downstream.resilience import PoolExhausted, RetryableError, RetryableTimeout
 from app.edge.paths import normalize_path
+from app.workflows.engagement_lock import MemoryEngagementLocks
 from app.workflows.idempotency import (
     Codec,
     IdempotencyStoreUnavailable,
@@ -360,9 +361,13 @@ def test_a_saga_cancelled_mid_step_undoes_its_steps_before_it_stops(cancels: int
     assert any(line["event"] == "saga_undo_detached" for line in logs) is (cancels == 2)
 
 
-def test_a_saga_cancelled_while_it_undoes_a_failed_step_still_undoes_every_step() -> None:
-    """Shutdown cancels a request whose saga is compensating a failure: the request
-    ends (cancelled), the compensation goes on to the first step, finish_undos waits."""
+@pytest.mark.parametrize("cancels", [1, 2])
+def test_a_saga_cancelled_while_it_undoes_a_failed_step_still_undoes_every_step(
+    cancels: int,
+) -> None:
+    """Shutdown cancels a request whose saga is compensating a failure: the compensation
+    goes on to the first step and the request ends (cancelled) after it; a second
+    cancellation ends the request at once, not the undo, which finish_undos waits for."""
     trail: list[str] = []
     undoing = asyncio.Event()
     undo_may_end = asyncio.Event()
@@ -390,11 +395,14 @@ def test_a_saga_cancelled_while_it_undoes_a_failed_step_still_undoes_every_step(
         steps = [Step("a", "svc", ok("a"), undo), Step("b", "svc", ok("b"), slow_undo)]
         task = asyncio.create_task(Saga("demo", [*steps, Step("c", "svc", fails)]).run())
         await undoing.wait()
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
+        for _ in range(cancels):
+            task.cancel()
+            await asyncio.sleep(0.01)
+        assert task.done() is (cancels == 2)  # once: the request waits for its undo
         assert trail == ["do a", "do b", "do c"]  # b's undo is still running
         undo_may_end.set()
+        with pytest.raises(asyncio.CancelledError):
+            await task
         await finish_undos(5)
 
     with capture_logs() as logs:
@@ -402,7 +410,48 @@ def test_a_saga_cancelled_while_it_undoes_a_failed_step_still_undoes_every_step(
     assert trail == ["do a", "do b", "do c", "undo b", "undo a"]
     statuses = [(line["step"], line["status"]) for line in logs if line["event"] == "saga_step"]
     assert statuses[-2:] == [("b", "compensated"), ("a", "compensated")]
-    assert any(line["event"] == "saga_undo_detached" for line in logs)
+    assert any(line["event"] == "saga_undo_detached" for line in logs) is (cancels == 2)
+
+
+def test_a_close_cancelled_while_it_undoes_a_failure_keeps_its_lock_until_the_undo_ends() -> None:
+    """The engagement's lock (and the key's claim) are released as the request ends: a
+    cancellation mid-undo ended it at once, so a reopen, another close or the retry of
+    the same key (told 503, send it again) could run beside the undo still going on."""
+    locks = MemoryEngagementLocks()
+    undoing = asyncio.Event()
+    undo_may_end = asyncio.Event()
+    undone: list[str] = []
+
+    async def freeze() -> str:
+        return "frozen"
+
+    async def unfreeze(_: Any) -> None:
+        undoing.set()
+        await undo_may_end.wait()
+        undone.append("unfreeze")
+
+    async def close() -> str:
+        raise DownstreamTimeout("engagements")
+
+    async def request() -> None:
+        steps = [Step("freeze_findings", "findings", freeze, unfreeze), Step("close", "x", close)]
+        async with locks.hold("acme-2026", "close"):
+            await Saga("close_engagement", steps).run()
+
+    async def scenario() -> str | None:
+        task = asyncio.create_task(request())
+        await undoing.wait()
+        task.cancel()
+        await asyncio.sleep(0.05)
+        held_while_undoing = locks.running("acme-2026")
+        undo_may_end.set()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await finish_undos(5)
+        return held_while_undoing
+
+    assert asyncio.run(scenario()) == "close"
+    assert undone == ["unfreeze"]
 
 
 @pytest.mark.parametrize(
