@@ -145,6 +145,11 @@ class EngagementState:
     async def reopen(self, engagement: str) -> ClosedFact | None:
         raise NotImplementedError
 
+    async def withdraw(self, fact: ClosedFact) -> None:
+        """Remove ``fact`` if it is still the engagement's (an undone close's, never another's);
+        ``ServiceUnavailable`` when the shared state cannot answer."""
+        raise NotImplementedError
+
     async def current_version(self) -> int:
         raise NotImplementedError
 
@@ -180,6 +185,12 @@ class MemoryEngagementState(EngagementState):
             self.version += 1
             log.info("engagement_reopened_fact", engagement=engagement, source=previous.source)
         return previous
+
+    async def withdraw(self, fact: ClosedFact) -> None:
+        if self._closed.get(fact.engagement) == fact:
+            self._closed = {k: v for k, v in self._closed.items() if k != fact.engagement}
+            self.version += 1
+            log.warning("engagement_closed_fact_withdrawn", engagement=fact.engagement)
 
     async def current_version(self) -> int:
         return self.version

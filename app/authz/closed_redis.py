@@ -150,6 +150,20 @@ class RedisEngagementState(EngagementState):
             await self._announce(engagement)
         return previous
 
+    async def withdraw(self, fact: ClosedFact) -> None:
+        """Take back an undone close's fact now, if it is still this exact fact; when Redis
+        does not answer, watch for it in the background as for an unconfirmed write."""
+        encoded = fact.encode()
+        try:
+            removed = await self._write(self._withdraw_script, fact.engagement, encoded)
+        except ServiceUnavailable:
+            self._withdraw_if_applied(fact.engagement, encoded)
+            raise
+        if removed:
+            log.warning("engagement_closed_fact_withdrawn", engagement=fact.engagement)
+            self._closed = {k: v for k, v in self._closed.items() if k != fact.engagement}
+            await self._announce(fact.engagement)
+
     def _withdraw_if_applied(self, engagement: str, encoded: str) -> None:
         """Take back a closed fact whose write Redis did not confirm, should it appear.
 

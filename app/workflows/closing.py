@@ -7,7 +7,7 @@ answer; the render is sent again with its key, which answers the report it made)
     1. freeze_findings  findings     POST .../findings/freeze     undo: POST .../findings/unfreeze
     2. render_report    reports      POST .../reports (final)     undo: DELETE .../reports/{id}
     3. close            engagements  POST .../close               undo: POST .../reopen
-    4. publish_closed   gateway      the engagement state         (last step: nothing after it)
+    4. publish_closed   gateway      the engagement state         undo: withdraw the fact
 
 Step 4 makes every gateway decide the engagement as closed (read-only) within a
 second (``app/authz/closed.py``); if it cannot (Redis down), the close is undone
@@ -133,6 +133,7 @@ class CloseService:
         base = f"/engagements/{engagement_id}"
         key = f"{key}:{secrets.token_hex(8)}"  # this run's: a compensated run's steps stay undone
         report_request = {"kind": "final", "requested_by": subject, "reason": body.reason}
+        published: list[ClosedFact] = []  # the fact step 4 writes, for its undo
         # Each step parses its own answer, so a bad answer fails that step (and undoes the
         # others) rather than after everything committed. Freeze and close are also undone
         # when their answer is lost (timed out, cut, 5xx): they may have been applied.
@@ -160,10 +161,15 @@ class CloseService:
                     lambda _: self._reopen(base, key),
                     undo_when_unanswered=True,
                 ),
+                # Undone only when cancelled mid-publish (shutdown's drain ran out): the
+                # fact may be written while the services' steps are undone. A failed
+                # publish is taken back by the state itself (undone_if_unconfirmed).
                 Step(
                     "publish_closed",
                     "gateway",
-                    lambda: self._publish(engagement_id, subject, held),
+                    lambda: self._publish(engagement_id, subject, held, published),
+                    lambda _: self._withdraw(published),
+                    undo_when_unanswered=True,
                 ),
             ],
         )
@@ -199,13 +205,21 @@ class CloseService:
         closed: Engagement = parse_answer("engagements", raw, Engagement)
         return closed
 
-    async def _publish(self, engagement_id: str, subject: str, held: Held) -> None:
+    async def _publish(
+        self, engagement_id: str, subject: str, held: Held, published: list[ClosedFact]
+    ) -> None:
         """Every gateway decides the engagement as closed from now on (503 if it cannot)."""
         await held.confirm()
         corr_id = logcontext.current().get("corr_id") or ""
         fact = ClosedFact(engagement_id, "close_saga", str(corr_id), time.time(), subject)
+        published.append(fact)
         # Undone by the saga if this fails: a write Redis may still apply is taken back.
         await self._state.close(fact, undone_if_unconfirmed=True)
+
+    async def _withdraw(self, published: list[ClosedFact]) -> None:
+        """The publish was cut short (cancelled): its fact, if written, goes with the undo."""
+        for fact in published:
+            await self._state.withdraw(fact)
 
     async def _record_known_close(self, engagement_id: str) -> None:
         """The service says closed but this gateway did not know: record it (best effort)."""

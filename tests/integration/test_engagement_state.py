@@ -372,3 +372,22 @@ def test_an_undone_close_s_fact_that_redis_applies_late_is_taken_back(
         on_two(redis_server, scenario)
     withdrawn = [line for line in logs if line["event"] == "engagement_closed_fact_withdrawn"]
     assert [line["engagement"] for line in withdrawn] == ["acme-2026"]
+
+
+def test_withdraw_takes_back_only_the_exact_fact_on_every_gateway(
+    redis_server: RedisServer,
+) -> None:
+    """The undo of a close cut short mid-publish: its fact goes, another close's stays."""
+
+    async def scenario(one: RedisEngagementState, two: RedisEngagementState) -> None:
+        await one.close(FACT)
+        await asyncio.wait_for(until(lambda: two.get("acme-2026") == FACT), 10)
+        await one.withdraw(FACT)
+        assert one.get("acme-2026") is None
+        await asyncio.wait_for(until(lambda: two.get("acme-2026") is None), 10)
+        later = ClosedFact("acme-2026", "close_saga", "corr-2", 1_800_000_100.0, "bob")
+        await one.close(later)
+        await one.withdraw(FACT)  # not this close's fact any more: left alone
+        assert one.get("acme-2026") == later
+
+    on_two(redis_server, scenario)

@@ -18,7 +18,8 @@ from app.authn.digest import content_digest
 from app.authn.keys import KeyRing, SigningKey
 from app.authn.signer import message_from_httpx
 from app.authn.verifier import SignatureVerifier
-from app.core.config import PassthroughRoute, Settings
+from app.authz.closed import ClosedFact, MemoryEngagementState
+from app.core.config import PassthroughRoute, ServiceSettings, Settings
 from app.core.errors import (
     AuthenticationFailed,
     BadRequest,
@@ -30,9 +31,12 @@ from app.core.errors import (
     PayloadTooLarge,
 )
 from app.core.headers import DEFAULT_FORWARDED, never_forwarded
+from app.domain.engagements import CloseRequest
 from app.domain.identity import Identity
+from app.downstream.client import ServiceRegistry
 from app.downstream.propagation import (
     CallContext,
+    bind_call_context,
     forwardable_headers,
     forwarded_header,
     propagation_headers,
@@ -40,6 +44,7 @@ from app.downstream.propagation import (
 )
 from app.downstream.resilience import PoolExhausted, RetryableError, RetryableTimeout
 from app.edge.paths import normalize_path
+from app.workflows.closing import CloseService
 from app.workflows.engagement_lock import MemoryEngagementLocks
 from app.workflows.idempotency import (
     Codec,
@@ -597,3 +602,61 @@ def test_a_pass_through_query_with_raw_octets_above_0x7f_is_a_400(raw: bytes) ->
     request = Request({"type": "http", "query_string": raw, "headers": []})
     with pytest.raises(BadRequest, match="ASCII"):
         query_of(request)
+
+
+class _PublishHangs(MemoryEngagementState):
+    """Writes the closed fact, then hangs: a Redis write applied whose answer (or the
+    notice after it) has not come back when the request is cancelled."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.written = asyncio.Event()
+
+    async def close(self, fact: ClosedFact, *, undone_if_unconfirmed: bool = False) -> None:
+        await super().close(fact, undone_if_unconfirmed=undone_if_unconfirmed)
+        self.written.set()
+        await asyncio.sleep(3600)
+
+
+def test_a_close_cancelled_while_it_publishes_takes_its_closed_fact_back_with_the_undo() -> None:
+    """Shutdown cancels a close mid-publish (its fact already written): the saga undid
+    the services' steps but left the fact, so every gateway kept the engagement closed
+    (writes refused, the close's retry a 403) while the services had it open again."""
+    seen: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(f"{request.method} {request.url.path}")
+        path = request.url.path
+        engagement = {"id": "acme-2026", "client": "Acme", "kind": "pentest"}
+        if path.endswith("/findings/freeze") or path.endswith("/findings/unfreeze"):
+            return httpx.Response(200, json={"count": 2})
+        if path.endswith("/reports") or "/reports/" in path:
+            report = {"id": "R-0009", "engagement_id": "acme-2026", "kind": "final"}
+            return httpx.Response(201, json={**report, "status": "ready"})
+        if path.endswith("/close"):
+            return httpx.Response(200, json={**engagement, "status": "closed"})
+        return httpx.Response(200, json={**engagement, "status": "active"})
+
+    settings = {
+        name: ServiceSettings.model_validate({"url": f"http://{name}.internal"})
+        for name in ("findings", "reports", "engagements")
+    }
+    state = _PublishHangs()
+
+    async def scenario() -> None:
+        bind_call_context(CallContext(Identity("bob", (), "proxy"), "acme-2026"))
+        services = ServiceRegistry(settings, httpx.MockTransport(handler), keys={})
+        store = MemoryIdempotencyStore(ttl_seconds=60)
+        closing = CloseService(services, store, state, MemoryEngagementLocks())
+        body = CloseRequest(reason="Retest complete; client signed off.")
+        task = asyncio.create_task(closing.close("acme-2026", body, "close-cut-0001", "bob"))
+        await state.written.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await finish_undos(5)
+        await services.aclose()
+
+    asyncio.run(scenario())
+    assert "POST /engagements/acme-2026/reopen" in seen  # the services' steps were undone
+    assert state.get("acme-2026") is None, "the undone close stayed closed for the gateways"
