@@ -45,6 +45,11 @@ class RateLimitSettings(_Section):
     key_prefix: Annotated[str, Field(pattern=r"^[A-Za-z0-9:_-]{1,32}$")] = Field(
         default="gw:rl:", description="prefix of the Redis keys that hold rate-limit state"
     )
+    max_buckets: Annotated[int, Field(ge=1, le=10_000_000)] = Field(
+        default=100_000,
+        description="without Redis: the most buckets (subjects and engagements) a process "
+        "keeps; beyond it the least recently spent is forgotten (it starts full again)",
+    )
 
 
 class ReloadNoticeSettings(_Section):

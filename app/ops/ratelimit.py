@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
@@ -53,6 +54,7 @@ log = structlog.get_logger("gateway.ratelimit")
 
 REDIS_RETRY_SECONDS = 1.0
 MICROS = 1_000_000
+FULL_LOG_INTERVAL_MICROS = 60 * MICROS  # rate_limit_buckets_full: one line a minute at most
 
 # Now in whole microseconds from Redis's clock; tests swap this line for an injected clock.
 _NOW_FROM_REDIS = """
@@ -156,14 +158,35 @@ class RateLimiter(Protocol):
 
 
 class MemoryRateLimiter:
-    """GCRA in this process only: the embedded default without Redis."""
+    """GCRA in this process only: the embedded default without Redis.
+
+    Bounded by ``max_buckets`` (``ops.rate_limit.max_buckets``): engagement ids come
+    from the request's path, so an authenticated caller can name a new engagement
+    on every request, and each bucket is kept until its quota is full again (up to
+    a day under a long window). Past the bound the least recently spent bucket is
+    forgotten and starts full again if its key returns: at most one extra
+    ``limit`` for that key. Weighed against refusing new keys when full (the nonce
+    and idempotency stores' choice, where forgetting would reopen a replay or a
+    double write): then one caller minting engagements would refuse every other
+    caller's new bucket, a denial of service, while a forgotten bucket only grants
+    back quota. Redis does not forget early (``RedisRateLimiter``).
+    """
 
     PRUNE_EVERY = 1024
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, clock: Callable[[], float] = time.monotonic, max_buckets: int = 100_000
+    ) -> None:
         self._clock = clock
-        self._tats: dict[str, int] = {}
+        self.max_buckets = max_buckets
+        # Least recently spent first (a refused request spends nothing): forgotten first.
+        self._tats: OrderedDict[str, int] = OrderedDict()
         self._calls = 0
+        self._forgotten = 0  # forgotten early since the last rate_limit_buckets_full line
+        self._full_logged_at: int | None = None
+
+    def __len__(self) -> int:
+        return len(self._tats)
 
     async def acquire(self, buckets: Sequence[Bucket]) -> list[BucketState]:
         now = to_micros(self._clock())
@@ -172,17 +195,39 @@ class MemoryRateLimiter:
         steps = [gcra(self._tats.get(k), now, b.rule) for k, b in zip(keys, buckets, strict=True)]
         if all(step[0] for step in steps):
             for key, step in zip(keys, steps, strict=True):
-                self._tats[key] = step[1]
+                self._store(key, step[1])
         return [
             BucketState(b, allowed, remaining, reset, retry)
             for b, (allowed, _, remaining, reset, retry) in zip(buckets, steps, strict=True)
         ]
 
+    def _store(self, key: str, tat: int) -> None:
+        """Keep ``key``'s TAT as the most recently spent; full: forget the least recent."""
+        tats = self._tats
+        if key in tats:
+            tats.move_to_end(key)
+        elif len(tats) >= self.max_buckets:
+            tats.popitem(last=False)
+            self._forgotten += 1
+        tats[key] = tat
+
     def _prune(self, now: int) -> None:
         """Forget keys whose quota is full again, so memory follows active callers."""
         self._calls += 1
         if self._calls % self.PRUNE_EVERY == 0:
-            self._tats = {k: tat for k, tat in self._tats.items() if tat > now}
+            # In place: rebuilding an OrderedDict of 100,000 keys takes ~5x a scan's time.
+            for key in [k for k, tat in self._tats.items() if tat <= now]:
+                del self._tats[key]
+            self._log_forgotten(now)
+
+    def _log_forgotten(self, now: int) -> None:
+        """One warning a minute at most while buckets are forgotten early."""
+        last = self._full_logged_at
+        if not self._forgotten or (last is not None and now - last < FULL_LOG_INTERVAL_MICROS):
+            return
+        log.warning("rate_limit_buckets_full", max_buckets=self.max_buckets,
+                    forgotten=self._forgotten)  # fmt: skip
+        self._forgotten, self._full_logged_at = 0, now
 
 
 class RedisRateLimiter:

@@ -26,7 +26,7 @@ log = structlog.get_logger("gateway.ops")
 def _limiter(settings: Settings, client: SharedRedis | None) -> RateLimiter:
     rules = settings.ops.rate_limit
     if client is None:
-        return MemoryRateLimiter()
+        return MemoryRateLimiter(max_buckets=rules.max_buckets)
     return RedisRateLimiter(client, rules.key_prefix, rules.on_redis_error)
 
 

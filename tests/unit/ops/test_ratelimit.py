@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
+from fastapi import FastAPI
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -21,6 +23,8 @@ from app.ops.ratelimit import (
     rate_limit_headers,
     to_micros,
 )
+from app.ops.runtime import ops_lifespan
+from tests.conftest import make_settings
 
 pytestmark = pytest.mark.anyio
 
@@ -99,6 +103,54 @@ async def test_memory_limiter_prunes_refilled_keys(monkeypatch: pytest.MonkeyPat
     await limiter.acquire([Bucket("subject", "alice", rule)])
     await limiter.acquire([Bucket("subject", "bob", rule)])
     assert list(limiter._tats) == ["subject:bob"]
+
+
+async def test_memory_limiter_keeps_at_most_max_buckets() -> None:
+    """Engagement ids come from the path: a caller minting one per request (each bucket
+    kept for a day's interval) cannot grow the table past its bound."""
+    limiter = MemoryRateLimiter(max_buckets=100)
+    rule = RateLimitRule(limit=1, window_seconds=86_400)
+    for n in range(1_000):
+        await limiter.acquire([Bucket("engagement", f"e-{n}", rule)])
+        assert len(limiter) <= 100
+    assert len(limiter) == 100
+
+
+async def test_memory_limiter_forgets_the_least_recently_spent_bucket() -> None:
+    clock = iter(float(t) for t in range(10))
+    limiter = MemoryRateLimiter(clock=lambda: next(clock), max_buckets=2)
+    rule = RateLimitRule(limit=2, window_seconds=3_600)
+    alice, bob, carol = (Bucket("subject", name, rule) for name in ("alice", "bob", "carol"))
+    await limiter.acquire([alice])
+    await limiter.acquire([bob])
+    await limiter.acquire([alice])  # spent again: now the most recent
+    await limiter.acquire([carol])  # full: bob, spent least recently, is forgotten
+    assert not (await limiter.acquire([alice]))[0].allowed  # alice's spends are kept
+    assert (await limiter.acquire([bob]))[0].remaining == 1  # a full bucket again
+
+
+async def test_forgetting_buckets_is_logged_once_a_minute(
+    monkeypatch: pytest.MonkeyPatch, captured_logs: list[dict[str, Any]]
+) -> None:
+    monkeypatch.setattr(MemoryRateLimiter, "PRUNE_EVERY", 1)
+    seconds = iter([0.0, 1.0, 2.0, 30.0, 62.0])
+    limiter = MemoryRateLimiter(clock=lambda: next(seconds), max_buckets=1)
+    rule = RateLimitRule(limit=1, window_seconds=3_600)
+    for name in ("a", "b", "c", "d", "e"):  # each but the first forgets the one before
+        await limiter.acquire([Bucket("engagement", name, rule)])
+    lines = [line for line in captured_logs if line["event"] == "rate_limit_buckets_full"]
+    # Logged before each spend: at 2 s (a forgotten), not at 30 s (within the minute),
+    # at 62 s (b and c forgotten since).
+    assert [(line["forgotten"], line["max_buckets"]) for line in lines] == [(1, 1), (2, 1)]
+
+
+async def test_the_setting_bounds_the_process_limiter() -> None:
+    app = FastAPI()
+    async with ops_lifespan(app, make_settings(ops={"rate_limit": {"max_buckets": 7}})):
+        limiter = app.state.rate_limit.limiter
+    assert isinstance(limiter, MemoryRateLimiter)
+    assert limiter.max_buckets == 7
+    assert RateLimitSettings().max_buckets == 100_000
 
 
 def test_headers_follow_the_ietf_draft() -> None:
