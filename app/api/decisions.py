@@ -118,8 +118,10 @@ class DecisionGuard(Guard):
         # resolve() refuses a path's "*": only a template without {engagement_id} has it.
         scoped = original.engagement != GLOBAL_DOMAIN
         target = Target(original.engagement, original.obj, original.action, scoped)
-        rate_headers = await gate.spend(identity, target)
-        admission = Admission(identity, gate.decide(identity, target), rate_headers)
+        spent = await gate.spend_subject(identity)
+        decision = gate.decide(identity, target)
+        rate_headers = await gate.spend_engagement(target, spent)
+        admission = Admission(identity, decision, rate_headers)
         state = request.scope.setdefault("state", {})
         state[ADMISSION_KEY] = admission
         state[GRANT_KEY] = Grant(self.mode, decision_id, original)

@@ -8,8 +8,10 @@ the request:
 1. authn: the signature is verified from the headers alone; only then is the
    body read (bytes, within the edge's cap) and its ``Content-Digest`` checked
    (a streamed body is checked as it streams), and the nonce claimed;
-2. limit: the subject's and the engagement's quota is spent;
+2. limit: the subject's own quota is spent;
 3. authz: the policy decides the route's ``Target``, and the decision is logged;
+   an allowed request then spends the engagement's shared quota (a refused one
+   never does: decision 0013);
 4. only then does FastAPI parse and validate the body, solve the other
    dependencies and call the endpoint, whose guards read the ``Admission``
    stored in the request scope.
@@ -22,7 +24,7 @@ FastAPI dependencies: docs/decisions/0006-guards-before-the-body.md.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Collection, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 from fastapi import Request
@@ -42,7 +44,7 @@ from app.core.tracing import incoming_fields, record_decision, stage_span
 from app.domain.identity import Identity
 from app.downstream.propagation import CallContext, bind_call_context
 from app.ops.metrics import count_decision, count_signature_failure
-from app.ops.ratelimit import RateLimitGuard
+from app.ops.ratelimit import BucketState, RateLimitGuard, rate_limit_headers
 
 decision_log = decision_logger()
 ADMISSION_KEY = "admission"
@@ -110,8 +112,10 @@ class Gate:
         # Bound now, so a 429 or a 403 (its request_rejected and request_completed
         # lines) names who was refused, as the decision line does.
         logcontext.bind(subject=identity.subject, key_id=identity.key_id)
-        rate_headers = await self.spend(identity, target)
-        return Admission(identity, self.decide(identity, target), rate_headers)
+        spent = await self.spend_subject(identity)
+        decision = self.decide(identity, target)
+        rate_headers = await self.spend_engagement(target, spent)
+        return Admission(identity, decision, rate_headers)
 
     async def authenticate(
         self, message: Message, read_body: BodyReader | None, require: Collection[str] = ()
@@ -145,13 +149,25 @@ class Gate:
             record_decision(False, REPLAY_CHECK_UNAVAILABLE)
             raise
 
-    async def spend(self, identity: Identity, target: Target) -> dict[str, str]:
-        """Spend the subject's and the engagement's quota: ``RateLimit`` headers, or 429."""
+    async def spend_subject(self, identity: Identity) -> list[BucketState]:
+        """Stage 3: spend the caller's own quota (429 when spent), before the policy."""
         with stage_span("rate_limit"):
             guard = self._rate_limit()
             if not guard.enabled:
-                return {}
-            return await guard.spend(identity.subject, target.engagement_key)
+                return []
+            return await guard.spend_subject(identity.subject)
+
+    async def spend_engagement(
+        self, target: Target, spent: Sequence[BucketState]
+    ) -> dict[str, str]:
+        """After the policy allowed: the engagement's shared quota; ``RateLimit`` headers
+        of every bucket spent, or 429. A request the policy refused never gets here, so
+        a caller not staffed on an engagement cannot spend its quota (decision 0013)."""
+        guard = self._rate_limit()
+        if not guard.limits(target.engagement_key):  # no span: nothing to spend
+            return rate_limit_headers(spent)
+        with stage_span("rate_limit"):
+            return await guard.spend_engagement(target.engagement_key, spent)
 
     def decide(self, identity: Identity, target: Target) -> Decision:
         """The policy's decision on ``target`` (logged); 400 for a malformed engagement, 403."""

@@ -10,8 +10,14 @@ Decision (costly to undo, because stored state and headers depend on it):
   through across a window boundary and gives poor ``Retry-After`` values.
 
 Redis computes the time itself (``TIME`` in the script), so clock skew between
-gateway hosts cannot split one limit. Both keys of a request are checked and
-spent in the same script: a request refused by one limit spends neither.
+gateway hosts cannot split one limit. A limiter spends the buckets it is given in
+one step (one script): all of them or, when one is empty, none.
+
+The gate spends a request's two buckets at two points (decision 0013): the
+subject's before the policy decides (the caller's own quota, so a flood is refused
+before the policy runs), the engagement's only once the policy allowed (a caller
+not staffed on an engagement cannot spend the quota of those who are). A request
+refused by the engagement's limit has spent its subject's unit.
 
 Both implementations count in whole microseconds (integers), never in float
 seconds: ``new_tat - limit * interval`` in floats could land one rounding step
@@ -320,23 +326,44 @@ class RateLimitGuard:
         """Whether any limit is configured (else ``spend`` has nothing to do)."""
         return self.settings.subject is not None or self.settings.engagement is not None
 
-    def buckets(self, subject: str, engagement: str | None) -> list[Bucket]:
-        found = []
-        if self.settings.subject is not None:
-            found.append(Bucket("subject", subject, self.settings.subject))
-        if self.settings.engagement is not None and engagement is not None:
-            found.append(Bucket("engagement", engagement, self.settings.engagement))
-        return found
+    def limits(self, engagement: str | None) -> bool:
+        """Whether ``spend_engagement`` has a bucket to spend for ``engagement``."""
+        return self.settings.engagement is not None and engagement is not None
 
-    async def spend(self, subject: str, engagement: str | None) -> dict[str, str]:
-        """Response headers when allowed; ``TooManyRequests`` when a limit is spent."""
-        buckets = self.buckets(subject, engagement)
+    async def spend_subject(self, subject: str) -> list[BucketState]:
+        """Stage 3, before the policy: the caller's own quota; ``TooManyRequests`` when spent.
+
+        Returns the states spent, for ``spend_engagement`` to report with its own.
+        """
+        if self.settings.subject is None:
+            return []
+        return await self._spend([Bucket("subject", subject, self.settings.subject)], [])
+
+    async def spend_engagement(
+        self, engagement: str | None, spent: Sequence[BucketState] = ()
+    ) -> dict[str, str]:
+        """Once the policy allowed: the engagement's shared quota; 429 when it is spent.
+
+        Only a request the policy allowed spends it: a caller not staffed on an
+        engagement cannot spend the quota of the people who are (decision 0013). The
+        headers name every bucket this request spent (``spent``, the subject's).
+        """
+        rule = self.settings.engagement
+        if rule is None or engagement is None:
+            return rate_limit_headers(spent)
+        states = await self._spend([Bucket("engagement", engagement, rule)], spent)
+        return rate_limit_headers(states)
+
+    async def _spend(
+        self, buckets: list[Bucket], spent: Sequence[BucketState]
+    ) -> list[BucketState]:
+        """``spent`` and the new buckets' states; ``TooManyRequests`` when one is empty."""
         if not buckets:
-            return {}
+            return list(spent)
         states = await self.limiter.acquire(buckets)
         denied = [s for s in states if not s.allowed]
         if not denied:
-            return rate_limit_headers(states)
+            return [*spent, *states]
         worst = max(denied, key=lambda s: s.retry_after_seconds)
         count_rate_limited(worst.bucket.scope)
         log.info("rate_limited", scope=worst.bucket.scope, retry_after=worst.retry_after_seconds)

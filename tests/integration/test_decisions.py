@@ -318,6 +318,25 @@ def test_decisions_spend_the_same_quota_as_direct_requests(
     assert other.status_code == 200  # another engagement's quota is untouched
 
 
+def test_a_denied_decision_spends_no_engagement_quota(
+    gateway: Callable[..., LiveServer], captured_logs: list[dict[str, Any]]
+) -> None:
+    """erin (staffed on initech only) asking about acme is denied, and leaves acme's
+    quota to the people on it (decision 0013); an allowed decision over that quota
+    is logged allow, then refused 429."""
+    limits = {"rate_limit": {"engagement": {"limit": 1, "window_seconds": 3600}}}
+    server = gateway(ops=limits)
+    for _ in range(3):
+        assert _problem(nginx_ask(server, "GET", OURS, "erin"), 403)["type"].endswith("forbidden")
+    allowed = nginx_ask(server, "GET", OURS, "bob")
+    assert allowed.status_code == 200, allowed.text
+    assert allowed.headers["RateLimit"] == '"engagement";r=0;t=3600'
+    refused = _problem(nginx_ask(server, "GET", OURS, "alice"), 429)
+    assert refused["type"] == "urn:authz-gateway:problem:rate_limited"
+    alice = [e for e in _decisions(captured_logs) if e.get("subject") == "alice"]
+    assert [(e["stage"], e["decision"]) for e in alice] == [("authz", "allow")]
+
+
 def test_a_direct_request_refused_by_a_limit_or_the_policy_names_who_it_was(
     gateway: Callable[..., LiveServer], captured_logs: list[dict[str, Any]]
 ) -> None:

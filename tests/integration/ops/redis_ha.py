@@ -97,18 +97,25 @@ def replay_is_refused_on_the_other_gateway(pair: Pair) -> None:
     assert replay.status_code == 401, replay.text
 
 
-def rate_limits_are_shared_both_or_neither(pair: Pair, engagement: str) -> None:
-    """Subject and engagement buckets spent across gateways; a refusal spends neither."""
+def rate_limits_are_shared(pair: Pair, engagement: str) -> None:
+    """Subject and engagement buckets spent across gateways (decision 0013): the
+    engagement's only by requests the policy allowed (dana and rita audit every
+    engagement; rl-first is staffed on none)."""
     path = f"/v1/engagements/{engagement}/findings"
-    statuses = [send(signed(gw, path, "rl-first")).status_code for gw in (pair.one, pair.two) * 2]
-    # Three of the subject's 3 per minute pass (authz may deny: limits come first), then 429.
-    assert [s == 429 for s in statuses] == [False, False, False, True], statuses
-    # The refused fourth request spent neither bucket: 5 - 3 = 2 left for the engagement.
-    others = [
-        send(signed(gw, path, "rl-second")).status_code for gw in (pair.two, pair.one, pair.two)
-    ]
-    assert [s == 429 for s in others] == [False, False, True], others
-    refused = send(signed(pair.one, path, "rl-second"))
+
+    def statuses(subject: str, gateways: tuple[LiveServer, ...]) -> list[int]:
+        return [send(signed(gw, path, subject)).status_code for gw in gateways]
+
+    # Denied: spends rl-first's own quota only, never the engagement's.
+    assert statuses("rl-first", (pair.one, pair.two)) == [403, 403]
+    # dana: three of her 3 per minute are allowed (the service may fail), then 429,
+    # refused before the policy: it spent nothing.
+    dana = statuses("dana", (pair.one, pair.two) * 2)
+    assert [s == 429 for s in dana] == [False, False, False, True], dana
+    # The engagement's 5 per minute: dana spent 3, so rita gets 2, then 429.
+    rita = statuses("rita", (pair.two, pair.one))
+    assert 429 not in rita, rita
+    refused = send(signed(pair.two, path, "rita"))
     assert refused.status_code == 429
     assert refused.headers["RateLimit"].startswith('"engagement";r=0;')
 

@@ -65,6 +65,45 @@ def test_engagement_limit_is_shared_by_subjects_and_gateways(
     assert other_engagement.status_code == 200
 
 
+def test_a_caller_the_policy_refuses_spends_no_engagement_quota(
+    gateway_factory: GatewayFactory,
+    redis_server: RedisServer,
+    signed_client: Callable[..., httpx.Client],
+) -> None:
+    """erin is staffed on initech only: her requests to acme are refused (403) and,
+    on either gateway, leave acme's shared quota whole for bob and alice (decision
+    0013). Before, each of them spent a unit: bob and alice got 429."""
+    rule = {"engagement": {"limit": 2, "window_seconds": 60}}
+    one, two = _pair(gateway_factory, redis_server.url, **rule)
+    with signed_client(one, "erin") as erin_one, signed_client(two, "erin") as erin_two:
+        refused = [client.get(FINDINGS).status_code for client in (erin_one, erin_two) * 3]
+    assert refused == [403] * 6
+    with signed_client(one, "bob") as bob, signed_client(two, "alice") as alice:
+        first, second = bob.get(FINDINGS), alice.get(FINDINGS)
+        third = bob.get(FINDINGS)
+    assert (first.status_code, second.status_code) == (200, 200)
+    assert first.headers["RateLimit"] == '"engagement";r=1;t=30'
+    assert third.status_code == 429  # the two units were the staff's, and are now spent
+    assert third.headers["RateLimit-Policy"] == '"engagement";q=2;w=60'
+
+
+def test_a_caller_over_its_own_limit_is_refused_before_the_policy(
+    gateway_factory: GatewayFactory,
+    redis_server: RedisServer,
+    signed_client: Callable[..., httpx.Client],
+    captured_logs: list[dict[str, Any]],
+) -> None:
+    """The subject's quota is still spent before the policy: erin's third request is a
+    429 with no decision line, and her refused requests spent her own quota."""
+    rule = {"subject": {"limit": 2, "window_seconds": 60}}
+    one, two = _pair(gateway_factory, redis_server.url, **rule)
+    with signed_client(one, "erin") as a, signed_client(two, "erin") as b:
+        answers = [a.get(FINDINGS), b.get(FINDINGS), a.get(FINDINGS)]
+    assert [r.status_code for r in answers] == [403, 403, 429]
+    decided = [e for e in captured_logs if e.get("stage") == "authz" and e.get("subject") == "erin"]
+    assert [e["decision"] for e in decided] == ["deny", "deny"]
+
+
 def test_redis_outage_fails_closed_for_nonces_and_limits_resume_by_themselves(
     gateway_factory: GatewayFactory,
     redis_server: RedisServer,

@@ -181,10 +181,11 @@ def test_a_fractional_window_is_not_rounded_into_the_policy() -> None:
 async def test_guard_raises_429_with_retry_after() -> None:
     settings = RateLimitSettings(subject=RateLimitRule(limit=1, window_seconds=30))
     guard = RateLimitGuard(settings, MemoryRateLimiter())
-    allowed = await guard.spend("alice", "acme-2026")
+    spent = await guard.spend_subject("alice")
+    allowed = await guard.spend_engagement("acme-2026", spent)
     assert allowed["RateLimit"] == '"subject";r=0;t=30'
     with pytest.raises(TooManyRequests) as caught:
-        await guard.spend("alice", "acme-2026")
+        await guard.spend_subject("alice")
     assert caught.value.status_code == 429
     assert caught.value.headers["Retry-After"] == "30"
     assert caught.value.headers["RateLimit-Policy"] == '"subject";q=1;w=30'
@@ -193,15 +194,35 @@ async def test_guard_raises_429_with_retry_after() -> None:
 async def test_guard_without_rules_spends_nothing() -> None:
     guard = RateLimitGuard(RateLimitSettings(), MemoryRateLimiter())
     for _ in range(3):
-        assert await guard.spend("alice", "acme-2026") == {}
-    assert guard.buckets("alice", None) == []
+        assert await guard.spend_subject("alice") == []
+        assert await guard.spend_engagement("acme-2026") == {}
+    assert not guard.enabled
 
 
-def test_engagement_bucket_needs_an_engagement() -> None:
-    rule = RateLimitRule(limit=1)
-    guard = RateLimitGuard(RateLimitSettings(subject=rule, engagement=rule), MemoryRateLimiter())
-    assert [b.scope for b in guard.buckets("alice", None)] == ["subject"]
-    assert [b.scope for b in guard.buckets("alice", "acme")] == ["subject", "engagement"]
+async def test_engagement_bucket_needs_an_engagement() -> None:
+    rule = RateLimitRule(limit=1, window_seconds=60)
+    limiter = MemoryRateLimiter()
+    guard = RateLimitGuard(RateLimitSettings(subject=rule, engagement=rule), limiter)
+    assert await guard.spend_engagement(None) == {}
+    assert len(limiter) == 0
+    headers = await guard.spend_engagement("acme", await guard.spend_subject("alice"))
+    assert headers["RateLimit-Policy"] == '"subject";q=1;w=60, "engagement";q=1;w=60'
+    assert len(limiter) == 2
+
+
+async def test_the_engagement_limit_refuses_after_the_subject_unit_is_spent() -> None:
+    """Two steps (decision 0013): the subject's unit, then, once allowed, the
+    engagement's; a refusal by the second leaves the first spent, and names itself."""
+    one = RateLimitRule(limit=1, window_seconds=60)
+    ten = RateLimitRule(limit=10, window_seconds=60)
+    guard = RateLimitGuard(RateLimitSettings(subject=ten, engagement=one), MemoryRateLimiter())
+    await guard.spend_engagement("acme", await guard.spend_subject("bob"))
+    spent = await guard.spend_subject("alice")
+    assert [s.remaining for s in spent] == [9]
+    with pytest.raises(TooManyRequests) as caught:
+        await guard.spend_engagement("acme", spent)
+    assert caught.value.headers["RateLimit-Policy"] == '"engagement";q=1;w=60'
+    assert (await guard.spend_subject("alice"))[0].remaining == 8
 
 
 class _FlakyRedis:
