@@ -98,8 +98,8 @@ def _options(settings: RedisSettings) -> dict[str, Any]:
         "max_connections": settings.max_connections,
         # One immediate retry replaces a pooled connection that died with a restart
         # (in cluster mode: one retry after refreshing the slot map). It also re-sends a
-        # command that timed out but may have run: a script must recognise its own
-        # earlier run (a claim's token) or document the double effect (rate limits).
+        # command that timed out but may have run, or whose reply was lost: a write
+        # script must recognise its own earlier run (a claim's token, a spend's record).
         "retry": Retry(NoBackoff(), 1),
         "health_check_interval": 30,
     }

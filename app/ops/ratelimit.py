@@ -27,13 +27,32 @@ doubles, exact for integers below 2**53 us (about 2**33 s, the year 2255 on
 Redis's clock); the largest value the script forms is ``now`` plus one window
 (at most 86,400 s) plus ``limit`` microseconds, far below that.
 
-Not idempotent under redis-py's one retry (app.core.redis): when the script timed out
-on the client but Redis ran it later, the retry spends the allowed request a second
-time. The caller's buckets then lose one extra request, and if the first run took the
-last one the retry answers 429 for a request that was counted; never more than one
-extra spend, never a request let through beyond the limit (operations.md, "Failure
-behaviour"). A per-request token would have to be stored beside each TAT, changing the
-stored value that gateways of the previous version read during a rolling upgrade: left.
+Idempotent per request under redis-py's retry (app.core.redis, ``Retry(NoBackoff(), 1)``):
+a script whose connection failed while its reply was awaited is sent again, though
+Redis may have run it (the reply was lost, or the command timed out on the client and
+ran once Redis caught up). Run twice, a spend took two requests from the caller's
+buckets, and when the first took the last one the retry answered 429 for a request
+that had been counted. Two ways out were weighed:
+
+* **Do not retry the spend** — chosen against. redis-py's retry belongs to the
+  connection pool (in a Cluster, to the client), so the limiter would need a pool of
+  its own; and the retry is what replaces a pooled connection that died with a Redis
+  restart or failover: without it the first spend on each dead connection fails, and
+  under ``on_redis_error: closed`` (the default) the process answers 503 for
+  ``REDIS_RETRY_SECONDS`` after every restart (``open``: no limit meanwhile).
+* **A per-request record** — chosen. Each ``acquire`` names itself with a random
+  token; the script keeps an allowed spend's answer under ``<prefix>request:<token>``
+  (beside the buckets, so in their hash slot on a Cluster) for ``record_seconds``, and
+  a run that finds its record answers it again and spends nothing. A refused request
+  spent nothing and keeps no record: its retry is judged afresh. The TAT keys keep
+  their format, so gateways of the previous version share the buckets during a rolling
+  upgrade. Cost: one short-lived key per allowed request (about 100 bytes for 10 s:
+  some 1 MB at 1,000 requests a second).
+
+The record must outlive the gap between the two runs. The retry is sent at once after
+the first attempt failed, within one read and one connect timeout; a run later than
+that is one the client already gave up on (``on_redis_error`` applied). So the record
+lives ``4 x redis.socket_timeout``, at least ``SPEND_RECORD_SECONDS``.
 
 When Redis fails, ``on_redis_error`` decides: ``open`` (let through, counted in
 ``gateway_redis_errors_total``) or ``closed`` (503). Either way Redis is retried
@@ -43,6 +62,7 @@ after ``REDIS_RETRY_SECONDS``, so service recovers by itself.
 from __future__ import annotations
 
 import math
+import secrets
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -59,6 +79,7 @@ from app.ops.metrics import count_rate_limited, count_redis_error
 log = structlog.get_logger("gateway.ratelimit")
 
 REDIS_RETRY_SECONDS = 1.0
+SPEND_RECORD_SECONDS = 10.0  # the least a spend's record is kept (see the docstring)
 MICROS = 1_000_000
 FULL_LOG_INTERVAL_MICROS = 60 * MICROS  # rate_limit_buckets_full: one line a minute at most
 
@@ -67,14 +88,20 @@ _NOW_FROM_REDIS = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 """
+# KEYS[1] this request's record, KEYS[2..] its buckets; ARGV[1] the record's life in ms,
+# then (interval, burst) per bucket. A record found is the answer of this request's
+# earlier run (redis-py's retry): answered again, nothing spent twice.
 # Every number below is a whole number of microseconds (exact in doubles below 2^53).
 # Stored TATs stay decimal seconds with six places (as before), split and joined as
 # integers: float seconds would lose the microsecond beyond 2^32 s, and a/b may round up.
 _GCRA_STEPS = """
+local first = redis.call('GET', KEYS[1])
+if first then return cjson.decode(first) end
 local results, new_tats, ok = {}, {}, true
-for i, key in ipairs(KEYS) do
-  local interval = tonumber(ARGV[2 * i - 1])
-  local burst = tonumber(ARGV[2 * i])
+for i = 2, #KEYS do
+  local key = KEYS[i]
+  local interval = tonumber(ARGV[2 * i - 2])
+  local burst = tonumber(ARGV[2 * i - 1])
   local tat = now
   local stored = redis.call('GET', key)
   if stored then
@@ -88,17 +115,18 @@ for i, key in ipairs(KEYS) do
   local allow_at = new_tat - burst * interval
   if now < allow_at then
     ok = false
-    results[i] = {0, 0, tat - now, allow_at - now}
+    results[i - 1] = {0, 0, tat - now, allow_at - now}
   else
     new_tats[i] = new_tat
     local spare = now - allow_at
     local remaining = math.floor(spare / interval)
     if remaining * interval > spare then remaining = remaining - 1 end
-    results[i] = {1, remaining, new_tat - now, 0}
+    results[i - 1] = {1, remaining, new_tat - now, 0}
   end
 end
 if ok then
-  for i, key in ipairs(KEYS) do
+  for i = 2, #KEYS do
+    local key = KEYS[i]
     local tat = new_tats[i]
     local whole = math.floor(tat / 1000000)
     local part = tat - whole * 1000000
@@ -106,6 +134,7 @@ if ok then
     local ttl = math.max(1, math.ceil((tat - now) / 1000))
     redis.call('SET', key, string.format('%d.%06d', whole, part), 'PX', ttl)
   end
+  redis.call('SET', KEYS[1], cjson.encode(results), 'PX', ARGV[1])
 end
 return results
 """
@@ -244,8 +273,11 @@ class RedisRateLimiter:
         client: SharedRedis,
         key_prefix: str,
         on_error: Literal["open", "closed"],
+        socket_timeout: float = 0.5,
     ) -> None:
         self._script = client.register_script(_GCRA_SCRIPT)
+        # Outlives the retry of a spend whose reply was lost (the module docstring).
+        self._record_ms = math.ceil(max(SPEND_RECORD_SECONDS, 4 * socket_timeout) * 1000)
         # On a cluster both buckets of a request must share a slot for one atomic
         # script: every bucket key carries the prefix as its hash tag (decision 0010).
         self._prefix = f"{{{key_prefix}}}" if is_cluster(client) else key_prefix
@@ -255,8 +287,10 @@ class RedisRateLimiter:
     async def acquire(self, buckets: Sequence[Bucket]) -> list[BucketState]:
         if time.monotonic() < self._skip_until:
             return self._unavailable()
-        keys = [self.key(b) for b in buckets]
-        args: list[int] = []
+        # This request's record: redis-py's retry of the script finds it (module docstring).
+        keys = [f"{self._prefix}request:{secrets.token_hex(8)}"]
+        keys += [self.key(b) for b in buckets]
+        args: list[int] = [self._record_ms]
         for b in buckets:
             args += [interval_micros(b.rule), b.rule.limit]
         try:

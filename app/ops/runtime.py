@@ -27,7 +27,9 @@ def _limiter(settings: Settings, client: SharedRedis | None) -> RateLimiter:
     rules = settings.ops.rate_limit
     if client is None:
         return MemoryRateLimiter(max_buckets=rules.max_buckets)
-    return RedisRateLimiter(client, rules.key_prefix, rules.on_redis_error)
+    return RedisRateLimiter(
+        client, rules.key_prefix, rules.on_redis_error, settings.redis.socket_timeout
+    )
 
 
 @asynccontextmanager

@@ -40,6 +40,7 @@ rules = st.builds(
     limit=st.integers(min_value=1, max_value=1_000),
     window_seconds=st.floats(min_value=0.001, max_value=86_400),
 )
+RECORD_MS = 10_000
 LATE = 2**33 * MICROS - 10**11  # the year 2242: beyond 2**32 s, inside 2**53 us with a window
 BUGGY_FLOAT_CASE = {"rule": RateLimitRule(limit=2, window_seconds=0.001), "start": 2 * MICROS}
 SETTINGS = settings(
@@ -54,16 +55,17 @@ class InjectedClockScript:
         self.client = client
         self.script = client.register_script(INJECTED_NOW + _GCRA_STEPS)
         self.keys = (f"rl:test:{n}" for n in itertools.count())
+        self.records = (f"rl:request:{n}" for n in itertools.count())
         self.last_key = ""
 
     def run(self, rule: RateLimitRule, readings: list[int], again: bool = False) -> list[list[int]]:
-        """One request per reading on a fresh key (``again``: the last one), in one
-        pipeline; the script's replies."""
+        """One request per reading (each with its own record) on a fresh key (``again``:
+        the last one), in one pipeline; the script's replies."""
         key = self.last_key = self.last_key if again else next(self.keys)
-        args = [interval_micros(rule), rule.limit]
+        args = [RECORD_MS, interval_micros(rule), rule.limit]
         pipe = self.client.pipeline(transaction=False)
         for now in readings:
-            self.script(keys=[key], args=[*args, now], client=pipe)
+            self.script(keys=[next(self.records), key], args=[*args, now], client=pipe)
         return [reply[0] for reply in pipe.execute()]
 
 
@@ -178,3 +180,25 @@ def test_after_a_rule_change_a_spent_bucket_waits_at_most_the_new_window(
         reset,
         retry,
     )
+
+
+@SETTINGS
+@given(rule=rules, start=clock_micros, later=st.integers(0, 10**8))
+@example(rule=RateLimitRule(limit=1, window_seconds=60), start=LATE, later=1)
+def test_a_run_again_under_its_record_answers_the_first_and_spends_nothing(
+    script: InjectedClockScript, rule: RateLimitRule, start: int, later: int
+) -> None:
+    """redis-py's retry of a spend Redis ran (its reply lost) carries the same record:
+    answered as the first run was, the bucket unchanged; a refusal keeps no record."""
+    key = script.last_key = next(script.keys)
+    record = next(script.records)
+    args = [RECORD_MS, interval_micros(rule), rule.limit]
+    first = script.script(keys=[record, key], args=[*args, start])
+    tat = script.client.get(key)
+    assert first[0][0] == 1
+    assert script.script(keys=[record, key], args=[*args, start + later]) == first
+    assert script.client.get(key) == tat, "spent once"
+    script.run(rule, [start] * rule.limit, again=True)  # the bucket is empty now
+    refused = next(script.records)
+    assert script.script(keys=[refused, key], args=[*args, start])[0][0] == 0
+    assert script.client.exists(refused) == 0

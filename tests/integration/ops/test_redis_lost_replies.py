@@ -1,0 +1,169 @@
+"""Scripts redis-py sends again after Redis ran them but their reply was lost.
+
+redis-py's client retry (``Retry(NoBackoff(), 1)``, app.core.redis) re-sends a command
+whose connection failed while its reply was awaited; the first run may have happened.
+Here a relay between the gateway's client and a real redis-server loses exactly that
+reply: it forwards one script call, waits until Redis answered it, and closes the
+client's connection instead of passing the answer on. The retry then runs the script
+a second time, and each write script must recognise its own earlier run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+from collections.abc import AsyncIterator
+
+import pytest
+
+from app.authn.nonces import Claim, RedisNonceStore
+from app.core.config import RedisSettings
+from app.core.ops_settings import RateLimitRule
+from app.core.redis import create_redis
+from app.ops.ratelimit import Bucket, RedisRateLimiter
+from tests.conftest import free_port
+from tests.redis_server import RedisServer
+
+pytestmark = pytest.mark.integration
+
+
+class ReplyLosingRelay:
+    """A TCP relay on 127.0.0.1 to a Redis server. Once ``lose_next_script_reply()`` is
+    called, the reply to the next script call Redis ran is dropped and the client's
+    connection closed (a ``NOSCRIPT`` answer, a script not run, is passed on)."""
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self.port = free_port()
+        self.armed = False
+        self.lost = 0  # replies dropped
+        self.scripts = 0  # script calls relayed, the retried ones included
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+        self._handlers: set[asyncio.Task[object]] = set()
+
+    def lose_next_script_reply(self) -> None:
+        self.armed = True
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[ReplyLosingRelay]:
+        self._server = await asyncio.start_server(self._connection, "127.0.0.1", self.port)
+        try:
+            yield self
+        finally:
+            self._server.close()
+            for writer in list(self._writers):
+                writer.close()
+            await asyncio.gather(*self._handlers, return_exceptions=True)
+            await self._server.wait_closed()
+
+    async def _connection(
+        self, client: asyncio.StreamReader, to_client: asyncio.StreamWriter
+    ) -> None:
+        handler = asyncio.current_task()
+        assert handler is not None
+        self._handlers.add(handler)
+        upstream, to_upstream = await asyncio.open_connection("127.0.0.1", self.upstream_port)
+        self._writers |= {to_client, to_upstream}
+        watching = [False]  # the reply now awaited answers a script call while armed
+        try:
+            await asyncio.gather(
+                self._requests(client, to_upstream, watching),
+                self._replies(upstream, to_client, watching),
+            )
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            for writer in (to_client, to_upstream):
+                writer.close()
+                with contextlib.suppress(ConnectionError):
+                    await writer.wait_closed()
+                self._writers.discard(writer)
+
+    async def _requests(
+        self, client: asyncio.StreamReader, to_upstream: asyncio.StreamWriter, watching: list[bool]
+    ) -> None:
+        while data := await client.read(65536):
+            if b"EVALSHA" in data:
+                self.scripts += 1
+                watching[0] = self.armed
+            to_upstream.write(data)
+            await to_upstream.drain()
+        to_upstream.close()
+
+    async def _replies(
+        self, upstream: asyncio.StreamReader, to_client: asyncio.StreamWriter, watching: list[bool]
+    ) -> None:
+        while data := await upstream.read(65536):
+            if watching[0]:
+                watching[0] = False
+                if not data.startswith(b"-NOSCRIPT"):
+                    # Redis ran the script: its answer never reaches the client.
+                    self.armed = False
+                    self.lost += 1
+                    to_client.close()
+                    return
+            to_client.write(data)
+            await to_client.drain()
+        to_client.close()
+
+
+def _client_through(relay: ReplyLosingRelay) -> RedisSettings:
+    return RedisSettings(url=f"redis://127.0.0.1:{relay.port}/0")
+
+
+def test_a_spend_whose_reply_was_lost_is_spent_once(redis_server: RedisServer) -> None:
+    """Two requests a minute: the first one's reply is lost and its script retried; the
+    second request is still allowed (it was refused 429 when the retry spent again)."""
+    rule = RateLimitRule(limit=2, window_seconds=60)
+    bucket = Bucket("subject", "alice", rule)
+
+    async def scenario() -> None:
+        async with ReplyLosingRelay(redis_server.port).running() as relay:
+            client = create_redis(_client_through(relay))
+            limiter = RedisRateLimiter(client, "gw:rl:", "closed")
+            try:
+                await limiter.acquire([bucket])  # loads the script: a NOSCRIPT is not lost
+                await client.delete(limiter.key(bucket))
+                relay.lose_next_script_reply()
+                before = relay.scripts
+                first = await limiter.acquire([bucket])
+                assert (relay.lost, relay.scripts - before) == (1, 2), "lost, then retried"
+                assert [(s.allowed, s.remaining) for s in first] == [(True, 1)]
+                second = await limiter.acquire([bucket])
+                assert [(s.allowed, s.remaining) for s in second] == [(True, 0)]
+                third = await limiter.acquire([bucket])
+                assert [s.allowed for s in third] == [False]
+                records = [key async for key in client.scan_iter("gw:rl:request:*")]
+                assert len(records) == 3, "one per allowed request, none for the refused"
+                for key in records:
+                    assert 0 < await client.pttl(key) <= 10_000
+            finally:
+                await client.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_a_nonce_claim_whose_reply_was_lost_is_claimed_not_replayed(
+    redis_server: RedisServer,
+) -> None:
+    """A fresh nonce whose claim's reply is lost is accepted (the retry finds its own
+    token: a "replayed" here was a false 401), and its replay is still refused."""
+
+    async def scenario() -> None:
+        async with ReplyLosingRelay(redis_server.port).running() as relay:
+            store = RedisNonceStore(create_redis(_client_through(relay)))
+            try:
+                fence = await store.open()
+                assert fence is not None
+                created = int(fence) + 1
+                relay.lose_next_script_reply()
+                nonce = secrets.token_hex(8)
+                assert await store.claim("k1", nonce, created, 60) is Claim.CLAIMED
+                assert relay.lost == 1
+                assert await store.claim("k1", nonce, created, 60) is Claim.REPLAYED
+            finally:
+                await store.aclose()
+
+    asyncio.run(scenario())
