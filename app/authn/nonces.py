@@ -5,6 +5,22 @@ unauthenticated traffic can never fill the store. Its time to live is how long
 the signature stays acceptable (until ``created + skew``, or ``expires`` if
 sooner), so a replay inside the window always finds it.
 
+**Whose clock.** The window is judged by the gateway's wall clock; the time to live
+runs on the store's. Memory: the same clock, so a step of it moves both alike. Redis:
+its own clock, and a TTL counted from the claiming gateway's ``now`` ends early on
+Redis's clock by as far as that gateway was ahead of it. A gateway whose clock ran
+ahead of Redis's by more than ``CLOCK_TOLERANCE_SECONDS`` when it claimed, then was
+stepped back (NTP), accepted the signature once more after the nonce expired. So the
+claim script also holds the nonce until the claim's ``until`` (the end of acceptance
+plus the tolerance, a Unix second) on Redis's ``TIME``, whichever is later, capped at
+``longest_hold`` (two windows plus the tolerance). Weighed against a floor of the
+whole window on every nonce (twice the memory, and it still left a step back larger
+than the floor's margin open): this costs nothing while clocks agree. What remains: a
+replay is accepted only by a gateway whose clock, at the replay, is more than the
+tolerance behind Redis's *and* more than the tolerance behind where the claiming
+gateway's clock stood against Redis's at the claim (the cap loosens the first only for
+a signature dated more than the window ahead of Redis's clock). See signing.md §4.
+
 Two stores, one ``NonceStore`` protocol, chosen by whether Redis is configured:
 
 - ``MemoryNonceStore`` serves one process: a dict plus per-second expiry lists, bounded
@@ -61,6 +77,7 @@ from typing import Protocol
 import structlog
 from redis.asyncio import RedisCluster
 
+from app.authn.verifier import longest_hold
 from app.core.config import Settings
 from app.core.errors import ServiceUnavailable
 from app.core.redis import REDIS_FAILURES, SharedRedis, create_redis, error_text, is_cluster
@@ -101,8 +118,15 @@ class NonceStore(Protocol):
         """Establish the fence; its Unix time, or ``None`` if the store cannot answer yet."""
         ...
 
-    async def claim(self, key_id: str, nonce: str, created: int, ttl_seconds: int) -> Claim:
-        """``CLAIMED`` once per TTL, then ``REPLAYED``; ``BEFORE_FENCE`` if ``created < fence``."""
+    async def claim(
+        self, key_id: str, nonce: str, created: int, ttl_seconds: int, until: int | None = None
+    ) -> Claim:
+        """``CLAIMED`` once per TTL, then ``REPLAYED``; ``BEFORE_FENCE`` if ``created < fence``.
+
+        ``until``: the Unix second until which the nonce must be held on any clock
+        (``hold_until``); a store whose TTL runs on another clock than the gateway's
+        holds it until then on its own clock too.
+        """
         ...
 
     async def check(self) -> tuple[bool, str]:
@@ -148,7 +172,10 @@ class MemoryNonceStore:
     async def open(self) -> float:
         return self.fence
 
-    async def claim(self, key_id: str, nonce: str, created: int, ttl_seconds: int) -> Claim:
+    async def claim(
+        self, key_id: str, nonce: str, created: int, ttl_seconds: int, until: int | None = None
+    ) -> Claim:
+        # ``until`` is not needed: the TTL runs on the clock the window is judged by.
         if created < self.fence:
             return Claim.BEFORE_FENCE
         now = self._clock()
@@ -219,7 +246,10 @@ class MemoryNonceStore:
 
 # KEYS[1] the fence, KEYS[2] the nonce (absent: only establish the fence);
 # ARGV[1] created, ARGV[2] TTL, ARGV[3] the claim's own random token, stored as the
-# nonce's value. Returns {outcome, fence time, 1 if the fence was just set}.
+# nonce's value; optional ARGV[4] the Unix second until which the nonce is held on
+# Redis's clock too (a gateway ahead of Redis, then stepped back), ARGV[5] at most this
+# many seconds (a Redis clock far behind must not keep nonces for hours).
+# Returns {outcome, fence time, 1 if the fence was just set}.
 # Idempotent per token: redis-py retries a command once, and an EVALSHA that timed out
 # may still have run; the retry then finds its own token and answers "claimed" again
 # (any other value, a "1" written by an older gateway too, is a replay).
@@ -233,8 +263,11 @@ class MemoryNonceStore:
 # unparsable (a fence of the older "<seconds> <run_id>" form too) counts as lost.
 # TIME and INFO before a write need Redis 5 or later. TIME is read on every run, needed
 # or not, so a user denied it fails every claim and readiness, not only the next reset.
-CLAIM_SCRIPT = """
+# Tests swap the first line (_CLAIM_NOW) for an injected Redis clock.
+_CLAIM_NOW = """
 local now = redis.call('TIME')
+"""
+_CLAIM_STEPS = """
 local run_id = string.match(redis.call('INFO', 'server'), 'run_id:(%w+)')
 local replid = string.match(redis.call('INFO', 'replication'), 'master_replid:(%w+)')
 local owner = run_id .. ':' .. (replid or '')
@@ -255,7 +288,11 @@ end
 if tonumber(ARGV[1]) < tonumber(fence) then
   return {'before_fence', fence, reset}
 end
-if redis.call('SET', KEYS[2], ARGV[3], 'NX', 'EX', ARGV[2]) then
+local ttl = tonumber(ARGV[2])
+if ARGV[5] then
+  ttl = math.max(ttl, math.min(tonumber(ARGV[4]) - tonumber(now[1]), tonumber(ARGV[5])))
+end
+if redis.call('SET', KEYS[2], ARGV[3], 'NX', 'EX', ttl) then
   return {'claimed', fence, reset}
 end
 if redis.call('GET', KEYS[2]) == ARGV[3] then
@@ -263,6 +300,7 @@ if redis.call('GET', KEYS[2]) == ARGV[3] then
 end
 return {'replayed', fence, reset}
 """
+CLAIM_SCRIPT = _CLAIM_NOW + _CLAIM_STEPS
 
 
 class NonceKeys:
@@ -334,8 +372,10 @@ class RedisNonceStore:
     PREFIX = NonceKeys.PREFIX
     FENCE_KEY = NonceKeys.FENCE_KEY
 
-    def __init__(self, client: SharedRedis) -> None:
+    def __init__(self, client: SharedRedis, max_skew_seconds: int = 300) -> None:
         self._client = client
+        # The most seconds a claim's ``until`` holds a nonce (``signing.max_skew_seconds``).
+        self._longest = longest_hold(max_skew_seconds)
         self.keys = NonceKeys(grouped=is_cluster(client))
         # EVALSHA, loading the script again on NOSCRIPT (a restarted Redis forgot it).
         self._script = client.register_script(CLAIM_SCRIPT)
@@ -368,12 +408,17 @@ class RedisNonceStore:
         await self._warn_if_failover_unguarded()
         return latest
 
-    async def claim(self, key_id: str, nonce: str, created: int, ttl_seconds: int) -> Claim:
+    async def claim(
+        self, key_id: str, nonce: str, created: int, ttl_seconds: int, until: int | None = None
+    ) -> Claim:
         keys = self.keys.claim_keys(key_id, nonce)
         # Our own token as the value: a retried claim whose first run went through
         # finds it and is "claimed", not a replay of itself (CLAIM_SCRIPT).
         token = secrets.token_hex(8)
-        outcome, fence, reset = await self._run(keys, [created, ttl_seconds, token])
+        args: list[int | str] = [created, ttl_seconds, token]
+        if until is not None:
+            args += [until, self._longest]
+        outcome, fence, reset = await self._run(keys, args)
         if reset:
             # This Redis (or the group's primary) lost its history since the last claim.
             log.warning("nonce_fence_set", fence=fence, fences=1)
@@ -470,5 +515,6 @@ def create_nonce_store(settings: Settings, client: SharedRedis | None = None) ->
     ``client``: the process's one Redis pool, when the caller already opened it.
     """
     if settings.redis.enabled:
-        return RedisNonceStore(client or create_redis(settings.redis))
+        client = client or create_redis(settings.redis)
+        return RedisNonceStore(client, settings.signing.max_skew_seconds)
     return MemoryNonceStore(settings.signing.nonce_capacity)

@@ -103,8 +103,10 @@ class AuthnService:
         if read_body is not None:
             self.verifier.verify_digest(message, await read_body())
         skew = self.verifier.max_skew
-        ttl = verified.replay_ttl(moment, skew)
-        claim = await self.nonces.claim(verified.key_id, verified.nonce, verified.created, ttl)
+        ttl, until = verified.replay_ttl(moment, skew), verified.hold_until(skew)
+        claim = await self.nonces.claim(
+            verified.key_id, verified.nonce, verified.created, ttl, until=until
+        )
         if claim is not Claim.CLAIMED:
             raise AuthenticationFailed(CLAIM_REASONS[claim].value)
         for other in verified.others:
@@ -112,8 +114,10 @@ class AuthnService:
             # them (reordered, alone, or once a new key makes it verify) it is refused.
             # One already used means this request is itself a replay or a splice. One
             # before the fence could never be accepted: nothing to remember.
-            ttl = other.replay_ttl(moment, skew)
-            claim = await self.nonces.claim(other.key_id, other.nonce, other.created, ttl)
+            ttl, until = other.replay_ttl(moment, skew), other.hold_until(skew)
+            claim = await self.nonces.claim(
+                other.key_id, other.nonce, other.created, ttl, until=until
+            )
             if claim is Claim.REPLAYED:
                 raise AuthenticationFailed(Reason.REPLAYED.value)
         ahead = verified.created - math.floor(moment)

@@ -92,6 +92,26 @@ class SignatureInput:
 CLOCK_TOLERANCE_SECONDS = 2
 
 
+def hold_until(created: int, expires: int | None, max_skew: int) -> int:
+    """The Unix second until which a signature's nonce must be held, whatever clock
+    judges it: the end of its acceptance plus ``CLOCK_TOLERANCE_SECONDS``.
+
+    The Redis store also holds the nonce until then on Redis's own clock (not only for
+    ``replay_ttl`` from the claiming gateway's ``now``), so a gateway whose clock was
+    ahead of Redis's when it claimed, then stepped back (NTP), still finds it.
+    """
+    accepted_until = created + max_skew + 1
+    if expires is not None:
+        accepted_until = min(accepted_until, expires)
+    return accepted_until + CLOCK_TOLERANCE_SECONDS
+
+
+def longest_hold(max_skew: int) -> int:
+    """The longest a signature can be acceptable on any one clock, plus the tolerance:
+    ``created`` is accepted from ``max_skew`` before to ``max_skew`` after it."""
+    return 2 * max_skew + 1 + CLOCK_TOLERANCE_SECONDS
+
+
 def replay_ttl(created: int, expires: int | None, now: float, max_skew: int) -> int:
     """Seconds from ``now`` to keep a signature's nonce: until it is no longer accepted,
     plus ``CLOCK_TOLERANCE_SECONDS``.
@@ -105,9 +125,7 @@ def replay_ttl(created: int, expires: int | None, now: float, max_skew: int) -> 
     claiming gateway's clock, and a gateway less than a second behind (within NTP's
     usual bound) accepted the signature once more (an audit).
     """
-    accepted_until = created + max_skew + 1
-    if expires is not None:
-        accepted_until = min(accepted_until, expires)
+    accepted_until = hold_until(created, expires, max_skew) - CLOCK_TOLERANCE_SECONDS
     return max(1, math.ceil(accepted_until - now)) + CLOCK_TOLERANCE_SECONDS
 
 
@@ -127,8 +145,11 @@ class OtherNonce:
         verify), so a far-future one is remembered for ``2 * max_skew + 1`` s (plus the
         clock tolerance), not for as long as it claims.
         """
-        longest = 2 * max_skew + 1 + CLOCK_TOLERANCE_SECONDS
-        return min(replay_ttl(self.created, self.expires, now, max_skew), longest)
+        return min(replay_ttl(self.created, self.expires, now, max_skew), longest_hold(max_skew))
+
+    def hold_until(self, max_skew: int) -> int:
+        """Until when to hold it on any clock (the store caps it at ``longest_hold``)."""
+        return hold_until(self.created, self.expires, max_skew)
 
 
 @quick_init
@@ -148,6 +169,10 @@ class VerifiedSignature:
     def replay_ttl(self, now: float, max_skew: int) -> int:
         """Seconds this signature stays acceptable: how long its nonce must be remembered."""
         return replay_ttl(self.created, self.expires, now, max_skew)
+
+    def hold_until(self, max_skew: int) -> int:
+        """The Unix second until which its nonce must be held on any clock."""
+        return hold_until(self.created, self.expires, max_skew)
 
 
 def other_nonces(

@@ -276,6 +276,36 @@ def test_redis_store_claims_once_with_a_ttl(redis_server: RedisServer) -> None:
     assert 0 < ttl <= 300
 
 
+def test_redis_store_holds_a_nonce_until_its_end_on_redis_s_clock_capped(
+    redis_server: RedisServer,
+) -> None:
+    """``until`` on Redis's clock when that is longer than the gateway's TTL (a gateway
+    ahead of Redis), never past two windows plus the tolerance (a skew of 10 s: 23 s)."""
+
+    async def scenario() -> list[int]:
+        client = create_redis(RedisSettings(url=redis_server.url))
+        store = RedisNonceStore(client, max_skew_seconds=10)
+        try:
+            now = await redis_now(client)
+            created = math.ceil(now) + 1  # after the fence this first claim sets
+            ttls = []
+            for nonce, ttl, until in [
+                ("a", 5, None),
+                ("b", 5, created + 15),
+                ("c", 5, created + 999),
+            ]:
+                assert await store.claim("k1", nonce, created, ttl, until=until) is CLAIMED
+                ttls.append(await client.ttl(RedisNonceStore.key("k1", nonce)))
+            return ttls
+        finally:
+            await store.aclose()
+
+    short, until_on_redis, capped = asyncio.run(scenario())
+    assert short == 5
+    assert 15 <= until_on_redis <= 17
+    assert capped == 23
+
+
 def test_first_use_of_an_empty_redis_sets_the_fence_to_redis_time(
     redis_server: RedisServer,
 ) -> None:

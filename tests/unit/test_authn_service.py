@@ -29,8 +29,24 @@ SECRET = b"unit-test-secret-0123456789abcdef-xyz"
 
 
 class UnreachableStore(MemoryNonceStore):
-    async def claim(self, key_id: str, nonce: str, created: int, ttl_seconds: int) -> Claim:
+    async def claim(
+        self, key_id: str, nonce: str, created: int, ttl_seconds: int, until: int | None = None
+    ) -> Claim:
         raise NonceStoreUnavailable()
+
+
+class RecordingStore(MemoryNonceStore):
+    """Remembers each claim's (nonce, TTL, until)."""
+
+    def __init__(self) -> None:
+        super().__init__(100, fence=NOW - 60)
+        self.claims: list[tuple[str, int, int | None]] = []
+
+    async def claim(
+        self, key_id: str, nonce: str, created: int, ttl_seconds: int, until: int | None = None
+    ) -> Claim:
+        self.claims.append((nonce, ttl_seconds, until))
+        return await super().claim(key_id, nonce, created, ttl_seconds, until)
 
 
 def _store(fence: float = NOW - 60) -> MemoryNonceStore:
@@ -65,6 +81,15 @@ def test_second_use_of_a_nonce_is_replayed() -> None:
     assert asyncio.run(service.authenticate(_message("n1"), b"", NOW)).subject == "alice"
     assert _reason(service, _message("n1")) == "replayed"
     assert asyncio.run(service.authenticate(_message("n2"), b"", NOW)).subject == "alice"
+
+
+def test_a_claim_says_until_when_its_nonce_is_held_on_any_clock() -> None:
+    """Besides the TTL from the gateway's clock, the store learns the Unix second until
+    which to hold the nonce (the end of acceptance plus the tolerance): Redis then holds
+    it by its own clock too, for a gateway stepped back after it claimed."""
+    store = RecordingStore()
+    asyncio.run(_service(store).authenticate(_message("n1"), b"", NOW + 10.5))
+    assert store.claims == [("n1", 291 + 2, NOW + 301 + 2)]
 
 
 def test_a_forged_request_does_not_consume_the_nonce() -> None:
