@@ -61,15 +61,20 @@ Services = Annotated[ServiceRegistry, Depends(get_services)]
 
 async def get_findings_service(request: Request) -> FindingsService:
     state = request.app.state
-    return FindingsService(state.services, state.idempotency)
+    deadline = state.settings.orchestration.downstream_deadline_seconds
+    return FindingsService(state.services, state.idempotency, deadline)
 
 
 Findings = Annotated[FindingsService, Depends(get_findings_service)]
 
 
 async def get_overview_service(request: Request) -> OverviewService:
-    deadline = request.app.state.settings.orchestration.overview_deadline_seconds
-    return OverviewService(request.app.state.services, deadline)
+    orchestration = request.app.state.settings.orchestration
+    return OverviewService(
+        request.app.state.services,
+        orchestration.overview_deadline_seconds,
+        orchestration.downstream_deadline_seconds,
+    )
 
 
 Overview = Annotated[OverviewService, Depends(get_overview_service)]
@@ -78,7 +83,11 @@ Overview = Annotated[OverviewService, Depends(get_overview_service)]
 async def get_close_service(request: Request) -> CloseService:
     state = request.app.state
     return CloseService(
-        state.services, state.idempotency, state.policy.engagements, state.engagement_locks
+        state.services,
+        state.idempotency,
+        state.policy.engagements,
+        state.engagement_locks,
+        state.settings.orchestration.downstream_deadline_seconds,
     )
 
 

@@ -239,6 +239,13 @@ class OrchestrationSettings(_Section):
     """Composite operations and declarative pass-through routes."""
 
     overview_deadline_seconds: PositiveSeconds = 2.0
+    downstream_deadline_seconds: PositiveSeconds = Field(
+        default=30.0,
+        description="the most time one request on a typed route (findings, overview, close) "
+        "spends on the services, every call, retry and backoff included; then 504. No "
+        "attempt or retry starts after it, one in flight is cut. A close's undo is not "
+        "bounded by it. At least connect_timeout + read_timeout of every service",
+    )
     idempotency_ttl_seconds: Annotated[int, Field(ge=1, le=7 * 86400)] = Field(
         default=86400,
         description="how long a close's or a keyed finding create's result is replayed for "
@@ -508,6 +515,22 @@ class Settings(BaseSettings):
                     f"orchestration.passthrough[{index}].max_request_bytes "
                     f"({route.max_request_bytes}) exceeds edge.max_body_bytes ({ceiling}), "
                     "which refuses larger bodies first: raise edge.max_body_bytes"
+                )
+        return self
+
+    @model_validator(mode="after")
+    def _deadline_fits_an_attempt(self) -> Self:
+        """A deadline below one attempt would cut a slow answer before the service's
+        own read timeout has a say (and make that timeout a dead setting)."""
+        deadline = self.orchestration.downstream_deadline_seconds
+        for name, service in self.services.items():
+            attempt = service.connect_timeout + service.read_timeout
+            if deadline < attempt:
+                raise ValueError(
+                    f"orchestration.downstream_deadline_seconds ({deadline:g}) is below one "
+                    f"attempt of services.{name} (connect_timeout {service.connect_timeout:g} "
+                    f"+ read_timeout {service.read_timeout:g} = {attempt:g}): raise the "
+                    "deadline or lower the service's timeouts"
                 )
         return self
 

@@ -13,6 +13,7 @@ service's circuit breaker (``fail_max`` counts failed requests):
     5xx in retry statuses   502 bad_gateway      retryable, Retry-After honoured
     other 5xx, broken body  502 bad_gateway
     breaker open            503 circuit_open     with Retry-After, never retried
+    request's deadline      504 gateway_timeout  never retried (``app.downstream.deadline``)
 
 Downstream bodies of 5xx answers are discarded, never shown to the caller; a 4xx
 means what ``app.downstream.refusals`` says (``raise_for_client_error``).
@@ -20,10 +21,11 @@ means what ``app.downstream.refusals`` says (``raise_for_client_error``).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterable, Mapping
+from collections.abc import AsyncIterable, Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
 import httpx
@@ -42,6 +44,8 @@ from app.core.errors import (
 )
 from app.core.logging import get_logger
 from app.core.tracing import client_span
+from app.downstream.deadline import Deadline, exceeded
+from app.downstream.deadline import current as current_deadline
 from app.downstream.http1 import Http1Transport, StaleConnection
 from app.downstream.propagation import (
     current_call_context,
@@ -165,14 +169,18 @@ class DownstreamClient:
         # streamed answer's call lasts until its body ends (``end_stream``): a service
         # that sends a head and then breaks off fails its call, not succeeds it.
         call = self.breaker.request()
+        deadline = current_deadline()
 
         async def attempt(number: int) -> httpx.Response:
-            return await self._attempt(
-                method, path, body, params, fields, stream, number, call, buffer_declared
-            )
+            def send() -> Awaitable[httpx.Response]:
+                return self._attempt(
+                    method, path, body, params, fields, stream, number, call, buffer_declared
+                )
+
+            return await (send() if deadline is None else self._bounded(send, deadline, number))
 
         try:
-            response = await self.retry.run(attempt, enabled)
+            response = await self.retry.run(attempt, enabled, deadline)
         except BaseException as exc:
             await call.__aexit__(type(exc), exc, exc.__traceback__)
             raise
@@ -181,6 +189,24 @@ class DownstreamClient:
         else:
             await call.__aexit__(None, None, None)
         return response
+
+    async def _bounded(
+        self, send: Callable[[], Awaitable[httpx.Response]], deadline: Deadline, attempt: int
+    ) -> httpx.Response:
+        """``send()`` cut when the request's deadline passes (a streamed answer: its head)."""
+        left = deadline.remaining()
+        if left <= 0:  # nothing sent, no breaker call entered
+            log.info("downstream_deadline", service=self.name, attempt=attempt, sent=False)
+            raise exceeded(self.name)
+        scope = asyncio.timeout(left)
+        try:
+            async with scope:
+                return await send()
+        except TimeoutError:
+            if not scope.expired():
+                raise
+            log.info("downstream_deadline", service=self.name, attempt=attempt, sent=True)
+            raise exceeded(self.name) from None
 
     async def _attempt(
         self,

@@ -46,6 +46,7 @@ from app.core import logcontext
 from app.core.errors import Conflict, GatewayError
 from app.domain.engagements import CloseRequest, CloseResult, CloseStep, Engagement, Report
 from app.downstream.client import ServiceRegistry, parse_answer, raise_for_client_error
+from app.downstream.deadline import within
 from app.workflows.engagement_lock import EngagementLocks, Held
 from app.workflows.idempotency import Codec, IdempotencyStore
 from app.workflows.saga import Saga, Step
@@ -72,23 +73,26 @@ class CloseService:
         store: IdempotencyStore,
         state: EngagementState,
         locks: EngagementLocks,
+        deadline_seconds: float | None = None,
     ) -> None:
         self._services = services
         self._store = store
         self._state = state
         self._locks = locks
+        self._deadline = deadline_seconds  # the saga's calls; never its undo (saga.py)
 
     async def close(
         self, engagement_id: str, body: CloseRequest, key: str, subject: str
     ) -> tuple[CloseResult, bool]:
         """``(result, replayed)`` for this key; the saga runs at most once per key."""
         scope = ("close", subject, engagement_id, key)
-        result, replayed = await self._store.run(
-            scope,
-            fingerprint(body),
-            lambda: self._locked_close(engagement_id, body, key, subject),
-            RESULT_CODEC,
-        )
+        with within(self._deadline):
+            result, replayed = await self._store.run(
+                scope,
+                fingerprint(body),
+                lambda: self._locked_close(engagement_id, body, key, subject),
+                RESULT_CODEC,
+            )
         if replayed and self._state.get(engagement_id) is None:
             # While the engagement is closed, the policy refuses a close (a write) before
             # it gets here; so it was reopened since: the stored "closed" is stale.

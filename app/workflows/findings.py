@@ -26,6 +26,7 @@ from app.core.errors import Conflict, DownstreamError
 from app.domain.findings import Finding, FindingCreate, FindingList
 from app.domain.validated import ValidatedJson
 from app.downstream.client import ServiceRegistry, raise_for_client_error
+from app.downstream.deadline import within
 from app.workflows.idempotency import Codec, IdempotencyStore, scoped_key
 
 SERVICE = "findings"
@@ -58,22 +59,37 @@ def service_key(subject: str, engagement_id: str, key: str, fingerprint: str) ->
 class FindingsService:
     """Reads and writes findings on behalf of an authorized caller."""
 
-    def __init__(self, services: ServiceRegistry, store: IdempotencyStore | None = None) -> None:
+    def __init__(
+        self,
+        services: ServiceRegistry,
+        store: IdempotencyStore | None = None,
+        deadline_seconds: float | None = None,
+    ) -> None:
         self._client = services.get(SERVICE)
         self._store = store
+        self._deadline = deadline_seconds  # per call of a method (app.downstream.deadline)
 
     async def list(self, engagement_id: str) -> ValidatedJson[FindingList]:
-        response = await self._client.call("GET", f"/engagements/{engagement_id}/findings")
+        with within(self._deadline):
+            response = await self._client.call("GET", f"/engagements/{engagement_id}/findings")
         return _parse(response, FindingList)
 
     async def get(self, engagement_id: str, finding_id: str) -> ValidatedJson[Finding]:
         path = f"/engagements/{engagement_id}/findings/{finding_id}"
-        return _parse(await self._client.call("GET", path), Finding)
+        with within(self._deadline):
+            response = await self._client.call("GET", path)
+        return _parse(response, Finding)
 
     async def create(
         self, engagement_id: str, new: FindingCreate, created_by: str, key: str | None = None
     ) -> tuple[ValidatedJson[Finding], bool]:
         """``(finding, replayed)``; with ``key``, applied at most once per caller and key."""
+        with within(self._deadline):
+            return await self._create_once(engagement_id, new, created_by, key)
+
+    async def _create_once(
+        self, engagement_id: str, new: FindingCreate, created_by: str, key: str | None
+    ) -> tuple[ValidatedJson[Finding], bool]:
         if key is None:
             return await self._create(engagement_id, new, created_by, None), False
         if self._store is None:

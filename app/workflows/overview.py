@@ -29,6 +29,7 @@ from app.domain.engagements import (
 )
 from app.domain.findings import FindingList
 from app.downstream.client import ServiceRegistry, parse_answer, raise_for_client_error
+from app.downstream.deadline import within
 
 log = structlog.get_logger("gateway.composite")
 
@@ -46,9 +47,16 @@ def summarize(findings: FindingList) -> FindingsSummary:
 class OverviewService:
     """Fans out to the engagements, findings and reports services."""
 
-    def __init__(self, services: ServiceRegistry, deadline_seconds: float) -> None:
+    def __init__(
+        self,
+        services: ServiceRegistry,
+        deadline_seconds: float,
+        downstream_deadline_seconds: float | None = None,
+    ) -> None:
         self._services = services
         self._deadline = deadline_seconds
+        # The request's (app.downstream.deadline): parts still degrade at the fan-out's own.
+        self._downstream_deadline = downstream_deadline_seconds
 
     async def _get(self, service: str, path: str, model: type[BaseModel]) -> Any:
         response = await self._services.get(service).call("GET", path)
@@ -76,7 +84,10 @@ class OverviewService:
 
     async def overview(self, engagement_id: str) -> EngagementOverview:
         """The engagement's overview, partial if some service failed or was too slow."""
-        with span("fanout overview", {"gateway.fanout": "overview"}):
+        with (
+            within(self._downstream_deadline),
+            span("fanout overview", {"gateway.fanout": "overview"}),
+        ):
             return await self._overview(engagement_id)
 
     async def _overview(self, engagement_id: str) -> EngagementOverview:

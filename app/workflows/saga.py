@@ -20,7 +20,10 @@ lock and the key were released while the undo still ran, so another gateway's
 reopen or close, or the caller's retry of the same key, ran beside it). Weighed
 against leaving the steps done (the close then stays half applied: findings
 frozen, an engagement open) and against refusing to stop while a saga runs (a
-supervisor kills the process anyway).
+supervisor kills the process anyway). For the same reason an undo is free of the
+request's downstream deadline (``app.downstream.deadline``): a step that failed
+because the deadline passed is undone all the same, each undo call bounded only by
+its service's own timeouts and retries.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ import structlog
 
 from app.core.errors import CircuitOpen, DownstreamError, GatewayError
 from app.core.tracing import SERVICE, span
+from app.downstream.deadline import lifted
 from app.downstream.resilience import PoolExhausted
 
 log = structlog.get_logger("gateway.saga")
@@ -109,7 +113,15 @@ class Saga:
         return {"gateway.saga": self.name, "gateway.saga.step": step.name, SERVICE: step.service}
 
     async def _compensate(self, done: list[tuple[Step, Any]]) -> list[str]:
-        """Undo in reverse order; the names of the steps whose undo failed."""
+        """Undo in reverse order; the names of the steps whose undo failed.
+
+        Free of the request's downstream deadline (``lifted``): a saga that failed
+        because it ran out of time still undoes every step it did.
+        """
+        with lifted():
+            return await self._undo(done)
+
+    async def _undo(self, done: list[tuple[Step, Any]]) -> list[str]:
         failed: list[str] = []
         for step, result in reversed(done):
             if step.compensate is None:

@@ -147,6 +147,38 @@ def test_slow_service_maps_to_504(make_stack: StackBuilder) -> None:
     assert stack.requests_seen("findings") == 2, "a read timeout before any byte is retried"
 
 
+# One attempt of 0.5 + 3 s fits the 3.5 s deadline; the stub's Retry-After (1 s) sets the
+# retry's start (about 2.5 s in), its 1.5 s latency would end it past the deadline.
+DEADLINE_STACK: dict[str, Any] = {
+    "service": {"connect_timeout": 0.5, "read_timeout": 3},
+    "orchestration": {"downstream_deadline_seconds": 3.5},
+}
+
+
+def test_a_retry_the_deadline_passes_is_cut_with_a_504(make_stack: StackBuilder) -> None:
+    """Without the request's deadline the retry answered 200 about 4 s in: one call may
+    hold its caller retry.deadline_seconds plus a whole attempt."""
+    stack = make_stack(**DEADLINE_STACK)
+    stack.faults("findings", latency_ms=1500, fail_next=1, fail_status=503, retry_after=1)
+    with client(stack.url) as gateway:
+        response = gateway.get(FINDINGS)
+    body = assert_problem(response, 504, "gateway_timeout")
+    assert body["service"] == "findings"
+    assert "deadline" in str(body["detail"])
+    assert stack.requests_seen("findings") == 2, "the retry started inside the deadline"
+
+
+def test_retries_of_an_idempotent_call_still_succeed_inside_the_deadline(
+    make_stack: StackBuilder,
+) -> None:
+    stack = make_stack(**DEADLINE_STACK)
+    stack.faults("findings", fail_next=2, fail_status=503)
+    with client(stack.url) as gateway:
+        response = gateway.get(FINDINGS)
+    assert response.status_code == 200
+    assert stack.requests_seen("findings") == 3
+
+
 def test_hung_service_maps_to_504(make_stack: StackBuilder) -> None:
     stack = make_stack(service={"read_timeout": 0.2, "retry": {"attempts": 1}})
     stack.faults("findings", hang=True, hang_max_seconds=5)

@@ -1,0 +1,123 @@
+"""One deadline per inbound request for its downstream work: attempts, backoffs, services.
+
+A typed route's workflow (findings, overview, close) opens ``within(seconds)``
+(``orchestration.downstream_deadline_seconds``, 30 s by default); every
+``DownstreamClient.call`` made inside it, in tasks it starts too (the overview's
+branches copy the context), is bounded by the same instant:
+
+- no attempt starts once it has passed (``504 gateway_timeout``, nothing sent, no
+  breaker call), and no retry starts whose backoff would reach it (the last
+  attempt's own error is raised, as when a wait would cross ``retry.deadline_seconds``);
+- an attempt in flight when it passes is cancelled there (``504 gateway_timeout``,
+  the error a read timeout gives), whatever phase it is in: a pool wait, connect,
+  the upload, the head, or a body that drips a byte just inside every read timeout.
+
+Without it one call could hold a caller ``retry.deadline_seconds`` (retries start
+until then) plus one whole attempt (``pool_timeout + connect_timeout +
+read_timeout``, a pause of ``read_timeout`` between body bytes with no total): 5 +
+1 + 1 + 5 = 12 s with the defaults, per call, and a close makes five calls in a
+row (about a minute). A dripping body was bounded by nothing but ``max_answer_bytes``.
+
+Options weighed for how an attempt is cut: an ``asyncio.timeout`` around the
+attempt, set to what is left (chosen: one bound over every phase, the same
+cancellation the overview's deadline and a shutdown already use, so the transports
+are known to give their connection up cleanly), against lowering each httpx
+timeout (connect, read, write, pool) to what is left (each phase would stop in
+time, but not their sum, and the read timeout is a pause between bytes, so a
+dripping body would still run on; a streamed answer would keep the cut read
+timeout for its whole body). The cost: an attempt cut while it waits for a pooled
+connection counts as a failure of the service's breaker, as a cancellation by the
+overview's deadline does.
+
+Options weighed for where it holds: a per-service ``deadline`` on each call
+(bounds one call only: a close of five calls, or an overview of three, still adds
+them up) against one per inbound request in a context variable (chosen: the
+budget the caller sees, and calls need no new argument). A context variable
+reaches tasks started inside the block: the saga's undo runs ``lifted()``, so a
+close that ran out of time still undoes its steps to the end (each undo call
+bounded by its service's own timeouts and retry window, as before): a half-done
+close is worse than a late answer.
+
+Pass-through routes are not bounded by it: a streamed upload's time to the answer's
+head includes the caller's own pace (bounded by the edge's body timeouts), and a
+streamed answer may rightly take long (bounded per pause by ``read_timeout`` and by
+``edge.send_timeout_seconds``). Settings refuse a deadline below one attempt of any
+service (``connect_timeout + read_timeout``), which would cut every slow answer
+before the service's own timeout had a say.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
+
+from app.core.errors import DownstreamTimeout
+
+Clock = Callable[[], float]
+
+
+@dataclass(frozen=True, slots=True)
+class Deadline:
+    """An instant on ``clock`` by which an inbound request's downstream work must end."""
+
+    ends_at: float
+    clock: Clock = time.monotonic
+
+    @classmethod
+    def after(cls, seconds: float, clock: Clock = time.monotonic) -> Deadline:
+        return cls(clock() + seconds, clock)
+
+    def remaining(self) -> float:
+        """Seconds left, never below 0."""
+        return max(0.0, self.ends_at - self.clock())
+
+    def allows_wait(self, seconds: float) -> bool:
+        """Whether a wait of ``seconds`` (a backoff) still leaves time for an attempt."""
+        return seconds < self.remaining()
+
+
+_CURRENT: ContextVar[Deadline | None] = ContextVar("gateway_downstream_deadline", default=None)
+
+
+def current() -> Deadline | None:
+    """The deadline downstream calls made now are bounded by, if any."""
+    return _CURRENT.get()
+
+
+@contextmanager
+def within(seconds: float | None, clock: Clock = time.monotonic) -> Iterator[Deadline | None]:
+    """Bound downstream calls in the block by ``seconds`` from now (``None``: unchanged).
+
+    An enclosing deadline that ends sooner still holds: a block never extends it.
+    """
+    outer = _CURRENT.get()
+    if seconds is None:
+        yield outer
+        return
+    mine = Deadline.after(seconds, clock)
+    chosen = outer if outer is not None and outer.ends_at <= mine.ends_at else mine
+    token = _CURRENT.set(chosen)
+    try:
+        yield chosen
+    finally:
+        _CURRENT.reset(token)
+
+
+@contextmanager
+def lifted() -> Iterator[None]:
+    """No deadline in the block: a saga's undo runs to its end however late it is."""
+    token = _CURRENT.set(None)
+    try:
+        yield
+    finally:
+        _CURRENT.reset(token)
+
+
+def exceeded(service: str) -> DownstreamTimeout:
+    """The 504 of a call cut (or never started) by its request's deadline."""
+    return DownstreamTimeout(
+        service, f"The {service} service did not answer within the request's deadline."
+    )
