@@ -3,8 +3,17 @@
 The first request with a key runs the operation; a retry with the same key and
 the same request gets the first result again without running anything; the same
 key with a different request is a 422, and a retry while the first is still
-running is a 409. Failures are not remembered, so a failed request may be
-retried. Keys are scoped by caller and operation and kept for a TTL.
+running is a 409 with ``Retry-After: 1``. Failures are not remembered, so a failed
+request may be retried. Keys are scoped by caller and operation and kept for a TTL.
+
+The 409's ``Retry-After`` (RFC 9110 section 10.2.3, delta-seconds) is a constant 1 s,
+weighed against a value derived from the lease (``idempotency_lease_seconds``, 60 s)
+or from the request's downstream deadline (30 s): a run usually ends well under a
+second, and the lease only bounds a gateway that died mid-run, so either would make
+every ordinary wait a minute or half of one; 1 is the smallest whole delay that is
+not "now" (0 invites a tight loop), the cost a second 409 for a run that takes longer.
+Neither store knows when the run started (the Redis record holds no start time), so
+a remaining time could not be given either.
 
 Two stores, chosen like the nonce store (Redis configured or not):
 
@@ -63,6 +72,8 @@ from app.core.redis import (
 from app.ops.metrics import count_redis_error
 
 HEADER = IDEMPOTENCY_KEY_HEADER
+# Whole seconds a retry of a key whose first request still runs is asked to wait (409).
+IN_PROGRESS_RETRY_AFTER_SECONDS = 1
 KEY_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{7,127}$")
 T = TypeVar("T")
 log = structlog.get_logger("gateway.idempotency")
@@ -87,6 +98,14 @@ def require_key(value: str | None) -> str:
     if not KEY_PATTERN.fullmatch(value):
         raise BadRequest("The Idempotency-Key must be 8-128 characters of [A-Za-z0-9._:-].")
     return value
+
+
+def in_progress() -> Conflict:
+    """The 409 of a key whose first request still runs: send it again after a second."""
+    return Conflict(
+        "A request with this Idempotency-Key is still in progress.",
+        headers={"Retry-After": str(IN_PROGRESS_RETRY_AFTER_SECONDS)},
+    )
 
 
 @dataclass(frozen=True)
@@ -168,7 +187,7 @@ class MemoryIdempotencyStore:
             if entry.fingerprint != fingerprint:
                 raise IdempotencyKeyReused("The key was used with a different request.")
             if not entry.done.is_set():
-                raise Conflict("A request with this Idempotency-Key is still in progress.")
+                raise in_progress()
             return entry.result, True
         if len(self._entries) >= self.capacity:
             # Every stored result stays for the TTL: without a bound, keyed writes (each a
@@ -259,7 +278,7 @@ class RedisIdempotencyStore:
         if record[1 : 1 + _DIGEST] != digest:
             raise IdempotencyKeyReused("The key was used with a different request.")
         if record[:1] != _DONE:
-            raise Conflict("A request with this Idempotency-Key is still in progress.")
+            raise in_progress()
         try:
             return codec.decode(record[1 + _DIGEST :])
         except ValueError:  # written by another version: replaying is impossible, rerunning unsafe

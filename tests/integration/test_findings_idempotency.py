@@ -9,6 +9,8 @@ applied before its answer was lost is not applied twice when the caller retries.
 from __future__ import annotations
 
 import hashlib
+import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
@@ -286,3 +288,22 @@ def test_a_malformed_forwarded_key_is_a_400_and_sends_nothing(make_stack: StackB
         response = client.post(path, json=FINDING, headers={"idempotency-key": "short"})
     assert_problem(response, 400, "bad_request")
     assert [r for r in stack.seen("findings") if r["method"] == "POST"] == []
+
+
+def test_a_key_sent_again_while_its_first_create_runs_is_a_409_with_retry_after(
+    make_stack: StackBuilder,
+) -> None:
+    """The 409 said "in progress" but not when to come back (RFC 9110 section 10.2.3)."""
+    stack = make_stack()
+    stack.faults("findings", hang=True, hang_max_seconds=10, methods=["POST"])
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        first = pool.submit(create, stack, FINDING, "create-tls-0409")
+        for _ in range(200):  # until the stub holds the first create (it records it on arrival)
+            if any(r.get("fault") == "hang" for r in stack.seen("findings")):
+                break
+            time.sleep(0.05)
+        again = create(stack, FINDING, "create-tls-0409")
+        stack.faults("findings")  # release the first create
+        assert first.result().status_code == 201
+    assert_problem(again, 409, "conflict")
+    assert again.headers["retry-after"] == "1"

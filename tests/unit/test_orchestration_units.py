@@ -231,8 +231,11 @@ def test_idempotency_store_refuses_a_concurrent_duplicate_and_expires_keys() -> 
 
         first = asyncio.create_task(store.run(("k",), "fp", slow, TEXT))
         await asyncio.sleep(0)
-        with pytest.raises(Conflict):
+        with pytest.raises(Conflict) as running:
             await store.run(("k",), "fp", slow, TEXT)
+        # When to come back (RFC 9110 section 10.2.3, delta-seconds): it had no Retry-After.
+        assert running.value.status_code == 409
+        assert running.value.headers == {"Retry-After": "1"}
         gate.set()
         assert await first == ("done", False)
         now[0] = 11.0

@@ -90,8 +90,9 @@ def test_a_run_in_progress_is_a_conflict_elsewhere_and_failures_are_forgotten(
 
         first = asyncio.create_task(one.run(("k",), "fp", slow, TEXT))
         await asyncio.sleep(0.05)
-        with pytest.raises(Conflict):
+        with pytest.raises(Conflict) as running:
             await two.run(("k",), "fp", counting(calls), TEXT)
+        assert running.value.headers == {"Retry-After": "1"}  # when to send it again
         gate.set()
         assert await first == ("done", False)
 
