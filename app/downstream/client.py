@@ -25,7 +25,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterable, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterable, Awaitable, Mapping
 from typing import Any, TypeVar
 
 import httpx
@@ -46,7 +46,7 @@ from app.core.logging import get_logger
 from app.core.tracing import client_span
 from app.downstream.deadline import Deadline, exceeded
 from app.downstream.deadline import current as current_deadline
-from app.downstream.http1 import Http1Transport, StaleConnection
+from app.downstream.http1 import DEADLINE, Http1Transport, StaleConnection
 from app.downstream.propagation import (
     current_call_context,
     propagation_headers,
@@ -129,6 +129,7 @@ class DownstreamClient:
         self._base = str(settings.url).rstrip("/")
         self._timeout = _timeout(settings).as_dict()
         self._transport = transport or _transport(settings)
+        self._native = isinstance(self._transport, Http1Transport)
         self._urls: dict[str, httpx.URL] = {}
 
     async def call(
@@ -170,14 +171,22 @@ class DownstreamClient:
         # that sends a head and then breaks off fails its call, not succeeds it.
         call = self.breaker.request()
         deadline = current_deadline()
+        # The native transport bounds a buffered exchange by the deadline itself (its read
+        # timer, ``DEADLINE``); a streamed answer is bounded up to its head only, here.
+        in_transport = deadline if self._native and not stream else None
 
         async def attempt(number: int) -> httpx.Response:
-            def send() -> Awaitable[httpx.Response]:
-                return self._attempt(
-                    method, path, body, params, fields, stream, number, call, buffer_declared
-                )
-
-            return await (send() if deadline is None else self._bounded(send, deadline, number))
+            if deadline is not None and deadline.remaining() <= 0:
+                # nothing sent, no breaker call entered
+                log.info("downstream_deadline", service=self.name, attempt=number, sent=False)
+                raise exceeded(self.name)
+            send = self._attempt(
+                method, path, body, params, fields, stream, number, call, buffer_declared,
+                in_transport,
+            )  # fmt: skip
+            if deadline is None:
+                return await send
+            return await self._bounded(send, deadline, number, in_transport is not None)
 
         try:
             response = await self.retry.run(attempt, enabled, deadline)
@@ -191,17 +200,30 @@ class DownstreamClient:
         return response
 
     async def _bounded(
-        self, send: Callable[[], Awaitable[httpx.Response]], deadline: Deadline, attempt: int
+        self,
+        send: Awaitable[httpx.Response],
+        deadline: Deadline,
+        attempt: int,
+        in_transport: bool,
     ) -> httpx.Response:
-        """``send()`` cut when the request's deadline passes (a streamed answer: its head)."""
-        left = deadline.remaining()
-        if left <= 0:  # nothing sent, no breaker call entered
-            log.info("downstream_deadline", service=self.name, attempt=attempt, sent=False)
-            raise exceeded(self.name)
-        scope = asyncio.timeout(left)
+        """``send`` cut when the request's deadline passes (a streamed answer: its head).
+
+        ``in_transport``: the native transport ends every phase by the deadline (no timer
+        here); a timeout it raised once the deadline passed is the deadline's 504.
+        Otherwise an ``asyncio.timeout`` set to what is left cancels the attempt.
+        """
+        if in_transport:
+            try:
+                return await send
+            except DownstreamTimeout:
+                if deadline.remaining() > 0:
+                    raise
+                log.info("downstream_deadline", service=self.name, attempt=attempt, sent=True)
+                raise exceeded(self.name) from None
+        scope = asyncio.timeout(deadline.remaining())
         try:
             async with scope:
-                return await send()
+                return await send
         except TimeoutError:
             if not scope.expired():
                 raise
@@ -219,9 +241,12 @@ class DownstreamClient:
         attempt: int,
         call: BreakerCall,
         buffer_declared: int | None = None,
+        deadline: Deadline | None = None,
     ) -> httpx.Response:
         with client_span(self.name, method, self._url(path), attempt) as span:
             request = self._build(method, path, body, params, fields, stream, buffer_declared)
+            if deadline is not None:  # the native transport ends the exchange by it
+                request.extensions[DEADLINE] = deadline
             started = time.perf_counter()
             try:
                 call.admit()

@@ -19,8 +19,10 @@ from structlog.testing import capture_logs
 
 from app.authn.keys import SigningKey
 from app.core.config import ServiceSettings
+from app.core.errors import DownstreamTimeout
 from app.downstream.client import DownstreamClient
-from app.downstream.http1 import Http1Transport, StaleConnection
+from app.downstream.deadline import Deadline, within
+from app.downstream.http1 import DEADLINE, Http1Transport, StaleConnection
 from app.downstream.transport import BODY_UNSENT, BUFFER_DECLARED, BUFFERED, HEAD_RECEIVED
 from tests.conftest import free_port
 from tests.integration.raw_http import RawService
@@ -30,7 +32,7 @@ pytestmark = pytest.mark.integration
 TIMEOUTS = {"connect": 1.0, "read": 0.5, "write": 0.5, "pool": 0.2}
 CLOSE = "close"  # answer step: close the connection
 HANG = "hang"  # answer step: never write again (the connection stays open)
-Answer = bytes | Sequence[bytes | str]
+Answer = bytes | Sequence[bytes | str | float]  # a float step: pause that many seconds
 Runner = Callable[[Coroutine[Any, Any, None]], None]
 RUNNERS = pytest.mark.parametrize("run", [asyncio.run, uvloop.run], ids=["asyncio", "uvloop"])
 
@@ -96,6 +98,9 @@ class RawServer:
                     return
                 if step == HANG:
                     await asyncio.Event().wait()
+                if isinstance(step, float):
+                    await asyncio.sleep(step)
+                    continue
                 assert isinstance(step, bytes)
                 writer.write(step)
                 await writer.drain()
@@ -824,5 +829,64 @@ def test_the_client_resends_a_request_lost_to_the_race_with_a_new_nonce(run: Run
         assert len(set(nonces)) == 3, "every send carries its own nonce"
         outcomes = [e["outcome"] for e in logs if e.get("event") == "downstream_call"]
         assert outcomes[0] == "stale_connection"
+
+    run(scenario())
+
+
+# --- the inbound request's deadline --------------------------------------------------------
+
+# Each byte well within the read timeout (0.5 s), the whole body 5 s: only a bound on the
+# whole exchange ends it.
+DRIP: list[bytes | str | float] = [b"HTTP/1.1 200 OK\r\nContent-Length: 50\r\n\r\n"]
+DRIP += [step for _ in range(50) for step in (b"x", 0.1)]
+
+
+@RUNNERS
+@pytest.mark.parametrize("buffered", [True, False], ids=["buffered", "streamed"])
+@on_loop
+async def test_a_dripping_answer_ends_at_the_request_deadline(run: Runner, buffered: bool) -> None:
+    """The read timer the exchange arms anyway also ends it at ``DEADLINE``: no timer of
+    the client's own around the attempt (``app.downstream.deadline``)."""
+    async with RawServer(DRIP) as server, Http1Transport(max_connections=1) as transport:
+        request = req(server.url(), buffered=buffered)
+        request.extensions[DEADLINE] = Deadline.after(0.3)
+        with pytest.raises(httpx.ReadTimeout, match="deadline"):
+            await fetch(transport, request)
+        assert request.extensions.get(HEAD_RECEIVED)  # cut mid-body: not retryable
+        await still_serves(transport)
+
+
+@RUNNERS
+@on_loop
+async def test_a_phase_waits_no_longer_than_the_deadline_leaves(run: Runner) -> None:
+    """The pool wait (as the connect and the upload) is bounded by what is left, not by
+    its own, longer timeout."""
+    async with RawServer([HANG]) as server, Http1Transport(max_connections=1) as transport:
+        held = asyncio.ensure_future(transport.handle_async_request(req(server.url())))
+        await asyncio.sleep(0.05)  # the only slot is taken, its answer never comes
+        waiting = req(server.url(), timeouts={**TIMEOUTS, "pool": 30.0})
+        waiting.extensions[DEADLINE] = Deadline.after(0.2)
+        with pytest.raises(httpx.PoolTimeout):
+            await transport.handle_async_request(waiting)
+        held.cancel()
+        await asyncio.gather(held, return_exceptions=True)
+
+
+@RUNNERS
+def test_the_client_maps_a_cut_by_the_native_transport_to_the_deadline(run: Runner) -> None:
+    async def scenario() -> None:
+        async with RawServer(DRIP, ok(b"fine")) as server:
+            settings = ServiceSettings(url=server.url(""), read_timeout=0.5)
+            client = DownstreamClient("findings", settings)
+            try:
+                with capture_logs() as logs, within(0.3), pytest.raises(DownstreamTimeout) as cut:
+                    await client.call("GET", "/r")
+                assert "deadline" in cut.value.detail
+                assert (await client.call("GET", "/r")).content == b"fine"
+            finally:
+                await client.aclose()
+        assert len(server.requests) == 2  # the cut attempt was not retried
+        cuts = [e for e in logs if e.get("event") == "downstream_deadline"]
+        assert [(e["attempt"], e["sent"]) for e in cuts] == [(1, True)]
 
     run(scenario())
