@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from app.authz.closed import ClosedFact
 from app.authz.policy import Decision, PolicyEngine
-from app.authz.suite_files import load_suites
+from app.authz.suite_files import PolicyCase
 
 FIELDS = ("subject", "engagement", "action", "object")
 
@@ -66,8 +66,9 @@ class LogReading:
         return f"{text}; skipped {total} line(s) that are not authz decisions ({why})"
 
 
-def probes_from_suites(policy_dir: Path) -> Iterator[Probe]:
-    for case in load_suites(policy_dir):
+def probes_from_suites(policy_dir: Path, cases: Sequence[PolicyCase]) -> Iterator[Probe]:
+    """The requests of ``cases``, read from ``policy_dir``'s suites (with its policy)."""
+    for case in cases:
         origin = f"{policy_dir}/{case.location}: {case.name}"
         closed = ClosedFact(case.engagement, "case", case.location) if case.closed else None
         yield Probe(

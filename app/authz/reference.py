@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import casbin
+from casbin.persist.adapters.string_adapter import StringAdapter
 from casbin.util import key_match
 
 from app.authz.compiled import GROUP_PREFIX
@@ -21,7 +22,18 @@ from app.authz.compiled import GROUP_PREFIX
 
 def casbin_enforcer(model_path: Path, policy_path: Path) -> Any:
     """A pycasbin enforcer where ``g`` links in engagement ``*`` hold in every engagement."""
-    enforcer = casbin.Enforcer(str(model_path), str(policy_path))
+    return casbin_enforcer_of(model_path.read_bytes(), policy_path.read_bytes())
+
+
+def casbin_enforcer_of(model: bytes, policy: bytes) -> Any:
+    """``casbin_enforcer`` on the files' bytes as read once (a snapshot), not on their paths.
+
+    The policy's lines are given as pycasbin's file adapter reads them: split at
+    ``\n``, each stripped.
+    """
+    lines = "\n".join(line.strip() for line in policy.decode("utf-8").split("\n"))
+    adapter = StringAdapter(lines) if lines.strip() else None  # it refuses an empty text
+    enforcer = casbin.Enforcer(casbin.Enforcer.new_model(text=model.decode("utf-8")), adapter)
     enforcer.add_named_domain_matching_func("g", key_match)
     return enforcer
 

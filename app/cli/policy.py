@@ -14,9 +14,10 @@ from typing import Any
 
 from app.authz.lint import lint
 from app.authz.routes import RouteShape
-from app.authz.suite import SuiteError, SuiteReport, junit_xml, load_suites, read_suites, run_suites
+from app.authz.suite import SuiteError, SuiteReport, junit_xml, run_suites
+from app.authz.suite_files import parse_suites
 from app.cli import policy_diff, policy_explain
-from app.cli.policy_io import DEFAULT_DIR, fail, load_engine, read_source
+from app.cli.policy_io import DEFAULT_DIR, fail, read_directory, read_source, snapshot_of
 from app.core.config import CONFIG_FILE_ENV, load_settings
 from app.core.errors import ConfigError
 
@@ -45,8 +46,9 @@ def register(commands: Any) -> None:
 
 def run_lint(args: argparse.Namespace) -> int:
     try:
-        source = read_source(args.dir)
-    except (ConfigError, OSError, UnicodeDecodeError) as exc:
+        snapshot = snapshot_of(args.dir)  # policy and suites of one version
+        source = read_source(snapshot)
+    except ConfigError as exc:
         return fail(str(exc))
     routes = None
     if args.config:
@@ -54,7 +56,7 @@ def run_lint(args: argparse.Namespace) -> int:
             routes = _route_shapes(args.config)
         except ConfigError as exc:
             return fail(f"--config: {exc.detail}")
-    cases, suite_issues = read_suites(args.dir)
+    cases, suite_issues = parse_suites(snapshot.suites)
     issues = [*lint(source, {case.subject for case in cases}, routes), *suite_issues]
     for issue in issues:
         print(issue)
@@ -77,15 +79,17 @@ def _route_shapes(config: str) -> list[RouteShape]:
 
 def run_test(args: argparse.Namespace) -> int:
     try:
-        engine = load_engine(args.dir)
-        report = run_suites(engine, load_suites(args.dir))
+        read = read_directory(args.dir)  # policy and suites of one version, as a reload
+        report = run_suites(read.engine, read.cases())
     except (ConfigError, SuiteError) as exc:
         return fail(str(exc))
     for failure in report.failures:
         print(failure.describe_failure())
     total, failed = len(report.results), len(report.failures)
-    print(f"{args.dir}: {total - failed} passed, {failed} failed (revision {engine.revision})")
-    print_coverage(report, len(engine.compiled.rules))
+    print(f"{args.dir}: {total - failed} passed, {failed} failed (revision {read.engine.revision})")
+    print("files tested, as read together (GET /admin/policy lists the loaded ones so):")
+    print("\n".join(read.files_lines()))
+    print_coverage(report, len(read.engine.compiled.rules))
     if args.junit:
         try:
             args.junit.write_text(junit_xml(report), encoding="utf-8")

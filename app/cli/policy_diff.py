@@ -11,7 +11,7 @@ from typing import Any
 
 from app.authz.diff import Flip, LogReading, flips, probes_from_suites, read_log
 from app.authz.suite import SuiteError
-from app.cli.policy_io import fail, load_engine
+from app.cli.policy_io import fail, read_directory
 from app.core.errors import ConfigError
 
 
@@ -44,8 +44,13 @@ def _print_flip(flip: Flip) -> None:
 def run_diff(args: argparse.Namespace) -> int:
     reading = LogReading()
     try:
-        old, new = load_engine(args.old), load_engine(args.new)
-        probes = [*probes_from_suites(args.old), *probes_from_suites(args.new)]
+        # Each directory's policy and suites of one version, as a reload reads them.
+        old_read, new_read = read_directory(args.old), read_directory(args.new)
+        old, new = old_read.engine, new_read.engine
+        probes = [
+            *probes_from_suites(args.old, old_read.cases()),
+            *probes_from_suites(args.new, new_read.cases()),
+        ]
         if args.log:
             reading = read_log(args.log)
     except (ConfigError, SuiteError, OSError) as exc:

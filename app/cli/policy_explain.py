@@ -16,8 +16,8 @@ from app.authz.explain import Explanation, explain
 from app.authz.fields import FieldError, check_action, resolve_engagement
 from app.authz.policy import Decision
 from app.authz.query import WhatCan, WhoCan, engagements_for, what_can, who_can
-from app.authz.reference import casbin_enforcer, reference_decide
-from app.cli.policy_io import fail, load_engine, split_groups
+from app.authz.reference import casbin_enforcer_of, reference_decide
+from app.cli.policy_io import PolicyRead, fail, load_engine, read_directory, split_groups
 from app.core.errors import ConfigError, InvalidPath
 from app.domain.identity import GROUP_PATTERN, SUBJECT_PATTERN
 from app.edge.paths import normalize_path
@@ -87,19 +87,18 @@ def run_explain(args: argparse.Namespace) -> int:
     try:
         groups = _identity(args.subject, args.groups)
         request = _request(args, args.method, args.path)
-        engine = load_engine(args.dir)
+        read = read_directory(args.dir)
     except FieldError as exc:
         return fail(str(exc))
     except ConfigError as exc:
         return fail(exc.detail)
     dom, path, action = request
-    answer = explain(engine, args.subject, groups, request, _what_if(args, dom))
+    answer = explain(read.engine, args.subject, groups, request, _what_if(args, dom))
     print(f"request: {args.subject} groups={list(groups)} {action} {path} in {dom}")
     print("\n".join(describe(answer)))
     if args.casbin:
-        enforcer = casbin_enforcer(*engine.files)
         allowed, rule = reference_decide(
-            enforcer, engine.compiled.role_names, args.subject, groups, request
+            _casbin(read), read.engine.compiled.role_names, args.subject, groups, request
         )
         print(f"casbin: {'allow' if allowed else 'deny'}, rule: {', '.join(rule) or 'none'}")
         closed = answer.decision.closed
@@ -111,6 +110,15 @@ def run_explain(args: argparse.Namespace) -> int:
                 f"own g3 lines; this close comes from {origin}), so it may disagree"
             )
     return 0
+
+
+def _casbin(read: PolicyRead) -> Any:
+    """Plain pycasbin on the very bytes explained: a second read of the paths could
+    meet another version of the files (an edit or a directory swap since)."""
+    model, policy = read.snapshot.model.data, read.snapshot.policy.data
+    assert model is not None  # read_directory parsed both
+    assert policy is not None
+    return casbin_enforcer_of(model, policy)
 
 
 def describe_decision(decision: Decision) -> list[str]:
