@@ -13,8 +13,11 @@ A request's faults are decided when it arrives, before any latency or hang: the
 faults in force then apply to it whole, and it takes its owed failure or roll of
 the dice in arrival order. A change made while it waits (a ``fail_next`` set
 after a caller gave up on it) never applies to it; the change only releases it
-from a hang. A request whose client has gone by the time its fault or route
-would answer is recorded with ``client_gone`` and not answered.
+from a hang. A request the stub then refuses (a chunked body found over the cap
+only as it is read) gives back what it took, an owed failure or its roll
+(``Draw``): the answered requests fail as configured, as if it had never come.
+A request whose client has gone by the time its fault or route would answer is
+recorded with ``client_gone`` and not answered.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from collections import deque
+from dataclasses import dataclass
 from typing import Annotated, Literal
 
 import orjson
@@ -123,6 +128,17 @@ class _Answer:
         await self.send(message)
 
 
+@dataclass(frozen=True, slots=True)
+class Draw:
+    """What one arriving request took from the faults: the status to fail it with (if
+    any), and what ``FaultState.give_back`` needs to return it."""
+
+    status: int | None
+    owed_since: int | None = None  # an owed failure: of the owed failures set then
+    roll: float | None = None  # a roll of these dice
+    dice: random.Random | None = None
+
+
 class FaultState:
     """The current faults, the seeded dice and the request counters of one stub."""
 
@@ -133,6 +149,7 @@ class FaultState:
         self.remaining_failures = 0
         self._owed_since = 0  # bumped whenever the owed failures are set anew
         self._dice = random.Random(seed)
+        self._returned: deque[float] = deque()  # rolls given back, taken before new ones
         self._released = asyncio.Event()
         self.replace(config or FaultConfig())
 
@@ -150,12 +167,13 @@ class FaultState:
     def merge(self, patch: FaultConfig) -> None:
         """Set only the fields ``patch`` names; failures still owed and the dice carry on."""
         given = patch.model_dump(exclude_unset=True)
-        owed, since, dice = self.remaining_failures, self._owed_since, self._dice
+        owed, since = self.remaining_failures, self._owed_since
+        dice, returned = self._dice, self._returned
         self.configure(self.config.model_copy(update=given))
         if "fail_next" not in given:
             self.remaining_failures, self._owed_since = owed, since
         if "seed" not in given:
-            self._dice = dice
+            self._dice, self._returned = dice, returned
 
     def configure(self, config: FaultConfig) -> None:
         """Set the faults exactly; releases every hanging request."""
@@ -163,27 +181,38 @@ class FaultState:
         self.remaining_failures = config.fail_next
         self._owed_since += 1
         self._dice = random.Random(config.seed)
+        self._returned = deque()
         self._released.set()
         self._released = asyncio.Event()
 
     def failure_status(self) -> int | None:
         """The status to fail an arriving request with, if any (fail-next first, then the dice)."""
-        return self.take_failure()[0]
+        return self.take_failure().status
 
-    def take_failure(self) -> tuple[int | None, int | None]:
-        """``failure_status``, and when it was an owed failure, the mark ``give_back`` needs."""
+    def take_failure(self) -> Draw:
+        """``failure_status``, with what ``give_back`` needs to return it."""
         if self.remaining_failures > 0:
             self.remaining_failures -= 1
-            return self.config.fail_status, self._owed_since
-        if self.config.error_rate and self._dice.random() < self.config.error_rate:
-            return self.config.error_status, None
-        return None, None
+            return Draw(self.config.fail_status, owed_since=self._owed_since)
+        rate = self.config.error_rate
+        if not rate:
+            return Draw(None)
+        roll = self._returned.popleft() if self._returned else self._dice.random()
+        status = self.config.error_status if roll < rate else None
+        return Draw(status, roll=roll, dice=self._dice)
 
-    def give_back(self, owed_since: int | None) -> None:
-        """Owe again a failure taken by a request that was then refused (its body too
-        large), unless the owed failures were set anew since it took it."""
-        if owed_since is not None and owed_since == self._owed_since:
+    def give_back(self, draw: Draw) -> None:
+        """Return what a request took that was then refused (its body too large): an
+        owed failure is owed again, unless the owed failures were set anew since; a roll
+        of the dice, failing or not, is the next arrival's, unless the dice were replaced.
+
+        Kept, a roll was lost to a request answered 413: the answered requests no
+        longer followed the seeded sequence, and one meant to fail never did.
+        """
+        if draw.owed_since is not None and draw.owed_since == self._owed_since:
             self.remaining_failures += 1
+        elif draw.roll is not None and draw.dice is self._dice:
+            self._returned.append(draw.roll)
 
     async def hang(self) -> None:
         released = self._released
@@ -244,11 +273,11 @@ class FaultInjector:
             return
         # Decided now, on arrival: an owed failure or a roll of the dice is this request's,
         # whatever changes while it waits. A reset request takes neither (it never did).
-        status, owed_since = (None, None) if config.reset else self.state.take_failure()
+        draw = Draw(None) if config.reset else self.state.take_failure()
         try:
-            await self._fault(scope, receive, send, config, status)
+            await self._fault(scope, receive, send, config, draw.status)
         except BodyTooLarge:
-            self.state.give_back(owed_since)  # a refused request owes nothing
+            self.state.give_back(draw)  # a refused request takes nothing from the faults
             raise
 
     async def _refuse_too_large(

@@ -22,7 +22,7 @@ from fastapi import FastAPI
 from app.authn.keys import KeyRing, SigningKey
 from app.domain.identity import Identity
 from app.downstream.propagation import CallContext, propagation_headers, sign_outbound
-from app.stubs.faults import FaultConfig
+from app.stubs.faults import FaultConfig, FaultState
 from app.stubs.server import create_stub_app, stub_config
 from tests.conftest import REPO, LiveServer, free_port
 from tests.integration.raw_http import as_response, read_answer
@@ -340,6 +340,30 @@ def test_a_chunked_body_over_the_cap_under_a_fault_gives_its_owed_failure_back(
     assert streamed.status_code == 413
     assert owed.status_code == 503
     assert stats == {"requests": 2, "faulted": 1}
+
+
+def test_a_chunked_body_over_the_cap_gives_its_roll_of_the_dice_back(
+    live_server: Callable[[FastAPI], LiveServer],
+) -> None:
+    """Its roll was kept: each refused upload took one from the seeded dice, so the
+    answered requests no longer failed as the seed says, and a failure rolled for a
+    request answered 413 reached no caller. Now the answered requests fail exactly as
+    a stub that never saw the uploads (``FaultState`` with the same seed) rolls."""
+    faults = FaultConfig(error_rate=0.5, seed=5)
+    server = live_server(create_stub_app("findings", faults=faults, max_body_bytes=1000))
+    upload = f"POST {ENGAGEMENT}/evidence HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+    over = b"3e9\r\n" + b"a" * 1001 + b"\r\n"
+    answered, refused = [], []
+    with httpx.Client(base_url=server.url, timeout=10) as client:
+        for _ in range(8):
+            refused.append(_raw_answer(server.port, upload, over).status_code)
+            answered.append(client.get(ENGAGEMENT + "/findings").status_code)
+        stats = client.get("/_stats").json()
+    dice = FaultState(faults)
+    expected = [dice.failure_status() or 200 for _ in answered]
+    assert refused == [413] * 8
+    assert answered == expected
+    assert stats == {"requests": 16, "faulted": expected.count(500)}
 
 
 def test_gateway_stub_takes_its_body_cap_from_a_flag_32_mib_by_default() -> None:

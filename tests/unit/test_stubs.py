@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 import structlog
+from hypothesis import given
+from hypothesis import strategies as st
 
 from app.cli.main import build_parser
 from app.cli.stub import fault_config
@@ -89,6 +91,49 @@ def test_a_merge_that_names_no_seed_keeps_rolling_the_same_dice() -> None:
     rolls = [patched.failure_status() for _ in range(15)]
     assert first + rolls == [untouched.failure_status() for _ in range(20)]
     assert (patched.config.latency_ms, patched.config.seed) == (1, 11)
+
+
+@given(
+    seed=st.integers(0, 2**32),
+    rate=st.floats(0, 1),
+    owed=st.integers(0, 3),
+    refused=st.lists(st.booleans(), max_size=40),
+)
+def test_a_refused_request_gives_back_its_roll_and_the_answered_ones_fail_as_seeded(
+    seed: int, rate: float, owed: int, refused: list[bool]
+) -> None:
+    """A request refused after it took its roll (a chunked body over the cap) gives the
+    roll back, failing or not: the answered requests' failures are the seeded sequence's,
+    as if the refused ones had never come. Kept, each 413 lost a roll, and a failure
+    counted on the dice never reached any caller."""
+    config = FaultConfig(error_rate=rate, fail_next=owed, seed=seed)
+    stub, untouched = FaultState(config), FaultState(config)
+    answered = []
+    for refuse in refused:
+        draw = stub.take_failure()
+        if refuse:
+            stub.give_back(draw)
+        else:
+            answered.append(draw.status)
+    assert answered == [untouched.failure_status() for _ in answered]
+    assert stub.failure_status() == untouched.failure_status()
+
+
+def test_a_roll_given_back_survives_a_merge_and_not_new_dice() -> None:
+    stub, untouched = FaultState(FaultConfig(error_rate=0.5, seed=3)), FaultState()
+    untouched.configure(FaultConfig(error_rate=0.5, seed=3))
+    stub.give_back(stub.take_failure())
+    stub.merge(FaultConfig.model_validate({"latency_ms": 1}))
+    assert [stub.failure_status() for _ in range(10)] == [
+        untouched.failure_status() for _ in range(10)
+    ]
+    draw = stub.take_failure()
+    stub.replace(FaultConfig(error_rate=0.5, seed=3))  # new dice: the old roll is void
+    stub.give_back(draw)
+    untouched.configure(FaultConfig(error_rate=0.5, seed=3))
+    assert [stub.failure_status() for _ in range(10)] == [
+        untouched.failure_status() for _ in range(10)
+    ]
 
 
 @pytest.mark.parametrize(
