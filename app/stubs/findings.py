@@ -14,12 +14,28 @@ from app.stubs.bodies import json_object
 from app.stubs.data import seed_findings
 from app.stubs.recording import record, record_gone, remember, replay
 
+UPLOAD_MEMORY = 1000  # the evidence uploads ``app.state.uploads`` lists
+
+
+class RecentUploads(list[dict[str, Any]]):
+    """The last ``capacity`` uploads' progress, the oldest forgotten first: a list, as
+    the tests that watch an upload read it, that a long run no longer grows without end."""
+
+    def __init__(self, capacity: int = UPLOAD_MEMORY) -> None:
+        super().__init__()
+        self.capacity = capacity
+
+    def append(self, progress: dict[str, Any]) -> None:
+        super().append(progress)
+        if len(self) > self.capacity:
+            del self[0]
+
 
 def add_findings_routes(app: FastAPI, seed: int) -> Callable[[], None]:
     """The findings routes; returns what puts their data back as seeded (``POST /_reset``)."""
     store = seed_findings(seed)
     frozen: set[str] = set()
-    app.state.uploads = []
+    app.state.uploads = RecentUploads()
 
     def reseed() -> None:
         store.clear()

@@ -27,6 +27,7 @@ from app.authn.verifier import SignatureVerifier
 from app.core.errors import AuthenticationFailed
 
 NONCE_MEMORY = 10_000  # the signatures a stub remembers to spot a repeated one
+IDEMPOTENCY_MEMORY = 10_000  # the keyed writes' answers a stub remembers to replay
 _OUTCOME = "stub.signature"  # a request's outcome, kept in its scope: it may be listed twice
 
 
@@ -48,6 +49,29 @@ class SeenNonces:
 
     def clear(self) -> None:
         self._pairs.clear()
+
+
+class RememberedAnswers:
+    """The answers to the last keyed writes, by (path, ``Idempotency-Key``), the oldest
+    forgotten first: a long run's keys no longer grow a stub's memory without end."""
+
+    def __init__(self, capacity: int = IDEMPOTENCY_MEMORY) -> None:
+        self.capacity = capacity
+        self._answers: OrderedDict[tuple[str, str], Any] = OrderedDict()
+
+    def get(self, key: tuple[str, str]) -> Any:
+        return self._answers.get(key)
+
+    def put(self, key: tuple[str, str], answer: Any) -> None:
+        self._answers[key] = answer
+        if len(self._answers) > self.capacity:
+            self._answers.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._answers)
+
+    def clear(self) -> None:
+        self._answers.clear()
 
 
 def verify_gateway(
@@ -174,7 +198,8 @@ def _headers(request: Request) -> dict[str, str]:
 
 
 def replay(request: Request) -> Any:
-    """The stored answer for a repeated ``Idempotency-Key``, else ``None``."""
+    """The stored answer for a repeated ``Idempotency-Key``, else ``None`` (also for a
+    key older than the last ``IDEMPOTENCY_MEMORY`` remembered)."""
     key = request.headers.get("idempotency-key")
     return request.app.state.idempotent.get((request.url.path, key)) if key else None
 
@@ -182,5 +207,5 @@ def replay(request: Request) -> Any:
 def remember(request: Request, answer: Any) -> Any:
     key = request.headers.get("idempotency-key")
     if key:
-        request.app.state.idempotent[(request.url.path, key)] = answer
+        request.app.state.idempotent.put((request.url.path, key), answer)
     return answer

@@ -29,10 +29,11 @@ from app.stubs.engagements import add_engagement_routes
 from app.stubs.faults import FaultConfig, FaultInjector, FaultState
 from app.stubs.findings import add_findings_routes
 from app.stubs.limits import DEFAULT_MAX_BODY_BYTES
-from app.stubs.recording import SeenNonces
+from app.stubs.recording import RememberedAnswers, SeenNonces
 from app.stubs.reports import add_report_routes
 
 STUB_NAMES = ("engagements", "findings", "reports")
+SEEN_MEMORY = 1000  # the requests ``/_seen`` lists, the oldest forgotten first
 # What requests in flight get on shutdown before they are cut off unanswered: a hung
 # request (up to hang_max_seconds, 600) or a latency (60 s) held a stop that long.
 SHUTDOWN_SECONDS = 2
@@ -100,9 +101,9 @@ def create_stub_app(
     app = FastAPI(title=f"stub-{name}", docs_url=None, redoc_url=None)
     state = FaultState(faults, seed)
     app.state.shutdown_seconds = SHUTDOWN_SECONDS  # for whatever serves it (stub_config)
-    app.state.seen = deque(maxlen=1000)
+    app.state.seen = deque(maxlen=SEEN_MEMORY)
     app.state.faults = state
-    app.state.idempotent = {}
+    app.state.idempotent = RememberedAnswers()
     app.state.nonces = SeenNonces()
     app.state.verifier = SignatureVerifier(keyring) if keyring is not None else None
     app.state.require_signature = require_signature and keyring is not None

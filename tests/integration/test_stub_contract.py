@@ -235,6 +235,32 @@ def test_reset_puts_a_stub_back_as_it_started(
         assert again.json()["title"] == "new", "the idempotency key was forgotten"
 
 
+def test_a_stub_remembers_the_last_idempotency_keys_and_uploads_only(
+    live_server: Callable[[FastAPI], LiveServer],
+) -> None:
+    """Every keyed write's answer and every upload's progress were kept for the stub's
+    life: a long integration run grew its memory without end. Now the newest are kept
+    (10,000 keys, 1,000 uploads), the oldest forgotten first; here the caps are 2."""
+    app = create_stub_app("findings")
+    app.state.idempotent.capacity = app.state.uploads.capacity = 2
+    server = live_server(app)
+    with httpx.Client(base_url=server.url, timeout=5) as client:
+
+        def create(key: str, title: str) -> httpx.Response:
+            headers = {"idempotency-key": key}
+            return client.post(
+                f"{ENGAGEMENT}/findings", json={**FINDING, "title": title}, headers=headers
+            )
+
+        first = [create(key, key) for key in ("k-1", "k-2", "k-3")]
+        again = {key: create(key, f"{key} again") for key in ("k-3", "k-1")}
+        for size in (1, 2, 3):
+            client.post(f"{ENGAGEMENT}/evidence", content=b"e" * size)
+    assert again["k-3"].json() == first[2].json(), "the newest key is replayed"
+    assert again["k-1"].json()["title"] == "k-1 again", "the oldest key is forgotten"
+    assert [u["received"] for u in app.state.uploads] == [2, 3]
+
+
 def _signed(url: str, subject: str = "bob") -> httpx.Request:
     context = CallContext(Identity(subject, (), "proxy"), "acme-2026")
     request = httpx.Request("GET", url, headers=propagation_headers(context))

@@ -11,6 +11,8 @@ from app.cli.main import build_parser
 from app.cli.stub import fault_config
 from app.stubs.data import report_chunks, seed_findings, seed_reports
 from app.stubs.faults import FaultConfig, FaultState
+from app.stubs.findings import UPLOAD_MEMORY, RecentUploads
+from app.stubs.recording import IDEMPOTENCY_MEMORY, RememberedAnswers
 from app.stubs.server import STUB_NAMES, create_stub_app
 from tests.conftest import REPO
 
@@ -134,6 +136,32 @@ def test_a_roll_given_back_survives_a_merge_and_not_new_dice() -> None:
     assert [stub.failure_status() for _ in range(10)] == [
         untouched.failure_status() for _ in range(10)
     ]
+
+
+def test_remembered_answers_keep_the_newest_keys_the_oldest_forgotten_first() -> None:
+    answers = RememberedAnswers(capacity=3)
+    for n in range(5):
+        answers.put(("/p", f"k-{n}"), n)
+    assert len(answers) == 3
+    assert [answers.get(("/p", f"k-{n}")) for n in range(5)] == [None, None, 2, 3, 4]
+    answers.clear()
+    assert len(answers) == 0
+
+
+def test_recent_uploads_is_a_list_of_the_newest_uploads() -> None:
+    uploads = RecentUploads(capacity=2)
+    assert uploads == []
+    for n in range(3):
+        uploads.append({"received": n})
+    assert uploads == [{"received": 1}, {"received": 2}]
+    assert uploads[-1] == {"received": 2}
+
+
+def test_every_stub_bounds_its_keys_and_the_findings_stub_its_uploads() -> None:
+    for name in STUB_NAMES:
+        app = create_stub_app(name)
+        assert app.state.idempotent.capacity == IDEMPOTENCY_MEMORY == 10_000
+    assert create_stub_app("findings").state.uploads.capacity == UPLOAD_MEMORY == 1000
 
 
 @pytest.mark.parametrize(
