@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from typing import Any
 
@@ -16,7 +17,7 @@ from app.core.errors import ConfigError
 from app.core.logging import configure_logging
 from app.stubs.faults import FaultConfig
 from app.stubs.limits import DEFAULT_MAX_BODY_BYTES
-from app.stubs.server import SHUTDOWN_SECONDS, STUB_NAMES, create_stub_app
+from app.stubs.server import STUB_NAMES, create_stub_app, stub_config
 
 
 def register(commands: Any) -> None:
@@ -94,15 +95,11 @@ def run(args: argparse.Namespace) -> int:
         require_signature=args.require_signature,
         max_body_bytes=args.max_body_bytes,
     )
-    uvicorn.run(
-        app,
-        host=args.host,
-        port=args.port,
-        log_config=None,
-        access_log=False,
-        # As stub_config: a hung request or a latency no longer holds SIGTERM.
-        timeout_graceful_shutdown=SHUTDOWN_SECONDS,
-    )
+    # uvicorn's options for a stub, declared once (stub_config), as tests embed one.
+    server = uvicorn.Server(stub_config(app, host=args.host, port=args.port))
+    # Ctrl-C: uvicorn stops, then raises the signal again (uvicorn.run swallows it too).
+    with contextlib.suppress(KeyboardInterrupt):
+        server.run()  # a port it cannot listen on: uvicorn's error line and exit code 3
     return 0
 
 

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import pytest
 import structlog
+import uvicorn
 from hypothesis import given
 from hypothesis import strategies as st
 
+from app.cli import stub as stub_command
 from app.cli.main import build_parser
 from app.cli.stub import fault_config
+from app.stubs import server as stub_server_module
 from app.stubs.data import report_chunks, seed_findings, seed_reports
 from app.stubs.faults import FaultConfig, FaultState
 from app.stubs.findings import UPLOAD_MEMORY, RecentUploads
@@ -210,3 +213,23 @@ def test_every_fault_field_and_control_route_is_documented() -> None:
     }
     assert fields == []
     assert sorted(r for r in routes if f"/{r.strip('/')}`" not in stub_section) == []
+
+
+def test_gateway_stub_serves_with_the_options_stub_config_declares(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``gateway stub`` repeated the uvicorn options ``stub_config`` declares (no log
+    config, no access log, the stub's shutdown bound): a change to the stub's bound
+    reached tests' embedded stubs, not the command. One declaration now serves both."""
+    ran: list[uvicorn.Config] = []
+    monkeypatch.setattr(uvicorn.Server, "run", lambda self, sockets=None: ran.append(self.config))
+    monkeypatch.setattr(stub_command, "configure_logging", lambda: None)  # no process state
+    monkeypatch.setattr(stub_server_module, "SHUTDOWN_SECONDS", 5)
+    argv = ["stub", "--name", "findings", "--port", "9", "--host", "127.0.0.1"]
+    args = build_parser().parse_args(argv)
+    assert args.handler(args) == 0
+    [config] = ran
+    declared = stub_server_module.stub_config(config.app, port=9)  # type: ignore[arg-type]
+    fields = ("host", "port", "log_config", "access_log", "timeout_graceful_shutdown")
+    assert [getattr(config, f) for f in fields] == [getattr(declared, f) for f in fields]
+    assert config.timeout_graceful_shutdown == 5
