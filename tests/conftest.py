@@ -21,6 +21,8 @@ from structlog.testing import capture_logs
 from app.authn.signer import HttpSignatureAuth
 from app.core import logcontext
 from app.core.config import Settings
+from app.stubs.faults import FaultState
+from app.stubs.server import stub_server
 
 REPO = Path(__file__).resolve().parent.parent
 POLICY_DIR = REPO / "policies"
@@ -59,18 +61,7 @@ class LiveServer:
 
     def __init__(self, app: FastAPI, port: int | None = None, loop: str = "auto") -> None:
         self.port = port or free_port()
-        config = uvicorn.Config(
-            app,
-            host="127.0.0.1",
-            port=self.port,
-            log_config=None,
-            access_log=False,
-            lifespan="on",
-            loop=loop,  # type: ignore[arg-type]  # uvicorn's LoopSetupType literal
-            # A stub's own bound (create_stub_app): a hung request is cut off, not waited out.
-            timeout_graceful_shutdown=getattr(app.state, "shutdown_seconds", None),
-        )
-        self.server = uvicorn.Server(config)
+        self.server = _server(app, self.port, loop)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     @property
@@ -93,6 +84,18 @@ class LiveServer:
         self.thread.join(timeout=60)
         if self.thread.is_alive():
             raise RuntimeError(f"the server on port {self.port} did not stop within 60 s")
+
+
+def _server(app: FastAPI, port: int, loop: str) -> uvicorn.Server:
+    """A stub is served as ``gateway stub`` serves it (``stub_server``: a hung request is
+    cut off when the stop begins, not waited out); any other app by a plain server."""
+    options: dict[str, Any] = {"lifespan": "on", "loop": loop}
+    if isinstance(getattr(app.state, "faults", None), FaultState):
+        return stub_server(app, port=port, **options)
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=port, log_config=None, access_log=False, **options
+    )
+    return uvicorn.Server(config)
 
 
 @pytest.fixture

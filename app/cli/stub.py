@@ -7,7 +7,6 @@ import contextlib
 import sys
 from typing import Any
 
-import uvicorn
 from pydantic import ValidationError
 
 from app.authn.keys import load_keyring
@@ -17,7 +16,7 @@ from app.core.errors import ConfigError
 from app.core.logging import configure_logging
 from app.stubs.faults import FaultConfig
 from app.stubs.limits import DEFAULT_MAX_BODY_BYTES
-from app.stubs.server import STUB_NAMES, create_stub_app, stub_config
+from app.stubs.server import STUB_NAMES, create_stub_app, stub_server
 
 
 def register(commands: Any) -> None:
@@ -95,8 +94,7 @@ def run(args: argparse.Namespace) -> int:
         require_signature=args.require_signature,
         max_body_bytes=args.max_body_bytes,
     )
-    # uvicorn's options for a stub, declared once (stub_config), as tests embed one.
-    server = uvicorn.Server(stub_config(app, host=args.host, port=args.port))
+    server = stub_server(app, host=args.host, port=args.port)  # the options, declared once
     # Ctrl-C: uvicorn stops, then raises the signal again (uvicorn.run swallows it too).
     with contextlib.suppress(KeyboardInterrupt):
         server.run()  # a port it cannot listen on: uvicorn's error line and exit code 3

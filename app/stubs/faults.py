@@ -44,6 +44,7 @@ from app.stubs.limits import (
     too_large,
 )
 from app.stubs.recording import record_fault, record_refusal
+from app.stubs.stopping import Stopping
 
 # RFC 9110's methods and PATCH (RFC 5789), as sent: method names are case-sensitive.
 HttpMethod = Literal["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"]
@@ -100,8 +101,9 @@ class ConnectionDropped(Exception):
 
 class _QuietExpectedDrops(logging.Filter):
     """Drop uvicorn's "Exception in ASGI application" traceback (error level) for a
-    connection dropped on purpose: by the reset fault (the stub logs one line of its
-    own), or cut off by a shutdown (uvicorn's "Cancel N running task(s)" says so)."""
+    connection dropped on purpose: by the reset fault or a stop cutting off a request
+    the stub held (the stub logs one line of its own), or cancelled by uvicorn's
+    shutdown timeout (its "Cancel N running task(s)" says so)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         expected = (ConnectionDropped, asyncio.CancelledError)
@@ -151,6 +153,7 @@ class FaultState:
         self._dice = random.Random(seed)
         self._returned: deque[float] = deque()  # rolls given back, taken before new ones
         self._released = asyncio.Event()
+        self.stopping = Stopping()  # begun by the server's shutdown (StubServer)
         self.replace(config or FaultConfig())
 
     def replace(self, config: FaultConfig) -> None:
@@ -214,12 +217,10 @@ class FaultState:
         elif draw.roll is not None and draw.dice is self._dice:
             self._returned.append(draw.roll)
 
-    async def hang(self) -> None:
-        released = self._released
-        try:
-            await asyncio.wait_for(released.wait(), self.config.hang_max_seconds)
-        except TimeoutError:
-            return
+    async def hang(self) -> bool:
+        """Hold until the faults change (or ``hang_max_seconds``); ``False`` when the
+        server's stop ended it first: the request is to be cut off."""
+        return await self.stopping.hold(self.config.hang_max_seconds, self._released)
 
 
 class FaultInjector:
@@ -249,8 +250,10 @@ class FaultInjector:
         try:
             await self._capped(scope, receive, answer, control)
         except asyncio.CancelledError:
-            # Only the server cancels a request: its shutdown cutting it off (a hang, a
-            # latency). It gets a head and a closed connection, never a whole answer.
+            # Only the server cancels a request: its shutdown timeout cutting off what the
+            # stub does not end itself (a client's unfinished body; any held request on
+            # a server not built by stub_server). A head and a closed connection, never
+            # a whole answer.
             if not answer.started:
                 await send(_CUT_OFF)
             raise
@@ -290,8 +293,8 @@ class FaultInjector:
     async def _fault(
         self, scope: Scope, receive: Receive, send: Send, config: FaultConfig, status: int | None
     ) -> None:
-        if config.latency_ms:
-            await asyncio.sleep(config.latency_ms / 1000)
+        if config.latency_ms and not await self.state.stopping.hold(config.latency_ms / 1000):
+            await self._cut_off(scope, send)
         gone = False  # whether its client left while it hung
         if config.hang:
             # Recorded now: a hang released into service is recorded again by its route,
@@ -299,7 +302,8 @@ class FaultInjector:
             body = await self._record(scope, receive, "hang")
             if body is None:
                 return  # its client has gone: nothing to hold, nothing to answer
-            await self.state.hang()
+            if not await self.state.hang():
+                await self._cut_off(scope, send)
             gone = await Request(scope, receive).is_disconnected()  # its body is read: safe
             receive = _replay(body, receive)
         if config.reset:
@@ -322,8 +326,17 @@ class FaultInjector:
             await self._record(scope, receive, None, gone=True)
             return
         if config.slow_body_ms:
-            send = _slow(send, config.slow_chunk_bytes, config.slow_body_ms / 1000)
+            pause = config.slow_body_ms / 1000
+            send = _slow(send, config.slow_chunk_bytes, pause, self.state.stopping)
         await self.app(scope, receive, send)
+
+    async def _cut_off(self, scope: Scope, send: Send) -> None:
+        """End a request the stub held past its server's stop: a bare ``503`` head and
+        the connection closed, as uvicorn's cancellation would, without one."""
+        await send(_CUT_OFF)
+        log.info("request_cut_off", service=self.service, method=scope["method"],
+                 path=scope["path"], reason="stopping")  # fmt: skip
+        raise ConnectionDropped("stopping: cut off")
 
     async def _record(
         self, scope: Scope, receive: Receive, fault: str | None, *, gone: bool = False
@@ -359,8 +372,8 @@ async def _send_error(send: Send, status: int, retry_after: int | None) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-def _slow(send: Send, chunk: int, pause: float) -> Send:
-    """Send the body in small chunks with a pause before each."""
+def _slow(send: Send, chunk: int, pause: float, stopping: Stopping) -> Send:
+    """Send the body in small chunks with a pause before each (none once stopping)."""
 
     async def slow_send(message: Message) -> None:
         if message["type"] != "http.response.body":
@@ -369,7 +382,7 @@ def _slow(send: Send, chunk: int, pause: float) -> Send:
         body: bytes = message.get("body", b"")
         more = message.get("more_body", False)
         for start in range(0, len(body), chunk):
-            await asyncio.sleep(pause)
+            await stopping.pause(pause)
             last = start + chunk >= len(body)
             part = body[start : start + chunk]
             await send({"type": "http.response.body", "body": part, "more_body": more or not last})

@@ -6,13 +6,17 @@ outbound signature verified (``GET /_seen``, faulted requests included), counts
 requests (``GET /_stats``) and takes faults from ``POST /_faults`` (replace),
 ``PATCH /_faults`` (merge); ``GET`` shows them, ``DELETE`` clears them;
 ``POST /_reset`` puts everything back as it started. Control paths start with
-``/_`` and are never faulted. ``stub_config`` serves one with uvicorn as
+``/_`` and are never faulted. ``stub_server`` serves one with uvicorn as
 ``gateway stub`` does: requests in flight are cut off ``SHUTDOWN_SECONDS`` into a
-shutdown, never waited out (a hang may last ``hang_max_seconds``, up to 600 s).
+shutdown, never waited out (a hang may last ``hang_max_seconds``, up to 600 s), and
+the requests the stub holds are ended by the stub itself when the stop begins
+(``app.stubs.stopping``), so a normal stop logs no error. ``stub_config`` is its
+``uvicorn.Config``, declared once, for ``gateway stub`` and tests alike.
 """
 
 from __future__ import annotations
 
+import socket
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -127,6 +131,24 @@ def create_stub_app(
     install_problem_handlers(app)  # a refusal is problem+json, as the gateway's own
     app.add_exception_handler(ClientDisconnect, _client_gone)
     return app
+
+
+class StubServer(uvicorn.Server):
+    """uvicorn's server for a stub: its stop first ends what the stub holds (hangs,
+    latencies, slow bodies: ``Stopping``), then stops as uvicorn does."""
+
+    def __init__(self, config: uvicorn.Config, faults: FaultState) -> None:
+        super().__init__(config)
+        self.faults = faults
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        self.faults.stopping.begin()
+        await super().shutdown(sockets)
+
+
+def stub_server(app: FastAPI, *, port: int, host: str = "127.0.0.1", **options: Any) -> StubServer:
+    """The server ``gateway stub`` runs, for a stub served in a test's own process too."""
+    return StubServer(stub_config(app, port=port, host=host, **options), app.state.faults)
 
 
 def stub_config(

@@ -4,6 +4,7 @@ signatures and lifecycle, measured against real stubs on 127.0.0.1."""
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import logging
 import signal
 import socket
@@ -23,7 +24,7 @@ from app.authn.keys import KeyRing, SigningKey
 from app.domain.identity import Identity
 from app.downstream.propagation import CallContext, propagation_headers, sign_outbound
 from app.stubs.faults import FaultConfig, FaultState
-from app.stubs.server import create_stub_app, stub_config
+from app.stubs.server import create_stub_app, stub_config, stub_server
 from tests.conftest import REPO, LiveServer, free_port
 from tests.integration.raw_http import as_response, read_answer
 
@@ -160,12 +161,12 @@ def test_a_stub_without_a_key_does_not_call_a_signed_request_unsigned(
     assert [entry["signature"] for entry in seen] == ["unverified", "absent"]
 
 
-def _stub_process(port: int, *flags: str) -> subprocess.Popen[bytes]:
+def _stub_process(
+    port: int, *flags: str, stderr: int = subprocess.DEVNULL
+) -> subprocess.Popen[bytes]:
     """``gateway stub`` as a team runs it, ready (its ``/_health`` answers) within 30 s."""
     argv = [sys.executable, "-m", "app.cli.main", "stub", "--name", "engagements"]
-    proc = subprocess.Popen(
-        [*argv, "--port", str(port), *flags], cwd=REPO, stderr=subprocess.DEVNULL
-    )
+    proc = subprocess.Popen([*argv, "--port", str(port), *flags], cwd=REPO, stderr=stderr)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and proc.poll() is None:
         try:
@@ -433,11 +434,15 @@ def test_an_injected_reset_logs_one_line_and_no_traceback(
 
 
 class _Embedded(LiveServer):
-    """A stub served from ``stub_config``, as a team embeds one in its own test process."""
+    """A stub served from ``stub_config`` (or ``stub_server``), as a team embeds one in
+    its own test process."""
 
-    def __init__(self, app: FastAPI) -> None:
+    def __init__(self, app: FastAPI, build: Callable[..., uvicorn.Server] | None = None) -> None:
         super().__init__(app)
-        self.server = uvicorn.Server(stub_config(app, port=self.port))
+        if build is None:
+            self.server = uvicorn.Server(stub_config(app, port=self.port))
+        else:
+            self.server = build(app, port=self.port)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
 
@@ -463,6 +468,76 @@ def test_an_in_process_stub_stops_promptly_with_a_hung_request(
     finally:
         server.stop()
     assert took < 10, f"stopping took {took:.1f} s"
+
+
+def _held(url: str, stats: str) -> concurrent.futures.Future[httpx.Response]:
+    """A request sent in the background, once the stub has it (counted in ``/_stats``)."""
+    pool = concurrent.futures.ThreadPoolExecutor(1)
+    held = pool.submit(httpx.get, url, timeout=40)
+    pool.shutdown(wait=False)
+    while not httpx.get(stats, timeout=5).json()["requests"]:
+        time.sleep(0.02)
+    return held
+
+
+def test_sigterm_cuts_off_what_the_stub_holds_and_logs_no_error() -> None:
+    """uvicorn cut a held request off at its graceful-shutdown timeout and logged "Cancel
+    1 running task(s), timeout graceful shutdown exceeded" at error level: on every stop
+    of a stub holding a hang or a long latency, the normal end of a fault test. The stub
+    now ends what it holds when the stop begins, and logs one info line for it."""
+    port = free_port()
+    proc = _stub_process(port, "--latency-ms", "30000", stderr=subprocess.PIPE)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        held = _held(base + ENGAGEMENT, base + "/_stats")
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=20)
+        with pytest.raises(httpx.TransportError):
+            held.result(timeout=20)  # cut off unanswered, as before
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+    lines = [json.loads(line) for line in stderr.decode().splitlines() if line.startswith("{")]
+    assert [line["event"] for line in lines if line["level"] not in ("info", "debug")] == []
+    cut = [line for line in lines if line["event"] == "request_cut_off"]
+    assert [(c["service"], c["path"], c["reason"]) for c in cut] == [
+        ("engagements", ENGAGEMENT, "stopping")
+    ]
+
+
+@pytest.mark.parametrize("embedding", ["live_server fixture", "stub_server"])
+@pytest.mark.parametrize(
+    ("faults", "outcome"),
+    [
+        ({"hang": True}, "cut off"),
+        ({"latency_ms": 30_000}, "cut off"),
+        ({"latency_ms": 1_500}, "served"),  # ends within the grace: answered in full
+        ({"slow_body_ms": 2_000, "slow_chunk_bytes": 64}, "served"),  # the rest at once
+    ],
+    ids=["hang", "long latency", "short latency", "slow body"],
+)
+def test_an_in_process_stub_stops_without_uvicorns_error_line(
+    live_server: Callable[[FastAPI], LiveServer],
+    caplog: pytest.LogCaptureFixture,
+    embedding: str,
+    faults: dict[str, Any],
+    outcome: str,
+) -> None:
+    app = create_stub_app("engagements", faults=FaultConfig.model_validate(faults))
+    server = _Embedded(app, stub_server).start() if embedding == "stub_server" else live_server(app)
+    try:
+        held = _held(server.url + ENGAGEMENT, server.url + "/_stats")
+        if outcome == "served":
+            time.sleep(0.8)  # the stop begins under 1 s before the latency would end
+        server.stop()
+        if outcome == "served":
+            assert held.result(timeout=20).status_code == 200
+        else:
+            with pytest.raises(httpx.TransportError):
+                held.result(timeout=20)
+    finally:
+        server.stop()
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
 
 
 @pytest.mark.parametrize(

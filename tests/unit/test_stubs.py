@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 import structlog
 import uvicorn
@@ -17,6 +19,7 @@ from app.stubs.faults import FaultConfig, FaultState
 from app.stubs.findings import UPLOAD_MEMORY, RecentUploads
 from app.stubs.recording import IDEMPOTENCY_MEMORY, RememberedAnswers
 from app.stubs.server import STUB_NAMES, create_stub_app
+from app.stubs.stopping import Stopping
 from tests.conftest import REPO
 
 
@@ -233,3 +236,24 @@ def test_gateway_stub_serves_with_the_options_stub_config_declares(
     fields = ("host", "port", "log_config", "access_log", "timeout_graceful_shutdown")
     assert [getattr(config, f) for f in fields] == [getattr(declared, f) for f in fields]
     assert config.timeout_graceful_shutdown == 5
+
+
+def test_a_stop_ends_the_holds_that_would_outlast_its_grace_and_only_those() -> None:
+    """What a hang, a latency and a slow body wait on (``Stopping``): once the stop has
+    begun, a hold ending after the grace ends at once (``False``: cut the request off),
+    one ending within it runs its course, a release still releases, a pause is skipped."""
+
+    async def scenario() -> list[object]:
+        stopping, release = Stopping(), asyncio.Event()
+        long_hold = asyncio.ensure_future(stopping.hold(600))
+        released = asyncio.ensure_future(stopping.hold(600, release))
+        await asyncio.sleep(0)
+        release.set()
+        stopping.begin(grace=60)
+        short = await stopping.hold(0.01)  # ends within the grace: goes on
+        await stopping.pause(600)  # skipped once stopping: the test would time out
+        return [await long_hold, await released, short, stopping.begun]
+
+    stopping = Stopping()
+    assert asyncio.run(asyncio.wait_for(stopping.hold(0.01), 10)) is True  # no stop: goes on
+    assert asyncio.run(asyncio.wait_for(scenario(), 10)) == [False, True, True, True]
