@@ -164,6 +164,8 @@ class Gate:
         of every bucket spent, or 429. A request the policy refused never gets here, so
         a caller not staffed on an engagement cannot spend its quota (decision 0013)."""
         guard = self._rate_limit()
+        if not guard.enabled:
+            return {}
         if not guard.limits(target.engagement_key):  # no span: nothing to spend
             return rate_limit_headers(spent)
         with stage_span("rate_limit"):
