@@ -215,11 +215,17 @@ class DownstreamClient:
         if in_transport:
             try:
                 return await send
-            except DownstreamTimeout:
+            except DownstreamTimeout as exc:
                 if deadline.remaining() > 0:
                     raise
+                cut = exceeded(self.name)
+                if isinstance(exc, PoolExhausted):
+                    # A pool wait it cut sent nothing: still a pool timeout (no breaker
+                    # failure, no saga undo of a step that never left), with its 504.
+                    log.info("downstream_deadline", service=self.name, attempt=attempt, sent=False)
+                    raise PoolExhausted(self.name, cut.detail) from None
                 log.info("downstream_deadline", service=self.name, attempt=attempt, sent=True)
-                raise exceeded(self.name) from None
+                raise cut from None
         scope = asyncio.timeout(deadline.remaining())
         try:
             async with scope:

@@ -10,13 +10,16 @@ import httpx
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from structlog.testing import capture_logs
 
 from app.core.config import ServiceSettings, Settings
 from app.core.errors import DownstreamError, DownstreamTimeout, GatewayError
 from app.domain.identity import Identity
 from app.downstream.client import DownstreamClient
 from app.downstream.deadline import Deadline, current, lifted, within
+from app.downstream.http1 import Http1Transport
 from app.downstream.propagation import CallContext, bind_call_context
+from app.downstream.resilience import PoolExhausted
 from app.workflows.saga import Saga, Step
 
 SETTINGS = ServiceSettings.model_validate(
@@ -209,3 +212,42 @@ def test_a_deadline_below_one_attempt_is_refused_naming_the_service() -> None:
         Settings(services=services, orchestration={"downstream_deadline_seconds": 10})
     fits = Settings(services=services, orchestration={"downstream_deadline_seconds": 11})
     assert fits.orchestration.downstream_deadline_seconds == 11
+
+
+# --- the native transport's pool wait ----------------------------------------------------------
+
+
+def test_a_pool_wait_the_deadline_cut_is_a_504_that_leaves_the_breaker_alone() -> None:
+    """The native transport cuts a pool wait at the deadline: nothing was sent (our own
+    saturation), so the service's breaker counts no failure and a saga does not undo a
+    step that never reached its service, as for any pool timeout."""
+    clock = FakeClock()
+
+    async def scenario() -> tuple[GatewayError, int, list[dict[str, Any]]]:
+        settings = ServiceSettings(url="http://127.0.0.1:9", max_connections=1, pool_timeout=0.01)
+        client = DownstreamClient("findings", settings)  # the native transport
+        transport = client._transport
+        assert isinstance(transport, Http1Transport)
+        await transport._slots.acquire()  # the only connection is busy
+        real_acquire = transport._slots.acquire
+
+        async def acquire_as_the_deadline_passes() -> bool:
+            clock.now += 10.0  # the wait for a free connection outlasts the deadline
+            return await real_acquire()
+
+        transport._slots.acquire = acquire_as_the_deadline_passes  # type: ignore[method-assign]
+        try:
+            with capture_logs() as logs, within(5.0, clock), pytest.raises(GatewayError) as cut:
+                await client.call("GET", "/x")
+        finally:
+            transport._slots.release()
+            await client.aclose()
+        return cut.value, client.breaker.snapshot().failures, logs
+
+    error, failures, logs = asyncio.run(scenario())
+    assert (error.status_code, error.code) == (504, "gateway_timeout")
+    assert "deadline" in error.detail
+    assert failures == 0, "nothing was sent: not the service's failure"
+    assert isinstance(error, PoolExhausted), "nothing sent: not a step a saga must undo"
+    cuts = [e for e in logs if e.get("event") == "downstream_deadline"]
+    assert [(e["attempt"], e["sent"]) for e in cuts] == [(1, False)]
