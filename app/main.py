@@ -182,7 +182,10 @@ def _idempotency_store(settings: Settings, redis: SharedRedis | None) -> Idempot
             orchestration.idempotency_ttl_seconds, capacity=orchestration.idempotency_capacity
         )
     return RedisIdempotencyStore(
-        redis, orchestration.idempotency_ttl_seconds, orchestration.idempotency_lease_seconds
+        redis,
+        orchestration.idempotency_ttl_seconds,
+        orchestration.idempotency_lease_seconds,
+        settings.redis.socket_timeout,
     )
 
 
@@ -190,7 +193,9 @@ def _engagement_locks(settings: Settings, redis: SharedRedis | None) -> Engageme
     """One close or reopen of an engagement at a time: across gateways with Redis."""
     if redis is None:
         return MemoryEngagementLocks()
-    return RedisEngagementLocks(redis, settings.orchestration.idempotency_lease_seconds)
+    return RedisEngagementLocks(
+        redis, settings.orchestration.idempotency_lease_seconds, settings.redis.socket_timeout
+    )
 
 
 def _warn_unconfigured_services(settings: Settings) -> None:

@@ -17,6 +17,7 @@ script must then share one hash tag.
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import re
 import time
@@ -175,6 +176,35 @@ if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return 1
 """
+
+
+# A write script's record of its own run, for redis-py's retry (``_options``): kept this
+# long at least, and ``4 x redis.socket_timeout`` when that is longer. The retry is sent
+# at once, within one read and one connect timeout of the first attempt; a run later
+# than that is one the client already gave up on.
+RETRY_RECORD_SECONDS = 10.0
+
+
+def retry_record_ms(socket_timeout: float) -> int:
+    """How long (ms) a script keeps the record by which a retry of it recognises its run."""
+    return math.ceil(max(RETRY_RECORD_SECONDS, 4 * socket_timeout) * 1000)
+
+
+def beside(key: str, suffix: str) -> str:
+    """A key named after ``key`` that a Cluster keeps in ``key``'s hash slot.
+
+    Redis hashes only a key's first ``{tag}`` when it has one (non-empty), else the
+    whole key: so ``key + suffix`` when ``key`` has a tag, ``{key}`` + ``suffix`` when it
+    has no brace that could end one. A key with a ``}`` but no tag, or an empty one,
+    would be hashed whole, and no wrapping keeps that slot: ``ValueError``.
+    """
+    start = key.find("{")
+    end = key.find("}", start + 1) if start >= 0 else -1
+    if start >= 0 and end > start + 1:
+        return key + suffix
+    if "}" in key or not key:
+        raise ValueError(f"no key beside {key!r} shares its hash slot")
+    return "{" + key + "}" + suffix
 
 
 async def keep_lease(

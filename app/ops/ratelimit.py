@@ -52,7 +52,8 @@ that had been counted. Two ways out were weighed:
 The record must outlive the gap between the two runs. The retry is sent at once after
 the first attempt failed, within one read and one connect timeout; a run later than
 that is one the client already gave up on (``on_redis_error`` applied). So the record
-lives ``4 x redis.socket_timeout``, at least ``SPEND_RECORD_SECONDS``.
+lives ``4 x redis.socket_timeout``, at least 10 s (``app.core.redis.retry_record_ms``, which
+the other write scripts' records share).
 
 When Redis fails, ``on_redis_error`` decides: ``open`` (let through, counted in
 ``gateway_redis_errors_total``) or ``closed`` (503). Either way Redis is retried
@@ -73,13 +74,12 @@ import structlog
 
 from app.core.errors import ServiceUnavailable, TooManyRequests
 from app.core.ops_settings import RateLimitRule, RateLimitSettings
-from app.core.redis import REDIS_FAILURES, SharedRedis, is_cluster
+from app.core.redis import REDIS_FAILURES, SharedRedis, is_cluster, retry_record_ms
 from app.ops.metrics import count_rate_limited, count_redis_error
 
 log = structlog.get_logger("gateway.ratelimit")
 
 REDIS_RETRY_SECONDS = 1.0
-SPEND_RECORD_SECONDS = 10.0  # the least a spend's record is kept (see the docstring)
 MICROS = 1_000_000
 FULL_LOG_INTERVAL_MICROS = 60 * MICROS  # rate_limit_buckets_full: one line a minute at most
 
@@ -277,7 +277,7 @@ class RedisRateLimiter:
     ) -> None:
         self._script = client.register_script(_GCRA_SCRIPT)
         # Outlives the retry of a spend whose reply was lost (the module docstring).
-        self._record_ms = math.ceil(max(SPEND_RECORD_SECONDS, 4 * socket_timeout) * 1000)
+        self._record_ms = retry_record_ms(socket_timeout)
         # On a cluster both buckets of a request must share a slot for one atomic
         # script: every bucket key carries the prefix as its hash tag (decision 0010).
         self._prefix = f"{{{key_prefix}}}" if is_cluster(client) else key_prefix

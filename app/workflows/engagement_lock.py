@@ -22,6 +22,18 @@ Two holders, chosen like the idempotency store (Redis configured or not):
   of the same run has). Redis unreachable when taking it: 503 and nothing runs
   (fail closed, as for the idempotency key).
 
+Each script recognises its own earlier run, which redis-py's one retry sends again
+when the reply was lost or timed out (``app.core.redis``): the take finds its own
+token; the renewal extends again; the release leaves its token under
+``{<lock>}:released`` (the lock's hash slot on a Cluster) for
+``retry_record_ms`` (10 s at least), and a release that finds the lock gone and
+that record its own was already done. Without the record the retry found the lock
+gone and logged ``engagement_lock_lapsed`` although nothing lapsed. Weighed
+against a released lock left in place as a marker (one key, but the take of a
+gateway of the previous version, during a rolling upgrade, would take the marker
+for a holder and refuse with 409 until it expired): the lock's own format stays
+what it was, and the record is a key that version never reads.
+
 A lock in Redis can be lost while held: its key evicted, or Redis restarted or
 failed over without the write. ``keep_lease`` notices at its next renewal (a
 third of the lease) and only logs it, and a reopen sent meanwhile takes the lock
@@ -59,8 +71,10 @@ from app.core.redis import (
     REDIS_FAILURES,
     RENEW_SCRIPT,
     SharedRedis,
+    beside,
     keep_lease,
     retry_in_background,
+    retry_record_ms,
 )
 from app.ops.metrics import count_redis_error
 
@@ -153,11 +167,18 @@ class MemoryEngagementLocks:
 
 
 # The lock is taken and renewed by CLAIM_SCRIPT and RENEW_SCRIPT (app.core.redis).
-# KEYS[1] the lock; ARGV[1] our token. Only the owner releases (a lapsed lease is not ours).
+# KEYS[1] the lock, KEYS[2] its release record (same slot); ARGV[1] our token, ARGV[2] the
+# record's life in ms. Only the owner releases (a lapsed lease is not ours). 1: released
+# now; 2: released by this token's earlier run (redis-py's retry after a lost reply); 0:
+# not ours, the lease lapsed.
 RELEASE_SCRIPT = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-redis.call('DEL', KEYS[1])
-return 1
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+  redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+if redis.call('GET', KEYS[2]) == ARGV[1] then return 2 end
+return 0
 """
 _SEPARATOR = b"|"
 
@@ -167,8 +188,11 @@ class RedisEngagementLocks:
 
     PREFIX = "gateway:engagement-lock:"
 
-    def __init__(self, client: SharedRedis, lease_seconds: float) -> None:
+    def __init__(
+        self, client: SharedRedis, lease_seconds: float, socket_timeout: float = 0.5
+    ) -> None:
         self._lease_ms = max(1, int(lease_seconds * 1000))
+        self._record_ms = retry_record_ms(socket_timeout)
         self._take = client.register_script(CLAIM_SCRIPT)
         self._renew = client.register_script(RENEW_SCRIPT)
         self._release = client.register_script(RELEASE_SCRIPT)
@@ -176,6 +200,11 @@ class RedisEngagementLocks:
     @classmethod
     def key(cls, engagement_id: str) -> str:
         return cls.PREFIX + hashlib.sha256(engagement_id.encode()).hexdigest()
+
+    @staticmethod
+    def released_key(key: str) -> str:
+        """Where a release records its token: in the lock's hash slot on a Cluster."""
+        return beside(key, ":released")
 
     @contextlib.asynccontextmanager
     async def hold(self, engagement_id: str, operation: str) -> AsyncIterator[Held]:
@@ -219,13 +248,13 @@ class RedisEngagementLocks:
     async def _give_back(self, key: str, token: bytes) -> None:
         """Release; when Redis does not answer, again in the background until the lease
         would have lapsed anyway (a stall must not hold the engagement for a lease)."""
+        keys = [key, self.released_key(key)]
+        args: list[bytes | int] = [token, self._record_ms]
         try:
-            owned = await self._release(keys=[key], args=[token])
+            owned = await self._release(keys=keys, args=args)
         except REDIS_FAILURES as exc:
             self._unreachable(exc)
-            retry_in_background(
-                lambda: self._release(keys=[key], args=[token]), self._lease_ms / 1000
-            )
+            retry_in_background(lambda: self._release(keys=keys, args=args), self._lease_ms / 1000)
             return
         if not owned:
             self._lapsed()

@@ -22,8 +22,8 @@ Two stores, chosen like the nonce store (Redis configured or not):
   operation again. Bounded by ``orchestration.idempotency_capacity`` keys: when
   full (after dropping expired keys) a new key is a 503 and nothing runs, like the
   memory nonce store; evicting an unexpired key would let its retry run again.
-- ``RedisIdempotencyStore``: every instance shares one record per key (one key per
-  script, so it runs unchanged on a Redis Cluster). A claim
+- ``RedisIdempotencyStore``: every instance shares one record per key (a script's
+  keys share the record's hash slot, so it runs unchanged on a Redis Cluster). A claim
   (``running`` with a lease) and the stored result are single Lua scripts, so two
   instances racing on one key cannot both run it; the claim's lease is renewed
   while the run lasts, so only a gateway that died mid-run lets it lapse. Redis
@@ -32,6 +32,18 @@ Two stores, chosen like the nonce store (Redis configured or not):
   the result, and the claim lapses with its lease (``idempotency_lease_seconds``),
   after which a retry runs again (the close saga then finds the engagement
   closed: 409).
+
+Each script recognises its own earlier run, which redis-py's one retry sends again
+when the reply was lost or timed out (``app.core.redis``): the claim finds its own
+running record, the renewal extends again, and the settle (the result stored, or a
+failure forgotten) leaves its running record under ``{<record>}:settled`` (the
+record's slot) for ``retry_record_ms`` (10 s at least); a settle that finds the claim
+gone or done and that mark its own was already done. Without it the retry logged
+``idempotency_lease_lapsed`` although nothing lapsed. Weighed against comparing the
+stored result with the one being settled (nothing to compare once a failure is
+forgotten) and against a token inside the done record (a gateway of the previous
+version would read the token as part of the result during a rolling upgrade): the
+records keep their format, and the mark is a key that version never reads.
 
 Options weighed for the shared store: a Redis record per key (chosen: one round
 trip to claim, one to finish, the same Redis and failure mode as nonces and rate
@@ -66,8 +78,10 @@ from app.core.redis import (
     REDIS_FAILURES,
     RENEW_SCRIPT,
     SharedRedis,
+    beside,
     keep_lease,
     retry_in_background,
+    retry_record_ms,
 )
 from app.ops.metrics import count_redis_error
 
@@ -206,12 +220,19 @@ class MemoryIdempotencyStore:
 
 
 # CLAIM_SCRIPT and RENEW_SCRIPT (app.core.redis) hold a key's claim as a lease.
-# KEYS[1] the record; ARGV[1] our running record, ARGV[2] the done record ('' = forget),
-# ARGV[3] its TTL in ms. Only the claim's owner may finish it (a lapsed lease is not ours).
+# KEYS[1] the record, KEYS[2] its settle record (same slot); ARGV[1] our running record,
+# ARGV[2] the done record ('' = forget), ARGV[3] its TTL in ms, ARGV[4] the settle record's
+# life in ms. Only the claim's owner may finish it (a lapsed lease is not ours). 1: settled
+# now; 2: settled by this run's earlier call (redis-py's retry after a lost reply); 0:
+# not ours, the lease lapsed.
 FINISH_SCRIPT = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  if redis.call('GET', KEYS[2]) == ARGV[1] then return 2 end
+  return 0
+end
 if ARGV[2] == '' then redis.call('DEL', KEYS[1])
 else redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3]) end
+redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[4])
 return 1
 """
 _RUNNING, _DONE = b"R", b"D"
@@ -223,8 +244,15 @@ class RedisIdempotencyStore:
 
     PREFIX = "gateway:idempotency:"
 
-    def __init__(self, client: SharedRedis, ttl_seconds: float, lease_seconds: float) -> None:
+    def __init__(
+        self,
+        client: SharedRedis,
+        ttl_seconds: float,
+        lease_seconds: float,
+        socket_timeout: float = 0.5,
+    ) -> None:
         self._ttl_ms = int(ttl_seconds * 1000)
+        self._record_ms = retry_record_ms(socket_timeout)
         # At least 1 ms: ``PX 0`` is an error in Redis (a lease under 1 ms is a valid setting).
         self._lease_ms = max(1, int(lease_seconds * 1000))
         self._claim = client.register_script(CLAIM_SCRIPT)
@@ -236,6 +264,11 @@ class RedisIdempotencyStore:
         # Hashed: bounded length, and no subject or engagement names in Redis key space.
         joined = "\x1f".join(f"{len(part)}:{part}" for part in scope)
         return cls.PREFIX + hashlib.sha256(joined.encode()).hexdigest()
+
+    @staticmethod
+    def settled_key(key: str) -> str:
+        """Where a settle records its run: in the record's hash slot on a Cluster."""
+        return beside(key, ":settled")
 
     async def run(
         self,
@@ -291,11 +324,12 @@ class RedisIdempotencyStore:
         """Store the result (or forget a failure). When Redis does not answer, again in the
         background until the lease would lapse: a stall must not leave the key "in
         progress" (409) for a whole lease when a second later it could be settled."""
-        args: list[Any] = [running, done, self._ttl_ms]
+        keys = [key, self.settled_key(key)]
+        args: list[Any] = [running, done, self._ttl_ms, self._record_ms]
         try:
-            owned = await self._call(self._finish, [key], args)
+            owned = await self._call(self._finish, keys, args)
         except IdempotencyStoreUnavailable:  # logged by _call
-            retry_in_background(lambda: self._finish(keys=[key], args=args), self._lease_ms / 1000)
+            retry_in_background(lambda: self._finish(keys=keys, args=args), self._lease_ms / 1000)
             return
         if not owned:
             self._lapsed()

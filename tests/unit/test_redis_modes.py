@@ -17,8 +17,9 @@ from app.authn.nonces import NonceKeys, NonceStoreUnavailable, RedisNonceStore
 from app.core.config import RedisSettings, load_settings
 from app.core.errors import ConfigError, ServiceUnavailable
 from app.core.ops_settings import RateLimitRule
-from app.core.redis import create_redis, is_cluster
+from app.core.redis import beside, create_redis, is_cluster, retry_record_ms
 from app.ops.ratelimit import Bucket, RedisRateLimiter
+from app.workflows.engagement_lock import RedisEngagementLocks
 from app.workflows.idempotency import Codec, IdempotencyStoreUnavailable, RedisIdempotencyStore
 
 CLUSTER = RedisSettings(mode="cluster", url="redis://127.0.0.1:7000")
@@ -220,6 +221,34 @@ def test_on_one_server_bucket_keys_are_unchanged() -> None:
     client = create_redis(RedisSettings(url="redis://127.0.0.1:1/0"))
     limiter = RedisRateLimiter(client, "gw:rl:", "open")
     assert limiter.key(Bucket("subject", "alice", RateLimitRule(limit=1))) == "gw:rl:subject:alice"
+
+
+@given(key=st.text(alphabet="ab{}:", max_size=12), suffix=st.text(alphabet="ab{}:", max_size=6))
+def test_a_key_beside_another_shares_its_slot_or_is_refused(key: str, suffix: str) -> None:
+    """A script's record (``beside``) lands in its key's slot on a Cluster, tagged or not."""
+    try:
+        record = beside(key, suffix)
+    except ValueError:
+        assert "}" in key or not key, "only a key no wrapping keeps in its slot is refused"
+        return
+    assert len(slots([key, record])) == 1
+
+
+def test_the_keys_of_the_release_and_settle_scripts_share_a_slot() -> None:
+    """The lock and idempotency keys carry no hash tag: their records are wrapped in one."""
+    lock = RedisEngagementLocks.key("acme-2026")
+    claim = RedisIdempotencyStore.key(("alice", "close", "acme-2026", "key-0001"))
+    assert "{" not in lock + claim
+    assert len(slots([lock, RedisEngagementLocks.released_key(lock)])) == 1
+    assert len(slots([claim, RedisIdempotencyStore.settled_key(claim)])) == 1
+
+
+@given(socket_timeout=st.floats(min_value=0.001, max_value=3600))
+def test_a_retry_record_outlives_the_retry(socket_timeout: float) -> None:
+    """At least 10 s, and at least four socket timeouts (a read and a connect, twice)."""
+    record = retry_record_ms(socket_timeout)
+    assert record >= 10_000
+    assert record >= 4 * socket_timeout * 1000
 
 
 class RacingClient:

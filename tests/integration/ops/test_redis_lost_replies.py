@@ -16,12 +16,15 @@ import secrets
 from collections.abc import AsyncIterator
 
 import pytest
+from structlog.testing import capture_logs
 
 from app.authn.nonces import Claim, RedisNonceStore
 from app.core.config import RedisSettings
 from app.core.ops_settings import RateLimitRule
 from app.core.redis import create_redis
 from app.ops.ratelimit import Bucket, RedisRateLimiter
+from app.workflows.engagement_lock import RedisEngagementLocks
+from app.workflows.idempotency import Codec, RedisIdempotencyStore
 from tests.conftest import free_port
 from tests.redis_server import RedisServer
 
@@ -165,5 +168,107 @@ def test_a_nonce_claim_whose_reply_was_lost_is_claimed_not_replayed(
                 assert await store.claim("k1", nonce, created, 60) is Claim.REPLAYED
             finally:
                 await store.aclose()
+
+    asyncio.run(scenario())
+
+
+def _warnings(logs: list[dict[str, object]]) -> list[object]:
+    return [line["event"] for line in logs if line["log_level"] == "warning"]
+
+
+def test_a_lock_release_whose_reply_was_lost_is_not_a_lapse(redis_server: RedisServer) -> None:
+    """The release's retry found the lock gone (its first run deleted it) and logged
+    ``engagement_lock_lapsed``, though nothing lapsed; it finds its own release record."""
+
+    async def scenario() -> None:
+        async with ReplyLosingRelay(redis_server.port).running() as relay:
+            client = create_redis(_client_through(relay))
+            locks = RedisEngagementLocks(client, 60)
+            key = locks.key("acme-2026")
+            try:
+                async with locks.hold("acme-2026", "reopen"):
+                    pass  # loads the take and release scripts: a NOSCRIPT is not lost
+                with capture_logs() as logs:
+                    async with locks.hold("acme-2026", "reopen"):
+                        relay.lose_next_script_reply()
+                        before = relay.scripts
+                assert (relay.lost, relay.scripts - before) == (1, 2), "lost, then retried"
+                assert _warnings(logs) == []
+                assert await client.exists(key) == 0
+                assert 0 < await client.pttl(locks.released_key(key)) <= 10_000
+                async with locks.hold("acme-2026", "close"):  # released: another takes it
+                    pass
+            finally:
+                await client.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_a_lock_release_that_finds_another_holder_is_still_a_lapse(
+    redis_server: RedisServer,
+) -> None:
+    """The record is its owner's only: a lock lost to another holder is still reported."""
+
+    async def scenario() -> None:
+        client = create_redis(RedisSettings(url=redis_server.url))
+        locks = RedisEngagementLocks(client, 60)
+        key = locks.key("acme-2026")
+        try:
+            with capture_logs() as logs:
+                async with locks.hold("acme-2026", "close"):
+                    await client.set(key, b"reopen|another-holder")
+            assert _warnings(logs) == ["engagement_lock_lapsed"]
+            assert await client.get(key) == b"reopen|another-holder"
+        finally:
+            await client.aclose()
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("outcome", ["stored", "forgotten"])
+def test_a_settle_whose_reply_was_lost_is_not_a_lapse(
+    redis_server: RedisServer, outcome: str
+) -> None:
+    """The settle's retry found the claim done (or gone, a failure forgotten) and logged
+    ``idempotency_lease_lapsed``; it finds its own settle record. The key then replays
+    the stored result, or runs again after a failure."""
+    codec = Codec[str](encode=str.encode, decode=bytes.decode)
+    scope = ("alice", "close", "acme-2026", f"key-{outcome}")
+
+    async def scenario() -> None:
+        async with ReplyLosingRelay(redis_server.port).running() as relay:
+            client = create_redis(_client_through(relay))
+            store = RedisIdempotencyStore(client, 60, 30)
+            runs: list[str] = []
+
+            async def operation() -> str:
+                runs.append("ran")
+                relay.lose_next_script_reply()  # the settle's: the claim already answered
+                if outcome == "forgotten" and len(runs) == 2:
+                    raise RuntimeError("the operation failed")
+                return f"result {len(runs)}"
+
+            async def losing() -> tuple[str, bool]:
+                before = relay.scripts
+                with capture_logs() as logs:
+                    answer = await store.run(scope, "fp", operation, codec)
+                assert (relay.lost, relay.scripts - before) == (lost + 1, 3), "claim, settle x2"
+                assert _warnings(logs) == []
+                return answer
+
+            try:
+                await store.run(("warm", "up"), "fp", operation, codec)  # loads the scripts
+                lost = relay.lost
+                if outcome == "stored":
+                    assert await losing() == ("result 2", False)
+                    assert await store.run(scope, "fp", operation, codec) == ("result 2", True)
+                else:
+                    with pytest.raises(RuntimeError):
+                        await losing()
+                    assert await store.run(scope, "fp", operation, codec) == ("result 3", False)
+                record = store.settled_key(store.key(scope))
+                assert 0 < await client.pttl(record) <= 10_000
+            finally:
+                await client.aclose()
 
     asyncio.run(scenario())
