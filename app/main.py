@@ -161,7 +161,9 @@ def _engagement_state(settings: Settings, redis: SharedRedis | None) -> Engageme
     service (not ready until then); without that service, only its own closes.
     """
     if redis is not None:
-        return RedisEngagementState(redis, settings.policy.engagement_state)
+        return RedisEngagementState(
+            redis, settings.policy.engagement_state, settings.redis.socket_timeout
+        )
     return MemoryEngagementState(synced="engagements" not in settings.services)
 
 

@@ -19,6 +19,17 @@ later, and only for what that service reports): an engagement reopened shortly
 before the loss by a process whose notice another missed may come back closed
 (the safe direction: reopen it again); state that no running process held (all
 restarted with Redis) is back only through that reconciliation.
+
+redis-py sends a script again when its reply was lost (``app.core.redis``). A close,
+a reconciliation or a restore run twice leave the same facts. A reopen or a
+withdrawal run twice found the fact gone (removed by its first run) and answered
+"nothing removed": no change notice, no ``was_closed_by``, and a withdrawal left the
+fact in this process's snapshot. Each call now names a record under the same hash
+tag (``{<key_prefix>}:call:<token>``), which the run that removes the fact writes
+(the fact it removed) for ``retry_record_ms``; the retry answers from it. Weighed
+against keeping the removed fact in the hash with a "reopened" mark (one key fewer,
+but every gateway of the previous version, during a rolling upgrade, would read the
+mark as a closed fact): the hash keeps its format.
 """
 
 from __future__ import annotations
@@ -37,7 +48,13 @@ from app.authz.source import clip
 from app.core.engagement_settings import EngagementStateSettings
 from app.core.errors import ServiceUnavailable
 from app.core.ids import uuid4_hex
-from app.core.redis import REDIS_FAILURES, OutageLog, SharedRedis, retry_in_background
+from app.core.redis import (
+    REDIS_FAILURES,
+    OutageLog,
+    SharedRedis,
+    retry_in_background,
+    retry_record_ms,
+)
 from app.ops.metrics import count_redis_error
 
 log = structlog.get_logger("gateway.engagement_state")
@@ -51,18 +68,29 @@ _CLOSE = """
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 return redis.call('INCR', KEYS[2])
 """
+# Reopen and withdraw: KEYS[3] this call's record (a random name under the same tag),
+# ARGV[2] its life in ms. A run that removed the fact leaves it there; the same call sent
+# again by redis-py's retry after a lost reply finds the fact gone and its record, and
+# answers as its first run did (before: no fact, so no notice and no "was closed by").
 _REOPEN = """
 local previous = redis.call('HGET', KEYS[1], ARGV[1])
-if not previous then return {false, tonumber(redis.call('GET', KEYS[2]) or '0')} end
+if not previous then
+  return {redis.call('GET', KEYS[3]), tonumber(redis.call('GET', KEYS[2]) or '0')}
+end
 redis.call('HDEL', KEYS[1], ARGV[1])
+redis.call('SET', KEYS[3], previous, 'PX', ARGV[2])
 return {previous, redis.call('INCR', KEYS[2])}
 """
-# ARGV[1] the engagement, ARGV[2] the fact exactly as this gateway sent it: removed only
+# ARGV[1] the engagement, ARGV[3] the fact exactly as this gateway sent it: removed only
 # while it is still that one (a later close's fact, or none after a reopen, is left).
 _WITHDRAW = """
-if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
+if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[3] then
+  if redis.call('GET', KEYS[3]) then return 1 end
+  return 0
+end
 redis.call('HDEL', KEYS[1], ARGV[1])
 redis.call('INCR', KEYS[2])
+redis.call('SET', KEYS[3], '1', 'PX', ARGV[2])
 return 1
 """
 # How long a close's unconfirmed fact is watched for: a Redis that stalled past the
@@ -108,11 +136,18 @@ class RedisEngagementState(EngagementState):
 
     shared = True
 
-    def __init__(self, client: SharedRedis, settings: EngagementStateSettings) -> None:
+    def __init__(
+        self,
+        client: SharedRedis,
+        settings: EngagementStateSettings,
+        socket_timeout: float = 0.5,
+    ) -> None:
         super().__init__()
         self._client = client
         tag = "{" + settings.key_prefix + "}"
         self._keys = [f"{tag}:closed", f"{tag}:version", f"{tag}:epoch"]
+        self._records = f"{tag}:call:"  # + a token: one reopen's or withdrawal's record
+        self._record_ms = retry_record_ms(socket_timeout)
         self._epoch: str | None = None  # the epoch of the data the snapshot was read from
         self.channel = f"{settings.key_prefix}:changes"
         self._interval = settings.check_interval_seconds
@@ -140,7 +175,7 @@ class RedisEngagementState(EngagementState):
         await self._announce(fact.engagement)
 
     async def reopen(self, engagement: str) -> ClosedFact | None:
-        previous_raw, version = await self._write(self._reopen_script, engagement)
+        previous_raw, version = await self._write_once(self._reopen_script, engagement)
         previous = None if previous_raw is None else ClosedFact.decode(engagement, previous_raw)
         # Our own snapshot drops it now; the others on the notice or their next check.
         self._closed = {k: v for k, v in self._closed.items() if k != engagement}
@@ -155,7 +190,7 @@ class RedisEngagementState(EngagementState):
         does not answer, watch for it in the background as for an unconfirmed write."""
         encoded = fact.encode()
         try:
-            removed = await self._write(self._withdraw_script, fact.engagement, encoded)
+            removed = await self._write_once(self._withdraw_script, fact.engagement, encoded)
         except ServiceUnavailable:
             self._withdraw_if_applied(fact.engagement, encoded)
             raise
@@ -175,8 +210,10 @@ class RedisEngagementState(EngagementState):
         this exact fact, and announced like any change.
         """
 
+        keys, args = self._once(engagement, encoded)
+
         async def withdraw() -> bool:
-            removed = bool(await self._withdraw_script(keys=self._keys, args=[engagement, encoded]))
+            removed = bool(await self._withdraw_script(keys=keys, args=args))
             if removed:
                 log.warning("engagement_closed_fact_withdrawn", engagement=engagement)
                 self._closed = {k: v for k, v in self._closed.items() if k != engagement}
@@ -247,6 +284,19 @@ class RedisEngagementState(EngagementState):
             return await script(keys=self._keys, args=list(args))
         except REDIS_FAILURES as exc:
             raise self._unavailable(exc) from None
+
+    async def _write_once(self, script: AsyncScript, engagement: str, *args: str) -> Any:
+        """A reopen or withdrawal: its retry by redis-py finds this call's record."""
+        keys, argv = self._once(engagement, *args)
+        try:
+            return await script(keys=keys, args=argv)
+        except REDIS_FAILURES as exc:
+            raise self._unavailable(exc) from None
+
+    def _once(self, engagement: str, *args: str) -> tuple[list[str], list[str | int]]:
+        """Keys and arguments of one call that leaves a record of its run (same slot)."""
+        record = self._records + uuid4_hex()
+        return [*self._keys[:2], record], [engagement, self._record_ms, *args]
 
     def _unavailable(self, exc: BaseException) -> ServiceUnavailable:
         count_redis_error("engagement_state")

@@ -14,12 +14,16 @@ import asyncio
 import contextlib
 import secrets
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 from structlog.testing import capture_logs
 
 from app.authn.nonces import Claim, RedisNonceStore
+from app.authz.closed import ClosedFact
+from app.authz.closed_redis import RedisEngagementState
 from app.core.config import RedisSettings
+from app.core.engagement_settings import EngagementStateSettings
 from app.core.ops_settings import RateLimitRule
 from app.core.redis import create_redis
 from app.ops.ratelimit import Bucket, RedisRateLimiter
@@ -270,5 +274,89 @@ def test_a_settle_whose_reply_was_lost_is_not_a_lapse(
                 assert 0 < await client.pttl(record) <= 10_000
             finally:
                 await client.aclose()
+
+    asyncio.run(scenario())
+
+
+STATE = EngagementStateSettings(check_interval_seconds=60, startup_timeout_seconds=5)
+CLOSED_HASH = "{" + STATE.key_prefix + "}:closed"
+
+
+async def _notices(redis_server: RedisServer) -> tuple[Any, Any]:
+    """A client straight to Redis (not through the relay) subscribed to the state's notices."""
+    direct = create_redis(RedisSettings(url=redis_server.url))
+    pubsub = direct.pubsub(ignore_subscribe_messages=True)
+    await pubsub.subscribe(RedisEngagementState(direct, STATE).channel)
+    return direct, pubsub
+
+
+async def _next_notice(pubsub: Any) -> bytes | None:
+    for _ in range(50):  # a bound on the wait, not a timing claim
+        message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.1)
+        if message is not None:
+            data: bytes = message["data"]
+            return data
+    return None
+
+
+def test_a_reopen_whose_reply_was_lost_still_says_what_it_reopened(
+    redis_server: RedisServer,
+) -> None:
+    """The retry found the fact gone (its first run removed it): the reopen answered
+    ``was_closed_by: null`` and published no change notice. It answers from its record."""
+    fact = ClosedFact("acme-2026", "close_saga", "corr-1", 1_800_000_000.0, "bob")
+
+    async def scenario() -> None:
+        direct, pubsub = await _notices(redis_server)
+        async with ReplyLosingRelay(redis_server.port).running() as relay:
+            client = create_redis(_client_through(relay))
+            state = RedisEngagementState(client, STATE)
+            try:
+                await state.refresh()
+                assert await state.reopen("never-closed") is None  # loads the script
+                await state.close(fact)
+                assert await _next_notice(pubsub) == b"acme-2026"
+                relay.lose_next_script_reply()
+                before = relay.scripts
+                assert await state.reopen("acme-2026") == fact
+                assert (relay.lost, relay.scripts - before) == (1, 2), "lost, then retried"
+                assert await _next_notice(pubsub) == b"acme-2026"
+                assert await direct.hget(CLOSED_HASH, "acme-2026") is None
+                assert state.get("acme-2026") is None
+            finally:
+                await client.aclose()
+                await pubsub.aclose()
+                await direct.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_a_withdrawal_whose_reply_was_lost_still_drops_the_fact_here(
+    redis_server: RedisServer,
+) -> None:
+    """An undone close's fact: the retry found it gone and answered "not removed", so this
+    process kept deciding the engagement closed and no notice told the others."""
+    fact = ClosedFact("acme-2026", "close_saga", "corr-2", 1_800_000_000.0, "bob")
+
+    async def scenario() -> None:
+        direct, pubsub = await _notices(redis_server)
+        async with ReplyLosingRelay(redis_server.port).running() as relay:
+            client = create_redis(_client_through(relay))
+            state = RedisEngagementState(client, STATE)
+            try:
+                await state.refresh()
+                await state.withdraw(ClosedFact("never-closed", "close_saga"))  # loads it
+                await state.close(fact)
+                assert await _next_notice(pubsub) == b"acme-2026"
+                relay.lose_next_script_reply()
+                await state.withdraw(fact)
+                assert relay.lost == 1
+                assert state.get("acme-2026") is None
+                assert await _next_notice(pubsub) == b"acme-2026"
+                assert await direct.hget(CLOSED_HASH, "acme-2026") is None
+            finally:
+                await client.aclose()
+                await pubsub.aclose()
+                await direct.aclose()
 
     asyncio.run(scenario())
