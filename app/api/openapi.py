@@ -8,7 +8,9 @@
 - **Errors**: every error the gateway answers is ``application/problem+json``
   (``Problem``): FastAPI's own 422 description is replaced by it, and the statuses
   any route can answer are listed on each (400 and 404 from the edge; 401, 403,
-  429 and 503 on signed routes; 408 and 413 where there is a body).
+  429 and 503 on signed routes; 408 and 413 where there is a body). A route's 409
+  that can mean "a run is in progress" (``retrying_conflict``) declares its
+  ``Retry-After``, sent only then.
 - **Pass-through routes** (``passthrough_operation``): their path parameters,
   request body and success statuses, which FastAPI cannot see in a generic
   endpoint.
@@ -151,6 +153,23 @@ _RATE_LIMIT = {
     "RateLimit-Policy": {**_STRING, "description": "each configured limit"},
 }
 _RETRY_AFTER = {"Retry-After": {"schema": {"type": "integer"}, "description": "seconds"}}
+_RETRY_AFTER_CONFLICT = {
+    "Retry-After": {
+        "schema": {"type": "integer", "minimum": 1},
+        "description": "seconds; sent only with a conflict that ends by itself (a run in "
+        "progress): send the request again after it",
+    }
+}
+
+
+def retrying_conflict(description: str) -> dict[str, object]:
+    """A route's 409 ``responses`` entry whose conflict may end by itself: with ``Retry-After``."""
+    return {
+        "model": Problem,
+        "content": {PROBLEM: {}},
+        "description": description,
+        "headers": _RETRY_AFTER_CONFLICT,
+    }
 
 
 def _complete_errors(operation: dict[str, Any]) -> None:

@@ -47,6 +47,17 @@ confirmation and the service call it guards (one round trip), not seconds. Only
 fencing tokens that the services themselves check would close it: they are not
 ours to change.
 
+The refusal's ``Retry-After`` (RFC 9110 section 10.2.3) is a constant 1 s, as for
+the idempotency key's 409 "in progress" (``app.workflows.idempotency``), weighed
+against a value from the lease (``idempotency_lease_seconds``, 60 s: it bounds only
+a gateway that died mid-run) or from the downstream deadline (30 s, plus a close's
+undo, which is not bounded by it): a close (four steps) or a reopen (two calls and
+a write) usually ends well within a second, and either bound would make every
+ordinary wait half a minute or more. Neither holder knows when the run began (the
+Redis lock holds only the operation and a token), so no remaining time can be
+given; 1 is the smallest whole delay that is not "now" (0 invites a tight loop). A
+refused request cost no service call, so an extra 409 for a longer run is cheap.
+
 Options weighed: a lock beside the idempotency record (chosen: a close and a
 reopen have different keys, or none, so the key's record cannot order them)
 against a lock held by the engagements service (the one place that sees both,
@@ -81,12 +92,17 @@ from app.ops.metrics import count_redis_error
 log = structlog.get_logger("gateway.engagement_lock")
 
 
+# Whole seconds a close or reopen refused by a running one is asked to wait (409).
+BUSY_RETRY_AFTER_SECONDS = 1
+
+
 class EngagementBusy(Conflict):
-    """Another close or reopen of the engagement is running (409)."""
+    """Another close or reopen of the engagement is running (409, ``Retry-After: 1``)."""
 
     def __init__(self, engagement_id: str, running: str) -> None:
         super().__init__(
-            f"A {running} of {engagement_id} is running; send this request again when it ends."
+            f"A {running} of {engagement_id} is running; send this request again when it ends.",
+            headers={"Retry-After": str(BUSY_RETRY_AFTER_SECONDS)},
         )
 
 

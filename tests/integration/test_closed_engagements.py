@@ -234,8 +234,10 @@ def test_a_reopen_or_another_close_while_a_close_runs_is_a_409(
         reopen = post(other.url, REOPEN, "sam", {"reason": "Client asked for a retest."})
         body = assert_problem(reopen, 409, "conflict")
         assert "close of acme-2026 is running" in str(body["detail"])
+        assert reopen.headers["retry-after"] == "1"  # it ends by itself: ask again then
         second = close(other.url, "close-acme-lock-2")
         assert "close of acme-2026 is running" in str(assert_problem(second, 409, "conflict"))
+        assert second.headers["retry-after"] == "1"
     finally:
         stack.faults("reports")  # release the report: the close goes on
         thread.join(timeout=30)
@@ -264,6 +266,7 @@ def test_a_second_reopen_while_one_runs_is_a_409(make_stack: StackBuilder) -> No
         reopens = stack.requests_seen("engagements")
         second = post(stack.url, REOPEN, "sam", reason)
         assert "reopen of acme-2026 is running" in str(assert_problem(second, 409, "conflict"))
+        assert second.headers["retry-after"] == "1"
         assert stack.requests_seen("engagements") == reopens  # it ran nothing
         assert_problem(close(stack.url, "close-acme-lock-4"), 403, "forbidden")
     finally:

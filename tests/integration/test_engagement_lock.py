@@ -48,6 +48,7 @@ async def busy_with(locks: EngagementLocks, engagement: str) -> str:
         async with locks.hold(engagement, "reopen"):
             pytest.fail("taken while held")
     assert refused.value.status_code == 409
+    assert refused.value.headers == {"Retry-After": "1"}  # a run in progress ends by itself
     return refused.value.detail
 
 

@@ -137,6 +137,25 @@ def test_the_answers_declare_the_headers_the_gateway_sends(schema: dict[str, Any
                 assert "Retry-After" in headers, (method, path, status)
 
 
+def test_a_conflict_that_ends_by_itself_declares_its_retry_after(schema: dict[str, Any]) -> None:
+    """A 409 "in progress" (an Idempotency-Key's run, an engagement's close or reopen) is
+    sent with Retry-After; those operations declare it, the others' 409s do not."""
+    retrying = {
+        (CLOSE, "post"),
+        ("/v1/engagements/{engagement_id}/findings", "post"),
+        ("/admin/engagements/{engagement}/reopen", "post"),
+    }
+    declared = set()
+    for path, method, operation in operations(schema):
+        conflict = operation["responses"].get("409")
+        if conflict is not None and "Retry-After" in conflict["headers"]:
+            declared.add((path, method))
+            assert conflict["headers"]["Retry-After"]["schema"]["minimum"] == 1
+            assert "Retry-After" in conflict["description"], (method, path)
+            assert conflict["content"]["application/problem+json"]["schema"] == PROBLEM_REF
+    assert declared == retrying
+
+
 def test_query_fields_show_the_rules_they_are_checked_by(schema: dict[str, Any]) -> None:
     """A client generated from the schema sends what the checks take (schemathesis ST202)."""
     query = schema["components"]["schemas"]["WhoCanQuery"]["properties"]

@@ -14,6 +14,7 @@ import structlog
 from fastapi import APIRouter, Path
 
 from app.api.deps import Authenticated, Authorized, Reopener
+from app.api.openapi import retrying_conflict
 from app.api.routing import GuardedRoute
 from app.api.schemas import Problem
 from app.authz.source import ENGAGEMENT
@@ -29,10 +30,16 @@ ERRORS: dict[int | str, dict[str, object]] = {
 }
 
 
+REOPEN_CONFLICT = retrying_conflict(
+    "A close or another reopen of the engagement is running (with Retry-After); or the "
+    "policy itself closes the engagement (a g3 line: remove it to reopen)"
+)
+
+
 @router.post(
     "/{engagement}/reopen",
     response_model=ReopenResult,
-    responses=ERRORS,
+    responses={**ERRORS, 409: REOPEN_CONFLICT},
     summary="Reopen a closed engagement",
 )
 async def reopen_engagement(

@@ -8,6 +8,7 @@ import structlog
 from fastapi import APIRouter, Header, Path, Response
 
 from app.api.deps import Authenticated, Authorized, Closer, KeyedAuthorized, Overview
+from app.api.openapi import retrying_conflict
 from app.api.routing import GuardedRoute
 from app.api.schemas import Problem
 from app.domain.engagements import CloseRequest, CloseResult, EngagementOverview
@@ -48,10 +49,17 @@ async def engagement_overview(
     return await overview.overview(engagement_id)
 
 
+CLOSE_CONFLICT = retrying_conflict(
+    "Another close or a reopen of the engagement is running, or a request with this "
+    "Idempotency-Key still is (both with Retry-After); or the engagement is already closed, "
+    "or the key's close was undone by a reopen since"
+)
+
+
 @router.post(
     "/close",
     response_model=CloseResult,
-    responses=ERRORS,
+    responses={**ERRORS, 409: CLOSE_CONFLICT},
     summary="Close an engagement (saga, idempotent)",
     openapi_extra={"parameters": [IDEMPOTENCY_KEY]},
 )

@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Path, Response
 
 from app.api.deps import Authenticated, Authorized, Findings, KeyedAuthorized
+from app.api.openapi import retrying_conflict
 from app.api.routing import GuardedRoute
 from app.api.schemas import Problem, relay
 from app.core.logging import get_logger
@@ -45,11 +46,17 @@ async def list_findings(
     return relay(await findings.list(engagement_id))
 
 
+CREATE_CONFLICT = retrying_conflict(
+    "A request with this Idempotency-Key is still in progress (with Retry-After); or the "
+    "findings service refused the write (the engagement's findings are frozen)"
+)
+
+
 @router.post(
     "",
     response_model=Finding,
     status_code=201,
-    responses=ERRORS,
+    responses={**ERRORS, 409: CREATE_CONFLICT},
     summary="Record a finding",
     openapi_extra={"parameters": [IDEMPOTENCY_KEY]},
 )
