@@ -96,7 +96,12 @@ Closer = Annotated[CloseService, Depends(get_close_service)]
 
 async def get_reopen_service(request: Request) -> ReopenService:
     state = request.app.state
-    return ReopenService(state.services, state.policy, state.engagement_locks)
+    return ReopenService(
+        state.services,
+        state.policy,
+        state.engagement_locks,
+        state.settings.orchestration.downstream_deadline_seconds,
+    )
 
 
 Reopener = Annotated[ReopenService, Depends(get_reopen_service)]

@@ -241,9 +241,9 @@ class OrchestrationSettings(_Section):
     overview_deadline_seconds: PositiveSeconds = 2.0
     downstream_deadline_seconds: PositiveSeconds = Field(
         default=30.0,
-        description="the most time one request on a typed route (findings, overview, close) "
-        "spends on the services, every call, retry and backoff included; then 504. No "
-        "attempt or retry starts after it, one in flight is cut. A close's undo is not "
+        description="the most time one request on a typed route (findings, overview, close, "
+        "admin reopen) spends on the services, every call, retry and backoff included; then "
+        "504. No attempt or retry starts after it, one in flight is cut. A close's undo is not "
         "bounded by it. At least connect_timeout + read_timeout of every service",
     )
     idempotency_ttl_seconds: Annotated[int, Field(ge=1, le=7 * 86400)] = Field(

@@ -1,6 +1,6 @@
 """One deadline per inbound request for its downstream work: attempts, backoffs, services.
 
-A typed route's workflow (findings, overview, close) opens ``within(seconds)``
+A typed route's workflow (findings, overview, close, the admin reopen) opens ``within(seconds)``
 (``orchestration.downstream_deadline_seconds``, 30 s by default); every
 ``DownstreamClient.call`` made inside it, in tasks it starts too (the overview's
 branches copy the context), is bounded by the same instant:
@@ -47,6 +47,20 @@ reaches tasks started inside the block: the saga's undo runs ``lifted()``, so a
 close that ran out of time still undoes its steps to the end (each undo call
 bounded by its service's own timeouts and retry window, as before): a half-done
 close is worse than a late answer.
+
+The admin reopen (``app.workflows.engagement_state.ReopenService``) is bounded too,
+and needs no undo: its steps are the engagements service's reopen, the findings
+service's unfreeze, then the closed fact dropped from the engagement state, and only
+that last step (a Redis write, which no deadline cuts) lets writes through again. A
+cut (504) therefore stops at or before the unfreeze, with the fact still in place:
+the engagement stays read-only on every gateway, the state any failed step of the
+reopen already left (the services perhaps reopened or unfrozen, which grants
+nothing), and sending the reopen again completes it (both calls are idempotent).
+Weighed against an undo like the close's (close the engagement on the service again,
+refreeze the findings, run ``lifted()``): two more calls that can fail and leave the
+same mixed state, a second close stamped on the service, and the admin's next step
+is to send the reopen again anyway. Unbounded, its two calls (unkeyed POSTs, so not
+retried) could hold the admin for two whole attempts, and a dripping answer for ever.
 
 Pass-through routes are not bounded by it: a streamed upload's time to the answer's
 head includes the caller's own pace (bounded by the edge's body timeouts), and a

@@ -14,6 +14,13 @@ closed) and the admin can send it again. It holds the engagement's lock
 (``app.workflows.engagement_lock``), so it never interleaves with a close. An
 engagement closed by the policy's own ``g3`` line is refused (409): the policy
 file is where it reopens.
+
+Its two service calls are bounded by the request's downstream deadline
+(``app.downstream.deadline``), as a close's are, and with no undo: a reopen cut
+there (504) has not dropped the closed fact (its last step, a Redis write the
+deadline does not touch), so it is a failed step like any other, closed for every
+gateway, and sending it again completes it (the module docstring of the deadline
+weighs this).
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ from app.core.errors import Conflict, GatewayError, ServiceUnavailable
 from app.domain.engagements import CloseStep, Engagement, ReopenResult
 from app.domain.identity import Identity
 from app.downstream.client import ServiceRegistry, parse_answer, raise_for_client_error
+from app.downstream.deadline import within
 from app.downstream.propagation import CallContext, bind_call_context
 from app.workflows.engagement_lock import EngagementLocks
 
@@ -110,11 +118,16 @@ class ReopenService:
     """Reopens a closed engagement for the services and for every gateway."""
 
     def __init__(
-        self, services: ServiceRegistry, policy: PolicyStore, locks: EngagementLocks
+        self,
+        services: ServiceRegistry,
+        policy: PolicyStore,
+        locks: EngagementLocks,
+        deadline_seconds: float | None = None,
     ) -> None:
         self._services = services
         self._policy = policy
         self._locks = locks
+        self._deadline = deadline_seconds  # its two service calls (app.downstream.deadline)
 
     async def reopen(self, engagement_id: str, reason: str, subject: str) -> ReopenResult:
         in_policy = self._policy.current.closed_fact(engagement_id)
@@ -123,6 +136,11 @@ class ReopenService:
                 f"The policy itself closes {engagement_id} (g3, {engagement_id}, closed at "
                 f"{in_policy.ref}): remove that line to reopen it."
             )
+        with within(self._deadline):
+            return await self._reopen(engagement_id, reason, subject)
+
+    async def _reopen(self, engagement_id: str, reason: str, subject: str) -> ReopenResult:
+        """The steps under the engagement's lock; a cut (the deadline) leaves it closed."""
         base = f"/engagements/{engagement_id}"
         async with self._locks.hold(engagement_id, "reopen") as held:  # no close meanwhile
             await self._post(SERVICE, f"{base}/reopen")

@@ -369,3 +369,36 @@ def test_a_reopen_whose_lock_redis_lost_stops_before_the_unfreeze(
     again = post(stack.url, REOPEN, "sam", reason)
     assert again.status_code == 200, again.text
     assert post(stack.url, FINDINGS, "alice", FINDING).status_code == 201
+
+
+# Each latency (2 s) fits one attempt (0.5 + 3 s); both calls of a reopen (4 s) do not
+# fit the 3.5 s deadline, so the second is cut about 1.5 s in.
+SLOW_REOPEN_STACK: dict[str, Any] = {
+    "service": {"connect_timeout": 0.5, "read_timeout": 3},
+    "orchestration": {"downstream_deadline_seconds": 3.5},
+}
+
+
+def test_a_reopen_past_its_deadline_is_cut_and_leaves_the_engagement_closed(
+    make_stack: StackBuilder,
+) -> None:
+    """The reopen's calls had no deadline: each slow answer inside its read timeout, it
+    answered 200 after both. Cut, it has not dropped the closed fact (its last step), so
+    the engagement stays closed; sent again, it completes."""
+    stack = make_stack(**SLOW_REOPEN_STACK)
+    assert close(stack.url, "close-acme-deadline").status_code == 200
+    stack.faults("engagements", latency_ms=2000, path_prefix="/engagements/acme-2026/reopen")
+    unfreeze = "/engagements/acme-2026/findings/unfreeze"
+    stack.faults("findings", latency_ms=2000, path_prefix=unfreeze)
+    reason = {"reason": "Client asked for a retest."}
+    body = assert_problem(post(stack.url, REOPEN, "sam", reason), 504, "gateway_timeout")
+    assert body["service"] == "findings"
+    assert "deadline" in str(body["detail"])
+    assert writes_refused(stack.url), "the closed fact stands: read-only on every gateway"
+    stack.faults("engagements")
+    stack.faults("findings")
+    again = post(stack.url, REOPEN, "sam", reason)
+    assert again.status_code == 200, again.text
+    assert str(again.json()["was_closed_by"]).startswith("closed by the close saga")
+    assert httpx.get(stack.stubs["findings"].url + "/_frozen").json() == []
+    assert post(stack.url, FINDINGS, "alice", FINDING).status_code == 201
