@@ -113,21 +113,27 @@ class FastLane:
         self.lane = lane
         self._routes: list[BaseRoute] | None = None
         self._count = -1
-        self._shapes: list[tuple[str, int | None, BaseRoute]] = []
+        # By a path's number of "/": the routes that may match it, in the router's order.
+        self._by_slashes: dict[int, list[tuple[str, BaseRoute]]] = {}
+        self._any: list[tuple[str, BaseRoute]] = []  # those of no fixed number
 
-    def _candidates(self) -> list[tuple[str, int | None, BaseRoute]]:
+    def _candidates(self, slashes: int) -> list[tuple[str, BaseRoute]]:
         routes = self.app.router.routes
         if routes is not self._routes or len(routes) != self._count:
-            self._shapes = [(literal_prefix(r), segment_count(r), r) for r in routes]
+            shapes = [(literal_prefix(r), segment_count(r), r) for r in routes]
+            self._any = [(prefix, r) for prefix, count, r in shapes if count is None]
+            self._by_slashes = {
+                n: [(prefix, r) for prefix, count, r in shapes if count in (None, n)]
+                for n in {count for _, count, _ in shapes if count is not None}
+            }
             self._routes, self._count = routes, len(routes)
-        return self._shapes
+        return self._by_slashes.get(slashes, self._any)
 
     def first_match(self, scope: Scope) -> tuple[BaseRoute, Match, Scope] | None:
         """The first route that matches ``scope`` at all, as the router's loop finds it."""
         path = get_route_path(scope)
-        slashes = path.count("/")
-        for prefix, count, route in self._candidates():
-            if path.startswith(prefix) and (count is None or count == slashes):
+        for prefix, route in self._candidates(path.count("/")):
+            if path.startswith(prefix):
                 match, child_scope = route.matches(scope)
                 if match is not Match.NONE:
                     return route, match, child_scope
