@@ -18,16 +18,9 @@ from app.cli import policy_explain
 from app.cli.main import main
 from app.core.config import PolicySettings
 from tests.conftest import POLICY_DIR
+from tests.unit.test_policy_store import ZOE_SUITE
 
 ZOE_GRANT = "g, zoe, analyst, acme-2026\n"
-ZOE_SUITE = """suite: zoe left
-cases:
-  - name: zoe reads no findings
-    subject: zoe
-    method: GET
-    path: /v1/engagements/acme-2026/findings
-    expect: deny
-"""
 # What the rollback's zoe.yaml holds: a case both versions pass.
 ZOE_ROLLED_BACK = ZOE_SUITE.replace("acme-2026", "initech-redteam")
 ZOE_READS = ("explain", "--subject", "zoe", "GET", "/v1/engagements/acme-2026/findings")
