@@ -175,7 +175,8 @@ class RedisEngagementState(EngagementState):
         await self._announce(fact.engagement)
 
     async def reopen(self, engagement: str) -> ClosedFact | None:
-        previous_raw, version = await self._write_once(self._reopen_script, engagement)
+        call = self._once(engagement)
+        previous_raw, version = await self._write_once(self._reopen_script, call)
         previous = None if previous_raw is None else ClosedFact.decode(engagement, previous_raw)
         # Our own snapshot drops it now; the others on the notice or their next check.
         self._closed = {k: v for k, v in self._closed.items() if k != engagement}
@@ -189,17 +190,22 @@ class RedisEngagementState(EngagementState):
         """Take back an undone close's fact now, if it is still this exact fact; when Redis
         does not answer, watch for it in the background as for an unconfirmed write."""
         encoded = fact.encode()
+        # One record for this withdrawal, its background retries included: a run whose
+        # reply was lost (redis-py's retry too) removed the fact and left that record.
+        call = self._once(fact.engagement, encoded)
         try:
-            removed = await self._write_once(self._withdraw_script, fact.engagement, encoded)
+            removed = await self._write_once(self._withdraw_script, call)
         except ServiceUnavailable:
-            self._withdraw_if_applied(fact.engagement, encoded)
+            self._withdraw_if_applied(fact.engagement, encoded, call)
             raise
         if removed:
             log.warning("engagement_closed_fact_withdrawn", engagement=fact.engagement)
             self._closed = {k: v for k, v in self._closed.items() if k != fact.engagement}
             await self._announce(fact.engagement)
 
-    def _withdraw_if_applied(self, engagement: str, encoded: str) -> None:
+    def _withdraw_if_applied(
+        self, engagement: str, encoded: str, call: tuple[list[str], list[str | int]] | None = None
+    ) -> None:
         """Take back a closed fact whose write Redis did not confirm, should it appear.
 
         A timed-out write may still be applied (Redis stalled past the client's timeout
@@ -207,10 +213,12 @@ class RedisEngagementState(EngagementState):
         close saga undoes its steps when its last step fails, so such a fact would keep
         an undone close closed on every gateway, naming it as the cause. Watched for
         ``UNCONFIRMED_WINDOW_SECONDS`` in the background, removed only while it is still
-        this exact fact, and announced like any change.
+        this exact fact, and announced like any change. ``call``: the keys and arguments
+        of a withdrawal Redis did not confirm, whose record its retries must find (a new
+        record would answer "not removed" once that withdrawal had run).
         """
 
-        keys, args = self._once(engagement, encoded)
+        keys, args = call if call is not None else self._once(engagement, encoded)
 
         async def withdraw() -> bool:
             removed = bool(await self._withdraw_script(keys=keys, args=args))
@@ -285,9 +293,11 @@ class RedisEngagementState(EngagementState):
         except REDIS_FAILURES as exc:
             raise self._unavailable(exc) from None
 
-    async def _write_once(self, script: AsyncScript, engagement: str, *args: str) -> Any:
-        """A reopen or withdrawal: its retry by redis-py finds this call's record."""
-        keys, argv = self._once(engagement, *args)
+    async def _write_once(
+        self, script: AsyncScript, call: tuple[list[str], list[str | int]]
+    ) -> Any:
+        """A reopen or withdrawal (``_once``): its retry by redis-py finds this call's record."""
+        keys, argv = call
         try:
             return await script(keys=keys, args=argv)
         except REDIS_FAILURES as exc:

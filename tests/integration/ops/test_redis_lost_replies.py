@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+import redis.exceptions
 from structlog.testing import capture_logs
 
 from app.authn.nonces import Claim, RedisNonceStore
@@ -24,6 +25,7 @@ from app.authz.closed import ClosedFact
 from app.authz.closed_redis import RedisEngagementState
 from app.core.config import RedisSettings
 from app.core.engagement_settings import EngagementStateSettings
+from app.core.errors import ServiceUnavailable
 from app.core.ops_settings import RateLimitRule
 from app.core.redis import create_redis
 from app.ops.ratelimit import Bucket, RedisRateLimiter
@@ -358,5 +360,46 @@ def test_a_withdrawal_whose_reply_was_lost_still_drops_the_fact_here(
                 await client.aclose()
                 await pubsub.aclose()
                 await direct.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_a_withdrawal_redis_ran_but_never_confirmed_drops_the_fact_in_the_background(
+    redis_server: RedisServer,
+) -> None:
+    """Redis ran the withdrawal but no reply reached us (redis-py's retry's lost too): the
+    call is a 503 and the fact is watched for in the background. That watch sent a new
+    record, found the fact gone and no record of its own, and answered "not removed"
+    until its window ended: this process kept deciding the engagement closed and no
+    notice told the others. It now sends the unconfirmed call's own record."""
+    fact = ClosedFact("acme-2026", "close_saga", "corr-3", 1_800_000_000.0, "bob")
+
+    async def scenario() -> None:
+        direct, pubsub = await _notices(redis_server)
+        state = RedisEngagementState(direct, STATE)
+        script = state._withdraw_script
+        sent: list[Any] = []
+
+        async def ran_but_lost(**call: Any) -> Any:
+            answer = await script(**call)
+            sent.append(answer)
+            if len(sent) == 1:  # this run's reply, and its retry's, never arrived
+                raise redis.exceptions.ConnectionError("the reply was lost")
+            return answer
+
+        state._withdraw_script = ran_but_lost  # type: ignore[assignment]
+        try:
+            await state.refresh()
+            await state.close(fact)
+            assert await _next_notice(pubsub) == b"acme-2026"
+            with pytest.raises(ServiceUnavailable):
+                await state.withdraw(fact)
+            assert await direct.hget(CLOSED_HASH, "acme-2026") is None, "Redis ran it"
+            assert await _next_notice(pubsub) == b"acme-2026", "the background run's notice"
+            assert state.get("acme-2026") is None
+            assert sent[-1] == 1
+        finally:
+            await pubsub.aclose()
+            await direct.aclose()
 
     asyncio.run(scenario())
