@@ -127,6 +127,10 @@ class within:  # noqa: N801  (a context manager used like a function: ``with wit
         self._token: Token[Deadline | None] | None = None
 
     def __enter__(self) -> Deadline | None:
+        if self._token is not None:
+            # One token per instance: entered again, the outer exit would find none and
+            # leave the inner deadline set after its block (a generator refused this too).
+            raise RuntimeError("within() is already entered; open a new one")
         outer = _CURRENT.get()
         if self._seconds is None:
             return outer

@@ -251,3 +251,18 @@ def test_a_pool_wait_the_deadline_cut_is_a_504_that_leaves_the_breaker_alone() -
     assert isinstance(error, PoolExhausted), "nothing sent: not a step a saga must undo"
     cuts = [e for e in logs if e.get("event") == "downstream_deadline"]
     assert [(e["attempt"], e["sent"]) for e in cuts] == [(1, False)]
+
+
+@given(seconds=st.floats(min_value=0.001, max_value=3600))
+def test_one_within_entered_twice_is_refused_and_leaves_no_deadline_behind(
+    seconds: float,
+) -> None:
+    """A ``within`` holds one token: entered again it would lose the outer one, and the
+    block's deadline would outlive it. The generator it replaced refused re-entry too."""
+    clock = FakeClock()
+    bound = within(seconds, clock)
+    with bound:
+        with pytest.raises(RuntimeError), bound:
+            pass
+        assert current() is not None
+    assert current() is None
