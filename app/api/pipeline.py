@@ -163,10 +163,8 @@ class Gate:
         """After the policy allowed: the engagement's shared quota; ``RateLimit`` headers
         of every bucket spent, or 429. A request the policy refused never gets here, so
         a caller not staffed on an engagement cannot spend its quota (decision 0013)."""
-        guard = self._rate_limit()
-        if not guard.enabled:
-            return {}
-        if not guard.limits(target.engagement_key):  # no span: nothing to spend
+        guard = self._rate_limit()  # a reload may have replaced it since spend_subject
+        if not guard.enabled or not guard.limits(target.engagement_key):  # nothing to spend
             return rate_limit_headers(spent)
         with stage_span("rate_limit"):
             return await guard.spend_engagement(target.engagement_key, spent)

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from fastapi import FastAPI
 from hypothesis import given
 from hypothesis import strategies as st
 
+from app.api.pipeline import Gate, Target
 from app.core.errors import TooManyRequests
 from app.core.ops_settings import RateLimitRule, RateLimitSettings
+from app.domain.identity import Identity
 from app.ops import ratelimit
 from app.ops.ratelimit import (
     MICROS,
@@ -267,3 +269,19 @@ def test_redis_limiter_skips_redis_for_one_second_after_a_failure_from_any_clock
             assert client.calls == 2
 
     asyncio.run(scenario())
+
+
+async def test_limits_switched_off_between_the_two_spends_keep_the_spent_headers() -> None:
+    """A settings reload may replace the guard between the subject's spend and the
+    engagement's: the unit the subject spent is still reported (an audit)."""
+    rule = RateLimitRule(limit=5, window_seconds=60)
+    guards = iter(
+        [
+            RateLimitGuard(RateLimitSettings(subject=rule), MemoryRateLimiter()),
+            RateLimitGuard(RateLimitSettings(), MemoryRateLimiter()),
+        ]
+    )
+    gate = Gate(cast(Any, None), cast(Any, None), lambda: next(guards))
+    spent = await gate.spend_subject(Identity("alice", (), "k1"))
+    headers = await gate.spend_engagement(Target("acme-2026", "/x", "GET"), spent)
+    assert headers["RateLimit"] == '"subject";r=4;t=12'
