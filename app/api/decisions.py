@@ -11,10 +11,11 @@ and it runs the same ``Gate`` stages in the same order, but decides the
 2. target: the original URI normalised and refused on the edge's rules, and
    matched against ``authorizer.routes`` for its engagement
    (``app.authz.targets``); no match is a deny;
-3. limit (``Gate.spend``): the subject's and the engagement's quota, as a direct
-   request would spend it;
+3. limit (``Gate.spend_subject``): the subject's quota, as a direct request would
+   spend it;
 4. authz (``Gate.decide``): the same policy, one decision line (``stage=authz``)
-   with ``mode`` and ``decision_id`` bound.
+   with ``mode`` and ``decision_id`` bound; once allowed, the engagement's quota
+   (``Gate.spend_engagement``, decision 0013).
 
 A refused original request is 403 (what nginx ``auth_request`` passes on; it
 turns anything but 401 and 403 into a 500): docs/decisions/0007-decision-endpoint.md.
