@@ -284,12 +284,18 @@ STATE = EngagementStateSettings(check_interval_seconds=60, startup_timeout_secon
 CLOSED_HASH = "{" + STATE.key_prefix + "}:closed"
 
 
-async def _notices(redis_server: RedisServer) -> tuple[Any, Any]:
-    """A client straight to Redis (not through the relay) subscribed to the state's notices."""
+@contextlib.asynccontextmanager
+async def _notices(redis_server: RedisServer) -> AsyncIterator[tuple[Any, Any]]:
+    """A client straight to Redis (not through the relay) subscribed to the state's
+    notices; both closed at the end."""
     direct = create_redis(RedisSettings(url=redis_server.url))
     pubsub = direct.pubsub(ignore_subscribe_messages=True)
-    await pubsub.subscribe(RedisEngagementState(direct, STATE).channel)
-    return direct, pubsub
+    try:
+        await pubsub.subscribe(RedisEngagementState(direct, STATE).channel)
+        yield direct, pubsub
+    finally:
+        await pubsub.aclose()
+        await direct.aclose()
 
 
 async def _next_notice(pubsub: Any) -> bytes | None:
@@ -309,26 +315,23 @@ def test_a_reopen_whose_reply_was_lost_still_says_what_it_reopened(
     fact = ClosedFact("acme-2026", "close_saga", "corr-1", 1_800_000_000.0, "bob")
 
     async def scenario() -> None:
-        direct, pubsub = await _notices(redis_server)
-        async with ReplyLosingRelay(redis_server.port).running() as relay:
-            client = create_redis(_client_through(relay))
+        async with (
+            _notices(redis_server) as (direct, pubsub),
+            ReplyLosingRelay(redis_server.port).running() as relay,
+            contextlib.aclosing(create_redis(_client_through(relay))) as client,
+        ):
             state = RedisEngagementState(client, STATE)
-            try:
-                await state.refresh()
-                assert await state.reopen("never-closed") is None  # loads the script
-                await state.close(fact)
-                assert await _next_notice(pubsub) == b"acme-2026"
-                relay.lose_next_script_reply()
-                before = relay.scripts
-                assert await state.reopen("acme-2026") == fact
-                assert (relay.lost, relay.scripts - before) == (1, 2), "lost, then retried"
-                assert await _next_notice(pubsub) == b"acme-2026"
-                assert await direct.hget(CLOSED_HASH, "acme-2026") is None
-                assert state.get("acme-2026") is None
-            finally:
-                await client.aclose()
-                await pubsub.aclose()
-                await direct.aclose()
+            await state.refresh()
+            assert await state.reopen("never-closed") is None  # loads the script
+            await state.close(fact)
+            assert await _next_notice(pubsub) == b"acme-2026"
+            relay.lose_next_script_reply()
+            before = relay.scripts
+            assert await state.reopen("acme-2026") == fact
+            assert (relay.lost, relay.scripts - before) == (1, 2), "lost, then retried"
+            assert await _next_notice(pubsub) == b"acme-2026"
+            assert await direct.hget(CLOSED_HASH, "acme-2026") is None
+            assert state.get("acme-2026") is None
 
     asyncio.run(scenario())
 
@@ -341,25 +344,22 @@ def test_a_withdrawal_whose_reply_was_lost_still_drops_the_fact_here(
     fact = ClosedFact("acme-2026", "close_saga", "corr-2", 1_800_000_000.0, "bob")
 
     async def scenario() -> None:
-        direct, pubsub = await _notices(redis_server)
-        async with ReplyLosingRelay(redis_server.port).running() as relay:
-            client = create_redis(_client_through(relay))
+        async with (
+            _notices(redis_server) as (direct, pubsub),
+            ReplyLosingRelay(redis_server.port).running() as relay,
+            contextlib.aclosing(create_redis(_client_through(relay))) as client,
+        ):
             state = RedisEngagementState(client, STATE)
-            try:
-                await state.refresh()
-                await state.withdraw(ClosedFact("never-closed", "close_saga"))  # loads it
-                await state.close(fact)
-                assert await _next_notice(pubsub) == b"acme-2026"
-                relay.lose_next_script_reply()
-                await state.withdraw(fact)
-                assert relay.lost == 1
-                assert state.get("acme-2026") is None
-                assert await _next_notice(pubsub) == b"acme-2026"
-                assert await direct.hget(CLOSED_HASH, "acme-2026") is None
-            finally:
-                await client.aclose()
-                await pubsub.aclose()
-                await direct.aclose()
+            await state.refresh()
+            await state.withdraw(ClosedFact("never-closed", "close_saga"))  # loads it
+            await state.close(fact)
+            assert await _next_notice(pubsub) == b"acme-2026"
+            relay.lose_next_script_reply()
+            await state.withdraw(fact)
+            assert relay.lost == 1
+            assert state.get("acme-2026") is None
+            assert await _next_notice(pubsub) == b"acme-2026"
+            assert await direct.hget(CLOSED_HASH, "acme-2026") is None
 
     asyncio.run(scenario())
 
@@ -375,20 +375,19 @@ def test_a_withdrawal_redis_ran_but_never_confirmed_drops_the_fact_in_the_backgr
     fact = ClosedFact("acme-2026", "close_saga", "corr-3", 1_800_000_000.0, "bob")
 
     async def scenario() -> None:
-        direct, pubsub = await _notices(redis_server)
-        state = RedisEngagementState(direct, STATE)
-        script = state._withdraw_script
-        sent: list[Any] = []
+        async with _notices(redis_server) as (direct, pubsub):
+            state = RedisEngagementState(direct, STATE)
+            script = state._withdraw_script
+            sent: list[Any] = []
 
-        async def ran_but_lost(**call: Any) -> Any:
-            answer = await script(**call)
-            sent.append(answer)
-            if len(sent) == 1:  # this run's reply, and its retry's, never arrived
-                raise redis.exceptions.ConnectionError("the reply was lost")
-            return answer
+            async def ran_but_lost(**call: Any) -> Any:
+                answer = await script(**call)
+                sent.append(answer)
+                if len(sent) == 1:  # this run's reply, and its retry's, never arrived
+                    raise redis.exceptions.ConnectionError("the reply was lost")
+                return answer
 
-        state._withdraw_script = ran_but_lost  # type: ignore[assignment]
-        try:
+            state._withdraw_script = ran_but_lost  # type: ignore[assignment]
             await state.refresh()
             await state.close(fact)
             assert await _next_notice(pubsub) == b"acme-2026"
@@ -398,8 +397,5 @@ def test_a_withdrawal_redis_ran_but_never_confirmed_drops_the_fact_in_the_backgr
             assert await _next_notice(pubsub) == b"acme-2026", "the background run's notice"
             assert state.get("acme-2026") is None
             assert sent[-1] == 1
-        finally:
-            await pubsub.aclose()
-            await direct.aclose()
 
     asyncio.run(scenario())
