@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import textwrap
 from pathlib import Path
@@ -390,3 +391,21 @@ def test_a_value_yaml_cannot_hold_is_an_error_at_its_line(
     assert issues[0].message.endswith("quote it to make it text")
     with pytest.raises(SuiteError, match=r"tests/bad\.yaml:3"):
         load_suites(policy_dir)
+
+
+def test_the_guide_s_add_a_rule_example_passes_beside_the_shipped_suites(tmp_path: Path) -> None:
+    """policies.md's "Add a rule" line and "Write a test" suite, pasted into a copy of
+    ``policies/``, pass: the suite redefined the shipped fixture ``red-teamer`` (a
+    ``duplicate_fixture`` error) and expected the red team, analysts in initech-redteam,
+    not to delete that engagement's drafts, which the example rule allows."""
+    guide = (POLICY_DIR.parent / "app" / "api" / "docs" / "policies.md").read_text()
+    add_a_rule = guide.split("\n## Add a rule\n", 1)[1].split("\n## ", 1)[0]
+    rule = re.findall(r"`(p, [^`]+)`", add_a_rule)
+    suite = guide.split("\n## Write a test\n", 1)[1].split("```yaml\n", 1)[1].split("```", 1)[0]
+    assert len(rule) == 1, "the guide's example rule was not found"
+    shutil.copytree(POLICY_DIR, tmp_path / "policies")
+    policies = tmp_path / "policies"
+    with (policies / "policy.csv").open("a") as csv:
+        csv.write(rule[0] + "\n")
+    (policies / "tests" / "drafts.yaml").write_text(suite)
+    assert failures_of(policies) == []
