@@ -180,3 +180,19 @@ def test_files_that_keep_changing_are_exit_2_and_nothing_tested(
     assert "changed while being read (3 times): nothing was used; run the command again" in (
         captured.err
     )
+
+
+def test_policy_test_on_a_policy_that_cannot_load_is_unusable_input_with_its_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """policies.md: for ``test``, a policy with lint errors is exit 2 (nothing was
+    tested), not 1 (cases failed), and the error names its ``file:line``."""
+    shutil.copytree(POLICY_DIR, tmp_path / "policies")
+    csv = tmp_path / "policies" / "policy.csv"
+    line = len(csv.read_text().splitlines()) + 1
+    with csv.open("a") as out:
+        out.write("p, analyst, *, /v1/engagements/:engagement/findings, GET, alow\n")
+    code = main(["policy", "test", str(tmp_path / "policies")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert f"policy.csv:{line}: error: effect 'alow' must be allow or deny [syntax]" in err
