@@ -152,7 +152,10 @@ def near_misses(
                 continue
             differs = _differences(rule, held, request)
             if len(differs) == 1:
-                detail = _detail(compiled, differs[0], rule, principal, request)
+                # A role miss is every principal's (the other fields do not depend on
+                # who asks, and a principal holding the role matched in full above).
+                who = names if differs[0] == "role" else (principal,)
+                detail = _detail(compiled, differs[0], rule, who, request)
                 found[rule.index] = NearMiss(rule, differs[0], detail)
     ranked = sorted(found.values(), key=lambda m: (_ORDER[m.differs], -_prefix(m, obj)))
     return tuple(ranked[:MAX_NEAR_MISSES])
@@ -184,7 +187,7 @@ def _detail(
     compiled: CompiledPolicy,
     differs: str,
     rule: Rule,
-    principal: str,
+    who: Sequence[str],
     request: tuple[str, str, str],
 ) -> str:
     dom, obj, act = request
@@ -194,24 +197,44 @@ def _detail(
         return f"allows {rule.act}, the request is {act}"
     if differs == "object":
         return f"allows {rule.obj}, the request is {obj}"
-    return _role_detail(compiled, rule.sub, principal, dom)
+    return _role_detail(compiled, rule.sub, who, dom)
 
 
-def _role_detail(compiled: CompiledPolicy, role: str, principal: str, dom: str) -> str:
+def _role_detail(compiled: CompiledPolicy, role: str, who: Sequence[str], dom: str) -> str:
+    """What a role miss needs, and where each of the caller's principals holds the role.
+
+    ``who``: the subject, then its groups (``group:<name>``): a member of a group that
+    holds the role in another engagement learns that the group, not only the subject,
+    was looked at. One principal reads as before groups were listed.
+    """
     if role.startswith(GROUP_PREFIX):
         return f"a rule for members of group {role.removeprefix(GROUP_PREFIX)!r} (X-Auth-Groups)"
+    names = " or ".join(repr(principal) for principal in who)
     if role not in compiled.role_names:
-        return f"a rule for {role!r} only, not for {principal!r}"
-    elsewhere = []
+        return f"a rule for {role!r} only, not for {names}"
+    elsewhere = {principal: _held_elsewhere(compiled, role, principal, dom) for principal in who}
+    if len(who) == 1:
+        (principal,) = who
+        needs = f"needs role {role!r}, which {principal!r} does not hold in {dom!r}"
+        if not elsewhere[principal]:
+            return f"{needs}; no g or g2 line grants it to {principal!r}"
+        return f"{needs}; it holds it in {', '.join(elsewhere[principal])}"
+    needs = f"needs role {role!r}, which none of {', '.join(map(repr, who))} holds in {dom!r}"
+    held = [f"{p!r} holds it in {', '.join(where)}" for p, where in elsewhere.items() if where]
+    if not held:
+        return f"{needs}; no g or g2 line grants it to any of them"
+    return f"{needs}; {'; '.join(held)}"
+
+
+def _held_elsewhere(compiled: CompiledPolicy, role: str, principal: str, dom: str) -> list[str]:
+    """The other engagements where ``principal`` holds ``role``, each with its ``g`` line."""
+    found = []
     for domain in compiled.grant_domains:
         if domain != dom and role in compiled.domain_roles(principal, domain):
             held = held_roles(compiled, principal, domain)
             link = next(h.links[0] for h in held if h.role == role)
-            elsewhere.append(f"{domain} ({link.location})")
-    needs = f"needs role {role!r}, which {principal!r} does not hold in {dom!r}"
-    if not elsewhere:
-        return f"{needs}; no g or g2 line grants it to {principal!r}"
-    return f"{needs}; it holds it in {', '.join(elsewhere)}"
+            found.append(f"{domain} ({link.location})")
+    return found
 
 
 def _overridden_detail(principal: str, deny: str | None) -> str:

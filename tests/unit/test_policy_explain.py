@@ -46,6 +46,45 @@ def test_a_deny_in_another_engagement_names_where_the_role_is_held(engine: Polic
     assert answer.near_misses[0].differs == "role"
 
 
+def test_a_role_miss_names_where_the_callers_groups_hold_the_role(engine: PolicyEngine) -> None:
+    """gina holds nothing herself; her group red-team is an analyst in initech-redteam.
+
+    The role miss is every principal's: the detail names each one looked at and where
+    each holds the role (it spoke of the subject only: "no g or g2 line grants it to
+    'gina'", with the group's grant unmentioned).
+    """
+    request = ("acme-2026", FINDINGS.format("acme-2026"), "GET")
+    answer = explain(engine, "gina", ("red-team",), request)
+    assert (answer.decision.allowed, answer.decision.reason) == (False, "no_matching_allow")
+    analyst = next(m for m in answer.near_misses if m.rule.sub == "analyst")
+    assert analyst.differs == "role"
+    assert analyst.detail.startswith(
+        "needs role 'analyst', which none of 'gina', 'group:red-team' holds in 'acme-2026'; "
+    )
+    group_line = line_of("g, group:red-team, analyst, initech-redteam")
+    assert f"'group:red-team' holds it in initech-redteam ({group_line})" in analyst.detail
+    assert "'gina' holds it" not in analyst.detail  # she holds it nowhere herself
+    # Without groups the detail reads as it always has.
+    alone = explain(engine, "gina", (), request)
+    solo = next(m for m in alone.near_misses if m.rule.sub == "analyst")
+    assert solo.detail == (
+        "needs role 'analyst', which 'gina' does not hold in 'acme-2026'; "
+        "no g or g2 line grants it to 'gina'"
+    )
+
+
+def test_a_role_nobody_asking_holds_anywhere_says_so_for_all_of_them(
+    engine: PolicyEngine,
+) -> None:
+    request = ("acme-2026", FINDINGS.format("acme-2026"), "GET")
+    answer = explain(engine, "nobody", ("no-such-group",), request)
+    analyst = next(m for m in answer.near_misses if m.rule.sub == "analyst")
+    assert analyst.detail == (
+        "needs role 'analyst', which none of 'nobody', 'group:no-such-group' holds in "
+        "'acme-2026'; no g or g2 line grants it to any of them"
+    )
+
+
 def test_roles_here_and_global_carry_every_link(engine: PolicyEngine) -> None:
     request = ("acme-2026", FINDINGS.format("acme-2026"), "DELETE")
     answer = explain(engine, "bob", (), request)
