@@ -188,6 +188,12 @@ class FaultState:
         self._released.set()
         self._released = asyncio.Event()
 
+    def in_force(self) -> FaultConfig:
+        """The configuration with ``fail_next`` the failures still owed."""
+        if self.remaining_failures == self.config.fail_next:
+            return self.config
+        return self.config.model_copy(update={"fail_next": self.remaining_failures})
+
     def failure_status(self) -> int | None:
         """The status to fail an arriving request with, if any (fail-next first, then the dice)."""
         return self.take_failure().status

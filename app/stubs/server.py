@@ -58,7 +58,9 @@ def _control_routes(app: FastAPI, name: str, faults: FaultState, reset: Callable
 
     @app.get("/_faults")
     async def current_faults() -> FaultConfig:
-        return faults.config
+        """The faults in force: ``fail_next`` is what is still owed, so the answer
+        posted back as it is changes nothing (it re-armed spent failures)."""
+        return faults.in_force()
 
     @app.post("/_faults")
     async def set_faults(request: Request) -> FaultConfig:
@@ -70,7 +72,7 @@ def _control_routes(app: FastAPI, name: str, faults: FaultState, reset: Callable
     async def merge_faults(request: Request) -> FaultConfig:
         """Change only the fields given; the others keep their values."""
         faults.merge(await parse_model(request, FaultConfig))
-        return faults.config
+        return faults.in_force()
 
     @app.delete("/_faults")
     async def clear_faults() -> FaultConfig:

@@ -49,6 +49,23 @@ def test_faults_are_set_shown_and_cleared_over_http(
     assert stats == {"requests": 3, "faulted": 2}
 
 
+def test_get_faults_shows_the_failures_still_owed(
+    live_server: Callable[[FastAPI], LiveServer],
+) -> None:
+    """``GET /_faults`` posted back as it is changes nothing: it re-armed spent failures."""
+    server = live_server(create_stub_app("engagements"))
+    with httpx.Client(base_url=server.url) as client:
+        client.post("/_faults", json={"fail_next": 3, "fail_status": 502}).raise_for_status()
+        assert client.get(ENGAGEMENT).status_code == 502
+        shown = client.get("/_faults").json()
+        assert (shown["fail_next"], shown["fail_status"]) == (2, 502)
+        client.post("/_faults", json=shown).raise_for_status()  # a test saving and restoring
+        after = [client.get(ENGAGEMENT).status_code for _ in range(3)]
+        merged = client.patch("/_faults", json={"latency_ms": 0}).json()
+    assert after == [502, 502, 200]
+    assert merged["fail_next"] == 0  # PATCH answers what is in force too
+
+
 def test_same_seed_same_failures(live_server: Callable[[FastAPI], LiveServer]) -> None:
     faults = FaultConfig(error_rate=0.5, seed=42)
     runs = []
@@ -136,7 +153,8 @@ def test_patch_merges_faults_and_post_replaces_them_keeping_the_stub_seed(
         replaced = client.post("/_faults", json={"latency_ms": 1}).json()
         invalid = client.patch("/_faults", json={"error_rate": 2})
         cleared = client.delete("/_faults").json()
-    assert (merged["fail_next"], merged["retry_after"], merged["latency_ms"]) == (2, 3, 5)
+    # fail_next: what is still owed (one of the two was spent), as GET shows it
+    assert (merged["fail_next"], merged["retry_after"], merged["latency_ms"]) == (1, 3, 5)
     assert merged["seed"] == 7
     assert still_failing == 503, "a merge keeps the failures still owed"
     assert (replaced["fail_next"], replaced["retry_after"], replaced["seed"]) == (0, None, 7)
