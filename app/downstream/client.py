@@ -171,9 +171,9 @@ class DownstreamClient:
         # that sends a head and then breaks off fails its call, not succeeds it.
         call = self.breaker.request()
         deadline = current_deadline()
-        # The native transport bounds a buffered exchange by the deadline itself (its read
-        # timer, ``DEADLINE``); a streamed answer is bounded up to its head only, here.
-        in_transport = deadline if self._native and not stream else None
+        # The native transport bounds the exchange by the deadline itself (its read timer,
+        # ``DEADLINE``): a buffered one whole, a streamed answer up to its head only.
+        in_transport = deadline if self._native else None
 
         async def attempt(number: int) -> httpx.Response:
             if deadline is not None and deadline.remaining() <= 0:

@@ -36,8 +36,11 @@ timer the exchange arms anyway also ends it at the deadline, head and body, so n
 timer is added per attempt (the ``asyncio.timeout`` cost about 1.3% of a typed
 request's instructions under load). A timeout the transport raises once the deadline
 has passed is the deadline's 504; a pool wait it cut is not a breaker failure (our
-saturation, as ever). Other transports, and a streamed answer's head, keep the
-``asyncio.timeout``.
+saturation, as ever). A streamed answer (``call(stream=True)``) is bounded the same
+way up to its head only: the transport drops the deadline from the read timer once
+the head is in, so the body is bounded per pause by ``read_timeout`` alone. Other
+transports keep the ``asyncio.timeout`` (around the attempt, which for a streamed
+answer ends at its head).
 
 Options weighed for where it holds: a per-service ``deadline`` on each call
 (bounds one call only: a close of five calls, or an overview of three, still adds

@@ -89,9 +89,11 @@ from app.downstream.transport import (
 # the connect and the upload within what is left, and the head and a buffered body by
 # the read timer the exchange arms anyway; when it passes, that phase's timeout
 # (``httpx.PoolTimeout``, ``ConnectTimeout``, ``WriteTimeout``, or ``ReadTimeout`` for
-# the head and body). No timer of its own: the client's ``asyncio.timeout`` around an
-# attempt cost about 1.3% of a typed request (in instructions, e5e6c20), the read
-# timer's next check nothing.
+# the head and body). A streamed answer (not ``gateway_buffered``) is bounded up to its
+# head: its body, small declared ones read here included, only per pause by the read
+# timeout. No timer of its own: the client's ``asyncio.timeout`` around an attempt cost
+# about 1.3% of a typed request (in instructions, e5e6c20), the read timer's next check
+# nothing.
 DEADLINE = "gateway_deadline"
 
 
@@ -558,6 +560,9 @@ class Http1Transport(httpx.AsyncBaseTransport):
         request.extensions[HEAD_RECEIVED] = True
         if request.extensions.get(BUFFERED):
             return await self._buffered(conn, origin, request)
+        # A streamed answer's deadline ends at its head: its body (however long a download
+        # takes) is bounded per pause by the read timer, which reschedules without it.
+        conn.deadline = None
         small = request.extensions.get(BUFFER_DECLARED)
         if small is not None and _declares_at_most(conn.headers, small):
             conn.limit = small  # the framing holds it to the declared length anyway

@@ -9,7 +9,7 @@ import gzip
 import re
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
-from types import TracebackType
+from types import SimpleNamespace, TracebackType
 from typing import Any
 
 import httpx
@@ -20,7 +20,8 @@ from structlog.testing import capture_logs
 from app.authn.keys import SigningKey
 from app.core.config import ServiceSettings
 from app.core.errors import DownstreamTimeout
-from app.downstream.client import DownstreamClient
+from app.downstream import client as client_module
+from app.downstream.client import DownstreamClient, end_stream
 from app.downstream.deadline import Deadline, within
 from app.downstream.http1 import DEADLINE, Http1Transport, StaleConnection
 from app.downstream.transport import BODY_UNSENT, BUFFER_DECLARED, BUFFERED, HEAD_RECEIVED
@@ -841,19 +842,60 @@ DRIP: list[bytes | str | float] = [b"HTTP/1.1 200 OK\r\nContent-Length: 50\r\n\r
 DRIP += [step for _ in range(50) for step in (b"x", 0.1)]
 
 
+# The head itself drips: a field of 50 bytes, each well within the read timeout.
+DRIP_HEAD: list[bytes | str | float] = [b"HTTP/1.1 200 OK\r\nX-Slow: "]
+DRIP_HEAD += [step for _ in range(50) for step in (b"x", 0.1)]
+DRIP_HEAD += [b"\r\nContent-Length: 2\r\n\r\nok"]
+
+
 @RUNNERS
-@pytest.mark.parametrize("buffered", [True, False], ids=["buffered", "streamed"])
 @on_loop
-async def test_a_dripping_answer_ends_at_the_request_deadline(run: Runner, buffered: bool) -> None:
+async def test_a_dripping_buffered_answer_ends_at_the_request_deadline(run: Runner) -> None:
     """The read timer the exchange arms anyway also ends it at ``DEADLINE``: no timer of
     the client's own around the attempt (``app.downstream.deadline``)."""
     async with RawServer(DRIP) as server, Http1Transport(max_connections=1) as transport:
-        request = req(server.url(), buffered=buffered)
+        request = req(server.url(), buffered=True)
         request.extensions[DEADLINE] = Deadline.after(0.3)
         with pytest.raises(httpx.ReadTimeout, match="deadline"):
             await fetch(transport, request)
         assert request.extensions.get(HEAD_RECEIVED)  # cut mid-body: not retryable
         await still_serves(transport)
+
+
+@RUNNERS
+@pytest.mark.parametrize("buffered", [True, False], ids=["buffered", "streamed"])
+@on_loop
+async def test_a_dripping_head_ends_at_the_request_deadline(run: Runner, buffered: bool) -> None:
+    """Streamed or not, the head is bounded by ``DEADLINE``; the connection cut mid-head
+    is dropped, never pooled, and its slot freed (``max_connections=1``)."""
+    async with RawServer(DRIP_HEAD) as server, Http1Transport(max_connections=1) as transport:
+        request = req(server.url(), buffered=buffered)
+        request.extensions[DEADLINE] = Deadline.after(0.3)
+        with pytest.raises(httpx.ReadTimeout, match="deadline"):
+            await fetch(transport, request)
+        assert request.extensions.get(HEAD_RECEIVED)  # the answer had begun: not retryable
+        assert not transport._idle  # the cut connection went nowhere near the pool
+        await still_serves(transport)
+
+
+@RUNNERS
+@pytest.mark.parametrize("declared", [None, 64], ids=["streamed", "small-declared"])
+@on_loop
+async def test_a_streamed_answer_body_outlives_the_request_deadline(
+    run: Runner, declared: int | None
+) -> None:
+    """The deadline of a streamed answer ends at its head: a download that takes longer
+    (each pause within the read timeout) is read whole, a small declared one too."""
+    async with RawServer(DRIP, ok(b"next")) as server, Http1Transport() as transport:
+        request = req(server.url())
+        if declared is not None:
+            request.extensions[BUFFER_DECLARED] = declared
+        request.extensions[DEADLINE] = Deadline.after(0.3)
+        response, body = await fetch(transport, request)
+        assert (response.status_code, body) == (200, b"x" * 50)
+        _, again = await fetch(transport, req(server.url()))
+    assert again == b"next"
+    assert server.connections == 1, "the connection went back to the pool whole"
 
 
 @RUNNERS
@@ -888,5 +930,45 @@ def test_the_client_maps_a_cut_by_the_native_transport_to_the_deadline(run: Runn
         assert len(server.requests) == 2  # the cut attempt was not retried
         cuts = [e for e in logs if e.get("event") == "downstream_deadline"]
         assert [(e["attempt"], e["sent"]) for e in cuts] == [(1, True)]
+
+    run(scenario())
+
+
+@RUNNERS
+def test_a_streamed_call_is_bounded_to_its_head_by_the_transport_not_a_timer(
+    run: Runner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pass-through's ``call(stream=True)`` on the native transport hands the deadline to
+    the transport (``DEADLINE``), as a buffered call does: no ``asyncio.timeout`` of the
+    client's per attempt. A head past the deadline is its 504, counted by the breaker as
+    a buffered call's cut is; a body past it is read whole."""
+
+    def no_timer(delay: float | None) -> Any:
+        raise AssertionError("the client armed a timer of its own")
+
+    monkeypatch.setattr(client_module, "asyncio", SimpleNamespace(timeout=no_timer))
+
+    async def scenario() -> None:
+        async with RawServer(DRIP_HEAD, DRIP_HEAD, DRIP) as server:
+            settings = ServiceSettings(url=server.url(""), read_timeout=0.5)
+            client = DownstreamClient("reports", settings)
+            try:
+                with capture_logs() as logs:
+                    with within(0.3), pytest.raises(DownstreamTimeout) as cut:
+                        await client.call("GET", "/r", stream=True)
+                    assert "deadline" in cut.value.detail
+                    assert client.breaker.snapshot().failures == 1
+                    with within(0.3), pytest.raises(DownstreamTimeout):
+                        await client.call("GET", "/r")  # buffered: the typed routes' way
+                assert client.breaker.snapshot().failures == 2
+                with within(0.3):
+                    response = await client.call("GET", "/r", stream=True)
+                assert await response.aread() == b"x" * 50  # 5 s of body, past the deadline
+                await end_stream(response)
+            finally:
+                await client.aclose()
+        assert len(server.requests) == 3  # the cut attempts were not retried
+        cuts = [e for e in logs if e.get("event") == "downstream_deadline"]
+        assert [(e["attempt"], e["sent"]) for e in cuts] == [(1, True), (1, True)]
 
     run(scenario())
