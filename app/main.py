@@ -143,7 +143,10 @@ def create_app(
     # changes nothing but the cost; the routers carry their prefixes and tags already.
     for router in GUARDED_ROUTERS:  # hot routes first
         app.router.routes.extend(router.routes)
-    register_passthrough_routes(app, settings.orchestration.passthrough, settings.services)
+    orchestration = settings.orchestration
+    register_passthrough_routes(
+        app, orchestration.passthrough, settings.services, orchestration.downstream_deadline_seconds
+    )
     app.router.routes.extend(health.router.routes)
     app.router.routes.extend(docs.router.routes)
     if settings.ops.metrics_enabled:

@@ -244,7 +244,9 @@ class OrchestrationSettings(_Section):
         description="the most time one request on a typed route (findings, overview, close, "
         "admin reopen) spends on the services, every call, retry and backoff included; then "
         "504. No attempt or retry starts after it, one in flight is cut. A close's undo is not "
-        "bounded by it. At least connect_timeout + read_timeout of every service",
+        "bounded by it. A pass-through request without a body is bounded by it up to the "
+        "answer's head (its streamed body is not); one with a body is not bounded by it. "
+        "At least connect_timeout + read_timeout of every service",
     )
     idempotency_ttl_seconds: Annotated[int, Field(ge=1, le=7 * 86400)] = Field(
         default=86400,

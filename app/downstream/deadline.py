@@ -65,12 +65,14 @@ same mixed state, a second close stamped on the service, and the admin's next st
 is to send the reopen again anyway. Unbounded, its two calls (unkeyed POSTs, so not
 retried) could hold the admin for two whole attempts, and a dripping answer for ever.
 
-Pass-through routes are not bounded by it: a streamed upload's time to the answer's
-head includes the caller's own pace (bounded by the edge's body timeouts), and a
-streamed answer may rightly take long (bounded per pause by ``read_timeout`` and by
-``edge.send_timeout_seconds``). Settings refuse a deadline below one attempt of any
-service (``connect_timeout + read_timeout``), which would cut every slow answer
-before the service's own timeout had a say.
+A pass-through request without a body is bounded by it up to the answer's head
+(retries included); its streamed answer's body is not (a download may rightly take
+long; bounded per pause by ``read_timeout`` and by ``edge.send_timeout_seconds``),
+nor is a request with a streamed body, whose time to the head includes the caller's
+own upload pace and which is sent once (``app.workflows.passthrough`` weighs it).
+Settings refuse a deadline below one attempt of any service (``connect_timeout +
+read_timeout``), which would cut every slow answer before the service's own timeout
+had a say.
 """
 
 from __future__ import annotations

@@ -32,6 +32,35 @@ route that serves it (``PublicLocations``, nginx's ``proxy_redirect default``
 generalised to every route of the service); one no route serves is dropped, and
 a redirect to it is a 502. Another host is the service's deliberate choice (a
 pre-signed object-store URL) and is relayed as sent.
+
+A request without a body waits for the answer's *head* (pool, connect, every retry
+and its backoff, the status line and fields) no longer than the request's deadline
+(``orchestration.downstream_deadline_seconds``, ``app.downstream.deadline``), as a
+typed route's calls do, with the same ``504 gateway_timeout`` and
+``downstream_deadline`` line: a GET is retried, and was held for every attempt's
+timeouts plus backoff. The streamed answer's *body* is not bounded by it (a download
+may rightly take long; a pause is bounded by ``read_timeout``, a slow reader by
+``edge.send_timeout_seconds``): on the native transport the deadline travels with the
+request (``DEADLINE``) and ends at the head, so no timer is added.
+
+A request with a streamed body is not bounded by the deadline. Options weighed:
+
+- start the deadline's clock for the head once the body has been sent whole (the
+  upload's pace is the caller's, bounded by ``edge.body_timeout_seconds`` and
+  ``edge.body_min_rate_bytes``, and must not be cut). It would bound one more
+  thing: a head that drips, or 1xx interim answers sent on and on, each byte
+  restarting ``read_timeout``. But both transports would need a clock paused
+  across the upload (the aiohttp one writes the body in a task of its own, so an
+  ``asyncio.timeout`` around the attempt cannot leave the upload out without a
+  hook on every chunk): a second timer scheme, for one rare fault of an internal
+  service;
+- leave it to the one attempt's own timeouts (chosen). Such a request is sent once,
+  never retried (its body cannot be replayed), so what the deadline exists to bound,
+  attempts and backoffs adding up, cannot happen: the wait is one ``pool_timeout``
+  and one ``connect_timeout`` before the upload and one ``read_timeout`` after it,
+  and settings refuse a deadline below ``connect_timeout + read_timeout``. Nothing is
+  added to the upload path, and an upload is never cut by a clock the caller's own
+  pace ran down.
 """
 
 from __future__ import annotations
@@ -64,6 +93,7 @@ from app.core.errors import (
 from app.core.headers import DEFAULT_FORWARDED, HOP_BY_HOP
 from app.core.logging import decision_logger, get_logger
 from app.downstream.client import DownstreamClient, end_stream, raise_for_client_error
+from app.downstream.deadline import within
 from app.downstream.propagation import (
     current_call_context,
     forwardable_headers,
@@ -386,8 +416,13 @@ async def forward(
     request: Request,
     digest_field: str | None,
     locations: PublicLocations,
+    deadline_seconds: float | None = None,
 ) -> Response:
-    """Send the request upstream, streaming its body; stream the answer back."""
+    """Send the request upstream, streaming its body; stream the answer back.
+
+    ``deadline_seconds`` (``orchestration.downstream_deadline_seconds``) bounds a
+    bodiless request's wait for the answer's head, retries included.
+    """
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > route.max_request_bytes:
         raise PayloadTooLarge(f"The request body exceeds {route.max_request_bytes} bytes.")
@@ -408,15 +443,17 @@ async def forward(
         digest_field = None
     headers = request_headers(route, request)
     path = upstream_path(route, request.path_params, query_of(request))
-    upstream = await client.call(
-        request.method,
-        path,
-        content=body,
-        headers=headers,
-        digest=digest_field,
-        stream=True,
-        buffer_declared=RELAY_WHOLE_BYTES,
-    )
+    # Up to the answer's head, and only without a body (the module's docstring says why).
+    with within(deadline_seconds if body is None else None):
+        upstream = await client.call(
+            request.method,
+            path,
+            content=body,
+            headers=headers,
+            digest=digest_field,
+            stream=True,
+            buffer_declared=RELAY_WHOLE_BYTES,
+        )
     try:
         if body is not None and (not body.sent or upstream.request.extensions.get(BODY_UNSENT)):
             await _answered_early(client, upstream, body)

@@ -14,6 +14,7 @@ import httpx
 import pytest
 from fastapi import FastAPI, Request, Response
 from prometheus_client import REGISTRY
+from structlog.testing import capture_logs
 
 from app.authn.digest import content_digest
 from app.authn.signer import HttpSignatureAuth
@@ -30,7 +31,7 @@ from tests.conftest import (
     send,
     signer,
 )
-from tests.integration.orchestration_stack import OrchestrationStack, StackBuilder
+from tests.integration.orchestration_stack import FAST_RETRY, OrchestrationStack, StackBuilder
 from tests.integration.raw_http import RawService, request_head
 from tests.integration.test_gateway_e2e import assert_problem
 
@@ -717,3 +718,135 @@ def test_a_bodiless_answer_is_relayed_without_framing_fields(
     assert b"content-length" not in names
     assert b"transfer-encoding" not in names
     assert b"x-kept" in names
+
+
+# --- the request's deadline, up to the answer's head -------------------------------------------
+
+# One attempt (connect 0.1 + read 0.4 s) fits the 0.6 s deadline; the retry budget is 3.
+DEADLINE_SECONDS = 0.6
+REPORTS = "/engagements/acme-2026/reports"
+
+
+def deadline_stack(
+    live_server: Callable[[FastAPI], LiveServer], monkeypatch: pytest.MonkeyPatch, transport: str
+) -> OrchestrationStack:
+    return StackBuilder(live_server, monkeypatch)(
+        service={"connect_timeout": 0.1, "read_timeout": 0.4, "transport": transport},
+        orchestration={"passthrough": ROUTES, "downstream_deadline_seconds": DEADLINE_SECONDS},
+        edge={"max_body_bytes": 32 * MIB},
+    )
+
+
+def deadline_cuts(logs: list[dict[str, Any]]) -> list[str]:
+    return [line["service"] for line in logs if line["event"] == "downstream_deadline"]
+
+
+@pytest.mark.parametrize("transport", ["native", "aiohttp"])
+def test_a_slow_service_holds_a_bodiless_pass_through_no_longer_than_the_deadline(
+    live_server: Callable[[FastAPI], LiveServer],
+    test_key_env: str,
+    monkeypatch: pytest.MonkeyPatch,
+    transport: str,
+) -> None:
+    """A GET is retried: each attempt ran to its read timeout and the retries went on,
+    past the deadline, to the whole retry budget (3 attempts, then a plain 504)."""
+    stack = deadline_stack(live_server, monkeypatch, transport)
+    stack.faults("reports", latency_ms=5000, path_prefix=REPORTS)
+    with (
+        capture_logs() as logs,
+        httpx.Client(base_url=stack.url, auth=signer("carol"), timeout=30) as gateway,
+    ):
+        response = gateway.get(CONTENT)
+    body = assert_problem(response, 504, "gateway_timeout")
+    assert body["service"] == "reports"
+    assert "deadline" in str(body["detail"])
+    assert deadline_cuts(logs) == ["reports"]
+    attempts = stack.requests_seen("reports")
+    assert 1 <= attempts < FAST_RETRY["attempts"], "no retry started past the deadline"
+    stack.faults("reports")
+    with httpx.Client(base_url=stack.url, auth=signer("sam"), timeout=30) as admin:
+        breakers = {b["service"]: b for b in admin.get("/admin/breakers").json()["breakers"]}
+    assert breakers["reports"]["failures"] == 1, "one request failed, as on a typed route"
+    with httpx.Client(base_url=stack.url, auth=signer("carol"), timeout=30) as gateway:
+        assert gateway.get(CONTENT).status_code == 200  # the cut left the pool sound
+
+
+@pytest.mark.parametrize("transport", ["native", "aiohttp"])
+def test_a_streamed_answer_longer_than_the_deadline_is_not_cut(
+    live_server: Callable[[FastAPI], LiveServer],
+    test_key_env: str,
+    monkeypatch: pytest.MonkeyPatch,
+    transport: str,
+) -> None:
+    """The head came in time: the body (16 pauses of 0.1 s, each within the read
+    timeout) runs on past the deadline, as a download may."""
+    stack = deadline_stack(live_server, monkeypatch, transport)
+    stack.faults("reports", slow_body_ms=100, slow_chunk_bytes=CHUNK, path_prefix=REPORTS)
+    size = 16 * CHUNK
+    expected = hashlib.sha256(b"".join(report_chunks("R-0001", size))).hexdigest()
+    with (
+        capture_logs() as logs,
+        httpx.Client(base_url=stack.url, auth=signer("carol"), timeout=30) as gateway,
+        gateway.stream("GET", CONTENT, params={"size": str(size)}) as response,
+    ):
+        assert response.status_code == 200
+        received = b"".join(response.iter_raw())
+    assert hashlib.sha256(received).hexdigest() == expected
+    assert deadline_cuts(logs) == []
+    assert stack.requests_seen("reports") == 1
+
+
+def _stores_after_the_whole_body(sock: socket.socket, head: bytes) -> None:
+    """A service that reads a chunked body to its end, takes 0.1 s, then answers 201."""
+    received = b""
+    while not received.endswith(b"\r\n0\r\n\r\n") and (chunk := sock.recv(65536)):
+        received += chunk
+    time.sleep(0.1)
+    body = b'{"stored":true}'
+    sock.sendall(b"HTTP/1.1 201 Created\r\nContent-Length: %d\r\n\r\n%b" % (len(body), body))
+
+
+@pytest.mark.parametrize("transport", ["native", "aiohttp"])
+def test_an_upload_slower_than_the_deadline_is_not_cut(
+    live_server: Callable[[FastAPI], LiveServer], test_key_env: str, transport: str
+) -> None:
+    """A request with a body is not bounded by the deadline (``app.workflows.passthrough``):
+    the caller's own pace (1.2 s here) must not use up a budget the head then lacks."""
+    chunks = payload(4 * CHUNK)
+    whole = b"".join(chunks)
+
+    def slowly() -> Iterator[bytes]:
+        for chunk in chunks:
+            time.sleep(0.3)
+            yield chunk
+
+    with RawService(_stores_after_the_whole_body) as service:
+        timeouts = {"transport": transport, "connect_timeout": 0.1, "read_timeout": 0.4}
+        settings = Settings(
+            signing={"keys": [{"id": TEST_KEY_ID, "secret_env": TEST_KEY_ENV}]},
+            policy={"dir": str(POLICY_DIR)},
+            services={"findings": {"url": service.url, **timeouts}},
+            orchestration={"passthrough": [ROUTES[1]], "downstream_deadline_seconds": 0.6},
+            edge={"max_body_bytes": 32 * MIB},
+        )
+        url = live_server(create_app(settings)).url + EVIDENCE
+        with capture_logs() as logs:
+            response = httpx.post(url, content=slowly(), headers=signed_headers(url, whole))
+    assert (response.status_code, response.json()) == (201, {"stored": True})
+    assert deadline_cuts(logs) == []
+
+
+def test_an_upload_the_service_answers_slowly_is_bounded_by_its_one_attempt(
+    live_server: Callable[[FastAPI], LiveServer], test_key_env: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Sent once, never retried: the service's read timeout ends it, not the deadline."""
+    stack = deadline_stack(live_server, monkeypatch, "native")
+    stack.faults("findings", latency_ms=5000, path_prefix="/engagements/acme-2026/evidence")
+    whole = b"evidence"
+    url = stack.url + EVIDENCE
+    with capture_logs() as logs:
+        response = httpx.post(url, content=iter([whole]), headers=signed_headers(url, whole))
+    body = assert_problem(response, 504, "gateway_timeout")
+    assert "deadline" not in str(body["detail"])
+    assert deadline_cuts(logs) == []
+    assert stack.requests_seen("findings") == 1

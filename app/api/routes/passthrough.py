@@ -54,7 +54,7 @@ def passthrough_guard(route: PassthroughRoute) -> Guard:
 
 
 def _endpoint(
-    route: PassthroughRoute, locations: PublicLocations
+    route: PassthroughRoute, locations: PublicLocations, deadline_seconds: float
 ) -> Callable[..., Awaitable[Response]]:
     guard = passthrough_guard(route)
 
@@ -62,7 +62,8 @@ def _endpoint(
         request: Request, _grant: Annotated[Decision, Depends(guard)], services: Services
     ) -> Response:
         digest = request.headers.get("content-digest")
-        return await forward(services.get(route.service), route, request, digest, locations)
+        client = services.get(route.service)
+        return await forward(client, route, request, digest, locations, deadline_seconds)
 
     return passthrough
 
@@ -78,13 +79,20 @@ def check_passthrough_services(
 
 
 def register_passthrough_routes(
-    app: FastAPI, routes: list[PassthroughRoute], services: Mapping[str, ServiceSettings]
+    app: FastAPI,
+    routes: list[PassthroughRoute],
+    services: Mapping[str, ServiceSettings],
+    deadline_seconds: float,
 ) -> None:
-    """Add one route per configured pass-through; an unknown service stops start-up."""
+    """Add one route per configured pass-through; an unknown service stops start-up.
+
+    ``deadline_seconds``: ``orchestration.downstream_deadline_seconds``, which bounds a
+    bodiless request's wait for the answer's head (``app.workflows.passthrough``).
+    """
     check_passthrough_services(routes, services)
     locations = PublicLocations(routes, services)  # a service's Location, mapped back
     for route in routes:
-        endpoint = _endpoint(route, locations)
+        endpoint = _endpoint(route, locations, deadline_seconds)
         for method in route.methods:  # one operation each: its own body and statuses
             app.add_api_route(
                 route.path,
