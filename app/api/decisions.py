@@ -122,7 +122,7 @@ class DecisionGuard(Guard):
         spent = await gate.spend_subject(identity)
         decision = gate.decide(identity, target)
         rate_headers = await gate.spend_engagement(target, spent)
-        admission = Admission(identity, decision, rate_headers)
+        admission = Admission(identity, decision, rate_headers, message)
         state = request.scope.setdefault("state", {})
         state[ADMISSION_KEY] = admission
         state[GRANT_KEY] = Grant(self.mode, decision_id, original)

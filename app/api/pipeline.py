@@ -78,11 +78,13 @@ class Target:
 @quick_init
 @dataclass(frozen=True, slots=True)
 class Admission:
-    """What the gate established: who asks, what the policy said, quota headers."""
+    """What the gate established: who asks, what the policy said, quota headers, and
+    the request as authn read it (its fields decoded once: a route reads them there)."""
 
     identity: Identity
     decision: Decision
     rate_headers: Mapping[str, str]
+    message: Message
 
 
 class Gate:
@@ -115,7 +117,7 @@ class Gate:
         spent = await self.spend_subject(identity)
         decision = self.decide(identity, target)
         rate_headers = await self.spend_engagement(target, spent)
-        return Admission(identity, decision, rate_headers)
+        return Admission(identity, decision, rate_headers, message)
 
     async def authenticate(
         self, message: Message, read_body: BodyReader | None, require: Collection[str] = ()

@@ -78,6 +78,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
+from app.authn.base import Message, declares_body
 from app.authn.digest import ALGORITHMS
 from app.authn.identity import IDEMPOTENCY_KEY_HEADER
 from app.authn.verifier import Reason
@@ -373,7 +374,8 @@ def request_headers(route: PassthroughRoute, request: Request) -> list[tuple[str
                 f"The {name} header carries octets above 0x7f; it is forwarded only in ASCII."
             )
     headers = [_scoped(request, name, value) for name, value in headers]
-    peer = request.client.host if request.client else None
+    client = request.scope.get("client")
+    peer = client[0] if client else None
     return [*headers, forwarded_header(peer, request.scope.get("scheme", "http"))]
 
 
@@ -405,29 +407,27 @@ def query_of(request: Request) -> str:
     return raw.decode("ascii")
 
 
-def declares_body(request: Request) -> bool:
-    length = request.headers.get("content-length")
-    return "transfer-encoding" in request.headers or (length is not None and length != "0")
-
-
 async def forward(
     client: DownstreamClient,
     route: PassthroughRoute,
     request: Request,
-    digest_field: str | None,
+    message: Message,
     locations: PublicLocations,
     deadline_seconds: float | None = None,
 ) -> Response:
     """Send the request upstream, streaming its body; stream the answer back.
 
+    ``message``: the request as authn read it (``Admission.message``): its fields are
+    read there, decoded once, the ``Content-Digest`` as the signature covered it.
     ``deadline_seconds`` (``orchestration.downstream_deadline_seconds``) bounds a
     bodiless request's wait for the answer's head, retries included.
     """
-    declared = request.headers.get("content-length")
+    declared = message.header("content-length")
     if declared is not None and declared.isdigit() and int(declared) > route.max_request_bytes:
         raise PayloadTooLarge(f"The request body exceeds {route.max_request_bytes} bytes.")
     body = None
-    has_body = declares_body(request)
+    digest_field = message.header("content-digest")
+    has_body = declares_body(message)
     if has_body and request.method in _NO_BODY_METHODS:
         raise BadRequest(
             f"A {request.method} request carries no body here: a service that does not "
@@ -500,24 +500,43 @@ async def _relay(
     """
     service = client.name
     if bodiless(upstream.status_code):  # a declared length is no body's size here
-        headers = relayed_headers(service, upstream, locations)
+        fields = relayed_headers(service, upstream, locations)
         await _read_whole(client, upstream)  # nothing: ends the answer, frees its connection
-        return Response(status_code=upstream.status_code, headers=headers)
+        return RelayedResponse(upstream.status_code, fields)
     declared = upstream.headers.get("content-length")
     length = int(declared) if declared is not None and declared.isdigit() else None
     if length is not None and length > route.max_response_bytes:
         log.warning("passthrough_response_too_large", service=service, declared=length)
         raise DownstreamError(service, f"The {service} service answered more than allowed.")
-    headers = relayed_headers(service, upstream, locations)
+    fields = relayed_headers(service, upstream, locations)
     if length is not None and length <= RELAY_WHOLE_BYTES:
         body = await _read_whole(client, upstream)
-        return Response(body, status_code=upstream.status_code, headers=headers)
+        return RelayedResponse(upstream.status_code, fields, body)
     return _RelayedStream(
         upstream,
         _limited(client, upstream, route.max_response_bytes),
         status_code=upstream.status_code,
-        headers=headers,
+        headers=Headers(raw=fields),
     )
+
+
+class RelayedResponse(Response):
+    """A whole answer relayed with the fields ``relayed_headers`` kept, as they are.
+
+    What ``Response(body, status, headers=Headers(raw=fields))`` sends, without
+    decoding every field to text and encoding it back: the names are lower case
+    already, and a ``Content-Length`` is added, as Starlette adds one, only when the
+    answer has none and may have a body (a relayed ``HEAD`` keeps the service's).
+    No ``Content-Type`` is made up: the service's, if any, is among the fields.
+    """
+
+    def __init__(self, status_code: int, fields: list[tuple[bytes, bytes]], body: bytes = b""):
+        self.status_code = status_code
+        self.background = None
+        self.body = body
+        if not bodiless(status_code) and all(name != b"content-length" for name, _ in fields):
+            fields.append((b"content-length", str(len(body)).encode("ascii")))
+        self.raw_headers = fields
 
 
 class _RelayedStream(StreamingResponse):
@@ -539,8 +558,10 @@ class _RelayedStream(StreamingResponse):
             await _close(self.upstream)
 
 
-def relayed_headers(service: str, upstream: httpx.Response, locations: PublicLocations) -> Headers:
-    """The service's answer fields as the caller gets them.
+def relayed_headers(
+    service: str, upstream: httpx.Response, locations: PublicLocations
+) -> list[tuple[bytes, bytes]]:
+    """The service's answer fields as the caller gets them (lower-case names, raw values).
 
     Every copy of a field stays a copy (two ``Set-Cookie`` are two, never joined with
     a comma as ``httpx.Headers.items()`` joins them); hop-by-hop fields, those the
@@ -569,7 +590,7 @@ def relayed_headers(service: str, upstream: httpx.Response, locations: PublicLoc
                 continue
             value = mapped
         kept.append((lower, value))
-    return Headers(raw=kept)
+    return kept
 
 
 def _mapped(

@@ -6,6 +6,7 @@ import httpx
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from starlette.datastructures import Headers
 
 from app.core.config import PassthroughRoute, ServiceSettings
 from app.workflows.passthrough import PublicLocations, parse_link_field, relayed_headers
@@ -136,11 +137,16 @@ def _answer(*fields: tuple[str, str], status: int = 200) -> httpx.Response:
     return httpx.Response(status, headers=list(fields), request=request)
 
 
+def _relayed(service: str, answer: httpx.Response, locations: PublicLocations) -> Headers:
+    """``relayed_headers`` read as Starlette reads the fields it sends."""
+    return Headers(raw=relayed_headers(service, answer, locations))
+
+
 def test_every_copy_of_a_field_is_relayed_as_a_copy() -> None:
     """httpx's ``items()`` joins copies with a comma: two cookies would become one."""
     cookies = ("a=1; Expires=Wed, 21 Oct 2026 07:28:00 GMT; Path=/", "b=2")
     answer = _answer(("Set-Cookie", cookies[0]), ("Set-Cookie", cookies[1]))
-    relayed = relayed_headers("reports", answer, LOCATIONS)
+    relayed = _relayed("reports", answer, LOCATIONS)
     assert relayed.getlist("set-cookie") == list(cookies)
 
 
@@ -153,7 +159,7 @@ def test_hop_by_hop_nominated_and_gateway_fields_are_dropped() -> None:
         ("X-Request-ID", "theirs"),
         ("ETag", '"r1"'),
     )
-    assert list(relayed_headers("reports", answer, LOCATIONS).items()) == [("etag", '"r1"')]
+    assert list(_relayed("reports", answer, LOCATIONS).items()) == [("etag", '"r1"')]
 
 
 def test_link_urls_of_the_service_are_mapped_others_kept_unserved_dropped() -> None:
@@ -163,15 +169,15 @@ def test_link_urls_of_the_service_are_mapped_others_kept_unserved_dropped() -> N
         "<https://cdn.example/logo.png>; rel=icon, "
         "</api/admin>; rel=admin"
     )
-    relayed = relayed_headers("reports", _answer(("Link", link)), LOCATIONS)
+    relayed = _relayed("reports", _answer(("Link", link)), LOCATIONS)
     assert relayed["link"] == (
         '</v1/engagements/acme/reports/R-2/content>; rel="next"; title="a, b", '
         "<https://cdn.example/logo.png>; rel=icon"
     )
     only_unserved = _answer(("Link", "</api/admin>; rel=admin"))
-    assert "link" not in relayed_headers("reports", only_unserved, LOCATIONS)
+    assert "link" not in _relayed("reports", only_unserved, LOCATIONS)
     unparsed = _answer(("Link", "not a link"))
-    assert "link" not in relayed_headers("reports", unparsed, LOCATIONS)
+    assert "link" not in _relayed("reports", unparsed, LOCATIONS)
 
 
 @pytest.mark.parametrize(
@@ -201,18 +207,18 @@ def test_any_link_field_parses_or_is_refused_never_an_error(value: str) -> None:
         assert all("<" not in uri and ">" not in uri for uri, _ in links)
     answer = _answer(("Link", value)) if value.isascii() and "\n" not in value else None
     if answer is not None:
-        relayed_headers("reports", answer, LOCATIONS)  # never raises
+        _relayed("reports", answer, LOCATIONS)  # never raises
 
 
 def test_a_utf8_location_is_percent_encoded_once() -> None:
     value = "/api/engagements/a/reports/caf\u00e9/content?q=\u00e9".encode()
-    relayed = relayed_headers("reports", _answer((b"location", value)), LOCATIONS)  # type: ignore[arg-type]
+    relayed = _relayed("reports", _answer((b"location", value)), LOCATIONS)  # type: ignore[arg-type]
     assert relayed["location"] == "/v1/engagements/a/reports/caf%C3%A9/content?q=%C3%A9"
 
 
 def test_a_field_relayed_unchanged_keeps_its_own_bytes() -> None:
     value = "https://cdn.example/caf\u00e9".encode()
-    relayed = relayed_headers("reports", _answer((b"location", value)), LOCATIONS)  # type: ignore[arg-type]
+    relayed = _relayed("reports", _answer((b"location", value)), LOCATIONS)  # type: ignore[arg-type]
     assert relayed.raw == [(b"location", value)]
 
 
@@ -241,5 +247,5 @@ def test_routes_that_cannot_be_mapped_back_in_linear_time_are_not_mapped() -> No
 def test_a_link_with_an_anchor_is_dropped() -> None:
     own = "http://reports.internal:8080/api/engagements/a/reports/b/content"
     link = f'<{own}>; rel=next; anchor="#x", <{own}>; rel=self'
-    relayed = relayed_headers("reports", _answer(("Link", link)), LOCATIONS)
+    relayed = _relayed("reports", _answer(("Link", link)), LOCATIONS)
     assert relayed["link"] == "</v1/engagements/a/reports/b/content>; rel=self"

@@ -22,7 +22,7 @@ from starlette.responses import Response, StreamingResponse
 
 from app.api.deps import Services
 from app.api.openapi import passthrough_operation
-from app.api.pipeline import Guard, Target, path_target
+from app.api.pipeline import Guard, Target, admission_of, path_target
 from app.api.schemas import Problem
 from app.authn.identity import IDEMPOTENCY_KEY_HEADER
 from app.authz.policy import Decision
@@ -61,9 +61,9 @@ def _endpoint(
     async def passthrough(
         request: Request, _grant: Annotated[Decision, Depends(guard)], services: Services
     ) -> Response:
-        digest = request.headers.get("content-digest")
+        message = admission_of(request).message  # the fields as authn read them
         client = services.get(route.service)
-        return await forward(client, route, request, digest, locations, deadline_seconds)
+        return await forward(client, route, request, message, locations, deadline_seconds)
 
     return passthrough
 
