@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import gzip
 import hashlib
 import re
@@ -203,6 +204,37 @@ def test_a_forwarded_header_with_octets_above_0x7f_is_a_400_not_a_500(
         assert "accept-language" in response.json()["detail"]
         plain = client.get(stack.url + CONTENT, headers={"Accept-Language": "fr-CH"})
         assert plain.status_code == 200
+
+
+def _two_line_digest_headers(url: str, lines: tuple[str, str]) -> list[tuple[str, str]]:
+    """Signed headers carrying ``Content-Digest`` as two field lines, the signature over
+    both (RFC 9421 joins them: "a, b"); sent with the body afterwards."""
+    bare = httpx.Request("POST", url, headers=[("content-digest", line) for line in lines])
+    auth = HttpSignatureAuth(TEST_KEY_ID, TEST_SECRET, "alice", cover=["content-digest"])
+    signed = next(auth.auth_flow(bare))
+    return [(k, v) for k, v in signed.headers.multi_items() if k.lower() != "content-length"]
+
+
+def test_a_digest_in_two_field_lines_is_checked_whole_as_the_signature_covered_it(
+    stack: OrchestrationStack,
+) -> None:
+    """Two ``Content-Digest`` lines are one dictionary (RFC 9110 section 5.3), as the
+    signature and a typed route read them. The stream was checked against the first line
+    alone: a proxy that put an algorithm the gateway does not know first (RFC 9530: to be
+    ignored) had its upload refused, and a second line's digest was never checked."""
+    body = b"evidence sent with two digests"
+    unknown = "id-sha-256=:" + base64.b64encode(b"\0" * 32).decode() + ":"
+    url = stack.url + EVIDENCE
+    uploads = stack.stub("findings").state.uploads
+    headers = _two_line_digest_headers(url, (unknown, content_digest(body)))
+    accepted = httpx.post(url, content=iter([body]), headers=headers, timeout=30)
+    assert accepted.status_code == 201, accepted.text
+    assert accepted.json()["sha256"] == hashlib.sha256(body).hexdigest()
+    wrong_second = (content_digest(body), content_digest(b"not the body", ("sha-512",)))
+    headers = _two_line_digest_headers(url, wrong_second)
+    refused = httpx.post(url, content=iter([body]), headers=headers, timeout=30)
+    assert_problem(refused, 401, "unauthenticated")
+    assert sum(1 for upload in uploads if upload["done"]) == 1, "the refused body never completed"
 
 
 def test_a_body_without_content_digest_is_401(stack: OrchestrationStack) -> None:
