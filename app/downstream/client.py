@@ -46,7 +46,7 @@ from app.core.logging import get_logger
 from app.core.tracing import client_span
 from app.downstream.deadline import Deadline, exceeded
 from app.downstream.deadline import current as current_deadline
-from app.downstream.http1 import DEADLINE, Http1Transport, StaleConnection
+from app.downstream.http1 import DEADLINE, Http1Transport, StaleConnection, StreamedBodyTimeout
 from app.downstream.propagation import (
     current_call_context,
     propagation_headers,
@@ -54,6 +54,7 @@ from app.downstream.propagation import (
 )
 from app.downstream.refusals import client_error
 from app.downstream.resilience import (
+    BodyTimeout,
     BreakerCall,
     BreakerSnapshot,
     PoolExhausted,
@@ -216,7 +217,9 @@ class DownstreamClient:
             try:
                 return await send
             except DownstreamTimeout as exc:
-                if deadline.remaining() > 0:
+                # A streamed answer's deadline ended at its head: a body stall after it
+                # (a small one the transport reads whole) is the service's timeout.
+                if deadline.remaining() > 0 or isinstance(exc, BodyTimeout):
                     raise
                 cut = exceeded(self.name)
                 if isinstance(exc, PoolExhausted):
@@ -354,6 +357,8 @@ class DownstreamClient:
             raise
         except httpx.PoolTimeout:
             raise PoolExhausted(name, f"No connection to the {name} service was free.") from None
+        except StreamedBodyTimeout:
+            raise BodyTimeout(name, f"The {name} service timed out.") from None
         except (httpx.ConnectTimeout, httpx.ReadTimeout):
             if request.extensions.get(HEAD_RECEIVED):
                 raise DownstreamTimeout(name, f"The {name} service timed out.") from None

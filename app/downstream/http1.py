@@ -453,6 +453,12 @@ class StaleConnection(httpx.RemoteProtocolError):
     re-sends, e.g. re-signed: the same bytes would repeat a signature's nonce)."""
 
 
+class StreamedBodyTimeout(httpx.ReadTimeout):
+    """A streamed answer's small declared body, read here whole, stalled past the read
+    timeout: after its head, where the request's deadline (``DEADLINE``) ended, so the
+    service's timeout and never the deadline's cut (the client must not report it so)."""
+
+
 class _ResponseStream(httpx.AsyncByteStream):
     """A response body read as it arrives; closing frees the connection and the slot."""
 
@@ -566,7 +572,10 @@ class Http1Transport(httpx.AsyncBaseTransport):
         small = request.extensions.get(BUFFER_DECLARED)
         if small is not None and _declares_at_most(conn.headers, small):
             conn.limit = small  # the framing holds it to the declared length anyway
-            return await self._buffered(conn, origin, request)
+            try:
+                return await self._buffered(conn, origin, request)
+            except httpx.ReadTimeout as exc:  # the read timer's alone: the deadline had ended
+                raise StreamedBodyTimeout(str(exc), request=request) from None
         conn.streaming = True
         if conn.pending > HIGH_WATER and conn.transport is not None:
             conn.reading_paused = True

@@ -86,6 +86,11 @@ class PoolExhausted(DownstreamTimeout):
     """No pooled connection in time: our saturation; never retried, never a breaker failure."""
 
 
+class BodyTimeout(DownstreamTimeout):
+    """An answer's body stalled after its head, where a streamed call's deadline ends: the
+    service's timeout, never the request's deadline's (``DownstreamClient._bounded``)."""
+
+
 def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
     """Seconds from a ``Retry-After`` field (delta-seconds or HTTP-date), else ``None``."""
     if not value:

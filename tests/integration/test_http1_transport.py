@@ -972,3 +972,29 @@ def test_a_streamed_call_is_bounded_to_its_head_by_the_transport_not_a_timer(
         assert [(e["attempt"], e["sent"]) for e in cuts] == [(1, True), (1, True)]
 
     run(scenario())
+
+
+# A small declared answer (read by the transport) whose body stalls after its head.
+STALLED_SMALL: list[bytes | str | float] = [b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nab", HANG]
+
+
+@RUNNERS
+def test_a_body_stall_after_a_timely_head_is_not_the_deadline(run: Runner) -> None:
+    """A streamed call's deadline ends at its head (``app.downstream.deadline``): a small
+    declared body the transport reads whole, stalling past ``read_timeout`` once the
+    deadline passed, is the service's timeout, not the deadline's (no
+    ``downstream_deadline`` line, no "deadline" detail)."""
+
+    async def scenario() -> None:
+        async with RawServer(STALLED_SMALL) as server:
+            settings = ServiceSettings(url=server.url(""), read_timeout=0.5)
+            client = DownstreamClient("reports", settings)
+            try:
+                with capture_logs() as logs, within(0.2), pytest.raises(DownstreamTimeout) as cut:
+                    await client.call("GET", "/r", stream=True, buffer_declared=64)
+            finally:
+                await client.aclose()
+        assert "deadline" not in cut.value.detail
+        assert [e for e in logs if e.get("event") == "downstream_deadline"] == []
+
+    run(scenario())
