@@ -59,7 +59,7 @@ def _control_routes(app: FastAPI, name: str, faults: FaultState, reset: Callable
     @app.get("/_faults")
     async def current_faults() -> FaultConfig:
         """The faults in force: ``fail_next`` is what is still owed, so the answer
-        posted back as it is changes nothing (it re-armed spent failures)."""
+        posted back re-arms no spent failure (the dice, as on any POST, restart)."""
         return faults.in_force()
 
     @app.post("/_faults")
