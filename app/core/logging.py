@@ -51,6 +51,8 @@ from app.core.sighup import on_sighup
 from app.core.tracing import add_trace_ids
 
 DECISION_LOGGER = "gateway.decision"
+# The logger of OpenTelemetry's W3C ``tracestate`` parser (``TraceState.from_header``).
+OTEL_TRACESTATE_LOGGER = "opentelemetry.trace.span"
 # Decision lines are the audit trail: written whatever ``log.level`` says (a WARNING
 # level silenced every allow and deny, in the decision file too); ``log.decisions``
 # alone says where they go.
@@ -483,3 +485,7 @@ def _route_stdlib(level: str, shared: list[Processor], use_console: bool) -> Non
     # The edge logs each request with its corr_id; uvicorn's access line would duplicate it.
     logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    # OpenTelemetry warns once a request about a caller's malformed ``tracestate`` (which
+    # it then drops, as W3C Trace Context allows), tracing on or off: any client could add
+    # a line to the log per request it sends. Its errors still come through.
+    logging.getLogger(OTEL_TRACESTATE_LOGGER).setLevel(logging.ERROR)

@@ -259,3 +259,20 @@ def test_a_line_logged_while_the_buffer_writes_is_kept_not_a_deadlock() -> None:
     worker.join(timeout=10)
     assert not worker.is_alive(), "the buffer deadlocked on its own lock"
     assert sorted(file.writes) == [b"from a handler\n", b"outer\n"]
+
+
+def test_a_callers_malformed_tracestate_adds_no_line_to_the_log() -> None:
+    """OpenTelemetry warned once a request about it, tracing on or off: any client could
+    add a line to the log per request. The tracestate is still dropped; the edge's own
+    line stays."""
+    assert _events_of(
+        """
+import structlog
+from app.core.logging import configure_logging
+from app.core.tracing import parent_of
+configure_logging("INFO", "json")
+parent = parent_of("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01", "\\u00e9=1")
+assert parent is not None and len(parent.trace_state) == 0
+structlog.get_logger("gateway.edge").info("request_completed")
+"""
+    ) == ["request_completed"]
