@@ -81,6 +81,7 @@ def explain(
 ) -> Explanation:
     """Decide ``(engagement, path, action)`` and gather what a person needs to act on it."""
     dom, obj, act = request
+    groups = tuple(dict.fromkeys(groups))  # a group named twice is one principal, listed once
     decision = engine.explain(subject, dom, obj, act, groups, closed)
     compiled = engine.compiled
     here, global_ = [], []

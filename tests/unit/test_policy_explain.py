@@ -282,3 +282,11 @@ def test_valid_actions(action: str) -> None:
 def test_invalid_actions(action: str, message: str) -> None:
     with pytest.raises(FieldError, match=message):
         check_action(action)
+
+
+def test_a_group_named_twice_is_one_principal_in_the_detail(engine: PolicyEngine) -> None:
+    request = ("acme-2026", FINDINGS.format("acme-2026"), "GET")
+    twice = explain(engine, "gina", ("red-team", "red-team"), request)
+    once = explain(engine, "gina", ("red-team",), request)
+    assert [m.detail for m in twice.near_misses] == [m.detail for m in once.near_misses]
+    assert twice.decision.groups == ("red-team",)
