@@ -413,6 +413,80 @@ def test_pass_through_sends_path_values_encoded_once(stack: OrchestrationStack, 
     assert seen["raw_path"] == f"/engagements/acme-2026/reports/{sent}/content"
 
 
+OUR_REPORTS = "/v1/engagements/acme-2026/reports"
+UPSTREAM_OF_OURS = "/engagements/acme-2026/reports"
+
+
+@pytest.mark.parametrize(
+    ("sent", "report", "query"),
+    [
+        pytest.param(f"{OUR_REPORTS}/%52-0001/content", "R-0001", "", id="encoded-unreserved"),
+        pytest.param(f"{OUR_REPORTS}/R-0001/content/", "R-0001", "", id="trailing-slash"),
+        pytest.param(f"{OUR_REPORTS}/x/../R-0001/content", "R-0001", "", id="dot-segments"),
+        pytest.param("/v1//engagements/acme-2026/reports/R-0001/content", "R-0001", "",
+                     id="empty-segment"),
+        pytest.param("/v1/engagements/initech-redteam/reports/%2e%2e/%2e%2e/acme-2026/reports/"
+                     "R-0001/content", "R-0001", "", id="encoded-dots-into-her-engagement"),
+        pytest.param(f"{OUR_REPORTS}/%2a/content", "%2A", "", id="escape-upper-cased"),
+        pytest.param(f"{OUR_REPORTS}/%23/content", "%23", "", id="encoded-hash-kept"),
+        pytest.param(f"{OUR_REPORTS}/R-0001/content?../../../initech-redteam/reports/R-0001",
+                     "R-0001", "../../../initech-redteam/reports/R-0001",
+                     id="query-that-looks-like-a-path"),
+    ],
+)  # fmt: skip
+def test_the_service_receives_the_path_that_was_decided(
+    stack: OrchestrationStack,
+    captured_logs: list[dict[str, Any]],
+    sent: str,
+    report: str,
+    query: str,
+) -> None:
+    """Red team r31: the decided object and the forwarded path are one path, however
+    the caller spells it (carol is a client viewer of acme-2026 only)."""
+    with httpx.Client(base_url=stack.url, auth=signer("carol"), timeout=30) as gateway:
+        request = gateway.build_request("GET", "/")
+        request.url = request.url.copy_with(raw_path=sent.encode())
+        response = gateway.send(request)
+    assert response.status_code < 500, response.text
+    seen = [s for s in stack.seen("reports") if "content" in s["path"]][-1]
+    assert seen["raw_path"] == f"{UPSTREAM_OF_OURS}/{report}/content"
+    assert seen["query"] == query
+    [decided] = [e for e in captured_logs if e.get("event") == "decision"]
+    assert (decided["decision"], decided["engagement"]) == ("allow", "acme-2026")
+    assert decided["object"] == f"{OUR_REPORTS}/{report}/content"
+
+
+@pytest.mark.parametrize(
+    ("method", "sent", "status"),
+    [
+        pytest.param("GET", f"{OUR_REPORTS}/%2e%2e/%2e%2e/initech-redteam/reports/R-0001/content",
+                     403, id="encoded-dots-out-of-her-engagement"),
+        pytest.param("GET", f"{OUR_REPORTS}/R-0001%2F..%2F..%2FR-0002/content", 400,
+                     id="encoded-slash"),
+        pytest.param("GET", f"{OUR_REPORTS}/R-0001%252F/content", 400, id="double-encoding"),
+        pytest.param("GET", f"{OUR_REPORTS}/%2e/content", 404, id="dot-segment-leaves-no-route"),
+        pytest.param("GET", f"{OUR_REPORTS}/R-0001;x/content", 400, id="matrix-param"),
+        pytest.param("GET", "/v1/engagements/Acme-2026/reports/R-0001/content", 400,
+                     id="engagement-case"),
+        pytest.param("HEAD", f"{OUR_REPORTS}/R-0001/content", 405, id="head-on-a-get-route"),
+        pytest.param("DELETE", f"{OUR_REPORTS}/R-0001/content", 405, id="unrouted-method"),
+    ],
+)  # fmt: skip
+def test_a_confusing_path_reaches_no_service(
+    stack: OrchestrationStack, method: str, sent: str, status: int
+) -> None:
+    before = len(stack.seen("reports"))
+    with httpx.Client(base_url=stack.url, auth=signer("carol"), timeout=30) as gateway:
+        request = gateway.build_request(method, "/")
+        request.url = request.url.copy_with(raw_path=sent.encode())
+        response = gateway.send(request)
+    assert response.status_code == status, response.text
+    if method != "HEAD":
+        assert response.headers["content-type"] == "application/problem+json"
+        assert response.json()["corr_id"] == response.headers["x-request-id"]
+    assert len(stack.seen("reports")) == before
+
+
 def test_a_services_404_is_the_gateways_problem_not_its_body(stack: OrchestrationStack) -> None:
     """Issue 12: ``GET .../reports/00/content`` relayed ``404 {"detail":"no such report"}``."""
     with httpx.Client(base_url=stack.url, auth=signer("carol"), timeout=30) as gateway:
