@@ -5,7 +5,8 @@ Errors come from parsing (``app.authz.source``) and from the suites
 lines, roles granted that have no rule anywhere up their inheritance, allows a
 deny of the same role always beats, rules for a name nobody is granted and no
 suite uses, ``closed_writer`` granted per engagement (it only counts with
-``g2``), lower-case HTTP methods in rules (no request carries them), role
+``g2``), lower-case HTTP methods in rules (no request carries them), denies of ``GET`` that
+leave ``HEAD`` allowed to the same holders (``head_not_denied``), role
 inheritance that loops back on itself, roles reached only through more links
 than the decision path follows (``MAX_HOPS``: the grant has no effect), and, when
 the gateway's routes are given (``--config``), rules whose object and action no
@@ -21,7 +22,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterator, Sequence, Set
 
-from app.authz.compiled import MAX_HOPS, CompiledPolicy
+from app.authz.compiled import MAX_HOPS, CompiledPolicy, key_match2_pattern
 from app.authz.fields import ENGAGEMENT_PREFIX, HTTP_METHODS
 from app.authz.routes import RouteShape, routes_for
 from app.authz.source import (
@@ -59,6 +60,7 @@ def lint(
         *_lower_case_methods(source),
         *_engagement_mismatch(source),
         *_any_character(source),
+        *_head_not_denied(source),
         *_role_graphs(source),
         *(_no_route(source, routes) if routes is not None else ()),
         *(_grants_outside_routes(source, routes) if routes is not None else ()),
@@ -67,7 +69,11 @@ def lint(
 
 
 def _order(issue: Issue) -> tuple[str, int]:
-    name, _, line = issue.location.rpartition(":")
+    return _location_order(issue.location)
+
+
+def _location_order(location: str) -> tuple[str, int]:
+    name, _, line = location.rpartition(":")
     return name, int(line) if line.isdigit() else 0
 
 
@@ -122,8 +128,12 @@ def _covers(deny: PolicyLine, allow: PolicyLine, inherited: set[str]) -> bool:
     d_sub, d_dom, d_obj, d_act, _ = deny.fields
     _, a_dom, a_obj, a_act, _ = allow.fields
     same_scope = d_sub in inherited and d_dom in (GLOBAL_DOMAIN, a_dom) and d_act in ("*", a_act)
-    wider = d_obj in ("*", a_obj) or (d_obj.endswith("/*") and a_obj.startswith(d_obj[:-1]))
-    return same_scope and wider
+    return same_scope and _wider(d_obj, a_obj)
+
+
+def _wider(pattern: str, obj: str) -> bool:
+    """``pattern`` matches every path ``obj`` matches (surely: else ``False``)."""
+    return pattern in ("*", obj) or (pattern.endswith("/*") and obj.startswith(pattern[:-1]))
 
 
 def _shadowed(source: PolicySource) -> Iterator[Issue]:
@@ -282,6 +292,73 @@ def _any_character(source: PolicySource) -> Iterator[Issue]:
                 f"'.' in {quote(obj)} matches any character (keyMatch2 is a regular expression), "
                 f"so the rule also covers {quote(widened)}: use :name for the segment if that "
                 "is meant",
+            )
+
+
+def _head_not_denied(source: PolicySource) -> Iterator[Issue]:
+    """A deny of ``GET`` that leaves ``HEAD`` allowed to the same holders, on the same paths.
+
+    A ``HEAD`` answer is the ``GET`` answer's head (RFC 9110 section 9.3.2), and the
+    services behind the gateway answer it with their ``GET`` handler: with
+    ``p, r, *, /x/*, *, allow`` and ``p, r, *, /x/secret, GET, deny``, ``HEAD
+    /x/secret`` is still allowed and shows that the resource exists, its size and its
+    fields. The model decides the method it is given (the decision is Casbin's, and a
+    policy may allow ``HEAD`` alone on purpose), so this is a warning, raised only when
+    an allow of ``HEAD`` or ``*`` that the deny's holders may also hold (any role they
+    inherit, or that a holder of the denied role holds besides) meets the denied path,
+    and no deny of ``HEAD`` or ``*`` covers it.
+    """
+    rules = source.of_type("p")
+    gets = [r for r in rules if r.fields[4] == "deny" and r.fields[3] == "GET"]
+    head_allows: dict[str, list[PolicyLine]] = defaultdict(list)
+    for rule in rules:
+        if rule.fields[4] == "allow" and rule.fields[3] in ("HEAD", "*"):
+            head_allows[rule.fields[0]].append(rule)
+    if not gets or not head_allows:
+        return
+    head_denies: dict[str, list[PolicyLine]] = defaultdict(list)
+    for rule in rules:
+        if rule.fields[4] == "deny" and rule.fields[3] in ("HEAD", "*"):
+            head_denies[rule.fields[0]].append(rule)
+    parents = _inheritance(source)
+    children: dict[str, set[str]] = defaultdict(set)
+    for child, held in parents.items():
+        for parent in held:
+            children[parent].add(child)
+    ancestors: dict[str, set[str]] = {}
+
+    def ancestors_of(name: str) -> set[str]:
+        if name not in ancestors:
+            ancestors[name] = _ancestors(name, parents)
+        return ancestors[name]
+
+    related: dict[str, set[str]] = {}
+    for deny in gets:
+        sub, dom, obj = deny.fields[:3]
+        if any(
+            other.fields[1] in (GLOBAL_DOMAIN, dom) and _wider(other.fields[2], obj)
+            for held in ancestors_of(sub) & head_denies.keys()
+            for other in head_denies[held]
+        ):
+            continue
+        if sub not in related:  # every name a holder of ``sub`` may hold, through any grant
+            related[sub] = {a for holder in _ancestors(sub, children) for a in ancestors_of(holder)}
+        meeting = [
+            allow
+            for holder in related[sub] & head_allows.keys()
+            for allow in head_allows[holder]
+            if GLOBAL_DOMAIN in (dom, allow.fields[1]) or dom == allow.fields[1]
+            if key_match2_pattern(allow.fields[2])(obj) or key_match2_pattern(obj)(allow.fields[2])
+        ]
+        if meeting:
+            allow = min(meeting, key=lambda line: _location_order(line.location))
+            yield _warn(
+                deny,
+                "head_not_denied",
+                f"denies GET but not HEAD, which {allow.location} allows "
+                f"({allow.fields[3]} for {allow.fields[0]!r}): a HEAD answer carries the GET "
+                "answer's fields (RFC 9110 section 9.3.2), so the path's existence and size stay "
+                f"visible; add p, {sub}, {dom}, {clip(obj)}, HEAD, deny",
             )
 
 

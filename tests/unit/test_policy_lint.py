@@ -413,3 +413,93 @@ def test_a_warning_quotes_a_long_object_cut_short(tmp_path: Path) -> None:
     assert warning.location == "policy.csv:1"
     assert f"... ({len(obj)} characters)" in warning.message
     assert len(warning.message) < 1000
+
+
+def test_a_get_deny_that_leaves_head_allowed_is_a_warning(tmp_path: Path) -> None:
+    """Red team r31: an allow of every method and a deny of GET left HEAD allowed."""
+    issues = lint_lines(
+        tmp_path,
+        "p, analyst, *, /v1/engagements/:e/reports/*, *, allow",
+        "p, analyst, *, /v1/engagements/:e/reports/secret, GET, deny",  # 2
+        "g, alice, analyst, acme-2026",
+    )
+    assert codes(issues) == [("warning", "policy.csv:2", "head_not_denied")]
+    assert "policy.csv:1 allows (* for 'analyst')" in issues[0].message
+    assert "add p, analyst, *, /v1/engagements/:e/reports/secret, HEAD, deny" in issues[0].message
+    engine = PolicyEngine(read_policy(tmp_path / "model.conf", tmp_path / "policy.csv"))
+    path = "/v1/engagements/acme-2026/reports/secret"
+    assert not engine.explain("alice", "acme-2026", path, "GET").allowed
+    assert engine.explain("alice", "acme-2026", path, "HEAD").allowed  # what the warning says
+
+
+def test_head_left_allowed_through_another_role_of_the_holder_is_a_warning(
+    tmp_path: Path,
+) -> None:
+    issues = lint_lines(
+        tmp_path,
+        "p, restricted, acme-2026, /v1/engagements/acme-2026/findings/:id, GET, deny",  # 1
+        "p, reader, *, /v1/engagements/:e/findings/*, HEAD, allow",  # 2
+        "p, reader, *, /v1/engagements/:e/findings/*, GET, allow",
+        "g, bob, restricted, acme-2026",
+        "g, bob, reader, acme-2026",
+    )
+    assert codes(issues) == [("warning", "policy.csv:1", "head_not_denied")]
+    assert "policy.csv:2 allows (HEAD for 'reader')" in issues[0].message
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        # HEAD denied too: by its own line, by a deny of every method, by a wider path
+        "p, analyst, *, /v1/engagements/:e/reports/secret, HEAD, deny",
+        "p, analyst, *, /v1/engagements/:e/reports/secret, *, deny",
+        "p, analyst, *, /v1/engagements/:e/reports/*, HEAD, deny",
+        # denied to a role the holder inherits
+        "p, staff, *, *, HEAD, deny",
+    ],
+)
+def test_a_get_deny_with_head_denied_as_well_is_clean(tmp_path: Path, extra: str) -> None:
+    issues = lint_lines(
+        tmp_path,
+        "p, analyst, *, /v1/engagements/:e/reports/*, *, allow",
+        "p, analyst, *, /v1/engagements/:e/reports/secret, GET, deny",
+        extra,
+        "g, analyst, staff, *",
+        "g, alice, analyst, acme-2026",
+    )
+    assert "head_not_denied" not in [i.code for i in issues]
+
+
+@pytest.mark.parametrize(
+    "allow",
+    [
+        "p, analyst, *, /v1/engagements/:e/reports/*, GET, allow",  # no HEAD allowed at all
+        "p, admin, *, /v1/engagements/:e/reports/*, *, allow",  # nobody holds both
+        "p, analyst, *, /v1/engagements/:e/findings/*, *, allow",  # another path
+        "p, analyst, globex, /v1/engagements/:e/reports/*, *, allow",  # another engagement
+    ],
+)
+def test_a_get_deny_where_nothing_allows_head_is_clean(tmp_path: Path, allow: str) -> None:
+    issues = lint_lines(
+        tmp_path,
+        allow,
+        "p, analyst, acme-2026, /v1/engagements/:e/reports/secret, GET, deny",
+        "g, alice, analyst, acme-2026",
+        "g, root, admin, *",
+    )
+    assert "head_not_denied" not in [i.code for i in issues]
+
+
+def test_head_not_denied_names_the_first_allow_in_file_order(tmp_path: Path) -> None:
+    """Several allows meet the path: the message names the first, whatever the set order."""
+    lines = [
+        "p, zeta, *, /v1/engagements/:e/reports/*, *, allow",  # 1
+        "p, alpha, *, /v1/engagements/:e/reports/*, HEAD, allow",
+        "p, restricted, *, /v1/engagements/:e/reports/secret, GET, deny",  # 3
+        "g, bob, zeta, acme-2026",
+        "g, bob, alpha, acme-2026",
+        "g, bob, restricted, acme-2026",
+    ]
+    (warning,) = [i for i in lint_lines(tmp_path, *lines) if i.code == "head_not_denied"]
+    assert warning.location == "policy.csv:3"
+    assert "policy.csv:1 allows (* for 'zeta')" in warning.message
