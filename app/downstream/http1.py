@@ -185,6 +185,10 @@ class _Connection(asyncio.Protocol):
     def finish(self) -> bool:
         """End the exchange; whether the connection may serve another one."""
         self.parser = None
+        # The answer is its response's now (a buffered body was taken already): kept here,
+        # every idle connection held its last body until its next exchange.
+        self.chunks = deque()
+        self.pending = 0
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None

@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import gc
 import gzip
 import re
+import tracemalloc
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from types import SimpleNamespace, TracebackType
@@ -789,6 +791,30 @@ async def test_closing_the_transport_closes_idle_connections() -> None:
         await transport.aclose()
         await server.settled()
         assert (server.connections, server.eofs) == (1, 1)
+
+
+@pytest.mark.parametrize("streamed", [False, True], ids=["buffered", "small-declared"])
+@on_loop
+async def test_a_pooled_connection_holds_nothing_of_its_last_answer(streamed: bool) -> None:
+    """A connection kept for reuse once held its last buffered answer's body until its
+    next exchange: a burst of large answers stayed in memory, the pool's idle
+    connections each holding one, long after every response had gone."""
+    size = 4 * 1024 * 1024
+    async with RawServer(ok(b"x" * size)) as server, Http1Transport() as transport:
+        request = req(server.url(), buffered=not streamed)
+        if streamed:  # read whole by the transport: it declares no more than this
+            request.extensions[BUFFER_DECLARED] = size
+        tracemalloc.start()
+        try:
+            response, body = await fetch(transport, request)
+            assert len(body) == size
+            del response, body, request
+            gc.collect()
+            held, _ = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert sum(len(idle) for idle in transport._idle.values()) == 1  # kept for reuse
+    assert held < size // 4, f"{held} bytes still held after the answer was dropped"
 
 
 # --- the keep-alive race, re-sent by the gateway's client, re-signed -------------------
