@@ -19,6 +19,7 @@ from fastapi import FastAPI
 from structlog.testing import capture_logs
 
 from app.authn.signer import HttpSignatureAuth
+from app.cli.serve import server_options
 from app.core import logcontext
 from app.core.config import Settings
 from app.stubs.faults import FaultState
@@ -87,11 +88,17 @@ class LiveServer:
 
 
 def _server(app: FastAPI, port: int, loop: str) -> uvicorn.Server:
-    """A stub is served as ``gateway stub`` serves it (``stub_server``: a hung request is
-    cut off when the stop begins, not waited out); any other app by a plain server."""
+    """An app served as in production: a stub as ``gateway stub`` serves it
+    (``stub_server``: a hung request is cut off when the stop begins, not waited out),
+    the gateway as ``gateway serve`` does (its own HTTP protocol, ``server_options``:
+    a fragment, an unknown method or a slow head get its problem answers, not
+    uvicorn's), any other app by a plain server."""
     options: dict[str, Any] = {"lifespan": "on", "loop": loop}
     if isinstance(getattr(app.state, "faults", None), FaultState):
         return stub_server(app, port=port, **options)
+    settings = getattr(app.state, "settings", None)
+    if isinstance(settings, Settings):
+        options.update(server_options(settings), ws="none")
     config = uvicorn.Config(
         app, host="127.0.0.1", port=port, log_config=None, access_log=False, **options
     )
