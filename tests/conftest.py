@@ -16,6 +16,7 @@ import httpx
 import pytest
 import uvicorn
 from fastapi import FastAPI
+from hypothesis import settings
 from structlog.testing import capture_logs
 
 from app.authn.signer import HttpSignatureAuth
@@ -31,6 +32,13 @@ POLICY_DIR = REPO / "policies"
 TEST_KEY_ID = "test-2026"
 TEST_SECRET = b"test-secret-not-for-production-0123456789"
 TEST_KEY_ENV = "GATEWAY_TEST_KEY"
+
+# Property tests run hypothesis's default profile (100 examples, a random seed) unless
+# GATEWAY_HYPOTHESIS_PROFILE names another: "deep" draws 3,000 with no deadline, to shake
+# out the rare inputs one default run in many meets (not for `make test`: it takes long).
+# A test that sets its own max_examples (the server-bound ones) keeps it under any profile.
+settings.register_profile("deep", max_examples=3_000, deadline=None)
+settings.load_profile(os.environ.get("GATEWAY_HYPOTHESIS_PROFILE", "default"))
 
 
 def free_port() -> int:
