@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import base64
+import math
 from dataclasses import replace
 from datetime import UTC, datetime
+from fractions import Fraction
 
 import pytest
-from hypothesis import assume, given
+from hypothesis import assume, example, given
 from hypothesis import strategies as st
 
 from app.authn.asgi import message_from_scope
@@ -417,12 +419,26 @@ def _accepted_at(
     return verifier, message, verified.replay_ttl(now, skew)
 
 
+def last_reading_by(now: float, seconds: int) -> float:
+    """The clock's last reading at or before exactly ``now + seconds``: the float sum
+    rounds to the nearest reading, which just before a whole second can be that second
+    (a moment the clock cannot tell apart from it)."""
+    later = now + seconds
+    if Fraction(later) > Fraction(now) + seconds:
+        later = math.nextafter(later, -math.inf)
+    return later
+
+
 @given(
     created=st.integers(0, 2**34),
     skew=st.integers(1, 3600),
     offset=st.floats(-4000, 4000, allow_nan=False),
     lifetime=st.none() | st.integers(-10, 8000),
 )
+# Just before a whole second: near 4097 the clock's readings are 2**-40 s apart, so
+# now + 3601 (exactly 4096.9999999999996) reads as 4097.0, past the window (then expires).
+@example(created=496, skew=3600, offset=-4.0510553531529577e-13, lifetime=None)
+@example(created=2049, skew=2048, offset=-4.0510553531529577e-13, lifetime=2048)
 def test_replay_ttl_ends_exactly_where_acceptance_ends(
     created: int, skew: int, offset: float, lifetime: int | None
 ) -> None:
@@ -438,7 +454,8 @@ def test_replay_ttl_ends_exactly_where_acceptance_ends(
     verifier, message, ttl = accepted
     tolerance = CLOCK_TOLERANCE_SECONDS
     assert 1 + tolerance <= ttl <= 2 * skew + 1 + tolerance
-    assert verifier.verify(message, b"", now=now + (ttl - tolerance - 1)).subject == "alice"
+    still = last_reading_by(now, ttl - tolerance - 1)
+    assert verifier.verify(message, b"", now=still).subject == "alice"
     with pytest.raises(AuthenticationFailed) as caught:
         verifier.verify(message, b"", now=now + ttl - GATEWAY_CLOCK_BOUND)
     assert caught.value.reason in ("stale", "expired")
