@@ -14,6 +14,7 @@ import itertools
 import math
 from collections.abc import Iterator
 from dataclasses import replace
+from fractions import Fraction
 
 import pytest
 import redis
@@ -100,6 +101,19 @@ def assert_refused(verifier: SignatureVerifier, message: Message, now: float) ->
 @example(created=1_790_000_000, skew=300, lifetime=None, dated=0.0, ahead=10.0, behind=0)
 # Clocks near zero (a freshly booted host without a real-time clock).
 @example(created=5, skew=300, lifetime=None, dated=0.0, ahead=3.0, behind=2.0)
+# The window ends past 2**15 (2**33), where the float spacing doubles: composed in floats,
+# Redis's now, plus held, plus the offset, less the step read 2**-37 (2**-19) s before it.
+@example(
+    created=32294, skew=3600, lifetime=None, dated=0.0, ahead=-0.0009246041629207074, behind=2.0
+)
+@example(
+    created=8589932896,
+    skew=3600,
+    lifetime=None,
+    dated=0.0,
+    ahead=-0.00022234832554591535,
+    behind=2.0,
+)
 def test_a_stepped_back_gateway_refuses_the_replay_once_redis_forgot_the_nonce(
     claims: InjectedTimeClaims,
     created: int,
@@ -131,7 +145,12 @@ def test_a_stepped_back_gateway_refuses_the_replay_once_redis_forgot_the_nonce(
     ttl, until = verified.replay_ttl(gateway_now, skew), verified.hold_until(skew)
     held = claims.held_for(created, ttl, until, skew, redis_now)
     assert ttl <= held <= longest_hold(skew)
-    forgotten_at = redis_now + held  # on Redis's clock
-    assert_refused(verifier, message, forgotten_at + ahead - behind)  # stepped back a little
+    # Moments are summed exactly, then read as a float clock reads them: summed in floats
+    # they round at every step, and can land a step before the window's end (the examples).
+    forgotten_at = Fraction(redis_now) + held  # on Redis's clock
+    lead = Fraction(gateway_now) - Fraction(redis_now)  # how far the gateway led Redis at the claim
+    # Stepped back a little:
+    assert_refused(verifier, message, float(forgotten_at + lead - Fraction(behind)))
     if created <= math.floor(redis_now) + skew:
-        assert_refused(verifier, message, forgotten_at - behind)  # back to Redis's time
+        # Back to Redis's time:
+        assert_refused(verifier, message, float(forgotten_at - Fraction(behind)))
