@@ -19,8 +19,10 @@ message says what to change.
 
 from __future__ import annotations
 
+import functools
+import re
 from collections import defaultdict
-from collections.abc import Iterator, Sequence, Set
+from collections.abc import Callable, Iterable, Iterator, Sequence, Set
 
 from app.authz.compiled import MAX_HOPS, CompiledPolicy, key_match2_pattern
 from app.authz.fields import ENGAGEMENT_PREFIX, HTTP_METHODS
@@ -36,6 +38,8 @@ from app.authz.source import (
 )
 
 GROUP_PREFIX = "group:"
+# As ``compiled``: a segment with one of these is a regular expression to keyMatch2.
+_SPECIAL = re.compile(r"[.^$*+?{}\[\]\\|():]")
 
 
 def lint(
@@ -303,10 +307,19 @@ def _head_not_denied(source: PolicySource) -> Iterator[Issue]:
     ``p, r, *, /x/*, *, allow`` and ``p, r, *, /x/secret, GET, deny``, ``HEAD
     /x/secret`` is still allowed and shows that the resource exists, its size and its
     fields. The model decides the method it is given (the decision is Casbin's, and a
-    policy may allow ``HEAD`` alone on purpose), so this is a warning, raised only when
-    an allow of ``HEAD`` or ``*`` that the deny's holders may also hold (any role they
-    inherit, or that a holder of the denied role holds besides) meets the denied path,
-    and no deny of ``HEAD`` or ``*`` covers it.
+    policy may allow ``HEAD`` alone on purpose), so this is a warning, raised when an
+    allow of ``HEAD`` or ``*`` that one request may also hold meets the denied path, and
+    no deny of ``HEAD`` or ``*`` surely covers it.
+
+    Both sides err towards the warning. Who may also hold the allow: any role a holder
+    of the denied role holds besides, through any engagement; and, since a request's
+    principals are its subject and all its groups (``X-Auth-Groups``, never in the
+    policy), any role of any group, or of anyone when a group holds the denied role.
+    Paths meet when some path matches both (``_meet``), not only when one pattern's
+    spelling matches the other. What surely covers: a ``HEAD`` deny whose path holds
+    every path of the ``GET`` deny's (``_holds``), on the denied role or on a role every
+    holder of it inherits in the deny's engagement (``_Holding.surely_held``: a ``g``
+    link of another engagement, or a ``g2`` link for a ``g`` holder, does not count).
     """
     rules = source.of_type("p")
     gets = [r for r in rules if r.fields[4] == "deny" and r.fields[3] == "GET"]
@@ -332,34 +345,144 @@ def _head_not_denied(source: PolicySource) -> Iterator[Issue]:
             ancestors[name] = _ancestors(name, parents)
         return ancestors[name]
 
+    groups = {name for name in (*parents, *head_allows) if name.startswith(GROUP_PREFIX)}
+    of_groups = {role for group in groups for role in ancestors_of(group)}
     related: dict[str, set[str]] = {}
+    holding: _Holding | None = None  # built once a deny meets an allow: it costs
     for deny in gets:
         sub, dom, obj = deny.fields[:3]
-        if any(
-            other.fields[1] in (GLOBAL_DOMAIN, dom) and _wider(other.fields[2], obj)
-            for held in ancestors_of(sub) & head_denies.keys()
-            for other in head_denies[held]
-        ):
-            continue
-        if sub not in related:  # every name a holder of ``sub`` may hold, through any grant
-            related[sub] = {a for holder in _ancestors(sub, children) for a in ancestors_of(holder)}
+        if sub not in related:  # every name one request's principals may hold with ``sub``
+            holders = _ancestors(sub, children)
+            if any(holder.startswith(GROUP_PREFIX) for holder in holders):
+                related[sub] = set(head_allows)  # any subject may be in that group
+            else:
+                related[sub] = of_groups.union(*(ancestors_of(holder) for holder in holders))
         meeting = [
             allow
             for holder in related[sub] & head_allows.keys()
             for allow in head_allows[holder]
             if GLOBAL_DOMAIN in (dom, allow.fields[1]) or dom == allow.fields[1]
-            if key_match2_pattern(allow.fields[2])(obj) or key_match2_pattern(obj)(allow.fields[2])
+            if _meet(allow.fields[2], obj)
         ]
-        if meeting:
-            allow = min(meeting, key=lambda line: _location_order(line.location))
-            yield _warn(
-                deny,
-                "head_not_denied",
-                f"denies GET but not HEAD, which {allow.location} allows "
-                f"({allow.fields[3]} for {allow.fields[0]!r}): a HEAD answer carries the GET "
-                "answer's fields (RFC 9110 section 9.3.2), so the path's existence and size stay "
-                f"visible; add p, {sub}, {dom}, {clip(obj)}, HEAD, deny",
-            )
+        if not meeting:
+            continue
+        if head_denies:
+            holding = holding or _Holding(source, children.keys() | {r.fields[0] for r in rules})
+            if _head_denied_too(deny, holding.surely_held(sub, dom), head_denies):
+                continue
+        allow = min(meeting, key=lambda line: _location_order(line.location))
+        yield _warn(
+            deny,
+            "head_not_denied",
+            f"denies GET but not HEAD, which {allow.location} allows "
+            f"({allow.fields[3]} for {allow.fields[0]!r}): a HEAD answer carries the GET "
+            "answer's fields (RFC 9110 section 9.3.2), so the path's existence and size stay "
+            f"visible; add p, {sub}, {dom}, {clip(obj)}, HEAD, deny",
+        )
+
+
+def _head_denied_too(
+    deny: PolicyLine, held: set[str], head_denies: dict[str, list[PolicyLine]]
+) -> bool:
+    """A deny of ``HEAD`` (or ``*``) on a role in ``held`` covers every path ``deny`` does."""
+    dom, obj = deny.fields[1:3]
+    return any(
+        other.fields[1] in (GLOBAL_DOMAIN, dom) and _holds(other.fields[2], obj)
+        for role in held & head_denies.keys()
+        for other in head_denies[role]
+    )
+
+
+class _Holding:
+    """The ``g`` links per engagement and the ``g2`` links, for ``surely_held``."""
+
+    def __init__(self, source: PolicySource, names: Set[str]) -> None:
+        """Only the links from ``names`` (the roles and the rules' subjects: every walk
+        starts from a rule's subject), not the many from principals to their roles."""
+        self.g: dict[tuple[str, str], set[str]] = defaultdict(set)  # (engagement, child)
+        self.g2: dict[str, set[str]] = defaultdict(set)
+        self.granted: dict[str, set[str]] = {"g": set(), "g2": set()}  # roles, per line type
+        for line in source.lines:
+            if line.ptype not in ("g", "g2"):
+                continue
+            child, parent = line.fields[:2]
+            self.granted[line.ptype].add(parent)
+            if child not in names:
+                continue
+            if line.ptype == "g":
+                self.g[line.fields[2], child].add(parent)
+            else:
+                self.g2[child].add(parent)
+
+    def surely_held(self, role: str, dom: str) -> set[str]:
+        """``role`` and the roles every holder of it holds too, in ``dom``.
+
+        A ``g`` holder inherits through ``g`` links of ``*`` (and of ``dom``, when it is
+        one engagement), a ``g2`` holder through ``g2`` links only (the model's
+        matcher); a role granted both ways gets only what both give, and a principal
+        (a name nobody is granted) what either gives it.
+        """
+        domains = {GLOBAL_DOMAIN, dom}
+        by_g = _reach(role, lambda name: [p for d in domains for p in self.g.get((d, name), ())])
+        by_g2 = _reach(role, lambda name: self.g2.get(name, ()))
+        kinds = [by for by, kind in ((by_g, "g"), (by_g2, "g2")) if role in self.granted[kind]]
+        return set.intersection(*kinds) if kinds else by_g | by_g2
+
+
+def _reach(start: str, neighbours: Callable[[str], Iterable[str]]) -> set[str]:
+    seen, todo = {start}, [start]
+    while todo:
+        for name in neighbours(todo.pop()):
+            if name not in seen:
+                seen.add(name)
+                todo.append(name)
+    return seen
+
+
+def _segments(pattern: str) -> tuple[list[str], bool]:
+    """A path pattern's segments, and whether a final ``/*`` lets it go on below them."""
+    if pattern.endswith("/*"):
+        return pattern[:-2].split("/"), True
+    return pattern.split("/"), False
+
+
+@functools.lru_cache(maxsize=4096)  # a policy's segments repeat (``:e``, ``findings``)
+def _segment_meets(one: str, other: str) -> bool:
+    """Some segment matches both (``:name`` is any one; a literal only itself)."""
+    if one == other:
+        return True
+    if _SPECIAL.search(one) and _SPECIAL.search(other):
+        return True  # both regular expressions: assume they meet
+    literal, pattern = (other, one) if _SPECIAL.search(one) else (one, other)
+    return key_match2_pattern(pattern)(literal)
+
+
+def _meet(one: str, other: str) -> bool:
+    """Some path matches both patterns (when unsure: ``True``)."""
+    if "*" in (one, other):
+        return True
+    (a, a_below), (b, b_below) = _segments(one), _segments(other)
+    if a_below and b_below:
+        deep_enough = True
+    elif a_below or b_below:  # the other goes on past the segments above the ``/*``
+        deep_enough = len(b) > len(a) if a_below else len(a) > len(b)
+    else:
+        deep_enough = len(a) == len(b)
+    return deep_enough and all(_segment_meets(x, y) for x, y in zip(a, b, strict=False))
+
+
+def _holds(pattern: str, obj: str) -> bool:
+    """``pattern`` matches every path ``obj`` matches (when unsure: ``False``)."""
+    if pattern in ("*", obj):
+        return True
+    if obj == "*":
+        return False
+    (p, p_below), (o, o_below) = _segments(pattern), _segments(obj)
+    if p_below:  # below p's segments: o must go on past them, or itself go on below
+        deep_enough = len(o) > len(p) or (o_below and len(o) == len(p))
+    else:
+        deep_enough = len(o) == len(p) and not o_below
+    return deep_enough and all(x == y or x.startswith(":") for x, y in zip(p, o, strict=False))
 
 
 # child -> [(parent, file:line)] of one domain's g links (or of the g2 links).

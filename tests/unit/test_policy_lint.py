@@ -7,13 +7,15 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from app.authz import lint as lint_module
+from app.authz.compiled import key_match2_pattern
 from app.authz.lint import lint
 from app.authz.policy import PolicyEngine
 from app.authz.source import HIDING, Issue, read_policy, text_lines
+from bench.policygen import write_policy
 from tests.conftest import POLICY_DIR
 
 
@@ -503,3 +505,155 @@ def test_head_not_denied_names_the_first_allow_in_file_order(tmp_path: Path) -> 
     (warning,) = [i for i in lint_lines(tmp_path, *lines) if i.code == "head_not_denied"]
     assert warning.location == "policy.csv:3"
     assert "policy.csv:1 allows (* for 'zeta')" in warning.message
+
+
+SECRET = "/v1/engagements/acme-2026/reports/secret"
+
+
+@pytest.mark.parametrize(
+    ("lines", "groups"),
+    [
+        pytest.param(  # neither object matches the other's spelling, yet both meet SECRET
+            [
+                "p, analyst, acme-2026, /v1/engagements/acme-2026/reports/*, *, allow",
+                "p, analyst, *, /v1/engagements/:e/reports/secret, GET, deny",
+                "g, alice, analyst, acme-2026",
+            ],
+            (),
+            id="per-engagement-allow-parameter-deny",
+        ),
+        pytest.param(
+            [
+                "p, analyst, acme-2026, /v1/engagements/acme-2026/*, *, allow",
+                "p, analyst, *, /v1/engagements/:e/reports/:id, GET, deny",
+                "g, alice, analyst, acme-2026",
+            ],
+            (),
+            id="parameters-on-both-sides",
+        ),
+        pytest.param(  # the deny is the group's, the allow the subject's own
+            [
+                "p, reader, *, /v1/engagements/:e/reports/*, *, allow",
+                "p, restricted, *, /v1/engagements/:e/reports/secret, GET, deny",
+                "g, alice, reader, acme-2026",
+                "g, group:contractors, restricted, *",
+            ],
+            ("contractors",),
+            id="group-deny-subject-allow",
+        ),
+        pytest.param(
+            [
+                "p, reader, *, /v1/engagements/:e/reports/*, *, allow",
+                "p, restricted, *, /v1/engagements/:e/reports/secret, GET, deny",
+                "g, group:staff, reader, acme-2026",
+                "g, group:contractors, restricted, *",
+            ],
+            ("staff", "contractors"),
+            id="two-groups",
+        ),
+        pytest.param(
+            [
+                "p, reader, *, /v1/engagements/:e/reports/*, *, allow",
+                "p, alice, *, /v1/engagements/:e/reports/secret, GET, deny",
+                "g, group:staff, reader, *",
+            ],
+            ("staff",),
+            id="subject-deny-group-allow",
+        ),
+        pytest.param(  # the HEAD deny's role is inherited in another engagement only
+            [
+                "p, analyst, *, /v1/engagements/:e/reports/*, *, allow",
+                "p, analyst, *, /v1/engagements/:e/reports/secret, GET, deny",
+                "p, staff, *, *, HEAD, deny",
+                "g, analyst, staff, globex-2026",
+                "g, alice, analyst, acme-2026",
+            ],
+            (),
+            id="head-deny-inherited-in-another-engagement",
+        ),
+        pytest.param(  # g2 inheritance: only g2 holders of analyst get staff
+            [
+                "p, analyst, *, /v1/engagements/:e/reports/*, *, allow",
+                "p, analyst, *, /v1/engagements/:e/reports/secret, GET, deny",
+                "p, staff, *, *, HEAD, deny",
+                "g2, analyst, staff",
+                "g, alice, analyst, acme-2026",
+            ],
+            (),
+            id="head-deny-inherited-with-g2-by-a-g-holder",
+        ),
+        pytest.param(  # g inheritance: a g2 holder of analyst does not get staff
+            [
+                "p, analyst, *, /v1/engagements/:e/reports/*, *, allow",
+                "p, analyst, *, /v1/engagements/:e/reports/secret, GET, deny",
+                "p, staff, *, *, HEAD, deny",
+                "g, analyst, staff, *",
+                "g2, alice, analyst",
+            ],
+            (),
+            id="head-deny-inherited-with-g-by-a-g2-holder",
+        ),
+    ],
+)
+def test_head_left_allowed_is_a_warning_whatever_the_spelling(
+    tmp_path: Path, lines: list[str], groups: tuple[str, ...]
+) -> None:
+    """Each policy lets alice HEAD what a deny keeps her from GETting (the engine says so)."""
+    issues = lint_lines(tmp_path, *lines)
+    engine = PolicyEngine(read_policy(tmp_path / "model.conf", tmp_path / "policy.csv"))
+    assert not engine.explain("alice", "acme-2026", SECRET, "GET", groups).allowed
+    assert engine.explain("alice", "acme-2026", SECRET, "HEAD", groups).allowed
+    assert "head_not_denied" in [i.code for i in issues]
+
+
+@pytest.mark.parametrize(
+    "head_deny",
+    [
+        "p, analyst, *, /v1/engagements/:e/reports/:id, HEAD, deny",
+        "p, analyst, acme-2026, /v1/engagements/:e/*, HEAD, deny",
+    ],
+)
+def test_a_head_deny_spelt_with_parameters_covers_the_get_deny(
+    tmp_path: Path, head_deny: str
+) -> None:
+    issues = lint_lines(
+        tmp_path,
+        "p, analyst, *, /v1/engagements/:e/reports/*, *, allow",
+        "p, analyst, acme-2026, /v1/engagements/acme-2026/reports/secret, GET, deny",
+        head_deny,
+        "g, alice, analyst, acme-2026",
+    )
+    engine = PolicyEngine(read_policy(tmp_path / "model.conf", tmp_path / "policy.csv"))
+    assert not engine.explain("alice", "acme-2026", SECRET, "HEAD").allowed
+    assert "head_not_denied" not in [i.code for i in issues]
+
+
+def test_the_generated_bench_policy_has_no_head_warning(tmp_path: Path) -> None:
+    """Its GET denies are client viewers' on findings; only /admin/* allows HEAD."""
+    policy = write_policy(tmp_path / "policies", 2_000)
+    issues = lint(read_policy(policy / "model.conf", policy / "policy.csv"))
+    assert "head_not_denied" not in [i.code for i in issues]
+
+
+_SEGMENT = st.sampled_from(["a", "b", ":x", ":y"])
+_PATTERN = st.builds(
+    lambda segments, below: "/" + "/".join(segments) + ("/*" if below else ""),
+    st.lists(_SEGMENT, min_size=1, max_size=4),
+    st.booleans(),
+) | st.just("*")
+_PATH = st.lists(st.sampled_from(["a", "b"]), min_size=1, max_size=5).map(
+    lambda segments: "/" + "/".join(segments)
+)
+
+
+@settings(max_examples=300)
+@example(one="/a/*", other="/:x/b", path="/a/b")  # neither spelling matches the other
+@given(one=_PATTERN, other=_PATTERN, path=_PATH)
+def test_head_not_denied_path_checks_agree_with_key_match2(one: str, other: str, path: str) -> None:
+    """``_meet`` never misses a path both match; ``_holds`` never claims one it misses."""
+    matches_one = key_match2_pattern(one)(path)
+    matches_other = key_match2_pattern(other)(path)
+    if matches_one and matches_other:
+        assert lint_module._meet(one, other)
+    if matches_other and not matches_one:
+        assert not lint_module._holds(one, other)
