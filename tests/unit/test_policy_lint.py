@@ -560,6 +560,25 @@ SECRET = "/v1/engagements/acme-2026/reports/secret"
             ("staff",),
             id="subject-deny-group-allow",
         ),
+        pytest.param(  # a deny of every method, but on one report of the denied many
+            [
+                "p, analyst, *, /v1/engagements/:e/reports/*, *, allow",
+                "p, analyst, *, /v1/engagements/:e/*, GET, deny",
+                "p, analyst, *, /v1/engagements/:e/reports/other, *, deny",
+                "g, alice, analyst, acme-2026",
+            ],
+            (),
+            id="star-deny-on-a-narrower-path",
+        ),
+        pytest.param(
+            [
+                "p, auditor, *, *, *, allow",
+                "p, auditor, *, /v1/engagements/:e/reports/secret, GET, deny",
+                "g2, alice, auditor",
+            ],
+            (),
+            id="global-role",
+        ),
         pytest.param(  # the HEAD deny's role is inherited in another engagement only
             [
                 "p, analyst, *, /v1/engagements/:e/reports/*, *, allow",
