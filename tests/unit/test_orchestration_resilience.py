@@ -407,12 +407,20 @@ def test_snapshot_shows_half_open_once_the_reset_timeout_has_passed() -> None:
 @contextlib.contextmanager
 def wall_clock_stepped(seconds: float) -> Iterator[None]:
     """The wall clock (``datetime.now``, as pybreaker and the breaker read it) moved by
-    ``seconds``, as NTP steps it; the monotonic clock does not move."""
+    ``seconds``, as NTP steps it, and standing still there: the monotonic clock does not
+    move either. (Left running, the real time between pybreaker's two readings counted
+    as time the breaker had been open: a stall of a millisecond on a loaded machine let a
+    call through 1 ms before the reset the property draws.)"""
+    stepped = datetime.now(UTC) + timedelta(seconds=seconds)
 
     class Stepped(datetime):
         @classmethod
         def now(cls, tz: Any = None) -> Any:
-            return datetime.now(tz) + timedelta(seconds=seconds)
+            return (
+                stepped.astimezone(tz)
+                if tz is not None
+                else stepped.astimezone().replace(tzinfo=None)
+            )
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(pybreaker, "datetime", Stepped)
