@@ -36,7 +36,8 @@ from app.core.frozen import quick_init
 
 MAX_HOPS = 9  # Casbin's RoleManager(max_hierarchy_level=10) finds links up to 9 hops away
 GROUP_PREFIX = "group:"
-_REGEX_SPECIALS = re.compile(r"[.^$*+?{}\[\]\\|():]")
+# A pattern (or segment) with one of these is a regular expression to keyMatch2.
+REGEX_SPECIALS = re.compile(r"[.^$*+?{}\[\]\\|():]")
 _KEY_MATCH2_PARAM = re.compile(r"(.*?):[^\/]+(.*?)")
 
 Links = dict[str, list[str]]
@@ -44,7 +45,7 @@ Links = dict[str, list[str]]
 
 def key_match2_pattern(pattern: str) -> Callable[[str], bool]:
     """A matcher equal to Casbin's ``keyMatch2(obj, pattern)``, built once."""
-    if not _REGEX_SPECIALS.search(pattern):
+    if not REGEX_SPECIALS.search(pattern):
         return pattern.__eq__
     regex = pattern.replace("/*", "/.*")
     regex = _KEY_MATCH2_PARAM.sub(r"\g<1>[^\/]+\g<2>", regex, 0)

@@ -20,11 +20,10 @@ message says what to change.
 from __future__ import annotations
 
 import functools
-import re
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence, Set
 
-from app.authz.compiled import MAX_HOPS, CompiledPolicy, key_match2_pattern
+from app.authz.compiled import MAX_HOPS, REGEX_SPECIALS, CompiledPolicy, key_match2_pattern
 from app.authz.fields import ENGAGEMENT_PREFIX, HTTP_METHODS
 from app.authz.routes import RouteShape, routes_for
 from app.authz.source import (
@@ -38,8 +37,6 @@ from app.authz.source import (
 )
 
 GROUP_PREFIX = "group:"
-# As ``compiled``: a segment with one of these is a regular expression to keyMatch2.
-_SPECIAL = re.compile(r"[.^$*+?{}\[\]\\|():]")
 
 
 def lint(
@@ -105,13 +102,7 @@ def _inheritance(source: PolicySource) -> dict[str, set[str]]:
 
 def _ancestors(role: str, parents: dict[str, set[str]]) -> set[str]:
     """The role and every role it inherits, through any engagement."""
-    seen, todo = {role}, [role]
-    while todo:
-        for parent in parents.get(todo.pop(), ()):
-            if parent not in seen:
-                seen.add(parent)
-                todo.append(parent)
-    return seen
+    return _reach(role, lambda name: parents.get(name, ()))
 
 
 def _unknown_roles(source: PolicySource) -> Iterator[Issue]:
@@ -132,12 +123,8 @@ def _covers(deny: PolicyLine, allow: PolicyLine, inherited: set[str]) -> bool:
     d_sub, d_dom, d_obj, d_act, _ = deny.fields
     _, a_dom, a_obj, a_act, _ = allow.fields
     same_scope = d_sub in inherited and d_dom in (GLOBAL_DOMAIN, a_dom) and d_act in ("*", a_act)
-    return same_scope and _wider(d_obj, a_obj)
-
-
-def _wider(pattern: str, obj: str) -> bool:
-    """``pattern`` matches every path ``obj`` matches (surely: else ``False``)."""
-    return pattern in ("*", obj) or (pattern.endswith("/*") and obj.startswith(pattern[:-1]))
+    wider = d_obj in ("*", a_obj) or (d_obj.endswith("/*") and a_obj.startswith(d_obj[:-1]))
+    return same_scope and wider
 
 
 def _shadowed(source: PolicySource) -> Iterator[Issue]:
@@ -430,6 +417,7 @@ class _Holding:
 
 
 def _reach(start: str, neighbours: Callable[[str], Iterable[str]]) -> set[str]:
+    """``start`` and every name reached from it through ``neighbours``."""
     seen, todo = {start}, [start]
     while todo:
         for name in neighbours(todo.pop()):
@@ -451,9 +439,9 @@ def _segment_meets(one: str, other: str) -> bool:
     """Some segment matches both (``:name`` is any one; a literal only itself)."""
     if one == other:
         return True
-    if _SPECIAL.search(one) and _SPECIAL.search(other):
+    if REGEX_SPECIALS.search(one) and REGEX_SPECIALS.search(other):
         return True  # both regular expressions: assume they meet
-    literal, pattern = (other, one) if _SPECIAL.search(one) else (one, other)
+    literal, pattern = (other, one) if REGEX_SPECIALS.search(one) else (one, other)
     return key_match2_pattern(pattern)(literal)
 
 
