@@ -21,8 +21,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import signal
-import subprocess
 import sys
 import time
 from collections import Counter
@@ -37,8 +35,8 @@ import pytest
 from fastapi import FastAPI
 
 from app.stubs.server import STUB_NAMES, create_stub_app
-from tests.conftest import POLICY_DIR, REPO, TEST_KEY_ENV, TEST_SECRET, LiveServer, free_port
-from tests.integration.ops.conftest import wait_until
+from tests.conftest import POLICY_DIR, TEST_KEY_ENV, LiveServer, free_port
+from tests.integration.ops.conftest import ServedProcess
 from tests.integration.soak_load import PASSTHROUGH, Target, run_load
 from tests.integration.soak_probe import STATE_PATH
 
@@ -101,11 +99,11 @@ class Resources:
     services: dict[str, dict[str, Any]]
 
 
-class SoakGateway:
+class SoakGateway(ServedProcess):
     """``gateway serve`` through ``soak_probe``: one process, in-memory state."""
 
     def __init__(self, tmp_path: Path, stubs: dict[str, LiveServer]) -> None:
-        self.port = free_port()
+        port = free_port()
         self.stub_ports = {server.port for server in stubs.values()}
         services = {name: {"url": server.url, **SERVICE} for name, server in stubs.items()}
         config = {
@@ -121,31 +119,8 @@ class SoakGateway:
         }
         path = tmp_path / "soak.yaml"
         path.write_bytes(orjson.dumps(config))  # JSON is YAML
-        self.log = (tmp_path / "gateway.log").open("wb")
-        self.proc = subprocess.Popen(
-            [*PROBE, "--port", str(self.port), "--config", str(path)],
-            cwd=REPO,
-            env={**os.environ, TEST_KEY_ENV: TEST_SECRET.decode()},
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        try:
-            wait_until(self._healthy, timeout=30)
-        except BaseException:
-            self.close()  # one that never became healthy must not outlive the test
-            raise
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def _healthy(self) -> bool:
-        assert self.proc.poll() is None, "the gateway exited during start-up"
-        try:
-            return httpx.get(self.url + "/healthz", timeout=1).status_code == 200
-        except httpx.TransportError:
-            return False
+        argv = [*PROBE, "--port", str(port), "--config", str(path)]
+        super().__init__(port, argv, tmp_path / "gateway.log")
 
     def resources(self) -> Resources:
         state = httpx.get(self.url + STATE_PATH, timeout=10).json()
@@ -170,12 +145,6 @@ class SoakGateway:
             if fields[9] in inodes and remote_port in self.stub_ports:
                 states[TCP_STATES.get(fields[3], fields[3])] += 1
         return states
-
-    def close(self) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(timeout=10)
-        self.log.close()
 
 
 TCP_STATES = {"01": "ESTABLISHED", "04": "FIN_WAIT1", "05": "FIN_WAIT2", "06": "TIME_WAIT",

@@ -29,7 +29,7 @@ from tests.conftest import (
     free_port,
     signer,
 )
-from tests.integration.ops.conftest import FINDINGS, metric_value, wait_until
+from tests.integration.ops.conftest import FINDINGS, ServedProcess, metric_value, wait_until
 from tests.redis_server import RedisServer
 
 pytestmark = pytest.mark.integration
@@ -64,7 +64,7 @@ class HeldFindings:
         return {"engagement_id": engagement_id, "items": [], "count": 0}
 
 
-class GatewayProcess:
+class GatewayProcess(ServedProcess):
     def __init__(
         self,
         tmp_path: Path,
@@ -74,7 +74,7 @@ class GatewayProcess:
         services: dict[str, str] | None = None,
         redis_url: str | None = None,
     ) -> None:
-        self.port = free_port()
+        port = free_port()
         config = tmp_path / "gateway.yaml"
         text = CONFIG.format(env=TEST_KEY_ENV, policy=POLICY_DIR, url=downstream, graceful=graceful)
         for name, url in (services or {}).items():  # more services beside findings
@@ -82,33 +82,10 @@ class GatewayProcess:
         if redis_url is not None:
             text += f'redis: {{url: "{redis_url}"}}\n'
         config.write_text(text)
-        self.log_path = tmp_path / "gateway.log"
-        self.log = self.log_path.open("wb")
-        argv = ["serve", "--port", str(self.port), "--config", str(config), *extra]
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "app.cli.main", *argv],
-            cwd=REPO,
-            env={**os.environ, TEST_KEY_ENV: TEST_SECRET.decode()},
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # its own process group: close() reaches the workers too
+        argv = ["serve", "--port", str(port), "--config", str(config), *extra]
+        super().__init__(
+            port, [sys.executable, "-m", "app.cli.main", *argv], tmp_path / "gateway.log"
         )
-        try:
-            wait_until(self._healthy, timeout=30)
-        except BaseException:
-            self.close()  # one that never became healthy must not outlive the test either
-            raise
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def _healthy(self) -> bool:
-        assert self.proc.poll() is None, "gateway exited during start-up"
-        try:
-            return httpx.get(self.url + "/healthz", timeout=1).status_code == 200
-        except httpx.TransportError:
-            return False
 
     def accepting(self) -> bool:
         try:
@@ -120,13 +97,6 @@ class GatewayProcess:
     def log_text(self) -> str:
         self.log.flush()
         return self.log_path.read_text()
-
-    def close(self) -> None:
-        # The whole group: killing only a --workers supervisor leaves its workers running.
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(timeout=10)
-        self.log.close()
 
 
 @pytest.fixture
