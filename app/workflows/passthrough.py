@@ -499,10 +499,13 @@ async def _relay(
     message, holding at most ``RELAY_WHOLE_BYTES`` per request.
     """
     service = client.name
-    if bodiless(upstream.status_code):  # a declared length is no body's size here
+    # No body follows a 1xx, 204 or 304, nor any answer to a HEAD: a declared length is
+    # no body's size here (a HEAD answer's is what a GET would get), so it is neither
+    # held to ``max_response_bytes`` nor made up when the service sent none.
+    if bodiless(upstream.status_code) or upstream.request.method == "HEAD":
         fields = relayed_headers(service, upstream, locations)
         await _read_whole(client, upstream)  # nothing: ends the answer, frees its connection
-        return RelayedResponse(upstream.status_code, fields)
+        return RelayedResponse(upstream.status_code, fields, framed=False)
     declared = upstream.headers.get("content-length")
     length = int(declared) if declared is not None and declared.isdigit() else None
     if length is not None and length > route.max_response_bytes:
@@ -526,15 +529,23 @@ class RelayedResponse(Response):
     What ``Response(body, status, headers=Headers(raw=fields))`` sends, without
     decoding every field to text and encoding it back: the names are lower case
     already, and a ``Content-Length`` is added, as Starlette adds one, only when the
-    answer has none and may have a body (a relayed ``HEAD`` keeps the service's).
+    answer has none and carries a body (``framed``; not for a bodiless status, nor for a
+    relayed ``HEAD``, which keeps the service's field or has none).
     No ``Content-Type`` is made up: the service's, if any, is among the fields.
     """
 
-    def __init__(self, status_code: int, fields: list[tuple[bytes, bytes]], body: bytes = b""):
+    def __init__(
+        self,
+        status_code: int,
+        fields: list[tuple[bytes, bytes]],
+        body: bytes = b"",
+        *,
+        framed: bool = True,
+    ):
         self.status_code = status_code
         self.background = None
         self.body = body
-        if not bodiless(status_code) and all(name != b"content-length" for name, _ in fields):
+        if framed and all(name != b"content-length" for name, _ in fields):
             fields.append((b"content-length", str(len(body)).encode("ascii")))
         self.raw_headers = fields
 

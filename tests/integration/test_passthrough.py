@@ -826,6 +826,74 @@ def test_a_bodiless_answer_is_relayed_without_framing_fields(
     assert b"x-kept" in names
 
 
+# A HEAD route decided as the GET it stands for (docs/decisions/0014-head-is-decided-as-head.md).
+HEAD_ROUTE = {**ROUTES[0], "methods": ["GET", "HEAD"], "action": "GET"}
+
+
+@pytest.mark.parametrize("transport", ["native", "aiohttp"])
+@pytest.mark.parametrize(
+    ("answer", "length"),
+    [
+        # The size a GET would get, over the route's 16 MiB limit: no body comes.
+        (
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/pdf\r\nContent-Length: 100000000\r\n",
+            b"100000000",
+        ),
+        # Over the 64 KiB relayed whole, under the limit: no stream is opened for nothing.
+        (
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/pdf\r\nContent-Length: 1000000\r\n",
+            b"1000000",
+        ),
+        # A chunked GET's size is unknown: the HEAD answer gets no made-up length.
+        (
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/pdf\r\nTransfer-Encoding: chunked\r\n",
+            None,
+        ),
+    ],
+    ids=["over-the-limit", "streamed-size", "chunked"],
+)
+def test_a_head_answer_is_relayed_with_the_services_length_whatever_it_declares(
+    live_server: Callable[[FastAPI], LiveServer],
+    test_key_env: str,
+    transport: str,
+    answer: bytes,
+    length: bytes | None,
+) -> None:
+    """A HEAD answer carries no body, whatever length it declares: a report over the
+    route's ``max_response_bytes`` was a 502 for its HEAD although no byte of it would
+    come. One under the limit, or without a length, is relayed as it was: no stream is
+    opened for it and no ``Content-Length`` is made up."""
+    with RawService(lambda sock, head: sock.sendall(answer + b"X-Kept: yes\r\n\r\n")) as service:
+        gateway = _raw_service_gateway(live_server, service, transport, HEAD_ROUTE)
+        request = httpx.Request("HEAD", gateway.url + CONTENT)
+        signed = next(signer("carol").auth_flow(request))
+        with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as sock:
+            sock.sendall(request_head(signed))
+            head = b""
+            while b"\r\n\r\n" not in head:
+                chunk = sock.recv(65536)
+                assert chunk, f"closed before a whole head: {head!r}"
+                head += chunk
+            # The same again on this connection: the first answer left no bytes behind.
+            again = next(signer("carol").auth_flow(httpx.Request("HEAD", gateway.url + CONTENT)))
+            sock.sendall(request_head(again))
+            rest = head.partition(b"\r\n\r\n")[2]
+            while b"\r\n\r\n" not in rest:
+                chunk = sock.recv(65536)
+                assert chunk, f"closed before a second head: {rest!r}"
+                rest += chunk
+    assert service.heads[0].startswith(b"HEAD "), service.heads[0]
+    for received in (head, rest):
+        status_line, *lines = received.partition(b"\r\n\r\n")[0].lower().split(b"\r\n")
+        fields = dict(line.split(b": ", 1) for line in lines)
+        assert status_line.split()[1] == b"200", received
+        assert fields.get(b"content-length") == length
+        assert b"transfer-encoding" not in fields
+        assert fields[b"x-kept"] == b"yes"
+        assert fields[b"content-type"] == b"application/pdf"
+    assert rest.partition(b"\r\n\r\n")[2] == b"", "a HEAD answer has no body"
+
+
 # --- the request's deadline, up to the answer's head -------------------------------------------
 
 # One attempt (connect 0.1 + read 0.4 s) fits the 0.6 s deadline; the retry budget is 3.
