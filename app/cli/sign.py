@@ -99,6 +99,9 @@ def parse_header(line: str) -> tuple[str, str]:
     name, value = name.strip(), value.strip()
     if not colon or not _TOKEN.fullmatch(name) or "\r" in value or "\n" in value:
         raise UsageError(f"-H {line!r} is not a header: write -H 'Name: value'")
+    if not value.isascii():
+        # httpx sends header values as ASCII; the gateway's profile is ASCII in practice.
+        raise UsageError(f"-H {line!r}: the value must be ASCII (percent-encode it)")
     lowered = name.lower()
     if lowered in RESERVED_HEADERS:
         raise UsageError(f"-H cannot set {name}: {RESERVED_HEADERS[lowered]}")
@@ -126,6 +129,9 @@ def _content_type(body: bytes) -> str:
 
 def build_request(args: argparse.Namespace, secret: bytes, body: bytes = b"") -> httpx.Request:
     """The signed request ``args`` describe, with ``body`` (``-d`` already read)."""
+    for option, value in (("--subject", args.subject), ("--groups", args.groups)):
+        if not value.isascii():
+            raise UsageError(f"{option} {value!r}: must be ASCII, as the gateway's grammar is")
     headers = [(SUBJECT_HEADER, args.subject)]
     if args.groups:
         headers.append((GROUPS_HEADER, args.groups))
@@ -163,7 +169,9 @@ def as_curl(request: httpx.Request, body_file: Path | None = None) -> str:
         parts += ["--data-binary", f"@{body_file}"]
     elif request.content:
         parts += ["--data-binary", request.content.decode("utf-8")]
-    parts.append(str(request.url))
+    # curl reads [] and {} in a URL as globs (`?filter[severity]=high` is "bad range",
+    # `{a,b}` two requests, neither the one signed): the URL goes as signed.
+    parts += ["--globoff", str(request.url)]
     return " ".join(shlex.quote(p) for p in parts)
 
 

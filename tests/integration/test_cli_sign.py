@@ -215,3 +215,33 @@ def test_a_signed_head_request_runs_as_printed(stack: Stack) -> None:
     ran = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
     assert ran.returncode == 0, ran.stderr
     assert ran.stdout.startswith("HTTP/1.1 405"), ran.stdout  # HEAD is not served here
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="runs the printed curl command")
+@pytest.mark.parametrize("query", ["filter[severity]=high", "fields={title,severity}"])
+def test_a_query_with_brackets_or_braces_runs_as_printed(stack: Stack, query: str) -> None:
+    """An audit found curl reading [] and {} in the printed URL as globs: brackets
+    failed ("bad range in URL", curl exit 3), braces sent two requests, neither the
+    one signed (401 signature_invalid). The URL is printed with --globoff."""
+    url = stack.url + "/v1/engagements/acme-2026/findings?" + query
+    argv = shlex.split(_sign("--subject", "alice", url))
+    ran = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout.count("HTTP/1.1 ") == 1, ran.stdout
+    assert ran.stdout.startswith("HTTP/1.1 200"), ran.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "why"),
+    [
+        (("--subject", "alice", "-H", "X-Note: café"), "-H 'X-Note: café': the value must"),
+        (("--subject", "zoë"), "--subject 'zoë': must be ASCII"),
+        (("--subject", "alice", "--groups", "équipe"), "--groups 'équipe': must be ASCII"),
+    ],
+)
+def test_a_value_that_is_not_ascii_is_a_usage_error(args: tuple[str, ...], why: str) -> None:
+    """httpx sends header values as ASCII: such a value was a UnicodeEncodeError
+    traceback (exit 1) instead of a line that says what to change."""
+    env = {**os.environ, "GATEWAY_DEMO_KEY": "demo-key-not-secret-0123456789abcdef"}
+    code, stderr = _sign_fails(*args, "http://127.0.0.1:1/", env=env)
+    assert (code, why in stderr, "Traceback" in stderr) == (2, True, False), stderr
