@@ -18,6 +18,7 @@ from app.authn.base import (
     Message,
     ParamValue,
     build_signature_base,
+    declares_body,
     hmac_sha256,
     serialize_signature_params,
 )
@@ -63,7 +64,10 @@ def sign_headers(
     """
     added: dict[str, str] = {}
     headers: dict[str, Sequence[str]] = dict(message.headers)
-    if body:
+    # A body the framing declares (chunked) needs its digest even when it turns out
+    # empty: the gateway checks for the field before it reads the body (signing.md §2).
+    has_body = bool(body) or declares_body(message)
+    if has_body:
         added["content-digest"] = content_digest(body, digest_algorithms)
         headers["content-digest"] = [added["content-digest"]]
     signed = Message(
@@ -77,7 +81,7 @@ def sign_headers(
     }
     if expires is not None:
         params["expires"] = expires
-    components = covered_components(signed, bool(body), cover)
+    components = covered_components(signed, has_body, cover)
     base = build_signature_base(signed, components, params)
     mac = base64.b64encode(hmac_sha256(secret, base)).decode("ascii")
     added["signature-input"] = f"{label}={serialize_signature_params(components, params)}"

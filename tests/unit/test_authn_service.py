@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import math
 import time
+from collections.abc import Iterator
 from dataclasses import replace
+from hashlib import sha256
 
+import httpx
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -19,7 +23,7 @@ from app.authn.keys import KeyRing, SigningKey
 from app.authn.nonces import Claim, MemoryNonceStore, NonceStoreUnavailable
 from app.authn.rotation import KeyReloader
 from app.authn.service import MAX_FENCE_WAIT_SECONDS, AuthnService, wait_past_fence
-from app.authn.signer import sign_headers
+from app.authn.signer import HttpSignatureAuth, message_from_httpx, sign_headers
 from app.authn.verifier import SignatureVerifier
 from app.core.config import SigningSettings
 from app.core.errors import AuthenticationFailed
@@ -105,6 +109,29 @@ def test_unreachable_store_is_503_never_accepted() -> None:
     with pytest.raises(NonceStoreUnavailable) as caught:
         asyncio.run(service.authenticate(_message("n1"), b"", NOW))
     assert caught.value.status_code == 503
+
+
+def test_the_reference_signer_digests_a_chunked_body_that_turns_out_empty() -> None:
+    """An audit streamed an empty upload through ``HttpSignatureAuth``: chunked, no
+    bytes, so no ``Content-Digest`` was signed, and the gateway (which requires the
+    field for a declared body before reading it) refused it as component_missing."""
+
+    def no_chunks() -> Iterator[bytes]:
+        yield from ()
+
+    request = httpx.Request(
+        "POST", "http://gw/v1/engagements/acme-2026/evidence", content=no_chunks()
+    )
+    request.read()
+    signed = next(HttpSignatureAuth("k1", SECRET, "alice").auth_flow(request))
+    message = message_from_httpx(signed)
+    assert message.header("transfer-encoding") == "chunked"
+    assert (
+        message.header("content-digest")
+        == f"sha-256=:{base64.b64encode(sha256().digest()).decode()}:"
+    )
+    service = _service(_store(fence=time.time() - 60))
+    assert asyncio.run(service.authenticate(message, b"")).subject == "alice"
 
 
 def test_a_signature_created_before_the_fence_is_refused_without_consuming_its_nonce() -> None:
