@@ -87,6 +87,22 @@ def resolve_engagement(path: str, given: str | None) -> str:
     return engagement
 
 
+def check_closable(engagement: str, flag: str) -> str:
+    """An engagement a close can reach: never ``*``, which no engagement is.
+
+    The gateway-wide routes (``/admin/...``) are decided in ``*``, and no close
+    (the saga's, a ``g3`` line's, an unloaded state's) ever applies there: a case
+    or an explanation decided as if ``*`` were closed answers for a request the
+    gateway never decides so (a security admin's reload denied).
+    """
+    if engagement == GLOBAL_DOMAIN:
+        raise FieldError(
+            "no close applies to the gateway-wide routes (domain *, /admin/...): the "
+            f"gateway decides them as open; drop {flag}"
+        )
+    return engagement
+
+
 def _action(value: str) -> str:
     try:
         return check_action(value)

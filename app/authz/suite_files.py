@@ -7,8 +7,9 @@ hold fixtures only). A case names its caller with ``subject`` (+ ``groups``) or
 is an error); its method is validated (``get`` is an error, not a silent deny);
 it may assert the ``reason`` and the ``matched_rule`` besides ``expect``, and
 ask to be decided as if the engagement state held the engagement closed
-(``engagement_state: closed``). Every problem is an error with ``file:line``:
-``gateway policy lint`` lists them all, and a reload refuses the directory.
+(``engagement_state: closed``; not on a gateway-wide path, which no close
+reaches). Every problem is an error with ``file:line``: ``gateway policy lint``
+lists them all, and a reload refuses the directory.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from app.authz.fields import (
     DecisionPath,
     EngagementOrGlobal,
     FieldError,
+    check_closable,
     resolve_engagement,
 )
 from app.authz.source import FileRead, Issue, clip, listed, quote, read_file, text_lines
@@ -91,9 +93,14 @@ class CaseIn(_Strict):
         if self.as_ is not None and self.groups is not None:
             raise PydanticCustomError("caller", "groups come from the fixture named by as:")
         try:
-            resolve_engagement(self.path, self.engagement)
+            engagement = resolve_engagement(self.path, self.engagement)
         except FieldError as exc:
             raise PydanticCustomError("engagement_mismatch", str(exc)) from None
+        try:
+            if self.engagement_state == "closed":
+                check_closable(engagement, "engagement_state")
+        except FieldError as exc:
+            raise PydanticCustomError("engagement_state", str(exc)) from None
         if self.matched_rule is not None:
             rule_fields(self.matched_rule)
         return self
@@ -385,7 +392,14 @@ def _issue(name: str, lines: dict[tuple[Any, ...], int], error: Any) -> Issue:
     return Issue("error", f"{name}:{line}", code, message)
 
 
-_OWN_CODES = {"engagement_mismatch", "invalid_action", "caller", "matched_rule", "suite"}
+_OWN_CODES = {
+    "engagement_mismatch",
+    "engagement_state",
+    "invalid_action",
+    "caller",
+    "matched_rule",
+    "suite",
+}
 
 
 def _line_map(root: yaml.Node | None) -> dict[tuple[Any, ...], int]:

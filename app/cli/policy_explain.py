@@ -2,7 +2,9 @@
 
 The engagement is the path's, as the gateway decides it; ``--engagement`` may
 be given and must then agree. ``--closed`` decides as if the engagement state
-(the close saga) held the engagement closed.
+(the close saga) held the engagement closed; asked of a gateway-wide path (domain
+``*``, which no close reaches) it is an error, and ``what-can`` listing every
+engagement leaves the ``*`` row open.
 """
 
 from __future__ import annotations
@@ -13,10 +15,11 @@ from typing import Any
 
 from app.authz.closed import ClosedFact
 from app.authz.explain import Explanation, explain
-from app.authz.fields import FieldError, check_action, resolve_engagement
+from app.authz.fields import FieldError, check_action, check_closable, resolve_engagement
 from app.authz.policy import Decision
 from app.authz.query import WhatCan, WhoCan, engagements_for, what_can, who_can
 from app.authz.reference import casbin_enforcer_of, reference_decide
+from app.authz.source import GLOBAL_DOMAIN
 from app.cli.policy_io import PolicyRead, fail, load_engine, read_directory, split_groups
 from app.core.errors import ConfigError, InvalidPath
 from app.domain.identity import GROUP_PATTERN, SUBJECT_PATTERN
@@ -67,7 +70,10 @@ def _request(args: argparse.Namespace, method: str, raw_path: str) -> tuple[str,
 
 
 def _what_if(args: argparse.Namespace, engagement: str) -> ClosedFact | None:
-    return ClosedFact(engagement, "case", "--closed") if args.closed else None
+    """``--closed`` as the close saga's fact; ``FieldError`` for ``*``, which none reaches."""
+    if not args.closed:
+        return None
+    return ClosedFact(check_closable(engagement, "--closed"), "case", "--closed")
 
 
 def _identity(subject: str, raw_groups: str) -> tuple[str, ...]:
@@ -87,13 +93,14 @@ def run_explain(args: argparse.Namespace) -> int:
     try:
         groups = _identity(args.subject, args.groups)
         request = _request(args, args.method, args.path)
+        closed = _what_if(args, request[0])
         read = read_directory(args.dir)
     except FieldError as exc:
         return fail(str(exc))
     except ConfigError as exc:
         return fail(exc.detail)
     dom, path, action = request
-    answer = explain(read.engine, args.subject, groups, request, _what_if(args, dom))
+    answer = explain(read.engine, args.subject, groups, request, closed)
     print(f"request: {args.subject} groups={list(groups)} {action} {path} in {dom}")
     print("\n".join(describe(answer)))
     if args.casbin:
@@ -150,12 +157,13 @@ def describe(answer: Explanation) -> list[str]:
 def run_who_can(args: argparse.Namespace) -> int:
     try:
         request = _request(args, args.action, args.object)
+        closed = _what_if(args, request[0])
         engine = load_engine(args.dir)
     except FieldError as exc:
         return fail(str(exc))
     except ConfigError as exc:
         return fail(exc.detail)
-    answer = who_can(engine, request, _what_if(args, request[0]))
+    answer = who_can(engine, request, closed)
     print("\n".join(describe_who_can(answer)))
     return 0
 
@@ -183,13 +191,20 @@ def run_what_can(args: argparse.Namespace) -> int:
         groups = _identity(args.subject, args.groups)
         engine = load_engine(args.dir)
         engagements = engagements_for(engine, args.subject, groups, args.engagement)
+        # Listing every engagement, --closed closes each of them but *, which no close
+        # reaches; asked of * alone it is an error, as for explain.
+        closes = {
+            engagement: _what_if(args, engagement)
+            for _, engagement in engagements
+            if engagement != GLOBAL_DOMAIN or args.engagement is not None
+        }
     except FieldError as exc:
         return fail(str(exc))
     except ConfigError as exc:
         return fail(exc.detail)
     print(f"what {args.subject} groups={list(groups)} may do (revision {engine.revision})")
     for label, engagement in engagements:
-        answer = what_can(engine, args.subject, groups, engagement, _what_if(args, engagement))
+        answer = what_can(engine, args.subject, groups, engagement, closes.get(engagement))
         print("\n".join(describe_what_can(answer, label)))
     return 0
 

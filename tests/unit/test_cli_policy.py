@@ -196,3 +196,39 @@ def test_policy_test_on_a_policy_that_cannot_load_is_unusable_input_with_its_lin
     err = capsys.readouterr().err
     assert code == 2
     assert f"policy.csv:{line}: error: effect 'alow' must be allow or deny [syntax]" in err
+
+
+GATEWAY_WIDE_CLOSED = "no close applies to the gateway-wide routes (domain *, /admin/...)"
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("explain", "--subject", "sam", "--closed", "POST", "/admin/policy/reload"),
+        ("who-can", "--closed", "POST", "/admin/policy/reload"),
+        ("what-can", "sam", "--closed", "--engagement", "*"),
+    ],
+)
+def test_closed_on_a_gateway_wide_path_is_an_error_not_a_deny(
+    capsys: pytest.CaptureFixture[str], args: tuple[str, ...]
+) -> None:
+    """No close reaches domain ``*``: the gateway decides ``/admin`` as open whatever
+    is closed. ``--closed`` there answered for a request never decided so: sam's
+    reload denied, and "who may reload" answered by nobody."""
+    code = main(["policy", *args, "--dir", str(POLICY_DIR)])
+    captured = capsys.readouterr()
+    assert (code, captured.out) == (2, "")
+    assert GATEWAY_WIDE_CLOSED in captured.err
+    assert "drop --closed" in captured.err
+
+
+def test_what_can_closed_over_every_engagement_leaves_the_gateway_wide_row_open(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code, out = gateway_policy(capsys, "what-can", "sam", "--closed", "--dir", POLICY_DIR)
+    assert code == 0, out
+    lines = out.splitlines()
+    at = lines.index("in * (gateway-wide: /admin):")
+    assert lines[at + 1] == "  allow * /admin/*: policy.csv:47 via sam > security_admin"
+    other = next(line for line in lines if line.startswith("in (any other engagement)"))
+    assert other == "in (any other engagement); closed by case --closed:"

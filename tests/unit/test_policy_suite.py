@@ -230,6 +230,8 @@ cases:
         ({"as": "lead"}, 4, "caller", "either subject"),
         ({"matched_rule": "analyst, *"}, 4, "matched_rule", "role, engagement, object"),
         ({"reason": "because"}, 9, "suite", "reason"),
+        ({"path": "/admin/policy/reload", "engagement_state": "closed"},
+         4, "engagement_state", "no close applies to the gateway-wide routes"),
     ],
 )  # fmt: skip
 def test_bad_cases_are_errors_with_file_and_line(
