@@ -257,9 +257,11 @@ class DownstreamClient:
             if deadline is not None:  # the native transport ends the exchange by it
                 request.extensions[DEADLINE] = deadline
             started = time.perf_counter()
+            answered: dict[str, int] = {}  # the service's status, once it sent one
             try:
                 call.admit()
                 request, started, response = await self._send_fresh(request, started, attempt)
+                answered["status"] = response.status_code
                 if span.is_recording():
                     span.set_attribute("http.response.status_code", response.status_code)
                 if response.status_code >= 500:
@@ -268,7 +270,9 @@ class DownstreamClient:
                 if not stream:
                     await self._read(response)
             except GatewayError as exc:
-                self._log(request, started, attempt, outcome=exc.code)
+                # With the status: a 500 (not retried) and a 503 (retried) were both
+                # bare ``bad_gateway``, and no line of the gateway said what was answered.
+                self._log(request, started, attempt, outcome=exc.code, **answered)
                 call.failed(exc)
                 raise
             finally:

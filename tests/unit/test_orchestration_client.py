@@ -9,6 +9,7 @@ from typing import Any
 import httpx
 import pytest
 from starlette.requests import ClientDisconnect
+from structlog.testing import capture_logs
 
 from app.authn.keys import KeyRing, SigningKey
 from app.authn.signer import message_from_httpx
@@ -109,6 +110,28 @@ def test_unkeyed_post_is_sent_once() -> None:
     with pytest.raises(DownstreamError):
         call(transport, method="POST", path="/x", json={"a": 1})
     assert len(seen) == 1
+
+
+def test_a_failed_attempt_logs_the_status_the_service_answered() -> None:
+    """A 503 (retried) and a 500 (not) were both a bare ``bad_gateway`` line: a tester
+    injecting one or the other could not tell from the gateway's log what it got."""
+    transport, _ = scripted(503, 500)
+    with capture_logs() as logs, pytest.raises(DownstreamError):
+        call(transport, method="GET", path="/x")
+    lines = [e for e in logs if e["event"] == "downstream_call"]
+    assert [(e["attempt"], e["outcome"], e.get("status")) for e in lines] == [
+        (1, "bad_gateway", 503),
+        (2, "bad_gateway", 500),
+    ]
+
+
+def test_an_attempt_with_no_answer_logs_no_status() -> None:
+    transport, _ = dropping(head_received=False)
+    with capture_logs() as logs:
+        call(transport, method="GET", path="/x")
+    first = next(e for e in logs if e["event"] == "downstream_call")
+    assert first["outcome"] == "bad_gateway"
+    assert "status" not in first
 
 
 def test_a_missing_outbound_secret_stops_start_up(monkeypatch: pytest.MonkeyPatch) -> None:
