@@ -67,6 +67,22 @@ def test_a_bad_fault_body_is_refused_with_problem_json_never_500(
     assert (faults["error_rate"], faults["latency_ms"]) == (0, 0)
 
 
+@pytest.mark.parametrize("body", [b"[]", b'"fail_next"', b"1", b"null"])
+def test_a_fault_body_that_is_no_object_is_a_validation_error_listing_why(
+    live_server: Callable[[FastAPI], LiveServer], body: bytes
+) -> None:
+    """resilience.md: a body that is not an object is a ``422`` listing where and what
+    (``errors``), as an unknown field is; it was a bare ``http_error`` without them."""
+    server = live_server(create_stub_app("engagements"))
+    with httpx.Client(base_url=server.url, timeout=5) as client:
+        answers = [client.post("/_faults", content=body), client.patch("/_faults", content=body)]
+    for answer in answers:
+        assert answer.status_code == 422, answer.text
+        problem = answer.json()
+        assert problem["type"].endswith(":validation_error")
+        assert [error["loc"] for error in problem["errors"]] == [["body"]]
+
+
 def test_faults_set_with_curl_s_default_content_type_apply(
     live_server: Callable[[FastAPI], LiveServer],
 ) -> None:
