@@ -14,6 +14,7 @@ from typing import Any
 
 from app.authz.lint import lint
 from app.authz.routes import RouteShape
+from app.authz.source import Issue
 from app.authz.suite import SuiteError, SuiteReport, junit_xml, run_suites
 from app.authz.suite_files import parse_suites
 from app.cli import policy_diff, policy_explain
@@ -57,6 +58,10 @@ def run_lint(args: argparse.Namespace) -> int:
         except ConfigError as exc:
             return fail(f"--config: {exc.detail}")
     cases, suite_issues = parse_suites(snapshot.suites)
+    if not cases and not suite_issues:
+        # Lint's errors are what the gateway refuses to load, and it refuses this at
+        # start-up and on reload (app.authz.store): with no suite, any edit would pass.
+        suite_issues = [_NO_TEST_CASES]
     issues = [*lint(source, {case.subject for case in cases}, routes), *suite_issues]
     for issue in issues:
         print(issue)
@@ -64,6 +69,15 @@ def run_lint(args: argparse.Namespace) -> int:
     notes = len(issues) - sum(count.values())
     print(f"{args.dir}: {count['error']} error(s), {count['warning']} warning(s), {notes} note(s)")
     return 1 if count["error"] or (args.strict and count["warning"]) else 0
+
+
+_NO_TEST_CASES = Issue(
+    "error",
+    "tests/*.yaml",
+    "no_test_cases",
+    "no test case: the gateway refuses to load a policy directory without one (at start-up "
+    "and on reload), since with no suite any edit would pass its gate; add a suite",
+)
 
 
 def _route_shapes(config: str) -> list[RouteShape]:

@@ -53,6 +53,25 @@ def test_lint_reports_suite_errors_with_file_and_line(policy_copy: Path) -> None
     assert "[engagement_mismatch]" in result.stdout
 
 
+@pytest.mark.parametrize("suites", ["none", "fixtures-only"])
+def test_lint_refuses_a_directory_the_gateway_would_refuse_for_want_of_test_cases(
+    policy_copy: Path, suites: str
+) -> None:
+    """Lint passed a directory with no test case (exit 0) that start-up and every
+    reload refuse (``no test cases found``): a security admin's check said go."""
+    for suite in (policy_copy / "tests").glob("*.yaml"):
+        suite.unlink()
+    if suites == "fixtures-only":  # a valid file (fixtures for other files), no case
+        (policy_copy / "tests" / "people.yaml").write_text(
+            "fixtures:\n  staff: {subject: dora, groups: [consultants]}\n"
+        )
+    result = gateway_policy("lint", policy_copy)
+    assert result.returncode == 1, result.stdout
+    assert "tests/*.yaml: error: no test case: the gateway refuses" in result.stdout
+    assert "[no_test_cases]" in result.stdout
+    assert gateway_policy("test", policy_copy).returncode == 1  # as test says already
+
+
 def test_lint_reports_file_and_line(policy_copy: Path) -> None:
     with (policy_copy / "policy.csv").open("a") as policy:
         policy.write("p, analyst, *, /v1/*, GET\ng, bob, engagement_lead, acme-2026\n")
