@@ -31,7 +31,7 @@ from app.core.headers import (
     never_forwarded,
 )
 from app.main import create_app
-from tests.conftest import LiveServer, make_settings
+from tests.conftest import LiveServer, free_port, make_settings
 from tests.integration.nginx_stack import NginxSite, nginx_key_spec
 
 pytestmark = pytest.mark.integration
@@ -273,6 +273,74 @@ def test_ten_identical_requests_all_pass(site: tuple[NginxSite, FastAPI]) -> Non
         statuses = [client.get(OURS).status_code for _ in range(10)]
     assert statuses == [200] * 10
     assert len({s["headers"]["x-gateway-decision-id"] for s in _seen(application)}) == 10
+
+
+def _assert_nginx_problem(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
+    """nginx's own problem+json: its ``corr_id`` is the ``X-Request-ID`` it answers with."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    body: dict[str, Any] = response.json()
+    assert body["type"] == f"urn:authz-gateway:problem:{code}"
+    assert body["status"] == status
+    assert re.fullmatch(r"[0-9a-f]{32}", body["corr_id"])
+    assert response.headers["x-request-id"] == body["corr_id"]
+    return body
+
+
+def test_a_rate_limited_decision_is_429_with_retry_after_not_a_500(
+    tmp_path: Path,
+    live_server: Callable[[FastAPI], LiveServer],
+    test_key_env: str,
+    captured_logs: list[dict[str, Any]],
+) -> None:
+    """auth_request turns every refusal but 401 and 403 into a 500: a client over its
+    quota got nginx's HTML 500, no Retry-After, nothing to retry on. The shipped
+    server answers the gateway's 429 as a 429 problem with its Retry-After."""
+    application = _application(SignatureVerifier(KeyRing([SigningKey("x", b"x" * 32)])))
+    app_server = live_server(application)
+    settings = make_settings(
+        signing={"keys": [nginx_key_spec(tmp_path)]},
+        authorizer={"routes": ROUTES},
+        ops={"rate_limit": {"subject": {"limit": 1, "window_seconds": 60}}},
+    )
+    gateway = live_server(create_app(settings))
+    nginx = NginxSite(tmp_path, gateway.port, app_server.port).start()
+    try:
+        with nginx.client("alice", authorizer=True) as client:
+            first, second = client.get(OURS), client.get(OURS)
+    finally:
+        nginx.stop()
+    assert first.status_code == 200, first.text
+    body = _assert_nginx_problem(second, 429, "rate_limited")
+    assert 1 <= int(second.headers["retry-after"]) <= 60
+    assert "rate limit" in body["detail"]
+    assert [s["path"] for s in _seen(application)] == [OURS]
+    # The gateway's line of that decision request carries the same id.
+    [line] = [e for e in captured_logs if e["event"] == "rate_limited"]
+    assert line["corr_id"] == body["corr_id"]
+
+
+def test_a_gateway_that_does_not_answer_is_a_problem_never_nginx_s_html_page(
+    tmp_path: Path, live_server: Callable[[FastAPI], LiveServer]
+) -> None:
+    """Nothing listens on the gateway's port: the authorizer server answers 503 (was
+    nginx's HTML 500) and the signing proxy 502 (was nginx's HTML 502), both
+    problem+json; the application receives nothing."""
+    application = _application(SignatureVerifier(KeyRing([SigningKey("x", b"x" * 32)])))
+    app_server = live_server(application)
+    nginx_key_spec(tmp_path)  # the signing key and htpasswd nginx reads
+    nginx = NginxSite(tmp_path, free_port(), app_server.port).start()
+    try:
+        with nginx.client("alice", authorizer=True) as client:
+            decided = client.get(OURS)
+        with nginx.client("alice") as client:
+            proxied = client.get(OURS)
+    finally:
+        nginx.stop()
+    _assert_nginx_problem(decided, 503, "unavailable")
+    assert "retry-after" not in decided.headers  # the gateway gave none
+    _assert_nginx_problem(proxied, 502, "bad_gateway")
+    assert _seen(application) == []
 
 
 # --- Traefik forwardAuth through the nginx sidecar ---------------------------------
