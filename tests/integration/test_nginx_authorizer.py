@@ -246,14 +246,19 @@ def test_a_post_with_a_body_passes_to_the_application_unseen_by_the_gateway(
 
 
 def test_a_foreign_engagement_is_403_and_the_application_receives_nothing(
-    site: tuple[NginxSite, FastAPI],
+    site: tuple[NginxSite, FastAPI], captured_logs: list[dict[str, Any]]
 ) -> None:
     nginx, application = site
     with nginx.client("alice", authorizer=True) as client:
-        assert client.get(FOREIGN).status_code == 403
+        foreign = client.get(FOREIGN)
         assert client.get("/v1/unlisted/route").status_code == 403
         assert client.get(OURS, headers={"X-Original-URI": FOREIGN}).status_code == 200
     assert [s["path"] for s in _seen(application)] == [OURS]
+    # A problem, not nginx's page, whose corr_id finds the gateway's decision line.
+    body = _assert_nginx_problem(foreign, 403, "forbidden")
+    decided = [e for e in captured_logs if e["event"] == "decision"]
+    [line] = [e for e in decided if e.get("corr_id") == body["corr_id"]]
+    assert (line["stage"], line["decision"], line["mode"]) == ("authz", "deny", "nginx")
 
 
 def test_an_unsigned_decision_request_is_401_and_the_application_receives_nothing(
@@ -262,7 +267,11 @@ def test_an_unsigned_decision_request_is_401_and_the_application_receives_nothin
     """ "bad user" passes basic auth but is no valid subject: the signer refuses to sign."""
     nginx, application = site
     with nginx.client("bad user", authorizer=True) as client:
-        assert client.get(OURS).status_code == 401
+        _assert_nginx_problem(client.get(OURS), 401, "unauthenticated")
+    with httpx.Client(timeout=10) as anonymous:  # nginx's own basic-auth challenge
+        challenged = anonymous.get(f"http://127.0.0.1:{nginx.authorizer_port}{OURS}")
+    _assert_nginx_problem(challenged, 401, "unauthenticated")
+    assert challenged.headers["www-authenticate"] == 'Basic realm="authz-gateway"'
     assert _seen(application) == []
     assert "no well-formed subject" in nginx.error_log()
 
