@@ -152,7 +152,13 @@ def test_a_wrong_password_never_reaches_the_gateway(site: tuple[NginxSite, ...])
         f"http://127.0.0.1:{site[0].proxy_port}{OURS}", auth=("alice", "wrong"), timeout=5
     )
     assert response.status_code == 401
-    assert "www-authenticate" in response.headers
+    assert response.headers["www-authenticate"] == 'Basic realm="authz-gateway"'
+    # A problem like the gateway's own, not nginx's page (its id as X-Request-ID).
+    assert response.headers["content-type"] == "application/problem+json"
+    body = response.json()
+    assert (body["type"], body["status"]) == ("urn:authz-gateway:problem:unauthenticated", 401)
+    assert body["corr_id"] == response.headers["x-request-id"]
+    assert _seen(site[1]["findings"]) == []
 
 
 def test_a_client_idempotency_key_is_signed_and_a_retry_replays(
