@@ -30,7 +30,7 @@ import nodeCrypto from 'crypto';
 // The gateway's identity grammar (app/domain/identity.py) and key rules (signing.md §1).
 const SUBJECT = /^[A-Za-z0-9][A-Za-z0-9._@+-]{0,127}$/;
 const GROUP = /^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$/;
-const KEY_ID = /^[A-Za-z0-9._:-]{1,64}$/;
+const KEY_ID = /^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$/;
 const MIN_SECRET_BYTES = 32;
 const LABEL = 'sig1';
 
