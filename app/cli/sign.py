@@ -111,7 +111,12 @@ def parse_header(line: str) -> tuple[str, str]:
 def request_body(data: str) -> tuple[bytes, Path | None]:
     """The body ``-d`` gives, and the file it came from (``@FILE``), if any."""
     if not data.startswith("@"):
-        return data.encode("utf-8"), None
+        try:
+            return data.encode("utf-8"), None
+        except UnicodeEncodeError:  # raw bytes in argv: the printed curl could not carry them
+            raise UsageError(
+                "-d: the body is not UTF-8 text; give a binary body as -d @FILE"
+            ) from None
     path = Path(data[1:])
     try:
         return path.read_bytes(), path

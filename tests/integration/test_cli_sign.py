@@ -245,3 +245,13 @@ def test_a_value_that_is_not_ascii_is_a_usage_error(args: tuple[str, ...], why: 
     env = {**os.environ, "GATEWAY_DEMO_KEY": "demo-key-not-secret-0123456789abcdef"}
     code, stderr = _sign_fails(*args, "http://127.0.0.1:1/", env=env)
     assert (code, why in stderr, "Traceback" in stderr) == (2, True, False), stderr
+
+
+def test_an_inline_body_that_is_not_utf8_is_a_usage_error() -> None:
+    """Raw bytes in ``-d`` (argv holds them as surrogates) were a UnicodeEncodeError
+    traceback; such a body goes from a file, which is sent as it is."""
+    env = {**os.environ, "GATEWAY_DEMO_KEY": "demo-key-not-secret-0123456789abcdef"}
+    raw = os.fsdecode(b'{"title": "caf\xe9"}')
+    code, stderr = _sign_fails("--subject", "alice", "-d", raw, "http://127.0.0.1:1/", env=env)
+    assert (code, "Traceback" in stderr) == (2, False), stderr
+    assert "-d: the body is not UTF-8 text; give a binary body as -d @FILE" in stderr
