@@ -716,6 +716,15 @@ def _raw_service_gateway(
     return live_server(create_app(settings))
 
 
+def _read_head(sock: socket.socket, got: bytes = b"") -> bytes:
+    """What ``sock`` sends until a whole answer head is in (``got``: read already)."""
+    while b"\r\n\r\n" not in got:
+        chunk = sock.recv(65536)
+        assert chunk, f"closed before a whole head: {got!r}"
+        got += chunk
+    return got
+
+
 def _answers_before_the_body(status: bytes) -> Callable[[socket.socket, bytes], None]:
     """A service that answers right after the head and closes, the body unread."""
     body = b'{"stored":true}'
@@ -813,11 +822,7 @@ def test_a_bodiless_answer_is_relayed_without_framing_fields(
         signed = next(signer("carol").auth_flow(request))
         with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as sock:
             sock.sendall(request_head(signed))
-            head = b""
-            while b"\r\n\r\n" not in head:
-                chunk = sock.recv(65536)
-                assert chunk, f"closed before a whole head: {head!r}"
-                head += chunk
+            head = _read_head(sock)
     status_line, *fields = head.partition(b"\r\n\r\n")[0].lower().split(b"\r\n")
     assert status_line.split()[1] == answer.split()[1]
     names = [field.partition(b":")[0] for field in fields]
@@ -869,19 +874,11 @@ def test_a_head_answer_is_relayed_with_the_services_length_whatever_it_declares(
         signed = next(signer("carol").auth_flow(request))
         with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as sock:
             sock.sendall(request_head(signed))
-            head = b""
-            while b"\r\n\r\n" not in head:
-                chunk = sock.recv(65536)
-                assert chunk, f"closed before a whole head: {head!r}"
-                head += chunk
+            head = _read_head(sock)
             # The same again on this connection: the first answer left no bytes behind.
             again = next(signer("carol").auth_flow(httpx.Request("HEAD", gateway.url + CONTENT)))
             sock.sendall(request_head(again))
-            rest = head.partition(b"\r\n\r\n")[2]
-            while b"\r\n\r\n" not in rest:
-                chunk = sock.recv(65536)
-                assert chunk, f"closed before a second head: {rest!r}"
-                rest += chunk
+            rest = _read_head(sock, head.partition(b"\r\n\r\n")[2])
     assert service.heads[0].startswith(b"HEAD "), service.heads[0]
     for received in (head, rest):
         status_line, *lines = received.partition(b"\r\n\r\n")[0].lower().split(b"\r\n")
