@@ -4,7 +4,8 @@ With ``--workers N`` (N > 1) uvicorn starts N processes that each build the app
 (``app.main:create_app_from_env``) from the settings validated here, written to a
 private snapshot (``settings_snapshot``): a bad file stops start-up with one line,
 and a worker started again later never reads a file edited since. Several
-workers need ``redis.url``: in-memory replay protection is per process. On SIGTERM
+workers need Redis (``redis.url``, or Sentinel's ``redis.nodes``): in-memory replay
+protection is per process. On SIGTERM
 uvicorn stops accepting, lets in-flight requests finish for
 ``ops.graceful_shutdown_seconds``, runs the lifespan shutdown (pools closed) and
 exits by re-raising SIGTERM, so supervisors see a clean signal exit.
@@ -96,8 +97,9 @@ def run(args: argparse.Namespace) -> int:
         # Nonces, rate limits and reload notices would be per worker: a request replayed
         # to another worker would be accepted. Refuse rather than serve that.
         print(
-            f"gateway: configuration error: --workers {args.workers} needs redis.url "
-            "(in-memory nonces are per process; a replay to another worker would pass)",
+            f"gateway: configuration error: --workers {args.workers} needs shared state: "
+            "redis.url, or redis.mode sentinel with redis.nodes (in-memory nonces are per "
+            "process; a replay to another worker would pass)",
             file=sys.stderr,
         )
         return 2

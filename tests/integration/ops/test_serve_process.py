@@ -298,7 +298,10 @@ def test_workers_without_redis_are_refused(tmp_path: Path) -> None:
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1
-    assert lines[0].startswith("gateway: configuration error: --workers 2 needs redis.url")
+    assert lines[0].startswith(
+        "gateway: configuration error: --workers 2 needs shared state: redis.url, "
+        "or redis.mode sentinel with redis.nodes"
+    )
 
 
 def test_bad_config_with_workers_stops_with_one_line(tmp_path: Path) -> None:
