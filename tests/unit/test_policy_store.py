@@ -16,6 +16,7 @@ import pytest
 from app.authz.policy import PolicyEngine
 from app.authz.store import PolicyStore
 from app.authz.suite import load_suites, read_suites, run_suites
+from app.authz.sync import follow_notices
 from app.authz.watch import fingerprint, policy_watcher
 from app.core.config import PolicySettings
 from app.core.errors import ConfigError
@@ -48,6 +49,23 @@ def test_reload_swaps_a_valid_change(policy_dir: Path) -> None:
     assert store.revision == result.revision != before
     assert store.current.explain("zoe", *ALICE_READS[1:]).allowed
     assert result.tests_run == store.status.tests > 0
+
+
+def test_a_notice_runs_the_gate_only_when_the_files_are_not_those_in_force(
+    policy_dir: Path,
+) -> None:
+    """dist32: a revision announced on Redis that this process's files never give (a key
+    kept from an older deployment) ran the whole gate, build and suites, once a minute
+    for ever. The same files as the policy in force cannot give it: nothing is run."""
+    store = open_store(policy_dir)
+    follow = follow_notices(store)
+    asyncio.run(follow("rev-from-elsewhere"))
+    assert store.status.last_reload is None  # no build, no suite, no log line
+    append(policy_dir / "policy.csv", "g, zoe, analyst, acme-2026\n")  # the files catch up
+    asyncio.run(follow("rev-from-elsewhere"))
+    last = store.status.last_reload
+    assert last is not None
+    assert (last.outcome, last.reason) == ("swapped", "notice:rev-from-elsewhere")
 
 
 def test_reload_of_unchanged_files_keeps_the_revision(policy_dir: Path) -> None:
