@@ -113,6 +113,12 @@ def create_app(
             await app.state.services.aclose()
             if app.state.tracing is not None:
                 app.state.tracing.shutdown()
+        # Only now: the line used to come from ops_lifespan, before the nonce store closed
+        # Redis and before the service pools closed, and said redis_closed=false whenever
+        # Redis was in use (the nonce store, not ops_lifespan, owns the client).
+        structlog.get_logger("gateway.ops").info(
+            "shutdown_complete", redis_closed=redis is not None, pools_closed=True
+        )
 
     # Swagger UI and ReDoc served with their assets from this process (fastapi-offline),
     # never from a CDN; the HTTP stack is the edge, the lane, then FastAPI's router

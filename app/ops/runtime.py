@@ -2,7 +2,8 @@
 
 ``ops_lifespan`` opens what the settings ask for and closes it on shutdown. It
 reuses ``app.state.redis`` when another stage already opened one, and closes
-only what it opened itself.
+only what it opened itself. It does not say that shutdown is complete: the app's
+lifespan does, once the pools and Redis are closed (``app.main``).
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-import structlog
 from fastapi import FastAPI
 
 from app.core.config import Settings
@@ -19,8 +19,6 @@ from app.ops.metrics import count_redis_error
 from app.ops.processes import mark_worker_exited
 from app.ops.ratelimit import MemoryRateLimiter, RateLimiter, RateLimitGuard, RedisRateLimiter
 from app.ops.reload_notices import CurrentRevision, OnRevision, ReloadNotifier
-
-log = structlog.get_logger("gateway.ops")
 
 
 def _limiter(settings: Settings, client: SharedRedis | None) -> RateLimiter:
@@ -61,7 +59,6 @@ async def ops_lifespan(
         if owned and client is not None:
             await client.aclose()
         mark_worker_exited()
-        log.info("shutdown_complete", redis_closed=owned)
 
 
 async def redis_health(client: SharedRedis) -> tuple[bool, str]:
