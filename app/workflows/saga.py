@@ -149,21 +149,28 @@ UNDO_ON_SHUTDOWN_SECONDS = 10.0
 # Undo tasks of cancelled sagas, and the request tasks they ran in (which still release
 # the engagement's lock and the key's claim, and answer 503, all after the undo):
 # referenced here (the loop holds tasks weakly) and awaited by the lifespan before the
-# service pools and Redis close.
-_UNDOING: set[asyncio.Task[Any]] = set()
+# service pools and Redis close. Each maps to its saga's request task, so the log counts
+# sagas, not tasks (one cancelled close is two tasks: it logged ``sagas: 2``).
+_UNDOING: dict[asyncio.Task[Any], asyncio.Task[Any]] = {}
 
 
-def _finish_before_shutdown(task: asyncio.Task[Any] | None) -> None:
+def _finish_before_shutdown(
+    task: asyncio.Task[Any] | None, request: asyncio.Task[Any] | None = None
+) -> None:
     if task is not None:
-        _UNDOING.add(task)
-        task.add_done_callback(_UNDOING.discard)
+        _UNDOING[task] = request or task
+        task.add_done_callback(_forget)
+
+
+def _forget(task: asyncio.Task[Any]) -> None:
+    _UNDOING.pop(task, None)
 
 
 def _undo_task(undo: Coroutine[object, object, list[str]]) -> asyncio.Task[list[str]]:
     """Run ``undo`` in a task of its own, which a cancellation of the caller does not
     stop (``finish_undos`` waits for it)."""
     task = asyncio.get_running_loop().create_task(undo)
-    _finish_before_shutdown(task)
+    _finish_before_shutdown(task, asyncio.current_task())
     return task
 
 
@@ -185,13 +192,13 @@ async def _undo_despite_cancellation(undo: Coroutine[object, object, list[str]])
 async def finish_undos(within_seconds: float) -> None:
     """Wait (at most ``within_seconds``) for every saga cancelled mid-run: its undo, and
     the end of the request it ran in."""
-    pending = set(_UNDOING)
+    pending = dict(_UNDOING)
     if not pending:
         return
-    log.info("saga_undo_waiting", sagas=len(pending))
+    log.info("saga_undo_waiting", sagas=len(set(pending.values())))
     _, late = await asyncio.wait(pending, timeout=within_seconds)
     if late:
-        log.error("saga_undo_abandoned", sagas=len(late))
+        log.error("saga_undo_abandoned", sagas=len({pending[task] for task in late}))
 
 
 def _maybe_applied(exc: GatewayError) -> bool:

@@ -421,6 +421,46 @@ def test_a_saga_cancelled_while_it_undoes_a_failed_step_still_undoes_every_step(
     assert any(line["event"] == "saga_undo_detached" for line in logs) is (cancels == 2)
 
 
+@pytest.mark.parametrize("sagas", [1, 3])
+def test_the_shutdown_wait_counts_sagas_not_tasks(sagas: int) -> None:
+    """Each cancelled saga leaves two tasks to wait for (its undo and its request):
+    ``saga_undo_waiting`` said ``sagas: 2`` for one cancelled close."""
+    started = 0
+    all_in_flight = asyncio.Event()
+    undo_may_end = asyncio.Event()
+
+    async def ok() -> str:
+        return "a"
+
+    async def hangs() -> str:
+        nonlocal started
+        started += 1
+        if started == sagas:
+            all_in_flight.set()
+        await asyncio.sleep(3600)
+        return "b"
+
+    async def undo(_: Any) -> None:
+        await undo_may_end.wait()
+
+    async def scenario() -> None:
+        steps = [Step("a", "svc", ok, undo), Step("b", "svc", hangs)]
+        tasks = [asyncio.create_task(Saga("demo", steps).run()) for _ in range(sagas)]
+        await all_in_flight.wait()
+        for task in tasks:
+            task.cancel()
+        await asyncio.sleep(0.01)
+        waiting = asyncio.create_task(finish_undos(5))
+        await asyncio.sleep(0.01)
+        undo_may_end.set()
+        await waiting
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    with capture_logs() as logs:
+        asyncio.run(scenario())
+    assert [line["sagas"] for line in logs if line["event"] == "saga_undo_waiting"] == [sagas]
+
+
 def test_a_close_cancelled_while_it_undoes_a_failure_keeps_its_lock_until_the_undo_ends() -> None:
     """The engagement's lock (and the key's claim) are released as the request ends: a
     cancellation mid-undo ended it at once, so a reopen, another close or the retry of
