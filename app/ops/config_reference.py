@@ -40,6 +40,9 @@ a variable whose name is no section (`{ENV_PREFIX}LOG_LEVEL`, one underscore) is
 read at all and not refused either, since secrets named by the settings may share the
 prefix: check the spelling of a setting that seems to have no effect.
 Secrets are never values here: a signing key names the variable or file holding it.
+A relative path (`policy.dir`, `signing.keys_file`, `log.decisions.file`, ...) is read
+from the working directory of `gateway serve`, not from the configuration file's
+directory: give absolute paths when a service manager starts the gateway.
 """
 
 
