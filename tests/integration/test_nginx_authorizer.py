@@ -322,6 +322,9 @@ def test_a_rate_limited_decision_is_429_with_retry_after_not_a_500(
     assert first.status_code == 200, first.text
     body = _assert_nginx_problem(second, 429, "rate_limited")
     assert 1 <= int(second.headers["retry-after"]) <= 60
+    # The gateway's RateLimit fields too (draft-ietf-httpapi-ratelimit-headers).
+    assert second.headers["ratelimit-policy"] == '"subject";q=1;w=60'
+    assert second.headers["ratelimit"].startswith('"subject";r=0;t=')
     assert "rate limit" in body["detail"]
     assert [s["path"] for s in _seen(application)] == [OURS]
     # The gateway's line of that decision request carries the same id.
