@@ -39,7 +39,7 @@ from app.core.errors import ConfigError
 from app.core.logging import configure_logging, reopen_log_files_on_sighup
 from app.core.redis import SharedRedis, create_redis
 from app.downstream.client import ServiceRegistry, load_outbound_keys
-from app.ops.metrics import set_policy_revision
+from app.ops.metrics import set_policy_revision, start_series
 from app.ops.processes import freeze_startup_heap
 from app.ops.runtime import ops_lifespan
 from app.workflows.engagement_lock import (
@@ -159,6 +159,13 @@ def create_app(
         app.router.routes.extend(metrics.router.routes)
     install_openapi(app)
     set_policy_revision(policy.revision)
+    rate_limit = settings.ops.rate_limit
+    limits = {"subject": rate_limit.subject, "engagement": rate_limit.engagement}
+    start_series(
+        redis=redis is not None,
+        rate_limits=[scope for scope, rule in limits.items() if rule is not None],
+        tracing=settings.tracing.enabled,
+    )
     policy.add_listener(announcer(app))
     return app
 

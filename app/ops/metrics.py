@@ -14,6 +14,7 @@ workers; a worker's values are dropped when it shuts down).
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 from prometheus_client import (
@@ -237,6 +238,39 @@ def count_redis_error(component: str) -> None:
 def count_spans_dropped(reason: str, count: int = 1) -> None:
     """``reason``: ``queue_full`` or ``export_failed``; called from the exporter's thread."""
     TRACE_SPANS_DROPPED.labels(reason).inc(count)
+
+
+# The components that count Redis failures (``count_redis_error``), and the reasons a
+# span is dropped: every series an alert may watch, known before its first event.
+REDIS_COMPONENTS = (
+    "engagement_lock",
+    "engagement_state",
+    "health",
+    "idempotency",
+    "nonces",
+    "rate_limit",
+    "reload_notices",
+)
+SPAN_DROP_REASONS = ("queue_full", "export_failed")
+
+
+def start_series(*, redis: bool, rate_limits: Sequence[str], tracing: bool) -> None:
+    """Every error counter an alert watches, at 0 from the start.
+
+    A labelled counter has no series until its first increment, and ``increase()`` or
+    ``rate()`` over a series born at 1 sees no change: the very first Redis error of a
+    component, a first 429, a first dropped span went unseen by ``increase(...) > 0``
+    (Prometheus's own advice: initialise the series you know of). Only what this
+    process can count: Redis components with Redis, the configured limits, tracing on.
+    """
+    if redis:
+        for component in REDIS_COMPONENTS:
+            REDIS_ERRORS.labels(component)
+    for scope in rate_limits:
+        RATE_LIMITED.labels(scope)
+    if tracing:
+        for reason in SPAN_DROP_REASONS:
+            TRACE_SPANS_DROPPED.labels(reason)
 
 
 def render() -> bytes:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,7 @@ from starlette.routing import Route
 
 from app.ops import metrics
 from app.ops.processes import MULTIPROC_ENV
+from tests.conftest import TEST_KEY_ENV, TEST_SECRET
 from tests.integration.ops.conftest import metric_value
 
 OTHER = {"route": "/healthz", "method": "OTHER", "status": "405"}
@@ -79,3 +81,50 @@ def test_a_worker_killed_without_its_clean_exit_leaves_no_live_gauge(
     assert "t_breaker_state{" not in after  # the dead worker's gauge is gone
     assert metric_value(after, "t_requests_total") == 1.0  # its counts stay counted
     assert not list(tmp_path.glob(f"gauge_live*_{worker.pid}.db"))
+
+
+_SERIES = """
+import sys
+from app.main import create_app
+from app.ops.metrics import render
+from tests.conftest import make_settings
+settings = make_settings(
+    redis={"url": "redis://127.0.0.1:9"},  # never reached: create_app does not connect
+    ops={"rate_limit": {"subject": {"limit": 5}}},
+    tracing={"enabled": sys.argv[1] == "traced"},
+)
+create_app(settings)
+print(render().decode())
+"""
+
+
+@pytest.mark.parametrize("tracing", ["traced", "untraced"])
+def test_error_series_exist_at_zero_before_their_first_event(tracing: str) -> None:
+    """ops32: a labelled counter had no series until its first increment, so
+    ``increase(gateway_redis_errors_total[5m]) > 0`` never saw a component's first
+    error (the series was born at 1). A fresh process has each series an alert
+    watches at 0: only those it can count (no engagement limit is configured here)."""
+    env = {**os.environ, TEST_KEY_ENV: TEST_SECRET.decode()}
+    env.pop(MULTIPROC_ENV, None)
+    done = subprocess.run(
+        [sys.executable, "-c", _SERIES, tracing],
+        capture_output=True, text=True, timeout=60, env=env, check=True,
+    )  # fmt: skip
+    text = done.stdout
+    for component in metrics.REDIS_COMPONENTS:
+        assert f'gateway_redis_errors_total{{component="{component}"}} 0.0' in text
+    assert 'gateway_rate_limited_total{scope="subject"} 0.0' in text
+    assert 'scope="engagement"' not in text
+    dropped = 'gateway_trace_spans_dropped_total{reason="queue_full"} 0.0'
+    assert (dropped in text) == (tracing == "traced")
+
+
+def test_every_component_that_counts_redis_errors_is_started() -> None:
+    """A component added later with ``count_redis_error("x")`` must join the list."""
+    app_dir = Path(metrics.__file__).resolve().parents[1]
+    named = {
+        match
+        for path in app_dir.rglob("*.py")
+        for match in re.findall(r'count_redis_error\("([a-z_]+)"\)', path.read_text())
+    }
+    assert named == set(metrics.REDIS_COMPONENTS)
