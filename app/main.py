@@ -23,12 +23,13 @@ from app import __version__
 from app.api.decisions import Authorizer
 from app.api.lane import gateway_app
 from app.api.openapi import DESCRIPTION, install_openapi
-from app.api.pipeline import Gate
+from app.api.pipeline import REPLAY_CHECK_UNAVAILABLE, Gate
 from app.api.problems import install_problem_handlers
 from app.api.routes import GUARDED_ROUTERS, docs, health, metrics
 from app.api.routes.passthrough import register_passthrough_routes
 from app.api.routing import GuardedRoute
 from app.authn.service import AuthnService
+from app.authn.verifier import Reason
 from app.authz.closed import EngagementState, MemoryEngagementState
 from app.authz.closed_redis import RedisEngagementState
 from app.authz.store import PolicyStore
@@ -165,6 +166,7 @@ def create_app(
         redis=redis is not None,
         rate_limits=[scope for scope, rule in limits.items() if rule is not None],
         tracing=settings.tracing.enabled,
+        signature_reasons=[*(reason.value for reason in Reason), REPLAY_CHECK_UNAVAILABLE],
     )
     policy.add_listener(announcer(app))
     return app

@@ -254,15 +254,24 @@ REDIS_COMPONENTS = (
 SPAN_DROP_REASONS = ("queue_full", "export_failed")
 
 
-def start_series(*, redis: bool, rate_limits: Sequence[str], tracing: bool) -> None:
+def start_series(
+    *,
+    redis: bool,
+    rate_limits: Sequence[str],
+    tracing: bool,
+    signature_reasons: Sequence[str] = (),
+) -> None:
     """Every error counter an alert watches, at 0 from the start.
 
     A labelled counter has no series until its first increment, and ``increase()`` or
     ``rate()`` over a series born at 1 sees no change: the very first Redis error of a
     component, a first 429, a first dropped span went unseen by ``increase(...) > 0``
     (Prometheus's own advice: initialise the series you know of). Only what this
-    process can count: Redis components with Redis, the configured limits, tracing on.
+    process can count: Redis components with Redis, the configured limits, tracing on,
+    and every reason a signature is refused for (a first ``replayed`` is an attack's).
     """
+    for reason in signature_reasons:
+        SIGNATURE_FAILURES.labels(reason)
     if redis:
         for component in REDIS_COMPONENTS:
             REDIS_ERRORS.labels(component)

@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 from starlette.routing import Route
 
+from app.api.pipeline import REPLAY_CHECK_UNAVAILABLE
+from app.authn.verifier import Reason
 from app.ops import metrics
 from app.ops.processes import MULTIPROC_ENV
 from tests.conftest import TEST_KEY_ENV, TEST_SECRET
@@ -102,8 +104,9 @@ print(render().decode())
 def test_error_series_exist_at_zero_before_their_first_event(tracing: str) -> None:
     """ops32: a labelled counter had no series until its first increment, so
     ``increase(gateway_redis_errors_total[5m]) > 0`` never saw a component's first
-    error (the series was born at 1). A fresh process has each series an alert
-    watches at 0: only those it can count (no engagement limit is configured here)."""
+    error, nor an alert on ``reason="replayed"`` the first replay (born at 1). A fresh
+    process has each series an alert watches at 0: only those it can count (no
+    engagement limit is configured here)."""
     env = {**os.environ, TEST_KEY_ENV: TEST_SECRET.decode()}
     env.pop(MULTIPROC_ENV, None)
     done = subprocess.run(
@@ -114,6 +117,8 @@ def test_error_series_exist_at_zero_before_their_first_event(tracing: str) -> No
     for component in metrics.REDIS_COMPONENTS:
         assert f'gateway_redis_errors_total{{component="{component}"}} 0.0' in text
     assert 'gateway_rate_limited_total{scope="subject"} 0.0' in text
+    for reason in (*Reason, REPLAY_CHECK_UNAVAILABLE):  # a first replay is an attack's
+        assert f'gateway_signature_failures_total{{reason="{reason}"}} 0.0' in text
     assert 'scope="engagement"' not in text
     dropped = 'gateway_trace_spans_dropped_total{reason="queue_full"} 0.0'
     assert (dropped in text) == (tracing == "traced")
