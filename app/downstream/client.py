@@ -257,11 +257,11 @@ class DownstreamClient:
             if deadline is not None:  # the native transport ends the exchange by it
                 request.extensions[DEADLINE] = deadline
             started = time.perf_counter()
-            answered: dict[str, int] = {}  # the service's status, once it sent one
+            status: int | None = None  # the service's, once it answered
             try:
                 call.admit()
                 request, started, response = await self._send_fresh(request, started, attempt)
-                answered["status"] = response.status_code
+                status = response.status_code
                 if span.is_recording():
                     span.set_attribute("http.response.status_code", response.status_code)
                 if response.status_code >= 500:
@@ -272,13 +272,14 @@ class DownstreamClient:
             except GatewayError as exc:
                 # With the status: a 500 (not retried) and a 503 (retried) were both
                 # bare ``bad_gateway``, and no line of the gateway said what was answered.
+                answered = {} if status is None else {"status": status}
                 self._log(request, started, attempt, outcome=exc.code, **answered)
                 call.failed(exc)
                 raise
             finally:
                 if span.is_recording():
                     span.set_attribute("gateway.breaker.state", self.breaker.state)
-            self._log(request, started, attempt, outcome="response", status=response.status_code)
+            self._log(request, started, attempt, outcome="response", status=status)
             return response
 
     def _build(
