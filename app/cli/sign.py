@@ -19,7 +19,10 @@ from typing import Any
 import httpx
 
 from app.authn.identity import GROUPS_HEADER, SUBJECT_HEADER
+from app.authn.keys import MIN_SECRET_BYTES
 from app.authn.signer import DEFAULT_LABEL, message_from_httpx, sign_headers
+from app.core.config import KEY_ID_PATTERN, SIGNATURE_LABEL_PATTERN
+from app.domain.identity import SUBJECT_PATTERN, parse_groups
 
 DEMO_KEY_ENV = "GATEWAY_DEMO_KEY"
 # The documented demo key (README, Makefile): public, for the demo and the tests only.
@@ -132,11 +135,53 @@ def _content_type(body: bytes) -> str:
     return "application/json"
 
 
-def build_request(args: argparse.Namespace, secret: bytes, body: bytes = b"") -> httpx.Request:
-    """The signed request ``args`` describe, with ``body`` (``-d`` already read)."""
+def check_profile(args: argparse.Namespace, secret: bytes) -> None:
+    """Refuse what no gateway could accept, before anything is signed.
+
+    Each of these used to be signed and printed, then refused by the gateway with a
+    reason that did not name the option: a key id outside the configuration's grammar
+    (``unknown_key``), a secret shorter than any key may be (``unknown_key`` or
+    ``signature_invalid``), a label that is no RFC 8941 key (the whole
+    ``Signature-Input`` unparseable), an expiry at or before the creation time
+    (``expired``), a subject or group outside the identity grammar (``identity_malformed``).
+    A request meant to be refused (a negative test) is made with the reference signer
+    (``app.authn.signer``), which signs whatever it is given.
+    """
     for option, value in (("--subject", args.subject), ("--groups", args.groups)):
         if not value.isascii():
             raise UsageError(f"{option} {value!r}: must be ASCII, as the gateway's grammar is")
+    if not SUBJECT_PATTERN.fullmatch(args.subject):
+        raise UsageError(
+            f"--subject {args.subject!r}: the gateway takes a letter or digit, then up to "
+            "127 of letters, digits and ._@+- (it would answer 401 identity_malformed)"
+        )
+    if parse_groups(args.groups) is None:
+        raise UsageError(
+            f"--groups {args.groups!r}: each comma-separated group is a letter or digit, "
+            "then up to 63 of letters, digits and ._:- (it would answer 401 identity_malformed)"
+        )
+    if not re.fullmatch(KEY_ID_PATTERN, args.key_id):
+        raise UsageError(
+            f"--key-id {args.key_id!r}: a key id is a letter or digit, then up to 63 of "
+            "letters, digits and ._:- (no configured key can have this id: 401 unknown_key)"
+        )
+    if not re.fullmatch(SIGNATURE_LABEL_PATTERN, args.label):
+        raise UsageError(
+            f"--label {args.label!r}: a label is an RFC 8941 key: a lower-case letter or *, "
+            "then up to 63 of a-z, 0-9 and _.*- (the gateway could not parse Signature-Input)"
+        )
+    if args.expires_in is not None and args.expires_in < 1:
+        raise UsageError(f"--expires-in {args.expires_in}: must be at least 1 second")
+    if len(secret) < MIN_SECRET_BYTES:
+        raise UsageError(
+            f"the secret is {len(secret)} bytes; a gateway key's secret is at least "
+            f"{MIN_SECRET_BYTES} (no configured key can have it)"
+        )
+
+
+def build_request(args: argparse.Namespace, secret: bytes, body: bytes = b"") -> httpx.Request:
+    """The signed request ``args`` describe, with ``body`` (``-d`` already read)."""
+    check_profile(args, secret)
     headers = [(SUBJECT_HEADER, args.subject)]
     if args.groups:
         headers.append((GROUPS_HEADER, args.groups))

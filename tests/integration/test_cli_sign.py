@@ -255,3 +255,52 @@ def test_an_inline_body_that_is_not_utf8_is_a_usage_error() -> None:
     code, stderr = _sign_fails("--subject", "alice", "-d", raw, "http://127.0.0.1:1/", env=env)
     assert (code, "Traceback" in stderr) == (2, False), stderr
     assert "-d: the body is not UTF-8 text; give a binary body as -d @FILE" in stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "why"),
+    [
+        (("--subject=-alice",), "--subject '-alice': the gateway takes a letter or digit"),
+        (("--subject", "alice bob"), "--subject 'alice bob'"),
+        (("--subject", "a" * 129), "up to 127"),
+        (("--subject", "alice", "--groups", "ops,,dev"), "--groups 'ops,,dev': each"),
+        (("--subject", "alice", "--groups", "ops team"), "identity_malformed"),
+        (("--subject", "alice", "--key-id=-k1"), "--key-id '-k1': a key id is a letter or digit"),
+        (("--subject", "alice", "--key-id", "k" * 65), "401 unknown_key"),
+        (("--subject", "alice", "--label", "Sig1"), "--label 'Sig1': a label is an RFC 8941 key"),
+        (("--subject", "alice", "--label", "1x"), "could not parse Signature-Input"),
+        (("--subject", "alice", "--expires-in", "0"), "--expires-in 0: must be at least 1"),
+        (("--subject", "alice", "--expires-in", "-5"), "--expires-in -5: must be at least 1"),
+    ],
+)
+def test_what_no_gateway_accepts_is_refused_before_signing(args: tuple[str, ...], why: str) -> None:
+    """Each was signed and printed, then refused by the gateway (unknown_key, an
+    unparseable Signature-Input, expired, identity_malformed) with nothing naming the
+    option that caused it."""
+    env = {**os.environ, "GATEWAY_DEMO_KEY": "demo-key-not-secret-0123456789abcdef"}
+    code, stderr = _sign_fails(*args, "http://127.0.0.1:1/", env=env)
+    assert (code, why in stderr, "Traceback" in stderr) == (2, True, False), stderr
+
+
+def test_a_secret_shorter_than_any_key_is_refused() -> None:
+    env = {**os.environ, "GATEWAY_DEMO_KEY": "short-secret"}
+    code, stderr = _sign_fails("--subject", "alice", "http://127.0.0.1:1/", env=env)
+    assert code == 2, stderr
+    assert "the secret is 12 bytes; a gateway key's secret is at least 32" in stderr
+    assert "short-secret" not in stderr  # the secret itself is never printed
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("--subject", "a" * 128, "--groups", "g" * 64),
+        ("--subject", "svc.bot+ci@example.org", "--groups", "ops:read, dev_team"),
+        ("--subject", "alice", "--key-id", "k" * 64, "--label", "*x_y.z-1"),
+        ("--subject", "alice", "--expires-in", "1"),
+    ],
+)
+def test_the_longest_and_widest_accepted_values_still_sign(args: tuple[str, ...]) -> None:
+    """The checks refuse no value the gateway's own grammar takes."""
+    out = _sign(*args, "--headers-only", "http://127.0.0.1:1/v1/x")
+    assert "signature-input: " in out, out
+    assert "signature: " in out, out
