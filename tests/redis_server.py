@@ -18,12 +18,7 @@ from collections.abc import Iterator, Sequence
 
 import pytest
 
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+from tests.conftest import free_port
 
 
 def answers_ping(port: int) -> bool:
@@ -48,7 +43,7 @@ class RedisServer:
     def __init__(self, binary: str, args: Sequence[str] = (), port: int | None = None) -> None:
         self.binary = binary
         self.args = list(args)
-        self.port = port or _free_port()
+        self.port = port or free_port()
         self.proc: subprocess.Popen[bytes] | None = None
         self.workdir = tempfile.mkdtemp(prefix="redis-test-")
         weakref.finalize(self, shutil.rmtree, self.workdir, True)

@@ -7,8 +7,6 @@ their state (``CLUSTER INFO``, ``SENTINEL`` replies), never a fixed sleep.
 
 from __future__ import annotations
 
-import contextlib
-import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -18,6 +16,7 @@ import pytest
 import redis
 from redis.crc import key_slot
 
+from tests.conftest import free_port
 from tests.redis_server import RedisServer, redis_binary
 
 Failed = pytest.fail.Exception  # what wait_for raises when a state is not reached
@@ -40,12 +39,16 @@ def wait_for(what: str, predicate: Callable[[], bool], timeout: float = 30.0) ->
 
 
 def distinct_free_ports(count: int) -> list[int]:
-    """``count`` ports free now and all different: each socket is held until all are chosen."""
-    with contextlib.ExitStack() as stack:
-        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [int(sock.getsockname()[1]) for sock in sockets]
+    """``count`` ports free now and all different, from ``GATEWAY_TEST_PORTS`` when set
+    (``free_port`` tries the ports it gave lately last, so a few calls give distinct ones)."""
+    ports: list[int] = []
+    for _ in range(8 * count):
+        port = free_port()
+        if port not in ports:
+            ports.append(port)
+        if len(ports) == count:
+            return ports
+    raise RuntimeError(f"{count} distinct free ports not found")
 
 
 def probe(port: int) -> redis.Redis:
