@@ -27,7 +27,7 @@ answer (278 against 96 µs a request, user and system, on the bench machine).
   handler (guard, then endpoint) under an ``ExceptionMiddleware`` built from the
   same exception handlers, so every error is the same problem+json. Anything else
   (a partial match, the probes, the admin routes, every route with a body, no
-  match, redirects) goes to FastAPI's router unchanged.
+  match) goes to FastAPI's router unchanged.
 
 Nothing is declared twice: the routes, their guards, the OpenAPI schema and the
 exception handlers are FastAPI's; the lane only skips the layers that do nothing
@@ -226,8 +226,14 @@ def gateway_app(
     fastapi-offline is a factory that returns a plain ``FastAPI`` with its docs routes
     and static mount; the instance becomes a ``GatewayApp`` (which adds no state of its
     own, only class attributes and the two methods) rather than copying that wiring.
+
+    Starlette's trailing-slash redirect is off: the edge removes a trailing slash from
+    every path, so the redirect it offered for a path one slash short of a route (the
+    static mount's ``/static-offline-docs``) could only loop, and it wrote the
+    request's ``Host`` into ``Location`` for anyone, unsigned (an open redirect, a
+    cache-poisoning shape). Such a path is an unmatched one now: a 404 problem.
     """
-    app = FastAPIOffline(**kwargs)
+    app = FastAPIOffline(redirect_slashes=False, **kwargs)
     app.__class__ = GatewayApp
     assert isinstance(app, GatewayApp)
     app.state = AppState(app.state._state)

@@ -49,3 +49,17 @@ async def test_the_signing_profile_the_schema_links_to_is_served(docs: httpx.Asy
     assert page.status_code == 200
     assert page.headers["content-type"].startswith("text/markdown")
     assert "RFC 9421" in page.text
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("path", ["/static-offline-docs", "/static-offline-docs/"])
+async def test_a_path_one_slash_short_of_a_route_is_a_404_problem_not_a_redirect(
+    docs: httpx.AsyncClient, path: str
+) -> None:
+    # Starlette offered /static-offline-docs/ (the mount) by a redirect built from the
+    # Host field: unsigned, to any host, and a loop (the edge drops the slash again).
+    response = await docs.get(path, headers={"Host": "evil.example"})
+    assert response.status_code == 404
+    assert "location" not in response.headers
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.json()["corr_id"] == response.headers["x-request-id"]
