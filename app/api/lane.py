@@ -218,6 +218,24 @@ class AppState(State):
         object.__delattr__(self, key)
 
 
+class WholeAssets:
+    """The docs' static assets, always served whole: a ``Range`` is ignored.
+
+    RFC 9110 section 14.2 lets a server ignore it, and the pages never send one;
+    Starlette's ``FileResponse`` answered a malformed one with a text/plain 400 and an
+    unsatisfiable one with a text/plain 416, where every refusal is a problem.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            fields = [(k, v) for k, v in scope["headers"] if k not in (b"range", b"if-range")]
+            scope = {**scope, "headers": fields}
+        await self.app(scope, receive, send)
+
+
 def gateway_app(
     edge: EdgeSettings, untraced_paths: tuple[str, ...] | None, **kwargs: Any
 ) -> GatewayApp:
@@ -234,6 +252,9 @@ def gateway_app(
     cache-poisoning shape). Such a path is an unmatched one now: a 404 problem.
     """
     app = FastAPIOffline(redirect_slashes=False, **kwargs)
+    for route in app.router.routes:
+        if isinstance(route, Mount) and route.name == "static-offline-docs":
+            route.app = WholeAssets(route.app)
     app.__class__ = GatewayApp
     assert isinstance(app, GatewayApp)
     app.state = AppState(app.state._state)
