@@ -222,6 +222,7 @@ class PassthroughRoute(_Section):
     @model_validator(mode="after")
     def _engagement_where_the_policy_reads_it(self) -> Self:
         """The engagement is ``/v1/engagements/{engagement_id}/...``, where explain reads it."""
+        check_routable(self.path)
         check_engagement_placement(self.path)
         return self
 
@@ -331,6 +332,22 @@ def check_engagement_placement(template: str) -> None:
         )
 
 
+def check_routable(template: str) -> None:
+    """Refuse a route template no request path can match once the edge normalised it.
+
+    The edge removes a trailing slash, collapses ``//`` and removes ``.`` and ``..``
+    segments (``app.edge.paths``) before anything is routed or decided, so a template
+    with one of them was accepted at start-up and then matched nothing: every request
+    meant for it a 404 (a decision endpoint's: a 403, denied by default).
+    """
+    segments = template.split("/")[1:]
+    if template != "/" and any(segment in ("", ".", "..") for segment in segments):
+        raise ValueError(
+            f"path {template}: no request can match it: the edge removes a trailing "
+            "slash, empty segments (//) and . or .. segments from every path first"
+        )
+
+
 class AuthorizerSettings(_Section):
     """The decision endpoints (/v1/decisions): the gateway as another proxy's authorizer."""
 
@@ -359,6 +376,7 @@ class AuthorizerSettings(_Section):
     @classmethod
     def _engagement_where_the_policy_reads_it(cls, routes: list[str]) -> list[str]:
         for template in routes:
+            check_routable(template)
             check_engagement_placement(template)
         return routes
 

@@ -8,7 +8,7 @@ import pytest
 from pydantic import ValidationError
 
 from app.authn.keys import load_keyring
-from app.core.config import PassthroughRoute, load_settings
+from app.core.config import AuthorizerSettings, PassthroughRoute, load_settings
 from app.core.errors import ConfigError
 from app.main import create_app
 from tests.conftest import TEST_KEY_ENV, make_settings
@@ -142,3 +142,35 @@ def test_authorizer_templates_where_the_policy_tools_read_the_engagement_are_acc
         "/admin/{rest:path}",
     ]
     assert make_settings(authorizer={"routes": routes}).authorizer.routes == routes
+
+
+UNROUTABLE = [
+    "/v1/engagements/{engagement_id}/files/",
+    "/v1/engagements/{engagement_id}//files",
+    "/v1/engagements/{engagement_id}/./files",
+    "/v1/engagements/{engagement_id}/../files",
+    "/v1/files/.",
+]
+
+
+@pytest.mark.parametrize("path", UNROUTABLE)
+def test_a_passthrough_path_the_edge_never_routes_is_refused(path: str) -> None:
+    """The edge removes a trailing slash, ``//``, ``.`` and ``..`` from every request
+    path: such a route was accepted at start-up and then matched nothing (404s)."""
+    route = {"path": path, "service": "findings", "upstream_path": "/x"}
+    with pytest.raises(ValidationError, match="no request can match it"):
+        PassthroughRoute.model_validate(route)
+
+
+@pytest.mark.parametrize("template", UNROUTABLE)
+def test_an_authorizer_template_the_edge_never_routes_is_refused(template: str) -> None:
+    with pytest.raises(ValidationError, match="no request can match it"):
+        AuthorizerSettings.model_validate({"routes": [template]})
+
+
+@pytest.mark.parametrize(
+    "path", ["/v1/engagements/{engagement_id}/files", "/v1/files.d/x..y/.well-known/a.b"]
+)
+def test_dots_inside_a_segment_are_routable(path: str) -> None:
+    route = {"path": path, "service": "findings", "upstream_path": "/x/"}
+    assert PassthroughRoute.model_validate(route).path == path
