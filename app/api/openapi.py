@@ -10,7 +10,8 @@
   any route can answer are listed on each (400 and 404 from the edge; 401, 403,
   429 and 503 on signed routes; 408 and 413 where there is a body). A route's 409
   that can mean "a run is in progress" (``retrying_conflict``) declares its
-  ``Retry-After``, sent only then.
+  ``Retry-After``, sent only then; a keyed operation's success (``keyed_success``)
+  declares ``Idempotent-Replayed``.
 - **Pass-through routes** (``passthrough_operation``): their path parameters,
   request body and success statuses, which FastAPI cannot see in a generic
   endpoint.
@@ -152,6 +153,8 @@ _RATE_LIMIT = {
     "RateLimit": {**_STRING, "description": "what is left of each configured limit"},
     "RateLimit-Policy": {**_STRING, "description": "each configured limit"},
 }
+# draft-ietf-httpapi-idempotency-key-header: a keyed create or close says whether it replayed.
+REPLAYED_HEADER = "Idempotent-Replayed"
 _RETRY_AFTER = {"Retry-After": {"schema": {"type": "integer"}, "description": "seconds"}}
 _RETRY_AFTER_CONFLICT = {
     "Retry-After": {
@@ -170,6 +173,21 @@ def retrying_conflict(description: str) -> dict[str, object]:
         "description": description,
         "headers": _RETRY_AFTER_CONFLICT,
     }
+
+
+def keyed_success(description: str, *, always: bool) -> dict[str, object]:
+    """A keyed operation's success ``responses`` entry: with its ``Idempotent-Replayed``.
+
+    ``always``: the operation requires the key, so every success carries the header;
+    else only a success of a request that sent one.
+    """
+    when = "always" if always else "only when the request sent an Idempotency-Key"
+    header = {
+        "schema": {"type": "string", "enum": ["true", "false"]},
+        "description": f"true when this is the stored result of an earlier request with the "
+        f"same key (no service was called), false the first time; sent {when}",
+    }
+    return {"description": description, "headers": {REPLAYED_HEADER: header}}
 
 
 def _complete_errors(operation: dict[str, Any]) -> None:

@@ -137,6 +137,21 @@ def test_the_answers_declare_the_headers_the_gateway_sends(schema: dict[str, Any
                 assert "Retry-After" in headers, (method, path, status)
 
 
+def test_a_keyed_success_declares_idempotent_replayed(schema: dict[str, Any]) -> None:
+    """The create and the close answer ``Idempotent-Replayed`` (findings-create.md,
+    engagements-close.md); a client generated from the schema must see it declared."""
+    keyed = {("/v1/engagements/{engagement_id}/findings", "post", "201"), (CLOSE, "post", "200")}
+    declared = set()
+    for path, method, operation in operations(schema):
+        for status, response in operation["responses"].items():
+            header = response["headers"].get("Idempotent-Replayed")
+            if header is not None:
+                declared.add((path, method, status))
+                assert header["schema"] == {"type": "string", "enum": ["true", "false"]}
+                assert "$ref" in str(response["content"]["application/json"]["schema"])
+    assert declared == keyed
+
+
 def test_a_conflict_that_ends_by_itself_declares_its_retry_after(schema: dict[str, Any]) -> None:
     """A 409 "in progress" (an Idempotency-Key's run, an engagement's close or reopen) is
     sent with Retry-After; those operations declare it, the others' 409s do not."""

@@ -8,7 +8,7 @@ import structlog
 from fastapi import APIRouter, Header, Path, Response
 
 from app.api.deps import Authenticated, Authorized, Closer, KeyedAuthorized, Overview
-from app.api.openapi import retrying_conflict
+from app.api.openapi import REPLAYED_HEADER, keyed_success, retrying_conflict
 from app.api.routing import GuardedRoute
 from app.api.schemas import Problem
 from app.domain.engagements import CloseRequest, CloseResult, EngagementOverview
@@ -28,7 +28,6 @@ IDEMPOTENCY_KEY = {
     "(draft-ietf-httpapi-idempotency-key-header); missing or malformed is a 400.",
     "schema": {"type": "string", "pattern": KEY_PATTERN.pattern},
 }
-REPLAYED_HEADER = "idempotent-replayed"
 
 ERRORS: dict[int | str, dict[str, object]] = {
     status: {"model": Problem, "content": {"application/problem+json": {}}}
@@ -55,11 +54,13 @@ CLOSE_CONFLICT = retrying_conflict(
     "or the key's close was undone by a reopen since"
 )
 
+CLOSED = keyed_success("The close's result (the first one, for a replayed key)", always=True)
+
 
 @router.post(
     "/close",
     response_model=CloseResult,
-    responses={**ERRORS, 409: CLOSE_CONFLICT},
+    responses={**ERRORS, 200: CLOSED, 409: CLOSE_CONFLICT},
     summary="Close an engagement (saga, idempotent)",
     openapi_extra={"parameters": [IDEMPOTENCY_KEY]},
 )

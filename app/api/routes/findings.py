@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Path, Response
 
 from app.api.deps import Authenticated, Authorized, Findings, KeyedAuthorized
-from app.api.openapi import retrying_conflict
+from app.api.openapi import REPLAYED_HEADER, keyed_success, retrying_conflict
 from app.api.routing import GuardedRoute
 from app.api.schemas import Problem, relay
 from app.core.logging import get_logger
@@ -28,7 +28,6 @@ IDEMPOTENCY_KEY = {
     "(draft-ietf-httpapi-idempotency-key-header); malformed is a 400.",
     "schema": {"type": "string", "pattern": KEY_PATTERN.pattern},
 }
-REPLAYED_HEADER = "idempotent-replayed"
 EngagementPath = Annotated[str, Path(pattern=r"^[a-z0-9][a-z0-9-]{1,62}$")]
 FindingPath = Annotated[str, Path(pattern=r"^[A-Za-z0-9][A-Za-z0-9-]{0,63}$")]
 
@@ -51,12 +50,14 @@ CREATE_CONFLICT = retrying_conflict(
     "findings service refused the write (the engagement's findings are frozen)"
 )
 
+CREATED = keyed_success("The finding (the first one, for a replayed key)", always=False)
+
 
 @router.post(
     "",
     response_model=Finding,
     status_code=201,
-    responses={**ERRORS, 409: CREATE_CONFLICT},
+    responses={**ERRORS, 201: CREATED, 409: CREATE_CONFLICT},
     summary="Record a finding",
     openapi_extra={"parameters": [IDEMPOTENCY_KEY]},
 )
