@@ -25,7 +25,13 @@ Groups = Annotated[list[Annotated[str, Field(pattern=GROUP_PATTERN.pattern)]], F
 # The path the edge would decide (at most 4,096 characters, its own check) and a query:
 # 2,048 refused paths the gateway itself decides.
 # The query is not decided, but counts: a path past the edge's limit is refused whole.
-Path = Annotated[DecisionPath, Field(min_length=1, max_length=MAX_PATH_LENGTH)]
+# The schema shows the characters the edge takes (app/edge/paths.py: escapes as %XX), then
+# any query without a fragment: a client generated from it sends no "000" for a 422.
+PATH_PATTERN = r"^/([A-Za-z0-9\-._~!$&'()*+,=:@/]|%[0-9A-Fa-f]{2})*(\?[^#]*)?$"
+Path = Annotated[
+    DecisionPath,
+    Field(min_length=1, max_length=MAX_PATH_LENGTH, json_schema_extra={"pattern": PATH_PATTERN}),
+]
 
 
 class _Model(BaseModel):

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from pydantic import ValidationError
 
+from app.api.admin_query_schemas import WhoCanQuery
 from app.main import create_app
 from tests.conftest import make_settings
 from tests.integration.test_passthrough import ROUTES
@@ -178,6 +183,30 @@ def test_query_fields_show_the_rules_they_are_checked_by(schema: dict[str, Any])
     assert query["action"]["pattern"].startswith("^(GET|HEAD|POST")
     engagement = query["engagement"]["anyOf"][0]
     assert engagement["pattern"] == r"^(\*|[a-z0-9][a-z0-9-]{1,62})$"
+
+
+def test_a_decision_path_field_shows_the_pattern_of_what_it_takes(schema: dict[str, Any]) -> None:
+    """schemathesis ST202: ``"path": "000..."`` was schema-valid (only a length) but a 422."""
+    for model in ("WhoCanQuery", "ExplainRequest"):
+        field = schema["components"]["schemas"][model]["properties"]["path"]
+        pattern = re.compile(field["pattern"])
+        assert not pattern.search("000")
+        assert pattern.search("/v1/engagements/acme-2026/findings?page=2")
+
+
+# Paths a client might send: the edge's characters, escapes (bad ones too), and what it refuses.
+_PATH_CHARS = st.sampled_from([*"/aZ09-._~!$&'()*+,=:@%", "%2e", "%2F", "%zz", "?", "#", " ", "é"])
+
+
+@given(st.lists(_PATH_CHARS, max_size=12).map("".join))
+def test_every_path_the_decision_fields_take_matches_their_pattern(path: str) -> None:
+    """The pattern never refuses what the check takes (a client would not send it)."""
+    try:
+        WhoCanQuery(query="who_can", path=path, action="GET")
+    except ValidationError:
+        return
+    pattern = WhoCanQuery.model_json_schema()["properties"]["path"]["pattern"]
+    assert re.search(pattern, path), path
 
 
 def test_the_description_names_every_component_the_profile_requires(
