@@ -31,6 +31,7 @@ import atexit
 import errno
 import logging
 import os
+import re
 import sys
 import threading
 import time
@@ -113,6 +114,35 @@ def _orjson_bytes(obj: object, default: object = None) -> bytes:
 
 def _to_bytes(logger: WrappedLogger, method: str, rendered: EventDict | str) -> bytes:
     return str(rendered).encode("utf-8", "replace")
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+# A string value holding any of these is written as its repr by ConsoleRenderer (26.1).
+_REPRED_BY_CONSOLE = frozenset(" \t=\r\n\"'")
+
+
+def _escaped(match: re.Match[str]) -> str:
+    return repr(match.group())[1:-1]  # "\n", "\x1b", "\x9b"
+
+
+def escape_controls(logger: WrappedLogger, method: str, event_dict: EventDict) -> EventDict:
+    """Control characters as Python escapes, where the console renderer writes them raw.
+
+    ``ConsoleRenderer`` writes the event (a standard-library record's message, with its
+    arguments interpolated) raw, and a string value raw unless it holds a space, tab,
+    ``=``, a quote, CR or LF (then its ``repr``, which escapes every control): a message
+    with a line break could forge a whole log line on a terminal, and an escape sequence
+    in either could rewrite what the terminal shows. Those are escaped here; a value the
+    renderer will ``repr`` is left to it (escaping it too would double the backslashes).
+    The JSON renderer escapes everything itself. An exception's traceback, formatted by
+    the renderer from ``exc_info``, keeps its lines.
+    """
+    for key, value in event_dict.items():
+        if type(value) is not str or not _CONTROL.search(value):
+            continue
+        if key == "event" or not _REPRED_BY_CONSOLE.intersection(value):
+            event_dict[key] = _CONTROL.sub(_escaped, value)
+    return event_dict
 
 
 # structlog's add_log_level: "warn" is the stdlib's alias, exception() logs at error.
@@ -445,7 +475,7 @@ def configure_logging(
     sinks: list[Processor] = [sink] if sink is not None else []
     native: list[Processor]
     if use_console:
-        native = [*shared, *sinks, structlog.dev.ConsoleRenderer(), _to_bytes]
+        native = [*shared, *sinks, escape_controls, structlog.dev.ConsoleRenderer(), _to_bytes]
     else:
         native = [
             logcontext.merge,
@@ -469,6 +499,7 @@ def _route_stdlib(level: str, shared: list[Processor], use_console: bool) -> Non
     """Send standard-library records (uvicorn, httpx) through the same chain."""
     final: list[Processor] = [structlog.stdlib.ProcessorFormatter.remove_processors_meta]
     if use_console:
+        final.append(escape_controls)
         final.append(structlog.dev.ConsoleRenderer())
     else:
         final.append(structlog.processors.format_exc_info)

@@ -76,6 +76,56 @@ def test_console_format_renders_every_event_but_the_filtered_one() -> None:
     assert "hidden_below_level" not in text
 
 
+FORGED = "x\n2026-12-02T00:00:00Z [info     ] decision  decision=allow\x1b[2K\x9b"
+FORGE_SCRIPT = """
+import logging, sys, structlog
+from app.core.logging import configure_logging
+configure_logging("INFO", "console")
+structlog.get_logger("gateway.admin").info("engagement_reopened", reason=sys.argv[1])
+logging.getLogger("uvicorn.error").warning("stdlib %s", sys.argv[1])
+try:
+    raise ValueError("boom")
+except ValueError:
+    structlog.get_logger("gateway.edge").exception("unhandled_error")
+"""
+
+
+def test_console_lines_cannot_be_forged_by_a_logged_value() -> None:
+    """ConsoleRenderer wrote strings raw: a reason with a line break printed a second,
+    made-up line (and an escape sequence reached the terminal). Tracebacks keep theirs."""
+    done = subprocess.run(
+        [sys.executable, "-c", FORGE_SCRIPT, FORGED],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    lines = done.stderr.splitlines()
+    assert [n for n, line in enumerate(lines) if "decision=allow" in line] == [0, 1], lines
+    assert "\\n2026-12-02" in lines[0]
+    assert "\\x1b[2K\\x9b" in lines[0]
+    assert "\x1b[2K" not in done.stderr  # the erase sequence itself (colours are the renderer's)
+    assert "\x9b" not in done.stderr
+    assert "Traceback" in done.stderr  # a traceback keeps its lines (rich may colour them)
+    assert "ValueError" in done.stderr
+    assert "boom" in done.stderr
+
+
+def test_escape_controls_escapes_what_the_console_renderer_writes_raw() -> None:
+    """The event always; a value only when the renderer would not ``repr`` it."""
+    event = {
+        "event": "msg\nforged line",
+        "a": "plain é",
+        "esc": "red\x1b[31m",
+        "repred": "tab\there \x1b",
+        "n": 3,
+        "l": ["x\ny"],
+    }
+    out = logging_setup.escape_controls(None, "info", dict(event))
+    assert out == {**event, "event": "msg\\nforged line", "esc": "red\\x1b[31m"}
+
+
 class _Recorder:
     """A binary file that records each write (and each flush) it is given."""
 
