@@ -102,6 +102,43 @@ def test_invalid_body_is_422_problem(
     assert {tuple(e["loc"]) for e in body["errors"]} == {("body", "title"), ("body", "severity")}  # type: ignore[attr-defined]
 
 
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"title": "SQLi\u0000 in login", "severity": "high"}, "title"),
+        ({"title": "SQLi\nin login", "severity": "high"}, "title"),
+        (
+            {"title": "SQLi in login", "severity": "high", "description": "red\u001b[31m"},
+            "description",
+        ),
+    ],
+)
+def test_control_characters_in_a_finding_are_422_and_never_reach_the_service(
+    stack: Stack, signed_client: Callable[..., httpx.Client], body: dict[str, str], field: str
+) -> None:
+    """A NUL in a title was accepted and stored (PostgreSQL's text cannot hold one; a
+    report printing it was cut there); a line break or an escape sequence went to every
+    consumer that prints it."""
+    with signed_client(stack.url, "alice") as client:
+        response = client.post(FINDINGS, json=body)
+        listed = client.get(FINDINGS).json()
+    problem = assert_problem(response, 422, "validation_error")
+    assert [tuple(e["loc"]) for e in problem["errors"]] == [("body", field)]  # type: ignore[attr-defined]
+    assert not [f for f in listed["items"] if f["title"] == body["title"]]
+
+
+def test_a_description_keeps_its_line_breaks_and_tabs(
+    stack: Stack, signed_client: Callable[..., httpx.Client]
+) -> None:
+    text = "Steps:\n\t1. log in\r\n\t2. send ' OR 1=1 --"
+    with signed_client(stack.url, "alice") as client:
+        response = client.post(
+            FINDINGS, json={"title": "SQLi", "severity": "high", "description": text}
+        )
+    assert response.status_code == 201
+    assert response.json()["description"] == text
+
+
 @pytest.mark.parametrize("finding_id", ["-F-0001", "F_0001", "F" * 65])
 def test_a_malformed_finding_id_is_422_problem_for_an_allowed_caller(
     stack: Stack, signed_client: Callable[..., httpx.Client], finding_id: str
