@@ -36,6 +36,7 @@ from app.ops.processes import (
     multiprocess_metrics_dir,
     without_multiprocess_metrics,
 )
+from app.ops.supervisor import Supervisor
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -157,31 +158,41 @@ def _build() -> tuple[Settings, FastAPI] | None:
 def _serve(args: argparse.Namespace, settings: Settings, app: FastAPI | str) -> int:
     if not isinstance(app, str):
         freeze_startup_heap()  # workers built from the factory freeze their own heap
-    # uvloop + httptools: the fastest loop and HTTP parser uvicorn has (both come with
-    # uvicorn[standard]); named, not "auto", so a missing one fails loudly at start. The
-    # httptools protocol is ours: with a header-read timeout (server_options).
-    uvicorn.run(
-        app,
-        host=args.host,
-        port=args.port,
-        log_config=None,
-        access_log=False,
-        lifespan="on",
-        timeout_graceful_shutdown=settings.ops.graceful_shutdown_seconds,
-        factory=isinstance(app, str),
-        workers=args.workers if isinstance(app, str) else None,
-        loop="uvloop",
+    options = uvicorn_options(settings)
+    if isinstance(app, str) and args.workers > 1:
+        # uvicorn.run's own supervisor, except that SIGTERM never waits behind queued
+        # SIGHUP restarts (app.ops.supervisor).
+        config = uvicorn.Config(
+            app, args.host, args.port, factory=True, workers=args.workers, **options
+        )
+        Supervisor(config, sockets=[config.bind_socket()]).run()
+        return 0
+    uvicorn.run(app, host=args.host, port=args.port, factory=isinstance(app, str), **options)
+    return 0
+
+
+def uvicorn_options(settings: Settings) -> dict[str, Any]:
+    """Everything ``gateway serve`` tells uvicorn beside the app, host, port and workers."""
+    return {
+        "log_config": None,
+        "access_log": False,
+        "lifespan": "on",
+        "timeout_graceful_shutdown": settings.ops.graceful_shutdown_seconds,
+        # uvloop + httptools: the fastest loop and HTTP parser uvicorn has (both come
+        # with uvicorn[standard]); named, not "auto", so a missing one fails loudly at
+        # start. The httptools protocol is ours: with a header-read timeout
+        # (server_options).
+        "loop": "uvloop",
         # No WebSocket route exists; with a WebSocket implementation loaded, an upgrade
         # request skipped the edge (its scope is not "http": no path normalisation, a
         # plain-text 403). Without one, uvicorn serves it as the plain request it also is.
-        ws="none",
+        "ws": "none",
         # A worker answers the supervisor's health ping only once it has imported the
         # gateway; uvicorn's 5 s default killed and respawned workers in a loop on a
         # loaded host. 30 s still finds a hung worker.
-        timeout_worker_healthcheck=30,
+        "timeout_worker_healthcheck": 30,
         **server_options(settings),
-    )
-    return 0
+    }
 
 
 def server_options(settings: Settings) -> dict[str, Any]:

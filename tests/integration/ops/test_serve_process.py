@@ -422,6 +422,31 @@ def test_a_worker_started_again_serves_what_the_supervisor_validated(
     assert not snapshot.parent.exists()  # removed when serving ended
 
 
+def test_sigterm_after_a_burst_of_sighups_stops_the_workers_without_waiting_for_restarts(
+    live_server: Callable[[FastAPI], LiveServer],
+    gateway_process: Callable[..., GatewayProcess],
+    redis_server: RedisServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A drill: 30 SIGHUPs (logrotate for many files), then SIGTERM. uvicorn's supervisor
+    queued each SIGHUP as a whole rolling restart and saw the SIGTERM only after all of
+    them (minutes of restarts, past any grace period). The stop goes first, and the
+    SIGHUPs one poll finds are one restart."""
+    monkeypatch.setenv("GATEWAY_REDIS__URL", redis_server.url)
+    gateway = gateway_process(live_server(HeldFindings(hold=False).app).url, "--workers", "2")
+    wait_until(lambda: gateway.log_text().count("Application startup complete") == 2, timeout=30)
+    for _ in range(10):
+        gateway.proc.send_signal(signal.SIGHUP)
+    wait_until(lambda: "Received SIGHUP" in gateway.log_text(), timeout=30)  # a restart runs
+    for _ in range(10):  # queued behind the restart in progress
+        gateway.proc.send_signal(signal.SIGHUP)
+    gateway.proc.send_signal(signal.SIGTERM)
+    assert gateway.proc.wait(timeout=60) == 0
+    log = gateway.log_text()
+    assert log.count("Received SIGHUP") == 1
+    assert "Received SIGTERM, exiting." in log
+
+
 def test_a_port_already_taken_stops_before_the_app_is_built(tmp_path: Path) -> None:
     """An audit: uvicorn found the port taken only after the lifespan had run (the
     engagement state reconciled, pools opened), then exited 3 with a log line. It is one
