@@ -80,7 +80,14 @@ from redis.asyncio import RedisCluster
 from app.authn.verifier import longest_hold
 from app.core.config import Settings
 from app.core.errors import ServiceUnavailable
-from app.core.redis import REDIS_FAILURES, SharedRedis, create_redis, error_text, is_cluster
+from app.core.redis import (
+    REDIS_FAILURES,
+    OutageLog,
+    SharedRedis,
+    create_redis,
+    error_text,
+    is_cluster,
+)
 from app.ops.metrics import count_redis_error
 
 log = structlog.get_logger("gateway.authn")
@@ -374,6 +381,7 @@ class RedisNonceStore:
 
     def __init__(self, client: SharedRedis, max_skew_seconds: int = 300) -> None:
         self._client = client
+        self._outage = OutageLog(log, "nonce_store_unreachable")
         # The most seconds a claim's ``until`` holds a nonce (``signing.max_skew_seconds``).
         self._longest = longest_hold(max_skew_seconds)
         self.keys = NonceKeys(grouped=is_cluster(client))
@@ -427,12 +435,17 @@ class RedisNonceStore:
     async def _run(self, keys: list[str], args: list[int | str]) -> tuple[str, float, bool]:
         """The script's answer: (outcome, fence time, whether it just set the fence)."""
         try:
-            return await self._call(keys, args)
+            answer = await self._call(keys, args)
         except REDIS_FAILURES as exc:
-            # The Redis message (NOREPLICAS, NOPERM, ...), never the URL.
-            log.warning("nonce_store_unreachable", error=type(exc).__name__, detail=error_text(exc))
+            # The Redis message (NOREPLICAS, NOPERM, ...), never the URL. The first
+            # failure of an outage, then one line a minute (with the count), not one a
+            # request: each refused request's decision line says replay_check_unavailable.
+            self._outage.failed(type(exc).__name__, detail=error_text(exc))
             count_redis_error("nonces")
             raise NonceStoreUnavailable() from None
+        if self._outage.ongoing:
+            self._outage.recovered()
+        return answer
 
     async def _call(self, keys: list[str], args: list[int | str]) -> tuple[str, float, bool]:
         outcome, fence, reset = await self._script(keys=keys, args=args)

@@ -269,10 +269,11 @@ def retry_in_background(
 
 
 class OutageLog:
-    """The log lines of a background loop that keeps retrying Redis: a warning when it
-    loses Redis, then one a minute while the outage lasts (it retries every fraction of
-    a second: a line each time was several lines a second a process), and an info line
-    when it is back. ``clock`` is monotonic; its origin does not matter (near zero on a
+    """The log lines of something that keeps meeting a lost Redis (a background loop
+    retrying every fraction of a second, the replay check of every request): a warning
+    when it loses Redis, then one a minute while the outage lasts (a line each time was
+    several lines a second a process, or one a request), and an info line when it is
+    back. ``clock`` is monotonic; its origin does not matter (near zero on a
     freshly booted machine)."""
 
     def __init__(
@@ -290,18 +291,28 @@ class OutageLog:
         self._next = 0.0
         self.failures = 0
 
-    def failed(self, error: str) -> None:
+    def failed(self, error: str, **fields: Any) -> None:
+        """Count a failure; log it if it is the outage's first or a minute has passed."""
         now = self._clock()
         self.failures += 1
         if self._since is None:
             self._since, self._next = now, now + self._every
-            self._log.warning(self._event, error=error)
+            self._log.warning(self._event, error=error, **fields)
         elif now >= self._next:
             self._next = now + self._every
             lasted = round(now - self._since, 1)
             self._log.warning(
-                self._event, error=error, still=True, failures=self.failures, for_s=lasted
+                self._event,
+                error=error,
+                still=True,
+                failures=self.failures,
+                for_s=lasted,
+                **fields,
             )
+
+    @property
+    def ongoing(self) -> bool:
+        return self._since is not None
 
     def recovered(self) -> None:
         if self._since is None:

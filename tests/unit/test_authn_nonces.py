@@ -488,6 +488,36 @@ def test_redis_store_fails_closed_when_redis_is_down_and_recovers(
     asyncio.run(scenario())
 
 
+def test_an_outage_is_one_warning_and_one_recovery_line_not_one_a_request(
+    redis_server: RedisServer,
+) -> None:
+    """A drill (chaos33): 167 ``nonce_store_unreachable`` warnings in 8 s at 20 req/s,
+    one a refused request, each also logged by its own decision line."""
+
+    async def scenario() -> list[dict[str, object]]:
+        async with redis_store(redis_server) as (store, probe):
+            assert await store.open() is not None
+            created = int(await redis_now(probe))
+            redis_server.stop()
+            with capture_logs() as logs:
+                for n in range(20):
+                    with pytest.raises(NonceStoreUnavailable):
+                        await store.claim("k1", f"during-{n}", created, 60)
+                redis_server.start()
+                fresh = math.ceil(await redis_now(probe))
+                assert await store.claim("k1", "after", fresh, 60) is CLAIMED
+                assert await store.claim("k1", "after-2", fresh, 60) is CLAIMED
+            return logs
+
+    logs = asyncio.run(scenario())
+    down = [line for line in logs if line["event"] == "nonce_store_unreachable"]
+    back = [line for line in logs if line["event"] == "nonce_store_unreachable_recovered"]
+    assert len(down) == 1, down
+    assert down[0]["log_level"] == "warning"
+    assert down[0]["detail"]
+    assert [(line["log_level"], line["failures"]) for line in back] == [("info", 20)]
+
+
 @pytest.mark.parametrize(
     "refuse",
     [
