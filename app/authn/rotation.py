@@ -101,7 +101,10 @@ class KeyReloader:
         self.verifier.keyring = ring
         self.reloads += 1
         self.last_error = None
-        log.info("signing_keys_reloaded", key_ids=ring.key_ids, count=len(ring))
+        # No key left is allowed (revoking the last key must not keep it working) but
+        # refuses every signed request: a warning, as /readyz's signing_keys turns 503.
+        emit = log.info if len(ring) else log.warning
+        emit("signing_keys_reloaded", key_ids=ring.key_ids, count=len(ring))
         return True
 
     @property

@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
+from structlog.testing import capture_logs
 
 from app.authn import rotation
 from app.authn.keys import SigningKey, load_keyring_from, read_keys_file
@@ -79,6 +80,20 @@ def test_duplicate_ids_across_settings_and_file(tmp_path: Path) -> None:
     settings = make_settings()
     with pytest.raises(ConfigError, match="duplicate key id"):
         load_keyring_from(settings.signing.keys, path)
+
+
+@pytest.mark.usefixtures("two_secrets")
+def test_a_reload_that_leaves_no_key_is_taken_and_warned(tmp_path: Path) -> None:
+    """Revoking the last key must not keep it working, so an empty ring is loaded; it
+    refuses every signed request, so its line is a warning (it was at info)."""
+    path = _keys_file(tmp_path, f"keys:\n  - id: k2\n    secret_env: {OTHER_ENV}\n")
+    authn = AuthnService.from_settings(make_settings(signing={"keys": [], "keys_file": str(path)}))
+    path.write_text("keys: []\n")
+    with capture_logs() as logs:
+        assert authn.keys.reload()
+    assert authn.verifier.keyring.key_ids == []
+    lines = [(line["event"], line["log_level"], line["count"]) for line in logs]
+    assert lines == [("signing_keys_reloaded", "warning", 0)]
 
 
 def test_missing_keys_file_stops_start_up(tmp_path: Path) -> None:
