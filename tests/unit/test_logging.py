@@ -36,16 +36,21 @@ logging.getLogger("uvicorn.error").warning("from stdlib")
 """
 
 
-def _run(fmt: str) -> list[str]:
+def _stderr(script: str, arg: str) -> str:
+    """What ``script`` (run with ``arg``) wrote to stderr, in a fresh interpreter."""
     done = subprocess.run(
-        [sys.executable, "-c", SCRIPT, fmt],
+        [sys.executable, "-c", script, arg],
         cwd=REPO,
         capture_output=True,
         text=True,
         timeout=60,
         check=True,
     )
-    return done.stderr.strip().splitlines()
+    return done.stderr
+
+
+def _run(fmt: str) -> list[str]:
+    return _stderr(SCRIPT, fmt).strip().splitlines()
 
 
 def test_json_lines_carry_context_level_and_logger_name() -> None:
@@ -93,23 +98,16 @@ except ValueError:
 def test_console_lines_cannot_be_forged_by_a_logged_value() -> None:
     """ConsoleRenderer wrote strings raw: a reason with a line break printed a second,
     made-up line (and an escape sequence reached the terminal). Tracebacks keep theirs."""
-    done = subprocess.run(
-        [sys.executable, "-c", FORGE_SCRIPT, FORGED],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    lines = done.stderr.splitlines()
+    stderr = _stderr(FORGE_SCRIPT, FORGED)
+    lines = stderr.splitlines()
     assert [n for n, line in enumerate(lines) if "decision=allow" in line] == [0, 1], lines
     assert "\\n2026-12-02" in lines[0]
     assert "\\x1b[2K\\x9b" in lines[0]
-    assert "\x1b[2K" not in done.stderr  # the erase sequence itself (colours are the renderer's)
-    assert "\x9b" not in done.stderr
-    assert "Traceback" in done.stderr  # a traceback keeps its lines (rich may colour them)
-    assert "ValueError" in done.stderr
-    assert "boom" in done.stderr
+    assert "\x1b[2K" not in stderr  # the erase sequence itself (colours are the renderer's)
+    assert "\x9b" not in stderr
+    assert "Traceback" in stderr  # a traceback keeps its lines (rich may colour them)
+    assert "ValueError" in stderr
+    assert "boom" in stderr
 
 
 def test_escape_controls_escapes_what_the_console_renderer_writes_raw() -> None:
