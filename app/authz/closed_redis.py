@@ -3,7 +3,11 @@
 A hash of facts and a version counter under one hash tag, written by Lua
 scripts (atomic, one slot in a Cluster); a change notice on pub/sub makes every
 process re-read at once, and a version check every ``check_interval_seconds``
-catches notices lost while disconnected. A process never drops a closed fact
+catches notices lost while disconnected (and a publish that failed: a process's own
+write therefore never counts as the version seen, which would hide another's change
+made before it). A read that Redis answered before a write of this process, handled
+after it, is made again rather than undo the write in the snapshot: a close just
+reported done was open here until the next read. A process never drops a closed fact
 because Redis cannot answer: it keeps the last snapshot (fail closed), and a
 write that cannot reach Redis is a 503, never half done.
 
@@ -149,6 +153,7 @@ class RedisEngagementState(EngagementState):
         self._records = f"{tag}:call:"  # + a token: one reopen's or withdrawal's record
         self._record_ms = retry_record_ms(socket_timeout)
         self._epoch: str | None = None  # the epoch of the data the snapshot was read from
+        self._writes = 0  # this process's own writes to the snapshot (``_written``)
         self.channel = f"{settings.key_prefix}:changes"
         self._interval = settings.check_interval_seconds
         self._startup_timeout = settings.startup_timeout_seconds
@@ -164,23 +169,21 @@ class RedisEngagementState(EngagementState):
     async def close(self, fact: ClosedFact, *, undone_if_unconfirmed: bool = False) -> None:
         encoded = fact.encode()
         try:
-            version = await self._write(self._close_script, fact.engagement, encoded)
+            await self._write(self._close_script, fact.engagement, encoded)
         except ServiceUnavailable:
             if undone_if_unconfirmed:
                 self._withdraw_if_applied(fact.engagement, encoded)
             raise
-        self._closed = {**self._closed, fact.engagement: fact}
-        self.version = max(self.version, int(version))
+        self._written({**self._closed, fact.engagement: fact})
         log.info("engagement_closed_fact", engagement=fact.engagement, **fact.log_fields())
         await self._announce(fact.engagement)
 
     async def reopen(self, engagement: str) -> ClosedFact | None:
         call = self._once(engagement)
-        previous_raw, version = await self._write_once(self._reopen_script, call)
+        previous_raw, _ = await self._write_once(self._reopen_script, call)
         previous = None if previous_raw is None else ClosedFact.decode(engagement, previous_raw)
         # Our own snapshot drops it now; the others on the notice or their next check.
-        self._closed = {k: v for k, v in self._closed.items() if k != engagement}
-        self.version = max(self.version, int(version))
+        self._written({k: v for k, v in self._closed.items() if k != engagement})
         if previous is not None:
             log.info("engagement_reopened_fact", engagement=engagement, source=previous.source)
             await self._announce(engagement)
@@ -200,7 +203,7 @@ class RedisEngagementState(EngagementState):
             raise
         if removed:
             log.warning("engagement_closed_fact_withdrawn", engagement=fact.engagement)
-            self._closed = {k: v for k, v in self._closed.items() if k != fact.engagement}
+            self._written({k: v for k, v in self._closed.items() if k != fact.engagement})
             await self._announce(fact.engagement)
 
     def _withdraw_if_applied(
@@ -224,7 +227,7 @@ class RedisEngagementState(EngagementState):
             removed = bool(await self._withdraw_script(keys=keys, args=args))
             if removed:
                 log.warning("engagement_closed_fact_withdrawn", engagement=engagement)
-                self._closed = {k: v for k, v in self._closed.items() if k != engagement}
+                self._written({k: v for k, v in self._closed.items() if k != engagement})
                 await self._announce(engagement)
             return removed
 
@@ -262,6 +265,17 @@ class RedisEngagementState(EngagementState):
             raise UnreadableState(exc) from exc
 
     async def _refresh(self) -> None:
+        # A write here that landed while a read was on its way (Redis may have answered
+        # the read first) is read again: the older answer would undo it in the snapshot.
+        while True:
+            writes = self._writes
+            version, closed = await self._read()
+            if writes == self._writes:
+                break
+        self._closed, self.version = closed, version
+        self.mark_synced()
+
+    async def _read(self) -> tuple[int, dict[str, ClosedFact]]:
         version, flat, raw_epoch = await self._read_script(keys=self._keys, args=[uuid4_hex()])
         epoch = _text(raw_epoch)
         known, self._epoch = self._epoch, epoch
@@ -280,12 +294,18 @@ class RedisEngagementState(EngagementState):
             await self._announce(",".join(restored) or "restored")
             version, flat, _ = await self._read_script(keys=self._keys, args=[uuid4_hex()])
         pairs = iter(flat)
-        self._closed = {
+        closed = {
             _text(name): ClosedFact.decode(_text(name), raw)
             for name, raw in zip(pairs, pairs, strict=True)
         }
-        self.version = int(version)
-        self.mark_synced()
+        return int(version), closed
+
+    def _written(self, closed: dict[str, ClosedFact]) -> None:
+        """This process's own write, in its snapshot at once. The version stays the one
+        last read: taking the write's own as seen would hide from the version check a
+        change another process made before it whose notice was lost."""
+        self._closed = closed
+        self._writes += 1
 
     async def _write(self, script: AsyncScript, *args: str | int) -> Any:
         try:

@@ -391,3 +391,83 @@ def test_withdraw_takes_back_only_the_exact_fact_on_every_gateway(
         assert one.get("acme-2026") == later
 
     on_two(redis_server, scenario)
+
+
+def standalone(
+    server: RedisServer, scenario: Callable[[list[RedisEngagementState]], Awaitable[None]]
+) -> None:
+    """Two gateways' states, loaded once and not following: what each hears is the test's."""
+
+    async def run() -> None:
+        clients = [create_redis(RedisSettings(url=server.url)) for _ in range(2)]
+        states = [RedisEngagementState(c, SETTINGS) for c in clients]
+        try:
+            for state in states:
+                await state.refresh()
+            await scenario(states)
+        finally:
+            for client in clients:
+                await client.aclose()
+
+    asyncio.run(run())
+
+
+def hold_first_read(state: RedisEngagementState) -> tuple[asyncio.Event, asyncio.Event]:
+    """Hold ``state``'s next read after Redis answered it: (answered, resume)."""
+    answered, resume = asyncio.Event(), asyncio.Event()
+    read = state._read_script
+
+    async def held(**kwargs: Any) -> Any:
+        reply = await read(**kwargs)
+        if not answered.is_set():
+            answered.set()
+            await resume.wait()
+        return reply
+
+    state._read_script = held  # type: ignore[assignment]  # a script's call, held
+    return answered, resume
+
+
+@pytest.mark.parametrize("write", ["close", "reopen"])
+def test_a_read_answered_before_a_write_here_does_not_undo_it(
+    redis_server: RedisServer, write: str
+) -> None:
+    """The follow task's read, answered by Redis before this gateway's close (or reopen)
+    and handled after it, replaced the snapshot with the older state: the close just
+    reported done was open here (writes allowed) until the next read."""
+
+    async def scenario(states: list[RedisEngagementState]) -> None:
+        state = states[0]
+        if write == "reopen":
+            await state.close(FACT)
+        answered, resume = hold_first_read(state)
+        refresh = asyncio.create_task(state.refresh())
+        await asyncio.wait_for(answered.wait(), 10)
+        if write == "close":
+            await state.close(FACT)
+        else:
+            assert await state.reopen("acme-2026") == FACT
+        resume.set()
+        await asyncio.wait_for(refresh, 10)
+        assert state.get("acme-2026") == (FACT if write == "close" else None)
+
+    standalone(redis_server, scenario)
+
+
+def test_a_write_here_does_not_hide_a_change_whose_notice_was_lost(
+    redis_server: RedisServer,
+) -> None:
+    """A close here took Redis's version as seen, though another gateway's change before
+    it was never read (its notice lost): the version check, there to catch lost notices,
+    then found nothing to read, and that close stayed open here until the next change."""
+
+    async def scenario(states: list[RedisEngagementState]) -> None:
+        one, two = states
+        await one.close(FACT)  # two does not follow: the notice is lost
+        other = ClosedFact("initech-2025", "close_saga", "corr-2", 1_800_000_000.0, "bob")
+        await two.close(other)
+        assert await two._changed()
+        await two.refresh()
+        assert two.closed() == {"acme-2026": FACT, "initech-2025": other}
+
+    standalone(redis_server, scenario)
