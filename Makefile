@@ -39,8 +39,8 @@ K8S_MANIFESTS := $(filter-out deploy/k8s/kustomization.yaml,$(wildcard deploy/k8
 k8s-check: $(STAMP)
 	$(BIN)/kubernetes-validate --strict --quiet --kubernetes-version $(K8S_VERSION) $(K8S_MANIFESTS)
 
-# Tests start their own redis-server, redis-sentinel and nginx on loopback; this installs
-# the Debian packages when missing (apt-get, sudo when not root; see the script).
+# Tests start their own redis-server, redis-sentinel and nginx on loopback and run
+# promtool on deploy/prometheus; this installs the Debian packages when missing (apt-get, sudo when not root; see the script).
 packages:
 	./scripts/ensure-packages.sh
 

@@ -2,6 +2,7 @@
 # Install the Debian packages the test suite's real servers come from, when missing:
 #   redis-server, redis-sentinel         Redis standalone, Sentinel and Cluster tests
 #   nginx-light, libnginx-mod-http-js    nginx with njs in front of the gateway
+#   prometheus                           promtool, for deploy/prometheus's rule tests
 # Tests start and stop their own servers on free loopback ports; nothing here starts
 # a service. Runs apt-get (with sudo when not root). Where apt-get is missing, or
 # cannot install, it stops with a message that says what to install by hand, not
@@ -16,8 +17,9 @@ declare -A PROBE=(
     [redis-sentinel]=/usr/bin/redis-sentinel
     [nginx-light]=/usr/sbin/nginx
     [libnginx-mod-http-js]=/usr/lib/nginx/modules/ngx_http_js_module.so
+    [prometheus]=/usr/bin/promtool
 )
-ORDER=(redis-server redis-sentinel nginx-light libnginx-mod-http-js)
+ORDER=(redis-server redis-sentinel nginx-light libnginx-mod-http-js prometheus)
 
 ROOT="${ENSURE_PACKAGES_PROBE_ROOT:-}"
 missing=()
@@ -32,8 +34,8 @@ by_hand() {
         echo "ensure-packages: $1; these test dependencies are missing:"
         for pkg in "${missing[@]}"; do echo "  $pkg (expected at ${PROBE[$pkg]})"; done
         echo "Install the same programs with this system's package manager (Redis with"
-        echo "redis-sentinel, nginx with the njs module), or run 'make test' in a"
-        echo "Debian-based environment, e.g. a python:3.11 container."
+        echo "redis-sentinel, nginx with the njs module, Prometheus's promtool), or run"
+        echo "'make test' in a Debian-based environment, e.g. a python:3.11 container."
     } >&2
     exit 1
 }

@@ -18,6 +18,7 @@ PROBES = {
     "redis-sentinel": "usr/bin/redis-sentinel",
     "nginx-light": "usr/sbin/nginx",
     "libnginx-mod-http-js": "usr/lib/nginx/modules/ngx_http_js_module.so",
+    "prometheus": "usr/bin/promtool",
 }
 
 
@@ -41,7 +42,7 @@ def test_without_apt_get_it_names_what_is_missing_and_fails(tmp_path: Path) -> N
     assert done.stdout == ""
     assert "apt-get is not available" in done.stderr
     listed = [line.split()[0] for line in done.stderr.splitlines() if line.startswith("  ")]
-    assert listed == ["redis-sentinel", "nginx-light", "libnginx-mod-http-js"]
+    assert listed == ["redis-sentinel", "nginx-light", "libnginx-mod-http-js", "prometheus"]
     assert "package manager" in done.stderr
 
 
