@@ -257,16 +257,37 @@ def parse_policy(
     return PolicySource(model_path, policy_path, tuple(lines), tuple(errors), revision)
 
 
-# Whitespace not inside a double-quoted literal: ``p.dom == "* "`` is another model.
-_OUTSIDE_QUOTES_SPACE = re.compile(r'\s+(?=(?:[^"]*"[^"]*")*[^"]*$)')
+# Spaces and tabs not inside a double-quoted literal: ``p.dom == "* "`` is another model.
+_OUTSIDE_QUOTES_SPACE = re.compile(r'[ \t]+(?=(?:[^"]*"[^"]*")*[^"]*$)')
+_NAME_CHAR = re.compile(r"[\w.]")
+
+
+def _significant(line: str) -> str:
+    """``line`` as the model check compares it: spaces only where Casbin ignores them.
+
+    Casbin reads a section name between the brackets as written (``[ matchers ]``
+    is no ``[matchers]``), and a space between two name characters splits a name
+    (``p.e ft``, ``[role_definitio n]``): those stay, so such a model is refused
+    rather than checked as the shipped one while pycasbin reads another. Any other
+    whitespace (no-break space) is kept too: Casbin's expressions do not skip it.
+    """
+    text = line.strip(" \t")
+    if text.startswith("["):
+        return text
+
+    def joined(space: re.Match[str]) -> str:
+        start, end = space.start(), space.end()
+        inner = start > 0 and end < len(text)
+        splits = inner and _NAME_CHAR.match(text[start - 1]) and _NAME_CHAR.match(text[end])
+        return " " if splits else ""
+
+    return _OUTSIDE_QUOTES_SPACE.sub(joined, text)
 
 
 def check_model(lines: list[str], name: str) -> list[Issue]:
     """The model (``text_lines``) must be the one the compiled decision path implements."""
     significant = tuple(
-        _OUTSIDE_QUOTES_SPACE.sub("", line)
-        for line in lines
-        if line.strip() and not line.lstrip().startswith("#")
+        _significant(line) for line in lines if line.strip() and not line.lstrip().startswith("#")
     )
     if significant == SUPPORTED_MODEL:
         return []

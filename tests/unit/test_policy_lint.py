@@ -14,7 +14,8 @@ from app.authz import lint as lint_module
 from app.authz.compiled import key_match2_pattern
 from app.authz.lint import lint
 from app.authz.policy import PolicyEngine
-from app.authz.source import HIDING, Issue, read_policy, text_lines
+from app.authz.reference import casbin_enforcer_of
+from app.authz.source import HIDING, Issue, check_model, read_policy, text_lines
 from bench.policygen import write_policy
 from tests.conftest import POLICY_DIR
 
@@ -75,6 +76,70 @@ def test_changed_model_is_an_error(tmp_path: Path, shipped: str, changed: str) -
     (tmp_path / "policy.csv").write_text("")
     issues = lint(read_policy(tmp_path / "model.conf", tmp_path / "policy.csv"))
     assert codes(issues) == [("error", "model.conf:1", "unsupported_model")]
+
+
+# Whitespace Casbin does not skip: a section name read as written, a name split in two,
+# a no-break space in an expression. pycasbin read another model (no ``g`` defined:
+# ``policy explain --casbin`` was a traceback) while the gate checked the shipped one.
+@pytest.mark.parametrize(
+    ("shipped", "changed"),
+    [
+        ("[role_definition]", "[role_definitio\tn]"),
+        ("[matchers]", "[ matchers ]"),
+        ("p.eft == allow", "p.e ft == allow"),
+        ("r = sub, dom,", "r = sub, d om,"),
+        ("p.eft == allow", "p.eft\xa0== allow"),
+    ],
+)
+def test_whitespace_casbin_reads_is_another_model(
+    tmp_path: Path, shipped: str, changed: str
+) -> None:
+    test_changed_model_is_an_error(tmp_path, shipped, changed)
+
+
+_SHIPPED_MODEL = (POLICY_DIR / "model.conf").read_text()
+_MODEL_PROBES = [
+    ("alice", "e1", "/v1/x", "GET"),
+    ("alice", "e1", "/v1/x", "POST"),
+    ("bob", "e2", "/v1/x/y", "POST"),
+    ("carol", "e1", "/admin/y", "DELETE"),
+]
+_PROBE_POLICY = "\n".join(
+    [
+        "p, lead, *, /v1/*, *, allow",
+        "p, lead, e2, /v1/:a/y, POST, deny",
+        "g, alice, lead, e1",
+        "g, bob, lead, *",
+        "g2, carol, lead",
+        "g3, e1, closed",
+    ]
+)
+
+
+def _casbin_answers(model: str) -> list[bool]:
+    enforcer = casbin_enforcer_of(model.encode(), _PROBE_POLICY.encode())
+    return [enforcer.enforce(*probe) for probe in _MODEL_PROBES]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    edits=st.lists(
+        st.tuples(st.integers(0, len(_SHIPPED_MODEL)), st.sampled_from([" ", "\t", "\xa0"])),
+        min_size=1,
+        max_size=3,
+    )
+)
+@example(edits=[(_SHIPPED_MODEL.index("[role_definition]") + 5, " ")])
+def test_a_model_the_check_accepts_is_the_shipped_one_to_casbin(
+    edits: list[tuple[int, str]],
+) -> None:
+    """Whitespace anywhere: if the model check passes the file, pycasbin decides as shipped."""
+    text = _SHIPPED_MODEL
+    for position, space in sorted(edits, reverse=True):
+        text = text[:position] + space + text[position:]
+    if check_model(text.split("\n"), "model.conf"):
+        return
+    assert _casbin_answers(text) == _casbin_answers(_SHIPPED_MODEL)
 
 
 def test_each_warning(tmp_path: Path) -> None:
