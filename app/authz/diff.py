@@ -95,7 +95,9 @@ def _json_object(text: str) -> dict[str, Any] | None:
         return None
     try:
         entry = json.loads(text[start:])
-    except (json.JSONDecodeError, RecursionError):  # nested deeper than the parser recurses
+    # Nested deeper than the parser recurses (RecursionError), or an integer longer than
+    # Python converts (ValueError, of which JSONDecodeError is one): not a decision line.
+    except (ValueError, RecursionError):
         return None
     return entry if isinstance(entry, dict) else None
 

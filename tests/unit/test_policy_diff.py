@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
+
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from app.authz.diff import flips, read_log
 from app.authz.policy import PolicyEngine
+from app.cli.main import main
 from app.core.config import PolicySettings
 from tests.conftest import POLICY_DIR
 
@@ -62,6 +67,43 @@ def test_a_line_nested_too_deeply_to_parse_is_skipped_not_a_crash(tmp_path: Path
     reading = read_log(log)
     assert [p.origin for p in reading.probes] == ["gateway.out:2"]
     assert dict(reading.skipped) == {"not JSON": 1}
+
+
+def test_a_line_with_an_integer_too_long_to_convert_is_skipped(tmp_path: Path) -> None:
+    """A 5,000-digit number (past Python's 4,300-digit conversion limit) was a ``ValueError``
+    traceback, exit 1: with ``--exit-code``, what CI reads as "decisions flip"."""
+    log = tmp_path / "gateway.out"
+    huge = '{"event": "decision", "n": ' + "1" * 5_000 + "}"
+    log.write_text(huge + "\n" + json.dumps(DECISION) + "\n")
+    reading = read_log(log)
+    assert [p.origin for p in reading.probes] == ["gateway.out:2"]
+    assert dict(reading.skipped) == {"not JSON": 1}
+    assert main(["policy", "diff", str(POLICY_DIR), str(POLICY_DIR), "--log", str(log),
+                 "--exit-code"]) == 0  # fmt: skip
+
+
+_JSON_BITS = st.sampled_from(
+    ['{"event": "decision"', '"subject": "alice"', '"groups": [', "1" * 4_400, "1e999",
+     "NaN", "-", "[" * 50, "]", "}", ",", ":", '"', "\\u", "\\ud800", "null", "{}"]
+)  # fmt: skip
+
+
+@settings(max_examples=60, deadline=None)
+@example(lines=[['{"event": "decision"', ', "n": ', "1" * 4_400, "}"]])
+@given(lines=st.lists(st.lists(st.one_of(_JSON_BITS, st.text(max_size=8)), max_size=8)))
+def test_any_log_line_is_read_or_skipped(lines: list[list[str]]) -> None:
+    """Whatever a log holds, reading it never raises: a line is a decision or it is counted."""
+    with tempfile.TemporaryDirectory() as directory:
+        log = Path(directory) / "gateway.out"
+        text = "".join(_one_line(parts) + "\n" for parts in lines)
+        log.write_text(text, encoding="utf-8")
+        reading = read_log(log)
+    counted = len(reading.probes) + sum(reading.skipped.values())
+    assert counted == sum(1 for parts in lines if _one_line(parts).strip())
+
+
+def _one_line(parts: list[str]) -> str:
+    return "".join(parts).replace("\n", " ").replace("\r", " ")
 
 
 def test_a_decision_log_file_without_event_names_is_read(tmp_path: Path) -> None:
