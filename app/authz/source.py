@@ -34,23 +34,24 @@ ACTION = re.compile(r"^(\*|[A-Za-z][A-Za-z_]{0,31})$")
 OBJECT = re.compile(r"^(\*|/[A-Za-z0-9\-._~/:*%!$&'+=@]*)$")
 _CASBIN_NESTING = re.compile(r"[\[\]()\"]")
 
-# The model the compiled decision path implements, as significant lines without spaces.
+# The model the compiled decision path implements, its significant lines as shipped
+# (``check_model`` compares their tokens: spaces count only where Casbin reads them).
 SUPPORTED_MODEL = (
     "[request_definition]",
-    "r=sub,dom,obj,act",
+    "r = sub, dom, obj, act",
     "[policy_definition]",
-    "p=sub,dom,obj,act,eft",
+    "p = sub, dom, obj, act, eft",
     "[role_definition]",
-    "g=_,_,_",
-    "g2=_,_",
-    "g3=_,_",
+    "g = _, _, _",
+    "g2 = _, _",
+    "g3 = _, _",
     "[policy_effect]",
-    "e=some(where(p.eft==allow))&&!some(where(p.eft==deny))",
+    "e = some(where (p.eft == allow)) && !some(where (p.eft == deny))",
     "[matchers]",
-    'm=(g(r.sub,p.sub,r.dom)||g2(r.sub,p.sub))&&(p.dom==r.dom||p.dom=="*")'
-    '&&keyMatch2(r.obj,p.obj)&&(r.act==p.act||p.act=="*")'
-    '&&(p.eft=="deny"||!g3(r.dom,"closed")||r.act=="GET"||r.act=="HEAD"'
-    '||r.act=="OPTIONS"||r.act=="read"||g2(r.sub,"closed_writer"))',
+    'm = (g(r.sub, p.sub, r.dom) || g2(r.sub, p.sub)) && (p.dom == r.dom || p.dom == "*")'
+    ' && keyMatch2(r.obj, p.obj) && (r.act == p.act || p.act == "*")'
+    ' && (p.eft == "deny" || !g3(r.dom, "closed") || r.act == "GET" || r.act == "HEAD"'
+    ' || r.act == "OPTIONS" || r.act == "read" || g2(r.sub, "closed_writer"))',
 )
 
 # error: the policy cannot load; warning: a likely mistake (--strict fails); note: worth a look.
@@ -257,31 +258,34 @@ def parse_policy(
     return PolicySource(model_path, policy_path, tuple(lines), tuple(errors), revision)
 
 
-# Spaces and tabs not inside a double-quoted literal: ``p.dom == "* "`` is another model.
-_OUTSIDE_QUOTES_SPACE = re.compile(r'[ \t]+(?=(?:[^"]*"[^"]*")*[^"]*$)')
-_NAME_CHAR = re.compile(r"[\w.]")
+# A model line as tokens: a quoted literal (``p.dom == "* "`` is another model); a name
+# (``p.eft``: a space inside splits it, as it does for Casbin) with any ``&&``, ``||`` or
+# ``!`` touching it, since Casbin rewrites those as words by plain text replacement
+# (``||p.act`` reads ``orp_act``, ``||!g3`` reads ``ornot g3``); a two-character operator
+# (``= =`` is not ``==``); a space or tab run (free between other tokens); any other
+# character (a no-break space is one: Casbin's expressions do not skip it).
+_MODEL_TOKEN = re.compile(r'"[^"]*"|(?:[\w.]|&&|\|\||!(?!=))+|==|!=|<=|>=|[ \t]+|.')
+# pycasbin compares the effect with its known expressions as a string: spaces count.
+_EFFECT_KEY = "e"
 
 
-def _significant(line: str) -> str:
-    """``line`` as the model check compares it: spaces only where Casbin ignores them.
+def _significant(line: str) -> tuple[str, ...]:
+    """``line`` as the model check compares it: its tokens, spaces only where Casbin reads them.
 
-    Casbin reads a section name between the brackets as written (``[ matchers ]``
-    is no ``[matchers]``), and a space between two name characters splits a name
-    (``p.e ft``, ``[role_definitio n]``): those stay, so such a model is refused
-    rather than checked as the shipped one while pycasbin reads another. Any other
-    whitespace (no-break space) is kept too: Casbin's expressions do not skip it.
+    Casbin reads a section name between the brackets as written (``[ matchers ]`` is
+    no ``[matchers]``), and the effect's value character for character; elsewhere
+    spaces and tabs between tokens are free.
     """
     text = line.strip(" \t")
+    key, equals, value = text.partition("=")
     if text.startswith("["):
-        return text
+        return (text,)
+    if equals and key.strip(" \t") == _EFFECT_KEY:
+        return (_EFFECT_KEY, "=", value.strip(" \t"))
+    return tuple(t for t in _MODEL_TOKEN.findall(text) if t.strip(" \t"))
 
-    def joined(space: re.Match[str]) -> str:
-        start, end = space.start(), space.end()
-        inner = start > 0 and end < len(text)
-        splits = inner and _NAME_CHAR.match(text[start - 1]) and _NAME_CHAR.match(text[end])
-        return " " if splits else ""
 
-    return _OUTSIDE_QUOTES_SPACE.sub(joined, text)
+_SUPPORTED_TOKENS = tuple(_significant(line) for line in SUPPORTED_MODEL)
 
 
 def check_model(lines: list[str], name: str) -> list[Issue]:
@@ -289,7 +293,7 @@ def check_model(lines: list[str], name: str) -> list[Issue]:
     significant = tuple(
         _significant(line) for line in lines if line.strip() and not line.lstrip().startswith("#")
     )
-    if significant == SUPPORTED_MODEL:
+    if significant == _SUPPORTED_TOKENS:
         return []
     message = "the model differs from the one the gateway implements; change it with the code"
     return [Issue("error", f"{name}:1", "unsupported_model", message)]
