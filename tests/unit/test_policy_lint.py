@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import itertools
 import tempfile
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Set
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import example, given, settings
@@ -12,12 +15,13 @@ from hypothesis import strategies as st
 
 from app.authz import lint as lint_module
 from app.authz.compiled import key_match2_pattern
-from app.authz.lint import lint
+from app.authz.lint import Graph, lint
 from app.authz.policy import PolicyEngine
 from app.authz.reference import casbin_enforcer_of
 from app.authz.source import (
     HIDING,
     Issue,
+    PolicySource,
     check_model,
     read_policy,
     text_lines,
@@ -350,6 +354,47 @@ def test_a_role_beyond_the_hop_limit_is_a_warning_exactly_when_it_has_no_effect(
     allowed = engine.decide("alice", "acme-2026", "/v1/engagements/acme-2026/x", "GET").allowed
     assert allowed is (links <= 9)
     assert too_far == ([] if links <= 9 else [("policy.csv:2", "chain_too_long")])
+
+
+def test_a_long_chain_is_linted_in_work_linear_in_its_length(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Lint walked up the whole chain once per line (``unknown_role``) and from every role
+    to its end (``chain_too_long``): quadratic, 36 s for 5,000 links. Counted, not timed:
+    the role lookups of every walk."""
+    links = 1_000
+    chain = [f"r{i}" for i in range(links + 1)]
+    lines = [f"g, {a}, {b}, *" for a, b in itertools.pairwise(chain)]
+    lines += [f"g, {chain[-1]}, r0, *", "g, alice, r0, acme-2026", "p, r5, *, /v1/*, GET, allow"]
+    lookups = Counter[str]()
+    reach, graphs = lint_module._reach_from, lint_module._graphs
+
+    def counted_reach(starts: Set[str], neighbours: Callable[[str], Iterable[str]]) -> set[str]:
+        return reach(starts, lambda name: lookups.update(["reach"]) or neighbours(name))
+
+    def counted_graphs(source: PolicySource) -> Iterator[tuple[str, Graph, Graph]]:
+        for domain, own, graph in graphs(source):
+            yield domain, own, _CountingGraph(graph, lookups)
+
+    monkeypatch.setattr(lint_module, "_reach_from", counted_reach)
+    monkeypatch.setattr(lint_module, "_graphs", counted_graphs)
+    issues = lint_lines(tmp_path, *lines)
+    assert (f"policy.csv:{links + 1}", "inheritance_cycle") in [
+        (i.location, i.code) for i in issues
+    ]
+    assert ("policy.csv:1", "chain_too_long") in [(i.location, i.code) for i in issues]
+    assert lookups["reach"] <= 20 * links
+    assert lookups["graph"] <= 20 * links
+
+
+class _CountingGraph(dict[str, list[tuple[str, str]]]):
+    def __init__(self, graph: Graph, lookups: Counter[str]) -> None:
+        super().__init__(graph)
+        self.lookups = lookups
+
+    def get(self, key: str, default: Any = None) -> Any:
+        self.lookups["graph"] += 1
+        return super().get(key, default)
 
 
 ROLES = ["analyst", "lead", "viewer", "alice"]
