@@ -14,13 +14,21 @@ lists them all, and a reload refuses the directory.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
 from app.authz.fields import (
@@ -31,7 +39,16 @@ from app.authz.fields import (
     check_closable,
     resolve_engagement,
 )
-from app.authz.source import FileRead, Issue, clip, listed, quote, read_file, text_lines
+from app.authz.source import (
+    HIDING,
+    FileRead,
+    Issue,
+    clip,
+    listed,
+    quote,
+    read_file,
+    text_lines,
+)
 from app.domain.identity import GROUP_PATTERN, SUBJECT_PATTERN
 
 TESTS_DIR = "tests"
@@ -60,6 +77,33 @@ class SuiteError(ValueError):
         self.issues = issues
 
 
+# What a suite's text may not hold once YAML has read it: a line break, or a character that
+# hides or reorders text (``HIDING``). The file shows none (its escapes are plain text), but
+# "\e[8m" in a case name is an escape sequence where ``policy test`` prints it: the terminal
+# hid everything after, the "1 failed" summary too.
+_UNSHOWABLE = re.compile(f"\n|{HIDING.pattern}")
+
+
+def _one_line(value: str) -> str:
+    found = _UNSHOWABLE.search(value)
+    if found is not None:
+        raise PydanticCustomError(
+            "hidden_character",
+            "character U+{code} is not allowed: a line break or an escape sequence that hides "
+            "or reorders printed text; write the value with visible characters",
+            {"code": f"{ord(found.group()):04X}"},
+        )
+    return value
+
+
+def shown(text: str) -> str:
+    """``text`` with each ``_UNSHOWABLE`` character as its ``\\uXXXX`` escape."""
+    return _UNSHOWABLE.sub(lambda char: f"\\u{ord(char.group()):04x}", text)
+
+
+Text = Annotated[str, Field(min_length=1, max_length=200), AfterValidator(_one_line)]
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -74,7 +118,7 @@ class Fixture(_Strict):
 class CaseIn(_Strict):
     """One expected decision, as written."""
 
-    name: Annotated[str, Field(min_length=1, max_length=200)]
+    name: Text
     as_: Annotated[str | None, Field(alias="as", pattern=FIXTURE_NAME)] = None
     subject: Subject | None = None
     groups: tuple[Group, ...] | None = None
@@ -84,7 +128,7 @@ class CaseIn(_Strict):
     path: DecisionPath
     expect: Literal["allow", "deny"]
     reason: Reason | None = None
-    matched_rule: str | None = None
+    matched_rule: Annotated[str, AfterValidator(_one_line)] | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
@@ -119,7 +163,7 @@ def rule_fields(text: str) -> tuple[str, ...]:
 
 
 class SuiteFile(_Strict):
-    suite: Annotated[str, Field(min_length=1, max_length=200)] | None = None
+    suite: Text | None = None
     fixtures: dict[Annotated[str, Field(pattern=FIXTURE_NAME)], Fixture] = Field(
         default_factory=dict
     )
@@ -386,7 +430,7 @@ def _cases(
 def _issue(name: str, lines: dict[tuple[Any, ...], int], error: Any) -> Issue:
     loc = tuple(error["loc"])
     line = next((lines[loc[:n]] for n in range(len(loc), 0, -1) if loc[:n] in lines), 1)
-    where = clip(".".join(map(str, loc)))  # a key the model forbids is part of it
+    where = clip(shown(".".join(map(str, loc))))  # a key the model forbids is part of it
     message = f"{where}: {clip(str(error['msg']))}" if where else clip(str(error["msg"]))
     code = error["type"] if error["type"] in _OWN_CODES else "suite"
     return Issue("error", f"{name}:{line}", code, message)
@@ -397,6 +441,7 @@ _OWN_CODES = {
     "engagement_state",
     "invalid_action",
     "caller",
+    "hidden_character",
     "matched_rule",
     "suite",
 }

@@ -5,15 +5,21 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import tempfile
 import textwrap
 from pathlib import Path
 from xml.etree import ElementTree
 
 import pytest
+import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from app.authz.policy import PolicyEngine
+from app.authz.source import HIDING
 from app.authz.suite import SuiteError, SuiteReport, junit_xml, load_suites, run_suites
 from app.authz.suite_files import read_suites
+from app.cli.main import main
 from app.core.config import PolicySettings
 from tests.conftest import POLICY_DIR
 
@@ -246,6 +252,66 @@ def test_bad_cases_are_errors_with_file_and_line(
     assert message in issues[0].message
     with pytest.raises(SuiteError, match=rf"tests/bad\.yaml:{line}"):
         load_suites(policy_dir)
+
+
+# YAML escapes put into a value what the file does not show: "\e[8m" in a case name was
+# printed raw by ``policy test`` and concealed everything after it, the summary included.
+@pytest.mark.parametrize(
+    ("text", "location", "code"),
+    [
+        ('suite: s\ncases: [{name: "reads\\e[8m", subject: a, method: GET, path: /x, '
+         "expect: deny}]\n", "tests/bad.yaml:2", "hidden_character"),
+        ('suite: "s\\u202e"\ncases: [{name: n, subject: a, method: GET, path: /x, '
+         "expect: deny}]\n", "tests/bad.yaml:1", "hidden_character"),
+        ("suite: s\ncases:\n  - name: |\n      two\n      lines\n    subject: a\n"
+         "    method: GET\n    path: /x\n    expect: deny\n", "tests/bad.yaml:3",
+         "hidden_character"),
+        ('suite: s\ncases: [{name: n, subject: a, method: GET, path: /x, expect: deny, '
+         'matched_rule: "a\\r, *, /x, GET, allow"}]\n', "tests/bad.yaml:2", "hidden_character"),
+    ],
+)  # fmt: skip
+def test_a_value_that_would_print_unseen_is_an_error(
+    policy_dir: Path, text: str, location: str, code: str
+) -> None:
+    (policy_dir / "tests" / "bad.yaml").write_text(text)
+    _, issues = read_suites(policy_dir)
+    assert [(i.location, i.code) for i in issues] == [(location, code)]
+
+
+def test_policy_test_never_prints_a_suite_s_escape_sequence(
+    policy_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Neither a case's own text nor an unknown key quoted by an error reaches the terminal."""
+    case = '{name: "n\\e[8m", subject: a, method: GET, path: /x, expect: deny}'
+    key = '{"\\e[31mkey": 1}'
+    (policy_dir / "tests" / "bad.yaml").write_text(f"suite: s\ncases: [{case}, {key}]\n")
+    assert main(["policy", "lint", str(policy_dir)]) == 1
+    out = capsys.readouterr().out
+    assert "cases.1.\\u001b[31mkey" in out
+    assert "\x1b" not in out
+
+
+@settings(max_examples=50, deadline=None)
+@given(name=st.text(min_size=1, max_size=20))
+def test_a_case_name_is_read_only_when_it_prints_as_written(name: str) -> None:
+    """Any name YAML can carry: refused with hidden_character, or kept without such a character."""
+    with tempfile.TemporaryDirectory() as directory:
+        root = Path(directory)
+        (root / "tests").mkdir()
+        document = {"suite": "s", "cases": [
+            {"name": name, "subject": "a", "method": "GET", "path": "/x", "expect": "deny"}
+        ]}  # fmt: skip
+        (root / "tests" / "p.yaml").write_text(yaml.safe_dump(document), encoding="utf-8")
+        cases, issues = read_suites(root)
+    codes = {issue.code for issue in issues}
+    if codes == {"hidden_character"}:
+        assert HIDING.search(name) or "\n" in name
+    elif not codes:
+        assert [case.name for case in cases] == [name]
+        assert not HIDING.search(name)
+        assert "\n" not in name
+    else:  # an empty or blank name YAML reads as no string, or the file itself
+        assert codes <= {"suite", "hidden_character"}
 
 
 @pytest.mark.parametrize(
