@@ -110,14 +110,16 @@ def test_reloads_under_concurrent_requests_never_fail_or_mix(
 def test_edits_nobody_foresaw_are_refused_by_a_running_gateway(
     live_server: Callable[[FastAPI], LiveServer], test_key_env: str, tmp_path: Path
 ) -> None:
-    """Three defects an audit found, against a real gateway (each was a 500, a crash of
-    the watcher or a silent grant): a suite file with a list as a key, a directory
-    without suites, and a grant hidden behind a vertical tab in a comment. Each is a
+    """Defects an audit found, against a real gateway (each was a 500, a crash of the
+    watcher or a silent grant): a suite file with a list as a key, a directory without
+    suites, and a grant hidden behind a vertical tab in a comment; and two found by
+    fuzzing (a model Casbin reads otherwise, an escape sequence in a case name). Each is a
     422 ``policy_rejected`` naming the file, the last good policy stays, and the
     file watcher still loads the next good edit."""
     policy_dir = tmp_path / "policies"
     shutil.copytree(POLICY_DIR, policy_dir)
     base = (policy_dir / "policy.csv").read_text()
+    model = (policy_dir / "model.conf").read_text()
     findings = live_server(create_stub_app("findings"))
     settings = make_settings(
         {"findings": findings.url}, policy={"dir": str(policy_dir), "watch_interval": 0.05}
@@ -139,6 +141,22 @@ def test_edits_nobody_foresaw_are_refused_by_a_running_gateway(
                 ),
                 "hidden_character",
             ),
+            # Found by fuzzing: a model pycasbin reads without a g (the check had dropped
+            # the spaces), and a case name whose escape sequence hid `policy test`'s output.
+            (
+                lambda: write_atomically(
+                    policy_dir / "model.conf",
+                    model.replace("[role_definition]", "[ role_definition ]"),
+                ),
+                "unsupported_model",
+            ),
+            (
+                lambda: odd.write_text(
+                    'suite: odd\ncases: [{name: "n\\e[8m", subject: a, method: GET, '
+                    "path: /x, expect: deny}]\n"
+                ),
+                "hidden_character",
+            ),
         ]:
             edit()
             answer = admin.post("/admin/policy/reload")
@@ -152,6 +170,7 @@ def test_edits_nobody_foresaw_are_refused_by_a_running_gateway(
             if not (policy_dir / "tests").exists():
                 shutil.move(tmp_path / "aside", policy_dir / "tests")
             write_atomically(policy_dir / "policy.csv", base)
+            write_atomically(policy_dir / "model.conf", model)
         # The watcher is still running: a good edit is loaded without an admin call.
         write_atomically(policy_dir / "policy.csv", base + "g, zoe, analyst, acme-2026\n")
         for _ in range(200):
