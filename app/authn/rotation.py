@@ -33,6 +33,7 @@ from app.authn.verifier import SignatureVerifier
 from app.core.config import SigningSettings
 from app.core.errors import ConfigError
 from app.core.sighup import on_sighup
+from app.ops.metrics import start_key_series
 
 log = structlog.get_logger("gateway.authn")
 
@@ -83,6 +84,7 @@ class KeyReloader:
         self.last_error: str | None = None
         self.watching = False
         self._loaded = fingerprint(settings.keys_file)
+        start_key_series(verifier.keyring.key_ids)
 
     @classmethod
     def initial_ring(cls, settings: SigningSettings) -> KeyRing:
@@ -99,6 +101,7 @@ class KeyReloader:
             log.error("signing_keys_reload_failed", error=exc.detail, kept=self.key_ids)
             return False
         self.verifier.keyring = ring
+        start_key_series(ring.key_ids)
         self.reloads += 1
         self.last_error = None
         # No key left is allowed (revoking the last key must not keep it working) but

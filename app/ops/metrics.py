@@ -14,7 +14,7 @@ workers; a worker's values are dropped when it shuts down).
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from prometheus_client import (
@@ -183,6 +183,13 @@ def count_signature_failure(reason: str) -> None:
 
 def count_signature_dated_ahead(key_id: str) -> None:
     SIGNATURES_DATED_AHEAD.labels(key_id).inc()
+
+
+def start_key_series(key_ids: Iterable[str]) -> None:
+    """Each signing key's dated-ahead count at 0 (at start and when a reload adds keys):
+    an alert on ``increase(...) > 0`` sees a signer's first signature from the future."""
+    for key_id in key_ids:
+        SIGNATURES_DATED_AHEAD.labels(key_id)
 
 
 def observe_downstream(service: str, outcome: str, attempt: int, seconds: float = 0.0) -> None:

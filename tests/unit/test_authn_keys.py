@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from prometheus_client import REGISTRY
 from pydantic import ValidationError
 from structlog.testing import capture_logs
 
@@ -94,6 +95,23 @@ def test_a_reload_that_leaves_no_key_is_taken_and_warned(tmp_path: Path) -> None
     assert authn.verifier.keyring.key_ids == []
     lines = [(line["event"], line["log_level"], line["count"]) for line in logs]
     assert lines == [("signing_keys_reloaded", "warning", 0)]
+
+
+@pytest.mark.usefixtures("two_secrets")
+def test_a_key_added_by_a_reload_has_its_dated_ahead_series_at_zero(tmp_path: Path) -> None:
+    """prom33: the series an alert on a signer's clock watches was born at its first
+    event (increase() saw nothing); each key's starts at 0, a reloaded one's too."""
+    path = _keys_file(tmp_path, f"keys:\n  - id: k2\n    secret_env: {OTHER_ENV}\n")
+    authn = AuthnService.from_settings(make_settings(signing={"keys": [], "keys_file": str(path)}))
+    assert _dated_ahead_count("k2") == 0.0
+    path.write_text(f"keys:\n  - id: k-added-later\n    secret_env: {OTHER_ENV}\n")
+    assert _dated_ahead_count("k-added-later") is None
+    assert authn.keys.reload()
+    assert _dated_ahead_count("k-added-later") == 0.0
+
+
+def _dated_ahead_count(key_id: str) -> float | None:
+    return REGISTRY.get_sample_value("gateway_signatures_dated_ahead_total", {"key_id": key_id})
 
 
 def test_missing_keys_file_stops_start_up(tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ from app.api.pipeline import REPLAY_CHECK_UNAVAILABLE
 from app.authn.verifier import Reason
 from app.ops import metrics
 from app.ops.processes import MULTIPROC_ENV
-from tests.conftest import TEST_KEY_ENV, TEST_SECRET
+from tests.conftest import TEST_KEY_ENV, TEST_KEY_ID, TEST_SECRET
 from tests.integration.ops.conftest import metric_value
 
 OTHER = {"route": "/healthz", "method": "OTHER", "status": "405"}
@@ -120,6 +120,8 @@ def test_error_series_exist_at_zero_before_their_first_event(tracing: str) -> No
     for reason in (*Reason, REPLAY_CHECK_UNAVAILABLE):  # a first replay is an attack's
         assert f'gateway_signature_failures_total{{reason="{reason}"}} 0.0' in text
     assert 'scope="engagement"' not in text
+    # Each configured key: a signer's first signature from the future is seen too.
+    assert f'gateway_signatures_dated_ahead_total{{key_id="{TEST_KEY_ID}"}} 0.0' in text
     dropped = 'gateway_trace_spans_dropped_total{reason="queue_full"} 0.0'
     assert (dropped in text) == (tracing == "traced")
 
