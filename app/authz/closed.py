@@ -130,6 +130,12 @@ class EngagementState:
     def closed(self) -> dict[str, ClosedFact]:
         return dict(self._closed)
 
+    async def confirmed(self, engagement: str) -> ClosedFact | None:
+        """``get`` after reading the shared state again where there is one (I/O): for
+        the rare answer that must not rest on a snapshot that may not have heard of a
+        change yet. Without a shared state the snapshot is the state."""
+        return self.get(engagement)
+
     def mark_synced(self) -> None:
         self.synced = True
         self.last_error = None

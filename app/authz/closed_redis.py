@@ -255,6 +255,11 @@ class RedisEngagementState(EngagementState):
             await self._announce(",".join(added))
         return added
 
+    async def confirmed(self, engagement: str) -> ClosedFact | None:
+        with contextlib.suppress(UnreadableState, *REDIS_FAILURES):  # then the snapshot's
+            await self.refresh()
+        return self.get(engagement)
+
     async def refresh(self) -> None:
         """Replace the snapshot with what Redis holds (one atomic read); after Redis lost
         its data (a new epoch), write back the facts held first. ``UnreadableState``

@@ -93,9 +93,11 @@ class CloseService:
                 lambda: self._locked_close(engagement_id, body, key, subject),
                 RESULT_CODEC,
             )
-        if replayed and self._state.get(engagement_id) is None:
+        if replayed and await self._state.confirmed(engagement_id) is None:
             # While the engagement is closed, the policy refuses a close (a write) before
-            # it gets here; so it was reopened since: the stored "closed" is stale.
+            # it gets here; so it was reopened since: the stored "closed" is stale. Read
+            # from the shared state, not this gateway's snapshot: a retry that reached it
+            # before it heard of the close found no fact and was told "reopened" wrongly.
             raise Conflict(
                 "The engagement was reopened after this close; "
                 "send a new Idempotency-Key to close it again."

@@ -7,6 +7,7 @@ import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import httpx
 import pytest
 import redis.asyncio
 from hypothesis import given
@@ -15,10 +16,17 @@ from structlog.testing import capture_logs
 
 from app.authz.closed import NOT_SYNCED, ClosedFact, MemoryEngagementState
 from app.authz.closed_redis import RedisEngagementState
-from app.core.config import RedisSettings
+from app.core.config import RedisSettings, ServiceSettings
 from app.core.engagement_settings import EngagementStateSettings
 from app.core.errors import ServiceUnavailable
 from app.core.redis import create_redis
+from app.domain.engagements import CloseRequest
+from app.domain.identity import Identity
+from app.downstream.client import ServiceRegistry
+from app.downstream.propagation import CallContext, bind_call_context
+from app.workflows.closing import CloseService
+from app.workflows.engagement_lock import MemoryEngagementLocks
+from app.workflows.idempotency import MemoryIdempotencyStore
 from tests.redis_server import RedisServer
 
 pytestmark = pytest.mark.integration
@@ -469,5 +477,73 @@ def test_a_write_here_does_not_hide_a_change_whose_notice_was_lost(
         assert await two._changed()
         await two.refresh()
         assert two.closed() == {"acme-2026": FACT, "initech-2025": other}
+
+    standalone(redis_server, scenario)
+
+
+def _close_services() -> ServiceRegistry:
+    """The three services a close calls, each answering its step's success."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        path = request.url.path
+        engagement = {"id": "acme-2026", "client": "Acme", "kind": "pentest"}
+        if path.endswith("/findings/freeze"):
+            return httpx.Response(200, json={"count": 2})
+        if path.endswith("/reports"):
+            report = {"id": "R-0009", "engagement_id": "acme-2026", "kind": "final"}
+            return httpx.Response(201, json={**report, "status": "ready"})
+        status = "closed" if path.endswith("/close") else "active"
+        return httpx.Response(200, json={**engagement, "status": status})
+
+    settings = {
+        name: ServiceSettings.model_validate({"url": f"http://{name}.internal"})
+        for name in ("findings", "reports", "engagements")
+    }
+    return ServiceRegistry(settings, httpx.MockTransport(handler), keys={})
+
+
+def test_a_close_retried_on_a_gateway_that_has_not_heard_of_it_is_replayed_not_a_409(
+    redis_server: RedisServer,
+) -> None:
+    """race33: a close's retry reaching another gateway before that gateway read the
+    closed fact got ``409 ... reopened after this close``, though nothing reopened it;
+    the answer is now taken from the shared state, not the stale snapshot."""
+
+    async def scenario(states: list[RedisEngagementState]) -> None:
+        one, two = states
+        bind_call_context(CallContext(Identity("bob", (), "proxy"), "acme-2026"))
+        services = _close_services()
+        store = MemoryIdempotencyStore(ttl_seconds=60)  # the key's record, as on Redis
+        body = CloseRequest(reason="Retest complete; client signed off.")
+        try:
+            first, replayed = await CloseService(
+                services, store, one, MemoryEngagementLocks()
+            ).close("acme-2026", body, "close-0001", "bob")
+            assert replayed is False
+            assert two.get("acme-2026") is None  # not followed: it has not heard yet
+            again, replayed = await CloseService(
+                services, store, two, MemoryEngagementLocks()
+            ).close("acme-2026", body, "close-0001", "bob")
+        finally:
+            await services.aclose()
+        assert (again, replayed) == (first, True)
+        assert two.get("acme-2026") is not None  # and its snapshot has it now
+
+    standalone(redis_server, scenario)
+
+
+def test_confirmed_reads_the_shared_state_and_keeps_the_snapshot_when_redis_is_gone(
+    redis_server: RedisServer,
+) -> None:
+    async def scenario(states: list[RedisEngagementState]) -> None:
+        one, two = states
+        await one.close(FACT)
+        assert two.get("acme-2026") is None
+        assert await two.confirmed("acme-2026") == FACT
+        redis_server.stop()
+        try:
+            assert await two.confirmed("acme-2026") == FACT  # the snapshot's, no error
+        finally:
+            redis_server.start()
 
     standalone(redis_server, scenario)
