@@ -7,9 +7,10 @@ catches notices lost while disconnected (and a publish that failed: a process's 
 write therefore never counts as the version seen, which would hide another's change
 made before it). A read that Redis answered before a write of this process, handled
 after it, is made again rather than undo the write in the snapshot: a close just
-reported done was open here until the next read. A process never drops a closed fact
-because Redis cannot answer: it keeps the last snapshot (fail closed), and a
-write that cannot reach Redis is a 503, never half done.
+reported done was open here until the next read. Reads run one at a time: of two at
+once, the older answer could be handled last and undo the newer. A process never
+drops a closed fact because Redis cannot answer: it keeps the last snapshot (fail
+closed), and a write that cannot reach Redis is a 503, never half done.
 
 Nor because Redis *lost* its data (restarted without persistence, flushed, a
 replica promoted before it had the keys): an empty hash would otherwise have
@@ -154,6 +155,7 @@ class RedisEngagementState(EngagementState):
         self._record_ms = retry_record_ms(socket_timeout)
         self._epoch: str | None = None  # the epoch of the data the snapshot was read from
         self._writes = 0  # this process's own writes to the snapshot (``_written``)
+        self._reading = asyncio.Lock()  # one read at a time (``refresh``)
         self.channel = f"{settings.key_prefix}:changes"
         self._interval = settings.check_interval_seconds
         self._startup_timeout = settings.startup_timeout_seconds
@@ -263,11 +265,17 @@ class RedisEngagementState(EngagementState):
     async def refresh(self) -> None:
         """Replace the snapshot with what Redis holds (one atomic read); after Redis lost
         its data (a new epoch), write back the facts held first. ``UnreadableState``
-        when Redis answers what this process cannot read."""
-        try:
-            await self._refresh()
-        except (ValueError, TypeError) as exc:
-            raise UnreadableState(exc) from exc
+        when Redis answers what this process cannot read.
+
+        One at a time: the follow task, ``confirmed`` and ``add_reconciled`` each read,
+        and two reads at once let the one Redis answered first be handled last, putting
+        the older state back (a close made between them was open here, writes allowed,
+        until the next version check)."""
+        async with self._reading:
+            try:
+                await self._refresh()
+            except (ValueError, TypeError) as exc:
+                raise UnreadableState(exc) from exc
 
     async def _refresh(self) -> None:
         # A write here that landed while a read was on its way (Redis may have answered

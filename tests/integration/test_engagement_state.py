@@ -547,3 +547,25 @@ def test_confirmed_reads_the_shared_state_and_keeps_the_snapshot_when_redis_is_g
             redis_server.start()
 
     standalone(redis_server, scenario)
+
+
+def test_an_older_read_handled_last_does_not_undo_a_newer_one(redis_server: RedisServer) -> None:
+    """rev33: ``confirmed`` (a replayed close's read) and the follow task's read ran at
+    once. When the one Redis answered first was handled last, it put the older state
+    back: a close another gateway made between them was open here (writes allowed)
+    until the next version check. Reads of one process now run one at a time."""
+
+    async def scenario(states: list[RedisEngagementState]) -> None:
+        one, two = states
+        answered, resume = hold_first_read(two)
+        confirm = asyncio.create_task(two.confirmed("acme-2026"))
+        await asyncio.wait_for(answered.wait(), 10)  # Redis answered: not closed yet
+        await one.close(FACT)
+        follow = asyncio.create_task(two.refresh())  # the close's notice, heard
+        # Without the fix this read ends here; with it, it waits for the held one.
+        await asyncio.wait([follow], timeout=2)
+        resume.set()
+        await asyncio.wait_for(asyncio.gather(confirm, follow), 10)
+        assert two.get("acme-2026") == FACT
+
+    standalone(redis_server, scenario)
