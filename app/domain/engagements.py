@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.domain.findings import EngagementId, Severity
-from app.domain.text import SINGLE_LINE_PATTERN
+from app.domain.text import TEXT_PATTERN
 
 
 class _Downstream(BaseModel):
@@ -63,7 +63,7 @@ class CloseRequest(BaseModel):
         json_schema_extra={"examples": [{"reason": "Retest complete; client signed off."}]},
     )
 
-    reason: Annotated[str, Field(min_length=3, max_length=500, pattern=SINGLE_LINE_PATTERN)]
+    reason: Annotated[str, Field(min_length=3, max_length=500, pattern=TEXT_PATTERN)]
 
 
 class CloseStep(BaseModel):
@@ -105,7 +105,7 @@ class ReopenRequest(BaseModel):
         json_schema_extra={"examples": [{"reason": "Client asked for a retest (ticket SEC-88)."}]},
     )
 
-    reason: Annotated[str, Field(min_length=3, max_length=500, pattern=SINGLE_LINE_PATTERN)]
+    reason: Annotated[str, Field(min_length=3, max_length=500, pattern=TEXT_PATTERN)]
 
 
 class ReopenResult(BaseModel):

@@ -8,7 +8,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.domain.text import MULTI_LINE_PATTERN, SINGLE_LINE_PATTERN
+from app.domain.text import TEXT_PATTERN
 
 EngagementId = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9-]{1,62}$")]
 FindingId = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9-]{0,63}$")]
@@ -35,9 +35,9 @@ class _Model(BaseModel):
 class FindingCreate(_Model):
     """A new finding as an analyst records it."""
 
-    title: Annotated[str, Field(min_length=3, max_length=200, pattern=SINGLE_LINE_PATTERN)]
+    title: Annotated[str, Field(min_length=3, max_length=200, pattern=TEXT_PATTERN)]
     severity: Severity
-    description: Annotated[str, Field(max_length=10_000, pattern=MULTI_LINE_PATTERN)] = ""
+    description: Annotated[str, Field(max_length=10_000, pattern=TEXT_PATTERN)] = ""
 
     model_config = ConfigDict(
         extra="forbid",
