@@ -443,8 +443,7 @@ class RedisNonceStore:
             self._outage.failed(type(exc).__name__, detail=error_text(exc))
             count_redis_error("nonces")
             raise NonceStoreUnavailable() from None
-        if self._outage.ongoing:
-            self._outage.recovered()
+        self._outage.recovered()  # nothing unless an outage was logged
         return answer
 
     async def _call(self, keys: list[str], args: list[int | str]) -> tuple[str, float, bool]:

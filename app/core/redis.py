@@ -310,10 +310,6 @@ class OutageLog:
                 **fields,
             )
 
-    @property
-    def ongoing(self) -> bool:
-        return self._since is not None
-
     def recovered(self) -> None:
         if self._since is None:
             return
